@@ -1,0 +1,170 @@
+//! `weir-sql` parses ksqlDB's SQL dialect into a typed AST.
+//!
+//! It owns the statement forms ksqlDB adds to SQL (CREATE STREAM/TABLE ... WITH, EMIT,
+//! WINDOW, WITHIN, PARTITION BY, PRINT, SHOW/DESCRIBE, ...), ksqlDB's identifier case
+//! rules, canonical printing of every node, and errors that name a line and column.
+//! Expressions are [`sqlparser`] expressions, parsed with [`KsqlDialect`]'s hooks for
+//! `->`, lambdas, ksqlDB types in CAST and `:=` constructor arguments. What statements
+//! mean (catalog lookups, types of expressions, planning) belongs to the crates above.
+//!
+//! ```
+//! let stmts = weir_sql::parse("select eventid from carsensor emit changes;").unwrap();
+//! assert_eq!(stmts[0].to_string(), "SELECT EVENTID FROM CARSENSOR EMIT CHANGES");
+//! ```
+
+pub mod ast;
+mod dialect;
+mod error;
+mod lexer;
+mod parser;
+
+pub use ast::Statement;
+pub use dialect::KsqlDialect;
+pub use error::{ParseError, Position, Result};
+
+use lexer::{split_statements, tokenize};
+
+/// What a caller accepts besides server statements.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ParseOptions {
+    /// Accept commands only the REPL runs (`RUN SCRIPT`). The server refuses them, as
+    /// ksqlDB's does: they name files on the client's machine.
+    pub allow_cli_commands: bool,
+}
+
+/// One statement of a script, parsed or not.
+#[derive(Debug, Clone)]
+pub struct ParsedStatement {
+    /// Where the statement starts in the script.
+    pub start: Position,
+    /// The statement's text as written, without the `;`.
+    pub text: String,
+    pub result: Result<Statement>,
+}
+
+/// Parses a script of `;`-separated statements for the server, stopping at the first
+/// error. A final statement may omit its `;`.
+pub fn parse(sql: &str) -> Result<Vec<Statement>> {
+    parse_script(sql, ParseOptions::default())
+        .into_iter()
+        .map(|p| p.result)
+        .collect()
+}
+
+/// Parses exactly one statement.
+pub fn parse_statement(sql: &str) -> Result<Statement> {
+    let mut stmts = parse(sql)?;
+    match stmts.len() {
+        1 => Ok(stmts.remove(0)),
+        0 => Err(ParseError::new(
+            Position::new(1, 1),
+            "Syntax error at end of input: expected a statement",
+        )),
+        n => Err(ParseError::new(
+            Position::new(1, 1),
+            format!("Expected one statement, found {n}"),
+        )),
+    }
+}
+
+/// Parses every statement of a script independently, so one bad statement does not hide
+/// the others (what `weir check` reports). A script that cannot even be tokenized (an
+/// unterminated string, say) yields the statements before the bad spot, then one error.
+pub fn parse_script(sql: &str, options: ParseOptions) -> Vec<ParsedStatement> {
+    let text = ScriptText::new(sql);
+    let (tokens, lex_error) = match tokenize(sql) {
+        Ok(t) => (t, None),
+        Err(e) => {
+            // Statements that end before the bad token are still worth reporting.
+            let cut = text.offset(e.position);
+            (tokenize(&sql[..cut]).unwrap_or_default(), Some(e))
+        }
+    };
+    let (complete, trailing) = split_statements(tokens);
+    let mut out: Vec<ParsedStatement> = complete
+        .into_iter()
+        .map(|st| {
+            let (start, end) = (st.start, st.end);
+            let result =
+                parser::parse_statement_tokens(st).and_then(|s| check_context(s, start, options));
+            ParsedStatement {
+                start,
+                text: text.slice(start, end),
+                result,
+            }
+        })
+        .collect();
+    match (trailing, lex_error) {
+        (Some(st), Some(e)) => out.push(ParsedStatement {
+            start: st.start,
+            text: text.slice(st.start, e.position),
+            result: Err(e),
+        }),
+        (None, Some(e)) => out.push(ParsedStatement {
+            start: e.position,
+            text: String::new(),
+            result: Err(e),
+        }),
+        (Some(st), None) => {
+            let (start, end) = (st.start, st.end);
+            let result =
+                parser::parse_statement_tokens(st).and_then(|s| check_context(s, start, options));
+            out.push(ParsedStatement {
+                start,
+                text: text.slice(start, end),
+                result,
+            });
+        }
+        (None, None) => {}
+    }
+    out
+}
+
+fn check_context(stmt: Statement, start: Position, options: ParseOptions) -> Result<Statement> {
+    if matches!(stmt, Statement::RunScript { .. }) && !options.allow_cli_commands {
+        return Err(ParseError::new(
+            start,
+            "RUN SCRIPT is a command of the weir REPL, not a statement the server runs: \
+             run the script with `weir` or send its statements",
+        ));
+    }
+    Ok(stmt)
+}
+
+/// Maps line/column positions back to byte offsets of the script.
+struct ScriptText<'a> {
+    sql: &'a str,
+    line_starts: Vec<usize>,
+}
+
+impl<'a> ScriptText<'a> {
+    fn new(sql: &'a str) -> Self {
+        let mut line_starts = vec![0];
+        line_starts.extend(sql.match_indices('\n').map(|(i, _)| i + 1));
+        Self { sql, line_starts }
+    }
+
+    /// Byte offset of a position; columns count characters.
+    fn offset(&self, p: Position) -> usize {
+        let Some(&line_start) = self.line_starts.get((p.line as usize).saturating_sub(1)) else {
+            return self.sql.len();
+        };
+        let line = &self.sql[line_start..];
+        let col = (p.column as usize).saturating_sub(1);
+        line_start
+            + line
+                .char_indices()
+                .nth(col)
+                .map(|(i, _)| i)
+                .unwrap_or(line.len())
+    }
+
+    fn slice(&self, start: Position, end: Position) -> String {
+        let (a, b) = (self.offset(start), self.offset(end));
+        if a <= b {
+            self.sql[a..b].trim().to_string()
+        } else {
+            String::new()
+        }
+    }
+}
