@@ -13,6 +13,7 @@ use sqlparser::ast::{
     LambdaSyntax, ObjectName, OneOrManyWithParens,
 };
 use sqlparser::dialect::{Dialect, Precedence};
+use sqlparser::keywords::Keyword;
 use sqlparser::parser::{Parser, ParserError};
 use sqlparser::tokenizer::{Token, TokenWithSpan};
 
@@ -41,6 +42,22 @@ impl Dialect for KsqlDialect {
 
     fn parse_prefix(&self, parser: &mut Parser) -> Option<Result<Expr, ParserError>> {
         parse_prefix(parser)
+    }
+
+    /// When the special form one of these words starts fails to parse, that is the error:
+    /// sqlparser would otherwise retry the word as a column name, and nested failures
+    /// (`CASE WHEN 1 THEN CASE WHEN ...`) would cost twice as much per level.
+    fn is_reserved_for_identifier(&self, kw: Keyword) -> bool {
+        matches!(
+            kw,
+            Keyword::CASE
+                | Keyword::NOT
+                | Keyword::EXISTS
+                | Keyword::STRUCT
+                | Keyword::TRIM
+                | Keyword::ARRAY
+                | Keyword::CAST
+        )
     }
 
     fn parse_infix(
@@ -81,7 +98,7 @@ fn is_word(t: &Token, value: &str) -> bool {
 }
 
 /// Words that start a special form even when followed by `(`.
-const NOT_FUNCTIONS: &[&str] = &["NOT", "CASE", "EXISTS", "INTERVAL", "ARRAY", "CAST"];
+const NOT_FUNCTIONS: &[&str] = &["NOT", "CASE", "EXISTS", "ARRAY", "CAST"];
 
 /// Words ksqlDB reserves for clauses and operators: never the start of an expression, so
 /// `SELECT FROM x` is an error at `FROM` rather than a column named FROM.
@@ -116,12 +133,20 @@ const RESERVED: &[&str] = &[
 ];
 
 fn parse_prefix(p: &mut Parser) -> Option<Result<Expr, ParserError>> {
-    if let Token::Word(w) = &p.peek_token_ref().token {
-        if w.quote_style.is_none() && RESERVED.contains(&w.value.as_str()) {
-            return Some(Err(expected("an expression", p.peek_token_ref())));
-        }
+    if let Token::Word(w) = &p.peek_token_ref().token
+        && w.quote_style.is_none()
+        && RESERVED.contains(&w.value.as_str())
+    {
+        return Some(Err(expected("an expression", p.peek_token_ref())));
     }
     let first = p.peek_token_ref().token.clone();
+    // ksqlDB has no INTERVAL expressions, so the word is a column name. (sqlparser would
+    // try `INTERVAL <expr> <unit>` first, and nested failures of that cost twice as much
+    // per level.)
+    if is_word(&first, "INTERVAL") && p.peek_nth_token_ref(1).token != Token::LParen {
+        let t = p.next_token();
+        return Some(ident_of(t).map(Expr::Identifier));
+    }
     let second = p.peek_nth_token_ref(1).token.clone();
     match (&first, &second) {
         (t, Token::LParen) if is_word(t, "CAST") => Some(parse_cast(p)),
@@ -262,8 +287,33 @@ fn parse_function_call(p: &mut Parser) -> Result<Expr, ParserError> {
     }))
 }
 
+/// The longest `a->b->c...` chain accepted. sqlparser lends the infix hook its left
+/// operand, so each `->` copies the chain so far: the cap keeps that cheap and shallow.
+const MAX_DEREFERENCE_CHAIN: usize = 64;
+
 /// `expr->field` and `expr->*`, with any subscripts that follow (`a->b[1]`).
 fn parse_dereference(p: &mut Parser, left: &Expr) -> Result<Expr, ParserError> {
+    let mut chain_len = 0;
+    let mut spine = left;
+    loop {
+        spine = match spine {
+            Expr::BinaryOp {
+                left,
+                op: BinaryOperator::Arrow,
+                ..
+            } => left,
+            Expr::CompoundFieldAccess { root, .. } => root,
+            _ => break,
+        };
+        chain_len += 1;
+        if chain_len >= MAX_DEREFERENCE_CHAIN {
+            let l = p.peek_token_ref().span.start;
+            return Err(ParserError::ParserError(format!(
+                "More than {MAX_DEREFERENCE_CHAIN} '->' in a row at Line: {}, Column: {}",
+                l.line, l.column
+            )));
+        }
+    }
     p.next_token(); // ->
     let tok = p.next_token();
     let field = match tok.token {

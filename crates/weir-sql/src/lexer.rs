@@ -76,7 +76,7 @@ fn finish(tokens: Vec<TokenWithSpan>) -> Option<StatementTokens> {
         .filter(|t| !matches!(t.token, Token::Whitespace(_)));
     let first = significant.next()?;
     let start = first.span.start.into();
-    let last = significant.last().unwrap_or(first);
+    let last = significant.next_back().unwrap_or(first);
     let end = last.span.end.into();
     Some(StatementTokens { tokens, start, end })
 }

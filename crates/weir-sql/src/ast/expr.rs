@@ -57,6 +57,8 @@ fn write_type(f: &mut fmt::Formatter<'_>, dt: &sqlparser::ast::DataType) -> fmt:
     }
 }
 
+// Trees are as deep as operator chains are long; grow the stack rather than overflow.
+#[recursive::recursive]
 fn write_expr(f: &mut fmt::Formatter<'_>, expr: &Expr) -> fmt::Result {
     match expr {
         Expr::Identifier(id) => write!(f, "{}", fmt_ident(id)),
@@ -267,23 +269,33 @@ fn write_expr(f: &mut fmt::Formatter<'_>, expr: &Expr) -> fmt::Result {
     }
 }
 
-/// A left-deep chain of one left-associative operator prints flat: `(A OR B OR C)`, not
-/// `((A OR B) OR C)`. It parses back to the same tree, and a long chain does not turn
-/// into nesting deeper than the parser's recursion limit.
-fn write_left_operand(f: &mut fmt::Formatter<'_>, left: &Expr, op: &BinaryOperator) -> fmt::Result {
+/// True when `inner` applied on the left of `outer` prints without its own parentheses:
+/// both are left-associative operators of one precedence level, so `(A + B - C)` parses
+/// back to `((A + B) - C)`. A long chain thus prints flat instead of nesting deeper than
+/// the parser's recursion limit.
+pub(crate) fn chains_with(inner: &BinaryOperator, outer: &BinaryOperator) -> bool {
     use BinaryOperator::*;
-    let chains = matches!(
-        op,
-        And | Or | Plus | Minus | Multiply | Divide | Modulo | StringConcat
-    );
+    let level = |op: &BinaryOperator| match op {
+        Or => Some(1),
+        And => Some(2),
+        StringConcat => Some(3),
+        Plus | Minus => Some(4),
+        Multiply | Divide | Modulo => Some(5),
+        _ => None,
+    };
+    level(inner).is_some() && level(inner) == level(outer)
+}
+
+#[recursive::recursive]
+fn write_left_operand(f: &mut fmt::Formatter<'_>, left: &Expr, op: &BinaryOperator) -> fmt::Result {
     match left {
         Expr::BinaryOp {
             left: inner,
             op: inner_op,
             right,
-        } if chains && inner_op == op => {
-            write_left_operand(f, inner, op)?;
-            write!(f, " {op} ")?;
+        } if chains_with(inner_op, op) => {
+            write_left_operand(f, inner, inner_op)?;
+            write!(f, " {inner_op} ")?;
             write_expr(f, right)
         }
         other => write_expr(f, other),

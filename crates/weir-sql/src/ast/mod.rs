@@ -8,6 +8,7 @@ mod types;
 
 use std::fmt;
 
+pub(crate) use expr::chains_with;
 pub use expr::fmt_expr;
 pub use query::{
     AliasedSource, Duration, Emit, Join, JoinKind, Query, Relation, SelectItem, TimeUnit,
@@ -304,8 +305,8 @@ impl fmt::Display for Literal {
         match self {
             Literal::String(s) => f.write_str(&fmt_string(s)),
             Literal::Number(n) => f.write_str(n),
-            Literal::Boolean(true) => f.write_str("TRUE"),
-            Literal::Boolean(false) => f.write_str("FALSE"),
+            Literal::Boolean(true) => f.write_str("true"),
+            Literal::Boolean(false) => f.write_str("false"),
         }
     }
 }

@@ -22,6 +22,9 @@ pub struct Query {
     pub limit: Option<u64>,
 }
 
+// Select lists are short and built once per query: the size of an inline `Expr` costs
+// nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum SelectItem {
     /// `*`

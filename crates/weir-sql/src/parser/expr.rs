@@ -8,10 +8,99 @@ use sqlparser::ast::{
     FunctionArguments, Spanned, Subscript, UnaryOperator, Value,
 };
 
+use crate::ast::chains_with;
 use crate::error::{ParseError, Position};
 
+/// How deeply an expression may nest, counting as canonical printing does (a chain such
+/// as `a OR b OR c` is one level). The printed form then always reads back within the
+/// parser's recursion limit: each level costs it at most two.
+pub const MAX_NESTING: usize = 32;
+
 pub(crate) fn finish_expr(e: Expr, fallback: Position) -> Result<Expr, ParseError> {
-    Finisher { fallback }.expr(e)
+    let f = Finisher { fallback };
+    let e = f.expr(e)?;
+    let depth = printed_depth(&e);
+    if depth > MAX_NESTING {
+        return Err(ParseError::new(
+            f.pos(&e),
+            format!("Expression nests {depth} levels deep, more than the {MAX_NESTING} allowed"),
+        ));
+    }
+    Ok(e)
+}
+
+/// Nesting depth of the canonical printed form of a finished expression.
+#[recursive::recursive]
+fn printed_depth(e: &Expr) -> usize {
+    let max = |es: &mut dyn Iterator<Item = &Expr>| es.map(printed_depth).max().unwrap_or(0);
+    1 + match e {
+        Expr::BinaryOp { left, op, right } => {
+            // The left spine of a chain prints flat.
+            let mut spine = &**left;
+            let mut depth = printed_depth(right);
+            let mut outer = op;
+            while let Expr::BinaryOp {
+                left: l,
+                op: inner,
+                right: r,
+            } = spine
+            {
+                if !chains_with(inner, outer) {
+                    break;
+                }
+                depth = depth.max(printed_depth(r));
+                spine = l;
+                outer = inner;
+            }
+            depth.max(printed_depth(spine))
+        }
+        Expr::UnaryOp { expr, .. }
+        | Expr::IsNull(expr)
+        | Expr::IsNotNull(expr)
+        | Expr::Cast { expr, .. } => printed_depth(expr),
+        Expr::IsDistinctFrom(a, b) | Expr::IsNotDistinctFrom(a, b) => {
+            printed_depth(a).max(printed_depth(b))
+        }
+        Expr::Between {
+            expr, low, high, ..
+        } => max(&mut [&**expr, &**low, &**high].into_iter()),
+        Expr::InList { expr, list, .. } => printed_depth(expr).max(max(&mut list.iter())),
+        Expr::Like { expr, pattern, .. } => printed_depth(expr).max(printed_depth(pattern)),
+        Expr::Case {
+            operand,
+            conditions,
+            else_result,
+            ..
+        } => max(&mut operand
+            .iter()
+            .map(|o| &**o)
+            .chain(conditions.iter().flat_map(|c| [&c.condition, &c.result]))
+            .chain(else_result.iter().map(|o| &**o))),
+        Expr::Array(a) => max(&mut a.elem.iter()),
+        Expr::Lambda(l) => printed_depth(&l.body),
+        Expr::Function(f) => match &f.args {
+            FunctionArguments::List(list) => max(&mut list.args.iter().flat_map(|a| {
+                let (name, arg) = match a {
+                    FunctionArg::Unnamed(arg) | FunctionArg::Named { arg, .. } => (None, arg),
+                    FunctionArg::ExprNamed { name, arg, .. } => (Some(name), arg),
+                };
+                let arg = match arg {
+                    FunctionArgExpr::Expr(e) => Some(e),
+                    _ => None,
+                };
+                name.into_iter().chain(arg)
+            })),
+            _ => 0,
+        },
+        Expr::CompoundFieldAccess { root, access_chain } => {
+            let subscripts = access_chain.iter().filter_map(|a| match a {
+                AccessExpr::Subscript(Subscript::Index { index }) => Some(index),
+                _ => None,
+            });
+            printed_depth(root).max(max(&mut subscripts.into_iter()))
+        }
+        _ => 0,
+    }
 }
 
 /// True for the forms ksqlDB calls boolean expressions and predicates, which GROUP BY and
@@ -98,6 +187,8 @@ impl Finisher {
         }
     }
 
+    // Trees are as deep as operator chains are long; grow the stack rather than overflow.
+    #[recursive::recursive]
     fn expr(&self, e: Expr) -> Result<Expr, ParseError> {
         Ok(match e {
             Expr::Identifier(_) | Expr::CompoundIdentifier(_) => e,
@@ -242,14 +333,13 @@ impl Finisher {
                 pattern,
                 escape_char,
             } => {
-                if let Some(esc) = &escape_char {
-                    if !matches!(&esc.value, Value::SingleQuotedString(s) if s.chars().count() == 1)
-                    {
-                        return Err(ParseError::new(
-                            self.pos(&expr),
-                            "ESCAPE takes a single character in quotes",
-                        ));
-                    }
+                if let Some(esc) = &escape_char
+                    && !matches!(&esc.value, Value::SingleQuotedString(s) if s.chars().count() == 1)
+                {
+                    return Err(ParseError::new(
+                        self.pos(&expr),
+                        "ESCAPE takes a single character in quotes",
+                    ));
                 }
                 Expr::Like {
                     negated,

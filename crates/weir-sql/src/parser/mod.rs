@@ -16,13 +16,55 @@ use crate::dialect::KsqlDialect;
 use crate::error::{ParseError, Position, Result};
 use crate::lexer::{StatementTokens, strip_location};
 
-/// sqlparser's own limit on expression nesting; deeper input is refused with an error.
-const RECURSION_LIMIT: usize = 50;
+/// sqlparser's limit on recursion while parsing; deeper input is refused with an error.
+/// It leaves room for re-reading anything we print (see [`expr::MAX_NESTING`]); sqlparser
+/// grows its stack as needed, so the limit is about input size, not stack safety.
+const RECURSION_LIMIT: usize = 100;
 
 static DIALECT: KsqlDialect = KsqlDialect;
 
+/// The most operators one statement may hold. sqlparser builds a chain of operators
+/// (`a + a + ...`) without recursing, but the tree it builds is as deep as the chain is
+/// long, and checking, printing and even dropping such a tree recurses. ksqlDB's own test
+/// statements use at most about a hundred.
+pub const MAX_OPERATORS: usize = 1_000;
+
+fn is_operator(t: &Token) -> bool {
+    use Token::*;
+    match t {
+        Plus | Minus | Mul | Div | Mod | StringConcat | Eq | Neq | Lt | Gt | LtEq | GtEq
+        | Arrow | DoubleColon | LBracket => true,
+        Word(w) if w.quote_style.is_none() => {
+            matches!(
+                w.value.as_str(),
+                "AND" | "OR" | "NOT" | "IS" | "BETWEEN" | "LIKE" | "IN"
+            )
+        }
+        _ => false,
+    }
+}
+
+/// Stack a statement's parse may need at most: trees of up to [`MAX_OPERATORS`] levels
+/// are walked recursively by sqlparser's helpers (spans, printing, cloning) as well as
+/// ours. Callers on small stacks (2 MiB test and tokio threads) get a fresh segment.
+const STACK_RED_ZONE: usize = 4 << 20;
+const STACK_SEGMENT: usize = 16 << 20;
+
 /// Parses the tokens of exactly one statement.
 pub(crate) fn parse_statement_tokens(st: StatementTokens) -> Result<Statement> {
+    stacker::maybe_grow(STACK_RED_ZONE, STACK_SEGMENT, || parse_on_enough_stack(st))
+}
+
+fn parse_on_enough_stack(st: StatementTokens) -> Result<Statement> {
+    let operators = st.tokens.iter().filter(|t| is_operator(&t.token)).count();
+    if operators > MAX_OPERATORS {
+        return Err(ParseError::new(
+            st.start,
+            format!(
+                "Statement has {operators} operators, more than the {MAX_OPERATORS} one statement may hold: split it up"
+            ),
+        ));
+    }
     let mut p = StatementParser::new(st);
     let stmt = p.statement()?;
     p.expect_end()?;
@@ -200,12 +242,12 @@ impl<'a> StatementParser<'a> {
                     .filter(|p| p.line > 0)
                     .unwrap_or_else(|| self.here());
                 let msg = strip_location(&msg);
-                if let Some(rest) = msg.strip_prefix("Expected: ") {
-                    if let Some((want, found)) = rest.rsplit_once(", found: ") {
-                        let near = if found == "EOF" { "" } else { found };
-                        let position = if found == "EOF" { self.end } else { position };
-                        return ParseError::syntax(position, near, Some(want));
-                    }
+                if let Some(rest) = msg.strip_prefix("Expected: ")
+                    && let Some((want, found)) = rest.rsplit_once(", found: ")
+                {
+                    let near = if found == "EOF" { "" } else { found };
+                    let position = if found == "EOF" { self.end } else { position };
+                    return ParseError::syntax(position, near, Some(want));
                 }
                 ParseError::new(position, msg)
             }

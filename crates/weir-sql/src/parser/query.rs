@@ -286,11 +286,9 @@ impl StatementParser<'_> {
             }
         }
         // A lone `(a, b)` is the parenthesized list form.
-        if raw.len() == 1 {
-            if let Expr::Tuple(items) = &raw[0].1 {
-                let at = raw[0].0;
-                raw = items.iter().cloned().map(|e| (at, e)).collect();
-            }
+        if let [(at, Expr::Tuple(items))] = raw.as_slice() {
+            let at = *at;
+            raw = items.iter().cloned().map(|e| (at, e)).collect();
         }
         raw.into_iter()
             .map(|(at, e)| {
