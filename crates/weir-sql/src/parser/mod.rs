@@ -157,6 +157,20 @@ impl<'a> StatementParser<'a> {
         }
     }
 
+    /// `KEYWORDS thing`, where the whole clause is optional: `Some(thing)` after the
+    /// keywords, `None` when they are absent.
+    fn optional_clause<T>(
+        &mut self,
+        keywords: &[&str],
+        parse: impl FnOnce(&mut Self) -> Result<T>,
+    ) -> Result<Option<T>> {
+        if self.eat_kws(keywords) {
+            parse(self).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     fn eat_token(&mut self, t: &Token) -> bool {
         self.p.consume_token(t)
     }

@@ -40,31 +40,12 @@ impl StatementParser<'_> {
         }
         self.expect_kw("FROM")?;
         let from = self.relation()?;
-        let window = if self.eat_kw("WINDOW") {
-            Some(self.window()?)
-        } else {
-            None
-        };
-        let where_clause = if self.eat_kw("WHERE") {
-            Some(self.expr()?)
-        } else {
-            None
-        };
-        let group_by = if self.eat_kws(&["GROUP", "BY"]) {
-            Some(self.grouping("GROUP BY")?)
-        } else {
-            None
-        };
-        let partition_by = if self.eat_kws(&["PARTITION", "BY"]) {
-            Some(self.grouping("PARTITION BY")?)
-        } else {
-            None
-        };
-        let having = if self.eat_kw("HAVING") {
-            Some(self.expr()?)
-        } else {
-            None
-        };
+        let window = self.optional_clause(&["WINDOW"], Self::window)?;
+        let where_clause = self.optional_clause(&["WHERE"], Self::expr)?;
+        let group_by = self.optional_clause(&["GROUP", "BY"], |p| p.grouping("GROUP BY"))?;
+        let partition_by =
+            self.optional_clause(&["PARTITION", "BY"], |p| p.grouping("PARTITION BY"))?;
+        let having = self.optional_clause(&["HAVING"], Self::expr)?;
         let emit = if self.eat_kw("EMIT") {
             if self.eat_kw("CHANGES") {
                 Some(Emit::Changes)
@@ -76,11 +57,7 @@ impl StatementParser<'_> {
         } else {
             None
         };
-        let limit = if self.eat_kw("LIMIT") {
-            Some(self.uint()?)
-        } else {
-            None
-        };
+        let limit = self.optional_clause(&["LIMIT"], Self::uint)?;
         Ok(Query {
             select,
             from,
@@ -155,11 +132,7 @@ impl StatementParser<'_> {
                 break;
             };
             let source = self.aliased_source()?;
-            let within = if self.eat_kw("WITHIN") {
-                Some(self.within()?)
-            } else {
-                None
-            };
+            let within = self.optional_clause(&["WITHIN"], Self::within)?;
             self.expect_kw("ON")?;
             let on = self.expr()?;
             joins.push(Join {
@@ -188,11 +161,7 @@ impl StatementParser<'_> {
     }
 
     fn grace(&mut self) -> Result<Option<Duration>> {
-        if self.eat_kws(&["GRACE", "PERIOD"]) {
-            Ok(Some(self.duration()?))
-        } else {
-            Ok(None)
-        }
+        self.optional_clause(&["GRACE", "PERIOD"], Self::duration)
     }
 
     fn within(&mut self) -> Result<WithinExpr> {

@@ -435,11 +435,7 @@ impl StatementParser<'_> {
         } else {
             None
         };
-        let limit = if self.eat_kw("LIMIT") {
-            Some(self.uint()?)
-        } else {
-            None
-        };
+        let limit = self.optional_clause(&["LIMIT"], Self::uint)?;
         Ok(Statement::Print(Print {
             topic,
             from_beginning,
