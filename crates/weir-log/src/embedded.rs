@@ -1,0 +1,731 @@
+//! The embedded log: each partition is a directory of segment files; each segment a run
+//! of CRC-framed batches. One `append` call is one batch, so after a crash a batch is
+//! either wholly there or wholly gone (a torn tail is cut off when the partition opens).
+//!
+//! ```text
+//! <root>/topics/<topic>/topic.json          the topic's config
+//! <root>/topics/<topic>/<partition>/<base offset, 20 digits>.seg
+//! batch   := len:u32 crc32:u32 payload[len]          (little-endian)
+//! payload := base_offset:u64 count:u32 record{count}
+//! record  := timestamp:i64 key:bytes? value:bytes? headers:u32 (name:str value:bytes?)*
+//! bytes?  := len:i32 (-1 for null) data     str := len:u32 data
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::error::{IoContext, LogError, Result};
+use crate::record::{Header, Record, StoredRecord};
+use crate::{Log, TopicConfig, TopicInfo, validate_topic_name};
+
+/// When appended data is forced to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncPolicy {
+    /// Before `append` returns: an acknowledged append survives a power cut.
+    Always,
+    /// At most this long after an append (checked on the next append and on `flush`).
+    Interval(Duration),
+    /// When the operating system writes it back; survives a process crash, not a power cut.
+    Never,
+}
+
+#[derive(Debug, Clone)]
+pub struct EmbeddedLogConfig {
+    /// A segment is closed and a new one started beyond this size.
+    pub segment_bytes: u64,
+    pub fsync: FsyncPolicy,
+    /// The largest record (key + value + headers) accepted.
+    pub max_record_bytes: usize,
+    /// One index entry per this many bytes of segment: the cost of a seek.
+    pub index_interval_bytes: u64,
+}
+
+impl Default for EmbeddedLogConfig {
+    fn default() -> Self {
+        Self {
+            segment_bytes: 64 << 20,
+            fsync: FsyncPolicy::Interval(Duration::from_millis(200)),
+            max_record_bytes: 8 << 20,
+            index_interval_bytes: 4096,
+        }
+    }
+}
+
+const FRAME_HEADER: usize = 8;
+const BATCH_HEADER: usize = 12;
+
+pub struct EmbeddedLog {
+    root: PathBuf,
+    config: EmbeddedLogConfig,
+    topics: RwLock<BTreeMap<String, Arc<TopicState>>>,
+}
+
+struct TopicState {
+    info: TopicInfo,
+    dir: PathBuf,
+    partitions: Vec<PartitionHandle>,
+}
+
+struct PartitionHandle {
+    inner: Mutex<Partition>,
+    grown: Condvar,
+}
+
+struct Partition {
+    dir: PathBuf,
+    segments: BTreeMap<u64, Segment>,
+    next_offset: u64,
+    last_sync: Instant,
+    unsynced: bool,
+}
+
+struct Segment {
+    base: u64,
+    path: PathBuf,
+    file: File,
+    size: u64,
+    /// (first offset of a batch, its position), sparse.
+    index: Vec<(u64, u64)>,
+    last_indexed_pos: Option<u64>,
+    max_timestamp: i64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere while holding the lock leaves the partition as it was after the
+    // last complete append: keep serving it.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl EmbeddedLog {
+    /// Opens (or creates) a log under `root`, recovering every topic found there.
+    pub fn open(root: impl AsRef<Path>, config: EmbeddedLogConfig) -> Result<Self> {
+        let root = root.as_ref().to_path_buf();
+        let topics_dir = root.join("topics");
+        fs::create_dir_all(&topics_dir).at(&topics_dir)?;
+        let mut topics = BTreeMap::new();
+        for entry in fs::read_dir(&topics_dir).at(&topics_dir)? {
+            let dir = entry.at(&topics_dir)?.path();
+            let meta = dir.join("topic.json");
+            if !meta.is_file() {
+                continue;
+            }
+            let text = fs::read_to_string(&meta).at(&meta)?;
+            let topic_config: TopicConfig =
+                serde_json::from_str(&text).map_err(|e| LogError::Corrupt {
+                    path: meta.clone(),
+                    reason: e.to_string(),
+                })?;
+            let name = dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
+            if validate_topic_name(&name).is_err() {
+                continue;
+            }
+            let state = TopicState::open(
+                &dir,
+                TopicInfo {
+                    name: name.clone(),
+                    config: topic_config,
+                },
+            )?;
+            topics.insert(name, Arc::new(state));
+        }
+        Ok(Self {
+            root,
+            config,
+            topics: RwLock::new(topics),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn state(&self, topic: &str) -> Result<Arc<TopicState>> {
+        self.topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(topic)
+            .cloned()
+            .ok_or_else(|| LogError::UnknownTopic(topic.to_string()))
+    }
+
+    fn partition<'a>(&self, state: &'a TopicState, partition: u32) -> Result<&'a PartitionHandle> {
+        state
+            .partitions
+            .get(partition as usize)
+            .ok_or_else(|| LogError::UnknownPartition {
+                topic: state.info.name.clone(),
+                partition,
+                partitions: state.info.config.partitions,
+            })
+    }
+
+    /// Deletes data past each partition's retention limits. Runs on every segment roll;
+    /// a server also calls it periodically so time-based retention applies to idle topics.
+    pub fn enforce_retention(&self) -> Result<()> {
+        let topics: Vec<Arc<TopicState>> = self
+            .topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for t in topics {
+            for p in &t.partitions {
+                lock(&p.inner).enforce_retention(&t.info.config)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TopicState {
+    fn open(dir: &Path, info: TopicInfo) -> Result<Self> {
+        let mut partitions = Vec::new();
+        for p in 0..info.config.partitions {
+            let pdir = dir.join(p.to_string());
+            partitions.push(PartitionHandle {
+                inner: Mutex::new(Partition::open(&pdir)?),
+                grown: Condvar::new(),
+            });
+        }
+        Ok(Self {
+            info,
+            dir: dir.to_path_buf(),
+            partitions,
+        })
+    }
+}
+
+impl Partition {
+    fn open(dir: &Path) -> Result<Self> {
+        fs::create_dir_all(dir).at(dir)?;
+        let mut bases: Vec<(u64, PathBuf)> = Vec::new();
+        for entry in fs::read_dir(dir).at(dir)? {
+            let path = entry.at(dir)?.path();
+            let base = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".seg"))
+                .and_then(|n| n.parse::<u64>().ok());
+            if let Some(base) = base {
+                bases.push((base, path));
+            }
+        }
+        bases.sort();
+        let mut segments = BTreeMap::new();
+        let mut next_offset = bases.first().map(|b| b.0).unwrap_or(0);
+        let count = bases.len();
+        for (i, (base, path)) in bases.into_iter().enumerate() {
+            let is_last = i + 1 == count;
+            let seg = Segment::recover(base, path, is_last)?;
+            next_offset = seg.next_offset_hint.max(base);
+            segments.insert(base, seg.segment);
+        }
+        let mut p = Self {
+            dir: dir.to_path_buf(),
+            segments,
+            next_offset,
+            last_sync: Instant::now(),
+            unsynced: false,
+        };
+        if p.segments.is_empty() {
+            p.roll(0)?;
+        }
+        Ok(p)
+    }
+
+    fn start_offset(&self) -> u64 {
+        self.segments
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.next_offset)
+    }
+
+    fn active(&mut self) -> &mut Segment {
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("a partition always has a segment")
+    }
+
+    fn roll(&mut self, base: u64) -> Result<()> {
+        if let Some(old) = self.segments.values_mut().next_back() {
+            old.file.sync_data().at(&old.path)?;
+        }
+        let path = self.dir.join(format!("{base:020}.seg"));
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .at(&path)?;
+        sync_dir(&self.dir)?;
+        self.segments.insert(
+            base,
+            Segment {
+                base,
+                path,
+                file,
+                size: 0,
+                index: Vec::new(),
+                last_indexed_pos: None,
+                max_timestamp: i64::MIN,
+            },
+        );
+        Ok(())
+    }
+
+    fn append(
+        &mut self,
+        records: &[Record],
+        config: &EmbeddedLogConfig,
+        topic: &TopicConfig,
+    ) -> Result<u64> {
+        let base = self.next_offset;
+        if records.is_empty() {
+            return Ok(base);
+        }
+        let mut payload = Vec::with_capacity(64 * records.len());
+        payload.extend_from_slice(&base.to_le_bytes());
+        payload.extend_from_slice(&(records.len() as u32).to_le_bytes());
+        let mut max_ts = i64::MIN;
+        for r in records {
+            let size = encode_record(&mut payload, r);
+            if size > config.max_record_bytes {
+                return Err(LogError::RecordTooLarge(size, config.max_record_bytes));
+            }
+            max_ts = max_ts.max(r.timestamp);
+        }
+        let len = u32::try_from(payload.len())
+            .map_err(|_| LogError::RecordTooLarge(payload.len(), u32::MAX as usize))?;
+        let mut frame = Vec::with_capacity(FRAME_HEADER + payload.len());
+        frame.extend_from_slice(&len.to_le_bytes());
+        frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        frame.extend_from_slice(&payload);
+
+        let rolled = {
+            let active = self.active();
+            active.size > 0 && active.size + frame.len() as u64 > config.segment_bytes
+        };
+        if rolled {
+            self.roll(base)?;
+        }
+        let interval = config.index_interval_bytes;
+        let seg = self.active();
+        seg.file.write_all(&frame).at(&seg.path)?;
+        let pos = seg.size;
+        if seg
+            .last_indexed_pos
+            .is_none_or(|last| pos - last >= interval)
+        {
+            seg.index.push((base, pos));
+            seg.last_indexed_pos = Some(pos);
+        }
+        seg.size += frame.len() as u64;
+        seg.max_timestamp = seg.max_timestamp.max(max_ts);
+        self.next_offset = base + records.len() as u64;
+        self.unsynced = true;
+        match config.fsync {
+            FsyncPolicy::Always => self.sync()?,
+            FsyncPolicy::Interval(d) if self.last_sync.elapsed() >= d => self.sync()?,
+            _ => {}
+        }
+        if rolled {
+            self.enforce_retention(topic)?;
+        }
+        Ok(base)
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        if self.unsynced {
+            let seg = self.active();
+            seg.file.sync_data().at(&seg.path)?;
+            self.unsynced = false;
+        }
+        self.last_sync = Instant::now();
+        Ok(())
+    }
+
+    fn enforce_retention(&mut self, topic: &TopicConfig) -> Result<()> {
+        let now = now_ms();
+        loop {
+            if self.segments.len() <= 1 {
+                return Ok(());
+            }
+            let total: u64 = self.segments.values().map(|s| s.size).sum();
+            let oldest = self.segments.values().next().expect("checked above");
+            let too_big = topic.retention_bytes.is_some_and(|limit| total > limit);
+            let too_old = topic
+                .retention_ms
+                .is_some_and(|ms| oldest.max_timestamp < now - ms as i64);
+            if !(too_big || too_old) {
+                return Ok(());
+            }
+            let base = oldest.base;
+            let seg = self.segments.remove(&base).expect("present");
+            fs::remove_file(&seg.path).at(&seg.path)?;
+        }
+    }
+
+    fn read(&self, from: u64, max: usize, partition: u32) -> Result<Vec<StoredRecord>> {
+        let from = from.max(self.start_offset());
+        let mut out = Vec::new();
+        if from >= self.next_offset || max == 0 {
+            return Ok(out);
+        }
+        let first = self
+            .segments
+            .range(..=from)
+            .next_back()
+            .map(|(b, _)| *b)
+            .unwrap_or(from);
+        for seg in self.segments.range(first..).map(|(_, s)| s) {
+            let start_pos = match seg.index.partition_point(|(o, _)| *o <= from) {
+                0 => 0,
+                i => seg.index[i - 1].1,
+            };
+            let mut pos = start_pos;
+            while pos < seg.size && out.len() < max {
+                let (payload, next) = read_frame(&seg.file, &seg.path, pos, seg.size)?;
+                pos = next;
+                let base = u64::from_le_bytes(payload[0..8].try_into().unwrap());
+                let count = u32::from_le_bytes(payload[8..12].try_into().unwrap()) as u64;
+                if base + count <= from {
+                    continue;
+                }
+                let mut cursor = &payload[BATCH_HEADER..];
+                for i in 0..count {
+                    let record = decode_record(&mut cursor).ok_or_else(|| LogError::Corrupt {
+                        path: seg.path.clone(),
+                        reason: "bad record".into(),
+                    })?;
+                    let offset = base + i;
+                    if offset >= from && out.len() < max {
+                        out.push(StoredRecord {
+                            partition,
+                            offset,
+                            record,
+                        });
+                    }
+                }
+            }
+            if out.len() >= max {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+struct Recovered {
+    segment: Segment,
+    next_offset_hint: u64,
+}
+
+impl Segment {
+    /// Scans a segment, rebuilding its index. A torn or corrupt tail of the last segment
+    /// (a crash mid-append) is cut off; anywhere else it is an error.
+    fn recover(base: u64, path: PathBuf, is_last: bool) -> Result<Recovered> {
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&path)
+            .at(&path)?;
+        let len = file.metadata().at(&path)?.len();
+        let mut pos = 0;
+        let mut next = base;
+        let mut index = Vec::new();
+        let mut last_indexed_pos: Option<u64> = None;
+        let mut max_timestamp = i64::MIN;
+        while pos < len {
+            match read_frame(&file, &path, pos, len) {
+                Ok((payload, after)) => {
+                    let batch_base = u64::from_le_bytes(payload[0..8].try_into().unwrap());
+                    let count = u32::from_le_bytes(payload[8..12].try_into().unwrap()) as u64;
+                    if batch_base != next {
+                        return Err(LogError::Corrupt {
+                            path,
+                            reason: format!("batch at offset {batch_base}, expected {next}"),
+                        });
+                    }
+                    let mut cursor = &payload[BATCH_HEADER..];
+                    for _ in 0..count {
+                        let r = decode_record(&mut cursor).ok_or_else(|| LogError::Corrupt {
+                            path: path.clone(),
+                            reason: "bad record".into(),
+                        })?;
+                        max_timestamp = max_timestamp.max(r.timestamp);
+                    }
+                    if last_indexed_pos.is_none_or(|l| pos - l >= 4096) {
+                        index.push((batch_base, pos));
+                        last_indexed_pos = Some(pos);
+                    }
+                    next = batch_base + count;
+                    pos = after;
+                }
+                Err(e) if is_last => {
+                    // The torn tail of the last append before a crash.
+                    let _ = e;
+                    file.set_len(pos).at(&path)?;
+                    file.sync_data().at(&path)?;
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Recovered {
+            segment: Segment {
+                base,
+                path,
+                file,
+                size: pos,
+                index,
+                last_indexed_pos,
+                max_timestamp,
+            },
+            next_offset_hint: next,
+        })
+    }
+}
+
+/// Reads the frame at `pos`, checking its CRC; returns the payload and the next position.
+fn read_frame(file: &File, path: &Path, pos: u64, end: u64) -> Result<(Vec<u8>, u64)> {
+    let corrupt = |reason: &str| LogError::Corrupt {
+        path: path.to_path_buf(),
+        reason: format!("{reason} at byte {pos}"),
+    };
+    if pos + FRAME_HEADER as u64 > end {
+        return Err(corrupt("truncated frame header"));
+    }
+    let mut header = [0u8; FRAME_HEADER];
+    file.read_exact_at(&mut header, pos).at(path)?;
+    let len = u32::from_le_bytes(header[0..4].try_into().unwrap()) as u64;
+    let crc = u32::from_le_bytes(header[4..8].try_into().unwrap());
+    if len < BATCH_HEADER as u64 || pos + FRAME_HEADER as u64 + len > end {
+        return Err(corrupt("truncated frame"));
+    }
+    let mut payload = vec![0u8; len as usize];
+    file.read_exact_at(&mut payload, pos + FRAME_HEADER as u64)
+        .at(path)?;
+    if crc32fast::hash(&payload) != crc {
+        return Err(corrupt("checksum mismatch"));
+    }
+    Ok((payload, pos + FRAME_HEADER as u64 + len))
+}
+
+fn put_bytes(buf: &mut Vec<u8>, b: Option<&[u8]>) {
+    match b {
+        None => buf.extend_from_slice(&(-1i32).to_le_bytes()),
+        Some(b) => {
+            buf.extend_from_slice(&(b.len() as i32).to_le_bytes());
+            buf.extend_from_slice(b);
+        }
+    }
+}
+
+/// Appends the record's encoding; returns its size.
+fn encode_record(buf: &mut Vec<u8>, r: &Record) -> usize {
+    let start = buf.len();
+    buf.extend_from_slice(&r.timestamp.to_le_bytes());
+    put_bytes(buf, r.key.as_deref());
+    put_bytes(buf, r.value.as_deref());
+    buf.extend_from_slice(&(r.headers.len() as u32).to_le_bytes());
+    for h in &r.headers {
+        buf.extend_from_slice(&(h.name.len() as u32).to_le_bytes());
+        buf.extend_from_slice(h.name.as_bytes());
+        put_bytes(buf, h.value.as_deref());
+    }
+    buf.len() - start
+}
+
+fn take<'a>(cur: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    if cur.len() < n {
+        return None;
+    }
+    let (head, rest) = cur.split_at(n);
+    *cur = rest;
+    Some(head)
+}
+
+fn take_bytes(cur: &mut &[u8]) -> Option<Option<Vec<u8>>> {
+    let len = i32::from_le_bytes(take(cur, 4)?.try_into().ok()?);
+    if len < 0 {
+        return Some(None);
+    }
+    Some(Some(take(cur, len as usize)?.to_vec()))
+}
+
+fn decode_record(cur: &mut &[u8]) -> Option<Record> {
+    let timestamp = i64::from_le_bytes(take(cur, 8)?.try_into().ok()?);
+    let key = take_bytes(cur)?;
+    let value = take_bytes(cur)?;
+    let n = u32::from_le_bytes(take(cur, 4)?.try_into().ok()?);
+    let mut headers = Vec::with_capacity(n.min(64) as usize);
+    for _ in 0..n {
+        let name_len = u32::from_le_bytes(take(cur, 4)?.try_into().ok()?) as usize;
+        let name = String::from_utf8(take(cur, name_len)?.to_vec()).ok()?;
+        headers.push(Header {
+            name,
+            value: take_bytes(cur)?,
+        });
+    }
+    Some(Record {
+        key,
+        value,
+        timestamp,
+        headers,
+    })
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
+
+impl Log for EmbeddedLog {
+    fn create_topic(&self, name: &str, config: TopicConfig) -> Result<TopicInfo> {
+        validate_topic_name(name)?;
+        if config.partitions == 0 {
+            return Err(LogError::NoPartitions);
+        }
+        let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(existing) = topics.get(name) {
+            if existing.info.config.partitions != config.partitions {
+                return Err(LogError::PartitionMismatch {
+                    topic: name.to_string(),
+                    existing: existing.info.config.partitions,
+                    requested: config.partitions,
+                });
+            }
+            return Ok(existing.info.clone());
+        }
+        let dir = self.root.join("topics").join(name);
+        fs::create_dir_all(&dir).at(&dir)?;
+        let meta = dir.join("topic.json");
+        let tmp = dir.join("topic.json.tmp");
+        let text = serde_json::to_string_pretty(&config).expect("config serializes");
+        fs::write(&tmp, text).at(&tmp)?;
+        File::open(&tmp).and_then(|f| f.sync_all()).at(&tmp)?;
+        fs::rename(&tmp, &meta).at(&meta)?;
+        sync_dir(&dir)?;
+        let info = TopicInfo {
+            name: name.to_string(),
+            config,
+        };
+        let state = TopicState::open(&dir, info.clone())?;
+        topics.insert(name.to_string(), Arc::new(state));
+        Ok(info)
+    }
+
+    fn topic(&self, name: &str) -> Result<Option<TopicInfo>> {
+        Ok(self
+            .topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .map(|t| t.info.clone()))
+    }
+
+    fn list_topics(&self) -> Result<Vec<TopicInfo>> {
+        Ok(self
+            .topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|t| t.info.clone())
+            .collect())
+    }
+
+    fn delete_topic(&self, name: &str) -> Result<()> {
+        let state = self
+            .topics
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+            .ok_or_else(|| LogError::UnknownTopic(name.to_string()))?;
+        fs::remove_dir_all(&state.dir).at(&state.dir)
+    }
+
+    fn append(&self, topic: &str, partition: u32, records: &[Record]) -> Result<u64> {
+        let state = self.state(topic)?;
+        let handle = self.partition(&state, partition)?;
+        let base = lock(&handle.inner).append(records, &self.config, &state.info.config)?;
+        handle.grown.notify_all();
+        Ok(base)
+    }
+
+    fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<StoredRecord>> {
+        let state = self.state(topic)?;
+        let handle = self.partition(&state, partition)?;
+        lock(&handle.inner).read(from, max, partition)
+    }
+
+    fn offsets(&self, topic: &str, partition: u32) -> Result<(u64, u64)> {
+        let state = self.state(topic)?;
+        let p = lock(&self.partition(&state, partition)?.inner);
+        Ok((p.start_offset(), p.next_offset))
+    }
+
+    fn wait_for(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        timeout: Duration,
+    ) -> Result<bool> {
+        let state = self.state(topic)?;
+        let handle = self.partition(&state, partition)?;
+        let deadline = Instant::now() + timeout;
+        let mut p = lock(&handle.inner);
+        while p.next_offset <= offset {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            p = handle
+                .grown
+                .wait_timeout(p, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        Ok(true)
+    }
+
+    fn flush(&self) -> Result<()> {
+        let topics: Vec<Arc<TopicState>> = self
+            .topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for t in topics {
+            for p in &t.partitions {
+                lock(&p.inner).sync()?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,47 @@
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("topic '{0}' does not exist")]
+    UnknownTopic(String),
+    #[error("topic '{topic}' has {partitions} partition(s); partition {partition} does not exist")]
+    UnknownPartition {
+        topic: String,
+        partition: u32,
+        partitions: u32,
+    },
+    #[error("invalid topic name '{0}': use 1 to 249 of the characters a-z A-Z 0-9 . _ -")]
+    InvalidTopicName(String),
+    #[error("topic '{topic}' exists with {existing} partition(s), not {requested}")]
+    PartitionMismatch {
+        topic: String,
+        existing: u32,
+        requested: u32,
+    },
+    #[error("a topic needs at least one partition")]
+    NoPartitions,
+    #[error("record too large: {0} bytes (the limit is {1})")]
+    RecordTooLarge(usize, usize),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: corrupt data: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+pub type Result<T, E = LogError> = std::result::Result<T, E>;
+
+pub(crate) trait IoContext<T> {
+    fn at(self, path: &std::path::Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: &std::path::Path) -> Result<T> {
+        self.map_err(|source| LogError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}

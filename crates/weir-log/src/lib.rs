@@ -1,0 +1,116 @@
+//! `weir-log` owns topics, partitions and offsets: the [`Log`] trait every source and sink
+//! uses, and its implementations. The [`EmbeddedLog`] keeps each partition as CRC-framed
+//! segment files under a data directory, so one machine runs everything with no broker;
+//! the Kafka implementation (through `rdkafka`) comes next. What records *mean* (formats,
+//! schemas) belongs to the crates above.
+
+mod embedded;
+mod error;
+mod partitioner;
+mod record;
+
+pub use embedded::{EmbeddedLog, EmbeddedLogConfig, FsyncPolicy};
+pub use error::{LogError, Result};
+pub use partitioner::{murmur2, partition_for_key};
+pub use record::{Header, Record, StoredRecord};
+
+use std::time::Duration;
+
+/// How a topic is laid out. `replicas` is recorded for Kafka; the embedded log keeps one copy.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TopicConfig {
+    pub partitions: u32,
+    pub replicas: u16,
+    /// Delete the oldest data once a partition holds more than this many bytes.
+    pub retention_bytes: Option<u64>,
+    /// Delete data older than this many milliseconds (by record timestamp).
+    pub retention_ms: Option<u64>,
+}
+
+impl Default for TopicConfig {
+    fn default() -> Self {
+        Self {
+            partitions: 1,
+            replicas: 1,
+            retention_bytes: None,
+            retention_ms: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    pub name: String,
+    pub config: TopicConfig,
+}
+
+/// Topics of partitions of records at offsets: what Kafka offers, as a trait, so the
+/// engine runs unchanged on the embedded log and on a Kafka cluster.
+///
+/// Offsets are per partition, start at 0 and grow by one per record. A reader that asks
+/// for offsets past the end gets nothing, and can [`Log::wait_for`] more.
+pub trait Log: Send + Sync {
+    /// Creates a topic; creating one that exists with the same partition count is not an
+    /// error (topics are created on demand), a different count is.
+    fn create_topic(&self, name: &str, config: TopicConfig) -> Result<TopicInfo>;
+
+    fn topic(&self, name: &str) -> Result<Option<TopicInfo>>;
+
+    fn list_topics(&self) -> Result<Vec<TopicInfo>>;
+
+    /// Deletes a topic and all its data.
+    fn delete_topic(&self, name: &str) -> Result<()>;
+
+    /// Appends records to one partition, all or none; returns the offset of the first.
+    fn append(&self, topic: &str, partition: u32, records: &[Record]) -> Result<u64>;
+
+    /// Up to `max` records of a partition, starting at `from` (or at the oldest retained
+    /// offset, if `from` was deleted by retention).
+    fn read(&self, topic: &str, partition: u32, from: u64, max: usize)
+    -> Result<Vec<StoredRecord>>;
+
+    /// The oldest retained offset and the offset the next append will get.
+    fn offsets(&self, topic: &str, partition: u32) -> Result<(u64, u64)>;
+
+    /// Blocks until the partition holds a record at `offset` or `timeout` passes; true if
+    /// it does.
+    fn wait_for(&self, topic: &str, partition: u32, offset: u64, timeout: Duration)
+    -> Result<bool>;
+
+    /// Makes every append so far durable, whatever the fsync policy.
+    fn flush(&self) -> Result<()>;
+
+    /// Appends one record to the partition its key hashes to (murmur2, as Kafka's default
+    /// partitioner), or to partition 0..n in turn for records without a key.
+    fn produce(&self, topic: &str, record: Record) -> Result<(u32, u64)> {
+        let info = self
+            .topic(topic)?
+            .ok_or_else(|| LogError::UnknownTopic(topic.to_string()))?;
+        let partition = match &record.key {
+            Some(k) => partition_for_key(k, info.config.partitions),
+            None => 0,
+        };
+        let offset = self.append(topic, partition, std::slice::from_ref(&record))?;
+        Ok((partition, offset))
+    }
+}
+
+/// Kafka's rules for topic names: 1 to 249 of `[a-zA-Z0-9._-]`, not `.` or `..`. They also
+/// keep a topic name from ever naming a path outside the data directory.
+pub fn validate_topic_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 249
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(LogError::InvalidTopicName(name.to_string()))
+    }
+}
+
+/// Default wait used by readers that poll.
+pub const DEFAULT_POLL: Duration = Duration::from_millis(50);

@@ -1,0 +1,37 @@
+//! A record as the log stores it: Kafka's shape (key, value, timestamp, headers), with
+//! null keys and values (tombstones) kept distinct from empty ones.
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Header {
+    pub name: String,
+    pub value: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Record {
+    pub key: Option<Vec<u8>>,
+    /// `None` is a tombstone.
+    pub value: Option<Vec<u8>>,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp: i64,
+    pub headers: Vec<Header>,
+}
+
+impl Record {
+    pub fn new(key: Option<&[u8]>, value: Option<&[u8]>, timestamp: i64) -> Self {
+        Self {
+            key: key.map(<[u8]>::to_vec),
+            value: value.map(<[u8]>::to_vec),
+            timestamp,
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// A record with where it is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    pub partition: u32,
+    pub offset: u64,
+    pub record: Record,
+}
