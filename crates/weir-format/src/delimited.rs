@@ -1,0 +1,171 @@
+//! DELIMITED: one field per column, in column order, separated by the delimiter, with
+//! CSV quoting (`"a,b"`, `""` for a quote inside). An empty field is null.
+
+use serde_json::Value;
+use weir_sql::ast::SqlType;
+
+use crate::layout::Column;
+
+pub(crate) fn decode(bytes: &[u8], cols: &[Column], delimiter: char) -> Result<Vec<Value>, String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("Invalid UTF-8: {e}"))?;
+    let fields = split(text, delimiter)?;
+    if fields.len() != cols.len() {
+        return Err(format!(
+            "Unexpected field count, csvFields:{} schemaFields:{}",
+            fields.len(),
+            cols.len()
+        ));
+    }
+    Ok(fields
+        .into_iter()
+        .map(|f| f.map(Value::String).unwrap_or(Value::Null))
+        .collect())
+}
+
+/// Splits one CSV line; `None` for empty (null) fields.
+fn split(text: &str, delimiter: char) -> Result<Vec<Option<String>>, String> {
+    let mut fields = Vec::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        let mut field = String::new();
+        let mut quoted = false;
+        if chars.peek() == Some(&'"') {
+            quoted = true;
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some('"') if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        field.push('"');
+                    }
+                    Some('"') => break,
+                    Some(c) => field.push(c),
+                    None => return Err("Unterminated quoted field".to_string()),
+                }
+            }
+        }
+        loop {
+            match chars.peek() {
+                Some(c) if *c == delimiter => break,
+                None => break,
+                Some(_) if quoted => {
+                    return Err("Unexpected characters after a quoted field".to_string());
+                }
+                Some(_) => field.push(chars.next().expect("peeked")),
+            }
+        }
+        fields.push(if field.is_empty() && !quoted {
+            None
+        } else {
+            Some(field)
+        });
+        if chars.next().is_none() {
+            return Ok(fields);
+        }
+    }
+}
+
+pub(crate) fn encode(cols: &[Column], values: &[Value], delimiter: char) -> Vec<u8> {
+    let fields: Vec<String> = values
+        .iter()
+        .zip(cols)
+        .map(|(v, c)| field(v, &c.ty, delimiter))
+        .collect();
+    fields.join(&delimiter.to_string()).into_bytes()
+}
+
+fn field(v: &Value, ty: &SqlType, delimiter: char) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => match (ty, n.as_f64()) {
+            (SqlType::Decimal { scale, .. }, Some(f)) => format!("{f:.*}", *scale as usize),
+            (SqlType::Double, Some(f)) => java_double(f),
+            _ => n.to_string(),
+        },
+        Value::String(s) => {
+            if s.contains(delimiter) || s.contains('"') || s.contains('\n') || s.contains('\r') {
+                format!("\"{}\"", s.replace('"', "\"\""))
+            } else {
+                s.clone()
+            }
+        }
+        other => other.to_string(),
+    }
+}
+
+/// A double as Java's `Double.toString` writes it (ksqlDB's DELIMITED output): at least
+/// one digit after the point, scientific notation outside [1e-3, 1e7).
+pub fn java_double(f: f64) -> String {
+    if f.is_nan() {
+        return "NaN".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
+    }
+    if f == 0.0 {
+        return if f.is_sign_negative() {
+            "-0.0".into()
+        } else {
+            "0.0".into()
+        };
+    }
+    let a = f.abs();
+    if (1e-3..1e7).contains(&a) {
+        let s = format!("{f}");
+        if s.contains('.') { s } else { format!("{s}.0") }
+    } else {
+        // Rust's `{:e}` gives the shortest digits: 1.2345e10 → 1.2345E10, 1e10 → 1.0E10.
+        let s = format!("{f:e}");
+        let (mantissa, exp) = s.split_once('e').expect("exponent form");
+        let mantissa = if mantissa.contains('.') {
+            mantissa.to_string()
+        } else {
+            format!("{mantissa}.0")
+        };
+        format!("{mantissa}E{exp}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_like_csv() {
+        assert_eq!(
+            split("a,,\"b,c\",\"d\"\"e\"", ',').unwrap(),
+            [
+                Some("a".into()),
+                None,
+                Some("b,c".into()),
+                Some("d\"e".into())
+            ]
+        );
+        assert_eq!(split("", ',').unwrap(), [None]);
+        assert_eq!(
+            split("x|y", '|').unwrap(),
+            [Some("x".into()), Some("y".into())]
+        );
+        assert!(split("\"open", ',').is_err());
+    }
+
+    #[test]
+    fn doubles_print_as_java_does() {
+        for (f, s) in [
+            (1.0, "1.0"),
+            (0.5, "0.5"),
+            (1.2104138026620321, "1.2104138026620321"),
+            (1e7, "1.0E7"),
+            (1.5e-4, "1.5E-4"),
+            (-2.5e10, "-2.5E10"),
+            (123.0, "123.0"),
+        ] {
+            assert_eq!(java_double(f), s);
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! A source's record layout: which columns come from the key and which from the value, and
+//! in what format each side is written.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use serde_json::Value;
+use weir_log::StoredRecord;
+use weir_sql::ast::SqlType;
+
+use crate::convert::{arrow_type, rows_to_batch, value_at};
+
+/// `ROWTIME` (record timestamp, ms), `ROWPARTITION`, `ROWOFFSET`: first in every decoded batch.
+pub const PSEUDO_COLUMNS: [&str; 3] = ["ROWTIME", "ROWPARTITION", "ROWOFFSET"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Delimited,
+    Kafka,
+    /// No data on this side (`KEY_FORMAT='NONE'`): no columns may come from it.
+    None,
+}
+
+impl Format {
+    /// The format named in `WITH (...)`, case-insensitively.
+    pub fn from_name(name: &str) -> Result<Format, FormatError> {
+        match name.to_ascii_uppercase().as_str() {
+            "JSON" => Ok(Format::Json),
+            "DELIMITED" => Ok(Format::Delimited),
+            "KAFKA" => Ok(Format::Kafka),
+            "NONE" => Ok(Format::None),
+            other => Err(FormatError::UnknownFormat(other.to_string())),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Format::Json => "JSON",
+            Format::Delimited => "DELIMITED",
+            Format::Kafka => "KAFKA",
+            Format::None => "NONE",
+        }
+    }
+}
+
+/// One side's format with its options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FormatSpec {
+    pub format: Format,
+    /// DELIMITED's field separator (`VALUE_DELIMITER` / `KEY_DELIMITER`), default `,`.
+    pub delimiter: char,
+    /// Whether a single column is written wrapped in an object (JSON) — ksqlDB's
+    /// `WRAP_SINGLE_VALUE`. Keys are never wrapped.
+    pub wrap_single: bool,
+}
+
+impl FormatSpec {
+    pub fn new(format: Format) -> Self {
+        Self {
+            format,
+            delimiter: ',',
+            wrap_single: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    pub ty: SqlType,
+}
+
+impl Column {
+    pub fn new(name: impl Into<String>, ty: SqlType) -> Self {
+        Self {
+            name: name.into(),
+            ty,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Layout {
+    pub key_columns: Vec<Column>,
+    pub value_columns: Vec<Column>,
+    pub key_format: FormatSpec,
+    pub value_format: FormatSpec,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FormatError {
+    #[error("Unknown format: {0}. Supported formats: JSON, DELIMITED, KAFKA, NONE")]
+    UnknownFormat(String),
+    #[error("The {format} format does not support type {ty} (column {column})")]
+    UnsupportedType {
+        format: &'static str,
+        ty: String,
+        column: String,
+    },
+    #[error("The {format} format holds one column, but the {side} has {count}")]
+    SingleColumnOnly {
+        format: &'static str,
+        side: &'static str,
+        count: usize,
+    },
+    #[error("{side} format NONE cannot hold columns ({columns})")]
+    NoneWithColumns { side: &'static str, columns: String },
+    #[error("{0}")]
+    Encode(String),
+}
+
+/// A record's key and value bytes; `None` for a null key or a side with no columns.
+pub type EncodedRecord = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// A record that did not decode, for the processing log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError {
+    pub partition: u32,
+    pub offset: u64,
+    pub message: String,
+}
+
+/// The records that decoded, as one batch, and the ones that did not.
+#[derive(Debug)]
+pub struct Decoded {
+    pub batch: RecordBatch,
+    pub errors: Vec<DecodeError>,
+}
+
+impl Layout {
+    /// Checks that each side's format can hold its columns.
+    pub fn validate(&self) -> Result<(), FormatError> {
+        for (side, spec, cols) in [
+            ("key", &self.key_format, &self.key_columns),
+            ("value", &self.value_format, &self.value_columns),
+        ] {
+            match spec.format {
+                Format::None if !cols.is_empty() => {
+                    let columns = cols
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    return Err(FormatError::NoneWithColumns { side, columns });
+                }
+                Format::Kafka if cols.len() > 1 => {
+                    return Err(FormatError::SingleColumnOnly {
+                        format: "KAFKA",
+                        side,
+                        count: cols.len(),
+                    });
+                }
+                Format::Kafka => {
+                    for c in cols {
+                        if !crate::kafka::supports(&c.ty) {
+                            return Err(FormatError::UnsupportedType {
+                                format: "KAFKA",
+                                ty: c.ty.to_string(),
+                                column: c.name.clone(),
+                            });
+                        }
+                    }
+                }
+                Format::Delimited => {
+                    for c in cols {
+                        if matches!(
+                            c.ty,
+                            SqlType::Array(_) | SqlType::Map(..) | SqlType::Struct(_)
+                        ) {
+                            return Err(FormatError::UnsupportedType {
+                                format: "DELIMITED",
+                                ty: c.ty.to_string(),
+                                column: c.name.clone(),
+                            });
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The Arrow schema of decoded batches: pseudo-columns, key columns, value columns.
+    pub fn schema(&self) -> SchemaRef {
+        let mut fields = vec![
+            Field::new(PSEUDO_COLUMNS[0], DataType::Int64, false),
+            Field::new(PSEUDO_COLUMNS[1], DataType::Int32, false),
+            Field::new(PSEUDO_COLUMNS[2], DataType::Int64, false),
+        ];
+        for c in self.key_columns.iter().chain(&self.value_columns) {
+            fields.push(Field::new(&c.name, arrow_type(&c.ty), true));
+        }
+        Arc::new(Schema::new(fields))
+    }
+
+    fn decode_side(
+        spec: &FormatSpec,
+        cols: &[Column],
+        bytes: Option<&[u8]>,
+    ) -> Result<Vec<Value>, String> {
+        if cols.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(bytes) = bytes else {
+            return Ok(vec![Value::Null; cols.len()]);
+        };
+        let raw = match spec.format {
+            Format::Json => crate::json::decode(bytes, cols, spec.wrap_single)?,
+            Format::Delimited => crate::delimited::decode(bytes, cols, spec.delimiter)?,
+            Format::Kafka => vec![crate::kafka::decode(bytes, &cols[0].ty)?],
+            Format::None => return Ok(Vec::new()),
+        };
+        raw.into_iter()
+            .zip(cols)
+            .map(|(v, c)| crate::convert::coerce(v, &c.ty))
+            .collect()
+    }
+
+    /// Decodes records into a batch with [`Layout::schema`]. Tombstones (records without
+    /// a value) are skipped, as a stream skips them.
+    pub fn decode(&self, schema: &SchemaRef, records: &[StoredRecord]) -> Decoded {
+        let mut rows = Vec::with_capacity(records.len());
+        let mut origins = Vec::with_capacity(records.len());
+        let mut errors = Vec::new();
+        for r in records {
+            if r.record.value.is_none() && !self.value_columns.is_empty() {
+                continue;
+            }
+            let key =
+                Self::decode_side(&self.key_format, &self.key_columns, r.record.key.as_deref());
+            let value = Self::decode_side(
+                &self.value_format,
+                &self.value_columns,
+                r.record.value.as_deref(),
+            );
+            match (key, value) {
+                (Ok(k), Ok(v)) => {
+                    let mut row = Vec::with_capacity(3 + k.len() + v.len());
+                    row.push(Value::from(r.record.timestamp));
+                    row.push(Value::from(r.partition));
+                    row.push(Value::from(r.offset));
+                    row.extend(k);
+                    row.extend(v);
+                    rows.push(row);
+                    origins.push((r.partition, r.offset));
+                }
+                (Err(e), _) => errors.push(DecodeError {
+                    partition: r.partition,
+                    offset: r.offset,
+                    message: format!("Failed to deserialize key: {e}"),
+                }),
+                (_, Err(e)) => errors.push(DecodeError {
+                    partition: r.partition,
+                    offset: r.offset,
+                    message: format!("Failed to deserialize value: {e}"),
+                }),
+            }
+        }
+        let (batch, bad) = rows_to_batch(schema, rows);
+        for (i, message) in bad {
+            let (partition, offset) = origins[i];
+            errors.push(DecodeError {
+                partition,
+                offset,
+                message: format!("Failed to deserialize value: {message}"),
+            });
+        }
+        errors.sort_by_key(|e| (e.partition, e.offset));
+        Decoded { batch, errors }
+    }
+
+    fn encode_side(
+        spec: &FormatSpec,
+        cols: &[Column],
+        values: Vec<Value>,
+        is_key: bool,
+    ) -> Result<Option<Vec<u8>>, FormatError> {
+        match spec.format {
+            Format::None => Ok(None),
+            _ if cols.is_empty() => Ok(None),
+            // A key whose columns are all null is a null key.
+            _ if is_key && values.iter().all(Value::is_null) => Ok(None),
+            Format::Json => Ok(Some(crate::json::encode(cols, values, spec.wrap_single))),
+            Format::Delimited => Ok(Some(crate::delimited::encode(
+                cols,
+                &values,
+                spec.delimiter,
+            ))),
+            Format::Kafka => {
+                crate::kafka::encode(&values[0], &cols[0].ty).map_err(FormatError::Encode)
+            }
+        }
+    }
+
+    /// Encodes a batch whose columns are the key columns then the value columns (by name)
+    /// into (key, value) bytes, one pair per row. A row whose values are all null still
+    /// has a value; `None` only where a side has no columns.
+    pub fn encode(&self, batch: &RecordBatch) -> Result<Vec<EncodedRecord>, FormatError> {
+        let column = |name: &str| {
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| FormatError::Encode(format!("column {name} missing from the batch")))
+        };
+        let keys = self
+            .key_columns
+            .iter()
+            .map(|c| column(&c.name))
+            .collect::<Result<Vec<_>, _>>()?;
+        let vals = self
+            .value_columns
+            .iter()
+            .map(|c| column(&c.name))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = Vec::with_capacity(batch.num_rows());
+        for row in 0..batch.num_rows() {
+            let k: Vec<Value> = keys
+                .iter()
+                .zip(&self.key_columns)
+                .map(|(a, c)| value_at(a, row, &c.ty))
+                .collect();
+            let v: Vec<Value> = vals
+                .iter()
+                .zip(&self.value_columns)
+                .map(|(a, c)| value_at(a, row, &c.ty))
+                .collect();
+            out.push((
+                Self::encode_side(&self.key_format, &self.key_columns, k, true)?,
+                Self::encode_side(&self.value_format, &self.value_columns, v, false)?,
+            ));
+        }
+        Ok(out)
+    }
+}
