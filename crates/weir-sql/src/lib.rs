@@ -21,6 +21,8 @@ mod parser;
 pub use ast::Statement;
 pub use dialect::KsqlDialect;
 pub use error::{ParseError, Position, Result};
+/// The sqlparser this crate builds on, for callers that work with its expressions.
+pub use sqlparser;
 
 use lexer::{split_statements, tokenize};
 

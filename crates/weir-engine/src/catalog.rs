@@ -1,0 +1,122 @@
+//! What the engine knows: streams and tables with their topics and record layouts, and
+//! the types registered with CREATE TYPE.
+
+use std::collections::BTreeMap;
+
+use weir_format::Layout;
+use weir_sql::ast::{SourceKind, SqlType, StructFieldType};
+
+use crate::error::{EngineError, Result};
+
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub kind: SourceKind,
+    pub topic: String,
+    pub layout: Layout,
+    /// The column that holds event time, if not the record timestamp.
+    pub timestamp_column: Option<String>,
+    /// The statement that created it, in canonical form (DESCRIBE shows it).
+    pub statement: String,
+    /// The persistent query that writes it, if any.
+    pub written_by: Option<String>,
+}
+
+impl Source {
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            SourceKind::Stream => "stream",
+            SourceKind::Table => "table",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Catalog {
+    sources: BTreeMap<String, Source>,
+    types: BTreeMap<String, SqlType>,
+}
+
+impl Catalog {
+    pub fn source(&self, name: &str) -> Option<&Source> {
+        self.sources.get(name)
+    }
+
+    pub fn source_mut(&mut self, name: &str) -> Option<&mut Source> {
+        self.sources.get_mut(name)
+    }
+
+    pub fn sources(&self) -> impl Iterator<Item = &Source> {
+        self.sources.values()
+    }
+
+    pub fn add_source(&mut self, source: Source, or_replace: bool) -> Result<()> {
+        if let Some(existing) = self.sources.get(&source.name)
+            && !(or_replace && existing.kind == source.kind)
+        {
+            return Err(EngineError::AlreadyExists {
+                kind: source.kind_name(),
+                name: source.name.clone(),
+                existing: existing.kind_name(),
+            });
+        }
+        self.sources.insert(source.name.clone(), source);
+        Ok(())
+    }
+
+    pub fn remove_source(&mut self, name: &str) -> Option<Source> {
+        self.sources.remove(name)
+    }
+
+    pub fn add_type(&mut self, name: &str, ty: SqlType, if_not_exists: bool) -> Result<()> {
+        if self.types.contains_key(name) {
+            if if_not_exists {
+                return Ok(());
+            }
+            return Err(EngineError::Invalid(format!(
+                "Cannot register custom type '{name}' since it is already registered"
+            )));
+        }
+        let ty = self.resolve(&ty)?;
+        self.types.insert(name.to_string(), ty);
+        Ok(())
+    }
+
+    pub fn drop_type(&mut self, name: &str, if_exists: bool) -> Result<()> {
+        if self.types.remove(name).is_none() && !if_exists {
+            return Err(EngineError::Invalid(format!("Type {name} does not exist")));
+        }
+        Ok(())
+    }
+
+    pub fn types(&self) -> impl Iterator<Item = (&String, &SqlType)> {
+        self.types.iter()
+    }
+
+    /// Replaces registered type names with the types they stand for.
+    pub fn resolve(&self, ty: &SqlType) -> Result<SqlType> {
+        Ok(match ty {
+            SqlType::Custom(name) => self
+                .types
+                .get(&name.value)
+                .cloned()
+                .ok_or_else(|| EngineError::Invalid(format!("Unknown type: {}", name.value)))?,
+            SqlType::Array(t) => SqlType::Array(Box::new(self.resolve(t)?)),
+            SqlType::Map(k, v) => {
+                SqlType::Map(Box::new(self.resolve(k)?), Box::new(self.resolve(v)?))
+            }
+            SqlType::Struct(fields) => SqlType::Struct(
+                fields
+                    .iter()
+                    .map(|f| {
+                        Ok(StructFieldType {
+                            name: f.name.clone(),
+                            ty: self.resolve(&f.ty)?,
+                        })
+                    })
+                    .collect::<Result<_>>()?,
+            ),
+            other => other.clone(),
+        })
+    }
+}

@@ -1,0 +1,38 @@
+use weir_format::FormatError;
+use weir_log::LogError;
+
+/// What went wrong running a statement or a query. The first group are the user's to
+/// fix (the statement is rejected); the rest are failures of running it.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Parse(#[from] weir_sql::ParseError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{kind} {name} does not exist")]
+    UnknownSource { kind: &'static str, name: String },
+    #[error("Cannot add {kind} '{name}': A {existing} with the same name already exists")]
+    AlreadyExists {
+        kind: &'static str,
+        name: String,
+        existing: &'static str,
+    },
+    #[error("Not supported yet: {0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Format(#[from] FormatError),
+    #[error("{0}")]
+    Log(#[from] LogError),
+    #[error("{0}")]
+    Plan(String),
+    #[error("{0}")]
+    Execution(String),
+}
+
+impl From<datafusion::error::DataFusionError> for EngineError {
+    fn from(e: datafusion::error::DataFusionError) -> Self {
+        EngineError::Plan(e.strip_backtrace())
+    }
+}
+
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -1,0 +1,146 @@
+//! Functions under ksqlDB's names: a DataFusion `ContextProvider` that resolves a name as
+//! ksqlDB spells it (`UCASE`, `LEN`, `IFNULL`) to the DataFusion function with the same
+//! meaning, and otherwise to DataFusion's function of that name.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::datatypes::DataType;
+use datafusion::common::TableReference;
+use datafusion::config::ConfigOptions;
+use datafusion::error::Result as DfResult;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::session_state::SessionState;
+use datafusion::logical_expr::planner::ExprPlanner;
+use datafusion::logical_expr::{AggregateUDF, HigherOrderUDF, ScalarUDF, TableSource, WindowUDF};
+use datafusion::sql::planner::ContextProvider;
+
+/// ksqlDB names whose DataFusion function has another name.
+const ALIASES: &[(&str, &str)] = &[
+    ("UCASE", "upper"),
+    ("LCASE", "lower"),
+    ("LEN", "character_length"),
+    ("SUBSTRING", "substr"),
+    ("IFNULL", "nvl"),
+    ("ARRAY_CONTAINS", "array_has"),
+    ("ARRAY_LENGTH", "cardinality"),
+    ("CONCAT", "concat"),
+    ("CONCAT_WS", "concat_ws"),
+    ("INSTR", "strpos"),
+    ("REPLACE", "replace"),
+];
+
+pub struct Functions {
+    state: SessionState,
+    options: ConfigOptions,
+    aliases: HashMap<&'static str, &'static str>,
+}
+
+impl std::fmt::Debug for Functions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Functions").finish_non_exhaustive()
+    }
+}
+
+impl Default for Functions {
+    fn default() -> Self {
+        let state = SessionStateBuilder::new().with_default_features().build();
+        Self {
+            options: state.config_options().as_ref().clone(),
+            state,
+            aliases: ALIASES.iter().copied().collect(),
+        }
+    }
+}
+
+impl Functions {
+    fn datafusion_name(&self, name: &str) -> String {
+        let upper = name.to_ascii_uppercase();
+        match self.aliases.get(upper.as_str()) {
+            Some(n) => n.to_string(),
+            None => name.to_ascii_lowercase(),
+        }
+    }
+
+    /// The DataFusion session whose function registry and expression planning we use.
+    pub fn state(&self) -> &SessionState {
+        &self.state
+    }
+
+    /// Every scalar function name a user can call, in ksqlDB's spelling.
+    pub fn scalar_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .state
+            .scalar_functions()
+            .keys()
+            .map(|n| n.to_ascii_uppercase())
+            .collect();
+        names.extend(self.aliases.keys().map(|n| n.to_string()));
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+impl ContextProvider for Functions {
+    fn get_table_source(&self, name: TableReference) -> DfResult<Arc<dyn TableSource>> {
+        datafusion::common::plan_err!("'{name}' is not a column here")
+    }
+
+    fn get_expr_planners(&self) -> &[Arc<dyn ExprPlanner>] {
+        self.state.expr_planners()
+    }
+
+    fn get_function_meta(&self, name: &str) -> Option<Arc<ScalarUDF>> {
+        self.state
+            .scalar_functions()
+            .get(&self.datafusion_name(name))
+            .cloned()
+    }
+
+    fn get_higher_order_meta(&self, name: &str) -> Option<Arc<HigherOrderUDF>> {
+        self.state
+            .higher_order_functions()
+            .get(&self.datafusion_name(name))
+            .cloned()
+    }
+
+    fn get_aggregate_meta(&self, name: &str) -> Option<Arc<AggregateUDF>> {
+        self.state
+            .aggregate_functions()
+            .get(&self.datafusion_name(name))
+            .cloned()
+    }
+
+    fn get_window_meta(&self, _name: &str) -> Option<Arc<WindowUDF>> {
+        None
+    }
+
+    fn get_variable_type(&self, _variable_names: &[String]) -> Option<DataType> {
+        None
+    }
+
+    fn options(&self) -> &ConfigOptions {
+        &self.options
+    }
+
+    fn udf_names(&self) -> Vec<String> {
+        self.state.scalar_functions().keys().cloned().collect()
+    }
+
+    fn higher_order_function_names(&self) -> Vec<String> {
+        self.state
+            .higher_order_functions()
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    fn udaf_names(&self) -> Vec<String> {
+        self.state.aggregate_functions().keys().cloned().collect()
+    }
+
+    fn udwf_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+}

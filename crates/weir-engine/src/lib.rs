@@ -1,0 +1,805 @@
+//! `weir-engine` runs statements: it keeps the catalog, creates topics on demand, and plans
+//! persistent queries into pipelines that read a source topic in batches, decode them to
+//! Arrow, filter and project with DataFusion physical expressions, and write the sink
+//! topic. Parsing belongs to `weir-sql`, storage to `weir-log`, bytes to `weir-format`.
+//!
+//! What runs today: streams over topics, `CREATE STREAM ... AS SELECT` and
+//! `INSERT INTO ... SELECT` with WHERE and projections, `INSERT INTO ... VALUES`, types,
+//! properties, DROP and TERMINATE. Queries advance when [`Engine::run_until_idle`] is
+//! called; tables, aggregations, windows and joins are the stateful issue's.
+
+pub mod catalog;
+mod error;
+mod functions;
+mod plan;
+mod types;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Int64Type, Schema};
+use weir_format::{Column, Format, FormatSpec, Layout};
+use weir_log::{Header, Log, Record, TopicConfig, partition_for_key};
+use weir_sql::ast::{
+    ColumnConstraint, CreateAsSelect, CreateSource, Literal, Properties, Query, QueryTarget,
+    SourceKind, Statement,
+};
+
+pub use catalog::{Catalog, Source};
+pub use error::{EngineError, Result};
+pub use functions::Functions;
+pub use plan::{SelectPlan, plan_select};
+
+/// Records read from a partition per step: large enough to amortize per-batch work.
+const BATCH_RECORDS: usize = 4096;
+
+/// The topic that holds the processing log: records that could not be processed, with why.
+pub const PROCESSING_LOG_TOPIC: &str = "weir_processing_log";
+
+/// What a statement did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Created { kind: &'static str, name: String },
+    QueryStarted { query_id: String, sink: String },
+    Inserted,
+    Dropped { name: String },
+    Terminated { query_ids: Vec<String> },
+    PropertySet { name: String, value: Option<String> },
+    TypeRegistered { name: String },
+    TypeDropped { name: String },
+}
+
+/// A persistent query: a plan and how far it has read each source partition.
+#[derive(Debug)]
+pub struct PersistentQuery {
+    pub id: String,
+    pub statement: String,
+    pub sink: String,
+    plan: SelectPlan,
+    source_topic: String,
+    source_layout: Layout,
+    sink_topic: String,
+    sink_layout: Layout,
+    sink_partitions: u32,
+    offsets: Vec<u64>,
+}
+
+pub struct Engine {
+    log: Arc<dyn Log>,
+    catalog: Catalog,
+    functions: Functions,
+    queries: BTreeMap<String, PersistentQuery>,
+    properties: BTreeMap<String, String>,
+    query_counter: u64,
+}
+
+fn prop(props: &Properties, name: &str) -> Option<String> {
+    props.get(name).map(Literal::as_text)
+}
+
+impl Engine {
+    pub fn new(log: Arc<dyn Log>) -> Self {
+        Self {
+            log,
+            catalog: Catalog::default(),
+            functions: Functions::default(),
+            queries: BTreeMap::new(),
+            properties: BTreeMap::new(),
+            query_counter: 0,
+        }
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn log(&self) -> &Arc<dyn Log> {
+        &self.log
+    }
+
+    pub fn functions(&self) -> &Functions {
+        &self.functions
+    }
+
+    pub fn queries(&self) -> impl Iterator<Item = &PersistentQuery> {
+        self.queries.values()
+    }
+
+    pub fn set_property(&mut self, name: &str, value: &str) {
+        self.properties.insert(name.to_string(), value.to_string());
+    }
+
+    /// Parses and runs every statement of `sql`, stopping at the first failure.
+    pub fn execute_sql(&mut self, sql: &str) -> Result<Vec<Outcome>> {
+        let statements = weir_sql::parse(sql)?;
+        statements.iter().map(|s| self.execute(s)).collect()
+    }
+
+    pub fn execute(&mut self, stmt: &Statement) -> Result<Outcome> {
+        match stmt {
+            Statement::CreateSource(c) => self.create_source(c),
+            Statement::CreateAsSelect(c) => self.create_as_select(c, stmt),
+            Statement::InsertInto {
+                target,
+                properties: _,
+                query,
+            } => self.start_query(&target.value, query, stmt, "INSERTQUERY"),
+            Statement::InsertValues {
+                target,
+                columns,
+                values,
+            } => self.insert_values(&target.value, columns, values),
+            Statement::DropSource {
+                kind,
+                if_exists,
+                name,
+                delete_topic,
+            } => self.drop_source(*kind, *if_exists, &name.value, *delete_topic),
+            Statement::Terminate(t) => self.terminate(t),
+            Statement::SetProperty { name, value } => {
+                self.properties.insert(name.clone(), value.clone());
+                Ok(Outcome::PropertySet {
+                    name: name.clone(),
+                    value: Some(value.clone()),
+                })
+            }
+            Statement::UnsetProperty { name } => {
+                self.properties.remove(name);
+                Ok(Outcome::PropertySet {
+                    name: name.clone(),
+                    value: None,
+                })
+            }
+            Statement::CreateType {
+                if_not_exists,
+                name,
+                ty,
+            } => {
+                self.catalog
+                    .add_type(&name.value, ty.clone(), *if_not_exists)?;
+                Ok(Outcome::TypeRegistered {
+                    name: name.value.clone(),
+                })
+            }
+            Statement::DropType { if_exists, name } => {
+                self.catalog.drop_type(&name.value, *if_exists)?;
+                Ok(Outcome::TypeDropped {
+                    name: name.value.clone(),
+                })
+            }
+            other => Err(EngineError::Unsupported(format!(
+                "{} statements in the engine",
+                other.kind()
+            ))),
+        }
+    }
+
+    fn format_spec(props: &Properties, side: &str, default: Option<Format>) -> Result<FormatSpec> {
+        let name = prop(props, &format!("{side}_FORMAT")).or_else(|| prop(props, "FORMAT"));
+        let format = match (name, default) {
+            (Some(n), _) => Format::from_name(&n)?,
+            (None, Some(d)) => d,
+            (None, None) => {
+                return Err(EngineError::Invalid(format!(
+                    "Missing required property \"{side}_FORMAT\" in WITH clause"
+                )));
+            }
+        };
+        let mut spec = FormatSpec::new(format);
+        if let Some(d) = prop(props, &format!("{side}_DELIMITER")) {
+            spec.delimiter = match d.to_ascii_uppercase().as_str() {
+                "TAB" => '\t',
+                "SPACE" => ' ',
+                _ if d.chars().count() == 1 => d.chars().next().expect("one char"),
+                _ => {
+                    return Err(EngineError::Invalid(format!(
+                        "Invalid delimiter '{d}': use a single character, TAB or SPACE"
+                    )));
+                }
+            };
+        }
+        if side == "KEY" {
+            spec.wrap_single = false;
+        } else if let Some(w) = props.get("WRAP_SINGLE_VALUE") {
+            spec.wrap_single =
+                !matches!(w, Literal::Boolean(false)) && !w.as_text().eq_ignore_ascii_case("false");
+        }
+        Ok(spec)
+    }
+
+    fn ensure_topic(
+        &self,
+        topic: &str,
+        props: &Properties,
+        default_partitions: Option<u32>,
+    ) -> Result<u32> {
+        let partitions = match prop(props, "PARTITIONS") {
+            Some(p) => Some(
+                p.parse::<u32>()
+                    .map_err(|_| EngineError::Invalid(format!("Invalid PARTITIONS: {p}")))?,
+            ),
+            None => None,
+        };
+        if let Some(existing) = self.log.topic(topic)? {
+            if let Some(p) = partitions
+                && p != existing.config.partitions
+            {
+                return Err(EngineError::Invalid(format!(
+                    "A Kafka topic with the name '{topic}' already exists, with different partition/replica configuration than required. KSQL expects {p} partitions (topic has {}).",
+                    existing.config.partitions
+                )));
+            }
+            return Ok(existing.config.partitions);
+        }
+        let partitions = partitions.or(default_partitions).unwrap_or(1);
+        let replicas = prop(props, "REPLICAS")
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(1);
+        self.log.create_topic(
+            topic,
+            TopicConfig {
+                partitions,
+                replicas,
+                ..Default::default()
+            },
+        )?;
+        Ok(partitions)
+    }
+
+    fn create_source(&mut self, c: &CreateSource) -> Result<Outcome> {
+        if c.kind == SourceKind::Table {
+            return Err(EngineError::Unsupported("tables over topics".into()));
+        }
+        let name = c.name.value.clone();
+        if c.if_not_exists && self.catalog.source(&name).is_some() {
+            return Ok(Outcome::Created {
+                kind: "Stream",
+                name,
+            });
+        }
+        let topic = prop(&c.properties, "KAFKA_TOPIC").ok_or_else(|| {
+            EngineError::Invalid("Missing required property \"KAFKA_TOPIC\" in WITH clause".into())
+        })?;
+        let mut key_columns = Vec::new();
+        let mut value_columns = Vec::new();
+        for col in &c.columns {
+            let column = Column::new(&col.name.value, self.catalog.resolve(&col.ty)?);
+            match col.constraint {
+                ColumnConstraint::Key | ColumnConstraint::PrimaryKey => key_columns.push(column),
+                ColumnConstraint::None => value_columns.push(column),
+                ColumnConstraint::Headers | ColumnConstraint::Header(_) => {
+                    return Err(EngineError::Unsupported("HEADER columns".into()));
+                }
+            }
+        }
+        let key_format = Self::format_spec(&c.properties, "KEY", Some(Format::Kafka))?;
+        let key_format = if key_columns.is_empty() && prop(&c.properties, "KEY_FORMAT").is_none() {
+            FormatSpec {
+                format: Format::None,
+                ..key_format
+            }
+        } else {
+            key_format
+        };
+        let layout = Layout {
+            key_columns,
+            value_columns,
+            key_format,
+            value_format: Self::format_spec(&c.properties, "VALUE", None)?,
+        };
+        layout.validate()?;
+        if c.columns.is_empty() {
+            return Err(EngineError::Invalid(
+                "The statement does not define any columns.".into(),
+            ));
+        }
+        let timestamp_column = prop(&c.properties, "TIMESTAMP").map(|t| t.to_uppercase());
+        self.ensure_topic(&topic, &c.properties, None)?;
+        let source = Source {
+            name: name.clone(),
+            kind: c.kind,
+            topic,
+            layout,
+            timestamp_column,
+            statement: Statement::CreateSource(c.clone()).to_string(),
+            written_by: None,
+        };
+        self.catalog.add_source(source, c.or_replace)?;
+        Ok(Outcome::Created {
+            kind: "Stream",
+            name,
+        })
+    }
+
+    fn create_as_select(&mut self, c: &CreateAsSelect, stmt: &Statement) -> Result<Outcome> {
+        if c.kind == SourceKind::Table {
+            return Err(EngineError::Unsupported("CREATE TABLE AS SELECT".into()));
+        }
+        let name = c.name.value.clone();
+        if let Some(existing) = self.catalog.source(&name) {
+            if c.if_not_exists {
+                return Ok(Outcome::Created {
+                    kind: "Stream",
+                    name,
+                });
+            }
+            if !c.or_replace {
+                return Err(EngineError::AlreadyExists {
+                    kind: "stream",
+                    name,
+                    existing: existing.kind_name(),
+                });
+            }
+        }
+        let from = &c.query.from.source.name.value;
+        let source = self
+            .catalog
+            .source(from)
+            .ok_or_else(|| EngineError::UnknownSource {
+                kind: "Stream",
+                name: from.clone(),
+            })?
+            .clone();
+        let plan = plan_select(&self.functions, &c.query, &source)?;
+        let key_format =
+            match Self::format_spec(&c.properties, "KEY", Some(source.layout.key_format.format))? {
+                s if plan.output_layout_columns.0.is_empty() => FormatSpec {
+                    format: Format::None,
+                    ..s
+                },
+                s => s,
+            };
+        let value_format = Self::format_spec(
+            &c.properties,
+            "VALUE",
+            Some(source.layout.value_format.format),
+        )?;
+        let value_format = if prop(&c.properties, "VALUE_FORMAT").is_none()
+            && prop(&c.properties, "FORMAT").is_none()
+            && prop(&c.properties, "VALUE_DELIMITER").is_none()
+        {
+            FormatSpec {
+                wrap_single: value_format.wrap_single,
+                ..source.layout.value_format.clone()
+            }
+        } else {
+            value_format
+        };
+        let template = Layout {
+            key_columns: vec![],
+            value_columns: vec![],
+            key_format,
+            value_format,
+        };
+        let layout = plan.output_layout(&template);
+        layout.validate()?;
+        let topic = prop(&c.properties, "KAFKA_TOPIC").unwrap_or_else(|| name.clone());
+        let source_partitions = self.log.topic(&source.topic)?.map(|t| t.config.partitions);
+        self.ensure_topic(&topic, &c.properties, source_partitions)?;
+        let sink = Source {
+            name: name.clone(),
+            kind: c.kind,
+            topic,
+            layout,
+            timestamp_column: None,
+            statement: stmt.to_string(),
+            written_by: None,
+        };
+        self.catalog.add_source(sink, c.or_replace)?;
+        match self.start_query(&name, &c.query, stmt, "CSAS") {
+            Ok(Outcome::QueryStarted { query_id, sink }) => {
+                if let Some(s) = self.catalog.source_mut(&sink) {
+                    s.written_by = Some(query_id.clone());
+                }
+                Ok(Outcome::QueryStarted { query_id, sink })
+            }
+            Ok(other) => Ok(other),
+            Err(e) => {
+                self.catalog.remove_source(&name);
+                Err(e)
+            }
+        }
+    }
+
+    fn start_query(
+        &mut self,
+        sink_name: &str,
+        query: &Query,
+        stmt: &Statement,
+        prefix: &str,
+    ) -> Result<Outcome> {
+        let sink = self
+            .catalog
+            .source(sink_name)
+            .ok_or_else(|| EngineError::UnknownSource {
+                kind: "Stream",
+                name: sink_name.to_string(),
+            })?
+            .clone();
+        let from = &query.from.source.name.value;
+        let source = self
+            .catalog
+            .source(from)
+            .ok_or_else(|| EngineError::UnknownSource {
+                kind: "Stream",
+                name: from.clone(),
+            })?
+            .clone();
+        let plan = plan_select(&self.functions, query, &source)?;
+        // INSERT INTO: the query's output must fit the sink's columns.
+        let (keys, values) = &plan.output_layout_columns;
+        if keys != &sink.layout.key_columns || values != &sink.layout.value_columns {
+            return Err(EngineError::Invalid(format!(
+                "Incompatible schema between results and sink. Result schema is {}, but sink schema is {}.",
+                describe_columns(keys, values),
+                describe_columns(&sink.layout.key_columns, &sink.layout.value_columns)
+            )));
+        }
+        let partitions = self
+            .log
+            .topic(&source.topic)?
+            .map(|t| t.config.partitions)
+            .unwrap_or(1);
+        let earliest = self
+            .properties
+            .get("auto.offset.reset")
+            .is_some_and(|v| v.eq_ignore_ascii_case("earliest"));
+        let mut offsets = Vec::with_capacity(partitions as usize);
+        for p in 0..partitions {
+            offsets.push(if earliest {
+                0
+            } else {
+                self.log.offsets(&source.topic, p)?.1
+            });
+        }
+        let sink_partitions = self
+            .log
+            .topic(&sink.topic)?
+            .map(|t| t.config.partitions)
+            .unwrap_or(1);
+        let id = format!("{prefix}_{}_{}", sink.name, self.query_counter);
+        self.query_counter += 1;
+        self.queries.insert(
+            id.clone(),
+            PersistentQuery {
+                id: id.clone(),
+                statement: stmt.to_string(),
+                sink: sink.name.clone(),
+                plan,
+                source_topic: source.topic.clone(),
+                source_layout: source.layout.clone(),
+                sink_topic: sink.topic.clone(),
+                sink_layout: sink.layout.clone(),
+                sink_partitions,
+                offsets,
+            },
+        );
+        Ok(Outcome::QueryStarted {
+            query_id: id,
+            sink: sink.name,
+        })
+    }
+
+    fn insert_values(
+        &mut self,
+        target: &str,
+        columns: &[weir_sql::ast::Ident],
+        values: &[weir_sql::ast::Expr],
+    ) -> Result<Outcome> {
+        let source = self
+            .catalog
+            .source(target)
+            .ok_or_else(|| EngineError::UnknownSource {
+                kind: "Stream",
+                name: target.to_string(),
+            })?
+            .clone();
+        let layout = &source.layout;
+        let all: Vec<&Column> = layout
+            .key_columns
+            .iter()
+            .chain(&layout.value_columns)
+            .collect();
+        let names: Vec<String> = if columns.is_empty() {
+            all.iter().map(|c| c.name.clone()).collect()
+        } else {
+            columns.iter().map(|c| c.value.clone()).collect()
+        };
+        if names.len() != values.len() {
+            return Err(EngineError::Invalid(format!(
+                "Expected a value for each column. Expected Columns: [{}]. Got [{}]",
+                names.join(", "),
+                values
+                    .iter()
+                    .map(|v| weir_sql::ast::fmt_expr(v).to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        // Constant expressions evaluate over a one-row batch with no columns.
+        let empty = RecordBatch::try_new_with_options(
+            Arc::new(Schema::empty()),
+            vec![],
+            &arrow::array::RecordBatchOptions::new().with_row_count(Some(1)),
+        )
+        .map_err(|e| EngineError::Execution(e.to_string()))?;
+        let compiler = plan::ExprCompiler::new(&self.functions, &Schema::empty(), None)?;
+        let mut rowtime = None;
+        let mut arrays: BTreeMap<String, ArrayRef> = BTreeMap::new();
+        for (name, value) in names.iter().zip(values) {
+            let compiled = compiler.compile(value)?;
+            let array = compiled.expr.evaluate(&empty)?.into_array(1)?;
+            if name == "ROWTIME" {
+                let a = arrow::compute::cast(&array, &DataType::Int64)
+                    .map_err(|e| EngineError::Invalid(e.to_string()))?;
+                rowtime = Some(a.as_primitive::<Int64Type>().value(0));
+                continue;
+            }
+            let column = all.iter().find(|c| c.name == *name).ok_or_else(|| {
+                EngineError::Invalid(format!("Column name {name} does not exist."))
+            })?;
+            let target_type = weir_format::arrow_type(&column.ty);
+            let cast = arrow::compute::cast(&array, &target_type).map_err(|e| {
+                EngineError::Invalid(format!(
+                    "Expected type {} for field {name} but got {}: {e}",
+                    column.ty,
+                    weir_sql::ast::fmt_expr(value)
+                ))
+            })?;
+            arrays.insert(name.clone(), cast);
+        }
+        let fields: Vec<arrow::datatypes::Field> = all
+            .iter()
+            .map(|c| arrow::datatypes::Field::new(&c.name, weir_format::arrow_type(&c.ty), true))
+            .collect();
+        let cols: Vec<ArrayRef> = all
+            .iter()
+            .map(|c| {
+                arrays.remove(&c.name).unwrap_or_else(|| {
+                    arrow::array::new_null_array(&weir_format::arrow_type(&c.ty), 1)
+                })
+            })
+            .collect();
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
+            .map_err(|e| EngineError::Execution(e.to_string()))?;
+        let (key, value) = layout.encode(&batch)?.remove(0);
+        let timestamp = rowtime.unwrap_or_else(now_ms);
+        let partitions = self
+            .log
+            .topic(&source.topic)?
+            .map(|t| t.config.partitions)
+            .unwrap_or(1);
+        let partition = key
+            .as_deref()
+            .map(|k| partition_for_key(k, partitions))
+            .unwrap_or(0);
+        self.log.append(
+            &source.topic,
+            partition,
+            &[Record {
+                key,
+                value,
+                timestamp,
+                headers: vec![],
+            }],
+        )?;
+        Ok(Outcome::Inserted)
+    }
+
+    fn drop_source(
+        &mut self,
+        kind: SourceKind,
+        if_exists: bool,
+        name: &str,
+        delete_topic: bool,
+    ) -> Result<Outcome> {
+        let Some(source) = self.catalog.source(name) else {
+            if if_exists {
+                return Ok(Outcome::Dropped {
+                    name: name.to_string(),
+                });
+            }
+            let kind = if kind == SourceKind::Stream {
+                "Stream"
+            } else {
+                "Table"
+            };
+            return Err(EngineError::UnknownSource {
+                kind,
+                name: name.to_string(),
+            });
+        };
+        if source.kind != kind {
+            return Err(EngineError::Invalid(format!(
+                "Incompatible data source type is {}, but statement was DROP {}",
+                source.kind_name().to_uppercase(),
+                kind
+            )));
+        }
+        let readers: Vec<&str> = self
+            .queries
+            .values()
+            .filter(|q| q.plan.source == name || q.sink == name)
+            .map(|q| q.id.as_str())
+            .collect();
+        if !readers.is_empty() {
+            return Err(EngineError::Invalid(format!(
+                "Cannot drop {name}.\nThe following queries read from or write to this source: [{}].\nYou need to terminate them before dropping {name}.",
+                readers.join(", ")
+            )));
+        }
+        let source = self.catalog.remove_source(name).expect("checked above");
+        if delete_topic {
+            self.log.delete_topic(&source.topic)?;
+        }
+        Ok(Outcome::Dropped {
+            name: name.to_string(),
+        })
+    }
+
+    fn terminate(&mut self, target: &QueryTarget) -> Result<Outcome> {
+        let ids: Vec<String> = match target {
+            QueryTarget::All => self.queries.keys().cloned().collect(),
+            QueryTarget::Query(id) => {
+                let id = self
+                    .queries
+                    .keys()
+                    .find(|k| k.eq_ignore_ascii_case(&id.value))
+                    .cloned()
+                    .ok_or_else(|| {
+                        EngineError::Invalid(format!("Unknown queryId: {}", id.value))
+                    })?;
+                vec![id]
+            }
+        };
+        for id in &ids {
+            if let Some(q) = self.queries.remove(id)
+                && let Some(s) = self.catalog.source_mut(&q.sink)
+                && s.written_by.as_deref() == Some(id.as_str())
+            {
+                s.written_by = None;
+            }
+        }
+        Ok(Outcome::Terminated { query_ids: ids })
+    }
+
+    /// Advances every persistent query until none has input left. Returns how many source
+    /// records were consumed.
+    pub fn run_until_idle(&mut self) -> Result<u64> {
+        let mut total = 0;
+        loop {
+            let mut progressed = 0;
+            let ids: Vec<String> = self.queries.keys().cloned().collect();
+            for id in ids {
+                progressed += self.step(&id)?;
+            }
+            if progressed == 0 {
+                return Ok(total);
+            }
+            total += progressed;
+        }
+    }
+
+    /// Reads one batch per source partition of a query and writes what it produces.
+    fn step(&mut self, id: &str) -> Result<u64> {
+        let q = self.queries.get_mut(id).expect("query exists");
+        let mut consumed = 0;
+        for partition in 0..q.offsets.len() as u32 {
+            let from = q.offsets[partition as usize];
+            let records = self
+                .log
+                .read(&q.source_topic, partition, from, BATCH_RECORDS)?;
+            let Some(last) = records.last() else { continue };
+            let next = last.offset + 1;
+            consumed += records.len() as u64;
+            let decoded = q.source_layout.decode(&q.plan.input_schema, &records);
+            let mut problems: Vec<(u32, u64, String)> = decoded
+                .errors
+                .iter()
+                .map(|e| (e.partition, e.offset, e.message.clone()))
+                .collect();
+            let output = match q.plan.apply(&decoded.batch) {
+                Ok(out) => vec![out],
+                Err(_) => {
+                    // One bad row must not cost the batch: process row by row, log the failures.
+                    let mut outs = Vec::new();
+                    for row in 0..decoded.batch.num_rows() {
+                        let one = decoded.batch.slice(row, 1);
+                        match q.plan.apply(&one) {
+                            Ok(out) => outs.push(out),
+                            Err(e) => {
+                                let offset =
+                                    one.column(2).as_primitive::<Int64Type>().value(0) as u64;
+                                problems.push((
+                                    partition,
+                                    offset,
+                                    format!("Error computing expression: {e}"),
+                                ));
+                            }
+                        }
+                    }
+                    outs
+                }
+            };
+            for out in output {
+                write_output(self.log.as_ref(), q, &out)?;
+            }
+            if !problems.is_empty() {
+                write_processing_log(self.log.as_ref(), &q.id, &q.source_topic, &problems)?;
+            }
+            q.offsets[partition as usize] = next;
+        }
+        Ok(consumed)
+    }
+}
+
+fn write_output(log: &dyn Log, q: &PersistentQuery, out: &RecordBatch) -> Result<()> {
+    if out.num_rows() == 0 {
+        return Ok(());
+    }
+    let encoded = q.sink_layout.encode(out)?;
+    let rowtimes = out.column(0).as_primitive::<Int64Type>();
+    let mut by_partition: BTreeMap<u32, Vec<Record>> = BTreeMap::new();
+    for (row, (key, value)) in encoded.into_iter().enumerate() {
+        let partition = key
+            .as_deref()
+            .map(|k| partition_for_key(k, q.sink_partitions))
+            .unwrap_or(0);
+        by_partition.entry(partition).or_default().push(Record {
+            key,
+            value,
+            timestamp: rowtimes.value(row),
+            headers: vec![],
+        });
+    }
+    for (partition, records) in by_partition {
+        log.append(&q.sink_topic, partition, &records)?;
+    }
+    Ok(())
+}
+
+/// Appends one JSON record per problem to the processing log topic (created on first use).
+fn write_processing_log(
+    log: &dyn Log,
+    query_id: &str,
+    topic: &str,
+    problems: &[(u32, u64, String)],
+) -> Result<()> {
+    if log.topic(PROCESSING_LOG_TOPIC)?.is_none() {
+        log.create_topic(PROCESSING_LOG_TOPIC, TopicConfig::default())?;
+    }
+    let now = now_ms();
+    let records: Vec<Record> = problems
+        .iter()
+        .map(|(partition, offset, message)| {
+            let v = serde_json::json!({
+                "QUERY_ID": query_id, "TOPIC": topic, "PARTITION": partition, "OFFSET": offset, "MESSAGE": message,
+            });
+            Record {
+                key: None,
+                value: Some(serde_json::to_vec(&v).expect("serializes")),
+                timestamp: now,
+                headers: vec![Header { name: "weir.query".into(), value: Some(query_id.as_bytes().to_vec()) }],
+            }
+        })
+        .collect();
+    log.append(PROCESSING_LOG_TOPIC, 0, &records)?;
+    Ok(())
+}
+
+fn describe_columns(keys: &[Column], values: &[Column]) -> String {
+    let cols: Vec<String> = keys
+        .iter()
+        .map(|c| format!("`{}` {} KEY", c.name, c.ty))
+        .chain(values.iter().map(|c| format!("`{}` {}", c.name, c.ty)))
+        .collect();
+    format!("[{}]", cols.join(", "))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

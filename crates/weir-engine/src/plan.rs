@@ -1,0 +1,350 @@
+//! Plans a SELECT over one source into what runs per batch: a filter and projections as
+//! DataFusion physical expressions, compiled once; and the sink's record layout, with
+//! ksqlDB's rule that the source's key columns, selected, stay the key.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, AsArray, RecordBatch};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::DFSchema;
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::sql::planner::{ParserOptions, PlannerContext, SqlToRel};
+use weir_format::{Column, Layout, PSEUDO_COLUMNS};
+use weir_sql::ast::{Expr, Query, SelectItem, fmt_expr};
+use weir_sql::sqlparser::ast::{
+    self as sql, BinaryOperator, FunctionArg, FunctionArgExpr, FunctionArgumentList,
+    FunctionArguments, ObjectName, Value, visit_expressions_mut,
+};
+
+use crate::catalog::Source;
+use crate::error::{EngineError, Result};
+use crate::functions::Functions;
+use crate::types::sql_type_of;
+
+/// A compiled expression and the type it yields.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    pub expr: Arc<dyn PhysicalExpr>,
+    pub data_type: DataType,
+}
+
+/// Compiles expressions over a source's decoded batches.
+pub struct ExprCompiler<'a> {
+    functions: &'a Functions,
+    schema: DFSchema,
+}
+
+impl<'a> ExprCompiler<'a> {
+    pub fn new(functions: &'a Functions, schema: &Schema, qualifier: Option<&str>) -> Result<Self> {
+        let schema = match qualifier {
+            Some(q) => DFSchema::try_from_qualified_schema(q, schema)?,
+            None => DFSchema::try_from(schema.clone())?,
+        };
+        Ok(Self { functions, schema })
+    }
+
+    pub fn compile(&self, e: &Expr) -> Result<Compiled> {
+        let e = rewrite_for_datafusion(e.clone());
+        let planner = SqlToRel::new_with_options(
+            self.functions,
+            ParserOptions {
+                enable_ident_normalization: false,
+                ..Default::default()
+            },
+        );
+        let logical = planner.sql_to_expr(e, &self.schema, &mut PlannerContext::new())?;
+        let expr = self
+            .functions
+            .state()
+            .create_physical_expr(logical, &self.schema)?;
+        let data_type = expr.data_type(self.schema.as_arrow())?;
+        Ok(Compiled { expr, data_type })
+    }
+}
+
+/// ksqlDB's `a->b` is DataFusion's `get_field(a, 'b')`.
+fn rewrite_for_datafusion(mut e: Expr) -> Expr {
+    let _ = visit_expressions_mut(&mut e, |e: &mut Expr| {
+        if let Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Arrow,
+            right,
+        } = e
+            && let Expr::Identifier(field) = right.as_ref()
+        {
+            let args = vec![
+                FunctionArg::Unnamed(FunctionArgExpr::Expr((**left).clone())),
+                FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::value(
+                    Value::SingleQuotedString(field.value.clone()),
+                ))),
+            ];
+            *e = Expr::Function(sql::Function {
+                name: ObjectName::from(vec![sql::Ident::new("get_field")]),
+                uses_odbc_syntax: false,
+                parameters: FunctionArguments::None,
+                args: FunctionArguments::List(FunctionArgumentList {
+                    duplicate_treatment: None,
+                    args,
+                    clauses: vec![],
+                }),
+                filter: None,
+                null_treatment: None,
+                over: None,
+                within_group: vec![],
+            });
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    e
+}
+
+/// One output column: its name, how it is computed, and whether it is a key column.
+#[derive(Debug, Clone)]
+pub struct Projection {
+    pub name: String,
+    pub compiled: Compiled,
+    pub is_key: bool,
+}
+
+/// A stateless SELECT over one source, ready to run per batch.
+#[derive(Debug, Clone)]
+pub struct SelectPlan {
+    pub source: String,
+    pub input_schema: SchemaRef,
+    pub filter: Option<Compiled>,
+    pub projections: Vec<Projection>,
+    /// Where the output records go: key columns then value columns.
+    pub output_layout_columns: (Vec<Column>, Vec<Column>),
+    pub output_schema: SchemaRef,
+}
+
+pub fn plan_select(functions: &Functions, query: &Query, source: &Source) -> Result<SelectPlan> {
+    if !query.from.joins.is_empty() {
+        return Err(EngineError::Unsupported("joins".into()));
+    }
+    if query.window.is_some() || query.group_by.is_some() || query.having.is_some() {
+        return Err(EngineError::Unsupported("aggregations and windows".into()));
+    }
+    if query.partition_by.is_some() {
+        return Err(EngineError::Unsupported("PARTITION BY".into()));
+    }
+    let input_schema = source.layout.schema();
+    let alias = query
+        .from
+        .source
+        .alias
+        .as_ref()
+        .map(|a| a.value.as_str())
+        .unwrap_or(&source.name);
+    let compiler = ExprCompiler::new(functions, &input_schema, Some(alias))?;
+    let filter = query
+        .where_clause
+        .as_ref()
+        .map(|w| {
+            let c = compiler.compile(w)?;
+            if c.data_type != DataType::Boolean && c.data_type != DataType::Null {
+                return Err(EngineError::Invalid(format!(
+                    "Type error in WHERE expression: Should evaluate to boolean but is {} ({})",
+                    fmt_expr(w),
+                    sql_type_of(&c.data_type)
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|_| c.data_type.to_string())
+                )));
+            }
+            Ok(c)
+        })
+        .transpose()?;
+
+    let key_names: Vec<&str> = source
+        .layout
+        .key_columns
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    let all_columns: Vec<&Column> = source
+        .layout
+        .key_columns
+        .iter()
+        .chain(&source.layout.value_columns)
+        .collect();
+    let mut projections: Vec<Projection> = Vec::new();
+    let mut generated = 0;
+    for item in &query.select {
+        match item {
+            SelectItem::Wildcard => {
+                for c in &all_columns {
+                    let e = Expr::Identifier(sql::Ident::with_quote('`', &c.name));
+                    projections.push(Projection {
+                        name: c.name.clone(),
+                        compiled: compiler.compile(&e)?,
+                        is_key: key_names.contains(&c.name.as_str()),
+                    });
+                }
+            }
+            SelectItem::QualifiedWildcard(q) => {
+                if q.value != alias {
+                    return Err(EngineError::Invalid(format!(
+                        "Unknown source in {}.*",
+                        q.value
+                    )));
+                }
+                for c in &all_columns {
+                    let e = Expr::Identifier(sql::Ident::with_quote('`', &c.name));
+                    projections.push(Projection {
+                        name: c.name.clone(),
+                        compiled: compiler.compile(&e)?,
+                        is_key: key_names.contains(&c.name.as_str()),
+                    });
+                }
+            }
+            SelectItem::Expr {
+                expr,
+                alias: item_alias,
+            } => {
+                let column = match expr {
+                    Expr::Identifier(id) => Some(id.value.clone()),
+                    Expr::CompoundIdentifier(parts) => parts.last().map(|p| p.value.clone()),
+                    _ => None,
+                };
+                let name = match (item_alias, &column, expr) {
+                    (Some(a), _, _) => a.value.clone(),
+                    (None, Some(c), _) => c.clone(),
+                    (
+                        None,
+                        None,
+                        Expr::BinaryOp {
+                            op: BinaryOperator::Arrow,
+                            right,
+                            ..
+                        },
+                    ) => match right.as_ref() {
+                        Expr::Identifier(f) => f.value.clone(),
+                        _ => next_generated(&mut generated),
+                    },
+                    _ => next_generated(&mut generated),
+                };
+                let is_key = column.as_deref().is_some_and(|c| key_names.contains(&c));
+                projections.push(Projection {
+                    name,
+                    compiled: compiler.compile(expr)?,
+                    is_key,
+                });
+            }
+        }
+    }
+    for p in &projections {
+        if PSEUDO_COLUMNS.contains(&p.name.as_str()) {
+            return Err(EngineError::Invalid(format!(
+                "Reserved column name in select: `{}`. Please remove or alias the column.",
+                p.name
+            )));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for p in &projections {
+        if !seen.insert(p.name.as_str()) {
+            return Err(EngineError::Invalid(format!(
+                "Duplicate column name in select: `{}`",
+                p.name
+            )));
+        }
+    }
+    // ksqlDB: the source's key columns must be selected, so the output keeps its key.
+    for k in &key_names {
+        if !projections
+            .iter()
+            .any(|p| p.is_key && column_source(query, p, k))
+        {
+            return Err(EngineError::Invalid(format!(
+                "Key missing from projection (ie, SELECT). The query used to build the sink must include the key column {k} in its projection (eg, SELECT {k}...)."
+            )));
+        }
+    }
+    let mut key_cols = Vec::new();
+    let mut value_cols = Vec::new();
+    for p in &projections {
+        let col = Column::new(&p.name, sql_type_of(&p.compiled.data_type)?);
+        if p.is_key {
+            key_cols.push(col)
+        } else {
+            value_cols.push(col)
+        }
+    }
+    let mut fields = vec![Field::new(PSEUDO_COLUMNS[0], DataType::Int64, false)];
+    fields.extend(
+        projections
+            .iter()
+            .map(|p| Field::new(&p.name, p.compiled.data_type.clone(), true)),
+    );
+    Ok(SelectPlan {
+        source: source.name.clone(),
+        input_schema,
+        filter,
+        projections,
+        output_layout_columns: (key_cols, value_cols),
+        output_schema: Arc::new(Schema::new(fields)),
+    })
+}
+
+fn column_source(query: &Query, p: &Projection, key: &str) -> bool {
+    query.select.iter().any(|item| match item {
+        SelectItem::Wildcard | SelectItem::QualifiedWildcard(_) => p.name == key,
+        SelectItem::Expr { expr, alias } => {
+            let col = match expr {
+                Expr::Identifier(id) => Some(&id.value),
+                Expr::CompoundIdentifier(parts) => parts.last().map(|i| &i.value),
+                _ => None,
+            };
+            col.is_some_and(|c| c == key)
+                && alias.as_ref().map(|a| &a.value).unwrap_or(&p.name) == &p.name
+        }
+    })
+}
+
+fn next_generated(n: &mut usize) -> String {
+    let name = format!("KSQL_COL_{n}");
+    *n += 1;
+    name
+}
+
+impl SelectPlan {
+    /// Runs the filter and projections over a decoded batch. The output's first column is
+    /// ROWTIME (carried to the output records' timestamps), then the projections.
+    pub fn apply(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let batch = match &self.filter {
+            Some(f) => {
+                let mask = f.expr.evaluate(batch)?.into_array(batch.num_rows())?;
+                let mask = match mask.data_type() {
+                    DataType::Boolean => mask,
+                    _ => arrow::compute::cast(&mask, &DataType::Boolean)
+                        .map_err(|e| EngineError::Execution(e.to_string()))?,
+                };
+                filter_record_batch(batch, mask.as_boolean())
+                    .map_err(|e| EngineError::Execution(e.to_string()))?
+            }
+            None => batch.clone(),
+        };
+        let mut columns: Vec<ArrayRef> = vec![batch.column(0).clone()];
+        for p in &self.projections {
+            columns.push(
+                p.compiled
+                    .expr
+                    .evaluate(&batch)?
+                    .into_array(batch.num_rows())?,
+            );
+        }
+        RecordBatch::try_new(self.output_schema.clone(), columns)
+            .map_err(|e| EngineError::Execution(e.to_string()))
+    }
+
+    pub fn output_layout(&self, template: &Layout) -> Layout {
+        Layout {
+            key_columns: self.output_layout_columns.0.clone(),
+            value_columns: self.output_layout_columns.1.clone(),
+            key_format: template.key_format.clone(),
+            value_format: template.value_format.clone(),
+        }
+    }
+}

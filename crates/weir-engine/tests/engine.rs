@@ -1,0 +1,217 @@
+//! Statements run against an embedded log: persistent queries move records from topic to
+//! topic through filters and projections, as a ksqlDB user sees them.
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use weir_engine::{Engine, EngineError, Outcome, PROCESSING_LOG_TOPIC};
+use weir_log::{EmbeddedLog, EmbeddedLogConfig, Log, Record};
+
+fn engine() -> (tempfile::TempDir, Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(dir.path(), EmbeddedLogConfig::default()).unwrap();
+    (dir, Engine::new(Arc::new(log)))
+}
+
+fn produce(engine: &Engine, topic: &str, key: Option<&str>, value: &str, ts: i64) {
+    engine
+        .log()
+        .produce(
+            topic,
+            Record::new(key.map(str::as_bytes), Some(value.as_bytes()), ts),
+        )
+        .unwrap();
+}
+
+fn read_all(engine: &Engine, topic: &str) -> Vec<(Option<String>, Option<String>, i64)> {
+    let log = engine.log();
+    let partitions = log.topic(topic).unwrap().unwrap().config.partitions;
+    let mut out = Vec::new();
+    for p in 0..partitions {
+        for r in log.read(topic, p, 0, 100_000).unwrap() {
+            let s = |b: Option<Vec<u8>>| b.map(|b| String::from_utf8(b).unwrap());
+            out.push((s(r.record.key), s(r.record.value), r.record.timestamp));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_delimited_stream_flows_through_filter_and_projection() {
+    let (_d, mut e) = engine();
+    e.execute_sql(
+        "CREATE STREAM carsensor (eventid integer, sensorinput varchar) WITH (kafka_topic='temperature', value_format='DELIMITED');
+         CREATE STREAM readings AS SELECT EVENTID, LEN(SENSORINPUT) AS N, UCASE(SENSORINPUT) AS UP FROM CARSENSOR WHERE EVENTID > 10;",
+    )
+    .unwrap();
+    produce(
+        &e,
+        "temperature",
+        Some("car/engine/temperature"),
+        "99999,2.10# 2.13",
+        5,
+    );
+    produce(&e, "temperature", None, "7,abc", 6);
+    produce(&e, "temperature", None, "42,x,y", 7); // one field too many: processing log
+    produce(&e, "temperature", None, "11,\"a,b\"", 8);
+    assert_eq!(e.run_until_idle().unwrap(), 4);
+    let out = read_all(&e, "READINGS");
+    assert_eq!(
+        out,
+        [
+            (None, Some("99999,10,2.10# 2.13".to_string()), 5),
+            (None, Some("11,3,\"A,B\"".to_string()), 8)
+        ]
+    );
+    let plog = read_all(&e, PROCESSING_LOG_TOPIC);
+    assert_eq!(plog.len(), 1);
+    let entry: Value = serde_json::from_str(plog[0].1.as_deref().unwrap()).unwrap();
+    assert_eq!(entry["OFFSET"], json!(2));
+    assert!(
+        entry["MESSAGE"]
+            .as_str()
+            .unwrap()
+            .contains("Unexpected field count"),
+        "{entry}"
+    );
+}
+
+#[test]
+fn chained_streams_keep_the_key_and_take_new_formats() {
+    let (_d, mut e) = engine();
+    e.execute_sql(
+        "CREATE STREAM s (id STRING KEY, speed DOUBLE, pos STRUCT<lat DOUBLE, lon DOUBLE>) WITH (kafka_topic='s', value_format='JSON', partitions=3);
+         CREATE STREAM fast AS SELECT id, speed * 1.609 AS kmh, pos->lat AS lat FROM s WHERE speed > 50;
+         CREATE STREAM fast_csv WITH (value_format='DELIMITED') AS SELECT id, kmh FROM fast;",
+    )
+    .unwrap();
+    for (i, speed) in [30.0, 60.0, 100.0].iter().enumerate() {
+        produce(
+            &e,
+            "s",
+            Some(&format!("car-{i}")),
+            &format!(r#"{{"SPEED": {speed}, "pos": {{"lat": {i}.5, "lon": 0}}}}"#),
+            i as i64,
+        );
+    }
+    e.run_until_idle().unwrap();
+    let mut fast = read_all(&e, "FAST");
+    fast.sort();
+    assert_eq!(fast.len(), 2);
+    assert_eq!(fast[0].0.as_deref(), Some("car-1"));
+    let v: Value = serde_json::from_str(fast[0].1.as_deref().unwrap()).unwrap();
+    assert_eq!(v, json!({"KMH": 60.0 * 1.609, "LAT": 1.5}));
+    let mut csv: Vec<String> = read_all(&e, "FAST_CSV")
+        .into_iter()
+        .map(|r| r.1.unwrap())
+        .collect();
+    csv.sort();
+    assert_eq!(csv, ["160.9", "96.53999999999999"]);
+    assert_eq!(
+        e.log().topic("FAST").unwrap().unwrap().config.partitions,
+        3,
+        "sinks take the source's partition count"
+    );
+}
+
+#[test]
+fn insert_values_and_insert_into_select() {
+    let (_d, mut e) = engine();
+    e.execute_sql(
+        "CREATE STREAM a (k INT KEY, v STRING) WITH (kafka_topic='a', value_format='JSON');
+         CREATE STREAM b (k INT KEY, v STRING) WITH (kafka_topic='b', value_format='JSON');
+         CREATE STREAM merged AS SELECT k, v FROM a;
+         INSERT INTO merged SELECT k, v FROM b;
+         INSERT INTO a (k, v, ROWTIME) VALUES (1, 'one', 100);
+         INSERT INTO b VALUES (2, 'two');",
+    )
+    .unwrap();
+    e.run_until_idle().unwrap();
+    let mut out = read_all(&e, "MERGED");
+    out.sort();
+    assert_eq!(
+        out[0].0,
+        Some(String::from_utf8(1i32.to_be_bytes().to_vec()).unwrap())
+    );
+    assert_eq!(out[0].1.as_deref(), Some(r#"{"V":"one"}"#));
+    assert_eq!(out[0].2, 100);
+    assert_eq!(out[1].1.as_deref(), Some(r#"{"V":"two"}"#));
+}
+
+#[test]
+fn statements_ksqldb_rejects_are_rejected_with_its_reasons() {
+    let (_d, mut e) = engine();
+    e.execute_sql(
+        "CREATE STREAM s (id INT KEY, v INT) WITH (kafka_topic='s', value_format='JSON');",
+    )
+    .unwrap();
+    let err = |e: &mut Engine, sql: &str| e.execute_sql(sql).unwrap_err().to_string();
+    assert!(
+        err(
+            &mut e,
+            "CREATE STREAM s (x INT) WITH (kafka_topic='t', value_format='JSON');"
+        )
+        .contains("already exists")
+    );
+    assert!(
+        err(&mut e, "CREATE STREAM o AS SELECT v FROM s;").contains("Key missing from projection")
+    );
+    assert!(err(&mut e, "CREATE STREAM o AS SELECT id, nope FROM s;").contains("NOPE"));
+    assert!(
+        err(
+            &mut e,
+            "CREATE STREAM o AS SELECT id, v FROM s WHERE v + 1;"
+        )
+        .contains("Should evaluate to boolean")
+    );
+    assert!(
+        err(&mut e, "CREATE STREAM o AS SELECT id, v FROM missing;").contains("does not exist")
+    );
+    assert!(
+        err(
+            &mut e,
+            "CREATE STREAM t (x INT) WITH (value_format='JSON');"
+        )
+        .contains("KAFKA_TOPIC")
+    );
+    assert!(
+        err(
+            &mut e,
+            "CREATE STREAM t (x INT) WITH (kafka_topic='t', value_format='AVRO2');"
+        )
+        .contains("Unknown format")
+    );
+    assert!(
+        err(
+            &mut e,
+            "CREATE STREAM t (x ARRAY<INT>) WITH (kafka_topic='t', value_format='DELIMITED');"
+        )
+        .contains("does not support")
+    );
+    // A rejected CSAS leaves nothing behind.
+    assert!(e.catalog().source("O").is_none());
+    assert_eq!(e.queries().count(), 0);
+}
+
+#[test]
+fn terminate_and_drop() {
+    let (_d, mut e) = engine();
+    let outcomes = e
+        .execute_sql(
+            "CREATE STREAM s (v INT) WITH (kafka_topic='s', value_format='JSON');
+             CREATE STREAM o AS SELECT v FROM s;",
+        )
+        .unwrap();
+    let Outcome::QueryStarted { query_id, .. } = &outcomes[1] else {
+        panic!("{outcomes:?}")
+    };
+    assert!(
+        matches!(e.execute_sql("DROP STREAM s;").unwrap_err(), EngineError::Invalid(m) if m.contains(query_id))
+    );
+    e.execute_sql(&format!("TERMINATE {query_id};")).unwrap();
+    e.execute_sql("DROP STREAM o DELETE TOPIC; DROP STREAM s;")
+        .unwrap();
+    assert!(e.log().topic("O").unwrap().is_none());
+    assert!(e.log().topic("s").unwrap().is_some());
+    assert!(e.execute_sql("DROP STREAM IF EXISTS s;").is_ok());
+}
