@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 use weir_engine::{Engine, EngineError, Outcome, PROCESSING_LOG_TOPIC};
-use weir_log::{EmbeddedLog, EmbeddedLogConfig, Log, Record};
+use weir_log::{EmbeddedLog, EmbeddedLogConfig, Record};
 
 fn engine() -> (tempfile::TempDir, Engine) {
     let dir = tempfile::tempdir().unwrap();
