@@ -1,7 +1,7 @@
-//! The `weir` command. Today it lints ksqlDB scripts (`weir check`); the server, the REPL
-//! and the demo join it as they land.
+//! The `weir` command: lints ksqlDB scripts (`weir check`) and measures compatibility with
+//! ksqlDB (`weir conformance`); the server, the REPL and the demo join it as they land.
 
-mod check;
+use weir_cli::{check, conformance};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +33,25 @@ enum Command {
         #[arg(long)]
         canonical: bool,
     },
+    /// Run ksqlDB query-validation cases (one JSON object per line) and print the pass
+    /// rate per tag and overall.
+    Conformance {
+        /// The cases file, e.g. ../shared/conformance/ksql-qtt/cases.jsonl.
+        #[arg(long)]
+        cases: PathBuf,
+        /// Run only cases with one of these tags (comma-separated; `window_*` matches by prefix).
+        #[arg(long, value_delimiter = ',')]
+        tags: Vec<String>,
+        /// Skip cases with any of these tags.
+        #[arg(long, value_delimiter = ',')]
+        exclude_tags: Vec<String>,
+        /// Write the per-case report as JSON to this file.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        /// Seconds one case may take.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -43,5 +62,44 @@ fn main() -> ExitCode {
             cli,
             canonical,
         } => check::run(file.as_deref(), cli, canonical),
+        Command::Conformance {
+            cases,
+            tags,
+            exclude_tags,
+            report,
+            timeout,
+        } => run_conformance(&cases, tags, exclude_tags, report.as_deref(), timeout),
     }
+}
+
+fn run_conformance(
+    cases: &std::path::Path,
+    tags: Vec<String>,
+    exclude_tags: Vec<String>,
+    report: Option<&std::path::Path>,
+    timeout: u64,
+) -> ExitCode {
+    let all = match conformance::load_cases(cases) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("weir conformance: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let selection = conformance::Selection {
+        tags,
+        exclude_tags,
+        timeout: std::time::Duration::from_secs(timeout),
+    };
+    let results = conformance::run_cases(&all, &selection);
+    conformance::print_table(&results);
+    if let Some(path) = report {
+        let text =
+            serde_json::to_string_pretty(&conformance::report_json(&results)).expect("serializes");
+        if let Err(e) = std::fs::write(path, text) {
+            eprintln!("weir conformance: cannot write {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    }
+    ExitCode::SUCCESS
 }

@@ -693,40 +693,49 @@ impl Engine {
             let Some(last) = records.last() else { continue };
             let next = last.offset + 1;
             consumed += records.len() as u64;
-            let decoded = q.source_layout.decode(&q.plan.input_schema, &records);
-            let mut problems: Vec<(u32, u64, String)> = decoded
-                .errors
-                .iter()
-                .map(|e| (e.partition, e.offset, e.message.clone()))
-                .collect();
-            let output = match q.plan.apply(&decoded.batch) {
-                Ok(out) => vec![out],
-                Err(_) => {
-                    // One bad row must not cost the batch: process row by row, log the failures.
-                    let mut outs = Vec::new();
-                    for row in 0..decoded.batch.num_rows() {
-                        let one = decoded.batch.slice(row, 1);
-                        match q.plan.apply(&one) {
-                            Ok(out) => outs.push(out),
-                            Err(e) => {
-                                let offset =
-                                    one.column(2).as_primitive::<Int64Type>().value(0) as u64;
-                                problems.push((
-                                    partition,
-                                    offset,
-                                    format!("Error computing expression: {e}"),
-                                ));
+            // Records and tombstones keep their order: process each run of one kind in turn.
+            for run in records.chunk_by(|a, b| a.record.value.is_none() == b.record.value.is_none())
+            {
+                let tombstones = run[0].record.value.is_none();
+                let decoded = if tombstones {
+                    q.source_layout.decode_tombstones(&q.plan.input_schema, run)
+                } else {
+                    q.source_layout.decode(&q.plan.input_schema, run)
+                };
+                let mut problems: Vec<(u32, u64, String)> = decoded
+                    .errors
+                    .iter()
+                    .map(|e| (e.partition, e.offset, e.message.clone()))
+                    .collect();
+                let output = match q.plan.apply(&decoded.batch) {
+                    Ok(out) => vec![out],
+                    Err(_) => {
+                        // One bad row must not cost the batch: process row by row, log the failures.
+                        let mut outs = Vec::new();
+                        for row in 0..decoded.batch.num_rows() {
+                            let one = decoded.batch.slice(row, 1);
+                            match q.plan.apply(&one) {
+                                Ok(out) => outs.push(out),
+                                Err(e) => {
+                                    let offset =
+                                        one.column(2).as_primitive::<Int64Type>().value(0) as u64;
+                                    problems.push((
+                                        partition,
+                                        offset,
+                                        format!("Error computing expression: {e}"),
+                                    ));
+                                }
                             }
                         }
+                        outs
                     }
-                    outs
+                };
+                for out in output {
+                    write_output(self.log.as_ref(), q, &out, tombstones)?;
                 }
-            };
-            for out in output {
-                write_output(self.log.as_ref(), q, &out)?;
-            }
-            if !problems.is_empty() {
-                write_processing_log(self.log.as_ref(), &q.id, &q.source_topic, &problems)?;
+                if !problems.is_empty() {
+                    write_processing_log(self.log.as_ref(), &q.id, &q.source_topic, &problems)?;
+                }
             }
             q.offsets[partition as usize] = next;
         }
@@ -734,7 +743,12 @@ impl Engine {
     }
 }
 
-fn write_output(log: &dyn Log, q: &PersistentQuery, out: &RecordBatch) -> Result<()> {
+fn write_output(
+    log: &dyn Log,
+    q: &PersistentQuery,
+    out: &RecordBatch,
+    tombstones: bool,
+) -> Result<()> {
     if out.num_rows() == 0 {
         return Ok(());
     }
@@ -742,6 +756,7 @@ fn write_output(log: &dyn Log, q: &PersistentQuery, out: &RecordBatch) -> Result
     let rowtimes = out.column(0).as_primitive::<Int64Type>();
     let mut by_partition: BTreeMap<u32, Vec<Record>> = BTreeMap::new();
     for (row, (key, value)) in encoded.into_iter().enumerate() {
+        let value = if tombstones { None } else { value };
         let partition = key
             .as_deref()
             .map(|k| partition_for_key(k, q.sink_partitions))

@@ -64,9 +64,89 @@ impl<'a> ExprCompiler<'a> {
     }
 }
 
-/// ksqlDB's `a->b` is DataFusion's `get_field(a, 'b')`.
+fn call(name: &str, args: Vec<Expr>) -> Expr {
+    let args = args
+        .into_iter()
+        .map(|a| FunctionArg::Unnamed(FunctionArgExpr::Expr(a)))
+        .collect();
+    Expr::Function(sql::Function {
+        name: ObjectName::from(vec![sql::Ident::new(name)]),
+        uses_odbc_syntax: false,
+        parameters: FunctionArguments::None,
+        args: FunctionArguments::List(FunctionArgumentList {
+            duplicate_treatment: None,
+            args,
+            clauses: vec![],
+        }),
+        filter: None,
+        null_treatment: None,
+        over: None,
+        within_group: vec![],
+    })
+}
+
+fn string_lit(s: &str) -> Expr {
+    Expr::value(Value::SingleQuotedString(s.to_string()))
+}
+
+/// ksqlDB constructors as DataFusion calls: `STRUCT(A := x)` is `named_struct('A', x)`,
+/// `MAP(k := v)` is `map([k], [v])`, and `AS_VALUE(x)` is `x`.
+fn rewrite_constructor(f: &sql::Function) -> Option<Expr> {
+    let name = f.name.to_string().to_ascii_uppercase();
+    let FunctionArguments::List(list) = &f.args else {
+        return None;
+    };
+    let value_of = |a: &FunctionArgExpr| match a {
+        FunctionArgExpr::Expr(e) => Some(e.clone()),
+        _ => None,
+    };
+    match name.as_str() {
+        "STRUCT" => {
+            let mut args = Vec::new();
+            for a in &list.args {
+                let FunctionArg::Named { name, arg, .. } = a else {
+                    return None;
+                };
+                args.push(string_lit(&name.value));
+                args.push(value_of(arg)?);
+            }
+            Some(call("named_struct", args))
+        }
+        "MAP" => {
+            let (mut keys, mut values) = (Vec::new(), Vec::new());
+            for a in &list.args {
+                let (k, v) = match a {
+                    FunctionArg::ExprNamed { name, arg, .. } => (name.clone(), value_of(arg)?),
+                    FunctionArg::Named { name, arg, .. } => {
+                        (Expr::Identifier(name.clone()), value_of(arg)?)
+                    }
+                    FunctionArg::Unnamed(_) => return None,
+                };
+                keys.push(k);
+                values.push(v);
+            }
+            Some(call(
+                "map",
+                vec![call("make_array", keys), call("make_array", values)],
+            ))
+        }
+        "AS_VALUE" if list.args.len() == 1 => match &list.args[0] {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e.clone()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// ksqlDB's `a->b` is DataFusion's `get_field(a, 'b')`; constructors are rewritten too.
 fn rewrite_for_datafusion(mut e: Expr) -> Expr {
     let _ = visit_expressions_mut(&mut e, |e: &mut Expr| {
+        if let Expr::Function(f) = e
+            && let Some(rewritten) = rewrite_constructor(f)
+        {
+            *e = rewritten;
+            return ControlFlow::<()>::Continue(());
+        }
         if let Expr::BinaryOp {
             left,
             op: BinaryOperator::Arrow,
@@ -74,26 +154,10 @@ fn rewrite_for_datafusion(mut e: Expr) -> Expr {
         } = e
             && let Expr::Identifier(field) = right.as_ref()
         {
-            let args = vec![
-                FunctionArg::Unnamed(FunctionArgExpr::Expr((**left).clone())),
-                FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::value(
-                    Value::SingleQuotedString(field.value.clone()),
-                ))),
-            ];
-            *e = Expr::Function(sql::Function {
-                name: ObjectName::from(vec![sql::Ident::new("get_field")]),
-                uses_odbc_syntax: false,
-                parameters: FunctionArguments::None,
-                args: FunctionArguments::List(FunctionArgumentList {
-                    duplicate_treatment: None,
-                    args,
-                    clauses: vec![],
-                }),
-                filter: None,
-                null_treatment: None,
-                over: None,
-                within_group: vec![],
-            });
+            *e = call(
+                "get_field",
+                vec![(**left).clone(), string_lit(&field.value)],
+            );
         }
         ControlFlow::<()>::Continue(())
     });
@@ -126,9 +190,6 @@ pub fn plan_select(functions: &Functions, query: &Query, source: &Source) -> Res
     }
     if query.window.is_some() || query.group_by.is_some() || query.having.is_some() {
         return Err(EngineError::Unsupported("aggregations and windows".into()));
-    }
-    if query.partition_by.is_some() {
-        return Err(EngineError::Unsupported("PARTITION BY".into()));
     }
     let input_schema = source.layout.schema();
     let alias = query
@@ -163,12 +224,28 @@ pub fn plan_select(functions: &Functions, query: &Query, source: &Source) -> Res
         .iter()
         .map(|c| c.name.as_str())
         .collect();
-    let all_columns: Vec<&Column> = source
-        .layout
-        .key_columns
-        .iter()
-        .chain(&source.layout.value_columns)
-        .collect();
+    // PARTITION BY re-keys: `*` puts the old key after the value columns, and the
+    // partitioning expressions become the key.
+    let partition_by = query.partition_by.as_deref().unwrap_or_default();
+    let repartition = query.partition_by.is_some();
+    let partition_columns: Vec<Option<String>> = partition_by.iter().map(column_name).collect();
+    let all_columns: Vec<&Column> = if repartition {
+        source
+            .layout
+            .value_columns
+            .iter()
+            .chain(&source.layout.key_columns)
+            .filter(|c| !partition_columns.iter().flatten().any(|p| *p == c.name))
+            .collect()
+    } else {
+        source
+            .layout
+            .key_columns
+            .iter()
+            .chain(&source.layout.value_columns)
+            .collect()
+    };
+    let is_key_column = |name: &str| !repartition && key_names.contains(&name);
     let mut projections: Vec<Projection> = Vec::new();
     let mut generated = 0;
     for item in &query.select {
@@ -179,7 +256,7 @@ pub fn plan_select(functions: &Functions, query: &Query, source: &Source) -> Res
                     projections.push(Projection {
                         name: c.name.clone(),
                         compiled: compiler.compile(&e)?,
-                        is_key: key_names.contains(&c.name.as_str()),
+                        is_key: is_key_column(&c.name),
                     });
                 }
             }
@@ -251,8 +328,30 @@ pub fn plan_select(functions: &Functions, query: &Query, source: &Source) -> Res
             )));
         }
     }
+    // Partitioning expressions that are not selected still make the key.
+    if repartition {
+        let mut keys = Vec::new();
+        for (p, col) in partition_by.iter().zip(&partition_columns) {
+            let selected = query
+                .select
+                .iter()
+                .any(|item| matches!(item, SelectItem::Expr { expr, .. } if same_expr(p, expr)));
+            if !selected {
+                let name = col
+                    .clone()
+                    .unwrap_or_else(|| next_generated(&mut generated));
+                keys.push(Projection {
+                    name,
+                    compiled: compiler.compile(p)?,
+                    is_key: true,
+                });
+            }
+        }
+        keys.append(&mut projections);
+        projections = keys;
+    }
     // ksqlDB: the source's key columns must be selected, so the output keeps its key.
-    for k in &key_names {
+    for k in key_names.iter().filter(|_| !repartition) {
         if !projections
             .iter()
             .any(|p| p.is_key && column_source(query, p, k))
@@ -303,6 +402,22 @@ fn column_source(query: &Query, p: &Projection, key: &str) -> bool {
     })
 }
 
+fn column_name(e: &Expr) -> Option<String> {
+    match e {
+        Expr::Identifier(id) => Some(id.value.clone()),
+        Expr::CompoundIdentifier(parts) => parts.last().map(|p| p.value.clone()),
+        _ => None,
+    }
+}
+
+/// The same expression, or the same column however qualified.
+fn same_expr(a: &Expr, b: &Expr) -> bool {
+    match (column_name(a), column_name(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => a == b,
+    }
+}
+
 fn next_generated(n: &mut usize) -> String {
     let name = format!("KSQL_COL_{n}");
     *n += 1;
@@ -313,6 +428,19 @@ impl SelectPlan {
     /// Runs the filter and projections over a decoded batch. The output's first column is
     /// ROWTIME (carried to the output records' timestamps), then the projections.
     pub fn apply(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        // A function that panics on some input must fail this batch, not the server.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.apply_unguarded(batch)))
+            .unwrap_or_else(|p| {
+                let why = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown reason".into());
+                Err(EngineError::Execution(format!("a function failed: {why}")))
+            })
+    }
+
+    fn apply_unguarded(&self, batch: &RecordBatch) -> Result<RecordBatch> {
         let batch = match &self.filter {
             Some(f) => {
                 let mask = f.expr.evaluate(batch)?.into_array(batch.num_rows())?;

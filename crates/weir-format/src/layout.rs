@@ -219,14 +219,29 @@ impl Layout {
             .collect()
     }
 
-    /// Decodes records into a batch with [`Layout::schema`]. Tombstones (records without
-    /// a value) are skipped, as a stream skips them.
+    /// Decodes records into a batch with [`Layout::schema`]. Tombstones (records without a
+    /// value) are left out; [`Layout::decode_tombstones`] reads them.
     pub fn decode(&self, schema: &SchemaRef, records: &[StoredRecord]) -> Decoded {
+        self.decode_records(schema, records, false)
+    }
+
+    /// Decodes tombstones (records without a value) as rows whose value columns are null.
+    /// A stream forwards them: a query's output for a tombstone is a tombstone.
+    pub fn decode_tombstones(&self, schema: &SchemaRef, records: &[StoredRecord]) -> Decoded {
+        self.decode_records(schema, records, true)
+    }
+
+    fn decode_records(
+        &self,
+        schema: &SchemaRef,
+        records: &[StoredRecord],
+        tombstones: bool,
+    ) -> Decoded {
         let mut rows = Vec::with_capacity(records.len());
         let mut origins = Vec::with_capacity(records.len());
         let mut errors = Vec::new();
         for r in records {
-            if r.record.value.is_none() && !self.value_columns.is_empty() {
+            if r.record.value.is_none() != tombstones {
                 continue;
             }
             let key =

@@ -1,0 +1,431 @@
+//! `weir conformance`: runs ksqlDB's query-validation cases exactly as
+//! `../shared/conformance/ksql-qtt/README.md` describes — a fresh engine on a fresh
+//! embedded log per case, statements, then inputs, then the outputs compared — and
+//! reports the pass rate overall and per tag. The report format is a stable interface:
+//! `{"total": N, "passed": M, "cases": [{"file", "name", "tags", "passed", "error"}]}`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use weir_engine::{Engine, Source};
+use weir_format::Format;
+use weir_log::{
+    EmbeddedLog, EmbeddedLogConfig, FsyncPolicy, Log, Record, TopicConfig, partition_for_key,
+};
+use weir_sql::ast::SqlType;
+
+#[derive(Debug, Clone)]
+pub struct Selection {
+    /// Run only cases with at least one of these tags (all when empty).
+    pub tags: Vec<String>,
+    /// Skip cases with any of these tags; `window_*` matches by prefix.
+    pub exclude_tags: Vec<String>,
+    pub timeout: Duration,
+}
+
+impl Default for Selection {
+    fn default() -> Self {
+        Self {
+            tags: Vec::new(),
+            exclude_tags: Vec::new(),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CaseResult {
+    pub file: String,
+    pub name: String,
+    pub tags: Vec<String>,
+    pub passed: bool,
+    pub error: Option<String>,
+}
+
+fn tag_matches(pattern: &str, tag: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => tag.starts_with(prefix),
+        None => pattern == tag,
+    }
+}
+
+fn tags_of(case: &Value) -> Vec<String> {
+    case["tags"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn selected(case: &Value, sel: &Selection) -> bool {
+    let tags = tags_of(case);
+    (sel.tags.is_empty()
+        || tags
+            .iter()
+            .any(|t| sel.tags.iter().any(|p| tag_matches(p, t))))
+        && !tags
+            .iter()
+            .any(|t| sel.exclude_tags.iter().any(|p| tag_matches(p, t)))
+}
+
+pub fn load_cases(path: &Path) -> Result<Vec<Value>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// Runs the selected cases, each on its own thread with the timeout.
+pub fn run_cases(cases: &[Value], sel: &Selection) -> Vec<CaseResult> {
+    cases
+        .iter()
+        .filter(|c| selected(c, sel))
+        .map(|case| {
+            let (tx, rx) = mpsc::channel();
+            let owned = case.clone();
+            std::thread::spawn(move || {
+                let outcome = std::panic::catch_unwind(|| run_case(&owned))
+                    .unwrap_or_else(|_| Err("the engine panicked".to_string()));
+                let _ = tx.send(outcome);
+            });
+            let outcome = rx
+                .recv_timeout(sel.timeout)
+                .unwrap_or_else(|_| Err(format!("timed out after {:?}", sel.timeout)));
+            CaseResult {
+                file: case["file"].as_str().unwrap_or_default().to_string(),
+                name: case["name"].as_str().unwrap_or_default().to_string(),
+                tags: tags_of(case),
+                passed: outcome.is_ok(),
+                error: outcome.err(),
+            }
+        })
+        .collect()
+}
+
+/// One case: Ok when Weir behaves as ksqlDB did, otherwise why not.
+pub fn run_case(case: &Value) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let config = EmbeddedLogConfig {
+        fsync: FsyncPolicy::Never,
+        ..Default::default()
+    };
+    let log = Arc::new(EmbeddedLog::open(dir.path(), config).map_err(|e| e.to_string())?);
+    let mut engine = Engine::new(log.clone());
+    if let Some(props) = case["properties"].as_object() {
+        for (k, v) in props {
+            let v = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            engine.set_property(k, &v);
+        }
+    }
+    let mut topic_formats: BTreeMap<String, String> = BTreeMap::new();
+    for t in case["topics"].as_array().into_iter().flatten() {
+        let Some(name) = t["name"].as_str() else {
+            continue;
+        };
+        let partitions = t["partitions"].as_u64().unwrap_or(1) as u32;
+        if log.topic(name).map_err(|e| e.to_string())?.is_none() {
+            log.create_topic(
+                name,
+                TopicConfig {
+                    partitions,
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        if let Some(f) = t["format"].as_str() {
+            topic_formats.insert(name.to_string(), f.to_string());
+        }
+    }
+    let expected_error = !case["expected_error"].is_null();
+    for sql in case["statements"].as_array().into_iter().flatten() {
+        let sql = sql.as_str().unwrap_or_default();
+        if let Err(e) = engine.execute_sql(sql) {
+            return if expected_error {
+                Ok(())
+            } else {
+                Err(format!("{sql}\n  rejected: {e}"))
+            };
+        }
+    }
+    for input in case["inputs"].as_array().into_iter().flatten() {
+        let topic = input["topic"].as_str().ok_or("input without a topic")?;
+        let source = source_on(&engine, topic);
+        let (key_format, key_type, value_format, value_type) =
+            serialization(source, topic_formats.get(topic));
+        let key = serialize(&input["key"], key_format, key_type.as_ref())?;
+        let value = serialize(&input["value"], value_format, value_type.as_ref())?;
+        let timestamp = input["timestamp"].as_i64().unwrap_or(0);
+        if log.topic(topic).map_err(|e| e.to_string())?.is_none() {
+            log.create_topic(topic, TopicConfig::default())
+                .map_err(|e| e.to_string())?;
+        }
+        let partitions = log
+            .topic(topic)
+            .map_err(|e| e.to_string())?
+            .map(|t| t.config.partitions)
+            .unwrap_or(1);
+        let partition = key
+            .as_deref()
+            .map(|k| partition_for_key(k, partitions))
+            .unwrap_or(0);
+        log.append(
+            topic,
+            partition,
+            &[Record {
+                key,
+                value,
+                timestamp,
+                headers: vec![],
+            }],
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    if let Err(e) = engine.run_until_idle() {
+        return if expected_error {
+            Ok(())
+        } else {
+            Err(format!("running the queries failed: {e}"))
+        };
+    }
+    if expected_error {
+        return Err("expected an error, but every statement was accepted".to_string());
+    }
+    let mut expected_by_topic: BTreeMap<&str, Vec<&Value>> = BTreeMap::new();
+    for o in case["outputs"].as_array().into_iter().flatten() {
+        expected_by_topic
+            .entry(o["topic"].as_str().unwrap_or_default())
+            .or_default()
+            .push(o);
+    }
+    for (topic, expected) in expected_by_topic {
+        let actual = read_topic(&engine, log.as_ref(), topic)?;
+        compare(topic, &expected, &actual)?;
+    }
+    Ok(())
+}
+
+fn source_on<'a>(engine: &'a Engine, topic: &str) -> Option<&'a Source> {
+    engine.catalog().sources().find(|s| s.topic == topic)
+}
+
+type Serialization = (Format, Option<SqlType>, Format, Option<SqlType>);
+
+fn serialization(source: Option<&Source>, topic_format: Option<&String>) -> Serialization {
+    match source {
+        Some(s) => {
+            let single = |cols: &[weir_format::Column]| {
+                if cols.len() == 1 {
+                    Some(cols[0].ty.clone())
+                } else {
+                    None
+                }
+            };
+            (
+                s.layout.key_format.format,
+                single(&s.layout.key_columns),
+                s.layout.value_format.format,
+                single(&s.layout.value_columns),
+            )
+        }
+        None => {
+            let f = topic_format
+                .and_then(|f| Format::from_name(f).ok())
+                .unwrap_or(Format::Json);
+            (Format::Kafka, None, f, None)
+        }
+    }
+}
+
+fn serialize(v: &Value, format: Format, ty: Option<&SqlType>) -> Result<Option<Vec<u8>>, String> {
+    if v.is_null() {
+        return Ok(None);
+    }
+    Ok(Some(match format {
+        Format::Json => serde_json::to_vec(v).map_err(|e| e.to_string())?,
+        Format::None => return Ok(None),
+        Format::Delimited => match v {
+            Value::String(s) => s.clone().into_bytes(),
+            other => other.to_string().into_bytes(),
+        },
+        Format::Kafka => match (ty, v) {
+            (Some(SqlType::Int), Value::Number(n)) => (n.as_i64().unwrap_or_default() as i32)
+                .to_be_bytes()
+                .to_vec(),
+            (Some(SqlType::Bigint), Value::Number(n)) => {
+                n.as_i64().unwrap_or_default().to_be_bytes().to_vec()
+            }
+            (Some(SqlType::Double), Value::Number(n)) => {
+                n.as_f64().unwrap_or_default().to_be_bytes().to_vec()
+            }
+            (_, Value::String(s)) => s.clone().into_bytes(),
+            (_, other) => other.to_string().into_bytes(),
+        },
+    }))
+}
+
+fn deserialize(bytes: Option<Vec<u8>>, format: Format, ty: Option<&SqlType>) -> Value {
+    let Some(b) = bytes else { return Value::Null };
+    match format {
+        Format::Json => serde_json::from_slice(&b)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&b).into())),
+        Format::Delimited => Value::String(String::from_utf8_lossy(&b).into()),
+        Format::None => Value::Null,
+        Format::Kafka => match (ty, b.len()) {
+            (Some(SqlType::Int), 4) => json!(i32::from_be_bytes(b[..4].try_into().unwrap())),
+            (Some(SqlType::Bigint), 8) => json!(i64::from_be_bytes(b[..8].try_into().unwrap())),
+            (Some(SqlType::Double), 8) => json!(f64::from_be_bytes(b[..8].try_into().unwrap())),
+            _ => Value::String(String::from_utf8_lossy(&b).into()),
+        },
+    }
+}
+
+struct Actual {
+    key: Value,
+    value: Value,
+    timestamp: i64,
+}
+
+fn read_topic(engine: &Engine, log: &dyn Log, topic: &str) -> Result<Vec<Actual>, String> {
+    let Some(info) = log.topic(topic).map_err(|e| e.to_string())? else {
+        return Ok(Vec::new());
+    };
+    let (kf, kt, vf, vt) = serialization(source_on(engine, topic), None);
+    let mut out = Vec::new();
+    for p in 0..info.config.partitions {
+        let mut from = 0;
+        loop {
+            let batch = log
+                .read(topic, p, from, 10_000)
+                .map_err(|e| e.to_string())?;
+            let Some(last) = batch.last() else { break };
+            from = last.offset + 1;
+            for r in batch {
+                out.push(Actual {
+                    key: deserialize(r.record.key, kf, kt.as_ref()),
+                    value: deserialize(r.record.value, vf, vt.as_ref()),
+                    timestamp: r.record.timestamp,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// JSON values equal as ksqlDB's runner compares them: numbers by value (1 equals 1.0).
+pub fn json_eq(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
+            (Some(i), Some(j)) => i == j,
+            _ => x.as_f64() == y.as_f64(),
+        },
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| json_eq(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| json_eq(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+fn compare(topic: &str, expected: &[&Value], actual: &[Actual]) -> Result<(), String> {
+    let show = |a: &Actual| format!("key={} value={} ts={}", a.key, a.value, a.timestamp);
+    for (i, e) in expected.iter().enumerate() {
+        let Some(a) = actual.get(i) else {
+            return Err(format!(
+                "topic {topic}: expected {} records, got {}",
+                expected.len(),
+                actual.len()
+            ));
+        };
+        let ts_ok = e["timestamp"].as_i64().is_none_or(|t| t == a.timestamp);
+        if !json_eq(&e["key"], &a.key)
+            || !json_eq(&e["value"], &a.value)
+            || !ts_ok
+            || !e["window"].is_null()
+        {
+            return Err(format!(
+                "topic {topic}, record {i}: expected key={} value={} ts={}{}, got {}",
+                e["key"],
+                e["value"],
+                e["timestamp"],
+                if e["window"].is_null() {
+                    String::new()
+                } else {
+                    format!(" window={}", e["window"])
+                },
+                show(a)
+            ));
+        }
+    }
+    if actual.len() > expected.len() {
+        return Err(format!(
+            "topic {topic}: expected {} records, got {} (first extra: {})",
+            expected.len(),
+            actual.len(),
+            show(&actual[expected.len()])
+        ));
+    }
+    Ok(())
+}
+
+/// Passed / total per tag, and overall.
+pub fn summary(results: &[CaseResult]) -> (BTreeMap<String, (usize, usize)>, usize, usize) {
+    let mut per_tag: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for r in results {
+        for t in &r.tags {
+            let e = per_tag.entry(t.clone()).or_default();
+            e.1 += 1;
+            if r.passed {
+                e.0 += 1;
+            }
+        }
+    }
+    let passed = results.iter().filter(|r| r.passed).count();
+    (per_tag, passed, results.len())
+}
+
+pub fn report_json(results: &[CaseResult]) -> Value {
+    let (_, passed, total) = summary(results);
+    json!({
+        "total": total,
+        "passed": passed,
+        "cases": results.iter().map(|r| json!({
+            "file": r.file, "name": r.name, "tags": r.tags, "passed": r.passed, "error": r.error,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn print_table(results: &[CaseResult]) {
+    let (per_tag, passed, total) = summary(results);
+    println!("{:<32} {:>7} {:>7} {:>7}", "tag", "passed", "total", "rate");
+    for (tag, (p, t)) in &per_tag {
+        println!(
+            "{tag:<32} {p:>7} {t:>7} {:>6.1}%",
+            100.0 * *p as f64 / (*t).max(1) as f64
+        );
+    }
+    println!(
+        "{:<32} {passed:>7} {total:>7} {:>6.1}%",
+        "TOTAL",
+        100.0 * passed as f64 / total.max(1) as f64
+    );
+}

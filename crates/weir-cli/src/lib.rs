@@ -1,0 +1,4 @@
+//! The `weir` command's subcommands as a library, so tests drive them in-process.
+
+pub mod check;
+pub mod conformance;
