@@ -91,6 +91,8 @@ fn run_conformance(
         exclude_tags,
         timeout: std::time::Duration::from_secs(timeout),
     };
+    // Panics inside functions are contained and recorded per case; keep the table readable.
+    std::panic::set_hook(Box::new(|_| {}));
     let results = conformance::run_cases(&all, &selection);
     conformance::print_table(&results);
     if let Some(path) = report {
