@@ -20,6 +20,8 @@ pub struct Source {
     pub statement: String,
     /// The persistent query that writes it, if any.
     pub written_by: Option<String>,
+    /// Created with CREATE SOURCE: read-only.
+    pub read_only: bool,
 }
 
 impl Source {
@@ -51,6 +53,17 @@ impl Catalog {
     }
 
     pub fn add_source(&mut self, source: Source, or_replace: bool) -> Result<()> {
+        if let Some(existing) = self.sources.get(&source.name)
+            && or_replace
+            && (existing.read_only || source.read_only)
+        {
+            return Err(EngineError::Invalid(format!(
+                "Cannot add {} '{}': CREATE OR REPLACE is not supported on source {}s.",
+                source.kind_name(),
+                source.name,
+                source.kind_name()
+            )));
+        }
         if let Some(existing) = self.sources.get(&source.name)
             && !(or_replace && existing.kind == source.kind)
         {

@@ -37,6 +37,77 @@ const BATCH_RECORDS: usize = 4096;
 /// The topic that holds the processing log: records that could not be processed, with why.
 pub const PROCESSING_LOG_TOPIC: &str = "weir_processing_log";
 
+/// Names ksqlDB keeps for pseudo-columns and window bounds.
+pub const RESERVED_COLUMNS: [&str; 5] = [
+    "ROWTIME",
+    "ROWPARTITION",
+    "ROWOFFSET",
+    "WINDOWSTART",
+    "WINDOWEND",
+];
+
+fn contains_map(ty: &weir_sql::ast::SqlType) -> bool {
+    use weir_sql::ast::SqlType;
+    match ty {
+        SqlType::Map(..) => true,
+        SqlType::Array(t) => contains_map(t),
+        SqlType::Struct(fields) => fields.iter().any(|f| contains_map(&f.ty)),
+        _ => false,
+    }
+}
+
+fn json_map_with_non_string_keys(ty: &weir_sql::ast::SqlType) -> bool {
+    use weir_sql::ast::SqlType;
+    match ty {
+        SqlType::Map(k, v) => **k != SqlType::String || json_map_with_non_string_keys(v),
+        SqlType::Array(t) => json_map_with_non_string_keys(t),
+        SqlType::Struct(fields) => fields.iter().any(|f| json_map_with_non_string_keys(&f.ty)),
+        _ => false,
+    }
+}
+
+/// ksqlDB's checks of a layout against its WITH properties, beyond what the format
+/// itself refuses.
+fn validate_layout(layout: &Layout, props: &Properties) -> Result<()> {
+    layout.validate()?;
+    if let Some(wrap) = props.get("WRAP_SINGLE_VALUE") {
+        let on = !wrap.as_text().eq_ignore_ascii_case("false");
+        if on
+            && matches!(
+                layout.value_format.format,
+                Format::Delimited | Format::Kafka
+            )
+        {
+            return Err(EngineError::Invalid(format!(
+                "Format '{}' does not support 'WRAP_SINGLE_VALUE' set to 'true'.",
+                layout.value_format.format.name()
+            )));
+        }
+        if layout.value_columns.len() != 1 {
+            return Err(EngineError::Invalid(
+                "'WRAP_SINGLE_VALUE' is only valid for single-field value schemas".into(),
+            ));
+        }
+    }
+    if layout.key_columns.iter().any(|c| contains_map(&c.ty)) {
+        return Err(EngineError::Invalid(
+            "Map keys, including types that contain maps, are not supported as they may lead to unexpected behavior due to inconsistent serialization.".into(),
+        ));
+    }
+    for (spec, cols) in [
+        (&layout.key_format, &layout.key_columns),
+        (&layout.value_format, &layout.value_columns),
+    ] {
+        if spec.format == Format::Json && cols.iter().any(|c| json_map_with_non_string_keys(&c.ty))
+        {
+            return Err(EngineError::Invalid(
+                "JSON only supports MAP types with STRING keys".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// What a statement did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -273,6 +344,21 @@ impl Engine {
                 }
             }
         }
+        for col in key_columns.iter().chain(&value_columns) {
+            if RESERVED_COLUMNS.contains(&col.name.as_str()) {
+                return Err(EngineError::Invalid(format!(
+                    "'{}' is a reserved column name. You cannot use it as a name for a column.",
+                    col.name
+                )));
+            }
+        }
+        if key_columns.is_empty()
+            && prop(&c.properties, "KEY_FORMAT").is_some_and(|f| !f.eq_ignore_ascii_case("NONE"))
+        {
+            return Err(EngineError::Invalid(
+                "Key format specified for stream without key columns.".into(),
+            ));
+        }
         let key_format = Self::format_spec(&c.properties, "KEY", Some(Format::Kafka))?;
         let key_format = if key_columns.is_empty() && prop(&c.properties, "KEY_FORMAT").is_none() {
             FormatSpec {
@@ -288,7 +374,7 @@ impl Engine {
             key_format,
             value_format: Self::format_spec(&c.properties, "VALUE", None)?,
         };
-        layout.validate()?;
+        validate_layout(&layout, &c.properties)?;
         if c.columns.is_empty() {
             return Err(EngineError::Invalid(
                 "The statement does not define any columns.".into(),
@@ -304,6 +390,7 @@ impl Engine {
             timestamp_column,
             statement: Statement::CreateSource(c.clone()).to_string(),
             written_by: None,
+            read_only: c.is_source,
         };
         self.catalog.add_source(source, c.or_replace)?;
         Ok(Outcome::Created {
@@ -373,7 +460,7 @@ impl Engine {
             value_format,
         };
         let layout = plan.output_layout(&template);
-        layout.validate()?;
+        validate_layout(&layout, &c.properties)?;
         let topic = prop(&c.properties, "KAFKA_TOPIC").unwrap_or_else(|| name.clone());
         let source_partitions = self.log.topic(&source.topic)?.map(|t| t.config.partitions);
         self.ensure_topic(&topic, &c.properties, source_partitions)?;
@@ -385,6 +472,7 @@ impl Engine {
             timestamp_column: None,
             statement: stmt.to_string(),
             written_by: None,
+            read_only: false,
         };
         self.catalog.add_source(sink, c.or_replace)?;
         match self.start_query(&name, &c.query, stmt, "CSAS") {
@@ -495,6 +583,12 @@ impl Engine {
                 name: target.to_string(),
             })?
             .clone();
+        if source.read_only {
+            return Err(EngineError::Invalid(format!(
+                "Cannot insert values into read-only {}: {target}",
+                source.kind_name()
+            )));
+        }
         let layout = &source.layout;
         let all: Vec<&Column> = layout
             .key_columns
@@ -627,6 +721,11 @@ impl Engine {
             return Err(EngineError::Invalid(format!(
                 "Cannot drop {name}.\nThe following queries read from or write to this source: [{}].\nYou need to terminate them before dropping {name}.",
                 readers.join(", ")
+            )));
+        }
+        if delete_topic && source.read_only {
+            return Err(EngineError::Invalid(format!(
+                "Cannot delete topic for read-only source: {name}"
             )));
         }
         let source = self.catalog.remove_source(name).expect("checked above");

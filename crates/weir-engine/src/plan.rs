@@ -103,6 +103,15 @@ fn rewrite_constructor(f: &sql::Function) -> Option<Expr> {
     match name.as_str() {
         "STRUCT" => {
             let mut args = Vec::new();
+            let mut names = std::collections::HashSet::new();
+            for a in &list.args {
+                if let FunctionArg::Named { name, .. } = a
+                    && !names.insert(name.value.clone())
+                {
+                    // Two fields of one name: leave the call as is, so planning rejects it.
+                    return None;
+                }
+            }
             for a in &list.args {
                 let FunctionArg::Named { name, arg, .. } = a else {
                     return None;
@@ -312,6 +321,17 @@ pub fn plan_select(functions: &Functions, query: &Query, source: &Source) -> Res
         }
     }
     for p in &projections {
+        if p.compiled.data_type == DataType::Null {
+            return Err(EngineError::Invalid(
+                "Can't infer a type of null. Please explicitly cast it to a required type, e.g. CAST(null AS VARCHAR).".into(),
+            ));
+        }
+        if p.name == "WINDOWSTART" || p.name == "WINDOWEND" {
+            return Err(EngineError::Invalid(format!(
+                "`{}` is a reserved column name. You cannot use it as an alias for a column.",
+                p.name
+            )));
+        }
         if PSEUDO_COLUMNS.contains(&p.name.as_str()) {
             return Err(EngineError::Invalid(format!(
                 "Reserved column name in select: `{}`. Please remove or alias the column.",
@@ -360,6 +380,33 @@ pub fn plan_select(functions: &Functions, query: &Query, source: &Source) -> Res
                 "Key missing from projection (ie, SELECT). The query used to build the sink must include the key column {k} in its projection (eg, SELECT {k}...)."
             )));
         }
+    }
+    if !repartition {
+        for k in &key_names {
+            let aliases: Vec<&str> = query
+                .select
+                .iter()
+                .filter_map(|item| match item {
+                    SelectItem::Expr { expr, alias }
+                        if column_name(expr).as_deref() == Some(*k) =>
+                    {
+                        Some(alias.as_ref().map(|a| a.value.as_str()).unwrap_or(k))
+                    }
+                    _ => None,
+                })
+                .collect();
+            if aliases.len() > 1 {
+                return Err(EngineError::Invalid(format!(
+                    "The projection contains a key column (`{k}`) more than once, aliased as: {}.",
+                    aliases.join(" and ")
+                )));
+            }
+        }
+    }
+    if projections.iter().all(|p| p.is_key) {
+        return Err(EngineError::Invalid(
+            "The projection contains no value columns.".into(),
+        ));
     }
     let mut key_cols = Vec::new();
     let mut value_cols = Vec::new();
