@@ -1,4 +1,6 @@
 //! The `weir` command's subcommands as a library, so tests drive them in-process.
 
+pub mod bench;
 pub mod check;
 pub mod conformance;
+pub mod run;

@@ -1,7 +1,7 @@
 //! The `weir` command: lints ksqlDB scripts (`weir check`) and measures compatibility with
 //! ksqlDB (`weir conformance`); the server, the REPL and the demo join it as they land.
 
-use weir_cli::{check, conformance};
+use weir_cli::{bench, check, conformance, run};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +33,23 @@ enum Command {
         #[arg(long)]
         canonical: bool,
     },
+    /// Run persistent queries headless on a data directory (the embedded log), resuming
+    /// those a previous run started.
+    Run {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Statements to run first (CREATE STREAM, CREATE STREAM AS SELECT, ...).
+        #[arg(long)]
+        queries_file: Option<PathBuf>,
+        /// Stop once every query has caught up, instead of waiting for more input.
+        #[arg(long)]
+        exit_when_idle: bool,
+    },
+    /// Run a benchmark workload and print its figures (build with --release).
+    Bench {
+        #[command(subcommand)]
+        workload: Workload,
+    },
     /// Run ksqlDB query-validation cases (one JSON object per line) and print the pass
     /// rate per tag and overall.
     Conformance {
@@ -54,6 +71,15 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum Workload {
+    /// JSON car events through a filter-and-project CSAS, with log-read and decode ceilings.
+    W1 {
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -62,6 +88,26 @@ fn main() -> ExitCode {
             cli,
             canonical,
         } => check::run(file.as_deref(), cli, canonical),
+        Command::Run {
+            data_dir,
+            queries_file,
+            exit_when_idle,
+        } => match run::run(&data_dir, queries_file.as_deref(), exit_when_idle) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("weir run: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Bench {
+            workload: Workload::W1 { events },
+        } => match bench::w1(events) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("weir bench: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Conformance {
             cases,
             tags,

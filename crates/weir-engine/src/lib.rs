@@ -37,6 +37,17 @@ const BATCH_RECORDS: usize = 4096;
 /// The topic that holds the processing log: records that could not be processed, with why.
 pub const PROCESSING_LOG_TOPIC: &str = "weir_processing_log";
 
+/// The command log: every accepted statement that changes the catalog or starts or stops
+/// a query, replayed by [`Engine::open`] so a restarted server has them all again.
+pub const COMMAND_TOPIC: &str = "_weir_commands";
+
+/// Where persistent queries checkpoint how far they have read.
+pub const OFFSETS_TOPIC: &str = "_weir_offsets";
+
+/// Header on every output record of a durable engine: `query:partition:offset` of the
+/// source record it came from. Recovery reads it to write nothing twice.
+pub const SOURCE_HEADER: &str = "weir.src";
+
 /// Names ksqlDB keeps for pseudo-columns and window bounds.
 pub const RESERVED_COLUMNS: [&str; 5] = [
     "ROWTIME",
@@ -134,6 +145,9 @@ pub struct PersistentQuery {
     sink_layout: Layout,
     sink_partitions: u32,
     offsets: Vec<u64>,
+    /// After recovery: per (source partition, sink partition), the highest source offset
+    /// whose output is already in the sink. Re-read records up to it write nothing.
+    already_written: BTreeMap<(u32, u32), u64>,
 }
 
 pub struct Engine {
@@ -143,6 +157,12 @@ pub struct Engine {
     queries: BTreeMap<String, PersistentQuery>,
     properties: BTreeMap<String, String>,
     query_counter: u64,
+    /// Keeps a command log and query checkpoints in the log ([`Engine::open`]).
+    durable: bool,
+    replaying: bool,
+    /// Fault injection for crash tests: abort the process after this many more batches'
+    /// output is written and before its checkpoint is (`WEIR_FAILPOINT=crash_before_checkpoint:N`).
+    crash_before_checkpoint: Option<u64>,
 }
 
 fn prop(props: &Properties, name: &str) -> Option<String> {
@@ -158,7 +178,166 @@ impl Engine {
             queries: BTreeMap::new(),
             properties: BTreeMap::new(),
             query_counter: 0,
+            durable: false,
+            replaying: false,
+            crash_before_checkpoint: None,
         }
+    }
+
+    /// An engine whose catalog and queries survive restarts: statements are kept in the
+    /// command log, queries checkpoint their progress, and opening replays the commands
+    /// and resumes every query where it stopped — writing nothing twice.
+    pub fn open(log: Arc<dyn Log>) -> Result<Self> {
+        let mut engine = Self::new(log);
+        engine.durable = true;
+        engine.crash_before_checkpoint = std::env::var("WEIR_FAILPOINT").ok().and_then(|f| {
+            f.strip_prefix("crash_before_checkpoint:")
+                .and_then(|n| n.parse().ok())
+        });
+        for topic in [COMMAND_TOPIC, OFFSETS_TOPIC] {
+            if engine.log.topic(topic)?.is_none() {
+                engine.log.create_topic(topic, TopicConfig::default())?;
+            }
+        }
+        engine.replaying = true;
+        let commands = read_topic_values(engine.log.as_ref(), COMMAND_TOPIC)?;
+        for (offset, value) in commands {
+            let command: serde_json::Value = serde_json::from_slice(&value).map_err(|e| {
+                EngineError::Execution(format!("command log record {offset} is not JSON: {e}"))
+            })?;
+            engine.properties = command["properties"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let sql = command["sql"].as_str().unwrap_or_default();
+            let stmt = weir_sql::parse_statement(sql)?;
+            engine.execute(&stmt).map_err(|e| {
+                EngineError::Execution(format!("replaying command {offset} ({sql}) failed: {e}"))
+            })?;
+        }
+        engine.properties.clear();
+        engine.replaying = false;
+        engine.recover_offsets()?;
+        Ok(engine)
+    }
+
+    /// Sets each query's offsets to its last checkpoint, then finds which records after
+    /// it already have their output in the sink (by the source header), so that
+    /// reprocessing them writes nothing twice.
+    fn recover_offsets(&mut self) -> Result<()> {
+        let mut last: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+        for (_, value) in read_topic_values(self.log.as_ref(), OFFSETS_TOPIC)? {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&value)
+                && let Some(q) = v["query"].as_str()
+            {
+                last.insert(q.to_string(), v);
+            }
+        }
+        for q in self.queries.values_mut() {
+            let Some(cp) = last.get(&q.id) else { continue };
+            let as_offsets = |v: &serde_json::Value| -> Vec<u64> {
+                v.as_array()
+                    .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
+                    .unwrap_or_default()
+            };
+            let offsets = as_offsets(&cp["offsets"]);
+            if offsets.len() == q.offsets.len() {
+                q.offsets = offsets;
+            }
+            let sink_ends = as_offsets(&cp["sink_ends"]);
+            let prefix = format!("{}:", q.id);
+            for sink_partition in 0..q.sink_partitions {
+                let mut from = sink_ends.get(sink_partition as usize).copied().unwrap_or(0);
+                loop {
+                    let records = self.log.read(&q.sink_topic, sink_partition, from, 4096)?;
+                    let Some(end) = records.last().map(|r| r.offset + 1) else {
+                        break;
+                    };
+                    from = end;
+                    for r in records {
+                        let Some(src) = r.record.headers.iter().find(|h| h.name == SOURCE_HEADER)
+                        else {
+                            continue;
+                        };
+                        let Some(text) = src
+                            .value
+                            .as_deref()
+                            .and_then(|v| std::str::from_utf8(v).ok())
+                        else {
+                            continue;
+                        };
+                        let Some(rest) = text.strip_prefix(&prefix) else {
+                            continue;
+                        };
+                        if let Some((p, o)) = rest.split_once(':')
+                            && let (Ok(p), Ok(o)) = (p.parse::<u32>(), o.parse::<u64>())
+                        {
+                            let e = q.already_written.entry((p, sink_partition)).or_insert(o);
+                            *e = (*e).max(o);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&self, id: &str) -> Result<()> {
+        let q = &self.queries[id];
+        let mut sink_ends = Vec::new();
+        for p in 0..q.sink_partitions {
+            sink_ends.push(self.log.offsets(&q.sink_topic, p)?.1);
+        }
+        let v = serde_json::json!({"query": q.id, "offsets": q.offsets, "sink_ends": sink_ends});
+        self.log.append(
+            OFFSETS_TOPIC,
+            0,
+            &[Record {
+                key: Some(q.id.as_bytes().to_vec()),
+                value: Some(v.to_string().into_bytes()),
+                timestamp: now_ms(),
+                headers: vec![],
+            }],
+        )?;
+        Ok(())
+    }
+
+    fn record_command(&self, stmt: &Statement) -> Result<()> {
+        let durable_kind = matches!(
+            stmt,
+            Statement::CreateSource(_)
+                | Statement::CreateAsSelect(_)
+                | Statement::InsertInto { .. }
+                | Statement::DropSource { .. }
+                | Statement::Terminate(_)
+                | Statement::CreateType { .. }
+                | Statement::DropType { .. }
+        );
+        if !self.durable || self.replaying || !durable_kind {
+            return Ok(());
+        }
+        let v = serde_json::json!({"sql": format!("{stmt};"), "properties": self.properties});
+        self.log.append(
+            COMMAND_TOPIC,
+            0,
+            &[Record::new(None, Some(v.to_string().as_bytes()), now_ms())],
+        )?;
+        Ok(())
+    }
+
+    /// Processes one batch per partition of every persistent query; returns how many
+    /// source records were consumed (0 when all are caught up).
+    pub fn run_once(&mut self) -> Result<u64> {
+        let ids: Vec<String> = self.queries.keys().cloned().collect();
+        let mut consumed = 0;
+        for id in ids {
+            consumed += self.step(&id)?;
+        }
+        Ok(consumed)
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -188,6 +367,12 @@ impl Engine {
     }
 
     pub fn execute(&mut self, stmt: &Statement) -> Result<Outcome> {
+        let outcome = self.execute_inner(stmt)?;
+        self.record_command(stmt)?;
+        Ok(outcome)
+    }
+
+    fn execute_inner(&mut self, stmt: &Statement) -> Result<Outcome> {
         match stmt {
             Statement::CreateSource(c) => self.create_source(c),
             Statement::CreateAsSelect(c) => self.create_as_select(c, stmt),
@@ -561,8 +746,12 @@ impl Engine {
                 sink_layout: sink.layout.clone(),
                 sink_partitions,
                 offsets,
+                already_written: BTreeMap::new(),
             },
         );
+        if self.durable && !self.replaying {
+            self.checkpoint(&id)?;
+        }
         Ok(Outcome::QueryStarted {
             query_id: id,
             sink: sink.name,
@@ -768,11 +957,7 @@ impl Engine {
     pub fn run_until_idle(&mut self) -> Result<u64> {
         let mut total = 0;
         loop {
-            let mut progressed = 0;
-            let ids: Vec<String> = self.queries.keys().cloned().collect();
-            for id in ids {
-                progressed += self.step(&id)?;
-            }
+            let progressed = self.run_once()?;
             if progressed == 0 {
                 return Ok(total);
             }
@@ -782,95 +967,163 @@ impl Engine {
 
     /// Reads one batch per source partition of a query and writes what it produces.
     fn step(&mut self, id: &str) -> Result<u64> {
-        let q = self.queries.get_mut(id).expect("query exists");
+        let partitions = self.queries[id].offsets.len() as u32;
         let mut consumed = 0;
-        for partition in 0..q.offsets.len() as u32 {
-            let from = q.offsets[partition as usize];
-            let records = self
-                .log
-                .read(&q.source_topic, partition, from, BATCH_RECORDS)?;
-            let Some(last) = records.last() else { continue };
-            let next = last.offset + 1;
-            consumed += records.len() as u64;
-            // Records and tombstones keep their order: process each run of one kind in turn.
-            for run in records.chunk_by(|a, b| a.record.value.is_none() == b.record.value.is_none())
-            {
-                let tombstones = run[0].record.value.is_none();
-                let decoded = if tombstones {
-                    q.source_layout.decode_tombstones(&q.plan.input_schema, run)
-                } else {
-                    q.source_layout.decode(&q.plan.input_schema, run)
-                };
-                let mut problems: Vec<(u32, u64, String)> = decoded
-                    .errors
-                    .iter()
-                    .map(|e| (e.partition, e.offset, e.message.clone()))
-                    .collect();
-                let output = match q.plan.apply(&decoded.batch) {
-                    Ok(out) => vec![out],
-                    Err(_) => {
-                        // One bad row must not cost the batch: process row by row, log the failures.
-                        let mut outs = Vec::new();
-                        for row in 0..decoded.batch.num_rows() {
-                            let one = decoded.batch.slice(row, 1);
-                            match q.plan.apply(&one) {
-                                Ok(out) => outs.push(out),
-                                Err(e) => {
-                                    let offset =
-                                        one.column(2).as_primitive::<Int64Type>().value(0) as u64;
-                                    problems.push((
-                                        partition,
-                                        offset,
-                                        format!("Error computing expression: {e}"),
-                                    ));
-                                }
-                            }
-                        }
-                        outs
+        for partition in 0..partitions {
+            let n = self.step_partition(id, partition)?;
+            if n > 0 && self.durable {
+                if let Some(left) = self.crash_before_checkpoint.as_mut() {
+                    if *left == 0 {
+                        std::process::abort();
                     }
-                };
-                for out in output {
-                    write_output(self.log.as_ref(), q, &out, tombstones)?;
+                    *left -= 1;
                 }
-                if !problems.is_empty() {
-                    write_processing_log(self.log.as_ref(), &q.id, &q.source_topic, &problems)?;
-                }
+                // Output first, then the checkpoint: a crash between them re-reads the
+                // batch, and recovery keeps its output from being written twice.
+                self.checkpoint(id)?;
             }
-            q.offsets[partition as usize] = next;
+            consumed += n;
         }
         Ok(consumed)
     }
+
+    fn step_partition(&mut self, id: &str, partition: u32) -> Result<u64> {
+        let log = self.log.clone();
+        let durable = self.durable;
+        let q = self.queries.get_mut(id).expect("query exists");
+        let from = q.offsets[partition as usize];
+        let records = log.read(&q.source_topic, partition, from, BATCH_RECORDS)?;
+        let Some(last) = records.last() else {
+            return Ok(0);
+        };
+        let next = last.offset + 1;
+        // Records and tombstones keep their order: process each run of one kind in turn.
+        for run in records.chunk_by(|a, b| a.record.value.is_none() == b.record.value.is_none()) {
+            let tombstones = run[0].record.value.is_none();
+            let decoded = if tombstones {
+                q.source_layout.decode_tombstones(&q.plan.input_schema, run)
+            } else {
+                q.source_layout.decode(&q.plan.input_schema, run)
+            };
+            let mut problems: Vec<(u32, u64, String)> = decoded
+                .errors
+                .iter()
+                .map(|e| (e.partition, e.offset, e.message.clone()))
+                .collect();
+            let output = match q.plan.apply(&decoded.batch) {
+                Ok(out) => vec![out],
+                Err(_) => {
+                    // One bad row must not cost the batch: process row by row, log the failures.
+                    let mut outs = Vec::new();
+                    for row in 0..decoded.batch.num_rows() {
+                        let one = decoded.batch.slice(row, 1);
+                        match q.plan.apply(&one) {
+                            Ok(out) => outs.push(out),
+                            Err(e) => {
+                                let offset =
+                                    one.column(2).as_primitive::<Int64Type>().value(0) as u64;
+                                problems.push((
+                                    partition,
+                                    offset,
+                                    format!("Error computing expression: {e}"),
+                                ));
+                            }
+                        }
+                    }
+                    outs
+                }
+            };
+            for out in output {
+                write_output(
+                    log.as_ref(),
+                    q,
+                    &out,
+                    Sink {
+                        tombstones,
+                        durable,
+                        source_partition: partition,
+                    },
+                )?;
+            }
+            if !problems.is_empty() {
+                write_processing_log(log.as_ref(), &q.id, &q.source_topic, &problems)?;
+            }
+        }
+        q.offsets[partition as usize] = next;
+        Ok(records.len() as u64)
+    }
 }
 
-fn write_output(
-    log: &dyn Log,
-    q: &PersistentQuery,
-    out: &RecordBatch,
+/// How a batch of output is written.
+struct Sink {
+    /// The batch came from tombstones: write tombstones.
     tombstones: bool,
-) -> Result<()> {
+    /// Tag records with their source, and skip what recovery found already written.
+    durable: bool,
+    source_partition: u32,
+}
+
+fn write_output(log: &dyn Log, q: &PersistentQuery, out: &RecordBatch, sink: Sink) -> Result<()> {
     if out.num_rows() == 0 {
         return Ok(());
     }
     let encoded = q.sink_layout.encode(out)?;
     let rowtimes = out.column(0).as_primitive::<Int64Type>();
+    let offsets = out.column(1).as_primitive::<Int64Type>();
     let mut by_partition: BTreeMap<u32, Vec<Record>> = BTreeMap::new();
     for (row, (key, value)) in encoded.into_iter().enumerate() {
-        let value = if tombstones { None } else { value };
+        let value = if sink.tombstones { None } else { value };
         let partition = key
             .as_deref()
             .map(|k| partition_for_key(k, q.sink_partitions))
             .unwrap_or(0);
+        let offset = offsets.value(row) as u64;
+        let mut headers = Vec::new();
+        if sink.durable {
+            if q.already_written
+                .get(&(sink.source_partition, partition))
+                .is_some_and(|max| offset <= *max)
+            {
+                continue;
+            }
+            let src = format!("{}:{}:{offset}", q.id, sink.source_partition);
+            headers.push(Header {
+                name: SOURCE_HEADER.into(),
+                value: Some(src.into_bytes()),
+            });
+        }
         by_partition.entry(partition).or_default().push(Record {
             key,
             value,
             timestamp: rowtimes.value(row),
-            headers: vec![],
+            headers,
         });
     }
     for (partition, records) in by_partition {
         log.append(&q.sink_topic, partition, &records)?;
     }
     Ok(())
+}
+
+/// Every record value of a (small, internal) topic's partition 0, with its offset.
+fn read_topic_values(log: &dyn Log, topic: &str) -> Result<Vec<(u64, Vec<u8>)>> {
+    let mut out = Vec::new();
+    if log.topic(topic)?.is_none() {
+        return Ok(out);
+    }
+    let mut from = 0;
+    loop {
+        let records = log.read(topic, 0, from, 4096)?;
+        let Some(last) = records.last() else {
+            return Ok(out);
+        };
+        from = last.offset + 1;
+        out.extend(
+            records
+                .into_iter()
+                .filter_map(|r| r.record.value.map(|v| (r.offset, v))),
+        );
+    }
 }
 
 /// Appends one JSON record per problem to the processing log topic (created on first use).

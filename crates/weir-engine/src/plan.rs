@@ -418,7 +418,12 @@ pub fn plan_select(functions: &Functions, query: &Query, source: &Source) -> Res
             value_cols.push(col)
         }
     }
-    let mut fields = vec![Field::new(PSEUDO_COLUMNS[0], DataType::Int64, false)];
+    // ROWTIME and ROWOFFSET ride along: the output records' timestamps, and where each
+    // came from (for exactly-once recovery).
+    let mut fields = vec![
+        Field::new(PSEUDO_COLUMNS[0], DataType::Int64, false),
+        Field::new(PSEUDO_COLUMNS[2], DataType::Int64, false),
+    ];
     fields.extend(
         projections
             .iter()
@@ -472,8 +477,8 @@ fn next_generated(n: &mut usize) -> String {
 }
 
 impl SelectPlan {
-    /// Runs the filter and projections over a decoded batch. The output's first column is
-    /// ROWTIME (carried to the output records' timestamps), then the projections.
+    /// Runs the filter and projections over a decoded batch. The output's first columns
+    /// are ROWTIME (the output records' timestamps) and ROWOFFSET, then the projections.
     pub fn apply(&self, batch: &RecordBatch) -> Result<RecordBatch> {
         // A function that panics on some input must fail this batch, not the server.
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.apply_unguarded(batch)))
@@ -501,7 +506,7 @@ impl SelectPlan {
             }
             None => batch.clone(),
         };
-        let mut columns: Vec<ArrayRef> = vec![batch.column(0).clone()];
+        let mut columns: Vec<ArrayRef> = vec![batch.column(0).clone(), batch.column(2).clone()];
         for p in &self.projections {
             columns.push(
                 p.compiled
