@@ -614,14 +614,18 @@ impl Engine {
             })?
             .clone();
         let plan = plan_select(&self.functions, &c.query, &source)?;
-        let key_format =
-            match Self::format_spec(&c.properties, "KEY", Some(source.layout.key_format.format))? {
-                s if plan.output_layout_columns.0.is_empty() => FormatSpec {
-                    format: Format::None,
-                    ..s
-                },
-                s => s,
-            };
+        let inherited = match source.layout.key_format.format {
+            // A sink that gains key columns (PARTITION BY) from a keyless source: ksqlDB's default.
+            Format::None => Format::Kafka,
+            f => f,
+        };
+        let key_format = match Self::format_spec(&c.properties, "KEY", Some(inherited))? {
+            s if plan.output_layout_columns.0.is_empty() => FormatSpec {
+                format: Format::None,
+                ..s
+            },
+            s => s,
+        };
         let value_format = Self::format_spec(
             &c.properties,
             "VALUE",
@@ -1000,6 +1004,10 @@ impl Engine {
         // Records and tombstones keep their order: process each run of one kind in turn.
         for run in records.chunk_by(|a, b| a.record.value.is_none() == b.record.value.is_none()) {
             let tombstones = run[0].record.value.is_none();
+            // ksqlDB drops tombstones at a WHERE, and forwards them otherwise.
+            if tombstones && q.plan.filter.is_some() {
+                continue;
+            }
             let decoded = if tombstones {
                 q.source_layout.decode_tombstones(&q.plan.input_schema, run)
             } else {
@@ -1073,6 +1081,12 @@ fn write_output(log: &dyn Log, q: &PersistentQuery, out: &RecordBatch, sink: Sin
     let mut by_partition: BTreeMap<u32, Vec<Record>> = BTreeMap::new();
     for (row, (key, value)) in encoded.into_iter().enumerate() {
         let value = if sink.tombstones { None } else { value };
+        // A re-keyed tombstone has no key: its value, which the key would come from, is gone.
+        let key = if sink.tombstones && q.plan.repartitions {
+            None
+        } else {
+            key
+        };
         let partition = key
             .as_deref()
             .map(|k| partition_for_key(k, q.sink_partitions))

@@ -191,6 +191,8 @@ pub struct SelectPlan {
     /// Where the output records go: key columns then value columns.
     pub output_layout_columns: (Vec<Column>, Vec<Column>),
     pub output_schema: SchemaRef,
+    /// PARTITION BY: the key comes from expressions, not the source's key.
+    pub repartitions: bool,
 }
 
 pub fn plan_select(functions: &Functions, query: &Query, source: &Source) -> Result<SelectPlan> {
@@ -311,7 +313,11 @@ pub fn plan_select(functions: &Functions, query: &Query, source: &Source) -> Res
                     },
                     _ => next_generated(&mut generated),
                 };
-                let is_key = column.as_deref().is_some_and(|c| key_names.contains(&c));
+                let is_key = if repartition {
+                    partition_by.iter().any(|p| same_expr(p, expr))
+                } else {
+                    column.as_deref().is_some_and(|c| key_names.contains(&c))
+                };
                 projections.push(Projection {
                     name,
                     compiled: compiler.compile(expr)?,
@@ -436,6 +442,7 @@ pub fn plan_select(functions: &Functions, query: &Query, source: &Source) -> Res
         projections,
         output_layout_columns: (key_cols, value_cols),
         output_schema: Arc::new(Schema::new(fields)),
+        repartitions: repartition,
     })
 }
 

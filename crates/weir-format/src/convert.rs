@@ -194,9 +194,13 @@ pub fn value_at(array: &ArrayRef, row: usize, ty: &SqlType) -> Value {
                 Ok(a) => a.as_primitive::<Float64Type>().value(0),
                 Err(_) => return Value::Null,
             };
-            Number::from_f64(v)
-                .map(Value::Number)
-                .unwrap_or(Value::Null)
+            // JSON has no NaN or infinities: ksqlDB writes them as strings.
+            match Number::from_f64(v) {
+                Some(n) => Value::Number(n),
+                None if v.is_nan() => Value::String("NaN".into()),
+                None if v > 0.0 => Value::String("Infinity".into()),
+                None => Value::String("-Infinity".into()),
+            }
         }
         DataType::Decimal128(_, scale) => {
             let raw = array.as_primitive::<Decimal128Type>().value(row);
