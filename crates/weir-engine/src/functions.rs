@@ -9,8 +9,8 @@ use arrow::datatypes::DataType;
 use datafusion::common::TableReference;
 use datafusion::config::ConfigOptions;
 use datafusion::error::Result as DfResult;
-use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::session_state::SessionState;
+use datafusion::execution::{FunctionRegistry, SessionStateBuilder};
 use datafusion::logical_expr::planner::ExprPlanner;
 use datafusion::logical_expr::{AggregateUDF, HigherOrderUDF, ScalarUDF, TableSource, WindowUDF};
 use datafusion::sql::planner::ContextProvider;
@@ -28,6 +28,7 @@ const ALIASES: &[(&str, &str)] = &[
     ("CONCAT_WS", "concat_ws"),
     ("INSTR", "strpos"),
     ("REPLACE", "replace"),
+    ("SPLIT", "string_to_array"),
 ];
 
 pub struct Functions {
@@ -44,7 +45,12 @@ impl std::fmt::Debug for Functions {
 
 impl Default for Functions {
     fn default() -> Self {
-        let state = SessionStateBuilder::new().with_default_features().build();
+        let mut state = SessionStateBuilder::new().with_default_features().build();
+        for udf in crate::builtins::all() {
+            state
+                .register_udf(udf)
+                .expect("registering a scalar function cannot fail");
+        }
         Self {
             options: state.config_options().as_ref().clone(),
             state,

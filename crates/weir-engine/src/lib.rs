@@ -8,6 +8,7 @@
 //! properties, DROP and TERMINATE. Queries advance when [`Engine::run_until_idle`] is
 //! called; tables, aggregations, windows and joins are the stateful issue's.
 
+mod builtins;
 pub mod catalog;
 mod error;
 mod functions;
