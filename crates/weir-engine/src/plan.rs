@@ -177,8 +177,11 @@ fn rewrite_for_datafusion(mut e: Expr) -> Expr {
 #[derive(Debug, Clone)]
 pub struct Projection {
     pub name: String,
+    /// For a table function (`EXPLODE`), the list it unnests; its type is the element's.
     pub compiled: Compiled,
     pub is_key: bool,
+    /// `EXPLODE(list)`: one output row per element.
+    pub explode: bool,
 }
 
 /// A stateless SELECT over one source, ready to run per batch.
@@ -268,6 +271,7 @@ pub fn plan_select(functions: &Functions, query: &Query, source: &Source) -> Res
                         name: c.name.clone(),
                         compiled: compiler.compile(&e)?,
                         is_key: is_key_column(&c.name),
+                        explode: false,
                     });
                 }
             }
@@ -283,7 +287,8 @@ pub fn plan_select(functions: &Functions, query: &Query, source: &Source) -> Res
                     projections.push(Projection {
                         name: c.name.clone(),
                         compiled: compiler.compile(&e)?,
-                        is_key: key_names.contains(&c.name.as_str()),
+                        is_key: is_key_column(&c.name),
+                        explode: false,
                     });
                 }
             }
@@ -318,9 +323,28 @@ pub fn plan_select(functions: &Functions, query: &Query, source: &Source) -> Res
                 } else {
                     column.as_deref().is_some_and(|c| key_names.contains(&c))
                 };
+                let (compiled, explode) = match exploded_argument(expr) {
+                    Some(list) => {
+                        let mut c = compiler.compile(list)?;
+                        c.data_type = match &c.data_type {
+                            DataType::List(f) | DataType::LargeList(f) => f.data_type().clone(),
+                            other => {
+                                return Err(EngineError::Invalid(format!(
+                                    "EXPLODE takes an ARRAY, not {}",
+                                    sql_type_of(other)
+                                        .map(|t| t.to_string())
+                                        .unwrap_or_else(|_| other.to_string())
+                                )));
+                            }
+                        };
+                        (c, true)
+                    }
+                    None => (compiler.compile(expr)?, false),
+                };
                 projections.push(Projection {
                     name,
-                    compiled: compiler.compile(expr)?,
+                    compiled,
+                    explode,
                     is_key,
                 });
             }
@@ -370,6 +394,7 @@ pub fn plan_select(functions: &Functions, query: &Query, source: &Source) -> Res
                     name,
                     compiled: compiler.compile(p)?,
                     is_key: true,
+                    explode: false,
                 });
             }
         }
@@ -461,6 +486,21 @@ fn column_source(query: &Query, p: &Projection, key: &str) -> bool {
     })
 }
 
+/// The list argument of a top-level `EXPLODE(list)` select item.
+fn exploded_argument(e: &Expr) -> Option<&Expr> {
+    let Expr::Function(f) = e else { return None };
+    if !f.name.to_string().eq_ignore_ascii_case("EXPLODE") {
+        return None;
+    }
+    match &f.args {
+        FunctionArguments::List(l) if l.args.len() == 1 => match &l.args[0] {
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(arg)) => Some(arg),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 fn column_name(e: &Expr) -> Option<String> {
     match e {
         Expr::Identifier(id) => Some(id.value.clone()),
@@ -522,8 +562,60 @@ impl SelectPlan {
                     .into_array(batch.num_rows())?,
             );
         }
+        if self.projections.iter().any(|p| p.explode) {
+            columns = self.explode(columns)?;
+        }
         RecordBatch::try_new(self.output_schema.clone(), columns)
             .map_err(|e| EngineError::Execution(e.to_string()))
+    }
+
+    /// Table functions: each input row becomes as many rows as its longest exploded list
+    /// (none for empty or null lists); shorter lists are padded with nulls, and the other
+    /// columns repeat.
+    fn explode(&self, columns: Vec<ArrayRef>) -> Result<Vec<ArrayRef>> {
+        use arrow::array::{Array, ListArray, UInt32Array};
+        let err = |e: arrow::error::ArrowError| EngineError::Execution(e.to_string());
+        let rows = columns[0].len();
+        let lists: Vec<Option<ListArray>> = self
+            .projections
+            .iter()
+            .zip(&columns[2..])
+            .map(|(p, c)| p.explode.then(|| c.as_list::<i32>().clone()))
+            .collect();
+        let len = |l: &ListArray, r: usize| {
+            if l.is_null(r) {
+                0
+            } else {
+                l.value_length(r) as usize
+            }
+        };
+        let mut repeat = Vec::new();
+        let mut element: Vec<Vec<Option<u32>>> = vec![Vec::new(); lists.len()];
+        for r in 0..rows {
+            let n = lists.iter().flatten().map(|l| len(l, r)).max().unwrap_or(0);
+            for j in 0..n {
+                repeat.push(r as u32);
+                for (i, l) in lists.iter().enumerate() {
+                    if let Some(l) = l {
+                        let start = l.value_offsets()[r] as usize;
+                        element[i].push((j < len(l, r)).then_some((start + j) as u32));
+                    }
+                }
+            }
+        }
+        let repeat = UInt32Array::from(repeat);
+        let mut out = Vec::with_capacity(columns.len());
+        for (i, c) in columns.iter().enumerate() {
+            let exploded = i >= 2 && lists[i - 2].is_some();
+            out.push(if exploded {
+                let list = lists[i - 2].as_ref().expect("checked");
+                let idx = UInt32Array::from(std::mem::take(&mut element[i - 2]));
+                arrow::compute::take(list.values().as_ref(), &idx, None).map_err(err)?
+            } else {
+                arrow::compute::take(c.as_ref(), &repeat, None).map_err(err)?
+            });
+        }
+        Ok(out)
     }
 
     pub fn output_layout(&self, template: &Layout) -> Layout {

@@ -215,3 +215,42 @@ fn terminate_and_drop() {
     assert!(e.log().topic("s").unwrap().is_some());
     assert!(e.execute_sql("DROP STREAM IF EXISTS s;").is_ok());
 }
+
+#[test]
+fn explode_makes_a_row_per_element_and_pads_shorter_lists() {
+    let (_d, mut e) = engine();
+    e.execute_sql(
+        "CREATE STREAM s (id INT KEY, tags ARRAY<STRING>, n ARRAY<INT>) WITH (kafka_topic='s', value_format='JSON');
+         SET 'auto.offset.reset' = 'earliest';
+         CREATE STREAM o AS SELECT id, EXPLODE(tags) AS tag, EXPLODE(n) AS num FROM s;",
+    )
+    .unwrap();
+    let key = |i: i32| i.to_be_bytes();
+    for (i, v) in [
+        (1, r#"{"TAGS": ["a", "b", "c"], "N": [10]}"#),
+        (2, r#"{"TAGS": [], "N": []}"#),
+        (3, r#"{"TAGS": null, "N": [7, 8]}"#),
+    ] {
+        e.log()
+            .produce(
+                "s",
+                Record::new(Some(&key(i)), Some(v.as_bytes()), i as i64),
+            )
+            .unwrap();
+    }
+    e.run_until_idle().unwrap();
+    let rows: Vec<Value> = read_all(&e, "O")
+        .into_iter()
+        .map(|r| serde_json::from_str(&r.1.unwrap()).unwrap())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            json!({"TAG": "a", "NUM": 10}),
+            json!({"TAG": "b", "NUM": null}),
+            json!({"TAG": "c", "NUM": null}),
+            json!({"TAG": null, "NUM": 7}),
+            json!({"TAG": null, "NUM": 8}),
+        ]
+    );
+}
