@@ -149,6 +149,10 @@ pub struct PersistentQuery {
     /// After recovery: per (source partition, sink partition), the highest source offset
     /// whose output is already in the sink. Re-read records up to it write nothing.
     already_written: BTreeMap<(u32, u32), u64>,
+    /// The source column that holds event time (`TIMESTAMP` in its WITH clause).
+    source_timestamp: Option<String>,
+    /// The sink column whose value is each output record's timestamp.
+    sink_timestamp: Option<String>,
 }
 
 pub struct Engine {
@@ -567,6 +571,28 @@ impl Engine {
             ));
         }
         let timestamp_column = prop(&c.properties, "TIMESTAMP").map(|t| t.to_uppercase());
+        if let Some(ts) = &timestamp_column {
+            let column = layout
+                .key_columns
+                .iter()
+                .chain(&layout.value_columns)
+                .find(|c| c.name == *ts);
+            let with_format = prop(&c.properties, "TIMESTAMP_FORMAT").is_some();
+            match column.map(|c| &c.ty) {
+                None => {
+                    return Err(EngineError::Invalid(format!(
+                        "The TIMESTAMP column set in the WITH clause does not exist in the schema: '{ts}'"
+                    )));
+                }
+                Some(weir_sql::ast::SqlType::Bigint | weir_sql::ast::SqlType::Timestamp) => {}
+                Some(weir_sql::ast::SqlType::String) if with_format => {}
+                Some(_) => {
+                    return Err(EngineError::Invalid(format!(
+                        "Timestamp column, `{ts}`, should be LONG(INT64), TIMESTAMP, or a String with a timestamp_format specified."
+                    )));
+                }
+            }
+        }
         self.ensure_topic(&topic, &c.properties, None)?;
         let source = Source {
             name: name.clone(),
@@ -664,6 +690,10 @@ impl Engine {
             written_by: None,
             read_only: false,
         };
+        let sink = Source {
+            timestamp_column: prop(&c.properties, "TIMESTAMP").map(|t| t.to_uppercase()),
+            ..sink
+        };
         self.catalog.add_source(sink, c.or_replace)?;
         match self.start_query(&name, &c.query, stmt, "CSAS") {
             Ok(Outcome::QueryStarted { query_id, sink }) => {
@@ -752,6 +782,8 @@ impl Engine {
                 sink_partitions,
                 offsets,
                 already_written: BTreeMap::new(),
+                source_timestamp: source.timestamp_column.clone(),
+                sink_timestamp: sink.timestamp_column.clone(),
             },
         );
         if self.durable && !self.replaying {
@@ -1019,6 +1051,10 @@ impl Engine {
                 .iter()
                 .map(|e| (e.partition, e.offset, e.message.clone()))
                 .collect();
+            let decoded = match (&q.source_timestamp, tombstones) {
+                (Some(col), false) => with_event_time(decoded, col, partition, &mut problems)?,
+                _ => decoded,
+            };
             let output = match q.plan.apply(&decoded.batch) {
                 Ok(out) => vec![out],
                 Err(_) => {
@@ -1076,18 +1112,28 @@ fn write_output(log: &dyn Log, q: &PersistentQuery, out: &RecordBatch, sink: Sin
     if out.num_rows() == 0 {
         return Ok(());
     }
+    let rekeyed;
+    let out = if sink.tombstones && q.plan.repartitions {
+        rekeyed = q.plan.null_value_derived_keys(out)?;
+        &rekeyed
+    } else {
+        out
+    };
     let encoded = q.sink_layout.encode(out)?;
+    // Event time: the sink's TIMESTAMP column when it has one, else the source's.
+    let sink_times = match &q.sink_timestamp {
+        Some(col) => out
+            .column_by_name(col)
+            .map(|c| arrow::compute::cast(c, &DataType::Int64))
+            .transpose()
+            .map_err(|e| EngineError::Execution(e.to_string()))?,
+        None => None,
+    };
     let rowtimes = out.column(0).as_primitive::<Int64Type>();
     let offsets = out.column(1).as_primitive::<Int64Type>();
     let mut by_partition: BTreeMap<u32, Vec<Record>> = BTreeMap::new();
     for (row, (key, value)) in encoded.into_iter().enumerate() {
         let value = if sink.tombstones { None } else { value };
-        // A re-keyed tombstone has no key: its value, which the key would come from, is gone.
-        let key = if sink.tombstones && q.plan.repartitions {
-            None
-        } else {
-            key
-        };
         let partition = key
             .as_deref()
             .map(|k| partition_for_key(k, q.sink_partitions))
@@ -1107,10 +1153,14 @@ fn write_output(log: &dyn Log, q: &PersistentQuery, out: &RecordBatch, sink: Sin
                 value: Some(src.into_bytes()),
             });
         }
+        let timestamp = match &sink_times {
+            Some(t) if !t.is_null(row) => t.as_primitive::<Int64Type>().value(row),
+            _ => rowtimes.value(row),
+        };
         by_partition.entry(partition).or_default().push(Record {
             key,
             value,
-            timestamp: rowtimes.value(row),
+            timestamp,
             headers,
         });
     }
@@ -1118,6 +1168,42 @@ fn write_output(log: &dyn Log, q: &PersistentQuery, out: &RecordBatch, sink: Sin
         log.append(&q.sink_topic, partition, &records)?;
     }
     Ok(())
+}
+
+/// Sets ROWTIME from the source's TIMESTAMP column (BIGINT millis or TIMESTAMP). Records
+/// without a usable timestamp go to the processing log, as in ksqlDB.
+fn with_event_time(
+    mut decoded: weir_format::Decoded,
+    column: &str,
+    partition: u32,
+    problems: &mut Vec<(u32, u64, String)>,
+) -> Result<weir_format::Decoded> {
+    let err = |e: arrow::error::ArrowError| EngineError::Execution(e.to_string());
+    let batch = &decoded.batch;
+    let Some(values) = batch.column_by_name(column) else {
+        return Ok(decoded);
+    };
+    if matches!(values.data_type(), DataType::Utf8) {
+        // String timestamps need TIMESTAMP_FORMAT parsing, not supported yet: keep ROWTIME.
+        return Ok(decoded);
+    }
+    let times = arrow::compute::cast(values, &DataType::Int64).map_err(err)?;
+    let keep = arrow::compute::is_not_null(&times).map_err(err)?;
+    let offsets = batch.column(2).as_primitive::<Int64Type>();
+    for row in 0..batch.num_rows() {
+        if times.is_null(row) {
+            problems.push((
+                partition,
+                offsets.value(row) as u64,
+                format!("Invalid timestamp: column {column} is null"),
+            ));
+        }
+    }
+    let mut columns = batch.columns().to_vec();
+    columns[0] = times;
+    let with_time = RecordBatch::try_new(batch.schema(), columns).map_err(err)?;
+    decoded.batch = arrow::compute::filter_record_batch(&with_time, &keep).map_err(err)?;
+    Ok(decoded)
 }
 
 /// Every record value of a (small, internal) topic's partition 0, with its offset.

@@ -184,6 +184,20 @@ pub struct Projection {
     pub explode: bool,
 }
 
+/// Names of the columns an expression refers to (by their last name part).
+fn referenced_columns(e: &Expr) -> Vec<String> {
+    let mut out = Vec::new();
+    let _ = weir_sql::sqlparser::ast::visit_expressions(e, |x: &Expr| {
+        match x {
+            Expr::Identifier(id) => out.push(id.value.clone()),
+            Expr::CompoundIdentifier(parts) => out.extend(parts.last().map(|p| p.value.clone())),
+            _ => {}
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    out
+}
+
 /// A stateless SELECT over one source, ready to run per batch.
 #[derive(Debug, Clone)]
 pub struct SelectPlan {
@@ -196,6 +210,9 @@ pub struct SelectPlan {
     pub output_schema: SchemaRef,
     /// PARTITION BY: the key comes from expressions, not the source's key.
     pub repartitions: bool,
+    /// Under PARTITION BY, the output columns (by index among the projections) whose key
+    /// values come from the source's value: a tombstone has none, so they are null.
+    pub value_derived_keys: Vec<usize>,
 }
 
 pub fn plan_select(functions: &Functions, query: &Query, source: &Source) -> Result<SelectPlan> {
@@ -451,6 +468,39 @@ pub fn plan_select(functions: &Functions, query: &Query, source: &Source) -> Res
     }
     // ROWTIME and ROWOFFSET ride along: the output records' timestamps, and where each
     // came from (for exactly-once recovery).
+    let value_names: Vec<&str> = source
+        .layout
+        .value_columns
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    let mut value_derived_keys = Vec::new();
+    if repartition {
+        for (i, p) in projections.iter().enumerate() {
+            let from_item = query.select.iter().find_map(|item| match item {
+                SelectItem::Expr { expr, .. }
+                    if partition_by.iter().any(|pb| same_expr(pb, expr)) && p.is_key =>
+                {
+                    Some(expr.clone())
+                }
+                _ => None,
+            });
+            let refs = match from_item {
+                Some(e) => referenced_columns(&e),
+                None => partition_by
+                    .iter()
+                    .zip(&partition_columns)
+                    .find(|(pb, col)| {
+                        col.as_deref() == Some(p.name.as_str()) || column_name(pb).is_none()
+                    })
+                    .map(|(pb, _)| referenced_columns(pb))
+                    .unwrap_or_else(|| vec![p.name.clone()]),
+            };
+            if p.is_key && refs.iter().any(|r| value_names.contains(&r.as_str())) {
+                value_derived_keys.push(i);
+            }
+        }
+    }
     let mut fields = vec![
         Field::new(PSEUDO_COLUMNS[0], DataType::Int64, false),
         Field::new(PSEUDO_COLUMNS[2], DataType::Int64, false),
@@ -468,6 +518,7 @@ pub fn plan_select(functions: &Functions, query: &Query, source: &Source) -> Res
         output_layout_columns: (key_cols, value_cols),
         output_schema: Arc::new(Schema::new(fields)),
         repartitions: repartition,
+        value_derived_keys,
     })
 }
 
@@ -616,6 +667,18 @@ impl SelectPlan {
             });
         }
         Ok(out)
+    }
+
+    /// A tombstone's output under PARTITION BY: key columns computed from the (absent)
+    /// value are null.
+    pub fn null_value_derived_keys(&self, out: &RecordBatch) -> Result<RecordBatch> {
+        let mut columns = out.columns().to_vec();
+        for &i in &self.value_derived_keys {
+            let c = &columns[2 + i];
+            columns[2 + i] = arrow::array::new_null_array(c.data_type(), c.len());
+        }
+        RecordBatch::try_new(out.schema(), columns)
+            .map_err(|e| EngineError::Execution(e.to_string()))
     }
 
     pub fn output_layout(&self, template: &Layout) -> Layout {

@@ -296,8 +296,8 @@ impl Layout {
         match spec.format {
             Format::None => Ok(None),
             _ if cols.is_empty() => Ok(None),
-            // A key whose columns are all null is a null key.
-            _ if is_key && values.iter().all(Value::is_null) => Ok(None),
+            // A single null key column is a null key (several are an object of nulls).
+            _ if is_key && cols.len() == 1 && values[0].is_null() => Ok(None),
             Format::Json => Ok(Some(crate::json::encode(cols, values, spec.wrap_single))),
             Format::Delimited => Ok(Some(crate::delimited::encode(
                 cols,
