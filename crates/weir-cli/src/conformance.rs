@@ -13,9 +13,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use weir_engine::{Engine, Source};
 use weir_format::Format;
-use weir_log::{
-    EmbeddedLog, EmbeddedLogConfig, FsyncPolicy, Log, Record, TopicConfig, partition_for_key,
-};
+use weir_log::{EmbeddedLog, EmbeddedLogConfig, FsyncPolicy, Log, Record, TopicConfig};
 use weir_sql::ast::SqlType;
 
 #[derive(Debug, Clone)]
@@ -175,24 +173,14 @@ pub fn run_case(case: &Value) -> Result<(), String> {
             log.create_topic(topic, TopicConfig::default())
                 .map_err(|e| e.to_string())?;
         }
-        let partitions = log
-            .topic(topic)
-            .map_err(|e| e.to_string())?
-            .map(|t| t.config.partitions)
-            .unwrap_or(1);
-        let partition = key
-            .as_deref()
-            .map(|k| partition_for_key(k, partitions))
-            .unwrap_or(0);
-        log.append(
+        log.produce(
             topic,
-            partition,
-            &[Record {
+            Record {
                 key,
                 value,
                 timestamp,
                 headers: vec![],
-            }],
+            },
         )
         .map_err(|e| e.to_string())?;
     }
@@ -308,20 +296,12 @@ fn read_topic(engine: &Engine, log: &dyn Log, topic: &str) -> Result<Vec<Actual>
     let (kf, kt, vf, vt) = serialization(source_on(engine, topic), None);
     let mut out = Vec::new();
     for p in 0..info.config.partitions {
-        let mut from = 0;
-        loop {
-            let batch = log
-                .read(topic, p, from, 10_000)
-                .map_err(|e| e.to_string())?;
-            let Some(last) = batch.last() else { break };
-            from = last.offset + 1;
-            for r in batch {
-                out.push(Actual {
-                    key: deserialize(r.record.key, kf, kt.as_ref()),
-                    value: deserialize(r.record.value, vf, vt.as_ref()),
-                    timestamp: r.record.timestamp,
-                });
-            }
+        for r in log.read_to_end(topic, p, 0).map_err(|e| e.to_string())? {
+            out.push(Actual {
+                key: deserialize(r.record.key, kf, kt.as_ref()),
+                value: deserialize(r.record.value, vf, vt.as_ref()),
+                timestamp: r.record.timestamp,
+            });
         }
     }
     Ok(out)

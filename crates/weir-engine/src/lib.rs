@@ -256,34 +256,27 @@ impl Engine {
             let sink_ends = as_offsets(&cp["sink_ends"]);
             let prefix = format!("{}:", q.id);
             for sink_partition in 0..q.sink_partitions {
-                let mut from = sink_ends.get(sink_partition as usize).copied().unwrap_or(0);
-                loop {
-                    let records = self.log.read(&q.sink_topic, sink_partition, from, 4096)?;
-                    let Some(end) = records.last().map(|r| r.offset + 1) else {
-                        break;
+                let from = sink_ends.get(sink_partition as usize).copied().unwrap_or(0);
+                for r in self.log.read_to_end(&q.sink_topic, sink_partition, from)? {
+                    let Some(src) = r.record.headers.iter().find(|h| h.name == SOURCE_HEADER)
+                    else {
+                        continue;
                     };
-                    from = end;
-                    for r in records {
-                        let Some(src) = r.record.headers.iter().find(|h| h.name == SOURCE_HEADER)
-                        else {
-                            continue;
-                        };
-                        let Some(text) = src
-                            .value
-                            .as_deref()
-                            .and_then(|v| std::str::from_utf8(v).ok())
-                        else {
-                            continue;
-                        };
-                        let Some(rest) = text.strip_prefix(&prefix) else {
-                            continue;
-                        };
-                        if let Some((p, o)) = rest.split_once(':')
-                            && let (Ok(p), Ok(o)) = (p.parse::<u32>(), o.parse::<u64>())
-                        {
-                            let e = q.already_written.entry((p, sink_partition)).or_insert(o);
-                            *e = (*e).max(o);
-                        }
+                    let Some(text) = src
+                        .value
+                        .as_deref()
+                        .and_then(|v| std::str::from_utf8(v).ok())
+                    else {
+                        continue;
+                    };
+                    let Some(rest) = text.strip_prefix(&prefix) else {
+                        continue;
+                    };
+                    if let Some((p, o)) = rest.split_once(':')
+                        && let (Ok(p), Ok(o)) = (p.parse::<u32>(), o.parse::<u64>())
+                    {
+                        let e = q.already_written.entry((p, sink_partition)).or_insert(o);
+                        *e = (*e).max(o);
                     }
                 }
             }
@@ -434,6 +427,17 @@ impl Engine {
                 other.kind()
             ))),
         }
+    }
+
+    /// The stream named `name`, or the error a statement naming a missing one gets.
+    fn stream(&self, name: &str) -> Result<Source> {
+        self.catalog
+            .source(name)
+            .cloned()
+            .ok_or_else(|| EngineError::UnknownSource {
+                kind: "Stream",
+                name: name.to_string(),
+            })
     }
 
     fn format_spec(props: &Properties, side: &str, default: Option<Format>) -> Result<FormatSpec> {
@@ -632,14 +636,7 @@ impl Engine {
             }
         }
         let from = &c.query.from.source.name.value;
-        let source = self
-            .catalog
-            .source(from)
-            .ok_or_else(|| EngineError::UnknownSource {
-                kind: "Stream",
-                name: from.clone(),
-            })?
-            .clone();
+        let source = self.stream(from)?;
         let plan = plan_select(&self.functions, &c.query, &source)?;
         let inherited = match source.layout.key_format.format {
             // A sink that gains key columns (PARTITION BY) from a keyless source: ksqlDB's default.
@@ -717,23 +714,9 @@ impl Engine {
         stmt: &Statement,
         prefix: &str,
     ) -> Result<Outcome> {
-        let sink = self
-            .catalog
-            .source(sink_name)
-            .ok_or_else(|| EngineError::UnknownSource {
-                kind: "Stream",
-                name: sink_name.to_string(),
-            })?
-            .clone();
+        let sink = self.stream(sink_name)?;
         let from = &query.from.source.name.value;
-        let source = self
-            .catalog
-            .source(from)
-            .ok_or_else(|| EngineError::UnknownSource {
-                kind: "Stream",
-                name: from.clone(),
-            })?
-            .clone();
+        let source = self.stream(from)?;
         let plan = plan_select(&self.functions, query, &source)?;
         // INSERT INTO: the query's output must fit the sink's columns.
         let (keys, values) = &plan.output_layout_columns;
@@ -801,14 +784,7 @@ impl Engine {
         columns: &[weir_sql::ast::Ident],
         values: &[weir_sql::ast::Expr],
     ) -> Result<Outcome> {
-        let source = self
-            .catalog
-            .source(target)
-            .ok_or_else(|| EngineError::UnknownSource {
-                kind: "Stream",
-                name: target.to_string(),
-            })?
-            .clone();
+        let source = self.stream(target)?;
         if source.read_only {
             return Err(EngineError::Invalid(format!(
                 "Cannot insert values into read-only {}: {target}",
@@ -885,24 +861,14 @@ impl Engine {
             .map_err(|e| EngineError::Execution(e.to_string()))?;
         let (key, value) = layout.encode(&batch)?.remove(0);
         let timestamp = rowtime.unwrap_or_else(now_ms);
-        let partitions = self
-            .log
-            .topic(&source.topic)?
-            .map(|t| t.config.partitions)
-            .unwrap_or(1);
-        let partition = key
-            .as_deref()
-            .map(|k| partition_for_key(k, partitions))
-            .unwrap_or(0);
-        self.log.append(
+        self.log.produce(
             &source.topic,
-            partition,
-            &[Record {
+            Record {
                 key,
                 value,
                 timestamp,
                 headers: vec![],
-            }],
+            },
         )?;
         Ok(Outcome::Inserted)
     }
@@ -1208,23 +1174,14 @@ fn with_event_time(
 
 /// Every record value of a (small, internal) topic's partition 0, with its offset.
 fn read_topic_values(log: &dyn Log, topic: &str) -> Result<Vec<(u64, Vec<u8>)>> {
-    let mut out = Vec::new();
     if log.topic(topic)?.is_none() {
-        return Ok(out);
+        return Ok(Vec::new());
     }
-    let mut from = 0;
-    loop {
-        let records = log.read(topic, 0, from, 4096)?;
-        let Some(last) = records.last() else {
-            return Ok(out);
-        };
-        from = last.offset + 1;
-        out.extend(
-            records
-                .into_iter()
-                .filter_map(|r| r.record.value.map(|v| (r.offset, v))),
-        );
-    }
+    Ok(log
+        .read_to_end(topic, 0, 0)?
+        .into_iter()
+        .filter_map(|r| r.record.value.map(|v| (r.offset, v)))
+        .collect())
 }
 
 /// Appends one JSON record per problem to the processing log topic (created on first use).

@@ -14,8 +14,8 @@ use datafusion::sql::planner::{ParserOptions, PlannerContext, SqlToRel};
 use weir_format::{Column, Layout, PSEUDO_COLUMNS};
 use weir_sql::ast::{Expr, Query, SelectItem, fmt_expr};
 use weir_sql::sqlparser::ast::{
-    self as sql, BinaryOperator, FunctionArg, FunctionArgExpr, FunctionArgumentList,
-    FunctionArguments, ObjectName, Value, visit_expressions_mut,
+    self as sql, BinaryOperator, FunctionArg, FunctionArgExpr, FunctionArguments, Value,
+    visit_expressions_mut,
 };
 
 use crate::catalog::Source;
@@ -69,20 +69,7 @@ fn call(name: &str, args: Vec<Expr>) -> Expr {
         .into_iter()
         .map(|a| FunctionArg::Unnamed(FunctionArgExpr::Expr(a)))
         .collect();
-    Expr::Function(sql::Function {
-        name: ObjectName::from(vec![sql::Ident::new(name)]),
-        uses_odbc_syntax: false,
-        parameters: FunctionArguments::None,
-        args: FunctionArguments::List(FunctionArgumentList {
-            duplicate_treatment: None,
-            args,
-            clauses: vec![],
-        }),
-        filter: None,
-        null_treatment: None,
-        over: None,
-        within_group: vec![],
-    })
+    weir_sql::function_call(sql::Ident::new(name), args)
 }
 
 fn string_lit(s: &str) -> Expr {
@@ -281,19 +268,10 @@ pub fn plan_select(functions: &Functions, query: &Query, source: &Source) -> Res
     let mut generated = 0;
     for item in &query.select {
         match item {
-            SelectItem::Wildcard => {
-                for c in &all_columns {
-                    let e = Expr::Identifier(sql::Ident::with_quote('`', &c.name));
-                    projections.push(Projection {
-                        name: c.name.clone(),
-                        compiled: compiler.compile(&e)?,
-                        is_key: is_key_column(&c.name),
-                        explode: false,
-                    });
-                }
-            }
-            SelectItem::QualifiedWildcard(q) => {
-                if q.value != alias {
+            SelectItem::Wildcard | SelectItem::QualifiedWildcard(_) => {
+                if let SelectItem::QualifiedWildcard(q) = item
+                    && q.value != alias
+                {
                     return Err(EngineError::Invalid(format!(
                         "Unknown source in {}.*",
                         q.value

@@ -175,16 +175,20 @@ impl EmbeddedLog {
             })
     }
 
-    /// Deletes data past each partition's retention limits. Runs on every segment roll;
-    /// a server also calls it periodically so time-based retention applies to idle topics.
-    pub fn enforce_retention(&self) -> Result<()> {
-        let topics: Vec<Arc<TopicState>> = self
-            .topics
+    /// A snapshot of the open topics, so no lock is held while partitions are worked on.
+    fn all_topics(&self) -> Vec<Arc<TopicState>> {
+        self.topics
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .values()
             .cloned()
-            .collect();
+            .collect()
+    }
+
+    /// Deletes data past each partition's retention limits. Runs on every segment roll;
+    /// a server also calls it periodically so time-based retention applies to idle topics.
+    pub fn enforce_retention(&self) -> Result<()> {
+        let topics = self.all_topics();
         for t in topics {
             for p in &t.partitions {
                 lock(&p.inner).enforce_retention(&t.info.config)?;
@@ -714,13 +718,7 @@ impl Log for EmbeddedLog {
     }
 
     fn flush(&self) -> Result<()> {
-        let topics: Vec<Arc<TopicState>> = self
-            .topics
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let topics = self.all_topics();
         for t in topics {
             for p in &t.partitions {
                 lock(&p.inner).sync()?;

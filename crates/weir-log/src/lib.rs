@@ -80,6 +80,19 @@ pub trait Log: Send + Sync {
     /// Makes every append so far durable, whatever the fsync policy.
     fn flush(&self) -> Result<()>;
 
+    /// Every record of a partition from `from` to its current end, read in batches.
+    fn read_to_end(&self, topic: &str, partition: u32, mut from: u64) -> Result<Vec<StoredRecord>> {
+        let mut out = Vec::new();
+        loop {
+            let batch = self.read(topic, partition, from, 4096)?;
+            let Some(last) = batch.last() else {
+                return Ok(out);
+            };
+            from = last.offset + 1;
+            out.extend(batch);
+        }
+    }
+
     /// Appends one record to the partition its key hashes to (murmur2, as Kafka's default
     /// partitioner), or to partition 0..n in turn for records without a key.
     fn produce(&self, topic: &str, record: Record) -> Result<(u32, u64)> {

@@ -271,7 +271,17 @@ fn parse_function_call(p: &mut Parser) -> Result<Expr, ParserError> {
         }
         p.expect_token(&Token::RParen)?;
     }
-    Ok(Expr::Function(Function {
+    Ok(function_call(name, args))
+}
+
+/// The longest `a->b->c...` chain accepted. sqlparser lends the infix hook its left
+/// operand, so each `->` copies the chain so far: the cap keeps that cheap and shallow.
+const MAX_DEREFERENCE_CHAIN: usize = 64;
+
+/// A call `name(args)` in the shape every call in a ksqlDB expression has: a plain
+/// argument list, no window, filter or ordering.
+pub fn function_call(name: Ident, args: Vec<FunctionArg>) -> Expr {
+    Expr::Function(Function {
         name: ObjectName::from(vec![name]),
         uses_odbc_syntax: false,
         parameters: FunctionArguments::None,
@@ -284,12 +294,8 @@ fn parse_function_call(p: &mut Parser) -> Result<Expr, ParserError> {
         null_treatment: None,
         over: None,
         within_group: vec![],
-    }))
+    })
 }
-
-/// The longest `a->b->c...` chain accepted. sqlparser lends the infix hook its left
-/// operand, so each `->` copies the chain so far: the cap keeps that cheap and shallow.
-const MAX_DEREFERENCE_CHAIN: usize = 64;
 
 /// `expr->field` and `expr->*`, with any subscripts that follow (`a->b[1]`).
 fn parse_dereference(p: &mut Parser, left: &Expr) -> Result<Expr, ParserError> {

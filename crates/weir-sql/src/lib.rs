@@ -19,7 +19,7 @@ mod lexer;
 mod parser;
 
 pub use ast::Statement;
-pub use dialect::KsqlDialect;
+pub use dialect::{KsqlDialect, function_call};
 pub use error::{ParseError, Position, Result};
 /// The sqlparser this crate builds on, for callers that work with its expressions.
 pub use sqlparser;
