@@ -46,6 +46,7 @@ impl<'a> ExprCompiler<'a> {
     }
 
     pub fn compile(&self, e: &Expr) -> Result<Compiled> {
+        check_ksql_rules(e)?;
         let e = rewrite_for_datafusion(e.clone());
         let planner = SqlToRel::new_with_options(
             self.functions,
@@ -74,6 +75,50 @@ fn call(name: &str, args: Vec<Expr>) -> Expr {
 
 fn string_lit(s: &str) -> Expr {
     Expr::value(Value::SingleQuotedString(s.to_string()))
+}
+
+/// What ksqlDB refuses when it compiles an expression, though DataFusion would accept it.
+fn check_ksql_rules(e: &Expr) -> Result<()> {
+    let flow = weir_sql::sqlparser::ast::visit_expressions(e, |x: &Expr| {
+        let refusal = match x {
+            Expr::Array(a) if a.elem.is_empty() => Some(
+                "Array constructor cannot be empty. Please supply at least one element (see https://github.com/confluentinc/ksql/issues/4239).".to_string(),
+            ),
+            Expr::Function(f)
+                if f.name.to_string().eq_ignore_ascii_case("MAP")
+                    && matches!(&f.args, FunctionArguments::List(l) if l.args.is_empty()) =>
+            {
+                Some("Map constructor cannot be empty. Please supply at least one key value pair (see https://github.com/confluentinc/ksql/issues/4239).".to_string())
+            }
+            Expr::BinaryOp { left, op, right }
+                if matches!(
+                    op,
+                    BinaryOperator::Eq
+                        | BinaryOperator::NotEq
+                        | BinaryOperator::Lt
+                        | BinaryOperator::LtEq
+                        | BinaryOperator::Gt
+                        | BinaryOperator::GtEq
+                ) && is_null_literal(left)
+                    && is_null_literal(right) =>
+            {
+                Some(format!("Comparison with NULL not supported: NULL {op} NULL"))
+            }
+            _ => None,
+        };
+        match refusal {
+            Some(r) => ControlFlow::Break(r),
+            None => ControlFlow::Continue(()),
+        }
+    });
+    match flow {
+        ControlFlow::Break(reason) => Err(EngineError::Invalid(reason)),
+        ControlFlow::Continue(()) => Ok(()),
+    }
+}
+
+fn is_null_literal(e: &Expr) -> bool {
+    matches!(e, Expr::Value(v) if v.value == Value::Null)
 }
 
 /// ksqlDB constructors as DataFusion calls: `STRUCT(A := x)` is `named_struct('A', x)`,

@@ -188,6 +188,21 @@ fn statements_ksqldb_rejects_are_rejected_with_its_reasons() {
         )
         .contains("does not support")
     );
+    assert!(
+        err(&mut e, "CREATE STREAM o AS SELECT id, ARRAY[] AS a FROM s;")
+            .contains("Array constructor cannot be empty")
+    );
+    assert!(
+        err(&mut e, "CREATE STREAM o AS SELECT id, MAP() AS m FROM s;")
+            .contains("Map constructor cannot be empty")
+    );
+    assert!(
+        err(
+            &mut e,
+            "CREATE STREAM o AS SELECT id, NULL = NULL AS b FROM s;"
+        )
+        .contains("Comparison with NULL not supported")
+    );
     // A rejected CSAS leaves nothing behind.
     assert!(e.catalog().source("O").is_none());
     assert_eq!(e.queries().count(), 0);
