@@ -18,6 +18,7 @@ pub fn all() -> Vec<Arc<ScalarUDF>> {
     vec![
         Arc::new(ScalarUDF::from(GeoDistance::new())),
         Arc::new(ScalarUDF::from(ToJsonString::new())),
+        Arc::new(ScalarUDF::from(ExtractJsonField::new())),
     ]
 }
 
@@ -152,5 +153,127 @@ impl ScalarUDFImpl for ToJsonString {
             .map(|row| Some(weir_format::convert::value_at(&array, row, &ty).to_string()))
             .collect();
         Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+/// `EXTRACTJSONFIELD(json, '$.path')`: the value at a JSONPath (`$`, `.name`, `['name']`,
+/// `[index]`) of a JSON string: strings as they are, other values as JSON text, NULL when
+/// the path is missing or the text is not JSON.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct ExtractJsonField {
+    signature: Signature,
+}
+
+impl ExtractJsonField {
+    fn new() -> Self {
+        Self {
+            signature: Signature::exact(
+                vec![DataType::Utf8, DataType::Utf8],
+                Volatility::Immutable,
+            ),
+        }
+    }
+}
+
+enum PathStep {
+    Field(String),
+    Index(i64),
+}
+
+/// Parses the JSONPath subset ksqlDB documents; `None` for a path it does not support.
+fn parse_json_path(path: &str) -> Option<Vec<PathStep>> {
+    let mut rest = path.trim().strip_prefix('$')?;
+    let mut steps = Vec::new();
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix('.') {
+            let end = r.find(['.', '[']).unwrap_or(r.len());
+            steps.push(PathStep::Field(r[..end].to_string()));
+            rest = &r[end..];
+        } else if let Some(r) = rest.strip_prefix('[') {
+            let end = r.find(']')?;
+            let inner = r[..end].trim();
+            let step = match inner.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')) {
+                Some(name) => PathStep::Field(name.to_string()),
+                None => PathStep::Index(inner.parse().ok()?),
+            };
+            steps.push(step);
+            rest = &r[end + 1..];
+        } else {
+            return None;
+        }
+    }
+    Some(steps)
+}
+
+fn extract(json: &str, steps: &[PathStep]) -> Option<String> {
+    let mut v: serde_json::Value = serde_json::from_str(json).ok()?;
+    for step in steps {
+        v = match (step, v) {
+            (PathStep::Field(name), serde_json::Value::Object(mut m)) => m.remove(name)?,
+            (PathStep::Index(i), serde_json::Value::Array(mut a)) => {
+                let i = if *i < 0 { a.len() as i64 + i } else { *i };
+                if i < 0 || i as usize >= a.len() {
+                    return None;
+                }
+                a.swap_remove(i as usize)
+            }
+            _ => return None,
+        };
+    }
+    match v {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(s),
+        other => Some(other.to_string()),
+    }
+}
+
+impl ScalarUDFImpl for ExtractJsonField {
+    fn name(&self) -> &str {
+        "extractjsonfield"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let n = args.number_rows;
+        let json = args.args[0].to_array(n)?;
+        let paths = args.args[1].to_array(n)?;
+        let (json, paths) = (json.as_string::<i32>(), paths.as_string::<i32>());
+        let out: StringArray = (0..n)
+            .map(|row| {
+                if json.is_null(row) || paths.is_null(row) {
+                    return None;
+                }
+                let steps = parse_json_path(paths.value(row))?;
+                extract(json.value(row), &steps)
+            })
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_paths_extract_like_ksqldb() {
+        let doc = r#"{"name": "car", "v": 2, "tags": ["a", {"x": 1}], "o": {"k": null, "s": "t"}}"#;
+        let get = |p: &str| extract(doc, &parse_json_path(p).unwrap());
+        assert_eq!(get("$.name").as_deref(), Some("car"));
+        assert_eq!(get("$.v").as_deref(), Some("2"));
+        assert_eq!(get("$.tags[1]").as_deref(), Some(r#"{"x":1}"#));
+        assert_eq!(get("$.tags[-2]").as_deref(), Some("a"));
+        assert_eq!(get("$['o'].s").as_deref(), Some("t"));
+        assert_eq!(get("$.o.k"), None);
+        assert_eq!(get("$.missing"), None);
+        assert_eq!(extract("not json", &parse_json_path("$.a").unwrap()), None);
+        assert!(parse_json_path("name").is_none());
     }
 }
