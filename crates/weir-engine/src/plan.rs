@@ -47,6 +47,65 @@ impl<'a> ExprCompiler<'a> {
 
     pub fn compile(&self, e: &Expr) -> Result<Compiled> {
         check_ksql_rules(e)?;
+        self.check_comparisons(e)?;
+        self.compile_unchecked(e)
+    }
+
+    /// ksqlDB's type rules for comparisons, which DataFusion would coerce past: a number
+    /// against a string that is not a numeric literal, a boolean against anything else,
+    /// and ordering of ARRAY, MAP or STRUCT values are errors.
+    fn check_comparisons(&self, e: &Expr) -> Result<()> {
+        let mut comparisons = Vec::new();
+        let _ = weir_sql::sqlparser::ast::visit_expressions(e, |x: &Expr| {
+            if let Expr::BinaryOp { left, op, right } = x
+                && comparison_name(op).is_some()
+            {
+                comparisons.push(((**left).clone(), op.clone(), (**right).clone()));
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        for (left, op, right) in comparisons {
+            let (lt, rt) = (
+                self.compile_unchecked(&left)?.data_type,
+                self.compile_unchecked(&right)?.data_type,
+            );
+            let numeric = |t: &DataType| t.is_numeric();
+            let string = |t: &DataType| {
+                matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+            };
+            let nested = |t: &DataType| {
+                matches!(
+                    t,
+                    DataType::List(_) | DataType::Map(..) | DataType::Struct(_)
+                )
+            };
+            let numeric_literal = |e: &Expr| matches!(e, Expr::Value(v) if matches!(&v.value, Value::SingleQuotedString(s) if s.trim().parse::<f64>().is_ok()));
+            let ordering = !matches!(op, BinaryOperator::Eq | BinaryOperator::NotEq);
+            let name = |t: &DataType| {
+                sql_type_of(t)
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|_| t.to_string())
+            };
+            let refused = (numeric(&lt) && string(&rt) && !numeric_literal(&right))
+                || (string(&lt) && numeric(&rt) && !numeric_literal(&left))
+                || (lt == DataType::Boolean && (numeric(&rt) || string(&rt)))
+                || (rt == DataType::Boolean && (numeric(&lt) || string(&lt)))
+                || (ordering && (nested(&lt) || nested(&rt)));
+            if refused && lt != DataType::Null && rt != DataType::Null {
+                return Err(EngineError::Invalid(format!(
+                    "Cannot compare {} ({}) to {} ({}) with {}.",
+                    fmt_expr(&left),
+                    name(&lt),
+                    fmt_expr(&right),
+                    name(&rt),
+                    comparison_name(&op).unwrap_or_default()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn compile_unchecked(&self, e: &Expr) -> Result<Compiled> {
         let e = rewrite_for_datafusion(e.clone());
         let planner = SqlToRel::new_with_options(
             self.functions,
@@ -115,6 +174,19 @@ fn check_ksql_rules(e: &Expr) -> Result<()> {
         ControlFlow::Break(reason) => Err(EngineError::Invalid(reason)),
         ControlFlow::Continue(()) => Ok(()),
     }
+}
+
+/// ksqlDB's name for a comparison operator, as its error messages spell it.
+fn comparison_name(op: &BinaryOperator) -> Option<&'static str> {
+    Some(match op {
+        BinaryOperator::Eq => "EQUAL",
+        BinaryOperator::NotEq => "NOT_EQUAL",
+        BinaryOperator::Lt => "LESS_THAN",
+        BinaryOperator::LtEq => "LESS_THAN_OR_EQUAL",
+        BinaryOperator::Gt => "GREATER_THAN",
+        BinaryOperator::GtEq => "GREATER_THAN_OR_EQUAL",
+        _ => return None,
+    })
 }
 
 fn is_null_literal(e: &Expr) -> bool {

@@ -203,6 +203,18 @@ fn statements_ksqldb_rejects_are_rejected_with_its_reasons() {
         )
         .contains("Comparison with NULL not supported")
     );
+    assert!(
+        err(
+            &mut e,
+            "CREATE STREAM o AS SELECT id, v FROM s WHERE v >= 'not an int';"
+        )
+        .contains("Cannot compare V (INTEGER) to 'not an int' (STRING) with GREATER_THAN_OR_EQUAL")
+    );
+    // A numeric string literal compares with a number, as in ksqlDB.
+    e.execute_sql("CREATE STREAM ok1 AS SELECT id, v FROM s WHERE v >= '10';")
+        .unwrap();
+    e.execute_sql("TERMINATE ALL; DROP STREAM ok1 DELETE TOPIC;")
+        .unwrap();
     // A rejected CSAS leaves nothing behind.
     assert!(e.catalog().source("O").is_none());
     assert_eq!(e.queries().count(), 0);
