@@ -554,7 +554,11 @@ impl Engine {
             ));
         }
         let key_format = Self::format_spec(&c.properties, "KEY", Some(Format::Kafka))?;
-        let key_format = if key_columns.is_empty() && prop(&c.properties, "KEY_FORMAT").is_none() {
+        // A keyless stream keeps a key format it was given (`FORMAT='JSON'`), which a
+        // re-keyed sink inherits; given none, it has no key format at all.
+        let declared =
+            prop(&c.properties, "KEY_FORMAT").is_some() || prop(&c.properties, "FORMAT").is_some();
+        let key_format = if key_columns.is_empty() && !declared {
             FormatSpec {
                 format: Format::None,
                 ..key_format

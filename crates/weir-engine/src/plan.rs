@@ -490,8 +490,39 @@ pub fn plan_select(functions: &Functions, query: &Query, source: &Source) -> Res
             )));
         }
     }
-    // Partitioning expressions that are not selected still make the key.
+    // Partitioning expressions that are not selected still make the key under `SELECT *`;
+    // an explicit projection must include them all, as ksqlDB requires.
     if repartition {
+        let wildcard = query
+            .select
+            .iter()
+            .any(|i| !matches!(i, SelectItem::Expr { .. }));
+        let missing: Vec<&Expr> = partition_by
+            .iter()
+            .filter(|p| {
+                !query
+                    .select
+                    .iter()
+                    .any(|item| matches!(item, SelectItem::Expr { expr, .. } if same_expr(p, expr)))
+            })
+            .collect();
+        if !wildcard && !missing.is_empty() {
+            let qualified: Vec<String> = partition_by
+                .iter()
+                .map(|p| match column_name(p) {
+                    Some(c) => format!("{alias}.{c}"),
+                    None => fmt_expr(p).to_string(),
+                })
+                .collect();
+            let (noun, list) = match qualified.len() {
+                1 => ("expression", qualified[0].clone()),
+                _ => ("expressions", qualified.join(" and ")),
+            };
+            return Err(EngineError::Invalid(format!(
+                "The query used to build the sink must include the partitioning {noun} {list} in its projection (eg, SELECT {}...).",
+                qualified.join(", ")
+            )));
+        }
         let mut keys = Vec::new();
         for (p, col) in partition_by.iter().zip(&partition_columns) {
             let selected = query
