@@ -19,6 +19,9 @@ pub fn all() -> Vec<Arc<ScalarUDF>> {
         Arc::new(ScalarUDF::from(GeoDistance::new())),
         Arc::new(ScalarUDF::from(ToJsonString::new())),
         Arc::new(ScalarUDF::from(ExtractJsonField::new())),
+        Arc::new(ScalarUDF::from(Codec::new(CodecKind::ToBytes))),
+        Arc::new(ScalarUDF::from(Codec::new(CodecKind::FromBytes))),
+        Arc::new(ScalarUDF::from(Codec::new(CodecKind::Encode))),
     ]
 }
 
@@ -258,6 +261,168 @@ impl ScalarUDFImpl for ExtractJsonField {
     }
 }
 
+/// The text encodings ksqlDB's byte functions take: `hex`, `utf8`, `ascii`, `base64`.
+fn decode_text(text: &str, encoding: &str) -> std::result::Result<Vec<u8>, String> {
+    use base64::Engine;
+    match encoding.to_ascii_lowercase().as_str() {
+        "utf8" => Ok(text.as_bytes().to_vec()),
+        // As Java's `getBytes(US_ASCII)`: a character ASCII lacks becomes '?'.
+        "ascii" => Ok(text
+            .chars()
+            .map(|c| if c.is_ascii() { c as u8 } else { b'?' })
+            .collect()),
+        "hex" => {
+            let digits = text
+                .strip_prefix("0x")
+                .or_else(|| text.strip_prefix("0X"))
+                .unwrap_or(text);
+            let digits = if digits.len() % 2 == 1 {
+                format!("0{digits}")
+            } else {
+                digits.to_string()
+            };
+            (0..digits.len())
+                .step_by(2)
+                .map(|i| {
+                    u8::from_str_radix(&digits[i..i + 2], 16)
+                        .map_err(|_| format!("'{text}' is not hex"))
+                })
+                .collect()
+        }
+        "base64" => base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|e| format!("not base64: {e}")),
+        other => Err(format!(
+            "Unsupported encoding '{other}': use hex, utf8, ascii or base64"
+        )),
+    }
+}
+
+fn encode_bytes(bytes: &[u8], encoding: &str) -> std::result::Result<String, String> {
+    use base64::Engine;
+    match encoding.to_ascii_lowercase().as_str() {
+        "utf8" => String::from_utf8(bytes.to_vec()).map_err(|e| e.to_string()),
+        // As Java's `new String(bytes, US_ASCII)`: a byte above 127 becomes U+FFFD.
+        "ascii" => Ok(bytes
+            .iter()
+            .map(|b| if b.is_ascii() { *b as char } else { '\u{FFFD}' })
+            .collect()),
+        "hex" => Ok(bytes.iter().map(|b| format!("{b:02x}")).collect()),
+        "base64" => Ok(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        other => Err(format!(
+            "Unsupported encoding '{other}': use hex, utf8, ascii or base64"
+        )),
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, Hash, Clone, Copy)]
+enum CodecKind {
+    /// `TO_BYTES(string, encoding)`
+    ToBytes,
+    /// `FROM_BYTES(bytes, encoding)`
+    FromBytes,
+    /// `ENCODE(string, input encoding, output encoding)`
+    Encode,
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Codec {
+    kind: CodecKind,
+    signature: Signature,
+}
+
+impl Codec {
+    fn new(kind: CodecKind) -> Self {
+        let args = match kind {
+            CodecKind::ToBytes => vec![DataType::Utf8, DataType::Utf8],
+            CodecKind::FromBytes => vec![DataType::Binary, DataType::Utf8],
+            CodecKind::Encode => vec![DataType::Utf8, DataType::Utf8, DataType::Utf8],
+        };
+        Self {
+            kind,
+            signature: Signature::exact(args, Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for Codec {
+    fn name(&self) -> &str {
+        match self.kind {
+            CodecKind::ToBytes => "to_bytes",
+            CodecKind::FromBytes => "from_bytes",
+            CodecKind::Encode => "ksql_encode",
+        }
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        Ok(if self.kind == CodecKind::ToBytes {
+            DataType::Binary
+        } else {
+            DataType::Utf8
+        })
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let n = args.number_rows;
+        let arrays: Vec<ArrayRef> = args
+            .args
+            .iter()
+            .map(|a| a.to_array(n))
+            .collect::<Result<_>>()?;
+        let text = |i: usize, row: usize| -> Option<&str> {
+            let a = arrays[i].as_string::<i32>();
+            (!a.is_null(row)).then(|| a.value(row))
+        };
+        match self.kind {
+            CodecKind::ToBytes => {
+                let mut out = arrow::array::BinaryBuilder::new();
+                for row in 0..n {
+                    match (text(0, row), text(1, row)) {
+                        (Some(s), Some(enc)) => match decode_text(s, enc) {
+                            Ok(b) => out.append_value(b),
+                            Err(e) => return exec_err!("TO_BYTES: {e}"),
+                        },
+                        _ => out.append_null(),
+                    }
+                }
+                Ok(ColumnarValue::Array(Arc::new(out.finish())))
+            }
+            CodecKind::FromBytes => {
+                let bytes = arrays[0].as_binary::<i32>();
+                let mut out = arrow::array::StringBuilder::new();
+                for row in 0..n {
+                    match (bytes.is_null(row), text(1, row)) {
+                        (false, Some(enc)) => match encode_bytes(bytes.value(row), enc) {
+                            // FROM_BYTES writes hex in capitals (ENCODE does not).
+                            Ok(s) if enc.eq_ignore_ascii_case("hex") => {
+                                out.append_value(s.to_uppercase())
+                            }
+                            Ok(s) => out.append_value(s),
+                            Err(e) => return exec_err!("FROM_BYTES: {e}"),
+                        },
+                        _ => out.append_null(),
+                    }
+                }
+                Ok(ColumnarValue::Array(Arc::new(out.finish())))
+            }
+            CodecKind::Encode => {
+                // ksqlDB's ENCODE gives NULL for input it cannot convert.
+                let out: StringArray = (0..n)
+                    .map(|row| {
+                        let (s, from, to) = (text(0, row)?, text(1, row)?, text(2, row)?);
+                        encode_bytes(&decode_text(s, from).ok()?, to).ok()
+                    })
+                    .collect();
+                Ok(ColumnarValue::Array(Arc::new(out)))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,5 +440,19 @@ mod tests {
         assert_eq!(get("$.missing"), None);
         assert_eq!(extract("not json", &parse_json_path("$.a").unwrap()), None);
         assert!(parse_json_path("name").is_none());
+    }
+
+    #[test]
+    fn byte_encodings_round_trip() {
+        for enc in ["hex", "utf8", "ascii", "base64"] {
+            let bytes = decode_text(&encode_bytes(b"Hello!", enc).unwrap(), enc).unwrap();
+            assert_eq!(bytes, b"Hello!", "{enc}");
+        }
+        assert_eq!(encode_bytes(b"\x01\xff", "hex").unwrap(), "01ff");
+        assert_eq!(decode_text("0x1", "hex").unwrap(), [1]);
+        assert!(decode_text("zz", "hex").is_err());
+        assert_eq!(decode_text("aΕb", "ascii").unwrap(), b"a?b");
+        assert_eq!(encode_bytes(&[b'a', 0xce], "ascii").unwrap(), "a\u{FFFD}");
+        assert!(decode_text("x", "ebcdic").is_err());
     }
 }

@@ -29,6 +29,8 @@ const ALIASES: &[(&str, &str)] = &[
     ("INSTR", "strpos"),
     ("REPLACE", "replace"),
     ("SPLIT", "string_to_array"),
+    // DataFusion's ENCODE takes two arguments; ksqlDB's three.
+    ("ENCODE", "ksql_encode"),
 ];
 
 pub struct Functions {

@@ -84,7 +84,17 @@ fn field(v: &Value, ty: &SqlType, delimiter: char) -> String {
             _ => n.to_string(),
         },
         Value::String(s) => {
-            if s.contains(delimiter) || s.contains('"') || s.contains('\n') || s.contains('\r') {
+            // Commons CSV's minimal quoting, which ksqlDB writes with: also a field that
+            // starts with a character up to '#' or ends in whitespace is quoted.
+            let first_low = s.chars().next().is_some_and(|c| c <= '#');
+            let last_space = s.chars().last().is_some_and(|c| c <= ' ');
+            if first_low
+                || last_space
+                || s.contains(delimiter)
+                || s.contains('"')
+                || s.contains('\n')
+                || s.contains('\r')
+            {
                 format!("\"{}\"", s.replace('"', "\"\""))
             } else {
                 s.clone()
@@ -152,6 +162,17 @@ mod tests {
             [Some("x".into()), Some("y".into())]
         );
         assert!(split("\"open", ',').is_err());
+    }
+
+    #[test]
+    fn strings_are_quoted_as_commons_csv_does() {
+        let s = |v: &str| field(&Value::String(v.into()), &SqlType::String, ',');
+        assert_eq!(s("plain"), "plain");
+        assert_eq!(s("!"), "\"!\"");
+        assert_eq!(s("#tag"), "\"#tag\"");
+        assert_eq!(s("trailing "), "\"trailing \"");
+        assert_eq!(s("a,b"), "\"a,b\"");
+        assert_eq!(s("say \"hi\""), "\"say \"\"hi\"\"\"");
     }
 
     #[test]
