@@ -213,12 +213,12 @@ fn extract(json: &str, steps: &[PathStep]) -> Option<String> {
     for step in steps {
         v = match (step, v) {
             (PathStep::Field(name), serde_json::Value::Object(mut m)) => m.remove(name)?,
+            // ksqlDB's JSONPath has no negative indexes: `[-1]` finds nothing.
             (PathStep::Index(i), serde_json::Value::Array(mut a)) => {
-                let i = if *i < 0 { a.len() as i64 + i } else { *i };
-                if i < 0 || i as usize >= a.len() {
+                if *i < 0 || *i as usize >= a.len() {
                     return None;
                 }
-                a.swap_remove(i as usize)
+                a.swap_remove(*i as usize)
             }
             _ => return None,
         };
@@ -434,7 +434,8 @@ mod tests {
         assert_eq!(get("$.name").as_deref(), Some("car"));
         assert_eq!(get("$.v").as_deref(), Some("2"));
         assert_eq!(get("$.tags[1]").as_deref(), Some(r#"{"x":1}"#));
-        assert_eq!(get("$.tags[-2]").as_deref(), Some("a"));
+        assert_eq!(get("$.tags[0]").as_deref(), Some("a"));
+        assert_eq!(get("$.tags[-1]"), None);
         assert_eq!(get("$['o'].s").as_deref(), Some("t"));
         assert_eq!(get("$.o.k"), None);
         assert_eq!(get("$.missing"), None);

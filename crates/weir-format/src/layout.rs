@@ -296,8 +296,14 @@ impl Layout {
         match spec.format {
             Format::None => Ok(None),
             _ if cols.is_empty() => Ok(None),
-            // A single null key column is a null key (several are an object of nulls).
-            _ if is_key && cols.len() == 1 && values[0].is_null() => Ok(None),
+            // A null key: one null key column, or all-null DELIMITED key fields. (A JSON key
+            // of several columns stays an object of nulls.)
+            _ if is_key
+                && (cols.len() == 1 || spec.format == Format::Delimited)
+                && values.iter().all(Value::is_null) =>
+            {
+                Ok(None)
+            }
             Format::Json => Ok(Some(crate::json::encode(cols, values, spec.wrap_single))),
             Format::Delimited => Ok(Some(crate::delimited::encode(
                 cols,
