@@ -67,7 +67,25 @@ impl ScalarUDFImpl for GeoDistance {
         &self.signature
     }
 
-    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+    fn return_type(&self, args: &[DataType]) -> Result<DataType> {
+        if args
+            .iter()
+            .take(4)
+            .any(|t| !t.is_numeric() && *t != DataType::Null)
+        {
+            let names: Vec<String> = args
+                .iter()
+                .map(|t| {
+                    crate::types::sql_type_of(t)
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|_| t.to_string())
+                })
+                .collect();
+            return datafusion::common::plan_err!(
+                "Function 'geo_distance' does not accept parameters ({})",
+                names.join(", ")
+            );
+        }
         Ok(DataType::Float64)
     }
 

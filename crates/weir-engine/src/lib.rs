@@ -513,6 +513,14 @@ impl Engine {
     }
 
     fn create_source(&mut self, c: &CreateSource) -> Result<Outcome> {
+        if c.or_replace && c.is_source {
+            return Err(EngineError::Invalid(format!(
+                "Cannot add {} '{}': CREATE OR REPLACE is not supported on source {}s.",
+                c.kind.to_string().to_lowercase(),
+                c.name.value,
+                c.kind.to_string().to_lowercase()
+            )));
+        }
         if c.kind == SourceKind::Table {
             return Err(EngineError::Unsupported("tables over topics".into()));
         }

@@ -62,6 +62,12 @@ impl<'a> ExprCompiler<'a> {
             {
                 comparisons.push(((**left).clone(), op.clone(), (**right).clone()));
             }
+            // `x IN (a, b)` compares like `x = a OR x = b`.
+            if let Expr::InList { expr, list, .. } = x {
+                for item in list {
+                    comparisons.push(((**expr).clone(), BinaryOperator::Eq, item.clone()));
+                }
+            }
             ControlFlow::<()>::Continue(())
         });
         for (left, op, right) in comparisons {
