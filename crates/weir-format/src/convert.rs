@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, new_empty_array};
 use arrow::datatypes::{
-    DataType, Date32Type, Decimal128Type, Field, Fields, Float64Type, Int64Type, SchemaRef,
-    Time32MillisecondType, TimeUnit, TimestampMillisecondType,
+    DataType, Date32Type, Decimal128Type, Field, Fields, Float64Type, Int32Type, Int64Type,
+    SchemaRef, Time32MillisecondType, TimeUnit, TimestampMillisecondType,
 };
 use arrow_json::ReaderBuilder;
 use base64::Engine;
@@ -325,7 +325,9 @@ pub fn value_at(array: &ArrayRef, row: usize, ty: &SqlType) -> Value {
     }
     match array.data_type() {
         DataType::Boolean => Value::Bool(array.as_boolean().value(row)),
-        DataType::Int8 | DataType::Int16 | DataType::Int32 => {
+        // The common types read directly: this runs for every value written.
+        DataType::Int32 => Value::from(array.as_primitive::<Int32Type>().value(row)),
+        DataType::Int8 | DataType::Int16 => {
             match arrow::compute::cast(&array.slice(row, 1), &DataType::Int64) {
                 Ok(a) => Value::from(a.as_primitive::<Int64Type>().value(0)),
                 Err(_) => Value::Null,
@@ -339,9 +341,12 @@ pub fn value_at(array: &ArrayRef, row: usize, ty: &SqlType) -> Value {
             }
         }
         DataType::Float32 | DataType::Float64 => {
-            let v = match arrow::compute::cast(&array.slice(row, 1), &DataType::Float64) {
-                Ok(a) => a.as_primitive::<Float64Type>().value(0),
-                Err(_) => return Value::Null,
+            let v = match array.data_type() {
+                DataType::Float64 => array.as_primitive::<Float64Type>().value(row),
+                _ => match arrow::compute::cast(&array.slice(row, 1), &DataType::Float64) {
+                    Ok(a) => a.as_primitive::<Float64Type>().value(0),
+                    Err(_) => return Value::Null,
+                },
             };
             // JSON has no NaN or infinities: ksqlDB writes them as strings.
             match Number::from_f64(v) {

@@ -9,8 +9,13 @@ use std::path::PathBuf;
 use serde_json::Value;
 
 fn cases() -> Vec<Value> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/conformance/ksql-qtt/cases.jsonl");
+    let path = PathBuf::from(
+        // At run time: the build cache is shared between clones, and the compile-time value
+        // names the clone that built the test.
+        std::env::var("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string()),
+    )
+    .join("../../../shared/conformance/ksql-qtt/cases.jsonl");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
             "reading {}: {e} (the conformance suite lives in ../shared beside the clone)",

@@ -75,8 +75,13 @@ const FRAGMENTS: &[&str] = &[
 ];
 
 fn corpus() -> Vec<String> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/conformance/ksql-qtt/cases.jsonl");
+    let path = PathBuf::from(
+        // At run time: the build cache is shared between clones, and the compile-time value
+        // names the clone that built the test.
+        std::env::var("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string()),
+    )
+    .join("../../../shared/conformance/ksql-qtt/cases.jsonl");
     let text = std::fs::read_to_string(&path).expect("conformance cases in ../shared");
     let mut out: Vec<String> = text
         .lines()
