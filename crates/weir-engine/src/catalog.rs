@@ -102,10 +102,6 @@ impl Catalog {
         Ok(())
     }
 
-    pub fn types(&self) -> impl Iterator<Item = (&String, &SqlType)> {
-        self.types.iter()
-    }
-
     /// Replaces registered type names with the types they stand for.
     pub fn resolve(&self, ty: &SqlType) -> Result<SqlType> {
         Ok(match ty {

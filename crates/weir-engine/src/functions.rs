@@ -74,20 +74,6 @@ impl Functions {
     pub fn state(&self) -> &SessionState {
         &self.state
     }
-
-    /// Every scalar function name a user can call, in ksqlDB's spelling.
-    pub fn scalar_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .state
-            .scalar_functions()
-            .keys()
-            .map(|n| n.to_ascii_uppercase())
-            .collect();
-        names.extend(self.aliases.keys().map(|n| n.to_string()));
-        names.sort();
-        names.dedup();
-        names
-    }
 }
 
 impl ContextProvider for Functions {

@@ -49,14 +49,12 @@ pub const OFFSETS_TOPIC: &str = "_weir_offsets";
 /// source record it came from. Recovery reads it to write nothing twice.
 pub const SOURCE_HEADER: &str = "weir.src";
 
-/// Names ksqlDB keeps for pseudo-columns and window bounds.
-pub const RESERVED_COLUMNS: [&str; 5] = [
-    "ROWTIME",
-    "ROWPARTITION",
-    "ROWOFFSET",
-    "WINDOWSTART",
-    "WINDOWEND",
-];
+/// The window bounds of windowed results; with the pseudo-columns, names ksqlDB reserves.
+pub const WINDOW_BOUNDS: [&str; 2] = ["WINDOWSTART", "WINDOWEND"];
+
+fn is_reserved_column(name: &str) -> bool {
+    weir_format::PSEUDO_COLUMNS.contains(&name) || WINDOW_BOUNDS.contains(&name)
+}
 
 fn contains_map(ty: &weir_sql::ast::SqlType) -> bool {
     use weir_sql::ast::SqlType;
@@ -547,7 +545,7 @@ impl Engine {
             }
         }
         for col in key_columns.iter().chain(&value_columns) {
-            if RESERVED_COLUMNS.contains(&col.name.as_str()) {
+            if is_reserved_column(&col.name) {
                 return Err(EngineError::Invalid(format!(
                     "'{}' is a reserved column name. You cannot use it as a name for a column.",
                     col.name

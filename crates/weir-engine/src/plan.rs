@@ -474,7 +474,7 @@ pub fn plan_select(functions: &Functions, query: &Query, source: &Source) -> Res
                 "Can't infer a type of null. Please explicitly cast it to a required type, e.g. CAST(null AS VARCHAR).".into(),
             ));
         }
-        if p.name == "WINDOWSTART" || p.name == "WINDOWEND" {
+        if crate::WINDOW_BOUNDS.contains(&p.name.as_str()) {
             return Err(EngineError::Invalid(format!(
                 "`{}` is a reserved column name. You cannot use it as an alias for a column.",
                 p.name

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, new_empty_array};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{
     DataType, Date32Type, Decimal128Type, Field, Fields, Float64Type, Int32Type, Int64Type,
     SchemaRef, Time32MillisecondType, TimeUnit, TimestampMillisecondType,
@@ -310,11 +310,6 @@ fn build(schema: &SchemaRef, objects: &[Value]) -> Result<RecordBatch, String> {
         Some(b) => Ok(b),
         None => Ok(RecordBatch::new_empty(schema.clone())),
     }
-}
-
-/// An empty array of a ksqlDB type.
-pub fn empty(ty: &SqlType) -> ArrayRef {
-    new_empty_array(&arrow_type(ty))
 }
 
 /// The value at `row` as JSON, in ksqlDB's JSON conventions (TIMESTAMP as epoch millis,

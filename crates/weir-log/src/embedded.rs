@@ -151,10 +151,6 @@ impl EmbeddedLog {
         })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     fn state(&self, topic: &str) -> Result<Arc<TopicState>> {
         self.topics
             .read()

@@ -124,6 +124,3 @@ pub fn validate_topic_name(name: &str) -> Result<()> {
         Err(LogError::InvalidTopicName(name.to_string()))
     }
 }
-
-/// Default wait used by readers that poll.
-pub const DEFAULT_POLL: Duration = Duration::from_millis(50);
