@@ -23,8 +23,8 @@ use arrow::datatypes::{DataType, Int64Type, Schema};
 use weir_format::{Column, Format, FormatSpec, Layout};
 use weir_log::{Header, Log, Record, TopicConfig, partition_for_key};
 use weir_sql::ast::{
-    ColumnConstraint, CreateAsSelect, CreateSource, Literal, Properties, Query, QueryTarget,
-    SourceKind, Statement,
+    ColumnConstraint, CreateAsSelect, CreateSource, Literal, Properties, QueryTarget, SourceKind,
+    Statement,
 };
 
 pub use catalog::{Catalog, Source};
@@ -376,7 +376,16 @@ impl Engine {
                 target,
                 properties: _,
                 query,
-            } => self.start_query(&target.value, query, stmt, "INSERTQUERY"),
+            } => {
+                let source = self.stream(&query.from.source.name.value)?;
+                let plan = plan_select(&self.functions, query, &source)?;
+                let query_id =
+                    self.start_query(&target.value, &source, plan, stmt, "INSERTQUERY")?;
+                Ok(Outcome::QueryStarted {
+                    query_id,
+                    sink: target.value.clone(),
+                })
+            }
             Statement::InsertValues {
                 target,
                 columns,
@@ -692,24 +701,22 @@ impl Engine {
             kind: c.kind,
             topic,
             layout,
-            timestamp_column: None,
+            timestamp_column: prop(&c.properties, "TIMESTAMP").map(|t| t.to_uppercase()),
             statement: stmt.to_string(),
             written_by: None,
             read_only: false,
         };
-        let sink = Source {
-            timestamp_column: prop(&c.properties, "TIMESTAMP").map(|t| t.to_uppercase()),
-            ..sink
-        };
         self.catalog.add_source(sink, c.or_replace)?;
-        match self.start_query(&name, &c.query, stmt, "CSAS") {
-            Ok(Outcome::QueryStarted { query_id, sink }) => {
-                if let Some(s) = self.catalog.source_mut(&sink) {
+        match self.start_query(&name, &source, plan, stmt, "CSAS") {
+            Ok(query_id) => {
+                if let Some(s) = self.catalog.source_mut(&name) {
                     s.written_by = Some(query_id.clone());
                 }
-                Ok(Outcome::QueryStarted { query_id, sink })
+                Ok(Outcome::QueryStarted {
+                    query_id,
+                    sink: name,
+                })
             }
-            Ok(other) => Ok(other),
             Err(e) => {
                 self.catalog.remove_source(&name);
                 Err(e)
@@ -717,17 +724,16 @@ impl Engine {
         }
     }
 
+    /// Starts a planned query writing into `sink_name`; returns its id.
     fn start_query(
         &mut self,
         sink_name: &str,
-        query: &Query,
+        source: &Source,
+        plan: SelectPlan,
         stmt: &Statement,
         prefix: &str,
-    ) -> Result<Outcome> {
+    ) -> Result<String> {
         let sink = self.stream(sink_name)?;
-        let from = &query.from.source.name.value;
-        let source = self.stream(from)?;
-        let plan = plan_select(&self.functions, query, &source)?;
         // INSERT INTO: the query's output must fit the sink's columns.
         let (keys, values) = &plan.output_layout_columns;
         if keys != &sink.layout.key_columns || values != &sink.layout.value_columns {
@@ -782,10 +788,7 @@ impl Engine {
         if self.durable && !self.replaying {
             self.checkpoint(&id)?;
         }
-        Ok(Outcome::QueryStarted {
-            query_id: id,
-            sink: sink.name,
-        })
+        Ok(id)
     }
 
     fn insert_values(
