@@ -292,6 +292,8 @@ pub struct Projection {
     pub is_key: bool,
     /// `EXPLODE(list)`: one output row per element.
     pub explode: bool,
+    /// Reads the source's value columns: a tombstone (no value) leaves it null.
+    pub reads_value: bool,
 }
 
 /// Names of the columns an expression refers to (by their last name part).
@@ -365,6 +367,17 @@ pub fn plan_select(functions: &Functions, query: &Query, source: &Source) -> Res
         .iter()
         .map(|c| c.name.as_str())
         .collect();
+    let value_names: Vec<&str> = source
+        .layout
+        .value_columns
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    let reads_value = |e: &Expr| {
+        referenced_columns(e)
+            .iter()
+            .any(|r| value_names.contains(&r.as_str()))
+    };
     // PARTITION BY re-keys: `*` puts the old key after the value columns, and the
     // partitioning expressions become the key.
     let partition_by = query.partition_by.as_deref().unwrap_or_default();
@@ -407,6 +420,7 @@ pub fn plan_select(functions: &Functions, query: &Query, source: &Source) -> Res
                         compiled: compiler.compile(&e)?,
                         is_key: is_key_column(&c.name),
                         explode: false,
+                        reads_value: value_names.contains(&c.name.as_str()),
                     });
                 }
             }
@@ -414,11 +428,7 @@ pub fn plan_select(functions: &Functions, query: &Query, source: &Source) -> Res
                 expr,
                 alias: item_alias,
             } => {
-                let column = match expr {
-                    Expr::Identifier(id) => Some(id.value.clone()),
-                    Expr::CompoundIdentifier(parts) => parts.last().map(|p| p.value.clone()),
-                    _ => None,
-                };
+                let column = column_name(expr);
                 let name = match (item_alias, &column, expr) {
                     (Some(a), _, _) => a.value.clone(),
                     (None, Some(c), _) => c.clone(),
@@ -463,6 +473,7 @@ pub fn plan_select(functions: &Functions, query: &Query, source: &Source) -> Res
                     name,
                     compiled,
                     explode,
+                    reads_value: reads_value(expr),
                     is_key,
                 });
             }
@@ -544,6 +555,7 @@ pub fn plan_select(functions: &Functions, query: &Query, source: &Source) -> Res
                     compiled: compiler.compile(p)?,
                     is_key: true,
                     explode: false,
+                    reads_value: reads_value(p),
                 });
             }
         }
@@ -598,41 +610,18 @@ pub fn plan_select(functions: &Functions, query: &Query, source: &Source) -> Res
             value_cols.push(col)
         }
     }
+    let value_derived_keys: Vec<usize> = if repartition {
+        projections
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.is_key && p.reads_value)
+            .map(|(i, _)| i)
+            .collect()
+    } else {
+        Vec::new()
+    };
     // ROWTIME and ROWOFFSET ride along: the output records' timestamps, and where each
     // came from (for exactly-once recovery).
-    let value_names: Vec<&str> = source
-        .layout
-        .value_columns
-        .iter()
-        .map(|c| c.name.as_str())
-        .collect();
-    let mut value_derived_keys = Vec::new();
-    if repartition {
-        for (i, p) in projections.iter().enumerate() {
-            let from_item = query.select.iter().find_map(|item| match item {
-                SelectItem::Expr { expr, .. }
-                    if partition_by.iter().any(|pb| same_expr(pb, expr)) && p.is_key =>
-                {
-                    Some(expr.clone())
-                }
-                _ => None,
-            });
-            let refs = match from_item {
-                Some(e) => referenced_columns(&e),
-                None => partition_by
-                    .iter()
-                    .zip(&partition_columns)
-                    .find(|(pb, col)| {
-                        col.as_deref() == Some(p.name.as_str()) || column_name(pb).is_none()
-                    })
-                    .map(|(pb, _)| referenced_columns(pb))
-                    .unwrap_or_else(|| vec![p.name.clone()]),
-            };
-            if p.is_key && refs.iter().any(|r| value_names.contains(&r.as_str())) {
-                value_derived_keys.push(i);
-            }
-        }
-    }
     let mut fields = vec![
         Field::new(PSEUDO_COLUMNS[0], DataType::Int64, false),
         Field::new(PSEUDO_COLUMNS[2], DataType::Int64, false),
@@ -658,12 +647,7 @@ fn column_source(query: &Query, p: &Projection, key: &str) -> bool {
     query.select.iter().any(|item| match item {
         SelectItem::Wildcard | SelectItem::QualifiedWildcard(_) => p.name == key,
         SelectItem::Expr { expr, alias } => {
-            let col = match expr {
-                Expr::Identifier(id) => Some(&id.value),
-                Expr::CompoundIdentifier(parts) => parts.last().map(|i| &i.value),
-                _ => None,
-            };
-            col.is_some_and(|c| c == key)
+            column_name(expr).is_some_and(|c| c == key)
                 && alias.as_ref().map(|a| &a.value).unwrap_or(&p.name) == &p.name
         }
     })
