@@ -141,6 +141,7 @@ impl EmbeddedLog {
                     name: name.clone(),
                     config: topic_config,
                 },
+                config.index_interval_bytes,
             )?;
             topics.insert(name, Arc::new(state));
         }
@@ -195,12 +196,12 @@ impl EmbeddedLog {
 }
 
 impl TopicState {
-    fn open(dir: &Path, info: TopicInfo) -> Result<Self> {
+    fn open(dir: &Path, info: TopicInfo, index_interval: u64) -> Result<Self> {
         let mut partitions = Vec::new();
         for p in 0..info.config.partitions {
             let pdir = dir.join(p.to_string());
             partitions.push(PartitionHandle {
-                inner: Mutex::new(Partition::open(&pdir)?),
+                inner: Mutex::new(Partition::open(&pdir, index_interval)?),
                 grown: Condvar::new(),
             });
         }
@@ -213,7 +214,7 @@ impl TopicState {
 }
 
 impl Partition {
-    fn open(dir: &Path) -> Result<Self> {
+    fn open(dir: &Path, index_interval: u64) -> Result<Self> {
         fs::create_dir_all(dir).at(dir)?;
         let mut bases: Vec<(u64, PathBuf)> = Vec::new();
         for entry in fs::read_dir(dir).at(dir)? {
@@ -233,7 +234,7 @@ impl Partition {
         let count = bases.len();
         for (i, (base, path)) in bases.into_iter().enumerate() {
             let is_last = i + 1 == count;
-            let seg = Segment::recover(base, path, is_last)?;
+            let seg = Segment::recover(base, path, is_last, index_interval)?;
             next_offset = seg.next_offset_hint.max(base);
             segments.insert(base, seg.segment);
         }
@@ -442,7 +443,7 @@ struct Recovered {
 impl Segment {
     /// Scans a segment, rebuilding its index. A torn or corrupt tail of the last segment
     /// (a crash mid-append) is cut off; anywhere else it is an error.
-    fn recover(base: u64, path: PathBuf, is_last: bool) -> Result<Recovered> {
+    fn recover(base: u64, path: PathBuf, is_last: bool, index_interval: u64) -> Result<Recovered> {
         let file = OpenOptions::new()
             .read(true)
             .append(true)
@@ -473,7 +474,7 @@ impl Segment {
                         })?;
                         max_timestamp = max_timestamp.max(r.timestamp);
                     }
-                    if last_indexed_pos.is_none_or(|l| pos - l >= 4096) {
+                    if last_indexed_pos.is_none_or(|l| pos - l >= index_interval) {
                         index.push((batch_base, pos));
                         last_indexed_pos = Some(pos);
                     }
@@ -628,7 +629,7 @@ impl Log for EmbeddedLog {
             name: name.to_string(),
             config,
         };
-        let state = TopicState::open(&dir, info.clone())?;
+        let state = TopicState::open(&dir, info.clone(), self.config.index_interval_bytes)?;
         topics.insert(name.to_string(), Arc::new(state));
         Ok(info)
     }
