@@ -26,7 +26,6 @@ const ALIASES: &[(&str, &str)] = &[
     ("ARRAY_LENGTH", "cardinality"),
     ("CONCAT", "concat"),
     ("CONCAT_WS", "concat_ws"),
-    ("INSTR", "strpos"),
     ("REPLACE", "replace"),
     ("SPLIT", "string_to_array"),
     // DataFusion's ENCODE takes two arguments; ksqlDB's three.
@@ -48,7 +47,10 @@ impl std::fmt::Debug for Functions {
 impl Default for Functions {
     fn default() -> Self {
         let mut state = SessionStateBuilder::new().with_default_features().build();
-        for udf in crate::builtins::all() {
+        for udf in crate::builtins::all()
+            .into_iter()
+            .chain(crate::rowfns::all())
+        {
             state
                 .register_udf(udf)
                 .expect("registering a scalar function cannot fail");

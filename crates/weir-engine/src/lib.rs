@@ -12,7 +12,9 @@ mod builtins;
 pub mod catalog;
 mod error;
 mod functions;
+mod javatime;
 mod plan;
+mod rowfns;
 mod types;
 
 use std::collections::BTreeMap;

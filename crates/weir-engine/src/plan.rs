@@ -249,6 +249,28 @@ fn rewrite_constructor(f: &sql::Function) -> Option<Expr> {
                 vec![call("make_array", keys), call("make_array", values)],
             ))
         }
+        // A time unit (`DAYS`, `MILLISECONDS`) is a keyword, not a column: pass its name.
+        "DATEADD" | "DATESUB" | "TIMEADD" | "TIMESUB" | "TIMESTAMPADD" | "TIMESTAMPSUB"
+            if list.args.len() == 3 =>
+        {
+            let FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::Identifier(unit))) = &list.args[0]
+            else {
+                return None;
+            };
+            const UNITS: &[&str] = &["MILLISECOND", "SECOND", "MINUTE", "HOUR", "DAY"];
+            let u = unit.value.to_ascii_uppercase();
+            if !UNITS.contains(&u.trim_end_matches('S')) {
+                return None;
+            }
+            let mut args = vec![string_lit(&unit.value)];
+            for a in &list.args[1..] {
+                match a {
+                    FunctionArg::Unnamed(e) => args.push(value_of(e)?),
+                    _ => return None,
+                }
+            }
+            Some(call(&name.to_ascii_lowercase(), args))
+        }
         "AS_VALUE" if list.args.len() == 1 => match &list.args[0] {
             FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e.clone()),
             _ => None,

@@ -56,3 +56,20 @@ pub fn sql_type_of(dt: &DataType) -> Result<SqlType> {
         }
     })
 }
+
+/// The Arrow type of `MAP<key, value>`, laid out as the formats read and write maps.
+pub fn map_type(key: DataType, value: DataType) -> DataType {
+    use arrow::datatypes::{Field, Fields};
+    use std::sync::Arc;
+    DataType::Map(
+        Arc::new(Field::new(
+            "entries",
+            DataType::Struct(Fields::from(vec![
+                Field::new("key", key, false),
+                Field::new("value", value, true),
+            ])),
+            false,
+        )),
+        false,
+    )
+}

@@ -16,10 +16,20 @@ pub(crate) fn decode(bytes: &[u8], cols: &[Column], delimiter: char) -> Result<V
             cols.len()
         ));
     }
-    Ok(fields
+    fields
         .into_iter()
-        .map(|f| f.map(Value::String).unwrap_or(Value::Null))
-        .collect())
+        .zip(cols)
+        .map(|(f, c)| match (f, &c.ty) {
+            (None, _) => Ok(Value::Null),
+            // DATE is days, TIME and TIMESTAMP milliseconds, written as numbers.
+            (Some(s), SqlType::Date | SqlType::Time | SqlType::Timestamp) => s
+                .trim()
+                .parse::<i64>()
+                .map(Value::from)
+                .map_err(|_| format!("Can't convert '{s}' to {}", c.ty)),
+            (Some(s), _) => Ok(Value::String(s)),
+        })
+        .collect()
 }
 
 /// Splits one CSV line; `None` for empty (null) fields.
@@ -66,11 +76,22 @@ fn split(text: &str, delimiter: char) -> Result<Vec<Option<String>>, String> {
 }
 
 pub(crate) fn encode(cols: &[Column], values: &[Value], delimiter: char) -> Vec<u8> {
-    let fields: Vec<String> = values
+    let mut fields: Vec<String> = values
         .iter()
         .zip(cols)
         .map(|(v, c)| field(v, &c.ty, delimiter))
         .collect();
+    // Commons CSV (minimal quoting) also quotes a record's first field, whatever its type,
+    // when it starts with anything but a letter or digit.
+    if let Some(first) = fields.first_mut()
+        && !first.starts_with('"')
+        && first
+            .chars()
+            .next()
+            .is_some_and(|c| !c.is_ascii_alphanumeric())
+    {
+        *first = format!("\"{}\"", first.replace('"', "\"\""));
+    }
     fields.join(&delimiter.to_string()).into_bytes()
 }
 
