@@ -16,6 +16,8 @@ pub struct Source {
     pub layout: Layout,
     /// The column that holds event time, if not the record timestamp.
     pub timestamp_column: Option<String>,
+    /// How a STRING timestamp column reads (`TIMESTAMP_FORMAT`, a Java pattern).
+    pub timestamp_format: Option<String>,
     /// The statement that created it, in canonical form (DESCRIBE shows it).
     pub statement: String,
     /// The persistent query that writes it, if any.

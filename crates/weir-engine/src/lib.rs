@@ -149,10 +149,11 @@ pub struct PersistentQuery {
     /// After recovery: per (source partition, sink partition), the highest source offset
     /// whose output is already in the sink. Re-read records up to it write nothing.
     already_written: BTreeMap<(u32, u32), u64>,
-    /// The source column that holds event time (`TIMESTAMP` in its WITH clause).
-    source_timestamp: Option<String>,
-    /// The sink column whose value is each output record's timestamp.
-    sink_timestamp: Option<String>,
+    /// The source column that holds event time (`TIMESTAMP` in its WITH clause), with its
+    /// `TIMESTAMP_FORMAT` when it is a string.
+    source_timestamp: Option<(String, Option<String>)>,
+    /// The sink column whose value is each output record's timestamp, likewise.
+    sink_timestamp: Option<(String, Option<String>)>,
 }
 
 pub struct Engine {
@@ -595,29 +596,7 @@ impl Engine {
                 "The statement does not define any columns.".into(),
             ));
         }
-        let timestamp_column = prop(&c.properties, "TIMESTAMP").map(|t| t.to_uppercase());
-        if let Some(ts) = &timestamp_column {
-            let column = layout
-                .key_columns
-                .iter()
-                .chain(&layout.value_columns)
-                .find(|c| c.name == *ts);
-            let with_format = prop(&c.properties, "TIMESTAMP_FORMAT").is_some();
-            match column.map(|c| &c.ty) {
-                None => {
-                    return Err(EngineError::Invalid(format!(
-                        "The TIMESTAMP column set in the WITH clause does not exist in the schema: '{ts}'"
-                    )));
-                }
-                Some(weir_sql::ast::SqlType::Bigint | weir_sql::ast::SqlType::Timestamp) => {}
-                Some(weir_sql::ast::SqlType::String) if with_format => {}
-                Some(_) => {
-                    return Err(EngineError::Invalid(format!(
-                        "Timestamp column, `{ts}`, should be LONG(INT64), TIMESTAMP, or a String with a timestamp_format specified."
-                    )));
-                }
-            }
-        }
+        let timestamp_column = timestamp_column(&layout, &c.properties)?;
         self.ensure_topic(&topic, &c.properties, None)?;
         let source = Source {
             name: name.clone(),
@@ -625,6 +604,7 @@ impl Engine {
             topic,
             layout,
             timestamp_column,
+            timestamp_format: prop(&c.properties, "TIMESTAMP_FORMAT"),
             statement: Statement::CreateSource(c.clone()).to_string(),
             written_by: None,
             read_only: c.is_source,
@@ -695,6 +675,7 @@ impl Engine {
         };
         let layout = plan.output_layout(&template);
         validate_layout(&layout, &c.properties)?;
+        timestamp_column(&layout, &c.properties)?;
         let topic = prop(&c.properties, "KAFKA_TOPIC").unwrap_or_else(|| name.clone());
         let source_partitions = self.log.topic(&source.topic)?.map(|t| t.config.partitions);
         self.ensure_topic(&topic, &c.properties, source_partitions)?;
@@ -704,6 +685,7 @@ impl Engine {
             topic,
             layout,
             timestamp_column: prop(&c.properties, "TIMESTAMP").map(|t| t.to_uppercase()),
+            timestamp_format: prop(&c.properties, "TIMESTAMP_FORMAT"),
             statement: stmt.to_string(),
             written_by: None,
             read_only: false,
@@ -783,8 +765,14 @@ impl Engine {
                 sink_partitions,
                 offsets,
                 already_written: BTreeMap::new(),
-                source_timestamp: source.timestamp_column.clone(),
-                sink_timestamp: sink.timestamp_column.clone(),
+                source_timestamp: source
+                    .timestamp_column
+                    .clone()
+                    .map(|c| (c, source.timestamp_format.clone())),
+                sink_timestamp: sink
+                    .timestamp_column
+                    .clone()
+                    .map(|c| (c, sink.timestamp_format.clone())),
             },
         );
         if self.durable && !self.replaying {
@@ -1033,7 +1021,9 @@ impl Engine {
                 .map(|e| (e.partition, e.offset, e.message.clone()))
                 .collect();
             let decoded = match (&q.source_timestamp, tombstones) {
-                (Some(col), false) => with_event_time(decoded, col, partition, &mut problems)?,
+                (Some((col, format)), false) => {
+                    with_event_time(decoded, col, format.as_deref(), partition, &mut problems)?
+                }
                 _ => decoded,
             };
             let output = match q.plan.apply(&decoded.batch) {
@@ -1103,11 +1093,10 @@ fn write_output(log: &dyn Log, q: &PersistentQuery, out: &RecordBatch, sink: Sin
     let encoded = q.sink_layout.encode(out)?;
     // Event time: the sink's TIMESTAMP column when it has one, else the source's.
     let sink_times = match &q.sink_timestamp {
-        Some(col) => out
+        Some((col, format)) => out
             .column_by_name(col)
-            .map(|c| arrow::compute::cast(c, &DataType::Int64))
-            .transpose()
-            .map_err(|e| EngineError::Execution(e.to_string()))?,
+            .map(|c| event_times(c, format.as_deref()))
+            .transpose()?,
         None => None,
     };
     let rowtimes = out.column(0).as_primitive::<Int64Type>();
@@ -1135,8 +1124,10 @@ fn write_output(log: &dyn Log, q: &PersistentQuery, out: &RecordBatch, sink: Sin
             });
         }
         let timestamp = match &sink_times {
-            Some(t) if !t.is_null(row) => t.as_primitive::<Int64Type>().value(row),
-            _ => rowtimes.value(row),
+            // No usable timestamp (null, negative, not in the format): ksqlDB drops the row.
+            Some((t, _)) if arrow::array::Array::is_null(t, row) => continue,
+            Some((t, _)) => t.value(row),
+            None => rowtimes.value(row),
         };
         by_partition.entry(partition).or_default().push(Record {
             key,
@@ -1156,6 +1147,7 @@ fn write_output(log: &dyn Log, q: &PersistentQuery, out: &RecordBatch, sink: Sin
 fn with_event_time(
     mut decoded: weir_format::Decoded,
     column: &str,
+    format: Option<&str>,
     partition: u32,
     problems: &mut Vec<(u32, u64, String)>,
 ) -> Result<weir_format::Decoded> {
@@ -1164,27 +1156,95 @@ fn with_event_time(
     let Some(values) = batch.column_by_name(column) else {
         return Ok(decoded);
     };
-    if matches!(values.data_type(), DataType::Utf8) {
-        // String timestamps need TIMESTAMP_FORMAT parsing, not supported yet: keep ROWTIME.
-        return Ok(decoded);
-    }
-    let times = arrow::compute::cast(values, &DataType::Int64).map_err(err)?;
+    let (times, reasons) = event_times(values, format)?;
     let keep = arrow::compute::is_not_null(&times).map_err(err)?;
     let offsets = batch.column(2).as_primitive::<Int64Type>();
-    for row in 0..batch.num_rows() {
-        if times.is_null(row) {
-            problems.push((
-                partition,
-                offsets.value(row) as u64,
-                format!("Invalid timestamp: column {column} is null"),
-            ));
+    for (row, reason) in reasons {
+        problems.push((
+            partition,
+            offsets.value(row) as u64,
+            format!("Invalid timestamp in column {column}: {reason}"),
+        ));
+    }
+    let kept = arrow::compute::filter_record_batch(batch, &keep).map_err(err)?;
+    let mut columns = kept.columns().to_vec();
+    columns[0] = arrow::compute::filter(&times, &keep).map_err(err)?;
+    decoded.batch = RecordBatch::try_new(kept.schema(), columns).map_err(err)?;
+    Ok(decoded)
+}
+
+/// The `TIMESTAMP` column of a WITH clause, checked: it exists and is BIGINT, TIMESTAMP, or
+/// a STRING with a `TIMESTAMP_FORMAT`.
+fn timestamp_column(layout: &Layout, properties: &Properties) -> Result<Option<String>> {
+    let timestamp_column = prop(properties, "TIMESTAMP").map(|t| t.to_uppercase());
+    if let Some(ts) = &timestamp_column {
+        let column = layout
+            .key_columns
+            .iter()
+            .chain(&layout.value_columns)
+            .find(|c| c.name == *ts);
+        let with_format = prop(properties, "TIMESTAMP_FORMAT").is_some();
+        match column.map(|c| &c.ty) {
+            None => {
+                return Err(EngineError::Invalid(format!(
+                    "The TIMESTAMP column set in the WITH clause does not exist in the schema: '{ts}'"
+                )));
+            }
+            Some(weir_sql::ast::SqlType::Bigint | weir_sql::ast::SqlType::Timestamp) => {}
+            Some(weir_sql::ast::SqlType::String) if with_format => {}
+            Some(_) => {
+                return Err(EngineError::Invalid(format!(
+                    "Timestamp column, `{ts}`, should be LONG(INT64), TIMESTAMP, or a String with a timestamp_format specified."
+                )));
+            }
         }
     }
-    let mut columns = batch.columns().to_vec();
-    columns[0] = times;
-    let with_time = RecordBatch::try_new(batch.schema(), columns).map_err(err)?;
-    decoded.batch = arrow::compute::filter_record_batch(&with_time, &keep).map_err(err)?;
-    Ok(decoded)
+    Ok(timestamp_column)
+}
+
+/// Event times (millis) from a timestamp column: BIGINT or TIMESTAMP as they are, STRING
+/// parsed by its Java `format`. Null where a row has no usable time (null, negative, or
+/// text that does not parse), with the reason by row.
+fn event_times(
+    values: &ArrayRef,
+    format: Option<&str>,
+) -> Result<(arrow::array::Int64Array, Vec<(usize, String)>)> {
+    let mut reasons = Vec::new();
+    let parsed: arrow::array::Int64Array = match (values.data_type(), format) {
+        (DataType::Utf8, Some(format)) => values
+            .as_string::<i32>()
+            .iter()
+            .enumerate()
+            .map(|(row, s)| {
+                let s = s?;
+                javatime::parse_millis(s, format, javatime::Zone::UTC)
+                    .map_err(|e| reasons.push((row, e)))
+                    .ok()
+            })
+            .collect(),
+        _ => arrow::compute::cast(values, &DataType::Int64)
+            .map_err(|e| EngineError::Execution(e.to_string()))?
+            .as_primitive::<Int64Type>()
+            .clone(),
+    };
+    let times = parsed
+        .iter()
+        .enumerate()
+        .map(|(row, t)| match t {
+            None => {
+                if !reasons.iter().any(|(r, _)| *r == row) {
+                    reasons.push((row, "the value is null".into()));
+                }
+                None
+            }
+            Some(t) if t < 0 => {
+                reasons.push((row, format!("negative timestamp {t}")));
+                None
+            }
+            Some(t) => Some(t),
+        })
+        .collect();
+    Ok((times, reasons))
 }
 
 /// Every record value of a (small, internal) topic's partition 0, with its offset.
