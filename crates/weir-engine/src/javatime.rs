@@ -323,6 +323,31 @@ pub fn format_millis(millis: i64, pattern: &str, zone: Zone) -> Result<String, S
     Ok(out)
 }
 
+/// A timestamp literal as ksqlDB reads one compared with ROWTIME: a prefix of
+/// `yyyy-MM-ddTHH:mm:ss.SSS`, optionally followed by a zone (`Z`, `+hhmm`, `+hh:mm`).
+pub fn parse_partial_timestamp(text: &str) -> Result<i64, String> {
+    let t = text.trim();
+    // The zone, if any, follows the time part.
+    let (local, zone_text) = match t.find('T') {
+        Some(tpos) => match t[tpos..].find(['Z', 'z', '+', '-']) {
+            Some(z) => (&t[..tpos + z], Some(&t[tpos + z..])),
+            None => (t, None),
+        },
+        None => (t, None),
+    };
+    const TEMPLATE: &str = "1970-01-01T00:00:00.000";
+    if local.len() > TEMPLATE.len() || local.is_empty() {
+        return Err(format!("Failed to parse timestamp '{text}'"));
+    }
+    let full = format!("{local}{}", &TEMPLATE[local.len()..]);
+    let z = match zone_text {
+        Some(z) => zone(z)?,
+        None => Zone::UTC,
+    };
+    parse_millis(&full, "yyyy-MM-dd'T'HH:mm:ss.SSS", z)
+        .map_err(|_| format!("Failed to parse timestamp '{text}'"))
+}
+
 /// Days since the epoch of a date parsed by a Java pattern.
 pub fn parse_days(text: &str, pattern: &str) -> Result<i32, String> {
     let millis = parse_millis(text, pattern, Zone::UTC)?;
@@ -358,6 +383,15 @@ mod tests {
             17662
         );
         assert!(parse_millis("bogus", "yyyy", Zone::UTC).is_err());
+        assert_eq!(
+            parse_partial_timestamp("2018-01-01T00:00:00.001").unwrap(),
+            1514764800001
+        );
+        assert_eq!(
+            parse_partial_timestamp("2019-01-01T00:00:00+0445").unwrap(),
+            1546283700000
+        );
+        assert_eq!(parse_partial_timestamp("2019-01").unwrap(), 1546300800000);
     }
 
     #[test]

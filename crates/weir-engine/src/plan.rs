@@ -39,13 +39,17 @@ pub struct ExprCompiler<'a> {
 impl<'a> ExprCompiler<'a> {
     pub fn new(functions: &'a Functions, schema: &Schema, qualifier: Option<&str>) -> Result<Self> {
         let schema = match qualifier {
-            Some(q) => DFSchema::try_from_qualified_schema(q, schema)?,
+            Some(q) => DFSchema::try_from_qualified_schema(
+                datafusion::common::TableReference::bare(q),
+                schema,
+            )?,
             None => DFSchema::try_from(schema.clone())?,
         };
         Ok(Self { functions, schema })
     }
 
     pub fn compile(&self, e: &Expr) -> Result<Compiled> {
+        let e = &rewrite_time_literals(e.clone())?;
         check_ksql_rules(e)?;
         self.check_comparisons(e)?;
         self.compile_unchecked(e)
@@ -276,6 +280,47 @@ fn rewrite_constructor(f: &sql::Function) -> Option<Expr> {
             _ => None,
         },
         _ => None,
+    }
+}
+
+/// ksqlDB compares ROWTIME (and window bounds) with a string as a timestamp: the string
+/// literal becomes its millis since the epoch (`'2019-01-01T00:00:00+0445'`, with any
+/// suffix of `yyyy-MM-ddTHH:mm:ss.SSS` left out).
+fn rewrite_time_literals(mut e: Expr) -> Result<Expr> {
+    let is_time = |e: &Expr| matches!(e, Expr::Identifier(i) if ["ROWTIME", "WINDOWSTART", "WINDOWEND"].contains(&i.value.as_str()));
+    let mut failure = None;
+    let mut convert = |lit: &mut Expr| {
+        if let Expr::Value(v) = lit
+            && let Value::SingleQuotedString(s) = &v.value
+        {
+            match crate::javatime::parse_partial_timestamp(s) {
+                Ok(ms) => *lit = Expr::Value(Value::Number(ms.to_string(), false).into()),
+                Err(e) => failure = Some(e),
+            }
+        }
+    };
+    let _ = visit_expressions_mut(&mut e, |x: &mut Expr| {
+        match x {
+            Expr::BinaryOp { left, op, right } if comparison_name(op).is_some() => {
+                if is_time(left) {
+                    convert(right);
+                } else if is_time(right) {
+                    convert(left);
+                }
+            }
+            Expr::Between {
+                expr, low, high, ..
+            } if is_time(expr) => {
+                convert(low);
+                convert(high);
+            }
+            _ => {}
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    match failure {
+        Some(msg) => Err(EngineError::Invalid(msg)),
+        None => Ok(e),
     }
 }
 

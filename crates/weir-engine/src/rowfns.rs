@@ -959,6 +959,57 @@ pub fn all() -> Vec<Arc<ScalarUDF>> {
                     0
                 })))
             }),
+        // Java's Math: NaN for a negative root or logarithm, -Infinity for log(0).
+        f("sqrt").sig(&[T::Dbl], D::Float64).eval(|a, _| {
+            Ok(ScalarValue::Float64(Some(
+                d(&a[0]).ok_or("expected a number")?.sqrt(),
+            )))
+        }),
+        f("ln").sig(&[T::Dbl], D::Float64).eval(|a, _| {
+            Ok(ScalarValue::Float64(Some(
+                d(&a[0]).ok_or("expected a number")?.ln(),
+            )))
+        }),
+        f("log")
+            .sig(&[T::Dbl], D::Float64)
+            .sig(&[T::Dbl, T::Dbl], D::Float64)
+            .eval(|a, _| {
+                let x = d(a.last().expect("one or two arguments")).ok_or("expected a number")?;
+                let out = match a.len() {
+                    1 => x.ln(),
+                    _ => {
+                        let base = d(&a[0]).ok_or("expected a number")?;
+                        if base <= 0.0 || base == 1.0 || x < 0.0 {
+                            f64::NAN
+                        } else {
+                            x.ln() / base.ln()
+                        }
+                    }
+                };
+                Ok(ScalarValue::Float64(Some(out)))
+            }),
+        // ROUND(x) half up to a BIGINT; ROUND(x, n) half up to n places (n < 0: tens, ...).
+        f("round")
+            .sig(&[T::Big], D::Int64)
+            .sig(&[T::Dbl], D::Int64)
+            .sig(&[T::Big, T::Int], D::Int64)
+            .sig(&[T::Dbl, T::Int], D::Float64)
+            .eval(|a, ret| {
+                let places = a.get(1).map(needi).transpose()?.unwrap_or(0);
+                if let (Some(x), DataType::Int64) = (i(&a[0]), ret) {
+                    let m = 10i64
+                        .checked_pow((-places).max(0) as u32)
+                        .unwrap_or(i64::MAX);
+                    return Ok(ScalarValue::Int64(Some(
+                        round_half_up(x as f64 / m as f64, 0) as i64 * m,
+                    )));
+                }
+                let x = d(&a[0]).ok_or("expected a number")?;
+                if a.len() == 1 {
+                    return Ok(ScalarValue::Int64(Some(round_half_up(x, 0) as i64)));
+                }
+                Ok(ScalarValue::Float64(Some(round_half_up(x, places))))
+            }),
         f("int_from_bytes")
             .sig(&[T::Bytes], D::Int32)
             .sig(&[T::Bytes, T::Str], D::Int32)
@@ -1135,6 +1186,56 @@ fn build_map(
     )
     .map_err(|e| e.to_string())?;
     Ok(ScalarValue::Map(Arc::new(map)))
+}
+
+/// `BigDecimal.valueOf(x).setScale(places, HALF_UP)`: rounds the shortest decimal text of
+/// `x`, so 1.005 is 1.01 as in Java, not 1.00 as its binary value would give.
+fn round_half_up(x: f64, places: i64) -> f64 {
+    if !x.is_finite() {
+        return x;
+    }
+    let text = format!("{x:e}");
+    let (mantissa, exp) = text.split_once('e').expect("{:e} has an exponent");
+    let exp: i64 = exp.parse().expect("an integer exponent");
+    let negative = mantissa.starts_with('-');
+    let digits: String = mantissa.chars().filter(|c| c.is_ascii_digit()).collect();
+    // value = 0.d1d2d3... * 10^(exp + 1); keep digits up to 10^-places.
+    let point = exp + 1;
+    let keep = point + places;
+    if keep < 0 {
+        return 0.0;
+    }
+    let keep = keep as usize;
+    let mut kept: Vec<u8> = digits.bytes().take(keep).map(|b| b - b'0').collect();
+    kept.resize(keep, 0);
+    // Half up for positive numbers, half down for negative ones: ties go toward positive
+    // infinity, as Java's Math.round, which ksqlDB's ROUND follows.
+    let rest = digits.as_bytes().get(keep..).unwrap_or(&[]);
+    let round_up = match rest.split_first() {
+        Some((first, more)) if negative => {
+            *first > b'5' || (*first == b'5' && more.iter().any(|d| *d != b'0'))
+        }
+        Some((first, _)) => *first >= b'5',
+        None => false,
+    };
+    let mut value: f64 = 0.0;
+    for dgt in &kept {
+        value = value * 10.0 + *dgt as f64;
+    }
+    if round_up {
+        value += 1.0;
+    }
+    // value is the rounded number * 10^places.
+    let scaled = if places >= 0 {
+        value / 10f64.powi(places as i32)
+    } else {
+        value * 10f64.powi((-places) as i32)
+    };
+    if negative && scaled != 0.0 {
+        -scaled
+    } else {
+        scaled
+    }
 }
 
 fn now_millis() -> i64 {
