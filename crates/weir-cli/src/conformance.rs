@@ -203,7 +203,21 @@ pub fn run_case(case: &Value) -> Result<(), String> {
     }
     for (topic, expected) in expected_by_topic {
         let actual = read_topic(&engine, log.as_ref(), topic)?;
-        compare(topic, &expected, &actual)?;
+        compare(topic, &expected, &actual).map_err(|e| {
+            // Say why records are missing: the first processing-log entry, if any.
+            let logged = log
+                .read(weir_engine::PROCESSING_LOG_TOPIC, 0, 0, 1)
+                .ok()
+                .and_then(|r| r.into_iter().next())
+                .and_then(|r| r.record.value)
+                .map(|v| String::from_utf8_lossy(&v).into_owned());
+            match logged {
+                Some(entry) if actual.len() < expected.len() => {
+                    format!("{e}; processing log: {entry}")
+                }
+                _ => e,
+            }
+        })?;
     }
     Ok(())
 }

@@ -14,8 +14,8 @@ use datafusion::sql::planner::{ParserOptions, PlannerContext, SqlToRel};
 use weir_format::{Column, Layout, PSEUDO_COLUMNS};
 use weir_sql::ast::{Expr, Query, SelectItem, fmt_expr};
 use weir_sql::sqlparser::ast::{
-    self as sql, BinaryOperator, FunctionArg, FunctionArgExpr, FunctionArguments, Value,
-    visit_expressions_mut,
+    self as sql, BinaryOperator, CaseWhen, FunctionArg, FunctionArgExpr, FunctionArguments, Value,
+    helpers::attached_token::AttachedToken, visit_expressions_mut,
 };
 
 use crate::catalog::Source;
@@ -274,6 +274,31 @@ fn rewrite_constructor(f: &sql::Function) -> Option<Expr> {
                 }
             }
             Some(call(&name.to_ascii_lowercase(), args))
+        }
+        // DataFusion evaluates COALESCE only after simplifying it to CASE, which physical
+        // planning alone skips: write the CASE.
+        "COALESCE" | "IFNULL" if list.args.len() >= 2 => {
+            let mut args = Vec::new();
+            for a in &list.args {
+                match a {
+                    FunctionArg::Unnamed(e) => args.push(value_of(e)?),
+                    _ => return None,
+                }
+            }
+            let last = args.pop()?;
+            Some(Expr::Case {
+                case_token: AttachedToken::empty(),
+                end_token: AttachedToken::empty(),
+                operand: None,
+                conditions: args
+                    .into_iter()
+                    .map(|a| CaseWhen {
+                        condition: Expr::IsNotNull(Box::new(a.clone())),
+                        result: a,
+                    })
+                    .collect(),
+                else_result: Some(Box::new(last)),
+            })
         }
         "AS_VALUE" if list.args.len() == 1 => match &list.args[0] {
             FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e.clone()),
