@@ -155,19 +155,31 @@ fn a_crash_between_output_and_checkpoint_writes_nothing_twice() {
         .arg(dir.path())
         .arg("--queries-file")
         .arg(&queries)
-        .env("WEIR_FAILPOINT", "crash_before_checkpoint:20")
+        // Batches grow under load (4096 records per partition, doubling), so the 8th
+        // partition batch comes well before the end of the input.
+        .env("WEIR_FAILPOINT", "crash_before_checkpoint:7")
         .output()
         .unwrap();
     assert!(
         !crashed.status.success(),
         "the failpoint aborts the first run"
     );
-    let consumed = String::from_utf8_lossy(&crashed.stdout)
+    let stdout = String::from_utf8_lossy(&crashed.stdout);
+    let progress: Vec<&str> = stdout
         .lines()
         .filter(|l| l.starts_with("consumed"))
-        .count();
+        .collect();
+    let consumed = progress.len();
+    let total: u64 = progress
+        .last()
+        .and_then(|l| l.split(" total ").nth(1))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
     // Each progress line covers both source partitions; the failpoint counts partition batches.
-    assert!(consumed >= 5, "it crashed after {consumed} steps");
+    assert!(
+        consumed >= 2 && total < RECORDS,
+        "it crashed after {consumed} steps, {total} records"
+    );
     let written = restart_and_verify(dir.path());
     println!(
         "crashed between output and checkpoint after {consumed} steps; OUTPUT holds {written} records, each once"

@@ -83,6 +83,10 @@ impl Catalog {
         self.sources.remove(name)
     }
 
+    pub fn types(&self) -> impl Iterator<Item = (&String, &SqlType)> {
+        self.types.iter()
+    }
+
     pub fn add_type(&mut self, name: &str, ty: SqlType, if_not_exists: bool) -> Result<()> {
         if self.types.contains_key(name) {
             if if_not_exists {

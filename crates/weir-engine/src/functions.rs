@@ -72,6 +72,16 @@ impl Functions {
         }
     }
 
+    /// The ksqlDB names that stand for a DataFusion function of another name.
+    pub fn alias_names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.aliases.keys().copied()
+    }
+
+    /// The scalar function a ksqlDB name resolves to.
+    pub fn scalar(&self, name: &str) -> Option<Arc<ScalarUDF>> {
+        self.get_function_meta(name)
+    }
+
     /// The DataFusion session whose function registry and expression planning we use.
     pub fn state(&self) -> &SessionState {
         &self.state

@@ -12,9 +12,13 @@ mod builtins;
 pub mod catalog;
 mod error;
 mod functions;
+mod inspect;
 mod javatime;
+pub mod meta;
 mod plan;
+pub mod push;
 mod rowfns;
+pub mod runtime;
 mod types;
 
 use std::collections::BTreeMap;
@@ -33,12 +37,20 @@ pub use catalog::{Catalog, Source};
 pub use error::{EngineError, Result};
 pub use functions::Functions;
 pub use plan::{SelectPlan, plan_select};
+pub use push::{PushEvent, PushHandle};
+pub use runtime::Runtime;
 
 /// Records read from a partition per step: large enough to amortize per-batch work.
+/// Records a query reads per partition per step at first; under load the size doubles up
+/// to [`MAX_BATCH_RECORDS`] (fewer, larger batches), and shrinks back when input thins.
 const BATCH_RECORDS: usize = 4096;
+const MIN_BATCH_RECORDS: usize = 256;
+const MAX_BATCH_RECORDS: usize = 65_536;
 
 /// The topic that holds the processing log: records that could not be processed, with why.
 pub const PROCESSING_LOG_TOPIC: &str = "weir_processing_log";
+/// The stream over it.
+pub const PROCESSING_LOG_STREAM: &str = "KSQL_PROCESSING_LOG";
 
 /// The command log: every accepted statement that changes the catalog or starts or stops
 /// a query, replayed by [`Engine::open`] so a restarted server has them all again.
@@ -121,16 +133,41 @@ fn validate_layout(layout: &Layout, props: &Properties) -> Result<()> {
 }
 
 /// What a statement did.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub enum Outcome {
-    Created { kind: &'static str, name: String },
-    QueryStarted { query_id: String, sink: String },
+    Created {
+        kind: &'static str,
+        name: String,
+    },
+    QueryStarted {
+        query_id: String,
+        sink: String,
+    },
     Inserted,
-    Dropped { name: String },
-    Terminated { query_ids: Vec<String> },
-    PropertySet { name: String, value: Option<String> },
-    TypeRegistered { name: String },
-    TypeDropped { name: String },
+    Dropped {
+        name: String,
+    },
+    Terminated {
+        query_ids: Vec<String>,
+    },
+    PropertySet {
+        name: String,
+        value: Option<String>,
+    },
+    TypeRegistered {
+        name: String,
+    },
+    TypeDropped {
+        name: String,
+    },
+    /// SHOW/LIST.
+    Listing(meta::Listing),
+    /// DESCRIBE: one source, or every stream/table.
+    Described(Vec<meta::SourceDescription>),
+    FunctionDescribed(meta::FunctionDescription),
+    Explained(meta::QueryDescription),
+    /// A push query or PRINT: rows arrive on the handle until it ends or is dropped.
+    Push(push::PushHandle),
 }
 
 /// A persistent query: a plan and how far it has read each source partition.
@@ -154,6 +191,9 @@ pub struct PersistentQuery {
     source_timestamp: Option<(String, Option<String>)>,
     /// The sink column whose value is each output record's timestamp, likewise.
     sink_timestamp: Option<(String, Option<String>)>,
+    stats: meta::QueryStats,
+    /// Records to read per step, by partition (adapts to load).
+    batch_records: Vec<usize>,
 }
 
 pub struct Engine {
@@ -161,6 +201,8 @@ pub struct Engine {
     catalog: Catalog,
     functions: Functions,
     queries: BTreeMap<String, PersistentQuery>,
+    push_queries: BTreeMap<String, push::PushQuery>,
+    push_counter: u64,
     properties: BTreeMap<String, String>,
     query_counter: u64,
     /// Keeps a command log and query checkpoints in the log ([`Engine::open`]).
@@ -177,17 +219,29 @@ fn prop(props: &Properties, name: &str) -> Option<String> {
 
 impl Engine {
     pub fn new(log: Arc<dyn Log>) -> Self {
-        Self {
+        let mut engine = Self {
             log,
             catalog: Catalog::default(),
             functions: Functions::default(),
             queries: BTreeMap::new(),
+            push_queries: BTreeMap::new(),
+            push_counter: 0,
             properties: BTreeMap::new(),
             query_counter: 0,
             durable: false,
             replaying: false,
             crash_before_checkpoint: None,
+        };
+        // The processing log is a stream users can query, as ksqlDB's KSQL_PROCESSING_LOG.
+        // Should the log refuse the topic now, entries still create it when they come.
+        if let Ok(Statement::CreateSource(c)) = weir_sql::parse_statement(&format!(
+            "CREATE SOURCE STREAM {PROCESSING_LOG_STREAM} (QUERY_ID STRING, TOPIC STRING, \
+             `PARTITION` INT, `OFFSET` BIGINT, MESSAGE STRING) \
+             WITH (KAFKA_TOPIC='{PROCESSING_LOG_TOPIC}', VALUE_FORMAT='JSON');"
+        )) {
+            let _ = engine.create_source(&c);
         }
+        engine
     }
 
     /// An engine whose catalog and queries survive restarts: statements are kept in the
@@ -336,6 +390,7 @@ impl Engine {
         for id in ids {
             consumed += self.step(&id)?;
         }
+        consumed += self.run_push_queries()?;
         Ok(consumed)
     }
 
@@ -432,6 +487,12 @@ impl Engine {
                     name: name.value.clone(),
                 })
             }
+            Statement::List { what, .. } => self.list(*what),
+            Statement::Describe { target, extended } => self.describe(target, *extended),
+            Statement::DescribeFunction { name } => self.describe_function(&name.value),
+            Statement::Explain(target) => self.explain(target),
+            Statement::Query(q) => self.start_push_query(q, &BTreeMap::new()),
+            Statement::Print(p) => self.start_print(p),
             other => Err(EngineError::Unsupported(format!(
                 "{} statements in the engine",
                 other.kind()
@@ -773,6 +834,8 @@ impl Engine {
                     .timestamp_column
                     .clone()
                     .map(|c| (c, sink.timestamp_format.clone())),
+                stats: meta::QueryStats::default(),
+                batch_records: vec![BATCH_RECORDS; partitions as usize],
             },
         );
         if self.durable && !self.replaying {
@@ -998,7 +1061,15 @@ impl Engine {
         let durable = self.durable;
         let q = self.queries.get_mut(id).expect("query exists");
         let from = q.offsets[partition as usize];
-        let records = log.read(&q.source_topic, partition, from, BATCH_RECORDS)?;
+        let max = q.batch_records[partition as usize];
+        let records = log.read(&q.source_topic, partition, from, max)?;
+        q.batch_records[partition as usize] = if records.len() == max {
+            (max * 2).min(MAX_BATCH_RECORDS)
+        } else if records.len() < max / 4 {
+            (max / 2).max(MIN_BATCH_RECORDS)
+        } else {
+            max
+        };
         let Some(last) = records.last() else {
             return Ok(0);
         };
@@ -1049,7 +1120,9 @@ impl Engine {
                     outs
                 }
             };
+            q.stats.errors += problems.len() as u64;
             for out in output {
+                q.stats.produced += out.num_rows() as u64;
                 write_output(
                     log.as_ref(),
                     q,
@@ -1066,6 +1139,8 @@ impl Engine {
             }
         }
         q.offsets[partition as usize] = next;
+        q.stats.consumed += records.len() as u64;
+        q.stats.last_message_ms = Some(now_ms());
         Ok(records.len() as u64)
     }
 }

@@ -419,7 +419,22 @@ pub struct SelectPlan {
     pub value_derived_keys: Vec<usize>,
 }
 
+/// Plans a SELECT whose rows go to a sink topic (CREATE ... AS SELECT, INSERT INTO).
 pub fn plan_select(functions: &Functions, query: &Query, source: &Source) -> Result<SelectPlan> {
+    plan(functions, query, source, true)
+}
+
+/// Plans a push query: its rows go to a client, so the key need not be selected.
+pub fn plan_push(functions: &Functions, query: &Query, source: &Source) -> Result<SelectPlan> {
+    plan(functions, query, source, false)
+}
+
+fn plan(
+    functions: &Functions,
+    query: &Query,
+    source: &Source,
+    to_sink: bool,
+) -> Result<SelectPlan> {
     if !query.from.joins.is_empty() {
         return Err(EngineError::Unsupported("joins".into()));
     }
@@ -655,7 +670,7 @@ pub fn plan_select(functions: &Functions, query: &Query, source: &Source) -> Res
         projections = keys;
     }
     // ksqlDB: the source's key columns must be selected, so the output keeps its key.
-    for k in key_names.iter().filter(|_| !repartition) {
+    for k in key_names.iter().filter(|_| !repartition && to_sink) {
         if !projections
             .iter()
             .any(|p| p.is_key && column_source(query, p, k))
@@ -887,6 +902,34 @@ impl SelectPlan {
         }
         RecordBatch::try_new(out.schema(), columns)
             .map_err(|e| EngineError::Execution(e.to_string()))
+    }
+
+    /// The pipeline this plan runs, one operator per line, source first.
+    pub fn explain(&self, source_topic: &str, sink_topic: Option<&str>) -> String {
+        let mut lines = vec![format!(
+            "Source: topic '{source_topic}' ({}), decoded to Arrow batches",
+            self.source
+        )];
+        if let Some(f) = &self.filter {
+            lines.push(format!("Filter: {}", f.expr));
+        }
+        let projections: Vec<String> = self
+            .projections
+            .iter()
+            .map(|p| format!("{} := {}", p.name, p.compiled.expr))
+            .collect();
+        lines.push(format!("Project: {}", projections.join(", ")));
+        if self.projections.iter().any(|p| p.explode) {
+            lines.push("Explode: one row per element".into());
+        }
+        if self.repartitions {
+            lines.push("Repartition: key from PARTITION BY".into());
+        }
+        lines.push(match sink_topic {
+            Some(t) => format!("Sink: topic '{t}'"),
+            None => "Sink: the client".into(),
+        });
+        lines.join("\n")
     }
 
     pub fn output_layout(&self, template: &Layout) -> Layout {

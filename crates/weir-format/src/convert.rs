@@ -217,7 +217,9 @@ fn flat_rows_to_batch(
             .fields()
             .iter()
             .zip(row)
-            .map(|(f, v)| flat_value(v, f.data_type()))
+            .map(|(f, v)| {
+                flat_value(v, f.data_type()).map_err(|e| format!("column {}: {e}", f.name()))
+            })
             .collect();
         match typed {
             Ok(t) => converted.push(t),

@@ -1,0 +1,414 @@
+//! The engine's answers to statements that look rather than change: SHOW/LIST, DESCRIBE,
+//! DESCRIBE FUNCTION and EXPLAIN; and the start of push queries and PRINT.
+
+use std::sync::Arc;
+
+use weir_format::{Column, PSEUDO_COLUMNS};
+use weir_sql::ast::{DescribeTarget, ExplainTarget, ListKind, Print, Query, Statement};
+
+use crate::catalog::Source;
+use crate::error::{EngineError, Result};
+use crate::meta::*;
+use crate::plan::{plan_push, plan_select};
+use crate::push::{CLIENT_BUFFER_ROWS, PushHandle, PushKind, PushQuery, start_offsets};
+use crate::types::sql_type_of;
+use crate::{Engine, Outcome, PersistentQuery};
+
+fn source_info(s: &Source) -> SourceInfo {
+    SourceInfo {
+        name: s.name.clone(),
+        kind: s.kind_name().to_ascii_uppercase(),
+        topic: s.topic.clone(),
+        key_format: s.layout.key_format.format.name().to_string(),
+        value_format: s.layout.value_format.format.name().to_string(),
+        is_windowed: false,
+    }
+}
+
+fn fields(keys: &[Column], values: &[Column]) -> Vec<FieldInfo> {
+    let field = |c: &Column, key: bool| FieldInfo {
+        name: c.name.clone(),
+        ty: c.ty.to_string(),
+        key: key.then(|| "KEY".to_string()),
+    };
+    keys.iter()
+        .map(|c| field(c, true))
+        .chain(values.iter().map(|c| field(c, false)))
+        .collect()
+}
+
+fn summary(q: &PersistentQuery) -> QuerySummary {
+    QuerySummary {
+        id: q.id.clone(),
+        query_string: q.statement.clone(),
+        sinks: vec![q.sink.clone()],
+        sink_kafka_topics: vec![q.sink_topic.clone()],
+        query_type: "PERSISTENT".into(),
+        state: "RUNNING".into(),
+    }
+}
+
+impl Engine {
+    pub(crate) fn list(&self, what: ListKind) -> Result<Outcome> {
+        let sources = |kind: &str| -> Vec<SourceInfo> {
+            self.catalog
+                .sources()
+                .filter(|s| s.kind_name().eq_ignore_ascii_case(kind))
+                .map(source_info)
+                .collect()
+        };
+        Ok(Outcome::Listing(match what {
+            ListKind::Streams => Listing::Streams(sources("stream")),
+            ListKind::Tables => Listing::Tables(sources("table")),
+            ListKind::Topics { all } => Listing::Topics(
+                self.log
+                    .list_topics()?
+                    .into_iter()
+                    // Internal topics (the command log, checkpoints) only with ALL.
+                    .filter(|t| all || !t.name.starts_with("_weir"))
+                    .map(|t| TopicSummary {
+                        name: t.name,
+                        partitions: t.config.partitions,
+                        replicas: t.config.replicas,
+                    })
+                    .collect(),
+            ),
+            ListKind::Queries => Listing::Queries(
+                self.queries
+                    .values()
+                    .map(summary)
+                    .chain(self.push_queries.values().map(|p| QuerySummary {
+                        id: p.id.clone(),
+                        query_string: p.statement.clone(),
+                        sinks: vec![],
+                        sink_kafka_topics: vec![],
+                        query_type: "PUSH".into(),
+                        state: "RUNNING".into(),
+                    }))
+                    .collect(),
+            ),
+            ListKind::Properties => Listing::Properties(
+                self.properties
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
+            ListKind::Functions => Listing::Functions(self.function_list()),
+            ListKind::Types => Listing::Types(
+                self.catalog
+                    .types()
+                    .map(|(n, t)| (n.clone(), t.to_string()))
+                    .collect(),
+            ),
+            ListKind::Variables => {
+                return Err(EngineError::Unsupported(
+                    "variables (DEFINE) in the engine".into(),
+                ));
+            }
+        }))
+    }
+
+    fn function_list(&self) -> Vec<FunctionSummary> {
+        let state = self.functions.state();
+        let mut out: Vec<FunctionSummary> = state
+            .scalar_functions()
+            .keys()
+            .filter(|n| !n.starts_with("ksql_"))
+            .map(|n| FunctionSummary {
+                name: n.to_ascii_uppercase(),
+                kind: "SCALAR".into(),
+                category: "BUILT-IN".into(),
+            })
+            .chain(self.functions.alias_names().map(|n| FunctionSummary {
+                name: n.to_string(),
+                kind: "SCALAR".into(),
+                category: "BUILT-IN".into(),
+            }))
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out.dedup_by(|a, b| a.name == b.name);
+        out
+    }
+
+    pub(crate) fn describe_function(&self, name: &str) -> Result<Outcome> {
+        let Some(udf) = self.functions.scalar(name) else {
+            return Err(EngineError::Invalid(format!(
+                "Can't find any functions with the name '{}'",
+                name.to_ascii_uppercase()
+            )));
+        };
+        let doc = udf.documentation();
+        Ok(Outcome::FunctionDescribed(FunctionDescription {
+            name: name.to_ascii_uppercase(),
+            kind: "SCALAR".into(),
+            description: doc.map(|d| d.description.clone()).unwrap_or_default(),
+            syntax: doc.map(|d| d.syntax_example.clone()).unwrap_or_default(),
+            author: "Weir".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            path: "internal".into(),
+        }))
+    }
+
+    fn describe_source(&self, s: &Source, extended: bool) -> Result<SourceDescription> {
+        let (partitions, replication) = self
+            .log
+            .topic(&s.topic)?
+            .map(|t| (t.config.partitions, t.config.replicas))
+            .unwrap_or((0, 0));
+        let writes: Vec<&PersistentQuery> =
+            self.queries.values().filter(|q| q.sink == s.name).collect();
+        let reads: Vec<&PersistentQuery> = self
+            .queries
+            .values()
+            .filter(|q| q.plan.source == s.name)
+            .collect();
+        let statistics = extended.then(|| {
+            let mut total = QueryStats::default();
+            for q in &writes {
+                total.consumed += q.stats.consumed;
+                total.produced += q.stats.produced;
+                total.errors += q.stats.errors;
+                total.last_message_ms = total.last_message_ms.max(q.stats.last_message_ms);
+            }
+            total
+        });
+        // ROWTIME and the other pseudo columns are not part of a source's schema.
+        let values: Vec<Column> = s
+            .layout
+            .value_columns
+            .iter()
+            .filter(|c| !PSEUDO_COLUMNS.contains(&c.name.as_str()))
+            .cloned()
+            .collect();
+        Ok(SourceDescription {
+            name: s.name.clone(),
+            kind: s.kind_name().to_ascii_uppercase(),
+            topic: s.topic.clone(),
+            key_format: s.layout.key_format.format.name().to_string(),
+            value_format: s.layout.value_format.format.name().to_string(),
+            fields: fields(&s.layout.key_columns, &values),
+            statement: s.statement.clone(),
+            timestamp: s.timestamp_column.clone().unwrap_or_default(),
+            read_queries: reads.into_iter().map(summary).collect(),
+            write_queries: writes.into_iter().map(summary).collect(),
+            partitions,
+            replication,
+            extended,
+            statistics,
+        })
+    }
+
+    pub(crate) fn describe(&self, target: &DescribeTarget, extended: bool) -> Result<Outcome> {
+        let kind = match target {
+            DescribeTarget::Source(name) => {
+                let s = self.catalog.source(&name.value).ok_or_else(|| {
+                    EngineError::Invalid(format!(
+                        "Could not find STREAM/TABLE '{}' in the Metastore",
+                        name.value
+                    ))
+                })?;
+                return Ok(Outcome::Described(vec![self.describe_source(s, extended)?]));
+            }
+            DescribeTarget::Streams => "stream",
+            DescribeTarget::Tables => "table",
+        };
+        let out = self
+            .catalog
+            .sources()
+            .filter(|s| s.kind_name() == kind)
+            .map(|s| self.describe_source(s, extended))
+            .collect::<Result<_>>()?;
+        Ok(Outcome::Described(out))
+    }
+
+    pub(crate) fn explain(&self, target: &ExplainTarget) -> Result<Outcome> {
+        match target {
+            ExplainTarget::QueryId(id) => {
+                let q = self
+                    .queries
+                    .values()
+                    .find(|q| q.id.eq_ignore_ascii_case(&id.value))
+                    .ok_or_else(|| {
+                        EngineError::Invalid(format!("Query with id:{} does not exist", id.value))
+                    })?;
+                Ok(Outcome::Explained(QueryDescription {
+                    id: q.id.clone(),
+                    statement_text: q.statement.clone(),
+                    fields: fields(&q.sink_layout.key_columns, &q.sink_layout.value_columns),
+                    sources: vec![q.plan.source.clone()],
+                    sinks: vec![q.sink.clone()],
+                    execution_plan: q.plan.explain(&q.source_topic, Some(&q.sink_topic)),
+                    state: Some("RUNNING".into()),
+                    statistics: Some(q.stats),
+                }))
+            }
+            ExplainTarget::Statement(stmt) => {
+                let query = match stmt.as_ref() {
+                    Statement::Query(q) => q.as_ref(),
+                    Statement::CreateAsSelect(c) => &c.query,
+                    Statement::InsertInto { query, .. } => query.as_ref(),
+                    other => {
+                        return Err(EngineError::Invalid(format!(
+                            "EXPLAIN supports queries, not {} statements",
+                            other.kind()
+                        )));
+                    }
+                };
+                let source = self.stream(&query.from.source.name.value)?;
+                let plan = plan_select(&self.functions, query, &source)?;
+                Ok(Outcome::Explained(QueryDescription {
+                    id: String::new(),
+                    statement_text: stmt.to_string(),
+                    fields: fields(&plan.output_layout_columns.0, &plan.output_layout_columns.1),
+                    sources: vec![source.name.clone()],
+                    sinks: vec![],
+                    execution_plan: plan.explain(&source.topic, None),
+                    state: None,
+                    statistics: None,
+                }))
+            }
+        }
+    }
+
+    fn earliest(&self, overrides: &std::collections::BTreeMap<String, String>) -> bool {
+        overrides
+            .get("auto.offset.reset")
+            .or_else(|| self.properties.get("auto.offset.reset"))
+            .is_some_and(|v| v.eq_ignore_ascii_case("earliest"))
+    }
+
+    fn register_push(
+        &mut self,
+        statement: String,
+        topic: String,
+        kind: PushKind,
+        columns: Vec<(String, weir_sql::ast::SqlType)>,
+        limit: Option<u64>,
+        earliest: bool,
+    ) -> Result<Outcome> {
+        self.push_counter += 1;
+        let id = format!(
+            "transient_{}_{}",
+            topic.replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
+            self.push_counter
+        );
+        let (sender, rows) = std::sync::mpsc::sync_channel(CLIENT_BUFFER_ROWS);
+        let alive = Arc::new(());
+        let offsets = start_offsets(self.log.as_ref(), &topic, earliest)?;
+        self.push_queries.insert(
+            id.clone(),
+            PushQuery {
+                id: id.clone(),
+                statement,
+                topic,
+                kind,
+                offsets,
+                sender,
+                limit,
+                sent: 0,
+                alive: alive.clone(),
+            },
+        );
+        Ok(Outcome::Push(PushHandle {
+            query_id: id,
+            columns,
+            rows,
+            _alive: alive,
+        }))
+    }
+
+    /// Starts `SELECT ... EMIT CHANGES`: its rows arrive on the returned handle.
+    /// `overrides` are per-request properties (`auto.offset.reset`).
+    pub fn start_push_query(
+        &mut self,
+        query: &Query,
+        overrides: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Outcome> {
+        if query.emit.is_none() {
+            return Err(EngineError::Invalid(
+                "Pull queries are not supported on streams yet: add EMIT CHANGES for a push query."
+                    .into(),
+            ));
+        }
+        let source = self.stream(&query.from.source.name.value)?;
+        let plan = plan_push(&self.functions, query, &source)?;
+        let columns: Vec<(String, weir_sql::ast::SqlType)> = plan
+            .output_schema
+            .fields()
+            .iter()
+            .skip(2)
+            .map(|f| Ok((f.name().clone(), sql_type_of(f.data_type())?)))
+            .collect::<Result<_>>()?;
+        let kind = PushKind::Select {
+            plan: Box::new(plan),
+            layout: source.layout.clone(),
+            timestamp: source
+                .timestamp_column
+                .clone()
+                .map(|c| (c, source.timestamp_format.clone())),
+            types: columns.iter().map(|(_, t)| t.clone()).collect(),
+        };
+        let earliest = self.earliest(overrides);
+        let stmt = Statement::Query(Box::new(query.clone())).to_string();
+        self.register_push(
+            stmt,
+            source.topic.clone(),
+            kind,
+            columns,
+            query.limit,
+            earliest,
+        )
+    }
+
+    /// Starts `PRINT topic`: one text line per record.
+    pub(crate) fn start_print(&mut self, p: &Print) -> Result<Outcome> {
+        // An unquoted name may be written in any case: match it to an existing topic.
+        let topics = self.log.list_topics()?;
+        let topic = topics
+            .iter()
+            .find(|t| t.name == p.topic.value)
+            .or_else(|| topics.iter().find(|t| t.name.eq_ignore_ascii_case(&p.topic.value)))
+            .map(|t| t.name.clone())
+            .ok_or_else(|| {
+                EngineError::Invalid(format!(
+                    "Could not find topic '{}', or the KSQL user does not have permissions to list the topic.",
+                    p.topic.value
+                ))
+            })?;
+        let kind = PushKind::Print {
+            interval: p.interval.unwrap_or(1).max(1),
+            seen: 0,
+        };
+        let columns = vec![("RECORD".to_string(), weir_sql::ast::SqlType::String)];
+        let stmt = Statement::Print(p.clone()).to_string();
+        self.register_push(stmt, topic, kind, columns, p.limit, p.from_beginning)
+    }
+
+    /// Ends a push query (the client closed it). False if there was none of that id.
+    pub fn close_push_query(&mut self, id: &str) -> bool {
+        self.push_queries.remove(id).is_some()
+    }
+
+    /// Advances every push query by one batch per partition; ends those whose client is
+    /// gone, too slow, or done.
+    pub(crate) fn run_push_queries(&mut self) -> Result<u64> {
+        let mut consumed = 0;
+        let mut finished = Vec::new();
+        for (id, q) in self.push_queries.iter_mut() {
+            let (n, next) = q.step(self.log.as_ref(), crate::BATCH_RECORDS)?;
+            consumed += n;
+            if next == crate::push::Next::Finished {
+                finished.push(id.clone());
+            }
+        }
+        for id in finished {
+            self.push_queries.remove(&id);
+        }
+        Ok(consumed)
+    }
+
+    /// Whether a push query of this id is running.
+    pub fn has_push_query(&self, id: &str) -> bool {
+        self.push_queries.contains_key(id)
+    }
+}

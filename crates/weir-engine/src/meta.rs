@@ -1,0 +1,138 @@
+//! What SHOW/LIST, DESCRIBE and EXPLAIN answer: plain descriptions of streams, topics,
+//! queries, properties and functions, shaped after ksqlDB's REST entities so the server
+//! can serialize them as they are.
+
+use serde::Serialize;
+
+/// A stream or table as `SHOW STREAMS` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceInfo {
+    pub name: String,
+    /// `STREAM` or `TABLE`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub topic: String,
+    pub key_format: String,
+    pub value_format: String,
+    pub is_windowed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicSummary {
+    pub name: String,
+    pub partitions: u32,
+    pub replicas: u16,
+}
+
+/// A running query, as `SHOW QUERIES` and `DESCRIBE` list it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QuerySummary {
+    pub id: String,
+    pub query_string: String,
+    pub sinks: Vec<String>,
+    pub sink_kafka_topics: Vec<String>,
+    /// `PERSISTENT` or `PUSH`.
+    pub query_type: String,
+    pub state: String,
+}
+
+/// Counters a persistent query keeps while it runs (`DESCRIBE EXTENDED`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryStats {
+    /// Source records read.
+    pub consumed: u64,
+    /// Records written to the sink.
+    pub produced: u64,
+    /// Records that went to the processing log instead.
+    pub errors: u64,
+    /// Wall-clock millis of the last batch with input.
+    pub last_message_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FieldInfo {
+    pub name: String,
+    /// The ksqlDB type, e.g. `ARRAY<INTEGER>`.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// `KEY` for key columns, absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// `DESCRIBE name [EXTENDED]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceDescription {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub topic: String,
+    pub key_format: String,
+    pub value_format: String,
+    pub fields: Vec<FieldInfo>,
+    pub statement: String,
+    pub timestamp: String,
+    pub read_queries: Vec<QuerySummary>,
+    pub write_queries: Vec<QuerySummary>,
+    pub partitions: u32,
+    pub replication: u16,
+    pub extended: bool,
+    /// Totals over the queries that write this source (EXTENDED only).
+    pub statistics: Option<QueryStats>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionSummary {
+    pub name: String,
+    /// `SCALAR` or `AGGREGATE`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub category: String,
+}
+
+/// `DESCRIBE FUNCTION name`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionDescription {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub description: String,
+    pub syntax: String,
+    pub author: String,
+    pub version: String,
+    pub path: String,
+}
+
+/// `EXPLAIN query_id | statement`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryDescription {
+    pub id: String,
+    pub statement_text: String,
+    pub fields: Vec<FieldInfo>,
+    pub sources: Vec<String>,
+    pub sinks: Vec<String>,
+    /// The pipeline of batch operators the query runs, one per line.
+    pub execution_plan: String,
+    pub state: Option<String>,
+    pub statistics: Option<QueryStats>,
+}
+
+/// The answer to a SHOW/LIST statement.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Listing {
+    Streams(Vec<SourceInfo>),
+    Tables(Vec<SourceInfo>),
+    Topics(Vec<TopicSummary>),
+    Queries(Vec<QuerySummary>),
+    Properties(Vec<(String, String)>),
+    Functions(Vec<FunctionSummary>),
+    Types(Vec<(String, String)>),
+}

@@ -1,0 +1,239 @@
+//! Push queries (`SELECT ... EMIT CHANGES [LIMIT n]`) and `PRINT topic`: transient
+//! queries whose rows go to one client through a bounded channel instead of to a topic.
+//!
+//! A client that stops reading fills its channel; the query then ends with a message
+//! rather than hold rows (or the engine) back. A client that goes away ends its query at
+//! the next row.
+
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+
+use arrow::array::RecordBatch;
+use serde_json::Value;
+use weir_format::Layout;
+use weir_log::{Log, StoredRecord};
+use weir_sql::ast::SqlType;
+
+use crate::error::Result;
+use crate::plan::SelectPlan;
+
+/// Rows a client may fall behind by before its query is ended.
+pub const CLIENT_BUFFER_ROWS: usize = 10_000;
+
+/// What a push query sends its client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PushEvent {
+    /// One result row, a value per column.
+    Row(Vec<Value>),
+    /// The query has ended: LIMIT reached (`None`), or why it stopped.
+    End(Option<String>),
+}
+
+/// The client's end of a push query.
+pub struct PushHandle {
+    pub query_id: String,
+    /// Column names and types, in order.
+    pub columns: Vec<(String, SqlType)>,
+    pub rows: Receiver<PushEvent>,
+    /// Dropped with the handle: tells the engine the client is gone even when no row is
+    /// being sent.
+    pub(crate) _alive: std::sync::Arc<()>,
+}
+
+impl std::fmt::Debug for PushHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PushHandle")
+            .field("query_id", &self.query_id)
+            .field("columns", &self.columns)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) enum PushKind {
+    Select {
+        plan: Box<SelectPlan>,
+        layout: Layout,
+        timestamp: Option<(String, Option<String>)>,
+        /// Output column types, for rendering values.
+        types: Vec<SqlType>,
+    },
+    Print {
+        interval: u64,
+        seen: u64,
+    },
+}
+
+pub(crate) struct PushQuery {
+    pub id: String,
+    pub statement: String,
+    pub topic: String,
+    pub kind: PushKind,
+    pub offsets: Vec<u64>,
+    pub sender: SyncSender<PushEvent>,
+    pub limit: Option<u64>,
+    pub sent: u64,
+    pub alive: std::sync::Arc<()>,
+}
+
+/// Whether the query goes on after a step.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Next {
+    Continue,
+    Finished,
+}
+
+impl PushQuery {
+    /// Offers one row; `Finished` when the client is gone, too slow, or LIMIT is reached.
+    fn send(&mut self, row: Vec<Value>) -> Next {
+        match self.sender.try_send(PushEvent::Row(row)) {
+            Ok(()) => {
+                self.sent += 1;
+                if self.limit.is_some_and(|l| self.sent >= l) {
+                    let _ = self.sender.try_send(PushEvent::End(None));
+                    return Next::Finished;
+                }
+                Next::Continue
+            }
+            Err(TrySendError::Full(_)) => {
+                // The buffer is full, so this message may not fit either: the client
+                // learns why from the disconnect, and the server from its log.
+                let _ = self.sender.try_send(PushEvent::End(Some(format!(
+                    "Push query {} ended: the client fell more than {CLIENT_BUFFER_ROWS} rows behind",
+                    self.id
+                ))));
+                Next::Finished
+            }
+            Err(TrySendError::Disconnected(_)) => Next::Finished,
+        }
+    }
+
+    /// Reads up to `max` records per partition and sends what they produce. Returns the
+    /// records consumed, and whether the query goes on. Records that fail to decode or
+    /// evaluate are skipped (the persistent queries over the same records log them).
+    pub fn step(&mut self, log: &dyn Log, max: usize) -> Result<(u64, Next)> {
+        let mut consumed = 0;
+        for partition in 0..self.offsets.len() as u32 {
+            let from = self.offsets[partition as usize];
+            let records = log.read(&self.topic, partition, from, max)?;
+            let Some(last) = records.last() else {
+                continue;
+            };
+            self.offsets[partition as usize] = last.offset + 1;
+            consumed += records.len() as u64;
+            if self.step_records(partition, &records)? == Next::Finished {
+                return Ok((consumed, Next::Finished));
+            }
+        }
+        // A client that left while there was nothing to send is noticed here.
+        if consumed == 0 && self.client_gone() {
+            return Ok((0, Next::Finished));
+        }
+        Ok((consumed, Next::Continue))
+    }
+
+    /// The handle holds the other reference to the liveness token: alone, the client is gone.
+    fn client_gone(&self) -> bool {
+        std::sync::Arc::strong_count(&self.alive) == 1
+    }
+
+    fn step_records(&mut self, partition: u32, records: &[StoredRecord]) -> Result<Next> {
+        match &mut self.kind {
+            PushKind::Print { interval, seen } => {
+                let interval = *interval;
+                let mut lines = Vec::new();
+                for r in records {
+                    *seen += 1;
+                    if (*seen - 1) % interval != 0 {
+                        continue;
+                    }
+                    lines.push(print_line(partition, r));
+                }
+                for line in lines {
+                    if self.send(vec![Value::String(line)]) == Next::Finished {
+                        return Ok(Next::Finished);
+                    }
+                }
+                Ok(Next::Continue)
+            }
+            PushKind::Select {
+                plan,
+                layout,
+                timestamp,
+                types,
+            } => {
+                let mut rows = Vec::new();
+                // Tombstones carry no row for a stream's push query.
+                let values: Vec<StoredRecord> = records
+                    .iter()
+                    .filter(|r| r.record.value.is_some())
+                    .cloned()
+                    .collect();
+                if values.is_empty() {
+                    return Ok(Next::Continue);
+                }
+                let decoded = layout.decode(&plan.input_schema, &values);
+                let mut problems = Vec::new();
+                let decoded = match timestamp {
+                    Some((col, format)) => crate::with_event_time(
+                        decoded,
+                        col,
+                        format.as_deref(),
+                        partition,
+                        &mut problems,
+                    )?,
+                    None => decoded,
+                };
+                let batches: Vec<RecordBatch> = match plan.apply(&decoded.batch) {
+                    Ok(out) => vec![out],
+                    Err(_) => (0..decoded.batch.num_rows())
+                        .filter_map(|row| plan.apply(&decoded.batch.slice(row, 1)).ok())
+                        .collect(),
+                };
+                for out in &batches {
+                    for row in 0..out.num_rows() {
+                        let values = (2..out.num_columns())
+                            .zip(types.iter())
+                            .map(|(c, ty)| weir_format::convert::value_at(out.column(c), row, ty))
+                            .collect();
+                        rows.push(values);
+                    }
+                }
+                for row in rows {
+                    if self.send(row) == Next::Finished {
+                        return Ok(Next::Finished);
+                    }
+                }
+                Ok(Next::Continue)
+            }
+        }
+    }
+}
+
+/// One record as `PRINT` shows it.
+fn print_line(partition: u32, r: &StoredRecord) -> String {
+    let text = |b: &Option<Vec<u8>>| match b {
+        None => "<null>".to_string(),
+        Some(b) => String::from_utf8_lossy(b).into_owned(),
+    };
+    let time = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(r.record.timestamp)
+        .map(|t| t.format("%Y/%m/%d %H:%M:%S%.3f Z").to_string())
+        .unwrap_or_else(|| r.record.timestamp.to_string());
+    format!(
+        "rowtime: {time}, key: {}, value: {}, partition: {partition}",
+        text(&r.record.key),
+        text(&r.record.value)
+    )
+}
+
+/// The offsets of every partition of `topic` a new push query starts at.
+pub(crate) fn start_offsets(log: &dyn Log, topic: &str, earliest: bool) -> Result<Vec<u64>> {
+    let partitions = log.topic(topic)?.map(|t| t.config.partitions).unwrap_or(1);
+    (0..partitions)
+        .map(|p| {
+            Ok(if earliest {
+                log.offsets(topic, p)?.0
+            } else {
+                log.offsets(topic, p)?.1
+            })
+        })
+        .collect()
+}

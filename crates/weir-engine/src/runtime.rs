@@ -1,0 +1,92 @@
+//! Continuous execution: an engine shared between the callers that submit statements and
+//! a worker thread that keeps every persistent and push query moving.
+//!
+//! The worker runs a batch per partition of every query in turn. With input waiting it
+//! loops at once (and each query's batches grow, see `Engine::run_once`); when all are
+//! caught up it sleeps 1 ms, doubling to at most [`MAX_IDLE_WAIT`], so a record appended
+//! to an idle engine reaches a push-query client within that wait plus one batch.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::error::Result;
+use crate::{Engine, Outcome};
+
+/// The longest an idle worker sleeps before looking for input again.
+pub const MAX_IDLE_WAIT: Duration = Duration::from_millis(10);
+
+pub struct Runtime {
+    engine: Arc<Mutex<Engine>>,
+    stop: Arc<AtomicBool>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl Runtime {
+    /// Starts the worker over `engine`.
+    pub fn start(engine: Engine) -> Self {
+        let engine = Arc::new(Mutex::new(engine));
+        let stop = Arc::new(AtomicBool::new(false));
+        let worker = {
+            let (engine, stop) = (engine.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("weir-queries".into())
+                .spawn(move || work(&engine, &stop))
+                .expect("spawning the query thread")
+        };
+        Self {
+            engine,
+            stop,
+            worker: Some(worker),
+        }
+    }
+
+    /// The engine, locked: statements run between the worker's batches.
+    pub fn engine(&self) -> MutexGuard<'_, Engine> {
+        self.engine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn execute_sql(&self, sql: &str) -> Result<Vec<Outcome>> {
+        self.engine().execute_sql(sql)
+    }
+
+    /// Stops the worker after its current batch and flushes the log.
+    pub fn shutdown(mut self) -> Result<()> {
+        self.stop_worker();
+        self.engine().log().flush()?;
+        Ok(())
+    }
+
+    fn stop_worker(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop_worker();
+    }
+}
+
+fn work(engine: &Mutex<Engine>, stop: &AtomicBool) {
+    let mut idle = Duration::from_millis(1);
+    while !stop.load(Ordering::SeqCst) {
+        let step = engine.lock().unwrap_or_else(|e| e.into_inner()).run_once();
+        match step {
+            Ok(0) => {
+                std::thread::sleep(idle);
+                idle = (idle * 2).min(MAX_IDLE_WAIT);
+            }
+            Ok(_) => idle = Duration::from_millis(1),
+            Err(e) => {
+                // A log that fails (a full disk, a broker away) is retried, not fatal.
+                eprintln!("weir: running queries failed, retrying: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
