@@ -49,15 +49,29 @@ fn rate(n: u64, secs: f64) -> String {
     format!("{:>12.0} events/s ({secs:.2} s)", n as f64 / secs)
 }
 
-pub fn w1(events: u64) -> Result<(), String> {
+/// W1 on the embedded log, or on the Kafka cluster at `kafka` (a fresh `sensors` topic is
+/// needed there: the run fails if one exists with other data).
+pub fn w1(events: u64, kafka: Option<&str>) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let config = EmbeddedLogConfig {
         fsync: FsyncPolicy::Never,
         ..Default::default()
     };
-    let log = Arc::new(EmbeddedLog::open(dir.path(), config).map_err(|e| e.to_string())?);
+    let (log, name): (Arc<dyn Log>, String) = match kafka {
+        None => (
+            Arc::new(EmbeddedLog::open(dir.path(), config).map_err(|e| e.to_string())?),
+            "the embedded log".into(),
+        ),
+        Some(b) => (
+            Arc::new(weir_kafka::KafkaLog::connect(b).map_err(|e| e.to_string())?),
+            format!("Kafka at {b}"),
+        ),
+    };
     log.create_topic("sensors", TopicConfig::default())
         .map_err(|e| e.to_string())?;
+    if log.offsets("sensors", 0).map_err(|e| e.to_string())?.1 != 0 {
+        return Err("topic 'sensors' already holds records: use a fresh cluster".into());
+    }
 
     let started = Instant::now();
     let mut batch = Vec::with_capacity(1000);
@@ -77,7 +91,8 @@ pub fn w1(events: u64) -> Result<(), String> {
     }
     log.append("sensors", 0, &batch)
         .map_err(|e| e.to_string())?;
-    println!("W1: {events} JSON car-sensor events on the embedded log (1 partition)");
+    log.flush().map_err(|e| e.to_string())?;
+    println!("W1: {events} JSON car-sensor events on {name} (1 partition)");
     println!(
         "  load (append)        {}",
         rate(events, started.elapsed().as_secs_f64())
@@ -87,11 +102,16 @@ pub fn w1(events: u64) -> Result<(), String> {
     let started = Instant::now();
     let mut from = 0;
     let mut read = 0u64;
-    loop {
+    let mut empty_reads = 0;
+    // A remote log may answer a read with nothing before the end: stop at the count.
+    while read < events && empty_reads < 100 {
         let records = log
             .read("sensors", 0, from, 4096)
             .map_err(|e| e.to_string())?;
-        let Some(last) = records.last() else { break };
+        let Some(last) = records.last() else {
+            empty_reads += 1;
+            continue;
+        };
         from = last.offset + 1;
         read += records.len() as u64;
     }
@@ -106,9 +126,18 @@ pub fn w1(events: u64) -> Result<(), String> {
     let schema = source.layout.schema();
 
     // Ceiling 2: decoding the records to Arrow, nothing else (records read beforehand).
-    let all = log
-        .read_to_end("sensors", 0, 0)
-        .map_err(|e| e.to_string())?;
+    let mut all = Vec::with_capacity(events as usize);
+    while (all.len() as u64) < events {
+        let records = log
+            .read("sensors", 0, all.len() as u64, 4096)
+            .map_err(|e| e.to_string())?;
+        if records.is_empty()
+            && log.offsets("sensors", 0).map_err(|e| e.to_string())?.1 <= all.len() as u64
+        {
+            break;
+        }
+        all.extend(records);
+    }
     let chunks: Vec<&[weir_log::StoredRecord]> = all.chunks(4096).collect();
     let started = Instant::now();
     let mut decoded = 0u64;
@@ -126,7 +155,15 @@ pub fn w1(events: u64) -> Result<(), String> {
     engine.set_property("auto.offset.reset", "earliest");
     engine.execute_sql(W1_QUERY).map_err(|e| e.to_string())?;
     let started = Instant::now();
-    let consumed = engine.run_until_idle().map_err(|e| e.to_string())?;
+    let mut consumed = 0;
+    let mut idle = 0;
+    while consumed < events && idle < 200 {
+        match engine.run_once().map_err(|e| e.to_string())? {
+            0 => idle += 1,
+            n => consumed += n,
+        }
+    }
+    log.flush().map_err(|e| e.to_string())?;
     let secs = started.elapsed().as_secs_f64();
     let written = log.offsets("FAST", 0).map_err(|e| e.to_string())?.1;
     println!(
@@ -134,5 +171,62 @@ pub fn w1(events: u64) -> Result<(), String> {
         rate(consumed, secs)
     );
     println!("  peak RSS             {:.0} MiB", peak_rss_mib());
+    Ok(())
+}
+
+/// `weir bench push`: the latency from appending a record to an idle engine until a push
+/// query's client holds its row, over `samples` records appended one at a time with
+/// pauses (so the worker is idle, its slowest case, each time). Prints percentiles.
+pub fn push_latency(samples: usize) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let log = Arc::new(
+        EmbeddedLog::open(dir.path(), EmbeddedLogConfig::default()).map_err(|e| e.to_string())?,
+    );
+    let runtime = weir_engine::Runtime::start(Engine::new(log.clone()));
+    runtime.execute_sql(W1_SOURCE).map_err(|e| e.to_string())?;
+    let handle = match runtime
+        .execute_sql(
+            "SELECT CAR_ID, SPEED * 1.609 AS KMH FROM SENSORS WHERE SPEED > 50 EMIT CHANGES;",
+        )
+        .map_err(|e| e.to_string())?
+        .pop()
+    {
+        Some(weir_engine::Outcome::Push(h)) => h,
+        other => return Err(format!("expected a push query, got {other:?}")),
+    };
+    let mut latencies = Vec::with_capacity(samples);
+    for i in 0..samples {
+        // Let the worker go idle (its back-off reaches the 10 ms maximum).
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let value = format!(r#"{{"SPEED":{}}}"#, 60 + i % 50);
+        let started = Instant::now();
+        log.append(
+            "sensors",
+            0,
+            &[Record::new(
+                Some(b"car-1"),
+                Some(value.as_bytes()),
+                i as i64,
+            )],
+        )
+        .map_err(|e| e.to_string())?;
+        match handle.rows.recv_timeout(std::time::Duration::from_secs(5)) {
+            Ok(weir_engine::PushEvent::Row(_)) => latencies.push(started.elapsed()),
+            other => return Err(format!("no row within 5 s: {other:?}")),
+        }
+    }
+    latencies.sort();
+    let pct = |p: f64| {
+        latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64()
+            * 1000.0
+    };
+    println!("push query latency, append to client, idle engine ({samples} records):");
+    println!(
+        "  p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms",
+        pct(0.50),
+        pct(0.99),
+        pct(1.0)
+    );
+    runtime.shutdown().map_err(|e| e.to_string())?;
     Ok(())
 }

@@ -33,11 +33,14 @@ enum Command {
         #[arg(long)]
         canonical: bool,
     },
-    /// Run persistent queries headless on a data directory (the embedded log), resuming
-    /// those a previous run started.
+    /// Run persistent queries headless on a data directory (the embedded log), or on a
+    /// Kafka cluster, resuming those a previous run started.
     Run {
-        #[arg(long)]
+        #[arg(long, default_value = "weir-data")]
         data_dir: PathBuf,
+        /// Keep topics on the Kafka cluster at HOST:PORT instead of the embedded log.
+        #[arg(long)]
+        kafka_bootstrap: Option<String>,
         /// Statements to run first (CREATE STREAM, CREATE STREAM AS SELECT, ...).
         #[arg(long)]
         queries_file: Option<PathBuf>,
@@ -77,6 +80,14 @@ enum Workload {
     W1 {
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
+        /// Run on the Kafka cluster at HOST:PORT instead of the embedded log.
+        #[arg(long)]
+        kafka: Option<String>,
+    },
+    /// Latency from an append to a push query's client on an idle engine.
+    Push {
+        #[arg(long, default_value_t = 200)]
+        samples: usize,
     },
 }
 
@@ -91,8 +102,14 @@ fn main() -> ExitCode {
         Command::Run {
             data_dir,
             queries_file,
+            kafka_bootstrap,
             exit_when_idle,
-        } => match run::run(&data_dir, queries_file.as_deref(), exit_when_idle) {
+        } => match run::run(
+            &data_dir,
+            queries_file.as_deref(),
+            exit_when_idle,
+            kafka_bootstrap.as_deref(),
+        ) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("weir run: {e}");
@@ -100,8 +117,17 @@ fn main() -> ExitCode {
             }
         },
         Command::Bench {
-            workload: Workload::W1 { events },
-        } => match bench::w1(events) {
+            workload: Workload::W1 { events, kafka },
+        } => match bench::w1(events, kafka.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("weir bench: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Bench {
+            workload: Workload::Push { samples },
+        } => match bench::push_latency(samples) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("weir bench: {e}");

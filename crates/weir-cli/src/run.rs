@@ -16,12 +16,22 @@ pub fn run(
     data_dir: &Path,
     queries_file: Option<&Path>,
     exit_when_idle: bool,
+    kafka: Option<&str>,
 ) -> Result<(), String> {
-    let log = Arc::new(
-        EmbeddedLog::open(data_dir, EmbeddedLogConfig::default()).map_err(|e| e.to_string())?,
-    );
-    let mut engine =
-        Engine::open(log.clone()).map_err(|e| format!("recovering {}: {e}", data_dir.display()))?;
+    let (log, place): (Arc<dyn Log>, String) = match kafka {
+        None => (
+            Arc::new(
+                EmbeddedLog::open(data_dir, EmbeddedLogConfig::default())
+                    .map_err(|e| e.to_string())?,
+            ),
+            data_dir.display().to_string(),
+        ),
+        Some(b) => (
+            Arc::new(weir_kafka::KafkaLog::connect(b).map_err(|e| e.to_string())?),
+            format!("Kafka at {b}"),
+        ),
+    };
+    let mut engine = Engine::open(log.clone()).map_err(|e| format!("recovering {place}: {e}"))?;
     let mut out = std::io::stdout().lock();
     let say = |out: &mut std::io::StdoutLock, line: String| {
         let _ = writeln!(out, "{line}");

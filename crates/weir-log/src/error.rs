@@ -29,6 +29,9 @@ pub enum LogError {
     },
     #[error("{path}: corrupt data: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    /// An error from a log kept elsewhere (a Kafka cluster).
+    #[error("{0}")]
+    Backend(String),
 }
 
 pub type Result<T, E = LogError> = std::result::Result<T, E>;

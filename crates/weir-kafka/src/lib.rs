@@ -1,0 +1,394 @@
+//! Weir's [`Log`] on a Kafka cluster, through `rdkafka` (vendored librdkafka).
+//!
+//! The engine assigns partitions itself and keeps its own offsets (checkpointed in its
+//! offsets topic), so there are no consumer groups here: each partition that is read gets
+//! a consumer *assigned* to it at an explicit offset, which is immediate (a group
+//! subscription takes seconds to rebalance) and exactly what an engine that checkpoints
+//! its own progress wants. Topics are created on demand through the admin API.
+//!
+//! Guarantees differ from the embedded log's, and the engine says so: an append is
+//! acknowledged by the cluster (`acks=all`, idempotent producer) but a batch is not atomic,
+//! so after a crash a sink may hold a record twice; the engine's recovery finds and skips
+//! records whose output it already wrote (by their source header), which covers the
+//! common case, and nothing is ever lost.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header as KHeader, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use weir_log::{Header, Log, LogError, Record, Result, StoredRecord, TopicConfig, TopicInfo};
+
+/// How long a metadata or admin request may take before it is an error.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a read waits for the first records of a partition that has some.
+const FETCH_WAIT: Duration = Duration::from_millis(20);
+
+fn backend(e: impl std::fmt::Display) -> LogError {
+    LogError::Backend(format!("Kafka: {e}"))
+}
+
+/// A partition being read: its consumer and the offset its next message has.
+struct Reader {
+    consumer: BaseConsumer,
+    next: u64,
+}
+
+pub struct KafkaLog {
+    bootstrap: String,
+    producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+    /// For metadata and watermarks.
+    meta: BaseConsumer,
+    readers: Mutex<HashMap<(String, u32), Reader>>,
+}
+
+impl std::fmt::Debug for KafkaLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaLog")
+            .field("bootstrap", &self.bootstrap)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaLog {
+    /// Connects to the cluster at `bootstrap` (`host:port[,host:port]`) and checks that it
+    /// answers.
+    pub fn connect(bootstrap: &str) -> Result<Self> {
+        let base = |extra: &[(&str, &str)]| {
+            let mut c = ClientConfig::new();
+            c.set("bootstrap.servers", bootstrap)
+                .set("client.id", "weir");
+            for (k, v) in extra {
+                c.set(*k, *v);
+            }
+            c
+        };
+        let producer: FutureProducer = base(&[
+            ("acks", "all"),
+            ("enable.idempotence", "true"),
+            ("linger.ms", "5"),
+            ("message.timeout.ms", "30000"),
+        ])
+        .create()
+        .map_err(backend)?;
+        let admin = base(&[]).create().map_err(backend)?;
+        let meta: BaseConsumer = base(&[("group.id", "weir"), ("enable.auto.commit", "false")])
+            .create()
+            .map_err(backend)?;
+        meta.fetch_metadata(None, REQUEST_TIMEOUT)
+            .map_err(|e| backend(format!("cannot reach the cluster at {bootstrap}: {e}")))?;
+        Ok(Self {
+            bootstrap: bootstrap.to_string(),
+            producer,
+            admin,
+            meta,
+            readers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn reader(&self, topic: &str, partition: u32, from: u64) -> Result<Reader> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("client.id", "weir")
+            .set("group.id", "weir")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .map_err(backend)?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition as i32, Offset::Offset(from as i64))
+            .map_err(backend)?;
+        consumer.assign(&tpl).map_err(backend)?;
+        Ok(Reader {
+            consumer,
+            next: from,
+        })
+    }
+}
+
+fn to_stored(partition: u32, m: &rdkafka::message::BorrowedMessage<'_>) -> StoredRecord {
+    let headers = m
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| Header {
+                    name: h.key.to_string(),
+                    value: h.value.map(<[u8]>::to_vec),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    StoredRecord {
+        partition,
+        offset: m.offset() as u64,
+        record: Record {
+            key: m.key().map(<[u8]>::to_vec),
+            value: m.payload().map(<[u8]>::to_vec),
+            timestamp: m.timestamp().to_millis().unwrap_or(0),
+            headers,
+        },
+    }
+}
+
+impl Log for KafkaLog {
+    fn create_topic(&self, name: &str, config: TopicConfig) -> Result<TopicInfo> {
+        weir_log::validate_topic_name(name)?;
+        if config.partitions == 0 {
+            return Err(LogError::NoPartitions);
+        }
+        if let Some(existing) = self.topic(name)? {
+            if existing.config.partitions != config.partitions {
+                return Err(LogError::PartitionMismatch {
+                    topic: name.to_string(),
+                    existing: existing.config.partitions,
+                    requested: config.partitions,
+                });
+            }
+            return Ok(existing);
+        }
+        let retention_ms = config.retention_ms.map(|v| v.to_string());
+        let retention_bytes = config.retention_bytes.map(|v| v.to_string());
+        let mut topic = NewTopic::new(
+            name,
+            config.partitions as i32,
+            TopicReplication::Fixed(config.replicas.max(1) as i32),
+        );
+        if let Some(v) = &retention_ms {
+            topic = topic.set("retention.ms", v);
+        }
+        if let Some(v) = &retention_bytes {
+            topic = topic.set("retention.bytes", v);
+        }
+        let opts = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
+        let results = futures_executor::block_on(self.admin.create_topics(&[topic], &opts))
+            .map_err(backend)?;
+        for r in results {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, code)) => return Err(backend(format!("creating topic {t}: {code}"))),
+            }
+        }
+        // Metadata may lag the creation by a moment.
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            if let Some(info) = self.topic(name)? {
+                return Ok(info);
+            }
+            if Instant::now() > deadline {
+                return Err(backend(format!(
+                    "topic {name} was created but does not show"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn topic(&self, name: &str) -> Result<Option<TopicInfo>> {
+        let md = self
+            .meta
+            .fetch_metadata(Some(name), REQUEST_TIMEOUT)
+            .map_err(backend)?;
+        Ok(md
+            .topics()
+            .iter()
+            .find(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty())
+            .map(|t| TopicInfo {
+                name: name.to_string(),
+                config: TopicConfig {
+                    partitions: t.partitions().len() as u32,
+                    replicas: t.partitions()[0].replicas().len().max(1) as u16,
+                    retention_bytes: None,
+                    retention_ms: None,
+                },
+            }))
+    }
+
+    fn list_topics(&self) -> Result<Vec<TopicInfo>> {
+        let md = self
+            .meta
+            .fetch_metadata(None, REQUEST_TIMEOUT)
+            .map_err(backend)?;
+        let mut out: Vec<TopicInfo> = md
+            .topics()
+            .iter()
+            .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+            .map(|t| TopicInfo {
+                name: t.name().to_string(),
+                config: TopicConfig {
+                    partitions: t.partitions().len() as u32,
+                    replicas: t.partitions()[0].replicas().len().max(1) as u16,
+                    retention_bytes: None,
+                    retention_ms: None,
+                },
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn delete_topic(&self, name: &str) -> Result<()> {
+        self.readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(t, _), _| t != name);
+        let opts = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
+        let results = futures_executor::block_on(self.admin.delete_topics(&[name], &opts))
+            .map_err(backend)?;
+        for r in results {
+            match r {
+                Ok(_) => {}
+                Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {
+                    return Err(LogError::UnknownTopic(name.to_string()));
+                }
+                Err((t, code)) => return Err(backend(format!("deleting topic {t}: {code}"))),
+            }
+        }
+        Ok(())
+    }
+
+    fn append(&self, topic: &str, partition: u32, records: &[Record]) -> Result<u64> {
+        let mut pending = Vec::with_capacity(records.len());
+        for r in records {
+            let mut headers = OwnedHeaders::new();
+            for h in &r.headers {
+                headers = headers.insert(KHeader {
+                    key: &h.name,
+                    value: h.value.as_deref(),
+                });
+            }
+            let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+                .partition(partition as i32)
+                .timestamp(r.timestamp)
+                .headers(headers);
+            if let Some(k) = &r.key {
+                fr = fr.key(k.as_slice());
+            }
+            if let Some(v) = &r.value {
+                fr = fr.payload(v.as_slice());
+            }
+            // A full local queue: wait for deliveries to make room, then try again.
+            let mut attempt = fr;
+            loop {
+                match self.producer.send_result(attempt) {
+                    Ok(f) => {
+                        pending.push(f);
+                        break;
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        self.producer.poll(Duration::from_millis(10));
+                        attempt = back;
+                    }
+                    Err((e, _)) => return Err(backend(e)),
+                }
+            }
+        }
+        let mut first = None;
+        for f in pending {
+            let delivery = futures_executor::block_on(f)
+                .map_err(|_| backend("the producer went away"))?
+                .map_err(|(e, _)| backend(e))?;
+            first.get_or_insert(delivery.offset as u64);
+        }
+        match first {
+            Some(o) => Ok(o),
+            None => Ok(self.offsets(topic, partition)?.1),
+        }
+    }
+
+    fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<StoredRecord>> {
+        let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (topic.to_string(), partition);
+        let reader = match readers.remove(&key) {
+            Some(r) if r.next == from => r,
+            _ => self.reader(topic, partition, from)?,
+        };
+        let mut out = Vec::new();
+        let start = Instant::now();
+        loop {
+            if out.len() >= max {
+                break;
+            }
+            let wait = if out.is_empty() {
+                FETCH_WAIT.saturating_sub(start.elapsed())
+            } else {
+                Duration::ZERO
+            };
+            match reader.consumer.poll(wait) {
+                Some(Ok(m)) => {
+                    if (m.offset() as u64) < from {
+                        continue;
+                    }
+                    out.push(to_stored(partition, &m));
+                }
+                // The end of the partition: what there is, is read.
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) => {
+                    // Dropping the reader makes the next read start afresh at `from`.
+                    return Err(backend(e));
+                }
+                None => break,
+            }
+        }
+        let next = out.last().map(|r| r.offset + 1).unwrap_or(from);
+        readers.insert(
+            key,
+            Reader {
+                consumer: reader.consumer,
+                next,
+            },
+        );
+        Ok(out)
+    }
+
+    fn offsets(&self, topic: &str, partition: u32) -> Result<(u64, u64)> {
+        let (low, high) = self
+            .meta
+            .fetch_watermarks(topic, partition as i32, REQUEST_TIMEOUT)
+            .map_err(|e| match e {
+                KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition) => {
+                    LogError::UnknownTopic(topic.to_string())
+                }
+                e => backend(e),
+            })?;
+        Ok((low.max(0) as u64, high.max(0) as u64))
+    }
+
+    fn wait_for(
+        &self,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+        timeout: Duration,
+    ) -> Result<bool> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.offsets(topic, partition)?.1 > offset {
+                return Ok(true);
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.producer.flush(REQUEST_TIMEOUT).map_err(backend)
+    }
+}
