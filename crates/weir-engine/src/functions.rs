@@ -20,14 +20,12 @@ const ALIASES: &[(&str, &str)] = &[
     ("UCASE", "upper"),
     ("LCASE", "lower"),
     ("LEN", "character_length"),
-    ("SUBSTRING", "substr"),
     ("IFNULL", "nvl"),
     ("ARRAY_CONTAINS", "array_has"),
     ("ARRAY_LENGTH", "cardinality"),
     ("CONCAT", "concat"),
     ("CONCAT_WS", "concat_ws"),
     ("REPLACE", "replace"),
-    ("SPLIT", "string_to_array"),
     // DataFusion's ENCODE takes two arguments; ksqlDB's three.
     ("ENCODE", "ksql_encode"),
 ];

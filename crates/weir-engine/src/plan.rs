@@ -358,6 +358,15 @@ fn rewrite_for_datafusion(mut e: Expr) -> Expr {
             *e = rewritten;
             return ControlFlow::<()>::Continue(());
         }
+        // ksqlDB's `+` with a string operand concatenates.
+        if let Expr::BinaryOp { left, op, right } = e
+            && *op == BinaryOperator::Plus
+            && [left, right].iter().any(|x| {
+                matches!(x.as_ref(), Expr::Value(v) if matches!(v.value, Value::SingleQuotedString(_)))
+            })
+        {
+            *op = BinaryOperator::StringConcat;
+        }
         if let Expr::BinaryOp {
             left,
             op: BinaryOperator::Arrow,

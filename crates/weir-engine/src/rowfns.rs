@@ -604,6 +604,86 @@ pub fn all() -> Vec<Arc<ScalarUDF>> {
                 }
                 Ok(str_val(out))
             }),
+        // SPLIT: every piece, empty ones included; an empty delimiter splits into characters
+        // (bytes).
+        f("split")
+            .sig(&[T::Str, T::Str], list_type(D::Utf8))
+            .sig(&[T::Bytes, T::Bytes], list_type(D::Binary))
+            .eval(|a, _| {
+                if let (Some(text), Some(delim)) = (s(&a[0]), s(&a[1])) {
+                    let parts: Vec<Option<String>> = if text.is_empty() {
+                        vec![Some(String::new())]
+                    } else if delim.is_empty() {
+                        text.chars().map(|c| Some(c.to_string())).collect()
+                    } else {
+                        text.split(delim).map(|p| Some(p.to_string())).collect()
+                    };
+                    return Ok(str_list(parts));
+                }
+                let (b, delim) = (
+                    bytes(&a[0]).ok_or("expected bytes")?,
+                    bytes(&a[1]).ok_or("expected bytes")?,
+                );
+                let mut parts: Vec<&[u8]> = Vec::new();
+                if delim.is_empty() {
+                    if b.is_empty() {
+                        parts.push(b);
+                    } else {
+                        parts.extend(b.chunks(1));
+                    }
+                } else {
+                    let mut start = 0;
+                    let mut i = 0;
+                    while i + delim.len() <= b.len() {
+                        if &b[i..i + delim.len()] == delim {
+                            parts.push(&b[start..i]);
+                            i += delim.len();
+                            start = i;
+                        } else {
+                            i += 1;
+                        }
+                    }
+                    parts.push(&b[start..]);
+                }
+                let values: Vec<ScalarValue> = parts
+                    .into_iter()
+                    .map(|p| ScalarValue::Binary(Some(p.to_vec())))
+                    .collect();
+                Ok(ScalarValue::List(ScalarValue::new_list_nullable(
+                    &values,
+                    &DataType::Binary,
+                )))
+            }),
+        // SUBSTRING(s, pos [, len]): 1-based; a negative position counts from the end.
+        f("substring")
+            .sig(&[T::Str, T::Int], D::Utf8)
+            .sig(&[T::Str, T::Int, T::Int], D::Utf8)
+            .sig(&[T::Bytes, T::Int], D::Binary)
+            .sig(&[T::Bytes, T::Int, T::Int], D::Binary)
+            .eval(|a, _| {
+                let range = |len: usize| -> std::result::Result<(usize, usize), String> {
+                    let len = len as i64;
+                    let pos = needi(&a[1])?;
+                    let start = if pos < 0 {
+                        (len + pos).max(0)
+                    } else {
+                        (pos - 1).clamp(0, len)
+                    };
+                    let end = match a.get(2) {
+                        Some(l) => (start + needi(l)?).clamp(start, len),
+                        None => len,
+                    };
+                    Ok((start as usize, end as usize))
+                };
+                if let Some(text) = s(&a[0]) {
+                    let chars: Vec<char> = text.chars().collect();
+                    let (from, to) = range(chars.len())?;
+                    return Ok(str_val(chars[from..to].iter().collect::<String>()));
+                }
+                let b = bytes(&a[0]).ok_or("expected a string or bytes")?;
+                let (from, to) = range(b.len())?;
+                Ok(ScalarValue::Binary(Some(b[from..to].to_vec())))
+            }),
         f("split_to_map")
             .sig(&[T::Str, T::Str, T::Str], str_map_type())
             .eval(|a, _| {

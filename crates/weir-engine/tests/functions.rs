@@ -71,13 +71,15 @@ fn string_url_regex_and_json_functions() {
          URL_ENCODE_PARAM('?foo $bar') AS EN, REGEXP_EXTRACT('(\\w+) (\\w+)', S, 2) AS R,
          REGEXP_EXTRACT_ALL('o.', S) AS RA, JSON_KEYS('{\"a\":1,\"b\":2}') AS JK,
          JSON_RECORDS('{\"a\":1,\"b\":\"x\"}') AS JR, JSON_CONCAT('[1]', '[2]') AS JC,
-         SPLIT_TO_MAP('a:1/b:2', '/', ':') AS SM, CHR(75) AS CH",
+         SPLIT_TO_MAP('a:1/b:2', '/', ':') AS SM, CHR(75) AS CH, SPLIT('.a..', '.') AS SP,
+         SUBSTRING(S, -5, 2) AS SU, '<' + S + '>' AS PL",
     );
     assert_eq!(
         out,
         json!({"I": 2, "E": "corporate floor", "FI": 2, "H": "confluent.io", "PO": 8080,
                "PA": "url x", "EN": "%3Ffoo+%24bar", "R": "floor", "RA": ["or", "or", "oo"],
                "JK": ["a", "b"], "JR": {"a": "1", "b": "x"}, "JC": "[1,2]",
-               "SM": {"a": "1", "b": "2"}, "CH": "K"})
+               "SM": {"a": "1", "b": "2"}, "CH": "K", "SP": ["", "a", "", ""], "SU": "fl",
+               "PL": "<corporate floor>"})
     );
 }
