@@ -318,6 +318,11 @@ impl Log for KafkaLog {
             Some(r) if r.next == from => r,
             _ => self.reader(topic, partition, from)?,
         };
+        // An empty read must mean "nothing there", not "not fetched yet" (a new consumer
+        // first connects; a fetch may take longer than FETCH_WAIT): when the partition's end
+        // says records are waiting at `from`, keep polling for them, up to REQUEST_TIMEOUT.
+        let mut first_wait = FETCH_WAIT;
+        let mut checked_end = false;
         let mut out = Vec::new();
         let start = Instant::now();
         loop {
@@ -325,7 +330,7 @@ impl Log for KafkaLog {
                 break;
             }
             let wait = if out.is_empty() {
-                FETCH_WAIT.saturating_sub(start.elapsed())
+                first_wait.saturating_sub(start.elapsed())
             } else {
                 Duration::ZERO
             };
@@ -337,12 +342,29 @@ impl Log for KafkaLog {
                     out.push(to_stored(partition, &m));
                 }
                 // The end of the partition: what there is, is read.
-                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(KafkaError::PartitionEOF(_))) if !out.is_empty() => break,
+                Some(Err(KafkaError::PartitionEOF(_))) | None => {
+                    if !out.is_empty() {
+                        break;
+                    }
+                    if !checked_end {
+                        checked_end = true;
+                        if self.offsets(topic, partition)?.1 > from {
+                            first_wait = REQUEST_TIMEOUT;
+                            continue;
+                        }
+                        break;
+                    }
+                    // Records are waiting: an end-of-partition event is stale; time is up
+                    // only when the wait is.
+                    if start.elapsed() >= first_wait {
+                        break;
+                    }
+                }
                 Some(Err(e)) => {
                     // Dropping the reader makes the next read start afresh at `from`.
                     return Err(backend(e));
                 }
-                None => break,
             }
         }
         let next = out.last().map(|r| r.offset + 1).unwrap_or(from);
