@@ -335,8 +335,33 @@ impl Layout {
             .iter()
             .map(|c| column(&c.name))
             .collect::<Result<Vec<_>, _>>()?;
+        // JSON objects of flat columns are written straight from the arrays, with the same
+        // bytes the general path writes, without a JSON value per row.
+        let flat_json = self.value_format.format == Format::Json
+            && (self.value_columns.len() > 1 || self.value_format.wrap_single)
+            && vals
+                .iter()
+                .zip(&self.value_columns)
+                .all(|(a, c)| crate::json::writes_flat(a.data_type(), &c.ty));
+        let names: Vec<Vec<u8>> = self
+            .value_columns
+            .iter()
+            .map(|c| serde_json::to_vec(&c.name).expect("strings serialize"))
+            .collect();
         let mut out = Vec::with_capacity(batch.num_rows());
         for row in 0..batch.num_rows() {
+            if flat_json {
+                let k: Vec<Value> = keys
+                    .iter()
+                    .zip(&self.key_columns)
+                    .map(|(a, c)| value_at(a, row, &c.ty))
+                    .collect();
+                out.push((
+                    Self::encode_side(&self.key_format, &self.key_columns, k, true)?,
+                    Some(crate::json::encode_flat_row(&names, &vals, row)),
+                ));
+                continue;
+            }
             let k: Vec<Value> = keys
                 .iter()
                 .zip(&self.key_columns)
