@@ -181,11 +181,7 @@ impl Engine {
             .cloned()
             .collect();
         Ok(SourceDescription {
-            name: s.name.clone(),
-            kind: s.kind_name().to_ascii_uppercase(),
-            topic: s.topic.clone(),
-            key_format: s.layout.key_format.format.name().to_string(),
-            value_format: s.layout.value_format.format.name().to_string(),
+            source: source_info(s),
             fields: fields(&s.layout.key_columns, &values),
             statement: s.statement.clone(),
             timestamp: s.timestamp_column.clone().unwrap_or_default(),

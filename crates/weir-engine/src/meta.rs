@@ -68,12 +68,9 @@ pub struct FieldInfo {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SourceDescription {
-    pub name: String,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub topic: String,
-    pub key_format: String,
-    pub value_format: String,
+    /// Name, type, topic and formats, as SHOW lists them.
+    #[serde(flatten)]
+    pub source: SourceInfo,
     pub fields: Vec<FieldInfo>,
     pub statement: String,
     pub timestamp: String,

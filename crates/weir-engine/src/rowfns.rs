@@ -893,24 +893,13 @@ pub fn all() -> Vec<Arc<ScalarUDF>> {
                     need(&a[1])?,
                 )?)))
             }),
+        // The same text from INT days and from a DATE.
         f("datetostring")
             .sig(&[T::Int, T::Str], D::Utf8)
-            .eval(|a, _| {
-                Ok(str_val(javatime::format_millis(
-                    needi(&a[0])? * 86_400_000,
-                    need(&a[1])?,
-                    Zone::UTC,
-                )?))
-            }),
+            .eval(format_days),
         f("format_date")
             .sig(&[T::Date, T::Str], D::Utf8)
-            .eval(|a, _| {
-                Ok(str_val(javatime::format_millis(
-                    needi(&a[0])? * 86_400_000,
-                    need(&a[1])?,
-                    Zone::UTC,
-                )?))
-            }),
+            .eval(format_days),
         f("parse_time")
             .sig(&[T::Str, T::Str], time.clone())
             .eval(|a, _| {
@@ -949,28 +938,15 @@ pub fn all() -> Vec<Arc<ScalarUDF>> {
                     None,
                 ))
             }),
+        // The same text from BIGINT millis and from a TIMESTAMP.
         f("timestamptostring")
             .sig(&[T::Big, T::Str], D::Utf8)
             .sig(&[T::Big, T::Str, T::Str], D::Utf8)
-            .eval(|a, _| {
-                let z = zone_arg(a, 2)?;
-                Ok(str_val(javatime::format_millis(
-                    needi(&a[0])?,
-                    need(&a[1])?,
-                    z,
-                )?))
-            }),
+            .eval(format_instant),
         f("format_timestamp")
             .sig(&[T::Ts, T::Str], D::Utf8)
             .sig(&[T::Ts, T::Str, T::Str], D::Utf8)
-            .eval(|a, _| {
-                let z = zone_arg(a, 2)?;
-                Ok(str_val(javatime::format_millis(
-                    needi(&a[0])?,
-                    need(&a[1])?,
-                    z,
-                )?))
-            }),
+            .eval(format_instant),
         f("convert_tz")
             .sig(&[T::Ts, T::Str, T::Str], ts.clone())
             .eval(|a, _| {
@@ -1316,6 +1292,25 @@ fn round_half_up(x: f64, places: i64) -> f64 {
     } else {
         scaled
     }
+}
+
+/// `(millis, pattern [, zone])` as text: TIMESTAMPTOSTRING and FORMAT_TIMESTAMP.
+fn format_instant(a: &[ScalarValue], _: &DataType) -> std::result::Result<ScalarValue, String> {
+    let z = zone_arg(a, 2)?;
+    Ok(str_val(javatime::format_millis(
+        needi(&a[0])?,
+        need(&a[1])?,
+        z,
+    )?))
+}
+
+/// `(days, pattern)` as text: DATETOSTRING and FORMAT_DATE.
+fn format_days(a: &[ScalarValue], _: &DataType) -> std::result::Result<ScalarValue, String> {
+    Ok(str_val(javatime::format_millis(
+        needi(&a[0])? * 86_400_000,
+        need(&a[1])?,
+        Zone::UTC,
+    )?))
 }
 
 fn now_millis() -> i64 {

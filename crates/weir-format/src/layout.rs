@@ -350,31 +350,24 @@ impl Layout {
             .collect();
         let mut out = Vec::with_capacity(batch.num_rows());
         for row in 0..batch.num_rows() {
-            if flat_json {
-                let k: Vec<Value> = keys
-                    .iter()
-                    .zip(&self.key_columns)
-                    .map(|(a, c)| value_at(a, row, &c.ty))
-                    .collect();
-                out.push((
-                    Self::encode_side(&self.key_format, &self.key_columns, k, true)?,
-                    Some(crate::json::encode_flat_row(&names, &vals, row)),
-                ));
-                continue;
-            }
             let k: Vec<Value> = keys
                 .iter()
                 .zip(&self.key_columns)
                 .map(|(a, c)| value_at(a, row, &c.ty))
                 .collect();
-            let v: Vec<Value> = vals
-                .iter()
-                .zip(&self.value_columns)
-                .map(|(a, c)| value_at(a, row, &c.ty))
-                .collect();
+            let value = if flat_json {
+                Some(crate::json::encode_flat_row(&names, &vals, row))
+            } else {
+                let v: Vec<Value> = vals
+                    .iter()
+                    .zip(&self.value_columns)
+                    .map(|(a, c)| value_at(a, row, &c.ty))
+                    .collect();
+                Self::encode_side(&self.value_format, &self.value_columns, v, false)?
+            };
             out.push((
                 Self::encode_side(&self.key_format, &self.key_columns, k, true)?,
-                Self::encode_side(&self.value_format, &self.value_columns, v, false)?,
+                value,
             ));
         }
         Ok(out)

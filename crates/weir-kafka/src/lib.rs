@@ -116,6 +116,22 @@ impl KafkaLog {
     }
 }
 
+/// A topic as the cluster's metadata describes it; `None` for one that does not exist.
+fn topic_info(t: &rdkafka::metadata::MetadataTopic) -> Option<TopicInfo> {
+    if t.error().is_some() || t.partitions().is_empty() {
+        return None;
+    }
+    Some(TopicInfo {
+        name: t.name().to_string(),
+        config: TopicConfig {
+            partitions: t.partitions().len() as u32,
+            replicas: t.partitions()[0].replicas().len().max(1) as u16,
+            retention_bytes: None,
+            retention_ms: None,
+        },
+    })
+}
+
 fn to_stored(partition: u32, m: &rdkafka::message::BorrowedMessage<'_>) -> StoredRecord {
     let headers = m
         .headers()
@@ -201,16 +217,8 @@ impl Log for KafkaLog {
         Ok(md
             .topics()
             .iter()
-            .find(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty())
-            .map(|t| TopicInfo {
-                name: name.to_string(),
-                config: TopicConfig {
-                    partitions: t.partitions().len() as u32,
-                    replicas: t.partitions()[0].replicas().len().max(1) as u16,
-                    retention_bytes: None,
-                    retention_ms: None,
-                },
-            }))
+            .find(|t| t.name() == name)
+            .and_then(topic_info))
     }
 
     fn list_topics(&self) -> Result<Vec<TopicInfo>> {
@@ -218,20 +226,7 @@ impl Log for KafkaLog {
             .meta
             .fetch_metadata(None, REQUEST_TIMEOUT)
             .map_err(backend)?;
-        let mut out: Vec<TopicInfo> = md
-            .topics()
-            .iter()
-            .filter(|t| t.error().is_none() && !t.partitions().is_empty())
-            .map(|t| TopicInfo {
-                name: t.name().to_string(),
-                config: TopicConfig {
-                    partitions: t.partitions().len() as u32,
-                    replicas: t.partitions()[0].replicas().len().max(1) as u16,
-                    retention_bytes: None,
-                    retention_ms: None,
-                },
-            })
-            .collect();
+        let mut out: Vec<TopicInfo> = md.topics().iter().filter_map(topic_info).collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
