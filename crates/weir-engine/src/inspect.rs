@@ -266,7 +266,9 @@ impl Engine {
         }
     }
 
-    fn earliest(&self, overrides: &std::collections::BTreeMap<String, String>) -> bool {
+    /// Whether new queries start at the beginning of their source (`auto.offset.reset`,
+    /// from the request's properties, else the session's).
+    pub(crate) fn earliest(&self, overrides: &std::collections::BTreeMap<String, String>) -> bool {
         overrides
             .get("auto.offset.reset")
             .or_else(|| self.properties.get("auto.offset.reset"))

@@ -788,23 +788,9 @@ impl Engine {
                 describe_columns(&sink.layout.key_columns, &sink.layout.value_columns)
             )));
         }
-        let partitions = self
-            .log
-            .topic(&source.topic)?
-            .map(|t| t.config.partitions)
-            .unwrap_or(1);
-        let earliest = self
-            .properties
-            .get("auto.offset.reset")
-            .is_some_and(|v| v.eq_ignore_ascii_case("earliest"));
-        let mut offsets = Vec::with_capacity(partitions as usize);
-        for p in 0..partitions {
-            offsets.push(if earliest {
-                0
-            } else {
-                self.log.offsets(&source.topic, p)?.1
-            });
-        }
+        let earliest = self.earliest(&BTreeMap::new());
+        let offsets = push::start_offsets(self.log.as_ref(), &source.topic, earliest)?;
+        let batch_records = vec![BATCH_RECORDS; offsets.len()];
         let sink_partitions = self
             .log
             .topic(&sink.topic)?
@@ -835,7 +821,7 @@ impl Engine {
                     .clone()
                     .map(|c| (c, sink.timestamp_format.clone())),
                 stats: meta::QueryStats::default(),
-                batch_records: vec![BATCH_RECORDS; partitions as usize],
+                batch_records,
             },
         );
         if self.durable && !self.replaying {
@@ -1097,29 +1083,14 @@ impl Engine {
                 }
                 _ => decoded,
             };
-            let output = match q.plan.apply(&decoded.batch) {
-                Ok(out) => vec![out],
-                Err(_) => {
-                    // One bad row must not cost the batch: process row by row, log the failures.
-                    let mut outs = Vec::new();
-                    for row in 0..decoded.batch.num_rows() {
-                        let one = decoded.batch.slice(row, 1);
-                        match q.plan.apply(&one) {
-                            Ok(out) => outs.push(out),
-                            Err(e) => {
-                                let offset =
-                                    one.column(2).as_primitive::<Int64Type>().value(0) as u64;
-                                problems.push((
-                                    partition,
-                                    offset,
-                                    format!("Error computing expression: {e}"),
-                                ));
-                            }
-                        }
-                    }
-                    outs
-                }
-            };
+            let (output, failures) = q.plan.apply_each(&decoded.batch);
+            problems.extend(failures.into_iter().map(|(offset, e)| {
+                (
+                    partition,
+                    offset,
+                    format!("Error computing expression: {e}"),
+                )
+            }));
             q.stats.errors += problems.len() as u64;
             for out in output {
                 q.stats.produced += out.num_rows() as u64;
@@ -1284,39 +1255,34 @@ fn event_times(
     values: &ArrayRef,
     format: Option<&str>,
 ) -> Result<(arrow::array::Int64Array, Vec<(usize, String)>)> {
-    let mut reasons = Vec::new();
-    let parsed: arrow::array::Int64Array = match (values.data_type(), format) {
+    let null = || "the value is null".to_string();
+    let raw: Vec<std::result::Result<i64, String>> = match (values.data_type(), format) {
         (DataType::Utf8, Some(format)) => values
             .as_string::<i32>()
             .iter()
-            .enumerate()
-            .map(|(row, s)| {
-                let s = s?;
-                javatime::parse_millis(s, format, javatime::Zone::UTC)
-                    .map_err(|e| reasons.push((row, e)))
-                    .ok()
-            })
+            .map(|s| javatime::parse_millis(s.ok_or_else(null)?, format, javatime::Zone::UTC))
             .collect(),
         _ => arrow::compute::cast(values, &DataType::Int64)
             .map_err(|e| EngineError::Execution(e.to_string()))?
             .as_primitive::<Int64Type>()
-            .clone(),
+            .iter()
+            .map(|t| t.ok_or_else(null))
+            .collect(),
     };
-    let times = parsed
-        .iter()
+    let mut reasons = Vec::new();
+    let times = raw
+        .into_iter()
         .enumerate()
         .map(|(row, t)| match t {
-            None => {
-                if !reasons.iter().any(|(r, _)| *r == row) {
-                    reasons.push((row, "the value is null".into()));
-                }
-                None
-            }
-            Some(t) if t < 0 => {
+            Ok(t) if t >= 0 => Some(t),
+            Ok(t) => {
                 reasons.push((row, format!("negative timestamp {t}")));
                 None
             }
-            Some(t) => Some(t),
+            Err(e) => {
+                reasons.push((row, e));
+                None
+            }
         })
         .collect();
     Ok((times, reasons))

@@ -822,6 +822,30 @@ impl SelectPlan {
             })
     }
 
+    /// Runs the plan over a batch; if the batch fails, row by row, so one bad row does not
+    /// cost the others. Returns the outputs and, per failed row, its ROWOFFSET and why.
+    pub fn apply_each(&self, batch: &RecordBatch) -> (Vec<RecordBatch>, Vec<(u64, String)>) {
+        if let Ok(out) = self.apply(batch) {
+            return (vec![out], Vec::new());
+        }
+        let mut outs = Vec::new();
+        let mut failures = Vec::new();
+        for row in 0..batch.num_rows() {
+            let one = batch.slice(row, 1);
+            match self.apply(&one) {
+                Ok(out) => outs.push(out),
+                Err(e) => {
+                    let offset = one
+                        .column(2)
+                        .as_primitive::<arrow::datatypes::Int64Type>()
+                        .value(0) as u64;
+                    failures.push((offset, e.to_string()));
+                }
+            }
+        }
+        (outs, failures)
+    }
+
     fn apply_unguarded(&self, batch: &RecordBatch) -> Result<RecordBatch> {
         let batch = match &self.filter {
             Some(f) => {

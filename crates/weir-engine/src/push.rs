@@ -7,7 +7,6 @@
 
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 
-use arrow::array::RecordBatch;
 use serde_json::Value;
 use weir_format::Layout;
 use weir_log::{Log, StoredRecord};
@@ -182,12 +181,8 @@ impl PushQuery {
                     )?,
                     None => decoded,
                 };
-                let batches: Vec<RecordBatch> = match plan.apply(&decoded.batch) {
-                    Ok(out) => vec![out],
-                    Err(_) => (0..decoded.batch.num_rows())
-                        .filter_map(|row| plan.apply(&decoded.batch.slice(row, 1)).ok())
-                        .collect(),
-                };
+                // Rows that fail are skipped: the persistent queries log them.
+                let (batches, _) = plan.apply_each(&decoded.batch);
                 for out in &batches {
                     for row in 0..out.num_rows() {
                         let values = (2..out.num_columns())
@@ -224,7 +219,8 @@ fn print_line(partition: u32, r: &StoredRecord) -> String {
     )
 }
 
-/// The offsets of every partition of `topic` a new push query starts at.
+/// The offsets of every partition of `topic` a new query starts at: the oldest retained
+/// (`earliest`) or the end.
 pub(crate) fn start_offsets(log: &dyn Log, topic: &str, earliest: bool) -> Result<Vec<u64>> {
     let partitions = log.topic(topic)?.map(|t| t.config.partitions).unwrap_or(1);
     (0..partitions)

@@ -477,11 +477,11 @@ fn unit_millis(unit: &str) -> std::result::Result<i64, String> {
     })
 }
 
-fn from_bytes_num(
-    b: &[u8],
-    width: usize,
-    order: Option<&str>,
-) -> std::result::Result<[u8; 8], String> {
+/// The bytes argument of `*_FROM_BYTES(bytes [, byte_order])`, `width` long, as the low
+/// bytes of a big-endian 8-byte buffer.
+fn from_bytes_num(a: &[ScalarValue], width: usize) -> std::result::Result<[u8; 8], String> {
+    let b = bytes(&a[0]).ok_or("expected bytes")?;
+    let order = a.get(1).and_then(s);
     if b.len() != width {
         return Err(format!(
             "Number of bytes must be equal to {width}, but found {}",
@@ -1070,33 +1070,21 @@ pub fn all() -> Vec<Arc<ScalarUDF>> {
             .sig(&[T::Bytes], D::Int32)
             .sig(&[T::Bytes, T::Str], D::Int32)
             .eval(|a, _| {
-                let b = from_bytes_num(
-                    bytes(&a[0]).ok_or("expected bytes")?,
-                    4,
-                    a.get(1).and_then(s),
-                )?;
+                let b = from_bytes_num(a, 4)?;
                 Ok(ScalarValue::Int32(Some(i64::from_be_bytes(b) as i32)))
             }),
         f("bigint_from_bytes")
             .sig(&[T::Bytes], D::Int64)
             .sig(&[T::Bytes, T::Str], D::Int64)
             .eval(|a, _| {
-                let b = from_bytes_num(
-                    bytes(&a[0]).ok_or("expected bytes")?,
-                    8,
-                    a.get(1).and_then(s),
-                )?;
+                let b = from_bytes_num(a, 8)?;
                 Ok(ScalarValue::Int64(Some(i64::from_be_bytes(b))))
             }),
         f("double_from_bytes")
             .sig(&[T::Bytes], D::Float64)
             .sig(&[T::Bytes, T::Str], D::Float64)
             .eval(|a, _| {
-                let b = from_bytes_num(
-                    bytes(&a[0]).ok_or("expected bytes")?,
-                    8,
-                    a.get(1).and_then(s),
-                )?;
+                let b = from_bytes_num(a, 8)?;
                 Ok(ScalarValue::Float64(Some(f64::from_be_bytes(b))))
             }),
         // ---- collections ----
@@ -1152,12 +1140,7 @@ pub fn all() -> Vec<Arc<ScalarUDF>> {
                         continue;
                     }
                     let v = ScalarValue::try_from_array(&vs, row).map_err(|e| e.to_string())?;
-                    if let Some(p) = keys.iter().position(|x| x == &k) {
-                        vals[p] = v;
-                    } else {
-                        keys.push(k);
-                        vals.push(v);
-                    }
+                    upsert(&mut keys, &mut vals, k, v);
                 }
                 build_map(ret, keys, vals)
             }),
@@ -1186,12 +1169,7 @@ pub fn all() -> Vec<Arc<ScalarUDF>> {
                             .map_err(|e| e.to_string())?;
                         let v = ScalarValue::try_from_array(entries.column(1), row)
                             .map_err(|e| e.to_string())?;
-                        if let Some(p) = keys.iter().position(|x| x == &k) {
-                            vals[p] = v;
-                        } else {
-                            keys.push(k);
-                            vals.push(v);
-                        }
+                        upsert(&mut keys, &mut vals, k, v);
                     }
                 }
                 if !any {
@@ -1200,6 +1178,22 @@ pub fn all() -> Vec<Arc<ScalarUDF>> {
                 build_map(ret, keys, vals)
             }),
     ]
+}
+
+/// Sets a map entry, keeping first-insertion order: a later value for a key wins.
+fn upsert(
+    keys: &mut Vec<ScalarValue>,
+    vals: &mut Vec<ScalarValue>,
+    k: ScalarValue,
+    v: ScalarValue,
+) {
+    match keys.iter().position(|x| x == &k) {
+        Some(p) => vals[p] = v,
+        None => {
+            keys.push(k);
+            vals.push(v);
+        }
+    }
 }
 
 fn list_field(v: &ScalarValue) -> Arc<Field> {
