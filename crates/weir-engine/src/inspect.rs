@@ -30,6 +30,7 @@ fn fields(keys: &[Column], values: &[Column]) -> Vec<FieldInfo> {
         name: c.name.clone(),
         ty: c.ty.to_string(),
         key: key.then(|| "KEY".to_string()),
+        schema: schema_info(&c.ty),
     };
     keys.iter()
         .map(|c| field(c, true))
@@ -97,7 +98,11 @@ impl Engine {
             ListKind::Types => Listing::Types(
                 self.catalog
                     .types()
-                    .map(|(n, t)| (n.clone(), t.to_string()))
+                    .map(|(n, t)| TypeInfo {
+                        name: n.clone(),
+                        ty: t.to_string(),
+                        schema: schema_info(t),
+                    })
                     .collect(),
             ),
             ListKind::Variables => {
@@ -269,9 +274,15 @@ impl Engine {
     /// Whether new queries start at the beginning of their source (`auto.offset.reset`,
     /// from the request's properties, else the session's).
     pub(crate) fn earliest(&self, overrides: &std::collections::BTreeMap<String, String>) -> bool {
-        overrides
-            .get("auto.offset.reset")
-            .or_else(|| self.properties.get("auto.offset.reset"))
+        // ksqlDB clients send it as `ksql.streams.auto.offset.reset` too.
+        let get = |props: &std::collections::BTreeMap<String, String>| {
+            props
+                .get("auto.offset.reset")
+                .or_else(|| props.get("ksql.streams.auto.offset.reset"))
+                .cloned()
+        };
+        get(overrides)
+            .or_else(|| get(&self.properties))
             .is_some_and(|v| v.eq_ignore_ascii_case("earliest"))
     }
 
@@ -290,7 +301,14 @@ impl Engine {
             topic.replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
             self.push_counter
         );
-        let (sender, rows) = std::sync::mpsc::sync_channel(CLIENT_BUFFER_ROWS);
+        // `weir.push.buffer.rows`: how far a client may fall behind before its query ends.
+        let buffer = self
+            .properties
+            .get("weir.push.buffer.rows")
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(CLIENT_BUFFER_ROWS);
+        let (sender, rows) = flume::bounded(buffer + 1);
         let alive = Arc::new(());
         let offsets = start_offsets(self.log.as_ref(), &topic, earliest)?;
         self.push_queries.insert(
@@ -301,6 +319,8 @@ impl Engine {
                 topic,
                 kind,
                 offsets,
+                buffer,
+                full_since: None,
                 sender,
                 limit,
                 sent: 0,

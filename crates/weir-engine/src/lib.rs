@@ -420,6 +420,30 @@ impl Engine {
         statements.iter().map(|s| self.execute(s)).collect()
     }
 
+    /// Runs one statement with request-scoped properties (a REST request's
+    /// `streamsProperties`): they apply over the session's for this statement only, and
+    /// are recorded with it when it is durable.
+    pub fn execute_with(
+        &mut self,
+        stmt: &Statement,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<Outcome> {
+        if overrides.is_empty() {
+            return self.execute(stmt);
+        }
+        let saved = self.properties.clone();
+        self.properties
+            .extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let result = self.execute(stmt);
+        self.properties = saved;
+        result
+    }
+
+    /// The session's properties (`SET`).
+    pub fn properties(&self) -> &BTreeMap<String, String> {
+        &self.properties
+    }
+
     pub fn execute(&mut self, stmt: &Statement) -> Result<Outcome> {
         let outcome = self.execute_inner(stmt)?;
         self.record_command(stmt)?;

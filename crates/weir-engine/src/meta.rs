@@ -62,6 +62,40 @@ pub struct FieldInfo {
     /// `KEY` for key columns, absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// The type as ksqlDB's REST API describes it: `{"type", "fields", "memberSchema"}`,
+    /// with `parameters` for DECIMAL.
+    #[serde(skip)]
+    pub schema: serde_json::Value,
+}
+
+/// ksqlDB's `SchemaInfo` for a type: nested `memberSchema` for ARRAY and MAP (the
+/// value), `fields` for STRUCT, `parameters` with precision and scale for DECIMAL.
+pub fn schema_info(ty: &weir_sql::ast::SqlType) -> serde_json::Value {
+    use serde_json::json;
+    use weir_sql::ast::SqlType;
+    let base = |name: &str| json!({"type": name, "fields": null, "memberSchema": null});
+    match ty {
+        SqlType::Array(t) => {
+            json!({"type": "ARRAY", "fields": null, "memberSchema": schema_info(t)})
+        }
+        SqlType::Map(_, v) => {
+            json!({"type": "MAP", "fields": null, "memberSchema": schema_info(v)})
+        }
+        SqlType::Struct(fields) => json!({
+            "type": "STRUCT",
+            "fields": fields
+                .iter()
+                .map(|f| json!({"name": f.name.value, "schema": schema_info(&f.ty)}))
+                .collect::<Vec<_>>(),
+            "memberSchema": null,
+        }),
+        SqlType::Decimal { precision, scale } => json!({
+            "type": "DECIMAL", "fields": null, "memberSchema": null,
+            "parameters": {"precision": precision, "scale": scale},
+        }),
+        SqlType::Int => base("INTEGER"),
+        other => base(&other.to_string()),
+    }
 }
 
 /// `DESCRIBE name [EXTENDED]`.
@@ -122,6 +156,16 @@ pub struct QueryDescription {
     pub statistics: Option<QueryStats>,
 }
 
+/// A type registered with `CREATE TYPE`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TypeInfo {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+    #[serde(skip)]
+    pub schema: serde_json::Value,
+}
+
 /// The answer to a SHOW/LIST statement.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum Listing {
@@ -131,5 +175,5 @@ pub enum Listing {
     Queries(Vec<QuerySummary>),
     Properties(Vec<(String, String)>),
     Functions(Vec<FunctionSummary>),
-    Types(Vec<(String, String)>),
+    Types(Vec<TypeInfo>),
 }

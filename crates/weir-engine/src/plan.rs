@@ -711,7 +711,8 @@ fn plan(
             }
         }
     }
-    if projections.iter().all(|p| p.is_key) {
+    // A sink needs a value; a client may ask for keys alone.
+    if to_sink && projections.iter().all(|p| p.is_key) {
         return Err(EngineError::Invalid(
             "The projection contains no value columns.".into(),
         ));

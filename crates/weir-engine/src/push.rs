@@ -1,11 +1,14 @@
 //! Push queries (`SELECT ... EMIT CHANGES [LIMIT n]`) and `PRINT topic`: transient
 //! queries whose rows go to one client through a bounded channel instead of to a topic.
 //!
-//! A client that stops reading fills its channel; the query then ends with a message
-//! rather than hold rows (or the engine) back. A client that goes away ends its query at
-//! the next row.
+//! A query reads only as many records as its client's channel has room for, so a fast
+//! client is never overrun; a client that stops reading leaves its channel full, and after
+//! [`SLOW_CLIENT_PATIENCE`] its query ends with a message rather than hold rows (or the
+//! engine) back. A client that goes away ends its query at the next step.
 
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+
+use flume::{Receiver, Sender, TrySendError};
 
 use serde_json::Value;
 use weir_format::Layout;
@@ -15,8 +18,12 @@ use weir_sql::ast::SqlType;
 use crate::error::Result;
 use crate::plan::SelectPlan;
 
-/// Rows a client may fall behind by before its query is ended.
+/// Rows a client may fall behind by before its query is ended, unless the session's
+/// `weir.push.buffer.rows` property says otherwise.
 pub const CLIENT_BUFFER_ROWS: usize = 10_000;
+
+/// How long a client's buffer may stay full before its query is ended.
+pub const SLOW_CLIENT_PATIENCE: Duration = Duration::from_secs(2);
 
 /// What a push query sends its client.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,7 +34,8 @@ pub enum PushEvent {
     End(Option<String>),
 }
 
-/// The client's end of a push query.
+/// The client's end of a push query. `rows` can be read blocking (`recv`,
+/// `recv_timeout`) or from async code (`recv_async`, `into_stream`).
 pub struct PushHandle {
     pub query_id: String,
     /// Column names and types, in order.
@@ -67,7 +75,12 @@ pub(crate) struct PushQuery {
     pub topic: String,
     pub kind: PushKind,
     pub offsets: Vec<u64>,
-    pub sender: SyncSender<PushEvent>,
+    /// Rows the client may fall behind by; the channel holds one more, so the message
+    /// that ends a slow client's query always fits.
+    pub buffer: usize,
+    /// Since when the client's buffer has been full.
+    pub full_since: Option<Instant>,
+    pub sender: Sender<PushEvent>,
     pub limit: Option<u64>,
     pub sent: u64,
     pub alive: std::sync::Arc<()>,
@@ -83,6 +96,9 @@ pub(crate) enum Next {
 impl PushQuery {
     /// Offers one row; `Finished` when the client is gone, too slow, or LIMIT is reached.
     fn send(&mut self, row: Vec<Value>) -> Next {
+        if self.sender.len() >= self.buffer {
+            return self.end_slow_client();
+        }
         match self.sender.try_send(PushEvent::Row(row)) {
             Ok(()) => {
                 self.sent += 1;
@@ -92,27 +108,40 @@ impl PushQuery {
                 }
                 Next::Continue
             }
-            Err(TrySendError::Full(_)) => {
-                // The buffer is full, so this message may not fit either: the client
-                // learns why from the disconnect, and the server from its log.
-                let _ = self.sender.try_send(PushEvent::End(Some(format!(
-                    "Push query {} ended: the client fell more than {CLIENT_BUFFER_ROWS} rows behind",
-                    self.id
-                ))));
-                Next::Finished
-            }
-            Err(TrySendError::Disconnected(_)) => Next::Finished,
+            // Full cannot happen (checked above); either way the query is over.
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => Next::Finished,
         }
     }
 
     /// Reads up to `max` records per partition and sends what they produce. Returns the
     /// records consumed, and whether the query goes on. Records that fail to decode or
     /// evaluate are skipped (the persistent queries over the same records log them).
+    ///
+    /// It reads no more than the client's buffer has room for, so a burst (a query from
+    /// the earliest offset) never overruns a client that keeps reading; a client whose
+    /// buffer stays full for [`SLOW_CLIENT_PATIENCE`] has fallen too far behind and its
+    /// query ends with a message saying so.
     pub fn step(&mut self, log: &dyn Log, max: usize) -> Result<(u64, Next)> {
+        let mut room = self.buffer.saturating_sub(self.sender.len());
+        if room == 0 {
+            if self.client_gone() {
+                return Ok((0, Next::Finished));
+            }
+            let since = *self.full_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= SLOW_CLIENT_PATIENCE {
+                return Ok((0, self.end_slow_client()));
+            }
+            return Ok((0, Next::Continue));
+        }
+        self.full_since = None;
         let mut consumed = 0;
         for partition in 0..self.offsets.len() as u32 {
+            if room == 0 {
+                break;
+            }
             let from = self.offsets[partition as usize];
-            let records = log.read(&self.topic, partition, from, max)?;
+            let records = log.read(&self.topic, partition, from, max.min(room))?;
+            room -= records.len();
             let Some(last) = records.last() else {
                 continue;
             };
@@ -127,6 +156,16 @@ impl PushQuery {
             return Ok((0, Next::Finished));
         }
         Ok((consumed, Next::Continue))
+    }
+
+    /// Ends the query of a client that fell too far behind; the channel keeps one place
+    /// free for this message.
+    fn end_slow_client(&mut self) -> Next {
+        let _ = self.sender.try_send(PushEvent::End(Some(format!(
+            "Push query {} ended: the client fell more than {} rows behind",
+            self.id, self.buffer
+        ))));
+        Next::Finished
     }
 
     /// The handle holds the other reference to the liveness token: alone, the client is gone.

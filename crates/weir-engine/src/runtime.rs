@@ -20,7 +20,7 @@ pub const MAX_IDLE_WAIT: Duration = Duration::from_millis(10);
 pub struct Runtime {
     engine: Arc<Mutex<Engine>>,
     stop: Arc<AtomicBool>,
-    worker: Option<JoinHandle<()>>,
+    worker: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Runtime {
@@ -38,7 +38,7 @@ impl Runtime {
         Self {
             engine,
             stop,
-            worker: Some(worker),
+            worker: Mutex::new(Some(worker)),
         }
     }
 
@@ -51,16 +51,18 @@ impl Runtime {
         self.engine().execute_sql(sql)
     }
 
-    /// Stops the worker after its current batch and flushes the log.
-    pub fn shutdown(mut self) -> Result<()> {
+    /// Stops the worker after its current batch (each batch commits its progress) and
+    /// flushes the log. Statements may still run afterwards; queries no longer advance.
+    pub fn shutdown(&self) -> Result<()> {
         self.stop_worker();
         self.engine().log().flush()?;
         Ok(())
     }
 
-    fn stop_worker(&mut self) {
+    fn stop_worker(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        if let Some(w) = self.worker.take() {
+        let worker = self.worker.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(w) = worker {
             let _ = w.join();
         }
     }
