@@ -46,6 +46,15 @@ PY
   rm -rf "$tmp"
 fi
 
+# --- Python clients the integration tests drive (a ksqlDB client nobody here wrote) ---------
+venv=.weir/venv
+# ksql-python-ng passes `cert=` to httpx.get, which httpx 0.28 removed: pin 0.27.
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import ksql, httpx; assert httpx.__version__ == "0.27.2"' 2>/dev/null; then
+  say "installing ksql-python-ng from PyPI into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "ksql-python-ng==0.29.0.1" "httpx[http2]==0.27.2"
+fi
+
 # --- tansu, the Kafka-API broker the integration tests run against -----------------------
 if ! command -v tansu >/dev/null 2>&1; then
   say "installing the tansu broker with cargo (about 10 minutes, once per machine)"

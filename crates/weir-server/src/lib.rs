@@ -1,0 +1,298 @@
+//! `weir server`: an engine behind ksqlDB's REST API.
+//!
+//! One port serves HTTP/1.1 and cleartext HTTP/2 (prior knowledge), as ksqlDB's does, so
+//! the ksql CLI, the Java client and Python clients talk to Weir unchanged. Statements run
+//! on the engine between the query worker's batches (`weir_engine::Runtime`); push queries
+//! stream rows from the engine's bounded per-client channel straight into the response
+//! body, so a client that stops reading fills only its own channel and is then ended with
+//! a message (see `weir_engine::push`), and a client that goes away ends its query.
+//!
+//! See `docs/rest.md` for the endpoints with `curl` examples.
+
+// Handlers answer `Result<_, Response>` (axum's idiom): the error is the response itself,
+// built once on a path that ends the request.
+#![allow(clippy::result_large_err)]
+
+pub mod auth;
+pub mod entities;
+mod inserts;
+mod rest;
+mod streaming;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::{oneshot, watch};
+use weir_engine::{Engine, Runtime};
+use weir_log::{EmbeddedLog, EmbeddedLogConfig, Log};
+
+pub use auth::Users;
+
+/// The version `/info` reports: the ksqlDB release whose REST API Weir speaks (clients
+/// check it for compatibility).
+pub const KSQL_COMPATIBLE_VERSION: &str = "8.0.0";
+
+/// Push queries one server runs at once unless `weir.max.push.queries` says otherwise.
+pub const DEFAULT_MAX_PUSH_QUERIES: usize = 1000;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Keep topics on this Kafka cluster instead of the embedded log.
+    pub kafka_bootstrap: Option<String>,
+    /// Require HTTP basic authentication by these users.
+    pub users_file: Option<PathBuf>,
+    pub max_push_queries: usize,
+    /// Session defaults for statements (`auto.offset.reset`, ...), from the config file.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8088)),
+            data_dir: PathBuf::from("weir-data"),
+            kafka_bootstrap: None,
+            users_file: None,
+            max_push_queries: DEFAULT_MAX_PUSH_QUERIES,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Reads a ksqlDB-style properties file (`key=value` or `key: value` per line, `#` and
+    /// `!` comments). Server settings: `listeners` (`http://HOST:PORT`), `weir.data.dir`,
+    /// `bootstrap.servers` (or `ksql.streams.bootstrap.servers`), `weir.auth.users.file`,
+    /// `weir.max.push.queries`; every other key becomes a session property.
+    pub fn apply_properties_file(&mut self, path: &Path) -> Result<(), String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
+                continue;
+            }
+            let split = line
+                .find(['=', ':'])
+                .ok_or_else(|| format!("{}:{}: expected key=value", path.display(), n + 1))?;
+            let (key, value) = (line[..split].trim(), line[split + 1..].trim());
+            let bad = |e: String| format!("{}:{}: {key}: {e}", path.display(), n + 1);
+            match key {
+                "listeners" | "listen" => {
+                    let addr = value
+                        .split(',')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start_matches("http://");
+                    self.listen = addr.parse().map_err(|e| bad(format!("{e}")))?;
+                }
+                "weir.data.dir" => self.data_dir = PathBuf::from(value),
+                "bootstrap.servers" | "ksql.streams.bootstrap.servers" => {
+                    self.kafka_bootstrap = Some(value.to_string())
+                }
+                "weir.auth.users.file" => self.users_file = Some(PathBuf::from(value)),
+                "weir.max.push.queries" => {
+                    self.max_push_queries = value.parse().map_err(|e| bad(format!("{e}")))?
+                }
+                _ => {
+                    self.properties.insert(key.to_string(), value.to_string());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the request handlers share.
+pub(crate) struct AppState {
+    pub runtime: Runtime,
+    pub users: Option<Users>,
+    pub sequence: AtomicU64,
+    pub statuses: Mutex<BTreeMap<String, entities::CommandStatus>>,
+    pub push_queries: Arc<AtomicUsize>,
+    pub max_push_queries: usize,
+    /// Flips to true when the server stops: open push streams end.
+    pub stopping: watch::Receiver<bool>,
+    pub cluster_id: String,
+}
+
+/// A running server. Dropping it does not stop it; call [`Server::shutdown`].
+pub struct Server {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<Result<(), String>>>,
+}
+
+impl Server {
+    /// Opens the log (replaying the command log, so persistent queries resume), binds the
+    /// port and starts serving on a thread of its own.
+    pub fn start(config: ServerConfig) -> Result<Server, String> {
+        Self::start_inner(config, false)
+    }
+
+    /// As [`Server::start`], and also stops on SIGINT or SIGTERM (for `weir server`).
+    pub fn start_with_signals(config: ServerConfig) -> Result<Server, String> {
+        Self::start_inner(config, true)
+    }
+
+    fn start_inner(config: ServerConfig, signals: bool) -> Result<Server, String> {
+        let users = match &config.users_file {
+            Some(path) => Some(Users::load(path)?),
+            None => None,
+        };
+        let (log, cluster_id): (Arc<dyn Log>, String) = match &config.kafka_bootstrap {
+            None => (
+                Arc::new(
+                    EmbeddedLog::open(&config.data_dir, EmbeddedLogConfig::default())
+                        .map_err(|e| format!("opening {}: {e}", config.data_dir.display()))?,
+                ),
+                "weir-embedded".to_string(),
+            ),
+            Some(b) => (
+                Arc::new(
+                    weir_kafka::KafkaLog::connect(b)
+                        .map_err(|e| format!("connecting to Kafka at {b}: {e}"))?,
+                ),
+                format!("kafka:{b}"),
+            ),
+        };
+        let mut engine =
+            Engine::open(log).map_err(|e| format!("recovering the command log: {e}"))?;
+        for (k, v) in &config.properties {
+            engine.set_property(k, v);
+        }
+        let recovered = engine.queries().count();
+        let listener = std::net::TcpListener::bind(config.listen)
+            .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let runtime = Runtime::start(engine);
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let (stopping_tx, stopping_rx) = watch::channel(false);
+        let state = Arc::new(AppState {
+            runtime,
+            users,
+            sequence: AtomicU64::new(0),
+            statuses: Mutex::new(BTreeMap::new()),
+            push_queries: Arc::new(AtomicUsize::new(0)),
+            max_push_queries: config.max_push_queries,
+            stopping: stopping_rx,
+            cluster_id,
+        });
+        tracing::info!(
+            %addr,
+            recovered_queries = recovered,
+            log = %config.kafka_bootstrap.as_deref().map_or_else(|| config.data_dir.display().to_string(), |b| format!("kafka {b}")),
+            auth = state.users.is_some(),
+            "weir server listening"
+        );
+        let thread = std::thread::Builder::new()
+            .name("weir-server".into())
+            .spawn(move || serve(listener, state, stop_rx, stopping_tx, signals))
+            .map_err(|e| e.to_string())?;
+        Ok(Server {
+            addr,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The address it listens on (the real port when configured with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Blocks until the server stops (a signal, for `start_with_signals`).
+    pub fn wait(mut self) -> Result<(), String> {
+        self.join()
+    }
+
+    /// Stops accepting requests, ends open push queries, lets the query worker finish its
+    /// batch (committing progress) and flushes the log.
+    pub fn shutdown(mut self) -> Result<(), String> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<(), String> {
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .map_err(|_| "the server thread panicked".to_string())?,
+            None => Ok(()),
+        }
+    }
+}
+
+fn serve(
+    listener: std::net::TcpListener,
+    state: Arc<AppState>,
+    stop: oneshot::Receiver<()>,
+    stopping: watch::Sender<bool>,
+    signals: bool,
+) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("weir-http")
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let served = rt.block_on(async {
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+        let app = rest::router(state.clone());
+        let shutdown = async move {
+            wait_for_stop(stop, signals).await;
+            tracing::info!("weir server stopping");
+            let _ = stopping.send(true);
+        };
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(|e| e.to_string())
+    });
+    // Connections still open after a grace period are dropped with the runtime.
+    rt.shutdown_timeout(Duration::from_secs(5));
+    let flushed = state
+        .runtime
+        .shutdown()
+        .map_err(|e| format!("flushing the log: {e}"));
+    tracing::info!("weir server stopped");
+    served.and(flushed)
+}
+
+async fn wait_for_stop(stop: oneshot::Receiver<()>, signals: bool) {
+    if !signals {
+        let _ = stop.await;
+        return;
+    }
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = stop.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = stop => {}
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::select! {
+        _ = stop => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,337 @@
+//! The routes, authentication, and the non-streaming endpoints: `/ksql`, `/close-query`,
+//! `/info`, `/healthcheck`, `/status`, `/is_valid_property`, `/chc/*`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use weir_sql::ast::Statement;
+use weir_sql::{ParseOptions, parse_script};
+
+use crate::AppState;
+use crate::entities::{self, code, generic_error, statement_error};
+
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(|| async { Redirect::temporary("/info") }))
+        .route("/ksql", post(ksql))
+        .route("/query", post(crate::streaming::query))
+        .route("/query-stream", post(crate::streaming::query_stream))
+        .route("/inserts-stream", post(crate::inserts::inserts_stream))
+        .route("/close-query", post(close_query))
+        .route("/info", get(info))
+        .route("/healthcheck", get(healthcheck))
+        .route("/status", get(statuses))
+        .route("/status/{kind}/{entity}/{action}", get(status))
+        .route("/is_valid_property/{property}", get(is_valid_property))
+        .route("/chc/live", get(|| async { StatusCode::OK }))
+        .route("/chc/ready", get(|| async { StatusCode::OK }))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "Not Found") })
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .with_state(state)
+}
+
+/// A JSON response; the HTTP status of an error is its ksqlDB code / 100.
+pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+pub(crate) fn error_response(body: Value) -> Response {
+    let code = body["error_code"].as_u64().unwrap_or(50000);
+    let status = StatusCode::from_u16((code / 100) as u16).unwrap_or(StatusCode::BAD_REQUEST);
+    json_response(status, &body)
+}
+
+/// Runs engine work off the async threads (statements wait for the query worker's batch).
+pub(crate) async fn blocking<T: Send + 'static>(
+    state: &Arc<AppState>,
+    f: impl FnOnce(&AppState) -> T + Send + 'static,
+) -> Result<T, Response> {
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || f(&state))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "engine call failed");
+            error_response(generic_error(code::SERVER_ERROR, &e.to_string()))
+        })
+}
+
+/// Parses a request body as JSON; any content type is accepted, as ksqlDB does.
+pub(crate) fn parse_body(body: &Bytes) -> Result<Value, Response> {
+    serde_json::from_slice(body).map_err(|e| {
+        error_response(generic_error(
+            code::BAD_REQUEST,
+            &format!("Invalid JSON in request: {e}"),
+        ))
+    })
+}
+
+/// A JSON object of properties as strings (`{"auto.offset.reset": "earliest"}`).
+pub(crate) fn properties(v: &Value) -> BTreeMap<String, String> {
+    v.as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| {
+                    let v = match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    (k.clone(), v)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn authenticate(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(users) = &state.users else {
+        return next.run(request).await;
+    };
+    if request.uri().path().starts_with("/chc/") {
+        return next.run(request).await;
+    }
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok());
+    match users.check(header) {
+        Some(_) => next.run(request).await,
+        None => {
+            tracing::warn!(path = %request.uri().path(), "request refused: no valid credentials");
+            let mut r = error_response(generic_error(
+                code::UNAUTHORIZED,
+                "Unauthorized: valid credentials are required",
+            ));
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"weir\""),
+            );
+            r
+        }
+    }
+}
+
+const QUERY_ENDPOINT_MESSAGE: &str = "The following statement types should be issued to the websocket endpoint '/query':\n\t* PRINT\n\t* SELECT";
+
+/// `POST /ksql`: runs each statement in turn and answers an entity per statement; the
+/// first that fails ends the request with a `statement_error` carrying the entities of
+/// those that ran. SET/UNSET apply to the rest of the request only.
+async fn ksql(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let request = match parse_body(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let Some(sql) = request["ksql"].as_str().map(str::to_string) else {
+        return error_response(generic_error(
+            code::BAD_REQUEST,
+            "The request needs a \"ksql\" field with the statements to run",
+        ));
+    };
+    let mut props = properties(&request["streamsProperties"]);
+    let result = blocking(&state, move |state| {
+        let mut done: Vec<Value> = Vec::new();
+        for parsed in parse_script(&sql, ParseOptions::default()) {
+            let text = format!("{};", parsed.text.trim());
+            let stmt = match parsed.result {
+                Ok(s) => s,
+                Err(e) => return Err(statement_error(&e.to_string(), &text, done)),
+            };
+            match &stmt {
+                Statement::Query(_) | Statement::Print(_) => {
+                    let mut e = statement_error(QUERY_ENDPOINT_MESSAGE, &text, done);
+                    e["error_code"] = json!(code::QUERY_ENDPOINT);
+                    return Err(e);
+                }
+                Statement::SetProperty { name, value } => {
+                    props.insert(name.clone(), value.clone());
+                    continue;
+                }
+                Statement::UnsetProperty { name } => {
+                    props.remove(name);
+                    continue;
+                }
+                _ => {}
+            }
+            let mut engine = state.runtime.engine();
+            let dropped_topic = match &stmt {
+                Statement::DropSource { name, .. } => engine
+                    .catalog()
+                    .source(&name.value)
+                    .map(|s| s.topic.clone()),
+                _ => None,
+            };
+            let outcome = match engine.execute_with(&stmt, &props) {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::info!(statement = %text, error = %e, "statement failed");
+                    return Err(statement_error(&e.to_string(), &text, done));
+                }
+            };
+            drop(engine);
+            let sequence = state.sequence.fetch_add(1, Ordering::SeqCst) + 1;
+            if let Some((entity, status)) =
+                entities::entity(&stmt, &text, outcome, sequence, dropped_topic.as_deref())
+            {
+                if let Some((id, status)) = status {
+                    tracing::info!(command = %id, message = %status.message, "statement ran");
+                    state
+                        .statuses
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(id, status);
+                }
+                done.push(entity);
+            }
+        }
+        Ok(done)
+    })
+    .await;
+    match result {
+        Ok(Ok(entities)) => json_response(StatusCode::OK, &Value::Array(entities)),
+        Ok(Err(error)) => error_response(error),
+        Err(r) => r,
+    }
+}
+
+/// `POST /close-query {"queryId": ...}`: ends a push query; its stream closes.
+async fn close_query(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let request = match parse_body(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let Some(id) = request["queryId"].as_str().map(str::to_string) else {
+        return error_response(generic_error(
+            code::BAD_REQUEST,
+            "The request needs a \"queryId\" field",
+        ));
+    };
+    let closed = {
+        let id = id.clone();
+        blocking(&state, move |s| s.runtime.engine().close_push_query(&id)).await
+    };
+    match closed {
+        Ok(true) => {
+            tracing::info!(query_id = %id, "push query closed by request");
+            StatusCode::OK.into_response()
+        }
+        Ok(false) => error_response(generic_error(
+            code::BAD_REQUEST,
+            &format!("No query with id {id}"),
+        )),
+        Err(r) => r,
+    }
+}
+
+async fn info(State(state): State<Arc<AppState>>) -> Response {
+    let stopping = *state.stopping.borrow();
+    json_response(
+        StatusCode::OK,
+        &json!({"KsqlServerInfo": {
+            "version": crate::KSQL_COMPATIBLE_VERSION,
+            "kafkaClusterId": state.cluster_id,
+            "ksqlServiceId": "default_",
+            "serverStatus": if stopping { "TERMINATING" } else { "RUNNING" },
+        }}),
+    )
+}
+
+async fn healthcheck(State(state): State<Arc<AppState>>) -> Response {
+    let log_ok = blocking(&state, |s| s.runtime.engine().log().list_topics().is_ok())
+        .await
+        .unwrap_or(false);
+    let body = json!({
+        "isHealthy": log_ok,
+        "details": {
+            "metastore": {"isHealthy": true},
+            "kafka": {"isHealthy": log_ok},
+            "commandRunner": {"isHealthy": true},
+        },
+        "serverState": "READY",
+    });
+    let status = if log_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_response(status, &body)
+}
+
+async fn statuses(State(state): State<Arc<AppState>>) -> Response {
+    let all: serde_json::Map<String, Value> = state
+        .statuses
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v.status)))
+        .collect();
+    json_response(StatusCode::OK, &json!({"commandStatuses": all}))
+}
+
+async fn status(
+    State(state): State<Arc<AppState>>,
+    Path((kind, entity, action)): Path<(String, String, String)>,
+) -> Response {
+    let statuses = state.statuses.lock().unwrap_or_else(|e| e.into_inner());
+    let found = statuses
+        .get(&format!("{kind}/{entity}/{action}"))
+        .or_else(|| statuses.get(&format!("{kind}/`{entity}`/{action}")));
+    match found {
+        Some(s) => json_response(StatusCode::OK, &s.to_json()),
+        None => error_response(generic_error(
+            code::NOT_FOUND,
+            &format!("Command not found: {kind}/{entity}/{action}"),
+        )),
+    }
+}
+
+/// Properties a request may set: those Weir acts on, and ksqlDB's own namespaces (which
+/// clients send routinely).
+fn valid_property(name: &str) -> bool {
+    const KNOWN: &[&str] = &["auto.offset.reset", "weir.max.push.queries"];
+    KNOWN.contains(&name)
+        || name.starts_with("ksql.")
+        || name.starts_with("weir.")
+        || name.starts_with("processing.guarantee")
+}
+
+async fn is_valid_property(Path(property): Path<String>) -> Response {
+    if valid_property(&property) {
+        json_response(StatusCode::OK, &json!(true))
+    } else {
+        error_response(generic_error(
+            code::BAD_REQUEST,
+            &format!(
+                "Not recognizable as ksql, streams, consumer, or producer property: '{property}'"
+            ),
+        ))
+    }
+}
+
+/// An empty streaming-friendly body with a content type.
+pub(crate) fn streaming_response(content_type: &'static str, body: Body) -> Response {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(body)
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}

@@ -1,0 +1,130 @@
+//! A server on a free port over a temporary data dir, and a plain HTTP/1.1 client.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+
+use serde_json::{Value, json};
+use weir_server::{Server, ServerConfig};
+
+pub fn start(data_dir: &Path, properties: &[(&str, &str)]) -> Server {
+    start_with(ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.to_path_buf(),
+        properties: properties
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<BTreeMap<_, _>>(),
+        ..Default::default()
+    })
+}
+
+pub fn start_with(config: ServerConfig) -> Server {
+    Server::start(config).expect("server starts")
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+pub fn url(server: &Server, path: &str) -> String {
+    format!("http://{}{path}", server.addr())
+}
+
+/// POSTs JSON; the status and the body parsed as JSON (or as a string when it is not).
+pub fn post(server: &Server, path: &str, body: &Value) -> (u16, Value) {
+    let response = agent()
+        .post(url(server, path))
+        .header("Content-Type", "application/vnd.ksql.v1+json")
+        .send(body.to_string())
+        .expect("request");
+    let status = response.status().as_u16();
+    let text = response.into_body().read_to_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+pub fn get(server: &Server, path: &str) -> (u16, Value) {
+    let response = agent().get(url(server, path)).call().expect("request");
+    let status = response.status().as_u16();
+    let text = response.into_body().read_to_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// `/ksql` that must succeed: its entities.
+pub fn ksql(server: &Server, sql: &str) -> Vec<Value> {
+    let (status, body) = post(server, "/ksql", &json!({"ksql": sql}));
+    assert_eq!(status, 200, "{sql}: {body}");
+    body.as_array().cloned().expect("an array of entities")
+}
+
+/// A `/query-stream` request on a raw connection, so a test can read as slowly as it
+/// likes, or not at all. Returns the connection positioned after the response headers.
+pub fn open_query_stream(server: &Server, sql: &str, properties: Value) -> ChunkLines {
+    let body = json!({"sql": sql, "properties": properties}).to_string();
+    let mut stream = TcpStream::connect(server.addr()).unwrap();
+    write!(
+        stream,
+        "POST /query-stream HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nAccept: application/vnd.ksqlapi.delimited.v1\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    assert!(status.contains(" 200 "), "{status}");
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+    }
+    ChunkLines {
+        reader,
+        pending: String::new(),
+    }
+}
+
+/// The lines of a chunked response body, as they arrive.
+pub struct ChunkLines {
+    pub reader: BufReader<TcpStream>,
+    pending: String,
+}
+
+impl ChunkLines {
+    /// The next non-empty line, or `None` at the end of the body.
+    pub fn next_line(&mut self) -> Option<String> {
+        loop {
+            if let Some(pos) = self.pending.find('\n') {
+                let line: String = self.pending.drain(..=pos).collect();
+                if line.trim().is_empty() {
+                    continue;
+                }
+                return Some(line.trim_end().to_string());
+            }
+            let mut size = String::new();
+            if self.reader.read_line(&mut size).ok()? == 0 {
+                return None;
+            }
+            let n = usize::from_str_radix(size.trim(), 16).ok()?;
+            if n == 0 {
+                return None;
+            }
+            let mut data = vec![0u8; n + 2];
+            self.reader.read_exact(&mut data).ok()?;
+            data.truncate(n);
+            self.pending.push_str(&String::from_utf8(data).unwrap());
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! The server driven by a real ksqlDB client: PyPI's `ksql-python-ng` (HTTP/2 for
+//! `/query-stream` and `/inserts-stream`). `scripts/test.sh` installs it into
+//! `.weir/venv`; `WEIR_PYTHON` may name another interpreter that has it.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("WEIR_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.join(".weir/venv/bin/python")
+}
+
+#[test]
+fn ksql_python_ng_creates_lists_inserts_queries_and_closes() {
+    let python = python();
+    assert!(
+        python.exists(),
+        "{} not found: run `scripts/test.sh --setup` (it installs ksql-python-ng from PyPI)",
+        python.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path(), &[]);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/clients/ksql_python_ng_client.py");
+    let output = Command::new(&python)
+        .arg(&script)
+        .arg(format!("http://{}", server.addr()))
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the client failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("3 rows over HTTP/2"), "{stdout}");
+    eprintln!("{stdout}");
+    server.shutdown().unwrap();
+}
