@@ -2,5 +2,8 @@
 
 pub mod bench;
 pub mod check;
+pub mod client;
 pub mod conformance;
+pub mod render;
+pub mod repl;
 pub mod run;

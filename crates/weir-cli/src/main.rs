@@ -1,7 +1,8 @@
-//! The `weir` command: lints ksqlDB scripts (`weir check`) and measures compatibility with
-//! ksqlDB (`weir conformance`); the server, the REPL and the demo join it as they land.
+//! The `weir` command: the interactive shell (`weir`, `weir cli`), the server
+//! (`weir server`), headless runs (`weir run`), script checks (`weir check`), benchmarks
+//! (`weir bench`) and the ksqlDB conformance harness (`weir conformance`).
 
-use weir_cli::{bench, check, conformance, run};
+use weir_cli::{bench, check, conformance, repl, run};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,12 +16,49 @@ use clap::{Parser, Subcommand};
     about = "Weir: a streaming SQL engine that speaks ksqlDB's SQL"
 )]
 struct Cli {
+    /// Without a subcommand: the interactive shell against http://localhost:8088.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the ksqlDB-compatible REST API (HTTP/1.1 and cleartext HTTP/2 on one port).
+    Server {
+        /// ADDRESS:PORT to listen on.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Where the embedded log keeps topics (ignored with --kafka-bootstrap).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Keep topics on the Kafka cluster at HOST:PORT instead of the embedded log.
+        #[arg(long)]
+        kafka_bootstrap: Option<String>,
+        /// Require HTTP basic authentication by the users in this file (`name: password`).
+        #[arg(long)]
+        users_file: Option<PathBuf>,
+        /// A ksqlDB-style properties file (`key=value`); flags override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// The interactive SQL shell.
+    Cli {
+        /// The server's URL.
+        #[arg(long, default_value = "http://localhost:8088")]
+        server: String,
+        /// Start a server inside the shell instead of connecting to one.
+        #[arg(long)]
+        embedded: bool,
+        /// With --embedded: where the embedded log keeps topics.
+        #[arg(long, default_value = "weir-data")]
+        data_dir: PathBuf,
+        /// User name for HTTP basic authentication.
+        #[arg(long, short = 'u')]
+        user: Option<String>,
+        /// Password for HTTP basic authentication (or WEIR_PASSWORD).
+        #[arg(long, short = 'p', env = "WEIR_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+    },
     /// Parse a script of `;`-separated statements and report each one: `OK <kind>` or
     /// `ERROR line:col message`. Exits 1 if any statement fails.
     Check {
@@ -93,7 +131,64 @@ enum Workload {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let Some(command) = cli.command else {
+        return repl_exit(repl::run(repl::ReplOptions {
+            server: None,
+            embedded: false,
+            data_dir: PathBuf::from("weir-data"),
+            user: None,
+            password: None,
+        }));
+    };
+    match command {
+        Command::Server {
+            listen,
+            data_dir,
+            kafka_bootstrap,
+            users_file,
+            config,
+        } => {
+            init_logging();
+            let mut cfg = weir_server::ServerConfig::default();
+            if let Some(path) = config
+                && let Err(e) = cfg.apply_properties_file(&path)
+            {
+                eprintln!("weir server: {e}");
+                return ExitCode::from(2);
+            }
+            if let Some(l) = listen {
+                cfg.listen = l;
+            }
+            if let Some(d) = data_dir {
+                cfg.data_dir = d;
+            }
+            if kafka_bootstrap.is_some() {
+                cfg.kafka_bootstrap = kafka_bootstrap;
+            }
+            if users_file.is_some() {
+                cfg.users_file = users_file;
+            }
+            match weir_server::Server::start_with_signals(cfg).and_then(|s| s.wait()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("weir server: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Cli {
+            server,
+            embedded,
+            data_dir,
+            user,
+            password,
+        } => repl_exit(repl::run(repl::ReplOptions {
+            server: Some(server),
+            embedded,
+            data_dir,
+            user,
+            password,
+        })),
         Command::Check {
             file,
             cli,
@@ -142,6 +237,26 @@ fn main() -> ExitCode {
             timeout,
         } => run_conformance(&cases, tags, exclude_tags, report.as_deref(), timeout),
     }
+}
+
+fn repl_exit(result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weir: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Structured log lines (`key=value` fields) on standard error; `RUST_LOG` filters them.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn run_conformance(

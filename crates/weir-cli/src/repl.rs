@@ -1,0 +1,703 @@
+//! The interactive SQL shell: `weir` / `weir cli [--server URL] [--embedded]`.
+//!
+//! Input runs until a `;` (multi-line), history persists in `~/.weir_history`, Tab
+//! completes keywords, stream/table/topic and function names, and SQL is highlighted as
+//! typed. Statements go to the server over REST: SELECT and PRINT to `/query-stream`, whose
+//! rows print as they arrive until LIMIT, the end, or Ctrl-C (which closes the query on
+//! the server with `/close-query` and returns to the prompt); everything else to `/ksql`.
+//! SET/UNSET keep properties for this session and send them with every request, as
+//! ksqlDB's CLI does. `RUN SCRIPT 'file.sql'` runs a file's statements. Ctrl-D exits.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nu_ansi_term::{Color, Style};
+use reedline::{
+    ColumnarMenu, Completer, CompletionResult, EditCommand, Emacs, FileBackedHistory, Highlighter,
+    KeyCode, KeyModifiers, MenuBuilder, Prompt, PromptEditMode, PromptHistorySearch, Reedline,
+    ReedlineEvent, ReedlineMenu, Signal, Span, StyledText, Suggestion, ValidationResult, Validator,
+    default_emacs_keybindings,
+};
+use weir_sql::ast::Statement;
+use weir_sql::{ParseOptions, parse_script};
+
+use crate::client::{Client, ClientError, PushLine};
+use crate::render;
+
+pub struct ReplOptions {
+    /// The server's URL; `None` with `embedded` false means http://localhost:8088.
+    pub server: Option<String>,
+    /// Start a server in this process (on a free local port) and talk to it.
+    pub embedded: bool,
+    pub data_dir: PathBuf,
+    pub user: Option<String>,
+    pub password: Option<String>,
+}
+
+const KEYWORDS: &[&str] = &[
+    "SELECT",
+    "FROM",
+    "WHERE",
+    "EMIT",
+    "CHANGES",
+    "FINAL",
+    "LIMIT",
+    "CREATE",
+    "STREAM",
+    "TABLE",
+    "STREAMS",
+    "TABLES",
+    "TOPICS",
+    "QUERIES",
+    "PROPERTIES",
+    "FUNCTIONS",
+    "TYPES",
+    "AS",
+    "WITH",
+    "INSERT",
+    "INTO",
+    "VALUES",
+    "DROP",
+    "DELETE",
+    "TOPIC",
+    "TERMINATE",
+    "ALL",
+    "SHOW",
+    "LIST",
+    "DESCRIBE",
+    "EXTENDED",
+    "FUNCTION",
+    "EXPLAIN",
+    "PRINT",
+    "BEGINNING",
+    "INTERVAL",
+    "SET",
+    "UNSET",
+    "RUN",
+    "SCRIPT",
+    "AND",
+    "OR",
+    "NOT",
+    "NULL",
+    "IS",
+    "IN",
+    "BETWEEN",
+    "LIKE",
+    "CASE",
+    "WHEN",
+    "THEN",
+    "ELSE",
+    "END",
+    "CAST",
+    "KEY",
+    "PRIMARY",
+    "PARTITION",
+    "BY",
+    "GROUP",
+    "HAVING",
+    "WINDOW",
+    "TUMBLING",
+    "HOPPING",
+    "SESSION",
+    "SIZE",
+    "ADVANCE",
+    "JOIN",
+    "LEFT",
+    "INNER",
+    "OUTER",
+    "ON",
+    "WITHIN",
+    "TRUE",
+    "FALSE",
+    "INT",
+    "INTEGER",
+    "BIGINT",
+    "DOUBLE",
+    "DECIMAL",
+    "STRING",
+    "VARCHAR",
+    "BOOLEAN",
+    "BYTES",
+    "DATE",
+    "TIME",
+    "TIMESTAMP",
+    "ARRAY",
+    "MAP",
+    "STRUCT",
+    "TYPE",
+    "IF",
+    "EXISTS",
+    "REPLACE",
+    "SOURCE",
+    "KAFKA_TOPIC",
+    "VALUE_FORMAT",
+    "KEY_FORMAT",
+    "PARTITIONS",
+    "REPLICAS",
+    "JSON",
+    "DELIMITED",
+    "KAFKA",
+    "EXIT",
+    "QUIT",
+    "HELP",
+];
+
+const HELP: &str = "\
+Statements end with ';' and may span lines.
+  SHOW STREAMS; SHOW TOPICS; SHOW QUERIES; SHOW FUNCTIONS; SHOW PROPERTIES;
+  DESCRIBE <stream> [EXTENDED];  DESCRIBE FUNCTION <name>;  EXPLAIN <query id>;
+  CREATE STREAM ... WITH (KAFKA_TOPIC='t', VALUE_FORMAT='JSON', PARTITIONS=1);
+  INSERT INTO <stream> (cols) VALUES (...);
+  SELECT ... FROM <stream> EMIT CHANGES [LIMIT n];   (Ctrl-C stops it)
+  PRINT <topic> [FROM BEGINNING] [LIMIT n];
+  SET 'auto.offset.reset'='earliest';  UNSET 'auto.offset.reset';
+  RUN SCRIPT '/path/to/file.sql';
+Tab completes, Ctrl-C clears the line, Ctrl-D or 'exit' quits.";
+
+/// The shell's state between statements.
+struct Session {
+    client: Client,
+    props: BTreeMap<String, String>,
+    interrupted: Arc<AtomicBool>,
+    names: Arc<Mutex<Vec<String>>>,
+}
+
+pub fn run(options: ReplOptions) -> Result<(), String> {
+    let mut embedded = None;
+    let base = if options.embedded {
+        let config = weir_server::ServerConfig {
+            listen: "127.0.0.1:0".parse().expect("address"),
+            data_dir: options.data_dir.clone(),
+            ..Default::default()
+        };
+        let server = weir_server::Server::start(config)?;
+        let url = format!("http://{}", server.addr());
+        embedded = Some(server);
+        url
+    } else {
+        options
+            .server
+            .clone()
+            .unwrap_or_else(|| "http://localhost:8088".into())
+    };
+    let user = match (&options.user, &options.password) {
+        (Some(u), Some(p)) => Some((u.as_str(), p.as_str())),
+        _ => None,
+    };
+    let client = Client::new(&base, user);
+    let info = client.info().map_err(|e| match e {
+        ClientError::Transport(m) => format!(
+            "{m}\nIs a server running? Start one with `weir server`, or use `weir cli --embedded`."
+        ),
+        other => other.to_string(),
+    })?;
+    println!(
+        "Weir {} — ksqlDB {}-compatible server at {}{}",
+        env!("CARGO_PKG_VERSION"),
+        info["KsqlServerInfo"]["version"].as_str().unwrap_or("?"),
+        base,
+        if options.embedded {
+            format!(" (embedded, data in {})", options.data_dir.display())
+        } else {
+            String::new()
+        }
+    );
+    println!("Type 'help' for help, Ctrl-D to exit.\n");
+
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupted.clone();
+        // Outside the line editor (while a query streams) Ctrl-C arrives as SIGINT.
+        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    }
+    let names = Arc::new(Mutex::new(Vec::new()));
+    let mut session = Session {
+        client,
+        props: BTreeMap::new(),
+        interrupted,
+        names: names.clone(),
+    };
+    session.refresh_names();
+
+    let mut editor = line_editor(names)?;
+    let prompt = WeirPrompt;
+    loop {
+        match editor.read_line(&prompt) {
+            Ok(Signal::Success(buffer)) => {
+                let command = buffer
+                    .trim()
+                    .trim_end_matches(';')
+                    .trim()
+                    .to_ascii_lowercase();
+                match command.as_str() {
+                    "" => {}
+                    "exit" | "quit" => break,
+                    "help" => println!("{HELP}"),
+                    _ => session.run_text(&buffer),
+                }
+            }
+            Ok(Signal::CtrlC) => {}
+            Ok(Signal::CtrlD) => break,
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("weir: terminal error: {e}");
+                break;
+            }
+        }
+    }
+    println!("Exiting Weir.");
+    if let Some(server) = embedded {
+        server.shutdown()?;
+    }
+    Ok(())
+}
+
+fn history_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("WEIR_HISTORY_FILE") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".weir_history")
+}
+
+fn line_editor(names: Arc<Mutex<Vec<String>>>) -> Result<Reedline, String> {
+    let history = FileBackedHistory::with_file(10_000, history_path())
+        .map_err(|e| format!("cannot open the history file: {e}"))?;
+    let mut keys = default_emacs_keybindings();
+    keys.add_binding(
+        KeyModifiers::NONE,
+        KeyCode::Tab,
+        ReedlineEvent::UntilFound(vec![
+            ReedlineEvent::Menu("completion_menu".to_string()),
+            ReedlineEvent::MenuNext,
+        ]),
+    );
+    keys.add_binding(
+        KeyModifiers::ALT,
+        KeyCode::Enter,
+        ReedlineEvent::Edit(vec![EditCommand::InsertNewline]),
+    );
+    let menu = ColumnarMenu::default().with_name("completion_menu");
+    Ok(Reedline::create()
+        .with_history(Box::new(history))
+        .with_validator(Box::new(StatementValidator))
+        .with_highlighter(Box::new(SqlHighlighter))
+        .with_completer(Box::new(SqlCompleter { names }))
+        .with_menu(ReedlineMenu::EngineCompleter(Box::new(menu)))
+        // One candidate completes at once; several complete their common prefix first.
+        .with_quick_completions(true)
+        .with_partial_completions(true)
+        .with_edit_mode(Box::new(Emacs::new(keys))))
+}
+
+fn error_line(message: &str) {
+    let one_line = message.split_whitespace().collect::<Vec<_>>().join(" ");
+    eprintln!("{}", Color::Red.paint(one_line));
+}
+
+impl Session {
+    /// Runs every statement of `text` in turn; a failing one is reported and the rest run.
+    fn run_text(&mut self, text: &str) {
+        for parsed in parse_script(
+            text,
+            ParseOptions {
+                allow_cli_commands: true,
+            },
+        ) {
+            match parsed.result {
+                Ok(stmt) => self.run_statement(&stmt, &format!("{};", parsed.text.trim())),
+                Err(e) => error_line(&format!("Syntax error: {e}")),
+            }
+        }
+    }
+
+    fn run_statement(&mut self, stmt: &Statement, text: &str) {
+        match stmt {
+            Statement::Query(_) | Statement::Print(_) => self.push(text),
+            Statement::SetProperty { name, value } => {
+                let old = self.props.insert(name.clone(), value.clone());
+                println!(
+                    "Successfully changed local property '{name}'{} to '{value}'.",
+                    old.map(|o| format!(" from '{o}'")).unwrap_or_default()
+                );
+            }
+            Statement::UnsetProperty { name } => match self.props.remove(name) {
+                Some(old) => {
+                    println!("Successfully unset local property '{name}' (value was '{old}').")
+                }
+                None => error_line(&format!("Property '{name}' was not set")),
+            },
+            Statement::RunScript { path } => self.run_script(Path::new(path)),
+            _ => match self.client.ksql(text, &self.props) {
+                Ok(entities) => {
+                    // INSERT VALUES answers no entity, as ksqlDB's does.
+                    for e in &entities {
+                        print!("{}", render::entity(e));
+                    }
+                    self.refresh_names();
+                }
+                Err(e) => error_line(&e.to_string()),
+            },
+        }
+    }
+
+    fn run_script(&mut self, path: &Path) {
+        match std::fs::read_to_string(path) {
+            Ok(text) => self.run_text(&text),
+            Err(e) => error_line(&format!("Cannot read script {}: {e}", path.display())),
+        }
+    }
+
+    /// Streams a push query's rows until it ends or Ctrl-C.
+    fn push(&mut self, text: &str) {
+        self.interrupted.store(false, Ordering::SeqCst);
+        let stream = match self.client.query_stream(text, &self.props) {
+            Ok(s) => s,
+            Err(e) => return error_line(&e.to_string()),
+        };
+        let is_print = text.trim_start().to_ascii_uppercase().starts_with("PRINT");
+        let query_id = stream.query_id.clone();
+        let widths = render::push_widths(&stream.columns);
+        if !is_print {
+            let names: Vec<String> = stream.columns.iter().map(|(n, _)| n.clone()).collect();
+            println!("{}", render::push_rule(&widths));
+            println!("{}", render::push_line(&names, &widths));
+            println!("{}", render::push_rule(&widths));
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for item in stream {
+                if tx.send(item).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut closing: Option<Instant> = None;
+        loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(Ok(PushLine::Row(row))) => {
+                    let cells: Vec<String> = row.iter().map(render::cell).collect();
+                    println!("{}", render::push_line(&cells, &widths));
+                }
+                Ok(Ok(PushLine::Text(t))) => println!("{t}"),
+                Ok(Ok(PushLine::Error(m))) => error_line(&m),
+                Ok(Err(e)) => {
+                    if closing.is_none() {
+                        error_line(&e.to_string());
+                    }
+                    break;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    if closing.is_none() && self.interrupted.swap(false, Ordering::SeqCst) {
+                        if let Err(e) = self.client.close_query(&query_id) {
+                            error_line(&format!("Could not close query {query_id}: {e}"));
+                        }
+                        closing = Some(Instant::now());
+                        println!();
+                    }
+                    // The server ends the stream once the query is closed; don't wait long.
+                    if closing.is_some_and(|t| t.elapsed() > Duration::from_secs(3)) {
+                        break;
+                    }
+                }
+            }
+        }
+        if !is_print {
+            println!("{}", render::push_rule(&widths));
+        }
+        if closing.is_some() {
+            println!("Query terminated");
+        }
+    }
+
+    /// Names for completion: streams, tables, topics and functions, from the server.
+    fn refresh_names(&self) {
+        let mut names = Vec::new();
+        for (statement, list, key) in [
+            ("SHOW STREAMS;", "streams", "name"),
+            ("SHOW TABLES;", "tables", "name"),
+            ("SHOW TOPICS;", "topics", "name"),
+            ("SHOW FUNCTIONS;", "functions", "name"),
+        ] {
+            if let Ok(entities) = self.client.ksql(statement, &BTreeMap::new()) {
+                for e in entities {
+                    for item in e[list].as_array().into_iter().flatten() {
+                        if let Some(n) = item[key].as_str() {
+                            names.push(n.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        *self.names.lock().unwrap_or_else(|e| e.into_inner()) = names;
+    }
+}
+
+struct WeirPrompt;
+
+impl Prompt for WeirPrompt {
+    fn render_prompt_left(&self) -> Cow<'_, str> {
+        Cow::Borrowed("weir")
+    }
+    fn render_prompt_right(&self) -> Cow<'_, str> {
+        Cow::Borrowed("")
+    }
+    fn render_prompt_indicator(&self, _mode: PromptEditMode) -> Cow<'_, str> {
+        Cow::Borrowed("> ")
+    }
+    fn render_prompt_multiline_indicator(&self) -> Cow<'_, str> {
+        Cow::Borrowed("   > ")
+    }
+    fn render_prompt_history_search_indicator(&self, search: PromptHistorySearch) -> Cow<'_, str> {
+        Cow::Owned(format!("(search: {}) ", search.term))
+    }
+}
+
+/// Where a statement's text stands: inside a string, a quoted name or a comment, and
+/// whether the last thing outside them was a `;`.
+pub fn ends_statement(text: &str) -> bool {
+    #[derive(PartialEq)]
+    enum In {
+        Code,
+        Str,
+        Quoted(char),
+        LineComment,
+        BlockComment,
+    }
+    let mut state = In::Code;
+    let mut last = None;
+    let chars: Vec<char> = text.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let next = chars.get(i + 1).copied();
+        match state {
+            In::Code => match c {
+                '\'' => state = In::Str,
+                '`' | '"' => state = In::Quoted(c),
+                '-' if next == Some('-') => state = In::LineComment,
+                '/' if next == Some('*') => {
+                    state = In::BlockComment;
+                    i += 1;
+                }
+                c if c.is_whitespace() => {}
+                c => last = Some(c),
+            },
+            In::Str => {
+                if c == '\'' {
+                    if next == Some('\'') {
+                        i += 1;
+                    } else {
+                        state = In::Code;
+                        last = Some('\'');
+                    }
+                }
+            }
+            In::Quoted(q) => {
+                if c == q {
+                    state = In::Code;
+                    last = Some(q);
+                }
+            }
+            In::LineComment => {
+                if c == '\n' {
+                    state = In::Code;
+                }
+            }
+            In::BlockComment => {
+                if c == '*' && next == Some('/') {
+                    state = In::Code;
+                    i += 1;
+                }
+            }
+        }
+        i += 1;
+    }
+    matches!(state, In::Code | In::LineComment) && last == Some(';')
+}
+
+struct StatementValidator;
+
+impl Validator for StatementValidator {
+    fn validate(&self, line: &str) -> ValidationResult {
+        let word = line.trim().to_ascii_lowercase();
+        if word.is_empty()
+            || ["exit", "quit", "help"].contains(&word.as_str())
+            || ends_statement(line)
+        {
+            ValidationResult::Complete
+        } else {
+            ValidationResult::Incomplete
+        }
+    }
+}
+
+struct SqlHighlighter;
+
+impl Highlighter for SqlHighlighter {
+    fn highlight(&self, line: &str, _cursor: usize) -> StyledText {
+        let mut out = StyledText::new();
+        let keyword = Style::new().fg(Color::Cyan).bold();
+        let string = Style::new().fg(Color::Green);
+        let number = Style::new().fg(Color::Purple);
+        let comment = Style::new().fg(Color::DarkGray);
+        let plain = Style::new();
+        let chars: Vec<char> = line.chars().collect();
+        let mut i = 0;
+        while i < chars.len() {
+            let c = chars[i];
+            let start = i;
+            let style = if c == '\'' {
+                i += 1;
+                while i < chars.len() {
+                    if chars[i] == '\'' {
+                        if chars.get(i + 1) == Some(&'\'') {
+                            i += 1;
+                        } else {
+                            i += 1;
+                            break;
+                        }
+                    }
+                    i += 1;
+                }
+                string
+            } else if c == '-' && chars.get(i + 1) == Some(&'-') {
+                while i < chars.len() && chars[i] != '\n' {
+                    i += 1;
+                }
+                comment
+            } else if c.is_ascii_digit() {
+                while i < chars.len() && (chars[i].is_ascii_digit() || chars[i] == '.') {
+                    i += 1;
+                }
+                number
+            } else if c.is_alphanumeric() || c == '_' {
+                while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
+                    i += 1;
+                }
+                let word: String = chars[start..i]
+                    .iter()
+                    .collect::<String>()
+                    .to_ascii_uppercase();
+                if KEYWORDS.contains(&word.as_str()) {
+                    keyword
+                } else {
+                    plain
+                }
+            } else {
+                i += 1;
+                plain
+            };
+            out.push((style, chars[start..i].iter().collect()));
+        }
+        out
+    }
+}
+
+struct SqlCompleter {
+    names: Arc<Mutex<Vec<String>>>,
+}
+
+/// Completions for the word that ends at `pos`: keywords and known names, matched
+/// case-insensitively, in lower case when the user typed lower case (unquoted names are
+/// case-insensitive; a name with lower-case letters of its own is offered as it is).
+pub fn completions(line: &str, pos: usize, names: &[String]) -> Vec<(String, usize)> {
+    let before = &line[..pos.min(line.len())];
+    let start = before
+        .rfind(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    let word = &before[start..];
+    if word.is_empty() {
+        return vec![];
+    }
+    let upper = word.to_ascii_uppercase();
+    let lower_typed = word.chars().all(|c| !c.is_ascii_uppercase());
+    let mut out: Vec<String> = KEYWORDS
+        .iter()
+        .filter(|k| k.starts_with(&upper))
+        .map(|k| k.to_string())
+        .chain(
+            names
+                .iter()
+                .filter(|n| n.to_ascii_uppercase().starts_with(&upper))
+                .cloned(),
+        )
+        .map(|n| {
+            let plain = n.chars().all(|c| !c.is_ascii_lowercase());
+            if lower_typed && plain {
+                n.to_ascii_lowercase()
+            } else {
+                n
+            }
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out.into_iter().map(|s| (s, start)).collect()
+}
+
+impl Completer for SqlCompleter {
+    fn complete(&mut self, line: &str, pos: usize) -> CompletionResult {
+        let names = self.names.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let suggestions: Vec<Suggestion> = completions(line, pos, &names)
+            .into_iter()
+            .map(|(value, start)| Suggestion {
+                value,
+                span: Span::new(start, pos),
+                append_whitespace: true,
+                ..Default::default()
+            })
+            .collect();
+        CompletionResult::fresh(suggestions)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_statement_is_complete_at_a_semicolon_outside_strings_and_comments() {
+        assert!(ends_statement("SHOW STREAMS;"));
+        assert!(ends_statement("SELECT *\nFROM s\nEMIT CHANGES;  "));
+        assert!(!ends_statement("SELECT *\nFROM s"));
+        assert!(!ends_statement("INSERT INTO s VALUES ('a;"));
+        assert!(ends_statement("INSERT INTO s VALUES ('it''s;');"));
+        assert!(!ends_statement("SHOW STREAMS -- ;"));
+        assert!(ends_statement("SHOW STREAMS; -- done"));
+        assert!(!ends_statement("SHOW /* ; */ STREAMS"));
+    }
+
+    #[test]
+    fn completion_offers_keywords_and_names_for_the_word_at_the_cursor() {
+        let names = vec![
+            "PAGEVIEWS".to_string(),
+            "PAGES_BY_USER".to_string(),
+            "UCASE".to_string(),
+        ];
+        let got = completions("select * from PAGE", 18, &names);
+        assert_eq!(
+            got,
+            vec![
+                ("PAGES_BY_USER".to_string(), 14),
+                ("PAGEVIEWS".to_string(), 14)
+            ]
+        );
+        assert_eq!(
+            completions("describe pagev", 14, &names),
+            vec![("pageviews".to_string(), 9)]
+        );
+        let got = completions("sel", 3, &names);
+        assert_eq!(got, vec![("select".to_string(), 0)]);
+        assert!(completions("select ", 7, &names).is_empty());
+    }
+}

@@ -1,0 +1,161 @@
+//! The REPL as a person uses it: `weir cli` runs in a tmux pane, keys go in with
+//! `send-keys`, and the test reads the screen with `capture-pane`.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new("tmux")
+            .arg("-L")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("tmux runs (apt package tmux; scripts/test.sh installs it)")
+    }
+
+    fn screen(&self) -> String {
+        let out = self.run(&["capture-pane", "-p", "-J", "-S", "-300", "-t", "weir"]);
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    /// Types `text` literally. tmux reads an argument ending in `;` as a command
+    /// separator, so each `;` goes as its character code.
+    fn type_text(&self, text: &str) {
+        for (i, part) in text.split(';').enumerate() {
+            if i > 0 {
+                self.run(&["send-keys", "-t", "weir", "-H", "3b"]);
+            }
+            if !part.is_empty() {
+                self.run(&["send-keys", "-t", "weir", "-l", part]);
+            }
+        }
+    }
+
+    fn key(&self, key: &str) {
+        self.run(&["send-keys", "-t", "weir", key]);
+    }
+
+    fn line(&self, text: &str) {
+        self.type_text(text);
+        self.key("Enter");
+    }
+
+    /// Enters a statement and waits for the next prompt, as a person does.
+    fn statement(&self, text: &str) -> String {
+        let prompts = self.screen().matches("weir> ").count();
+        self.line(text);
+        self.wait_for("weir> ", prompts + 1)
+    }
+
+    /// Waits until the screen shows `text` `times` times; the screen, or a panic with it.
+    fn wait_for(&self, text: &str, times: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let screen = self.screen();
+            if screen.matches(text).count() >= times {
+                return screen;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {text:?} x{times}; the screen:\n{screen}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.run(&["kill-server"]);
+    }
+}
+
+#[test]
+fn a_person_creates_a_stream_inserts_rows_watches_them_and_cancels_with_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = weir_server::Server::start(weir_server::ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().join("data"),
+        ..Default::default()
+    })
+    .unwrap();
+    let tmux = Tmux {
+        socket: format!("weir-test-{}", std::process::id()),
+    };
+    let command = format!(
+        "env WEIR_HISTORY_FILE={} {} cli --server http://{}",
+        dir.path().join("history").display(),
+        env!("CARGO_BIN_EXE_weir"),
+        server.addr()
+    );
+    let started = tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "weir",
+        "-x",
+        "150",
+        "-y",
+        "50",
+        &command,
+    ]);
+    assert!(started.status.success(), "{started:?}");
+    tmux.run(&["set-option", "-t", "weir", "remain-on-exit", "on"]);
+    tmux.wait_for("Type 'help'", 1);
+
+    // Multi-line input runs at the ';'.
+    tmux.line("CREATE STREAM vehicles (id INT KEY, speed DOUBLE)");
+    tmux.line("  WITH (kafka_topic='cars', value_format='JSON', partitions=1);");
+    tmux.wait_for("Stream created", 1);
+
+    // Tab completes keywords and the new stream's name.
+    tmux.type_text("DESCRI");
+    tmux.key("Tab");
+    tmux.type_text("veh");
+    tmux.key("Tab");
+    tmux.type_text(";");
+    tmux.key("Enter");
+    let screen = tmux.wait_for("INTEGER (key)", 1);
+    assert!(screen.contains("DESCRIBE vehicles ;"), "{screen}");
+    assert!(screen.contains("Kafka topic   : cars"), "{screen}");
+
+    tmux.statement("INSERT INTO vehicles (id, speed) VALUES (1, 88.5);");
+    tmux.statement("INSERT INTO vehicles (id, speed) VALUES (2, 61.25);");
+    tmux.statement("SET 'auto.offset.reset'='earliest';");
+    tmux.wait_for("Successfully changed local property 'auto.offset.reset'", 1);
+
+    // A bad statement: one clear line, and the shell goes on.
+    tmux.statement("SELEC oops;");
+    tmux.wait_for("Syntax error", 1);
+
+    tmux.line("SELECT * FROM vehicles EMIT CHANGES;");
+    let screen = tmux.wait_for("|61.25", 1);
+    assert!(screen.contains("|ID"), "{screen}");
+    assert!(screen.contains("88.5"), "{screen}");
+    // A row that arrives while the query runs shows up too.
+    std::thread::sleep(Duration::from_millis(300));
+    let inserted = ureq::post(format!("http://{}/ksql", server.addr()))
+        .send(r#"{"ksql": "INSERT INTO vehicles (id, speed) VALUES (3, 123.75);"}"#)
+        .unwrap();
+    assert_eq!(inserted.status().as_u16(), 200);
+    tmux.wait_for("|123.75", 1);
+
+    // Ctrl-C ends the query on the server and returns to the prompt.
+    tmux.key("C-c");
+    tmux.wait_for("Query terminated", 1);
+    let screen = tmux.statement("SHOW QUERIES;");
+    assert!(screen.contains("Query ID"), "{screen}");
+    assert!(
+        !screen.contains("transient_"),
+        "the push query still runs:\n{screen}"
+    );
+
+    // Ctrl-D exits.
+    tmux.key("C-d");
+    tmux.wait_for("Exiting Weir.", 1);
+    server.shutdown().unwrap();
+}
