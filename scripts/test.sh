@@ -75,6 +75,8 @@ say "checking formatting"
 cargo fmt --all -- --check
 say "clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+say "building the workspace (the example plugins' .so files are test inputs)"
+cargo build --workspace --quiet
 say "running the test suite"
 set +e
 cargo test --workspace --no-fail-fast 2>&1 | tee "$CARGO_TARGET_DIR/last-test.log"
