@@ -37,6 +37,9 @@ enum Command {
         /// Require HTTP basic authentication by the users in this file (`name: password`).
         #[arg(long)]
         users_file: Option<PathBuf>,
+        /// Load user functions from the `.so` plugins in this folder, and watch it.
+        #[arg(long)]
+        plugin_dir: Option<PathBuf>,
         /// A ksqlDB-style properties file (`key=value`); flags override it.
         #[arg(long)]
         config: Option<PathBuf>,
@@ -146,6 +149,7 @@ fn main() -> ExitCode {
             data_dir,
             kafka_bootstrap,
             users_file,
+            plugin_dir,
             config,
         } => {
             init_logging();
@@ -167,6 +171,9 @@ fn main() -> ExitCode {
             }
             if users_file.is_some() {
                 cfg.users_file = users_file;
+            }
+            if plugin_dir.is_some() {
+                cfg.plugin_dir = plugin_dir;
             }
             match weir_server::Server::start_with_signals(cfg).and_then(|s| s.wait()) {
                 Ok(()) => ExitCode::SUCCESS,

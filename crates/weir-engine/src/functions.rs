@@ -34,6 +34,25 @@ pub struct Functions {
     state: SessionState,
     options: ConfigOptions,
     aliases: HashMap<&'static str, &'static str>,
+    /// Functions from plugins, by upper-cased name.
+    plugins: HashMap<String, PluginFunction>,
+}
+
+/// What SHOW FUNCTIONS and DESCRIBE FUNCTION say of a plugin function.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginFunction {
+    pub name: String,
+    /// `SCALAR` or `AGGREGATE`.
+    pub kind: String,
+    pub description: String,
+    pub library: String,
+    pub version: String,
+    pub author: String,
+    /// The library file, and which load of it (a replaced file loads anew).
+    pub path: String,
+    pub generation: u64,
+    /// One line per overload: `NAME(a BIGINT, b BIGINT) -> BIGINT`.
+    pub signatures: Vec<String>,
 }
 
 impl std::fmt::Debug for Functions {
@@ -57,6 +76,7 @@ impl Default for Functions {
             options: state.config_options().as_ref().clone(),
             state,
             aliases: ALIASES.iter().copied().collect(),
+            plugins: HashMap::new(),
         }
     }
 }
@@ -78,6 +98,33 @@ impl Functions {
     /// The scalar function a ksqlDB name resolves to.
     pub fn scalar(&self, name: &str) -> Option<Arc<ScalarUDF>> {
         self.get_function_meta(name)
+    }
+
+    /// Makes a plugin's scalar function callable by new queries (replacing an earlier
+    /// version: queries planned with that one keep it).
+    pub fn register_plugin(&mut self, udf: ScalarUDF, info: PluginFunction) {
+        let _ = self.state.register_udf(Arc::new(udf));
+        self.plugins.insert(info.name.to_ascii_uppercase(), info);
+    }
+
+    /// Describes a plugin function that cannot be called yet (an aggregate).
+    pub fn register_plugin_info(&mut self, info: PluginFunction) {
+        self.plugins.insert(info.name.to_ascii_uppercase(), info);
+    }
+
+    /// Makes a plugin function unavailable to new queries.
+    pub fn deregister_plugin(&mut self, name: &str) {
+        let _ = self.state.deregister_udf(&name.to_ascii_lowercase());
+        self.plugins.remove(&name.to_ascii_uppercase());
+    }
+
+    /// The plugin function of this name, if it is one.
+    pub fn plugin(&self, name: &str) -> Option<&PluginFunction> {
+        self.plugins.get(&name.to_ascii_uppercase())
+    }
+
+    pub fn plugins(&self) -> impl Iterator<Item = &PluginFunction> {
+        self.plugins.values()
     }
 
     /// The DataFusion session whose function registry and expression planning we use.

@@ -119,6 +119,7 @@ impl Engine {
             .scalar_functions()
             .keys()
             .filter(|n| !n.starts_with("ksql_"))
+            .filter(|n| self.functions.plugin(n).is_none())
             .map(|n| FunctionSummary {
                 name: n.to_ascii_uppercase(),
                 kind: "SCALAR".into(),
@@ -129,6 +130,11 @@ impl Engine {
                 kind: "SCALAR".into(),
                 category: "BUILT-IN".into(),
             }))
+            .chain(self.functions.plugins().map(|p| FunctionSummary {
+                name: p.name.clone(),
+                kind: p.kind.clone(),
+                category: format!("PLUGIN ({})", p.library),
+            }))
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out.dedup_by(|a, b| a.name == b.name);
@@ -136,6 +142,20 @@ impl Engine {
     }
 
     pub(crate) fn describe_function(&self, name: &str) -> Result<Outcome> {
+        if let Some(p) = self.functions.plugin(name) {
+            return Ok(Outcome::FunctionDescribed(FunctionDescription {
+                name: p.name.clone(),
+                kind: p.kind.clone(),
+                description: p.description.clone(),
+                syntax: p.signatures.join("\n"),
+                author: p.author.clone(),
+                version: p.version.clone(),
+                path: format!(
+                    "{} (load #{}; queries started before a reload keep the version they started with)",
+                    p.path, p.generation
+                ),
+            }));
+        }
         let Some(udf) = self.functions.scalar(name) else {
             return Err(EngineError::Invalid(format!(
                 "Can't find any functions with the name '{}'",

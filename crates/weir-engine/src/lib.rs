@@ -11,7 +11,7 @@
 mod builtins;
 pub mod catalog;
 mod error;
-mod functions;
+pub mod functions;
 mod inspect;
 mod javatime;
 pub mod meta;
@@ -248,7 +248,14 @@ impl Engine {
     /// command log, queries checkpoint their progress, and opening replays the commands
     /// and resumes every query where it stopped — writing nothing twice.
     pub fn open(log: Arc<dyn Log>) -> Result<Self> {
+        Self::open_with(log, Functions::default())
+    }
+
+    /// As [`Engine::open`], with functions registered beforehand (plugins), so that
+    /// persistent queries that call them can be replayed.
+    pub fn open_with(log: Arc<dyn Log>, functions: Functions) -> Result<Self> {
         let mut engine = Self::new(log);
+        engine.functions = functions;
         engine.durable = true;
         engine.crash_before_checkpoint = std::env::var("WEIR_FAILPOINT").ok().and_then(|f| {
             f.strip_prefix("crash_before_checkpoint:")
@@ -404,6 +411,11 @@ impl Engine {
 
     pub fn functions(&self) -> &Functions {
         &self.functions
+    }
+
+    /// For loading and unloading plugin functions while running.
+    pub fn functions_mut(&mut self) -> &mut Functions {
+        &mut self.functions
     }
 
     pub fn queries(&self) -> impl Iterator<Item = &PersistentQuery> {

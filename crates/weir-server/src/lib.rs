@@ -16,6 +16,7 @@
 pub mod auth;
 pub mod entities;
 mod inserts;
+mod plugins;
 mod rest;
 mod streaming;
 
@@ -48,6 +49,8 @@ pub struct ServerConfig {
     pub kafka_bootstrap: Option<String>,
     /// Require HTTP basic authentication by these users.
     pub users_file: Option<PathBuf>,
+    /// Load user functions from the `.so` files here, and watch it while running.
+    pub plugin_dir: Option<PathBuf>,
     pub max_push_queries: usize,
     /// Session defaults for statements (`auto.offset.reset`, ...), from the config file.
     pub properties: BTreeMap<String, String>,
@@ -60,6 +63,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("weir-data"),
             kafka_bootstrap: None,
             users_file: None,
+            plugin_dir: None,
             max_push_queries: DEFAULT_MAX_PUSH_QUERIES,
             properties: BTreeMap::new(),
         }
@@ -98,6 +102,7 @@ impl ServerConfig {
                     self.kafka_bootstrap = Some(value.to_string())
                 }
                 "weir.auth.users.file" => self.users_file = Some(PathBuf::from(value)),
+                "weir.plugin.dir" => self.plugin_dir = Some(PathBuf::from(value)),
                 "weir.max.push.queries" => {
                     self.max_push_queries = value.parse().map_err(|e| bad(format!("{e}")))?
                 }
@@ -163,8 +168,21 @@ impl Server {
                 format!("kafka:{b}"),
             ),
         };
-        let mut engine =
-            Engine::open(log).map_err(|e| format!("recovering the command log: {e}"))?;
+        let mut functions = weir_engine::Functions::default();
+        let plugin_dir = match &config.plugin_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    format!("cannot create the plugin folder {}: {e}", dir.display())
+                })?;
+                let mut watch = plugins::open(dir, &config.properties);
+                let changes = watch.initial_scan();
+                plugins::apply(&mut functions, changes);
+                Some(watch)
+            }
+            None => None,
+        };
+        let mut engine = Engine::open_with(log, functions)
+            .map_err(|e| format!("recovering the command log: {e}"))?;
         for (k, v) in &config.properties {
             engine.set_property(k, v);
         }
@@ -193,6 +211,13 @@ impl Server {
             auth = state.users.is_some(),
             "weir server listening"
         );
+        if let Some(watch) = plugin_dir {
+            let state = state.clone();
+            std::thread::Builder::new()
+                .name("weir-plugins".into())
+                .spawn(move || plugins::watch(watch, state))
+                .map_err(|e| e.to_string())?;
+        }
         let thread = std::thread::Builder::new()
             .name("weir-server".into())
             .spawn(move || serve(listener, state, stop_rx, stopping_tx, signals))

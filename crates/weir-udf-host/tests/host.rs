@@ -40,12 +40,12 @@ fn c_library(dir: &Path, name: &str, source: &str) -> PathBuf {
 
 #[test]
 fn a_plugin_describes_itself_and_scores_a_whole_batch_per_call() {
-    let config = HashMap::from([("geo_distance.unit".to_string(), "miles".to_string())]);
+    let config = HashMap::from([("haversine.unit".to_string(), "miles".to_string())]);
     let plugin = Plugin::load(&built("multiply"), &config).unwrap();
     assert_eq!(plugin.library, "multiply");
     assert_eq!(plugin.author, "Weir examples");
     let names: Vec<&str> = plugin.scalars.iter().map(|f| f.name.as_str()).collect();
-    assert_eq!(names, ["MULTIPLY", "MULTIPLY", "GEO_DISTANCE"]);
+    assert_eq!(names, ["MULTIPLY", "MULTIPLY", "HAVERSINE"]);
     assert_eq!(plugin.scalars[0].returns, "BIGINT");
     assert_eq!(plugin.scalars[1].returns, "DOUBLE");
     assert_eq!(plugin.scalars[2].config, ["unit"]);

@@ -1,8 +1,8 @@
 //! Example plugin: scalar functions written as plain Rust.
 //!
 //! `MULTIPLY(a, b)` for integers and doubles (two overloads), and
-//! `GEO_DISTANCE(lat1, lon1, lat2, lon2)`: the great-circle distance in kilometres, or in
-//! miles when the server sets `weir.functions.geo_distance.unit=miles`.
+//! `HAVERSINE(lat1, lon1, lat2, lon2)`: the great-circle distance in kilometres, or in
+//! miles when the server sets `weir.functions.haversine.unit=miles`.
 
 use weir_udf::udf;
 
@@ -20,8 +20,8 @@ fn multiply_double(a: f64, b: f64) -> f64 {
     description = "Great-circle distance between two points given in degrees, in km (or miles)",
     config = "unit"
 )]
-fn geo_distance(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
-    let radius = match weir_udf::config("geo_distance", "unit").as_deref() {
+fn haversine(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
+    let radius = match weir_udf::config("haversine", "unit").as_deref() {
         Some("miles") | Some("MILES") => 3958.8,
         _ => 6371.0,
     };
@@ -37,6 +37,6 @@ weir_udf::export_plugin! {
     version: env!("CARGO_PKG_VERSION"),
     author: "Weir examples",
     description: "Arithmetic and geography examples",
-    scalars: [multiply, multiply_double, geo_distance],
+    scalars: [multiply, multiply_double, haversine],
     aggregates: [],
 }

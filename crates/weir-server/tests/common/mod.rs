@@ -28,6 +28,8 @@ pub fn start_with(config: ServerConfig) -> Server {
 pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
+        // A query that never ends fails the test instead of hanging it.
+        .timeout_global(Some(std::time::Duration::from_secs(60)))
         .build()
         .into()
 }

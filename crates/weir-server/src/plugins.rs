@@ -1,0 +1,127 @@
+//! The plugin folder: plugins there at start are registered before the command log is
+//! replayed (so persistent queries that call them resume); afterwards the folder is
+//! scanned every half second and what changed is registered or removed while the
+//! server runs. A plugin that cannot be loaded is logged with its file and the reason;
+//! the server carries on.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use weir_engine::Functions;
+use weir_engine::functions::PluginFunction;
+use weir_udf_host::{Change, Plugin, PluginDir, PluginScalar, plugin_config};
+
+use crate::AppState;
+
+/// How often the folder is looked at: a new plugin is callable within two scans.
+pub const SCAN_INTERVAL: Duration = Duration::from_millis(500);
+
+pub fn open(dir: &std::path::Path, properties: &BTreeMap<String, String>) -> PluginDir {
+    PluginDir::new(dir, plugin_config(properties))
+}
+
+fn infos(plugin: &Plugin) -> Vec<PluginFunction> {
+    let mut out: BTreeMap<String, PluginFunction> = BTreeMap::new();
+    for (kind, list) in [
+        ("SCALAR", &plugin.scalars),
+        ("AGGREGATE", &plugin.aggregates),
+    ] {
+        for f in list {
+            let signature = format!(
+                "{}({}) -> {}",
+                f.name,
+                f.args
+                    .iter()
+                    .map(|(n, t)| format!("{n} {t}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                f.returns
+            );
+            out.entry(f.name.clone())
+                .or_insert_with(|| PluginFunction {
+                    name: f.name.clone(),
+                    kind: kind.to_string(),
+                    description: f.description.clone(),
+                    library: plugin.library.clone(),
+                    version: plugin.version.clone(),
+                    author: plugin.author.clone(),
+                    path: plugin.path.display().to_string(),
+                    generation: plugin.generation,
+                    signatures: vec![],
+                })
+                .signatures
+                .push(signature);
+        }
+    }
+    out.into_values().collect()
+}
+
+fn register(functions: &mut Functions, plugin: &Arc<Plugin>) {
+    let udfs = PluginScalar::all(plugin);
+    for info in infos(plugin) {
+        let builtin =
+            functions.scalar(&info.name).is_some() && functions.plugin(&info.name).is_none();
+        if builtin {
+            tracing::warn!(file = %plugin.path.display(), function = %info.name,
+                "plugin function not loaded: a built-in function has that name");
+            continue;
+        }
+        match udfs
+            .iter()
+            .find(|u| u.name().eq_ignore_ascii_case(&info.name))
+        {
+            Some(udf) => functions.register_plugin(udf.clone(), info),
+            // Aggregates are described (SHOW FUNCTIONS) until queries can aggregate.
+            None => functions.register_plugin_info(info),
+        }
+    }
+}
+
+fn unregister(functions: &mut Functions, plugin: &Plugin) {
+    for info in infos(plugin) {
+        let ours = functions
+            .plugin(&info.name)
+            .is_some_and(|p| p.generation == plugin.generation);
+        if ours {
+            functions.deregister_plugin(&info.name);
+        }
+    }
+}
+
+/// Applies what a scan found, logging each change.
+pub fn apply(functions: &mut Functions, changes: Vec<Change>) {
+    for change in changes {
+        match change {
+            Change::Loaded(p) => {
+                register(functions, &p);
+                tracing::info!(file = %p.path.display(), library = %p.library, version = %p.version,
+                    functions = p.scalars.len() + p.aggregates.len(), "plugin loaded");
+            }
+            Change::Replaced { old, new } => {
+                unregister(functions, &old);
+                register(functions, &new);
+                tracing::info!(file = %new.path.display(), library = %new.library, version = %new.version,
+                    "plugin replaced: new queries use the new version, running ones keep theirs");
+            }
+            Change::Removed(p) => {
+                unregister(functions, &p);
+                tracing::info!(file = %p.path.display(), library = %p.library, "plugin removed");
+            }
+            Change::Refused { path, reason } => {
+                tracing::warn!(file = %path.display(), %reason, "plugin refused");
+            }
+        }
+    }
+}
+
+/// Scans the folder until the server stops.
+pub fn watch(mut dir: PluginDir, state: Arc<AppState>) {
+    while !*state.stopping.borrow() {
+        std::thread::sleep(SCAN_INTERVAL);
+        let changes = dir.scan();
+        if !changes.is_empty() {
+            apply(state.runtime.engine().functions_mut(), changes);
+        }
+    }
+}

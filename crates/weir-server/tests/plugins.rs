@@ -1,0 +1,195 @@
+//! Plugins dropped into a running server's folder: callable without a restart, described
+//! by SHOW FUNCTIONS and DESCRIBE FUNCTION, gone when removed; a plugin that panics sends
+//! the bad rows to the processing log and the server carries on.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+fn built(name: &str) -> PathBuf {
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = target.join("debug").join(format!("lib{name}.so"));
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --workspace` first",
+        path.display()
+    );
+    path
+}
+
+fn functions(server: &weir_server::Server) -> Vec<Value> {
+    ksql(server, "SHOW FUNCTIONS;")[0]["functions"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Waits until SHOW FUNCTIONS does (or does not) list `name`; how long it took.
+fn wait_for_function(server: &weir_server::Server, name: &str, present: bool) -> Duration {
+    let started = Instant::now();
+    while functions(server).iter().any(|f| f["name"] == name) != present {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{name} present={present} never happened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    started.elapsed()
+}
+
+fn rows(server: &weir_server::Server, sql: &str) -> Vec<Value> {
+    let (status, body) = post(
+        server,
+        "/query-stream",
+        &json!({"sql": sql, "properties": {"auto.offset.reset": "earliest"}}),
+    );
+    assert_eq!(status, 200, "{sql}: {body}");
+    body.as_str()
+        .unwrap_or_else(|| panic!("{body}"))
+        .lines()
+        .skip(1)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_dropped_in_plugin_is_callable_without_a_restart_and_gone_when_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    let server = start_with(weir_server::ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().join("data"),
+        plugin_dir: Some(plugins.clone()),
+        properties: [(
+            "weir.functions.haversine.unit".to_string(),
+            "miles".to_string(),
+        )]
+        .into(),
+        ..Default::default()
+    });
+    ksql(
+        &server,
+        "CREATE STREAM nums (x BIGINT, lat DOUBLE) WITH (kafka_topic='nums', value_format='JSON', partitions=1);",
+    );
+    ksql(
+        &server,
+        "INSERT INTO nums (x, lat) VALUES (2, 52.52); INSERT INTO nums (x, lat) VALUES (7, 48.8566);",
+    );
+    let (status, _) = post(
+        &server,
+        "/ksql",
+        &json!({"ksql": "CREATE STREAM m AS SELECT MULTIPLY(x, 3) AS y FROM nums;"}),
+    );
+    assert_eq!(status, 400, "MULTIPLY is not there yet");
+
+    // A broken file in the folder is refused; the server goes on.
+    std::fs::write(plugins.join("junk.so"), b"not a library").unwrap();
+    std::fs::copy(built("multiply"), plugins.join("multiply.so")).unwrap();
+    let took = wait_for_function(&server, "MULTIPLY", true);
+    eprintln!("multiply.so callable {took:?} after it was copied in");
+    assert_eq!(get(&server, "/healthcheck").0, 200);
+
+    let listed = functions(&server);
+    let multiply = listed.iter().find(|f| f["name"] == "MULTIPLY").unwrap();
+    assert_eq!(multiply["category"], "PLUGIN (multiply)");
+    assert_eq!(multiply["type"], "SCALAR");
+    assert_eq!(
+        rows(
+            &server,
+            "SELECT x, MULTIPLY(x, 3) AS y, MULTIPLY(lat, 2.0) AS z FROM nums EMIT CHANGES LIMIT 2;"
+        ),
+        [json!([2, 6, 105.04]), json!([7, 21, 97.7132])]
+    );
+    // Config from the server's properties reached the plugin: miles, not km.
+    let d = rows(
+        &server,
+        "SELECT HAVERSINE(52.52, 13.405, 48.8566, 2.3522) AS d FROM nums EMIT CHANGES LIMIT 1;",
+    );
+    assert!((d[0][0].as_f64().unwrap() - 545.0).abs() < 5.0, "{d:?}");
+
+    let described = ksql(&server, "DESCRIBE FUNCTION multiply;");
+    let f = &described[0];
+    assert_eq!(f["@type"], "describe_function");
+    assert_eq!(f["author"], "Weir examples");
+    assert!(f["path"].as_str().unwrap().contains("multiply.so"), "{f}");
+    let syntax = f["functions"][0]["description"].as_str().unwrap();
+    assert!(
+        syntax.contains("MULTIPLY(a BIGINT, b BIGINT) -> BIGINT"),
+        "{syntax}"
+    );
+    assert!(
+        syntax.contains("MULTIPLY(a DOUBLE, b DOUBLE) -> DOUBLE"),
+        "{syntax}"
+    );
+
+    // A persistent query keeps working after its plugin file is removed; new ones can't use it.
+    ksql(
+        &server,
+        "SET 'auto.offset.reset'='earliest'; CREATE STREAM tripled AS SELECT x, MULTIPLY(x, 3) AS y FROM nums;",
+    );
+    std::fs::remove_file(plugins.join("multiply.so")).unwrap();
+    wait_for_function(&server, "MULTIPLY", false);
+    let (status, body) = post(
+        &server,
+        "/query-stream",
+        &json!({"sql": "SELECT MULTIPLY(x, 2) FROM nums EMIT CHANGES;"}),
+    );
+    assert_eq!(status, 400, "{body}");
+    ksql(&server, "INSERT INTO nums (x, lat) VALUES (10, 0.0);");
+    assert_eq!(
+        rows(&server, "SELECT x, y FROM tripled EMIT CHANGES LIMIT 3;"),
+        [json!([2, 6]), json!([7, 21]), json!([10, 30])]
+    );
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn a_panicking_plugin_sends_its_bad_rows_to_the_processing_log_and_the_query_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::copy(built("faulty"), plugins.join("faulty.so")).unwrap();
+    let server = start_with(weir_server::ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().join("data"),
+        plugin_dir: Some(plugins),
+        ..Default::default()
+    });
+    ksql(
+        &server,
+        "CREATE STREAM nums (x BIGINT) WITH (kafka_topic='nums', value_format='JSON', partitions=1);",
+    );
+    ksql(
+        &server,
+        "SET 'auto.offset.reset'='earliest'; CREATE STREAM checked AS SELECT x, FAULTY(x) AS f FROM nums;",
+    );
+    for x in [2, -5, 0, 7] {
+        ksql(&server, &format!("INSERT INTO nums (x) VALUES ({x});"));
+    }
+    assert_eq!(
+        rows(&server, "SELECT x, f FROM checked EMIT CHANGES LIMIT 2;"),
+        [json!([2, 2]), json!([7, 7])]
+    );
+    let logged = rows(
+        &server,
+        "SELECT MESSAGE FROM KSQL_PROCESSING_LOG EMIT CHANGES LIMIT 2;",
+    );
+    let messages: Vec<&str> = logged.iter().map(|r| r[0].as_str().unwrap()).collect();
+    assert!(
+        messages.iter().any(|m| m.contains("negative input -5")),
+        "{messages:?}"
+    );
+    assert!(
+        messages.iter().any(|m| m.contains("zero is not allowed")),
+        "{messages:?}"
+    );
+    assert_eq!(get(&server, "/healthcheck").0, 200);
+    server.shutdown().unwrap();
+}
