@@ -230,3 +230,79 @@ pub fn push_latency(samples: usize) -> Result<(), String> {
     runtime.shutdown().map_err(|e| e.to_string())?;
     Ok(())
 }
+
+/// The plugin's `.so` beside this binary (cargo puts cdylibs in the same target folder).
+fn plugin_beside_binary(name: &str) -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let path = exe.parent()?.join(format!("lib{name}.so"));
+    path.exists().then_some(path)
+}
+
+/// A plugin scalar against the same function built in: `MULTIPLY(a, b)` from the
+/// `udfs/multiply` plugin (loaded through the host, one FFI call per batch) and the same
+/// Rust code linked into this binary, over `rows` rows in batches of `batch` rows.
+pub fn udf(rows: usize, batch: usize, plugin: Option<&std::path::Path>) -> Result<(), String> {
+    use arrow::array::{ArrayRef, Int64Array};
+    let path = match plugin {
+        Some(p) => p.to_path_buf(),
+        None => plugin_beside_binary("multiply")
+            .ok_or("libmultiply.so is not beside the weir binary: `cargo build --release --workspace`, or pass --plugin")?,
+    };
+    let loaded = weir_udf_host::Plugin::load(&path, &Default::default())?;
+    let index = loaded
+        .scalars
+        .iter()
+        .position(|f| f.name == "MULTIPLY" && f.returns == "BIGINT")
+        .ok_or("the plugin has no MULTIPLY(BIGINT, BIGINT)")?;
+    let built_in = multiply::multiply::def().invoke;
+    let batches: Vec<[ArrayRef; 2]> = (0..rows.div_ceil(batch))
+        .map(|b| {
+            let n = batch.min(rows - b * batch);
+            let start = (b * batch) as i64;
+            [
+                Arc::new(Int64Array::from_iter_values(start..start + n as i64)) as ArrayRef,
+                Arc::new(Int64Array::from_iter_values((0..n as i64).map(|i| i % 7))) as ArrayRef,
+            ]
+        })
+        .collect();
+    let run =
+        |f: &dyn Fn(&[ArrayRef], usize) -> Result<ArrayRef, String>| -> Result<(f64, i64), String> {
+            let started = Instant::now();
+            let mut check = 0i64;
+            for args in &batches {
+                let out = f(args, args[0].len())?;
+                let out = out
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .ok_or("not BIGINT")?;
+                check = check.wrapping_add(out.value(out.len() - 1));
+            }
+            Ok((started.elapsed().as_secs_f64(), check))
+        };
+    // Warm both once, then measure.
+    run(&|a, n| built_in(a, n))?;
+    run(&|a, n| loaded.invoke(index, a, n))?;
+    let (builtin_secs, c1) = run(&|a, n| built_in(a, n))?;
+    let (plugin_secs, c2) = run(&|a, n| loaded.invoke(index, a, n))?;
+    if c1 != c2 {
+        return Err(format!(
+            "the plugin and the built-in disagree: {c1} vs {c2}"
+        ));
+    }
+    println!("udf: MULTIPLY(BIGINT, BIGINT) over {rows} rows in batches of {batch}");
+    println!(
+        "  built in          {:>10.3} s  {}",
+        builtin_secs,
+        rate(rows as u64, builtin_secs)
+    );
+    println!(
+        "  plugin (FFI)      {:>10.3} s  {}",
+        plugin_secs,
+        rate(rows as u64, plugin_secs)
+    );
+    println!(
+        "  plugin / built-in {:>10.2}x (goal <= 1.20x)",
+        plugin_secs / builtin_secs
+    );
+    Ok(())
+}

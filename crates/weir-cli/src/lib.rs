@@ -7,3 +7,4 @@ pub mod conformance;
 pub mod render;
 pub mod repl;
 pub mod run;
+pub mod scaffold;

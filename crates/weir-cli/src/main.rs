@@ -44,6 +44,11 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// User-function plugins.
+    Udf {
+        #[command(subcommand)]
+        command: UdfCommand,
+    },
     /// The interactive SQL shell.
     Cli {
         /// The server's URL.
@@ -116,6 +121,20 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum UdfCommand {
+    /// Scaffold a plugin crate that builds to a loadable .so.
+    New {
+        name: String,
+        /// Where to create it.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The weir-udf crate (default: the checkout this binary was built from).
+        #[arg(long)]
+        sdk: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum Workload {
     /// JSON car events through a filter-and-project CSAS, with log-read and decode ceilings.
     W1 {
@@ -124,6 +143,16 @@ enum Workload {
         /// Run on the Kafka cluster at HOST:PORT instead of the embedded log.
         #[arg(long)]
         kafka: Option<String>,
+    },
+    /// A plugin scalar (one FFI call per batch) against the same function built in.
+    Udf {
+        #[arg(long, default_value_t = 10_000_000)]
+        rows: usize,
+        #[arg(long, default_value_t = 8192)]
+        batch: usize,
+        /// The multiply plugin's .so (default: beside this binary).
+        #[arg(long)]
+        plugin: Option<PathBuf>,
     },
     /// Latency from an append to a push query's client on an idle engine.
     Push {
@@ -183,6 +212,20 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Udf {
+            command: UdfCommand::New { name, dir, sdk },
+        } => match weir_cli::scaffold::new_plugin(&name, &dir, sdk.as_deref()) {
+            Ok(root) => {
+                println!("Created {}. Build it with:", root.display());
+                println!("  cd {} && cargo build --release", root.display());
+                println!("then copy target/release/lib{name}.so into the server's plugin folder.");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("weir udf new: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Cli {
             server,
             embedded,
@@ -221,6 +264,20 @@ fn main() -> ExitCode {
         Command::Bench {
             workload: Workload::W1 { events, kafka },
         } => match bench::w1(events, kafka.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("weir bench: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Bench {
+            workload:
+                Workload::Udf {
+                    rows,
+                    batch,
+                    plugin,
+                },
+        } => match bench::udf(rows, batch, plugin.as_deref()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("weir bench: {e}");
