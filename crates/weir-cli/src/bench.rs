@@ -265,20 +265,20 @@ pub fn udf(rows: usize, batch: usize, plugin: Option<&std::path::Path>) -> Resul
             ]
         })
         .collect();
-    let run =
-        |f: &dyn Fn(&[ArrayRef], usize) -> Result<ArrayRef, String>| -> Result<(f64, i64), String> {
-            let started = Instant::now();
-            let mut check = 0i64;
-            for args in &batches {
-                let out = f(args, args[0].len())?;
-                let out = out
-                    .as_any()
-                    .downcast_ref::<Int64Array>()
-                    .ok_or("not BIGINT")?;
-                check = check.wrapping_add(out.value(out.len() - 1));
-            }
-            Ok((started.elapsed().as_secs_f64(), check))
-        };
+    type Scalar<'a> = &'a dyn Fn(&[ArrayRef], usize) -> Result<ArrayRef, String>;
+    let run = |f: Scalar| -> Result<(f64, i64), String> {
+        let started = Instant::now();
+        let mut check = 0i64;
+        for args in &batches {
+            let out = f(args, args[0].len())?;
+            let out = out
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .ok_or("not BIGINT")?;
+            check = check.wrapping_add(out.value(out.len() - 1));
+        }
+        Ok((started.elapsed().as_secs_f64(), check))
+    };
     // Warm both once, then measure.
     run(&|a, n| built_in(a, n))?;
     run(&|a, n| loaded.invoke(index, a, n))?;
