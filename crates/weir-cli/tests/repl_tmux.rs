@@ -1,5 +1,6 @@
 //! The REPL as a person uses it: `weir cli` runs in a tmux pane, keys go in with
-//! `send-keys`, and the test reads the screen with `capture-pane`.
+//! `send-keys`, and the test reads the screen with `capture-pane`. It also copies a plugin
+//! into the running server's folder and calls it from the shell.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -77,9 +78,11 @@ impl Drop for Tmux {
 #[test]
 fn a_person_creates_a_stream_inserts_rows_watches_them_and_cancels_with_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
     let server = weir_server::Server::start(weir_server::ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.path().join("data"),
+        plugin_dir: Some(plugins.clone()),
         ..Default::default()
     })
     .unwrap();
@@ -153,6 +156,32 @@ fn a_person_creates_a_stream_inserts_rows_watches_them_and_cancels_with_ctrl_c()
         !screen.contains("transient_"),
         "the push query still runs:\n{screen}"
     );
+
+    // A plugin copied into the running server's folder is callable from the shell.
+    let built = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .join("debug/libmultiply.so");
+    assert!(built.exists(), "{} not built: cargo build --workspace", built.display());
+    std::fs::copy(&built, plugins.join("multiply.so")).unwrap();
+    let copied = Instant::now();
+    let listed = || {
+        let body = ureq::post(format!("http://{}/ksql", server.addr()))
+            .send(r#"{"ksql": "SHOW FUNCTIONS;"}"#)
+            .unwrap()
+            .into_body()
+            .read_to_string()
+            .unwrap();
+        body.contains("PLUGIN (multiply)")
+    };
+    while !listed() {
+        assert!(copied.elapsed() < Duration::from_secs(15), "MULTIPLY never appeared");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("MULTIPLY callable {:?} after the copy", copied.elapsed());
+    tmux.line("SELECT id, MULTIPLY(id, 1000) AS m FROM vehicles EMIT CHANGES LIMIT 3;");
+    let screen = tmux.wait_for("|3000", 1);
+    assert!(screen.contains("|1000") && screen.contains("|2000"), "{screen}");
 
     // Ctrl-D exits.
     tmux.key("C-d");
