@@ -162,7 +162,11 @@ fn a_person_creates_a_stream_inserts_rows_watches_them_and_cancels_with_ctrl_c()
         .parent()
         .unwrap()
         .join("debug/libmultiply.so");
-    assert!(built.exists(), "{} not built: cargo build --workspace", built.display());
+    assert!(
+        built.exists(),
+        "{} not built: cargo build --workspace",
+        built.display()
+    );
     std::fs::copy(&built, plugins.join("multiply.so")).unwrap();
     let copied = Instant::now();
     let listed = || {
@@ -175,13 +179,19 @@ fn a_person_creates_a_stream_inserts_rows_watches_them_and_cancels_with_ctrl_c()
         body.contains("PLUGIN (multiply)")
     };
     while !listed() {
-        assert!(copied.elapsed() < Duration::from_secs(15), "MULTIPLY never appeared");
+        assert!(
+            copied.elapsed() < Duration::from_secs(15),
+            "MULTIPLY never appeared"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     eprintln!("MULTIPLY callable {:?} after the copy", copied.elapsed());
     tmux.line("SELECT id, MULTIPLY(id, 1000) AS m FROM vehicles EMIT CHANGES LIMIT 3;");
     let screen = tmux.wait_for("|3000", 1);
-    assert!(screen.contains("|1000") && screen.contains("|2000"), "{screen}");
+    assert!(
+        screen.contains("|1000") && screen.contains("|2000"),
+        "{screen}"
+    );
 
     // Ctrl-D exits.
     tmux.key("C-d");
