@@ -40,6 +40,13 @@ enum Command {
         /// Load user functions from the `.so` plugins in this folder, and watch it.
         #[arg(long)]
         plugin_dir: Option<PathBuf>,
+        /// Accept MQTT publishes on ADDRESS:PORT (e.g. 127.0.0.1:1883); off by default.
+        #[arg(long)]
+        mqtt_listen: Option<std::net::SocketAddr>,
+        /// Where MQTT topics go: `logtopic:regex, ...` (first full match wins), e.g.
+        /// `temperature:.*temperature`. Same as the property weir.mqtt.topic.map.
+        #[arg(long)]
+        mqtt_topic_map: Option<String>,
         /// A ksqlDB-style properties file (`key=value`); flags override it.
         #[arg(long)]
         config: Option<PathBuf>,
@@ -179,6 +186,8 @@ fn main() -> ExitCode {
             kafka_bootstrap,
             users_file,
             plugin_dir,
+            mqtt_listen,
+            mqtt_topic_map,
             config,
         } => {
             init_logging();
@@ -203,6 +212,12 @@ fn main() -> ExitCode {
             }
             if plugin_dir.is_some() {
                 cfg.plugin_dir = plugin_dir;
+            }
+            if mqtt_listen.is_some() {
+                cfg.mqtt_listen = mqtt_listen;
+            }
+            if let Some(map) = mqtt_topic_map {
+                cfg.mqtt_topic_map = map;
             }
             match weir_server::Server::start_with_signals(cfg).and_then(|s| s.wait()) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -309,9 +309,27 @@ pub fn entity(e: &Value) -> String {
                 out.push_str(&format!("{label:<12}: {}\n", s(&e[key])));
             }
             for f in list("functions") {
-                if !s(&f["description"]).is_empty() {
-                    out.push_str(&format!("{:<12}: {}\n", "Syntax", s(&f["description"])));
+                let args = f["arguments"].as_array().cloned().unwrap_or_default();
+                if args.is_empty() && s(&f["returnType"]).is_empty() {
+                    // A built-in: its syntax.
+                    if !s(&f["description"]).is_empty() {
+                        out.push_str(&format!("{:<12}: {}\n", "Syntax", s(&f["description"])));
+                    }
+                    continue;
                 }
+                let args: Vec<String> = args
+                    .iter()
+                    .map(|a| format!("{} {}", s(&a["name"]), s(&a["type"])))
+                    .collect();
+                out.push_str(&format!(
+                    "{:<12}: {}({}) -> {}\n{:<12}  {}\n",
+                    "Variation",
+                    s(&e["name"]),
+                    args.join(", "),
+                    s(&f["returnType"]),
+                    "",
+                    s(&f["description"])
+                ));
             }
             out
         }
@@ -322,6 +340,9 @@ pub fn entity(e: &Value) -> String {
             out.push_str(&format!("{:<12}: {}\n", "SQL", s(&q["statementText"])));
             if !s(&q["state"]).is_empty() {
                 out.push_str(&format!("{:<12}: {}\n", "Status", s(&q["state"])));
+            }
+            for e in q["queryErrors"].as_array().into_iter().flatten() {
+                out.push_str(&format!("{:<12}: {}\n", "Error", s(&e["errorMessage"])));
             }
             out.push('\n');
             out.push_str(&fields_table(&q["fields"]));

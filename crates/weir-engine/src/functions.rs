@@ -51,8 +51,8 @@ pub struct PluginFunction {
     /// The library file, and which load of it (a replaced file loads anew).
     pub path: String,
     pub generation: u64,
-    /// One line per overload: `NAME(a BIGINT, b BIGINT) -> BIGINT`.
-    pub signatures: Vec<String>,
+    /// One per overload.
+    pub signatures: Vec<crate::meta::FunctionSignature>,
 }
 
 impl std::fmt::Debug for Functions {

@@ -38,6 +38,14 @@ fn fields(keys: &[Column], values: &[Column]) -> Vec<FieldInfo> {
         .collect()
 }
 
+fn query_state(q: &PersistentQuery) -> &'static str {
+    if q.error.is_some() {
+        "ERROR"
+    } else {
+        "RUNNING"
+    }
+}
+
 fn summary(q: &PersistentQuery) -> QuerySummary {
     QuerySummary {
         id: q.id.clone(),
@@ -45,7 +53,7 @@ fn summary(q: &PersistentQuery) -> QuerySummary {
         sinks: vec![q.sink.clone()],
         sink_kafka_topics: vec![q.sink_topic.clone()],
         query_type: "PERSISTENT".into(),
-        state: "RUNNING".into(),
+        state: query_state(q).into(),
     }
 }
 
@@ -147,7 +155,13 @@ impl Engine {
                 name: p.name.clone(),
                 kind: p.kind.clone(),
                 description: p.description.clone(),
-                syntax: p.signatures.join("\n"),
+                syntax: p
+                    .signatures
+                    .iter()
+                    .map(|s| format!("{}{s}", p.name))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                signatures: p.signatures.clone(),
                 author: p.author.clone(),
                 version: p.version.clone(),
                 path: format!(
@@ -168,6 +182,7 @@ impl Engine {
             kind: "SCALAR".into(),
             description: doc.map(|d| d.description.clone()).unwrap_or_default(),
             syntax: doc.map(|d| d.syntax_example.clone()).unwrap_or_default(),
+            signatures: vec![],
             author: "Weir".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             path: "internal".into(),
@@ -259,8 +274,9 @@ impl Engine {
                     sources: vec![q.plan.source.clone()],
                     sinks: vec![q.sink.clone()],
                     execution_plan: q.plan.explain(&q.source_topic, Some(&q.sink_topic)),
-                    state: Some("RUNNING".into()),
+                    state: Some(query_state(q).into()),
                     statistics: Some(q.stats),
+                    errors: q.error.iter().cloned().collect(),
                 }))
             }
             ExplainTarget::Statement(stmt) => {
@@ -286,6 +302,7 @@ impl Engine {
                     execution_plan: plan.explain(&source.topic, None),
                     state: None,
                     statistics: None,
+                    errors: vec![],
                 }))
             }
         }

@@ -194,7 +194,16 @@ pub struct PersistentQuery {
     stats: meta::QueryStats,
     /// Records to read per step, by partition (adapts to load).
     batch_records: Vec<usize>,
+    /// `weir.fail.on.function.error` when the query started: a batch that fails to
+    /// compute stops the query (state ERROR) instead of sending its bad rows to the
+    /// processing log.
+    stop_on_error: bool,
+    /// Why the query stopped; it consumes nothing more until restarted.
+    pub error: Option<meta::QueryError>,
 }
+
+/// The property that makes a function error stop a persistent query.
+pub const FAIL_ON_FUNCTION_ERROR: &str = "weir.fail.on.function.error";
 
 pub struct Engine {
     log: Arc<dyn Log>,
@@ -420,6 +429,36 @@ impl Engine {
 
     pub fn queries(&self) -> impl Iterator<Item = &PersistentQuery> {
         self.queries.values()
+    }
+
+    /// Each persistent query's counters and source lag, for `/metrics`.
+    pub fn query_metrics(&self) -> Vec<meta::QueryMetrics> {
+        self.queries
+            .values()
+            .map(|q| {
+                let lag = q
+                    .offsets
+                    .iter()
+                    .enumerate()
+                    .map(|(p, at)| {
+                        self.log
+                            .offsets(&q.source_topic, p as u32)
+                            .map(|(_, end)| end.saturating_sub(*at))
+                            .unwrap_or(0)
+                    })
+                    .sum();
+                meta::QueryMetrics {
+                    id: q.id.clone(),
+                    stats: q.stats,
+                    lag,
+                }
+            })
+            .collect()
+    }
+
+    /// Push queries open now.
+    pub fn push_query_count(&self) -> usize {
+        self.push_queries.len()
     }
 
     pub fn set_property(&mut self, name: &str, value: &str) {
@@ -858,6 +897,11 @@ impl Engine {
                     .map(|c| (c, sink.timestamp_format.clone())),
                 stats: meta::QueryStats::default(),
                 batch_records,
+                stop_on_error: self
+                    .properties
+                    .get(FAIL_ON_FUNCTION_ERROR)
+                    .is_some_and(|v| v.eq_ignore_ascii_case("true")),
+                error: None,
             },
         );
         if self.durable && !self.replaying {
@@ -1061,6 +1105,9 @@ impl Engine {
         let partitions = self.queries[id].offsets.len() as u32;
         let mut consumed = 0;
         for partition in 0..partitions {
+            if self.queries[id].error.is_some() {
+                break;
+            }
             let n = self.step_partition(id, partition)?;
             if n > 0 && self.durable {
                 if let Some(left) = self.crash_before_checkpoint.as_mut() {
@@ -1096,6 +1143,9 @@ impl Engine {
             return Ok(0);
         };
         let next = last.offset + 1;
+        // Compute every run first, write after: a query that stops on an error writes
+        // nothing of the batch it stops at, and resumes from its start when restarted.
+        let mut computed = Vec::new();
         // Records and tombstones keep their order: process each run of one kind in turn.
         for run in records.chunk_by(|a, b| a.record.value.is_none() == b.record.value.is_none()) {
             let tombstones = run[0].record.value.is_none();
@@ -1119,7 +1169,34 @@ impl Engine {
                 }
                 _ => decoded,
             };
-            let (output, failures) = q.plan.apply_each(&decoded.batch);
+            let (output, failures) = if q.stop_on_error {
+                match q.plan.apply(&decoded.batch) {
+                    Ok(out) => (vec![out], Vec::new()),
+                    Err(e) => {
+                        let why = format!(
+                            "Query stopped ({FAIL_ON_FUNCTION_ERROR}=true) at {}-{partition} offsets {}..{}: {e}",
+                            q.source_topic,
+                            run[0].offset,
+                            run[run.len() - 1].offset
+                        );
+                        eprintln!("weir: query {}: {why}", q.id);
+                        write_processing_log(
+                            log.as_ref(),
+                            &q.id,
+                            &q.source_topic,
+                            &[(partition, run[0].offset, why.clone())],
+                        )?;
+                        q.stats.errors += 1;
+                        q.error = Some(meta::QueryError {
+                            timestamp: now_ms(),
+                            message: why,
+                        });
+                        return Ok(0);
+                    }
+                }
+            } else {
+                q.plan.apply_each(&decoded.batch)
+            };
             problems.extend(failures.into_iter().map(|(offset, e)| {
                 (
                     partition,
@@ -1127,10 +1204,17 @@ impl Engine {
                     format!("Error computing expression: {e}"),
                 )
             }));
+            computed.push((tombstones, output, problems));
+        }
+        for (tombstones, output, problems) in computed {
             q.stats.errors += problems.len() as u64;
             for out in output {
                 q.stats.produced += out.num_rows() as u64;
-                write_output(
+                let now = now_ms();
+                for t in out.column(0).as_primitive::<Int64Type>().values() {
+                    q.stats.latency.observe((now - t).max(0) as f64);
+                }
+                q.stats.bytes_produced += write_output(
                     log.as_ref(),
                     q,
                     &out,
@@ -1147,6 +1231,13 @@ impl Engine {
         }
         q.offsets[partition as usize] = next;
         q.stats.consumed += records.len() as u64;
+        q.stats.bytes_consumed += records
+            .iter()
+            .map(|r| {
+                (r.record.key.as_ref().map_or(0, Vec::len)
+                    + r.record.value.as_ref().map_or(0, Vec::len)) as u64
+            })
+            .sum::<u64>();
         q.stats.last_message_ms = Some(now_ms());
         Ok(records.len() as u64)
     }
@@ -1161,9 +1252,10 @@ struct Sink {
     source_partition: u32,
 }
 
-fn write_output(log: &dyn Log, q: &PersistentQuery, out: &RecordBatch, sink: Sink) -> Result<()> {
+/// Writes a batch of output; the bytes written (keys and values).
+fn write_output(log: &dyn Log, q: &PersistentQuery, out: &RecordBatch, sink: Sink) -> Result<u64> {
     if out.num_rows() == 0 {
-        return Ok(());
+        return Ok(0);
     }
     let rekeyed;
     let out = if sink.tombstones && q.plan.repartitions {
@@ -1218,10 +1310,17 @@ fn write_output(log: &dyn Log, q: &PersistentQuery, out: &RecordBatch, sink: Sin
             headers,
         });
     }
+    let mut bytes = 0;
     for (partition, records) in by_partition {
+        bytes += records
+            .iter()
+            .map(|r| {
+                (r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len)) as u64
+            })
+            .sum::<u64>();
         log.append(&q.sink_topic, partition, &records)?;
     }
-    Ok(())
+    Ok(bytes)
 }
 
 /// Sets ROWTIME from the source's TIMESTAMP column (BIGINT millis or TIMESTAMP). Records

@@ -51,6 +51,48 @@ pub struct QueryStats {
     pub errors: u64,
     /// Wall-clock millis of the last batch with input.
     pub last_message_ms: Option<i64>,
+    /// Bytes of source records read (keys and values) and of records written.
+    pub bytes_consumed: u64,
+    pub bytes_produced: u64,
+    /// End-to-end latency of output records: from their timestamp (ROWTIME) to when they
+    /// were written.
+    #[serde(skip)]
+    pub latency: LatencyHistogram,
+}
+
+/// Upper bounds of [`LatencyHistogram`]'s buckets, in milliseconds (the last is +Inf).
+pub const LATENCY_BUCKETS_MS: [f64; 11] = [
+    1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0, 30000.0,
+];
+
+/// A Prometheus-style histogram: `counts[i]` observations at most
+/// `LATENCY_BUCKETS_MS[i]` (not cumulative; the last counts the rest).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LatencyHistogram {
+    pub counts: [u64; 12],
+    pub sum_ms: f64,
+    pub count: u64,
+}
+
+impl LatencyHistogram {
+    pub fn observe(&mut self, ms: f64) {
+        let i = LATENCY_BUCKETS_MS
+            .iter()
+            .position(|b| ms <= *b)
+            .unwrap_or(LATENCY_BUCKETS_MS.len());
+        self.counts[i] += 1;
+        self.sum_ms += ms;
+        self.count += 1;
+    }
+}
+
+/// A persistent query's figures for `/metrics`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryMetrics {
+    pub id: String,
+    pub stats: QueryStats,
+    /// Source records not yet read, over all partitions.
+    pub lag: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -127,6 +169,28 @@ pub struct FunctionSummary {
     pub category: String,
 }
 
+/// One overload of a function: its arguments (name, ksqlDB type), return type, and what
+/// it does.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionSignature {
+    pub arguments: Vec<(String, String)>,
+    pub return_type: String,
+    pub description: String,
+}
+
+impl std::fmt::Display for FunctionSignature {
+    /// `NAME(a BIGINT, b BIGINT) -> BIGINT` without the name: `(a BIGINT, b BIGINT) -> BIGINT`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let args: Vec<String> = self
+            .arguments
+            .iter()
+            .map(|(n, t)| format!("{n} {t}"))
+            .collect();
+        write!(f, "({}) -> {}", args.join(", "), self.return_type)
+    }
+}
+
 /// `DESCRIBE FUNCTION name`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -136,6 +200,8 @@ pub struct FunctionDescription {
     pub kind: String,
     pub description: String,
     pub syntax: String,
+    /// Each overload, where known (plugin functions).
+    pub signatures: Vec<FunctionSignature>,
     pub author: String,
     pub version: String,
     pub path: String,
@@ -154,6 +220,16 @@ pub struct QueryDescription {
     pub execution_plan: String,
     pub state: Option<String>,
     pub statistics: Option<QueryStats>,
+    /// Why the query stopped, when it did.
+    pub errors: Vec<QueryError>,
+}
+
+/// An error that stopped a persistent query.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QueryError {
+    /// When, in ms since the epoch.
+    pub timestamp: i64,
+    pub message: String,
 }
 
 /// A type registered with `CREATE TYPE`.

@@ -68,13 +68,18 @@ impl Users {
             .ok()?;
         let decoded = String::from_utf8(decoded).ok()?;
         let (name, password) = decoded.split_once(':')?;
-        let ok = match self.users.get(name)? {
-            Secret::Plain(p) => constant_time_eq(p.as_bytes(), password.as_bytes()),
-            Secret::Sha256(digest) => {
+        self.verify(name, password).then(|| name.to_string())
+    }
+
+    /// Whether `password` is `name`'s (MQTT CONNECT carries them as they are).
+    pub fn verify(&self, name: &str, password: &str) -> bool {
+        match self.users.get(name) {
+            Some(Secret::Plain(p)) => constant_time_eq(p.as_bytes(), password.as_bytes()),
+            Some(Secret::Sha256(digest)) => {
                 constant_time_eq(digest, Sha256::digest(password.as_bytes()).as_slice())
             }
-        };
-        ok.then(|| name.to_string())
+            None => false,
+        }
     }
 }
 

@@ -235,7 +235,9 @@ fn query_description(q: QueryDescription) -> Value {
         "overriddenProperties": {},
         "ksqlHostQueryStatus": {},
         "queryType": "PERSISTENT",
-        "queryErrors": [],
+        "queryErrors": q.errors.iter().map(|e| json!({
+            "timestamp": e.timestamp, "errorMessage": e.message, "type": "USER",
+        })).collect::<Vec<_>>(),
         "tasksMetadata": [],
         "state": q.state,
         "statistics": statistics,
@@ -244,6 +246,24 @@ fn query_description(q: QueryDescription) -> Value {
 }
 
 fn describe_function(f: FunctionDescription) -> Value {
+    // Each overload as ksqlDB lists it; built-ins without one give their syntax.
+    let functions: Vec<Value> = if f.signatures.is_empty() {
+        vec![json!({"arguments": [], "returnType": "", "description": f.syntax})]
+    } else {
+        f.signatures
+            .iter()
+            .map(|s| {
+                json!({
+                    "arguments": s.arguments.iter().map(|(n, t)| json!({
+                        "name": n, "type": t, "description": "", "isVariadic": false,
+                    })).collect::<Vec<_>>(),
+                    "returnType": s.return_type,
+                    "description": s.description,
+                    "argumentTypes": s.arguments.iter().map(|(_, t)| t).collect::<Vec<_>>(),
+                })
+            })
+            .collect()
+    };
     json!({
         "@type": "describe_function",
         "name": f.name,
@@ -252,7 +272,7 @@ fn describe_function(f: FunctionDescription) -> Value {
         "version": f.version,
         "path": f.path,
         "type": f.kind,
-        "functions": [{"arguments": [], "returnType": "", "description": f.syntax}],
+        "functions": functions,
     })
 }
 

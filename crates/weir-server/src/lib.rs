@@ -16,6 +16,7 @@
 pub mod auth;
 pub mod entities;
 mod inserts;
+mod metrics;
 mod plugins;
 mod rest;
 mod streaming;
@@ -54,6 +55,14 @@ pub struct ServerConfig {
     pub max_push_queries: usize,
     /// Session defaults for statements (`auto.offset.reset`, ...), from the config file.
     pub properties: BTreeMap<String, String>,
+    /// Listen for MQTT publishes here (off when `None`).
+    pub mqtt_listen: Option<SocketAddr>,
+    /// `weir.mqtt.topic.map`: `logtopic:regex, ...`, first match wins.
+    pub mqtt_topic_map: String,
+    /// `weir.mqtt.message.max.bytes` (or the proxy's `mqtt.message.max.bytes`).
+    pub mqtt_max_message_bytes: usize,
+    /// `weir.mqtt.max.connections`.
+    pub mqtt_max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +75,10 @@ impl Default for ServerConfig {
             plugin_dir: None,
             max_push_queries: DEFAULT_MAX_PUSH_QUERIES,
             properties: BTreeMap::new(),
+            mqtt_listen: None,
+            mqtt_topic_map: String::new(),
+            mqtt_max_message_bytes: weir_mqtt::DEFAULT_MAX_MESSAGE_BYTES,
+            mqtt_max_connections: weir_mqtt::DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -74,7 +87,10 @@ impl ServerConfig {
     /// Reads a ksqlDB-style properties file (`key=value` or `key: value` per line, `#` and
     /// `!` comments). Server settings: `listeners` (`http://HOST:PORT`), `weir.data.dir`,
     /// `bootstrap.servers` (or `ksql.streams.bootstrap.servers`), `weir.auth.users.file`,
-    /// `weir.max.push.queries`; every other key becomes a session property.
+    /// `weir.max.push.queries`, the MQTT listener's `weir.mqtt.listen`,
+    /// `weir.mqtt.topic.map` (or the proxy's `topic.regex.list`),
+    /// `weir.mqtt.message.max.bytes` (or `mqtt.message.max.bytes`) and
+    /// `weir.mqtt.max.connections`; every other key becomes a session property.
     pub fn apply_properties_file(&mut self, path: &Path) -> Result<(), String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
@@ -106,6 +122,23 @@ impl ServerConfig {
                 "weir.max.push.queries" => {
                     self.max_push_queries = value.parse().map_err(|e| bad(format!("{e}")))?
                 }
+                "weir.mqtt.listen" | "mqtt.listeners" | "listeners.mqtt" => {
+                    let addr = value.split(',').next().unwrap_or("").trim();
+                    let addr = addr
+                        .strip_prefix("mqtt://")
+                        .or_else(|| addr.strip_prefix("tcp://"))
+                        .unwrap_or(addr);
+                    self.mqtt_listen = Some(addr.parse().map_err(|e| bad(format!("{e}")))?);
+                }
+                "weir.mqtt.topic.map" | "topic.regex.list" => {
+                    self.mqtt_topic_map = value.to_string()
+                }
+                "weir.mqtt.message.max.bytes" | "mqtt.message.max.bytes" => {
+                    self.mqtt_max_message_bytes = value.parse().map_err(|e| bad(format!("{e}")))?
+                }
+                "weir.mqtt.max.connections" => {
+                    self.mqtt_max_connections = value.parse().map_err(|e| bad(format!("{e}")))?
+                }
                 _ => {
                     self.properties.insert(key.to_string(), value.to_string());
                 }
@@ -126,11 +159,15 @@ pub(crate) struct AppState {
     /// Flips to true when the server stops: open push streams end.
     pub stopping: watch::Receiver<bool>,
     pub cluster_id: String,
+    /// The MQTT listener's counters, when it runs.
+    pub mqtt: Option<Arc<weir_mqtt::MqttStats>>,
+    pub requests: metrics::Requests,
 }
 
 /// A running server. Dropping it does not stop it; call [`Server::shutdown`].
 pub struct Server {
     addr: SocketAddr,
+    mqtt_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<Result<(), String>>>,
 }
@@ -181,6 +218,10 @@ impl Server {
             }
             None => None,
         };
+        let mqtt = match config.mqtt_listen {
+            Some(at) => Some(start_mqtt(&config, at, log.clone(), users.clone())?),
+            None => None,
+        };
         let mut engine = Engine::open_with(log, functions)
             .map_err(|e| format!("recovering the command log: {e}"))?;
         for (k, v) in &config.properties {
@@ -203,6 +244,8 @@ impl Server {
             max_push_queries: config.max_push_queries,
             stopping: stopping_rx,
             cluster_id,
+            mqtt: mqtt.as_ref().map(|(m, _, _)| m.stats().clone()),
+            requests: metrics::Requests::default(),
         });
         tracing::info!(
             %addr,
@@ -218,12 +261,14 @@ impl Server {
                 .spawn(move || plugins::watch(watch, state))
                 .map_err(|e| e.to_string())?;
         }
+        let mqtt_addr = mqtt.as_ref().map(|(_, _, a)| *a);
         let thread = std::thread::Builder::new()
             .name("weir-server".into())
-            .spawn(move || serve(listener, state, stop_rx, stopping_tx, signals))
+            .spawn(move || serve(listener, mqtt, state, stop_rx, stopping_tx, signals))
             .map_err(|e| e.to_string())?;
         Ok(Server {
             addr,
+            mqtt_addr,
             stop: Some(stop_tx),
             thread: Some(thread),
         })
@@ -232,6 +277,11 @@ impl Server {
     /// The address it listens on (the real port when configured with port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where the MQTT listener listens, when it runs.
+    pub fn mqtt_addr(&self) -> Option<SocketAddr> {
+        self.mqtt_addr
     }
 
     /// Blocks until the server stops (a signal, for `start_with_signals`).
@@ -258,8 +308,44 @@ impl Server {
     }
 }
 
+/// The MQTT listener, bound: connections are served once the server's runtime runs.
+type MqttListener = (Arc<weir_mqtt::Mqtt>, std::net::TcpListener, SocketAddr);
+
+fn start_mqtt(
+    config: &ServerConfig,
+    at: SocketAddr,
+    log: Arc<dyn Log>,
+    users: Option<Users>,
+) -> Result<MqttListener, String> {
+    let topics = weir_mqtt::TopicMap::parse(&config.mqtt_topic_map)?;
+    if topics.is_empty() {
+        tracing::warn!("the MQTT listener has no weir.mqtt.topic.map: every publish is refused");
+    }
+    let authenticate: Option<weir_mqtt::Authenticator> = users.map(|u| {
+        let f: weir_mqtt::Authenticator = Arc::new(move |name, password| u.verify(name, password));
+        f
+    });
+    let mqtt = weir_mqtt::Mqtt::new(
+        weir_mqtt::MqttConfig {
+            topics,
+            max_message_bytes: config.mqtt_max_message_bytes,
+            max_connections: config.mqtt_max_connections,
+            authenticate,
+            ..Default::default()
+        },
+        log,
+    );
+    let listener = std::net::TcpListener::bind(at)
+        .map_err(|e| format!("cannot listen for MQTT on {at}: {e}"))?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(%addr, map = %config.mqtt_topic_map, auth = config.users_file.is_some(), "MQTT listener ready");
+    Ok((mqtt, listener, addr))
+}
+
 fn serve(
     listener: std::net::TcpListener,
+    mqtt: Option<MqttListener>,
     state: Arc<AppState>,
     stop: oneshot::Receiver<()>,
     stopping: watch::Sender<bool>,
@@ -273,6 +359,10 @@ fn serve(
         .map_err(|e| e.to_string())?;
     let served = rt.block_on(async {
         let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+        if let Some((mqtt, l, _)) = mqtt {
+            let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
+            tokio::spawn(mqtt.serve(l, state.stopping.clone()));
+        }
         let app = rest::router(state.clone());
         let shutdown = async move {
             wait_for_stop(stop, signals).await;

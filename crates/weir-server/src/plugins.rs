@@ -28,16 +28,11 @@ fn infos(plugin: &Plugin) -> Vec<PluginFunction> {
         ("AGGREGATE", &plugin.aggregates),
     ] {
         for f in list {
-            let signature = format!(
-                "{}({}) -> {}",
-                f.name,
-                f.args
-                    .iter()
-                    .map(|(n, t)| format!("{n} {t}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                f.returns
-            );
+            let signature = weir_engine::meta::FunctionSignature {
+                arguments: f.args.clone(),
+                return_type: f.returns.clone(),
+                description: f.description.clone(),
+            };
             out.entry(f.name.clone())
                 .or_insert_with(|| PluginFunction {
                     name: f.name.clone(),

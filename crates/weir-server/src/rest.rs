@@ -32,6 +32,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/status", get(statuses))
         .route("/status/{kind}/{entity}/{action}", get(status))
         .route("/is_valid_property/{property}", get(is_valid_property))
+        .route("/metrics", get(metrics))
         .route("/chc/live", get(|| async { StatusCode::OK }))
         .route("/chc/ready", get(|| async { StatusCode::OK }))
         .fallback(|| async { (StatusCode::NOT_FOUND, "Not Found") })
@@ -104,6 +105,33 @@ async fn authenticate(
     request: Request,
     next: Next,
 ) -> Response {
+    let path = request.uri().path().to_string();
+    let response = authenticated(&state, request, next).await;
+    state.requests.count(&path, response.status().as_u16());
+    response
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let text = blocking(&state, |s| {
+        let engine = s.runtime.engine();
+        let queries = engine.query_metrics();
+        let push = engine.push_query_count();
+        drop(engine);
+        crate::metrics::render(&queries, push, &s.requests, s.mqtt.as_deref())
+    })
+    .await
+    .unwrap_or_default();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn authenticated(state: &Arc<AppState>, request: Request, next: Next) -> Response {
     let Some(users) = &state.users else {
         return next.run(request).await;
     };

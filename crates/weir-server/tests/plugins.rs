@@ -119,15 +119,19 @@ fn a_dropped_in_plugin_is_callable_without_a_restart_and_gone_when_removed() {
     assert_eq!(f["@type"], "describe_function");
     assert_eq!(f["author"], "Weir examples");
     assert!(f["path"].as_str().unwrap().contains("multiply.so"), "{f}");
-    let syntax = f["functions"][0]["description"].as_str().unwrap();
-    assert!(
-        syntax.contains("MULTIPLY(a BIGINT, b BIGINT) -> BIGINT"),
-        "{syntax}"
+    // Each overload with its arguments, as ksqlDB's describe_function lists them.
+    let overloads = f["functions"].as_array().unwrap();
+    assert_eq!(overloads.len(), 2, "{f}");
+    assert_eq!(
+        overloads[0]["arguments"],
+        json!([
+            {"name": "a", "type": "BIGINT", "description": "", "isVariadic": false},
+            {"name": "b", "type": "BIGINT", "description": "", "isVariadic": false},
+        ])
     );
-    assert!(
-        syntax.contains("MULTIPLY(a DOUBLE, b DOUBLE) -> DOUBLE"),
-        "{syntax}"
-    );
+    assert_eq!(overloads[0]["returnType"], "BIGINT");
+    assert_eq!(overloads[1]["returnType"], "DOUBLE");
+    assert_eq!(overloads[1]["description"], "Multiplies two doubles");
 
     // A persistent query keeps working after its plugin file is removed; new ones can't use it.
     ksql(
@@ -189,6 +193,88 @@ fn a_panicking_plugin_sends_its_bad_rows_to_the_processing_log_and_the_query_goe
     assert!(
         messages.iter().any(|m| m.contains("zero is not allowed")),
         "{messages:?}"
+    );
+    assert_eq!(get(&server, "/healthcheck").0, 200);
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn with_fail_on_function_error_a_panicking_plugin_stops_its_query_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::copy(built("faulty"), plugins.join("faulty.so")).unwrap();
+    let server = start_with(weir_server::ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().join("data"),
+        plugin_dir: Some(plugins),
+        ..Default::default()
+    });
+    ksql(
+        &server,
+        "CREATE STREAM nums (x BIGINT) WITH (kafka_topic='nums', value_format='JSON', partitions=1);",
+    );
+    // The strict query, and a lenient one over the same input beside it.
+    ksql(
+        &server,
+        "SET 'auto.offset.reset'='earliest'; SET 'weir.fail.on.function.error'='true'; \
+         CREATE STREAM strict AS SELECT x, FAULTY(x) AS f FROM nums;",
+    );
+    ksql(
+        &server,
+        "UNSET 'weir.fail.on.function.error'; CREATE STREAM lenient AS SELECT x, FAULTY(x) AS f FROM nums;",
+    );
+    ksql(&server, "INSERT INTO nums (x) VALUES (2);");
+    assert_eq!(
+        rows(&server, "SELECT x, f FROM strict EMIT CHANGES LIMIT 1;"),
+        [json!([2, 2])]
+    );
+    ksql(
+        &server,
+        "INSERT INTO nums (x) VALUES (-5); INSERT INTO nums (x) VALUES (7);",
+    );
+
+    // The strict query stops at the panic, in state ERROR, saying why.
+    let started = Instant::now();
+    let strict = loop {
+        let queries = ksql(&server, "SHOW QUERIES;")[0]["queries"].clone();
+        let q = queries
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["sinks"][0] == "STRICT")
+            .cloned()
+            .unwrap();
+        if q["state"] == "ERROR" {
+            break q;
+        }
+        assert!(started.elapsed() < Duration::from_secs(15), "{queries}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let explained = ksql(
+        &server,
+        &format!("EXPLAIN {};", strict["id"].as_str().unwrap()),
+    );
+    let description = &explained[0]["queryDescription"];
+    assert_eq!(description["state"], "ERROR");
+    let message = description["queryErrors"][0]["errorMessage"]
+        .as_str()
+        .unwrap();
+    assert!(message.contains("negative input -5"), "{message}");
+    assert!(message.contains("weir.fail.on.function.error"), "{message}");
+    // It wrote nothing past the failing batch: 7 never came out of it.
+    assert!(
+        description["statistics"]
+            .as_str()
+            .unwrap()
+            .contains("messages-produced-total: 1"),
+        "{description}"
+    );
+
+    // The lenient query went past the bad row; the server is fine.
+    assert_eq!(
+        rows(&server, "SELECT x, f FROM lenient EMIT CHANGES LIMIT 2;"),
+        [json!([2, 2]), json!([7, 7])]
     );
     assert_eq!(get(&server, "/healthcheck").0, 200);
     server.shutdown().unwrap();
