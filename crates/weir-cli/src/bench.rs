@@ -306,3 +306,129 @@ pub fn udf(rows: usize, batch: usize, plugin: Option<&std::path::Path>) -> Resul
     );
     Ok(())
 }
+
+/// `weir bench mqtt`: `publishers` MQTT 3.1.1 clients at once, each publishing `messages`
+/// demo-sized car messages at QoS 1 with up to `inflight` unacknowledged, into a server on
+/// the embedded log (every acknowledgement waits for an fsync). Prints messages/s and the
+/// publish-to-PUBACK latency percentiles, and checks the log holds them all.
+pub fn mqtt(publishers: usize, messages: usize, inflight: usize) -> Result<(), String> {
+    use rumqttc::mqttbytes::v4;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let server = weir_server::Server::start(weir_server::ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_path_buf(),
+        mqtt_listen: Some("127.0.0.1:0".parse().unwrap()),
+        mqtt_topic_map: "temperature:.*temperature".into(),
+        ..Default::default()
+    })?;
+    let addr = server.mqtt_addr().expect("the MQTT listener runs");
+    // The demo's message size: an event id and 210 readings.
+    let payload: Vec<u8> = {
+        let readings: Vec<String> = (0..210)
+            .map(|i| format!("{:.2}", 5.0 + (i as f64 / 9.0).sin()))
+            .collect();
+        format!("99999,{}", readings.join("# ")).into_bytes()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let results = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for id in 0..publishers {
+            let payload = payload.clone();
+            tasks.push(tokio::spawn(async move {
+                let s = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                s.set_nodelay(true).map_err(|e| e.to_string())?;
+                let (mut rd, mut wr) = s.into_split();
+                let mut out = bytes::BytesMut::new();
+                v4::Packet::Connect(v4::Connect::new(format!("bench-{id}")))
+                    .write(&mut out, usize::MAX)
+                    .map_err(|e| e.to_string())?;
+                wr.write_all(&out).await.map_err(|e| e.to_string())?;
+                let mut inbuf = bytes::BytesMut::new();
+                let topic = format!("car/{id}/engine/temperature");
+                let mut sent: std::collections::HashMap<u16, Instant> = Default::default();
+                let mut latencies = Vec::with_capacity(messages);
+                let (mut next, mut connected) = (0usize, false);
+                while latencies.len() < messages {
+                    while connected && next < messages && sent.len() < inflight {
+                        let pkid = (next % 65_535) as u16 + 1;
+                        let mut p =
+                            v4::Publish::new(&topic, rumqttc::QoS::AtLeastOnce, payload.clone());
+                        p.pkid = pkid;
+                        out.clear();
+                        v4::Packet::Publish(p)
+                            .write(&mut out, usize::MAX)
+                            .map_err(|e| e.to_string())?;
+                        sent.insert(pkid, Instant::now());
+                        wr.write_all(&out).await.map_err(|e| e.to_string())?;
+                        next += 1;
+                    }
+                    match v4::Packet::read(&mut inbuf, 1 << 20) {
+                        Ok(v4::Packet::ConnAck(_)) => connected = true,
+                        Ok(v4::Packet::PubAck(a)) => {
+                            let at = sent.remove(&a.pkid).ok_or("a PUBACK for nothing sent")?;
+                            latencies.push(at.elapsed());
+                        }
+                        Ok(other) => return Err(format!("unexpected {other:?}")),
+                        Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {
+                            if rd.read_buf(&mut inbuf).await.map_err(|e| e.to_string())? == 0 {
+                                return Err("the server closed the connection".into());
+                            }
+                        }
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+                Ok::<_, String>(latencies)
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.map_err(|e| e.to_string())??);
+        }
+        Ok::<_, String>(all)
+    })?;
+    let secs = started.elapsed().as_secs_f64();
+    let mut latencies = results;
+    latencies.sort();
+    let pct = |p: f64| {
+        latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64()
+            * 1000.0
+    };
+    let total = latencies.len();
+    server.shutdown()?;
+    // Every acknowledged message is in the log.
+    let stored = EmbeddedLog::open(dir.path(), EmbeddedLogConfig::default())
+        .and_then(|l| l.offsets("temperature", 0))
+        .map_err(|e| e.to_string())?
+        .1;
+    println!(
+        "MQTT QoS 1 into the embedded log (fsync per acknowledgement round): {publishers} publishers x {messages} messages of {} bytes, up to {inflight} in flight each",
+        payload.len()
+    );
+    println!(
+        "  {total} acknowledged in {secs:.2} s: {:.0} messages/s ({:.1} MB/s)",
+        total as f64 / secs,
+        (total * payload.len()) as f64 / secs / 1e6
+    );
+    println!(
+        "  publish to PUBACK: p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms",
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
+    println!("  in topic temperature afterwards: {stored} records");
+    if stored < total as u64 {
+        return Err(format!(
+            "only {stored} of {total} acknowledged messages are stored"
+        ));
+    }
+    Ok(())
+}

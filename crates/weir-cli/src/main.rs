@@ -166,6 +166,16 @@ enum Workload {
         #[arg(long, default_value_t = 200)]
         samples: usize,
     },
+    /// MQTT publishers at QoS 1 into the embedded log: messages/s and p99 publish-to-ack.
+    Mqtt {
+        #[arg(long, default_value_t = 100)]
+        publishers: usize,
+        #[arg(long, default_value_t = 1000)]
+        messages: usize,
+        /// Unacknowledged messages each publisher may have out.
+        #[arg(long, default_value_t = 10)]
+        inflight: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -293,6 +303,20 @@ fn main() -> ExitCode {
                     plugin,
                 },
         } => match bench::udf(rows, batch, plugin.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("weir bench: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Bench {
+            workload:
+                Workload::Mqtt {
+                    publishers,
+                    messages,
+                    inflight,
+                },
+        } => match bench::mqtt(publishers, messages, inflight) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("weir bench: {e}");
