@@ -452,3 +452,69 @@ fn bad_input_closes_only_the_offending_connection() {
     assert_eq!(get(&server, "/healthcheck").0, 200);
     server.shutdown().unwrap();
 }
+
+#[test]
+fn a_flood_of_connections_is_cut_at_the_limit_and_the_connected_carry_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with(weir_server::ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().join("data"),
+        mqtt_listen: Some("127.0.0.1:0".parse().unwrap()),
+        mqtt_topic_map: MAP.into(),
+        mqtt_max_connections: 10,
+        ..Default::default()
+    });
+    let mut device = raw(&server, 4, "device");
+    // 50 more connections that never say anything: the first 9 fit, the rest are closed.
+    let flood: Vec<TcpStream> = (0..50)
+        .map(|_| {
+            let s = TcpStream::connect(server.mqtt_addr().unwrap()).unwrap();
+            // Closed ones read end-of-stream at once; open ones time out (well before
+            // the 10 s the server gives a connection to send its CONNECT).
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let closed = flood
+        .iter()
+        .filter(|s| {
+            let mut b = [0u8; 1];
+            matches!((&**s).read(&mut b), Ok(0))
+                || matches!((&**s).read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+        })
+        .count();
+    assert_eq!(closed, 41, "connections over the limit are closed");
+    // The connected device is not disturbed.
+    device
+        .write_all(&publish_packet(4, 1, 1, "car/f/temperature", b"1,during"))
+        .unwrap();
+    assert_eq!(read_packet(&mut device), [0x40, 2, 0, 1]);
+    // Once the flood is gone, new clients get in again.
+    drop(flood);
+    let started = std::time::Instant::now();
+    loop {
+        let (ok, out) = mosquitto_pub(
+            &server,
+            &["-q", "1", "-t", "car/g/temperature", "-m", "2,after"],
+        );
+        if ok {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{out}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The 41, and any retry above that came while the flood's slots were being freed.
+    let (_, metrics) = get(&server, "/metrics");
+    let rejected: u64 = metrics
+        .as_str()
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("weir_mqtt_connections_rejected_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(rejected >= 41, "{metrics}");
+    server.shutdown().unwrap();
+}
