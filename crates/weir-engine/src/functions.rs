@@ -36,6 +36,16 @@ pub struct Functions {
     aliases: HashMap<&'static str, &'static str>,
     /// Functions from plugins, by upper-cased name.
     plugins: HashMap<String, PluginFunction>,
+    /// Where row warnings of function calls on this thread are collected (plugins that
+    /// returned NULL for a bad input); each goes to the processing log.
+    pub(crate) warning_source: Option<fn() -> Vec<String>>,
+}
+
+impl Functions {
+    /// Sets where the engine collects functions' row warnings after each batch.
+    pub fn set_warning_source(&mut self, source: fn() -> Vec<String>) {
+        self.warning_source = Some(source);
+    }
 }
 
 /// What SHOW FUNCTIONS and DESCRIBE FUNCTION say of a plugin function.
@@ -77,6 +87,7 @@ impl Default for Functions {
             state,
             aliases: ALIASES.iter().copied().collect(),
             plugins: HashMap::new(),
+            warning_source: None,
         }
     }
 }

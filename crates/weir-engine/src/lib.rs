@@ -1128,6 +1128,7 @@ impl Engine {
     fn step_partition(&mut self, id: &str, partition: u32) -> Result<u64> {
         let log = self.log.clone();
         let durable = self.durable;
+        let warnings = self.functions.warning_source;
         let q = self.queries.get_mut(id).expect("query exists");
         let from = q.offsets[partition as usize];
         let max = q.batch_records[partition as usize];
@@ -1169,6 +1170,10 @@ impl Engine {
                 }
                 _ => decoded,
             };
+            // Warnings left over from elsewhere (a push query) are not this batch's.
+            if let Some(take) = warnings {
+                take();
+            }
             let (output, failures) = if q.stop_on_error {
                 match q.plan.apply(&decoded.batch) {
                     Ok(out) => (vec![out], Vec::new()),
@@ -1204,6 +1209,20 @@ impl Engine {
                     format!("Error computing expression: {e}"),
                 )
             }));
+            // Rows a function returned NULL for, saying why (offsets of the run).
+            if let Some(take) = warnings {
+                problems.extend(take().into_iter().map(|w| {
+                    (
+                        partition,
+                        run[0].offset,
+                        format!(
+                            "Function warning (offsets {}..{}): {w}",
+                            run[0].offset,
+                            run[run.len() - 1].offset
+                        ),
+                    )
+                }));
+            }
             computed.push((tombstones, output, problems));
         }
         for (tombstones, output, problems) in computed {

@@ -206,6 +206,7 @@ impl Server {
             ),
         };
         let mut functions = weir_engine::Functions::default();
+        functions.set_warning_source(weir_udf_host::take_row_warnings);
         let plugin_dir = match &config.plugin_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir).map_err(|e| {

@@ -70,6 +70,20 @@ struct Api {
     agg_free: AggFreeFn,
     free_bytes: FreeBytesFn,
     free_string: FreeStringFn,
+    /// Optional (plugins built before it lack it): the last call's row warnings.
+    take_warnings: Option<TakeWarningsFn>,
+}
+
+type TakeWarningsFn = unsafe extern "C" fn(*mut *mut c_char) -> i32;
+
+thread_local! {
+    static ROW_WARNINGS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The row warnings plugin calls on this thread made since the last take, each as
+/// `FUNCTION: message` (the engine sends them to the processing log).
+pub fn take_row_warnings() -> Vec<String> {
+    ROW_WARNINGS.with(|w| std::mem::take(&mut *w.borrow_mut()))
 }
 
 /// One function as a plugin describes it.
@@ -240,6 +254,10 @@ impl Plugin {
             agg_free: symbol!(b"weir_udf_agg_free\0", AggFreeFn),
             free_bytes: symbol!(b"weir_udf_free_bytes\0", FreeBytesFn),
             free_string: symbol!(b"weir_udf_free_string\0", FreeStringFn),
+            // SAFETY: the type is the ABI's for this symbol.
+            take_warnings: unsafe { lib.get::<TakeWarningsFn>(b"weir_udf_take_warnings\0") }
+                .ok()
+                .map(|s| *s),
         };
         // SAFETY: the ABI returns a static NUL-terminated string.
         let text = unsafe {
@@ -275,7 +293,11 @@ impl Plugin {
             copy: copy.to_path_buf(),
             _lib: lib,
         };
-        let json = serde_json::to_string(config).unwrap_or_else(|_| "{}".into());
+        // Where the plugin was found (not the copy it runs from): files it ships beside
+        // itself (a model) are looked up there. `weir_udf::config("plugin", "path")`.
+        let mut config = config.clone();
+        config.insert("plugin.path".into(), path.display().to_string());
+        let json = serde_json::to_string(&config).unwrap_or_else(|_| "{}".into());
         let json = CString::new(json).map_err(|e| e.to_string())?;
         let mut err = std::ptr::null_mut();
         // SAFETY: per the ABI.
@@ -340,7 +362,30 @@ impl Plugin {
         if rc != 0 {
             return Err(self.take_error(err));
         }
+        self.collect_warnings(index);
         Self::import(out, out_schema)
+    }
+
+    /// Moves the plugin's row warnings for its last call into [`take_row_warnings`].
+    fn collect_warnings(&self, index: usize) {
+        let Some(take) = self.api.take_warnings else {
+            return;
+        };
+        let mut text = std::ptr::null_mut();
+        // SAFETY: per the ABI; a non-null result is ours to free.
+        if unsafe { take(&mut text) } != 0 || text.is_null() {
+            return;
+        }
+        let json = self.take_error(text);
+        let name = self.scalars.get(index).map_or("?", |f| f.name.as_str());
+        let warnings: Vec<Value> = serde_json::from_str(&json).unwrap_or_default();
+        ROW_WARNINGS.with(|w| {
+            w.borrow_mut().extend(
+                warnings
+                    .iter()
+                    .map(|v| format!("{name}: {}", v["message"].as_str().unwrap_or_default())),
+            )
+        });
     }
 
     /// A fresh state of aggregate `index`.

@@ -115,6 +115,7 @@ pub unsafe fn invoke(
     out_schema: *mut FFI_ArrowSchema,
     err: *mut *mut c_char,
 ) -> i32 {
+    crate::clear_warnings();
     guarded(err, || {
         // SAFETY: per the ABI.
         let args = unsafe { import_args(args, schemas, n) }?;
@@ -246,4 +247,29 @@ pub unsafe fn free_string(s: *mut c_char) {
         // SAFETY: as above: made by CString::into_raw.
         drop(unsafe { CString::from_raw(s) });
     }
+}
+
+/// # Safety
+/// `out` is a valid place for a string pointer.
+pub unsafe fn take_warnings(out: *mut *mut c_char) -> i32 {
+    let warnings = crate::drain_warnings();
+    if out.is_null() {
+        return 1;
+    }
+    let text = if warnings.is_empty() {
+        std::ptr::null_mut()
+    } else {
+        let json = serde_json::Value::Array(
+            warnings
+                .into_iter()
+                .map(|(row, message)| serde_json::json!({"row": row, "message": message}))
+                .collect(),
+        );
+        CString::new(json.to_string().replace('\0', " "))
+            .unwrap_or_default()
+            .into_raw()
+    };
+    // SAFETY: checked non-null above; the host frees it with weir_udf_free_string.
+    unsafe { *out = text };
+    0
 }

@@ -36,6 +36,11 @@
 //! | `int32_t weir_udf_agg_merge(void *s, const uint8_t *bytes, uint64_t len, char **err)` | merge a serialized state |
 //! | `int32_t weir_udf_agg_result(void *s, FFI_ArrowArray *out, FFI_ArrowSchema *out_schema, char **err)` | the result, a one-row array |
 //! | `void weir_udf_agg_free(void *s)`, `void weir_udf_free_bytes(uint8_t *, uint64_t)`, `void weir_udf_free_string(char *)` | release |
+//! | `int32_t weir_udf_take_warnings(char **json)` (optional) | the row warnings of this thread's last `weir_udf_invoke`: a JSON array of `{"row", "message"}`, or NULL for none |
+//!
+//! A row warning ([`row_warning`]) is how a function says "this row's input was bad, I
+//! returned NULL for it" without failing the batch: the server sends each to the
+//! processing log.
 //!
 //! Calls return 0 on success; otherwise non-zero with `*err` set to a message the host
 //! frees with `weir_udf_free_string`. Argument arrays are moved into the plugin (it
@@ -141,6 +146,25 @@ impl Plugin {
             })).collect::<Vec<_>>(),
         })
     }
+}
+
+thread_local! {
+    static WARNINGS: std::cell::RefCell<Vec<(usize, String)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Records that `row` of the batch being computed had bad input (the function returns
+/// NULL or a fallback for it). The server puts the message in its processing log; the
+/// batch goes on.
+pub fn row_warning(row: usize, message: impl Into<String>) {
+    WARNINGS.with(|w| w.borrow_mut().push((row, message.into())));
+}
+
+pub(crate) fn clear_warnings() {
+    WARNINGS.with(|w| w.borrow_mut().clear());
+}
+
+pub(crate) fn drain_warnings() -> Vec<(usize, String)> {
+    WARNINGS.with(|w| std::mem::take(&mut *w.borrow_mut()))
 }
 
 static CONFIG: OnceLock<RwLock<HashMap<String, String>>> = OnceLock::new();
@@ -407,6 +431,13 @@ macro_rules! export_plugin {
             err: *mut *mut ::std::os::raw::c_char,
         ) -> i32 {
             unsafe { $crate::ffi::invoke(__weir_plugin(), function, args, schemas, n, rows, out, out_schema, err) }
+        }
+
+        /// # Safety
+        /// `out` is a valid place for a string pointer.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn weir_udf_take_warnings(out: *mut *mut ::std::os::raw::c_char) -> i32 {
+            unsafe { $crate::ffi::take_warnings(out) }
         }
 
         #[unsafe(no_mangle)]

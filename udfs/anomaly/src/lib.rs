@@ -1,0 +1,263 @@
+//! The connected-car demo's anomaly detector as a Weir plugin: an autoencoder (ONNX, run
+//! by ONNX Runtime through `ort`) scores 210 sensor readings by how badly it can
+//! reconstruct them.
+//!
+//! - `ANOMALY(sensorinput VARCHAR) -> VARCHAR`: the demo's contract. Split on `#`, trim,
+//!   210 readings; the mean squared reconstruction error, as a string. Input that does not
+//!   hold 210 numbers gives NULL and a row warning (the server's processing log).
+//! - `ANOMALY_SCORE(VARCHAR) -> DOUBLE` and `ANOMALY_SCORE(ARRAY<DOUBLE>) -> DOUBLE`: the
+//!   same score as a number.
+//!
+//! Every call scores its whole batch in one inference run. The ONNX session is created
+//! once per load of the plugin, on first use.
+//!
+//! Config (server properties `weir.functions.anomaly.<key>`):
+//! - `model`: the `.onnx` file; default `anomaly.onnx` beside the plugin file, else the
+//!   model in this crate's `model/` folder.
+//! - `ort_library`: ONNX Runtime's shared library; default `ORT_DYLIB_PATH`, else
+//!   `libonnxruntime.so.1.31.1` beside the plugin, else the one the set-up script puts in
+//!   `.weir/lib/`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use ort::session::Session;
+use ort::value::Tensor;
+use weir_udf::arrow::array::{
+    Array, ArrayRef, Float64Array, Float64Builder, ListArray, StringArray, StringBuilder,
+};
+use weir_udf::udf;
+
+/// Readings per message, as the demo's model takes them.
+pub const READINGS: usize = 210;
+const ORT_LIBRARY: &str = "libonnxruntime.so.1.31.1";
+
+fn config(key: &str) -> Option<String> {
+    weir_udf::config("anomaly", key)
+        .or_else(|| weir_udf::config("anomaly_score", key))
+        .filter(|v| !v.trim().is_empty())
+}
+
+/// The folder the plugin file was found in.
+fn plugin_dir() -> Option<PathBuf> {
+    weir_udf::config("plugin", "path").and_then(|p| Path::new(&p).parent().map(Path::to_path_buf))
+}
+
+fn first_existing(candidates: Vec<Option<PathBuf>>) -> Option<PathBuf> {
+    candidates.into_iter().flatten().find(|p| p.exists())
+}
+
+pub fn model_path() -> Option<PathBuf> {
+    match config("model") {
+        Some(p) => Some(PathBuf::from(p)),
+        None => first_existing(vec![
+            plugin_dir().map(|d| d.join("anomaly.onnx")),
+            Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("model/anomaly.onnx")),
+        ]),
+    }
+}
+
+pub fn ort_library() -> Option<PathBuf> {
+    match config("ort_library") {
+        Some(p) => Some(PathBuf::from(p)),
+        None => first_existing(vec![
+            std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from),
+            plugin_dir().map(|d| d.join(ORT_LIBRARY)),
+            Some(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../.weir/lib")
+                    .join(ORT_LIBRARY),
+            ),
+        ]),
+    }
+}
+
+type Model = Result<Arc<Mutex<Session>>, String>;
+
+/// The session, loaded on first use (once per load of this plugin).
+fn model() -> Result<Arc<Mutex<Session>>, String> {
+    static MODEL: OnceLock<Model> = OnceLock::new();
+    MODEL.get_or_init(load).clone()
+}
+
+fn load() -> Model {
+    let library = ort_library().ok_or(
+        "no ONNX Runtime library: set weir.functions.anomaly.ort_library (scripts/test.sh --setup puts one in .weir/lib)",
+    )?;
+    let model = model_path().ok_or("no model: set weir.functions.anomaly.model")?;
+    let env = ort::init_from(&library)
+        .map_err(|e| format!("loading ONNX Runtime from {}: {e}", library.display()))?
+        .with_name("weir-anomaly")
+        .build()
+        .map_err(|e| format!("starting ONNX Runtime: {e}"))?;
+    let session = Session::builder(&env)
+        .and_then(|mut b| b.commit_from_file(&model))
+        .map_err(|e| format!("loading the model {}: {e}", model.display()))?;
+    Ok(Arc::new(Mutex::new(session)))
+}
+
+/// Parses the demo's `r1# r2# ...`: 210 numbers, split on `#`, trimmed.
+pub fn parse_readings(text: &str) -> Result<Vec<f64>, String> {
+    let mut out = Vec::with_capacity(READINGS);
+    for (i, part) in text.split('#').enumerate() {
+        let part = part.trim();
+        let v: f64 = part.parse().map_err(|_| {
+            let shown: String = part.chars().take(20).collect();
+            format!("reading {} is not a number: '{shown}'", i + 1)
+        })?;
+        if !v.is_finite() {
+            return Err(format!("reading {} is not finite", i + 1));
+        }
+        out.push(v);
+    }
+    if out.len() != READINGS {
+        return Err(format!(
+            "{} readings, the model takes {READINGS}",
+            out.len()
+        ));
+    }
+    Ok(out)
+}
+
+/// Scores rows of 210 readings in one inference run: the mean squared reconstruction
+/// error of each, in the readings' units.
+pub fn score(rows: &[Vec<f64>]) -> Result<Vec<f64>, String> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let flat: Vec<f32> = rows.iter().flatten().map(|v| *v as f32).collect();
+    let input = Tensor::from_array(([rows.len(), READINGS], flat)).map_err(|e| e.to_string())?;
+    let session = model()?;
+    let mut session = session.lock().unwrap_or_else(|e| e.into_inner());
+    let outputs = session
+        .run(ort::inputs!["sensor" => input])
+        .map_err(|e| format!("inference failed: {e}"))?;
+    let (_, recon) = outputs["reconstruction"]
+        .try_extract_tensor::<f32>()
+        .map_err(|e| e.to_string())?;
+    Ok(rows
+        .iter()
+        .enumerate()
+        .map(|(r, x)| {
+            let rec = &recon[r * READINGS..(r + 1) * READINGS];
+            x.iter()
+                .zip(rec)
+                .map(|(a, b)| (a - *b as f64).powi(2))
+                .sum::<f64>()
+                / READINGS as f64
+        })
+        .collect())
+}
+
+/// Scores the rows that parse; the others are NULL with a row warning.
+fn score_column(
+    rows: usize,
+    parse: impl Fn(usize) -> Option<Result<Vec<f64>, String>>,
+) -> Result<Vec<Option<f64>>, String> {
+    let mut good = Vec::new();
+    let mut at = Vec::new();
+    for row in 0..rows {
+        match parse(row) {
+            None => {}
+            Some(Ok(values)) => {
+                at.push(row);
+                good.push(values);
+            }
+            Some(Err(why)) => weir_udf::row_warning(row, why),
+        }
+    }
+    let scores = score(&good)?;
+    let mut out = vec![None; rows];
+    for (row, s) in at.into_iter().zip(scores) {
+        out[row] = Some(s);
+    }
+    Ok(out)
+}
+
+fn strings(args: &[ArrayRef]) -> Result<&StringArray, String> {
+    args.first()
+        .and_then(|a| a.as_any().downcast_ref::<StringArray>())
+        .ok_or_else(|| "expected a VARCHAR argument".to_string())
+}
+
+fn text_scores(args: &[ArrayRef], rows: usize) -> Result<Vec<Option<f64>>, String> {
+    let input = strings(args)?;
+    score_column(rows, |r| {
+        (!input.is_null(r)).then(|| parse_readings(input.value(r)))
+    })
+}
+
+#[udf(
+    batch,
+    args = "sensorinput STRING",
+    returns = "STRING",
+    description = "Mean squared reconstruction error of 210 '#'-separated readings under the autoencoder, as a string (the demo's contract); NULL if they do not parse",
+    config = "model, ort_library"
+)]
+fn anomaly(args: &[ArrayRef], rows: usize) -> Result<ArrayRef, String> {
+    let mut out = StringBuilder::new();
+    for s in text_scores(args, rows)? {
+        out.append_option(s.map(|v| v.to_string()));
+    }
+    Ok(Arc::new(out.finish()))
+}
+
+#[udf(
+    batch,
+    name = "ANOMALY_SCORE",
+    args = "sensorinput STRING",
+    returns = "DOUBLE",
+    description = "Mean squared reconstruction error of 210 '#'-separated readings, as a number",
+    config = "model, ort_library"
+)]
+fn anomaly_score_text(args: &[ArrayRef], rows: usize) -> Result<ArrayRef, String> {
+    Ok(Arc::new(Float64Array::from(text_scores(args, rows)?)))
+}
+
+#[udf(
+    batch,
+    name = "ANOMALY_SCORE",
+    args = "readings ARRAY<DOUBLE>",
+    returns = "DOUBLE",
+    description = "Mean squared reconstruction error of an array of 210 readings",
+    config = "model, ort_library"
+)]
+fn anomaly_score_array(args: &[ArrayRef], rows: usize) -> Result<ArrayRef, String> {
+    let list = args
+        .first()
+        .and_then(|a| a.as_any().downcast_ref::<ListArray>())
+        .ok_or("expected an ARRAY<DOUBLE> argument")?;
+    let scores = score_column(rows, |r| {
+        if list.is_null(r) {
+            return None;
+        }
+        let values = list.value(r);
+        let Some(values) = values.as_any().downcast_ref::<Float64Array>() else {
+            return Some(Err("expected ARRAY<DOUBLE>".into()));
+        };
+        if values.null_count() > 0 {
+            return Some(Err("the array holds NULLs".into()));
+        }
+        if values.len() != READINGS {
+            return Some(Err(format!(
+                "{} readings, the model takes {READINGS}",
+                values.len()
+            )));
+        }
+        Some(Ok(values.values().to_vec()))
+    })?;
+    let mut out = Float64Builder::with_capacity(rows);
+    for s in scores {
+        out.append_option(s);
+    }
+    Ok(Arc::new(out.finish()))
+}
+
+weir_udf::export_plugin! {
+    library: "anomaly",
+    version: env!("CARGO_PKG_VERSION"),
+    author: "Weir",
+    description: "The connected-car demo's autoencoder anomaly score (ONNX Runtime)",
+    scalars: [anomaly, anomaly_score_text, anomaly_score_array],
+    aggregates: [],
+}
