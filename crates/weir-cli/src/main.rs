@@ -51,6 +51,32 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// The connected-car demo, live: a server with its MQTT listener and the anomaly
+    /// plugin, generated car data over MQTT, flagged events as they arrive.
+    Demo {
+        /// Messages to publish.
+        #[arg(long, default_value_t = 5000)]
+        count: usize,
+        /// Share of messages with an injected fault.
+        #[arg(long, default_value_t = 0.05)]
+        anomalies: f64,
+        /// Messages a second (0: as fast as acknowledged).
+        #[arg(long, default_value_t = 500.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Where the MQTT listener listens.
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        mqtt_listen: std::net::SocketAddr,
+        /// Keep the demo's topics here (default: a temporary folder).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Generate data.
+    Gen {
+        #[command(subcommand)]
+        what: GenCommand,
+    },
     /// User-function plugins.
     Udf {
         #[command(subcommand)]
@@ -138,6 +164,45 @@ enum UdfCommand {
         /// The weir-udf crate (default: the checkout this binary was built from).
         #[arg(long)]
         sdk: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum GenCommand {
+    /// Car sensor messages in the demo's format (`EVENTID,r1# ... r210`), some with injected
+    /// faults (spikes, flat-lines, drift, noise bursts), to MQTT, Kafka or an embedded log.
+    Cars {
+        /// Publish over MQTT to HOST:PORT (e.g. a `weir server --mqtt-listen`).
+        #[arg(long, conflicts_with_all = ["kafka", "data_dir"])]
+        mqtt: Option<std::net::SocketAddr>,
+        /// Produce to the Kafka cluster at HOST:PORT.
+        #[arg(long, conflicts_with = "data_dir")]
+        kafka: Option<String>,
+        /// Append to the embedded log in DIR (no server running on it).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The MQTT topic, or the log topic (default: car/engine/temperature for MQTT,
+        /// temperature otherwise).
+        #[arg(long)]
+        topic: Option<String>,
+        #[arg(long, default_value_t = 2)]
+        qos: u8,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// Share of messages with an injected fault.
+        #[arg(long, default_value_t = 0.05)]
+        anomalies: f64,
+        /// Messages a second (0: as fast as possible).
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// The first event id (ids count up from it).
+        #[arg(long, default_value_t = 1)]
+        first_id: u64,
+        /// Write `eventid,kind` for every message here.
+        #[arg(long)]
+        labels: Option<PathBuf>,
     },
 }
 
@@ -233,6 +298,87 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("weir server: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Demo {
+            count,
+            anomalies,
+            rate,
+            seed,
+            mqtt_listen,
+            data_dir,
+        } => {
+            let options = weir_cli::demo::DemoOptions {
+                count,
+                anomalies,
+                rate,
+                seed,
+                mqtt_listen,
+                data_dir,
+            };
+            match weir_cli::demo::demo(&options, &mut std::io::stdout()) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("weir demo: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Gen {
+            what:
+                GenCommand::Cars {
+                    mqtt,
+                    kafka,
+                    data_dir,
+                    topic,
+                    qos,
+                    count,
+                    anomalies,
+                    rate,
+                    seed,
+                    first_id,
+                    labels,
+                },
+        } => {
+            use weir_cli::demo::GenTarget;
+            let log_topic = || topic.clone().unwrap_or_else(|| "temperature".into());
+            let target = match (mqtt, kafka, data_dir) {
+                (Some(addr), _, _) => GenTarget::Mqtt {
+                    addr,
+                    topic: topic
+                        .clone()
+                        .unwrap_or_else(|| "car/engine/temperature".into()),
+                    qos,
+                },
+                (_, Some(bootstrap), _) => GenTarget::Kafka {
+                    bootstrap,
+                    topic: log_topic(),
+                },
+                (_, _, Some(dir)) => GenTarget::Embedded {
+                    dir,
+                    topic: log_topic(),
+                },
+                _ => {
+                    eprintln!(
+                        "weir gen cars: say where: --mqtt HOST:PORT, --kafka HOST:PORT or --data-dir DIR"
+                    );
+                    return ExitCode::from(2);
+                }
+            };
+            match weir_cli::demo::gen_cars(
+                &target,
+                count,
+                anomalies,
+                rate,
+                seed,
+                first_id,
+                labels.as_deref(),
+            ) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("weir gen cars: {e}");
                     ExitCode::FAILURE
                 }
             }

@@ -1,5 +1,5 @@
 -- The connected-car demo (../shared/seed/connected-cars-demo.md), typed the way the
--- original demo types it into the ksqlDB CLI. `weir check sql/connected-cars.sql` lints it.
+-- original demo types it into the ksqlDB CLI. `weir check sql/connected_cars.sql` lints it.
 -- (The push query and PRINT run until cancelled when typed into the REPL.)
 
 LIST FUNCTIONS;

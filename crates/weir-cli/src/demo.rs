@@ -1,0 +1,411 @@
+//! `weir demo` (the connected-car demo, live, on the embedded log) and `weir gen cars`.
+//!
+//! The demo starts a server in this process with its MQTT listener and the anomaly plugin,
+//! creates the demo's streams, publishes generated car messages over MQTT at QoS 2 (as the
+//! demo's `mosquitto_pub -q 2` does), and shows a progress line and each flagged event as
+//! it arrives from a push query; at the end, precision and recall against the injected
+//! faults.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::cars::{self, Kind};
+use crate::client::{Client, PushLine};
+
+pub struct DemoOptions {
+    pub count: usize,
+    pub anomalies: f64,
+    /// Messages a second (0: as fast as they are acknowledged).
+    pub rate: f64,
+    pub seed: u64,
+    pub mqtt_listen: std::net::SocketAddr,
+    /// Keep topics here (default: a temporary folder, removed at the end).
+    pub data_dir: Option<PathBuf>,
+}
+
+/// What the demo measured.
+#[derive(Debug)]
+pub struct DemoSummary {
+    pub published: usize,
+    pub scored: u64,
+    pub flagged: usize,
+    pub true_positives: usize,
+    pub injected: usize,
+    pub precision: f64,
+    pub recall: f64,
+}
+
+/// The threshold of `udfs/anomaly/MODEL.md` (from `model/MODEL.json`).
+pub fn model_threshold() -> Result<f64, String> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../udfs/anomaly/model/MODEL.json"
+    );
+    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}"))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    v["threshold"]
+        .as_f64()
+        .ok_or_else(|| format!("{path}: no threshold"))
+}
+
+/// The anomaly plugin: beside this binary (cargo builds it into the same folder).
+fn anomaly_plugin() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let path = exe.parent().ok_or("no folder")?.join("libanomaly.so");
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} is missing: build it with `cargo build -p udf-anomaly` (scripts/demo.sh does)",
+            path.display()
+        ))
+    }
+}
+
+fn query_id_of(entities: &[serde_json::Value]) -> String {
+    entities
+        .first()
+        .and_then(|e| e["commandStatus"]["queryId"].as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
+pub fn demo(o: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary, String> {
+    let threshold = model_threshold()?;
+    let temp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let data_dir = o
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| temp.path().join("data"));
+    let plugins = data_dir.join("plugins");
+    std::fs::create_dir_all(&plugins).map_err(|e| e.to_string())?;
+    std::fs::copy(anomaly_plugin()?, plugins.join("libanomaly.so")).map_err(|e| e.to_string())?;
+    let server = weir_server::Server::start(weir_server::ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.clone(),
+        plugin_dir: Some(plugins),
+        mqtt_listen: Some(o.mqtt_listen),
+        mqtt_topic_map: "temperature:.*temperature".into(),
+        ..Default::default()
+    })?;
+    let mqtt = server.mqtt_addr().expect("the MQTT listener runs");
+    let client = Client::new(&format!("http://{}", server.addr()), None);
+    let run = |sql: &str| {
+        client
+            .ksql(sql, &BTreeMap::new())
+            .map_err(|e| format!("{sql}\n  {e}"))
+    };
+    let say = |out: &mut dyn Write, line: String| {
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    };
+    say(
+        out,
+        format!(
+            "Weir connected-car demo: REST on http://{}, MQTT on {mqtt}, data in {}",
+            server.addr(),
+            data_dir.display()
+        ),
+    );
+    let statements = [
+        "CREATE STREAM carsensor (eventid integer, sensorinput varchar) WITH (kafka_topic='temperature', value_format='DELIMITED', partitions=1);".to_string(),
+        "CREATE STREAM ANOMALYDETECTION AS SELECT EVENTID, CAST (ANOMALY(SENSORINPUT) AS DOUBLE) AS ANOMALY_VAL FROM CARSENSOR;".to_string(),
+        format!("CREATE STREAM ANOMALYDETECTIONWITHFILTER AS SELECT EVENTID, ANOMALY_VAL FROM ANOMALYDETECTION WHERE ANOMALY_VAL > {threshold};"),
+    ];
+    let mut scoring_query = String::new();
+    for sql in &statements {
+        say(out, format!("weir> {sql}"));
+        let entities = run(sql)?;
+        if sql.contains("AS SELECT") && scoring_query.is_empty() {
+            scoring_query = query_id_of(&entities);
+        }
+    }
+    let messages = cars::messages(o.seed, o.count, o.anomalies, 1);
+    let labels: BTreeMap<u64, Kind> = messages.iter().map(|m| (m.event_id, m.kind)).collect();
+    let labels_file = data_dir.join("labels.csv");
+    std::fs::write(
+        &labels_file,
+        std::iter::once("eventid,kind".to_string())
+            .chain(
+                messages
+                    .iter()
+                    .map(|m| format!("{},{}", m.event_id, m.kind.name())),
+            )
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n",
+    )
+    .map_err(|e| e.to_string())?;
+
+    // Flagged events, as the push query delivers them.
+    let flagged: Arc<Mutex<BTreeSet<u64>>> = Arc::default();
+    let screen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let stream = client
+        .query_stream(
+            "SELECT * FROM ANOMALYDETECTIONWITHFILTER EMIT CHANGES;",
+            &BTreeMap::from([("auto.offset.reset".to_string(), "earliest".to_string())]),
+        )
+        .map_err(|e| e.to_string())?;
+    let push_id = stream.query_id.clone();
+    let reader = {
+        let (flagged, screen, labels) = (flagged.clone(), screen.clone(), labels.clone());
+        std::thread::spawn(move || {
+            for line in stream {
+                let Ok(PushLine::Row(row)) = line else { break };
+                let id = row.first().and_then(|v| v.as_u64()).unwrap_or(0);
+                let score = row.get(1).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+                flagged.lock().unwrap().insert(id);
+                let truth = labels.get(&id).map_or("?", |k| k.name());
+                screen.lock().unwrap().push(format!(
+                    "  ANOMALY  event {id:>6}  score {score:>8.4}  (injected: {truth})"
+                ));
+            }
+        })
+    };
+
+    say(
+        out,
+        format!(
+            "publishing {} generated messages to car/engine/temperature over MQTT (QoS 2){}, {:.0}% with injected faults; threshold {threshold}",
+            o.count,
+            if o.rate > 0.0 {
+                format!(" at {:.0}/s", o.rate)
+            } else {
+                String::new()
+            },
+            o.anomalies * 100.0
+        ),
+    );
+    let payloads: Vec<String> = messages.iter().map(|m| m.text.clone()).collect();
+    let started = Instant::now();
+    let metrics_url = format!("http://{}/metrics", server.addr());
+    let scored_count = || -> u64 {
+        let text = ureq::get(&metrics_url)
+            .call()
+            .ok()
+            .and_then(|r| r.into_body().read_to_string().ok())
+            .unwrap_or_default();
+        let prefix = format!("weir_query_records_out_total{{query=\"{scoring_query}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut last_draw = Instant::now() - Duration::from_secs(1);
+    let mut draw = |out: &mut dyn Write, published: usize, force: bool| {
+        let lines: Vec<String> = std::mem::take(&mut *screen.lock().unwrap());
+        if !force && lines.is_empty() && last_draw.elapsed() < Duration::from_millis(250) {
+            return;
+        }
+        last_draw = Instant::now();
+        let secs = started.elapsed().as_secs_f64().max(1e-9);
+        let _ = write!(out, "\r\x1b[2K");
+        for l in lines {
+            let _ = writeln!(out, "{l}");
+        }
+        let _ = write!(
+            out,
+            "[{secs:6.1} s] published {published:>6} ({:>6.0} events/s)  scored {:>6}  flagged {:>5}",
+            published as f64 / secs,
+            scored_count(),
+            flagged.lock().unwrap().len()
+        );
+        let _ = out.flush();
+    };
+    {
+        let mut progress = |n: usize| draw(out, n, false);
+        cars::publish_mqtt(
+            mqtt,
+            "weir-demo",
+            "car/engine/temperature",
+            &payloads,
+            2,
+            o.rate,
+            &mut progress,
+        )?;
+    }
+    // Wait for the queries to score everything.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (scored_count() as usize) < o.count && Instant::now() < deadline {
+        draw(out, o.count, false);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    draw(out, o.count, true);
+    let _ = writeln!(out);
+    let scored = scored_count();
+    let _ = client.close_query(&push_id);
+    let _ = reader.join();
+    let flagged = flagged.lock().unwrap().clone();
+    let injected: BTreeSet<u64> = labels
+        .iter()
+        .filter(|(_, k)| **k != Kind::Normal)
+        .map(|(id, _)| *id)
+        .collect();
+    let true_positives = flagged.intersection(&injected).count();
+    let precision = if flagged.is_empty() {
+        1.0
+    } else {
+        true_positives as f64 / flagged.len() as f64
+    };
+    let recall = if injected.is_empty() {
+        1.0
+    } else {
+        true_positives as f64 / injected.len() as f64
+    };
+    say(
+        out,
+        format!(
+            "\nsummary: {} messages published, {scored} scored in {:.1} s; {} flagged, {} faults injected",
+            o.count,
+            started.elapsed().as_secs_f64(),
+            flagged.len(),
+            injected.len()
+        ),
+    );
+    for k in Kind::FAULTS {
+        let of_kind: Vec<&u64> = labels
+            .iter()
+            .filter(|(_, v)| **v == k)
+            .map(|(id, _)| id)
+            .collect();
+        let caught = of_kind.iter().filter(|id| flagged.contains(id)).count();
+        say(
+            out,
+            format!(
+                "  {:<9} {caught:>4} of {:>4} caught",
+                k.name(),
+                of_kind.len()
+            ),
+        );
+    }
+    say(
+        out,
+        format!(
+            "  precision {precision:.3}   recall {recall:.3}   (labels in {})",
+            labels_file.display()
+        ),
+    );
+    server.shutdown()?;
+    Ok(DemoSummary {
+        published: o.count,
+        scored,
+        flagged: flagged.len(),
+        true_positives,
+        injected: injected.len(),
+        precision,
+        recall,
+    })
+}
+
+/// Where `weir gen cars` writes.
+pub enum GenTarget {
+    Mqtt {
+        addr: std::net::SocketAddr,
+        topic: String,
+        qos: u8,
+    },
+    Kafka {
+        bootstrap: String,
+        topic: String,
+    },
+    Embedded {
+        dir: PathBuf,
+        topic: String,
+    },
+}
+
+pub fn gen_cars(
+    target: &GenTarget,
+    count: usize,
+    anomalies: f64,
+    rate: f64,
+    seed: u64,
+    first_id: u64,
+    labels: Option<&std::path::Path>,
+) -> Result<(), String> {
+    let messages = cars::messages(seed, count, anomalies, first_id);
+    if let Some(path) = labels {
+        let text = std::iter::once("eventid,kind".to_string())
+            .chain(
+                messages
+                    .iter()
+                    .map(|m| format!("{},{}", m.event_id, m.kind.name())),
+            )
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n";
+        std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    let started = Instant::now();
+    match target {
+        GenTarget::Mqtt { addr, topic, qos } => {
+            let payloads: Vec<String> = messages.iter().map(|m| m.text.clone()).collect();
+            cars::publish_mqtt(
+                *addr,
+                &format!("weir-gen-{}", std::process::id()),
+                topic,
+                &payloads,
+                *qos,
+                rate,
+                &mut |_| {},
+            )?;
+        }
+        GenTarget::Kafka { bootstrap, topic } => {
+            let log = weir_kafka::KafkaLog::connect(bootstrap).map_err(|e| e.to_string())?;
+            produce(&log, topic, &messages, rate)?;
+        }
+        GenTarget::Embedded { dir, topic } => {
+            let log = weir_log::EmbeddedLog::open(dir, weir_log::EmbeddedLogConfig::default())
+                .map_err(|e| e.to_string())?;
+            produce(&log, topic, &messages, rate)?;
+        }
+    }
+    let faults = messages.iter().filter(|m| m.kind != Kind::Normal).count();
+    println!(
+        "wrote {count} messages ({faults} with injected faults, event ids {}..{}) in {:.2} s",
+        first_id,
+        first_id + count as u64 - 1,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn produce(
+    log: &dyn weir_log::Log,
+    topic: &str,
+    messages: &[cars::Message],
+    rate: f64,
+) -> Result<(), String> {
+    if log.topic(topic).map_err(|e| e.to_string())?.is_none() {
+        log.create_topic(topic, weir_log::TopicConfig::default())
+            .map_err(|e| e.to_string())?;
+    }
+    let started = Instant::now();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0)
+    };
+    for (i, chunk) in messages
+        .chunks(if rate > 0.0 { 1 } else { 500 })
+        .enumerate()
+    {
+        if rate > 0.0 {
+            let due = started + Duration::from_secs_f64(i as f64 / rate);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let records: Vec<weir_log::Record> = chunk
+            .iter()
+            .map(|m| weir_log::Record::new(None, Some(m.text.as_bytes()), now()))
+            .collect();
+        log.append(topic, 0, &records).map_err(|e| e.to_string())?;
+    }
+    log.flush().map_err(|e| e.to_string())
+}
