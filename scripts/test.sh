@@ -49,10 +49,12 @@ fi
 # --- Python clients the integration tests drive (a ksqlDB client nobody here wrote) ---------
 venv=.weir/venv
 # ksql-python-ng passes `cert=` to httpx.get, which httpx 0.28 removed: pin 0.27.
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import ksql, httpx; assert httpx.__version__ == "0.27.2"' 2>/dev/null; then
-  say "installing ksql-python-ng from PyPI into $venv"
+# confluent-kafka (bundles its own librdkafka) is the external Kafka producer of the seed
+# demo's test, as kafkacat was in the original demo.
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import ksql, httpx, confluent_kafka; assert httpx.__version__ == "0.27.2"' 2>/dev/null; then
+  say "installing ksql-python-ng and confluent-kafka from PyPI into $venv"
   python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "ksql-python-ng==0.29.0.1" "httpx[http2]==0.27.2"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "ksql-python-ng==0.29.0.1" "httpx[http2]==0.27.2" "confluent-kafka==2.13.0"
 fi
 
 # --- tansu, the Kafka-API broker the integration tests run against -----------------------

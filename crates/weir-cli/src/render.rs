@@ -275,9 +275,9 @@ pub fn entity(e: &Value) -> String {
         "function_names" => {
             let rows: Vec<Vec<String>> = list("functions")
                 .iter()
-                .map(|f| vec![s(&f["name"]), s(&f["category"])])
+                .map(|f| vec![s(&f["name"]), s(&f["type"]), s(&f["category"])])
                 .collect();
-            table(&["Function Name", "Category"], &rows)
+            table(&["Function Name", "Type", "Category"], &rows)
         }
         "type_list" => {
             let rows: Vec<Vec<String>> = e["types"]

@@ -125,9 +125,11 @@ pub fn score(rows: &[Vec<f64>]) -> Result<Vec<f64>, String> {
     if rows.is_empty() {
         return Ok(Vec::new());
     }
+    // The session first: it loads ONNX Runtime from the configured library, which must
+    // happen before any other ort call (a tensor would load the default one).
+    let session = model()?;
     let flat: Vec<f32> = rows.iter().flatten().map(|v| *v as f32).collect();
     let input = Tensor::from_array(([rows.len(), READINGS], flat)).map_err(|e| e.to_string())?;
-    let session = model()?;
     let mut session = session.lock().unwrap_or_else(|e| e.into_inner());
     let outputs = session
         .run(ort::inputs!["sensor" => input])
