@@ -114,3 +114,49 @@ fn weir_demo_publishes_over_mqtt_and_flags_the_injected_faults_live() {
     let labels = std::fs::read_to_string(dir.path().join("labels.csv")).unwrap();
     assert_eq!(labels.lines().count(), 601);
 }
+
+#[test]
+fn weir_gen_cars_writes_labelled_messages_to_an_embedded_log() {
+    use weir_log::Log;
+    let dir = tempfile::tempdir().unwrap();
+    let labels = dir.path().join("labels.csv");
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args([
+            "gen",
+            "cars",
+            "--count",
+            "300",
+            "--anomalies",
+            "0.1",
+            "--first-id",
+            "1000",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("data"))
+        .arg("--labels")
+        .arg(&labels)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = weir_log::EmbeddedLog::open(&dir.path().join("data"), Default::default()).unwrap();
+    let records = log.read_to_end("temperature", 0, 0).unwrap();
+    assert_eq!(records.len(), 300);
+    let first = String::from_utf8(records[0].record.value.clone().unwrap()).unwrap();
+    assert!(first.starts_with("1000,"), "{first}");
+    assert_eq!(
+        first.split_once(',').unwrap().1.split('#').count(),
+        cars::READINGS
+    );
+    let labels = std::fs::read_to_string(labels).unwrap();
+    let faults = labels
+        .lines()
+        .skip(1)
+        .filter(|l| !l.ends_with(",normal"))
+        .count();
+    assert!((10..=60).contains(&faults), "{faults} faults in 300 at 10%");
+    assert!(labels.lines().nth(1).unwrap().starts_with("1000,"));
+}
