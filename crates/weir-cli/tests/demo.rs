@@ -142,7 +142,7 @@ fn weir_gen_cars_writes_labelled_messages_to_an_embedded_log() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let log = weir_log::EmbeddedLog::open(&dir.path().join("data"), Default::default()).unwrap();
+    let log = weir_log::EmbeddedLog::open(dir.path().join("data"), Default::default()).unwrap();
     let records = log.read_to_end("temperature", 0, 0).unwrap();
     assert_eq!(records.len(), 300);
     let first = String::from_utf8(records[0].record.value.clone().unwrap()).unwrap();
