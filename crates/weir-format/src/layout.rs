@@ -222,6 +222,18 @@ impl Layout {
     /// Decodes records into a batch with [`Layout::schema`]. Tombstones (records without a
     /// value) are left out; [`Layout::decode_tombstones`] reads them.
     pub fn decode(&self, schema: &SchemaRef, records: &[StoredRecord]) -> Decoded {
+        if let Some(batch) = crate::fastjson::decode(self, schema, records) {
+            return Decoded {
+                batch,
+                errors: Vec::new(),
+            };
+        }
+        self.decode_records(schema, records, false)
+    }
+
+    /// The general path alone (for tests that compare it with the fast one).
+    #[doc(hidden)]
+    pub fn decode_general(&self, schema: &SchemaRef, records: &[StoredRecord]) -> Decoded {
         self.decode_records(schema, records, false)
     }
 

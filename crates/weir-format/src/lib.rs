@@ -10,6 +10,7 @@
 
 pub mod convert;
 mod delimited;
+mod fastjson;
 mod json;
 mod kafka;
 mod layout;

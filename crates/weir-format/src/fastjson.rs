@@ -1,0 +1,412 @@
+//! The common case decoded straight into Arrow: a JSON object value of flat columns
+//! (BOOLEAN, INT, BIGINT, DOUBLE, STRING) and no key or a KAFKA STRING key. Each record's
+//! object is walked once with serde_json's streaming deserializer; fields the query does
+//! not declare are skipped unparsed, no `Value` or map is built.
+//!
+//! It only takes what it can decode exactly as the general path would; anything else (a
+//! value of another JSON type than its column's, duplicate fields, a record that is not an
+//! object, bad JSON) makes it give the whole batch back to the general path, which also
+//! reports the bad records.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
+};
+use arrow::datatypes::{DataType, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use weir_log::StoredRecord;
+use weir_sql::ast::SqlType;
+
+use crate::layout::{Format, Layout};
+
+/// A scalar as it appeared in the JSON.
+enum Scalar<'a> {
+    Null,
+    Bool(bool),
+    I64(i64),
+    U64(u64),
+    F64(f64),
+    Str(std::borrow::Cow<'a, str>),
+    /// An object or array: not for a flat column.
+    Nested,
+}
+
+struct ScalarVisitor;
+
+impl<'de> Visitor<'de> for ScalarVisitor {
+    type Value = Scalar<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Scalar::Null)
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(Scalar::Null)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(Scalar::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Scalar::I64(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Scalar::U64(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(Scalar::F64(v))
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Scalar::Str(v.into()))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Scalar::Str(v.to_string().into()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Scalar::Str(v.into()))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+        while a.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Nested)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+        while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Nested)
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for ScalarVisitor {
+    type Value = Scalar<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+/// A column's builder; `push` takes a scalar as the general path would convert it, or
+/// says no.
+enum Builder {
+    Bool(BooleanBuilder),
+    Int(Int32Builder),
+    Bigint(Int64Builder),
+    Double(Float64Builder),
+    Str(StringBuilder),
+}
+
+impl Builder {
+    fn new(dt: &DataType, ty: &SqlType, n: usize) -> Option<Builder> {
+        Some(match (dt, ty) {
+            (DataType::Boolean, SqlType::Boolean) => {
+                Builder::Bool(BooleanBuilder::with_capacity(n))
+            }
+            (DataType::Int32, SqlType::Int) => Builder::Int(Int32Builder::with_capacity(n)),
+            (DataType::Int64, SqlType::Bigint) => Builder::Bigint(Int64Builder::with_capacity(n)),
+            (DataType::Float64, SqlType::Double) => {
+                Builder::Double(Float64Builder::with_capacity(n))
+            }
+            (DataType::Utf8, SqlType::String) => {
+                Builder::Str(StringBuilder::with_capacity(n, n * 8))
+            }
+            _ => return None,
+        })
+    }
+
+    /// Appends `v`; false when the general path must decide.
+    fn push(&mut self, v: Option<&Scalar>) -> bool {
+        // A fractional number in an integer column is truncated, as the general path does.
+        let integer = |s: &Scalar| match s {
+            Scalar::I64(i) => Some(*i),
+            Scalar::U64(u) => i64::try_from(*u).ok(),
+            Scalar::F64(f) if f.is_finite() => Some(f.trunc() as i64),
+            _ => None,
+        };
+        match (self, v) {
+            (Builder::Bool(b), None | Some(Scalar::Null)) => b.append_null(),
+            (Builder::Int(b), None | Some(Scalar::Null)) => b.append_null(),
+            (Builder::Bigint(b), None | Some(Scalar::Null)) => b.append_null(),
+            (Builder::Double(b), None | Some(Scalar::Null)) => b.append_null(),
+            (Builder::Str(b), None | Some(Scalar::Null)) => b.append_null(),
+            (Builder::Bool(b), Some(Scalar::Bool(x))) => b.append_value(*x),
+            (Builder::Bigint(b), Some(s)) => match integer(s) {
+                Some(i) => b.append_value(i),
+                None => return false,
+            },
+            (Builder::Int(b), Some(s)) => match integer(s).and_then(|i| i32::try_from(i).ok()) {
+                Some(i) => b.append_value(i),
+                None => return false,
+            },
+            (Builder::Double(b), Some(Scalar::F64(f))) => b.append_value(*f),
+            (Builder::Double(b), Some(Scalar::I64(i))) => b.append_value(*i as f64),
+            (Builder::Double(b), Some(Scalar::U64(u))) => b.append_value(*u as f64),
+            (Builder::Str(b), Some(Scalar::Str(s))) => b.append_value(s),
+            _ => return false,
+        }
+        true
+    }
+
+    fn finish(self) -> ArrayRef {
+        match self {
+            Builder::Bool(mut b) => Arc::new(b.finish()),
+            Builder::Int(mut b) => Arc::new(b.finish()),
+            Builder::Bigint(mut b) => Arc::new(b.finish()),
+            Builder::Double(mut b) => Arc::new(b.finish()),
+            Builder::Str(mut b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// Collects one record's fields by column: an exact name wins over a case-insensitive
+/// one, and the first case-insensitive match over later ones (as the general path).
+struct Fields<'a, 'de> {
+    names: &'a [String],
+    exact: Vec<Option<Scalar<'de>>>,
+    loose: Vec<Option<Scalar<'de>>>,
+    duplicate: bool,
+}
+
+impl<'de> Visitor<'de> for &mut Fields<'_, 'de> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<bool, A::Error> {
+        while let Some(key) = a.next_key::<std::borrow::Cow<'de, str>>()? {
+            let exact = self.names.iter().position(|n| *n == key);
+            let loose = exact
+                .is_none()
+                .then(|| self.names.iter().position(|n| n.eq_ignore_ascii_case(&key)))
+                .flatten();
+            match (exact, loose) {
+                (Some(c), _) => {
+                    let v = a.next_value_seed(ScalarVisitor)?;
+                    if self.exact[c].replace(v).is_some() {
+                        self.duplicate = true;
+                    }
+                }
+                (None, Some(c)) => {
+                    let v = a.next_value_seed(ScalarVisitor)?;
+                    if self.loose[c].is_none() {
+                        self.loose[c] = Some(v);
+                    } else {
+                        self.duplicate = true;
+                    }
+                }
+                (None, None) => {
+                    a.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    // Anything but an object: not for this path.
+    fn visit_unit<E>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<bool, A::Error> {
+        Ok(false)
+    }
+}
+
+/// Decodes `records` (none of them tombstones) into a batch with `schema`, or `None` when
+/// the general path must (see the module doc).
+pub(crate) fn decode(
+    layout: &Layout,
+    schema: &SchemaRef,
+    records: &[StoredRecord],
+) -> Option<RecordBatch> {
+    let vf = &layout.value_format;
+    if vf.format != Format::Json
+        || (layout.value_columns.len() == 1 && !vf.wrap_single)
+        || layout.value_columns.is_empty()
+    {
+        return None;
+    }
+    let string_key = match layout.key_columns.as_slice() {
+        [] => false,
+        [k] if layout.key_format.format == Format::Kafka && k.ty == SqlType::String => true,
+        _ => return None,
+    };
+    let fields = schema.fields();
+    let keys = layout.key_columns.len();
+    if fields.len() != 3 + keys + layout.value_columns.len()
+        || fields[0].data_type() != &DataType::Int64
+        || fields[1].data_type() != &DataType::Int32
+        || fields[2].data_type() != &DataType::Int64
+    {
+        return None;
+    }
+    let n = records.len();
+    let mut rowtime = Int64Builder::with_capacity(n);
+    let mut partition = Int32Builder::with_capacity(n);
+    let mut offset = Int64Builder::with_capacity(n);
+    let mut key = if string_key {
+        if fields[3].data_type() != &DataType::Utf8 {
+            return None;
+        }
+        Some(StringBuilder::with_capacity(n, n * 8))
+    } else {
+        None
+    };
+    let mut values: Vec<Builder> = layout
+        .value_columns
+        .iter()
+        .zip(&fields[3 + keys..])
+        .map(|(c, f)| Builder::new(f.data_type(), &c.ty, n))
+        .collect::<Option<_>>()?;
+    let names: Vec<String> = layout
+        .value_columns
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    let mut fields_of = Fields {
+        names: &names,
+        exact: Vec::new(),
+        loose: Vec::new(),
+        duplicate: false,
+    };
+    for r in records {
+        let bytes = r.record.value.as_deref()?;
+        fields_of.exact = (0..names.len()).map(|_| None).collect();
+        fields_of.loose = (0..names.len()).map(|_| None).collect();
+        fields_of.duplicate = false;
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let object = de.deserialize_any(&mut fields_of).ok()?;
+        if !object || fields_of.duplicate || de.end().is_err() {
+            return None;
+        }
+        for (c, b) in values.iter_mut().enumerate() {
+            let v = fields_of.exact[c]
+                .take()
+                .or_else(|| fields_of.loose[c].take());
+            if !b.push(v.as_ref()) {
+                return None;
+            }
+        }
+        if let Some(k) = key.as_mut() {
+            match r.record.key.as_deref() {
+                None => k.append_null(),
+                Some(bytes) => k.append_value(std::str::from_utf8(bytes).ok()?),
+            }
+        }
+        rowtime.append_value(r.record.timestamp);
+        partition.append_value(i32::try_from(r.partition).ok()?);
+        offset.append_value(i64::try_from(r.offset).ok()?);
+    }
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(rowtime.finish()),
+        Arc::new(partition.finish()),
+        Arc::new(offset.finish()),
+    ];
+    if let Some(mut k) = key {
+        columns.push(Arc::new(k.finish()));
+    }
+    columns.extend(values.into_iter().map(Builder::finish));
+    RecordBatch::try_new(schema.clone(), columns).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use weir_log::{Record, StoredRecord};
+    use weir_sql::ast::SqlType;
+
+    use crate::layout::{Column, Format, FormatSpec, Layout};
+
+    fn layout(key: bool) -> Layout {
+        Layout {
+            key_columns: if key {
+                vec![Column::new("K", SqlType::String)]
+            } else {
+                vec![]
+            },
+            value_columns: vec![
+                Column::new("B", SqlType::Boolean),
+                Column::new("I", SqlType::Int),
+                Column::new("L", SqlType::Bigint),
+                Column::new("D", SqlType::Double),
+                Column::new("S", SqlType::String),
+            ],
+            key_format: FormatSpec::new(Format::Kafka),
+            value_format: FormatSpec::new(Format::Json),
+        }
+    }
+
+    fn records(values: &[&str]) -> Vec<StoredRecord> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| StoredRecord {
+                partition: 1,
+                offset: 10 + i as u64,
+                record: Record::new(
+                    Some(format!("k{i}").as_bytes()),
+                    Some(v.as_bytes()),
+                    1000 + i as i64,
+                ),
+            })
+            .collect()
+    }
+
+    /// Whatever it takes, it decodes exactly as the general path; the rest it leaves.
+    #[test]
+    fn the_fast_path_agrees_with_the_general_one_or_declines() {
+        let taken = [
+            r#"{"B": true, "I": 1, "L": 2, "D": 3.5, "S": "x"}"#,
+            r#"{"b": false, "i": -7, "l": 9007199254740993, "d": 1, "s": "é\"\n"}"#,
+            r#"{"S": "exact", "s": "loose", "EXTRA": {"nested": [1, 2, {"x": null}]}}"#,
+            r#"{"d": 1e300, "D": -0.0, "I": 2.9, "L": -3.7}"#,
+            r#"{}"#,
+            r#"{"B": null, "I": null, "L": null, "D": null, "S": null}"#,
+            r#"  {"D": 0.1, "D2": "x"}  "#,
+        ];
+        let declined = [
+            r#"{"I": "12"}"#,       // a string for a number: the general path converts
+            r#"{"S": 12}"#,         // a number for a string
+            r#"{"I": 3000000000}"#, // out of INT's range: an error there
+            r#"{"B": "true"}"#,
+            r#"{"S": [1]}"#,
+            r#"{"I": 1, "I": 2}"#, // duplicate field
+            r#"null"#,
+            r#"[1, 2]"#,
+            r#"{"I": 1"#, // bad JSON
+            r#"{"I": 1} x"#,
+        ];
+        for key in [false, true] {
+            let l = layout(key);
+            let schema = l.schema();
+            let all = records(&taken);
+            let fast = super::decode(&l, &schema, &all).expect("taken");
+            let general = l.decode_general(&schema, &all);
+            assert!(general.errors.is_empty());
+            assert_eq!(fast, general.batch);
+            for d in declined {
+                let mut batch = records(&taken);
+                batch.extend(records(&[d]));
+                assert!(super::decode(&l, &schema, &batch).is_none(), "{d}");
+                // And the engine's entry point still decodes what the general path does.
+                let (a, b) = (l.decode(&schema, &batch), l.decode_general(&schema, &batch));
+                assert_eq!(a.batch, b.batch);
+                assert_eq!(a.errors, b.errors);
+            }
+        }
+    }
+}
