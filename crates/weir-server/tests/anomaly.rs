@@ -146,6 +146,30 @@ fn anomaly_scores_the_demo_message_low_and_faults_high_and_bad_input_goes_to_the
     );
     assert_eq!(cast[0][0].as_f64().unwrap(), a1);
 
+    // ANOMALY_SCORE(ARRAY<DOUBLE>): the same readings as an array score the same.
+    ksql(
+        &server,
+        "CREATE STREAM readings (id INT, r ARRAY<DOUBLE>) WITH (kafka_topic='readings', value_format='JSON', partitions=1);",
+    );
+    let array: Vec<String> = readings.iter().map(|v| format!("{v:.2}")).collect();
+    ksql(
+        &server,
+        &format!(
+            "INSERT INTO readings (id, r) VALUES (1, ARRAY[{}]);",
+            array.join(", ")
+        ),
+    );
+    ksql(
+        &server,
+        "INSERT INTO readings (id, r) VALUES (2, ARRAY[1.0, 2.0]);",
+    );
+    let by_array = rows(
+        &server,
+        "SELECT id, ANOMALY_SCORE(r) AS s FROM readings EMIT CHANGES LIMIT 2;",
+    );
+    assert_eq!(by_array[0][1].as_f64().unwrap(), a0, "{by_array:?}");
+    assert_eq!(by_array[1], json!([2, null]), "too few readings: NULL");
+
     // The bad rows are in the processing log, with why (a persistent query's batch).
     ksql(
         &server,
