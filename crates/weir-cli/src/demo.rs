@@ -126,19 +126,7 @@ pub fn demo(o: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary, String>
     let messages = cars::messages(o.seed, o.count, o.anomalies, 1);
     let labels: BTreeMap<u64, Kind> = messages.iter().map(|m| (m.event_id, m.kind)).collect();
     let labels_file = data_dir.join("labels.csv");
-    std::fs::write(
-        &labels_file,
-        std::iter::once("eventid,kind".to_string())
-            .chain(
-                messages
-                    .iter()
-                    .map(|m| format!("{},{}", m.event_id, m.kind.name())),
-            )
-            .collect::<Vec<_>>()
-            .join("\n")
-            + "\n",
-    )
-    .map_err(|e| e.to_string())?;
+    write_labels(&labels_file, &messages)?;
 
     // Flagged events, as the push query delivers them.
     let flagged: Arc<Mutex<BTreeSet<u64>>> = Arc::default();
@@ -301,6 +289,19 @@ pub fn demo(o: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary, String>
     })
 }
 
+/// `eventid,kind` per message, with a header line.
+fn write_labels(path: &std::path::Path, messages: &[cars::Message]) -> Result<(), String> {
+    let text: String = std::iter::once("eventid,kind".to_string())
+        .chain(
+            messages
+                .iter()
+                .map(|m| format!("{},{}", m.event_id, m.kind.name())),
+        )
+        .map(|l| l + "\n")
+        .collect();
+    std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))
+}
+
 /// Where `weir gen cars` writes.
 pub enum GenTarget {
     Mqtt {
@@ -329,16 +330,7 @@ pub fn gen_cars(
 ) -> Result<(), String> {
     let messages = cars::messages(seed, count, anomalies, first_id);
     if let Some(path) = labels {
-        let text = std::iter::once("eventid,kind".to_string())
-            .chain(
-                messages
-                    .iter()
-                    .map(|m| format!("{},{}", m.event_id, m.kind.name())),
-            )
-            .collect::<Vec<_>>()
-            .join("\n")
-            + "\n";
-        std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        write_labels(path, &messages)?;
     }
     let started = Instant::now();
     match target {

@@ -2,78 +2,11 @@
 //! `send-keys`, and the test reads the screen with `capture-pane`. It also copies a plugin
 //! into the running server's folder and calls it from the shell.
 
-use std::process::Command;
+mod common;
+
 use std::time::{Duration, Instant};
 
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    fn run(&self, args: &[&str]) -> std::process::Output {
-        Command::new("tmux")
-            .arg("-L")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("tmux runs (apt package tmux; scripts/test.sh installs it)")
-    }
-
-    fn screen(&self) -> String {
-        let out = self.run(&["capture-pane", "-p", "-J", "-S", "-300", "-t", "weir"]);
-        String::from_utf8_lossy(&out.stdout).to_string()
-    }
-
-    /// Types `text` literally. tmux reads an argument ending in `;` as a command
-    /// separator, so each `;` goes as its character code.
-    fn type_text(&self, text: &str) {
-        for (i, part) in text.split(';').enumerate() {
-            if i > 0 {
-                self.run(&["send-keys", "-t", "weir", "-H", "3b"]);
-            }
-            if !part.is_empty() {
-                self.run(&["send-keys", "-t", "weir", "-l", part]);
-            }
-        }
-    }
-
-    fn key(&self, key: &str) {
-        self.run(&["send-keys", "-t", "weir", key]);
-    }
-
-    fn line(&self, text: &str) {
-        self.type_text(text);
-        self.key("Enter");
-    }
-
-    /// Enters a statement and waits for the next prompt, as a person does.
-    fn statement(&self, text: &str) -> String {
-        let prompts = self.screen().matches("weir> ").count();
-        self.line(text);
-        self.wait_for("weir> ", prompts + 1)
-    }
-
-    /// Waits until the screen shows `text` `times` times; the screen, or a panic with it.
-    fn wait_for(&self, text: &str, times: usize) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let screen = self.screen();
-            if screen.matches(text).count() >= times {
-                return screen;
-            }
-            if Instant::now() > deadline {
-                panic!("timed out waiting for {text:?} x{times}; the screen:\n{screen}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self.run(&["kill-server"]);
-    }
-}
+use common::Tmux;
 
 #[test]
 fn a_person_creates_a_stream_inserts_rows_watches_them_and_cancels_with_ctrl_c() {
@@ -86,28 +19,13 @@ fn a_person_creates_a_stream_inserts_rows_watches_them_and_cancels_with_ctrl_c()
         ..Default::default()
     })
     .unwrap();
-    let tmux = Tmux {
-        socket: format!("weir-test-{}", std::process::id()),
-    };
     let command = format!(
         "env WEIR_HISTORY_FILE={} {} cli --server http://{}",
         dir.path().join("history").display(),
         env!("CARGO_BIN_EXE_weir"),
         server.addr()
     );
-    let started = tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "weir",
-        "-x",
-        "150",
-        "-y",
-        "50",
-        &command,
-    ]);
-    assert!(started.status.success(), "{started:?}");
-    tmux.run(&["set-option", "-t", "weir", "remain-on-exit", "on"]);
+    let tmux = Tmux::start("weir-test", &command, 150, 50);
     tmux.wait_for("Type 'help'", 1);
 
     // Multi-line input runs at the ';'.

@@ -7,142 +7,13 @@
 //! their anomaly value, and `PRINT ANOMALYDETECTIONWITHFILTER FROM BEGINNING` shows the
 //! flagged event.
 
-use std::net::TcpListener;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-struct Tmux {
-    socket: String,
-}
-
-impl Tmux {
-    fn run(&self, args: &[&str]) -> std::process::Output {
-        Command::new("tmux")
-            .arg("-L")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("tmux runs (apt package tmux; scripts/test.sh installs it)")
-    }
-
-    fn screen(&self) -> String {
-        let out = self.run(&["capture-pane", "-p", "-J", "-S", "-500", "-t", "weir"]);
-        String::from_utf8_lossy(&out.stdout).to_string()
-    }
-
-    /// Types `text` literally; each `;` as its character code (tmux would take it as a
-    /// command separator).
-    fn type_text(&self, text: &str) {
-        for (i, part) in text.split(';').enumerate() {
-            if i > 0 {
-                self.run(&["send-keys", "-t", "weir", "-H", "3b"]);
-            }
-            if !part.is_empty() {
-                self.run(&["send-keys", "-t", "weir", "-l", part]);
-            }
-        }
-    }
-
-    fn key(&self, key: &str) {
-        self.run(&["send-keys", "-t", "weir", key]);
-    }
-
-    /// Types a statement line by line, as written in the script.
-    fn statement(&self, text: &str) {
-        for line in text.lines() {
-            self.type_text(line);
-            self.key("Enter");
-        }
-    }
-
-    fn wait_for(&self, text: &str, times: usize) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let screen = self.screen();
-            if screen.matches(text).count() >= times {
-                return screen;
-            }
-            if Instant::now() > deadline {
-                panic!("timed out waiting for {text:?} x{times}; the screen:\n{screen}");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self.run(&["kill-server"]);
-    }
-}
-
-struct Broker {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn tansu() -> String {
-    let home = std::env::var("HOME").unwrap_or_default();
-    for candidate in ["tansu".to_string(), format!("{home}/.cargo/bin/tansu")] {
-        if Command::new(&candidate)
-            .arg("--help")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok()
-        {
-            return candidate;
-        }
-    }
-    panic!("tansu is not installed: run scripts/test.sh --setup");
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn broker() -> Broker {
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(tansu())
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .args(["--storage-engine", "sqlite://tansu.db"])
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting tansu");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "tansu did not start listening");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Broker {
-        child,
-        port,
-        _dir: dir,
-    }
-}
+use common::{Tmux, broker, tansu};
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -207,28 +78,13 @@ fn the_seed_demo_typed_into_the_repl_on_kafka_with_mqtt() {
     .unwrap();
     let mqtt = server.mqtt_addr().unwrap().port();
 
-    let tmux = Tmux {
-        socket: format!("weir-seed-{}", std::process::id()),
-    };
     let command = format!(
         "env WEIR_HISTORY_FILE={} {} cli --server http://{}",
         dir.path().join("history").display(),
         env!("CARGO_BIN_EXE_weir"),
         server.addr()
     );
-    let started = tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "weir",
-        "-x",
-        "200",
-        "-y",
-        "60",
-        &command,
-    ]);
-    assert!(started.status.success(), "{started:?}");
-    tmux.run(&["set-option", "-t", "weir", "remain-on-exit", "on"]);
+    let tmux = Tmux::start("weir-seed", &command, 200, 60);
     tmux.wait_for("weir> ", 1);
 
     // The statements, exactly as sql/connected_cars.sql (the demo's) has them.
@@ -255,7 +111,7 @@ fn the_seed_demo_typed_into_the_repl_on_kafka_with_mqtt() {
     .unwrap();
     let sample_score = model["sample_message_score"].as_f64().unwrap();
     // LIST FUNCTIONS: ANOMALY is there, a SCALAR.
-    tmux.statement(&statements[0]);
+    tmux.lines(&statements[0]);
     let screen = tmux.wait_for("ANOMALY_SCORE", 1);
     assert!(
         screen
@@ -263,11 +119,11 @@ fn the_seed_demo_typed_into_the_repl_on_kafka_with_mqtt() {
             .any(|l| l.contains("ANOMALY ") && l.contains("SCALAR")),
         "{screen}"
     );
-    tmux.statement(&statements[1]);
+    tmux.lines(&statements[1]);
     tmux.wait_for("Stream created", 1);
 
     // The push query; then the sample from a Kafka producer and over MQTT at QoS 2.
-    tmux.statement(&statements[2]);
+    tmux.lines(&statements[2]);
     tmux.wait_for("EVENTID", 1);
     std::thread::sleep(Duration::from_millis(500));
     kafka_produce(broker.port, "temperature", sample);
@@ -287,10 +143,10 @@ fn the_seed_demo_typed_into_the_repl_on_kafka_with_mqtt() {
     tmux.key("C-c");
     tmux.wait_for("Query terminated", 1);
 
-    tmux.statement(&statements[3]);
-    tmux.statement(&statements[4]);
+    tmux.lines(&statements[3]);
+    tmux.lines(&statements[4]);
     tmux.wait_for("Created query with ID", 2);
-    tmux.statement(&statements[5]);
+    tmux.lines(&statements[5]);
     std::thread::sleep(Duration::from_millis(1000));
     // A normal message (filtered out), and a sensor dropping out on every other reading:
     // it scores far above the demo's `> 3` (8.3; MODEL.md).
@@ -315,14 +171,14 @@ fn the_seed_demo_typed_into_the_repl_on_kafka_with_mqtt() {
     tmux.wait_for("Query terminated", 2);
 
     // PRINT shows the flagged event in the output topic, as DELIMITED.
-    tmux.statement(&statements[6]);
+    tmux.lines(&statements[6]);
     let screen = tmux.wait_for("value: 33333,8.3", 1);
     assert!(!screen.contains("value: 22222"), "{screen}");
     tmux.key("C-c");
     tmux.wait_for("Query terminated", 3);
     // Not one of the demo's statements: the source topic holds the MQTT topic as the key
     // (derived streams declare no key column, so, as in today's ksqlDB, theirs is null).
-    tmux.statement("PRINT temperature FROM BEGINNING LIMIT 4;");
+    tmux.lines("PRINT temperature FROM BEGINNING LIMIT 4;");
     let screen = tmux.wait_for("key: car/engine/temperature, value: 33333,", 1);
     assert!(
         screen.contains("key: <null>, value: 99999,"),

@@ -9,35 +9,6 @@ use std::path::{Path, PathBuf};
 use common::*;
 use serde_json::{Value, json};
 
-fn built(name: &str) -> PathBuf {
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let path = target.join("debug").join(format!("lib{name}.so"));
-    assert!(
-        path.exists(),
-        "{} is not built: run `cargo build --workspace` first",
-        path.display()
-    );
-    path
-}
-
-fn rows(server: &weir_server::Server, sql: &str) -> Vec<Value> {
-    let (status, body) = post(
-        server,
-        "/query-stream",
-        &json!({"sql": sql, "properties": {"auto.offset.reset": "earliest"}}),
-    );
-    assert_eq!(status, 200, "{sql}: {body}");
-    body.as_str()
-        .unwrap_or_else(|| panic!("{body}"))
-        .lines()
-        .skip(1)
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn manifest(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")

@@ -48,21 +48,6 @@ fn mosquitto_pub(server: &weir_server::Server, args: &[&str]) -> (bool, String) 
     )
 }
 
-fn rows(server: &weir_server::Server, sql: &str) -> Vec<Value> {
-    let (status, body) = post(
-        server,
-        "/query-stream",
-        &json!({"sql": sql, "properties": {"auto.offset.reset": "earliest"}}),
-    );
-    assert_eq!(status, 200, "{sql}: {body}");
-    body.as_str()
-        .unwrap_or_else(|| panic!("{body}"))
-        .lines()
-        .skip(1)
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 #[test]
 fn mosquitto_pub_at_every_qos_and_version_lands_in_the_mapped_topic() {
     let dir = tempfile::tempdir().unwrap();

@@ -63,6 +63,37 @@ pub fn get(server: &Server, path: &str) -> (u16, Value) {
     )
 }
 
+/// The rows of a push query with a LIMIT, read from the earliest offsets.
+pub fn rows(server: &Server, sql: &str) -> Vec<Value> {
+    let (status, body) = post(
+        server,
+        "/query-stream",
+        &json!({"sql": sql, "properties": {"auto.offset.reset": "earliest"}}),
+    );
+    assert_eq!(status, 200, "{sql}: {body}");
+    body.as_str()
+        .unwrap_or_else(|| panic!("{body}"))
+        .lines()
+        .skip(1)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// An example plugin's `.so`, as `cargo build --workspace` left it.
+pub fn built(name: &str) -> std::path::PathBuf {
+    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = target.join("debug").join(format!("lib{name}.so"));
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --workspace` first",
+        path.display()
+    );
+    path
+}
+
 /// `/ksql` that must succeed: its entities.
 pub fn ksql(server: &Server, sql: &str) -> Vec<Value> {
     let (status, body) = post(server, "/ksql", &json!({"ksql": sql}));
