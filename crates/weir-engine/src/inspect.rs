@@ -273,7 +273,12 @@ impl Engine {
                     fields: fields(&q.sink_layout.key_columns, &q.sink_layout.value_columns),
                     sources: vec![q.plan.source.clone()],
                     sinks: vec![q.sink.clone()],
-                    execution_plan: q.plan.explain(&q.source_topic, Some(&q.sink_topic)),
+                    execution_plan: match &q.aggregate {
+                        Some(a) => {
+                            format!("{}\n{}", q.plan.explain(&q.source_topic, None), a.explain())
+                        }
+                        None => q.plan.explain(&q.source_topic, Some(&q.sink_topic)),
+                    },
                     state: Some(query_state(q).into()),
                     statistics: Some(q.stats),
                     errors: q.error.iter().cloned().collect(),

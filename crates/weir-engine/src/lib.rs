@@ -8,6 +8,7 @@
 //! properties, DROP and TERMINATE. Queries advance when [`Engine::run_until_idle`] is
 //! called; tables, aggregations, windows and joins are the stateful issue's.
 
+mod aggregate;
 mod builtins;
 pub mod catalog;
 mod error;
@@ -200,6 +201,8 @@ pub struct PersistentQuery {
     stop_on_error: bool,
     /// Why the query stopped; it consumes nothing more until restarted.
     pub error: Option<meta::QueryError>,
+    /// GROUP BY: folds `plan`'s rows into groups (its state is checkpointed).
+    aggregate: Option<aggregate::Aggregator>,
 }
 
 /// The property that makes a function error stop a persistent query.
@@ -324,6 +327,9 @@ impl Engine {
             if offsets.len() == q.offsets.len() {
                 q.offsets = offsets;
             }
+            if let Some(a) = q.aggregate.as_mut() {
+                a.restore(&cp["state"]);
+            }
             let sink_ends = as_offsets(&cp["sink_ends"]);
             let prefix = format!("{}:", q.id);
             for sink_partition in 0..q.sink_partitions {
@@ -361,7 +367,11 @@ impl Engine {
         for p in 0..q.sink_partitions {
             sink_ends.push(self.log.offsets(&q.sink_topic, p)?.1);
         }
-        let v = serde_json::json!({"query": q.id, "offsets": q.offsets, "sink_ends": sink_ends});
+        let mut v =
+            serde_json::json!({"query": q.id, "offsets": q.offsets, "sink_ends": sink_ends});
+        if let Some(a) = &q.aggregate {
+            v["state"] = a.snapshot();
+        }
         self.log.append(
             OFFSETS_TOPIC,
             0,
@@ -513,7 +523,7 @@ impl Engine {
                 let source = self.stream(&query.from.source.name.value)?;
                 let plan = plan_select(&self.functions, query, &source)?;
                 let query_id =
-                    self.start_query(&target.value, &source, plan, stmt, "INSERTQUERY")?;
+                    self.start_query(&target.value, &source, plan, None, stmt, "INSERTQUERY")?;
                 Ok(Outcome::QueryStarted {
                     query_id,
                     sink: target.value.clone(),
@@ -753,8 +763,19 @@ impl Engine {
     }
 
     fn create_as_select(&mut self, c: &CreateAsSelect, stmt: &Statement) -> Result<Outcome> {
-        if c.kind == SourceKind::Table {
-            return Err(EngineError::Unsupported("CREATE TABLE AS SELECT".into()));
+        let grouped = c.query.group_by.is_some();
+        match (c.kind, grouped) {
+            (SourceKind::Table, false) => {
+                return Err(EngineError::Unsupported(
+                    "CREATE TABLE AS SELECT without GROUP BY".into(),
+                ));
+            }
+            (SourceKind::Stream, true) => {
+                return Err(EngineError::Invalid(
+                    "Invalid result type. Your SELECT query produces a TABLE. Please use CREATE TABLE AS SELECT statement instead.".into(),
+                ));
+            }
+            _ => {}
         }
         let name = c.name.value.clone();
         if let Some(existing) = self.catalog.source(&name) {
@@ -774,7 +795,15 @@ impl Engine {
         }
         let from = &c.query.from.source.name.value;
         let source = self.stream(from)?;
-        let plan = plan_select(&self.functions, &c.query, &source)?;
+        let (plan, aggregate) = if grouped {
+            let a = aggregate::plan_aggregate(&self.functions, &c.query, &source)?;
+            // The sink's columns are the aggregation's, not its stateless step's.
+            let mut shown = a.pre.clone();
+            shown.output_layout_columns = a.output_layout_columns.clone();
+            (shown, Some(a))
+        } else {
+            (plan_select(&self.functions, &c.query, &source)?, None)
+        };
         let inherited = match source.layout.key_format.format {
             // A sink that gains key columns (PARTITION BY) from a keyless source: ksqlDB's default.
             Format::None => Format::Kafka,
@@ -827,7 +856,8 @@ impl Engine {
             read_only: false,
         };
         self.catalog.add_source(sink, c.or_replace)?;
-        match self.start_query(&name, &source, plan, stmt, "CSAS") {
+        let prefix = if grouped { "CTAS" } else { "CSAS" };
+        match self.start_query(&name, &source, plan, aggregate, stmt, prefix) {
             Ok(query_id) => {
                 if let Some(s) = self.catalog.source_mut(&name) {
                     s.written_by = Some(query_id.clone());
@@ -850,6 +880,7 @@ impl Engine {
         sink_name: &str,
         source: &Source,
         plan: SelectPlan,
+        aggregate: Option<aggregate::Aggregator>,
         stmt: &Statement,
         prefix: &str,
     ) -> Result<String> {
@@ -902,6 +933,7 @@ impl Engine {
                     .get(FAIL_ON_FUNCTION_ERROR)
                     .is_some_and(|v| v.eq_ignore_ascii_case("true")),
                 error: None,
+                aggregate,
             },
         );
         if self.durable && !self.replaying {
@@ -1150,8 +1182,9 @@ impl Engine {
         // Records and tombstones keep their order: process each run of one kind in turn.
         for run in records.chunk_by(|a, b| a.record.value.is_none() == b.record.value.is_none()) {
             let tombstones = run[0].record.value.is_none();
-            // ksqlDB drops tombstones at a WHERE, and forwards them otherwise.
-            if tombstones && q.plan.filter.is_some() {
+            // ksqlDB drops tombstones at a WHERE, and forwards them otherwise; an
+            // aggregation over a stream ignores them.
+            if tombstones && (q.plan.filter.is_some() || q.aggregate.is_some()) {
                 continue;
             }
             let decoded = if tombstones {
@@ -1228,6 +1261,22 @@ impl Engine {
         for (tombstones, output, problems) in computed {
             q.stats.errors += problems.len() as u64;
             for out in output {
+                // GROUP BY: the groups' new rows, one per input row.
+                let out = match q.aggregate.as_mut() {
+                    Some(a) => {
+                        let (out, bad) = a.process(&out);
+                        if !bad.is_empty() {
+                            q.stats.errors += bad.len() as u64;
+                            let bad: Vec<(u32, u64, String)> = bad
+                                .into_iter()
+                                .map(|(o, why)| (partition, o, why))
+                                .collect();
+                            write_processing_log(log.as_ref(), &q.id, &q.source_topic, &bad)?;
+                        }
+                        out
+                    }
+                    None => out,
+                };
                 q.stats.produced += out.num_rows() as u64;
                 let now = now_ms();
                 for t in out.column(0).as_primitive::<Int64Type>().values() {

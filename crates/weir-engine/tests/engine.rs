@@ -281,3 +281,118 @@ fn explode_makes_a_row_per_element_and_pads_shorter_lists() {
         ]
     );
 }
+
+/// GROUP BY over a stream: one change per input record, keyed by the group, with ksqlDB's
+/// aggregates; after a restart the groups go on from their checkpointed state.
+#[test]
+fn group_by_emits_a_change_per_record_and_keeps_its_state_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        let log = EmbeddedLog::open(dir.path(), EmbeddedLogConfig::default()).unwrap();
+        Engine::open(Arc::new(log)).unwrap()
+    };
+    let run = |engine: &mut Engine| while engine.run_once().unwrap() > 0 {};
+    let mut engine = open();
+    engine
+        .execute_sql(
+            "CREATE STREAM readings (car VARCHAR KEY, speed DOUBLE, note VARCHAR) WITH (kafka_topic='readings', value_format='JSON', partitions=1);
+             SET 'auto.offset.reset'='earliest';
+             CREATE TABLE per_car AS SELECT car, COUNT(*) AS n, SUM(speed) AS total, AVG(speed) AS mean,
+               MAX(speed) AS top, COLLECT_LIST(note) AS notes, LATEST_BY_OFFSET(note) AS last
+               FROM readings WHERE speed >= 0 GROUP BY car;",
+        )
+        .unwrap();
+    produce(
+        &engine,
+        "readings",
+        Some("a"),
+        r#"{"speed": 10.0, "note": "x"}"#,
+        5,
+    );
+    produce(
+        &engine,
+        "readings",
+        Some("b"),
+        r#"{"speed": 1.0, "note": null}"#,
+        7,
+    );
+    produce(
+        &engine,
+        "readings",
+        Some("a"),
+        r#"{"speed": -1.0, "note": "skipped"}"#,
+        8,
+    );
+    produce(
+        &engine,
+        "readings",
+        Some("a"),
+        r#"{"speed": 30.0, "note": "y"}"#,
+        6,
+    );
+    run(&mut engine);
+    let changes: Vec<(Option<String>, Value, i64)> = read_all(&engine, "PER_CAR")
+        .into_iter()
+        .map(|(k, v, t)| (k, serde_json::from_str(&v.unwrap()).unwrap(), t))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            (
+                Some("a".into()),
+                json!({"N": 1, "TOTAL": 10.0, "MEAN": 10.0, "TOP": 10.0, "NOTES": ["x"], "LAST": "x"}),
+                5
+            ),
+            (
+                Some("b".into()),
+                json!({"N": 1, "TOTAL": 1.0, "MEAN": 1.0, "TOP": 1.0, "NOTES": [null], "LAST": null}),
+                7
+            ),
+            // The group's time is the latest it has seen.
+            (
+                Some("a".into()),
+                json!({"N": 2, "TOTAL": 40.0, "MEAN": 20.0, "TOP": 30.0, "NOTES": ["x", "y"], "LAST": "y"}),
+                6
+            ),
+        ]
+    );
+    drop(engine);
+
+    // Restarted: the state is the checkpoint's, nothing is written twice.
+    let mut engine = open();
+    produce(
+        &engine,
+        "readings",
+        Some("a"),
+        r#"{"speed": 2.0, "note": "z"}"#,
+        9,
+    );
+    run(&mut engine);
+    let all = read_all(&engine, "PER_CAR");
+    assert_eq!(all.len(), 4, "{all:?}");
+    let last: Value = serde_json::from_str(all[3].1.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        last,
+        json!({"N": 3, "TOTAL": 42.0, "MEAN": 14.0, "TOP": 30.0, "NOTES": ["x", "y", "z"], "LAST": "z"})
+    );
+    assert_eq!(all[3].2, 9);
+
+    // What ksqlDB refuses.
+    for (sql, why) in [
+        (
+            "CREATE STREAM s AS SELECT car, COUNT(*) AS n FROM readings GROUP BY car;",
+            "CREATE TABLE AS SELECT",
+        ),
+        (
+            "CREATE TABLE t AS SELECT car, COUNT(*) AS n FROM readings GROUP BY car EMIT FINAL;",
+            "EMIT FINAL",
+        ),
+        (
+            "CREATE TABLE t AS SELECT note AS n, COUNT(*) AS n FROM readings GROUP BY note;",
+            "Duplicate",
+        ),
+    ] {
+        let e = engine.execute_sql(sql).unwrap_err().to_string();
+        assert!(e.contains(why), "{sql}: {e}");
+    }
+}
