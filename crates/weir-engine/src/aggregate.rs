@@ -1,11 +1,14 @@
 //! GROUP BY over a stream, without windows: `CREATE TABLE ... AS SELECT keys, AGG(...)
 //! FROM stream [WHERE ...] GROUP BY keys`.
 //!
-//! A query runs in two steps. A stateless plan (the engine's ordinary [`SelectPlan`])
+//! A query runs in three steps. A stateless plan (the engine's ordinary [`SelectPlan`])
 //! filters each batch and computes the grouping expressions and the aggregates'
-//! arguments; then the [`Aggregator`] folds each row into its group's accumulators, in
-//! order, and emits the group's new row: one change per input record, as ksqlDB does with
-//! its record cache off. The output record's timestamp is the latest its group has seen.
+//! arguments; the [`Aggregator`] folds each row into its group's accumulators, in order;
+//! then the select list and HAVING are evaluated over the group's keys and aggregate
+//! results (aggregate calls replaced by columns), giving the group's new row: one change
+//! per input record, as ksqlDB does with its record cache off. A group that stops
+//! satisfying HAVING after it was emitted gets a tombstone. The output record's timestamp
+//! is the latest its group has seen.
 //!
 //! The state (every group's accumulators) is a JSON object, checkpointed with the query's
 //! offsets and restored on restart, so a restarted query goes on with the same state.
@@ -13,16 +16,18 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{AsArray, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use serde_json::{Value, json};
 use weir_format::Column;
 use weir_sql::ast::{Expr, SqlType};
-use weir_sql::sqlparser::ast::{self as sql, FunctionArg, FunctionArgExpr, FunctionArguments};
+use weir_sql::sqlparser::ast::{
+    self as sql, FunctionArg, FunctionArgExpr, FunctionArguments, visit_expressions_mut,
+};
 
 use crate::error::{EngineError, Result};
 use crate::functions::Functions;
-use crate::plan::{SelectPlan, plan_push};
+use crate::plan::{Compiled, ExprCompiler, SelectPlan, plan_push};
 
 /// The aggregate functions computed here, by ksqlDB name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,7 +192,7 @@ impl AggKind {
     }
 }
 
-/// One aggregate call of the select list.
+/// One aggregate call.
 #[derive(Debug, Clone)]
 struct Call {
     kind: AggKind,
@@ -195,47 +200,63 @@ struct Call {
     arg: Option<(usize, SqlType)>,
 }
 
-/// A select item: a grouping expression (by index) or an aggregate call (by index).
+/// One column of the output.
 #[derive(Debug, Clone)]
-enum Output {
-    Key(usize),
-    Agg(usize),
+struct Output {
+    name: String,
+    compiled: Compiled,
+    is_key: bool,
+}
+
+/// A group's running state.
+#[derive(Debug, Clone)]
+struct Group {
+    /// The latest record timestamp it has seen.
+    time: i64,
+    states: Vec<Value>,
+    /// Its last change was a row (not a tombstone or nothing): HAVING failing now
+    /// retracts it.
+    emitted: bool,
 }
 
 /// A planned GROUP BY and its running state.
 #[derive(Debug, Clone)]
 pub struct Aggregator {
-    /// Filters and computes `keys` then the aggregates' arguments, per batch.
+    /// Filters and computes the grouping expressions then the aggregates' arguments.
     pub pre: SelectPlan,
     keys: Vec<SqlType>,
     calls: Vec<Call>,
-    outputs: Vec<(String, Output)>,
+    /// The grouping keys then the aggregate results, as the select list and HAVING see
+    /// them.
+    middle: SchemaRef,
+    outputs: Vec<Output>,
+    having: Option<Compiled>,
     /// Key columns then value columns, as the sink declares them.
     pub output_layout_columns: (Vec<Column>, Vec<Column>),
     /// ROWTIME, ROWOFFSET, then the select items.
     output_schema: SchemaRef,
-    output_types: Vec<SqlType>,
-    /// Per group (its key values as JSON text): the latest timestamp, then each
-    /// aggregate's state.
-    state: HashMap<String, (i64, Vec<Value>)>,
+    /// Per group (its key values as JSON text).
+    state: HashMap<String, Group>,
 }
 
-fn aggregate_call(e: &Expr) -> Option<(AggKind, Vec<&Expr>, bool)> {
+fn aggregate_call(e: &Expr) -> Option<(AggKind, Vec<Expr>, bool)> {
     let Expr::Function(f) = e else { return None };
     let kind = AggKind::from_name(&f.name.to_string())?;
-    let FunctionArguments::List(list) = &f.args else {
-        return None;
+    let args = match &f.args {
+        FunctionArguments::List(list) => &list.args[..],
+        FunctionArguments::None => &[],
+        FunctionArguments::Subquery(_) => return None,
     };
-    let mut args = Vec::new();
+    let mut out = Vec::new();
     let mut star = false;
-    for a in &list.args {
+    for a in args {
         match a {
-            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => args.push(e),
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => out.push(e.clone()),
             FunctionArg::Unnamed(FunctionArgExpr::Wildcard) => star = true,
             _ => return None,
         }
     }
-    Some((kind, args, star))
+    Some((kind, out, star))
 }
 
 fn column_of(e: &Expr) -> Option<String> {
@@ -253,6 +274,10 @@ fn same(a: &Expr, b: &Expr) -> bool {
     }
 }
 
+fn ident(name: &str) -> Expr {
+    Expr::Identifier(sql::Ident::with_quote('`', name))
+}
+
 /// Plans `query` (which has a GROUP BY) over `source`.
 pub fn plan_aggregate(
     functions: &Functions,
@@ -263,9 +288,6 @@ pub fn plan_aggregate(
     let unsupported = |what: &str| Err(EngineError::Unsupported(what.into()));
     if query.window.is_some() {
         return unsupported("windowed aggregation");
-    }
-    if query.having.is_some() {
-        return unsupported("HAVING");
     }
     if query.partition_by.is_some() {
         return unsupported("PARTITION BY with GROUP BY");
@@ -285,7 +307,78 @@ pub fn plan_aggregate(
             source.name
         )));
     }
-    // The stateless step computes the grouping expressions, then each call's argument.
+    // The grouping expressions' names where the select list and HAVING see them: a
+    // column keeps its name.
+    let group_names: Vec<String> = group_by
+        .iter()
+        .enumerate()
+        .map(|(i, g)| column_of(g).unwrap_or_else(|| format!("WEIR_GROUP_{i}")))
+        .collect();
+    // Aggregate calls become columns `WEIR_AGG_n`; grouping expressions that are not
+    // columns become theirs.
+    let mut found: Vec<(AggKind, Vec<Expr>, bool, Expr)> = Vec::new();
+    let mut failure = None;
+    let mut rewrite = |e: &Expr| -> Expr {
+        let mut e = e.clone();
+        if let Some(i) = group_by
+            .iter()
+            .position(|g| column_of(g).is_none() && g == &e)
+        {
+            return ident(&group_names[i]);
+        }
+        // First the aggregate calls (their arguments stay as written: the stateless step
+        // computes them), then grouping expressions in what is left.
+        let _ = visit_expressions_mut(&mut e, |x: &mut Expr| {
+            if let Some((kind, args, star)) = aggregate_call(x) {
+                let n = match found.iter().position(|f| &f.3 == x) {
+                    Some(n) => n,
+                    None => {
+                        if args.iter().any(|a| aggregate_call(a).is_some()) {
+                            failure = Some("aggregate calls inside aggregate calls");
+                        }
+                        found.push((kind, args, star, x.clone()));
+                        found.len() - 1
+                    }
+                };
+                *x = ident(&format!("WEIR_AGG_{n}"));
+            }
+            std::ops::ControlFlow::<()>::Continue(())
+        });
+        let _ = visit_expressions_mut(&mut e, |x: &mut Expr| {
+            if let Some(i) = group_by
+                .iter()
+                .position(|g| column_of(g).is_none() && g == x)
+            {
+                *x = ident(&group_names[i]);
+            }
+            std::ops::ControlFlow::<()>::Continue(())
+        });
+        e
+    };
+    let mut items = Vec::new();
+    let mut generated = 0;
+    for item in &query.select {
+        let SelectItem::Expr { expr, alias } = item else {
+            return Err(EngineError::Invalid(
+                "SELECT * is not supported with GROUP BY: name the columns".into(),
+            ));
+        };
+        let key = group_by.iter().position(|g| same(g, expr));
+        let name = match (alias, column_of(expr)) {
+            (Some(a), _) => a.value.clone(),
+            (None, Some(c)) => c,
+            _ => {
+                generated += 1;
+                format!("KSQL_COL_{}", generated - 1)
+            }
+        };
+        items.push((name, rewrite(expr), key));
+    }
+    let having = query.having.as_ref().map(&mut rewrite);
+    if let Some(why) = failure {
+        return unsupported(why);
+    }
+    // The stateless step: grouping expressions, then each call's argument.
     let mut pre_items: Vec<SelectItem> = group_by
         .iter()
         .enumerate()
@@ -295,51 +388,19 @@ pub fn plan_aggregate(
         })
         .collect();
     let mut calls = Vec::new();
-    let mut outputs = Vec::new();
-    let mut generated = 0;
-    for item in &query.select {
-        let SelectItem::Expr { expr, alias } = item else {
-            return Err(EngineError::Invalid(
-                "SELECT * is not supported with GROUP BY: name the columns".into(),
-            ));
-        };
-        if let Some(k) = group_by.iter().position(|g| same(g, expr)) {
-            let name = alias
-                .as_ref()
-                .map(|a| a.value.clone())
-                .or_else(|| column_of(expr))
-                .unwrap_or_else(|| {
-                    generated += 1;
-                    format!("KSQL_COL_{}", generated - 1)
-                });
-            outputs.push((name, Output::Key(k)));
-            continue;
-        }
-        let Some((kind, args, star)) = aggregate_call(expr) else {
-            return Err(EngineError::Unsupported(format!(
-                "non-aggregate expression with GROUP BY: {expr}"
-            )));
-        };
-        let kind = match (kind, star, args.len()) {
-            (AggKind::Count, true, 0) => AggKind::CountStar,
-            (AggKind::Count, false, 0) => AggKind::CountStar,
+    for (n, (kind, args, star, _)) in found.iter().enumerate() {
+        let kind = match (*kind, *star, args.len()) {
+            (AggKind::Count, _, 0) => AggKind::CountStar,
             (k, false, 1) => k,
             _ => return unsupported("this aggregate's arguments"),
         };
-        let arg = if kind == AggKind::CountStar {
-            None
-        } else {
+        let arg = (kind != AggKind::CountStar).then(|| {
             pre_items.push(SelectItem::Expr {
                 expr: args[0].clone(),
-                alias: Some(sql::Ident::new(format!("WEIR_ARG_{}", calls.len()))),
+                alias: Some(sql::Ident::new(format!("WEIR_ARG_{n}"))),
             });
-            Some(pre_items.len() - 1)
-        };
-        let name = alias.as_ref().map(|a| a.value.clone()).unwrap_or_else(|| {
-            generated += 1;
-            format!("KSQL_COL_{}", generated - 1)
+            pre_items.len() - 1
         });
-        outputs.push((name, Output::Agg(calls.len())));
         calls.push((kind, arg));
     }
     let pre_query = weir_sql::ast::Query {
@@ -367,44 +428,76 @@ pub fn plan_aggregate(
             })
         })
         .collect::<Result<_>>()?;
-    for (k, _) in group_by.iter().enumerate() {
-        if !outputs
-            .iter()
-            .any(|(_, o)| matches!(o, Output::Key(i) if *i == k))
-        {
+    let mut middle_fields: Vec<Field> = group_names
+        .iter()
+        .zip(&keys)
+        .map(|(n, t)| Field::new(n, weir_format::arrow_type(t), true))
+        .collect();
+    for (n, c) in calls.iter().enumerate() {
+        let t = c.kind.result_type(c.arg.as_ref().map(|(_, t)| t))?;
+        if format!("{t}").contains("BYTES") {
+            return unsupported("BYTES in aggregation results");
+        }
+        middle_fields.push(Field::new(
+            format!("WEIR_AGG_{n}"),
+            weir_format::arrow_type(&t),
+            true,
+        ));
+    }
+    let middle = Arc::new(Schema::new(middle_fields));
+    let alias = query
+        .from
+        .source
+        .alias
+        .as_ref()
+        .map(|a| a.value.as_str())
+        .unwrap_or(&source.name);
+    let compiler = ExprCompiler::new(functions, &middle, Some(alias))?;
+    for (k, g) in group_by.iter().enumerate() {
+        if !items.iter().any(|(_, _, key)| *key == Some(k)) {
             return Err(EngineError::Invalid(format!(
-                "Key missing from projection (ie, SELECT). The query used to build the sink must include the grouping expression {} in its projection.",
-                group_by[k]
+                "Key missing from projection (ie, SELECT). The query used to build the sink must include the grouping expression {g} in its projection."
             )));
         }
     }
+    let mut outputs = Vec::new();
     let mut key_cols = Vec::new();
     let mut value_cols = Vec::new();
-    let mut output_types = Vec::new();
     let mut fields = vec![
         Field::new("ROWTIME", DataType::Int64, false),
         Field::new("ROWOFFSET", DataType::Int64, false),
     ];
-    for (name, o) in &outputs {
-        let ty = match o {
-            Output::Key(k) => keys[*k].clone(),
-            Output::Agg(a) => calls[*a]
-                .kind
-                .result_type(calls[*a].arg.as_ref().map(|(_, t)| t))?,
-        };
+    for (name, expr, key) in items {
+        let compiled = compiler.compile(&expr)?;
+        let ty = crate::types::sql_type_of(&compiled.data_type)?;
         if format!("{ty}").contains("BYTES") {
-            return Err(EngineError::Unsupported(
-                "BYTES in aggregation results".into(),
-            ));
+            return unsupported("BYTES in aggregation results");
         }
-        let col = Column::new(name, ty.clone());
-        fields.push(Field::new(name, weir_format::arrow_type(&ty), true));
-        output_types.push(ty);
-        match o {
-            Output::Key(_) => key_cols.push(col),
-            Output::Agg(_) => value_cols.push(col),
+        fields.push(Field::new(&name, compiled.data_type.clone(), true));
+        let col = Column::new(&name, ty);
+        if key.is_some() {
+            key_cols.push(col);
+        } else {
+            value_cols.push(col);
         }
+        outputs.push(Output {
+            name,
+            compiled,
+            is_key: key.is_some(),
+        });
     }
+    let having = having
+        .map(|h| {
+            let c = compiler.compile(&h)?;
+            if c.data_type != DataType::Boolean {
+                return Err(EngineError::Invalid(format!(
+                    "Type error in HAVING expression: Should evaluate to boolean but is {}",
+                    c.data_type
+                )));
+            }
+            Ok(c)
+        })
+        .transpose()?;
     let mut seen = std::collections::HashSet::new();
     for c in key_cols.iter().chain(&value_cols) {
         if !seen.insert(c.name.as_str()) {
@@ -431,22 +524,28 @@ pub fn plan_aggregate(
         pre,
         keys,
         calls,
+        middle,
         outputs,
+        having,
         output_layout_columns: (key_cols, value_cols),
         output_schema: Arc::new(Schema::new(fields)),
-        output_types,
         state: HashMap::new(),
     })
 }
 
+/// The changes a batch makes: runs of rows or of tombstones, in order.
+pub type Changes = Vec<(bool, RecordBatch)>;
+
 impl Aggregator {
     /// Folds the stateless step's output (ROWTIME, ROWOFFSET, keys, arguments) into the
-    /// groups, row by row; one output row per input row with a non-null key. Rows whose
-    /// result does not fit its columns are left out, returned by source offset with why.
-    pub fn process(&mut self, pre: &RecordBatch) -> (RecordBatch, Vec<(u64, String)>) {
+    /// groups, row by row, and gives each row's change (runs of rows and of tombstones,
+    /// in order). Rows whose result cannot be computed are left out, returned by source
+    /// offset with why.
+    pub fn process(&mut self, pre: &RecordBatch) -> (Changes, Vec<(u64, String)>) {
         let rowtimes = pre.column(0).as_primitive::<Int64Type>();
         let offsets = pre.column(1).as_primitive::<Int64Type>();
         let mut rows = Vec::with_capacity(pre.num_rows());
+        let mut meta = Vec::with_capacity(pre.num_rows());
         for row in 0..pre.num_rows() {
             let key: Vec<Value> = self
                 .keys
@@ -460,39 +559,94 @@ impl Aggregator {
             }
             let id = serde_json::to_string(&key).expect("JSON values serialize");
             let calls = &self.calls;
-            let (time, states) = self
-                .state
-                .entry(id)
-                .or_insert_with(|| (i64::MIN, calls.iter().map(|c| c.kind.initial()).collect()));
-            *time = (*time).max(rowtimes.value(row));
-            for (c, state) in calls.iter().zip(states.iter_mut()) {
+            let group = self.state.entry(id.clone()).or_insert_with(|| Group {
+                time: i64::MIN,
+                states: calls.iter().map(|c| c.kind.initial()).collect(),
+                emitted: false,
+            });
+            group.time = group.time.max(rowtimes.value(row));
+            for (c, state) in calls.iter().zip(group.states.iter_mut()) {
                 let arg = match &c.arg {
                     Some((i, ty)) => weir_format::convert::value_at(pre.column(2 + i), row, ty),
                     None => Value::Null,
                 };
                 c.kind.update(state, &arg, c.arg.as_ref().map(|(_, t)| t));
             }
-            let mut out = vec![json!(*time), json!(offsets.value(row))];
-            for (_, o) in &self.outputs {
-                out.push(match o {
-                    Output::Key(k) => key[*k].clone(),
-                    Output::Agg(a) => calls[*a].kind.result(&states[*a]),
-                });
-            }
-            rows.push(out);
+            let mut middle = key;
+            middle.extend(
+                calls
+                    .iter()
+                    .zip(&group.states)
+                    .map(|(c, s)| c.kind.result(s)),
+            );
+            rows.push(middle);
+            meta.push((group.time, offsets.value(row), id));
         }
-        let offsets_of: Vec<u64> = rows.iter().map(|r| r[1].as_u64().unwrap_or(0)).collect();
-        let (batch, bad) = weir_format::convert::rows_to_batch(&self.output_schema, rows);
-        let bad = bad
-            .into_iter()
-            .map(|(i, why)| {
-                (
-                    offsets_of[i],
-                    format!("Error computing the aggregate: {why}"),
-                )
-            })
-            .collect();
-        (batch, bad)
+        let (batch, bad) = weir_format::convert::rows_to_batch(&self.middle, rows);
+        let mut failed: Vec<(u64, String)> = Vec::new();
+        for (i, why) in bad.iter().rev() {
+            let (_, offset, _) = meta.remove(*i);
+            failed.push((
+                offset as u64,
+                format!("Error computing the aggregate: {why}"),
+            ));
+        }
+        match self.changes(&batch, &meta) {
+            Ok(changes) => (changes, failed),
+            Err(e) => {
+                failed.extend(
+                    meta.iter().map(|(_, o, _)| {
+                        (*o as u64, format!("Error computing the aggregate: {e}"))
+                    }),
+                );
+                (Vec::new(), failed)
+            }
+        }
+    }
+
+    /// The select list and HAVING over the groups' rows.
+    fn changes(&mut self, middle: &RecordBatch, meta: &[(i64, i64, String)]) -> Result<Changes> {
+        let n = middle.num_rows();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from_iter_values(meta.iter().map(|m| m.0))),
+            Arc::new(Int64Array::from_iter_values(meta.iter().map(|m| m.1))),
+        ];
+        for o in &self.outputs {
+            columns.push(o.compiled.expr.evaluate(middle)?.into_array(n)?);
+        }
+        let all = RecordBatch::try_new(self.output_schema.clone(), columns)
+            .map_err(|e| EngineError::Execution(e.to_string()))?;
+        let pass: Vec<bool> = match &self.having {
+            None => vec![true; n],
+            Some(h) => {
+                let mask = h.expr.evaluate(middle)?.into_array(n)?;
+                let mask = mask.as_boolean();
+                (0..n).map(|i| mask.is_valid(i) && mask.value(i)).collect()
+            }
+        };
+        // Which rows become which change: a row, a tombstone, or nothing.
+        let mut kinds: Vec<(u32, bool)> = Vec::new();
+        for (i, (_, _, id)) in meta.iter().enumerate() {
+            let group = self.state.get_mut(id).expect("the group exists");
+            if pass[i] {
+                group.emitted = true;
+                kinds.push((i as u32, false));
+            } else if group.emitted {
+                group.emitted = false;
+                kinds.push((i as u32, true));
+            }
+        }
+        let mut changes = Vec::new();
+        for run in kinds.chunk_by(|a, b| a.1 == b.1) {
+            let indices = UInt32Array::from_iter_values(run.iter().map(|k| k.0));
+            let batch = arrow::compute::take_record_batch(&all, &indices)
+                .map_err(|e| EngineError::Execution(e.to_string()))?;
+            changes.push((run[0].1, batch));
+        }
+        Ok(changes)
     }
 
     /// The state, for a checkpoint.
@@ -500,7 +654,7 @@ impl Aggregator {
         Value::Object(
             self.state
                 .iter()
-                .map(|(k, (t, s))| (k.clone(), json!([t, s])))
+                .map(|(k, g)| (k.clone(), json!([g.time, g.states, g.emitted])))
                 .collect(),
         )
     }
@@ -510,24 +664,47 @@ impl Aggregator {
         if let Some(m) = snapshot.as_object() {
             self.state = m
                 .iter()
-                .filter_map(|(k, v)| Some((k.clone(), (v[0].as_i64()?, v[1].as_array()?.clone()))))
+                .filter_map(|(k, v)| {
+                    Some((
+                        k.clone(),
+                        Group {
+                            time: v[0].as_i64()?,
+                            states: v[1].as_array()?.clone(),
+                            emitted: v[2].as_bool().unwrap_or(true),
+                        },
+                    ))
+                })
                 .collect();
         }
     }
 
     pub fn explain(&self) -> String {
-        let names: Vec<String> = self
+        let calls: Vec<String> = self
+            .calls
+            .iter()
+            .enumerate()
+            .map(|(n, c)| format!("WEIR_AGG_{n} := {:?}", c.kind))
+            .collect();
+        let outputs: Vec<String> = self
             .outputs
             .iter()
-            .zip(&self.output_types)
-            .map(|((n, o), t)| match o {
-                Output::Key(_) => format!("{n} {t} (key)"),
-                Output::Agg(a) => format!("{n} := {:?} {t}", self.calls[*a].kind),
+            .map(|o| {
+                format!(
+                    "{}{} := {}",
+                    o.name,
+                    if o.is_key { " (key)" } else { "" },
+                    o.compiled.expr
+                )
             })
             .collect();
-        format!(
-            "Aggregate (one change per input record): {}",
-            names.join(", ")
-        )
+        let mut text = format!(
+            "Aggregate by group (one change per input record): {}\nProject: {}",
+            calls.join(", "),
+            outputs.join(", ")
+        );
+        if let Some(h) = &self.having {
+            text.push_str(&format!("\nHaving: {}", h.expr));
+        }
+        text
     }
 }

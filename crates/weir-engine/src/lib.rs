@@ -1261,10 +1261,10 @@ impl Engine {
         for (tombstones, output, problems) in computed {
             q.stats.errors += problems.len() as u64;
             for out in output {
-                // GROUP BY: the groups' new rows, one per input row.
-                let out = match q.aggregate.as_mut() {
+                // GROUP BY: the groups' changes, one per input row (rows or tombstones).
+                let changes = match q.aggregate.as_mut() {
                     Some(a) => {
-                        let (out, bad) = a.process(&out);
+                        let (changes, bad) = a.process(&out);
                         if !bad.is_empty() {
                             q.stats.errors += bad.len() as u64;
                             let bad: Vec<(u32, u64, String)> = bad
@@ -1273,25 +1273,27 @@ impl Engine {
                                 .collect();
                             write_processing_log(log.as_ref(), &q.id, &q.source_topic, &bad)?;
                         }
-                        out
+                        changes
                     }
-                    None => out,
+                    None => vec![(tombstones, out)],
                 };
-                q.stats.produced += out.num_rows() as u64;
-                let now = now_ms();
-                for t in out.column(0).as_primitive::<Int64Type>().values() {
-                    q.stats.latency.observe((now - t).max(0) as f64);
+                for (tombstones, out) in changes {
+                    q.stats.produced += out.num_rows() as u64;
+                    let now = now_ms();
+                    for t in out.column(0).as_primitive::<Int64Type>().values() {
+                        q.stats.latency.observe((now - t).max(0) as f64);
+                    }
+                    q.stats.bytes_produced += write_output(
+                        log.as_ref(),
+                        q,
+                        &out,
+                        Sink {
+                            tombstones,
+                            durable,
+                            source_partition: partition,
+                        },
+                    )?;
                 }
-                q.stats.bytes_produced += write_output(
-                    log.as_ref(),
-                    q,
-                    &out,
-                    Sink {
-                        tombstones,
-                        durable,
-                        source_partition: partition,
-                    },
-                )?;
             }
             if !problems.is_empty() {
                 write_processing_log(log.as_ref(), &q.id, &q.source_topic, &problems)?;
