@@ -43,6 +43,19 @@ pub enum AggKind {
     CollectSet,
     LatestByOffset,
     EarliestByOffset,
+    TopK,
+    TopKDistinct,
+    Histogram,
+    StddevSamp,
+    Correlation,
+}
+
+/// Literal parameters of an aggregate call: how many values to keep (TOPK, the
+/// `n` of LATEST_BY_OFFSET), and whether nulls are skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Params {
+    n: Option<usize>,
+    ignore_nulls: bool,
 }
 
 impl AggKind {
@@ -58,12 +71,17 @@ impl AggKind {
             "COLLECT_SET" => AggKind::CollectSet,
             "LATEST_BY_OFFSET" => AggKind::LatestByOffset,
             "EARLIEST_BY_OFFSET" => AggKind::EarliestByOffset,
+            "TOPK" => AggKind::TopK,
+            "TOPKDISTINCT" => AggKind::TopKDistinct,
+            "HISTOGRAM" => AggKind::Histogram,
+            "STDDEV_SAMP" => AggKind::StddevSamp,
+            "CORRELATION" => AggKind::Correlation,
             _ => return None,
         })
     }
 
     /// The result type for an argument of type `arg`.
-    fn result_type(self, arg: Option<&SqlType>) -> Result<SqlType> {
+    fn result_type(self, arg: Option<&SqlType>, params: Params) -> Result<SqlType> {
         let unsupported = |t: Option<&SqlType>| {
             EngineError::Invalid(format!(
                 "Function {self:?} does not accept parameters ({})",
@@ -85,7 +103,23 @@ impl AggKind {
             (AggKind::CollectList | AggKind::CollectSet, Some(t)) => {
                 SqlType::Array(Box::new(t.clone()))
             }
+            (AggKind::LatestByOffset | AggKind::EarliestByOffset, Some(t))
+                if params.n.is_some() =>
+            {
+                SqlType::Array(Box::new(t.clone()))
+            }
             (AggKind::LatestByOffset | AggKind::EarliestByOffset, Some(t)) => t.clone(),
+            (
+                AggKind::TopK | AggKind::TopKDistinct,
+                Some(t @ (SqlType::Int | SqlType::Bigint | SqlType::Double | SqlType::String)),
+            ) => SqlType::Array(Box::new(t.clone())),
+            (AggKind::Histogram, Some(SqlType::String)) => {
+                SqlType::Map(Box::new(SqlType::String), Box::new(SqlType::Bigint))
+            }
+            (
+                AggKind::StddevSamp | AggKind::Correlation,
+                Some(SqlType::Int | SqlType::Bigint | SqlType::Double),
+            ) => SqlType::Double,
             (_, t) => return Err(unsupported(t)),
         })
     }
@@ -95,17 +129,108 @@ impl AggKind {
             AggKind::Count | AggKind::CountStar => json!(0),
             AggKind::Sum => json!(0),
             AggKind::Avg => json!([0.0, 0]),
-            AggKind::CollectList | AggKind::CollectSet | AggKind::CountDistinct => json!([]),
+            AggKind::CollectList
+            | AggKind::CollectSet
+            | AggKind::CountDistinct
+            | AggKind::TopK
+            | AggKind::TopKDistinct => json!([]),
+            AggKind::Histogram => json!({}),
+            AggKind::StddevSamp => json!([0, 0.0, 0.0]),
+            AggKind::Correlation => json!([0, 0.0, 0.0, 0.0, 0.0, 0.0]),
             AggKind::Min | AggKind::Max | AggKind::LatestByOffset | AggKind::EarliestByOffset => {
                 Value::Null
             }
         }
     }
 
-    /// Folds one argument value into the state.
-    fn update(self, state: &mut Value, arg: &Value, ty: Option<&SqlType>) {
+    /// Folds one argument value (and CORRELATION's second) into the state.
+    fn update(
+        self,
+        state: &mut Value,
+        arg: &Value,
+        arg2: &Value,
+        ty: Option<&SqlType>,
+        params: Params,
+    ) {
         let number = |v: &Value| v.as_f64().unwrap_or(0.0);
+        let descending = |a: &Value, b: &Value| match (a, b) {
+            (Value::String(x), Value::String(y)) => y.cmp(x),
+            _ => number(b)
+                .partial_cmp(&number(a))
+                .unwrap_or(std::cmp::Ordering::Equal),
+        };
         match self {
+            // The `n` forms keep a list: the last n (latest) or the first n (earliest).
+            AggKind::LatestByOffset | AggKind::EarliestByOffset if params.n.is_some() => {
+                let n = params.n.unwrap_or(1);
+                if (arg.is_null() && params.ignore_nulls) || n == 0 {
+                    return;
+                }
+                if !state.is_array() {
+                    *state = json!([]);
+                }
+                if let Value::Array(a) = state {
+                    if self == AggKind::LatestByOffset {
+                        a.push(arg.clone());
+                        if a.len() > n {
+                            a.remove(0);
+                        }
+                    } else if a.len() < n {
+                        a.push(arg.clone());
+                    }
+                }
+            }
+            AggKind::LatestByOffset if !params.ignore_nulls => *state = arg.clone(),
+            AggKind::EarliestByOffset if !params.ignore_nulls => {
+                if !state.is_object() {
+                    // Seen marker: the first value, null or not.
+                    *state = json!({"v": arg});
+                }
+            }
+            AggKind::TopK | AggKind::TopKDistinct if arg.is_null() => {}
+            AggKind::TopK | AggKind::TopKDistinct => {
+                if let Value::Array(a) = state {
+                    if self == AggKind::TopKDistinct && a.contains(arg) {
+                        return;
+                    }
+                    a.push(arg.clone());
+                    a.sort_by(descending);
+                    a.truncate(params.n.unwrap_or(1));
+                }
+            }
+            AggKind::Histogram if arg.is_null() => {}
+            AggKind::Histogram => {
+                if let (Value::Object(m), Some(k)) = (state, arg.as_str()) {
+                    let c = m.get(k).and_then(Value::as_i64).unwrap_or(0);
+                    m.insert(k.to_string(), json!(c + 1));
+                }
+            }
+            AggKind::StddevSamp if arg.is_null() => {}
+            AggKind::StddevSamp => {
+                // Welford: count, mean, sum of squared deviations.
+                let (n, mean, m2) = (
+                    state[0].as_i64().unwrap_or(0) + 1,
+                    number(&state[1]),
+                    number(&state[2]),
+                );
+                let x = number(arg);
+                let delta = x - mean;
+                let mean = mean + delta / n as f64;
+                *state = json!([n, mean, m2 + delta * (x - mean)]);
+            }
+            AggKind::Correlation if arg.is_null() || arg2.is_null() => {}
+            AggKind::Correlation => {
+                let (x, y) = (number(arg), number(arg2));
+                let f = |i: usize| number(&state[i]);
+                *state = json!([
+                    state[0].as_i64().unwrap_or(0) + 1,
+                    f(1) + x,
+                    f(2) + y,
+                    f(3) + x * x,
+                    f(4) + y * y,
+                    f(5) + x * y
+                ]);
+            }
             AggKind::CountStar => *state = json!(state.as_i64().unwrap_or(0) + 1),
             AggKind::Count if !arg.is_null() => *state = json!(state.as_i64().unwrap_or(0) + 1),
             AggKind::Count => {}
@@ -176,8 +301,16 @@ impl AggKind {
         }
     }
 
-    fn result(self, state: &Value) -> Value {
+    fn result(self, state: &Value, params: Params) -> Value {
         match self {
+            AggKind::LatestByOffset | AggKind::EarliestByOffset if params.n.is_some() => {
+                if state.is_null() {
+                    json!([])
+                } else {
+                    state.clone()
+                }
+            }
+            AggKind::EarliestByOffset if !params.ignore_nulls => state["v"].clone(),
             AggKind::Avg => {
                 let count = state[1].as_i64().unwrap_or(0);
                 if count == 0 {
@@ -187,8 +320,34 @@ impl AggKind {
                 }
             }
             AggKind::CountDistinct => json!(state.as_array().map_or(0, Vec::len)),
+            AggKind::StddevSamp => {
+                let n = state[0].as_i64().unwrap_or(0);
+                let m2 = state[2].as_f64().unwrap_or(0.0);
+                if n < 2 {
+                    json!(0.0)
+                } else {
+                    double((m2 / (n - 1) as f64).sqrt())
+                }
+            }
+            AggKind::Correlation => {
+                let n = state[0].as_f64().unwrap_or(0.0);
+                let f = |i: usize| state[i].as_f64().unwrap_or(0.0);
+                let (sx, sy, sxx, syy, sxy) = (f(1), f(2), f(3), f(4), f(5));
+                double((n * sxy - sx * sy) / ((n * sxx - sx * sx) * (n * syy - sy * sy)).sqrt())
+            }
             _ => state.clone(),
         }
+    }
+}
+
+/// A double as a JSON value; NaN and the infinities as ksqlDB writes them.
+fn double(v: f64) -> Value {
+    if v.is_nan() {
+        json!("NaN")
+    } else if v.is_infinite() {
+        json!(if v > 0.0 { "Infinity" } else { "-Infinity" })
+    } else {
+        json!(v)
     }
 }
 
@@ -198,6 +357,9 @@ struct Call {
     kind: AggKind,
     /// Its argument among the stateless plan's projections, and the argument's type.
     arg: Option<(usize, SqlType)>,
+    /// CORRELATION's second argument.
+    arg2: Option<(usize, SqlType)>,
+    params: Params,
 }
 
 /// One column of the output.
@@ -389,19 +551,74 @@ pub fn plan_aggregate(
         .collect();
     let mut calls = Vec::new();
     for (n, (kind, args, star, _)) in found.iter().enumerate() {
-        let kind = match (*kind, *star, args.len()) {
-            (AggKind::Count, _, 0) => AggKind::CountStar,
-            (k, false, 1) => k,
+        // Literal parameters after the column arguments.
+        let literal = |e: &Expr| match e {
+            Expr::Value(v) => match &v.value {
+                sql::Value::Number(s, _) => s.parse::<usize>().ok().map(|n| json!(n)),
+                sql::Value::Boolean(b) => Some(json!(b)),
+                _ => None,
+            },
+            _ => None,
+        };
+        let columns = match kind {
+            AggKind::Correlation => 2,
+            _ => 1,
+        };
+        let (kind, params) = match (*kind, *star, args.len()) {
+            (AggKind::Count, _, 0) => (AggKind::CountStar, None),
+            (k, false, c) if c == columns => (k, None),
+            (
+                k @ (AggKind::TopK
+                | AggKind::TopKDistinct
+                | AggKind::LatestByOffset
+                | AggKind::EarliestByOffset),
+                false,
+                2 | 3,
+            ) => (
+                k,
+                Some(args[1..].iter().map(literal).collect::<Option<Vec<_>>>()),
+            ),
             _ => return unsupported("this aggregate's arguments"),
         };
-        let arg = (kind != AggKind::CountStar).then(|| {
+        let params = match (kind, params) {
+            (_, None) => Params {
+                n: None,
+                ignore_nulls: true,
+            },
+            (_, Some(None)) => return unsupported("non-literal aggregate parameters"),
+            (AggKind::TopK | AggKind::TopKDistinct, Some(Some(p))) if p.len() == 1 => Params {
+                n: p[0].as_u64().map(|n| n as usize),
+                ignore_nulls: true,
+            },
+            (_, Some(Some(p))) => match p.as_slice() {
+                [Value::Bool(b)] => Params {
+                    n: None,
+                    ignore_nulls: *b,
+                },
+                [n] if n.is_u64() => Params {
+                    n: n.as_u64().map(|n| n as usize),
+                    ignore_nulls: true,
+                },
+                [n, Value::Bool(b)] if n.is_u64() => Params {
+                    n: n.as_u64().map(|n| n as usize),
+                    ignore_nulls: *b,
+                },
+                _ => return unsupported("these aggregate parameters"),
+            },
+        };
+        if matches!(kind, AggKind::TopK | AggKind::TopKDistinct) && params.n.is_none() {
+            return unsupported("TOPK without its size");
+        }
+        let mut column = |i: usize| {
             pre_items.push(SelectItem::Expr {
-                expr: args[0].clone(),
-                alias: Some(sql::Ident::new(format!("WEIR_ARG_{n}"))),
+                expr: args[i].clone(),
+                alias: Some(sql::Ident::new(format!("WEIR_ARG_{n}_{i}"))),
             });
             pre_items.len() - 1
-        });
-        calls.push((kind, arg));
+        };
+        let arg = (kind != AggKind::CountStar).then(|| column(0));
+        let arg2 = (kind == AggKind::Correlation).then(|| column(1));
+        calls.push((kind, arg, arg2, params));
     }
     let pre_query = weir_sql::ast::Query {
         select: pre_items,
@@ -419,12 +636,16 @@ pub fn plan_aggregate(
     let keys: Vec<SqlType> = (0..group_by.len()).map(type_of).collect::<Result<_>>()?;
     let calls: Vec<Call> = calls
         .into_iter()
-        .map(|(kind, arg)| {
+        .map(|(kind, arg, arg2, params)| {
+            let typed = |a: Option<usize>| {
+                a.map(|i| Ok::<_, EngineError>((i, type_of(i)?)))
+                    .transpose()
+            };
             Ok(Call {
                 kind,
-                arg: arg
-                    .map(|i| Ok::<_, EngineError>((i, type_of(i)?)))
-                    .transpose()?,
+                arg: typed(arg)?,
+                arg2: typed(arg2)?,
+                params,
             })
         })
         .collect::<Result<_>>()?;
@@ -434,7 +655,9 @@ pub fn plan_aggregate(
         .map(|(n, t)| Field::new(n, weir_format::arrow_type(t), true))
         .collect();
     for (n, c) in calls.iter().enumerate() {
-        let t = c.kind.result_type(c.arg.as_ref().map(|(_, t)| t))?;
+        let t = c
+            .kind
+            .result_type(c.arg.as_ref().map(|(_, t)| t), c.params)?;
         if format!("{t}").contains("BYTES") {
             return unsupported("BYTES in aggregation results");
         }
@@ -566,18 +789,24 @@ impl Aggregator {
             });
             group.time = group.time.max(rowtimes.value(row));
             for (c, state) in calls.iter().zip(group.states.iter_mut()) {
-                let arg = match &c.arg {
+                let value = |a: &Option<(usize, SqlType)>| match a {
                     Some((i, ty)) => weir_format::convert::value_at(pre.column(2 + i), row, ty),
                     None => Value::Null,
                 };
-                c.kind.update(state, &arg, c.arg.as_ref().map(|(_, t)| t));
+                c.kind.update(
+                    state,
+                    &value(&c.arg),
+                    &value(&c.arg2),
+                    c.arg.as_ref().map(|(_, t)| t),
+                    c.params,
+                );
             }
             let mut middle = key;
             middle.extend(
                 calls
                     .iter()
                     .zip(&group.states)
-                    .map(|(c, s)| c.kind.result(s)),
+                    .map(|(c, s)| c.kind.result(s, c.params)),
             );
             rows.push(middle);
             meta.push((group.time, offsets.value(row), id));

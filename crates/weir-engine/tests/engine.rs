@@ -428,3 +428,53 @@ fn having_retracts_a_group_that_stops_holding() {
         ]
     );
 }
+
+/// TOPK, TOPKDISTINCT, HISTOGRAM, STDDEV_SAMP, CORRELATION and the `n` forms of
+/// LATEST/EARLIEST_BY_OFFSET, as ksqlDB computes them.
+#[test]
+fn the_other_aggregates() {
+    let (_dir, mut engine) = engine();
+    engine
+        .execute_sql(
+            "CREATE STREAM s (id VARCHAR KEY, v BIGINT, w DOUBLE, tag VARCHAR) WITH (kafka_topic='s', value_format='JSON', partitions=1);
+             SET 'auto.offset.reset'='earliest';
+             CREATE TABLE t AS SELECT id, TOPK(v, 2) AS top, TOPKDISTINCT(v, 2) AS topd, HISTOGRAM(tag) AS h,
+               STDDEV_SAMP(w) AS sd, CORRELATION(v, w) AS r, LATEST_BY_OFFSET(v, 2) AS last2,
+               EARLIEST_BY_OFFSET(tag, false) AS first FROM s GROUP BY id;",
+        )
+        .unwrap();
+    for (v, w, tag) in [
+        (5, 1.0, "null"),
+        (9, 3.0, "\"x\""),
+        (9, 5.0, "\"y\""),
+        (1, 7.0, "\"x\""),
+    ] {
+        produce(
+            &engine,
+            "s",
+            Some("a"),
+            &format!(r#"{{"v": {v}, "w": {w}, "tag": {tag}}}"#),
+            0,
+        );
+    }
+    while engine.run_once().unwrap() > 0 {}
+    let rows: Vec<Value> = read_all(&engine, "T")
+        .into_iter()
+        .map(|(_, v, _)| serde_json::from_str(&v.unwrap()).unwrap())
+        .collect();
+    assert_eq!(rows[0]["SD"], json!(0.0), "one value: 0");
+    assert_eq!(rows[0]["R"], json!("NaN"), "one pair: NaN");
+    let last = &rows[3];
+    assert_eq!(last["TOP"], json!([9, 9]));
+    assert_eq!(last["TOPD"], json!([9, 5]));
+    assert_eq!(last["H"], json!({"x": 2, "y": 1}));
+    // w = 1, 3, 5, 7: sample standard deviation sqrt(20/3).
+    assert!((last["SD"].as_f64().unwrap() - (20.0f64 / 3.0).sqrt()).abs() < 1e-12);
+    assert!(last["R"].as_f64().unwrap() < 0.0, "{last}");
+    assert_eq!(last["LAST2"], json!([9, 1]));
+    assert_eq!(
+        last["FIRST"],
+        Value::Null,
+        "the first tag was null, and nulls count"
+    );
+}
