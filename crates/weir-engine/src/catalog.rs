@@ -24,6 +24,8 @@ pub struct Source {
     pub written_by: Option<String>,
     /// Created with CREATE SOURCE: read-only.
     pub read_only: bool,
+    /// Its records have windowed keys (`WINDOW_TYPE` in its WITH clause).
+    pub windowed: bool,
 }
 
 impl Source {

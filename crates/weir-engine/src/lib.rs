@@ -203,6 +203,8 @@ pub struct PersistentQuery {
     pub error: Option<meta::QueryError>,
     /// GROUP BY: folds `plan`'s rows into groups (its state is checkpointed).
     aggregate: Option<aggregate::Aggregator>,
+    /// The source is a table: its tombstones (deletes) pass a WHERE.
+    source_is_table: bool,
 }
 
 /// The property that makes a function error stop a persistent query.
@@ -677,13 +679,40 @@ impl Engine {
                 c.kind.to_string().to_lowercase()
             )));
         }
-        if c.kind == SourceKind::Table {
-            return Err(EngineError::Unsupported("tables over topics".into()));
+        let table = c.kind == SourceKind::Table;
+        let created = if table { "Table" } else { "Stream" };
+        for col in &c.columns {
+            match (table, &col.constraint) {
+                (true, ColumnConstraint::Key) => {
+                    return Err(EngineError::Invalid(format!(
+                        "Column `{}` is a 'KEY' column: please use 'PRIMARY KEY' for tables.\nTables have PRIMARY KEYs, which are unique and NON NULL.\nStreams have KEYs, which have no uniqueness or NON NULL constraints.",
+                        col.name.value
+                    )));
+                }
+                (false, ColumnConstraint::PrimaryKey) => {
+                    return Err(EngineError::Invalid(format!(
+                        "Column `{}` is a 'PRIMARY KEY' column: please use 'KEY' for streams.\nTables have PRIMARY KEYs, which are unique and NON NULL.\nStreams have KEYs, which have no uniqueness or NON NULL constraints.",
+                        col.name.value
+                    )));
+                }
+                _ => {}
+            }
+        }
+        if table
+            && !c.columns.is_empty()
+            && !c
+                .columns
+                .iter()
+                .any(|col| col.constraint == ColumnConstraint::PrimaryKey)
+        {
+            return Err(EngineError::Invalid(
+                "Tables require a PRIMARY KEY. Please define the PRIMARY KEY.".into(),
+            ));
         }
         let name = c.name.value.clone();
         if c.if_not_exists && self.catalog.source(&name).is_some() {
             return Ok(Outcome::Created {
-                kind: "Stream",
+                kind: created,
                 name,
             });
         }
@@ -754,20 +783,33 @@ impl Engine {
             statement: Statement::CreateSource(c.clone()).to_string(),
             written_by: None,
             read_only: c.is_source,
+            windowed: prop(&c.properties, "WINDOW_TYPE").is_some(),
         };
         self.catalog.add_source(source, c.or_replace)?;
         Ok(Outcome::Created {
-            kind: "Stream",
+            kind: created,
             name,
         })
     }
 
     fn create_as_select(&mut self, c: &CreateAsSelect, stmt: &Statement) -> Result<Outcome> {
         let grouped = c.query.group_by.is_some();
+        let from_table = self
+            .catalog
+            .source(&c.query.from.source.name.value)
+            .is_some_and(|s| s.kind == SourceKind::Table);
         match (c.kind, grouped) {
-            (SourceKind::Table, false) => {
-                return Err(EngineError::Unsupported(
-                    "CREATE TABLE AS SELECT without GROUP BY".into(),
+            (SourceKind::Table, true) if from_table => {
+                return Err(EngineError::Unsupported("aggregating a table".into()));
+            }
+            (SourceKind::Table, false) if !from_table => {
+                return Err(EngineError::Invalid(
+                    "Invalid result type. Your SELECT query produces a STREAM. Please use CREATE STREAM AS SELECT statement instead.".into(),
+                ));
+            }
+            (SourceKind::Stream, false) if from_table => {
+                return Err(EngineError::Invalid(
+                    "Invalid result type. Your SELECT query produces a TABLE. Please use CREATE TABLE AS SELECT statement instead.".into(),
                 ));
             }
             (SourceKind::Stream, true) => {
@@ -795,6 +837,18 @@ impl Engine {
         }
         let from = &c.query.from.source.name.value;
         let source = self.stream(from)?;
+        if from_table && source.windowed {
+            return Err(EngineError::Invalid(
+                "KSQL does not support persistent queries on windowed tables.".into(),
+            ));
+        }
+        if from_table && c.query.select.iter().any(|i| {
+            matches!(i, weir_sql::ast::SelectItem::Expr { expr, .. } if plan::is_table_function(expr))
+        }) {
+            return Err(EngineError::Invalid(
+                "Table source is not supported with table functions".into(),
+            ));
+        }
         let (plan, aggregate) = if grouped {
             let a = aggregate::plan_aggregate(&self.functions, &c.query, &source)?;
             // The sink's columns are the aggregation's, not its stateless step's.
@@ -854,6 +908,7 @@ impl Engine {
             statement: stmt.to_string(),
             written_by: None,
             read_only: false,
+            windowed: false,
         };
         self.catalog.add_source(sink, c.or_replace)?;
         let prefix = if grouped { "CTAS" } else { "CSAS" };
@@ -934,6 +989,7 @@ impl Engine {
                     .is_some_and(|v| v.eq_ignore_ascii_case("true")),
                 error: None,
                 aggregate,
+                source_is_table: source.kind == SourceKind::Table,
             },
         );
         if self.durable && !self.replaying {
@@ -1182,9 +1238,11 @@ impl Engine {
         // Records and tombstones keep their order: process each run of one kind in turn.
         for run in records.chunk_by(|a, b| a.record.value.is_none() == b.record.value.is_none()) {
             let tombstones = run[0].record.value.is_none();
-            // ksqlDB drops tombstones at a WHERE, and forwards them otherwise; an
-            // aggregation over a stream ignores them.
-            if tombstones && (q.plan.filter.is_some() || q.aggregate.is_some()) {
+            // ksqlDB drops a stream's tombstones at a WHERE, and forwards them otherwise
+            // (a table's always: they delete); an aggregation over a stream ignores them.
+            if tombstones
+                && ((q.plan.filter.is_some() && !q.source_is_table) || q.aggregate.is_some())
+            {
                 continue;
             }
             let decoded = if tombstones {
@@ -1207,8 +1265,19 @@ impl Engine {
             if let Some(take) = warnings {
                 take();
             }
+            // A table's delete passes its WHERE (the key leaves the derived table too).
+            let unfiltered;
+            let plan = if tombstones && q.source_is_table && q.plan.filter.is_some() {
+                unfiltered = SelectPlan {
+                    filter: None,
+                    ..q.plan.clone()
+                };
+                &unfiltered
+            } else {
+                &q.plan
+            };
             let (output, failures) = if q.stop_on_error {
-                match q.plan.apply(&decoded.batch) {
+                match plan.apply(&decoded.batch) {
                     Ok(out) => (vec![out], Vec::new()),
                     Err(e) => {
                         let why = format!(
@@ -1233,7 +1302,7 @@ impl Engine {
                     }
                 }
             } else {
-                q.plan.apply_each(&decoded.batch)
+                plan.apply_each(&decoded.batch)
             };
             problems.extend(failures.into_iter().map(|(offset, e)| {
                 (

@@ -771,6 +771,11 @@ fn column_source(query: &Query, p: &Projection, key: &str) -> bool {
 }
 
 /// The list argument of a top-level `EXPLODE(list)` select item.
+/// `EXPLODE(...)`: a table function.
+pub fn is_table_function(e: &Expr) -> bool {
+    exploded_argument(e).is_some()
+}
+
 fn exploded_argument(e: &Expr) -> Option<&Expr> {
     let Expr::Function(f) = e else { return None };
     if !f.name.to_string().eq_ignore_ascii_case("EXPLODE") {

@@ -478,3 +478,53 @@ fn the_other_aggregates() {
         "the first tag was null, and nulls count"
     );
 }
+
+/// Tables over topics: a PRIMARY KEY, upserts and deletes flow through a CREATE TABLE AS
+/// SELECT as changes; ksqlDB's rules on keys and result types.
+#[test]
+fn a_table_over_a_topic_passes_its_changes_on() {
+    let (_dir, mut engine) = engine();
+    engine
+        .execute_sql(
+            "CREATE TABLE cars (id VARCHAR PRIMARY KEY, speed DOUBLE) WITH (kafka_topic='cars', value_format='JSON', partitions=1);
+             SET 'auto.offset.reset'='earliest';
+             CREATE TABLE fast AS SELECT id, speed * 2 AS double_speed FROM cars WHERE speed > 10;",
+        )
+        .unwrap();
+    produce(&engine, "cars", Some("a"), r#"{"speed": 20}"#, 1);
+    produce(&engine, "cars", Some("b"), r#"{"speed": 5}"#, 2);
+    engine
+        .log()
+        .produce("cars", Record::new(Some(b"a"), None, 3))
+        .unwrap();
+    while engine.run_once().unwrap() > 0 {}
+    assert_eq!(
+        read_all(&engine, "FAST"),
+        [
+            (Some("a".into()), Some(r#"{"DOUBLE_SPEED":40.0}"#.into()), 1),
+            // A delete passes the WHERE: the row is gone from the derived table too.
+            (Some("a".into()), None, 3),
+        ]
+    );
+    for (sql, why) in [
+        (
+            "CREATE TABLE t2 (id VARCHAR KEY, v INT) WITH (kafka_topic='t2', value_format='JSON', partitions=1);",
+            "PRIMARY KEY",
+        ),
+        (
+            "CREATE TABLE t3 (v INT) WITH (kafka_topic='t3', value_format='JSON', partitions=1);",
+            "Tables require a PRIMARY KEY",
+        ),
+        (
+            "CREATE STREAM s2 (id VARCHAR PRIMARY KEY, v INT) WITH (kafka_topic='s2', value_format='JSON', partitions=1);",
+            "please use 'KEY' for streams",
+        ),
+        (
+            "CREATE STREAM s3 AS SELECT * FROM cars;",
+            "CREATE TABLE AS SELECT",
+        ),
+    ] {
+        let e = engine.execute_sql(sql).unwrap_err().to_string();
+        assert!(e.contains(why), "{sql}: {e}");
+    }
+}
