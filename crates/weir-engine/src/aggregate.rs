@@ -301,6 +301,66 @@ impl AggKind {
         }
     }
 
+    /// Whether a table's updates can take a value back out (see [`AggKind::undo`]).
+    fn undoable(self) -> bool {
+        matches!(
+            self,
+            AggKind::Count
+                | AggKind::CountStar
+                | AggKind::Sum
+                | AggKind::Avg
+                | AggKind::CollectList
+                | AggKind::Histogram
+        )
+    }
+
+    /// Takes one argument value back out of the state (a table row replaced or deleted).
+    fn undo(self, state: &mut Value, arg: &Value, ty: Option<&SqlType>) {
+        let number = |v: &Value| v.as_f64().unwrap_or(0.0);
+        match self {
+            AggKind::CountStar => *state = json!(state.as_i64().unwrap_or(0) - 1),
+            AggKind::Count if !arg.is_null() => *state = json!(state.as_i64().unwrap_or(0) - 1),
+            AggKind::Sum if !arg.is_null() => {
+                *state = match ty {
+                    Some(SqlType::Double) => json!(number(state) - number(arg)),
+                    Some(SqlType::Int) => json!(
+                        (state.as_i64().unwrap_or(0) as i32)
+                            .wrapping_sub(arg.as_i64().unwrap_or(0) as i32)
+                    ),
+                    _ => json!(
+                        state
+                            .as_i64()
+                            .unwrap_or(0)
+                            .wrapping_sub(arg.as_i64().unwrap_or(0))
+                    ),
+                }
+            }
+            AggKind::Avg if !arg.is_null() => {
+                let sum = number(&state[0]) - number(arg);
+                let count = state[1].as_i64().unwrap_or(0) - 1;
+                *state = json!([sum, count]);
+            }
+            AggKind::CollectList => {
+                if let Value::Array(a) = state
+                    && let Some(i) = a.iter().position(|v| v == arg)
+                {
+                    a.remove(i);
+                }
+            }
+            AggKind::Histogram => {
+                if let (Value::Object(m), Some(k)) = (state, arg.as_str()) {
+                    let c = m.get(k).and_then(Value::as_i64).unwrap_or(0) - 1;
+                    if c > 0 {
+                        m.insert(k.to_string(), json!(c));
+                    } else {
+                        m.remove(k);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
     fn result(self, state: &Value, params: Params) -> Value {
         match self {
             AggKind::LatestByOffset | AggKind::EarliestByOffset if params.n.is_some() => {
@@ -399,6 +459,17 @@ pub struct Aggregator {
     output_schema: SchemaRef,
     /// Per group (its key values as JSON text).
     state: HashMap<String, Group>,
+    /// Over a table: where the source key columns and the WHERE condition are among the
+    /// stateless step's projections, and per source key (JSON text) the group its row
+    /// counts in and the argument values it added, to take back when the row changes.
+    table: Option<TableInput>,
+}
+
+#[derive(Debug, Clone)]
+struct TableInput {
+    source_keys: Vec<(usize, SqlType)>,
+    condition: Option<usize>,
+    rows: HashMap<String, (String, Vec<(Value, Value)>)>,
 }
 
 fn aggregate_call(e: &Expr) -> Option<(AggKind, Vec<Expr>, bool)> {
@@ -620,11 +691,38 @@ pub fn plan_aggregate(
         let arg2 = (kind == AggKind::Correlation).then(|| column(1));
         calls.push((kind, arg, arg2, params));
     }
+    // Over a table, each row is an upsert of its source key: the stateless step also
+    // gives that key, and the WHERE as a column (a row that fails it leaves its group).
+    let from_table = source.kind == weir_sql::ast::SourceKind::Table;
+    let mut table_columns = (Vec::new(), None);
+    if from_table {
+        if let Some((kind, ..)) = calls.iter().find(|(k, ..)| !k.undoable()) {
+            return Err(EngineError::Unsupported(format!("{kind:?} over a table")));
+        }
+        for (i, k) in source.layout.key_columns.iter().enumerate() {
+            pre_items.push(SelectItem::Expr {
+                expr: ident(&k.name),
+                alias: Some(sql::Ident::new(format!("WEIR_SOURCE_KEY_{i}"))),
+            });
+            table_columns.0.push(pre_items.len() - 1);
+        }
+        if let Some(w) = &query.where_clause {
+            pre_items.push(SelectItem::Expr {
+                expr: w.clone(),
+                alias: Some(sql::Ident::new("WEIR_WHERE")),
+            });
+            table_columns.1 = Some(pre_items.len() - 1);
+        }
+    }
     let pre_query = weir_sql::ast::Query {
         select: pre_items,
         from: query.from.clone(),
         window: None,
-        where_clause: query.where_clause.clone(),
+        where_clause: if from_table {
+            None
+        } else {
+            query.where_clause.clone()
+        },
         group_by: None,
         partition_by: None,
         having: None,
@@ -753,6 +851,16 @@ pub fn plan_aggregate(
         output_layout_columns: (key_cols, value_cols),
         output_schema: Arc::new(Schema::new(fields)),
         state: HashMap::new(),
+        table: from_table.then(|| TableInput {
+            source_keys: table_columns
+                .0
+                .iter()
+                .zip(&source.layout.key_columns)
+                .map(|(i, c)| (*i, c.ty.clone()))
+                .collect(),
+            condition: table_columns.1,
+            rows: HashMap::new(),
+        }),
     })
 }
 
@@ -764,35 +872,101 @@ impl Aggregator {
     /// groups, row by row, and gives each row's change (runs of rows and of tombstones,
     /// in order). Rows whose result cannot be computed are left out, returned by source
     /// offset with why.
-    pub fn process(&mut self, pre: &RecordBatch) -> (Changes, Vec<(u64, String)>) {
+    pub fn process(
+        &mut self,
+        pre: &RecordBatch,
+        tombstones: bool,
+    ) -> (Changes, Vec<(u64, String)>) {
         let rowtimes = pre.column(0).as_primitive::<Int64Type>();
         let offsets = pre.column(1).as_primitive::<Int64Type>();
         let mut rows = Vec::with_capacity(pre.num_rows());
         let mut meta = Vec::with_capacity(pre.num_rows());
+        let calls = &self.calls;
+        let new_group = || Group {
+            time: i64::MIN,
+            states: calls.iter().map(|c| c.kind.initial()).collect(),
+            emitted: false,
+        };
+        // A group's row as the select list sees it: its keys, then its results.
+        let row_of = |id: &str, group: &Group| -> Vec<Value> {
+            let mut middle: Vec<Value> = serde_json::from_str(id).unwrap_or_default();
+            middle.extend(
+                calls
+                    .iter()
+                    .zip(&group.states)
+                    .map(|(c, s)| c.kind.result(s, c.params)),
+            );
+            middle
+        };
         for row in 0..pre.num_rows() {
+            let value = |a: &Option<(usize, SqlType)>| match a {
+                Some((i, ty)) => weir_format::convert::value_at(pre.column(2 + i), row, ty),
+                None => Value::Null,
+            };
             let key: Vec<Value> = self
                 .keys
                 .iter()
                 .enumerate()
                 .map(|(i, ty)| weir_format::convert::value_at(pre.column(2 + i), row, ty))
                 .collect();
+            let time = rowtimes.value(row);
+            let offset = offsets.value(row);
+            // Over a table: take the row's earlier values out of the group they were in.
+            let mut retracted = None;
+            if let Some(t) = self.table.as_mut() {
+                let source_key: Vec<Value> = t
+                    .source_keys
+                    .iter()
+                    .map(|(i, ty)| weir_format::convert::value_at(pre.column(2 + i), row, ty))
+                    .collect();
+                let source_key = serde_json::to_string(&source_key).expect("JSON values serialize");
+                if let Some((old, args)) = t.rows.remove(&source_key)
+                    && let Some(group) = self.state.get_mut(&old)
+                {
+                    for ((c, state), (a, _)) in calls.iter().zip(group.states.iter_mut()).zip(&args)
+                    {
+                        c.kind.undo(state, a, c.arg.as_ref().map(|(_, t)| t));
+                    }
+                    group.time = group.time.max(time);
+                    retracted = Some(old);
+                }
+                let passes = t.condition.is_none_or(|i| {
+                    let c = pre.column(2 + i).as_boolean();
+                    c.is_valid(row) && c.value(row)
+                });
+                if !tombstones && passes && !key.iter().all(Value::is_null) {
+                    let id = serde_json::to_string(&key).expect("JSON values serialize");
+                    let args = calls
+                        .iter()
+                        .map(|c| (value(&c.arg), value(&c.arg2)))
+                        .collect();
+                    t.rows.insert(source_key, (id, args));
+                } else {
+                    // Gone (deleted, or no longer passing the WHERE): only the retraction.
+                    if let Some(old) = retracted {
+                        let group = &self.state[&old];
+                        rows.push(row_of(&old, group));
+                        meta.push((group.time, offset, old));
+                    }
+                    continue;
+                }
+            } else if tombstones {
+                continue;
+            }
             // ksqlDB drops rows whose grouping key is null.
             if key.iter().all(Value::is_null) {
                 continue;
             }
             let id = serde_json::to_string(&key).expect("JSON values serialize");
-            let calls = &self.calls;
-            let group = self.state.entry(id.clone()).or_insert_with(|| Group {
-                time: i64::MIN,
-                states: calls.iter().map(|c| c.kind.initial()).collect(),
-                emitted: false,
-            });
-            group.time = group.time.max(rowtimes.value(row));
+            // A row that moved to another group: the old group's change first.
+            if let Some(old) = retracted.filter(|old| *old != id) {
+                let group = &self.state[&old];
+                rows.push(row_of(&old, group));
+                meta.push((group.time, offset, old));
+            }
+            let group = self.state.entry(id.clone()).or_insert_with(new_group);
+            group.time = group.time.max(time);
             for (c, state) in calls.iter().zip(group.states.iter_mut()) {
-                let value = |a: &Option<(usize, SqlType)>| match a {
-                    Some((i, ty)) => weir_format::convert::value_at(pre.column(2 + i), row, ty),
-                    None => Value::Null,
-                };
                 c.kind.update(
                     state,
                     &value(&c.arg),
@@ -801,15 +975,8 @@ impl Aggregator {
                     c.params,
                 );
             }
-            let mut middle = key;
-            middle.extend(
-                calls
-                    .iter()
-                    .zip(&group.states)
-                    .map(|(c, s)| c.kind.result(s, c.params)),
-            );
-            rows.push(middle);
-            meta.push((group.time, offsets.value(row), id));
+            rows.push(row_of(&id, group));
+            meta.push((group.time, offset, id));
         }
         let (batch, bad) = weir_format::convert::rows_to_batch(&self.middle, rows);
         let mut failed: Vec<(u64, String)> = Vec::new();
@@ -880,16 +1047,28 @@ impl Aggregator {
 
     /// The state, for a checkpoint.
     pub fn snapshot(&self) -> Value {
-        Value::Object(
-            self.state
-                .iter()
-                .map(|(k, g)| (k.clone(), json!([g.time, g.states, g.emitted])))
-                .collect(),
-        )
+        let groups: serde_json::Map<String, Value> = self
+            .state
+            .iter()
+            .map(|(k, g)| (k.clone(), json!([g.time, g.states, g.emitted])))
+            .collect();
+        match &self.table {
+            None => Value::Object(groups),
+            Some(t) => json!({"groups": groups, "rows": t.rows}),
+        }
     }
 
     /// Puts back a checkpoint's state.
     pub fn restore(&mut self, snapshot: &Value) {
+        let snapshot = match self.table.as_mut() {
+            None => snapshot,
+            Some(t) => {
+                if let Ok(rows) = serde_json::from_value(snapshot["rows"].clone()) {
+                    t.rows = rows;
+                }
+                &snapshot["groups"]
+            }
+        };
         if let Some(m) = snapshot.as_object() {
             self.state = m
                 .iter()

@@ -799,9 +799,6 @@ impl Engine {
             .source(&c.query.from.source.name.value)
             .is_some_and(|s| s.kind == SourceKind::Table);
         match (c.kind, grouped) {
-            (SourceKind::Table, true) if from_table => {
-                return Err(EngineError::Unsupported("aggregating a table".into()));
-            }
             (SourceKind::Table, false) if !from_table => {
                 return Err(EngineError::Invalid(
                     "Invalid result type. Your SELECT query produces a STREAM. Please use CREATE STREAM AS SELECT statement instead.".into(),
@@ -1241,7 +1238,8 @@ impl Engine {
             // ksqlDB drops a stream's tombstones at a WHERE, and forwards them otherwise
             // (a table's always: they delete); an aggregation over a stream ignores them.
             if tombstones
-                && ((q.plan.filter.is_some() && !q.source_is_table) || q.aggregate.is_some())
+                && !q.source_is_table
+                && (q.plan.filter.is_some() || q.aggregate.is_some())
             {
                 continue;
             }
@@ -1333,7 +1331,7 @@ impl Engine {
                 // GROUP BY: the groups' changes, one per input row (rows or tombstones).
                 let changes = match q.aggregate.as_mut() {
                     Some(a) => {
-                        let (changes, bad) = a.process(&out);
+                        let (changes, bad) = a.process(&out, tombstones);
                         if !bad.is_empty() {
                             q.stats.errors += bad.len() as u64;
                             let bad: Vec<(u32, u64, String)> = bad

@@ -689,7 +689,8 @@ fn plan(
             )));
         }
     }
-    if !repartition {
+    // A sink's key holds each key column once; a client's rows may repeat it.
+    if !repartition && to_sink {
         for k in &key_names {
             let aliases: Vec<&str> = query
                 .select
