@@ -796,8 +796,8 @@ pub fn plan_aggregate(
         }
         fields.push(Field::new(&name, compiled.data_type.clone(), true));
         let col = Column::new(&name, ty);
-        if key.is_some() {
-            key_cols.push(col);
+        if let Some(k) = key {
+            key_cols.push((k, col));
         } else {
             value_cols.push(col);
         }
@@ -807,6 +807,9 @@ pub fn plan_aggregate(
             is_key: key.is_some(),
         });
     }
+    // The key's columns come in GROUP BY order, whatever the select list's.
+    key_cols.sort_by_key(|(k, _)| *k);
+    let key_cols: Vec<Column> = key_cols.into_iter().map(|(_, c)| c).collect();
     let having = having
         .map(|h| {
             let c = compiler.compile(&h)?;
@@ -934,7 +937,7 @@ impl Aggregator {
                     let c = pre.column(2 + i).as_boolean();
                     c.is_valid(row) && c.value(row)
                 });
-                if !tombstones && passes && !key.iter().all(Value::is_null) {
+                if !tombstones && passes && !key.iter().any(Value::is_null) {
                     let id = serde_json::to_string(&key).expect("JSON values serialize");
                     let args = calls
                         .iter()
@@ -953,8 +956,8 @@ impl Aggregator {
             } else if tombstones {
                 continue;
             }
-            // ksqlDB drops rows whose grouping key is null.
-            if key.iter().all(Value::is_null) {
+            // ksqlDB drops rows with a null grouping column.
+            if key.iter().any(Value::is_null) {
                 continue;
             }
             let id = serde_json::to_string(&key).expect("JSON values serialize");

@@ -78,11 +78,15 @@ impl Tmux {
         }
     }
 
-    /// Enters a statement and waits for the next prompt, as a person does.
+    /// Enters a statement and waits for the next prompt, as a person does (a person
+    /// also does not type the next one in the instant the prompt is drawn: keys sent
+    /// while the shell switches the terminal back to raw mode can be lost).
     pub fn statement(&self, text: &str) -> String {
         let prompts = self.screen().matches("weir> ").count();
         self.line(text);
-        self.wait_for("weir> ", prompts + 1)
+        let screen = self.wait_for("weir> ", prompts + 1);
+        std::thread::sleep(Duration::from_millis(300));
+        screen
     }
 
     /// Waits until the screen shows `text` `times` times; the screen, or a panic with it.
