@@ -48,6 +48,8 @@ pub enum AggKind {
     Histogram,
     StddevSamp,
     Correlation,
+    /// A plugin's aggregate (see [`Call::plugin`]).
+    Plugin,
 }
 
 /// Literal parameters of an aggregate call: how many values to keep (TOPK, the
@@ -135,6 +137,7 @@ impl AggKind {
             | AggKind::TopK
             | AggKind::TopKDistinct => json!([]),
             AggKind::Histogram => json!({}),
+            AggKind::Plugin => json!([]),
             AggKind::StddevSamp => json!([0, 0.0, 0.0]),
             AggKind::Correlation => json!([0, 0.0, 0.0, 0.0, 0.0, 0.0]),
             AggKind::Min | AggKind::Max | AggKind::LatestByOffset | AggKind::EarliestByOffset => {
@@ -160,6 +163,8 @@ impl AggKind {
                 .unwrap_or(std::cmp::Ordering::Equal),
         };
         match self {
+            // Plugin aggregates are folded by `plugin_update`.
+            AggKind::Plugin => {}
             // The `n` forms keep a list: the last n (latest) or the first n (earliest).
             AggKind::LatestByOffset | AggKind::EarliestByOffset if params.n.is_some() => {
                 let n = params.n.unwrap_or(1);
@@ -420,6 +425,82 @@ struct Call {
     /// CORRELATION's second argument.
     arg2: Option<(usize, SqlType)>,
     params: Params,
+    plugin: Option<PluginRef>,
+}
+
+/// A plugin aggregate a query calls (the version it was planned with).
+#[derive(Clone)]
+struct PluginRef(Arc<dyn crate::functions::PluginAggregate>);
+
+impl std::fmt::Debug for PluginRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PluginAggregate")
+    }
+}
+
+impl Call {
+    /// The aggregate's result for a state.
+    fn result(&self, state: &Value) -> Value {
+        match &self.plugin {
+            None => self.kind.result(state, self.params),
+            Some(p) => plugin_result(&p.0, state).unwrap_or(Value::Null),
+        }
+    }
+}
+
+/// A plugin aggregate's state as JSON: its serialized bytes.
+fn plugin_bytes(state: &Value) -> Vec<u8> {
+    state
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|b| b.as_u64().map(|b| b as u8))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn plugin_state(
+    p: &Arc<dyn crate::functions::PluginAggregate>,
+    state: &Value,
+) -> std::result::Result<Box<dyn crate::functions::PluginAggregateState>, String> {
+    let mut s = p.new_state()?;
+    let bytes = plugin_bytes(state);
+    if !bytes.is_empty() {
+        s.merge(&bytes)?;
+    }
+    Ok(s)
+}
+
+/// Folds one row's argument into a plugin aggregate's state.
+fn plugin_update(
+    p: &Arc<dyn crate::functions::PluginAggregate>,
+    state: &mut Value,
+    arg: ArrayRef,
+) -> std::result::Result<(), String> {
+    let mut s = plugin_state(p, state)?;
+    let want = p.arg_types().first().cloned().unwrap_or(DataType::Null);
+    let arg = if arg.data_type() != &want {
+        arrow::compute::cast(&arg, &want).map_err(|e| e.to_string())?
+    } else {
+        arg
+    };
+    s.update(&[arg])?;
+    *state = Value::Array(s.state()?.into_iter().map(|b| json!(b)).collect());
+    Ok(())
+}
+
+fn plugin_result(
+    p: &Arc<dyn crate::functions::PluginAggregate>,
+    state: &Value,
+) -> std::result::Result<Value, String> {
+    let out = plugin_state(p, state)?.result()?;
+    let ty = crate::types::sql_type_of(&p.return_type()).map_err(|e| e.to_string())?;
+    Ok(if out.is_empty() {
+        Value::Null
+    } else {
+        weir_format::convert::value_at(&out, 0, &ty)
+    })
 }
 
 /// One column of the output.
@@ -472,9 +553,11 @@ struct TableInput {
     rows: HashMap<String, (String, Vec<(Value, Value)>)>,
 }
 
-fn aggregate_call(e: &Expr) -> Option<(AggKind, Vec<Expr>, bool)> {
+fn aggregate_call(e: &Expr, functions: &Functions) -> Option<(AggKind, Vec<Expr>, bool)> {
     let Expr::Function(f) = e else { return None };
-    let kind = AggKind::from_name(&f.name.to_string())?;
+    let name = f.name.to_string();
+    let kind = AggKind::from_name(&name)
+        .or_else(|| functions.plugin_aggregate(&name).map(|_| AggKind::Plugin))?;
     let args = match &f.args {
         FunctionArguments::List(list) => &list.args[..],
         FunctionArguments::None => &[],
@@ -562,11 +645,11 @@ pub fn plan_aggregate(
         // First the aggregate calls (their arguments stay as written: the stateless step
         // computes them), then grouping expressions in what is left.
         let _ = visit_expressions_mut(&mut e, |x: &mut Expr| {
-            if let Some((kind, args, star)) = aggregate_call(x) {
+            if let Some((kind, args, star)) = aggregate_call(x, functions) {
                 let n = match found.iter().position(|f| &f.3 == x) {
                     Some(n) => n,
                     None => {
-                        if args.iter().any(|a| aggregate_call(a).is_some()) {
+                        if args.iter().any(|a| aggregate_call(a, functions).is_some()) {
                             failure = Some("aggregate calls inside aggregate calls");
                         }
                         found.push((kind, args, star, x.clone()));
@@ -621,7 +704,13 @@ pub fn plan_aggregate(
         })
         .collect();
     let mut calls = Vec::new();
-    for (n, (kind, args, star, _)) in found.iter().enumerate() {
+    for (n, (kind, args, star, call)) in found.iter().enumerate() {
+        let plugin = match call {
+            Expr::Function(f) if *kind == AggKind::Plugin => functions
+                .plugin_aggregate(&f.name.to_string())
+                .map(PluginRef),
+            _ => None,
+        };
         // Literal parameters after the column arguments.
         let literal = |e: &Expr| match e {
             Expr::Value(v) => match &v.value {
@@ -689,7 +778,7 @@ pub fn plan_aggregate(
         };
         let arg = (kind != AggKind::CountStar).then(|| column(0));
         let arg2 = (kind == AggKind::Correlation).then(|| column(1));
-        calls.push((kind, arg, arg2, params));
+        calls.push((kind, arg, arg2, params, plugin));
     }
     // Over a table, each row is an upsert of its source key: the stateless step also
     // gives that key, and the WHERE as a column (a row that fails it leaves its group).
@@ -734,7 +823,7 @@ pub fn plan_aggregate(
     let keys: Vec<SqlType> = (0..group_by.len()).map(type_of).collect::<Result<_>>()?;
     let calls: Vec<Call> = calls
         .into_iter()
-        .map(|(kind, arg, arg2, params)| {
+        .map(|(kind, arg, arg2, params, plugin)| {
             let typed = |a: Option<usize>| {
                 a.map(|i| Ok::<_, EngineError>((i, type_of(i)?)))
                     .transpose()
@@ -744,6 +833,7 @@ pub fn plan_aggregate(
                 arg: typed(arg)?,
                 arg2: typed(arg2)?,
                 params,
+                plugin,
             })
         })
         .collect::<Result<_>>()?;
@@ -753,9 +843,12 @@ pub fn plan_aggregate(
         .map(|(n, t)| Field::new(n, weir_format::arrow_type(t), true))
         .collect();
     for (n, c) in calls.iter().enumerate() {
-        let t = c
-            .kind
-            .result_type(c.arg.as_ref().map(|(_, t)| t), c.params)?;
+        let t = match &c.plugin {
+            Some(p) => crate::types::sql_type_of(&p.0.return_type())?,
+            None => c
+                .kind
+                .result_type(c.arg.as_ref().map(|(_, t)| t), c.params)?,
+        };
         if format!("{t}").contains("BYTES") {
             return unsupported("BYTES in aggregation results");
         }
@@ -884,6 +977,7 @@ impl Aggregator {
         let offsets = pre.column(1).as_primitive::<Int64Type>();
         let mut rows = Vec::with_capacity(pre.num_rows());
         let mut meta = Vec::with_capacity(pre.num_rows());
+        let mut plugin_failures: Vec<(u64, String)> = Vec::new();
         let calls = &self.calls;
         let new_group = || Group {
             time: i64::MIN,
@@ -893,12 +987,7 @@ impl Aggregator {
         // A group's row as the select list sees it: its keys, then its results.
         let row_of = |id: &str, group: &Group| -> Vec<Value> {
             let mut middle: Vec<Value> = serde_json::from_str(id).unwrap_or_default();
-            middle.extend(
-                calls
-                    .iter()
-                    .zip(&group.states)
-                    .map(|(c, s)| c.kind.result(s, c.params)),
-            );
+            middle.extend(calls.iter().zip(&group.states).map(|(c, s)| c.result(s)));
             middle
         };
         for row in 0..pre.num_rows() {
@@ -970,19 +1059,31 @@ impl Aggregator {
             let group = self.state.entry(id.clone()).or_insert_with(new_group);
             group.time = group.time.max(time);
             for (c, state) in calls.iter().zip(group.states.iter_mut()) {
-                c.kind.update(
-                    state,
-                    &value(&c.arg),
-                    &value(&c.arg2),
-                    c.arg.as_ref().map(|(_, t)| t),
-                    c.params,
-                );
+                match (&c.plugin, &c.arg) {
+                    (Some(p), Some((i, _))) => {
+                        if let Err(why) =
+                            plugin_update(&p.0, state, pre.column(2 + i).slice(row, 1))
+                        {
+                            plugin_failures.push((
+                                offset as u64,
+                                format!("Error in a plugin aggregate: {why}"),
+                            ));
+                        }
+                    }
+                    _ => c.kind.update(
+                        state,
+                        &value(&c.arg),
+                        &value(&c.arg2),
+                        c.arg.as_ref().map(|(_, t)| t),
+                        c.params,
+                    ),
+                }
             }
             rows.push(row_of(&id, group));
             meta.push((group.time, offset, id));
         }
         let (batch, bad) = weir_format::convert::rows_to_batch(&self.middle, rows);
-        let mut failed: Vec<(u64, String)> = Vec::new();
+        let mut failed = plugin_failures;
         for (i, why) in bad.iter().rev() {
             let (_, offset, _) = meta.remove(*i);
             failed.push((

@@ -39,6 +39,27 @@ pub struct Functions {
     /// Where row warnings of function calls on this thread are collected (plugins that
     /// returned NULL for a bad input); each goes to the processing log.
     pub(crate) warning_source: Option<fn() -> Vec<String>>,
+    /// Aggregate functions from plugins, by upper-cased name.
+    aggregates: HashMap<String, Arc<dyn PluginAggregate>>,
+}
+
+/// An aggregate function from a plugin, as GROUP BY calls it.
+pub trait PluginAggregate: Send + Sync {
+    /// The Arrow types of its arguments.
+    fn arg_types(&self) -> Vec<DataType>;
+    fn return_type(&self) -> DataType;
+    /// A fresh state (one per group and call).
+    fn new_state(&self) -> Result<Box<dyn PluginAggregateState>, String>;
+}
+
+/// One running state of a plugin aggregate.
+pub trait PluginAggregateState {
+    fn update(&mut self, args: &[arrow::array::ArrayRef]) -> Result<(), String>;
+    /// Serialized, to checkpoint it and merge it into a fresh state.
+    fn state(&self) -> Result<Vec<u8>, String>;
+    fn merge(&mut self, state: &[u8]) -> Result<(), String>;
+    /// The result: an array of one row.
+    fn result(&self) -> Result<arrow::array::ArrayRef, String>;
 }
 
 impl Functions {
@@ -88,6 +109,7 @@ impl Default for Functions {
             aliases: ALIASES.iter().copied().collect(),
             plugins: HashMap::new(),
             warning_source: None,
+            aggregates: HashMap::new(),
         }
     }
 }
@@ -118,15 +140,34 @@ impl Functions {
         self.plugins.insert(info.name.to_ascii_uppercase(), info);
     }
 
-    /// Describes a plugin function that cannot be called yet (an aggregate).
+    /// Describes a plugin function that cannot be called (an aggregate with no overload
+    /// queries can use).
     pub fn register_plugin_info(&mut self, info: PluginFunction) {
         self.plugins.insert(info.name.to_ascii_uppercase(), info);
+    }
+
+    /// Makes a plugin's aggregate function callable by new GROUP BY queries (queries
+    /// planned with an earlier version keep it).
+    pub fn register_plugin_aggregate(
+        &mut self,
+        aggregate: Arc<dyn PluginAggregate>,
+        info: PluginFunction,
+    ) {
+        self.aggregates
+            .insert(info.name.to_ascii_uppercase(), aggregate);
+        self.plugins.insert(info.name.to_ascii_uppercase(), info);
+    }
+
+    /// The plugin aggregate of this name, if there is one.
+    pub fn plugin_aggregate(&self, name: &str) -> Option<Arc<dyn PluginAggregate>> {
+        self.aggregates.get(&name.to_ascii_uppercase()).cloned()
     }
 
     /// Makes a plugin function unavailable to new queries.
     pub fn deregister_plugin(&mut self, name: &str) {
         let _ = self.state.deregister_udf(&name.to_ascii_lowercase());
         self.plugins.remove(&name.to_ascii_uppercase());
+        self.aggregates.remove(&name.to_ascii_uppercase());
     }
 
     /// The plugin function of this name, if it is one.

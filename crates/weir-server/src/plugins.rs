@@ -52,6 +52,43 @@ fn infos(plugin: &Plugin) -> Vec<PluginFunction> {
     out.into_values().collect()
 }
 
+/// A plugin's aggregate as GROUP BY calls it (its first overload).
+struct Aggregate {
+    plugin: Arc<Plugin>,
+    index: usize,
+}
+
+impl weir_engine::functions::PluginAggregate for Aggregate {
+    fn arg_types(&self) -> Vec<arrow::datatypes::DataType> {
+        self.plugin.aggregates[self.index].arg_types.clone()
+    }
+
+    fn return_type(&self) -> arrow::datatypes::DataType {
+        self.plugin.aggregates[self.index].return_type.clone()
+    }
+
+    fn new_state(&self) -> Result<Box<dyn weir_engine::functions::PluginAggregateState>, String> {
+        Ok(Box::new(State(self.plugin.new_aggregate(self.index)?)))
+    }
+}
+
+struct State(weir_udf_host::AggregateState);
+
+impl weir_engine::functions::PluginAggregateState for State {
+    fn update(&mut self, args: &[arrow::array::ArrayRef]) -> Result<(), String> {
+        self.0.update(args)
+    }
+    fn state(&self) -> Result<Vec<u8>, String> {
+        self.0.state()
+    }
+    fn merge(&mut self, state: &[u8]) -> Result<(), String> {
+        self.0.merge(state)
+    }
+    fn result(&self) -> Result<arrow::array::ArrayRef, String> {
+        self.0.result()
+    }
+}
+
 fn register(functions: &mut Functions, plugin: &Arc<Plugin>) {
     let udfs = PluginScalar::all(plugin);
     for info in infos(plugin) {
@@ -62,13 +99,24 @@ fn register(functions: &mut Functions, plugin: &Arc<Plugin>) {
                 "plugin function not loaded: a built-in function has that name");
             continue;
         }
-        match udfs
+        let aggregate = plugin
+            .aggregates
             .iter()
-            .find(|u| u.name().eq_ignore_ascii_case(&info.name))
-        {
-            Some(udf) => functions.register_plugin(udf.clone(), info),
-            // Aggregates are described (SHOW FUNCTIONS) until queries can aggregate.
-            None => functions.register_plugin_info(info),
+            .position(|a| a.name.eq_ignore_ascii_case(&info.name));
+        match (
+            udfs.iter()
+                .find(|u| u.name().eq_ignore_ascii_case(&info.name)),
+            aggregate,
+        ) {
+            (Some(udf), _) => functions.register_plugin(udf.clone(), info),
+            (None, Some(index)) => functions.register_plugin_aggregate(
+                Arc::new(Aggregate {
+                    plugin: plugin.clone(),
+                    index,
+                }),
+                info,
+            ),
+            (None, None) => functions.register_plugin_info(info),
         }
     }
 }

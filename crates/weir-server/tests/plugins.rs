@@ -249,3 +249,45 @@ fn with_fail_on_function_error_a_panicking_plugin_stops_its_query_and_nothing_el
     assert_eq!(get(&server, "/healthcheck").0, 200);
     server.shutdown().unwrap();
 }
+
+#[test]
+fn a_plugin_aggregate_is_called_from_group_by() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::copy(built("spread"), plugins.join("spread.so")).unwrap();
+    let server = start_with(weir_server::ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().join("data"),
+        plugin_dir: Some(plugins),
+        ..Default::default()
+    });
+    ksql(
+        &server,
+        "CREATE STREAM temps (car VARCHAR KEY, t INT) WITH (kafka_topic='temps', value_format='JSON', partitions=1);",
+    );
+    ksql(
+        &server,
+        "SET 'auto.offset.reset'='earliest'; CREATE TABLE ranges AS SELECT car, SPREAD(t) AS spread, COUNT(*) AS n FROM temps GROUP BY car;",
+    );
+    for (car, t) in [("a", 70), ("a", 95), ("b", 80), ("a", 60)] {
+        ksql(
+            &server,
+            &format!("INSERT INTO temps (car, t) VALUES ('{car}', {t});"),
+        );
+    }
+    // The INT argument is widened to the plugin's DOUBLE; one change per input record.
+    assert_eq!(
+        rows(
+            &server,
+            "SELECT car, spread, n FROM ranges EMIT CHANGES LIMIT 4;"
+        ),
+        [
+            json!(["a", 0.0, 1]),
+            json!(["a", 25.0, 2]),
+            json!(["b", 0.0, 1]),
+            json!(["a", 35.0, 3]),
+        ]
+    );
+    server.shutdown().unwrap();
+}
