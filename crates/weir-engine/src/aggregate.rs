@@ -27,7 +27,7 @@ use weir_sql::sqlparser::ast::{
 
 use crate::error::{EngineError, Result};
 use crate::functions::Functions;
-use crate::plan::{Compiled, ExprCompiler, SelectPlan, plan_push};
+use crate::plan::{Compiled, ExprCompiler, SelectPlan, column_name, plan_push, same_expr};
 
 /// The aggregate functions computed here, by ksqlDB name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -575,21 +575,6 @@ fn aggregate_call(e: &Expr, functions: &Functions) -> Option<(AggKind, Vec<Expr>
     Some((kind, out, star))
 }
 
-fn column_of(e: &Expr) -> Option<String> {
-    match e {
-        Expr::Identifier(id) => Some(id.value.clone()),
-        Expr::CompoundIdentifier(parts) => parts.last().map(|p| p.value.clone()),
-        _ => None,
-    }
-}
-
-fn same(a: &Expr, b: &Expr) -> bool {
-    match (column_of(a), column_of(b)) {
-        (Some(x), Some(y)) => x == y,
-        _ => a == b,
-    }
-}
-
 fn ident(name: &str) -> Expr {
     Expr::Identifier(sql::Ident::with_quote('`', name))
 }
@@ -628,7 +613,7 @@ pub fn plan_aggregate(
     let group_names: Vec<String> = group_by
         .iter()
         .enumerate()
-        .map(|(i, g)| column_of(g).unwrap_or_else(|| format!("WEIR_GROUP_{i}")))
+        .map(|(i, g)| column_name(g).unwrap_or_else(|| format!("WEIR_GROUP_{i}")))
         .collect();
     // Aggregate calls become columns `WEIR_AGG_n`; grouping expressions that are not
     // columns become theirs.
@@ -638,7 +623,7 @@ pub fn plan_aggregate(
         let mut e = e.clone();
         if let Some(i) = group_by
             .iter()
-            .position(|g| column_of(g).is_none() && g == &e)
+            .position(|g| column_name(g).is_none() && g == &e)
         {
             return ident(&group_names[i]);
         }
@@ -663,7 +648,7 @@ pub fn plan_aggregate(
         let _ = visit_expressions_mut(&mut e, |x: &mut Expr| {
             if let Some(i) = group_by
                 .iter()
-                .position(|g| column_of(g).is_none() && g == x)
+                .position(|g| column_name(g).is_none() && g == x)
             {
                 *x = ident(&group_names[i]);
             }
@@ -679,8 +664,8 @@ pub fn plan_aggregate(
                 "SELECT * is not supported with GROUP BY: name the columns".into(),
             ));
         };
-        let key = group_by.iter().position(|g| same(g, expr));
-        let name = match (alias, column_of(expr)) {
+        let key = group_by.iter().position(|g| same_expr(g, expr));
+        let name = match (alias, column_name(expr)) {
             (Some(a), _) => a.value.clone(),
             (None, Some(c)) => c,
             _ => {

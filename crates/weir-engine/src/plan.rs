@@ -791,7 +791,7 @@ fn exploded_argument(e: &Expr) -> Option<&Expr> {
     }
 }
 
-fn column_name(e: &Expr) -> Option<String> {
+pub(crate) fn column_name(e: &Expr) -> Option<String> {
     match e {
         Expr::Identifier(id) => Some(id.value.clone()),
         Expr::CompoundIdentifier(parts) => parts.last().map(|p| p.value.clone()),
@@ -800,7 +800,7 @@ fn column_name(e: &Expr) -> Option<String> {
 }
 
 /// The same expression, or the same column however qualified.
-fn same_expr(a: &Expr, b: &Expr) -> bool {
+pub(crate) fn same_expr(a: &Expr, b: &Expr) -> bool {
     match (column_name(a), column_name(b)) {
         (Some(x), Some(y)) => x == y,
         _ => a == b,

@@ -18,15 +18,7 @@ fn manifest(path: &str) -> PathBuf {
 #[test]
 fn anomaly_scores_the_demo_message_low_and_faults_high_and_bad_input_goes_to_the_processing_log() {
     let dir = tempfile::tempdir().unwrap();
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir_all(&plugins).unwrap();
-    std::fs::copy(built("anomaly"), plugins.join("libanomaly.so")).unwrap();
-    let server = start_with(weir_server::ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().join("data"),
-        plugin_dir: Some(plugins),
-        ..Default::default()
-    });
+    let server = start_with_plugin(dir.path(), "anomaly", "libanomaly.so");
     let model: Value = serde_json::from_str(
         &std::fs::read_to_string(manifest("udfs/anomaly/model/MODEL.json")).unwrap(),
     )

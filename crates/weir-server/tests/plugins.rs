@@ -127,15 +127,7 @@ fn a_dropped_in_plugin_is_callable_without_a_restart_and_gone_when_removed() {
 #[test]
 fn a_panicking_plugin_sends_its_bad_rows_to_the_processing_log_and_the_query_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir_all(&plugins).unwrap();
-    std::fs::copy(built("faulty"), plugins.join("faulty.so")).unwrap();
-    let server = start_with(weir_server::ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().join("data"),
-        plugin_dir: Some(plugins),
-        ..Default::default()
-    });
+    let server = start_with_plugin(dir.path(), "faulty", "faulty.so");
     ksql(
         &server,
         "CREATE STREAM nums (x BIGINT) WITH (kafka_topic='nums', value_format='JSON', partitions=1);",
@@ -171,15 +163,7 @@ fn a_panicking_plugin_sends_its_bad_rows_to_the_processing_log_and_the_query_goe
 #[test]
 fn with_fail_on_function_error_a_panicking_plugin_stops_its_query_and_nothing_else() {
     let dir = tempfile::tempdir().unwrap();
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir_all(&plugins).unwrap();
-    std::fs::copy(built("faulty"), plugins.join("faulty.so")).unwrap();
-    let server = start_with(weir_server::ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().join("data"),
-        plugin_dir: Some(plugins),
-        ..Default::default()
-    });
+    let server = start_with_plugin(dir.path(), "faulty", "faulty.so");
     ksql(
         &server,
         "CREATE STREAM nums (x BIGINT) WITH (kafka_topic='nums', value_format='JSON', partitions=1);",
@@ -253,15 +237,7 @@ fn with_fail_on_function_error_a_panicking_plugin_stops_its_query_and_nothing_el
 #[test]
 fn a_plugin_aggregate_is_called_from_group_by() {
     let dir = tempfile::tempdir().unwrap();
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir_all(&plugins).unwrap();
-    std::fs::copy(built("spread"), plugins.join("spread.so")).unwrap();
-    let server = start_with(weir_server::ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().join("data"),
-        plugin_dir: Some(plugins),
-        ..Default::default()
-    });
+    let server = start_with_plugin(dir.path(), "spread", "spread.so");
     ksql(
         &server,
         "CREATE STREAM temps (car VARCHAR KEY, t INT) WITH (kafka_topic='temps', value_format='JSON', partitions=1);",

@@ -94,6 +94,20 @@ pub fn built(name: &str) -> std::path::PathBuf {
     path
 }
 
+/// A server over `dir` whose plugin folder holds the built example plugin `name` (as
+/// `file`).
+pub fn start_with_plugin(dir: &Path, name: &str, file: &str) -> Server {
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::copy(built(name), plugins.join(file)).unwrap();
+    start_with(ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.join("data"),
+        plugin_dir: Some(plugins),
+        ..Default::default()
+    })
+}
+
 /// `/ksql` that must succeed: its entities.
 pub fn ksql(server: &Server, sql: &str) -> Vec<Value> {
     let (status, body) = post(server, "/ksql", &json!({"ksql": sql}));
