@@ -771,6 +771,11 @@ impl Engine {
                 "The statement does not define any columns.".into(),
             ));
         }
+        if prop(&c.properties, "WINDOW_TYPE").is_some() && layout.key_columns.is_empty() {
+            return Err(EngineError::Invalid(
+                "Windowed sources require a key column.".into(),
+            ));
+        }
         let timestamp_column = timestamp_column(&layout, &c.properties)?;
         self.ensure_topic(&topic, &c.properties, None)?;
         let source = Source {
