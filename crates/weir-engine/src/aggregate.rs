@@ -27,7 +27,9 @@ use weir_sql::sqlparser::ast::{
 
 use crate::error::{EngineError, Result};
 use crate::functions::Functions;
-use crate::plan::{Compiled, ExprCompiler, SelectPlan, column_name, plan_push, same_expr};
+use crate::plan::{
+    Compiled, ExprCompiler, SelectPlan, column_name, plan_push, same_expr, source_alias,
+};
 
 /// The aggregate functions computed here, by ksqlDB name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -844,13 +846,7 @@ pub fn plan_aggregate(
         ));
     }
     let middle = Arc::new(Schema::new(middle_fields));
-    let alias = query
-        .from
-        .source
-        .alias
-        .as_ref()
-        .map(|a| a.value.as_str())
-        .unwrap_or(&source.name);
+    let alias = source_alias(query, source);
     let compiler = ExprCompiler::new(functions, &middle, Some(alias))?;
     for (k, g) in group_by.iter().enumerate() {
         if !items.iter().any(|(_, _, key)| *key == Some(k)) {

@@ -411,6 +411,17 @@ fn referenced_columns(e: &Expr) -> Vec<String> {
     out
 }
 
+/// The name a query's columns may be qualified with: the FROM alias, else the source's.
+pub(crate) fn source_alias<'a>(query: &'a Query, source: &'a Source) -> &'a str {
+    query
+        .from
+        .source
+        .alias
+        .as_ref()
+        .map(|a| a.value.as_str())
+        .unwrap_or(&source.name)
+}
+
 /// A stateless SELECT over one source, ready to run per batch.
 #[derive(Debug, Clone)]
 pub struct SelectPlan {
@@ -451,13 +462,7 @@ fn plan(
         return Err(EngineError::Unsupported("aggregations and windows".into()));
     }
     let input_schema = source.layout.schema();
-    let alias = query
-        .from
-        .source
-        .alias
-        .as_ref()
-        .map(|a| a.value.as_str())
-        .unwrap_or(&source.name);
+    let alias = source_alias(query, source);
     let compiler = ExprCompiler::new(functions, &input_schema, Some(alias))?;
     let filter = query
         .where_clause
