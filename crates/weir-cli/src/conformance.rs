@@ -166,7 +166,16 @@ pub fn run_case(case: &Value) -> Result<(), String> {
         let source = source_on(&engine, topic);
         let (key_format, key_type, value_format, value_type) =
             serialization(source, topic_formats.get(topic));
-        let key = serialize(&input["key"], key_format, key_type.as_ref())?;
+        let mut key = serialize(&input["key"], key_format, key_type.as_ref())?;
+        // A windowed source's key carries its window after the key's bytes.
+        if let (Some(w), Some(window)) = (source.and_then(|s| s.window), input.get("window")) {
+            let bound = |name: &str| window[name].as_i64().unwrap_or(0);
+            w.append(
+                key.get_or_insert_with(Vec::new),
+                bound("start"),
+                bound("end"),
+            );
+        }
         let value = serialize(&input["value"], value_format, value_type.as_ref())?;
         let timestamp = input["timestamp"].as_i64().unwrap_or(0);
         if log.topic(topic).map_err(|e| e.to_string())?.is_none() {
@@ -301,20 +310,31 @@ struct Actual {
     key: Value,
     value: Value,
     timestamp: i64,
+    /// A windowed key's window: start and end.
+    window: Option<(i64, i64)>,
 }
 
 fn read_topic(engine: &Engine, log: &dyn Log, topic: &str) -> Result<Vec<Actual>, String> {
     let Some(info) = log.topic(topic).map_err(|e| e.to_string())? else {
         return Ok(Vec::new());
     };
-    let (kf, kt, vf, vt) = serialization(source_on(engine, topic), None);
+    let source = source_on(engine, topic);
+    let (kf, kt, vf, vt) = serialization(source, None);
     let mut out = Vec::new();
     for p in 0..info.config.partitions {
         for r in log.read_to_end(topic, p, 0).map_err(|e| e.to_string())? {
+            let (key, window) = match (source.and_then(|s| s.window), r.record.key) {
+                (Some(w), Some(k)) => match w.split(&k) {
+                    Some((k, start, end)) => (Some(k.to_vec()), Some((start, end))),
+                    None => (Some(k), None),
+                },
+                (_, k) => (k, None),
+            };
             out.push(Actual {
-                key: deserialize(r.record.key, kf, kt.as_ref()),
+                key: deserialize(key, kf, kt.as_ref()),
                 value: deserialize(r.record.value, vf, vt.as_ref()),
                 timestamp: r.record.timestamp,
+                window,
             });
         }
     }
@@ -341,7 +361,13 @@ pub fn json_eq(a: &Value, b: &Value) -> bool {
 }
 
 fn compare(topic: &str, expected: &[&Value], actual: &[Actual]) -> Result<(), String> {
-    let show = |a: &Actual| format!("key={} value={} ts={}", a.key, a.value, a.timestamp);
+    let show = |a: &Actual| {
+        let window = a
+            .window
+            .map(|(s, e)| format!(" window={s}..{e}"))
+            .unwrap_or_default();
+        format!("key={} value={} ts={}{window}", a.key, a.value, a.timestamp)
+    };
     for (i, e) in expected.iter().enumerate() {
         let Some(a) = actual.get(i) else {
             return Err(format!(
@@ -354,7 +380,7 @@ fn compare(topic: &str, expected: &[&Value], actual: &[Actual]) -> Result<(), St
         if !json_eq(&e["key"], &a.key)
             || !json_eq(&e["value"], &a.value)
             || !ts_ok
-            || !e["window"].is_null()
+            || !window_ok(&e["window"], a.window)
         {
             return Err(format!(
                 "topic {topic}, record {i}: expected key={} value={} ts={}{}, got {}",
@@ -379,6 +405,17 @@ fn compare(topic: &str, expected: &[&Value], actual: &[Actual]) -> Result<(), St
         ));
     }
     Ok(())
+}
+
+/// A case's expected window (`{"start", "end", "type"}`) against the record's.
+fn window_ok(expected: &Value, actual: Option<(i64, i64)>) -> bool {
+    match (expected.is_null(), actual) {
+        (true, _) => true,
+        (false, None) => false,
+        (false, Some((start, end))) => {
+            expected["start"].as_i64() == Some(start) && expected["end"].as_i64() == Some(end)
+        }
+    }
 }
 
 /// Passed / total per tag, and overall.

@@ -522,6 +522,114 @@ struct Group {
     /// Its last change was a row (not a tombstone or nothing): HAVING failing now
     /// retracts it.
     emitted: bool,
+    /// Session windows: the (source offset, argument values) of every row in it, to fold
+    /// again when sessions merge.
+    inputs: Vec<(i64, Vec<(Value, Value)>)>,
+}
+
+/// A group: its key values (JSON text) and, when windowed, its window's start and end.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct GroupId {
+    key: String,
+    window: Option<(i64, i64)>,
+}
+
+/// What a window clause asks for, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WindowSpec {
+    /// TUMBLING is HOPPING with advance = size.
+    Time {
+        size: i64,
+        advance: i64,
+    },
+    Session {
+        gap: i64,
+    },
+}
+
+/// ksqlDB's grace period when a window does not say (Kafka Streams' old default).
+const DEFAULT_GRACE_MS: i64 = 24 * 3_600_000;
+
+/// A windowed aggregation's event-time bookkeeping.
+#[derive(Debug, Clone)]
+struct Windowing {
+    spec: WindowSpec,
+    grace: i64,
+    /// How long a window's state is kept after it ends (pull queries read it).
+    retention: i64,
+    emit_final: bool,
+    /// The latest record timestamp seen: windows ending at or before it minus the grace
+    /// period are closed.
+    stream_time: i64,
+    /// Records that arrived after every window they belong to had closed.
+    late: u64,
+    /// Session windows per group key.
+    sessions: HashMap<String, std::collections::BTreeSet<(i64, i64)>>,
+    /// EMIT FINAL: windows not yet emitted, by end.
+    pending: std::collections::BTreeSet<(i64, i64, String)>,
+    /// Stream time at the last purge of expired windows.
+    purged_at: i64,
+}
+
+impl Windowing {
+    fn new(w: &weir_sql::ast::WindowExpr, emit_final: bool) -> Windowing {
+        use weir_sql::ast::WindowKind;
+        let ms = |d: &weir_sql::ast::Duration| d.as_millis().min(i64::MAX as u64 / 4) as i64;
+        let spec = match &w.kind {
+            WindowKind::Tumbling { size } => WindowSpec::Time {
+                size: ms(size),
+                advance: ms(size),
+            },
+            WindowKind::Hopping { size, advance } => WindowSpec::Time {
+                size: ms(size),
+                advance: ms(advance),
+            },
+            WindowKind::Session { gap } => WindowSpec::Session { gap: ms(gap) },
+        };
+        // EMIT FINAL without a grace period closes a window at its end.
+        let grace =
+            w.grace
+                .as_ref()
+                .map(ms)
+                .unwrap_or(if emit_final { 0 } else { DEFAULT_GRACE_MS });
+        let span = match spec {
+            WindowSpec::Time { size, .. } => size,
+            WindowSpec::Session { gap } => gap,
+        };
+        Windowing {
+            spec,
+            grace,
+            retention: w.retention.as_ref().map(ms).unwrap_or(0).max(span + grace),
+            emit_final,
+            stream_time: i64::MIN,
+            late: 0,
+            sessions: HashMap::new(),
+            pending: Default::default(),
+            purged_at: i64::MIN,
+        }
+    }
+
+    fn key_window(&self) -> crate::catalog::KeyWindow {
+        match self.spec {
+            WindowSpec::Time { size, .. } => crate::catalog::KeyWindow::Time { size_ms: size },
+            WindowSpec::Session { .. } => crate::catalog::KeyWindow::Session,
+        }
+    }
+
+    /// The time windows a record at `time` falls in, oldest first.
+    fn time_windows(size: i64, advance: i64, time: i64) -> Vec<(i64, i64)> {
+        let mut out = Vec::new();
+        if advance <= 0 || time < 0 {
+            return out;
+        }
+        let mut start = time - time.rem_euclid(advance);
+        while start > time - size && start >= 0 {
+            out.push((start, start + size));
+            start -= advance;
+        }
+        out.reverse();
+        out
+    }
 }
 
 /// A planned GROUP BY and its running state.
@@ -541,11 +649,12 @@ pub struct Aggregator {
     /// ROWTIME, ROWOFFSET, then the select items.
     output_schema: SchemaRef,
     /// Per group (its key values as JSON text).
-    state: HashMap<String, Group>,
+    state: HashMap<GroupId, Group>,
     /// Over a table: where the source key columns and the WHERE condition are among the
     /// stateless step's projections, and per source key (JSON text) the group its row
     /// counts in and the argument values it added, to take back when the row changes.
     table: Option<TableInput>,
+    window: Option<Windowing>,
 }
 
 #[derive(Debug, Clone)]
@@ -589,8 +698,10 @@ pub fn plan_aggregate(
 ) -> Result<Aggregator> {
     use weir_sql::ast::SelectItem;
     let unsupported = |what: &str| Err(EngineError::Unsupported(what.into()));
-    if query.window.is_some() {
-        return unsupported("windowed aggregation");
+    if query.window.is_some() && source.kind == weir_sql::ast::SourceKind::Table {
+        return Err(EngineError::Invalid(
+            "Windowing not supported for table aggregations.".into(),
+        ));
     }
     if query.partition_by.is_some() {
         return unsupported("PARTITION BY with GROUP BY");
@@ -599,7 +710,8 @@ pub fn plan_aggregate(
     if group_by.is_empty() {
         return unsupported("aggregation without GROUP BY");
     }
-    if matches!(query.emit, Some(weir_sql::ast::Emit::Final)) {
+    let emit_final = matches!(query.emit, Some(weir_sql::ast::Emit::Final));
+    if emit_final && query.window.is_none() {
         return Err(EngineError::Invalid(
             "EMIT FINAL is only supported for windowed aggregations.".into(),
         ));
@@ -845,6 +957,16 @@ pub fn plan_aggregate(
             true,
         ));
     }
+    let window = query.window.as_ref().map(|w| Windowing::new(w, emit_final));
+    if let Some(w) = &window {
+        for b in crate::WINDOW_BOUNDS {
+            middle_fields.push(Field::new(b, DataType::Int64, true));
+        }
+        if matches!(w.spec, WindowSpec::Session { .. }) && calls.iter().any(|c| c.plugin.is_some())
+        {
+            return unsupported("plugin aggregates over session windows");
+        }
+    }
     let middle = Arc::new(Schema::new(middle_fields));
     let alias = source_alias(query, source);
     let compiler = ExprCompiler::new(functions, &middle, Some(alias))?;
@@ -880,6 +1002,11 @@ pub fn plan_aggregate(
             compiled,
             is_key: key.is_some(),
         });
+    }
+    if window.is_some() {
+        for b in WINDOW_COLUMNS {
+            fields.push(Field::new(b, DataType::Int64, false));
+        }
     }
     // The key's columns come in GROUP BY order, whatever the select list's.
     key_cols.sort_by_key(|(k, _)| *k);
@@ -938,13 +1065,37 @@ pub fn plan_aggregate(
             condition: table_columns.1,
             rows: HashMap::new(),
         }),
+        window,
     })
 }
+
+/// The columns after the select list that carry a windowed result's window, for its key.
+pub const WINDOW_COLUMNS: [&str; 2] = ["WEIR_WINDOW_START", "WEIR_WINDOW_END"];
 
 /// The changes a batch makes: runs of rows or of tombstones, in order.
 pub type Changes = Vec<(bool, RecordBatch)>;
 
+/// Why a change is made: the group's new row, or its removal (a merged session window).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Update,
+    Delete,
+}
+
+/// A change's record timestamp, source offset, group and kind.
+type Meta = (i64, i64, GroupId, Change);
+
 impl Aggregator {
+    /// The window kind of the output's keys, when the aggregation is windowed.
+    pub fn key_window(&self) -> Option<crate::catalog::KeyWindow> {
+        self.window.as_ref().map(Windowing::key_window)
+    }
+
+    /// Records dropped because they arrived after their windows closed.
+    pub fn late_records(&self) -> u64 {
+        self.window.as_ref().map_or(0, |w| w.late)
+    }
+
     /// Folds the stateless step's output (ROWTIME, ROWOFFSET, keys, arguments) into the
     /// groups, row by row, and gives each row's change (runs of rows and of tombstones,
     /// in order). Rows whose result cannot be computed are left out, returned by source
@@ -957,19 +1108,31 @@ impl Aggregator {
         let rowtimes = pre.column(0).as_primitive::<Int64Type>();
         let offsets = pre.column(1).as_primitive::<Int64Type>();
         let mut rows = Vec::with_capacity(pre.num_rows());
-        let mut meta = Vec::with_capacity(pre.num_rows());
+        let mut meta: Vec<Meta> = Vec::with_capacity(pre.num_rows());
         let mut plugin_failures: Vec<(u64, String)> = Vec::new();
         let calls = &self.calls;
         let new_group = || Group {
             time: i64::MIN,
             states: calls.iter().map(|c| c.kind.initial()).collect(),
             emitted: false,
+            inputs: Vec::new(),
         };
-        // A group's row as the select list sees it: its keys, then its results.
-        let row_of = |id: &str, group: &Group| -> Vec<Value> {
-            let mut middle: Vec<Value> = serde_json::from_str(id).unwrap_or_default();
+        // A group's row as the select list sees it: its keys, its results, its window.
+        let row_of = |id: &GroupId, group: &Group| -> Vec<Value> {
+            let mut middle: Vec<Value> = serde_json::from_str(&id.key).unwrap_or_default();
             middle.extend(calls.iter().zip(&group.states).map(|(c, s)| c.result(s)));
+            if let Some((start, end)) = id.window {
+                middle.push(json!(start));
+                middle.push(json!(end));
+            }
             middle
+        };
+        // Folds argument values into a group's states (not plugin aggregates).
+        let fold = |states: &mut [Value], args: &[(Value, Value)]| {
+            for ((c, state), (a, b)) in calls.iter().zip(states.iter_mut()).zip(args) {
+                c.kind
+                    .update(state, a, b, c.arg.as_ref().map(|(_, t)| t), c.params);
+            }
         };
         for row in 0..pre.num_rows() {
             let value = |a: &Option<(usize, SqlType)>| match a {
@@ -993,15 +1156,20 @@ impl Aggregator {
                     .map(|(i, ty)| weir_format::convert::value_at(pre.column(2 + i), row, ty))
                     .collect();
                 let source_key = serde_json::to_string(&source_key).expect("JSON values serialize");
-                if let Some((old, args)) = t.rows.remove(&source_key)
-                    && let Some(group) = self.state.get_mut(&old)
-                {
-                    for ((c, state), (a, _)) in calls.iter().zip(group.states.iter_mut()).zip(&args)
-                    {
-                        c.kind.undo(state, a, c.arg.as_ref().map(|(_, t)| t));
+                if let Some((old, args)) = t.rows.remove(&source_key) {
+                    let old = GroupId {
+                        key: old,
+                        window: None,
+                    };
+                    if let Some(group) = self.state.get_mut(&old) {
+                        for ((c, state), (a, _)) in
+                            calls.iter().zip(group.states.iter_mut()).zip(&args)
+                        {
+                            c.kind.undo(state, a, c.arg.as_ref().map(|(_, t)| t));
+                        }
+                        group.time = group.time.max(time);
+                        retracted = Some(old);
                     }
-                    group.time = group.time.max(time);
-                    retracted = Some(old);
                 }
                 let passes = t.condition.is_none_or(|i| {
                     let c = pre.column(2 + i).as_boolean();
@@ -1019,7 +1187,7 @@ impl Aggregator {
                     if let Some(old) = retracted {
                         let group = &self.state[&old];
                         rows.push(row_of(&old, group));
-                        meta.push((group.time, offset, old));
+                        meta.push((group.time, offset, old, Change::Update));
                     }
                     continue;
                 }
@@ -1031,42 +1199,164 @@ impl Aggregator {
                 continue;
             }
             let id = serde_json::to_string(&key).expect("JSON values serialize");
-            // A row that moved to another group: the old group's change first.
-            if let Some(old) = retracted.filter(|old| *old != id) {
-                let group = &self.state[&old];
-                rows.push(row_of(&old, group));
-                meta.push((group.time, offset, old));
-            }
-            let group = self.state.entry(id.clone()).or_insert_with(new_group);
-            group.time = group.time.max(time);
-            for (c, state) in calls.iter().zip(group.states.iter_mut()) {
-                match (&c.plugin, &c.arg) {
-                    (Some(p), Some((i, _))) => {
-                        if let Err(why) =
-                            plugin_update(&p.0, state, pre.column(2 + i).slice(row, 1))
-                        {
-                            plugin_failures.push((
-                                offset as u64,
-                                format!("Error in a plugin aggregate: {why}"),
-                            ));
+            // The groups this row goes into: its key's, or its key's in each open window.
+            let mut targets = Vec::new();
+            match self.window.as_mut() {
+                None => targets.push(GroupId {
+                    key: id.clone(),
+                    window: None,
+                }),
+                Some(w) => {
+                    w.stream_time = w.stream_time.max(time);
+                    let close = w.stream_time.saturating_sub(w.grace);
+                    match w.spec {
+                        WindowSpec::Time { size, advance } => {
+                            let windows = Windowing::time_windows(size, advance, time);
+                            let open: Vec<_> =
+                                windows.iter().filter(|(_, end)| *end > close).collect();
+                            if open.is_empty() {
+                                w.late += 1;
+                            }
+                            for &(start, end) in open {
+                                let gid = GroupId {
+                                    key: id.clone(),
+                                    window: Some((start, end)),
+                                };
+                                if w.emit_final && !self.state.contains_key(&gid) {
+                                    w.pending.insert((end, start, id.clone()));
+                                }
+                                targets.push(gid);
+                            }
+                        }
+                        WindowSpec::Session { gap } => {
+                            let sessions = w.sessions.entry(id.clone()).or_default();
+                            let merging: Vec<(i64, i64)> = sessions
+                                .iter()
+                                .filter(|(s, e)| {
+                                    *e >= time.saturating_sub(gap) && *s <= time.saturating_add(gap)
+                                })
+                                .copied()
+                                .collect();
+                            let start = merging.iter().map(|m| m.0).fold(time, i64::min);
+                            let end = merging.iter().map(|m| m.1).fold(time, i64::max);
+                            if end < close {
+                                w.late += 1;
+                                continue;
+                            }
+                            let gid = GroupId {
+                                key: id.clone(),
+                                window: Some((start, end)),
+                            };
+                            // The sessions it joins are replaced by one: each gets a
+                            // tombstone, and their rows are folded again, in offset order.
+                            if merging != [(time, time)] {
+                                let mut merged = new_group();
+                                for m in &merging {
+                                    sessions.remove(m);
+                                    let old = GroupId {
+                                        key: id.clone(),
+                                        window: Some(*m),
+                                    };
+                                    if w.emit_final {
+                                        w.pending.remove(&(m.1, m.0, id.clone()));
+                                    }
+                                    if let Some(g) = self.state.remove(&old) {
+                                        if !w.emit_final {
+                                            rows.push(row_of(&old, &g));
+                                            meta.push((m.1, offset, old, Change::Delete));
+                                        }
+                                        merged.inputs.extend(g.inputs);
+                                    }
+                                }
+                                merged.inputs.sort_by_key(|(o, _)| *o);
+                                for (_, args) in &merged.inputs {
+                                    fold(&mut merged.states, args);
+                                }
+                                merged.time = end;
+                                self.state.insert(gid.clone(), merged);
+                                sessions.insert((start, end));
+                                if w.emit_final {
+                                    w.pending.insert((end, start, id.clone()));
+                                }
+                            }
+                            targets.push(gid);
                         }
                     }
-                    _ => c.kind.update(
-                        state,
-                        &value(&c.arg),
-                        &value(&c.arg2),
-                        c.arg.as_ref().map(|(_, t)| t),
-                        c.params,
-                    ),
                 }
             }
-            rows.push(row_of(&id, group));
-            meta.push((group.time, offset, id));
+            // A row that moved to another group: the old group's change first.
+            if let Some(old) = retracted.filter(|old| old.key != id) {
+                let group = &self.state[&old];
+                rows.push(row_of(&old, group));
+                meta.push((group.time, offset, old, Change::Update));
+            }
+            let session = matches!(
+                self.window.as_ref().map(|w| w.spec),
+                Some(WindowSpec::Session { .. })
+            );
+            let emit = self.window.as_ref().is_none_or(|w| !w.emit_final);
+            for gid in targets {
+                let group = self.state.entry(gid.clone()).or_insert_with(new_group);
+                group.time = group.time.max(time);
+                if session {
+                    let args: Vec<(Value, Value)> = calls
+                        .iter()
+                        .map(|c| (value(&c.arg), value(&c.arg2)))
+                        .collect();
+                    fold(&mut group.states, &args);
+                    group.inputs.push((offset, args));
+                    group.time = gid.window.map_or(time, |(_, end)| end);
+                } else {
+                    for (c, state) in calls.iter().zip(group.states.iter_mut()) {
+                        match (&c.plugin, &c.arg) {
+                            (Some(p), Some((i, _))) => {
+                                if let Err(why) =
+                                    plugin_update(&p.0, state, pre.column(2 + i).slice(row, 1))
+                                {
+                                    plugin_failures.push((
+                                        offset as u64,
+                                        format!("Error in a plugin aggregate: {why}"),
+                                    ));
+                                }
+                            }
+                            _ => c.kind.update(
+                                state,
+                                &value(&c.arg),
+                                &value(&c.arg2),
+                                c.arg.as_ref().map(|(_, t)| t),
+                                c.params,
+                            ),
+                        }
+                    }
+                }
+                if emit {
+                    rows.push(row_of(&gid, group));
+                    meta.push((group.time, offset, gid, Change::Update));
+                }
+            }
+            // EMIT FINAL: the windows this record's time closed, once each.
+            if let Some(w) = self.window.as_mut().filter(|w| w.emit_final) {
+                while let Some(first) = w.pending.first().cloned() {
+                    if first.0.saturating_add(w.grace) > w.stream_time {
+                        break;
+                    }
+                    w.pending.pop_first();
+                    let gid = GroupId {
+                        key: first.2,
+                        window: Some((first.1, first.0)),
+                    };
+                    if let Some(group) = self.state.get(&gid) {
+                        rows.push(row_of(&gid, group));
+                        meta.push((group.time, offset, gid, Change::Update));
+                    }
+                }
+            }
         }
+        self.purge();
         let (batch, bad) = weir_format::convert::rows_to_batch(&self.middle, rows);
         let mut failed = plugin_failures;
         for (i, why) in bad.iter().rev() {
-            let (_, offset, _) = meta.remove(*i);
+            let (_, offset, _, _) = meta.remove(*i);
             failed.push((
                 offset as u64,
                 format!("Error computing the aggregate: {why}"),
@@ -1075,18 +1365,37 @@ impl Aggregator {
         match self.changes(&batch, &meta) {
             Ok(changes) => (changes, failed),
             Err(e) => {
-                failed.extend(
-                    meta.iter().map(|(_, o, _)| {
-                        (*o as u64, format!("Error computing the aggregate: {e}"))
-                    }),
-                );
+                failed.extend(meta.iter().map(|(_, o, _, _)| {
+                    (*o as u64, format!("Error computing the aggregate: {e}"))
+                }));
                 (Vec::new(), failed)
             }
         }
     }
 
+    /// Drops windows past their retention, so state is bounded by the open windows.
+    fn purge(&mut self) {
+        let Some(w) = self.window.as_mut() else {
+            return;
+        };
+        // Scan at most once per retention's worth of stream time.
+        if w.stream_time == i64::MIN
+            || (w.purged_at != i64::MIN && w.stream_time - w.purged_at < w.retention.max(1))
+        {
+            return;
+        }
+        w.purged_at = w.stream_time;
+        let expired = w.stream_time.saturating_sub(w.retention);
+        self.state
+            .retain(|gid, _| gid.window.is_none_or(|(_, end)| end > expired));
+        for sessions in w.sessions.values_mut() {
+            sessions.retain(|(_, end)| *end > expired);
+        }
+        w.sessions.retain(|_, s| !s.is_empty());
+    }
+
     /// The select list and HAVING over the groups' rows.
-    fn changes(&mut self, middle: &RecordBatch, meta: &[(i64, i64, String)]) -> Result<Changes> {
+    fn changes(&mut self, middle: &RecordBatch, meta: &[Meta]) -> Result<Changes> {
         let n = middle.num_rows();
         if n == 0 {
             return Ok(Vec::new());
@@ -1097,6 +1406,16 @@ impl Aggregator {
         ];
         for o in &self.outputs {
             columns.push(o.compiled.expr.evaluate(middle)?.into_array(n)?);
+        }
+        if self.window.is_some() {
+            let bound = |end: bool| -> ArrayRef {
+                Arc::new(Int64Array::from_iter_values(meta.iter().map(|m| {
+                    let (s, e) = m.2.window.unwrap_or_default();
+                    if end { e } else { s }
+                })))
+            };
+            columns.push(bound(false));
+            columns.push(bound(true));
         }
         let all = RecordBatch::try_new(self.output_schema.clone(), columns)
             .map_err(|e| EngineError::Execution(e.to_string()))?;
@@ -1110,8 +1429,18 @@ impl Aggregator {
         };
         // Which rows become which change: a row, a tombstone, or nothing.
         let mut kinds: Vec<(u32, bool)> = Vec::new();
-        for (i, (_, _, id)) in meta.iter().enumerate() {
-            let group = self.state.get_mut(id).expect("the group exists");
+        for (i, (_, _, id, change)) in meta.iter().enumerate() {
+            if *change == Change::Delete {
+                kinds.push((i as u32, true));
+                continue;
+            }
+            // A session merged away later in the batch: its change still stands.
+            let Some(group) = self.state.get_mut(id) else {
+                if pass[i] {
+                    kinds.push((i as u32, false));
+                }
+                continue;
+            };
             if pass[i] {
                 group.emitted = true;
                 kinds.push((i as u32, false));
@@ -1135,8 +1464,26 @@ impl Aggregator {
         let groups: serde_json::Map<String, Value> = self
             .state
             .iter()
-            .map(|(k, g)| (k.clone(), json!([g.time, g.states, g.emitted])))
+            .filter(|(k, _)| k.window.is_none())
+            .map(|(k, g)| (k.key.clone(), json!([g.time, g.states, g.emitted])))
             .collect();
+        if let Some(w) = &self.window {
+            let windows: Vec<Value> = self
+                .state
+                .iter()
+                .filter_map(|(k, g)| {
+                    let (start, end) = k.window?;
+                    Some(json!([
+                        k.key, start, end, g.time, g.states, g.emitted, g.inputs
+                    ]))
+                })
+                .collect();
+            return json!({
+                "windows": windows,
+                "stream_time": w.stream_time,
+                "late": w.late,
+            });
+        }
         match &self.table {
             None => Value::Object(groups),
             Some(t) => json!({"groups": groups, "rows": t.rows}),
@@ -1145,6 +1492,46 @@ impl Aggregator {
 
     /// Puts back a checkpoint's state.
     pub fn restore(&mut self, snapshot: &Value) {
+        if let Some(w) = self.window.as_mut() {
+            w.stream_time = snapshot["stream_time"].as_i64().unwrap_or(i64::MIN);
+            w.late = snapshot["late"].as_u64().unwrap_or(0);
+            self.state.clear();
+            w.sessions.clear();
+            w.pending.clear();
+            for v in snapshot["windows"].as_array().into_iter().flatten() {
+                let (Some(key), Some(start), Some(end), Some(time), Some(states)) = (
+                    v[0].as_str(),
+                    v[1].as_i64(),
+                    v[2].as_i64(),
+                    v[3].as_i64(),
+                    v[4].as_array(),
+                ) else {
+                    continue;
+                };
+                if matches!(w.spec, WindowSpec::Session { .. }) {
+                    w.sessions
+                        .entry(key.to_string())
+                        .or_default()
+                        .insert((start, end));
+                }
+                if w.emit_final && end.saturating_add(w.grace) > w.stream_time {
+                    w.pending.insert((end, start, key.to_string()));
+                }
+                self.state.insert(
+                    GroupId {
+                        key: key.to_string(),
+                        window: Some((start, end)),
+                    },
+                    Group {
+                        time,
+                        states: states.clone(),
+                        emitted: v[5].as_bool().unwrap_or(true),
+                        inputs: serde_json::from_value(v[6].clone()).unwrap_or_default(),
+                    },
+                );
+            }
+            return;
+        }
         let snapshot = match self.table.as_mut() {
             None => snapshot,
             Some(t) => {
@@ -1159,11 +1546,15 @@ impl Aggregator {
                 .iter()
                 .filter_map(|(k, v)| {
                     Some((
-                        k.clone(),
+                        GroupId {
+                            key: k.clone(),
+                            window: None,
+                        },
                         Group {
                             time: v[0].as_i64()?,
                             states: v[1].as_array()?.clone(),
                             emitted: v[2].as_bool().unwrap_or(true),
+                            inputs: Vec::new(),
                         },
                     ))
                 })

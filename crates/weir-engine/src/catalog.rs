@@ -24,8 +24,66 @@ pub struct Source {
     pub written_by: Option<String>,
     /// Created with CREATE SOURCE: read-only.
     pub read_only: bool,
-    /// Its records have windowed keys (`WINDOW_TYPE` in its WITH clause).
-    pub windowed: bool,
+    /// Its records have windowed keys (`WINDOW_TYPE` in its WITH clause, or a windowed
+    /// aggregation writes it).
+    pub window: Option<KeyWindow>,
+}
+
+/// How a windowed key carries its window, as Kafka Streams lays it out: the key's bytes,
+/// then the window start (time windows: the end is start + size), or the end then the
+/// start (session windows), each an 8-byte big-endian count of milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyWindow {
+    Time { size_ms: i64 },
+    Session,
+}
+
+impl KeyWindow {
+    /// From a source's `WINDOW_TYPE` and `WINDOW_SIZE`.
+    pub fn from_properties(window_type: &str, size: Option<&str>) -> Option<KeyWindow> {
+        if window_type.eq_ignore_ascii_case("SESSION") {
+            return Some(KeyWindow::Session);
+        }
+        let size = size.and_then(|s| weir_sql::parse_window_size(s).ok())?;
+        Some(KeyWindow::Time {
+            size_ms: size as i64,
+        })
+    }
+
+    /// ksqlDB's name for the window type (DESCRIBE).
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            KeyWindow::Time { .. } => "TIME",
+            KeyWindow::Session => "SESSION",
+        }
+    }
+
+    /// Appends the window to a key's bytes.
+    pub fn append(&self, key: &mut Vec<u8>, start: i64, end: i64) {
+        match self {
+            KeyWindow::Time { .. } => key.extend_from_slice(&start.to_be_bytes()),
+            KeyWindow::Session => {
+                key.extend_from_slice(&end.to_be_bytes());
+                key.extend_from_slice(&start.to_be_bytes());
+            }
+        }
+    }
+
+    /// Splits a windowed key into the key's bytes and the window's start and end.
+    pub fn split<'a>(&self, key: &'a [u8]) -> Option<(&'a [u8], i64, i64)> {
+        let word = |b: &[u8]| i64::from_be_bytes(b.try_into().expect("8 bytes"));
+        match self {
+            KeyWindow::Time { size_ms } => {
+                let at = key.len().checked_sub(8)?;
+                let start = word(&key[at..]);
+                Some((&key[..at], start, start.saturating_add(*size_ms)))
+            }
+            KeyWindow::Session => {
+                let at = key.len().checked_sub(16)?;
+                Some((&key[..at], word(&key[at + 8..]), word(&key[at..at + 8])))
+            }
+        }
+    }
 }
 
 impl Source {

@@ -21,7 +21,8 @@ fn source_info(s: &Source) -> SourceInfo {
         topic: s.topic.clone(),
         key_format: s.layout.key_format.format.name().to_string(),
         value_format: s.layout.value_format.format.name().to_string(),
-        is_windowed: false,
+        is_windowed: s.window.is_some(),
+        window_type: s.window.map(|w| w.type_name().to_string()),
     }
 }
 
@@ -208,6 +209,7 @@ impl Engine {
                 total.consumed += q.stats.consumed;
                 total.produced += q.stats.produced;
                 total.errors += q.stats.errors;
+                total.late += q.aggregate.as_ref().map_or(0, |a| a.late_records());
                 total.last_message_ms = total.last_message_ms.max(q.stats.last_message_ms);
             }
             total
@@ -280,7 +282,10 @@ impl Engine {
                         None => q.plan.explain(&q.source_topic, Some(&q.sink_topic)),
                     },
                     state: Some(query_state(q).into()),
-                    statistics: Some(q.stats),
+                    statistics: Some(QueryStats {
+                        late: q.aggregate.as_ref().map_or(0, |a| a.late_records()),
+                        ..q.stats
+                    }),
                     errors: q.error.iter().cloned().collect(),
                 }))
             }

@@ -34,7 +34,7 @@ use weir_sql::ast::{
     Statement,
 };
 
-pub use catalog::{Catalog, Source};
+pub use catalog::{Catalog, KeyWindow, Source};
 pub use error::{EngineError, Result};
 pub use functions::Functions;
 pub use plan::{SelectPlan, plan_select};
@@ -182,6 +182,8 @@ pub struct PersistentQuery {
     source_layout: Layout,
     sink_topic: String,
     sink_layout: Layout,
+    /// The sink's keys carry windows (a windowed aggregation writes it).
+    sink_window: Option<KeyWindow>,
     sink_partitions: u32,
     offsets: Vec<u64>,
     /// After recovery: per (source partition, sink partition), the highest source offset
@@ -776,6 +778,15 @@ impl Engine {
                 "Windowed sources require a key column.".into(),
             ));
         }
+        if let Some(t) = prop(&c.properties, "WINDOW_TYPE")
+            && !t.eq_ignore_ascii_case("SESSION")
+            && prop(&c.properties, "WINDOW_SIZE").is_none()
+        {
+            return Err(EngineError::Invalid(format!(
+                "{} windows require 'WINDOW_SIZE' in the WITH clause.",
+                t.to_uppercase()
+            )));
+        }
         let timestamp_column = timestamp_column(&layout, &c.properties)?;
         self.ensure_topic(&topic, &c.properties, None)?;
         let source = Source {
@@ -788,7 +799,9 @@ impl Engine {
             statement: Statement::CreateSource(c.clone()).to_string(),
             written_by: None,
             read_only: c.is_source,
-            windowed: prop(&c.properties, "WINDOW_TYPE").is_some(),
+            window: prop(&c.properties, "WINDOW_TYPE").and_then(|t| {
+                KeyWindow::from_properties(&t, prop(&c.properties, "WINDOW_SIZE").as_deref())
+            }),
         };
         self.catalog.add_source(source, c.or_replace)?;
         Ok(Outcome::Created {
@@ -839,7 +852,7 @@ impl Engine {
         }
         let from = &c.query.from.source.name.value;
         let source = self.stream(from)?;
-        if from_table && source.windowed {
+        if from_table && source.window.is_some() {
             return Err(EngineError::Invalid(
                 "KSQL does not support persistent queries on windowed tables.".into(),
             ));
@@ -910,7 +923,7 @@ impl Engine {
             statement: stmt.to_string(),
             written_by: None,
             read_only: false,
-            windowed: false,
+            window: aggregate.as_ref().and_then(|a| a.key_window()),
         };
         self.catalog.add_source(sink, c.or_replace)?;
         let prefix = if grouped { "CTAS" } else { "CSAS" };
@@ -972,6 +985,7 @@ impl Engine {
                 source_layout: source.layout.clone(),
                 sink_topic: sink.topic.clone(),
                 sink_layout: sink.layout.clone(),
+                sink_window: sink.window,
                 sink_partitions,
                 offsets,
                 already_written: BTreeMap::new(),
@@ -1417,13 +1431,36 @@ fn write_output(log: &dyn Log, q: &PersistentQuery, out: &RecordBatch, sink: Sin
     };
     let rowtimes = out.column(0).as_primitive::<Int64Type>();
     let offsets = out.column(1).as_primitive::<Int64Type>();
+    let windows = match q.sink_window {
+        Some(w) => {
+            let bound = |name: &str| {
+                out.column_by_name(name)
+                    .map(|c| c.as_primitive::<Int64Type>().clone())
+                    .ok_or_else(|| EngineError::Execution(format!("{name} missing")))
+            };
+            Some((
+                w,
+                bound(aggregate::WINDOW_COLUMNS[0])?,
+                bound(aggregate::WINDOW_COLUMNS[1])?,
+            ))
+        }
+        None => None,
+    };
     let mut by_partition: BTreeMap<u32, Vec<Record>> = BTreeMap::new();
     for (row, (key, value)) in encoded.into_iter().enumerate() {
         let value = if sink.tombstones { None } else { value };
+        // Partitioned by the key alone; the window goes after it.
         let partition = key
             .as_deref()
             .map(|k| partition_for_key(k, q.sink_partitions))
             .unwrap_or(0);
+        let key = match (&windows, key) {
+            (Some((w, starts, ends)), Some(mut k)) => {
+                w.append(&mut k, starts.value(row), ends.value(row));
+                Some(k)
+            }
+            (_, key) => key,
+        };
         let offset = offsets.value(row) as u64;
         let mut headers = Vec::new();
         if sink.durable {

@@ -16,6 +16,8 @@ pub struct SourceInfo {
     pub key_format: String,
     pub value_format: String,
     pub is_windowed: bool,
+    /// `TUMBLING`/`HOPPING` keys read as `TIME` in ksqlDB's entities; `SESSION`.
+    pub window_type: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -49,6 +51,9 @@ pub struct QueryStats {
     pub produced: u64,
     /// Records that went to the processing log instead.
     pub errors: u64,
+    /// Records a windowed aggregation dropped: they came after their windows closed
+    /// (window end plus grace period).
+    pub late: u64,
     /// Wall-clock millis of the last batch with input.
     pub last_message_ms: Option<i64>,
     /// Bytes of source records read (keys and values) and of records written.

@@ -592,3 +592,145 @@ fn aggregating_a_table_takes_replaced_and_deleted_rows_back_out() {
         ]
     );
 }
+
+/// Reads a windowed table's changes: key, window (start, end), value, timestamp.
+fn read_windowed(
+    engine: &Engine,
+    topic: &str,
+    window: weir_engine::KeyWindow,
+) -> Vec<(String, (i64, i64), Option<Value>, i64)> {
+    let log = engine.log();
+    let mut out = Vec::new();
+    for r in log.read(topic, 0, 0, 100_000).unwrap() {
+        let key = r.record.key.unwrap();
+        let (k, start, end) = window.split(&key).unwrap();
+        out.push((
+            String::from_utf8(k.to_vec()).unwrap(),
+            (start, end),
+            r.record.value.map(|v| serde_json::from_slice(&v).unwrap()),
+            r.record.timestamp,
+        ));
+    }
+    out
+}
+
+/// TUMBLING, HOPPING and SESSION windows on event time: windowed keys, WINDOWSTART in
+/// the select list, late records dropped and counted, sessions merging (a tombstone for
+/// each merged session), and the windows' state across a restart.
+#[test]
+fn windowed_aggregations_on_event_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        let log = EmbeddedLog::open(dir.path(), EmbeddedLogConfig::default()).unwrap();
+        Engine::open(Arc::new(log)).unwrap()
+    };
+    let run = |engine: &mut Engine| while engine.run_once().unwrap() > 0 {};
+    let mut engine = open();
+    engine
+        .execute_sql(
+            "CREATE STREAM readings (car VARCHAR KEY, speed DOUBLE) WITH (kafka_topic='readings', value_format='JSON', partitions=1);
+             SET 'auto.offset.reset'='earliest';
+             CREATE TABLE tumbling AS SELECT car, WINDOWSTART AS ws, COUNT(*) AS n, AVG(speed) AS mean FROM readings
+               WINDOW TUMBLING (SIZE 10 SECONDS, GRACE PERIOD 5 SECONDS) GROUP BY car;
+             CREATE TABLE hopping AS SELECT car, COUNT(*) AS n FROM readings
+               WINDOW HOPPING (SIZE 10 SECONDS, ADVANCE BY 5 SECONDS) GROUP BY car;
+             CREATE TABLE sessions AS SELECT car, MAX(speed) AS top FROM readings
+               WINDOW SESSION (3 SECONDS) GROUP BY car;",
+        )
+        .unwrap();
+    for (ts, speed) in [(1_000, 10.0), (12_000, 20.0), (2_000, 30.0), (20_000, 5.0)] {
+        produce(
+            &engine,
+            "readings",
+            Some("a"),
+            &format!(r#"{{"speed": {speed}}}"#),
+            ts,
+        );
+    }
+    run(&mut engine);
+    let time = |size_ms| weir_engine::KeyWindow::Time { size_ms };
+    let tumbling = read_windowed(&engine, "TUMBLING", time(10_000));
+    let a = |s: i64, e: i64, v: Value, t: i64| ("a".to_string(), (s, e), Some(v), t);
+    // 2,000 arrives with stream time 12,000: [0, 10s) closed at 15,000, so it counts.
+    assert_eq!(
+        tumbling,
+        [
+            a(0, 10_000, json!({"WS": 0, "N": 1, "MEAN": 10.0}), 1_000),
+            a(
+                10_000,
+                20_000,
+                json!({"WS": 10_000, "N": 1, "MEAN": 20.0}),
+                12_000
+            ),
+            a(0, 10_000, json!({"WS": 0, "N": 2, "MEAN": 20.0}), 2_000),
+            a(
+                20_000,
+                30_000,
+                json!({"WS": 20_000, "N": 1, "MEAN": 5.0}),
+                20_000
+            ),
+        ]
+    );
+    let hopping = read_windowed(&engine, "HOPPING", time(10_000));
+    let windows: Vec<(i64, i64)> = hopping.iter().map(|h| h.1).collect();
+    assert_eq!(
+        windows,
+        [
+            (0, 10_000),
+            (5_000, 15_000),
+            (10_000, 20_000),
+            (0, 10_000),
+            (15_000, 25_000),
+            (20_000, 30_000)
+        ]
+    );
+    assert_eq!(hopping[3].2, Some(json!({"N": 2})));
+    drop(engine);
+
+    // Restarted: a record for a window closed before the restart is late; one for an
+    // open window goes on from the checkpointed state; sessions merge across it.
+    let mut engine = open();
+    produce(&engine, "readings", Some("a"), r#"{"speed": 1.0}"#, 3_000);
+    produce(&engine, "readings", Some("a"), r#"{"speed": 7.0}"#, 21_000);
+    run(&mut engine);
+    let tumbling = read_windowed(&engine, "TUMBLING", time(10_000));
+    assert_eq!(tumbling.len(), 5, "{tumbling:?}");
+    assert_eq!(
+        tumbling[4],
+        a(
+            20_000,
+            30_000,
+            json!({"WS": 20_000, "N": 2, "MEAN": 6.0}),
+            21_000
+        )
+    );
+    let Outcome::Described(d) = engine
+        .execute_sql("DESCRIBE TUMBLING EXTENDED;")
+        .unwrap()
+        .remove(0)
+    else {
+        panic!("not a description")
+    };
+    assert_eq!(d[0].statistics.unwrap().late, 1);
+    assert_eq!(d[0].source.window_type.as_deref(), Some("TIME"));
+
+    let sessions = read_windowed(&engine, "SESSIONS", weir_engine::KeyWindow::Session);
+    let got: Vec<((i64, i64), Option<Value>)> =
+        sessions.iter().map(|s| (s.1, s.2.clone())).collect();
+    assert_eq!(
+        got,
+        [
+            ((1_000, 1_000), Some(json!({"TOP": 10.0}))),
+            ((12_000, 12_000), Some(json!({"TOP": 20.0}))),
+            // 2,000 is within 3 s of the session at 1,000: that session is replaced.
+            ((1_000, 1_000), None),
+            ((1_000, 2_000), Some(json!({"TOP": 30.0}))),
+            ((20_000, 20_000), Some(json!({"TOP": 5.0}))),
+            // After the restart: 3,000 joins [1,000, 2,000]; 21,000 joins [20,000].
+            ((1_000, 2_000), None),
+            ((1_000, 3_000), Some(json!({"TOP": 30.0}))),
+            ((20_000, 20_000), None),
+            ((20_000, 21_000), Some(json!({"TOP": 7.0}))),
+        ]
+    );
+}

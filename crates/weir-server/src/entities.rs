@@ -190,7 +190,14 @@ fn statistics_text(stats: Option<QueryStats>) -> (String, String) {
                     .map(|t| format!(" last-message: {t}"))
                     .unwrap_or_default()
             ),
-            format!("failed-messages-total: {}", s.errors),
+            if s.late > 0 {
+                format!(
+                    "failed-messages-total: {} late-records-dropped-total: {}",
+                    s.errors, s.late
+                )
+            } else {
+                format!("failed-messages-total: {}", s.errors)
+            },
         ),
     }
 }
@@ -199,7 +206,7 @@ fn source_description(s: SourceDescription) -> Value {
     let (statistics, error_stats) = statistics_text(s.statistics);
     json!({
         "name": s.source.name,
-        "windowType": null,
+        "windowType": s.source.window_type,
         "readQueries": s.read_queries.into_iter().map(running_query).collect::<Vec<_>>(),
         "writeQueries": s.write_queries.into_iter().map(running_query).collect::<Vec<_>>(),
         "fields": s.fields.into_iter().map(field).collect::<Vec<_>>(),

@@ -21,6 +21,7 @@ mod parser;
 pub use ast::Statement;
 pub use dialect::{KsqlDialect, function_call};
 pub use error::{ParseError, Position, Result};
+pub use parser::parse_window_size;
 /// The sqlparser this crate builds on, for callers that work with its expressions.
 pub use sqlparser;
 

@@ -5,6 +5,8 @@
 mod expr;
 mod query;
 mod statements;
+
+pub use statements::parse_window_size;
 pub(crate) mod types;
 
 use sqlparser::ast::{Expr, Ident};

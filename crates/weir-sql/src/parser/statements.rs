@@ -485,7 +485,7 @@ fn check_window_properties(props: &[(String, Literal, Position)]) -> Result<()> 
 }
 
 /// `'30 SECONDS'` → milliseconds.
-pub(crate) fn parse_window_size(text: &str) -> std::result::Result<u64, String> {
+pub fn parse_window_size(text: &str) -> std::result::Result<u64, String> {
     let mut parts = text.split_whitespace();
     let (Some(n), Some(unit), None) = (parts.next(), parts.next(), parts.next()) else {
         return Err("Expected '<number> <unit>'".to_string());
