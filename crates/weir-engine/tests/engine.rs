@@ -593,12 +593,15 @@ fn aggregating_a_table_takes_replaced_and_deleted_rows_back_out() {
     );
 }
 
-/// Reads a windowed table's changes: key, window (start, end), value, timestamp.
+/// A windowed table's change: key, window (start, end), value, timestamp.
+type WindowedChange = (String, (i64, i64), Option<Value>, i64);
+
+/// Reads a windowed table's changes.
 fn read_windowed(
     engine: &Engine,
     topic: &str,
     window: weir_engine::KeyWindow,
-) -> Vec<(String, (i64, i64), Option<Value>, i64)> {
+) -> Vec<WindowedChange> {
     let log = engine.log();
     let mut out = Vec::new();
     for r in log.read(topic, 0, 0, 100_000).unwrap() {
