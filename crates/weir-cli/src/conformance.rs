@@ -192,6 +192,15 @@ pub fn run_case(case: &Value) -> Result<(), String> {
             },
         )
         .map_err(|e| e.to_string())?;
+        // Each record is processed before the next is produced, as ksqlDB's test driver
+        // does: joins see their sides' records in the order the case gives them.
+        if let Err(e) = engine.run_until_idle() {
+            return if expected_error {
+                Ok(())
+            } else {
+                Err(format!("running the queries failed: {e}"))
+            };
+        }
     }
     if let Err(e) = engine.run_until_idle() {
         return if expected_error {

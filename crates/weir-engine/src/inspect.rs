@@ -275,11 +275,19 @@ impl Engine {
                     fields: fields(&q.sink_layout.key_columns, &q.sink_layout.value_columns),
                     sources: vec![q.plan.source.clone()],
                     sinks: vec![q.sink.clone()],
-                    execution_plan: match &q.aggregate {
-                        Some(a) => {
-                            format!("{}\n{}", q.plan.explain(&q.source_topic, None), a.explain())
+                    execution_plan: {
+                        let plan = match &q.aggregate {
+                            Some(a) => format!(
+                                "{}\n{}",
+                                q.plan.explain(&q.source_topic, None),
+                                a.explain()
+                            ),
+                            None => q.plan.explain(&q.source_topic, Some(&q.sink_topic)),
+                        };
+                        match &q.join {
+                            Some(j) => format!("{}\n{plan}", j.explain()),
+                            None => plan,
                         }
-                        None => q.plan.explain(&q.source_topic, Some(&q.sink_topic)),
                     },
                     state: Some(query_state(q).into()),
                     statistics: Some(QueryStats {

@@ -15,6 +15,7 @@ mod error;
 pub mod functions;
 mod inspect;
 mod javatime;
+mod join;
 pub mod meta;
 mod plan;
 pub mod push;
@@ -171,6 +172,13 @@ pub enum Outcome {
     Push(push::PushHandle),
 }
 
+/// What a persistent query runs: joins (if any), the stateless plan, GROUP BY (if any).
+struct Pipeline {
+    plan: SelectPlan,
+    aggregate: Option<aggregate::Aggregator>,
+    join: Option<join::Joiner>,
+}
+
 /// A persistent query: a plan and how far it has read each source partition.
 #[derive(Debug)]
 pub struct PersistentQuery {
@@ -205,6 +213,8 @@ pub struct PersistentQuery {
     pub error: Option<meta::QueryError>,
     /// GROUP BY: folds `plan`'s rows into groups (its state is checkpointed).
     aggregate: Option<aggregate::Aggregator>,
+    /// A join: its sources, offsets and state (the plan runs over its joined rows).
+    join: Option<join::Joiner>,
     /// The source is a table: its tombstones (deletes) pass a WHERE.
     source_is_table: bool,
 }
@@ -334,6 +344,9 @@ impl Engine {
             if let Some(a) = q.aggregate.as_mut() {
                 a.restore(&cp["state"]);
             }
+            if let Some(j) = q.join.as_mut() {
+                j.restore(&cp["join"]);
+            }
             let sink_ends = as_offsets(&cp["sink_ends"]);
             let prefix = format!("{}:", q.id);
             for sink_partition in 0..q.sink_partitions {
@@ -375,6 +388,9 @@ impl Engine {
             serde_json::json!({"query": q.id, "offsets": q.offsets, "sink_ends": sink_ends});
         if let Some(a) = &q.aggregate {
             v["state"] = a.snapshot();
+        }
+        if let Some(j) = &q.join {
+            v["join"] = j.snapshot();
         }
         self.log.append(
             OFFSETS_TOPIC,
@@ -526,8 +542,17 @@ impl Engine {
             } => {
                 let source = self.stream(&query.from.source.name.value)?;
                 let plan = plan_select(&self.functions, query, &source)?;
-                let query_id =
-                    self.start_query(&target.value, &source, plan, None, stmt, "INSERTQUERY")?;
+                let query_id = self.start_query(
+                    &target.value,
+                    &source,
+                    Pipeline {
+                        plan,
+                        aggregate: None,
+                        join: None,
+                    },
+                    stmt,
+                    "INSERTQUERY",
+                )?;
                 Ok(Outcome::QueryStarted {
                     query_id,
                     sink: target.value.clone(),
@@ -812,10 +837,24 @@ impl Engine {
 
     fn create_as_select(&mut self, c: &CreateAsSelect, stmt: &Statement) -> Result<Outcome> {
         let grouped = c.query.group_by.is_some();
-        let from_table = self
-            .catalog
-            .source(&c.query.from.source.name.value)
-            .is_some_and(|s| s.kind == SourceKind::Table);
+        // A join reads as one relation: planned first, the rest plans over it.
+        let joined = if c.query.from.joins.is_empty() {
+            None
+        } else {
+            Some(join::plan_join(&self.functions, &c.query, |n| {
+                self.stream(n)
+            })?)
+        };
+        if let Some(j) = &joined {
+            self.check_join(j, &c.query)?;
+        }
+        let from_table = match &joined {
+            Some(j) => j.joiner.relation.kind == SourceKind::Table,
+            None => self
+                .catalog
+                .source(&c.query.from.source.name.value)
+                .is_some_and(|s| s.kind == SourceKind::Table),
+        };
         match (c.kind, grouped) {
             (SourceKind::Table, false) if !from_table => {
                 return Err(EngineError::Invalid(
@@ -851,13 +890,16 @@ impl Engine {
             }
         }
         let from = &c.query.from.source.name.value;
-        let source = self.stream(from)?;
+        let (source, query, joiner) = match joined {
+            Some(j) => (j.joiner.relation.clone(), j.query, Some(j.joiner)),
+            None => (self.stream(from)?, c.query.as_ref().clone(), None),
+        };
         if from_table && source.window.is_some() {
             return Err(EngineError::Invalid(
                 "KSQL does not support persistent queries on windowed tables.".into(),
             ));
         }
-        if from_table && c.query.select.iter().any(|i| {
+        if from_table && query.select.iter().any(|i| {
             matches!(i, weir_sql::ast::SelectItem::Expr { expr, .. } if plan::is_table_function(expr))
         }) {
             return Err(EngineError::Invalid(
@@ -865,13 +907,13 @@ impl Engine {
             ));
         }
         let (plan, aggregate) = if grouped {
-            let a = aggregate::plan_aggregate(&self.functions, &c.query, &source)?;
+            let a = aggregate::plan_aggregate(&self.functions, &query, &source)?;
             // The sink's columns are the aggregation's, not its stateless step's.
             let mut shown = a.pre.clone();
             shown.output_layout_columns = a.output_layout_columns.clone();
             (shown, Some(a))
         } else {
-            (plan_select(&self.functions, &c.query, &source)?, None)
+            (plan_select(&self.functions, &query, &source)?, None)
         };
         let inherited = match source.layout.key_format.format {
             // A sink that gains key columns (PARTITION BY) from a keyless source: ksqlDB's default.
@@ -927,7 +969,12 @@ impl Engine {
         };
         self.catalog.add_source(sink, c.or_replace)?;
         let prefix = if grouped { "CTAS" } else { "CSAS" };
-        match self.start_query(&name, &source, plan, aggregate, stmt, prefix) {
+        let pipeline = Pipeline {
+            plan,
+            aggregate,
+            join: joiner,
+        };
+        match self.start_query(&name, &source, pipeline, stmt, prefix) {
             Ok(query_id) => {
                 if let Some(s) = self.catalog.source_mut(&name) {
                     s.written_by = Some(query_id.clone());
@@ -944,16 +991,56 @@ impl Engine {
         }
     }
 
+    /// What ksqlDB refuses of a join beyond its plan: sources with different partition
+    /// counts, and window bounds selected from a windowed aggregation over a join.
+    fn check_join(&self, j: &join::JoinPlan, query: &weir_sql::ast::Query) -> Result<()> {
+        let partitions = |s: &Source| -> Result<Option<u32>> {
+            Ok(self.log.topic(&s.topic)?.map(|t| t.config.partitions))
+        };
+        let first = &j.joiner.inputs[0].source;
+        for i in &j.joiner.inputs[1..] {
+            let (a, b) = (partitions(first)?, partitions(&i.source)?);
+            if a != b {
+                return Err(EngineError::Invalid(format!(
+                    "Can't join `{}` with `{}` since the number of partitions don't match. `{}` partitions = {}; `{}` partitions = {}. Please repartition either one so that the number of partitions match.",
+                    first.name,
+                    i.source.name,
+                    first.name,
+                    a.unwrap_or(0),
+                    i.source.name,
+                    b.unwrap_or(0)
+                )));
+            }
+        }
+        if query.window.is_some() {
+            for item in &query.select {
+                if let weir_sql::ast::SelectItem::Expr { expr, .. } = item
+                    && let Some(c) =
+                        plan::column_name(expr).filter(|c| WINDOW_BOUNDS.contains(&c.as_str()))
+                {
+                    return Err(EngineError::Invalid(format!(
+                        "SELECT column '{c}' cannot be resolved."
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Starts a planned query writing into `sink_name`; returns its id.
     fn start_query(
         &mut self,
         sink_name: &str,
         source: &Source,
-        plan: SelectPlan,
-        aggregate: Option<aggregate::Aggregator>,
+        pipeline: Pipeline,
         stmt: &Statement,
         prefix: &str,
     ) -> Result<String> {
+        let Pipeline {
+            plan,
+            aggregate,
+            join: mut joiner,
+        } = pipeline;
         let sink = self.stream(sink_name)?;
         // INSERT INTO: the query's output must fit the sink's columns.
         let (keys, values) = &plan.output_layout_columns;
@@ -965,7 +1052,17 @@ impl Engine {
             )));
         }
         let earliest = self.earliest(&BTreeMap::new());
-        let offsets = push::start_offsets(self.log.as_ref(), &source.topic, earliest)?;
+        // A join reads each of its sources; the query's own offsets are unused.
+        let offsets = match joiner.as_mut() {
+            Some(j) => {
+                for input in &mut j.inputs {
+                    input.offsets =
+                        push::start_offsets(self.log.as_ref(), &input.source.topic, earliest)?;
+                }
+                Vec::new()
+            }
+            None => push::start_offsets(self.log.as_ref(), &source.topic, earliest)?,
+        };
         let batch_records = vec![BATCH_RECORDS; offsets.len()];
         let sink_partitions = self
             .log
@@ -1005,6 +1102,7 @@ impl Engine {
                     .is_some_and(|v| v.eq_ignore_ascii_case("true")),
                 error: None,
                 aggregate,
+                join: joiner,
                 source_is_table: source.kind == SourceKind::Table,
             },
         );
@@ -1206,6 +1304,14 @@ impl Engine {
 
     /// Reads one batch per source partition of a query and writes what it produces.
     fn step(&mut self, id: &str) -> Result<u64> {
+        if self.queries[id].join.is_some() {
+            let n = self.step_join(id)?;
+            if n > 0 && self.durable {
+                self.crash_point();
+                self.checkpoint(id)?;
+            }
+            return Ok(n);
+        }
         let partitions = self.queries[id].offsets.len() as u32;
         let mut consumed = 0;
         for partition in 0..partitions {
@@ -1214,12 +1320,7 @@ impl Engine {
             }
             let n = self.step_partition(id, partition)?;
             if n > 0 && self.durable {
-                if let Some(left) = self.crash_before_checkpoint.as_mut() {
-                    if *left == 0 {
-                        std::process::abort();
-                    }
-                    *left -= 1;
-                }
+                self.crash_point();
                 // Output first, then the checkpoint: a crash between them re-reads the
                 // batch, and recovery keeps its output from being written twice.
                 self.checkpoint(id)?;
@@ -1227,6 +1328,31 @@ impl Engine {
             consumed += n;
         }
         Ok(consumed)
+    }
+
+    /// Tests of recovery: abort here after the configured number of batches.
+    fn crash_point(&mut self) {
+        if let Some(left) = self.crash_before_checkpoint.as_mut() {
+            if *left == 0 {
+                std::process::abort();
+            }
+            *left -= 1;
+        }
+    }
+
+    /// A join's step: a batch from each partition of each source, in timestamp order
+    /// (each source's own order kept), through the joins, then the plan over the joined
+    /// rows and the sink.
+    fn step_join(&mut self, id: &str) -> Result<u64> {
+        let log = self.log.clone();
+        let durable = self.durable;
+        let q = self.queries.get_mut(id).expect("query exists");
+        let Some(mut joiner) = q.join.take() else {
+            return Ok(0);
+        };
+        let result = run_join(log.as_ref(), q, &mut joiner, durable);
+        q.join = Some(joiner);
+        result
     }
 
     fn step_partition(&mut self, id: &str, partition: u32) -> Result<u64> {
@@ -1346,41 +1472,7 @@ impl Engine {
         }
         for (tombstones, output, problems) in computed {
             q.stats.errors += problems.len() as u64;
-            for out in output {
-                // GROUP BY: the groups' changes, one per input row (rows or tombstones).
-                let changes = match q.aggregate.as_mut() {
-                    Some(a) => {
-                        let (changes, bad) = a.process(&out, tombstones);
-                        if !bad.is_empty() {
-                            q.stats.errors += bad.len() as u64;
-                            let bad: Vec<(u32, u64, String)> = bad
-                                .into_iter()
-                                .map(|(o, why)| (partition, o, why))
-                                .collect();
-                            write_processing_log(log.as_ref(), &q.id, &q.source_topic, &bad)?;
-                        }
-                        changes
-                    }
-                    None => vec![(tombstones, out)],
-                };
-                for (tombstones, out) in changes {
-                    q.stats.produced += out.num_rows() as u64;
-                    let now = now_ms();
-                    for t in out.column(0).as_primitive::<Int64Type>().values() {
-                        q.stats.latency.observe((now - t).max(0) as f64);
-                    }
-                    q.stats.bytes_produced += write_output(
-                        log.as_ref(),
-                        q,
-                        &out,
-                        Sink {
-                            tombstones,
-                            durable,
-                            source_partition: partition,
-                        },
-                    )?;
-                }
-            }
+            write_changes(log.as_ref(), q, output, tombstones, durable, partition)?;
             if !problems.is_empty() {
                 write_processing_log(log.as_ref(), &q.id, &q.source_topic, &problems)?;
             }
@@ -1397,6 +1489,176 @@ impl Engine {
         q.stats.last_message_ms = Some(now_ms());
         Ok(records.len() as u64)
     }
+}
+
+/// One step of a join query (see [`Engine::step_join`]).
+fn run_join(
+    log: &dyn Log,
+    q: &mut PersistentQuery,
+    joiner: &mut join::Joiner,
+    durable: bool,
+) -> Result<u64> {
+    let mut pending: Vec<(i64, usize, bool, Vec<serde_json::Value>)> = Vec::new();
+    let mut consumed = 0u64;
+    let mut problems: Vec<(u32, u64, String)> = Vec::new();
+    for (j, input) in joiner.inputs.iter_mut().enumerate() {
+        let schema = input.source.layout.schema();
+        let timestamp = input
+            .source
+            .timestamp_column
+            .clone()
+            .map(|c| (c, input.source.timestamp_format.clone()));
+        for p in 0..input.offsets.len() {
+            let partition = p as u32;
+            let records = log.read(
+                &input.source.topic,
+                partition,
+                input.offsets[p],
+                BATCH_RECORDS,
+            )?;
+            let Some(last) = records.last() else {
+                continue;
+            };
+            input.offsets[p] = last.offset + 1;
+            consumed += records.len() as u64;
+            q.stats.bytes_consumed += records
+                .iter()
+                .map(|r| {
+                    (r.record.key.as_ref().map_or(0, Vec::len)
+                        + r.record.value.as_ref().map_or(0, Vec::len)) as u64
+                })
+                .sum::<u64>();
+            for run in records.chunk_by(|a, b| a.record.value.is_none() == b.record.value.is_none())
+            {
+                let tombstones = run[0].record.value.is_none();
+                // A stream's tombstones join nothing.
+                if tombstones && input.is_stream() {
+                    continue;
+                }
+                let decoded = if tombstones {
+                    input.source.layout.decode_tombstones(&schema, run)
+                } else {
+                    input.source.layout.decode(&schema, run)
+                };
+                problems.extend(
+                    decoded
+                        .errors
+                        .iter()
+                        .map(|e| (e.partition, e.offset, e.message.clone())),
+                );
+                let decoded = match (&timestamp, tombstones) {
+                    (Some((col, format)), false) => {
+                        with_event_time(decoded, col, format.as_deref(), partition, &mut problems)?
+                    }
+                    _ => decoded,
+                };
+                let batch = decoded.batch;
+                let times = batch.column(0).as_primitive::<Int64Type>();
+                let types: Vec<weir_sql::ast::SqlType> =
+                    input.columns().map(|c| c.ty.clone()).collect();
+                for row in 0..batch.num_rows() {
+                    let values = types
+                        .iter()
+                        .enumerate()
+                        .map(|(k, ty)| weir_format::convert::value_at(batch.column(3 + k), row, ty))
+                        .collect();
+                    pending.push((times.value(row), j, tombstones, values));
+                }
+            }
+        }
+    }
+    q.stats.consumed += consumed;
+    if consumed > 0 {
+        q.stats.last_message_ms = Some(now_ms());
+    }
+    pending.sort_by_key(|p| p.0);
+    for run in pending.chunk_by(|a, b| a.1 == b.1 && a.2 == b.2) {
+        let source = run[0].1;
+        let events: Vec<join::Event> = run
+            .iter()
+            .map(|(ts, _, delete, values)| join::Event {
+                ts: *ts,
+                row: joiner.wide_row(source, values.clone()),
+                delete: *delete,
+                key: Vec::new(),
+            })
+            .collect();
+        let out = joiner.push(source, events)?;
+        for changes in out.chunk_by(|a, b| a.delete == b.delete) {
+            let tombstones = changes[0].delete;
+            let batch = joiner.relation_batch(changes)?;
+            // A table's delete passes its WHERE (the key leaves the derived table too).
+            let unfiltered;
+            let plan = if tombstones && q.plan.filter.is_some() {
+                unfiltered = SelectPlan {
+                    filter: None,
+                    ..q.plan.clone()
+                };
+                &unfiltered
+            } else {
+                &q.plan
+            };
+            let (output, failures) = plan.apply_each(&batch);
+            problems.extend(
+                failures
+                    .into_iter()
+                    .map(|(offset, e)| (0, offset, format!("Error computing expression: {e}"))),
+            );
+            write_changes(log, q, output, tombstones, durable, 0)?;
+        }
+    }
+    if !problems.is_empty() {
+        q.stats.errors += problems.len() as u64;
+        write_processing_log(log, &q.id, &q.source_topic, &problems)?;
+    }
+    Ok(consumed)
+}
+
+/// Writes what the stateless step made of a run (all rows or all tombstones): through the
+/// GROUP BY if there is one (its changes, one per input row), then to the sink.
+fn write_changes(
+    log: &dyn Log,
+    q: &mut PersistentQuery,
+    output: Vec<RecordBatch>,
+    tombstones: bool,
+    durable: bool,
+    partition: u32,
+) -> Result<()> {
+    for out in output {
+        let changes = match q.aggregate.as_mut() {
+            Some(a) => {
+                let (changes, bad) = a.process(&out, tombstones);
+                if !bad.is_empty() {
+                    q.stats.errors += bad.len() as u64;
+                    let bad: Vec<(u32, u64, String)> = bad
+                        .into_iter()
+                        .map(|(o, why)| (partition, o, why))
+                        .collect();
+                    write_processing_log(log, &q.id, &q.source_topic, &bad)?;
+                }
+                changes
+            }
+            None => vec![(tombstones, out)],
+        };
+        for (tombstones, out) in changes {
+            q.stats.produced += out.num_rows() as u64;
+            let now = now_ms();
+            for t in out.column(0).as_primitive::<Int64Type>().values() {
+                q.stats.latency.observe((now - t).max(0) as f64);
+            }
+            q.stats.bytes_produced += write_output(
+                log,
+                q,
+                &out,
+                Sink {
+                    tombstones,
+                    durable,
+                    source_partition: partition,
+                },
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// How a batch of output is written.

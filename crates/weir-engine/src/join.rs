@@ -1,0 +1,1231 @@
+//! Joins: stream-stream (WITHIN), stream-table, table-table on the key and on a foreign
+//! key, and chains of them (n-way, left-deep).
+//!
+//! Planning turns the sources into one relation the rest of the engine plans over as if
+//! it were a single source: every column of every source, named `ALIAS_COLUMN` (the
+//! "wide" row), plus the join's key as the relation's key column. The query's column
+//! references are rewritten to those names (`l.b` → `L_B`, `b` → the one source's `B`),
+//! so the ordinary stateless plan, GROUP BY and sink writing run unchanged over the
+//! joined rows.
+//!
+//! At run time a [`Joiner`] reads every source, orders the records by timestamp (keeping
+//! each source's order), and pushes each run of records from one source up the join tree.
+//! Each join node keeps what its shape needs: stream-stream joins a buffer of each side's
+//! records within the window and its grace; stream-table joins the table's rows;
+//! table-table joins both sides' rows (foreign-key joins also an index from foreign key to
+//! left rows). The semantics are Kafka Streams' as ksqlDB's conformance cases expect them:
+//! a stream record joins what the other side holds when it arrives (outer joins emit it
+//! with nulls at once when nothing matches), table changes give the new joined row or a
+//! tombstone, and the output timestamp is the later of the joined records'.
+//!
+//! The state (buffers, table rows, offsets) is checkpointed with the query.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use weir_format::{Column, Layout};
+use weir_sql::ast::{Expr, JoinKind, Query, SelectItem, SourceKind, SqlType, fmt_expr};
+use weir_sql::sqlparser::ast::{self as sql, visit_expressions_mut};
+
+use crate::catalog::Source;
+use crate::error::{EngineError, Result};
+use crate::functions::Functions;
+use crate::plan::{Compiled, ExprCompiler, column_name};
+
+/// Grace period of a stream-stream join that does not say: Kafka Streams' old default.
+const DEFAULT_GRACE_MS: i64 = 24 * 3_600_000;
+
+/// One source of a join.
+#[derive(Debug, Clone)]
+pub struct JoinInput {
+    pub source: Source,
+    pub alias: String,
+    /// Where its columns (keys then values) sit in the wide row.
+    start: usize,
+    width: usize,
+    /// Next offset to read, per partition.
+    pub offsets: Vec<u64>,
+}
+
+impl JoinInput {
+    pub(crate) fn columns(&self) -> impl Iterator<Item = &Column> {
+        self.source
+            .layout
+            .key_columns
+            .iter()
+            .chain(&self.source.layout.value_columns)
+    }
+
+    pub(crate) fn is_stream(&self) -> bool {
+        self.source.kind == SourceKind::Stream
+    }
+}
+
+/// A record, or a join's result, on its way up the tree.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub ts: i64,
+    /// The wide row: the columns of the sources under the node that made it; others null.
+    pub row: Vec<Value>,
+    /// A table's delete.
+    pub delete: bool,
+    /// The join's key values (the relation's key columns) at the node that made it.
+    pub key: Vec<Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Entry {
+    ts: i64,
+    row: Vec<Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// Both sides streams: records within `before`/`after` of each other join.
+    StreamStream { before: i64, after: i64, grace: i64 },
+    /// A stream looks up a table's current row.
+    StreamTable,
+    /// Two tables on the (right) table's key.
+    TableTable,
+    /// The left table's expression refers to the right table's key.
+    ForeignKey,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct NodeState {
+    /// Per join key (JSON text): the stream side's buffered records, or the table side's
+    /// row (one entry).
+    left: HashMap<String, Vec<Entry>>,
+    right: HashMap<String, Vec<Entry>>,
+    /// Foreign-key joins: per left key (JSON text), its foreign key and row ...
+    left_rows: BTreeMap<String, (String, Entry)>,
+    /// ... and per foreign key, the left keys that refer to it.
+    referrers: HashMap<String, BTreeSet<String>>,
+    stream_time: i64,
+    purged_at: i64,
+}
+
+#[derive(Debug, Clone)]
+struct JoinNode {
+    kind: JoinKind,
+    shape: Shape,
+    left: Node,
+    right: Node,
+    left_key: Compiled,
+    right_key: Compiled,
+    key_type: SqlType,
+    /// The sources under the right child: their columns come from its side when merging.
+    right_columns: Vec<(usize, usize)>,
+    /// Foreign-key joins: the left table's key columns in the wide row, and their types.
+    left_primary: Vec<(usize, SqlType)>,
+    state: NodeState,
+}
+
+#[derive(Debug, Clone)]
+enum Node {
+    Source(usize),
+    Join(Box<JoinNode>),
+}
+
+impl Node {
+    fn contains(&self, source: usize) -> bool {
+        match self {
+            Node::Source(s) => *s == source,
+            Node::Join(j) => j.left.contains(source) || j.right.contains(source),
+        }
+    }
+
+    fn is_stream(&self, inputs: &[JoinInput]) -> bool {
+        match self {
+            Node::Source(s) => inputs[*s].is_stream(),
+            Node::Join(j) => matches!(j.shape, Shape::StreamStream { .. } | Shape::StreamTable),
+        }
+    }
+
+    fn sources(&self, out: &mut Vec<usize>) {
+        match self {
+            Node::Source(s) => out.push(*s),
+            Node::Join(j) => {
+                j.left.sources(out);
+                j.right.sources(out);
+            }
+        }
+    }
+
+    fn push(&mut self, source: usize, events: Vec<Event>, wide: &SchemaRef) -> Result<Vec<Event>> {
+        match self {
+            Node::Source(s) => Ok(if *s == source { events } else { Vec::new() }),
+            Node::Join(j) => {
+                if j.left.contains(source) {
+                    let events = j.left.push(source, events, wide)?;
+                    j.on_side(true, events, wide)
+                } else {
+                    let events = j.right.push(source, events, wide)?;
+                    j.on_side(false, events, wide)
+                }
+            }
+        }
+    }
+
+    fn snapshot(&self) -> Value {
+        match self {
+            Node::Source(_) => Value::Null,
+            Node::Join(j) => json!({
+                "state": serde_json::to_value(&j.state).unwrap_or(Value::Null),
+                "left": j.left.snapshot(),
+                "right": j.right.snapshot(),
+            }),
+        }
+    }
+
+    fn restore(&mut self, v: &Value) {
+        if let Node::Join(j) = self {
+            if let Ok(s) = serde_json::from_value(v["state"].clone()) {
+                j.state = s;
+            }
+            j.left.restore(&v["left"]);
+            j.right.restore(&v["right"]);
+        }
+    }
+}
+
+fn key_text(v: &Value) -> String {
+    serde_json::to_string(v).expect("JSON values serialize")
+}
+
+/// Evaluates a key expression over events' wide rows.
+fn eval_keys(c: &Compiled, ty: &SqlType, events: &[Event], wide: &SchemaRef) -> Result<Vec<Value>> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<Vec<Value>> = events.iter().map(|e| e.row.clone()).collect();
+    let (batch, bad) = weir_format::convert::rows_to_batch(wide, rows);
+    if let Some((_, why)) = bad.first() {
+        return Err(EngineError::Execution(format!("join row: {why}")));
+    }
+    let n = batch.num_rows();
+    let array = c.expr.evaluate(&batch)?.into_array(n)?;
+    Ok((0..n)
+        .map(|i| weir_format::convert::value_at(&array, i, ty))
+        .collect())
+}
+
+impl JoinNode {
+    /// The left row with the right child's columns taken from `right`.
+    fn merge(&self, left: &[Value], right: &[Value]) -> Vec<Value> {
+        let mut row = left.to_vec();
+        for &(start, width) in &self.right_columns {
+            row[start..start + width].clone_from_slice(&right[start..start + width]);
+        }
+        row
+    }
+
+    fn on_side(
+        &mut self,
+        from_left: bool,
+        events: Vec<Event>,
+        wide: &SchemaRef,
+    ) -> Result<Vec<Event>> {
+        if events.is_empty() {
+            return Ok(events);
+        }
+        let expr = if from_left {
+            &self.left_key
+        } else {
+            &self.right_key
+        };
+        let keys = eval_keys(expr, &self.key_type, &events, wide)?;
+        let mut out = Vec::new();
+        for (e, k) in events.into_iter().zip(keys) {
+            self.state.stream_time = self.state.stream_time.max(e.ts);
+            match self.shape {
+                Shape::StreamStream { before, after, .. } => {
+                    self.stream_stream(from_left, e, k, (before, after), &mut out)
+                }
+                Shape::StreamTable => self.stream_table(from_left, e, k, &mut out),
+                Shape::TableTable => self.table_table(from_left, e, k, &mut out),
+                Shape::ForeignKey => self.foreign_key(from_left, e, k, &mut out),
+            }
+            if let Shape::StreamStream {
+                before,
+                after,
+                grace,
+            } = self.shape
+            {
+                self.purge(before + after + grace);
+            }
+        }
+        Ok(out)
+    }
+
+    fn stream_stream(
+        &mut self,
+        from_left: bool,
+        e: Event,
+        k: Value,
+        (before, after): (i64, i64),
+        out: &mut Vec<Event>,
+    ) {
+        if k.is_null() {
+            return;
+        }
+        let kt = key_text(&k);
+        let (other, own) = if from_left {
+            (&self.state.right, &mut self.state.left)
+        } else {
+            (&self.state.left, &mut self.state.right)
+        };
+        let _ = own;
+        let mut matched = Vec::new();
+        for o in other.get(&kt).into_iter().flatten() {
+            // A right record within [left - before, left + after] of a left one.
+            let within = if from_left {
+                o.ts >= e.ts - before && o.ts <= e.ts + after
+            } else {
+                e.ts >= o.ts - before && e.ts <= o.ts + after
+            };
+            if within {
+                matched.push(o.clone());
+            }
+        }
+        let outer = match self.kind {
+            JoinKind::Inner => false,
+            JoinKind::Left => from_left,
+            JoinKind::Right => !from_left,
+            JoinKind::Full => true,
+        };
+        if matched.is_empty() && outer {
+            out.push(Event {
+                ts: e.ts,
+                row: e.row.clone(),
+                delete: false,
+                key: vec![k.clone()],
+            });
+        }
+        for o in matched {
+            let row = if from_left {
+                self.merge(&e.row, &o.row)
+            } else {
+                self.merge(&o.row, &e.row)
+            };
+            out.push(Event {
+                ts: e.ts.max(o.ts),
+                row,
+                delete: false,
+                key: vec![k.clone()],
+            });
+        }
+        let own = if from_left {
+            &mut self.state.left
+        } else {
+            &mut self.state.right
+        };
+        own.entry(kt).or_default().push(Entry {
+            ts: e.ts,
+            row: e.row,
+        });
+    }
+
+    /// Drops buffered stream records older than the window and its grace allow.
+    fn purge(&mut self, span: i64) {
+        let st = self.state.stream_time;
+        if self.state.purged_at != 0 && st - self.state.purged_at < span.max(1) {
+            return;
+        }
+        self.state.purged_at = st;
+        let oldest = st.saturating_sub(span);
+        for side in [&mut self.state.left, &mut self.state.right] {
+            for entries in side.values_mut() {
+                entries.retain(|e| e.ts >= oldest);
+            }
+            side.retain(|_, v| !v.is_empty());
+        }
+    }
+
+    fn stream_table(&mut self, from_left: bool, e: Event, k: Value, out: &mut Vec<Event>) {
+        if !from_left {
+            // The table's change: kept for the stream records to come.
+            if k.is_null() {
+                return;
+            }
+            let kt = key_text(&k);
+            if e.delete {
+                self.state.right.remove(&kt);
+            } else {
+                self.state.right.insert(
+                    kt,
+                    vec![Entry {
+                        ts: e.ts,
+                        row: e.row,
+                    }],
+                );
+            }
+            return;
+        }
+        let found = (!k.is_null())
+            .then(|| self.state.right.get(&key_text(&k)))
+            .flatten()
+            .and_then(|v| v.first());
+        match found {
+            Some(r) => out.push(Event {
+                ts: e.ts,
+                row: self.merge(&e.row, &r.row),
+                delete: false,
+                key: vec![k],
+            }),
+            None if self.kind == JoinKind::Left => out.push(Event {
+                ts: e.ts,
+                row: e.row,
+                delete: false,
+                key: vec![k],
+            }),
+            None => {}
+        }
+    }
+
+    fn table_table(&mut self, from_left: bool, e: Event, k: Value, out: &mut Vec<Event>) {
+        if k.is_null() {
+            return;
+        }
+        let kt = key_text(&k);
+        let (own, other) = if from_left {
+            (&mut self.state.left, &self.state.right)
+        } else {
+            (&mut self.state.right, &self.state.left)
+        };
+        let old = if e.delete {
+            own.remove(&kt)
+        } else {
+            own.insert(
+                kt.clone(),
+                vec![Entry {
+                    ts: e.ts,
+                    row: e.row.clone(),
+                }],
+            )
+        };
+        let other = other.get(&kt).and_then(|v| v.first()).cloned();
+        // Whether this side's row shows without the other's, and the other's without it.
+        let (own_outer, other_outer) = match (self.kind, from_left) {
+            (JoinKind::Inner, _) => (false, false),
+            (JoinKind::Full, _) => (true, true),
+            (JoinKind::Left, true) | (JoinKind::Right, false) => (true, false),
+            (JoinKind::Left, false) | (JoinKind::Right, true) => (false, true),
+        };
+        let ts = other.as_ref().map_or(e.ts, |o| o.ts.max(e.ts));
+        let merged = |own: &[Value], other: &[Value]| {
+            if from_left {
+                self.merge(own, other)
+            } else {
+                self.merge(other, own)
+            }
+        };
+        let row = match (e.delete, &other) {
+            (false, Some(o)) => Some(merged(&e.row, &o.row)),
+            (false, None) if own_outer => Some(e.row.clone()),
+            (false, None) => None,
+            (true, Some(o)) if other_outer => Some(o.row.clone()),
+            (true, Some(_)) => {
+                out.push(Event {
+                    ts,
+                    row: e.row.clone(),
+                    delete: true,
+                    key: vec![k.clone()],
+                });
+                None
+            }
+            (true, None) => {
+                if own_outer && old.is_some() {
+                    out.push(Event {
+                        ts,
+                        row: e.row.clone(),
+                        delete: true,
+                        key: vec![k.clone()],
+                    });
+                }
+                None
+            }
+        };
+        if let Some(row) = row {
+            out.push(Event {
+                ts,
+                row,
+                delete: false,
+                key: vec![k],
+            });
+        }
+    }
+
+    fn foreign_key(&mut self, from_left: bool, e: Event, k: Value, out: &mut Vec<Event>) {
+        let left_join = self.kind == JoinKind::Left;
+        if from_left {
+            let primary: Vec<Value> = self
+                .left_primary
+                .iter()
+                .map(|(i, _)| e.row[*i].clone())
+                .collect();
+            let pk = key_text(&Value::Array(primary.clone()));
+            let old = self.state.left_rows.remove(&pk);
+            if let Some((fk, _)) = &old
+                && let Some(set) = self.state.referrers.get_mut(fk)
+            {
+                set.remove(&pk);
+            }
+            let tombstone = |out: &mut Vec<Event>| {
+                out.push(Event {
+                    ts: e.ts,
+                    row: e.row.clone(),
+                    delete: true,
+                    key: primary.clone(),
+                })
+            };
+            if e.delete {
+                if old.is_some() {
+                    tombstone(out);
+                }
+                return;
+            }
+            let fk = key_text(&k);
+            let right = (!k.is_null())
+                .then(|| self.state.right.get(&fk))
+                .flatten()
+                .and_then(|v| v.first())
+                .cloned();
+            match right {
+                Some(r) => out.push(Event {
+                    ts: e.ts.max(r.ts),
+                    row: self.merge(&e.row, &r.row),
+                    delete: false,
+                    key: primary.clone(),
+                }),
+                None if left_join => out.push(Event {
+                    ts: e.ts,
+                    row: e.row.clone(),
+                    delete: false,
+                    key: primary.clone(),
+                }),
+                None => {
+                    let had_result = old
+                        .as_ref()
+                        .is_some_and(|(fk, _)| self.state.right.contains_key(fk));
+                    if had_result {
+                        tombstone(out);
+                    }
+                }
+            }
+            if !k.is_null() {
+                self.state
+                    .referrers
+                    .entry(fk.clone())
+                    .or_default()
+                    .insert(pk.clone());
+            }
+            self.state.left_rows.insert(
+                pk,
+                (
+                    fk,
+                    Entry {
+                        ts: e.ts,
+                        row: e.row,
+                    },
+                ),
+            );
+            return;
+        }
+        if k.is_null() {
+            return;
+        }
+        let rk = key_text(&k);
+        if e.delete {
+            if self.state.right.remove(&rk).is_none() {
+                return;
+            }
+        } else {
+            self.state.right.insert(
+                rk.clone(),
+                vec![Entry {
+                    ts: e.ts,
+                    row: e.row.clone(),
+                }],
+            );
+        }
+        let referrers: Vec<String> = self
+            .state
+            .referrers
+            .get(&rk)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default();
+        for pk in referrers {
+            let Some((_, l)) = self.state.left_rows.get(&pk) else {
+                continue;
+            };
+            let key: Vec<Value> = self
+                .left_primary
+                .iter()
+                .map(|(i, _)| l.row[*i].clone())
+                .collect();
+            let ts = l.ts.max(e.ts);
+            let (row, delete) = match (e.delete, left_join) {
+                (false, _) => (self.merge(&l.row, &e.row), false),
+                (true, true) => (l.row.clone(), false),
+                (true, false) => (l.row.clone(), true),
+            };
+            out.push(Event {
+                ts,
+                row,
+                delete,
+                key,
+            });
+        }
+    }
+}
+
+/// A planned join and its running state.
+#[derive(Debug, Clone)]
+pub struct Joiner {
+    pub inputs: Vec<JoinInput>,
+    root: Node,
+    wide: SchemaRef,
+    /// The relation's key columns: where each comes from in the events' key.
+    pub relation: Source,
+    /// Which wide columns are the relation's value columns.
+    value_columns: Vec<usize>,
+    /// Input records processed: the relation rows' ROWOFFSET, so that recovery can tell
+    /// which outputs were written.
+    pub seq: i64,
+}
+
+/// What a join query is planned into.
+pub struct JoinPlan {
+    pub joiner: Joiner,
+    /// The query over the relation (column references rewritten, no joins).
+    pub query: Query,
+}
+
+fn quoted(name: &str) -> Expr {
+    Expr::Identifier(sql::Ident::with_quote('`', name))
+}
+
+/// Rewrites column references to the wide row's names.
+fn rewrite_columns(e: &mut Expr, inputs: &[JoinInput]) -> Result<()> {
+    let mut failure = None;
+    let _ = visit_expressions_mut(e, |x: &mut Expr| {
+        match x {
+            Expr::CompoundIdentifier(parts) if parts.len() == 2 => {
+                if let Some(i) = inputs
+                    .iter()
+                    .find(|i| i.alias.eq_ignore_ascii_case(&parts[0].value))
+                {
+                    let c = &parts[1].value;
+                    if i.columns().any(|col| &col.name == c) {
+                        *x = quoted(&format!("{}_{c}", i.alias));
+                    } else if weir_format::PSEUDO_COLUMNS.contains(&c.as_str()) {
+                        *x = quoted(c);
+                    } else {
+                        failure = Some(format!(
+                            "Column '{}.{c}' cannot be resolved.",
+                            parts[0].value
+                        ));
+                    }
+                }
+            }
+            Expr::Identifier(id) => {
+                let c = &id.value;
+                let owners: Vec<&JoinInput> = inputs
+                    .iter()
+                    .filter(|i| i.columns().any(|col| &col.name == c))
+                    .collect();
+                match owners.len() {
+                    0 => {}
+                    1 => *x = quoted(&format!("{}_{c}", owners[0].alias)),
+                    _ => {
+                        failure = Some(format!(
+                            "Column '{c}' is ambiguous. Could be any of: {}",
+                            owners
+                                .iter()
+                                .map(|o| format!("{}.{c}", o.alias))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ))
+                    }
+                }
+            }
+            _ => {}
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    match failure {
+        Some(why) => Err(EngineError::Invalid(why)),
+        None => Ok(()),
+    }
+}
+
+/// A table-table join whose left side is not on its source's key (before n-way checks).
+fn foreign_key_join(j: &weir_sql::ast::Join, right_index: usize, inputs: &[JoinInput]) -> bool {
+    let sql::Expr::BinaryOp { left, right, .. } = &j.on else {
+        return false;
+    };
+    if inputs[right_index].is_stream() || inputs[..right_index].iter().any(|i| i.is_stream()) {
+        return false;
+    }
+    let right_mentions = sources_of(right, &inputs[..=right_index]).contains(&right_index);
+    let left_expr = if right_mentions { left } else { right };
+    let is_key_of_some = inputs[..right_index].iter().any(|i| {
+        let keys = &i.source.layout.key_columns;
+        keys.len() == 1
+            && referenced_column(left_expr, &inputs[..right_index])
+                .is_some_and(|(_, c)| c == keys[0].name)
+    });
+    !is_key_of_some
+}
+
+/// `SOURCE.COLUMN` for a column reference (ksqlDB's error messages), else the expression.
+fn qualified(e: &Expr, inputs: &[JoinInput]) -> String {
+    match referenced_column(e, inputs) {
+        Some((i, c)) => format!("{}.{c}", inputs[i].source.name),
+        None => fmt_expr(e).to_string(),
+    }
+}
+
+/// The sources (by index) an expression refers to.
+fn sources_of(e: &Expr, inputs: &[JoinInput]) -> BTreeSet<usize> {
+    let mut out = BTreeSet::new();
+    let _ = weir_sql::sqlparser::ast::visit_expressions(e, |x: &Expr| {
+        match x {
+            Expr::CompoundIdentifier(parts) if parts.len() == 2 => {
+                if let Some(i) = inputs
+                    .iter()
+                    .position(|i| i.alias.eq_ignore_ascii_case(&parts[0].value))
+                {
+                    out.insert(i);
+                }
+            }
+            Expr::Identifier(id) => {
+                out.extend(
+                    inputs
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, i)| i.columns().any(|c| c.name == id.value))
+                        .map(|(k, _)| k),
+                );
+            }
+            _ => {}
+        }
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    out
+}
+
+/// The wide-row column a plain column reference names, if it is one.
+fn referenced_column(e: &Expr, inputs: &[JoinInput]) -> Option<(usize, String)> {
+    let (alias, c) = match e {
+        Expr::CompoundIdentifier(p) if p.len() == 2 => (Some(&p[0].value), &p[1].value),
+        Expr::Identifier(id) => (None, &id.value),
+        _ => return None,
+    };
+    let mut owners = inputs.iter().enumerate().filter(|(_, i)| {
+        alias.is_none_or(|a| i.alias.eq_ignore_ascii_case(a))
+            && i.columns().any(|col| &col.name == c)
+    });
+    let (i, _) = owners.next()?;
+    if owners.next().is_some() {
+        return None;
+    }
+    Some((i, c.clone()))
+}
+
+/// Plans the joins of `query` over the catalog's sources.
+pub fn plan_join(
+    functions: &Functions,
+    query: &Query,
+    lookup: impl Fn(&str) -> Result<Source>,
+) -> Result<JoinPlan> {
+    let invalid = |why: String| Err(EngineError::Invalid(why));
+    let unsupported = |why: &str| Err(EngineError::Unsupported(why.into()));
+    let mut inputs: Vec<JoinInput> = Vec::new();
+    let mut add = |name: &sql::Ident, alias: &Option<sql::Ident>| -> Result<()> {
+        let source = lookup(&name.value)?;
+        let alias = alias
+            .as_ref()
+            .map_or(source.name.clone(), |a| a.value.clone());
+        if inputs
+            .iter()
+            .any(|i| i.alias == alias || i.source.name == source.name)
+        {
+            return Err(EngineError::Invalid(format!(
+                "Can not join '{}' to '{}': self joins are not yet supported.",
+                source.name, source.name
+            )));
+        }
+        if source.window.is_some() {
+            return Err(EngineError::Unsupported("joins of windowed sources".into()));
+        }
+        let start = inputs.last().map_or(0, |i| i.start + i.width);
+        let width = source.layout.key_columns.len() + source.layout.value_columns.len();
+        inputs.push(JoinInput {
+            source,
+            alias,
+            start,
+            width,
+            offsets: Vec::new(),
+        });
+        Ok(())
+    };
+    add(&query.from.source.name, &query.from.source.alias)?;
+    for j in &query.from.joins {
+        add(&j.source.name, &j.source.alias)?;
+    }
+    let kafka: Vec<&str> = inputs
+        .iter()
+        .filter(|i| i.source.layout.value_format.format == weir_format::Format::Kafka)
+        .map(|i| i.source.name.as_str())
+        .collect();
+    if !kafka.is_empty() {
+        return invalid(format!(
+            "Source(s) {} are using the 'KAFKA' value format. This format does not yet support JOIN.",
+            kafka.join(", ")
+        ));
+    }
+    let wide_fields: Vec<Field> = inputs
+        .iter()
+        .flat_map(|i| {
+            i.columns()
+                .map(|c| {
+                    Field::new(
+                        format!("{}_{}", i.alias, c.name),
+                        weir_format::arrow_type(&c.ty),
+                        true,
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let wide = Arc::new(Schema::new(wide_fields));
+    let compiler = ExprCompiler::new(functions, &wide, None)?;
+    // Left-deep: each join adds one source to what is joined so far.
+    let mut root = Node::Source(0);
+    let mut root_key: Vec<Column> = Vec::new();
+    let mut key_columns: Vec<String> = Vec::new();
+    for (n, j) in query.from.joins.iter().enumerate() {
+        let right_index = n + 1;
+        let right_input = &inputs[right_index];
+        // Which side of `a = b` belongs to the source being joined.
+        let sql::Expr::BinaryOp {
+            left: a,
+            op: sql::BinaryOperator::Eq,
+            right: b,
+        } = &j.on
+        else {
+            return invalid(format!(
+                "Unsupported join expression: {}. Only equality joins are supported.",
+                fmt_expr(&j.on)
+            ));
+        };
+        let mentions = |e: &Expr, i: usize| sources_of(e, &inputs[..=right_index]).contains(&i);
+        let (left_expr, right_expr) = if mentions(b, right_index) && !mentions(a, right_index) {
+            (a.as_ref().clone(), b.as_ref().clone())
+        } else if mentions(a, right_index) && !mentions(b, right_index) {
+            (b.as_ref().clone(), a.as_ref().clone())
+        } else {
+            return invalid(format!(
+                "Invalid comparison expression '{}' in join '{}'. Each side of the join comparision must contain references from exactly one source.",
+                fmt_expr(&j.on),
+                fmt_expr(&j.on)
+            ));
+        };
+        let scope: Vec<JoinInput> = inputs[..=right_index].to_vec();
+        let mut l = left_expr.clone();
+        rewrite_columns(&mut l, &scope[..right_index])?;
+        let mut r = right_expr.clone();
+        rewrite_columns(&mut r, &scope[right_index..])?;
+        let left_key = compiler.compile(&l)?;
+        let right_key = compiler.compile(&r)?;
+        let lt = crate::types::sql_type_of(&left_key.data_type)?;
+        let rt = crate::types::sql_type_of(&right_key.data_type)?;
+        if lt != rt {
+            return invalid(format!(
+                "Invalid join condition: types don't match. Got {}{{{lt}}} = {}{{{rt}}}.",
+                fmt_expr(&left_expr),
+                fmt_expr(&right_expr)
+            ));
+        }
+        let left_stream = root.is_stream(&inputs);
+        let right_stream = right_input.is_stream();
+        let is_right_primary = |e: &Expr| {
+            column_name(e).is_some_and(|c| {
+                right_input.source.layout.key_columns.len() == 1
+                    && right_input.source.layout.key_columns[0].name == c
+            })
+        };
+        let shape = match (left_stream, right_stream, &j.within) {
+            (true, true, Some(w)) => {
+                let ms =
+                    |d: &weir_sql::ast::Duration| d.as_millis().min(i64::MAX as u64 / 4) as i64;
+                let before = ms(&w.before);
+                let after = w.after.as_ref().map(ms).unwrap_or(before);
+                Shape::StreamStream {
+                    before,
+                    after,
+                    grace: w.grace.as_ref().map(ms).unwrap_or(DEFAULT_GRACE_MS),
+                }
+            }
+            (true, true, None) => {
+                return invalid(
+                    "Stream-Stream joins must have a WITHIN clause specified. None was provided. To learn about how to specify a WITHIN clause with a stream-stream join, please visit: https://docs.confluent.io/current/ksql/docs/syntax-reference.html#create-stream-as-select".into(),
+                );
+            }
+            (_, _, Some(_)) => {
+                return invalid(format!(
+                    "A window definition was provided for a {}-{} join. Windows are only supported on Stream-Stream joins.",
+                    if left_stream { "Stream" } else { "Table" },
+                    if right_stream { "Stream" } else { "Table" },
+                ));
+            }
+            (false, true, None) => {
+                return invalid(format!(
+                    "Invalid join order: table-stream joins are not supported; only stream-table joins. Got {} [{}] {}.",
+                    inputs[0].source.name, j.kind, right_input.source.name
+                ));
+            }
+            (true, false, None) => {
+                if !is_right_primary(&right_expr) {
+                    return invalid(format!(
+                        "Cannot repartition a TABLE source. If this is a join, make sure that the criteria uses the TABLE's key column {} instead of {}",
+                        right_input
+                            .source
+                            .layout
+                            .key_columns
+                            .iter()
+                            .map(|c| c.name.clone())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        fmt_expr(&right_expr)
+                    ));
+                }
+                if matches!(j.kind, JoinKind::Right | JoinKind::Full) {
+                    return invalid(format!(
+                        "{} is not supported with stream-table joins.",
+                        j.kind
+                    ));
+                }
+                Shape::StreamTable
+            }
+            (false, false, None) => {
+                if !is_right_primary(&right_expr) {
+                    return invalid(format!(
+                        "Cannot repartition a TABLE source. If this is a join, make sure that the criteria uses the TABLE's key column {} instead of {}",
+                        right_input
+                            .source
+                            .layout
+                            .key_columns
+                            .iter()
+                            .map(|c| c.name.clone())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        fmt_expr(&right_expr)
+                    ));
+                }
+                // The left side on its key: a key join; on anything else: a foreign key.
+                let left_primary = match &root {
+                    Node::Source(s) => {
+                        let keys = &inputs[*s].source.layout.key_columns;
+                        let lcol = column_name(&l);
+                        keys.len() == 1
+                            && lcol.as_deref()
+                                == Some(&format!("{}_{}", inputs[*s].alias, keys[0].name))
+                    }
+                    Node::Join(_) => column_name(&l).is_some_and(|c| key_columns.contains(&c)),
+                };
+                let foreign = !left_primary
+                    || query
+                        .from
+                        .joins
+                        .iter()
+                        .enumerate()
+                        .any(|(m, other)| m != n && foreign_key_join(other, m + 1, &inputs));
+                if foreign && query.from.joins.len() > 1 {
+                    return invalid(format!(
+                        "Invalid join condition: foreign-key table-table joins are not supported as part of n-way joins. Got {} = {}.",
+                        qualified(&left_expr, &inputs),
+                        qualified(&right_expr, &inputs)
+                    ));
+                }
+                if left_primary {
+                    Shape::TableTable
+                } else {
+                    if !matches!(j.kind, JoinKind::Inner | JoinKind::Left) {
+                        return invalid(format!(
+                            "Invalid join type: full-outer join not supported for foreign-key table-table join. Got {} [{}] {}.",
+                            inputs[0].source.name, j.kind, right_input.source.name
+                        ));
+                    }
+                    if !matches!(root, Node::Source(_)) {
+                        return unsupported("foreign-key joins after another join");
+                    }
+                    Shape::ForeignKey
+                }
+            }
+        };
+        let mut right_sources = Vec::new();
+        Node::Source(right_index).sources(&mut right_sources);
+        let left_primary = match (&shape, &root) {
+            (Shape::ForeignKey, Node::Source(s)) => {
+                let i = &inputs[*s];
+                i.source
+                    .layout
+                    .key_columns
+                    .iter()
+                    .enumerate()
+                    .map(|(k, c)| (i.start + k, c.ty.clone()))
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        // The relation's key: the left table's key for a foreign-key join, else the join
+        // expression, named after the column it is when it is one.
+        if shape == Shape::ForeignKey {
+            let i = &inputs[0];
+            root_key = i
+                .source
+                .layout
+                .key_columns
+                .iter()
+                .map(|c| Column::new(format!("{}_{}", i.alias, c.name), c.ty.clone()))
+                .collect();
+            key_columns = root_key.iter().map(|c| c.name.clone()).collect();
+        } else {
+            // A full outer join's key may come from either side: a synthetic ROWKEY, as
+            // when neither side of the criteria is a column.
+            let name = match j.kind {
+                JoinKind::Full => None,
+                JoinKind::Right => column_name(&r).or_else(|| column_name(&l)),
+                _ => column_name(&l).or_else(|| column_name(&r)),
+            }
+            .unwrap_or_else(|| "ROWKEY".to_string());
+            root_key = vec![Column::new(&name, lt.clone())];
+            key_columns = if j.kind == JoinKind::Full {
+                vec![name]
+            } else {
+                [column_name(&l), column_name(&r)]
+                    .into_iter()
+                    .flatten()
+                    .collect()
+            };
+        }
+        root = Node::Join(Box::new(JoinNode {
+            kind: j.kind,
+            shape,
+            left: root,
+            right: Node::Source(right_index),
+            left_key,
+            right_key,
+            key_type: lt,
+            right_columns: right_sources
+                .iter()
+                .map(|s| (inputs[*s].start, inputs[*s].width))
+                .collect(),
+            left_primary,
+            state: NodeState::default(),
+        }));
+    }
+    let relation_kind = if root.is_stream(&inputs) {
+        SourceKind::Stream
+    } else {
+        SourceKind::Table
+    };
+    // The relation: the key, then every wide column that is not the key.
+    let key_names: Vec<String> = root_key.iter().map(|c| c.name.clone()).collect();
+    let mut value_columns = Vec::new();
+    let mut values = Vec::new();
+    for (i, f) in wide.fields().iter().enumerate() {
+        if key_names.contains(f.name()) {
+            continue;
+        }
+        value_columns.push(i);
+        let ty = crate::types::sql_type_of(f.data_type())?;
+        values.push(Column::new(f.name(), ty));
+    }
+    let first = &inputs[0].source;
+    let relation = Source {
+        name: first.name.clone(),
+        kind: relation_kind,
+        topic: first.topic.clone(),
+        layout: Layout {
+            key_columns: root_key,
+            value_columns: values,
+            key_format: first.layout.key_format.clone(),
+            value_format: first.layout.value_format.clone(),
+        },
+        timestamp_column: None,
+        timestamp_format: None,
+        statement: String::new(),
+        written_by: None,
+        read_only: true,
+        window: None,
+    };
+    // The query over the relation.
+    let mut q = query.clone();
+    q.from.joins.clear();
+    q.from.source.alias = None;
+    // Selecting a join column selects the key.
+    let select_name = |e: &Expr| -> Option<String> {
+        let (i, c) = referenced_column(e, &inputs)?;
+        let ambiguous = inputs
+            .iter()
+            .filter(|x| x.columns().any(|col| col.name == c))
+            .count()
+            > 1;
+        Some(if ambiguous && matches!(e, Expr::CompoundIdentifier(_)) {
+            format!("{}_{c}", inputs[i].alias)
+        } else {
+            c
+        })
+    };
+    let mut select = Vec::new();
+    for item in &query.select {
+        match item {
+            SelectItem::Wildcard => select.push(SelectItem::Wildcard),
+            SelectItem::QualifiedWildcard(a) => {
+                let Some(i) = inputs
+                    .iter()
+                    .find(|i| i.alias.eq_ignore_ascii_case(&a.value))
+                else {
+                    return invalid(format!("Unknown source in {}.*", a.value));
+                };
+                for c in i.columns() {
+                    let wide_name = format!("{}_{}", i.alias, c.name);
+                    let expr = if key_columns.contains(&wide_name) && key_names.len() == 1 {
+                        quoted(&key_names[0])
+                    } else {
+                        quoted(&wide_name)
+                    };
+                    select.push(SelectItem::Expr {
+                        expr,
+                        alias: Some(sql::Ident::new(wide_name)),
+                    });
+                }
+            }
+            SelectItem::Expr { expr, alias } => {
+                let name = alias
+                    .clone()
+                    .or_else(|| select_name(expr).map(sql::Ident::new));
+                let mut e = expr.clone();
+                rewrite_columns(&mut e, &inputs)?;
+                if let Some(c) = column_name(&e)
+                    && key_columns.contains(&c)
+                    && key_names.len() == 1
+                {
+                    e = quoted(&key_names[0]);
+                }
+                select.push(SelectItem::Expr {
+                    expr: e,
+                    alias: name,
+                });
+            }
+        }
+    }
+    q.select = select;
+    for e in q
+        .where_clause
+        .iter_mut()
+        .chain(q.having.iter_mut())
+        .chain(q.group_by.iter_mut().flatten())
+        .chain(q.partition_by.iter_mut().flatten())
+    {
+        rewrite_columns(e, &inputs)?;
+    }
+    Ok(JoinPlan {
+        joiner: Joiner {
+            inputs,
+            root,
+            wide,
+            relation,
+            value_columns,
+            seq: 0,
+        },
+        query: q,
+    })
+}
+
+impl Joiner {
+    /// The wide row of a source's decoded record (its columns in its segment).
+    pub fn wide_row(&self, source: usize, values: Vec<Value>) -> Vec<Value> {
+        let mut row = vec![Value::Null; self.wide.fields().len()];
+        let i = &self.inputs[source];
+        for (k, v) in values.into_iter().enumerate().take(i.width) {
+            row[i.start + k] = v;
+        }
+        row
+    }
+
+    /// Pushes a run of one source's records through the joins; the relation's rows they
+    /// produce: (ROWTIME, key values, value values, delete).
+    pub fn push(&mut self, source: usize, events: Vec<Event>) -> Result<Vec<Event>> {
+        let wide = self.wide.clone();
+        self.root.push(source, events, &wide)
+    }
+
+    /// The relation's batch for events (all rows or all deletes).
+    pub fn relation_batch(&mut self, events: &[Event]) -> Result<RecordBatch> {
+        let schema = self.relation.layout.schema();
+        let rows: Vec<Vec<Value>> = events
+            .iter()
+            .map(|e| {
+                self.seq += 1;
+                let mut row = vec![json!(e.ts), json!(0), json!(self.seq)];
+                row.extend(e.key.iter().cloned());
+                row.extend(self.value_columns.iter().map(|i| e.row[*i].clone()));
+                row
+            })
+            .collect();
+        let (batch, bad) = weir_format::convert::rows_to_batch(&schema, rows);
+        if let Some((_, why)) = bad.first() {
+            return Err(EngineError::Execution(format!("joined row: {why}")));
+        }
+        Ok(batch)
+    }
+
+    pub fn snapshot(&self) -> Value {
+        json!({
+            "offsets": self.inputs.iter().map(|i| i.offsets.clone()).collect::<Vec<_>>(),
+            "seq": self.seq,
+            "nodes": self.root.snapshot(),
+        })
+    }
+
+    pub fn restore(&mut self, v: &Value) {
+        if let Some(all) = v["offsets"].as_array() {
+            for (i, o) in self.inputs.iter_mut().zip(all) {
+                if let Ok(o) = serde_json::from_value::<Vec<u64>>(o.clone())
+                    && o.len() == i.offsets.len()
+                {
+                    i.offsets = o;
+                }
+            }
+        }
+        self.seq = v["seq"].as_i64().unwrap_or(self.seq);
+        self.root.restore(&v["nodes"]);
+    }
+
+    pub fn explain(&self) -> String {
+        fn show(n: &Node, inputs: &[JoinInput]) -> String {
+            match n {
+                Node::Source(s) => inputs[*s].source.name.clone(),
+                Node::Join(j) => format!(
+                    "({} {} {} [{:?}] ON {} = {})",
+                    show(&j.left, inputs),
+                    j.kind,
+                    show(&j.right, inputs),
+                    j.shape,
+                    j.left_key.expr,
+                    j.right_key.expr
+                ),
+            }
+        }
+        format!("Join: {}", show(&self.root, &self.inputs))
+    }
+}
