@@ -52,12 +52,24 @@ pub struct JoinInput {
 }
 
 impl JoinInput {
-    pub(crate) fn columns(&self) -> impl Iterator<Item = &Column> {
-        self.source
-            .layout
-            .key_columns
-            .iter()
-            .chain(&self.source.layout.value_columns)
+    /// Its columns as the wide row holds them: ROWTIME, ROWPARTITION, ROWOFFSET (as
+    /// decoding gives them), its keys, its values.
+    pub(crate) fn columns(&self) -> impl Iterator<Item = Column> + '_ {
+        use weir_format::PSEUDO_COLUMNS as P;
+        [
+            Column::new(P[0], SqlType::Bigint),
+            Column::new(P[1], SqlType::Int),
+            Column::new(P[2], SqlType::Bigint),
+        ]
+        .into_iter()
+        .chain(
+            self.source
+                .layout
+                .key_columns
+                .iter()
+                .chain(&self.source.layout.value_columns)
+                .cloned(),
+        )
     }
 
     pub(crate) fn is_stream(&self) -> bool {
@@ -190,6 +202,25 @@ impl Node {
             j.left.restore(&v["left"]);
             j.right.restore(&v["right"]);
         }
+    }
+}
+
+/// Keys in order: numbers by value, strings by text, lists element by element.
+fn key_order(a: &Value, b: &Value) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x
+            .as_f64()
+            .partial_cmp(&y.as_f64())
+            .unwrap_or(Ordering::Equal),
+        (Value::String(x), Value::String(y)) => x.cmp(y),
+        (Value::Array(x), Value::Array(y)) => x
+            .iter()
+            .zip(y)
+            .map(|(a, b)| key_order(a, b))
+            .find(|o| o.is_ne())
+            .unwrap_or(x.len().cmp(&y.len())),
+        _ => a.to_string().cmp(&b.to_string()),
     }
 }
 
@@ -553,12 +584,19 @@ impl JoinNode {
                 }],
             );
         }
-        let referrers: Vec<String> = self
+        // In key order, as Kafka Streams' subscription store gives them.
+        let mut referrers: Vec<(Value, String)> = self
             .state
             .referrers
             .get(&rk)
-            .map(|s| s.iter().cloned().collect())
+            .map(|s| {
+                s.iter()
+                    .map(|k| (serde_json::from_str(k).unwrap_or(Value::Null), k.clone()))
+                    .collect()
+            })
             .unwrap_or_default();
+        referrers.sort_by(|a, b| key_order(&a.0, &b.0));
+        let referrers = referrers.into_iter().map(|(_, k)| k);
         for pk in referrers {
             let Some((_, l)) = self.state.left_rows.get(&pk) else {
                 continue;
@@ -623,8 +661,6 @@ fn rewrite_columns(e: &mut Expr, inputs: &[JoinInput]) -> Result<()> {
                     let c = &parts[1].value;
                     if i.columns().any(|col| &col.name == c) {
                         *x = quoted(&format!("{}_{c}", i.alias));
-                    } else if weir_format::PSEUDO_COLUMNS.contains(&c.as_str()) {
-                        *x = quoted(c);
                     } else {
                         failure = Some(format!(
                             "Column '{}.{c}' cannot be resolved.",
@@ -633,6 +669,8 @@ fn rewrite_columns(e: &mut Expr, inputs: &[JoinInput]) -> Result<()> {
                     }
                 }
             }
+            // Bare ROWTIME and the like are the joined row's own.
+            Expr::Identifier(id) if weir_format::PSEUDO_COLUMNS.contains(&id.value.as_str()) => {}
             Expr::Identifier(id) => {
                 let c = &id.value;
                 let owners: Vec<&JoinInput> = inputs
@@ -765,7 +803,7 @@ pub fn plan_join(
             return Err(EngineError::Unsupported("joins of windowed sources".into()));
         }
         let start = inputs.last().map_or(0, |i| i.start + i.width);
-        let width = source.layout.key_columns.len() + source.layout.value_columns.len();
+        let width = 3 + source.layout.key_columns.len() + source.layout.value_columns.len();
         inputs.push(JoinInput {
             source,
             alias,
@@ -846,7 +884,13 @@ pub fn plan_join(
         let right_key = compiler.compile(&r)?;
         let lt = crate::types::sql_type_of(&left_key.data_type)?;
         let rt = crate::types::sql_type_of(&right_key.data_type)?;
-        if lt != rt {
+        let integer = |t: &SqlType| matches!(t, SqlType::Int | SqlType::Bigint);
+        let lt = if integer(&lt) && integer(&rt) {
+            SqlType::Bigint
+        } else {
+            lt
+        };
+        if lt != rt && !(integer(&lt) && integer(&rt)) {
             return invalid(format!(
                 "Invalid join condition: types don't match. Got {}{{{lt}}} = {}{{{rt}}}.",
                 fmt_expr(&left_expr),
@@ -980,7 +1024,7 @@ pub fn plan_join(
                     .key_columns
                     .iter()
                     .enumerate()
-                    .map(|(k, c)| (i.start + k, c.ty.clone()))
+                    .map(|(k, c)| (i.start + 3 + k, c.ty.clone()))
                     .collect()
             }
             _ => Vec::new(),
@@ -1007,13 +1051,16 @@ pub fn plan_join(
             }
             .unwrap_or_else(|| "ROWKEY".to_string());
             root_key = vec![Column::new(&name, lt.clone())];
+            // The columns that hold the key: both sides' join columns, and those of the
+            // joins before when this one joins on their key.
+            let (lc, rc) = (column_name(&l), column_name(&r));
             key_columns = if j.kind == JoinKind::Full {
                 vec![name]
+            } else if lc.as_ref().is_some_and(|c| key_columns.contains(c)) {
+                key_columns.extend(rc);
+                key_columns
             } else {
-                [column_name(&l), column_name(&r)]
-                    .into_iter()
-                    .flatten()
-                    .collect()
+                [lc, rc].into_iter().flatten().collect()
             };
         }
         root = Node::Join(Box::new(JoinNode {
@@ -1088,7 +1135,26 @@ pub fn plan_join(
     let mut select = Vec::new();
     for item in &query.select {
         match item {
-            SelectItem::Wildcard => select.push(SelectItem::Wildcard),
+            // `*`: the key, then every source's columns (not their pseudo-columns).
+            SelectItem::Wildcard => {
+                let names = key_names.iter().cloned().chain(
+                    inputs
+                        .iter()
+                        .flat_map(|i| {
+                            i.columns()
+                                .skip(3)
+                                .map(|c| format!("{}_{}", i.alias, c.name))
+                                .collect::<Vec<_>>()
+                        })
+                        .filter(|n| !key_names.contains(n)),
+                );
+                for n in names {
+                    select.push(SelectItem::Expr {
+                        expr: quoted(&n),
+                        alias: Some(sql::Ident::new(n)),
+                    });
+                }
+            }
             SelectItem::QualifiedWildcard(a) => {
                 let Some(i) = inputs
                     .iter()
@@ -1096,15 +1162,10 @@ pub fn plan_join(
                 else {
                     return invalid(format!("Unknown source in {}.*", a.value));
                 };
-                for c in i.columns() {
+                for c in i.columns().skip(3) {
                     let wide_name = format!("{}_{}", i.alias, c.name);
-                    let expr = if key_columns.contains(&wide_name) && key_names.len() == 1 {
-                        quoted(&key_names[0])
-                    } else {
-                        quoted(&wide_name)
-                    };
                     select.push(SelectItem::Expr {
-                        expr,
+                        expr: quoted(&wide_name),
                         alias: Some(sql::Ident::new(wide_name)),
                     });
                 }
@@ -1115,9 +1176,12 @@ pub fn plan_join(
                     .or_else(|| select_name(expr).map(sql::Ident::new));
                 let mut e = expr.clone();
                 rewrite_columns(&mut e, &inputs)?;
+                // Under GROUP BY or PARTITION BY the key is theirs.
                 if let Some(c) = column_name(&e)
                     && key_columns.contains(&c)
                     && key_names.len() == 1
+                    && query.group_by.is_none()
+                    && query.partition_by.is_none()
                 {
                     e = quoted(&key_names[0]);
                 }
@@ -1126,6 +1190,21 @@ pub fn plan_join(
                     alias: name,
                 });
             }
+        }
+    }
+    // `r.*` alone holds the key through the other side's join column.
+    if key_names.len() == 1 && query.group_by.is_none() && query.partition_by.is_none() {
+        let key = quoted(&key_names[0]);
+        let holds_key = select
+            .iter()
+            .any(|i| matches!(i, SelectItem::Expr { expr, .. } if *expr == key));
+        if !holds_key
+            && let Some(SelectItem::Expr { expr, .. }) = select.iter_mut().find(|i| {
+                matches!(i, SelectItem::Expr { expr, .. }
+                    if column_name(expr).is_some_and(|c| key_columns.contains(&c)))
+            })
+        {
+            *expr = key;
         }
     }
     q.select = select;
@@ -1209,6 +1288,11 @@ impl Joiner {
         }
         self.seq = v["seq"].as_i64().unwrap_or(self.seq);
         self.root.restore(&v["nodes"]);
+    }
+
+    /// Whether a join is on a foreign key.
+    pub fn has_foreign_key(&self) -> bool {
+        matches!(&self.root, Node::Join(j) if j.shape == Shape::ForeignKey)
     }
 
     pub fn explain(&self) -> String {

@@ -998,7 +998,11 @@ impl Engine {
             Ok(self.log.topic(&s.topic)?.map(|t| t.config.partitions))
         };
         let first = &j.joiner.inputs[0].source;
-        for i in &j.joiner.inputs[1..] {
+        // A foreign-key join repartitions its right side; others need co-partitioning.
+        for i in j.joiner.inputs[1..]
+            .iter()
+            .filter(|_| !j.joiner.has_foreign_key())
+        {
             let (a, b) = (partitions(first)?, partitions(&i.source)?);
             if a != b {
                 return Err(EngineError::Invalid(format!(
@@ -1554,13 +1558,12 @@ fn run_join(
                 };
                 let batch = decoded.batch;
                 let times = batch.column(0).as_primitive::<Int64Type>();
-                let types: Vec<weir_sql::ast::SqlType> =
-                    input.columns().map(|c| c.ty.clone()).collect();
+                let types: Vec<weir_sql::ast::SqlType> = input.columns().map(|c| c.ty).collect();
                 for row in 0..batch.num_rows() {
                     let values = types
                         .iter()
                         .enumerate()
-                        .map(|(k, ty)| weir_format::convert::value_at(batch.column(3 + k), row, ty))
+                        .map(|(k, ty)| weir_format::convert::value_at(batch.column(k), row, ty))
                         .collect();
                     pending.push((times.value(row), j, tombstones, values));
                 }
