@@ -398,10 +398,7 @@ impl Engine {
         overrides: &std::collections::BTreeMap<String, String>,
     ) -> Result<Outcome> {
         if query.emit.is_none() {
-            return Err(EngineError::Invalid(
-                "Pull queries are not supported on streams yet: add EMIT CHANGES for a push query."
-                    .into(),
-            ));
+            return self.pull_query(query);
         }
         let source = self.stream(&query.from.source.name.value)?;
         let plan = plan_push(&self.functions, query, &source)?;

@@ -18,6 +18,7 @@ mod javatime;
 mod join;
 pub mod meta;
 mod plan;
+mod pull;
 pub mod push;
 mod rowfns;
 pub mod runtime;
@@ -229,6 +230,8 @@ pub struct Engine {
     queries: BTreeMap<String, PersistentQuery>,
     push_queries: BTreeMap<String, push::PushQuery>,
     push_counter: u64,
+    /// Tables' current rows, for pull queries (see `pull.rs`).
+    materialized: std::collections::HashMap<String, pull::Materialized>,
     properties: BTreeMap<String, String>,
     query_counter: u64,
     /// Keeps a command log and query checkpoints in the log ([`Engine::open`]).
@@ -252,6 +255,7 @@ impl Engine {
             queries: BTreeMap::new(),
             push_queries: BTreeMap::new(),
             push_counter: 0,
+            materialized: Default::default(),
             properties: BTreeMap::new(),
             query_counter: 0,
             durable: false,

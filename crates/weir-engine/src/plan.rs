@@ -606,7 +606,8 @@ fn plan(
                 "Can't infer a type of null. Please explicitly cast it to a required type, e.g. CAST(null AS VARCHAR).".into(),
             ));
         }
-        if crate::WINDOW_BOUNDS.contains(&p.name.as_str()) {
+        // A client may read a windowed table's bounds; a sink may not be given them.
+        if to_sink && crate::WINDOW_BOUNDS.contains(&p.name.as_str()) {
             return Err(EngineError::Invalid(format!(
                 "`{}` is a reserved column name. You cannot use it as an alias for a column.",
                 p.name

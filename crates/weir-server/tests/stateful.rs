@@ -1,0 +1,128 @@
+//! Stateful queries through the server as a ksqlDB client uses them: a windowed
+//! aggregate, a stream-table join, and pull queries over `/query-stream` and `/query`
+//! answered from the tables' state.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+use weir_server::Server;
+
+/// A pull query's rows over `/query-stream` (header first, then a row per line).
+fn pull(server: &Server, sql: &str) -> (Value, Vec<Value>) {
+    let (status, body) = post(server, "/query-stream", &json!({"sql": sql}));
+    assert_eq!(status, 200, "{sql}: {body}");
+    let text = body
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or(body.to_string());
+    let mut lines = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap());
+    let header = lines.next().expect("a header");
+    (header, lines.collect())
+}
+
+/// Polls a pull query until it gives `want` rows (the persistent queries run in the
+/// background), then returns them.
+fn pull_until(server: &Server, sql: &str, want: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, rows) = pull(server, sql);
+        if rows.len() == want || Instant::now() > deadline {
+            return rows;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn windowed_aggregates_joins_and_pull_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[("auto.offset.reset", "earliest")]);
+    ksql(
+        &server,
+        "CREATE STREAM readings (car VARCHAR KEY, speed DOUBLE) \
+           WITH (kafka_topic='readings', value_format='JSON', partitions=1); \
+         CREATE TABLE cars (car VARCHAR PRIMARY KEY, model VARCHAR) \
+           WITH (kafka_topic='cars', value_format='JSON', partitions=1); \
+         CREATE TABLE per_car AS SELECT car, COUNT(*) AS n, AVG(speed) AS mean FROM readings GROUP BY car; \
+         CREATE TABLE per_window AS SELECT car, COUNT(*) AS n FROM readings \
+           WINDOW TUMBLING (SIZE 10 SECONDS) GROUP BY car; \
+         CREATE STREAM enriched AS SELECT r.car AS car, c.model, r.speed FROM readings r \
+           LEFT JOIN cars c ON r.car = c.car;",
+    );
+    // The car table first, so the readings find their models.
+    ksql(
+        &server,
+        "INSERT INTO cars (car, model) VALUES ('a', 'roadster'); \
+         INSERT INTO cars (car, model) VALUES ('b', 'van');",
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    ksql(
+        &server,
+        "INSERT INTO readings (ROWTIME, car, speed) VALUES (1000, 'a', 10.0); \
+         INSERT INTO readings (ROWTIME, car, speed) VALUES (2000, 'b', 20.0); \
+         INSERT INTO readings (ROWTIME, car, speed) VALUES (12000, 'a', 30.0); \
+         INSERT INTO readings (ROWTIME, car, speed) VALUES (13000, 'c', 5.0);",
+    );
+
+    // A key lookup, then the whole table.
+    let rows = pull_until(&server, "SELECT * FROM per_car WHERE car = 'a';", 1);
+    assert_eq!(rows, [json!(["a", 2, 20.0])]);
+    let rows = pull_until(&server, "SELECT car, n FROM per_car;", 3);
+    let mut cars: Vec<Value> = rows;
+    cars.sort_by_key(|r| r[0].as_str().unwrap().to_string());
+    assert_eq!(cars, [json!(["a", 2]), json!(["b", 1]), json!(["c", 1])]);
+
+    // A windowed table: a row per key and window, the bounds after the key.
+    let (header, _) = pull(&server, "SELECT * FROM per_window WHERE car = 'a';");
+    assert_eq!(
+        header["columnNames"],
+        json!(["CAR", "WINDOWSTART", "WINDOWEND", "N"])
+    );
+    let rows = pull_until(
+        &server,
+        "SELECT * FROM per_window WHERE car = 'a' AND WINDOWSTART >= 10000;",
+        1,
+    );
+    assert_eq!(rows, [json!(["a", 10000, 20000, 1])]);
+
+    // The join: models looked up as each reading arrives; an unknown car gets nulls.
+    let rows = pull_until(&server, "SELECT car, model, speed FROM enriched;", 4);
+    assert_eq!(
+        rows,
+        [
+            json!(["a", "roadster", 10.0]),
+            json!(["b", "van", 20.0]),
+            json!(["a", "roadster", 30.0]),
+            json!(["c", null, 5.0])
+        ]
+    );
+
+    // The old endpoint: the rows, then "Query Completed".
+    let (status, body) = post(
+        &server,
+        "/query",
+        &json!({"ksql": "SELECT n FROM per_car WHERE car = 'b';"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let elements = body.as_array().expect("one JSON array");
+    assert_eq!(elements[1], json!({"row": {"columns": [1]}}));
+    assert_eq!(elements[2], json!({"finalMessage": "Query Completed"}));
+
+    // What a pull query cannot do is refused with why.
+    let (status, body) = post(
+        &server,
+        "/query-stream",
+        &json!({"sql": "SELECT car, COUNT(*) FROM readings GROUP BY car;"}),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("GROUP BY"),
+        "{body}"
+    );
+    server.shutdown().unwrap();
+}
