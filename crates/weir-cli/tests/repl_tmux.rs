@@ -112,7 +112,9 @@ fn a_person_creates_a_stream_inserts_rows_watches_them_and_cancels_with_ctrl_c()
     );
 
     // A table from an aggregation, and a pull query answered from its state.
-    tmux.statement("CREATE TABLE fastest AS SELECT id, MAX(speed) AS top FROM vehicles GROUP BY id;");
+    tmux.statement(
+        "CREATE TABLE fastest AS SELECT id, MAX(speed) AS top FROM vehicles GROUP BY id;",
+    );
     tmux.wait_for("CTAS_FASTEST", 1);
     std::thread::sleep(Duration::from_millis(1000));
     tmux.statement("SELECT * FROM fastest WHERE id = 3;");
