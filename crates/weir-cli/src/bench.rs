@@ -174,6 +174,110 @@ pub fn w1(events: u64, kafka: Option<&str>) -> Result<(), String> {
     Ok(())
 }
 
+const W3_WINDOW: &str = "CREATE TABLE PER_CAR AS SELECT CAR_ID, COUNT(*) AS N, AVG(SPEED) AS MEAN_SPEED FROM SENSORS WINDOW TUMBLING (SIZE 10 SECONDS, GRACE PERIOD 10 SECONDS) GROUP BY CAR_ID;";
+const W3_CARS: &str = "CREATE TABLE CARS (CAR_ID STRING PRIMARY KEY, MODEL STRING, YEAR INT) WITH (KAFKA_TOPIC='cars', VALUE_FORMAT='JSON');";
+const W3_JOIN: &str = "CREATE STREAM ENRICHED AS SELECT S.CAR_ID AS CAR_ID, C.MODEL, C.YEAR, S.SPEED FROM SENSORS S JOIN CARS C ON S.CAR_ID = C.CAR_ID;";
+
+/// Resets the process's peak RSS (Linux: `5` to clear_refs), so each phase reports its own.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Runs the engine until `expected` records were consumed (or it stays idle); seconds.
+fn run_until(engine: &mut Engine, expected: u64) -> Result<(u64, f64), String> {
+    let started = Instant::now();
+    let mut consumed = 0;
+    let mut idle = 0;
+    while consumed < expected && idle < 200 {
+        match engine.run_once().map_err(|e| e.to_string())? {
+            0 => idle += 1,
+            n => consumed += n,
+        }
+    }
+    Ok((consumed, started.elapsed().as_secs_f64()))
+}
+
+/// W3: the W1 events (10,000 cars, 1 ms apart) through a tumbling 10-second window with
+/// COUNT and AVG(SPEED) per car, then through a stream-table join to a 10,000-row car
+/// table, each on its own engine over the embedded log. Prints events/s and peak RSS.
+pub fn w3(events: u64) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let config = EmbeddedLogConfig {
+        fsync: FsyncPolicy::Never,
+        ..Default::default()
+    };
+    let log: Arc<dyn Log> =
+        Arc::new(EmbeddedLog::open(dir.path(), config).map_err(|e| e.to_string())?);
+    for topic in ["sensors", "cars"] {
+        log.create_topic(topic, TopicConfig::default())
+            .map_err(|e| e.to_string())?;
+    }
+    let mut batch = Vec::with_capacity(1000);
+    for i in 0..events {
+        let (k, v) = event(i);
+        batch.push(Record {
+            key: Some(k),
+            value: Some(v),
+            timestamp: 1_700_000_000_000 + i as i64,
+            headers: vec![],
+        });
+        if batch.len() == 1000 {
+            log.append("sensors", 0, &batch)
+                .map_err(|e| e.to_string())?;
+            batch.clear();
+        }
+    }
+    log.append("sensors", 0, &batch)
+        .map_err(|e| e.to_string())?;
+    let cars: Vec<Record> = (0..10_000)
+        .map(|c| Record {
+            key: Some(format!("car-{c}").into_bytes()),
+            value: Some(
+                format!(r#"{{"MODEL":"model-{}","YEAR":{}}}"#, c % 37, 2000 + c % 25).into_bytes(),
+            ),
+            timestamp: 0,
+            headers: vec![],
+        })
+        .collect();
+    log.append("cars", 0, &cars).map_err(|e| e.to_string())?;
+    log.flush().map_err(|e| e.to_string())?;
+    println!(
+        "W3: {events} JSON car-sensor events from 10,000 cars, 1 ms apart, on the embedded log"
+    );
+
+    let engine = |log: &Arc<dyn Log>| -> Result<Engine, String> {
+        let mut e = Engine::new(log.clone());
+        e.set_property("auto.offset.reset", "earliest");
+        e.execute_sql(W1_SOURCE).map_err(|e| e.to_string())?;
+        Ok(e)
+    };
+
+    reset_peak_rss();
+    let mut windowed = engine(&log)?;
+    windowed.execute_sql(W3_WINDOW).map_err(|e| e.to_string())?;
+    let (consumed, secs) = run_until(&mut windowed, events)?;
+    let changes = log.offsets("PER_CAR", 0).map_err(|e| e.to_string())?.1;
+    println!(
+        "  tumbling 10 s COUNT, AVG per car  {}  -> {changes} changes; peak RSS {:.0} MiB",
+        rate(consumed, secs),
+        peak_rss_mib()
+    );
+    drop(windowed);
+
+    reset_peak_rss();
+    let mut joined = engine(&log)?;
+    joined.execute_sql(W3_CARS).map_err(|e| e.to_string())?;
+    joined.execute_sql(W3_JOIN).map_err(|e| e.to_string())?;
+    let (consumed, secs) = run_until(&mut joined, events + 10_000)?;
+    let written = log.offsets("ENRICHED", 0).map_err(|e| e.to_string())?.1;
+    println!(
+        "  stream-table join to 10,000 cars  {}  -> {written} joined records; peak RSS {:.0} MiB",
+        rate(consumed, secs),
+        peak_rss_mib()
+    );
+    Ok(())
+}
+
 /// `weir bench push`: the latency from appending a record to an idle engine until a push
 /// query's client holds its row, over `samples` records appended one at a time with
 /// pauses (so the worker is idle, its slowest case, each time). Prints percentiles.

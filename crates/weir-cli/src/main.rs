@@ -216,6 +216,11 @@ enum Workload {
         #[arg(long)]
         kafka: Option<String>,
     },
+    /// W3: a tumbling-window COUNT/AVG per car, and a stream-table join to a car table.
+    W3 {
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+    },
     /// A plugin scalar (one FFI call per batch) against the same function built in.
     Udf {
         #[arg(long, default_value_t = 10_000_000)]
@@ -429,6 +434,15 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("weir run: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Bench {
+            workload: Workload::W3 { events },
+        } => match bench::w3(events) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("weir bench: {e}");
                 ExitCode::FAILURE
             }
         },
