@@ -655,6 +655,9 @@ pub struct Aggregator {
     /// counts in and the argument values it added, to take back when the row changes.
     table: Option<TableInput>,
     window: Option<Windowing>,
+    /// `weir.aggregate.coalesce`: a batch gives each group's last change only, not one
+    /// per input record (fewer records out, same final state).
+    pub coalesce: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -1066,6 +1069,7 @@ pub fn plan_aggregate(
             rows: HashMap::new(),
         }),
         window,
+        coalesce: false,
     })
 }
 
@@ -1448,6 +1452,20 @@ impl Aggregator {
                 group.emitted = false;
                 kinds.push((i as u32, true));
             }
+        }
+        if self.coalesce {
+            // Each group's last change of the batch, in the order of those last changes.
+            let mut last: HashMap<&GroupId, usize> = HashMap::new();
+            for (i, (row, _)) in kinds.iter().enumerate() {
+                last.insert(&meta[*row as usize].2, i);
+            }
+            let keep: std::collections::HashSet<usize> = last.into_values().collect();
+            kinds = kinds
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| keep.contains(i))
+                .map(|(_, k)| k)
+                .collect();
         }
         let mut changes = Vec::new();
         for run in kinds.chunk_by(|a, b| a.1 == b.1) {

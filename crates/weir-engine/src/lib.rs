@@ -66,6 +66,10 @@ pub const OFFSETS_TOPIC: &str = "_weir_offsets";
 /// source record it came from. Recovery reads it to write nothing twice.
 pub const SOURCE_HEADER: &str = "weir.src";
 
+/// Set to `true` (SET, or a request's properties), a GROUP BY query started afterwards
+/// writes each group's last change per batch instead of one change per input record.
+pub const COALESCE_PROPERTY: &str = "weir.aggregate.coalesce";
+
 /// The window bounds of windowed results; with the pseudo-columns, names ksqlDB reserves.
 pub const WINDOW_BOUNDS: [&str; 2] = ["WINDOWSTART", "WINDOWEND"];
 
@@ -911,7 +915,11 @@ impl Engine {
             ));
         }
         let (plan, aggregate) = if grouped {
-            let a = aggregate::plan_aggregate(&self.functions, &query, &source)?;
+            let mut a = aggregate::plan_aggregate(&self.functions, &query, &source)?;
+            a.coalesce = self
+                .properties
+                .get(COALESCE_PROPERTY)
+                .is_some_and(|v| v.eq_ignore_ascii_case("true"));
             // The sink's columns are the aggregation's, not its stateless step's.
             let mut shown = a.pre.clone();
             shown.output_layout_columns = a.output_layout_columns.clone();

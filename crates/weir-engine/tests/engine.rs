@@ -737,3 +737,38 @@ fn windowed_aggregations_on_event_time() {
         ]
     );
 }
+
+/// `weir.aggregate.coalesce`: a batch writes each group's last change, not one per record.
+#[test]
+fn coalescing_writes_a_groups_last_change_per_batch() {
+    let (_dir, mut engine) = engine();
+    engine
+        .execute_sql(
+            "CREATE STREAM readings (car VARCHAR KEY, speed DOUBLE) WITH (kafka_topic='readings', value_format='JSON', partitions=1);
+             SET 'auto.offset.reset'='earliest';
+             SET 'weir.aggregate.coalesce'='true';
+             CREATE TABLE per_car AS SELECT car, COUNT(*) AS n, MAX(speed) AS top FROM readings GROUP BY car;",
+        )
+        .unwrap();
+    for (car, speed, ts) in [("a", 1.0, 1), ("b", 5.0, 2), ("a", 3.0, 3), ("a", 2.0, 4)] {
+        produce(
+            &engine,
+            "readings",
+            Some(car),
+            &format!(r#"{{"speed": {speed}}}"#),
+            ts,
+        );
+    }
+    engine.run_until_idle().unwrap();
+    let changes: Vec<(Option<String>, Value)> = read_all(&engine, "PER_CAR")
+        .into_iter()
+        .map(|(k, v, _)| (k, serde_json::from_str(&v.unwrap()).unwrap()))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            (Some("b".into()), json!({"N": 1, "TOP": 5.0})),
+            (Some("a".into()), json!({"N": 3, "TOP": 3.0})),
+        ]
+    );
+}
