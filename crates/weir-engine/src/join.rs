@@ -635,6 +635,9 @@ pub struct Joiner {
     /// Input records processed: the relation rows' ROWOFFSET, so that recovery can tell
     /// which outputs were written.
     pub seq: i64,
+    /// After a restart: the offsets (per source, per partition) the interrupted step read
+    /// up to, so the first step reads the same records again.
+    pub replay: Option<Vec<Vec<u64>>>,
 }
 
 /// What a join query is planned into.
@@ -1225,6 +1228,7 @@ pub fn plan_join(
             relation,
             value_columns,
             seq: 0,
+            replay: None,
         },
         query: q,
     })

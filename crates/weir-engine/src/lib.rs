@@ -331,11 +331,22 @@ impl Engine {
     /// reprocessing them writes nothing twice.
     fn recover_offsets(&mut self) -> Result<()> {
         let mut last: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+        // A join's step that started after its query's last checkpoint: what it read.
+        let mut intents: BTreeMap<String, serde_json::Value> = BTreeMap::new();
         for (_, value) in read_topic_values(self.log.as_ref(), OFFSETS_TOPIC)? {
-            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&value)
-                && let Some(q) = v["query"].as_str()
-            {
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&value) else {
+                continue;
+            };
+            if let Some(q) = v["query"].as_str() {
+                intents.remove(q);
                 last.insert(q.to_string(), v);
+            } else if let Some(q) = v["intent_for"].as_str() {
+                intents.insert(q.to_string(), v["ends"].clone());
+            }
+        }
+        for (id, ends) in intents {
+            if let Some(j) = self.queries.get_mut(&id).and_then(|q| q.join.as_mut()) {
+                j.replay = serde_json::from_value(ends).ok();
             }
         }
         for q in self.queries.values_mut() {
@@ -1514,24 +1525,69 @@ fn run_join(
     joiner: &mut join::Joiner,
     durable: bool,
 ) -> Result<u64> {
+    // Read first: what the step takes from each source partition. A step interrupted
+    // before its checkpoint is replayed over exactly the same records after a restart
+    // (the intent written below), so its outputs get the same sequence numbers and
+    // recovery recognizes those already written.
+    let replay = joiner.replay.take();
+    let mut taken: Vec<Vec<Vec<weir_log::StoredRecord>>> = Vec::new();
+    for (j, input) in joiner.inputs.iter().enumerate() {
+        let mut per_partition = Vec::new();
+        for (p, from) in input.offsets.iter().enumerate() {
+            let records = match replay.as_ref().and_then(|r| r.get(j)?.get(p).copied()) {
+                Some(end) => {
+                    let mut all = Vec::new();
+                    let mut next = *from;
+                    while next < end {
+                        let got =
+                            log.read(&input.source.topic, p as u32, next, (end - next) as usize)?;
+                        let Some(last) = got.last() else { break };
+                        next = last.offset + 1;
+                        all.extend(got);
+                    }
+                    all
+                }
+                None => log.read(&input.source.topic, p as u32, *from, BATCH_RECORDS)?,
+            };
+            per_partition.push(records);
+        }
+        taken.push(per_partition);
+    }
+    if durable && taken.iter().flatten().any(|r| !r.is_empty()) {
+        let ends: Vec<Vec<u64>> = taken
+            .iter()
+            .zip(&joiner.inputs)
+            .map(|(parts, input)| {
+                parts
+                    .iter()
+                    .zip(&input.offsets)
+                    .map(|(r, from)| r.last().map_or(*from, |l| l.offset + 1))
+                    .collect()
+            })
+            .collect();
+        let intent = serde_json::json!({"intent_for": q.id, "ends": ends});
+        log.append(
+            OFFSETS_TOPIC,
+            0,
+            &[Record::new(
+                Some(q.id.as_bytes()),
+                Some(intent.to_string().as_bytes()),
+                now_ms(),
+            )],
+        )?;
+    }
     let mut pending: Vec<(i64, usize, bool, Vec<serde_json::Value>)> = Vec::new();
     let mut consumed = 0u64;
     let mut problems: Vec<(u32, u64, String)> = Vec::new();
-    for (j, input) in joiner.inputs.iter_mut().enumerate() {
+    for ((j, input), taken) in joiner.inputs.iter_mut().enumerate().zip(taken) {
         let schema = input.source.layout.schema();
         let timestamp = input
             .source
             .timestamp_column
             .clone()
             .map(|c| (c, input.source.timestamp_format.clone()));
-        for p in 0..input.offsets.len() {
+        for (p, records) in taken.into_iter().enumerate() {
             let partition = p as u32;
-            let records = log.read(
-                &input.source.topic,
-                partition,
-                input.offsets[p],
-                BATCH_RECORDS,
-            )?;
             let Some(last) = records.last() else {
                 continue;
             };
