@@ -559,15 +559,24 @@ impl Engine {
                 properties: _,
                 query,
             } => {
-                let source = self.stream(&query.from.source.name.value)?;
-                let plan = plan_select(&self.functions, query, &source)?;
+                // A join inserts its joined rows, planned as for CREATE ... AS SELECT.
+                let (source, plan, join) = if query.from.joins.is_empty() {
+                    let source = self.stream(&query.from.source.name.value)?;
+                    let plan = plan_select(&self.functions, query, &source)?;
+                    (source, plan, None)
+                } else {
+                    let j = join::plan_join(&self.functions, query, |n| self.stream(n))?;
+                    self.check_join(&j, query)?;
+                    let plan = plan_select(&self.functions, &j.query, &j.joiner.relation)?;
+                    (j.joiner.relation.clone(), plan, Some(j.joiner))
+                };
                 let query_id = self.start_query(
                     &target.value,
                     &source,
                     Pipeline {
                         plan,
                         aggregate: None,
-                        join: None,
+                        join,
                     },
                     stmt,
                     "INSERTQUERY",
