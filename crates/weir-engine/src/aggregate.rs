@@ -693,11 +693,13 @@ fn ident(name: &str) -> Expr {
     Expr::Identifier(sql::Ident::with_quote('`', name))
 }
 
-/// Plans `query` (which has a GROUP BY) over `source`.
+/// Plans `query` (which has a GROUP BY) over `source`; for a sink, or for a push query's
+/// client (`to_sink` false: the keys need not be selected, nor any value).
 pub fn plan_aggregate(
     functions: &Functions,
     query: &weir_sql::ast::Query,
     source: &crate::catalog::Source,
+    to_sink: bool,
 ) -> Result<Aggregator> {
     use weir_sql::ast::SelectItem;
     let unsupported = |what: &str| Err(EngineError::Unsupported(what.into()));
@@ -973,7 +975,7 @@ pub fn plan_aggregate(
     let middle = Arc::new(Schema::new(middle_fields));
     let alias = source_alias(query, source);
     let compiler = ExprCompiler::new(functions, &middle, Some(alias))?;
-    for (k, g) in group_by.iter().enumerate() {
+    for (k, g) in group_by.iter().enumerate().filter(|_| to_sink) {
         if !items.iter().any(|(_, _, key)| *key == Some(k)) {
             return Err(EngineError::Invalid(format!(
                 "Key missing from projection (ie, SELECT). The query used to build the sink must include the grouping expression {g} in its projection."
@@ -1043,7 +1045,7 @@ pub fn plan_aggregate(
             "One of the functions used in the statement has an intermediate type that the value format can not handle. Please remove the function or change the format.".into(),
         ));
     }
-    if value_cols.is_empty() {
+    if value_cols.is_empty() && to_sink {
         return Err(EngineError::Invalid(
             "The projection contains no value columns.".into(),
         ));
@@ -1071,6 +1073,35 @@ pub fn plan_aggregate(
         window,
         coalesce: false,
     })
+}
+
+impl Aggregator {
+    /// A push query's columns: the select list, with a windowed result's WINDOWSTART and
+    /// WINDOWEND after its key columns (as ksqlDB shows them). Each is (name, type, index
+    /// of its column in a change batch).
+    pub fn client_columns(&self) -> Result<Vec<(String, SqlType, usize)>> {
+        let mut out = Vec::new();
+        let fields = self.output_schema.fields();
+        let window_at = self.outputs.iter().take_while(|o| o.is_key).count();
+        for (i, o) in self.outputs.iter().enumerate() {
+            if i == window_at && self.window.is_some() {
+                for (k, b) in crate::WINDOW_BOUNDS.iter().enumerate() {
+                    out.push((b.to_string(), SqlType::Bigint, 2 + self.outputs.len() + k));
+                }
+            }
+            out.push((
+                o.name.clone(),
+                crate::types::sql_type_of(fields[2 + i].data_type())?,
+                2 + i,
+            ));
+        }
+        if self.window.is_some() && window_at == self.outputs.len() {
+            for (k, b) in crate::WINDOW_BOUNDS.iter().enumerate() {
+                out.push((b.to_string(), SqlType::Bigint, 2 + self.outputs.len() + k));
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// The columns after the select list that carry a windowed result's window, for its key.

@@ -400,15 +400,33 @@ impl Engine {
         if query.emit.is_none() {
             return self.pull_query(query);
         }
+        if !query.from.joins.is_empty() {
+            return Err(EngineError::Unsupported(
+                "joins in push queries: create a stream or table with the join (CREATE ... AS SELECT) and query that".into(),
+            ));
+        }
         let source = self.stream(&query.from.source.name.value)?;
-        let plan = plan_push(&self.functions, query, &source)?;
-        let columns: Vec<(String, weir_sql::ast::SqlType)> = plan
-            .output_schema
-            .fields()
+        // GROUP BY: the client gets each group's changes (with the window's bounds).
+        let (plan, aggregate, placed) = if query.group_by.is_some() {
+            let a = crate::aggregate::plan_aggregate(&self.functions, query, &source, false)?;
+            let placed = a.client_columns()?;
+            (a.pre.clone(), Some(Box::new(a)), placed)
+        } else {
+            let plan = plan_push(&self.functions, query, &source)?;
+            let placed = plan
+                .output_schema
+                .fields()
+                .iter()
+                .enumerate()
+                .skip(2)
+                .map(|(i, f)| Ok((f.name().clone(), sql_type_of(f.data_type())?, i)))
+                .collect::<Result<Vec<_>>>()?;
+            (plan, None, placed)
+        };
+        let columns: Vec<(String, weir_sql::ast::SqlType)> = placed
             .iter()
-            .skip(2)
-            .map(|f| Ok((f.name().clone(), sql_type_of(f.data_type())?)))
-            .collect::<Result<_>>()?;
+            .map(|(n, t, _)| (n.clone(), t.clone()))
+            .collect();
         let kind = PushKind::Select {
             plan: Box::new(plan),
             layout: source.layout.clone(),
@@ -417,6 +435,9 @@ impl Engine {
                 .clone()
                 .map(|c| (c, source.timestamp_format.clone())),
             types: columns.iter().map(|(_, t)| t.clone()).collect(),
+            at: placed.iter().map(|(_, _, i)| *i).collect(),
+            aggregate,
+            source_is_table: source.kind == weir_sql::ast::SourceKind::Table,
         };
         let earliest = self.earliest(overrides);
         let stmt = Statement::Query(Box::new(query.clone())).to_string();

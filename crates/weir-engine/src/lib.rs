@@ -935,7 +935,7 @@ impl Engine {
             ));
         }
         let (plan, aggregate) = if grouped {
-            let mut a = aggregate::plan_aggregate(&self.functions, &query, &source)?;
+            let mut a = aggregate::plan_aggregate(&self.functions, &query, &source, true)?;
             a.coalesce = self
                 .properties
                 .get(COALESCE_PROPERTY)

@@ -60,8 +60,13 @@ pub(crate) enum PushKind {
         plan: Box<SelectPlan>,
         layout: Layout,
         timestamp: Option<(String, Option<String>)>,
-        /// Output column types, for rendering values.
+        /// Output column types, for rendering values, and where each is in an output batch.
         types: Vec<SqlType>,
+        at: Vec<usize>,
+        /// GROUP BY: the plan's rows go through it; the client gets each group's changes.
+        aggregate: Option<Box<crate::aggregate::Aggregator>>,
+        /// The source is a table: an aggregation takes its deletes into account.
+        source_is_table: bool,
     },
     Print {
         interval: u64,
@@ -197,38 +202,66 @@ impl PushQuery {
                 layout,
                 timestamp,
                 types,
+                at,
+                aggregate,
+                source_is_table,
             } => {
                 let mut rows = Vec::new();
-                // Tombstones carry no row for a stream's push query.
-                let values: Vec<StoredRecord> = records
-                    .iter()
-                    .filter(|r| r.record.value.is_some())
-                    .cloned()
-                    .collect();
-                if values.is_empty() {
-                    return Ok(Next::Continue);
-                }
-                let decoded = layout.decode(&plan.input_schema, &values);
-                let mut problems = Vec::new();
-                let decoded = match timestamp {
-                    Some((col, format)) => crate::with_event_time(
-                        decoded,
-                        col,
-                        format.as_deref(),
-                        partition,
-                        &mut problems,
-                    )?,
-                    None => decoded,
-                };
-                // Rows that fail are skipped: the persistent queries log them.
-                let (batches, _) = plan.apply_each(&decoded.batch);
-                for out in &batches {
-                    for row in 0..out.num_rows() {
-                        let values = (2..out.num_columns())
-                            .zip(types.iter())
-                            .map(|(c, ty)| weir_format::convert::value_at(out.column(c), row, ty))
-                            .collect();
-                        rows.push(values);
+                for run in
+                    records.chunk_by(|a, b| a.record.value.is_none() == b.record.value.is_none())
+                {
+                    // Tombstones carry no row, but take rows out of a table's groups.
+                    let tombstones = run[0].record.value.is_none();
+                    if tombstones && !(aggregate.is_some() && *source_is_table) {
+                        continue;
+                    }
+                    let decoded = if tombstones {
+                        layout.decode_tombstones(&plan.input_schema, run)
+                    } else {
+                        layout.decode(&plan.input_schema, run)
+                    };
+                    let mut problems = Vec::new();
+                    let decoded = match (timestamp.as_ref(), tombstones) {
+                        (Some((col, format)), false) => crate::with_event_time(
+                            decoded,
+                            col,
+                            format.as_deref(),
+                            partition,
+                            &mut problems,
+                        )?,
+                        _ => decoded,
+                    };
+                    // A table's delete passes the WHERE (its row leaves its group).
+                    let unfiltered;
+                    let plan = if tombstones && plan.filter.is_some() {
+                        unfiltered = SelectPlan {
+                            filter: None,
+                            ..plan.as_ref().clone()
+                        };
+                        &unfiltered
+                    } else {
+                        plan.as_ref()
+                    };
+                    // Rows that fail are skipped: the persistent queries log them.
+                    let (batches, _) = plan.apply_each(&decoded.batch);
+                    for out in batches {
+                        let changes = match aggregate.as_mut() {
+                            Some(a) => a.process(&out, tombstones).0,
+                            None => vec![(false, out)],
+                        };
+                        // A group's retraction (HAVING, a merged session) shows as nothing.
+                        for (_, out) in changes.into_iter().filter(|(deleted, _)| !deleted) {
+                            for row in 0..out.num_rows() {
+                                let values = at
+                                    .iter()
+                                    .zip(types.iter())
+                                    .map(|(c, ty)| {
+                                        weir_format::convert::value_at(out.column(*c), row, ty)
+                                    })
+                                    .collect();
+                                rows.push(values);
+                            }
+                        }
                     }
                 }
                 for row in rows {

@@ -102,6 +102,50 @@ fn windowed_aggregates_joins_and_pull_queries() {
         ]
     );
 
+    // A push query with a windowed GROUP BY: each group's changes, bounds after the key.
+    let (status, body) = post(
+        &server,
+        "/query-stream",
+        &json!({"sql": "SELECT car, COUNT(*) AS n FROM readings WINDOW TUMBLING (SIZE 10 SECONDS) GROUP BY car EMIT CHANGES LIMIT 4;",
+                "properties": {"auto.offset.reset": "earliest"}}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let lines: Vec<Value> = body
+        .as_str()
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines[0]["columnNames"],
+        json!(["CAR", "WINDOWSTART", "WINDOWEND", "N"])
+    );
+    assert_eq!(
+        lines[1..],
+        [
+            json!(["a", 0, 10000, 1]),
+            json!(["b", 0, 10000, 1]),
+            json!(["a", 10000, 20000, 1]),
+            json!(["c", 10000, 20000, 1])
+        ]
+    );
+    // Without the key in the select list, as ksqlDB allows a client.
+    let (status, body) = post(
+        &server,
+        "/query-stream",
+        &json!({"sql": "SELECT COUNT(*) AS n FROM readings GROUP BY car EMIT CHANGES LIMIT 3;",
+                "properties": {"auto.offset.reset": "earliest"}}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let counts: Vec<Value> = body
+        .as_str()
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(counts, [json!([1]), json!([1]), json!([2])]);
+
     // The old endpoint: the rows, then "Query Completed".
     let (status, body) = post(
         &server,
