@@ -23,7 +23,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
+use arrow::array::{AsArray, RecordBatch};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -1315,5 +1315,181 @@ impl Joiner {
             }
         }
         format!("Join: {}", show(&self.root, &self.inputs))
+    }
+}
+
+/// What one step of a join read and made.
+pub struct JoinStep {
+    pub consumed: u64,
+    /// Bytes of the records read (keys and values).
+    pub bytes: u64,
+    /// Records that did not decode, or had no usable event time: (partition, offset, why).
+    pub problems: Vec<(u32, u64, String)>,
+    /// The relation's rows, in runs of rows (false) and of deletes (true).
+    pub changes: Vec<(bool, RecordBatch)>,
+}
+
+impl Joiner {
+    /// Reads a batch from every partition of every source, orders the records by
+    /// timestamp (each source's own order kept) and pushes them through the joins.
+    /// `intent_for`: a durable query's id, under which the step's read offsets are
+    /// recorded before anything is written (see `recover_offsets`).
+    pub fn step(&mut self, log: &dyn weir_log::Log, intent_for: Option<&str>) -> Result<JoinStep> {
+        // Read first: what the step takes from each source partition. A step interrupted
+        // before its checkpoint is replayed over exactly the same records after a restart
+        // (the intent written below), so its outputs get the same sequence numbers and
+        // recovery recognizes those already written.
+        let replay = self.replay.take();
+        let mut taken: Vec<Vec<Vec<weir_log::StoredRecord>>> = Vec::new();
+        for (j, input) in self.inputs.iter().enumerate() {
+            let mut per_partition = Vec::new();
+            for (p, from) in input.offsets.iter().enumerate() {
+                let records = match replay.as_ref().and_then(|r| r.get(j)?.get(p).copied()) {
+                    Some(end) => {
+                        let mut all = Vec::new();
+                        let mut next = *from;
+                        while next < end {
+                            let got = log.read(
+                                &input.source.topic,
+                                p as u32,
+                                next,
+                                (end - next) as usize,
+                            )?;
+                            let Some(last) = got.last() else { break };
+                            next = last.offset + 1;
+                            all.extend(got);
+                        }
+                        all
+                    }
+                    None => log.read(&input.source.topic, p as u32, *from, crate::BATCH_RECORDS)?,
+                };
+                per_partition.push(records);
+            }
+            taken.push(per_partition);
+        }
+        if let Some(id) = intent_for
+            && taken.iter().flatten().any(|r| !r.is_empty())
+        {
+            let ends: Vec<Vec<u64>> = taken
+                .iter()
+                .zip(&self.inputs)
+                .map(|(parts, input)| {
+                    parts
+                        .iter()
+                        .zip(&input.offsets)
+                        .map(|(r, from)| r.last().map_or(*from, |l| l.offset + 1))
+                        .collect()
+                })
+                .collect();
+            let intent = serde_json::json!({"intent_for": id, "ends": ends});
+            log.append(
+                crate::OFFSETS_TOPIC,
+                0,
+                &[weir_log::Record::new(
+                    Some(id.as_bytes()),
+                    Some(intent.to_string().as_bytes()),
+                    crate::now_ms(),
+                )],
+            )?;
+        }
+        let mut pending: Vec<(i64, usize, bool, Vec<serde_json::Value>)> = Vec::new();
+        let mut consumed = 0u64;
+        let mut bytes = 0u64;
+        let mut problems: Vec<(u32, u64, String)> = Vec::new();
+        for ((j, input), taken) in self.inputs.iter_mut().enumerate().zip(taken) {
+            let schema = input.source.layout.schema();
+            let timestamp = input
+                .source
+                .timestamp_column
+                .clone()
+                .map(|c| (c, input.source.timestamp_format.clone()));
+            for (p, records) in taken.into_iter().enumerate() {
+                let partition = p as u32;
+                let Some(last) = records.last() else {
+                    continue;
+                };
+                input.offsets[p] = last.offset + 1;
+                consumed += records.len() as u64;
+                bytes += records
+                    .iter()
+                    .map(|r| {
+                        (r.record.key.as_ref().map_or(0, Vec::len)
+                            + r.record.value.as_ref().map_or(0, Vec::len))
+                            as u64
+                    })
+                    .sum::<u64>();
+                for run in
+                    records.chunk_by(|a, b| a.record.value.is_none() == b.record.value.is_none())
+                {
+                    let tombstones = run[0].record.value.is_none();
+                    // A stream's tombstones join nothing.
+                    if tombstones && input.is_stream() {
+                        continue;
+                    }
+                    let decoded = if tombstones {
+                        input.source.layout.decode_tombstones(&schema, run)
+                    } else {
+                        input.source.layout.decode(&schema, run)
+                    };
+                    problems.extend(
+                        decoded
+                            .errors
+                            .iter()
+                            .map(|e| (e.partition, e.offset, e.message.clone())),
+                    );
+                    let decoded = match (&timestamp, tombstones) {
+                        (Some((col, format)), false) => crate::with_event_time(
+                            decoded,
+                            col,
+                            format.as_deref(),
+                            partition,
+                            &mut problems,
+                        )?,
+                        _ => decoded,
+                    };
+                    let batch = decoded.batch;
+                    let times = batch
+                        .column(0)
+                        .as_primitive::<arrow::datatypes::Int64Type>();
+                    let types: Vec<weir_sql::ast::SqlType> =
+                        input.columns().map(|c| c.ty).collect();
+                    for row in 0..batch.num_rows() {
+                        let values = types
+                            .iter()
+                            .enumerate()
+                            .map(|(k, ty)| weir_format::convert::value_at(batch.column(k), row, ty))
+                            .collect();
+                        pending.push((times.value(row), j, tombstones, values));
+                    }
+                }
+            }
+        }
+
+        let mut out_changes = Vec::new();
+        pending.sort_by_key(|p| p.0);
+        for run in pending.chunk_by(|a, b| a.1 == b.1 && a.2 == b.2) {
+            let source = run[0].1;
+            let events: Vec<Event> = run
+                .iter()
+                .map(|(ts, _, delete, values)| Event {
+                    ts: *ts,
+                    row: self.wide_row(source, values.clone()),
+                    delete: *delete,
+                    key: Vec::new(),
+                })
+                .collect();
+            let out = self.push(source, events)?;
+            for changes in out.chunk_by(|a, b| a.delete == b.delete) {
+                let tombstones = changes[0].delete;
+                let batch = self.relation_batch(changes)?;
+                out_changes.push((tombstones, batch));
+            }
+        }
+        Ok(JoinStep {
+            consumed,
+            bytes,
+            problems,
+            changes: out_changes,
+        })
     }
 }

@@ -1534,164 +1534,38 @@ fn run_join(
     joiner: &mut join::Joiner,
     durable: bool,
 ) -> Result<u64> {
-    // Read first: what the step takes from each source partition. A step interrupted
-    // before its checkpoint is replayed over exactly the same records after a restart
-    // (the intent written below), so its outputs get the same sequence numbers and
-    // recovery recognizes those already written.
-    let replay = joiner.replay.take();
-    let mut taken: Vec<Vec<Vec<weir_log::StoredRecord>>> = Vec::new();
-    for (j, input) in joiner.inputs.iter().enumerate() {
-        let mut per_partition = Vec::new();
-        for (p, from) in input.offsets.iter().enumerate() {
-            let records = match replay.as_ref().and_then(|r| r.get(j)?.get(p).copied()) {
-                Some(end) => {
-                    let mut all = Vec::new();
-                    let mut next = *from;
-                    while next < end {
-                        let got =
-                            log.read(&input.source.topic, p as u32, next, (end - next) as usize)?;
-                        let Some(last) = got.last() else { break };
-                        next = last.offset + 1;
-                        all.extend(got);
-                    }
-                    all
-                }
-                None => log.read(&input.source.topic, p as u32, *from, BATCH_RECORDS)?,
-            };
-            per_partition.push(records);
-        }
-        taken.push(per_partition);
-    }
-    if durable && taken.iter().flatten().any(|r| !r.is_empty()) {
-        let ends: Vec<Vec<u64>> = taken
-            .iter()
-            .zip(&joiner.inputs)
-            .map(|(parts, input)| {
-                parts
-                    .iter()
-                    .zip(&input.offsets)
-                    .map(|(r, from)| r.last().map_or(*from, |l| l.offset + 1))
-                    .collect()
-            })
-            .collect();
-        let intent = serde_json::json!({"intent_for": q.id, "ends": ends});
-        log.append(
-            OFFSETS_TOPIC,
-            0,
-            &[Record::new(
-                Some(q.id.as_bytes()),
-                Some(intent.to_string().as_bytes()),
-                now_ms(),
-            )],
-        )?;
-    }
-    let mut pending: Vec<(i64, usize, bool, Vec<serde_json::Value>)> = Vec::new();
-    let mut consumed = 0u64;
-    let mut problems: Vec<(u32, u64, String)> = Vec::new();
-    for ((j, input), taken) in joiner.inputs.iter_mut().enumerate().zip(taken) {
-        let schema = input.source.layout.schema();
-        let timestamp = input
-            .source
-            .timestamp_column
-            .clone()
-            .map(|c| (c, input.source.timestamp_format.clone()));
-        for (p, records) in taken.into_iter().enumerate() {
-            let partition = p as u32;
-            let Some(last) = records.last() else {
-                continue;
-            };
-            input.offsets[p] = last.offset + 1;
-            consumed += records.len() as u64;
-            q.stats.bytes_consumed += records
-                .iter()
-                .map(|r| {
-                    (r.record.key.as_ref().map_or(0, Vec::len)
-                        + r.record.value.as_ref().map_or(0, Vec::len)) as u64
-                })
-                .sum::<u64>();
-            for run in records.chunk_by(|a, b| a.record.value.is_none() == b.record.value.is_none())
-            {
-                let tombstones = run[0].record.value.is_none();
-                // A stream's tombstones join nothing.
-                if tombstones && input.is_stream() {
-                    continue;
-                }
-                let decoded = if tombstones {
-                    input.source.layout.decode_tombstones(&schema, run)
-                } else {
-                    input.source.layout.decode(&schema, run)
-                };
-                problems.extend(
-                    decoded
-                        .errors
-                        .iter()
-                        .map(|e| (e.partition, e.offset, e.message.clone())),
-                );
-                let decoded = match (&timestamp, tombstones) {
-                    (Some((col, format)), false) => {
-                        with_event_time(decoded, col, format.as_deref(), partition, &mut problems)?
-                    }
-                    _ => decoded,
-                };
-                let batch = decoded.batch;
-                let times = batch.column(0).as_primitive::<Int64Type>();
-                let types: Vec<weir_sql::ast::SqlType> = input.columns().map(|c| c.ty).collect();
-                for row in 0..batch.num_rows() {
-                    let values = types
-                        .iter()
-                        .enumerate()
-                        .map(|(k, ty)| weir_format::convert::value_at(batch.column(k), row, ty))
-                        .collect();
-                    pending.push((times.value(row), j, tombstones, values));
-                }
-            }
-        }
-    }
-    q.stats.consumed += consumed;
-    if consumed > 0 {
+    let step = joiner.step(log, durable.then_some(q.id.as_str()))?;
+    q.stats.consumed += step.consumed;
+    q.stats.bytes_consumed += step.bytes;
+    if step.consumed > 0 {
         q.stats.last_message_ms = Some(now_ms());
     }
-    pending.sort_by_key(|p| p.0);
-    for run in pending.chunk_by(|a, b| a.1 == b.1 && a.2 == b.2) {
-        let source = run[0].1;
-        let events: Vec<join::Event> = run
-            .iter()
-            .map(|(ts, _, delete, values)| join::Event {
-                ts: *ts,
-                row: joiner.wide_row(source, values.clone()),
-                delete: *delete,
-                key: Vec::new(),
-            })
-            .collect();
-        let out = joiner.push(source, events)?;
-        for changes in out.chunk_by(|a, b| a.delete == b.delete) {
-            let tombstones = changes[0].delete;
-            let batch = joiner.relation_batch(changes)?;
-            // A table's delete passes its WHERE (the key leaves the derived table too).
-            let unfiltered;
-            let plan = if tombstones && q.plan.filter.is_some() {
-                unfiltered = SelectPlan {
-                    filter: None,
-                    ..q.plan.clone()
-                };
-                &unfiltered
-            } else {
-                &q.plan
+    let mut problems = step.problems;
+    for (tombstones, batch) in step.changes {
+        // A table's delete passes its WHERE (the key leaves the derived table too).
+        let unfiltered;
+        let plan = if tombstones && q.plan.filter.is_some() {
+            unfiltered = SelectPlan {
+                filter: None,
+                ..q.plan.clone()
             };
-            let (output, failures) = plan.apply_each(&batch);
-            problems.extend(
-                failures
-                    .into_iter()
-                    .map(|(offset, e)| (0, offset, format!("Error computing expression: {e}"))),
-            );
-            write_changes(log, q, output, tombstones, durable, 0)?;
-        }
+            &unfiltered
+        } else {
+            &q.plan
+        };
+        let (output, failures) = plan.apply_each(&batch);
+        problems.extend(
+            failures
+                .into_iter()
+                .map(|(offset, e)| (0, offset, format!("Error computing expression: {e}"))),
+        );
+        write_changes(log, q, output, tombstones, durable, 0)?;
     }
     if !problems.is_empty() {
         q.stats.errors += problems.len() as u64;
         write_processing_log(log, &q.id, &q.source_topic, &problems)?;
     }
-    Ok(consumed)
+    Ok(step.consumed)
 }
 
 /// Writes what the stateless step made of a run (all rows or all tombstones): through the
