@@ -400,12 +400,23 @@ impl Engine {
         if query.emit.is_none() {
             return self.pull_query(query);
         }
-        if !query.from.joins.is_empty() {
-            return Err(EngineError::Unsupported(
-                "joins in push queries: create a stream or table with the join (CREATE ... AS SELECT) and query that".into(),
-            ));
-        }
-        let source = self.stream(&query.from.source.name.value)?;
+        let earliest = self.earliest(overrides);
+        // A join: planned as for a persistent query; the push query reads its sources.
+        let (source, query, join) = if query.from.joins.is_empty() {
+            (
+                self.stream(&query.from.source.name.value)?,
+                query.clone(),
+                None,
+            )
+        } else {
+            let mut j = crate::join::plan_join(&self.functions, query, |n| self.stream(n))?;
+            self.check_join(&j, query)?;
+            for input in &mut j.joiner.inputs {
+                input.offsets = start_offsets(self.log.as_ref(), &input.source.topic, earliest)?;
+            }
+            (j.joiner.relation.clone(), j.query, Some(Box::new(j.joiner)))
+        };
+        let query = &query;
         // GROUP BY: the client gets each group's changes (with the window's bounds).
         let (plan, aggregate, placed) = if query.group_by.is_some() {
             let a = crate::aggregate::plan_aggregate(&self.functions, query, &source, false)?;
@@ -438,8 +449,8 @@ impl Engine {
             at: placed.iter().map(|(_, _, i)| *i).collect(),
             aggregate,
             source_is_table: source.kind == weir_sql::ast::SourceKind::Table,
+            join,
         };
-        let earliest = self.earliest(overrides);
         let stmt = Statement::Query(Box::new(query.clone())).to_string();
         self.register_push(
             stmt,

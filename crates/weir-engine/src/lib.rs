@@ -1025,7 +1025,11 @@ impl Engine {
 
     /// What ksqlDB refuses of a join beyond its plan: sources with different partition
     /// counts, and window bounds selected from a windowed aggregation over a join.
-    fn check_join(&self, j: &join::JoinPlan, query: &weir_sql::ast::Query) -> Result<()> {
+    pub(crate) fn check_join(
+        &self,
+        j: &join::JoinPlan,
+        query: &weir_sql::ast::Query,
+    ) -> Result<()> {
         let partitions = |s: &Source| -> Result<Option<u32>> {
             Ok(self.log.topic(&s.topic)?.map(|t| t.config.partitions))
         };

@@ -67,6 +67,9 @@ pub(crate) enum PushKind {
         aggregate: Option<Box<crate::aggregate::Aggregator>>,
         /// The source is a table: an aggregation takes its deletes into account.
         source_is_table: bool,
+        /// A join: its sources are read instead of `topic`, and the plan runs over the
+        /// joined rows.
+        join: Option<Box<crate::join::Joiner>>,
     },
     Print {
         interval: u64,
@@ -139,6 +142,36 @@ impl PushQuery {
             return Ok((0, Next::Continue));
         }
         self.full_since = None;
+        if let PushKind::Select {
+            join: Some(joiner),
+            plan,
+            aggregate,
+            types,
+            at,
+            ..
+        } = &mut self.kind
+        {
+            let step = joiner.step(log, None)?;
+            let mut rows = Vec::new();
+            for (tombstones, batch) in &step.changes {
+                rows.extend(client_rows(
+                    plan,
+                    aggregate.as_deref_mut(),
+                    (types, at),
+                    *tombstones,
+                    batch,
+                ));
+            }
+            for row in rows {
+                if self.send(row) == Next::Finished {
+                    return Ok((step.consumed, Next::Finished));
+                }
+            }
+            if step.consumed == 0 && self.client_gone() {
+                return Ok((0, Next::Finished));
+            }
+            return Ok((step.consumed, Next::Continue));
+        }
         let mut consumed = 0;
         for partition in 0..self.offsets.len() as u32 {
             if room == 0 {
@@ -205,6 +238,7 @@ impl PushQuery {
                 at,
                 aggregate,
                 source_is_table,
+                ..
             } => {
                 let mut rows = Vec::new();
                 for run in
@@ -231,38 +265,13 @@ impl PushQuery {
                         )?,
                         _ => decoded,
                     };
-                    // A table's delete passes the WHERE (its row leaves its group).
-                    let unfiltered;
-                    let plan = if tombstones && plan.filter.is_some() {
-                        unfiltered = SelectPlan {
-                            filter: None,
-                            ..plan.as_ref().clone()
-                        };
-                        &unfiltered
-                    } else {
-                        plan.as_ref()
-                    };
-                    // Rows that fail are skipped: the persistent queries log them.
-                    let (batches, _) = plan.apply_each(&decoded.batch);
-                    for out in batches {
-                        let changes = match aggregate.as_mut() {
-                            Some(a) => a.process(&out, tombstones).0,
-                            None => vec![(false, out)],
-                        };
-                        // A group's retraction (HAVING, a merged session) shows as nothing.
-                        for (_, out) in changes.into_iter().filter(|(deleted, _)| !deleted) {
-                            for row in 0..out.num_rows() {
-                                let values = at
-                                    .iter()
-                                    .zip(types.iter())
-                                    .map(|(c, ty)| {
-                                        weir_format::convert::value_at(out.column(*c), row, ty)
-                                    })
-                                    .collect();
-                                rows.push(values);
-                            }
-                        }
-                    }
+                    rows.extend(client_rows(
+                        plan,
+                        aggregate.as_deref_mut(),
+                        (types, at),
+                        tombstones,
+                        &decoded.batch,
+                    ));
                 }
                 for row in rows {
                     if self.send(row) == Next::Finished {
@@ -273,6 +282,49 @@ impl PushQuery {
             }
         }
     }
+}
+
+/// What the plan (and the aggregation, if any) makes of a batch, as the client's rows.
+/// A delete passes the WHERE (its row leaves its group); rows that fail are skipped (the
+/// persistent queries log them); a group's retraction shows as nothing.
+fn client_rows(
+    plan: &SelectPlan,
+    aggregate: Option<&mut crate::aggregate::Aggregator>,
+    (types, at): (&[SqlType], &[usize]),
+    tombstones: bool,
+    batch: &arrow::array::RecordBatch,
+) -> Vec<Vec<Value>> {
+    let unfiltered;
+    let plan = if tombstones && plan.filter.is_some() {
+        unfiltered = SelectPlan {
+            filter: None,
+            ..plan.clone()
+        };
+        &unfiltered
+    } else {
+        plan
+    };
+    let (batches, _) = plan.apply_each(batch);
+    let mut aggregate = aggregate;
+    let mut rows = Vec::new();
+    for out in batches {
+        let changes = match aggregate.as_deref_mut() {
+            Some(a) => a.process(&out, tombstones).0,
+            None if tombstones => Vec::new(),
+            None => vec![(false, out)],
+        };
+        for (_, out) in changes.into_iter().filter(|(deleted, _)| !deleted) {
+            for row in 0..out.num_rows() {
+                rows.push(
+                    at.iter()
+                        .zip(types)
+                        .map(|(c, ty)| weir_format::convert::value_at(out.column(*c), row, ty))
+                        .collect(),
+                );
+            }
+        }
+    }
+    rows
 }
 
 /// One record as `PRINT` shows it.

@@ -57,8 +57,8 @@ fn windowed_aggregates_joins_and_pull_queries() {
     // The car table first, so the readings find their models.
     ksql(
         &server,
-        "INSERT INTO cars (car, model) VALUES ('a', 'roadster'); \
-         INSERT INTO cars (car, model) VALUES ('b', 'van');",
+        "INSERT INTO cars (ROWTIME, car, model) VALUES (0, 'a', 'roadster'); \
+         INSERT INTO cars (ROWTIME, car, model) VALUES (0, 'b', 'van');",
     );
     std::thread::sleep(Duration::from_millis(300));
     ksql(
@@ -145,6 +145,32 @@ fn windowed_aggregates_joins_and_pull_queries() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(counts, [json!([1]), json!([1]), json!([2])]);
+
+    // A push query over the join itself, from the earliest records of both sources (taken
+    // in timestamp order: the cars, at 0, before the readings).
+    let (status, body) = post(
+        &server,
+        "/query-stream",
+        &json!({"sql": "SELECT r.car AS car, c.model, r.speed FROM readings r LEFT JOIN cars c ON r.car = c.car EMIT CHANGES LIMIT 4;",
+                "properties": {"auto.offset.reset": "earliest"}}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let joined: Vec<Value> = body
+        .as_str()
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        joined,
+        [
+            json!(["a", "roadster", 10.0]),
+            json!(["b", "van", 20.0]),
+            json!(["a", "roadster", 30.0]),
+            json!(["c", null, 5.0])
+        ]
+    );
 
     // The old endpoint: the rows, then "Query Completed".
     let (status, body) = post(
