@@ -45,6 +45,26 @@ fn event(i: u64) -> (Vec<u8>, Vec<u8>) {
     (format!("car-{car}").into_bytes(), value.into_bytes())
 }
 
+/// Appends `events` car events to `sensors` (partition 0), 1 ms apart, in batches of 1,000.
+fn load_events(log: &dyn Log, events: u64) -> Result<(), String> {
+    let mut batch = Vec::with_capacity(1000);
+    for i in 0..events {
+        let (k, v) = event(i);
+        batch.push(Record {
+            key: Some(k),
+            value: Some(v),
+            timestamp: 1_700_000_000_000 + i as i64,
+            headers: vec![],
+        });
+        if batch.len() == 1000 || i + 1 == events {
+            log.append("sensors", 0, &batch)
+                .map_err(|e| e.to_string())?;
+            batch.clear();
+        }
+    }
+    Ok(())
+}
+
 fn rate(n: u64, secs: f64) -> String {
     format!("{:>12.0} events/s ({secs:.2} s)", n as f64 / secs)
 }
@@ -74,23 +94,7 @@ pub fn w1(events: u64, kafka: Option<&str>) -> Result<(), String> {
     }
 
     let started = Instant::now();
-    let mut batch = Vec::with_capacity(1000);
-    for i in 0..events {
-        let (k, v) = event(i);
-        batch.push(Record {
-            key: Some(k),
-            value: Some(v),
-            timestamp: 1_700_000_000_000 + i as i64,
-            headers: vec![],
-        });
-        if batch.len() == 1000 {
-            log.append("sensors", 0, &batch)
-                .map_err(|e| e.to_string())?;
-            batch.clear();
-        }
-    }
-    log.append("sensors", 0, &batch)
-        .map_err(|e| e.to_string())?;
+    load_events(log.as_ref(), events)?;
     log.flush().map_err(|e| e.to_string())?;
     println!("W1: {events} JSON car-sensor events on {name} (1 partition)");
     println!(
@@ -154,17 +158,8 @@ pub fn w1(events: u64, kafka: Option<&str>) -> Result<(), String> {
     // End to end: the persistent query reads, decodes, filters, projects, encodes, writes.
     engine.set_property("auto.offset.reset", "earliest");
     engine.execute_sql(W1_QUERY).map_err(|e| e.to_string())?;
-    let started = Instant::now();
-    let mut consumed = 0;
-    let mut idle = 0;
-    while consumed < events && idle < 200 {
-        match engine.run_once().map_err(|e| e.to_string())? {
-            0 => idle += 1,
-            n => consumed += n,
-        }
-    }
+    let (consumed, secs) = run_until(&mut engine, events)?;
     log.flush().map_err(|e| e.to_string())?;
-    let secs = started.elapsed().as_secs_f64();
     let written = log.offsets("FAST", 0).map_err(|e| e.to_string())?.1;
     println!(
         "  end to end (CSAS)    {}  -> {written} records written to FAST",
@@ -212,23 +207,7 @@ pub fn w3(events: u64) -> Result<(), String> {
         log.create_topic(topic, TopicConfig::default())
             .map_err(|e| e.to_string())?;
     }
-    let mut batch = Vec::with_capacity(1000);
-    for i in 0..events {
-        let (k, v) = event(i);
-        batch.push(Record {
-            key: Some(k),
-            value: Some(v),
-            timestamp: 1_700_000_000_000 + i as i64,
-            headers: vec![],
-        });
-        if batch.len() == 1000 {
-            log.append("sensors", 0, &batch)
-                .map_err(|e| e.to_string())?;
-            batch.clear();
-        }
-    }
-    log.append("sensors", 0, &batch)
-        .map_err(|e| e.to_string())?;
+    load_events(log.as_ref(), events)?;
     let cars: Vec<Record> = (0..10_000)
         .map(|c| Record {
             key: Some(format!("car-{c}").into_bytes()),

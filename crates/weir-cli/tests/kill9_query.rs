@@ -3,9 +3,10 @@
 //! data directory resumes it from the command log and its checkpoints. The output topic
 //! must then hold exactly one copy of every expected record.
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use weir_log::{EmbeddedLog, EmbeddedLogConfig, Log, Record, TopicConfig, partition_for_key};
@@ -108,30 +109,13 @@ fn a_killed_query_resumes_without_losing_or_repeating_output() {
     let queries = load_input(dir.path());
 
     // First run: killed once it has consumed part of the input.
-    let mut first = weir()
+    let mut first = weir();
+    first
         .args(["run", "--data-dir"])
         .arg(dir.path())
         .arg("--queries-file")
-        .arg(&queries)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut consumed_before_kill = 0;
-    for line in BufReader::new(first.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        assert!(!line.starts_with("ERROR"), "{line}");
-        if let Some(total) = line
-            .strip_prefix("consumed ")
-            .and_then(|l| l.split(" total ").nth(1))
-        {
-            consumed_before_kill = total.parse::<u64>().unwrap();
-            if consumed_before_kill >= 60_000 {
-                break;
-            }
-        }
-    }
-    first.kill().unwrap(); // SIGKILL
-    first.wait().unwrap();
+        .arg(&queries);
+    let consumed_before_kill = common::kill_after_consumed(first, 60_000);
     assert!(
         (60_000..RECORDS).contains(&consumed_before_kill),
         "killed mid-way, after {consumed_before_kill}"

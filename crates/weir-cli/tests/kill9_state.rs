@@ -5,9 +5,10 @@
 //! then be identical, record for record (key, value, timestamp, in order), to those of an
 //! uninterrupted run over the same input.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use weir_log::{EmbeddedLog, EmbeddedLogConfig, Log, Record, TopicConfig};
 
@@ -138,29 +139,13 @@ fn windowed_aggregate_and_join_survive_kill_9_with_identical_output() {
     let want = reference();
     let dir = tempfile::tempdir().unwrap();
     let queries = load_input(dir.path());
-    let mut first = weir()
+    let mut first = weir();
+    first
         .args(["run", "--data-dir"])
         .arg(dir.path())
         .arg("--queries-file")
-        .arg(&queries)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut consumed = 0;
-    for line in BufReader::new(first.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        if let Some(total) = line
-            .strip_prefix("consumed ")
-            .and_then(|l| l.split(" total ").nth(1))
-        {
-            consumed = total.parse::<u64>().unwrap();
-            if consumed >= 30_000 {
-                break;
-            }
-        }
-    }
-    first.kill().unwrap(); // SIGKILL
-    first.wait().unwrap();
+        .arg(&queries);
+    let consumed = common::kill_after_consumed(first, 30_000);
     // Both queries read the readings (and the join the cars): 2 × 60,200 in all.
     assert!(
         (30_000..2 * READINGS).contains(&consumed),

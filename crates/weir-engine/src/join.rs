@@ -779,6 +779,22 @@ fn referenced_column(e: &Expr, inputs: &[JoinInput]) -> Option<(usize, String)> 
     Some((i, c.clone()))
 }
 
+/// ksqlDB's error for a table joined on something other than its key.
+fn not_on_table_key(table: &JoinInput, e: &Expr) -> EngineError {
+    let keys: Vec<&str> = table
+        .source
+        .layout
+        .key_columns
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    EngineError::Invalid(format!(
+        "Cannot repartition a TABLE source. If this is a join, make sure that the criteria uses the TABLE's key column {} instead of {}",
+        keys.join(", "),
+        fmt_expr(e)
+    ))
+}
+
 /// Plans the joins of `query` over the catalog's sources.
 pub fn plan_join(
     functions: &Functions,
@@ -940,18 +956,7 @@ pub fn plan_join(
             }
             (true, false, None) => {
                 if !is_right_primary(&right_expr) {
-                    return invalid(format!(
-                        "Cannot repartition a TABLE source. If this is a join, make sure that the criteria uses the TABLE's key column {} instead of {}",
-                        right_input
-                            .source
-                            .layout
-                            .key_columns
-                            .iter()
-                            .map(|c| c.name.clone())
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        fmt_expr(&right_expr)
-                    ));
+                    return Err(not_on_table_key(right_input, &right_expr));
                 }
                 if matches!(j.kind, JoinKind::Right | JoinKind::Full) {
                     return invalid(format!(
@@ -963,18 +968,7 @@ pub fn plan_join(
             }
             (false, false, None) => {
                 if !is_right_primary(&right_expr) {
-                    return invalid(format!(
-                        "Cannot repartition a TABLE source. If this is a join, make sure that the criteria uses the TABLE's key column {} instead of {}",
-                        right_input
-                            .source
-                            .layout
-                            .key_columns
-                            .iter()
-                            .map(|c| c.name.clone())
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        fmt_expr(&right_expr)
-                    ));
+                    return Err(not_on_table_key(right_input, &right_expr));
                 }
                 // The left side on its key: a key join; on anything else: a foreign key.
                 let left_primary = match &root {
@@ -1426,27 +1420,15 @@ impl Joiner {
                     if tombstones && input.is_stream() {
                         continue;
                     }
-                    let decoded = if tombstones {
-                        input.source.layout.decode_tombstones(&schema, run)
-                    } else {
-                        input.source.layout.decode(&schema, run)
-                    };
-                    problems.extend(
-                        decoded
-                            .errors
-                            .iter()
-                            .map(|e| (e.partition, e.offset, e.message.clone())),
-                    );
-                    let decoded = match (&timestamp, tombstones) {
-                        (Some((col, format)), false) => crate::with_event_time(
-                            decoded,
-                            col,
-                            format.as_deref(),
-                            partition,
-                            &mut problems,
-                        )?,
-                        _ => decoded,
-                    };
+                    let decoded = crate::decode_run(
+                        &input.source.layout,
+                        &schema,
+                        run,
+                        tombstones,
+                        timestamp.as_ref(),
+                        partition,
+                        &mut problems,
+                    )?;
                     let batch = decoded.batch;
                     let times = batch
                         .column(0)

@@ -1428,37 +1428,22 @@ impl Engine {
             {
                 continue;
             }
-            let decoded = if tombstones {
-                q.source_layout.decode_tombstones(&q.plan.input_schema, run)
-            } else {
-                q.source_layout.decode(&q.plan.input_schema, run)
-            };
-            let mut problems: Vec<(u32, u64, String)> = decoded
-                .errors
-                .iter()
-                .map(|e| (e.partition, e.offset, e.message.clone()))
-                .collect();
-            let decoded = match (&q.source_timestamp, tombstones) {
-                (Some((col, format)), false) => {
-                    with_event_time(decoded, col, format.as_deref(), partition, &mut problems)?
-                }
-                _ => decoded,
-            };
+            let mut problems = Vec::new();
+            let decoded = decode_run(
+                &q.source_layout,
+                &q.plan.input_schema,
+                run,
+                tombstones,
+                q.source_timestamp.as_ref(),
+                partition,
+                &mut problems,
+            )?;
             // Warnings left over from elsewhere (a push query) are not this batch's.
             if let Some(take) = warnings {
                 take();
             }
             // A table's delete passes its WHERE (the key leaves the derived table too).
-            let unfiltered;
-            let plan = if tombstones && q.source_is_table && q.plan.filter.is_some() {
-                unfiltered = SelectPlan {
-                    filter: None,
-                    ..q.plan.clone()
-                };
-                &unfiltered
-            } else {
-                &q.plan
-            };
+            let plan = q.plan.for_run(tombstones && q.source_is_table);
             let (output, failures) = if q.stop_on_error {
                 match plan.apply(&decoded.batch) {
                     Ok(out) => (vec![out], Vec::new()),
@@ -1547,17 +1532,7 @@ fn run_join(
     let mut problems = step.problems;
     for (tombstones, batch) in step.changes {
         // A table's delete passes its WHERE (the key leaves the derived table too).
-        let unfiltered;
-        let plan = if tombstones && q.plan.filter.is_some() {
-            unfiltered = SelectPlan {
-                filter: None,
-                ..q.plan.clone()
-            };
-            &unfiltered
-        } else {
-            &q.plan
-        };
-        let (output, failures) = plan.apply_each(&batch);
+        let (output, failures) = q.plan.for_run(tombstones).apply_each(&batch);
         problems.extend(
             failures
                 .into_iter()
@@ -1720,6 +1695,37 @@ fn write_output(log: &dyn Log, q: &PersistentQuery, out: &RecordBatch, sink: Sin
         log.append(&q.sink_topic, partition, &records)?;
     }
     Ok(bytes)
+}
+
+/// Decodes a run of records (all values, or all tombstones) of a source, setting event
+/// time from its TIMESTAMP column; records that do not decode or have no usable time are
+/// added to `problems` as (partition, offset, why).
+pub(crate) fn decode_run(
+    layout: &Layout,
+    schema: &arrow::datatypes::SchemaRef,
+    run: &[weir_log::StoredRecord],
+    tombstones: bool,
+    timestamp: Option<&(String, Option<String>)>,
+    partition: u32,
+    problems: &mut Vec<(u32, u64, String)>,
+) -> Result<weir_format::Decoded> {
+    let decoded = if tombstones {
+        layout.decode_tombstones(schema, run)
+    } else {
+        layout.decode(schema, run)
+    };
+    problems.extend(
+        decoded
+            .errors
+            .iter()
+            .map(|e| (e.partition, e.offset, e.message.clone())),
+    );
+    match (timestamp, tombstones) {
+        (Some((col, format)), false) => {
+            with_event_time(decoded, col, format.as_deref(), partition, problems)
+        }
+        _ => Ok(decoded),
+    }
 }
 
 /// Sets ROWTIME from the source's TIMESTAMP column (BIGINT millis or TIMESTAMP). Records

@@ -822,6 +822,19 @@ fn next_generated(n: &mut usize) -> String {
 impl SelectPlan {
     /// Runs the filter and projections over a decoded batch. The output's first columns
     /// are ROWTIME (the output records' timestamps) and ROWOFFSET, then the projections.
+    /// The plan for a run of deletes (`deletes` true): without its WHERE, so that a
+    /// table's delete reaches what was derived from the deleted row.
+    pub fn for_run(&self, deletes: bool) -> std::borrow::Cow<'_, SelectPlan> {
+        if deletes && self.filter.is_some() {
+            std::borrow::Cow::Owned(SelectPlan {
+                filter: None,
+                ..self.clone()
+            })
+        } else {
+            std::borrow::Cow::Borrowed(self)
+        }
+    }
+
     pub fn apply(&self, batch: &RecordBatch) -> Result<RecordBatch> {
         // A function that panics on some input must fail this batch, not the server.
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.apply_unguarded(batch)))

@@ -249,22 +249,15 @@ impl PushQuery {
                     if tombstones && !(aggregate.is_some() && *source_is_table) {
                         continue;
                     }
-                    let decoded = if tombstones {
-                        layout.decode_tombstones(&plan.input_schema, run)
-                    } else {
-                        layout.decode(&plan.input_schema, run)
-                    };
-                    let mut problems = Vec::new();
-                    let decoded = match (timestamp.as_ref(), tombstones) {
-                        (Some((col, format)), false) => crate::with_event_time(
-                            decoded,
-                            col,
-                            format.as_deref(),
-                            partition,
-                            &mut problems,
-                        )?,
-                        _ => decoded,
-                    };
+                    let decoded = crate::decode_run(
+                        layout,
+                        &plan.input_schema,
+                        run,
+                        tombstones,
+                        timestamp.as_ref(),
+                        partition,
+                        &mut Vec::new(),
+                    )?;
                     rows.extend(client_rows(
                         plan,
                         aggregate.as_deref_mut(),
@@ -294,17 +287,7 @@ fn client_rows(
     tombstones: bool,
     batch: &arrow::array::RecordBatch,
 ) -> Vec<Vec<Value>> {
-    let unfiltered;
-    let plan = if tombstones && plan.filter.is_some() {
-        unfiltered = SelectPlan {
-            filter: None,
-            ..plan.clone()
-        };
-        &unfiltered
-    } else {
-        plan
-    };
-    let (batches, _) = plan.apply_each(batch);
+    let (batches, _) = plan.for_run(tombstones).apply_each(batch);
     let mut aggregate = aggregate;
     let mut rows = Vec::new();
     for out in batches {

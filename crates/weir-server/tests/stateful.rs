@@ -10,9 +10,13 @@ use common::*;
 use serde_json::{Value, json};
 use weir_server::Server;
 
-/// A pull query's rows over `/query-stream` (header first, then a row per line).
-fn pull(server: &Server, sql: &str) -> (Value, Vec<Value>) {
-    let (status, body) = post(server, "/query-stream", &json!({"sql": sql}));
+/// A query's header and rows over `/query-stream` (a line each).
+fn query(server: &Server, sql: &str, properties: Value) -> (Value, Vec<Value>) {
+    let (status, body) = post(
+        server,
+        "/query-stream",
+        &json!({"sql": sql, "properties": properties}),
+    );
     assert_eq!(status, 200, "{sql}: {body}");
     let text = body
         .as_str()
@@ -23,6 +27,11 @@ fn pull(server: &Server, sql: &str) -> (Value, Vec<Value>) {
         .map(|l| serde_json::from_str::<Value>(l).unwrap());
     let header = lines.next().expect("a header");
     (header, lines.collect())
+}
+
+/// A pull query's header and rows.
+fn pull(server: &Server, sql: &str) -> (Value, Vec<Value>) {
+    query(server, sql, json!({}))
 }
 
 /// Polls a pull query until it gives `want` rows (the persistent queries run in the
@@ -103,25 +112,17 @@ fn windowed_aggregates_joins_and_pull_queries() {
     );
 
     // A push query with a windowed GROUP BY: each group's changes, bounds after the key.
-    let (status, body) = post(
+    let (header, rows) = query(
         &server,
-        "/query-stream",
-        &json!({"sql": "SELECT car, COUNT(*) AS n FROM readings WINDOW TUMBLING (SIZE 10 SECONDS) GROUP BY car EMIT CHANGES LIMIT 4;",
-                "properties": {"auto.offset.reset": "earliest"}}),
+        "SELECT car, COUNT(*) AS n FROM readings WINDOW TUMBLING (SIZE 10 SECONDS) GROUP BY car EMIT CHANGES LIMIT 4;",
+        json!({"auto.offset.reset": "earliest"}),
     );
-    assert_eq!(status, 200, "{body}");
-    let lines: Vec<Value> = body
-        .as_str()
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     assert_eq!(
-        lines[0]["columnNames"],
+        header["columnNames"],
         json!(["CAR", "WINDOWSTART", "WINDOWEND", "N"])
     );
     assert_eq!(
-        lines[1..],
+        rows,
         [
             json!(["a", 0, 10000, 1]),
             json!(["b", 0, 10000, 1]),
@@ -130,38 +131,20 @@ fn windowed_aggregates_joins_and_pull_queries() {
         ]
     );
     // Without the key in the select list, as ksqlDB allows a client.
-    let (status, body) = post(
+    let (_, counts) = query(
         &server,
-        "/query-stream",
-        &json!({"sql": "SELECT COUNT(*) AS n FROM readings GROUP BY car EMIT CHANGES LIMIT 3;",
-                "properties": {"auto.offset.reset": "earliest"}}),
+        "SELECT COUNT(*) AS n FROM readings GROUP BY car EMIT CHANGES LIMIT 3;",
+        json!({"auto.offset.reset": "earliest"}),
     );
-    assert_eq!(status, 200, "{body}");
-    let counts: Vec<Value> = body
-        .as_str()
-        .unwrap()
-        .lines()
-        .skip(1)
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     assert_eq!(counts, [json!([1]), json!([1]), json!([2])]);
 
     // A push query over the join itself, from the earliest records of both sources (taken
     // in timestamp order: the cars, at 0, before the readings).
-    let (status, body) = post(
+    let (_, joined) = query(
         &server,
-        "/query-stream",
-        &json!({"sql": "SELECT r.car AS car, c.model, r.speed FROM readings r LEFT JOIN cars c ON r.car = c.car EMIT CHANGES LIMIT 4;",
-                "properties": {"auto.offset.reset": "earliest"}}),
+        "SELECT r.car AS car, c.model, r.speed FROM readings r LEFT JOIN cars c ON r.car = c.car EMIT CHANGES LIMIT 4;",
+        json!({"auto.offset.reset": "earliest"}),
     );
-    assert_eq!(status, 200, "{body}");
-    let joined: Vec<Value> = body
-        .as_str()
-        .unwrap()
-        .lines()
-        .skip(1)
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     assert_eq!(
         joined,
         [

@@ -179,3 +179,28 @@ pub fn broker() -> Broker {
         _dir: dir,
     }
 }
+
+/// Starts `weir run` (stdout piped) and kills it with SIGKILL once its progress lines
+/// (`consumed N total T`) report at least `at_least` records consumed; returns the total
+/// it had reached.
+pub fn kill_after_consumed(mut run: Command, at_least: u64) -> u64 {
+    use std::io::{BufRead, BufReader};
+    let mut child = run.stdout(Stdio::piped()).spawn().unwrap();
+    let mut consumed = 0;
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        assert!(!line.starts_with("ERROR"), "{line}");
+        if let Some(total) = line
+            .strip_prefix("consumed ")
+            .and_then(|l| l.split(" total ").nth(1))
+        {
+            consumed = total.parse::<u64>().unwrap();
+            if consumed >= at_least {
+                break;
+            }
+        }
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    consumed
+}
