@@ -168,16 +168,28 @@ impl Node {
         }
     }
 
-    fn push(&mut self, source: usize, events: Vec<Event>, wide: &SchemaRef) -> Result<Vec<Event>> {
+    fn push(
+        &mut self,
+        source: usize,
+        events: Vec<Event>,
+        wide: &SchemaRef,
+        failures: &mut Vec<String>,
+    ) -> Vec<Event> {
         match self {
-            Node::Source(s) => Ok(if *s == source { events } else { Vec::new() }),
+            Node::Source(s) => {
+                if *s == source {
+                    events
+                } else {
+                    Vec::new()
+                }
+            }
             Node::Join(j) => {
                 if j.left.contains(source) {
-                    let events = j.left.push(source, events, wide)?;
-                    j.on_side(true, events, wide)
+                    let events = j.left.push(source, events, wide, failures);
+                    j.on_side(true, events, wide, failures)
                 } else {
-                    let events = j.right.push(source, events, wide)?;
-                    j.on_side(false, events, wide)
+                    let events = j.right.push(source, events, wide, failures);
+                    j.on_side(false, events, wide, failures)
                 }
             }
         }
@@ -228,21 +240,47 @@ fn key_text(v: &Value) -> String {
     serde_json::to_string(v).expect("JSON values serialize")
 }
 
-/// Evaluates a key expression over events' wide rows.
-fn eval_keys(c: &Compiled, ty: &SqlType, events: &[Event], wide: &SchemaRef) -> Result<Vec<Value>> {
+/// Evaluates a key expression over events' wide rows. When the batch fails, each row
+/// is evaluated alone: a row whose key cannot be computed gets a null key (it joins
+/// nothing) and why goes to `failures`.
+fn eval_keys(
+    c: &Compiled,
+    ty: &SqlType,
+    events: &[Event],
+    wide: &SchemaRef,
+    failures: &mut Vec<String>,
+) -> Vec<Value> {
+    let eval = |rows: Vec<Vec<Value>>| -> std::result::Result<Vec<Value>, String> {
+        let n = rows.len();
+        let (batch, bad) = weir_format::convert::rows_to_batch(wide, rows);
+        if let Some((_, why)) = bad.first() {
+            return Err(why.clone());
+        }
+        let array = c
+            .expr
+            .evaluate(&batch)
+            .and_then(|v| v.into_array(n))
+            .map_err(|e| e.to_string())?;
+        Ok((0..n)
+            .map(|i| weir_format::convert::value_at(&array, i, ty))
+            .collect())
+    };
     if events.is_empty() {
-        return Ok(Vec::new());
+        return Vec::new();
     }
-    let rows: Vec<Vec<Value>> = events.iter().map(|e| e.row.clone()).collect();
-    let (batch, bad) = weir_format::convert::rows_to_batch(wide, rows);
-    if let Some((_, why)) = bad.first() {
-        return Err(EngineError::Execution(format!("join row: {why}")));
+    match eval(events.iter().map(|e| e.row.clone()).collect()) {
+        Ok(keys) => keys,
+        Err(_) => events
+            .iter()
+            .map(|e| match eval(vec![e.row.clone()]) {
+                Ok(mut k) => k.pop().unwrap_or(Value::Null),
+                Err(why) => {
+                    failures.push(format!("Error computing the join key: {why}"));
+                    Value::Null
+                }
+            })
+            .collect(),
     }
-    let n = batch.num_rows();
-    let array = c.expr.evaluate(&batch)?.into_array(n)?;
-    Ok((0..n)
-        .map(|i| weir_format::convert::value_at(&array, i, ty))
-        .collect())
 }
 
 impl JoinNode {
@@ -260,16 +298,17 @@ impl JoinNode {
         from_left: bool,
         events: Vec<Event>,
         wide: &SchemaRef,
-    ) -> Result<Vec<Event>> {
+        failures: &mut Vec<String>,
+    ) -> Vec<Event> {
         if events.is_empty() {
-            return Ok(events);
+            return events;
         }
         let expr = if from_left {
             &self.left_key
         } else {
             &self.right_key
         };
-        let keys = eval_keys(expr, &self.key_type, &events, wide)?;
+        let keys = eval_keys(expr, &self.key_type, &events, wide, failures);
         let mut out = Vec::new();
         for (e, k) in events.into_iter().zip(keys) {
             self.state.stream_time = self.state.stream_time.max(e.ts);
@@ -290,7 +329,7 @@ impl JoinNode {
                 self.purge(before + after + grace);
             }
         }
-        Ok(out)
+        out
     }
 
     fn stream_stream(
@@ -1239,11 +1278,16 @@ impl Joiner {
         row
     }
 
-    /// Pushes a run of one source's records through the joins; the relation's rows they
-    /// produce: (ROWTIME, key values, value values, delete).
-    pub fn push(&mut self, source: usize, events: Vec<Event>) -> Result<Vec<Event>> {
+    /// Pushes a run of one source's records through the joins: the joined events they
+    /// make; why a record's join key could not be computed goes to `failures`.
+    pub fn push(
+        &mut self,
+        source: usize,
+        events: Vec<Event>,
+        failures: &mut Vec<String>,
+    ) -> Vec<Event> {
         let wide = self.wide.clone();
-        self.root.push(source, events, &wide)
+        self.root.push(source, events, &wide, failures)
     }
 
     /// The relation's batch for events (all rows or all deletes).
@@ -1460,7 +1504,9 @@ impl Joiner {
                     key: Vec::new(),
                 })
                 .collect();
-            let out = self.push(source, events)?;
+            let mut failures = Vec::new();
+            let out = self.push(source, events, &mut failures);
+            problems.extend(failures.into_iter().map(|why| (0, 0, why)));
             for changes in out.chunk_by(|a, b| a.delete == b.delete) {
                 let tombstones = changes[0].delete;
                 let batch = self.relation_batch(changes)?;

@@ -772,3 +772,81 @@ fn coalescing_writes_a_groups_last_change_per_batch() {
         ]
     );
 }
+
+/// A stream-table join: readings pick up their car's current row (a later update, a
+/// delete); a reading whose join key cannot be computed joins nothing, goes to the
+/// processing log, and the batch goes on.
+#[test]
+fn a_stream_table_join_follows_the_table_and_logs_keys_it_cannot_compute() {
+    let (_dir, mut engine) = engine();
+    engine
+        .execute_sql(
+            "CREATE STREAM readings (k VARCHAR KEY, code VARCHAR, speed INT) WITH (kafka_topic='readings', value_format='JSON', partitions=1);
+             CREATE TABLE cars (id INT PRIMARY KEY, model VARCHAR) WITH (kafka_topic='cars', key_format='JSON', value_format='JSON', partitions=1);
+             SET 'auto.offset.reset'='earliest';
+             CREATE STREAM enriched AS SELECT c.id AS id, c.model AS model, r.speed AS speed
+               FROM readings r LEFT JOIN cars c ON CAST(r.code AS INT) = c.id;",
+        )
+        .unwrap();
+    let run = |engine: &mut Engine| engine.run_until_idle().unwrap();
+    produce(&engine, "cars", Some("1"), r#"{"MODEL": "roadster"}"#, 0);
+    run(&mut engine);
+    produce(
+        &engine,
+        "readings",
+        Some("r1"),
+        r#"{"CODE": "1", "SPEED": 10}"#,
+        1,
+    );
+    produce(
+        &engine,
+        "readings",
+        Some("r2"),
+        r#"{"CODE": "oops", "SPEED": 20}"#,
+        2,
+    );
+    run(&mut engine);
+    produce(&engine, "cars", Some("1"), r#"{"MODEL": "van"}"#, 3);
+    run(&mut engine);
+    produce(
+        &engine,
+        "readings",
+        Some("r3"),
+        r#"{"CODE": "1", "SPEED": 30}"#,
+        4,
+    );
+    run(&mut engine);
+    engine
+        .log()
+        .produce("cars", Record::new(Some(b"1"), None, 5))
+        .unwrap();
+    run(&mut engine);
+    produce(
+        &engine,
+        "readings",
+        Some("r4"),
+        r#"{"CODE": "1", "SPEED": 40}"#,
+        6,
+    );
+    run(&mut engine);
+    let rows: Vec<Value> = read_all(&engine, "ENRICHED")
+        .into_iter()
+        .map(|(_, v, _)| serde_json::from_str(&v.unwrap()).unwrap())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            json!({"MODEL": "roadster", "SPEED": 10}),
+            json!({"MODEL": null, "SPEED": 20}),
+            json!({"MODEL": "van", "SPEED": 30}),
+            json!({"MODEL": null, "SPEED": 40}),
+        ]
+    );
+    let logged = read_all(&engine, PROCESSING_LOG_TOPIC);
+    assert!(
+        logged
+            .iter()
+            .any(|(_, v, _)| v.as_deref().unwrap_or("").contains("join key")),
+        "{logged:?}"
+    );
+}
