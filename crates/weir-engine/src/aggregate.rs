@@ -1153,8 +1153,12 @@ impl Aggregator {
             inputs: Vec::new(),
         };
         // A group's row as the select list sees it: its keys, its results, its window.
-        let row_of = |id: &GroupId, group: &Group| -> Vec<Value> {
-            let mut middle: Vec<Value> = serde_json::from_str(&id.key).unwrap_or_default();
+        // (`known`: the key's values when at hand, else read back from its text.)
+        let row_of_key = |id: &GroupId, group: &Group, known: Option<&[Value]>| -> Vec<Value> {
+            let mut middle: Vec<Value> = match known {
+                Some(k) => k.to_vec(),
+                None => serde_json::from_str(&id.key).unwrap_or_default(),
+            };
             middle.extend(calls.iter().zip(&group.states).map(|(c, s)| c.result(s)));
             if let Some((start, end)) = id.window {
                 middle.push(json!(start));
@@ -1162,6 +1166,7 @@ impl Aggregator {
             }
             middle
         };
+        let row_of = |id: &GroupId, group: &Group| row_of_key(id, group, None);
         // Folds argument values into a group's states (not plugin aggregates).
         let fold = |states: &mut [Value], args: &[(Value, Value)]| {
             for ((c, state), (a, b)) in calls.iter().zip(states.iter_mut()).zip(args) {
@@ -1365,7 +1370,7 @@ impl Aggregator {
                     }
                 }
                 if emit {
-                    rows.push(row_of(&gid, group));
+                    rows.push(row_of_key(&gid, group, Some(&key)));
                     meta.push((group.time, offset, gid, Change::Update));
                 }
             }

@@ -129,6 +129,9 @@ struct JoinNode {
     right: Node,
     left_key: Compiled,
     right_key: Compiled,
+    /// Where each key is in the wide row when it is a plain column (no evaluation).
+    left_column: Option<usize>,
+    right_column: Option<usize>,
     key_type: SqlType,
     /// The sources under the right child: their columns come from its side when merging.
     right_columns: Vec<(usize, usize)>,
@@ -303,12 +306,15 @@ impl JoinNode {
         if events.is_empty() {
             return events;
         }
-        let expr = if from_left {
-            &self.left_key
+        let (expr, column) = if from_left {
+            (&self.left_key, self.left_column)
         } else {
-            &self.right_key
+            (&self.right_key, self.right_column)
         };
-        let keys = eval_keys(expr, &self.key_type, &events, wide, failures);
+        let keys = match column {
+            Some(i) => events.iter().map(|e| e.row[i].clone()).collect(),
+            None => eval_keys(expr, &self.key_type, &events, wide, failures),
+        };
         let mut out = Vec::new();
         for (e, k) in events.into_iter().zip(keys) {
             self.state.stream_time = self.state.stream_time.max(e.ts);
@@ -1104,6 +1110,8 @@ pub fn plan_join(
             shape,
             left: root,
             right: Node::Source(right_index),
+            left_column: column_name(&l).and_then(|c| wide.index_of(&c).ok()),
+            right_column: column_name(&r).and_then(|c| wide.index_of(&c).ok()),
             left_key,
             right_key,
             key_type: lt,
@@ -1291,15 +1299,20 @@ impl Joiner {
     }
 
     /// The relation's batch for events (all rows or all deletes).
-    pub fn relation_batch(&mut self, events: &[Event]) -> Result<RecordBatch> {
+    pub fn relation_batch(&mut self, events: Vec<Event>) -> Result<RecordBatch> {
         let schema = self.relation.layout.schema();
         let rows: Vec<Vec<Value>> = events
-            .iter()
-            .map(|e| {
+            .into_iter()
+            .map(|mut e| {
                 self.seq += 1;
-                let mut row = vec![json!(e.ts), json!(0), json!(self.seq)];
-                row.extend(e.key.iter().cloned());
-                row.extend(self.value_columns.iter().map(|i| e.row[*i].clone()));
+                let mut row = Vec::with_capacity(3 + e.key.len() + self.value_columns.len());
+                row.extend([json!(e.ts), json!(0), json!(self.seq)]);
+                row.append(&mut e.key);
+                row.extend(
+                    self.value_columns
+                        .iter()
+                        .map(|i| std::mem::take(&mut e.row[*i])),
+                );
                 row
             })
             .collect();
@@ -1493,13 +1506,13 @@ impl Joiner {
 
         let mut out_changes = Vec::new();
         pending.sort_by_key(|p| p.0);
-        for run in pending.chunk_by(|a, b| a.1 == b.1 && a.2 == b.2) {
+        for run in pending.chunk_by_mut(|a, b| a.1 == b.1 && a.2 == b.2) {
             let source = run[0].1;
             let events: Vec<Event> = run
-                .iter()
+                .iter_mut()
                 .map(|(ts, _, delete, values)| Event {
                     ts: *ts,
-                    row: self.wide_row(source, values.clone()),
+                    row: self.wide_row(source, std::mem::take(values)),
                     delete: *delete,
                     key: Vec::new(),
                 })
@@ -1507,10 +1520,18 @@ impl Joiner {
             let mut failures = Vec::new();
             let out = self.push(source, events, &mut failures);
             problems.extend(failures.into_iter().map(|why| (0, 0, why)));
-            for changes in out.chunk_by(|a, b| a.delete == b.delete) {
-                let tombstones = changes[0].delete;
-                let batch = self.relation_batch(changes)?;
-                out_changes.push((tombstones, batch));
+            // Runs of rows and of deletes, in order.
+            let mut run: Vec<Event> = Vec::new();
+            for e in out {
+                if run.last().is_some_and(|l| l.delete != e.delete) {
+                    let tombstones = run[0].delete;
+                    out_changes.push((tombstones, self.relation_batch(std::mem::take(&mut run))?));
+                }
+                run.push(e);
+            }
+            if let Some(first) = run.first() {
+                let tombstones = first.delete;
+                out_changes.push((tombstones, self.relation_batch(run)?));
             }
         }
         Ok(JoinStep {
