@@ -195,7 +195,10 @@ fn run_until(engine: &mut Engine, expected: u64) -> Result<(u64, f64), String> {
 /// W3: the W1 events (10,000 cars, 1 ms apart) through a tumbling 10-second window with
 /// COUNT and AVG(SPEED) per car, then through a stream-table join to a 10,000-row car
 /// table, each on its own engine over the embedded log. Prints events/s and peak RSS.
-pub fn w3(events: u64) -> Result<(), String> {
+pub fn w3(events: u64, only: Option<&str>) -> Result<(), String> {
+    if let Some(o) = only.filter(|o| !["window", "join"].contains(o)) {
+        return Err(format!("--only takes window or join, not {o}"));
+    }
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let config = EmbeddedLogConfig {
         fsync: FsyncPolicy::Never,
@@ -231,29 +234,33 @@ pub fn w3(events: u64) -> Result<(), String> {
         Ok(e)
     };
 
-    reset_peak_rss();
-    let mut windowed = engine(&log)?;
-    windowed.execute_sql(W3_WINDOW).map_err(|e| e.to_string())?;
-    let (consumed, secs) = run_until(&mut windowed, events)?;
-    let changes = log.offsets("PER_CAR", 0).map_err(|e| e.to_string())?.1;
-    println!(
-        "  tumbling 10 s COUNT, AVG per car  {}  -> {changes} changes; peak RSS {:.0} MiB",
-        rate(consumed, secs),
-        peak_rss_mib()
-    );
-    drop(windowed);
+    if only != Some("join") {
+        reset_peak_rss();
+        let mut windowed = engine(&log)?;
+        windowed.execute_sql(W3_WINDOW).map_err(|e| e.to_string())?;
+        let (consumed, secs) = run_until(&mut windowed, events)?;
+        let changes = log.offsets("PER_CAR", 0).map_err(|e| e.to_string())?.1;
+        println!(
+            "  tumbling 10 s COUNT, AVG per car  {}  -> {changes} changes; peak RSS {:.0} MiB",
+            rate(consumed, secs),
+            peak_rss_mib()
+        );
+        drop(windowed);
+    }
 
-    reset_peak_rss();
-    let mut joined = engine(&log)?;
-    joined.execute_sql(W3_CARS).map_err(|e| e.to_string())?;
-    joined.execute_sql(W3_JOIN).map_err(|e| e.to_string())?;
-    let (consumed, secs) = run_until(&mut joined, events + 10_000)?;
-    let written = log.offsets("ENRICHED", 0).map_err(|e| e.to_string())?.1;
-    println!(
-        "  stream-table join to 10,000 cars  {}  -> {written} joined records; peak RSS {:.0} MiB",
-        rate(consumed, secs),
-        peak_rss_mib()
-    );
+    if only != Some("window") {
+        reset_peak_rss();
+        let mut joined = engine(&log)?;
+        joined.execute_sql(W3_CARS).map_err(|e| e.to_string())?;
+        joined.execute_sql(W3_JOIN).map_err(|e| e.to_string())?;
+        let (consumed, secs) = run_until(&mut joined, events + 10_000)?;
+        let written = log.offsets("ENRICHED", 0).map_err(|e| e.to_string())?.1;
+        println!(
+            "  stream-table join to 10,000 cars  {}  -> {written} joined records; peak RSS {:.0} MiB",
+            rate(consumed, secs),
+            peak_rss_mib()
+        );
+    }
     Ok(())
 }
 

@@ -220,6 +220,9 @@ enum Workload {
     W3 {
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
+        /// Run only one of the two queries (`window` or `join`), e.g. to profile it.
+        #[arg(long)]
+        only: Option<String>,
     },
     /// A plugin scalar (one FFI call per batch) against the same function built in.
     Udf {
@@ -438,8 +441,8 @@ fn main() -> ExitCode {
             }
         },
         Command::Bench {
-            workload: Workload::W3 { events },
-        } => match bench::w3(events) {
+            workload: Workload::W3 { events, only },
+        } => match bench::w3(events, only.as_deref()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("weir bench: {e}");

@@ -14,6 +14,10 @@
 //! offsets and restored on restart, so a restarted query goes on with the same state.
 
 use std::collections::HashMap;
+
+/// Hash maps keyed by group: foldhash rather than SipHash (the keys are ours, not an
+/// attacker's choice of collisions to worry about per query).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
@@ -261,7 +265,13 @@ impl AggKind {
             AggKind::Avg => {
                 let sum = number(&state[0]) + number(arg);
                 let count = state[1].as_i64().unwrap_or(0) + 1;
-                *state = json!([sum, count]);
+                match state {
+                    Value::Array(a) if a.len() == 2 => {
+                        a[0] = json!(sum);
+                        a[1] = json!(count);
+                    }
+                    _ => *state = json!([sum, count]),
+                }
             }
             AggKind::Min | AggKind::Max if arg.is_null() => {}
             AggKind::Min | AggKind::Max => {
@@ -564,7 +574,7 @@ struct Windowing {
     /// Records that arrived after every window they belong to had closed.
     late: u64,
     /// Session windows per group key.
-    sessions: HashMap<String, std::collections::BTreeSet<(i64, i64)>>,
+    sessions: FastMap<String, std::collections::BTreeSet<(i64, i64)>>,
     /// EMIT FINAL: windows not yet emitted, by end.
     pending: std::collections::BTreeSet<(i64, i64, String)>,
     /// Stream time at the last purge of expired windows.
@@ -603,7 +613,7 @@ impl Windowing {
             emit_final,
             stream_time: i64::MIN,
             late: 0,
-            sessions: HashMap::new(),
+            sessions: FastMap::default(),
             pending: Default::default(),
             purged_at: i64::MIN,
         }
@@ -649,7 +659,7 @@ pub struct Aggregator {
     /// ROWTIME, ROWOFFSET, then the select items.
     output_schema: SchemaRef,
     /// Per group (its key values as JSON text).
-    state: HashMap<GroupId, Group>,
+    state: FastMap<GroupId, Group>,
     /// Over a table: where the source key columns and the WHERE condition are among the
     /// stateless step's projections, and per source key (JSON text) the group its row
     /// counts in and the argument values it added, to take back when the row changes.
@@ -664,7 +674,7 @@ pub struct Aggregator {
 struct TableInput {
     source_keys: Vec<(usize, SqlType)>,
     condition: Option<usize>,
-    rows: HashMap<String, (String, Vec<(Value, Value)>)>,
+    rows: FastMap<String, (String, Vec<(Value, Value)>)>,
 }
 
 fn aggregate_call(e: &Expr, functions: &Functions) -> Option<(AggKind, Vec<Expr>, bool)> {
@@ -1059,7 +1069,7 @@ pub fn plan_aggregate(
         having,
         output_layout_columns: (key_cols, value_cols),
         output_schema: Arc::new(Schema::new(fields)),
-        state: HashMap::new(),
+        state: FastMap::default(),
         table: from_table.then(|| TableInput {
             source_keys: table_columns
                 .0
@@ -1068,7 +1078,7 @@ pub fn plan_aggregate(
                 .map(|(i, c)| (*i, c.ty.clone()))
                 .collect(),
             condition: table_columns.1,
-            rows: HashMap::new(),
+            rows: FastMap::default(),
         }),
         window,
         coalesce: false,

@@ -21,6 +21,9 @@
 //! The state (buffers, table rows, offsets) is checkpointed with the query.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// Join state by key: foldhash rather than SipHash.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
 
 use arrow::array::{AsArray, RecordBatch};
@@ -111,12 +114,12 @@ enum Shape {
 struct NodeState {
     /// Per join key (JSON text): the stream side's buffered records, or the table side's
     /// row (one entry).
-    left: HashMap<String, Vec<Entry>>,
-    right: HashMap<String, Vec<Entry>>,
+    left: FastMap<String, Vec<Entry>>,
+    right: FastMap<String, Vec<Entry>>,
     /// Foreign-key joins: per left key (JSON text), its foreign key and row ...
     left_rows: BTreeMap<String, (String, Entry)>,
     /// ... and per foreign key, the left keys that refer to it.
-    referrers: HashMap<String, BTreeSet<String>>,
+    referrers: FastMap<String, BTreeSet<String>>,
     stream_time: i64,
     purged_at: i64,
 }
