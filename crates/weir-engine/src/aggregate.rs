@@ -652,6 +652,8 @@ pub struct Aggregator {
     /// The grouping keys then the aggregate results, as the select list and HAVING see
     /// them.
     middle: SchemaRef,
+    /// Their types, when one holds BYTES: values read as base64 go back in as the bytes.
+    bytes_types: Option<Vec<SqlType>>,
     outputs: Vec<Output>,
     having: Option<Compiled>,
     /// Key columns then value columns, as the sink declares them.
@@ -956,6 +958,7 @@ pub fn plan_aggregate(
         .zip(&keys)
         .map(|(n, t)| Field::new(n, weir_format::arrow_type(t), true))
         .collect();
+    let mut middle_types: Vec<SqlType> = keys.clone();
     for (n, c) in calls.iter().enumerate() {
         let t = match &c.plugin {
             Some(p) => crate::types::sql_type_of(&p.0.return_type())?,
@@ -963,9 +966,7 @@ pub fn plan_aggregate(
                 .kind
                 .result_type(c.arg.as_ref().map(|(_, t)| t), c.params)?,
         };
-        if format!("{t}").contains("BYTES") {
-            return unsupported("BYTES in aggregation results");
-        }
+        middle_types.push(t.clone());
         middle_fields.push(Field::new(
             format!("WEIR_AGG_{n}"),
             weir_format::arrow_type(&t),
@@ -1002,9 +1003,6 @@ pub fn plan_aggregate(
     for (name, expr, key) in items {
         let compiled = compiler.compile(&expr)?;
         let ty = crate::types::sql_type_of(&compiled.data_type)?;
-        if format!("{ty}").contains("BYTES") {
-            return unsupported("BYTES in aggregation results");
-        }
         fields.push(Field::new(&name, compiled.data_type.clone(), true));
         let col = Column::new(&name, ty);
         if let Some(k) = key {
@@ -1082,6 +1080,10 @@ pub fn plan_aggregate(
         }),
         window,
         coalesce: false,
+        bytes_types: middle_types
+            .iter()
+            .any(|t| format!("{t}").contains("BYTES"))
+            .then_some(middle_types),
     })
 }
 
@@ -1403,6 +1405,18 @@ impl Aggregator {
             }
         }
         self.purge();
+        // BYTES read out as base64 text: back to what the Arrow decoder takes.
+        if let Some(types) = &self.bytes_types {
+            for row in rows.iter_mut() {
+                for (v, t) in row.iter_mut().zip(types) {
+                    // A value that does not convert stays as it was: its row is refused
+                    // below and logged.
+                    if let Ok(c) = weir_format::convert::coerce(v.clone(), t) {
+                        *v = c;
+                    }
+                }
+            }
+        }
         let (batch, bad) = weir_format::convert::rows_to_batch(&self.middle, rows);
         let mut failed = plugin_failures;
         for (i, why) in bad.iter().rev() {
