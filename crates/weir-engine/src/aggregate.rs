@@ -54,6 +54,8 @@ pub enum AggKind {
     Histogram,
     StddevSamp,
     Correlation,
+    /// The value when every value of the group is the same (nulls included), else null.
+    Attr,
     /// A plugin's aggregate (see [`Call::plugin`]).
     Plugin,
 }
@@ -84,6 +86,7 @@ impl AggKind {
             "HISTOGRAM" => AggKind::Histogram,
             "STDDEV_SAMP" => AggKind::StddevSamp,
             "CORRELATION" => AggKind::Correlation,
+            "ATTR" => AggKind::Attr,
             _ => return None,
         })
     }
@@ -116,7 +119,9 @@ impl AggKind {
             {
                 SqlType::Array(Box::new(t.clone()))
             }
-            (AggKind::LatestByOffset | AggKind::EarliestByOffset, Some(t)) => t.clone(),
+            (AggKind::LatestByOffset | AggKind::EarliestByOffset | AggKind::Attr, Some(t)) => {
+                t.clone()
+            }
             (
                 AggKind::TopK | AggKind::TopKDistinct,
                 Some(t @ (SqlType::Int | SqlType::Bigint | SqlType::Double | SqlType::String)),
@@ -146,9 +151,11 @@ impl AggKind {
             AggKind::Plugin => json!([]),
             AggKind::StddevSamp => json!([0, 0.0, 0.0]),
             AggKind::Correlation => json!([0, 0.0, 0.0, 0.0, 0.0, 0.0]),
-            AggKind::Min | AggKind::Max | AggKind::LatestByOffset | AggKind::EarliestByOffset => {
-                Value::Null
-            }
+            AggKind::Min
+            | AggKind::Max
+            | AggKind::LatestByOffset
+            | AggKind::EarliestByOffset
+            | AggKind::Attr => Value::Null,
         }
     }
 
@@ -199,6 +206,20 @@ impl AggKind {
                 }
             }
             AggKind::TopK | AggKind::TopKDistinct if arg.is_null() => {}
+            // With other columns (arg2 their struct): structs, by sort column, equal ones
+            // in arrival order.
+            AggKind::TopK if arg2.is_object() => {
+                if let Value::Array(a) = state {
+                    let mut row = serde_json::Map::new();
+                    row.insert("sort_col".into(), arg.clone());
+                    if let Value::Object(others) = arg2 {
+                        row.extend(others.clone());
+                    }
+                    a.push(Value::Object(row));
+                    a.sort_by(|x, y| descending(&x["sort_col"], &y["sort_col"]));
+                    a.truncate(params.n.unwrap_or(1));
+                }
+            }
             AggKind::TopK | AggKind::TopKDistinct => {
                 if let Value::Array(a) = state {
                     if self == AggKind::TopKDistinct && a.contains(arg) {
@@ -209,6 +230,14 @@ impl AggKind {
                     a.truncate(params.n.unwrap_or(1));
                 }
             }
+            AggKind::Attr => match state {
+                Value::Object(m) => {
+                    if m.get("v") != Some(arg) {
+                        m.insert("same".into(), json!(false));
+                    }
+                }
+                _ => *state = json!({"v": arg, "same": true}),
+            },
             AggKind::Histogram if arg.is_null() => {}
             AggKind::Histogram => {
                 if let (Value::Object(m), Some(k)) = (state, arg.as_str()) {
@@ -292,6 +321,11 @@ impl AggKind {
                     *state = arg.clone();
                 }
             }
+            // `ksql.functions.collect_list.limit` / `collect_set.limit`: at most n values.
+            AggKind::CollectList | AggKind::CollectSet
+                if state
+                    .as_array()
+                    .is_some_and(|a| params.n.is_some_and(|n| a.len() >= n)) => {}
             AggKind::CollectList => {
                 if let Value::Array(a) = state {
                     a.push(arg.clone());
@@ -388,6 +422,8 @@ impl AggKind {
                 }
             }
             AggKind::EarliestByOffset if !params.ignore_nulls => state["v"].clone(),
+            AggKind::Attr if state["same"] == json!(true) => state["v"].clone(),
+            AggKind::Attr => Value::Null,
             AggKind::Avg => {
                 let count = state[1].as_i64().unwrap_or(0);
                 if count == 0 {
@@ -436,6 +472,8 @@ struct Call {
     arg: Option<(usize, SqlType)>,
     /// CORRELATION's second argument.
     arg2: Option<(usize, SqlType)>,
+    /// TOPK's other columns, carried in its result's structs.
+    extra: Vec<(usize, SqlType)>,
     params: Params,
     plugin: Option<PluginRef>,
 }
@@ -840,9 +878,25 @@ pub fn plan_aggregate(
             AggKind::Correlation => 2,
             _ => 1,
         };
+        // TOPK(sort, other, ..., k): the top k rows as structs of the sort column and the
+        // others (`sort_col`, `col0`, ...).
+        let extras = if *kind == AggKind::TopK && args.len() >= 3 {
+            1..args.len() - 1
+        } else {
+            0..0
+        };
         let (kind, params) = match (*kind, *star, args.len()) {
             (AggKind::Count, _, 0) => (AggKind::CountStar, None),
             (k, false, c) if c == columns => (k, None),
+            (AggKind::TopK, false, c) if c >= 3 => (
+                AggKind::TopK,
+                Some(
+                    args[c - 1..]
+                        .iter()
+                        .map(literal)
+                        .collect::<Option<Vec<_>>>(),
+                ),
+            ),
             (
                 k @ (AggKind::TopK
                 | AggKind::TopKDistinct
@@ -894,7 +948,8 @@ pub fn plan_aggregate(
         };
         let arg = (kind != AggKind::CountStar).then(|| column(0));
         let arg2 = (kind == AggKind::Correlation).then(|| column(1));
-        calls.push((kind, arg, arg2, params, plugin));
+        let extra: Vec<usize> = extras.map(&mut column).collect();
+        calls.push((kind, arg, arg2, params, plugin, extra));
     }
     // Over a table, each row is an upsert of its source key: the stateless step also
     // gives that key, and the WHERE as a column (a row that fails it leaves its group).
@@ -939,7 +994,7 @@ pub fn plan_aggregate(
     let keys: Vec<SqlType> = (0..group_by.len()).map(type_of).collect::<Result<_>>()?;
     let calls: Vec<Call> = calls
         .into_iter()
-        .map(|(kind, arg, arg2, params, plugin)| {
+        .map(|(kind, arg, arg2, params, plugin, extra)| {
             let typed = |a: Option<usize>| {
                 a.map(|i| Ok::<_, EngineError>((i, type_of(i)?)))
                     .transpose()
@@ -948,6 +1003,10 @@ pub fn plan_aggregate(
                 kind,
                 arg: typed(arg)?,
                 arg2: typed(arg2)?,
+                extra: extra
+                    .into_iter()
+                    .map(|i| Ok::<_, EngineError>((i, type_of(i)?)))
+                    .collect::<Result<_>>()?,
                 params,
                 plugin,
             })
@@ -962,6 +1021,18 @@ pub fn plan_aggregate(
     for (n, c) in calls.iter().enumerate() {
         let t = match &c.plugin {
             Some(p) => crate::types::sql_type_of(&p.0.return_type())?,
+            None if !c.extra.is_empty() => {
+                let sort = c.arg.as_ref().map(|(_, t)| t.clone());
+                let field = |name: &str, ty: SqlType| weir_sql::ast::StructFieldType {
+                    name: sql::Ident::with_quote('`', name),
+                    ty,
+                };
+                let mut fields = vec![field("sort_col", sort.unwrap_or(SqlType::String))];
+                for (k, (_, t)) in c.extra.iter().enumerate() {
+                    fields.push(field(&format!("col{k}"), t.clone()));
+                }
+                SqlType::Array(Box::new(SqlType::Struct(fields)))
+            }
             None => c
                 .kind
                 .result_type(c.arg.as_ref().map(|(_, t)| t), c.params)?,
@@ -1088,6 +1159,18 @@ pub fn plan_aggregate(
 }
 
 impl Aggregator {
+    /// ksqlDB's `ksql.functions.collect_list.limit` and `collect_set.limit`: the most
+    /// values those lists keep.
+    pub fn limit_collections(&mut self, list: Option<usize>, set: Option<usize>) {
+        for c in &mut self.calls {
+            match c.kind {
+                AggKind::CollectList => c.params.n = list,
+                AggKind::CollectSet => c.params.n = set,
+                _ => {}
+            }
+        }
+    }
+
     /// A push query's columns: the select list, with a windowed result's WINDOWSTART and
     /// WINDOWEND after its key columns (as ksqlDB shows them). Each is (name, type, index
     /// of its column in a change batch).
@@ -1191,6 +1274,24 @@ impl Aggregator {
                 Some((i, ty)) => weir_format::convert::value_at(pre.column(2 + i), row, ty),
                 None => Value::Null,
             };
+            // A call's second value: CORRELATION's y, or TOPK's other columns as a struct.
+            let second = |c: &Call| {
+                if c.extra.is_empty() {
+                    return value(&c.arg2);
+                }
+                Value::Object(
+                    c.extra
+                        .iter()
+                        .enumerate()
+                        .map(|(k, (i, ty))| {
+                            (
+                                format!("col{k}"),
+                                weir_format::convert::value_at(pre.column(2 + i), row, ty),
+                            )
+                        })
+                        .collect(),
+                )
+            };
             let key: Vec<Value> = self
                 .keys
                 .iter()
@@ -1229,10 +1330,7 @@ impl Aggregator {
                 });
                 if !tombstones && passes && !key.iter().any(Value::is_null) {
                     let id = serde_json::to_string(&key).expect("JSON values serialize");
-                    let args = calls
-                        .iter()
-                        .map(|c| (value(&c.arg), value(&c.arg2)))
-                        .collect();
+                    let args = calls.iter().map(|c| (value(&c.arg), second(c))).collect();
                     t.rows.insert(source_key, (id, args));
                 } else {
                     // Gone (deleted, or no longer passing the WHERE): only the retraction.
@@ -1351,10 +1449,8 @@ impl Aggregator {
                 let group = self.state.entry(gid.clone()).or_insert_with(new_group);
                 group.time = group.time.max(time);
                 if session {
-                    let args: Vec<(Value, Value)> = calls
-                        .iter()
-                        .map(|c| (value(&c.arg), value(&c.arg2)))
-                        .collect();
+                    let args: Vec<(Value, Value)> =
+                        calls.iter().map(|c| (value(&c.arg), second(c))).collect();
                     fold(&mut group.states, &args);
                     group.inputs.push((offset, args));
                     group.time = gid.window.map_or(time, |(_, end)| end);
@@ -1374,7 +1470,7 @@ impl Aggregator {
                             _ => c.kind.update(
                                 state,
                                 &value(&c.arg),
-                                &value(&c.arg2),
+                                &second(c),
                                 c.arg.as_ref().map(|(_, t)| t),
                                 c.params,
                             ),

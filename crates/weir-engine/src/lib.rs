@@ -936,6 +936,12 @@ impl Engine {
         }
         let (plan, aggregate) = if grouped {
             let mut a = aggregate::plan_aggregate(&self.functions, &query, &source, true)?;
+            let limit = |name: &str| {
+                self.properties
+                    .get(&format!("ksql.functions.{name}.limit"))
+                    .and_then(|v| v.parse::<usize>().ok())
+            };
+            a.limit_collections(limit("collect_list"), limit("collect_set"));
             a.coalesce = self
                 .properties
                 .get(COALESCE_PROPERTY)
