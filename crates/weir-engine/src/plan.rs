@@ -52,7 +52,32 @@ impl<'a> ExprCompiler<'a> {
         let e = &rewrite_time_literals(e.clone())?;
         check_ksql_rules(e)?;
         self.check_comparisons(e)?;
+        let e = &self.rewrite_string_plus(e.clone());
         self.compile_unchecked(e)
+    }
+
+    /// ksqlDB concatenates strings with `+`: a `+` whose sides are both strings becomes
+    /// `||` (innermost first, so `a + b + c` chains).
+    fn rewrite_string_plus(&self, mut e: Expr) -> Expr {
+        let is_string = |x: &Expr| {
+            self.compile_unchecked(x).is_ok_and(|c| {
+                matches!(
+                    c.data_type,
+                    DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+                )
+            })
+        };
+        let _ = weir_sql::sqlparser::ast::visit_expressions_mut(&mut e, |x: &mut Expr| {
+            if let Expr::BinaryOp { left, op, right } = x
+                && *op == BinaryOperator::Plus
+                && is_string(left)
+                && is_string(right)
+            {
+                *op = BinaryOperator::StringConcat;
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        e
     }
 
     /// ksqlDB's type rules for comparisons, which DataFusion would coerce past: a number
