@@ -1269,6 +1269,13 @@ impl Aggregator {
                     .update(state, a, b, c.arg.as_ref().map(|(_, t)| t), c.params);
             }
         };
+        // Session windows keep their rows (to fold again on merges); EMIT FINAL writes
+        // nothing until a window closes.
+        let session = matches!(
+            self.window.as_ref().map(|w| w.spec),
+            Some(WindowSpec::Session { .. })
+        );
+        let emit = self.window.as_ref().is_none_or(|w| !w.emit_final);
         for row in 0..pre.num_rows() {
             let value = |a: &Option<(usize, SqlType)>| match a {
                 Some((i, ty)) => weir_format::convert::value_at(pre.column(2 + i), row, ty),
@@ -1440,11 +1447,6 @@ impl Aggregator {
                 rows.push(row_of(&old, group));
                 meta.push((group.time, offset, old, Change::Update));
             }
-            let session = matches!(
-                self.window.as_ref().map(|w| w.spec),
-                Some(WindowSpec::Session { .. })
-            );
-            let emit = self.window.as_ref().is_none_or(|w| !w.emit_final);
             for gid in targets {
                 let group = self.state.entry(gid.clone()).or_insert_with(new_group);
                 group.time = group.time.max(time);

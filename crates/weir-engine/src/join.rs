@@ -82,7 +82,7 @@ impl JoinInput {
 
 /// A record, or a join's result, on its way up the tree.
 #[derive(Debug, Clone)]
-pub struct Event {
+struct Event {
     pub ts: i64,
     /// The wide row: the columns of the sources under the node that made it; others null.
     pub row: Vec<Value>,
@@ -136,8 +136,9 @@ struct JoinNode {
     left_column: Option<usize>,
     right_column: Option<usize>,
     key_type: SqlType,
-    /// The sources under the right child: their columns come from its side when merging.
-    right_columns: Vec<(usize, usize)>,
+    /// Where the right source's columns are in the wide row (start, width): merging takes
+    /// them from the right side. (Joins are left-deep: the right child is one source.)
+    right_segment: (usize, usize),
     /// Foreign-key joins: the left table's key columns in the wide row, and their types.
     left_primary: Vec<(usize, SqlType)>,
     state: NodeState,
@@ -161,16 +162,6 @@ impl Node {
         match self {
             Node::Source(s) => inputs[*s].is_stream(),
             Node::Join(j) => matches!(j.shape, Shape::StreamStream { .. } | Shape::StreamTable),
-        }
-    }
-
-    fn sources(&self, out: &mut Vec<usize>) {
-        match self {
-            Node::Source(s) => out.push(*s),
-            Node::Join(j) => {
-                j.left.sources(out);
-                j.right.sources(out);
-            }
         }
     }
 
@@ -293,9 +284,8 @@ impl JoinNode {
     /// The left row with the right child's columns taken from `right`.
     fn merge(&self, left: &[Value], right: &[Value]) -> Vec<Value> {
         let mut row = left.to_vec();
-        for &(start, width) in &self.right_columns {
-            row[start..start + width].clone_from_slice(&right[start..start + width]);
-        }
+        let (start, width) = self.right_segment;
+        row[start..start + width].clone_from_slice(&right[start..start + width]);
         row
     }
 
@@ -353,12 +343,11 @@ impl JoinNode {
             return;
         }
         let kt = key_text(&k);
-        let (other, own) = if from_left {
-            (&self.state.right, &mut self.state.left)
+        let other = if from_left {
+            &self.state.right
         } else {
-            (&self.state.left, &mut self.state.right)
+            &self.state.left
         };
-        let _ = own;
         let mut matched = Vec::new();
         for o in other.get(&kt).into_iter().flatten() {
             // A right record within [left - before, left + after] of a left one.
@@ -676,7 +665,8 @@ pub struct Joiner {
     pub inputs: Vec<JoinInput>,
     root: Node,
     wide: SchemaRef,
-    /// The relation's key columns: where each comes from in the events' key.
+    /// The joined rows as one source: the key (the join expression), then the sources'
+    /// columns; the query is planned over it.
     pub relation: Source,
     /// Which wide columns are the relation's value columns.
     value_columns: Vec<usize>,
@@ -1059,8 +1049,6 @@ pub fn plan_join(
                 }
             }
         };
-        let mut right_sources = Vec::new();
-        Node::Source(right_index).sources(&mut right_sources);
         let left_primary = match (&shape, &root) {
             (Shape::ForeignKey, Node::Source(s)) => {
                 let i = &inputs[*s];
@@ -1118,10 +1106,7 @@ pub fn plan_join(
             left_key,
             right_key,
             key_type: lt,
-            right_columns: right_sources
-                .iter()
-                .map(|s| (inputs[*s].start, inputs[*s].width))
-                .collect(),
+            right_segment: (right_input.start, right_input.width),
             left_primary,
             state: NodeState::default(),
         }));
@@ -1280,7 +1265,7 @@ pub fn plan_join(
 
 impl Joiner {
     /// The wide row of a source's decoded record (its columns in its segment).
-    pub fn wide_row(&self, source: usize, values: Vec<Value>) -> Vec<Value> {
+    fn wide_row(&self, source: usize, values: Vec<Value>) -> Vec<Value> {
         let mut row = vec![Value::Null; self.wide.fields().len()];
         let i = &self.inputs[source];
         for (k, v) in values.into_iter().enumerate().take(i.width) {
@@ -1291,7 +1276,7 @@ impl Joiner {
 
     /// Pushes a run of one source's records through the joins: the joined events they
     /// make; why a record's join key could not be computed goes to `failures`.
-    pub fn push(
+    fn push(
         &mut self,
         source: usize,
         events: Vec<Event>,
@@ -1302,7 +1287,7 @@ impl Joiner {
     }
 
     /// The relation's batch for events (all rows or all deletes).
-    pub fn relation_batch(&mut self, events: Vec<Event>) -> Result<RecordBatch> {
+    fn relation_batch(&mut self, events: Vec<Event>) -> Result<RecordBatch> {
         let schema = self.relation.layout.schema();
         let rows: Vec<Vec<Value>> = events
             .into_iter()
