@@ -409,8 +409,7 @@ impl Engine {
                 None,
             )
         } else {
-            let mut j = crate::join::plan_join(&self.functions, query, |n| self.stream(n))?;
-            self.check_join(&j, query)?;
+            let mut j = self.plan_join(query)?;
             for input in &mut j.joiner.inputs {
                 input.offsets = start_offsets(self.log.as_ref(), &input.source.topic, earliest)?;
             }

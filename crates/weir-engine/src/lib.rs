@@ -565,8 +565,7 @@ impl Engine {
                     let plan = plan_select(&self.functions, query, &source)?;
                     (source, plan, None)
                 } else {
-                    let j = join::plan_join(&self.functions, query, |n| self.stream(n))?;
-                    self.check_join(&j, query)?;
+                    let j = self.plan_join(query)?;
                     let plan = plan_select(&self.functions, &j.query, &j.joiner.relation)?;
                     (j.joiner.relation.clone(), plan, Some(j.joiner))
                 };
@@ -869,13 +868,8 @@ impl Engine {
         let joined = if c.query.from.joins.is_empty() {
             None
         } else {
-            Some(join::plan_join(&self.functions, &c.query, |n| {
-                self.stream(n)
-            })?)
+            Some(self.plan_join(&c.query)?)
         };
-        if let Some(j) = &joined {
-            self.check_join(j, &c.query)?;
-        }
         let from_table = match &joined {
             Some(j) => j.joiner.relation.kind == SourceKind::Table,
             None => self
@@ -1029,13 +1023,11 @@ impl Engine {
         }
     }
 
-    /// What ksqlDB refuses of a join beyond its plan: sources with different partition
-    /// counts, and window bounds selected from a windowed aggregation over a join.
-    pub(crate) fn check_join(
-        &self,
-        j: &join::JoinPlan,
-        query: &weir_sql::ast::Query,
-    ) -> Result<()> {
+    /// Plans a query's joins over the catalog (see `join.rs`), with what ksqlDB refuses
+    /// beyond the plan: sources with different partition counts, and window bounds
+    /// selected from a windowed aggregation over a join.
+    pub(crate) fn plan_join(&self, query: &weir_sql::ast::Query) -> Result<join::JoinPlan> {
+        let j = join::plan_join(&self.functions, query, |n| self.stream(n))?;
         let partitions = |s: &Source| -> Result<Option<u32>> {
             Ok(self.log.topic(&s.topic)?.map(|t| t.config.partitions))
         };
@@ -1070,7 +1062,7 @@ impl Engine {
                 }
             }
         }
-        Ok(())
+        Ok(j)
     }
 
     /// Starts a planned query writing into `sink_name`; returns its id.
