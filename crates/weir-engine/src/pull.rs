@@ -86,7 +86,33 @@ impl Engine {
                     };
                 }
                 m.catch_up(self.log.as_ref(), &source.topic)?;
-                m.rows.values().cloned().collect()
+                // `WHERE key = literal` (alone or ANDed with more): only that key's rows
+                // (a windowed table's: every window of it, by prefix); else every row.
+                // Text key formats may be written with other spacing by other producers:
+                // a miss there falls back to the scan.
+                let found: Option<Vec<StoredRecord>> = key_lookup(&self.functions, query, &source)?
+                    .map(|prefix| {
+                        m.rows
+                            .range(prefix.clone()..)
+                            .take_while(|(k, _)| {
+                                if source.window.is_some() {
+                                    k.starts_with(&prefix)
+                                } else {
+                                    **k == prefix
+                                }
+                            })
+                            .map(|(_, r)| r.clone())
+                            .collect()
+                    });
+                match found {
+                    Some(rows)
+                        if !rows.is_empty()
+                            || source.layout.key_format.format == weir_format::Format::Kafka =>
+                    {
+                        rows
+                    }
+                    _ => m.rows.values().cloned().collect(),
+                }
             }
             SourceKind::Stream => {
                 let partitions = self
@@ -174,6 +200,81 @@ impl Engine {
             _alive: Arc::new(()),
         }))
     }
+}
+
+/// The key bytes a pull query's WHERE pins the table's (single-column) key to, when one
+/// of its conjuncts is `key = literal`; the WHERE still runs over what is found.
+fn key_lookup(
+    functions: &crate::functions::Functions,
+    query: &Query,
+    source: &Source,
+) -> Result<Option<Vec<u8>>> {
+    let [key] = source.layout.key_columns.as_slice() else {
+        return Ok(None);
+    };
+    let Some(condition) = &query.where_clause else {
+        return Ok(None);
+    };
+    // The conjuncts of the WHERE.
+    let mut conjuncts = vec![condition];
+    let mut literal = None;
+    while let Some(c) = conjuncts.pop() {
+        use weir_sql::sqlparser::ast::{BinaryOperator, Expr};
+        match c {
+            Expr::BinaryOp {
+                left,
+                op: BinaryOperator::And,
+                right,
+            } => conjuncts.extend([left.as_ref(), right.as_ref()]),
+            Expr::Nested(inner) => conjuncts.push(inner),
+            Expr::BinaryOp {
+                left,
+                op: BinaryOperator::Eq,
+                right,
+            } => {
+                let is_key = |e: &Expr| crate::plan::column_name(e).is_some_and(|c| c == key.name);
+                let is_literal = |e: &Expr| matches!(e, Expr::Value(_));
+                if is_key(left) && is_literal(right) {
+                    literal = Some(right.as_ref().clone());
+                } else if is_key(right) && is_literal(left) {
+                    literal = Some(left.as_ref().clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    let Some(literal) = literal else {
+        return Ok(None);
+    };
+    // The literal as the key column's value, encoded as the table's keys are.
+    let empty = Arc::new(arrow::datatypes::Schema::empty());
+    let compiled = crate::plan::ExprCompiler::new(functions, &empty, None)?.compile(&literal)?;
+    let one_row = RecordBatch::try_new_with_options(
+        empty,
+        vec![],
+        &arrow::array::RecordBatchOptions::new().with_row_count(Some(1)),
+    )
+    .map_err(|e| EngineError::Execution(e.to_string()))?;
+    let value = compiled.expr.evaluate(&one_row)?.into_array(1)?;
+    let Ok(value) = arrow::compute::cast(&value, &weir_format::arrow_type(&key.ty)) else {
+        return Ok(None);
+    };
+    let key_only = weir_format::Layout {
+        key_columns: vec![key.clone()],
+        value_columns: vec![],
+        key_format: source.layout.key_format.clone(),
+        value_format: source.layout.value_format.clone(),
+    };
+    let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+        arrow::datatypes::Field::new(&key.name, value.data_type().clone(), true),
+    ]));
+    let batch = RecordBatch::try_new(schema, vec![value])
+        .map_err(|e| EngineError::Execution(e.to_string()))?;
+    Ok(key_only
+        .encode(&batch)
+        .ok()
+        .and_then(|mut encoded| encoded.pop())
+        .and_then(|(k, _)| k))
 }
 
 /// A windowed table as a pull query sees it: key columns, WINDOWSTART, WINDOWEND, values.

@@ -850,3 +850,59 @@ fn a_stream_table_join_follows_the_table_and_logs_keys_it_cannot_compute() {
         "{logged:?}"
     );
 }
+
+/// A pull query's rows (the handle ends after the last one).
+fn pull(engine: &mut Engine, sql: &str) -> Vec<Vec<Value>> {
+    let Outcome::Push(handle) = engine.execute_sql(sql).unwrap().remove(0) else {
+        panic!("{sql}: not a query");
+    };
+    let mut rows = Vec::new();
+    while let Ok(weir_engine::PushEvent::Row(r)) = handle.rows.recv() {
+        rows.push(r);
+    }
+    rows
+}
+
+/// Pull queries by key: a windowed table's rows of one key (not of keys it prefixes), a
+/// table keyed as other producers write JSON keys (found by the scan when the key bytes
+/// differ), and the latest row after an update and a delete.
+#[test]
+fn pull_queries_find_a_key_s_rows() {
+    let (_dir, mut engine) = engine();
+    engine
+        .execute_sql(
+            "CREATE STREAM clicks (user VARCHAR KEY, n INT) WITH (kafka_topic='clicks', value_format='JSON', partitions=1);
+             CREATE TABLE people (id INT PRIMARY KEY, name VARCHAR) WITH (kafka_topic='people', key_format='JSON', value_format='JSON', partitions=1);
+             SET 'auto.offset.reset'='earliest';
+             CREATE TABLE per_user AS SELECT user, COUNT(*) AS c FROM clicks WINDOW TUMBLING (SIZE 1 MINUTE) GROUP BY user;",
+        )
+        .unwrap();
+    for (user, ts) in [("a", 1_000), ("ab", 2_000), ("a", 61_000)] {
+        produce(&engine, "clicks", Some(user), r#"{"N": 1}"#, ts);
+    }
+    produce(&engine, "people", Some(" 7"), r#"{"NAME": "ann"}"#, 1);
+    produce(&engine, "people", Some("8"), r#"{"NAME": "bob"}"#, 2);
+    produce(&engine, "people", Some("8"), r#"{"NAME": "bo"}"#, 3);
+    engine.run_until_idle().unwrap();
+    assert_eq!(
+        pull(&mut engine, "SELECT * FROM per_user WHERE user = 'a';"),
+        [
+            vec![json!("a"), json!(0), json!(60_000), json!(1)],
+            vec![json!("a"), json!(60_000), json!(120_000), json!(1)]
+        ]
+    );
+    assert_eq!(
+        pull(&mut engine, "SELECT name FROM people WHERE id = 7;"),
+        [vec![json!("ann")]]
+    );
+    assert_eq!(
+        pull(&mut engine, "SELECT name FROM people WHERE id = 8;"),
+        [vec![json!("bo")]]
+    );
+    engine
+        .log()
+        .produce("people", Record::new(Some(b"8"), None, 4))
+        .unwrap();
+    assert!(pull(&mut engine, "SELECT name FROM people WHERE id = 8;").is_empty());
+    assert_eq!(pull(&mut engine, "SELECT id FROM people;").len(), 1);
+}
