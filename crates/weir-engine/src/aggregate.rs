@@ -1644,14 +1644,17 @@ impl Aggregator {
             .map(|(k, g)| (k.key.clone(), json!([g.time, g.states, g.emitted])))
             .collect();
         if let Some(w) = &self.window {
-            let windows: Vec<Value> = self
+            // An object keyed per window, so that a checkpoint can carry only the windows
+            // that changed (see `Engine::checkpoint`).
+            let windows: serde_json::Map<String, Value> = self
                 .state
                 .iter()
                 .filter_map(|(k, g)| {
                     let (start, end) = k.window?;
-                    Some(json!([
-                        k.key, start, end, g.time, g.states, g.emitted, g.inputs
-                    ]))
+                    Some((
+                        format!("{start}/{end}/{}", k.key),
+                        json!([k.key, start, end, g.time, g.states, g.emitted, g.inputs]),
+                    ))
                 })
                 .collect();
             return json!({
@@ -1674,7 +1677,11 @@ impl Aggregator {
             self.state.clear();
             w.sessions.clear();
             w.pending.clear();
-            for v in snapshot["windows"].as_array().into_iter().flatten() {
+            let windows = snapshot["windows"]
+                .as_object()
+                .into_iter()
+                .flat_map(|m| m.values());
+            for v in windows {
                 let (Some(key), Some(start), Some(end), Some(time), Some(states)) = (
                     v[0].as_str(),
                     v[1].as_i64(),

@@ -11,6 +11,7 @@
 mod aggregate;
 mod builtins;
 pub mod catalog;
+mod delta;
 mod error;
 pub mod functions;
 mod inspect;
@@ -220,6 +221,10 @@ pub struct PersistentQuery {
     aggregate: Option<aggregate::Aggregator>,
     /// A join: its sources, offsets and state (the plan runs over its joined rows).
     join: Option<join::Joiner>,
+    /// The operator state of the last checkpoint, and checkpoints since the last full
+    /// one (later checkpoints carry what changed since it; see `delta.rs`).
+    checkpointed: Option<serde_json::Value>,
+    since_full: usize,
     /// The source is a table: its tombstones (deletes) pass a WHERE.
     source_is_table: bool,
 }
@@ -333,12 +338,19 @@ impl Engine {
         let mut last: BTreeMap<String, serde_json::Value> = BTreeMap::new();
         // A join's step that started after its query's last checkpoint: what it read.
         let mut intents: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+        // Each query's operator state: its last full snapshot with the changes after it.
+        let mut states: BTreeMap<String, serde_json::Value> = BTreeMap::new();
         for (_, value) in read_topic_values(self.log.as_ref(), OFFSETS_TOPIC)? {
             let Ok(v) = serde_json::from_slice::<serde_json::Value>(&value) else {
                 continue;
             };
             if let Some(q) = v["query"].as_str() {
                 intents.remove(q);
+                if let Some(full) = v.get("full") {
+                    states.insert(q.to_string(), full.clone());
+                } else if let (Some(d), Some(s)) = (v.get("delta"), states.get_mut(q)) {
+                    delta::apply(s, d);
+                }
                 last.insert(q.to_string(), v);
             } else if let Some(q) = v["intent_for"].as_str() {
                 intents.insert(q.to_string(), v["ends"].clone());
@@ -360,11 +372,16 @@ impl Engine {
             if offsets.len() == q.offsets.len() {
                 q.offsets = offsets;
             }
-            if let Some(a) = q.aggregate.as_mut() {
-                a.restore(&cp["state"]);
-            }
-            if let Some(j) = q.join.as_mut() {
-                j.restore(&cp["join"]);
+            if let Some(state) = states.remove(&q.id) {
+                if let Some(a) = q.aggregate.as_mut() {
+                    a.restore(&state["aggregate"]);
+                }
+                if let Some(j) = q.join.as_mut() {
+                    j.restore(&state["join"]);
+                }
+                // The next checkpoint is a full one: a fresh anchor for the next recovery.
+                q.checkpointed = Some(state);
+                q.since_full = delta::FULL_EVERY;
             }
             let sink_ends = as_offsets(&cp["sink_ends"]);
             let prefix = format!("{}:", q.id);
@@ -397,20 +414,36 @@ impl Engine {
         Ok(())
     }
 
-    fn checkpoint(&self, id: &str) -> Result<()> {
-        let q = &self.queries[id];
+    /// Appends the query's checkpoint: its offsets, where its sink ended, and its operator
+    /// state — whole every `delta::FULL_EVERY` checkpoints, otherwise only what changed
+    /// since the last one.
+    fn checkpoint(&mut self, id: &str) -> Result<()> {
+        let log = self.log.clone();
+        let q = self.queries.get_mut(id).expect("query exists");
         let mut sink_ends = Vec::new();
         for p in 0..q.sink_partitions {
-            sink_ends.push(self.log.offsets(&q.sink_topic, p)?.1);
+            sink_ends.push(log.offsets(&q.sink_topic, p)?.1);
         }
         let mut v =
             serde_json::json!({"query": q.id, "offsets": q.offsets, "sink_ends": sink_ends});
-        if let Some(a) = &q.aggregate {
-            v["state"] = a.snapshot();
+        if q.aggregate.is_some() || q.join.is_some() {
+            let state = serde_json::json!({
+                "aggregate": q.aggregate.as_ref().map(|a| a.snapshot()),
+                "join": q.join.as_ref().map(|j| j.snapshot()),
+            });
+            match &q.checkpointed {
+                Some(previous) if q.since_full < delta::FULL_EVERY => {
+                    v["delta"] = delta::diff(previous, &state);
+                    q.since_full += 1;
+                }
+                _ => {
+                    v["full"] = state.clone();
+                    q.since_full = 0;
+                }
+            }
+            q.checkpointed = Some(state);
         }
-        if let Some(j) = &q.join {
-            v["join"] = j.snapshot();
-        }
+        let q = &self.queries[id];
         self.log.append(
             OFFSETS_TOPIC,
             0,
@@ -1141,6 +1174,8 @@ impl Engine {
                 error: None,
                 aggregate,
                 join: joiner,
+                checkpointed: None,
+                since_full: 0,
                 source_is_table: source.kind == SourceKind::Table,
             },
         );
