@@ -448,6 +448,7 @@ impl Engine {
             at: placed.iter().map(|(_, _, i)| *i).collect(),
             aggregate,
             source_is_table: source.kind == weir_sql::ast::SourceKind::Table,
+            window: source.window,
             join,
         };
         let stmt = Statement::Query(Box::new(query.clone())).to_string();

@@ -1471,6 +1471,7 @@ impl Joiner {
                         run,
                         tombstones,
                         timestamp.as_ref(),
+                        None,
                         partition,
                         &mut problems,
                     )?;

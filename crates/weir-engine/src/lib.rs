@@ -198,6 +198,8 @@ pub struct PersistentQuery {
     sink_layout: Layout,
     /// The sink's keys carry windows (a windowed aggregation writes it).
     sink_window: Option<KeyWindow>,
+    /// The source's keys carry windows (a stream over a windowed aggregation's topic).
+    source_window: Option<KeyWindow>,
     sink_partitions: u32,
     offsets: Vec<u64>,
     /// After recovery: per (source partition, sink partition), the highest source offset
@@ -1030,7 +1032,11 @@ impl Engine {
             statement: stmt.to_string(),
             written_by: None,
             read_only: false,
-            window: aggregate.as_ref().and_then(|a| a.key_window()),
+            // A windowed aggregation's, or the windowed source's a query passes on.
+            window: match &aggregate {
+                Some(a) => a.key_window(),
+                None => plan.window_bounds.and(source.window),
+            },
         };
         self.catalog.add_source(sink, c.or_replace)?;
         let prefix = if grouped { "CTAS" } else { "CSAS" };
@@ -1154,6 +1160,7 @@ impl Engine {
                 sink_topic: sink.topic.clone(),
                 sink_layout: sink.layout.clone(),
                 sink_window: sink.window,
+                source_window: source.window,
                 sink_partitions,
                 offsets,
                 already_written: BTreeMap::new(),
@@ -1468,6 +1475,7 @@ impl Engine {
                 run,
                 tombstones,
                 q.source_timestamp.as_ref(),
+                q.source_window,
                 partition,
                 &mut problems,
             )?;
@@ -1733,19 +1741,66 @@ fn write_output(log: &dyn Log, q: &PersistentQuery, out: &RecordBatch, sink: Sin
 /// Decodes a run of records (all values, or all tombstones) of a source, setting event
 /// time from its TIMESTAMP column; records that do not decode or have no usable time are
 /// added to `problems` as (partition, offset, why).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn decode_run(
     layout: &Layout,
     schema: &arrow::datatypes::SchemaRef,
     run: &[weir_log::StoredRecord],
     tombstones: bool,
     timestamp: Option<&(String, Option<String>)>,
+    window: Option<KeyWindow>,
     partition: u32,
     problems: &mut Vec<(u32, u64, String)>,
 ) -> Result<weir_format::Decoded> {
-    let decoded = if tombstones {
-        layout.decode_tombstones(schema, run)
-    } else {
-        layout.decode(schema, run)
+    let decoded = match window {
+        None if tombstones => layout.decode_tombstones(schema, run),
+        None => layout.decode(schema, run),
+        // A windowed key: the window comes off the key before decoding, and its bounds
+        // go after the columns (`schema` ends with them).
+        Some(w) => {
+            let mut bounds = std::collections::HashMap::with_capacity(run.len());
+            let stripped: Vec<weir_log::StoredRecord> = run
+                .iter()
+                .filter_map(|r| {
+                    let (k, start, end) = w.split(r.record.key.as_deref()?)?;
+                    bounds.insert((r.partition, r.offset), (start, end));
+                    let mut r = r.clone();
+                    r.record.key = Some(k.to_vec());
+                    Some(r)
+                })
+                .collect();
+            let plain = layout.schema();
+            let decoded = if tombstones {
+                layout.decode_tombstones(&plain, &stripped)
+            } else {
+                layout.decode(&plain, &stripped)
+            };
+            let batch = &decoded.batch;
+            let partitions = batch
+                .column(1)
+                .as_primitive::<arrow::datatypes::Int32Type>();
+            let offsets = batch.column(2).as_primitive::<Int64Type>();
+            let window: Vec<(i64, i64)> = (0..batch.num_rows())
+                .map(|i| {
+                    bounds
+                        .get(&(partitions.value(i) as u32, offsets.value(i) as u64))
+                        .copied()
+                        .unwrap_or_default()
+                })
+                .collect();
+            let mut columns = batch.columns().to_vec();
+            columns.push(Arc::new(arrow::array::Int64Array::from_iter_values(
+                window.iter().map(|w| w.0),
+            )));
+            columns.push(Arc::new(arrow::array::Int64Array::from_iter_values(
+                window.iter().map(|w| w.1),
+            )));
+            weir_format::Decoded {
+                batch: RecordBatch::try_new(schema.clone(), columns)
+                    .map_err(|e| EngineError::Execution(e.to_string()))?,
+                errors: decoded.errors,
+            }
+        }
     };
     problems.extend(
         decoded

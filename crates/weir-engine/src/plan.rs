@@ -462,6 +462,9 @@ pub struct SelectPlan {
     /// Under PARTITION BY, the output columns (by index among the projections) whose key
     /// values come from the source's value: a tombstone has none, so they are null.
     pub value_derived_keys: Vec<usize>,
+    /// Over a windowed source (not re-keyed): the input columns of the window's bounds,
+    /// carried to the output as the sink's key window.
+    pub window_bounds: Option<(usize, usize)>,
 }
 
 /// Plans a SELECT whose rows go to a sink topic (CREATE ... AS SELECT, INSERT INTO).
@@ -486,7 +489,23 @@ fn plan(
     if query.window.is_some() || query.group_by.is_some() || query.having.is_some() {
         return Err(EngineError::Unsupported("aggregations and windows".into()));
     }
-    let input_schema = source.layout.schema();
+    // A windowed source's rows carry their window's bounds after the columns.
+    let input_schema = match source.window {
+        None => source.layout.schema(),
+        Some(_) => {
+            let mut fields: Vec<Field> = source
+                .layout
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone())
+                .collect();
+            for b in crate::WINDOW_BOUNDS {
+                fields.push(Field::new(b, DataType::Int64, true));
+            }
+            Arc::new(Schema::new(fields))
+        }
+    };
     let alias = source_alias(query, source);
     let compiler = ExprCompiler::new(functions, &input_schema, Some(alias))?;
     let filter = query
@@ -780,8 +799,18 @@ fn plan(
             .iter()
             .map(|p| Field::new(&p.name, p.compiled.data_type.clone(), true)),
     );
+    let window_bounds = (source.window.is_some() && !repartition).then(|| {
+        let n = input_schema.fields().len();
+        (n - 2, n - 1)
+    });
+    if window_bounds.is_some() {
+        for c in crate::aggregate::WINDOW_COLUMNS {
+            fields.push(Field::new(c, DataType::Int64, true));
+        }
+    }
     Ok(SelectPlan {
         source: source.name.clone(),
+        window_bounds,
         input_schema,
         filter,
         projections,
@@ -920,6 +949,10 @@ impl SelectPlan {
                     .into_array(batch.num_rows())?,
             );
         }
+        if let Some((start, end)) = self.window_bounds {
+            columns.push(batch.column(start).clone());
+            columns.push(batch.column(end).clone());
+        }
         if self.projections.iter().any(|p| p.explode) {
             columns = self.explode(columns)?;
         }
@@ -964,7 +997,8 @@ impl SelectPlan {
         let repeat = UInt32Array::from(repeat);
         let mut out = Vec::with_capacity(columns.len());
         for (i, c) in columns.iter().enumerate() {
-            let exploded = i >= 2 && lists[i - 2].is_some();
+            // (Columns after the projections, a window's bounds, repeat like the others.)
+            let exploded = i >= 2 && lists.get(i - 2).is_some_and(Option::is_some);
             out.push(if exploded {
                 let list = lists[i - 2].as_ref().expect("checked");
                 let idx = UInt32Array::from(std::mem::take(&mut element[i - 2]));

@@ -285,6 +285,8 @@ fn windowed_view(
 ) -> Result<(Source, RecordBatch)> {
     let keys = source.layout.key_columns.len();
     let mut view = source.clone();
+    // The bounds are columns of the view now, not a window to carry.
+    view.window = None;
     for b in crate::WINDOW_BOUNDS {
         view.layout
             .key_columns

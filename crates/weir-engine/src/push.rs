@@ -67,6 +67,8 @@ pub(crate) enum PushKind {
         aggregate: Option<Box<crate::aggregate::Aggregator>>,
         /// The source is a table: an aggregation takes its deletes into account.
         source_is_table: bool,
+        /// The source's keys carry windows.
+        window: Option<crate::catalog::KeyWindow>,
         /// A join: its sources are read instead of `topic`, and the plan runs over the
         /// joined rows.
         join: Option<Box<crate::join::Joiner>>,
@@ -238,6 +240,7 @@ impl PushQuery {
                 at,
                 aggregate,
                 source_is_table,
+                window,
                 ..
             } => {
                 let mut rows = Vec::new();
@@ -255,6 +258,7 @@ impl PushQuery {
                         run,
                         tombstones,
                         timestamp.as_ref(),
+                        *window,
                         partition,
                         &mut Vec::new(),
                     )?;

@@ -966,3 +966,35 @@ fn checkpoints_carry_what_changed() {
         .collect();
     assert_eq!(tail, [json!({"N": 3}), json!({"N": 2})]);
 }
+
+/// A stream over a windowed table's topic: its records' windows are WINDOWSTART and
+/// WINDOWEND, and a query over it writes windowed keys too.
+#[test]
+fn a_stream_over_windowed_keys_reads_and_passes_on_their_windows() {
+    let (_dir, mut engine) = engine();
+    engine
+        .execute_sql(
+            "CREATE STREAM clicks (user VARCHAR KEY, n INT) WITH (kafka_topic='clicks', value_format='JSON', partitions=1);
+             SET 'auto.offset.reset'='earliest';
+             CREATE TABLE per_user AS SELECT user, COUNT(*) AS c FROM clicks WINDOW TUMBLING (SIZE 1 MINUTE) GROUP BY user;
+             CREATE STREAM changes (user VARCHAR KEY, c BIGINT) WITH (kafka_topic='PER_USER', value_format='JSON', window_type='TUMBLING', window_size='1 MINUTE');
+             CREATE STREAM starts AS SELECT user, WINDOWSTART AS ws, c FROM changes WHERE WINDOWEND > 60000;",
+        )
+        .unwrap();
+    for (user, ts) in [("a", 1_000), ("b", 61_000), ("b", 62_000)] {
+        produce(&engine, "clicks", Some(user), r#"{"N": 1}"#, ts);
+    }
+    engine.run_until_idle().unwrap();
+    let minute = weir_engine::KeyWindow::Time { size_ms: 60_000 };
+    let got: Vec<((i64, i64), Option<Value>)> = read_windowed(&engine, "STARTS", minute)
+        .into_iter()
+        .map(|(_, w, v, _)| (w, v))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ((60_000, 120_000), Some(json!({"WS": 60_000, "C": 1}))),
+            ((60_000, 120_000), Some(json!({"WS": 60_000, "C": 2}))),
+        ]
+    );
+}
