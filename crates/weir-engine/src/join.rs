@@ -492,37 +492,20 @@ impl JoinNode {
                 self.merge(other, own)
             }
         };
-        let row = match (e.delete, &other) {
-            (false, Some(o)) => Some(merged(&e.row, &o.row)),
-            (false, None) if own_outer => Some(e.row.clone()),
-            (false, None) => None,
-            (true, Some(o)) if other_outer => Some(o.row.clone()),
-            (true, Some(_)) => {
-                out.push(Event {
-                    ts,
-                    row: e.row.clone(),
-                    delete: true,
-                    key: vec![k.clone()],
-                });
-                None
-            }
-            (true, None) => {
-                if own_outer && old.is_some() {
-                    out.push(Event {
-                        ts,
-                        row: e.row.clone(),
-                        delete: true,
-                        key: vec![k.clone()],
-                    });
-                }
-                None
-            }
+        // The change: the joined row, the other side's row alone, or a delete.
+        let change = match (e.delete, &other) {
+            (false, Some(o)) => Some((merged(&e.row, &o.row), false)),
+            (false, None) if own_outer => Some((e.row, false)),
+            (true, Some(o)) if other_outer => Some((o.row.clone(), false)),
+            (true, Some(_)) => Some((e.row, true)),
+            (true, None) if own_outer && old.is_some() => Some((e.row, true)),
+            _ => None,
         };
-        if let Some(row) = row {
+        if let Some((row, delete)) = change {
             out.push(Event {
                 ts,
                 row,
-                delete: false,
+                delete,
                 key: vec![k],
             });
         }

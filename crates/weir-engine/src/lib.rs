@@ -1738,6 +1738,18 @@ fn write_output(log: &dyn Log, q: &PersistentQuery, out: &RecordBatch, sink: Sin
     Ok(bytes)
 }
 
+/// A windowed source's decoded rows: its columns, then WINDOWSTART and WINDOWEND.
+pub(crate) fn with_window_bounds(
+    schema: &arrow::datatypes::SchemaRef,
+) -> arrow::datatypes::SchemaRef {
+    let mut fields: Vec<arrow::datatypes::Field> =
+        schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    for b in WINDOW_BOUNDS {
+        fields.push(arrow::datatypes::Field::new(b, DataType::Int64, true));
+    }
+    Arc::new(Schema::new(fields))
+}
+
 /// Decodes a run of records (all values, or all tombstones) of a source, setting event
 /// time from its TIMESTAMP column; records that do not decode or have no usable time are
 /// added to `problems` as (partition, offset, why).

@@ -492,19 +492,7 @@ fn plan(
     // A windowed source's rows carry their window's bounds after the columns.
     let input_schema = match source.window {
         None => source.layout.schema(),
-        Some(_) => {
-            let mut fields: Vec<Field> = source
-                .layout
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| f.as_ref().clone())
-                .collect();
-            for b in crate::WINDOW_BOUNDS {
-                fields.push(Field::new(b, DataType::Int64, true));
-            }
-            Arc::new(Schema::new(fields))
-        }
+        Some(_) => crate::with_window_bounds(&source.layout.schema()),
     };
     let alias = source_alias(query, source);
     let compiler = ExprCompiler::new(functions, &input_schema, Some(alias))?;

@@ -13,8 +13,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch};
-use arrow::datatypes::{Int32Type, Int64Type};
+use arrow::array::{ArrayRef, RecordBatch};
 use serde_json::Value;
 use weir_format::Column;
 use weir_log::{Log, StoredRecord};
@@ -142,22 +141,18 @@ impl Engine {
                 (source.clone(), batch)
             }
             Some(w) => {
-                let mut bounds = std::collections::HashMap::with_capacity(records.len());
-                let stripped: Vec<StoredRecord> = records
-                    .into_iter()
-                    .filter_map(|mut r| {
-                        let key = r.record.key.take()?;
-                        let (k, start, end) = w.split(&key)?;
-                        bounds.insert((r.partition, r.offset), (start, end));
-                        r.record.key = Some(k.to_vec());
-                        Some(r)
-                    })
-                    .collect();
-                let decoded = source
-                    .layout
-                    .decode(&source.layout.schema(), &stripped)
-                    .batch;
-                windowed_view(&source, decoded, &bounds)?
+                let schema = crate::with_window_bounds(&source.layout.schema());
+                let decoded = crate::decode_run(
+                    &source.layout,
+                    &schema,
+                    &records,
+                    false,
+                    None,
+                    Some(w),
+                    0,
+                    &mut Vec::new(),
+                )?;
+                windowed_view(&source, decoded.batch)?
             }
         };
         let plan = plan_push(&self.functions, query, &view)?;
@@ -278,11 +273,8 @@ fn key_lookup(
 }
 
 /// A windowed table as a pull query sees it: key columns, WINDOWSTART, WINDOWEND, values.
-fn windowed_view(
-    source: &Source,
-    decoded: RecordBatch,
-    bounds: &std::collections::HashMap<(u32, u64), (i64, i64)>,
-) -> Result<(Source, RecordBatch)> {
+/// (`decoded` has the bounds last, as `decode_run` gives them: they move after the keys.)
+fn windowed_view(source: &Source, decoded: RecordBatch) -> Result<(Source, RecordBatch)> {
     let keys = source.layout.key_columns.len();
     let mut view = source.clone();
     // The bounds are columns of the view now, not a window to carry.
@@ -294,20 +286,8 @@ fn windowed_view(
     }
     let schema = view.layout.schema();
     let mut columns: Vec<ArrayRef> = decoded.columns().to_vec();
-    // Each decoded row's window, by where its record came from (records that did not
-    // decode are not in the batch).
-    let partitions = decoded.column(1).as_primitive::<Int32Type>();
-    let offsets = decoded.column(2).as_primitive::<Int64Type>();
-    let window: Vec<(i64, i64)> = (0..decoded.num_rows())
-        .map(|i| {
-            bounds
-                .get(&(partitions.value(i) as u32, offsets.value(i) as u64))
-                .copied()
-                .unwrap_or_default()
-        })
-        .collect();
-    let starts: ArrayRef = Arc::new(Int64Array::from_iter_values(window.iter().map(|w| w.0)));
-    let ends: ArrayRef = Arc::new(Int64Array::from_iter_values(window.iter().map(|w| w.1)));
+    let ends = columns.pop().expect("WINDOWEND");
+    let starts = columns.pop().expect("WINDOWSTART");
     columns.insert(3 + keys, ends);
     columns.insert(3 + keys, starts);
     let batch =
