@@ -13,6 +13,18 @@ fn engine() -> (tempfile::TempDir, Engine) {
     (dir, Engine::new(Arc::new(log)))
 }
 
+/// An engine that keeps its statements and checkpoints in `dir` (reopened after a restart).
+fn open_durable(dir: &std::path::Path) -> Engine {
+    let log = EmbeddedLog::open(dir, EmbeddedLogConfig::default()).unwrap();
+    Engine::open(Arc::new(log)).unwrap()
+}
+
+/// `sql` is refused with a message that says `why`.
+fn assert_refused(engine: &mut Engine, sql: &str, why: &str) {
+    let e = engine.execute_sql(sql).unwrap_err().to_string();
+    assert!(e.contains(why), "{sql}: {e}");
+}
+
 fn produce(engine: &Engine, topic: &str, key: Option<&str>, value: &str, ts: i64) {
     engine
         .log()
@@ -287,10 +299,7 @@ fn explode_makes_a_row_per_element_and_pads_shorter_lists() {
 #[test]
 fn group_by_emits_a_change_per_record_and_keeps_its_state_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let open = || {
-        let log = EmbeddedLog::open(dir.path(), EmbeddedLogConfig::default()).unwrap();
-        Engine::open(Arc::new(log)).unwrap()
-    };
+    let open = || open_durable(dir.path());
     let run = |engine: &mut Engine| while engine.run_once().unwrap() > 0 {};
     let mut engine = open();
     engine
@@ -392,8 +401,7 @@ fn group_by_emits_a_change_per_record_and_keeps_its_state_across_a_restart() {
             "Duplicate",
         ),
     ] {
-        let e = engine.execute_sql(sql).unwrap_err().to_string();
-        assert!(e.contains(why), "{sql}: {e}");
+        assert_refused(&mut engine, sql, why);
     }
 }
 
@@ -524,8 +532,7 @@ fn a_table_over_a_topic_passes_its_changes_on() {
             "CREATE TABLE AS SELECT",
         ),
     ] {
-        let e = engine.execute_sql(sql).unwrap_err().to_string();
-        assert!(e.contains(why), "{sql}: {e}");
+        assert_refused(&mut engine, sql, why);
     }
 }
 
@@ -534,10 +541,7 @@ fn a_table_over_a_topic_passes_its_changes_on() {
 #[test]
 fn aggregating_a_table_takes_replaced_and_deleted_rows_back_out() {
     let dir = tempfile::tempdir().unwrap();
-    let open = || {
-        let log = EmbeddedLog::open(dir.path(), EmbeddedLogConfig::default()).unwrap();
-        Engine::open(Arc::new(log)).unwrap()
-    };
+    let open = || open_durable(dir.path());
     let mut engine = open();
     engine
         .execute_sql(
@@ -623,10 +627,7 @@ fn read_windowed(
 #[test]
 fn windowed_aggregations_on_event_time() {
     let dir = tempfile::tempdir().unwrap();
-    let open = || {
-        let log = EmbeddedLog::open(dir.path(), EmbeddedLogConfig::default()).unwrap();
-        Engine::open(Arc::new(log)).unwrap()
-    };
+    let open = || open_durable(dir.path());
     let run = |engine: &mut Engine| while engine.run_once().unwrap() > 0 {};
     let mut engine = open();
     engine
@@ -912,10 +913,7 @@ fn pull_queries_find_a_key_s_rows() {
 #[test]
 fn checkpoints_carry_what_changed() {
     let dir = tempfile::tempdir().unwrap();
-    let open = || {
-        let log = EmbeddedLog::open(dir.path(), EmbeddedLogConfig::default()).unwrap();
-        Engine::open(Arc::new(log)).unwrap()
-    };
+    let open = || open_durable(dir.path());
     let mut engine = open();
     engine
         .execute_sql(
