@@ -73,6 +73,20 @@ impl JoinInput {
                 .chain(&self.source.layout.value_columns)
                 .cloned(),
         )
+        // A windowed source's rows end with their window's bounds.
+        .chain(
+            crate::WINDOW_BOUNDS
+                .into_iter()
+                .filter(|_| self.source.window.is_some())
+                .map(|b| Column::new(b, SqlType::Bigint)),
+        )
+    }
+
+    /// Where its window's bounds are in the wide row, when it is windowed.
+    fn window_columns(&self) -> Option<(usize, usize)> {
+        self.source
+            .window
+            .map(|_| (self.start + self.width - 2, self.start + self.width - 1))
     }
 
     pub(crate) fn is_stream(&self) -> bool {
@@ -135,6 +149,9 @@ struct JoinNode {
     /// Where each key is in the wide row when it is a plain column (no evaluation).
     left_column: Option<usize>,
     right_column: Option<usize>,
+    /// Windowed sources: where each side's window bounds are; rows match only within
+    /// the same window.
+    windows: Option<((usize, usize), (usize, usize))>,
     key_type: SqlType,
     /// Where the right source's columns are in the wide row (start, width): merging takes
     /// them from the right side. (Joins are left-deep: the right child is one source.)
@@ -311,6 +328,14 @@ impl JoinNode {
         let mut out = Vec::new();
         for (e, k) in events.into_iter().zip(keys) {
             self.state.stream_time = self.state.stream_time.max(e.ts);
+            // Windowed: the key to match is the key and the window.
+            let k = match self.windows {
+                Some((l, r)) if !k.is_null() => {
+                    let (s, end) = if from_left { l } else { r };
+                    json!([k, e.row[s], e.row[end]])
+                }
+                _ => k,
+            };
             match self.shape {
                 Shape::StreamStream { before, after, .. } => {
                     self.stream_stream(from_left, e, k, (before, after), &mut out)
@@ -326,6 +351,16 @@ impl JoinNode {
             } = self.shape
             {
                 self.purge(before + after + grace);
+            }
+        }
+        // The relation's key is the join key, without the window it was matched with.
+        if self.windows.is_some() {
+            for e in &mut out {
+                if let [Value::Array(k)] = e.key.as_slice()
+                    && let Some(first) = k.first()
+                {
+                    e.key = vec![first.clone()];
+                }
             }
         }
         out
@@ -839,11 +874,20 @@ pub fn plan_join(
                 source.name, source.name
             )));
         }
-        if source.window.is_some() {
-            return Err(EngineError::Unsupported("joins of windowed sources".into()));
+        // Windowed sources join windowed sources with the same windows, window for
+        // window, on their keys (ksqlDB does not re-key windowed sources).
+        if let Some(first) = inputs.first()
+            && first.source.window != source.window
+        {
+            return Err(EngineError::Invalid(
+                "Implicit repartitioning of windowed sources is not supported.".into(),
+            ));
         }
         let start = inputs.last().map_or(0, |i| i.start + i.width);
-        let width = 3 + source.layout.key_columns.len() + source.layout.value_columns.len();
+        let width = 3
+            + source.layout.key_columns.len()
+            + source.layout.value_columns.len()
+            + if source.window.is_some() { 2 } else { 0 };
         inputs.push(JoinInput {
             source,
             alias,
@@ -936,6 +980,22 @@ pub fn plan_join(
                 fmt_expr(&left_expr),
                 fmt_expr(&right_expr)
             ));
+        }
+        if right_input.source.window.is_some() {
+            let on_key = |e: &Expr, i: &JoinInput| {
+                column_name(e).is_some_and(|c| {
+                    i.source
+                        .layout
+                        .key_columns
+                        .iter()
+                        .any(|k| c == format!("{}_{}", i.alias, k.name))
+                })
+            };
+            if !on_key(&l, &inputs[0]) || !on_key(&r, right_input) {
+                return invalid(
+                    "Implicit repartitioning of windowed sources is not supported. See https://github.com/confluentinc/ksql/issues/4385.".into(),
+                );
+            }
         }
         let left_stream = root.is_stream(&inputs);
         let right_stream = right_input.is_stream();
@@ -1084,6 +1144,9 @@ pub fn plan_join(
             shape,
             left: root,
             right: Node::Source(right_index),
+            windows: inputs[0]
+                .window_columns()
+                .zip(inputs[right_index].window_columns()),
             left_column: column_name(&l).and_then(|c| wide.index_of(&c).ok()),
             right_column: column_name(&r).and_then(|c| wide.index_of(&c).ok()),
             left_key,
@@ -1127,7 +1190,8 @@ pub fn plan_join(
         statement: String::new(),
         written_by: None,
         read_only: true,
-        window: None,
+        // Joined windowed sources make windowed rows.
+        window: first.window,
     };
     // The query over the relation.
     let mut q = query.clone();
@@ -1158,6 +1222,7 @@ pub fn plan_join(
                         .flat_map(|i| {
                             i.columns()
                                 .skip(3)
+                                .filter(|c| !crate::WINDOW_BOUNDS.contains(&c.name.as_str()))
                                 .map(|c| format!("{}_{}", i.alias, c.name))
                                 .collect::<Vec<_>>()
                         })
@@ -1177,7 +1242,11 @@ pub fn plan_join(
                 else {
                     return invalid(format!("Unknown source in {}.*", a.value));
                 };
-                for c in i.columns().skip(3) {
+                for c in i
+                    .columns()
+                    .skip(3)
+                    .filter(|c| !crate::WINDOW_BOUNDS.contains(&c.name.as_str()))
+                {
                     let wide_name = format!("{}_{}", i.alias, c.name);
                     select.push(SelectItem::Expr {
                         expr: quoted(&wide_name),
@@ -1271,12 +1340,25 @@ impl Joiner {
 
     /// The relation's batch for events (all rows or all deletes).
     fn relation_batch(&mut self, events: Vec<Event>) -> Result<RecordBatch> {
-        let schema = self.relation.layout.schema();
+        let schema = match self.relation.window {
+            None => self.relation.layout.schema(),
+            Some(_) => crate::with_window_bounds(&self.relation.layout.schema()),
+        };
+        let windows: Vec<(usize, usize)> = self
+            .inputs
+            .iter()
+            .filter_map(JoinInput::window_columns)
+            .collect();
         let rows: Vec<Vec<Value>> = events
             .into_iter()
             .map(|mut e| {
                 self.seq += 1;
-                let mut row = Vec::with_capacity(3 + e.key.len() + self.value_columns.len());
+                // A windowed row's window: that of the first source present in it.
+                let window = windows
+                    .iter()
+                    .find(|(s, _)| !e.row[*s].is_null())
+                    .map(|(s, end)| [e.row[*s].clone(), e.row[*end].clone()]);
+                let mut row = Vec::with_capacity(5 + e.key.len() + self.value_columns.len());
                 row.extend([json!(e.ts), json!(0), json!(self.seq)]);
                 row.append(&mut e.key);
                 row.extend(
@@ -1284,6 +1366,9 @@ impl Joiner {
                         .iter()
                         .map(|i| std::mem::take(&mut e.row[*i])),
                 );
+                if self.relation.window.is_some() {
+                    row.extend(window.unwrap_or([Value::Null, Value::Null]));
+                }
                 row
             })
             .collect();
@@ -1419,7 +1504,10 @@ impl Joiner {
         let mut bytes = 0u64;
         let mut problems: Vec<(u32, u64, String)> = Vec::new();
         for ((j, input), taken) in self.inputs.iter_mut().enumerate().zip(taken) {
-            let schema = input.source.layout.schema();
+            let schema = match input.source.window {
+                None => input.source.layout.schema(),
+                Some(_) => crate::with_window_bounds(&input.source.layout.schema()),
+            };
             let timestamp = input
                 .source
                 .timestamp_column
@@ -1454,7 +1542,7 @@ impl Joiner {
                         run,
                         tombstones,
                         timestamp.as_ref(),
-                        None,
+                        input.source.window,
                         partition,
                         &mut problems,
                     )?;
