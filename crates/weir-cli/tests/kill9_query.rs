@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use weir_log::{EmbeddedLog, EmbeddedLogConfig, Log, Record, TopicConfig, partition_for_key};
@@ -18,10 +17,6 @@ CREATE STREAM INPUT (K STRING KEY, ID BIGINT, V INT) WITH (kafka_topic='input', 
 SET 'auto.offset.reset' = 'earliest';
 CREATE STREAM OUTPUT WITH (PARTITIONS=3) AS SELECT K, ID, V * 2 AS W FROM INPUT WHERE V <> 3;
 ";
-
-fn weir() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_weir"))
-}
 
 fn load_input(dir: &std::path::Path) -> std::path::PathBuf {
     {
@@ -60,9 +55,8 @@ fn load_input(dir: &std::path::Path) -> std::path::PathBuf {
 /// Runs `weir run` until idle and checks OUTPUT holds every expected record exactly once.
 fn restart_and_verify(dir: &std::path::Path) -> usize {
     let started = Instant::now();
-    let second = weir()
-        .args(["run", "--exit-when-idle", "--data-dir"])
-        .arg(dir)
+    let second = common::weir_run(dir, None)
+        .arg("--exit-when-idle")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&second.stdout);
@@ -109,12 +103,7 @@ fn a_killed_query_resumes_without_losing_or_repeating_output() {
     let queries = load_input(dir.path());
 
     // First run: killed once it has consumed part of the input.
-    let mut first = weir();
-    first
-        .args(["run", "--data-dir"])
-        .arg(dir.path())
-        .arg("--queries-file")
-        .arg(&queries);
+    let first = common::weir_run(dir.path(), Some(&queries));
     let consumed_before_kill = common::kill_after_consumed(first, 60_000);
     assert!(
         (60_000..RECORDS).contains(&consumed_before_kill),
@@ -134,11 +123,7 @@ fn a_killed_query_resumes_without_losing_or_repeating_output() {
 fn a_crash_between_output_and_checkpoint_writes_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
     let queries = load_input(dir.path());
-    let crashed = weir()
-        .args(["run", "--data-dir"])
-        .arg(dir.path())
-        .arg("--queries-file")
-        .arg(&queries)
+    let crashed = common::weir_run(dir.path(), Some(&queries))
         // Batches grow under load (4096 records per partition, doubling), so the 8th
         // partition batch comes well before the end of the input.
         .env("WEIR_FAILPOINT", "crash_before_checkpoint:7")

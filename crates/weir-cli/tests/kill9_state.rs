@@ -8,7 +8,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use weir_log::{EmbeddedLog, EmbeddedLogConfig, Log, Record, TopicConfig};
 
@@ -26,10 +25,6 @@ CREATE STREAM enriched AS SELECT r.car AS car, c.model AS model, r.speed AS spee
 ";
 
 const SINKS: [&str; 2] = ["PER_WINDOW", "ENRICHED"];
-
-fn weir() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_weir"))
-}
 
 /// The input: a table of 150 of the 200 cars (the rest join to nulls), and readings
 /// slightly out of time order, 10 ms apart.
@@ -87,12 +82,10 @@ fn outputs(dir: &Path) -> Vec<Output> {
 }
 
 fn run_to_end(dir: &Path, queries: Option<&Path>) -> String {
-    let mut cmd = weir();
-    cmd.args(["run", "--exit-when-idle", "--data-dir"]).arg(dir);
-    if let Some(q) = queries {
-        cmd.arg("--queries-file").arg(q);
-    }
-    let out = cmd.output().unwrap();
+    let out = common::weir_run(dir, queries)
+        .arg("--exit-when-idle")
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),
@@ -139,12 +132,7 @@ fn windowed_aggregate_and_join_survive_kill_9_with_identical_output() {
     let want = reference();
     let dir = tempfile::tempdir().unwrap();
     let queries = load_input(dir.path());
-    let mut first = weir();
-    first
-        .args(["run", "--data-dir"])
-        .arg(dir.path())
-        .arg("--queries-file")
-        .arg(&queries);
+    let first = common::weir_run(dir.path(), Some(&queries));
     let consumed = common::kill_after_consumed(first, 30_000);
     // Both queries read the readings (and the join the cars): 2 × 60,200 in all.
     assert!(
@@ -167,11 +155,7 @@ fn a_crash_between_output_and_checkpoint_leaves_stateful_output_identical() {
     let want = reference();
     let dir = tempfile::tempdir().unwrap();
     let queries = load_input(dir.path());
-    let crashed = weir()
-        .args(["run", "--data-dir"])
-        .arg(dir.path())
-        .arg("--queries-file")
-        .arg(&queries)
+    let crashed = common::weir_run(dir.path(), Some(&queries))
         .env("WEIR_FAILPOINT", "crash_before_checkpoint:5")
         .output()
         .unwrap();
@@ -246,11 +230,7 @@ fn an_interrupted_join_step_is_replayed_over_the_same_records() {
 
     let dir = tempfile::tempdir().unwrap();
     append(dir.path(), "l", "A", 1000);
-    let crashed = weir()
-        .args(["run", "--data-dir"])
-        .arg(dir.path())
-        .arg("--queries-file")
-        .arg(queries(dir.path()))
+    let crashed = common::weir_run(dir.path(), Some(&queries(dir.path())))
         .env("WEIR_FAILPOINT", "crash_before_checkpoint:0")
         .output()
         .unwrap();

@@ -300,7 +300,7 @@ fn explode_makes_a_row_per_element_and_pads_shorter_lists() {
 fn group_by_emits_a_change_per_record_and_keeps_its_state_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let open = || open_durable(dir.path());
-    let run = |engine: &mut Engine| while engine.run_once().unwrap() > 0 {};
+    let run = |engine: &mut Engine| engine.run_until_idle().unwrap();
     let mut engine = open();
     engine
         .execute_sql(
@@ -628,7 +628,7 @@ fn read_windowed(
 fn windowed_aggregations_on_event_time() {
     let dir = tempfile::tempdir().unwrap();
     let open = || open_durable(dir.path());
-    let run = |engine: &mut Engine| while engine.run_once().unwrap() > 0 {};
+    let run = |engine: &mut Engine| engine.run_until_idle().unwrap();
     let mut engine = open();
     engine
         .execute_sql(

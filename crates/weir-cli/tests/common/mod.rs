@@ -204,3 +204,14 @@ pub fn kill_after_consumed(mut run: Command, at_least: u64) -> u64 {
     child.wait().unwrap();
     consumed
 }
+
+/// `weir run --data-dir DIR [--queries-file FILE]` (the built binary), ready for more
+/// arguments or environment.
+pub fn weir_run(data_dir: &std::path::Path, queries: Option<&std::path::Path>) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+    cmd.args(["run", "--data-dir"]).arg(data_dir);
+    if let Some(q) = queries {
+        cmd.arg("--queries-file").arg(q);
+    }
+    cmd
+}
