@@ -255,6 +255,10 @@ fn decode_v5(frame: &mut BytesMut, max: usize) -> Result<Incoming, DecodeError> 
     })
 }
 
+/// What an MQTT 5 client is told when the listener has no topic map.
+pub const NO_TOPIC_MAP: &str =
+    "this listener has no topic map (weir.mqtt.topic.map): nothing published could be stored";
+
 /// Why a CONNECT is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -262,6 +266,8 @@ pub enum Refusal {
     NotAuthorized,
     BadClientId,
     ServerBusy,
+    /// The listener has no topic map: nothing a client publishes could be stored.
+    NoTopicMap,
 }
 
 /// How a publish ended, for its PUBACK/PUBREC.
@@ -343,7 +349,7 @@ impl Outgoing {
                     Some(Refusal::BadUserNamePassword) => C::BadUserNamePassword,
                     Some(Refusal::NotAuthorized) => C::NotAuthorized,
                     Some(Refusal::BadClientId) => C::BadClientId,
-                    Some(Refusal::ServerBusy) => C::ServiceUnavailable,
+                    Some(Refusal::ServerBusy | Refusal::NoTopicMap) => C::ServiceUnavailable,
                 },
                 session_present && refused.is_none(),
             )),
@@ -374,8 +380,27 @@ impl Outgoing {
                     Some(Refusal::NotAuthorized) => C::NotAuthorized,
                     Some(Refusal::BadClientId) => C::ClientIdentifierNotValid,
                     Some(Refusal::ServerBusy) => C::ServerBusy,
+                    Some(Refusal::NoTopicMap) => C::ServerUnavailable,
                 },
-                properties: None,
+                properties: (refused == Some(Refusal::NoTopicMap)).then(|| v5::ConnAckProperties {
+                    session_expiry_interval: None,
+                    receive_max: None,
+                    max_qos: None,
+                    retain_available: None,
+                    max_packet_size: None,
+                    assigned_client_identifier: None,
+                    topic_alias_max: None,
+                    reason_string: Some(NO_TOPIC_MAP.into()),
+                    user_properties: Vec::new(),
+                    wildcard_subscription_available: None,
+                    subscription_identifiers_available: None,
+                    shared_subscription_available: None,
+                    server_keep_alive: None,
+                    response_information: None,
+                    server_reference: None,
+                    authentication_method: None,
+                    authentication_data: None,
+                }),
             }),
             Self::PubAck { pkid, outcome } => {
                 let mut ack = v5::PubAck::new(pkid, None);

@@ -9,7 +9,9 @@
 //!   topic becomes the record key, the payload the value, unchanged, and the arrival time
 //!   the record timestamp. A publish to an unmapped topic is refused (MQTT 5: reason
 //!   code 0x90 in its PUBACK/PUBREC; 3.1.1, which has no way to say so, acknowledges,
-//!   drops and logs it) and counted.
+//!   drops and logs it) and counted. A listener with no topic map at all refuses every
+//!   CONNECT (3.1.1: 0x03 server unavailable; MQTT 5: 0x88 with a reason string), so a
+//!   device never publishes into nothing.
 //! - Acknowledged means stored: PUBACK and PUBREC go out only once the record is durable
 //!   ([`ingest`]).
 //! - Bad input closes only the offending connection, with the reason (logged; MQTT 5
@@ -376,6 +378,9 @@ impl<'a> Connection<'a> {
     /// Checks a CONNECT and takes over (or starts) its session; whether a session was
     /// present.
     fn accept(&mut self, c: codec::Connect, kick: oneshot::Sender<()>) -> Result<bool, Refusal> {
+        if self.mqtt.config.topics.is_empty() {
+            return Err(Refusal::NoTopicMap);
+        }
         if let Some(auth) = &self.mqtt.config.authenticate {
             match &c.login {
                 Some((user, password)) if auth(user, password) => {}

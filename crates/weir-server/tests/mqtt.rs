@@ -312,6 +312,40 @@ fn mqtt5_is_told_a_topic_is_not_mapped() {
     server.shutdown().unwrap();
 }
 
+/// A listener with no topic map could store nothing: it refuses every CONNECT and says
+/// why, where 3.1.1 used to acknowledge publishes and drop them.
+#[test]
+fn a_listener_without_a_topic_map_refuses_connections_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with(weir_server::ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().join("data"),
+        mqtt_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..Default::default()
+    });
+    let connack = |version: u8| {
+        let mut s = TcpStream::connect(server.mqtt_addr().unwrap()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(&connect_packet(version, "no-map")).unwrap();
+        read_packet(&mut s)
+    };
+    // 3.1.1: return code 3, server unavailable.
+    assert_eq!(connack(4), [0x20, 2, 0, 3]);
+    // MQTT 5: reason 0x88, server unavailable, with a reason string naming the setting.
+    let v5 = connack(5);
+    assert_eq!((v5[0], v5[3]), (0x20, 0x88), "{v5:?}");
+    let text = String::from_utf8_lossy(&v5);
+    assert!(text.contains("weir.mqtt.topic.map"), "{text}");
+    // The real client reports the refusal and fails.
+    let (ok, said) = mosquitto_pub(
+        &server,
+        &["-t", "car/a/temperature", "-m", "1,x", "-q", "1"],
+    );
+    assert!(!ok, "{said}");
+    assert!(said.to_lowercase().contains("unavailable"), "{said}");
+    server.shutdown().unwrap();
+}
+
 #[test]
 fn a_resent_qos2_publish_is_stored_once_even_across_a_reconnect() {
     let dir = tempfile::tempdir().unwrap();
