@@ -3,10 +3,13 @@
 //! Arrow, filter and project with DataFusion physical expressions, and write the sink
 //! topic. Parsing belongs to `weir-sql`, storage to `weir-log`, bytes to `weir-format`.
 //!
-//! What runs today: streams over topics, `CREATE STREAM ... AS SELECT` and
-//! `INSERT INTO ... SELECT` with WHERE and projections, `INSERT INTO ... VALUES`, types,
-//! properties, DROP and TERMINATE. Queries advance when [`Engine::run_until_idle`] is
-//! called; tables, aggregations, windows and joins are the stateful issue's.
+//! What runs: streams and tables over topics, `CREATE STREAM/TABLE ... AS SELECT` and
+//! `INSERT INTO ... SELECT` (WHERE, projections, GROUP BY with HAVING, TUMBLING/HOPPING/
+//! SESSION windows, stream-stream, stream-table, table-table and foreign-key joins),
+//! `INSERT INTO ... VALUES`, push and pull queries, types, properties ([`settings`]), DROP
+//! and TERMINATE; a durable engine checkpoints offsets with operator state. Queries
+//! advance when [`Engine::run_once`] is called: by the [`Runtime`]'s worker in a server,
+//! by `weir run`'s loop headless.
 
 mod aggregate;
 mod builtins;
@@ -23,6 +26,7 @@ mod pull;
 pub mod push;
 mod rowfns;
 pub mod runtime;
+pub mod settings;
 mod types;
 
 use std::collections::BTreeMap;
@@ -47,7 +51,7 @@ pub use runtime::Runtime;
 /// Records read from a partition per step: large enough to amortize per-batch work.
 /// Records a query reads per partition per step at first; under load the size doubles up
 /// to [`MAX_BATCH_RECORDS`] (fewer, larger batches), and shrinks back when input thins.
-const BATCH_RECORDS: usize = 4096;
+pub const BATCH_RECORDS: usize = 4096;
 const MIN_BATCH_RECORDS: usize = 256;
 const MAX_BATCH_RECORDS: usize = 65_536;
 

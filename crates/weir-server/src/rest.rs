@@ -83,9 +83,11 @@ pub(crate) fn parse_body(body: &Bytes) -> Result<Value, Response> {
     })
 }
 
-/// A JSON object of properties as strings (`{"auto.offset.reset": "earliest"}`).
+/// A JSON object of properties as strings (`{"auto.offset.reset": "earliest"}`). A key
+/// Weir does not read is logged with the nearest known one (see [`property_warning`]).
 pub(crate) fn properties(v: &Value) -> BTreeMap<String, String> {
-    v.as_object()
+    let props: BTreeMap<String, String> = v
+        .as_object()
         .map(|o| {
             o.iter()
                 .map(|(k, v)| {
@@ -97,7 +99,19 @@ pub(crate) fn properties(v: &Value) -> BTreeMap<String, String> {
                 })
                 .collect()
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+    for key in props.keys() {
+        property_warning(key);
+    }
+    props
+}
+
+/// The warning for a request property Weir does not read (logged, and returned for the
+/// entities' `warnings`); `None` for a known one.
+pub(crate) fn property_warning(key: &str) -> Option<Value> {
+    let warning = weir_engine::settings::unknown_key_warning(key)?;
+    tracing::warn!(property = %key, "{warning}");
+    Some(json!({"message": warning}))
 }
 
 async fn authenticate(
@@ -176,6 +190,12 @@ async fn ksql(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
         ));
     };
     let mut props = properties(&request["streamsProperties"]);
+    // Unknown keys are warned about in every entity's `warnings` from where they were set.
+    let mut warnings: Vec<Value> = props
+        .keys()
+        .filter_map(|k| weir_engine::settings::unknown_key_warning(k))
+        .map(|w| json!({"message": w}))
+        .collect();
     let result = blocking(&state, move |state| {
         let mut done: Vec<Value> = Vec::new();
         for parsed in parse_script(&sql, ParseOptions::default()) {
@@ -191,6 +211,7 @@ async fn ksql(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
                     return Err(e);
                 }
                 Statement::SetProperty { name, value } => {
+                    warnings.extend(property_warning(name));
                     props.insert(name.clone(), value.clone());
                     continue;
                 }
@@ -217,9 +238,12 @@ async fn ksql(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
             };
             drop(engine);
             let sequence = state.sequence.fetch_add(1, Ordering::SeqCst) + 1;
-            if let Some((entity, status)) =
+            if let Some((mut entity, status)) =
                 entities::entity(&stmt, &text, outcome, sequence, dropped_topic.as_deref())
             {
+                if !warnings.is_empty() {
+                    entity["warnings"] = Value::Array(warnings.clone());
+                }
                 if let Some((id, status)) = status {
                     tracing::info!(command = %id, message = %status.message, "statement ran");
                     state
@@ -332,19 +356,13 @@ async fn status(
     }
 }
 
-/// Properties a request may set: those Weir acts on, and ksqlDB's own namespaces (which
-/// clients send routinely).
-fn valid_property(name: &str) -> bool {
-    const KNOWN: &[&str] = &["auto.offset.reset", "weir.max.push.queries"];
-    KNOWN.contains(&name)
-        || name.starts_with("ksql.")
-        || name.starts_with("weir.")
-        || name.starts_with("processing.guarantee")
-}
-
+/// `true` for a property Weir reads, `false` for an unknown one in ksqlDB's or Weir's
+/// namespaces (`ksql.`, `weir.`), and ksqlDB's 400 for any other name.
 async fn is_valid_property(Path(property): Path<String>) -> Response {
-    if valid_property(&property) {
+    if weir_engine::settings::is_known(&property) {
         json_response(StatusCode::OK, &json!(true))
+    } else if property.starts_with("ksql.") || property.starts_with("weir.") {
+        json_response(StatusCode::OK, &json!(false))
     } else {
         error_response(generic_error(
             code::BAD_REQUEST,

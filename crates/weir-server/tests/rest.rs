@@ -123,7 +123,48 @@ fn ksql_runs_statements_and_answers_ksqldb_entities() {
         (200, json!(true))
     );
     assert_eq!(get(&server, "/is_valid_property/bogus").0, 400);
+    // Unknown keys in Weir's and ksqlDB's namespaces are not valid; plugin config is.
+    assert_eq!(
+        get(&server, "/is_valid_property/weir.agregate.coalesce"),
+        (200, json!(false))
+    );
+    assert_eq!(
+        get(&server, "/is_valid_property/weir.functions.anomaly.model"),
+        (200, json!(true))
+    );
     assert_eq!(get(&server, "/no/such/route"), (404, json!("Not Found")));
+    server.shutdown().unwrap();
+}
+
+/// A misspelt property, in `streamsProperties` or a SET, is a warning on the entities
+/// after it, naming the key the user probably meant; the statements still run.
+#[test]
+fn unknown_request_properties_are_warned_about_with_the_nearest_known_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]);
+    let (status, entities) = post(
+        &server,
+        "/ksql",
+        &json!({"ksql": CREATE, "streamsProperties": {"auto.ofset.reset": "earliest"}}),
+    );
+    assert_eq!(status, 200, "{entities}");
+    assert_eq!(
+        entities[0]["warnings"],
+        json!([{"message": "unknown property 'auto.ofset.reset' is ignored: did you mean 'auto.offset.reset'?"}])
+    );
+    let (status, entities) = post(
+        &server,
+        "/ksql",
+        &json!({"ksql": "SHOW STREAMS; SET 'weir.agregate.coalesce'='true'; SHOW STREAMS;",
+                "streamsProperties": {}}),
+    );
+    assert_eq!(status, 200, "{entities}");
+    assert_eq!(entities[0]["warnings"], json!([]));
+    let warnings = entities[1]["warnings"].to_string();
+    assert!(
+        warnings.contains("did you mean 'weir.aggregate.coalesce'?"),
+        "{warnings}"
+    );
     server.shutdown().unwrap();
 }
 
