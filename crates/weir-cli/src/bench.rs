@@ -522,3 +522,204 @@ pub fn mqtt(publishers: usize, messages: usize, inflight: usize) -> Result<(), S
     }
     Ok(())
 }
+
+/// The demo's statements W2 runs: the source and the two persistent queries of
+/// sql/connected_cars.sql (its push queries, PRINT and LIST FUNCTIONS left out).
+fn w2_statements() -> Vec<String> {
+    weir_sql::parse_script(
+        include_str!("../../../sql/connected_cars.sql"),
+        weir_sql::ParseOptions::default(),
+    )
+    .into_iter()
+    .map(|s| s.text.trim().to_string())
+    .filter(|t| t.to_ascii_uppercase().starts_with("CREATE STREAM"))
+    .collect()
+}
+
+/// W2: `events` demo-format messages (`weir gen cars`) on the embedded log through the
+/// demo's ANOMALYDETECTION and ANOMALYDETECTIONWITHFILTER with the anomaly plugin, and,
+/// in the same run, what bounds it: parsing alone (DELIMITED decode, then each message's
+/// 210 readings into doubles), inference alone (the parsed rows through the plugin's
+/// ONNX session in batches of the engine's size), the serial ceiling of the two, and
+/// one inference per row as the seed's UDF does (over `row_sample` messages).
+pub fn w2(
+    events: usize,
+    row_sample: usize,
+    plugin: Option<&std::path::Path>,
+    ort_library: Option<&std::path::Path>,
+) -> Result<(), String> {
+    use arrow::array::{Array, ArrayRef, Float64Builder, ListBuilder, StringArray};
+    let plugin = crate::demo::anomaly_plugin(plugin)?;
+    let ort = crate::demo::ort_library(ort_library, &plugin)?;
+    let properties = std::collections::BTreeMap::from([(
+        "weir.functions.anomaly.ort_library".to_string(),
+        ort.display().to_string(),
+    )]);
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let config = EmbeddedLogConfig {
+        fsync: FsyncPolicy::Never,
+        ..Default::default()
+    };
+    let log: Arc<dyn Log> =
+        Arc::new(EmbeddedLog::open(dir.path().join("data"), config).map_err(|e| e.to_string())?);
+    log.create_topic("temperature", TopicConfig::default())
+        .map_err(|e| e.to_string())?;
+    let messages = crate::cars::messages(42, events, 0.05, 1);
+    for chunk in messages.chunks(1000) {
+        let records: Vec<Record> = chunk
+            .iter()
+            .map(|m| Record::new(None, Some(m.text.as_bytes()), m.event_id as i64))
+            .collect();
+        log.append("temperature", 0, &records)
+            .map_err(|e| e.to_string())?;
+    }
+    log.flush().map_err(|e| e.to_string())?;
+    let bytes: usize = messages.iter().map(|m| m.text.len()).sum();
+    drop(messages);
+    println!(
+        "W2: {events} demo-format messages ({:.1} KB each, 210 readings) on the embedded log, anomaly plugin {}",
+        bytes as f64 / events.max(1) as f64 / 1000.0,
+        plugin.display()
+    );
+
+    let statements = w2_statements();
+    let mut engine = Engine::new(log.clone());
+    engine
+        .execute_sql(&statements[0])
+        .map_err(|e| e.to_string())?;
+    let source = engine
+        .catalog()
+        .source("CARSENSOR")
+        .ok_or("sql/connected_cars.sql creates no CARSENSOR")?
+        .clone();
+    let schema = source.layout.schema();
+    let records = log
+        .read_to_end("temperature", 0, 0)
+        .map_err(|e| e.to_string())?;
+
+    // Ceiling 1: parsing, nothing else.
+    let started = Instant::now();
+    let mut parsed: Vec<Vec<f64>> = Vec::with_capacity(events);
+    let mut texts: Vec<String> = Vec::new();
+    for chunk in records.chunks(weir_engine::BATCH_RECORDS) {
+        let batch = source.layout.decode(&schema, chunk).batch;
+        let column = batch
+            .column_by_name("SENSORINPUT")
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .ok_or("CARSENSOR has no SENSORINPUT column")?;
+        for text in column.iter().flatten() {
+            let readings = weir_udf::parse_numbers(text, '#', "reading")?;
+            if texts.len() < row_sample {
+                texts.push(text.to_string());
+            }
+            parsed.push(readings);
+        }
+    }
+    let parse_secs = started.elapsed().as_secs_f64();
+    let parse_rate = parsed.len() as f64 / parse_secs;
+    drop(records);
+    println!(
+        "  parse only (DELIMITED decode, 210 doubles each)  {}",
+        rate(parsed.len() as u64, parse_secs)
+    );
+
+    // Ceiling 2: inference, nothing else: ANOMALY_SCORE(ARRAY<DOUBLE>) per engine batch.
+    let anomaly = weir_udf_host::Plugin::load(&plugin, &weir_udf_host::plugin_config(&properties))?;
+    let index = |name: &str, arg: &str| {
+        anomaly
+            .scalars
+            .iter()
+            .position(|f| f.name == name && f.args[0].1 == arg)
+            .ok_or(format!("the plugin has no {name}({arg})"))
+    };
+    let by_array = index("ANOMALY_SCORE", "ARRAY<DOUBLE>")?;
+    let by_text = index("ANOMALY_SCORE", "STRING")?;
+    let batches: Vec<(ArrayRef, usize)> = parsed
+        .chunks(weir_engine::BATCH_RECORDS)
+        .map(|rows| {
+            let mut list = ListBuilder::new(Float64Builder::new());
+            for r in rows {
+                list.values().append_slice(r);
+                list.append(true);
+            }
+            (Arc::new(list.finish()) as ArrayRef, rows.len())
+        })
+        .collect();
+    drop(parsed);
+    // The first call loads ONNX Runtime and the model: not part of the figure.
+    anomaly.invoke(by_array, &[batches[0].0.slice(0, 1)], 1)?;
+    let started = Instant::now();
+    let mut scored = 0;
+    for (array, rows) in &batches {
+        scored += anomaly
+            .invoke(by_array, std::slice::from_ref(array), *rows)?
+            .len();
+    }
+    let infer_secs = started.elapsed().as_secs_f64();
+    let infer_rate = scored as f64 / infer_secs;
+    drop(batches);
+    println!(
+        "  inference only ({} rows per call)            {}",
+        weir_engine::BATCH_RECORDS,
+        rate(scored as u64, infer_secs)
+    );
+    let serial = 1.0 / (1.0 / parse_rate + 1.0 / infer_rate);
+    println!("  serial ceiling 1/(1/parse + 1/inference)      {serial:>12.0} events/s");
+
+    // Row at a time: one call (parse and inference) per message, as the seed's UDF.
+    let rows: Vec<ArrayRef> = texts
+        .iter()
+        .map(|t| Arc::new(StringArray::from(vec![t.as_str()])) as ArrayRef)
+        .collect();
+    let started = Instant::now();
+    for row in &rows {
+        anomaly.invoke(by_text, std::slice::from_ref(row), 1)?;
+    }
+    let row_secs = started.elapsed().as_secs_f64();
+    let row_rate = rows.len() as f64 / row_secs;
+    println!(
+        "  row at a time (one inference per row)         {}  over {} messages",
+        rate(rows.len() as u64, row_secs),
+        rows.len()
+    );
+    drop(rows);
+
+    // End to end: the demo's two persistent queries on a durable engine, as a server runs
+    // them, with the plugin loaded from a plugin folder.
+    drop(engine);
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).map_err(|e| e.to_string())?;
+    std::fs::copy(&plugin, plugins.join("libanomaly.so")).map_err(|e| e.to_string())?;
+    let (functions, lines) = weir_server::functions_with_plugins(&plugins, &properties);
+    if let Some(refused) = lines.iter().find(|l| l.contains("refused")) {
+        return Err(refused.clone());
+    }
+    let mut engine = Engine::open_with(log.clone(), functions).map_err(|e| e.to_string())?;
+    engine.set_property("auto.offset.reset", "earliest");
+    for sql in &statements {
+        engine.execute_sql(sql).map_err(|e| e.to_string())?;
+    }
+    // Each message is consumed twice: by ANOMALYDETECTION, then its row by the filter.
+    let (consumed, secs) = run_until(&mut engine, 2 * events as u64)?;
+    log.flush().map_err(|e| e.to_string())?;
+    let scored = log
+        .offsets("ANOMALYDETECTION", 0)
+        .map_err(|e| e.to_string())?
+        .1;
+    let flagged = log
+        .offsets("ANOMALYDETECTIONWITHFILTER", 0)
+        .map_err(|e| e.to_string())?
+        .1;
+    let e2e = (consumed / 2) as f64 / secs;
+    println!(
+        "  end to end (both persistent queries, durable) {}  -> {scored} scored, {flagged} flagged",
+        rate(consumed / 2, secs)
+    );
+    println!(
+        "  end to end / serial ceiling {:.0}%   end to end / row at a time {:.1}x   peak RSS {:.0} MiB",
+        100.0 * e2e / serial,
+        e2e / row_rate,
+        peak_rss_mib()
+    );
+    Ok(())
+}

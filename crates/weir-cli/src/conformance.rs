@@ -87,6 +87,15 @@ pub fn load_cases(path: &Path) -> Result<Vec<Value>, String> {
 
 /// Runs the selected cases, each on its own thread with the timeout.
 pub fn run_cases(cases: &[Value], sel: &Selection) -> Vec<CaseResult> {
+    run_cases_with(cases, sel, &mut |_| {})
+}
+
+/// As [`run_cases`], calling `done` after each case.
+pub fn run_cases_with(
+    cases: &[Value],
+    sel: &Selection,
+    done: &mut dyn FnMut(&CaseResult),
+) -> Vec<CaseResult> {
     cases
         .iter()
         .filter(|c| selected(c, sel))
@@ -101,13 +110,15 @@ pub fn run_cases(cases: &[Value], sel: &Selection) -> Vec<CaseResult> {
             let outcome = rx
                 .recv_timeout(sel.timeout)
                 .unwrap_or_else(|_| Err(format!("timed out after {:?}", sel.timeout)));
-            CaseResult {
+            let result = CaseResult {
                 file: case["file"].as_str().unwrap_or_default().to_string(),
                 name: case["name"].as_str().unwrap_or_default().to_string(),
                 tags: tags_of(case),
                 passed: outcome.is_ok(),
                 error: outcome.err(),
-            }
+            };
+            done(&result);
+            result
         })
         .collect()
 }

@@ -8,12 +8,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::cars::{self, Kind};
 use crate::client::{Client, PushLine};
+use crate::progress::{Progress, Stream};
 
 pub struct DemoOptions {
     pub count: usize,
@@ -24,6 +25,15 @@ pub struct DemoOptions {
     pub mqtt_listen: std::net::SocketAddr,
     /// Keep topics here (default: a temporary folder, removed at the end).
     pub data_dir: Option<PathBuf>,
+    /// The anomaly plugin (default: `libanomaly.so` beside this binary).
+    pub plugin: Option<PathBuf>,
+    /// ONNX Runtime's library (default: `ORT_DYLIB_PATH`, else beside the plugin).
+    pub ort_library: Option<PathBuf>,
+    /// Scores above it are flagged (default: the built-in model's, [`model_threshold`]).
+    pub threshold: Option<f64>,
+    /// Where `eventid,kind` of every message goes (default: `labels.csv` in the data
+    /// folder when one is given, else `weir-demo-labels.csv` here).
+    pub labels: Option<PathBuf>,
 }
 
 /// What the demo measured.
@@ -38,28 +48,49 @@ pub struct DemoSummary {
     pub recall: f64,
 }
 
-/// The threshold of `udfs/anomaly/MODEL.md` (from `model/MODEL.json`).
+/// The threshold of the model built into the anomaly plugin (`udfs/anomaly/MODEL.md`),
+/// built into this binary with it.
 pub fn model_threshold() -> Result<f64, String> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../udfs/anomaly/model/MODEL.json"
-    );
-    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}"))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    const MODEL_JSON: &str = include_str!("../../../udfs/anomaly/model/MODEL.json");
+    let v: serde_json::Value = serde_json::from_str(MODEL_JSON).map_err(|e| e.to_string())?;
     v["threshold"]
         .as_f64()
-        .ok_or_else(|| format!("{path}: no threshold"))
+        .ok_or_else(|| "the model's MODEL.json has no threshold".to_string())
 }
 
-/// The anomaly plugin: beside this binary (cargo builds it into the same folder).
-fn anomaly_plugin() -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let path = exe.parent().ok_or("no folder")?.join("libanomaly.so");
-    if path.exists() {
+/// The ONNX Runtime library's file name the plugin is built for.
+pub const ORT_LIBRARY: &str = "libonnxruntime.so.1.31.1";
+
+/// The anomaly plugin: given, or beside this binary (cargo builds it into the same folder).
+pub(crate) fn anomaly_plugin(given: Option<&Path>) -> Result<PathBuf, String> {
+    let path = match given {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            exe.parent().ok_or("no folder")?.join("libanomaly.so")
+        }
+    };
+    if path.is_file() {
         Ok(path)
     } else {
         Err(format!(
-            "{} is missing: build it with `cargo build -p udf-anomaly` (scripts/demo.sh does)",
+            "the anomaly plugin {} is missing: pass --plugin PATH (build it with `cargo build -p udf-anomaly`; scripts/demo.sh does)",
+            path.display()
+        ))
+    }
+}
+
+/// ONNX Runtime's library: given, `ORT_DYLIB_PATH`, or beside the plugin.
+pub(crate) fn ort_library(given: Option<&Path>, plugin: &Path) -> Result<PathBuf, String> {
+    let path = given
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from))
+        .unwrap_or_else(|| plugin.with_file_name(ORT_LIBRARY));
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "ONNX Runtime's library {} is missing: pass --ort-library PATH or set ORT_DYLIB_PATH (the onnxruntime==1.31.1 wheel from PyPI holds {ORT_LIBRARY}; scripts/demo.sh fetches it into .weir/lib)",
             path.display()
         ))
     }
@@ -74,21 +105,36 @@ fn query_id_of(entities: &[serde_json::Value]) -> String {
 }
 
 pub fn demo(o: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary, String> {
-    let threshold = model_threshold()?;
+    let threshold = match o.threshold {
+        Some(t) => t,
+        None => model_threshold()?,
+    };
+    let plugin = anomaly_plugin(o.plugin.as_deref())?;
+    let ort = ort_library(o.ort_library.as_deref(), &plugin)?;
     let temp = tempfile::tempdir().map_err(|e| e.to_string())?;
     let data_dir = o
         .data_dir
         .clone()
         .unwrap_or_else(|| temp.path().join("data"));
+    let labels_file = match (&o.labels, &o.data_dir) {
+        (Some(path), _) => path.clone(),
+        (None, Some(dir)) => dir.join("labels.csv"),
+        (None, None) => PathBuf::from("weir-demo-labels.csv"),
+    };
     let plugins = data_dir.join("plugins");
     std::fs::create_dir_all(&plugins).map_err(|e| e.to_string())?;
-    std::fs::copy(anomaly_plugin()?, plugins.join("libanomaly.so")).map_err(|e| e.to_string())?;
+    std::fs::copy(&plugin, plugins.join("libanomaly.so"))
+        .map_err(|e| format!("copying {}: {e}", plugin.display()))?;
     let server = weir_server::Server::start(weir_server::ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: data_dir.clone(),
         plugin_dir: Some(plugins),
         mqtt_listen: Some(o.mqtt_listen),
         mqtt_topic_map: "temperature:.*temperature".into(),
+        properties: BTreeMap::from([(
+            "weir.functions.anomaly.ort_library".to_string(),
+            ort.display().to_string(),
+        )]),
         ..Default::default()
     })?;
     let mqtt = server.mqtt_addr().expect("the MQTT listener runs");
@@ -125,7 +171,6 @@ pub fn demo(o: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary, String>
     }
     let messages = cars::messages(o.seed, o.count, o.anomalies, 1);
     let labels: BTreeMap<u64, Kind> = messages.iter().map(|m| (m.event_id, m.kind)).collect();
-    let labels_file = data_dir.join("labels.csv");
     write_labels(&labels_file, &messages)?;
 
     // Flagged events, as the push query delivers them.
@@ -333,6 +378,13 @@ pub fn gen_cars(
         write_labels(path, &messages)?;
     }
     let started = Instant::now();
+    let mut progress = Progress::new(
+        "weir gen cars",
+        "messages",
+        Some(count as u64),
+        Stream::Stderr,
+        Duration::from_secs(5),
+    );
     match target {
         GenTarget::Mqtt { addr, topic, qos } => {
             let payloads: Vec<String> = messages.iter().map(|m| m.text.clone()).collect();
@@ -343,19 +395,20 @@ pub fn gen_cars(
                 &payloads,
                 *qos,
                 rate,
-                &mut |_| {},
+                &mut |n| progress.set(n as u64),
             )?;
         }
         GenTarget::Kafka { bootstrap, topic } => {
             let log = weir_kafka::KafkaLog::connect(bootstrap).map_err(|e| e.to_string())?;
-            produce(&log, topic, &messages, rate)?;
+            produce(&log, topic, &messages, rate, &mut progress)?;
         }
         GenTarget::Embedded { dir, topic } => {
             let log = weir_log::EmbeddedLog::open(dir, weir_log::EmbeddedLogConfig::default())
                 .map_err(|e| e.to_string())?;
-            produce(&log, topic, &messages, rate)?;
+            produce(&log, topic, &messages, rate, &mut progress)?;
         }
     }
+    progress.finish();
     let faults = messages.iter().filter(|m| m.kind != Kind::Normal).count();
     println!(
         "wrote {count} messages ({faults} with injected faults, event ids {}..{}) in {:.2} s",
@@ -371,6 +424,7 @@ fn produce(
     topic: &str,
     messages: &[cars::Message],
     rate: f64,
+    progress: &mut Progress,
 ) -> Result<(), String> {
     if log.topic(topic).map_err(|e| e.to_string())?.is_none() {
         log.create_topic(topic, weir_log::TopicConfig::default())
@@ -398,6 +452,7 @@ fn produce(
             .map(|m| weir_log::Record::new(None, Some(m.text.as_bytes()), now()))
             .collect();
         log.append(topic, 0, &records).map_err(|e| e.to_string())?;
+        progress.add(records.len() as u64);
     }
     log.flush().map_err(|e| e.to_string())
 }

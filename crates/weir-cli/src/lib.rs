@@ -6,6 +6,7 @@ pub mod check;
 pub mod client;
 pub mod conformance;
 pub mod demo;
+pub mod progress;
 pub mod render;
 pub mod repl;
 pub mod run;

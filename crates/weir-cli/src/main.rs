@@ -3,6 +3,7 @@
 //! (`weir bench`) and the ksqlDB conformance harness (`weir conformance`).
 
 use weir_cli::{bench, check, conformance, repl, run};
+use weir_engine::settings;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,29 +26,22 @@ struct Cli {
 enum Command {
     /// Serve the ksqlDB-compatible REST API (HTTP/1.1 and cleartext HTTP/2 on one port).
     Server {
-        /// ADDRESS:PORT to listen on.
-        #[arg(long)]
+        #[arg(long, value_name = "ADDRESS:PORT", help = settings::flag_help("listeners"))]
         listen: Option<std::net::SocketAddr>,
-        /// Where the embedded log keeps topics (ignored with --kafka-bootstrap).
-        #[arg(long)]
+        #[arg(long, help = settings::flag_help("weir.data.dir"))]
         data_dir: Option<PathBuf>,
-        /// Keep topics on the Kafka cluster at HOST:PORT instead of the embedded log.
-        #[arg(long)]
+        #[arg(long, value_name = "HOST:PORT", help = settings::flag_help("bootstrap.servers"))]
         kafka_bootstrap: Option<String>,
-        /// Require HTTP basic authentication by the users in this file (`name: password`).
-        #[arg(long)]
+        #[arg(long, help = settings::flag_help("weir.auth.users.file"))]
         users_file: Option<PathBuf>,
-        /// Load user functions from the `.so` plugins in this folder, and watch it.
-        #[arg(long)]
+        #[arg(long, help = settings::flag_help("weir.plugin.dir"))]
         plugin_dir: Option<PathBuf>,
-        /// Accept MQTT publishes on ADDRESS:PORT (e.g. 127.0.0.1:1883); off by default.
-        #[arg(long)]
+        #[arg(long, value_name = "ADDRESS:PORT", help = settings::flag_help("weir.mqtt.listen"))]
         mqtt_listen: Option<std::net::SocketAddr>,
-        /// Where MQTT topics go: `logtopic:regex, ...` (first full match wins), e.g.
-        /// `temperature:.*temperature`. Same as the property weir.mqtt.topic.map.
-        #[arg(long)]
+        #[arg(long, value_name = "MAP", help = settings::flag_help("weir.mqtt.topic.map"))]
         mqtt_topic_map: Option<String>,
-        /// A ksqlDB-style properties file (`key=value`); flags override it.
+        /// A ksqlDB-style properties file (`key=value`); flags override it. Unknown keys
+        /// are warned about, naming the nearest known one.
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -71,6 +65,20 @@ enum Command {
         /// Keep the demo's topics here (default: a temporary folder).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// The anomaly plugin's .so [default: libanomaly.so beside this binary].
+        #[arg(long)]
+        plugin: Option<PathBuf>,
+        /// ONNX Runtime's library (libonnxruntime.so.1.31.1, from the onnxruntime==1.31.1
+        /// wheel on PyPI) [default: ORT_DYLIB_PATH, else beside the plugin].
+        #[arg(long)]
+        ort_library: Option<PathBuf>,
+        /// Flag scores above this [default: the built-in model's threshold].
+        #[arg(long)]
+        threshold: Option<f64>,
+        /// Write `eventid,kind` of every message here [default: labels.csv in --data-dir,
+        /// else weir-demo-labels.csv in the current folder].
+        #[arg(long)]
+        labels: Option<PathBuf>,
     },
     /// Generate data.
     Gen {
@@ -93,6 +101,9 @@ enum Command {
         /// With --embedded: where the embedded log keeps topics.
         #[arg(long, default_value = "weir-data")]
         data_dir: PathBuf,
+        /// With --embedded: load user functions from the `.so` plugins in this folder.
+        #[arg(long)]
+        plugin_dir: Option<PathBuf>,
         /// User name for HTTP basic authentication.
         #[arg(long, short = 'u')]
         user: Option<String>,
@@ -126,6 +137,13 @@ enum Command {
         /// Stop once every query has caught up, instead of waiting for more input.
         #[arg(long)]
         exit_when_idle: bool,
+        /// Load user functions from the `.so` plugins in this folder.
+        #[arg(long)]
+        plugin_dir: Option<PathBuf>,
+        /// When standard output is not a terminal: milliseconds between progress lines
+        /// (0: a line per step that consumed records).
+        #[arg(long, default_value_t = 1000)]
+        progress_every: u64,
     },
     /// Run a benchmark workload and print its figures (build with --release).
     Bench {
@@ -161,7 +179,8 @@ enum UdfCommand {
         /// Where to create it.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
-        /// The weir-udf crate (default: the checkout this binary was built from).
+        /// Use this weir-udf crate instead of writing the SDK built into this binary into
+        /// the new crate's sdk/ folder.
         #[arg(long)]
         sdk: Option<PathBuf>,
     },
@@ -216,6 +235,21 @@ enum Workload {
         #[arg(long)]
         kafka: Option<String>,
     },
+    /// W2: demo-format car messages through the demo's anomaly queries with the ONNX
+    /// plugin, with parse, inference, serial and row-at-a-time figures from the same run.
+    W2 {
+        #[arg(long, default_value_t = 200_000)]
+        events: usize,
+        /// Messages scored one inference each for the row-at-a-time figure.
+        #[arg(long, default_value_t = 20_000)]
+        row_sample: usize,
+        /// The anomaly plugin's .so [default: libanomaly.so beside this binary].
+        #[arg(long)]
+        plugin: Option<PathBuf>,
+        /// ONNX Runtime's library [default: ORT_DYLIB_PATH, else beside the plugin].
+        #[arg(long)]
+        ort_library: Option<PathBuf>,
+    },
     /// W3: a tumbling-window COUNT/AVG per car, and a stream-table join to a car table.
     W3 {
         #[arg(long, default_value_t = 1_000_000)]
@@ -258,6 +292,7 @@ fn main() -> ExitCode {
             server: None,
             embedded: false,
             data_dir: PathBuf::from("weir-data"),
+            plugin_dir: None,
             user: None,
             password: None,
         }));
@@ -317,6 +352,10 @@ fn main() -> ExitCode {
             seed,
             mqtt_listen,
             data_dir,
+            plugin,
+            ort_library,
+            threshold,
+            labels,
         } => {
             let options = weir_cli::demo::DemoOptions {
                 count,
@@ -325,6 +364,10 @@ fn main() -> ExitCode {
                 seed,
                 mqtt_listen,
                 data_dir,
+                plugin,
+                ort_library,
+                threshold,
+                labels,
             };
             match weir_cli::demo::demo(&options, &mut std::io::stdout()) {
                 Ok(_) => ExitCode::SUCCESS,
@@ -409,12 +452,14 @@ fn main() -> ExitCode {
             server,
             embedded,
             data_dir,
+            plugin_dir,
             user,
             password,
         } => repl_exit(repl::run(repl::ReplOptions {
             server: Some(server),
             embedded,
             data_dir,
+            plugin_dir,
             user,
             password,
         })),
@@ -428,11 +473,15 @@ fn main() -> ExitCode {
             queries_file,
             kafka_bootstrap,
             exit_when_idle,
+            plugin_dir,
+            progress_every,
         } => match run::run(
             &data_dir,
             queries_file.as_deref(),
             exit_when_idle,
             kafka_bootstrap.as_deref(),
+            plugin_dir.as_deref(),
+            std::time::Duration::from_millis(progress_every),
         ) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -443,6 +492,26 @@ fn main() -> ExitCode {
         Command::Bench {
             workload: Workload::W3 { events, only },
         } => match bench::w3(events, only.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("weir bench: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Bench {
+            workload:
+                Workload::W2 {
+                    events,
+                    row_sample,
+                    plugin,
+                    ort_library,
+                },
+        } => match bench::w2(
+            events,
+            row_sample,
+            plugin.as_deref(),
+            ort_library.as_deref(),
+        ) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("weir bench: {e}");
@@ -547,7 +616,28 @@ fn run_conformance(
     };
     // Panics inside functions are contained and recorded per case; keep the table readable.
     std::panic::set_hook(Box::new(|_| {}));
-    let results = conformance::run_cases(&all, &selection);
+    let selected = all
+        .iter()
+        .filter(|c| conformance::selected(c, &selection))
+        .count();
+    let mut progress = weir_cli::progress::Progress::new(
+        "weir conformance",
+        "cases",
+        Some(selected as u64),
+        weir_cli::progress::Stream::Stderr,
+        std::time::Duration::from_secs(10),
+    );
+    let (mut passed, mut failed) = (0, 0);
+    let results = conformance::run_cases_with(&all, &selection, &mut |r| {
+        if r.passed {
+            passed += 1;
+        } else {
+            failed += 1;
+        }
+        progress.note(format!("{passed} passed, {failed} failed"));
+        progress.add(1);
+    });
+    progress.finish();
     conformance::print_table(&results);
     if let Some(path) = report {
         let text =

@@ -35,6 +35,8 @@ pub struct ReplOptions {
     /// Start a server in this process (on a free local port) and talk to it.
     pub embedded: bool,
     pub data_dir: PathBuf,
+    /// With `embedded`: the plugin folder of the server inside the shell.
+    pub plugin_dir: Option<PathBuf>,
     pub user: Option<String>,
     pub password: Option<String>,
 }
@@ -173,6 +175,7 @@ pub fn run(options: ReplOptions) -> Result<(), String> {
         let config = weir_server::ServerConfig {
             listen: "127.0.0.1:0".parse().expect("address"),
             data_dir: options.data_dir.clone(),
+            plugin_dir: options.plugin_dir.clone(),
             ..Default::default()
         };
         let server = weir_server::Server::start(config)?;
@@ -322,6 +325,9 @@ impl Session {
         match stmt {
             Statement::Query(_) | Statement::Print(_) => self.push(text),
             Statement::SetProperty { name, value } => {
+                if let Some(warning) = weir_engine::settings::unknown_key_warning(name) {
+                    eprintln!("{}", Color::Yellow.paint(format!("Warning: {warning}")));
+                }
                 let old = self.props.insert(name.clone(), value.clone());
                 println!(
                     "Successfully changed local property '{name}'{} to '{value}'.",

@@ -1,12 +1,16 @@
 //! `weir run`: headless mode, as ksqlDB's `--queries-file`. Opens a data directory on the
 //! embedded log, replays its command log (so every persistent query resumes where it
 //! stopped), runs the statements of a queries file if given, then keeps the queries
-//! running. Progress goes to standard output, one line per step that consumed records.
+//! running, with the user functions of `--plugin-dir`'s plugins. Progress goes to standard
+//! output: a spinner with the rate on a terminal, else a line a second
+//! (`consumed N total T (R records/s)`; `--progress-every 0`: one per step).
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use crate::progress::{Progress, Stream};
 
 use weir_engine::Engine;
 use weir_log::{EmbeddedLog, EmbeddedLogConfig, Log};
@@ -17,6 +21,8 @@ pub fn run(
     queries_file: Option<&Path>,
     exit_when_idle: bool,
     kafka: Option<&str>,
+    plugin_dir: Option<&Path>,
+    progress_every: Duration,
 ) -> Result<(), String> {
     let (log, place): (Arc<dyn Log>, String) = match kafka {
         None => (
@@ -31,12 +37,24 @@ pub fn run(
             format!("Kafka at {b}"),
         ),
     };
-    let mut engine = Engine::open(log.clone()).map_err(|e| format!("recovering {place}: {e}"))?;
     let mut out = std::io::stdout().lock();
     let say = |out: &mut std::io::StdoutLock, line: String| {
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
     };
+    // Plugins before the command log is replayed, so the queries that call them resume.
+    let functions = match plugin_dir {
+        Some(dir) => {
+            let (functions, lines) = weir_server::functions_with_plugins(dir, &Default::default());
+            for line in lines {
+                say(&mut out, line);
+            }
+            functions
+        }
+        None => Default::default(),
+    };
+    let mut engine = Engine::open_with(log.clone(), functions)
+        .map_err(|e| format!("recovering {place}: {e}"))?;
     say(
         &mut out,
         format!(
@@ -60,14 +78,46 @@ pub fn run(
             say(&mut out, line);
         }
     }
+    // On a terminal a spinner with the rate; otherwise a line every `progress_every`
+    // (zero: every step that consumed records) with the records since the last line.
+    let mut bar = std::io::stdout()
+        .is_terminal()
+        .then(|| Progress::new("weir run", "records", None, Stream::Stdout, progress_every));
     let mut total = 0u64;
+    let mut since_line = 0u64;
+    let mut last_line = Instant::now();
+    let line =
+        |out: &mut std::io::StdoutLock, since_line: &mut u64, total: u64, last: &mut Instant| {
+            let secs = last.elapsed().as_secs_f64().max(1e-9);
+            say(
+                out,
+                format!(
+                    "consumed {since_line} total {total} ({:.0} records/s)",
+                    *since_line as f64 / secs
+                ),
+            );
+            *since_line = 0;
+            *last = Instant::now();
+        };
     loop {
         let n = engine.run_once().map_err(|e| e.to_string())?;
         total += n;
+        since_line += n;
         if n > 0 {
-            say(&mut out, format!("consumed {n} total {total}"));
+            match &mut bar {
+                Some(bar) => bar.set(total),
+                None if last_line.elapsed() >= progress_every => {
+                    line(&mut out, &mut since_line, total, &mut last_line)
+                }
+                None => {}
+            }
         } else if exit_when_idle {
             log.flush().map_err(|e| e.to_string())?;
+            match bar.take() {
+                Some(bar) => bar.finish(),
+                None if since_line > 0 => line(&mut out, &mut since_line, total, &mut last_line),
+                None => {}
+            }
             say(&mut out, format!("idle total {total}"));
             return Ok(());
         } else {

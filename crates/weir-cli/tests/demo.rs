@@ -160,3 +160,58 @@ fn weir_gen_cars_writes_labelled_messages_to_an_embedded_log() {
     assert!((10..=60).contains(&faults), "{faults} faults in 300 at 10%");
     assert!(labels.lines().nth(1).unwrap().starts_with("1000,"));
 }
+
+/// `weir` alone (as `cargo install` leaves it, nothing beside it), run from an empty folder:
+/// the plugin and ONNX Runtime come by option, the labels land where the summary says.
+#[test]
+fn weir_demo_runs_from_an_empty_folder_with_plugin_and_runtime_given_by_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    let elsewhere = dir.path().join("elsewhere");
+    let cwd = dir.path().join("empty");
+    for d in [&bin, &elsewhere, &cwd] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::copy(env!("CARGO_BIN_EXE_weir"), bin.join("weir")).unwrap();
+    std::fs::copy(anomaly_plugin(), elsewhere.join("libanomaly.so")).unwrap();
+    let ort = std::env::var_os("ORT_DYLIB_PATH")
+        .or_else(|| std::env::var_os("WEIR_ORT_LIB"))
+        .expect("ORT_DYLIB_PATH names ONNX Runtime's library (source scripts/env.sh)");
+    let demo = |extra: &[&std::ffi::OsStr]| {
+        Command::new(bin.join("weir"))
+            .args(["demo", "--count", "300", "--rate", "0"])
+            .args(["--mqtt-listen", "127.0.0.1:0"])
+            .args(extra)
+            .env_remove("ORT_DYLIB_PATH")
+            .current_dir(&cwd)
+            .output()
+            .unwrap()
+    };
+    // Nothing beside the binary: it says what is missing and how to give it.
+    let out = demo(&[]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--plugin"),
+        "{out:?}"
+    );
+    let plugin = elsewhere.join("libanomaly.so");
+    let out = demo(&[
+        "--plugin".as_ref(),
+        plugin.as_os_str(),
+        "--ort-library".as_ref(),
+        ort.as_os_str(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("summary: 300 messages published, 300 scored"),
+        "{text}"
+    );
+    assert!(text.contains("(labels in weir-demo-labels.csv)"), "{text}");
+    let labels = std::fs::read_to_string(cwd.join("weir-demo-labels.csv")).unwrap();
+    assert_eq!(labels.lines().count(), 301);
+}

@@ -141,7 +141,7 @@ fn a_crash_between_output_and_checkpoint_writes_nothing_twice() {
     let consumed = progress.len();
     let total: u64 = progress
         .last()
-        .and_then(|l| l.split(" total ").nth(1))
+        .and_then(|l| common::progress_total(l))
         .and_then(|t| t.parse().ok())
         .unwrap_or(0);
     // Each progress line covers both source partitions; the failpoint counts partition batches.

@@ -1,8 +1,8 @@
 //! `weir-log` owns topics, partitions and offsets: the [`Log`] trait every source and sink
 //! uses, and its implementations. The [`EmbeddedLog`] keeps each partition as CRC-framed
 //! segment files under a data directory, so one machine runs everything with no broker;
-//! the Kafka implementation (through `rdkafka`) comes next. What records *mean* (formats,
-//! schemas) belongs to the crates above.
+//! `weir-kafka` implements the same trait on a Kafka cluster. What records *mean*
+//! (formats, schemas) belongs to the crates above.
 
 mod embedded;
 mod error;

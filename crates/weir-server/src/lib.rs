@@ -140,6 +140,9 @@ impl ServerConfig {
                     self.mqtt_max_connections = value.parse().map_err(|e| bad(format!("{e}")))?
                 }
                 _ => {
+                    if let Some(warning) = weir_engine::settings::unknown_key_warning(key) {
+                        tracing::warn!("{}:{}: {warning}", path.display(), n + 1);
+                    }
                     self.properties.insert(key.to_string(), value.to_string());
                 }
             }
@@ -310,6 +313,37 @@ impl Server {
 }
 
 /// The MQTT listener, bound: connections are served once the server's runtime runs.
+/// Functions with the plugins of `dir` registered, for a headless run (`weir run`): one
+/// scan, no watching. Also a line per plugin file: what it added, or why it was refused.
+pub fn functions_with_plugins(
+    dir: &Path,
+    properties: &BTreeMap<String, String>,
+) -> (weir_engine::Functions, Vec<String>) {
+    let mut functions = weir_engine::Functions::default();
+    functions.set_warning_source(weir_udf_host::take_row_warnings);
+    let changes = plugins::open(dir, properties).initial_scan();
+    let lines = changes
+        .iter()
+        .map(|c| match c {
+            weir_udf_host::Change::Loaded(p) | weir_udf_host::Change::Replaced { new: p, .. } => {
+                let names: Vec<&str> = p
+                    .scalars
+                    .iter()
+                    .chain(&p.aggregates)
+                    .map(|f| f.name.as_str())
+                    .collect();
+                format!("plugin {}: {}", p.path.display(), names.join(", "))
+            }
+            weir_udf_host::Change::Removed(p) => format!("plugin {}: removed", p.path.display()),
+            weir_udf_host::Change::Refused { path, reason } => {
+                format!("plugin {} refused: {reason}", path.display())
+            }
+        })
+        .collect();
+    plugins::apply(&mut functions, changes);
+    (functions, lines)
+}
+
 type MqttListener = (Arc<weir_mqtt::Mqtt>, std::net::TcpListener, SocketAddr);
 
 fn start_mqtt(
@@ -320,7 +354,9 @@ fn start_mqtt(
 ) -> Result<MqttListener, String> {
     let topics = weir_mqtt::TopicMap::parse(&config.mqtt_topic_map)?;
     if topics.is_empty() {
-        tracing::warn!("the MQTT listener has no weir.mqtt.topic.map: every publish is refused");
+        tracing::warn!(
+            "the MQTT listener has no weir.mqtt.topic.map (--mqtt-topic-map): every connection is refused"
+        );
     }
     let authenticate: Option<weir_mqtt::Authenticator> = users.map(|u| {
         let f: weir_mqtt::Authenticator = Arc::new(move |name, password| u.verify(name, password));
@@ -410,5 +446,34 @@ async fn wait_for_stop(stop: oneshot::Receiver<()>, signals: bool) {
     tokio::select! {
         _ = stop => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use weir_engine::settings::find;
+
+    /// `weir server --help` shows the settings table's defaults: they must be the server's.
+    #[test]
+    fn declared_defaults_are_the_servers() {
+        let config = super::ServerConfig::default();
+        let default = |key: &str| find(key).unwrap().default.to_string();
+        assert_eq!(default("listeners"), format!("http://{}", config.listen));
+        assert_eq!(
+            default("weir.data.dir"),
+            config.data_dir.display().to_string()
+        );
+        assert_eq!(
+            default("weir.max.push.queries"),
+            config.max_push_queries.to_string()
+        );
+        assert_eq!(
+            default("weir.mqtt.message.max.bytes"),
+            config.mqtt_max_message_bytes.to_string()
+        );
+        assert_eq!(
+            default("weir.mqtt.max.connections"),
+            config.mqtt_max_connections.to_string()
+        );
     }
 }

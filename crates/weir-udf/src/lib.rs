@@ -167,6 +167,26 @@ pub(crate) fn drain_warnings() -> Vec<(usize, String)> {
     WARNINGS.with(|w| std::mem::take(&mut *w.borrow_mut()))
 }
 
+/// Parses numbers separated by `separator`, each trimmed (`"1.5# 2 #3"`): how plugins
+/// that take readings as delimited text (the demo's `r1#...#r210`) read them. An error
+/// names the first value, by its 1-based position and `what` it is, that is not a finite
+/// number.
+pub fn parse_numbers(text: &str, separator: char, what: &str) -> Result<Vec<f64>, String> {
+    let mut out = Vec::new();
+    for (i, part) in text.split(separator).enumerate() {
+        let part = part.trim();
+        let v: f64 = part.parse().map_err(|_| {
+            let shown: String = part.chars().take(20).collect();
+            format!("{what} {} is not a number: '{shown}'", i + 1)
+        })?;
+        if !v.is_finite() {
+            return Err(format!("{what} {} is not finite", i + 1));
+        }
+        out.push(v);
+    }
+    Ok(out)
+}
+
 static CONFIG: OnceLock<RwLock<HashMap<String, String>>> = OnceLock::new();
 
 fn config_map() -> &'static RwLock<HashMap<String, String>> {

@@ -12,11 +12,11 @@
 //! once per load of the plugin, on first use.
 //!
 //! Config (server properties `weir.functions.anomaly.<key>`):
-//! - `model`: the `.onnx` file; default `anomaly.onnx` beside the plugin file, else the
-//!   model in this crate's `model/` folder.
+//! - `model`: an `.onnx` file to use instead; default `anomaly.onnx` beside the plugin
+//!   file, else the demo's model, which is built into the plugin (`model/anomaly.onnx`),
+//!   so the `.so` alone is enough.
 //! - `ort_library`: ONNX Runtime's shared library; default `ORT_DYLIB_PATH`, else
-//!   `libonnxruntime.so.1.31.1` beside the plugin, else the one the set-up script puts in
-//!   `.weir/lib/`.
+//!   `libonnxruntime.so.1.31.1` beside the plugin file.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -47,13 +47,15 @@ fn first_existing(candidates: Vec<Option<PathBuf>>) -> Option<PathBuf> {
     candidates.into_iter().flatten().find(|p| p.exists())
 }
 
+/// The demo's autoencoder, built in: the plugin file needs nothing beside it but ONNX
+/// Runtime.
+const BUILT_IN_MODEL: &[u8] = include_bytes!("../model/anomaly.onnx");
+
+/// A model file to load instead of the built-in one: configured, or beside the plugin.
 pub fn model_path() -> Option<PathBuf> {
     match config("model") {
         Some(p) => Some(PathBuf::from(p)),
-        None => first_existing(vec![
-            plugin_dir().map(|d| d.join("anomaly.onnx")),
-            Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("model/anomaly.onnx")),
-        ]),
+        None => first_existing(vec![plugin_dir().map(|d| d.join("anomaly.onnx"))]),
     }
 }
 
@@ -63,11 +65,6 @@ pub fn ort_library() -> Option<PathBuf> {
         None => first_existing(vec![
             std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from),
             plugin_dir().map(|d| d.join(ORT_LIBRARY)),
-            Some(
-                Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("../../.weir/lib")
-                    .join(ORT_LIBRARY),
-            ),
         ]),
     }
 }
@@ -82,34 +79,28 @@ fn model() -> Result<Arc<Mutex<Session>>, String> {
 
 fn load() -> Model {
     let library = ort_library().ok_or(
-        "no ONNX Runtime library: set weir.functions.anomaly.ort_library (scripts/test.sh --setup puts one in .weir/lib)",
+        "no ONNX Runtime library: set weir.functions.anomaly.ort_library or ORT_DYLIB_PATH, or put libonnxruntime.so.1.31.1 beside the plugin (the onnxruntime==1.31.1 wheel from PyPI has it; scripts/demo.sh fetches it into .weir/lib)",
     )?;
-    let model = model_path().ok_or("no model: set weir.functions.anomaly.model")?;
     let env = ort::init_from(&library)
         .map_err(|e| format!("loading ONNX Runtime from {}: {e}", library.display()))?
         .with_name("weir-anomaly")
         .build()
         .map_err(|e| format!("starting ONNX Runtime: {e}"))?;
-    let session = Session::builder(&env)
-        .and_then(|mut b| b.commit_from_file(&model))
-        .map_err(|e| format!("loading the model {}: {e}", model.display()))?;
+    let mut builder = Session::builder(&env).map_err(|e| format!("starting ONNX Runtime: {e}"))?;
+    let session = match model_path() {
+        Some(model) => builder
+            .commit_from_file(&model)
+            .map_err(|e| format!("loading the model {}: {e}", model.display()))?,
+        None => builder
+            .commit_from_memory(BUILT_IN_MODEL)
+            .map_err(|e| format!("loading the built-in model: {e}"))?,
+    };
     Ok(Arc::new(Mutex::new(session)))
 }
 
 /// Parses the demo's `r1# r2# ...`: 210 numbers, split on `#`, trimmed.
 pub fn parse_readings(text: &str) -> Result<Vec<f64>, String> {
-    let mut out = Vec::with_capacity(READINGS);
-    for (i, part) in text.split('#').enumerate() {
-        let part = part.trim();
-        let v: f64 = part.parse().map_err(|_| {
-            let shown: String = part.chars().take(20).collect();
-            format!("reading {} is not a number: '{shown}'", i + 1)
-        })?;
-        if !v.is_finite() {
-            return Err(format!("reading {} is not finite", i + 1));
-        }
-        out.push(v);
-    }
+    let out = weir_udf::parse_numbers(text, '#', "reading")?;
     if out.len() != READINGS {
         return Err(format!(
             "{} readings, the model takes {READINGS}",

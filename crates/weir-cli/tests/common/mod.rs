@@ -190,10 +190,7 @@ pub fn kill_after_consumed(mut run: Command, at_least: u64) -> u64 {
     for line in BufReader::new(child.stdout.take().unwrap()).lines() {
         let line = line.unwrap();
         assert!(!line.starts_with("ERROR"), "{line}");
-        if let Some(total) = line
-            .strip_prefix("consumed ")
-            .and_then(|l| l.split(" total ").nth(1))
-        {
+        if let Some(total) = progress_total(&line) {
             consumed = total.parse::<u64>().unwrap();
             if consumed >= at_least {
                 break;
@@ -205,11 +202,22 @@ pub fn kill_after_consumed(mut run: Command, at_least: u64) -> u64 {
     consumed
 }
 
+/// The running total of a `weir run` progress line (`consumed N total T (R records/s)`).
+pub fn progress_total(line: &str) -> Option<&str> {
+    line.strip_prefix("consumed ")?
+        .split(" total ")
+        .nth(1)?
+        .split_whitespace()
+        .next()
+}
+
 /// `weir run --data-dir DIR [--queries-file FILE]` (the built binary), ready for more
 /// arguments or environment.
 pub fn weir_run(data_dir: &std::path::Path, queries: Option<&std::path::Path>) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
-    cmd.args(["run", "--data-dir"]).arg(data_dir);
+    // A progress line per step: the tests watch steps, not time.
+    cmd.args(["run", "--progress-every", "0", "--data-dir"])
+        .arg(data_dir);
     if let Some(q) = queries {
         cmd.arg("--queries-file").arg(q);
     }

@@ -1,0 +1,76 @@
+//! `weir run` headless: plugins from `--plugin-dir` serve its queries, and its progress
+//! lines carry the rate.
+
+use std::process::Command;
+
+use weir_log::Log;
+
+#[test]
+fn weir_run_calls_plugin_functions_from_its_plugin_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let weir = env!("CARGO_BIN_EXE_weir");
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::copy(
+        std::path::Path::new(weir).with_file_name("libmultiply.so"),
+        plugins.join("libmultiply.so"),
+    )
+    .expect("cargo build --workspace builds the example plugin");
+    let queries = dir.path().join("q.sql");
+    std::fs::write(
+        &queries,
+        "CREATE STREAM s (a BIGINT, b BIGINT) WITH (kafka_topic='s', value_format='JSON', partitions=1);\n\
+         CREATE STREAM m AS SELECT MULTIPLY(a, b) AS p FROM s;\n\
+         INSERT INTO s (a, b) VALUES (2, 21);\n\
+         INSERT INTO s (a, b) VALUES (3, 5);\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let out = Command::new(weir)
+        .args(["run", "--exit-when-idle", "--plugin-dir"])
+        .arg(&plugins)
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--queries-file")
+        .arg(&queries)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plugin_line = stdout.lines().find(|l| l.starts_with("plugin ")).unwrap();
+    assert!(plugin_line.contains("MULTIPLY"), "{stdout}");
+    assert!(!stdout.contains("ERROR"), "{stdout}");
+    // Not a terminal: a last progress line with the rate, then the idle line.
+    let progress = stdout
+        .lines()
+        .find(|l| l.starts_with("consumed "))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(progress.ends_with("records/s)"), "{progress}");
+    assert!(stdout.contains("idle total 2"), "{stdout}");
+
+    let log = weir_log::EmbeddedLog::open(&data, Default::default()).unwrap();
+    let values: Vec<String> = log
+        .read_to_end("M", 0, 0)
+        .unwrap()
+        .into_iter()
+        .map(|r| String::from_utf8(r.record.value.unwrap()).unwrap())
+        .collect();
+    assert_eq!(values, [r#"{"P":42}"#, r#"{"P":15}"#]);
+
+    // Without the plugin folder the query cannot be resumed: a clear error, not a crash.
+    let out = Command::new(weir)
+        .args(["run", "--exit-when-idle", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("MULTIPLY"), "{said}");
+}
