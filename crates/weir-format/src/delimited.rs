@@ -32,46 +32,48 @@ pub(crate) fn decode(bytes: &[u8], cols: &[Column], delimiter: char) -> Result<V
         .collect()
 }
 
-/// Splits one CSV line; `None` for empty (null) fields.
+/// Splits one CSV line; `None` for empty (null) fields. Unquoted fields are sliced out
+/// whole (a long field, such as the demo's 210 readings, is one copy, not a push per
+/// character).
 fn split(text: &str, delimiter: char) -> Result<Vec<Option<String>>, String> {
     let mut fields = Vec::new();
-    let mut chars = text.chars().peekable();
+    let mut rest = text;
     loop {
+        let Some(mut quoted) = rest.strip_prefix('"') else {
+            let (field, next) = match rest.find(delimiter) {
+                Some(i) => (&rest[..i], Some(&rest[i + delimiter.len_utf8()..])),
+                None => (rest, None),
+            };
+            fields.push((!field.is_empty()).then(|| field.to_string()));
+            match next {
+                Some(next) => rest = next,
+                None => return Ok(fields),
+            }
+            continue;
+        };
+        // A quoted field: up to the closing quote, `""` standing for one quote.
         let mut field = String::new();
-        let mut quoted = false;
-        if chars.peek() == Some(&'"') {
-            quoted = true;
-            chars.next();
-            loop {
-                match chars.next() {
-                    Some('"') if chars.peek() == Some(&'"') => {
-                        chars.next();
-                        field.push('"');
-                    }
-                    Some('"') => break,
-                    Some(c) => field.push(c),
-                    None => return Err("Unterminated quoted field".to_string()),
-                }
-            }
-        }
         loop {
-            match chars.peek() {
-                Some(c) if *c == delimiter => break,
-                None => break,
-                Some(_) if quoted => {
-                    return Err("Unexpected characters after a quoted field".to_string());
+            let Some(i) = quoted.find('"') else {
+                return Err("Unterminated quoted field".to_string());
+            };
+            field.push_str(&quoted[..i]);
+            quoted = &quoted[i + 1..];
+            match quoted.strip_prefix('"') {
+                Some(after) => {
+                    field.push('"');
+                    quoted = after;
                 }
-                Some(_) => field.push(chars.next().expect("peeked")),
+                None => break,
             }
         }
-        fields.push(if field.is_empty() && !quoted {
-            None
-        } else {
-            Some(field)
-        });
-        if chars.next().is_none() {
+        fields.push(Some(field));
+        if quoted.is_empty() {
             return Ok(fields);
         }
+        rest = quoted
+            .strip_prefix(delimiter)
+            .ok_or("Unexpected characters after a quoted field")?;
     }
 }
 
@@ -183,6 +185,16 @@ mod tests {
             [Some("x".into()), Some("y".into())]
         );
         assert!(split("\"open", ',').is_err());
+        assert_eq!(split("a,", ',').unwrap(), [Some("a".into()), None]);
+        assert_eq!(
+            split("\"\",é", ',').unwrap(),
+            [Some(String::new()), Some("é".into())]
+        );
+        assert!(split("\"a\"b,c", ',').is_err());
+        assert_eq!(
+            split("1\t\"2\t3\"\t", '\t').unwrap(),
+            [Some("1".into()), Some("2\t3".into()), None]
+        );
     }
 
     #[test]
