@@ -74,3 +74,65 @@ fn weir_run_calls_plugin_functions_from_its_plugin_folder() {
     );
     assert!(said.contains("MULTIPLY"), "{said}");
 }
+
+#[test]
+fn weir_server_help_shows_defaults_and_config_keys() {
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["server", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("(config key listeners) [default: http://127.0.0.1:8088]"),
+        "{help}"
+    );
+    assert!(
+        help.contains("(config key weir.data.dir) [default: weir-data]"),
+        "{help}"
+    );
+}
+
+/// A misspelt key in the config file is named at start, with the key it probably is.
+#[test]
+fn weir_server_warns_about_unknown_config_keys() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("weir.properties");
+    std::fs::write(
+        &config,
+        "weir.data.dir=data\nweir.agregate.coalesce=true\nauto.offset.reset=earliest\n",
+    )
+    .unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["server", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(server.stderr.take().unwrap());
+    let mut seen = Vec::new();
+    for line in stderr.lines().map_while(Result::ok) {
+        let done = line.contains("weir.agregate.coalesce") || seen.len() > 50;
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let warning = seen.last().unwrap();
+    assert!(
+        warning.contains(
+            "weir.properties:2: unknown property 'weir.agregate.coalesce' is ignored: did you mean 'weir.aggregate.coalesce'?"
+        ),
+        "{seen:?}"
+    );
+    // Only the unknown key is warned about.
+    assert!(
+        !seen
+            .iter()
+            .any(|l| l.contains("'auto.offset.reset' is ignored")),
+        "{seen:?}"
+    );
+}
