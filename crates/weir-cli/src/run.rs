@@ -5,7 +5,7 @@
 //! output: a spinner with the rate on a terminal, else a line a second
 //! (`consumed N total T (R records/s)`; `--progress-every 0`: one per step).
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -80,9 +80,14 @@ pub fn run(
     }
     // On a terminal a spinner with the rate; otherwise a line every `progress_every`
     // (zero: every step that consumed records) with the records since the last line.
-    let mut bar = std::io::stdout()
-        .is_terminal()
-        .then(|| Progress::new("weir run", "records", None, Stream::Stdout, progress_every));
+    let mut bar = Some(Progress::new(
+        "weir run",
+        "records",
+        None,
+        Stream::Stdout,
+        progress_every,
+    ))
+    .filter(Progress::is_bar);
     let mut total = 0u64;
     let mut since_line = 0u64;
     let mut last_line = Instant::now();
