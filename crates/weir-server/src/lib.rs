@@ -208,19 +208,15 @@ impl Server {
                 format!("kafka:{b}"),
             ),
         };
-        let mut functions = weir_engine::Functions::default();
-        functions.set_warning_source(weir_udf_host::take_row_warnings);
-        let plugin_dir = match &config.plugin_dir {
+        let (functions, plugin_dir) = match &config.plugin_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir).map_err(|e| {
                     format!("cannot create the plugin folder {}: {e}", dir.display())
                 })?;
-                let mut watch = plugins::open(dir, &config.properties);
-                let changes = watch.initial_scan();
-                plugins::apply(&mut functions, changes);
-                Some(watch)
+                let (functions, watch, _) = scan_plugins(dir, &config.properties);
+                (functions, Some(watch))
             }
-            None => None,
+            None => (plugin_functions(), None),
         };
         let mqtt = match config.mqtt_listen {
             Some(at) => Some(start_mqtt(&config, at, log.clone(), users.clone())?),
@@ -313,19 +309,31 @@ impl Server {
 }
 
 /// The MQTT listener, bound: connections are served once the server's runtime runs.
-/// Functions with the plugins of `dir` registered, for a headless run (`weir run`): one
-/// scan, no watching. Also a line per plugin file: what it added, or why it was refused.
-pub fn functions_with_plugins(
-    dir: &Path,
-    properties: &BTreeMap<String, String>,
-) -> (weir_engine::Functions, Vec<String>) {
+/// Functions a plugin's row warnings reach the processing log from, no plugin yet.
+fn plugin_functions() -> weir_engine::Functions {
     let mut functions = weir_engine::Functions::default();
     functions.set_warning_source(weir_udf_host::take_row_warnings);
-    let changes = plugins::open(dir, properties).initial_scan();
+    functions
+}
+
+/// Functions with the plugins of `dir` registered (one scan), the folder to go on
+/// watching, and a line per plugin file: what it added, or why it was refused.
+fn scan_plugins(
+    dir: &Path,
+    properties: &BTreeMap<String, String>,
+) -> (
+    weir_engine::Functions,
+    weir_udf_host::PluginDir,
+    Vec<String>,
+) {
+    use weir_udf_host::Change;
+    let mut functions = plugin_functions();
+    let mut watch = plugins::open(dir, properties);
+    let changes = watch.initial_scan();
     let lines = changes
         .iter()
         .map(|c| match c {
-            weir_udf_host::Change::Loaded(p) | weir_udf_host::Change::Replaced { new: p, .. } => {
+            Change::Loaded(p) | Change::Replaced { new: p, .. } => {
                 let names: Vec<&str> = p
                     .scalars
                     .iter()
@@ -334,13 +342,23 @@ pub fn functions_with_plugins(
                     .collect();
                 format!("plugin {}: {}", p.path.display(), names.join(", "))
             }
-            weir_udf_host::Change::Removed(p) => format!("plugin {}: removed", p.path.display()),
-            weir_udf_host::Change::Refused { path, reason } => {
+            Change::Removed(p) => format!("plugin {}: removed", p.path.display()),
+            Change::Refused { path, reason } => {
                 format!("plugin {} refused: {reason}", path.display())
             }
         })
         .collect();
     plugins::apply(&mut functions, changes);
+    (functions, watch, lines)
+}
+
+/// Functions with the plugins of `dir` registered, for a headless run (`weir run`): one
+/// scan, no watching, and a line per plugin file (see [`scan_plugins`]).
+pub fn functions_with_plugins(
+    dir: &Path,
+    properties: &BTreeMap<String, String>,
+) -> (weir_engine::Functions, Vec<String>) {
+    let (functions, _, lines) = scan_plugins(dir, properties);
     (functions, lines)
 }
 
