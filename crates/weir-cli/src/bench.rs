@@ -607,25 +607,27 @@ pub fn w2(
         .collect();
     let decode_secs = started.elapsed().as_secs_f64();
     drop(records);
+    let inputs = batches
+        .iter()
+        .map(|b| {
+            b.column_by_name("SENSORINPUT")
+                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                .ok_or("CARSENSOR has no SENSORINPUT column")
+        })
+        .collect::<Result<Vec<&StringArray>, _>>()?;
     let started = Instant::now();
     let mut parsed: Vec<Vec<f64>> = Vec::with_capacity(events);
-    for batch in &batches {
-        let column = batch
-            .column_by_name("SENSORINPUT")
-            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-            .ok_or("CARSENSOR has no SENSORINPUT column")?;
-        for text in column.iter().flatten() {
-            parsed.push(weir_udf::parse_numbers(text, '#', "reading")?);
-        }
+    for text in inputs.iter().flat_map(|c| c.iter().flatten()) {
+        parsed.push(weir_udf::parse_numbers(text, '#', "reading")?);
     }
     let readings_secs = started.elapsed().as_secs_f64();
-    let texts: Vec<String> = batches
+    let texts: Vec<String> = inputs
         .iter()
-        .filter_map(|b| b.column_by_name("SENSORINPUT"))
-        .filter_map(|c| c.as_any().downcast_ref::<StringArray>())
-        .flat_map(|c| c.iter().flatten().map(str::to_string).collect::<Vec<_>>())
+        .flat_map(|c| c.iter().flatten())
         .take(row_sample)
+        .map(str::to_string)
         .collect();
+    drop(inputs);
     drop(batches);
     let parse_secs = decode_secs + readings_secs;
     let decode_rate = parsed.len() as f64 / decode_secs;
