@@ -257,11 +257,28 @@ fn read_packet(s: &mut TcpStream) -> Vec<u8> {
     packet
 }
 
-/// Everything the server sends until it closes the connection.
+/// Everything the server sends until it closes the connection: EOF or a reset. A read
+/// that times out means the server kept the connection open, and the test fails.
 fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
     let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
+    match s.read_to_end(&mut out) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("the server kept the connection open ({e}); it sent {out:?}"),
+    }
     out
+}
+
+/// `read_to_close` can fail: a peer that keeps the connection open is caught.
+#[test]
+#[should_panic(expected = "the server kept the connection open")]
+fn read_to_close_fails_when_the_connection_stays_open() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut s = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let _held = listener.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    read_to_close(&mut s);
 }
 
 /// An MQTT 5 DISCONNECT's reason code and reason string.
