@@ -3,14 +3,16 @@
 //! committed baseline (`tests/conformance/baseline.json`) or when a case that passed
 //! there fails now (named, so a regression shows by name). Raise the baseline as Weir
 //! gets better — `WEIR_UPDATE_BASELINE=1 cargo test -p weir-cli --test conformance_baseline`
-//! rewrites it — and never lower it.
+//! rewrites it, printing what it gains and loses, and refuses to drop a passing case
+//! unless `WEIR_LOWER_BASELINE=1` is set too. A second test checks the harness itself:
+//! passing cases with one expectation altered must fail.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use weir_cli::conformance::{Selection, load_cases, print_table, run_cases};
+use weir_cli::conformance::{Selection, load_cases, print_table, run_case, run_cases};
 
 fn workspace() -> PathBuf {
     PathBuf::from(
@@ -40,10 +42,7 @@ fn public_suite_does_not_fall_below_the_baseline() {
 
     let path = workspace().join("tests/conformance/baseline.json");
     if std::env::var_os("WEIR_UPDATE_BASELINE").is_some() {
-        let text =
-            serde_json::to_string_pretty(&json!({"passed": passing.len(), "cases": passing}))
-                .unwrap();
-        std::fs::write(&path, text + "\n").unwrap();
+        update_baseline(&path, &passing);
     }
     let baseline: Value =
         serde_json::from_str(&std::fs::read_to_string(&path).expect("baseline file")).unwrap();
@@ -70,4 +69,130 @@ fn public_suite_does_not_fall_below_the_baseline() {
         "{} cases pass, fewer than the baseline's {floor}",
         passing.len()
     );
+}
+
+fn baseline_names(baseline: &Value) -> BTreeSet<String> {
+    baseline["cases"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Rewrites the baseline with `passing`, printing the difference; a case the old baseline
+/// had and `passing` lacks is refused unless `WEIR_LOWER_BASELINE` is set.
+fn update_baseline(path: &std::path::Path, passing: &BTreeSet<String>) {
+    let old = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .map(|b| baseline_names(&b))
+        .unwrap_or_default();
+    let lost: Vec<&String> = old.difference(passing).collect();
+    let gained: Vec<&String> = passing.difference(&old).collect();
+    println!("baseline: {} -> {} cases", old.len(), passing.len());
+    for name in &gained {
+        println!("  + {name}");
+    }
+    for name in &lost {
+        println!("  - {name}");
+    }
+    assert!(
+        lost.is_empty() || std::env::var_os("WEIR_LOWER_BASELINE").is_some(),
+        "refusing to lower the baseline: {} passing case(s) would be dropped (listed above with -); set WEIR_LOWER_BASELINE=1 as well to do it on purpose",
+        lost.len()
+    );
+    let text =
+        serde_json::to_string_pretty(&json!({"passed": passing.len(), "cases": passing})).unwrap();
+    std::fs::write(path, text + "\n").unwrap();
+}
+
+/// The harness can fail: cases of the baseline, each with one expectation altered (an
+/// output's value, its key, one output record fewer or more, an error expected where none
+/// is or none where one is), must fail, while the unaltered cases pass.
+#[test]
+fn the_harness_fails_cases_whose_expectations_are_altered() {
+    let cases = load_cases(&workspace().join("../shared/conformance/ksql-qtt/cases.jsonl"))
+        .expect("the conformance suite lives in ../shared beside the clone");
+    let baseline: Value = serde_json::from_str(
+        &std::fs::read_to_string(workspace().join("tests/conformance/baseline.json")).unwrap(),
+    )
+    .unwrap();
+    let passing = baseline_names(&baseline);
+    let in_baseline = |c: &&Value| {
+        passing.contains(&format!(
+            "{}: {}",
+            c["file"].as_str().unwrap_or(""),
+            c["name"].as_str().unwrap_or("")
+        ))
+    };
+    type Alter = fn(&mut Value) -> bool;
+    let alterations: [(&str, Alter); 6] = [
+        ("an output value", |c| match c["outputs"].get_mut(0) {
+            Some(o) if !o["value"].is_null() => {
+                o["value"] = json!({"ALTERED": 12345});
+                true
+            }
+            _ => false,
+        }),
+        ("an output key", |c| match c["outputs"].get_mut(0) {
+            Some(o) if o["key"].is_string() => {
+                o["key"] = json!("altered-key");
+                true
+            }
+            _ => false,
+        }),
+        ("one output fewer", |c| {
+            c["outputs"]
+                .as_array_mut()
+                .is_some_and(|o| o.pop().is_some())
+        }),
+        ("one output more", |c| match c["outputs"].as_array_mut() {
+            Some(o) if !o.is_empty() => {
+                let last = o[o.len() - 1].clone();
+                o.push(last);
+                true
+            }
+            _ => false,
+        }),
+        ("an error expected", |c| {
+            if c["expected_error"].is_null() {
+                c["expected_error"] = json!({"type": "altered", "message": "altered"});
+                true
+            } else {
+                false
+            }
+        }),
+        ("no error expected", |c| {
+            if c["expected_error"].is_null() {
+                false
+            } else {
+                c["expected_error"] = Value::Null;
+                true
+            }
+        }),
+    ];
+    for (what, alter) in alterations {
+        let mut tried = 0;
+        for case in cases.iter().filter(in_baseline) {
+            let mut altered = case.clone();
+            if !alter(&mut altered) {
+                continue;
+            }
+            let name = format!("{}: {}", case["file"], case["name"]);
+            assert_eq!(run_case(case), Ok(()), "{name} passes unaltered");
+            assert!(
+                run_case(&altered).is_err(),
+                "{name} with {what} altered still passes"
+            );
+            tried += 1;
+            if tried == 3 {
+                break;
+            }
+        }
+        assert_eq!(tried, 3, "three baseline cases take the alteration: {what}");
+    }
 }
