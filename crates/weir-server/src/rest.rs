@@ -83,9 +83,10 @@ pub(crate) fn parse_body(body: &Bytes) -> Result<Value, Response> {
     })
 }
 
-/// A JSON object of properties as strings (`{"auto.offset.reset": "earliest"}`). A key
-/// Weir does not read is logged with the nearest known one (see [`property_warning`]).
-pub(crate) fn properties(v: &Value) -> BTreeMap<String, String> {
+/// A JSON object of properties as strings (`{"auto.offset.reset": "earliest"}`), and a
+/// warning for each key Weir does not read, naming the nearest known one (logged too;
+/// see [`property_warning`]).
+pub(crate) fn properties(v: &Value) -> (BTreeMap<String, String>, Vec<Value>) {
     let props: BTreeMap<String, String> = v
         .as_object()
         .map(|o| {
@@ -100,10 +101,8 @@ pub(crate) fn properties(v: &Value) -> BTreeMap<String, String> {
                 .collect()
         })
         .unwrap_or_default();
-    for key in props.keys() {
-        property_warning(key);
-    }
-    props
+    let warnings = props.keys().filter_map(|k| property_warning(k)).collect();
+    (props, warnings)
 }
 
 /// The warning for a request property Weir does not read (logged, and returned for the
@@ -189,13 +188,8 @@ async fn ksql(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
             "The request needs a \"ksql\" field with the statements to run",
         ));
     };
-    let mut props = properties(&request["streamsProperties"]);
     // Unknown keys are warned about in every entity's `warnings` from where they were set.
-    let mut warnings: Vec<Value> = props
-        .keys()
-        .filter_map(|k| weir_engine::settings::unknown_key_warning(k))
-        .map(|w| json!({"message": w}))
-        .collect();
+    let (mut props, mut warnings) = properties(&request["streamsProperties"]);
     let result = blocking(&state, move |state| {
         let mut done: Vec<Value> = Vec::new();
         for parsed in parse_script(&sql, ParseOptions::default()) {

@@ -105,7 +105,8 @@ async fn start_and_stream(
         Err(r) => return r,
     };
     let sql = request[fields.0].as_str().unwrap_or("").to_string();
-    let props = properties(&request[fields.1]);
+    // Unknown keys are logged; a push query's answer has no place for warnings.
+    let (props, _) = properties(&request[fields.1]);
     let started = match start(&state, sql, props).await {
         Ok(s) => s,
         Err(r) => return r,
