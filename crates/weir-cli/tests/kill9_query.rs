@@ -1,16 +1,20 @@
-//! No loss, no repeat on restart (embedded log): a persistent query over 200,000 records
-//! runs in `weir run`, is killed with SIGKILL mid-way, and a second `weir run` on the same
-//! data directory resumes it from the command log and its checkpoints. The output topic
-//! must then hold exactly one copy of every expected record.
+//! No loss, no repeat on restart (embedded log): a persistent query over 300,000 records
+//! runs in `weir run`, which is killed with SIGKILL again and again at seeded points — a
+//! while after a step began, between a step's output and its checkpoint, between two of
+//! its output partitions, in the middle of a write — each run resuming where the last
+//! stopped, from the command log and its checkpoints. A last run goes to the end; the
+//! output topic must then hold exactly one copy of every expected record.
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use common::KillAt;
+
 use weir_log::{EmbeddedLog, EmbeddedLogConfig, Log, Record, TopicConfig, partition_for_key};
 
-const RECORDS: u64 = 200_000;
+const RECORDS: u64 = 300_000;
 
 const QUERIES: &str = "
 CREATE STREAM INPUT (K STRING KEY, ID BIGINT, V INT) WITH (kafka_topic='input', value_format='JSON', partitions=2);
@@ -52,19 +56,11 @@ fn load_input(dir: &std::path::Path) -> std::path::PathBuf {
     queries
 }
 
-/// Runs `weir run` until idle and checks OUTPUT holds every expected record exactly once.
-fn restart_and_verify(dir: &std::path::Path) -> usize {
+/// Runs `weir run` until idle and checks OUTPUT holds every expected record exactly once;
+/// how many records OUTPUT holds and how many the run consumed.
+fn restart_and_verify(dir: &std::path::Path) -> (usize, u64) {
     let started = Instant::now();
-    let second = common::weir_run(dir, None)
-        .arg("--exit-when-idle")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&second.stdout);
-    assert!(
-        second.status.success(),
-        "second run failed: {stdout}\n{}",
-        String::from_utf8_lossy(&second.stderr)
-    );
+    let (stdout, consumed) = common::run_until_idle(common::weir_run(dir, None));
     assert!(stdout.starts_with("recovered 1 persistent"), "{stdout}");
     assert!(started.elapsed() < Duration::from_secs(120));
 
@@ -94,26 +90,60 @@ fn restart_and_verify(dir: &std::path::Path) -> usize {
         ids.len() - unique.len()
     );
     assert_eq!(unique, expected, "records were lost");
-    ids.len()
+    (ids.len(), consumed)
 }
 
 #[test]
-fn a_killed_query_resumes_without_losing_or_repeating_output() {
+fn a_query_killed_at_seeded_points_resumes_without_losing_or_repeating_output() {
+    let mut rng = common::Seeded::new();
     let dir = tempfile::tempdir().unwrap();
     let queries = load_input(dir.path());
-
-    // First run: killed once it has consumed part of the input.
-    let first = common::weir_run(dir.path(), Some(&queries));
-    let consumed_before_kill = common::kill_after_consumed(first, 60_000);
-    assert!(
-        (60_000..RECORDS).contains(&consumed_before_kill),
-        "killed mid-way, after {consumed_before_kill}"
+    // The first run records the statements, so it is killed once it has consumed some
+    // input (a torn command would be a statement never accepted); the others at seeded
+    // points of every kind, in a seeded order. Each run starts its batches small again.
+    let mut points = vec![
+        KillAt::Failpoint {
+            name: "crash_before_checkpoint",
+            pass: rng.pick(0..5),
+        },
+        KillAt::Failpoint {
+            name: "mid_output",
+            pass: rng.pick(0..5),
+        },
+        KillAt::Failpoint {
+            name: "torn_append",
+            pass: rng.pick(0..12),
+        },
+        KillAt::Consumed {
+            at_least: rng.pick(1..25_000),
+            then_ms: rng.pick(0..30),
+        },
+    ];
+    rng.shuffle(&mut points);
+    points.insert(
+        0,
+        KillAt::Consumed {
+            at_least: rng.pick(1..25_000),
+            then_ms: rng.pick(0..30),
+        },
     );
-
-    // Second run: no queries file; the command log brings the query back.
-    let written = restart_and_verify(dir.path());
+    let seed = rng.seed;
+    for (i, at) in points.iter().enumerate() {
+        let run = common::weir_run(dir.path(), (i == 0).then_some(queries.as_path()));
+        let consumed = common::kill_run(run, at);
+        println!(
+            "seed {seed}: run {} killed at {at:?}, after {consumed} records",
+            i + 1
+        );
+    }
+    // The last run: the command log brings the query back; it had work left.
+    let (written, consumed) = restart_and_verify(dir.path());
+    assert!(
+        consumed > 0,
+        "seed {seed}: the kills came after the end of the input; the last run had nothing left"
+    );
     println!(
-        "killed after {consumed_before_kill} of {RECORDS}; after restart OUTPUT holds {written} records, each once"
+        "seed {seed}: the last run consumed {consumed} of {RECORDS}; OUTPUT holds {written} records, each once"
     );
 }
 
@@ -149,7 +179,7 @@ fn a_crash_between_output_and_checkpoint_writes_nothing_twice() {
         consumed >= 2 && total < RECORDS,
         "it crashed after {consumed} steps, {total} records"
     );
-    let written = restart_and_verify(dir.path());
+    let (written, _) = restart_and_verify(dir.path());
     println!(
         "crashed between output and checkpoint after {consumed} steps; OUTPUT holds {written} records, each once"
     );

@@ -1,6 +1,7 @@
 //! State that survives (embedded log): a windowed aggregation and a stream-table join run
-//! in `weir run`, which is killed with SIGKILL part-way (and, separately, crashed between
-//! writing a batch's output and its checkpoint). A second `weir run` on the same data
+//! in `weir run`, which is killed with SIGKILL again and again at seeded points (a while
+//! after a step began, between a step's output and its checkpoint, in the middle of a
+//! write), and, separately, crashed between writing a batch's output and its checkpoint. A second `weir run` on the same data
 //! directory resumes both queries from their checkpointed state. Their output topics must
 //! then be identical, record for record (key, value, timestamp, in order), to those of an
 //! uninterrupted run over the same input.
@@ -9,9 +10,11 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use common::KillAt;
+
 use weir_log::{EmbeddedLog, EmbeddedLogConfig, Log, Record, TopicConfig};
 
-const READINGS: u64 = 60_000;
+const READINGS: u64 = 120_000;
 const CARS: u64 = 200;
 
 const QUERIES: &str = "
@@ -128,23 +131,55 @@ fn assert_identical(got: &[Output], want: &[Output]) {
 }
 
 #[test]
-fn windowed_aggregate_and_join_survive_kill_9_with_identical_output() {
+fn windowed_aggregate_and_join_killed_at_seeded_points_give_identical_output() {
     let want = reference();
+    let mut rng = common::Seeded::new();
     let dir = tempfile::tempdir().unwrap();
     let queries = load_input(dir.path());
-    let first = common::weir_run(dir.path(), Some(&queries));
-    let consumed = common::kill_after_consumed(first, 30_000);
-    // Both queries read the readings (and the join the cars): 2 × 60,200 in all.
-    assert!(
-        (30_000..2 * READINGS).contains(&consumed),
-        "killed mid-way, after {consumed}"
+    // The first run records the statements: killed once it has consumed some input; the
+    // others at seeded points of every kind, in a seeded order.
+    let mut points = vec![
+        KillAt::Failpoint {
+            name: "crash_before_checkpoint",
+            pass: rng.pick(0..4),
+        },
+        KillAt::Failpoint {
+            name: "torn_append",
+            pass: rng.pick(0..10),
+        },
+        KillAt::Consumed {
+            at_least: rng.pick(1..15_000),
+            then_ms: rng.pick(0..30),
+        },
+    ];
+    rng.shuffle(&mut points);
+    points.insert(
+        0,
+        KillAt::Consumed {
+            at_least: rng.pick(1..15_000),
+            then_ms: rng.pick(0..30),
+        },
     );
-    let stdout = run_to_end(dir.path(), None);
+    let seed = rng.seed;
+    for (i, at) in points.iter().enumerate() {
+        let run = common::weir_run(dir.path(), (i == 0).then_some(queries.as_path()));
+        let consumed = common::kill_run(run, at);
+        println!(
+            "seed {seed}: run {} killed at {at:?}, after {consumed} records",
+            i + 1
+        );
+    }
+    let (stdout, consumed) = common::run_until_idle(common::weir_run(dir.path(), None));
     assert!(stdout.starts_with("recovered 2 persistent"), "{stdout}");
+    // Both queries read the readings (and the join the cars).
+    assert!(
+        consumed > 0,
+        "seed {seed}: the kills came after the end of the input; the last run had nothing left"
+    );
     let got = outputs(dir.path());
     assert_identical(&got, &want);
     println!(
-        "killed after {consumed} records consumed; after restart PER_WINDOW holds {} and ENRICHED {} records, identical to an uninterrupted run",
+        "seed {seed}: the last run consumed {consumed} records; PER_WINDOW holds {} and ENRICHED {} records, identical to an uninterrupted run",
         got[0].len(),
         got[1].len()
     );

@@ -252,9 +252,6 @@ pub struct Engine {
     /// Keeps a command log and query checkpoints in the log ([`Engine::open`]).
     durable: bool,
     replaying: bool,
-    /// Fault injection for crash tests: abort the process after this many more batches'
-    /// output is written and before its checkpoint is (`WEIR_FAILPOINT=crash_before_checkpoint:N`).
-    crash_before_checkpoint: Option<u64>,
 }
 
 fn prop(props: &Properties, name: &str) -> Option<String> {
@@ -275,7 +272,6 @@ impl Engine {
             query_counter: 0,
             durable: false,
             replaying: false,
-            crash_before_checkpoint: None,
         };
         // The processing log is a stream users can query, as ksqlDB's KSQL_PROCESSING_LOG.
         // Should the log refuse the topic now, entries still create it when they come.
@@ -302,10 +298,6 @@ impl Engine {
         let mut engine = Self::new(log);
         engine.functions = functions;
         engine.durable = true;
-        engine.crash_before_checkpoint = std::env::var("WEIR_FAILPOINT").ok().and_then(|f| {
-            f.strip_prefix("crash_before_checkpoint:")
-                .and_then(|n| n.parse().ok())
-        });
         for topic in [COMMAND_TOPIC, OFFSETS_TOPIC] {
             if engine.log.topic(topic)?.is_none() {
                 engine.log.create_topic(topic, TopicConfig::default())?;
@@ -1414,14 +1406,10 @@ impl Engine {
         Ok(consumed)
     }
 
-    /// Tests of recovery: abort here after the configured number of batches.
+    /// Tests of recovery: a step's output is written, its checkpoint not
+    /// (`WEIR_FAILPOINT=crash_before_checkpoint:N`, see [`weir_log::failpoint`]).
     fn crash_point(&mut self) {
-        if let Some(left) = self.crash_before_checkpoint.as_mut() {
-            if *left == 0 {
-                std::process::abort();
-            }
-            *left -= 1;
-        }
+        weir_log::failpoint::hit("crash_before_checkpoint");
     }
 
     /// A join's step: a batch from each partition of each source, in timestamp order
@@ -1730,7 +1718,11 @@ fn write_output(log: &dyn Log, q: &PersistentQuery, out: &RecordBatch, sink: Sin
         });
     }
     let mut bytes = 0;
-    for (partition, records) in by_partition {
+    for (i, (partition, records)) in by_partition.into_iter().enumerate() {
+        if i > 0 {
+            // Crash tests: some of the step's partitions written, not all.
+            weir_log::failpoint::hit("mid_output");
+        }
         bytes += records
             .iter()
             .map(|r| {

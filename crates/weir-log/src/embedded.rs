@@ -330,6 +330,13 @@ impl Partition {
         }
         let interval = config.index_interval_bytes;
         let seg = self.active();
+        if crate::failpoint::reached("torn_append") {
+            // A crash test's torn write: half the frame reaches the file.
+            seg.file
+                .write_all(&frame[..frame.len() / 2])
+                .at(&seg.path)?;
+            crate::failpoint::fire("torn_append");
+        }
         seg.file.write_all(&frame).at(&seg.path)?;
         let pos = seg.size;
         if seg

@@ -6,6 +6,7 @@
 
 mod embedded;
 mod error;
+pub mod failpoint;
 mod partitioner;
 mod record;
 

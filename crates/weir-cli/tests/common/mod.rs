@@ -180,26 +180,156 @@ pub fn broker() -> Broker {
     }
 }
 
-/// Starts `weir run` (stdout piped) and kills it with SIGKILL once its progress lines
-/// (`consumed N total T`) report at least `at_least` records consumed; returns the total
-/// it had reached.
-pub fn kill_after_consumed(mut run: Command, at_least: u64) -> u64 {
+/// A small seeded generator (splitmix64) for the crash tests' kill points. The seed is
+/// `WEIR_TEST_SEED` when set (to rerun a failure), else the clock; tests print it.
+pub struct Seeded {
+    pub seed: u64,
+    state: u64,
+}
+
+impl Seeded {
+    pub fn new() -> Seeded {
+        let seed = std::env::var("WEIR_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
+        Seeded { seed, state: seed }
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `range`.
+    pub fn pick(&mut self, range: std::ops::Range<u64>) -> u64 {
+        range.start + self.next() % (range.end - range.start)
+    }
+
+    /// `items` in a seeded order.
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = self.pick(0..i as u64 + 1) as usize;
+            items.swap(i, j);
+        }
+    }
+}
+
+/// Where a crash test sends SIGKILL to `weir run`.
+#[derive(Debug, Clone)]
+pub enum KillAt {
+    /// Once the run's progress lines report `at_least` records consumed, `then_ms`
+    /// milliseconds later (the next step is under way by then, at an unknown point).
+    Consumed { at_least: u64, then_ms: u64 },
+    /// At the `pass`-th pass (from 0) of failpoint `name` (see `weir_log::failpoint`),
+    /// where the process waits to be killed: `crash_before_checkpoint`, `mid_output`,
+    /// `torn_append`.
+    Failpoint { name: &'static str, pass: u64 },
+}
+
+/// Starts `weir run` and kills it with SIGKILL at `at`; checks that it died of that
+/// signal (not of an error before it) and returns how many records it had consumed.
+pub fn kill_run(mut run: Command, at: &KillAt) -> u64 {
     use std::io::{BufRead, BufReader};
-    let mut child = run.stdout(Stdio::piped()).spawn().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    use std::sync::mpsc;
+    if let KillAt::Failpoint { name, pass } = at {
+        run.env("WEIR_FAILPOINT", format!("{name}:{pass}:pause"));
+    }
+    let mut child = run
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    enum Line {
+        Out(String),
+        Err(String),
+    }
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    let tx2 = tx.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(Line::Out(line));
+        }
+    });
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx2.send(Line::Err(line));
+        }
+    });
     let mut consumed = 0;
-    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-        let line = line.unwrap();
-        assert!(!line.starts_with("ERROR"), "{line}");
-        if let Some(total) = progress_total(&line) {
-            consumed = total.parse::<u64>().unwrap();
-            if consumed >= at_least {
-                break;
+    let mut stderr = String::new();
+    loop {
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "{at:?} never came: the run consumed {consumed} records and went quiet \
+                     (or ended: {:?}); stderr:\n{stderr}",
+                    child.try_wait()
+                );
+            }
+        };
+        match line {
+            Line::Out(line) => {
+                assert!(!line.starts_with("ERROR"), "{line}");
+                if let Some(total) = progress_total(&line) {
+                    consumed = total.parse::<u64>().unwrap();
+                    if let KillAt::Consumed { at_least, then_ms } = at
+                        && consumed >= *at_least
+                    {
+                        std::thread::sleep(Duration::from_millis(*then_ms));
+                        break;
+                    }
+                }
+            }
+            Line::Err(line) => {
+                if let KillAt::Failpoint { name, .. } = at
+                    && line == format!("WEIR_FAILPOINT {name} reached")
+                {
+                    break;
+                }
+                stderr.push_str(&line);
+                stderr.push('\n');
             }
         }
     }
     child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "the run was to die of SIGKILL at {at:?}, it ended with {status}; stderr:\n{stderr}"
+    );
     consumed
+}
+
+/// Runs `weir run ... --exit-when-idle` to the end: its stdout and the records it consumed.
+pub fn run_until_idle(mut run: Command) -> (String, u64) {
+    let out = run.arg("--exit-when-idle").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "the run failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let consumed = stdout
+        .lines()
+        .rev()
+        .find_map(progress_total)
+        .map_or(0, |t| t.parse().unwrap());
+    (stdout, consumed)
 }
 
 /// The running total of a `weir run` progress line (`consumed N total T (R records/s)`).
