@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use weir_log::{Log, Record, TopicConfig, partition_for_key};
+use weir_log::{Header, Log, Record, TopicConfig, partition_for_key};
 
 /// A message to store, and who waits for it.
 pub struct Message {
@@ -18,6 +18,9 @@ pub struct Message {
     pub key: Vec<u8>,
     pub value: Vec<u8>,
     pub timestamp: i64,
+    /// The persistent session and packet id it came with (stored as record headers,
+    /// `mqtt.client` and `mqtt.packet`), for QoS 1 and 2.
+    pub origin: Option<(String, u16)>,
     /// Told once the message is durable (or why it could not be stored). `None` for QoS 0.
     pub done: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
 }
@@ -76,11 +79,21 @@ fn store(
         let records: Vec<Record> = members
             .iter()
             .map(|&i| {
-                Record::new(
-                    Some(&round[i].key),
-                    Some(&round[i].value),
-                    round[i].timestamp,
-                )
+                let m = &round[i];
+                let mut r = Record::new(Some(&m.key), Some(&m.value), m.timestamp);
+                if let Some((client, pkid)) = &m.origin {
+                    r.headers = vec![
+                        Header {
+                            name: crate::CLIENT_HEADER.into(),
+                            value: Some(client.as_bytes().to_vec()),
+                        },
+                        Header {
+                            name: crate::PACKET_HEADER.into(),
+                            value: Some(pkid.to_string().into_bytes()),
+                        },
+                    ];
+                }
+                r
             })
             .collect();
         if let Err(e) = log.append(topic, partition, &records) {

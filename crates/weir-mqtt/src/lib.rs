@@ -2,9 +2,16 @@
 //! with no MQTT broker in between (like Confluent's MQTT proxy, for the embedded log and
 //! Kafka alike).
 //!
-//! - MQTT 3.1.1 and 5, QoS 0, 1 and 2, keep-alive, clean and persistent sessions (a
-//!   persistent session keeps its unreleased QoS 2 packet ids across reconnects, so a
-//!   resent QoS 2 publish is stored once), optional username/password.
+//! - MQTT 3.1.1 and 5, QoS 0, 1 and 2, keep-alive, clean and persistent sessions,
+//!   optional username/password.
+//! - A resent publish is stored once, at QoS 1 as at QoS 2, across reconnects and
+//!   across a crash of the server: a session remembers the packet ids (and a hash of the
+//!   topic and payload) of the latest messages it stored, and a publish marked DUP that
+//!   matches one is acknowledged without storing it again. Messages of persistent
+//!   sessions carry their client id and packet id in record headers (`mqtt.client`,
+//!   `mqtt.packet`); on start the listener reads the last records of its topics and
+//!   rebuilds those sessions from them ([`Mqtt::new`]), so a client resending after a
+//!   `kill -9` finds its session present and its stored messages known.
 //! - `weir.mqtt.topic.map` routes an MQTT topic to a log topic ([`TopicMap`]); the MQTT
 //!   topic becomes the record key, the payload the value, unchanged, and the arrival time
 //!   the record timestamp. A publish to an unmapped topic is refused (MQTT 5: reason
@@ -25,7 +32,8 @@ pub mod codec;
 pub mod ingest;
 mod topics;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -87,6 +95,8 @@ pub struct MqttStats {
     pub stored: [AtomicU64; 3],
     /// Publishes to topics no mapping matches.
     pub unmapped: AtomicU64,
+    /// Resent publishes (DUP) whose message was already stored: acknowledged, not stored.
+    pub resent_duplicates: AtomicU64,
 }
 
 /// The listener: shared by its connections.
@@ -99,24 +109,80 @@ pub struct Mqtt {
     slots: Arc<Semaphore>,
 }
 
-/// A client's session: the QoS 2 packet ids stored but not yet released.
+/// A client's session: the QoS 2 packet ids stored but not yet released, and the latest
+/// messages stored.
 struct Session {
     unreleased: Arc<Mutex<HashSet<u16>>>,
+    recent: Arc<Mutex<Recent>>,
     /// The connection using it, and how to make that connection go (a new connection
     /// with the same client id takes the session over).
     owner: u64,
     kick: Option<oneshot::Sender<()>>,
 }
 
+/// The packet ids of the latest messages a session stored, with a hash of each one's
+/// topic and payload: a publish marked DUP that matches is a resend of a stored message.
+/// Bounded: a client's resends cover what it had in flight, far fewer than this.
+#[derive(Default)]
+struct Recent {
+    hashes: HashMap<u16, u64>,
+    order: VecDeque<u16>,
+}
+
+/// How many stored messages a session remembers, and how many records per partition a
+/// starting listener reads back to rebuild sessions (a crash leaves unacknowledged at
+/// most the last round of appends, [`ingest`]'s 4096 messages).
+const RECENT_MAX: usize = 1024;
+const RECOVER_TAIL: u64 = 16 * 1024;
+
+impl Recent {
+    fn remember(&mut self, pkid: u16, hash: u64) {
+        if self.hashes.insert(pkid, hash).is_none() {
+            self.order.push_back(pkid);
+            if self.order.len() > RECENT_MAX
+                && let Some(old) = self.order.pop_front()
+            {
+                self.hashes.remove(&old);
+            }
+        }
+    }
+
+    fn holds(&self, pkid: u16, hash: u64) -> bool {
+        self.hashes.get(&pkid) == Some(&hash)
+    }
+}
+
+/// Identifies a message for resend detection (the same in every process of a build).
+fn message_hash(topic: &[u8], payload: &[u8]) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    topic.hash(&mut h);
+    payload.hash(&mut h);
+    h.finish()
+}
+
+/// Record headers naming the session and packet id a message came with.
+pub const CLIENT_HEADER: &str = "mqtt.client";
+pub const PACKET_HEADER: &str = "mqtt.packet";
+
 impl Mqtt {
     /// Starts storing into `log` (the append thread); connections come with [`Mqtt::serve`].
+    /// Persistent sessions whose messages are among the last records of the mapped
+    /// topics are rebuilt from their headers, so their clients' resends after a crash
+    /// are recognized.
     pub fn new(config: MqttConfig, log: Arc<dyn Log>) -> Arc<Self> {
+        let sessions = recover_sessions(log.as_ref(), &config.topics);
+        if !sessions.is_empty() {
+            tracing::info!(
+                sessions = sessions.len(),
+                "MQTT persistent sessions rebuilt from the log"
+            );
+        }
         Arc::new(Self {
             slots: Arc::new(Semaphore::new(config.max_connections)),
             config,
             append: ingest::start(log),
             stats: Arc::new(MqttStats::default()),
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(sessions),
             connection_ids: AtomicU64::new(0),
         })
     }
@@ -179,6 +245,85 @@ impl Mqtt {
     }
 }
 
+/// The persistent sessions named in the last records of the topics `map` writes to.
+/// Unreadable topics are skipped (logged): resends then store a message again rather
+/// than the listener not starting.
+fn recover_sessions(log: &dyn Log, map: &TopicMap) -> HashMap<String, Session> {
+    let mut recent: HashMap<String, Recent> = HashMap::new();
+    let targets: HashSet<&str> = map.targets().collect();
+    for topic in targets {
+        let partitions = match log.topic(topic) {
+            Ok(Some(info)) => info.config.partitions,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(topic, error = %e, "MQTT sessions not rebuilt from this topic");
+                continue;
+            }
+        };
+        for partition in 0..partitions {
+            let tail = log.offsets(topic, partition).and_then(|(start, end)| {
+                let mut from = start.max(end.saturating_sub(RECOVER_TAIL));
+                let mut records = Vec::new();
+                while from < end {
+                    let batch = log.read(topic, partition, from, (end - from) as usize)?;
+                    let Some(last) = batch.last() else { break };
+                    from = last.offset + 1;
+                    records.extend(batch);
+                }
+                Ok(records)
+            });
+            let records = match tail {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(topic, partition, error = %e, "MQTT sessions not rebuilt from this partition");
+                    continue;
+                }
+            };
+            for r in records {
+                let header = |name: &str| {
+                    r.record
+                        .headers
+                        .iter()
+                        .find(|h| h.name == name)
+                        .and_then(|h| h.value.as_deref())
+                };
+                let (Some(client), Some(pkid)) = (header(CLIENT_HEADER), header(PACKET_HEADER))
+                else {
+                    continue;
+                };
+                let (Ok(client), Some(pkid)) = (
+                    std::str::from_utf8(client),
+                    std::str::from_utf8(pkid).ok().and_then(|p| p.parse().ok()),
+                ) else {
+                    continue;
+                };
+                let hash = message_hash(
+                    r.record.key.as_deref().unwrap_or_default(),
+                    r.record.value.as_deref().unwrap_or_default(),
+                );
+                recent
+                    .entry(client.to_string())
+                    .or_default()
+                    .remember(pkid, hash);
+            }
+        }
+    }
+    recent
+        .into_iter()
+        .map(|(client, recent)| {
+            (
+                client,
+                Session {
+                    unreleased: Arc::default(),
+                    recent: Arc::new(Mutex::new(recent)),
+                    owner: u64::MAX,
+                    kick: None,
+                },
+            )
+        })
+        .collect()
+}
+
 /// Queued for the connection's writer, which sends them in order.
 enum Queued {
     Now(Outgoing),
@@ -188,6 +333,7 @@ enum Queued {
         oneshot::Receiver<Result<(), String>>,
         Outgoing,
         Option<Unreleased>,
+        Option<Stored>,
     ),
     /// Close (after a DISCONNECT with this reason, for MQTT 5).
     Close(Option<(DisconnectReason, String)>),
@@ -205,6 +351,9 @@ impl Unreleased {
     }
 }
 
+/// A message to remember in its session once it is stored.
+struct Stored(Arc<Mutex<Recent>>, u16, u64);
+
 struct Connection<'a> {
     mqtt: &'a Mqtt,
     id: u64,
@@ -213,6 +362,7 @@ struct Connection<'a> {
     version: Option<Version>,
     keep_session: bool,
     unreleased: Arc<Mutex<HashSet<u16>>>,
+    recent: Arc<Mutex<Recent>>,
     warned_topics: HashSet<String>,
 }
 
@@ -226,6 +376,7 @@ impl<'a> Connection<'a> {
             version: None,
             keep_session: false,
             unreleased: Arc::default(),
+            recent: Arc::default(),
             warned_topics: HashSet::new(),
         }
     }
@@ -399,24 +550,25 @@ impl<'a> Connection<'a> {
         };
         let mut sessions = self.mqtt.sessions.lock().unwrap_or_else(|e| e.into_inner());
         let mut present = false;
-        let unreleased = match sessions.remove(&client_id) {
+        let (unreleased, recent) = match sessions.remove(&client_id) {
             Some(mut old) => {
                 if let Some(k) = old.kick.take() {
                     let _ = k.send(());
                 }
                 if c.clean {
-                    Arc::default()
+                    Default::default()
                 } else {
                     present = true;
-                    old.unreleased
+                    (old.unreleased, old.recent)
                 }
             }
-            None => Arc::default(),
+            None => Default::default(),
         };
         sessions.insert(
             client_id.clone(),
             Session {
                 unreleased: unreleased.clone(),
+                recent: recent.clone(),
                 owner: self.id,
                 kick: Some(kick),
             },
@@ -424,6 +576,7 @@ impl<'a> Connection<'a> {
         self.client_id = client_id;
         self.keep_session = c.keep_session;
         self.unreleased = unreleased;
+        self.recent = recent;
         Ok(present)
     }
 
@@ -539,17 +692,37 @@ impl<'a> Connection<'a> {
         {
             return Ok(ack(Outcome::Stored).map(Queued::Now));
         }
+        // A resend of a message this session stored (its acknowledgement was lost, or
+        // the server restarted before sending it): acknowledge, store nothing.
+        let hash = (p.qos > 0).then(|| message_hash(p.topic.as_bytes(), &p.payload));
+        if let Some(hash) = hash
+            && p.dup
+            && self
+                .recent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .holds(p.pkid, hash)
+        {
+            self.mqtt
+                .stats
+                .resent_duplicates
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(ack(Outcome::Stored).map(Queued::Now));
+        }
         let (done, stored) = if p.qos > 0 {
             let (tx, rx) = oneshot::channel();
             (Some(tx), Some(rx))
         } else {
             (None, None)
         };
+        // A persistent session's messages name it, so a restarted server knows them.
+        let origin = (p.qos > 0 && self.keep_session).then(|| (self.client_id.clone(), p.pkid));
         let message = ingest::Message {
             topic: target.to_string(),
             key: p.topic.into_bytes(),
             value: p.payload.to_vec(),
             timestamp: now_ms(),
+            origin,
             done,
         };
         if self.mqtt.append.send(message).is_err() {
@@ -560,8 +733,9 @@ impl<'a> Connection<'a> {
         }
         self.mqtt.stats.stored[p.qos as usize].fetch_add(1, Ordering::Relaxed);
         let unreleased = (p.qos == 2).then(|| Unreleased(self.unreleased.clone(), p.pkid));
+        let remember = hash.map(|h| Stored(self.recent.clone(), p.pkid, h));
         Ok(match (stored, ack(Outcome::Stored)) {
-            (Some(rx), Some(out)) => Some(Queued::WhenStored(rx, out, unreleased)),
+            (Some(rx), Some(out)) => Some(Queued::WhenStored(rx, out, unreleased, remember)),
             _ => None,
         })
     }
@@ -592,7 +766,7 @@ async fn write_loop(
     while let Some(q) = rx.recv().await {
         let packet = match q {
             Queued::Now(p) => p,
-            Queued::WhenStored(stored, p, unreleased) => {
+            Queued::WhenStored(stored, p, unreleased, remember) => {
                 let why = match tokio::time::timeout(ingest::STORE_TIMEOUT, stored).await {
                     Ok(Ok(Ok(()))) => None,
                     Ok(Ok(Err(why))) => Some(format!("message not stored: {why}")),
@@ -604,6 +778,12 @@ async fn write_loop(
                     }
                     let _ = wr.shutdown().await;
                     return Err(why);
+                }
+                if let Some(Stored(recent, pkid, hash)) = remember {
+                    recent
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remember(pkid, hash);
                 }
                 p
             }

@@ -213,6 +213,12 @@ pub fn render(
             "MQTT publishes to topics weir.mqtt.topic.map does not map (refused or dropped).",
             one(&m.unmapped),
         );
+        family(
+            "weir_mqtt_resent_duplicates_total",
+            "counter",
+            "Resent MQTT publishes (DUP) of messages already stored: acknowledged again, not stored twice.",
+            one(&m.resent_duplicates),
+        );
     }
     out
 }
