@@ -11,7 +11,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 use common::{Tmux, broker, tansu};
 
@@ -124,8 +123,8 @@ fn the_seed_demo_typed_into_the_repl_on_kafka_with_mqtt() {
 
     // The push query; then the sample from a Kafka producer and over MQTT at QoS 2.
     tmux.lines(&statements[2]);
-    tmux.wait_for("EVENTID", 1);
-    std::thread::sleep(Duration::from_millis(500));
+    // The header is drawn once the query runs; its start offsets are fixed by then.
+    tmux.wait_for("|EVENTID", 1);
     kafka_produce(broker.port, "temperature", sample);
     mosquitto_pub(mqtt, &sample.replacen("99999", "11111", 1));
     let screen = tmux.wait_for("|11111", 1);
@@ -147,7 +146,7 @@ fn the_seed_demo_typed_into_the_repl_on_kafka_with_mqtt() {
     tmux.lines(&statements[4]);
     tmux.wait_for("Created query with ID", 2);
     tmux.lines(&statements[5]);
-    std::thread::sleep(Duration::from_millis(1000));
+    tmux.wait_for("|ANOMALY_VAL", 1);
     // A normal message (filtered out), and a sensor dropping out on every other reading:
     // it scores far above the demo's `> 3` (8.3; MODEL.md).
     mosquitto_pub(mqtt, &sample.replacen("99999", "22222", 1));

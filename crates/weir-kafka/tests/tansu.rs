@@ -200,10 +200,26 @@ fn a_persistent_query_on_kafka_resumes_from_its_own_offsets() {
     let mut engine = Engine::open(log.clone()).unwrap();
     assert_eq!(engine.queries().count(), 1);
     produce(log.as_ref(), 400, 600);
-    assert_eq!(run_until(&mut engine, log.as_ref(), 294), 294);
-    std::thread::sleep(Duration::from_millis(500));
-    engine.run_once().unwrap();
-    assert_eq!(sink_count(log.as_ref()), 294, "nothing written twice");
+    // Until it has read the 200 new records, and then a pass that finds nothing more.
+    let consumed = |engine: &Engine| engine.query_metrics()[0].stats.consumed;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while consumed(&engine) < 200 {
+        assert!(
+            Instant::now() < deadline,
+            "read {} of the 200 new records",
+            consumed(&engine)
+        );
+        if engine.run_once().unwrap() == 0 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    assert_eq!(engine.run_once().unwrap(), 0);
+    assert_eq!(consumed(&engine), 200, "the topic was read again");
+    assert_eq!(
+        sink_count(log.as_ref()),
+        294,
+        "nothing written twice, nothing lost"
+    );
 }
 
 const STATEFUL: &str = "

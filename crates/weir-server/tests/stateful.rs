@@ -34,17 +34,38 @@ fn pull(server: &Server, sql: &str) -> (Value, Vec<Value>) {
     query(server, sql, json!({}))
 }
 
-/// Polls a pull query until it gives `want` rows (the persistent queries run in the
-/// background), then returns them.
-fn pull_until(server: &Server, sql: &str, want: usize) -> Vec<Value> {
+/// Polls a pull query until its rows (sorted when `sorted`) are `want` (the persistent
+/// queries run in the background); fails with the last rows seen at the deadline.
+fn pull_until(server: &Server, sql: &str, want: &[Value], sorted: bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (_, rows) = pull(server, sql);
-        if rows.len() == want || Instant::now() > deadline {
-            return rows;
+        let (_, mut rows) = pull(server, sql);
+        if sorted {
+            rows.sort_by_key(|r| r.to_string());
         }
+        if rows == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{sql}: still {rows:?} after 20 s, expected {want:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A persistent query's `weir_query_records_in_total` (the query whose id starts with
+/// `prefix`).
+fn records_in(server: &Server, prefix: &str) -> u64 {
+    let (status, body) = get(server, "/metrics");
+    assert_eq!(status, 200);
+    let text = body.as_str().expect("metrics are text").to_string();
+    let label = format!("weir_query_records_in_total{{query=\"{prefix}");
+    text.lines()
+        .find(|l| l.starts_with(&label))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {label} in the metrics:\n{text}"))
 }
 
 #[test]
@@ -69,7 +90,15 @@ fn windowed_aggregates_joins_and_pull_queries() {
         "INSERT INTO cars (ROWTIME, car, model) VALUES (0, 'a', 'roadster'); \
          INSERT INTO cars (ROWTIME, car, model) VALUES (0, 'b', 'van');",
     );
-    std::thread::sleep(Duration::from_millis(300));
+    // The join has read the table (both rows) before a reading arrives.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while records_in(&server, "CSAS_ENRICHED") < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the join never read the car table"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     ksql(
         &server,
         "INSERT INTO readings (ROWTIME, car, speed) VALUES (1000, 'a', 10.0); \
@@ -79,12 +108,18 @@ fn windowed_aggregates_joins_and_pull_queries() {
     );
 
     // A key lookup, then the whole table.
-    let rows = pull_until(&server, "SELECT * FROM per_car WHERE car = 'a';", 1);
-    assert_eq!(rows, [json!(["a", 2, 20.0])]);
-    let rows = pull_until(&server, "SELECT car, n FROM per_car;", 3);
-    let mut cars: Vec<Value> = rows;
-    cars.sort_by_key(|r| r[0].as_str().unwrap().to_string());
-    assert_eq!(cars, [json!(["a", 2]), json!(["b", 1]), json!(["c", 1])]);
+    pull_until(
+        &server,
+        "SELECT * FROM per_car WHERE car = 'a';",
+        &[json!(["a", 2, 20.0])],
+        false,
+    );
+    pull_until(
+        &server,
+        "SELECT car, n FROM per_car;",
+        &[json!(["a", 2]), json!(["b", 1]), json!(["c", 1])],
+        true,
+    );
 
     // A windowed table: a row per key and window, the bounds after the key.
     let (header, _) = pull(&server, "SELECT * FROM per_window WHERE car = 'a';");
@@ -92,23 +127,24 @@ fn windowed_aggregates_joins_and_pull_queries() {
         header["columnNames"],
         json!(["CAR", "WINDOWSTART", "WINDOWEND", "N"])
     );
-    let rows = pull_until(
+    pull_until(
         &server,
         "SELECT * FROM per_window WHERE car = 'a' AND WINDOWSTART >= 10000;",
-        1,
+        &[json!(["a", 10000, 20000, 1])],
+        false,
     );
-    assert_eq!(rows, [json!(["a", 10000, 20000, 1])]);
 
     // The join: models looked up as each reading arrives; an unknown car gets nulls.
-    let rows = pull_until(&server, "SELECT car, model, speed FROM enriched;", 4);
-    assert_eq!(
-        rows,
-        [
+    pull_until(
+        &server,
+        "SELECT car, model, speed FROM enriched;",
+        &[
             json!(["a", "roadster", 10.0]),
             json!(["b", "van", 20.0]),
             json!(["a", "roadster", 30.0]),
-            json!(["c", null, 5.0])
-        ]
+            json!(["c", null, 5.0]),
+        ],
+        false,
     );
 
     // A push query with a windowed GROUP BY: each group's changes, bounds after the key.
