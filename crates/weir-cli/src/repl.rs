@@ -346,6 +346,20 @@ impl Session {
                     // INSERT VALUES answers no entity, as ksqlDB's does.
                     for e in &entities {
                         print!("{}", render::entity(e));
+                        // Its warnings (a refused plugin file, say), less the ones about
+                        // this shell's properties, said once when they were SET.
+                        let said: Vec<String> = self
+                            .props
+                            .keys()
+                            .filter_map(|k| weir_engine::settings::unknown_key_warning(k))
+                            .collect();
+                        for w in e["warnings"].as_array().into_iter().flatten() {
+                            if let Some(m) = w["message"].as_str()
+                                && !said.iter().any(|s| s == m)
+                            {
+                                eprintln!("{}", Color::Yellow.paint(format!("Warning: {m}")));
+                            }
+                        }
                     }
                     self.refresh_names();
                 }

@@ -41,6 +41,9 @@ pub struct Functions {
     pub(crate) warning_source: Option<fn() -> Vec<String>>,
     /// Aggregate functions from plugins, by upper-cased name.
     aggregates: HashMap<String, Arc<dyn PluginAggregate>>,
+    /// Files in the plugin folder that were refused, each with why (shown with the
+    /// function list).
+    plugin_refusals: Vec<String>,
 }
 
 /// An aggregate function from a plugin, as GROUP BY calls it.
@@ -110,6 +113,7 @@ impl Default for Functions {
             plugins: HashMap::new(),
             warning_source: None,
             aggregates: HashMap::new(),
+            plugin_refusals: Vec::new(),
         }
     }
 }
@@ -142,6 +146,16 @@ impl Functions {
 
     /// Describes a plugin function that cannot be called (an aggregate with no overload
     /// queries can use).
+    /// Says which plugin files were refused and why (replacing what was said before).
+    pub fn set_plugin_refusals(&mut self, refusals: Vec<String>) {
+        self.plugin_refusals = refusals;
+    }
+
+    /// The plugin files refused, each as `plugin file NAME refused: WHY`.
+    pub fn plugin_refusals(&self) -> &[String] {
+        &self.plugin_refusals
+    }
+
     pub fn register_plugin_info(&mut self, info: PluginFunction) {
         self.plugins.insert(info.name.to_ascii_uppercase(), info);
     }

@@ -349,6 +349,7 @@ fn scan_plugins(
         })
         .collect();
     plugins::apply(&mut functions, changes);
+    plugins::note_refusals(&mut functions, &watch);
     (functions, watch, lines)
 }
 

@@ -158,13 +158,34 @@ pub fn apply(functions: &mut Functions, changes: Vec<Change>) {
     }
 }
 
+/// Tells `functions` which files of the folder are refused plugins, and why.
+pub fn note_refusals(functions: &mut Functions, dir: &PluginDir) {
+    functions.set_plugin_refusals(
+        dir.refused()
+            .map(|(path, why)| {
+                let name = path.file_name().unwrap_or_default().to_string_lossy();
+                format!("plugin file {name} refused: {why}")
+            })
+            .collect(),
+    );
+}
+
 /// Scans the folder until the server stops.
 pub fn watch(mut dir: PluginDir, state: Arc<AppState>) {
     while !*state.stopping.borrow() {
         std::thread::sleep(SCAN_INTERVAL);
+        let refused_before: Vec<std::path::PathBuf> =
+            dir.refused().map(|(p, _)| p.to_path_buf()).collect();
         let changes = dir.scan();
-        if !changes.is_empty() {
-            apply(state.runtime.engine().functions_mut(), changes);
+        // A refused file removed is no change of plugins, but of what is said about them.
+        let refusals_changed = !dir
+            .refused()
+            .map(|(p, _)| p)
+            .eq(refused_before.iter().map(|p| p.as_path()));
+        if !changes.is_empty() || refusals_changed {
+            let mut engine = state.runtime.engine();
+            apply(engine.functions_mut(), changes);
+            note_refusals(engine.functions_mut(), &dir);
         }
     }
 }

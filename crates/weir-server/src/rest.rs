@@ -230,13 +230,28 @@ async fn ksql(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
                     return Err(statement_error(&e.to_string(), &text, done));
                 }
             };
+            // The function list says which plugin files were refused, and why.
+            let mut entity_warnings = warnings.clone();
+            if let Statement::List {
+                what: weir_sql::ast::ListKind::Functions,
+                ..
+            } = &stmt
+            {
+                entity_warnings.extend(
+                    engine
+                        .functions()
+                        .plugin_refusals()
+                        .iter()
+                        .map(|r| json!({"message": r})),
+                );
+            }
             drop(engine);
             let sequence = state.sequence.fetch_add(1, Ordering::SeqCst) + 1;
             if let Some((mut entity, status)) =
                 entities::entity(&stmt, &text, outcome, sequence, dropped_topic.as_deref())
             {
-                if !warnings.is_empty() {
-                    entity["warnings"] = Value::Array(warnings.clone());
+                if !entity_warnings.is_empty() {
+                    entity["warnings"] = Value::Array(entity_warnings);
                 }
                 if let Some((id, status)) = status {
                     tracing::info!(command = %id, message = %status.message, "statement ran");

@@ -65,6 +65,32 @@ fn a_dropped_in_plugin_is_callable_without_a_restart_and_gone_when_removed() {
     let took = wait_for_function(&server, "MULTIPLY", true);
     eprintln!("multiply.so callable {took:?} after it was copied in");
     assert_eq!(get(&server, "/healthcheck").0, 200);
+    // The function list says the junk was refused, and why (the two files were settled
+    // in the same scan); once the file is gone, so is the warning.
+    let refusals = || -> Vec<String> {
+        ksql(&server, "SHOW FUNCTIONS;")[0]["warnings"]
+            .as_array()
+            .map(|w| {
+                w.iter()
+                    .map(|m| m["message"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let warned = refusals();
+    assert!(
+        warned.len() == 1 && warned[0].starts_with("plugin file junk.so refused: cannot load"),
+        "{warned:?}"
+    );
+    std::fs::remove_file(plugins.join("junk.so")).unwrap();
+    let removed = Instant::now();
+    while !refusals().is_empty() {
+        assert!(
+            removed.elapsed() < Duration::from_secs(15),
+            "the refusal outlived the file"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     let listed = functions(&server);
     let multiply = listed.iter().find(|f| f["name"] == "MULTIPLY").unwrap();

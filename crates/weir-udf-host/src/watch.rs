@@ -3,7 +3,7 @@
 //! (size and modification time) on two scans in a row, so one still being copied in is
 //! not opened half-written. Call `scan` every half second or so.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -37,6 +37,8 @@ pub struct PluginDir {
     last_seen: HashMap<PathBuf, Signature>,
     /// The signature each file was acted on at, and the plugin loaded from it.
     loaded: HashMap<PathBuf, (Signature, Option<Arc<Plugin>>)>,
+    /// Files in the folder whose latest version was refused, and why.
+    refused: BTreeMap<PathBuf, String>,
 }
 
 impl PluginDir {
@@ -47,6 +49,7 @@ impl PluginDir {
             config,
             last_seen: HashMap::new(),
             loaded: HashMap::new(),
+            refused: BTreeMap::new(),
         }
     }
 
@@ -57,6 +60,11 @@ impl PluginDir {
     /// The plugins loaded now.
     pub fn plugins(&self) -> impl Iterator<Item = &Arc<Plugin>> {
         self.loaded.values().filter_map(|(_, p)| p.as_ref())
+    }
+
+    /// The files in the folder that are not usable plugins (as last seen), and why.
+    pub fn refused(&self) -> impl Iterator<Item = (&Path, &str)> {
+        self.refused.iter().map(|(p, r)| (p.as_path(), r.as_str()))
     }
 
     fn files(&self) -> HashMap<PathBuf, Signature> {
@@ -92,6 +100,7 @@ impl PluginDir {
             .cloned()
             .collect();
         for path in gone {
+            self.refused.remove(&path);
             if let Some((_, Some(plugin))) = self.loaded.remove(&path) {
                 changes.push(Change::Removed(plugin));
             }
@@ -108,6 +117,7 @@ impl PluginDir {
             let old = self.loaded.get(path).and_then(|(_, p)| p.clone());
             match Plugin::load(path, &self.config) {
                 Ok(new) => {
+                    self.refused.remove(path);
                     self.loaded.insert(path.clone(), (sig, Some(new.clone())));
                     changes.push(match old {
                         Some(old) => Change::Replaced { old, new },
@@ -115,6 +125,7 @@ impl PluginDir {
                     });
                 }
                 Err(reason) => {
+                    self.refused.insert(path.clone(), reason.clone());
                     self.loaded.insert(path.clone(), (sig, old));
                     changes.push(Change::Refused {
                         path: path.clone(),

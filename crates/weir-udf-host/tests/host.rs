@@ -168,7 +168,16 @@ fn the_folder_watch_loads_replaces_and_forgets_plugins() {
         "{changes:?}"
     );
     let a: ArrayRef = Arc::new(Int64Array::from(vec![6]));
-    assert!(old.invoke(0, &[a.clone(), a], 1).is_ok());
+    let product = old.invoke(0, &[a.clone(), a], 1).unwrap();
+    assert_eq!(
+        product
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap()
+            .value(0),
+        36,
+        "the replaced version, still held, computes as before"
+    );
 
     std::fs::remove_file(dir.path().join("multiply.so")).unwrap();
     let changes = watch.scan();
