@@ -120,6 +120,10 @@ pub fn ksql(server: &Server, sql: &str) -> Vec<Value> {
 pub fn open_query_stream(server: &Server, sql: &str, properties: Value) -> ChunkLines {
     let body = json!({"sql": sql, "properties": properties}).to_string();
     let mut stream = TcpStream::connect(server.addr()).unwrap();
+    // A server that stops answering fails the test instead of hanging it.
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
     write!(
         stream,
         "POST /query-stream HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nAccept: application/vnd.ksqlapi.delimited.v1\r\nContent-Length: {}\r\n\r\n{body}",
@@ -150,8 +154,10 @@ pub struct ChunkLines {
 }
 
 impl ChunkLines {
-    /// The next non-empty line, or `None` at the end of the body.
+    /// The next non-empty line, or `None` at the end of the body (its last chunk, or the
+    /// connection closed). Fails on a read error: 30 s without a byte is one.
     pub fn next_line(&mut self) -> Option<String> {
+        let failed = |e: std::io::Error| -> ! { panic!("reading the response: {e}") };
         loop {
             if let Some(pos) = self.pending.find('\n') {
                 let line: String = self.pending.drain(..=pos).collect();
@@ -161,15 +167,23 @@ impl ChunkLines {
                 return Some(line.trim_end().to_string());
             }
             let mut size = String::new();
-            if self.reader.read_line(&mut size).ok()? == 0 {
+            if self
+                .reader
+                .read_line(&mut size)
+                .unwrap_or_else(|e| failed(e))
+                == 0
+            {
                 return None;
             }
-            let n = usize::from_str_radix(size.trim(), 16).ok()?;
+            let n = usize::from_str_radix(size.trim(), 16)
+                .unwrap_or_else(|_| panic!("not a chunk size: {size:?}"));
             if n == 0 {
                 return None;
             }
             let mut data = vec![0u8; n + 2];
-            self.reader.read_exact(&mut data).ok()?;
+            self.reader
+                .read_exact(&mut data)
+                .unwrap_or_else(|e| failed(e));
             data.truncate(n);
             self.pending.push_str(&String::from_utf8(data).unwrap());
         }
