@@ -192,18 +192,13 @@ fn run_until(engine: &mut Engine, expected: u64) -> Result<(u64, f64), String> {
     Ok((consumed, started.elapsed().as_secs_f64()))
 }
 
-/// W3: the W1 events (10,000 cars, 1 ms apart) through a tumbling 10-second window with
-/// COUNT and AVG(SPEED) per car, then through a stream-table join to a 10,000-row car
-/// table, each on its own engine over the embedded log. Prints events/s and peak RSS.
-pub fn w3(events: u64, only: Option<&str>) -> Result<(), String> {
-    if let Some(o) = only.filter(|o| !["window", "join"].contains(o)) {
-        return Err(format!("--only takes window or join, not {o}"));
-    }
+/// A fresh embedded log holding W3's input: the W1 events and a 10,000-row car table.
+/// `config` as the engine under test would have it.
+fn w3_log(
+    events: u64,
+    config: EmbeddedLogConfig,
+) -> Result<(tempfile::TempDir, Arc<dyn Log>), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let config = EmbeddedLogConfig {
-        fsync: FsyncPolicy::Never,
-        ..Default::default()
-    };
     let log: Arc<dyn Log> =
         Arc::new(EmbeddedLog::open(dir.path(), config).map_err(|e| e.to_string())?);
     for topic in ["sensors", "cars"] {
@@ -223,43 +218,99 @@ pub fn w3(events: u64, only: Option<&str>) -> Result<(), String> {
         .collect();
     log.append("cars", 0, &cars).map_err(|e| e.to_string())?;
     log.flush().map_err(|e| e.to_string())?;
+    Ok((dir, log))
+}
+
+/// W3: the W1 events (10,000 cars, 1 ms apart) through a tumbling 10-second window with
+/// COUNT and AVG(SPEED) per car, then through a stream-table join to a 10,000-row car
+/// table. Each runs twice, each time on a fresh embedded log: on a plain engine, and on
+/// a durable one as `weir server` and `weir run` keep queries (command log, a checkpoint
+/// after every batch, the log's default fsync every 200 ms). W1's end-to-end figure from
+/// the same run gives the ratio. Prints events/s and peak RSS.
+pub fn w3(events: u64, only: Option<&str>) -> Result<(), String> {
+    if let Some(o) = only.filter(|o| !["window", "join"].contains(o)) {
+        return Err(format!("--only takes window or join, not {o}"));
+    }
     println!(
         "W3: {events} JSON car-sensor events from 10,000 cars, 1 ms apart, on the embedded log"
     );
+    let plain = EmbeddedLogConfig {
+        fsync: FsyncPolicy::Never,
+        ..Default::default()
+    };
 
-    let engine = |log: &Arc<dyn Log>| -> Result<Engine, String> {
+    // W1 end to end, for the ratio.
+    let w1_rate = {
+        let (_dir, log) = w3_log(events, plain.clone())?;
         let mut e = Engine::new(log.clone());
         e.set_property("auto.offset.reset", "earliest");
         e.execute_sql(W1_SOURCE).map_err(|e| e.to_string())?;
-        Ok(e)
+        e.execute_sql(W1_QUERY).map_err(|e| e.to_string())?;
+        let (consumed, secs) = run_until(&mut e, events)?;
+        let r = consumed as f64 / secs;
+        println!(
+            "  W1 end to end (CSAS, plain engine) {}",
+            rate(consumed, secs)
+        );
+        r
     };
 
+    // (query, label, expected input, sink)
+    let mut runs: Vec<(&[&str], &str, u64, &str)> = Vec::new();
     if only != Some("join") {
-        reset_peak_rss();
-        let mut windowed = engine(&log)?;
-        windowed.execute_sql(W3_WINDOW).map_err(|e| e.to_string())?;
-        let (consumed, secs) = run_until(&mut windowed, events)?;
-        let changes = log.offsets("PER_CAR", 0).map_err(|e| e.to_string())?.1;
-        println!(
-            "  tumbling 10 s COUNT, AVG per car  {}  -> {changes} changes; peak RSS {:.0} MiB",
-            rate(consumed, secs),
-            peak_rss_mib()
-        );
-        drop(windowed);
+        runs.push((
+            &[W3_WINDOW],
+            "tumbling 10 s COUNT, AVG per car",
+            events,
+            "PER_CAR",
+        ));
     }
-
     if only != Some("window") {
-        reset_peak_rss();
-        let mut joined = engine(&log)?;
-        joined.execute_sql(W3_CARS).map_err(|e| e.to_string())?;
-        joined.execute_sql(W3_JOIN).map_err(|e| e.to_string())?;
-        let (consumed, secs) = run_until(&mut joined, events + 10_000)?;
-        let written = log.offsets("ENRICHED", 0).map_err(|e| e.to_string())?.1;
-        println!(
-            "  stream-table join to 10,000 cars  {}  -> {written} joined records; peak RSS {:.0} MiB",
-            rate(consumed, secs),
-            peak_rss_mib()
-        );
+        runs.push((
+            &[W3_CARS, W3_JOIN],
+            "stream-table join to 10,000 cars",
+            events + 10_000,
+            "ENRICHED",
+        ));
+    }
+    for (statements, label, expected, sink) in runs {
+        for durable in [false, true] {
+            let config = if durable {
+                EmbeddedLogConfig::default()
+            } else {
+                plain.clone()
+            };
+            let (_dir, log) = w3_log(events, config)?;
+            reset_peak_rss();
+            let mut e = if durable {
+                Engine::open(log.clone()).map_err(|e| e.to_string())?
+            } else {
+                Engine::new(log.clone())
+            };
+            e.set_property("auto.offset.reset", "earliest");
+            e.execute_sql(W1_SOURCE).map_err(|e| e.to_string())?;
+            for sql in statements {
+                e.execute_sql(sql).map_err(|e| e.to_string())?;
+            }
+            let (consumed, secs) = run_until(&mut e, expected)?;
+            log.flush().map_err(|e| e.to_string())?;
+            let written = log.offsets(sink, 0).map_err(|e| e.to_string())?.1;
+            let checkpoints = if durable {
+                let (start, end) = log
+                    .offsets(weir_engine::OFFSETS_TOPIC, 0)
+                    .map_err(|e| e.to_string())?;
+                format!(", {} checkpoints", end - start)
+            } else {
+                String::new()
+            };
+            println!(
+                "  {label} ({}) {}  = {:.2}x W1 -> {written} records to {sink}{checkpoints}; peak RSS {:.0} MiB",
+                if durable { "durable" } else { "plain  " },
+                rate(consumed, secs),
+                consumed as f64 / secs / w1_rate,
+                peak_rss_mib()
+            );
+        }
     }
     Ok(())
 }

@@ -104,7 +104,16 @@ struct Event {
     pub delete: bool,
     /// The join's key values (the relation's key columns) at the node that made it.
     pub key: Vec<Value>,
+    /// The source record it comes from (partition, offset): where a problem with it is
+    /// reported.
+    pub origin: Origin,
 }
+
+/// A source record's partition and offset.
+type Origin = (u32, u64);
+
+/// Records a join could not process: where each is, and why (for the processing log).
+type Failures = Vec<(u32, u64, String)>;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Entry {
@@ -187,7 +196,7 @@ impl Node {
         source: usize,
         events: Vec<Event>,
         wide: &SchemaRef,
-        failures: &mut Vec<String>,
+        failures: &mut Failures,
     ) -> Vec<Event> {
         match self {
             Node::Source(s) => {
@@ -262,7 +271,7 @@ fn eval_keys(
     ty: &SqlType,
     events: &[Event],
     wide: &SchemaRef,
-    failures: &mut Vec<String>,
+    failures: &mut Failures,
 ) -> Vec<Value> {
     let eval = |rows: Vec<Vec<Value>>| -> std::result::Result<Vec<Value>, String> {
         let n = rows.len();
@@ -289,7 +298,11 @@ fn eval_keys(
             .map(|e| match eval(vec![e.row.clone()]) {
                 Ok(mut k) => k.pop().unwrap_or(Value::Null),
                 Err(why) => {
-                    failures.push(format!("Error computing the join key: {why}"));
+                    failures.push((
+                        e.origin.0,
+                        e.origin.1,
+                        format!("Error computing the join key: {why}"),
+                    ));
                     Value::Null
                 }
             })
@@ -311,7 +324,7 @@ impl JoinNode {
         from_left: bool,
         events: Vec<Event>,
         wide: &SchemaRef,
-        failures: &mut Vec<String>,
+        failures: &mut Failures,
     ) -> Vec<Event> {
         if events.is_empty() {
             return events;
@@ -407,6 +420,7 @@ impl JoinNode {
                 row: e.row.clone(),
                 delete: false,
                 key: vec![k.clone()],
+                origin: e.origin,
             });
         }
         for o in matched {
@@ -420,6 +434,7 @@ impl JoinNode {
                 row,
                 delete: false,
                 key: vec![k.clone()],
+                origin: e.origin,
             });
         }
         let own = if from_left {
@@ -479,12 +494,14 @@ impl JoinNode {
                 row: self.merge(&e.row, &r.row),
                 delete: false,
                 key: vec![k],
+                origin: e.origin,
             }),
             None if self.kind == JoinKind::Left => out.push(Event {
                 ts: e.ts,
                 row: e.row,
                 delete: false,
                 key: vec![k],
+                origin: e.origin,
             }),
             None => {}
         }
@@ -542,6 +559,7 @@ impl JoinNode {
                 row,
                 delete,
                 key: vec![k],
+                origin: e.origin,
             });
         }
     }
@@ -567,6 +585,7 @@ impl JoinNode {
                     row: e.row.clone(),
                     delete: true,
                     key: primary.clone(),
+                    origin: e.origin,
                 })
             };
             if e.delete {
@@ -587,12 +606,14 @@ impl JoinNode {
                     row: self.merge(&e.row, &r.row),
                     delete: false,
                     key: primary.clone(),
+                    origin: e.origin,
                 }),
                 None if left_join => out.push(Event {
                     ts: e.ts,
                     row: e.row.clone(),
                     delete: false,
                     key: primary.clone(),
+                    origin: e.origin,
                 }),
                 None => {
                     let had_result = old
@@ -672,6 +693,7 @@ impl JoinNode {
                 row,
                 delete,
                 key,
+                origin: e.origin,
             });
         }
     }
@@ -969,7 +991,8 @@ pub fn plan_join(
         let lt = crate::types::sql_type_of(&left_key.data_type)?;
         let rt = crate::types::sql_type_of(&right_key.data_type)?;
         let integer = |t: &SqlType| matches!(t, SqlType::Int | SqlType::Bigint);
-        let lt = if integer(&lt) && integer(&rt) {
+        // INT with BIGINT joins as BIGINT; INT with INT stays INT (the key's type).
+        let lt = if integer(&lt) && integer(&rt) && lt != rt {
             SqlType::Bigint
         } else {
             lt
@@ -1328,12 +1351,7 @@ impl Joiner {
 
     /// Pushes a run of one source's records through the joins: the joined events they
     /// make; why a record's join key could not be computed goes to `failures`.
-    fn push(
-        &mut self,
-        source: usize,
-        events: Vec<Event>,
-        failures: &mut Vec<String>,
-    ) -> Vec<Event> {
+    fn push(&mut self, source: usize, events: Vec<Event>, failures: &mut Failures) -> Vec<Event> {
         let wide = self.wide.clone();
         self.root.push(source, events, &wide, failures)
     }
@@ -1499,7 +1517,7 @@ impl Joiner {
                 )],
             )?;
         }
-        let mut pending: Vec<(i64, usize, bool, Vec<serde_json::Value>)> = Vec::new();
+        let mut pending: Vec<(i64, usize, bool, Vec<serde_json::Value>, Origin)> = Vec::new();
         let mut consumed = 0u64;
         let mut bytes = 0u64;
         let mut problems: Vec<(u32, u64, String)> = Vec::new();
@@ -1552,13 +1570,17 @@ impl Joiner {
                         .as_primitive::<arrow::datatypes::Int64Type>();
                     let types: Vec<weir_sql::ast::SqlType> =
                         input.columns().map(|c| c.ty).collect();
+                    let offsets = batch
+                        .column(2)
+                        .as_primitive::<arrow::datatypes::Int64Type>();
                     for row in 0..batch.num_rows() {
+                        let origin = (partition, offsets.value(row) as u64);
                         let values = types
                             .iter()
                             .enumerate()
                             .map(|(k, ty)| weir_format::convert::value_at(batch.column(k), row, ty))
                             .collect();
-                        pending.push((times.value(row), j, tombstones, values));
+                        pending.push((times.value(row), j, tombstones, values, origin));
                     }
                 }
             }
@@ -1570,16 +1592,17 @@ impl Joiner {
             let source = run[0].1;
             let events: Vec<Event> = run
                 .iter_mut()
-                .map(|(ts, _, delete, values)| Event {
+                .map(|(ts, _, delete, values, origin)| Event {
                     ts: *ts,
                     row: self.wide_row(source, std::mem::take(values)),
                     delete: *delete,
                     key: Vec::new(),
+                    origin: *origin,
                 })
                 .collect();
-            let mut failures = Vec::new();
+            let mut failures = Failures::new();
             let out = self.push(source, events, &mut failures);
-            problems.extend(failures.into_iter().map(|why| (0, 0, why)));
+            problems.extend(failures);
             // Runs of rows and of deletes, in order.
             let mut run: Vec<Event> = Vec::new();
             for e in out {
