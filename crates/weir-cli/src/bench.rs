@@ -448,6 +448,127 @@ pub fn udf(rows: usize, batch: usize, plugin: Option<&std::path::Path>) -> Resul
     Ok(())
 }
 
+/// `weir bench inserts`: `rows` JSON rows (the W1 event shape) sent over one HTTP/2
+/// `/inserts-stream` request to a server on the embedded log, as ksqlDB's clients send
+/// them; every row's acknowledgement is read back. Prints rows/s from the first byte sent
+/// to the last acknowledgement, and checks the topic holds them all.
+pub fn inserts(rows: u64) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let server = weir_server::Server::start(weir_server::ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    })?;
+    let addr = server.addr();
+    let created = ureq::post(format!("http://{addr}/ksql"))
+        .send_json(serde_json::json!({"ksql": "CREATE STREAM SENSORS (CAR_ID STRING KEY, TS BIGINT, SPEED DOUBLE, RPM INT, TEMP DOUBLE, LAT DOUBLE, LON DOUBLE) WITH (KAFKA_TOPIC='sensors', VALUE_FORMAT='JSON', PARTITIONS=1);"}))
+        .map_err(|e| e.to_string())?;
+    if created.status() != 200 {
+        return Err("CREATE STREAM failed".into());
+    }
+    // The request body: the target, then one row per line.
+    let mut body = String::from("{\"target\": \"SENSORS\"}\n");
+    for i in 0..rows {
+        body.push_str(&format!(
+            "{{\"CAR_ID\": \"car-{}\", \"TS\": {i}, \"SPEED\": {:.1}, \"RPM\": {}, \"TEMP\": {:.1}, \"LAT\": 52.52, \"LON\": 13.40}}\n",
+            i % 10_000,
+            (i % 130) as f64 + 0.5,
+            800 + i % 5000,
+            60.0 + (i % 40) as f64 / 2.0
+        ));
+    }
+    let bytes = body.len();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let (acked, errors, secs) = rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (client, connection) = h2::client::handshake(tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        let mut client = client.ready().await.map_err(|e| e.to_string())?;
+        let request = http::Request::post(format!("http://{addr}/inserts-stream"))
+            .header("content-type", "application/vnd.ksqlapi.delimited.v1")
+            .body(())
+            .map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        let (response, mut send) = client
+            .send_request(request, false)
+            .map_err(|e| e.to_string())?;
+        // Sent in 64 KiB pieces as the flow-control window allows, while acks are read.
+        let sender = tokio::spawn(async move {
+            let data = bytes::Bytes::from(body);
+            let mut at = 0;
+            while at < data.len() {
+                let piece = data.slice(at..(at + 65_536).min(data.len()));
+                send.reserve_capacity(piece.len());
+                let mut granted = 0;
+                while granted < piece.len() {
+                    match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
+                        Some(Ok(n)) => granted = n,
+                        _ => return Err("the server closed the stream".to_string()),
+                    }
+                }
+                at += piece.len();
+                send.send_data(piece, at == data.len())
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        });
+        let response = response.await.map_err(|e| e.to_string())?;
+        if response.status() != 200 {
+            return Err(format!("/inserts-stream answered {}", response.status()));
+        }
+        let mut stream = response.into_body();
+        let (mut acked, mut errors) = (0u64, 0u64);
+        let mut pending = Vec::new();
+        while acked + errors < rows {
+            let Some(chunk) = stream.data().await else {
+                break;
+            };
+            let chunk = chunk.map_err(|e| e.to_string())?;
+            let _ = stream.flow_control().release_capacity(chunk.len());
+            pending.extend_from_slice(&chunk);
+            while let Some(pos) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=pos).collect();
+                if line.windows(4).any(|w| w == b"\"ok\"") {
+                    acked += 1;
+                } else {
+                    errors += 1;
+                }
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        sender.await.map_err(|e| e.to_string())??;
+        Ok::<_, String>((acked, errors, secs))
+    })?;
+    server.shutdown()?;
+    let stored = EmbeddedLog::open(dir.path(), EmbeddedLogConfig::default())
+        .and_then(|l| l.offsets("sensors", 0))
+        .map_err(|e| e.to_string())?
+        .1;
+    println!(
+        "inserts: {rows} rows ({:.1} MB) over one HTTP/2 /inserts-stream request",
+        bytes as f64 / 1e6
+    );
+    println!(
+        "  {acked} acknowledged, {errors} refused in {secs:.2} s: {:.0} rows/s",
+        acked as f64 / secs
+    );
+    println!("  in topic sensors afterwards: {stored} records");
+    if acked != rows || stored != rows {
+        return Err(format!(
+            "{acked} acknowledged and {stored} stored of {rows}"
+        ));
+    }
+    Ok(())
+}
+
 /// `weir bench mqtt`: `publishers` MQTT 3.1.1 clients at once, each publishing `messages`
 /// demo-sized car messages at QoS 1 with up to `inflight` unacknowledged, into a server on
 /// the embedded log (every acknowledgement waits for an fsync). Prints messages/s and the

@@ -268,6 +268,11 @@ enum Workload {
         #[arg(long)]
         plugin: Option<PathBuf>,
     },
+    /// Rows over one HTTP/2 `/inserts-stream` request, each acknowledged: rows/s.
+    Inserts {
+        #[arg(long, default_value_t = 200_000)]
+        rows: u64,
+    },
     /// Latency from an append to a push query's client on an idle engine.
     Push {
         #[arg(long, default_value_t = 200)]
@@ -549,6 +554,15 @@ fn main() -> ExitCode {
                     inflight,
                 },
         } => match bench::mqtt(publishers, messages, inflight) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("weir bench: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Bench {
+            workload: Workload::Inserts { rows },
+        } => match bench::inserts(rows) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("weir bench: {e}");

@@ -17,6 +17,7 @@ pub mod catalog;
 mod delta;
 mod error;
 pub mod functions;
+pub mod insert;
 mod inspect;
 mod javatime;
 mod join;
@@ -1974,7 +1975,7 @@ fn describe_columns(keys: &[Column], values: &[Column]) -> String {
     format!("[{}]", cols.join(", "))
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

@@ -500,3 +500,69 @@ fn a_stream_over_windowed_keys_reads_and_passes_on_their_windows() {
         ]
     );
 }
+
+/// Rows inserted as JSON objects (what `/inserts-stream` carries): rows with their
+/// columns' types take one batch, rows needing a conversion go through INSERT VALUES, bad
+/// rows are refused with the statement's reason; the records keep the rows' order and
+/// encode the same either way.
+#[test]
+fn inserted_rows_keep_their_order_and_encode_as_insert_values_does() {
+    let (_dir, mut engine) = engine();
+    engine
+        .execute_sql(
+            "CREATE STREAM s (id INT KEY, n BIGINT, x DOUBLE, name STRING, tags ARRAY<STRING>, \
+             pos STRUCT<lat DOUBLE, lon DOUBLE>, attrs MAP<STRING, INT>) \
+             WITH (kafka_topic='s', value_format='JSON', partitions=1);",
+        )
+        .unwrap();
+    let rows: Vec<serde_json::Map<String, Value>> = [
+        json!({"id": 1, "n": 10, "x": 1.5, "name": "a", "tags": ["t", null], "pos": {"lat": 1.0, "LON": 2.0}, "attrs": {"k": 1}}),
+        // A string for a number: converted as INSERT VALUES converts it.
+        json!({"ID": 2, "N": "20", "X": "2.5", "NAME": 7}),
+        json!({"id": 3, "nope": 1}),
+        json!({"id": 4, "n": "not a number"}),
+        json!({"id": 5, "x": 3}),
+        json!({"id": 6}),
+    ]
+    .into_iter()
+    .map(|v| v.as_object().unwrap().clone())
+    .collect();
+    let outcomes = engine.insert_rows("S", rows).unwrap();
+    assert!(outcomes[0].is_ok() && outcomes[1].is_ok(), "{outcomes:?}");
+    assert!(
+        outcomes[2].as_ref().unwrap_err().contains("nope"),
+        "{outcomes:?}"
+    );
+    assert!(outcomes[3].is_err(), "{outcomes:?}");
+    assert!(outcomes[4].is_ok() && outcomes[5].is_ok(), "{outcomes:?}");
+    let values: Vec<Value> = read_all(&engine, "s")
+        .into_iter()
+        .map(|(_, v, _)| serde_json::from_str(&v.unwrap()).unwrap())
+        .collect();
+    assert_eq!(
+        values,
+        [
+            json!({"N": 10, "X": 1.5, "NAME": "a", "TAGS": ["t", null], "POS": {"LAT": 1.0, "LON": 2.0}, "ATTRS": {"k": 1}}),
+            json!({"N": 20, "X": 2.5, "NAME": "7", "TAGS": null, "POS": null, "ATTRS": null}),
+            json!({"N": null, "X": 3.0, "NAME": null, "TAGS": null, "POS": null, "ATTRS": null}),
+            json!({"N": null, "X": null, "NAME": null, "TAGS": null, "POS": null, "ATTRS": null}),
+        ]
+    );
+    // The same row through INSERT VALUES encodes to the same bytes.
+    engine
+        .execute_sql(
+            "INSERT INTO s (id, n, x, name, tags) VALUES (1, 10, 1.5, 'a', ARRAY['t', NULL]);",
+        )
+        .unwrap();
+    let row = json!({"id": 1, "n": 10, "x": 1.5, "name": "a", "tags": ["t", null]});
+    engine
+        .insert_rows("S", vec![row.as_object().unwrap().clone()])
+        .unwrap()
+        .remove(0)
+        .unwrap();
+    let all = read_all(&engine, "s");
+    let (by_statement, by_row) = (&all[all.len() - 2], &all[all.len() - 1]);
+    assert_eq!((&by_statement.0, &by_statement.1), (&by_row.0, &by_row.1));
+    // Unknown and read-only targets are refused as a whole.
+    assert!(engine.insert_rows("NOPE", vec![]).is_err());
+}
