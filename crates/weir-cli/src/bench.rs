@@ -487,6 +487,7 @@ pub fn inserts(rows: u64) -> Result<(), String> {
         let tcp = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| e.to_string())?;
+        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
         let (client, connection) = h2::client::handshake(tcp)
             .await
             .map_err(|e| e.to_string())?;

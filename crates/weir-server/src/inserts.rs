@@ -95,11 +95,14 @@ pub(crate) async fn inserts_stream(
         loop {
             // Every complete line that has arrived, up to a batch.
             let mut lines: Vec<Vec<u8>> = Vec::new();
+            let mut at = 0;
             while lines.len() < MAX_BATCH
-                && let Some(pos) = buf.iter().position(|&b| b == b'\n')
+                && let Some(pos) = buf[at..].iter().position(|&b| b == b'\n')
             {
-                lines.push(buf.drain(..=pos).collect());
+                lines.push(buf[at..at + pos + 1].to_vec());
+                at += pos + 1;
             }
+            buf.drain(..at);
             if !lines.is_empty() {
                 if !insert_lines(&state, &name, lines, &mut seq, &tx).await {
                     return;
@@ -112,6 +115,15 @@ pub(crate) async fn inserts_stream(
             match body.next().await {
                 Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
                 Some(Err(_)) | None => ended = true,
+            }
+            // And whatever else has already arrived (HTTP/2 hands data over in frames of
+            // 16 KiB): fewer, larger batches.
+            while !ended && buf.len() < MAX_BUFFERED {
+                match futures_util::FutureExt::now_or_never(body.next()) {
+                    Some(Some(Ok(chunk))) => buf.extend_from_slice(&chunk),
+                    Some(Some(Err(_))) | Some(None) => ended = true,
+                    None => break,
+                }
             }
             if ended && !buf.is_empty() {
                 // The last row may come without a newline.
@@ -134,6 +146,9 @@ pub(crate) async fn inserts_stream(
 /// The most rows inserted together.
 const MAX_BATCH: usize = 4096;
 
+/// The most bytes of rows read ahead before inserting them.
+const MAX_BUFFERED: usize = 1 << 20;
+
 /// Inserts the rows of `lines` and sends their acks, in order; false when the client is
 /// gone.
 async fn insert_lines(
@@ -143,23 +158,23 @@ async fn insert_lines(
     seq: &mut u64,
     tx: &tokio::sync::mpsc::Sender<Bytes>,
 ) -> bool {
-    // Per line: the row, or why it is not one.
-    let mut parsed: Vec<Result<Map<String, Value>, String>> = Vec::with_capacity(lines.len());
+    // Per line: a row (taken into `rows`), or why it is not one.
+    let mut parsed: Vec<Result<(), String>> = Vec::with_capacity(lines.len());
+    let mut rows: Vec<Map<String, Value>> = Vec::with_capacity(lines.len());
     for line in &lines {
         let text = String::from_utf8_lossy(line);
         if text.trim().is_empty() {
             continue;
         }
         parsed.push(match serde_json::from_str::<Value>(text.trim()) {
-            Ok(Value::Object(row)) => Ok(row),
+            Ok(Value::Object(row)) => {
+                rows.push(row);
+                Ok(())
+            }
             Ok(_) => Err("Each row must be a JSON object".into()),
             Err(e) => Err(format!("Invalid JSON in inserts stream: {e}")),
         });
     }
-    let rows: Vec<Map<String, Value>> = parsed
-        .iter()
-        .filter_map(|p| p.as_ref().ok().cloned())
-        .collect();
     let stored = if rows.is_empty() {
         Ok(Vec::new())
     } else {

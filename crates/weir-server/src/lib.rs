@@ -414,7 +414,14 @@ fn serve(
         .build()
         .map_err(|e| e.to_string())?;
     let served = rt.block_on(async {
-        let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+        // No Nagle delay: acknowledgements and pushed rows are small writes a client
+        // waits for (with the client's delayed ACKs, each could wait 40 ms).
+        let listener = axum::serve::ListenerExt::tap_io(
+            tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?,
+            |tcp: &mut tokio::net::TcpStream| {
+                let _ = tcp.set_nodelay(true);
+            },
+        );
         if let Some((mqtt, l, _)) = mqtt {
             let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
             tokio::spawn(mqtt.serve(l, state.stopping.clone()));
