@@ -1203,7 +1203,7 @@ impl Aggregator {
 pub const WINDOW_COLUMNS: [&str; 2] = ["WEIR_WINDOW_START", "WEIR_WINDOW_END"];
 
 /// The changes a batch makes: runs of rows or of tombstones, in order.
-pub type Changes = Vec<(bool, RecordBatch)>;
+pub type Changes = Vec<crate::ChangeBatch>;
 
 /// Why a change is made: the group's new row, or its removal (a merged session window).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1630,7 +1630,10 @@ impl Aggregator {
             let indices = UInt32Array::from_iter_values(run.iter().map(|k| k.0));
             let batch = arrow::compute::take_record_batch(&all, &indices)
                 .map_err(|e| EngineError::Execution(e.to_string()))?;
-            changes.push((run[0].1, batch));
+            changes.push(crate::ChangeBatch {
+                tombstones: run[0].1,
+                batch,
+            });
         }
         Ok(changes)
     }

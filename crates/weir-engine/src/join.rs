@@ -113,7 +113,7 @@ struct Event {
 type Origin = (u32, u64);
 
 /// Records a join could not process: where each is, and why (for the processing log).
-type Failures = Vec<(u32, u64, String)>;
+type Failures = Vec<crate::Problem>;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Entry {
@@ -298,7 +298,7 @@ fn eval_keys(
             .map(|e| match eval(vec![e.row.clone()]) {
                 Ok(mut k) => k.pop().unwrap_or(Value::Null),
                 Err(why) => {
-                    failures.push((
+                    failures.push(crate::Problem::new(
                         e.origin.0,
                         e.origin.1,
                         format!("Error computing the join key: {why}"),
@@ -1449,9 +1449,9 @@ pub struct JoinStep {
     /// Bytes of the records read (keys and values).
     pub bytes: u64,
     /// Records that did not decode, or had no usable event time: (partition, offset, why).
-    pub problems: Vec<(u32, u64, String)>,
+    pub problems: Vec<crate::Problem>,
     /// The relation's rows, in runs of rows (false) and of deletes (true).
-    pub changes: Vec<(bool, RecordBatch)>,
+    pub changes: Vec<crate::ChangeBatch>,
 }
 
 impl Joiner {
@@ -1520,7 +1520,7 @@ impl Joiner {
         let mut pending: Vec<(i64, usize, bool, Vec<serde_json::Value>, Origin)> = Vec::new();
         let mut consumed = 0u64;
         let mut bytes = 0u64;
-        let mut problems: Vec<(u32, u64, String)> = Vec::new();
+        let mut problems: Vec<crate::Problem> = Vec::new();
         for ((j, input), taken) in self.inputs.iter_mut().enumerate().zip(taken) {
             let schema = match input.source.window {
                 None => input.source.layout.schema(),
@@ -1608,13 +1608,19 @@ impl Joiner {
             for e in out {
                 if run.last().is_some_and(|l| l.delete != e.delete) {
                     let tombstones = run[0].delete;
-                    out_changes.push((tombstones, self.relation_batch(std::mem::take(&mut run))?));
+                    out_changes.push(crate::ChangeBatch {
+                        tombstones,
+                        batch: self.relation_batch(std::mem::take(&mut run))?,
+                    });
                 }
                 run.push(e);
             }
             if let Some(first) = run.first() {
                 let tombstones = first.delete;
-                out_changes.push((tombstones, self.relation_batch(run)?));
+                out_changes.push(crate::ChangeBatch {
+                    tombstones,
+                    batch: self.relation_batch(run)?,
+                });
             }
         }
         Ok(JoinStep {

@@ -61,6 +61,33 @@ pub const PROCESSING_LOG_TOPIC: &str = "weir_processing_log";
 /// The stream over it.
 pub const PROCESSING_LOG_STREAM: &str = "KSQL_PROCESSING_LOG";
 
+/// A source record that could not be processed, and why: one entry of the processing
+/// log.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Problem {
+    pub partition: u32,
+    pub offset: u64,
+    pub message: String,
+}
+
+impl Problem {
+    pub(crate) fn new(partition: u32, offset: u64, message: impl Into<String>) -> Self {
+        Self {
+            partition,
+            offset,
+            message: message.into(),
+        }
+    }
+}
+
+/// Rows for a table or stream, or (`tombstones`) deletes of their keys: what a step
+/// hands on, in runs.
+#[derive(Debug, Clone)]
+pub(crate) struct ChangeBatch {
+    pub tombstones: bool,
+    pub batch: RecordBatch,
+}
+
 /// The command log: every accepted statement that changes the catalog or starts or stops
 /// a query, replayed by [`Engine::open`] so a restarted server has them all again.
 pub const COMMAND_TOPIC: &str = "_weir_commands";
@@ -1493,7 +1520,7 @@ impl Engine {
                             log.as_ref(),
                             &q.id,
                             &q.source_topic,
-                            &[(partition, run[0].offset, why.clone())],
+                            &[Problem::new(partition, run[0].offset, why.clone())],
                         )?;
                         q.stats.errors += 1;
                         q.error = Some(meta::QueryError {
@@ -1507,7 +1534,7 @@ impl Engine {
                 plan.apply_each(&decoded.batch)
             };
             problems.extend(failures.into_iter().map(|(offset, e)| {
-                (
+                Problem::new(
                     partition,
                     offset,
                     format!("Error computing expression: {e}"),
@@ -1516,7 +1543,7 @@ impl Engine {
             // Rows a function returned NULL for, saying why (offsets of the run).
             if let Some(take) = warnings {
                 problems.extend(take().into_iter().map(|w| {
-                    (
+                    Problem::new(
                         partition,
                         run[0].offset,
                         format!(
@@ -1564,14 +1591,12 @@ fn run_join(
         q.stats.last_message_ms = Some(now_ms());
     }
     let mut problems = step.problems;
-    for (tombstones, batch) in step.changes {
+    for ChangeBatch { tombstones, batch } in step.changes {
         // A table's delete passes its WHERE (the key leaves the derived table too).
         let (output, failures) = q.plan.for_run(tombstones).apply_each(&batch);
-        problems.extend(
-            failures
-                .into_iter()
-                .map(|(offset, e)| (0, offset, format!("Error computing expression: {e}"))),
-        );
+        problems.extend(failures.into_iter().map(|(offset, e)| {
+            Problem::new(0, offset, format!("Error computing expression: {e}"))
+        }));
         write_changes(log, q, output, tombstones, durable, 0)?;
     }
     if !problems.is_empty() {
@@ -1597,17 +1622,24 @@ fn write_changes(
                 let (changes, bad) = a.process(&out, tombstones);
                 if !bad.is_empty() {
                     q.stats.errors += bad.len() as u64;
-                    let bad: Vec<(u32, u64, String)> = bad
+                    let bad: Vec<Problem> = bad
                         .into_iter()
-                        .map(|(o, why)| (partition, o, why))
+                        .map(|(o, why)| Problem::new(partition, o, why))
                         .collect();
                     write_processing_log(log, &q.id, &q.source_topic, &bad)?;
                 }
                 changes
             }
-            None => vec![(tombstones, out)],
+            None => vec![ChangeBatch {
+                tombstones,
+                batch: out,
+            }],
         };
-        for (tombstones, out) in changes {
+        for ChangeBatch {
+            tombstones,
+            batch: out,
+        } in changes
+        {
             q.stats.produced += out.num_rows() as u64;
             let now = now_ms();
             for t in out.column(0).as_primitive::<Int64Type>().values() {
@@ -1749,7 +1781,7 @@ pub(crate) fn with_window_bounds(
 
 /// Decodes a run of records (all values, or all tombstones) of a source, setting event
 /// time from its TIMESTAMP column; records that do not decode or have no usable time are
-/// added to `problems` as (partition, offset, why).
+/// added to `problems`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn decode_run(
     layout: &Layout,
@@ -1759,7 +1791,7 @@ pub(crate) fn decode_run(
     timestamp: Option<&(String, Option<String>)>,
     window: Option<KeyWindow>,
     partition: u32,
-    problems: &mut Vec<(u32, u64, String)>,
+    problems: &mut Vec<Problem>,
 ) -> Result<weir_format::Decoded> {
     let decoded = match window {
         None if tombstones => layout.decode_tombstones(schema, run),
@@ -1815,7 +1847,7 @@ pub(crate) fn decode_run(
         decoded
             .errors
             .iter()
-            .map(|e| (e.partition, e.offset, e.message.clone())),
+            .map(|e| Problem::new(e.partition, e.offset, e.message.clone())),
     );
     match (timestamp, tombstones) {
         (Some((col, format)), false) => {
@@ -1832,7 +1864,7 @@ fn with_event_time(
     column: &str,
     format: Option<&str>,
     partition: u32,
-    problems: &mut Vec<(u32, u64, String)>,
+    problems: &mut Vec<Problem>,
 ) -> Result<weir_format::Decoded> {
     let err = |e: arrow::error::ArrowError| EngineError::Execution(e.to_string());
     let batch = &decoded.batch;
@@ -1843,7 +1875,7 @@ fn with_event_time(
     let keep = arrow::compute::is_not_null(&times).map_err(err)?;
     let offsets = batch.column(2).as_primitive::<Int64Type>();
     for (row, reason) in reasons {
-        problems.push((
+        problems.push(Problem::new(
             partition,
             offsets.value(row) as u64,
             format!("Invalid timestamp in column {column}: {reason}"),
@@ -1942,7 +1974,7 @@ fn write_processing_log(
     log: &dyn Log,
     query_id: &str,
     topic: &str,
-    problems: &[(u32, u64, String)],
+    problems: &[Problem],
 ) -> Result<()> {
     if log.topic(PROCESSING_LOG_TOPIC)?.is_none() {
         log.create_topic(PROCESSING_LOG_TOPIC, TopicConfig::default())?;
@@ -1950,9 +1982,9 @@ fn write_processing_log(
     let now = now_ms();
     let records: Vec<Record> = problems
         .iter()
-        .map(|(partition, offset, message)| {
+        .map(|p| {
             let v = serde_json::json!({
-                "QUERY_ID": query_id, "TOPIC": topic, "PARTITION": partition, "OFFSET": offset, "MESSAGE": message,
+                "QUERY_ID": query_id, "TOPIC": topic, "PARTITION": p.partition, "OFFSET": p.offset, "MESSAGE": p.message,
             });
             Record {
                 key: None,

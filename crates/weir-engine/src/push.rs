@@ -155,7 +155,7 @@ impl PushQuery {
         {
             let step = joiner.step(log, None)?;
             let mut rows = Vec::new();
-            for (tombstones, batch) in &step.changes {
+            for crate::ChangeBatch { tombstones, batch } in &step.changes {
                 rows.extend(client_rows(
                     plan,
                     aggregate.as_deref_mut(),
@@ -298,9 +298,12 @@ fn client_rows(
         let changes = match aggregate.as_deref_mut() {
             Some(a) => a.process(&out, tombstones).0,
             None if tombstones => Vec::new(),
-            None => vec![(false, out)],
+            None => vec![crate::ChangeBatch {
+                tombstones: false,
+                batch: out,
+            }],
         };
-        for (_, out) in changes.into_iter().filter(|(deleted, _)| !deleted) {
+        for crate::ChangeBatch { batch: out, .. } in changes.into_iter().filter(|c| !c.tombstones) {
             for row in 0..out.num_rows() {
                 rows.push(
                     at.iter()
