@@ -38,6 +38,7 @@ use crate::catalog::Source;
 use crate::error::{EngineError, Result};
 use crate::functions::Functions;
 use crate::plan::{Compiled, ExprCompiler, column_name};
+use crate::tracked::Tracked;
 
 /// Grace period of a stream-stream join that does not say: Kafka Streams' old default.
 const DEFAULT_GRACE_MS: i64 = 24 * 3_600_000;
@@ -137,12 +138,12 @@ enum Shape {
 struct NodeState {
     /// Per join key (JSON text): the stream side's buffered records, or the table side's
     /// row (one entry).
-    left: FastMap<String, Vec<Entry>>,
-    right: FastMap<String, Vec<Entry>>,
+    left: Tracked<FastMap<String, Vec<Entry>>, Vec<Entry>>,
+    right: Tracked<FastMap<String, Vec<Entry>>, Vec<Entry>>,
     /// Foreign-key joins: per left key (JSON text), its foreign key and row ...
-    left_rows: BTreeMap<String, (String, Entry)>,
+    left_rows: Tracked<BTreeMap<String, (String, Entry)>, (String, Entry)>,
     /// ... and per foreign key, the left keys that refer to it.
-    referrers: FastMap<String, BTreeSet<String>>,
+    referrers: Tracked<FastMap<String, BTreeSet<String>>, BTreeSet<String>>,
     stream_time: i64,
     purged_at: i64,
 }
@@ -226,6 +227,50 @@ impl Node {
                 "left": j.left.snapshot(),
                 "right": j.right.snapshot(),
             }),
+        }
+    }
+
+    /// What changed since the last checkpoint, as [`crate::delta`] entries under `path`
+    /// (the node's place in the snapshot); forgets it.
+    fn take_changes(&mut self, path: &[&str], set: &mut Vec<Value>, del: &mut Vec<Value>) {
+        let Node::Join(j) = self else { return };
+        let at = |last: &'static str| -> Vec<&str> {
+            let mut p = path.to_vec();
+            p.push(last);
+            p
+        };
+        let state = at("state");
+        let field = |name: &'static str| -> Vec<&str> {
+            let mut p = state.clone();
+            p.push(name);
+            p
+        };
+        j.state.left.take_changes(&field("left"), set, del);
+        j.state.right.take_changes(&field("right"), set, del);
+        j.state
+            .left_rows
+            .take_changes(&field("left_rows"), set, del);
+        j.state
+            .referrers
+            .take_changes(&field("referrers"), set, del);
+        for (name, v) in [
+            ("stream_time", j.state.stream_time),
+            ("purged_at", j.state.purged_at),
+        ] {
+            set.push(json!([field(name), v]));
+        }
+        j.left.take_changes(&at("left"), set, del);
+        j.right.take_changes(&at("right"), set, del);
+    }
+
+    fn clear_changes(&mut self) {
+        if let Node::Join(j) = self {
+            j.state.left.clear_changes();
+            j.state.right.clear_changes();
+            j.state.left_rows.clear_changes();
+            j.state.referrers.clear_changes();
+            j.left.clear_changes();
+            j.right.clear_changes();
         }
     }
 
@@ -442,7 +487,7 @@ impl JoinNode {
         } else {
             &mut self.state.right
         };
-        own.entry(kt).or_default().push(Entry {
+        own.entry_or_default(kt).push(Entry {
             ts: e.ts,
             row: e.row,
         });
@@ -457,10 +502,11 @@ impl JoinNode {
         self.state.purged_at = st;
         let oldest = st.saturating_sub(span);
         for side in [&mut self.state.left, &mut self.state.right] {
-            for entries in side.values_mut() {
+            side.update_all(|entries| {
+                let before = entries.len();
                 entries.retain(|e| e.ts >= oldest);
-            }
-            side.retain(|_, v| !v.is_empty());
+                (entries.len() != before, !entries.is_empty())
+            });
         }
     }
 
@@ -627,8 +673,7 @@ impl JoinNode {
             if !k.is_null() {
                 self.state
                     .referrers
-                    .entry(fk.clone())
-                    .or_default()
+                    .entry_or_default(fk.clone())
                     .insert(pk.clone());
             }
             self.state.left_rows.insert(
@@ -1403,6 +1448,26 @@ impl Joiner {
             "seq": self.seq,
             "nodes": self.root.snapshot(),
         })
+    }
+
+    /// What changed since the last checkpoint (this or a full [`Joiner::snapshot`]
+    /// followed by [`Joiner::clear_changes`]), as [`crate::delta`] entries with paths
+    /// under `"join"`: the offsets and sequence, and the state entries set or removed.
+    pub fn take_changes(&mut self, set: &mut Vec<Value>, del: &mut Vec<Value>) {
+        set.push(json!([
+            ["join", "offsets"],
+            self.inputs
+                .iter()
+                .map(|i| i.offsets.clone())
+                .collect::<Vec<_>>()
+        ]));
+        set.push(json!([["join", "seq"], self.seq]));
+        self.root.take_changes(&["join", "nodes"], set, del);
+    }
+
+    /// Forgets the changes: a full snapshot was just taken.
+    pub fn clear_changes(&mut self) {
+        self.root.clear_changes();
     }
 
     pub fn restore(&mut self, v: &Value) {

@@ -28,6 +28,7 @@ pub mod push;
 mod rowfns;
 pub mod runtime;
 pub mod settings;
+mod tracked;
 mod types;
 
 use std::collections::BTreeMap;
@@ -453,24 +454,45 @@ impl Engine {
         let mut v =
             serde_json::json!({"query": q.id, "offsets": q.offsets, "sink_ends": sink_ends});
         if q.aggregate.is_some() || q.join.is_some() {
-            let state = serde_json::json!({
+            // The aggregate's state is compared with the last checkpoint's; a join says
+            // itself which entries changed (its state can be large and mostly unchanged,
+            // a table's rows), so its checkpoint costs what the step changed.
+            let aggregate = serde_json::json!({
                 "aggregate": q.aggregate.as_ref().map(|a| a.snapshot()),
-                "join": q.join.as_ref().map(|j| j.snapshot()),
             });
             match &q.checkpointed {
                 Some(previous) if q.since_full < delta::FULL_EVERY => {
-                    v["delta"] = delta::diff(previous, &state);
+                    let previous = serde_json::json!({"aggregate": previous["aggregate"].clone()});
+                    let mut d = delta::diff(&previous, &aggregate);
+                    if let Some(j) = q.join.as_mut() {
+                        let (mut set, mut del) = (Vec::new(), Vec::new());
+                        j.take_changes(&mut set, &mut del);
+                        if let Some(s) = d["set"].as_array_mut() {
+                            s.extend(set);
+                        }
+                        if let Some(dl) = d["del"].as_array_mut() {
+                            dl.extend(del);
+                        }
+                    }
+                    v["delta"] = d;
                     q.since_full += 1;
                 }
                 _ => {
-                    v["full"] = state.clone();
+                    let mut full = aggregate.clone();
+                    if let Some(j) = q.join.as_mut() {
+                        full["join"] = j.snapshot();
+                        j.clear_changes();
+                    } else {
+                        full["join"] = serde_json::Value::Null;
+                    }
+                    v["full"] = full;
                     q.since_full = 0;
                 }
             }
-            q.checkpointed = Some(state);
+            q.checkpointed = Some(aggregate);
         }
-        let q = &self.queries[id];
-        self.log.append(
+        let q = self.queries.get_mut(id).expect("query exists");
+        let written = self.log.append(
             OFFSETS_TOPIC,
             0,
             &[Record {
@@ -479,7 +501,12 @@ impl Engine {
                 timestamp: now_ms(),
                 headers: vec![],
             }],
-        )?;
+        );
+        if written.is_err() {
+            // What this checkpoint carried is not saved: the next one is a full one.
+            q.since_full = delta::FULL_EVERY;
+        }
+        written?;
         Ok(())
     }
 
