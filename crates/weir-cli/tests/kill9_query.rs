@@ -184,3 +184,35 @@ fn a_crash_between_output_and_checkpoint_writes_nothing_twice() {
         "crashed between output and checkpoint after {consumed} steps; OUTPUT holds {written} records, each once"
     );
 }
+
+/// Found by the seeded test: a step killed after writing part of its output (a big
+/// batch), a restart that replays it in smaller batches, and a second crash before the
+/// replay got past it. The outputs written ahead by the first step lie before the last
+/// checkpoint's sink ends; the checkpoints carry them (`ahead`) so that the second
+/// recovery does not write them again.
+#[test]
+fn output_written_ahead_by_an_interrupted_step_survives_a_second_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let queries = load_input(dir.path());
+    let points = [
+        KillAt::Consumed {
+            at_least: 24_000,
+            then_ms: 0,
+        },
+        KillAt::Failpoint {
+            name: "mid_output",
+            pass: 4,
+        },
+        KillAt::Failpoint {
+            name: "crash_before_checkpoint",
+            pass: 1,
+        },
+    ];
+    for (i, at) in points.iter().enumerate() {
+        let run = common::weir_run(dir.path(), (i == 0).then_some(queries.as_path()));
+        common::kill_run(run, at);
+    }
+    let (written, consumed) = restart_and_verify(dir.path());
+    assert!(consumed > 0);
+    println!("OUTPUT holds {written} records, each once");
+}

@@ -700,6 +700,12 @@ pub struct Aggregator {
     output_schema: SchemaRef,
     /// Per group (its key values as JSON text).
     state: FastMap<GroupId, Group>,
+    /// The groups (and, over a table, the source rows) changed or removed since a
+    /// checkpoint last took them: what the next checkpoint carries.
+    changed: std::collections::HashSet<GroupId>,
+    changed_rows: std::collections::HashSet<String>,
+    /// Off on engines that keep no checkpoints: nothing is recorded.
+    tracking: bool,
     /// Over a table: where the source key columns and the WHERE condition are among the
     /// stateless step's projections, and per source key (JSON text) the group its row
     /// counts in and the argument values it added, to take back when the row changes.
@@ -1139,6 +1145,9 @@ pub fn plan_aggregate(
         output_layout_columns: (key_cols, value_cols),
         output_schema: Arc::new(Schema::new(fields)),
         state: FastMap::default(),
+        changed: Default::default(),
+        changed_rows: Default::default(),
+        tracking: false,
         table: from_table.then(|| TableInput {
             source_keys: table_columns
                 .0
@@ -1201,6 +1210,17 @@ impl Aggregator {
 
 /// The columns after the select list that carry a windowed result's window, for its key.
 pub const WINDOW_COLUMNS: [&str; 2] = ["WEIR_WINDOW_START", "WEIR_WINDOW_END"];
+
+/// Records `k` as changed (when tracking), cloning it only the first time.
+fn mark<K: std::hash::Hash + Eq + Clone>(
+    changed: &mut std::collections::HashSet<K>,
+    tracking: bool,
+    k: &K,
+) {
+    if tracking && !changed.contains(k) {
+        changed.insert(k.clone());
+    }
+}
 
 /// The changes a batch makes: runs of rows or of tombstones, in order.
 pub type Changes = Vec<crate::ChangeBatch>;
@@ -1317,11 +1337,13 @@ impl Aggregator {
                     .collect();
                 let source_key = serde_json::to_string(&source_key).expect("JSON values serialize");
                 if let Some((old, args)) = t.rows.remove(&source_key) {
+                    mark(&mut self.changed_rows, self.tracking, &source_key);
                     let old = GroupId {
                         key: old,
                         window: None,
                     };
                     if let Some(group) = self.state.get_mut(&old) {
+                        mark(&mut self.changed, self.tracking, &old);
                         for ((c, state), (a, _)) in
                             calls.iter().zip(group.states.iter_mut()).zip(&args)
                         {
@@ -1338,6 +1360,7 @@ impl Aggregator {
                 if !tombstones && passes && !key.iter().any(Value::is_null) {
                     let id = serde_json::to_string(&key).expect("JSON values serialize");
                     let args = calls.iter().map(|c| (value(&c.arg), second(c))).collect();
+                    mark(&mut self.changed_rows, self.tracking, &source_key);
                     t.rows.insert(source_key, (id, args));
                 } else {
                     // Gone (deleted, or no longer passing the WHERE): only the retraction.
@@ -1417,6 +1440,7 @@ impl Aggregator {
                                     if w.emit_final {
                                         w.pending.remove(&(m.1, m.0, id.clone()));
                                     }
+                                    mark(&mut self.changed, self.tracking, &old);
                                     if let Some(g) = self.state.remove(&old) {
                                         if !w.emit_final {
                                             rows.push(row_of(&old, &g));
@@ -1430,6 +1454,7 @@ impl Aggregator {
                                     fold(&mut merged.states, args);
                                 }
                                 merged.time = end;
+                                mark(&mut self.changed, self.tracking, &gid);
                                 self.state.insert(gid.clone(), merged);
                                 sessions.insert((start, end));
                                 if w.emit_final {
@@ -1448,6 +1473,7 @@ impl Aggregator {
                 meta.push((group.time, offset, old, Change::Update));
             }
             for gid in targets {
+                mark(&mut self.changed, self.tracking, &gid);
                 let group = self.state.entry(gid.clone()).or_insert_with(new_group);
                 group.time = group.time.max(time);
                 if session {
@@ -1548,8 +1574,14 @@ impl Aggregator {
         }
         w.purged_at = w.stream_time;
         let expired = w.stream_time.saturating_sub(w.retention);
-        self.state
-            .retain(|gid, _| gid.window.is_none_or(|(_, end)| end > expired));
+        let (changed, tracking) = (&mut self.changed, self.tracking);
+        self.state.retain(|gid, _| {
+            let keep = gid.window.is_none_or(|(_, end)| end > expired);
+            if !keep {
+                mark(changed, tracking, gid);
+            }
+            keep
+        });
         for sessions in w.sessions.values_mut() {
             sessions.retain(|(_, end)| *end > expired);
         }
@@ -1604,9 +1636,13 @@ impl Aggregator {
                 continue;
             };
             if pass[i] {
+                if !group.emitted {
+                    mark(&mut self.changed, self.tracking, id);
+                }
                 group.emitted = true;
                 kinds.push((i as u32, false));
             } else if group.emitted {
+                mark(&mut self.changed, self.tracking, id);
                 group.emitted = false;
                 kinds.push((i as u32, true));
             }
@@ -1639,6 +1675,69 @@ impl Aggregator {
     }
 
     /// The state, for a checkpoint.
+    /// What changed since the last checkpoint (this, or a full [`Aggregator::snapshot`]
+    /// followed by [`Aggregator::clear_changes`]), as [`crate::delta`] entries with paths
+    /// under `"aggregate"`, laid out as the snapshot lays the state out: the groups (or
+    /// windows) and table rows set or removed, and the window clock. Forgets it.
+    pub fn take_changes(&mut self, set: &mut Vec<Value>, del: &mut Vec<Value>) {
+        let mut changed: Vec<GroupId> = self.changed.drain().collect();
+        changed.sort();
+        for id in changed {
+            let (path, value) = match (&self.window, id.window) {
+                (Some(_), Some((start, end))) => (
+                    json!(["aggregate", "windows", format!("{start}/{end}/{}", id.key)]),
+                    self.state.get(&id).map(|g| {
+                        json!([id.key, start, end, g.time, g.states, g.emitted, g.inputs])
+                    }),
+                ),
+                (None, None) => (
+                    match &self.table {
+                        None => json!(["aggregate", id.key]),
+                        Some(_) => json!(["aggregate", "groups", id.key]),
+                    },
+                    self.state
+                        .get(&id)
+                        .map(|g| json!([g.time, g.states, g.emitted])),
+                ),
+                // Not in a snapshot.
+                _ => continue,
+            };
+            match value {
+                Some(v) => set.push(json!([path, v])),
+                None => del.push(path),
+            }
+        }
+        let mut rows: Vec<String> = self.changed_rows.drain().collect();
+        rows.sort();
+        if let Some(t) = &self.table {
+            for key in rows {
+                let path = json!(["aggregate", "rows", key]);
+                match t.rows.get(&key) {
+                    Some(r) => set.push(json!([path, r])),
+                    None => del.push(path),
+                }
+            }
+        }
+        if let Some(w) = &self.window {
+            set.push(json!([["aggregate", "stream_time"], w.stream_time]));
+            set.push(json!([["aggregate", "late"], w.late]));
+        }
+    }
+
+    /// Forgets the changes: a full snapshot was just taken.
+    pub fn clear_changes(&mut self) {
+        self.changed.clear();
+        self.changed_rows.clear();
+    }
+
+    /// Records which groups change, for checkpoints (durable engines only).
+    pub fn set_tracking(&mut self, on: bool) {
+        self.tracking = on;
+        if !on {
+            self.clear_changes();
+        }
+    }
+
     pub fn snapshot(&self) -> Value {
         let groups: serde_json::Map<String, Value> = self
             .state
@@ -1674,6 +1773,7 @@ impl Aggregator {
 
     /// Puts back a checkpoint's state.
     pub fn restore(&mut self, snapshot: &Value) {
+        self.clear_changes();
         if let Some(w) = self.window.as_mut() {
             w.stream_time = snapshot["stream_time"].as_i64().unwrap_or(i64::MIN);
             w.late = snapshot["late"].as_u64().unwrap_or(0);

@@ -1,54 +1,18 @@
 //! Checkpoints that carry what changed: a query's operator state is a JSON tree whose
 //! large parts are maps (groups, windows, table rows, join buffers by key). After a full
 //! snapshot, each checkpoint holds only the entries that were set or removed since the
-//! one before, so a checkpoint's size follows the batch's changes, not the whole state;
-//! every [`FULL_EVERY`] checkpoints a full one bounds how many a recovery applies.
+//! one before, as the operators report them (`Aggregator::take_changes`,
+//! `Joiner::take_changes`), so a checkpoint's cost follows the batch's changes, not the
+//! whole state; every [`FULL_EVERY`] checkpoints a full one bounds how many a recovery
+//! applies.
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 /// Checkpoints between full snapshots.
 pub(crate) const FULL_EVERY: usize = 64;
 
-/// The changes from `old` to `new`: `{"set": [[path, value], ...], "del": [path, ...]}`,
-/// a path being the object keys down to the entry. Objects are compared key by key,
-/// anything else as a whole.
-pub(crate) fn diff(old: &Value, new: &Value) -> Value {
-    let mut set = Vec::new();
-    let mut del = Vec::new();
-    walk(old, new, &mut Vec::new(), &mut set, &mut del);
-    json!({"set": set, "del": del})
-}
-
-fn walk(
-    old: &Value,
-    new: &Value,
-    path: &mut Vec<String>,
-    set: &mut Vec<Value>,
-    del: &mut Vec<Value>,
-) {
-    match (old, new) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                path.push(k.clone());
-                match a.get(k) {
-                    Some(o) if o == v => {}
-                    Some(o) => walk(o, v, path, set, del),
-                    None => set.push(json!([path, v])),
-                }
-                path.pop();
-            }
-            for k in a.keys().filter(|k| !b.contains_key(*k)) {
-                path.push(k.clone());
-                del.push(json!(path));
-                path.pop();
-            }
-        }
-        _ if old != new => set.push(json!([path, new])),
-        _ => {}
-    }
-}
-
-/// Applies a [`diff`] to `state`.
+/// Applies a delta, `{"set": [[path, value], ...], "del": [path, ...]}` (a path being
+/// the object keys down to the entry), to `state`.
 pub(crate) fn apply(state: &mut Value, delta: &Value) {
     for entry in delta["set"].as_array().into_iter().flatten() {
         let path = keys(&entry[0]);
@@ -100,27 +64,23 @@ fn keys(path: &Value) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
-    fn applying_the_diff_gives_the_new_state() {
+    fn applying_a_delta_sets_and_removes_entries() {
         let old =
             json!({"groups": {"a": [1, [2]], "b": [3, [4]], "c": 5}, "time": 9, "keep": {"x": 1}});
-        let new = json!({"groups": {"a": [1, [2]], "b": [3, [5]], "d": {"z": 1}}, "time": 10, "keep": {"x": 1}});
-        let d = diff(&old, &new);
-        assert_eq!(
-            d,
-            json!({"set": [[["groups", "b"], [3, [5]]], [["groups", "d"], {"z": 1}], [["time"], 10]],
-                   "del": [["groups", "c"]]})
-        );
+        let delta = json!({"set": [[["groups", "b"], [3, [5]]], [["groups", "d"], {"z": 1}], [["time"], 10]],
+                           "del": [["groups", "c"], ["groups", "never"]]});
         let mut state = old.clone();
-        apply(&mut state, &d);
-        assert_eq!(state, new);
-        // From nothing, and back to nothing.
+        apply(&mut state, &delta);
+        assert_eq!(
+            state,
+            json!({"groups": {"a": [1, [2]], "b": [3, [5]], "d": {"z": 1}}, "time": 10, "keep": {"x": 1}})
+        );
+        // Into nothing: the objects on the way are made.
         let mut empty = json!({});
-        apply(&mut empty, &diff(&json!({}), &new));
-        assert_eq!(empty, new);
-        let mut state = new.clone();
-        apply(&mut state, &diff(&new, &json!({})));
-        assert_eq!(state, json!({}));
+        apply(&mut empty, &json!({"set": [[["m", "k"], 1]], "del": []}));
+        assert_eq!(empty, json!({"m": {"k": 1}}));
     }
 }

@@ -263,6 +263,17 @@ impl Node {
         j.right.take_changes(&at("right"), set, del);
     }
 
+    fn set_tracking(&mut self, on: bool) {
+        if let Node::Join(j) = self {
+            j.state.left.set_tracking(on);
+            j.state.right.set_tracking(on);
+            j.state.left_rows.set_tracking(on);
+            j.state.referrers.set_tracking(on);
+            j.left.set_tracking(on);
+            j.right.set_tracking(on);
+        }
+    }
+
     fn clear_changes(&mut self) {
         if let Node::Join(j) = self {
             j.state.left.clear_changes();
@@ -761,6 +772,8 @@ pub struct Joiner {
     /// After a restart: the offsets (per source, per partition) the interrupted step read
     /// up to, so the first step reads the same records again.
     pub replay: Option<Vec<Vec<u64>>>,
+    /// Whether the state records its changes (for checkpoints; see `tracked.rs`).
+    tracking: bool,
 }
 
 /// What a join query is planned into.
@@ -1378,6 +1391,7 @@ pub fn plan_join(
             value_columns,
             seq: 0,
             replay: None,
+            tracking: false,
         },
         query: q,
     })
@@ -1470,6 +1484,12 @@ impl Joiner {
         self.root.clear_changes();
     }
 
+    /// Records which state entries change, for checkpoints (durable engines only).
+    pub fn set_tracking(&mut self, on: bool) {
+        self.tracking = on;
+        self.root.set_tracking(on);
+    }
+
     pub fn restore(&mut self, v: &Value) {
         if let Some(all) = v["offsets"].as_array() {
             for (i, o) in self.inputs.iter_mut().zip(all) {
@@ -1482,6 +1502,9 @@ impl Joiner {
         }
         self.seq = v["seq"].as_i64().unwrap_or(self.seq);
         self.root.restore(&v["nodes"]);
+        // Restored maps start untracked.
+        let tracking = self.tracking;
+        self.set_tracking(tracking);
     }
 
     /// Whether a join is on a foreign key.

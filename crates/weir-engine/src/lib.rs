@@ -236,7 +236,8 @@ pub struct PersistentQuery {
     sink_partitions: u32,
     offsets: Vec<u64>,
     /// After recovery: per (source partition, sink partition), the highest source offset
-    /// whose output is already in the sink. Re-read records up to it write nothing.
+    /// whose output is already in the sink. Re-read records up to it write nothing. Kept
+    /// (and carried in checkpoints as `ahead`) until the source offsets pass it.
     already_written: BTreeMap<(u32, u32), u64>,
     /// The source column that holds event time (`TIMESTAMP` in its WITH clause), with its
     /// `TIMESTAMP_FORMAT` when it is a string.
@@ -256,9 +257,9 @@ pub struct PersistentQuery {
     aggregate: Option<aggregate::Aggregator>,
     /// A join: its sources, offsets and state (the plan runs over its joined rows).
     join: Option<join::Joiner>,
-    /// The operator state of the last checkpoint, and checkpoints since the last full
-    /// one (later checkpoints carry what changed since it; see `delta.rs`).
-    checkpointed: Option<serde_json::Value>,
+    /// Checkpoints since the last full one (later checkpoints carry what changed since
+    /// the one before: the entries the operators report as set or removed; see
+    /// `delta.rs`). At [`delta::FULL_EVERY`] (or before any), the next is full.
     since_full: usize,
     /// The source is a table: its tombstones (deletes) pass a WHERE.
     source_is_table: bool,
@@ -407,8 +408,15 @@ impl Engine {
                     j.restore(&state["join"]);
                 }
                 // The next checkpoint is a full one: a fresh anchor for the next recovery.
-                q.checkpointed = Some(state);
                 q.since_full = delta::FULL_EVERY;
+            }
+            // Outputs written ahead of the checkpoint by an earlier interrupted step (they
+            // lie before `sink_ends`, so the scan below does not see them).
+            for e in cp["ahead"].as_array().into_iter().flatten() {
+                if let (Some(p), Some(s), Some(o)) = (e[0].as_u64(), e[1].as_u64(), e[2].as_u64()) {
+                    let max = q.already_written.entry((p as u32, s as u32)).or_insert(o);
+                    *max = (*max).max(o);
+                }
             }
             let sink_ends = as_offsets(&cp["sink_ends"]);
             let prefix = format!("{}:", q.id);
@@ -451,45 +459,50 @@ impl Engine {
         for p in 0..q.sink_partitions {
             sink_ends.push(log.offsets(&q.sink_topic, p)?.1);
         }
+        // Outputs already written for source records not consumed yet (by a step that was
+        // interrupted after writing part of its output, then replayed in smaller batches):
+        // they go with every checkpoint until consumed, so that a later recovery skips
+        // them too. The others are done with.
+        let offsets = &q.offsets;
+        q.already_written
+            .retain(|(p, _), max| offsets.get(*p as usize).is_none_or(|next| *max >= *next));
+        let ahead: Vec<[u64; 3]> = q
+            .already_written
+            .iter()
+            .map(|((p, s), max)| [*p as u64, *s as u64, *max])
+            .collect();
         let mut v =
             serde_json::json!({"query": q.id, "offsets": q.offsets, "sink_ends": sink_ends});
+        if !ahead.is_empty() {
+            v["ahead"] = serde_json::json!(ahead);
+        }
         if q.aggregate.is_some() || q.join.is_some() {
-            // The aggregate's state is compared with the last checkpoint's; a join says
-            // itself which entries changed (its state can be large and mostly unchanged,
-            // a table's rows), so its checkpoint costs what the step changed.
-            let aggregate = serde_json::json!({
-                "aggregate": q.aggregate.as_ref().map(|a| a.snapshot()),
-            });
-            match &q.checkpointed {
-                Some(previous) if q.since_full < delta::FULL_EVERY => {
-                    let previous = serde_json::json!({"aggregate": previous["aggregate"].clone()});
-                    let mut d = delta::diff(&previous, &aggregate);
-                    if let Some(j) = q.join.as_mut() {
-                        let (mut set, mut del) = (Vec::new(), Vec::new());
-                        j.take_changes(&mut set, &mut del);
-                        if let Some(s) = d["set"].as_array_mut() {
-                            s.extend(set);
-                        }
-                        if let Some(dl) = d["del"].as_array_mut() {
-                            dl.extend(del);
-                        }
-                    }
-                    v["delta"] = d;
-                    q.since_full += 1;
+            // The operators say which entries of their state changed (the state can be
+            // large and mostly unchanged: a table's rows, open windows), so a checkpoint
+            // costs what the step changed; every FULL_EVERY-th is a full snapshot.
+            if q.since_full < delta::FULL_EVERY {
+                let (mut set, mut del) = (Vec::new(), Vec::new());
+                if let Some(a) = q.aggregate.as_mut() {
+                    a.take_changes(&mut set, &mut del);
                 }
-                _ => {
-                    let mut full = aggregate.clone();
-                    if let Some(j) = q.join.as_mut() {
-                        full["join"] = j.snapshot();
-                        j.clear_changes();
-                    } else {
-                        full["join"] = serde_json::Value::Null;
-                    }
-                    v["full"] = full;
-                    q.since_full = 0;
+                if let Some(j) = q.join.as_mut() {
+                    j.take_changes(&mut set, &mut del);
                 }
+                v["delta"] = serde_json::json!({"set": set, "del": del});
+                q.since_full += 1;
+            } else {
+                let mut full = serde_json::json!({"aggregate": null, "join": null});
+                if let Some(a) = q.aggregate.as_mut() {
+                    full["aggregate"] = a.snapshot();
+                    a.clear_changes();
+                }
+                if let Some(j) = q.join.as_mut() {
+                    full["join"] = j.snapshot();
+                    j.clear_changes();
+                }
+                v["full"] = full;
+                q.since_full = 0;
             }
-            q.checkpointed = Some(aggregate);
         }
         let q = self.queries.get_mut(id).expect("query exists");
         let written = self.log.append(
@@ -1230,10 +1243,16 @@ impl Engine {
                     .get(FAIL_ON_FUNCTION_ERROR)
                     .is_some_and(|v| v.eq_ignore_ascii_case("true")),
                 error: None,
-                aggregate,
-                join: joiner,
-                checkpointed: None,
-                since_full: 0,
+                aggregate: aggregate.map(|mut a| {
+                    a.set_tracking(self.durable);
+                    a
+                }),
+                join: joiner.map(|mut j| {
+                    j.set_tracking(self.durable);
+                    j
+                }),
+
+                since_full: delta::FULL_EVERY,
                 source_is_table: source.kind == SourceKind::Table,
             },
         );

@@ -60,6 +60,8 @@ impl<V> KeyMap<V> for BTreeMap<String, V> {
 #[derive(Debug, Clone)]
 pub(crate) struct Tracked<M, V> {
     map: M,
+    /// Off (the default) on engines that keep no checkpoints: nothing is recorded.
+    tracking: bool,
     changed: HashSet<String>,
     _v: std::marker::PhantomData<V>,
 }
@@ -68,6 +70,7 @@ impl<M: KeyMap<V>, V> Default for Tracked<M, V> {
     fn default() -> Self {
         Self {
             map: M::default(),
+            tracking: false,
             changed: HashSet::new(),
             _v: std::marker::PhantomData,
         }
@@ -75,6 +78,20 @@ impl<M: KeyMap<V>, V> Default for Tracked<M, V> {
 }
 
 impl<M: KeyMap<V>, V: Serialize> Tracked<M, V> {
+    /// Records changes from now on (or stops, forgetting them).
+    pub fn set_tracking(&mut self, on: bool) {
+        self.tracking = on;
+        if !on {
+            self.changed.clear();
+        }
+    }
+
+    fn mark(&mut self, k: &str) {
+        if self.tracking && !self.changed.contains(k) {
+            self.changed.insert(k.to_string());
+        }
+    }
+
     pub fn get(&self, k: &str) -> Option<&V> {
         self.map.get(k)
     }
@@ -85,20 +102,20 @@ impl<M: KeyMap<V>, V: Serialize> Tracked<M, V> {
 
     /// The entry to change (counted as changed).
     pub fn get_mut(&mut self, k: &str) -> Option<&mut V> {
-        let v = self.map.get_mut(k)?;
-        self.changed.insert(k.to_string());
-        Some(v)
+        self.map.get_mut(k)?;
+        self.mark(k);
+        self.map.get_mut(k)
     }
 
     pub fn insert(&mut self, k: String, v: V) -> Option<V> {
-        self.changed.insert(k.clone());
+        self.mark(&k);
         self.map.insert(k, v)
     }
 
     pub fn remove(&mut self, k: &str) -> Option<V> {
         let old = self.map.remove(k);
         if old.is_some() {
-            self.changed.insert(k.to_string());
+            self.mark(k);
         }
         old
     }
@@ -111,7 +128,7 @@ impl<M: KeyMap<V>, V: Serialize> Tracked<M, V> {
         if self.map.get(&k).is_none() {
             self.map.insert(k.clone(), V::default());
         }
-        self.changed.insert(k.clone());
+        self.mark(&k);
         self.map.get_mut(&k).expect("just inserted")
     }
 
@@ -123,9 +140,9 @@ impl<M: KeyMap<V>, V: Serialize> Tracked<M, V> {
             let (changed, keep) = f(v);
             if !keep {
                 self.map.remove(&k);
-                self.changed.insert(k);
+                self.mark(&k);
             } else if changed {
-                self.changed.insert(k);
+                self.mark(&k);
             }
         }
     }
@@ -164,6 +181,7 @@ impl<'de, M: Deserialize<'de>, V> Deserialize<'de> for Tracked<M, V> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         Ok(Self {
             map: M::deserialize(d)?,
+            tracking: false,
             changed: HashSet::new(),
             _v: std::marker::PhantomData,
         })
@@ -177,6 +195,9 @@ mod tests {
     #[test]
     fn changes_name_what_was_set_and_removed_since_the_last_take() {
         let mut t: Tracked<BTreeMap<String, i64>, i64> = Tracked::default();
+        t.insert("untracked".into(), 0);
+        t.remove("untracked");
+        t.set_tracking(true);
         t.insert("a".into(), 1);
         t.insert("b".into(), 2);
         let (mut set, mut del) = (Vec::new(), Vec::new());
