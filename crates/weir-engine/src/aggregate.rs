@@ -18,6 +18,7 @@ use std::collections::HashMap;
 /// Hash maps keyed by group: foldhash rather than SipHash (the keys are ours, not an
 /// attacker's choice of collisions to worry about per query).
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
@@ -702,8 +703,11 @@ pub struct Aggregator {
     state: FastMap<GroupId, Group>,
     /// The groups (and, over a table, the source rows) changed or removed since a
     /// checkpoint last took them: what the next checkpoint carries.
-    changed: std::collections::HashSet<GroupId>,
-    changed_rows: std::collections::HashSet<String>,
+    changed: FastSet<GroupId>,
+    changed_rows: FastSet<String>,
+    /// The groups made since then: one gone again by the next checkpoint (a window
+    /// opened and purged within a batch) was never saved, and needs no removal.
+    born: FastSet<GroupId>,
     /// Off on engines that keep no checkpoints: nothing is recorded.
     tracking: bool,
     /// Over a table: where the source key columns and the WHERE condition are among the
@@ -1147,6 +1151,7 @@ pub fn plan_aggregate(
         state: FastMap::default(),
         changed: Default::default(),
         changed_rows: Default::default(),
+        born: Default::default(),
         tracking: false,
         table: from_table.then(|| TableInput {
             source_keys: table_columns
@@ -1213,7 +1218,7 @@ pub const WINDOW_COLUMNS: [&str; 2] = ["WEIR_WINDOW_START", "WEIR_WINDOW_END"];
 
 /// Records `k` as changed (when tracking), cloning it only the first time.
 fn mark<K: std::hash::Hash + Eq + Clone>(
-    changed: &mut std::collections::HashSet<K>,
+    changed: &mut FastSet<K>,
     tracking: bool,
     k: &K,
 ) {
@@ -1455,7 +1460,9 @@ impl Aggregator {
                                 }
                                 merged.time = end;
                                 mark(&mut self.changed, self.tracking, &gid);
-                                self.state.insert(gid.clone(), merged);
+                                if self.state.insert(gid.clone(), merged).is_none() {
+                                    mark(&mut self.born, self.tracking, &gid);
+                                }
                                 sessions.insert((start, end));
                                 if w.emit_final {
                                     w.pending.insert((end, start, id.clone()));
@@ -1474,6 +1481,9 @@ impl Aggregator {
             }
             for gid in targets {
                 mark(&mut self.changed, self.tracking, &gid);
+                if !self.state.contains_key(&gid) {
+                    mark(&mut self.born, self.tracking, &gid);
+                }
                 let group = self.state.entry(gid.clone()).or_insert_with(new_group);
                 group.time = group.time.max(time);
                 if session {
@@ -1704,9 +1714,11 @@ impl Aggregator {
             };
             match value {
                 Some(v) => set.push(json!([path, v])),
+                None if self.born.contains(&id) => {}
                 None => del.push(path),
             }
         }
+        self.born.clear();
         let mut rows: Vec<String> = self.changed_rows.drain().collect();
         rows.sort();
         if let Some(t) = &self.table {
@@ -1728,6 +1740,7 @@ impl Aggregator {
     pub fn clear_changes(&mut self) {
         self.changed.clear();
         self.changed_rows.clear();
+        self.born.clear();
     }
 
     /// Records which groups change, for checkpoints (durable engines only).

@@ -9,6 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
 
 /// The map types a [`Tracked`] can hold.
 pub(crate) trait KeyMap<V>: Default {
@@ -62,7 +63,9 @@ pub(crate) struct Tracked<M, V> {
     map: M,
     /// Off (the default) on engines that keep no checkpoints: nothing is recorded.
     tracking: bool,
-    changed: HashSet<String>,
+    changed: FastSet<String>,
+    /// Keys added since then: one removed again by the next take was never saved.
+    born: FastSet<String>,
     _v: std::marker::PhantomData<V>,
 }
 
@@ -71,7 +74,8 @@ impl<M: KeyMap<V>, V> Default for Tracked<M, V> {
         Self {
             map: M::default(),
             tracking: false,
-            changed: HashSet::new(),
+            changed: FastSet::default(),
+            born: FastSet::default(),
             _v: std::marker::PhantomData,
         }
     }
@@ -82,7 +86,7 @@ impl<M: KeyMap<V>, V: Serialize> Tracked<M, V> {
     pub fn set_tracking(&mut self, on: bool) {
         self.tracking = on;
         if !on {
-            self.changed.clear();
+            self.clear_changes();
         }
     }
 
@@ -109,7 +113,12 @@ impl<M: KeyMap<V>, V: Serialize> Tracked<M, V> {
 
     pub fn insert(&mut self, k: String, v: V) -> Option<V> {
         self.mark(&k);
-        self.map.insert(k, v)
+        let key = self.tracking.then(|| k.clone());
+        let old = self.map.insert(k, v);
+        if let (None, Some(key)) = (&old, key) {
+            self.born.insert(key);
+        }
+        old
     }
 
     pub fn remove(&mut self, k: &str) -> Option<V> {
@@ -127,6 +136,9 @@ impl<M: KeyMap<V>, V: Serialize> Tracked<M, V> {
     {
         if self.map.get(&k).is_none() {
             self.map.insert(k.clone(), V::default());
+            if self.tracking {
+                self.born.insert(k.clone());
+            }
         }
         self.mark(&k);
         self.map.get_mut(&k).expect("just inserted")
@@ -160,14 +172,17 @@ impl<M: KeyMap<V>, V: Serialize> Tracked<M, V> {
                     Value::Array(p),
                     serde_json::to_value(v).unwrap_or(Value::Null),
                 ])),
+                None if self.born.contains(&k) => {}
                 None => del.push(Value::Array(p)),
             }
         }
+        self.born.clear();
     }
 
     /// Forgets the changes (a full snapshot was taken).
     pub fn clear_changes(&mut self) {
         self.changed.clear();
+        self.born.clear();
     }
 }
 
@@ -182,7 +197,8 @@ impl<'de, M: Deserialize<'de>, V> Deserialize<'de> for Tracked<M, V> {
         Ok(Self {
             map: M::deserialize(d)?,
             tracking: false,
-            changed: HashSet::new(),
+            changed: FastSet::default(),
+            born: FastSet::default(),
             _v: std::marker::PhantomData,
         })
     }
@@ -218,10 +234,8 @@ mod tests {
         let (mut set, mut del) = (Vec::new(), Vec::new());
         t.take_changes(&["m"], &mut set, &mut del);
         assert_eq!(set, [serde_json::json!([["m", "a"], 5])]);
-        assert_eq!(
-            del,
-            [serde_json::json!(["m", "b"]), serde_json::json!(["m", "c"])]
-        );
+        // c was made after the last take and is gone again: nothing to remove.
+        assert_eq!(del, [serde_json::json!(["m", "b"])]);
         assert_eq!(
             serde_json::to_value(&t).unwrap(),
             serde_json::json!({"a": 5})
