@@ -1217,11 +1217,7 @@ impl Aggregator {
 pub const WINDOW_COLUMNS: [&str; 2] = ["WEIR_WINDOW_START", "WEIR_WINDOW_END"];
 
 /// Records `k` as changed (when tracking), cloning it only the first time.
-fn mark<K: std::hash::Hash + Eq + Clone>(
-    changed: &mut FastSet<K>,
-    tracking: bool,
-    k: &K,
-) {
+fn mark<K: std::hash::Hash + Eq + Clone>(changed: &mut FastSet<K>, tracking: bool, k: &K) {
     if tracking && !changed.contains(k) {
         changed.insert(k.clone());
     }
