@@ -1685,50 +1685,48 @@ impl Aggregator {
     /// followed by [`Aggregator::clear_changes`]), as [`crate::delta`] entries with paths
     /// under `"aggregate"`, laid out as the snapshot lays the state out: the groups (or
     /// windows) and table rows set or removed, and the window clock. Forgets it.
-    pub fn take_changes(&mut self, set: &mut Vec<Value>, del: &mut Vec<Value>) {
-        let mut changed: Vec<GroupId> = self.changed.drain().collect();
-        changed.sort();
+    pub fn take_changes(&mut self, delta: &mut crate::delta::DeltaText) {
+        let changed: Vec<GroupId> = self.changed.drain().collect();
         for id in changed {
-            let (path, value) = match (&self.window, id.window) {
-                (Some(_), Some((start, end))) => (
-                    json!(["aggregate", "windows", format!("{start}/{end}/{}", id.key)]),
-                    self.state.get(&id).map(|g| {
-                        json!([id.key, start, end, g.time, g.states, g.emitted, g.inputs])
-                    }),
+            let group = self.state.get(&id);
+            match (&self.window, id.window, group) {
+                (Some(_), Some((start, end)), Some(g)) => delta.set(
+                    ("aggregate", "windows", format!("{start}/{end}/{}", id.key)),
+                    (&id.key, start, end, g.time, &g.states, g.emitted, &g.inputs),
                 ),
-                (None, None) => (
+                (None, None, Some(g)) => {
+                    let value = (g.time, &g.states, g.emitted);
                     match &self.table {
-                        None => json!(["aggregate", id.key]),
-                        Some(_) => json!(["aggregate", "groups", id.key]),
-                    },
-                    self.state
-                        .get(&id)
-                        .map(|g| json!([g.time, g.states, g.emitted])),
-                ),
+                        None => delta.set(("aggregate", &id.key), value),
+                        Some(_) => delta.set(("aggregate", "groups", &id.key), value),
+                    }
+                }
+                // Made and gone again since the last checkpoint: never saved.
+                (_, _, None) if self.born.contains(&id) => {}
+                (Some(_), Some((start, end)), None) => {
+                    delta.del(("aggregate", "windows", format!("{start}/{end}/{}", id.key)))
+                }
+                (None, None, None) => match &self.table {
+                    None => delta.del(("aggregate", &id.key)),
+                    Some(_) => delta.del(("aggregate", "groups", &id.key)),
+                },
                 // Not in a snapshot.
-                _ => continue,
-            };
-            match value {
-                Some(v) => set.push(json!([path, v])),
-                None if self.born.contains(&id) => {}
-                None => del.push(path),
+                _ => {}
             }
         }
         self.born.clear();
-        let mut rows: Vec<String> = self.changed_rows.drain().collect();
-        rows.sort();
+        let rows: Vec<String> = self.changed_rows.drain().collect();
         if let Some(t) = &self.table {
             for key in rows {
-                let path = json!(["aggregate", "rows", key]);
                 match t.rows.get(&key) {
-                    Some(r) => set.push(json!([path, r])),
-                    None => del.push(path),
+                    Some(r) => delta.set(("aggregate", "rows", &key), r),
+                    None => delta.del(("aggregate", "rows", &key)),
                 }
             }
         }
         if let Some(w) = &self.window {
-            set.push(json!([["aggregate", "stream_time"], w.stream_time]));
-            set.push(json!([["aggregate", "late"], w.late]));
+            delta.set(("aggregate", "stream_time"), w.stream_time);
+            delta.set(("aggregate", "late"), w.late);
         }
     }
 

@@ -11,6 +11,38 @@ use serde_json::{Map, Value};
 /// Checkpoints between full snapshots.
 pub(crate) const FULL_EVERY: usize = 64;
 
+/// A checkpoint's delta as the operators write it: each entry serialized straight from
+/// their state (no JSON tree built and dropped per entry), joined into the record at
+/// the end.
+#[derive(Debug, Default)]
+pub(crate) struct DeltaText {
+    set: Vec<String>,
+    del: Vec<String>,
+}
+
+impl DeltaText {
+    /// The entry at `path` (an array of keys) is `value`.
+    pub fn set(&mut self, path: impl serde::Serialize, value: impl serde::Serialize) {
+        self.set
+            .push(serde_json::to_string(&(path, value)).expect("state serializes"));
+    }
+
+    /// The entry at `path` is gone.
+    pub fn del(&mut self, path: impl serde::Serialize) {
+        self.del
+            .push(serde_json::to_string(&path).expect("paths serialize"));
+    }
+
+    /// `{"set": [...], "del": [...]}`, the form [`apply`] reads.
+    pub fn to_json(&self) -> String {
+        format!(
+            "{{\"set\":[{}],\"del\":[{}]}}",
+            self.set.join(","),
+            self.del.join(",")
+        )
+    }
+}
+
 /// Applies a delta, `{"set": [[path, value], ...], "del": [path, ...]}` (a path being
 /// the object keys down to the entry), to `state`.
 pub(crate) fn apply(state: &mut Value, delta: &Value) {

@@ -232,7 +232,7 @@ impl Node {
 
     /// What changed since the last checkpoint, as [`crate::delta`] entries under `path`
     /// (the node's place in the snapshot); forgets it.
-    fn take_changes(&mut self, path: &[&str], set: &mut Vec<Value>, del: &mut Vec<Value>) {
+    fn take_changes(&mut self, path: &[&str], delta: &mut crate::delta::DeltaText) {
         let Node::Join(j) = self else { return };
         let at = |last: &'static str| -> Vec<&str> {
             let mut p = path.to_vec();
@@ -245,22 +245,18 @@ impl Node {
             p.push(name);
             p
         };
-        j.state.left.take_changes(&field("left"), set, del);
-        j.state.right.take_changes(&field("right"), set, del);
-        j.state
-            .left_rows
-            .take_changes(&field("left_rows"), set, del);
-        j.state
-            .referrers
-            .take_changes(&field("referrers"), set, del);
+        j.state.left.take_changes(&field("left"), delta);
+        j.state.right.take_changes(&field("right"), delta);
+        j.state.left_rows.take_changes(&field("left_rows"), delta);
+        j.state.referrers.take_changes(&field("referrers"), delta);
         for (name, v) in [
             ("stream_time", j.state.stream_time),
             ("purged_at", j.state.purged_at),
         ] {
-            set.push(json!([field(name), v]));
+            delta.set(field(name), v);
         }
-        j.left.take_changes(&at("left"), set, del);
-        j.right.take_changes(&at("right"), set, del);
+        j.left.take_changes(&at("left"), delta);
+        j.right.take_changes(&at("right"), delta);
     }
 
     fn set_tracking(&mut self, on: bool) {
@@ -1467,16 +1463,11 @@ impl Joiner {
     /// What changed since the last checkpoint (this or a full [`Joiner::snapshot`]
     /// followed by [`Joiner::clear_changes`]), as [`crate::delta`] entries with paths
     /// under `"join"`: the offsets and sequence, and the state entries set or removed.
-    pub fn take_changes(&mut self, set: &mut Vec<Value>, del: &mut Vec<Value>) {
-        set.push(json!([
-            ["join", "offsets"],
-            self.inputs
-                .iter()
-                .map(|i| i.offsets.clone())
-                .collect::<Vec<_>>()
-        ]));
-        set.push(json!([["join", "seq"], self.seq]));
-        self.root.take_changes(&["join", "nodes"], set, del);
+    pub fn take_changes(&mut self, delta: &mut crate::delta::DeltaText) {
+        let offsets: Vec<&Vec<u64>> = self.inputs.iter().map(|i| &i.offsets).collect();
+        delta.set(("join", "offsets"), offsets);
+        delta.set(("join", "seq"), self.seq);
+        self.root.take_changes(&["join", "nodes"], delta);
     }
 
     /// Forgets the changes: a full snapshot was just taken.

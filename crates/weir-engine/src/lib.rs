@@ -476,19 +476,20 @@ impl Engine {
         if !ahead.is_empty() {
             v["ahead"] = serde_json::json!(ahead);
         }
+        let mut delta_text = None;
         if q.aggregate.is_some() || q.join.is_some() {
             // The operators say which entries of their state changed (the state can be
             // large and mostly unchanged: a table's rows, open windows), so a checkpoint
             // costs what the step changed; every FULL_EVERY-th is a full snapshot.
             if q.since_full < delta::FULL_EVERY {
-                let (mut set, mut del) = (Vec::new(), Vec::new());
+                let mut changes = delta::DeltaText::default();
                 if let Some(a) = q.aggregate.as_mut() {
-                    a.take_changes(&mut set, &mut del);
+                    a.take_changes(&mut changes);
                 }
                 if let Some(j) = q.join.as_mut() {
-                    j.take_changes(&mut set, &mut del);
+                    j.take_changes(&mut changes);
                 }
-                v["delta"] = serde_json::json!({"set": set, "del": del});
+                delta_text = Some(changes.to_json());
                 q.since_full += 1;
             } else {
                 let mut full = serde_json::json!({"aggregate": null, "join": null});
@@ -504,13 +505,21 @@ impl Engine {
                 q.since_full = 0;
             }
         }
+        // The record: `v`, and the delta's text spliced in as its `delta` field.
+        let mut text = v.to_string();
+        if let Some(d) = delta_text {
+            text.pop();
+            text.push_str(",\"delta\":");
+            text.push_str(&d);
+            text.push('}');
+        }
         let q = self.queries.get_mut(id).expect("query exists");
         let written = self.log.append(
             OFFSETS_TOPIC,
             0,
             &[Record {
                 key: Some(q.id.as_bytes().to_vec()),
-                value: Some(v.to_string().into_bytes()),
+                value: Some(text.into_bytes()),
                 timestamp: now_ms(),
                 headers: vec![],
             }],

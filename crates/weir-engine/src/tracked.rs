@@ -6,7 +6,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use serde_json::Value;
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
@@ -161,19 +160,15 @@ impl<M: KeyMap<V>, V: Serialize> Tracked<M, V> {
 
     /// Appends, under `path`, `[path + key, value]` to `set` for each changed entry still
     /// there and `path + key` to `del` for each removed one; forgets the changes.
-    pub fn take_changes(&mut self, path: &[&str], set: &mut Vec<Value>, del: &mut Vec<Value>) {
-        let mut changed: Vec<String> = self.changed.drain().collect();
-        changed.sort();
+    pub fn take_changes(&mut self, path: &[&str], delta: &mut crate::delta::DeltaText) {
+        let changed: Vec<String> = self.changed.drain().collect();
         for k in changed {
-            let mut p: Vec<Value> = path.iter().map(|s| Value::from(*s)).collect();
-            p.push(Value::from(k.as_str()));
+            let mut p: Vec<&str> = path.to_vec();
+            p.push(k.as_str());
             match self.map.get(&k) {
-                Some(v) => set.push(Value::Array(vec![
-                    Value::Array(p),
-                    serde_json::to_value(v).unwrap_or(Value::Null),
-                ])),
+                Some(v) => delta.set(&p, v),
                 None if self.born.contains(&k) => {}
-                None => del.push(Value::Array(p)),
+                None => delta.del(&p),
             }
         }
         self.born.clear();
@@ -210,14 +205,24 @@ mod tests {
 
     #[test]
     fn changes_name_what_was_set_and_removed_since_the_last_take() {
+        use crate::delta::DeltaText;
+        let take = |t: &mut Tracked<BTreeMap<String, i64>, i64>| {
+            let mut d = DeltaText::default();
+            t.take_changes(&["m"], &mut d);
+            let v: serde_json::Value = serde_json::from_str(&d.to_json()).unwrap();
+            let mut set = v["set"].as_array().unwrap().clone();
+            let mut del = v["del"].as_array().unwrap().clone();
+            set.sort_by_key(|e| e.to_string());
+            del.sort_by_key(|e| e.to_string());
+            (set, del)
+        };
         let mut t: Tracked<BTreeMap<String, i64>, i64> = Tracked::default();
         t.insert("untracked".into(), 0);
         t.remove("untracked");
         t.set_tracking(true);
         t.insert("a".into(), 1);
         t.insert("b".into(), 2);
-        let (mut set, mut del) = (Vec::new(), Vec::new());
-        t.take_changes(&["m"], &mut set, &mut del);
+        let (set, del) = take(&mut t);
         assert_eq!(
             set,
             [
@@ -231,8 +236,7 @@ mod tests {
         t.remove("nothing");
         *t.entry_or_default("c".into()) += 3;
         t.update_all(|v| (false, *v != 3));
-        let (mut set, mut del) = (Vec::new(), Vec::new());
-        t.take_changes(&["m"], &mut set, &mut del);
+        let (set, del) = take(&mut t);
         assert_eq!(set, [serde_json::json!([["m", "a"], 5])]);
         // c was made after the last take and is gone again: nothing to remove.
         assert_eq!(del, [serde_json::json!(["m", "b"])]);
@@ -240,5 +244,10 @@ mod tests {
             serde_json::to_value(&t).unwrap(),
             serde_json::json!({"a": 5})
         );
+        // Made and gone again between two takes: never saved, nothing to remove.
+        t.insert("brief".into(), 1);
+        t.remove("brief");
+        let (set, del) = take(&mut t);
+        assert!(set.is_empty() && del.is_empty(), "{set:?} {del:?}");
     }
 }
