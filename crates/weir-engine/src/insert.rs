@@ -33,26 +33,9 @@ impl Engine {
         target: &str,
         rows: Vec<Map<String, Value>>,
     ) -> Result<Vec<RowOutcome>> {
-        let source = self.stream(target)?;
-        if source.read_only {
-            return Err(EngineError::Invalid(format!(
-                "Cannot insert values into read-only {}: {target}",
-                source.kind_name()
-            )));
-        }
-        let columns: Vec<Column> = source
-            .layout
-            .key_columns
-            .iter()
-            .chain(&source.layout.value_columns)
-            .cloned()
-            .collect();
-        let schema = std::sync::Arc::new(Schema::new(
-            columns
-                .iter()
-                .map(|c| Field::new(&c.name, weir_format::arrow_type(&c.ty), true))
-                .collect::<Vec<_>>(),
-        ));
+        let source = self.insert_target(target)?;
+        let columns: Vec<Column> = row_columns(&source).into_iter().cloned().collect();
+        let schema = row_schema(columns.iter());
         let partitions = self
             .log
             .topic(&source.topic)?
@@ -110,6 +93,18 @@ impl Engine {
         Ok(outcomes)
     }
 
+    /// The stream or table `target`, when rows may be inserted into it.
+    pub(crate) fn insert_target(&self, target: &str) -> Result<crate::Source> {
+        let source = self.stream(target)?;
+        if source.read_only {
+            return Err(EngineError::Invalid(format!(
+                "Cannot insert values into read-only {}: {target}",
+                source.kind_name()
+            )));
+        }
+        Ok(source)
+    }
+
     /// One row through `INSERT INTO ... VALUES`.
     fn insert_by_statement(
         &mut self,
@@ -124,12 +119,34 @@ impl Engine {
     }
 }
 
-/// The column a row's field names (exact, else upper-cased as an unquoted name would be).
-fn find_column<'c>(columns: &'c [Column], key: &str) -> Option<&'c Column> {
-    columns
+/// A source's key then value columns: what an inserted row holds.
+pub(crate) fn row_columns(source: &crate::Source) -> Vec<&Column> {
+    source
+        .layout
+        .key_columns
         .iter()
-        .find(|c| c.name == key)
-        .or_else(|| columns.iter().find(|c| c.name == key.to_ascii_uppercase()))
+        .chain(&source.layout.value_columns)
+        .collect()
+}
+
+/// The Arrow schema of inserted rows with these columns.
+pub(crate) fn row_schema<'c>(
+    columns: impl Iterator<Item = &'c Column>,
+) -> arrow::datatypes::SchemaRef {
+    std::sync::Arc::new(Schema::new(
+        columns
+            .map(|c| Field::new(&c.name, weir_format::arrow_type(&c.ty), true))
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// Where the column a row's field names is (exact, else upper-cased as an unquoted name
+/// would be).
+fn column_index(columns: &[Column], key: &str) -> Option<usize> {
+    columns.iter().position(|c| c.name == key).or_else(|| {
+        let upper = key.to_ascii_uppercase();
+        columns.iter().position(|c| c.name == upper)
+    })
 }
 
 /// The row's values in column order when every value already has its column's type
@@ -137,10 +154,7 @@ fn find_column<'c>(columns: &'c [Column], key: &str) -> Option<&'c Column> {
 fn typed_row(columns: &[Column], row: &Map<String, Value>) -> Option<Vec<Value>> {
     let mut values = vec![Value::Null; columns.len()];
     for (key, value) in row {
-        let i = columns.iter().position(|c| c.name == *key).or_else(|| {
-            let upper = key.to_ascii_uppercase();
-            columns.iter().position(|c| c.name == upper)
-        })?;
+        let i = column_index(columns, key)?;
         values[i] = typed(value, &columns[i].ty)?;
     }
     Some(values)
@@ -207,7 +221,8 @@ pub fn insert_statement(
     let mut names = Vec::new();
     let mut values = Vec::new();
     for (key, value) in row {
-        let column = find_column(columns, key)
+        let column = column_index(columns, key)
+            .map(|i| &columns[i])
             .ok_or_else(|| format!("Column name {key} does not exist."))?;
         names.push(quote_ident(&column.name));
         values.push(literal(value, &column.ty, &column.name)?);

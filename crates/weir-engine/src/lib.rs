@@ -1260,7 +1260,6 @@ impl Engine {
                     j.set_tracking(self.durable);
                     j
                 }),
-
                 since_full: delta::FULL_EVERY,
                 source_is_table: source.kind == SourceKind::Table,
             },
@@ -1277,19 +1276,9 @@ impl Engine {
         columns: &[weir_sql::ast::Ident],
         values: &[weir_sql::ast::Expr],
     ) -> Result<Outcome> {
-        let source = self.stream(target)?;
-        if source.read_only {
-            return Err(EngineError::Invalid(format!(
-                "Cannot insert values into read-only {}: {target}",
-                source.kind_name()
-            )));
-        }
+        let source = self.insert_target(target)?;
         let layout = &source.layout;
-        let all: Vec<&Column> = layout
-            .key_columns
-            .iter()
-            .chain(&layout.value_columns)
-            .collect();
+        let all = insert::row_columns(&source);
         let names: Vec<String> = if columns.is_empty() {
             all.iter().map(|c| c.name.clone()).collect()
         } else {
@@ -1338,10 +1327,7 @@ impl Engine {
             })?;
             arrays.insert(name.clone(), cast);
         }
-        let fields: Vec<arrow::datatypes::Field> = all
-            .iter()
-            .map(|c| arrow::datatypes::Field::new(&c.name, weir_format::arrow_type(&c.ty), true))
-            .collect();
+        let schema = insert::row_schema(all.iter().copied());
         let cols: Vec<ArrayRef> = all
             .iter()
             .map(|c| {
@@ -1350,7 +1336,7 @@ impl Engine {
                 })
             })
             .collect();
-        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
+        let batch = RecordBatch::try_new(schema, cols)
             .map_err(|e| EngineError::Execution(e.to_string()))?;
         let (key, value) = layout.encode(&batch)?.remove(0);
         let timestamp = rowtime.unwrap_or_else(now_ms);
