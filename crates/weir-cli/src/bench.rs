@@ -296,10 +296,18 @@ pub fn w3(events: u64, only: Option<&str>) -> Result<(), String> {
             log.flush().map_err(|e| e.to_string())?;
             let written = log.offsets(sink, 0).map_err(|e| e.to_string())?.1;
             let checkpoints = if durable {
-                let (start, end) = log
-                    .offsets(weir_engine::OFFSETS_TOPIC, 0)
+                let stored = log
+                    .read_to_end(weir_engine::OFFSETS_TOPIC, 0, 0)
                     .map_err(|e| e.to_string())?;
-                format!(", {} checkpoints", end - start)
+                let bytes: usize = stored
+                    .iter()
+                    .map(|r| r.record.value.as_ref().map_or(0, Vec::len))
+                    .sum();
+                format!(
+                    ", {} checkpoints of {:.1} MB",
+                    stored.len(),
+                    bytes as f64 / 1e6
+                )
             } else {
                 String::new()
             };
