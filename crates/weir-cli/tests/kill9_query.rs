@@ -128,14 +128,7 @@ fn a_query_killed_at_seeded_points_resumes_without_losing_or_repeating_output() 
         },
     );
     let seed = rng.seed;
-    for (i, at) in points.iter().enumerate() {
-        let run = common::weir_run(dir.path(), (i == 0).then_some(queries.as_path()));
-        let consumed = common::kill_run(run, at);
-        println!(
-            "seed {seed}: run {} killed at {at:?}, after {consumed} records",
-            i + 1
-        );
-    }
+    common::kill_runs(dir.path(), &queries, &points, &format!("seed {seed}"));
     // The last run: the command log brings the query back; it had work left.
     let (written, consumed) = restart_and_verify(dir.path());
     assert!(
@@ -208,10 +201,7 @@ fn output_written_ahead_by_an_interrupted_step_survives_a_second_crash() {
             pass: 1,
         },
     ];
-    for (i, at) in points.iter().enumerate() {
-        let run = common::weir_run(dir.path(), (i == 0).then_some(queries.as_path()));
-        common::kill_run(run, at);
-    }
+    common::kill_runs(dir.path(), &queries, &points, "fixed points");
     let (written, consumed) = restart_and_verify(dir.path());
     assert!(consumed > 0);
     println!("OUTPUT holds {written} records, each once");

@@ -161,14 +161,7 @@ fn windowed_aggregate_and_join_killed_at_seeded_points_give_identical_output() {
         },
     );
     let seed = rng.seed;
-    for (i, at) in points.iter().enumerate() {
-        let run = common::weir_run(dir.path(), (i == 0).then_some(queries.as_path()));
-        let consumed = common::kill_run(run, at);
-        println!(
-            "seed {seed}: run {} killed at {at:?}, after {consumed} records",
-            i + 1
-        );
-    }
+    common::kill_runs(dir.path(), &queries, &points, &format!("seed {seed}"));
     let (stdout, consumed) = common::run_until_idle(common::weir_run(dir.path(), None));
     assert!(stdout.starts_with("recovered 2 persistent"), "{stdout}");
     // Both queries read the readings (and the join the cars).

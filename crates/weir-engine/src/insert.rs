@@ -121,12 +121,7 @@ impl Engine {
 
 /// A source's key then value columns: what an inserted row holds.
 pub(crate) fn row_columns(source: &crate::Source) -> Vec<&Column> {
-    source
-        .layout
-        .key_columns
-        .iter()
-        .chain(&source.layout.value_columns)
-        .collect()
+    source.layout.columns().collect()
 }
 
 /// The Arrow schema of inserted rows with these columns.

@@ -66,14 +66,7 @@ impl JoinInput {
             Column::new(P[2], SqlType::Bigint),
         ]
         .into_iter()
-        .chain(
-            self.source
-                .layout
-                .key_columns
-                .iter()
-                .chain(&self.source.layout.value_columns)
-                .cloned(),
-        )
+        .chain(self.source.layout.columns().cloned())
         // A windowed source's rows end with their window's bounds.
         .chain(
             crate::WINDOW_BOUNDS

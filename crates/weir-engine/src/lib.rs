@@ -1934,11 +1934,7 @@ fn with_event_time(
 fn timestamp_column(layout: &Layout, properties: &Properties) -> Result<Option<String>> {
     let timestamp_column = prop(properties, "TIMESTAMP").map(|t| t.to_uppercase());
     if let Some(ts) = &timestamp_column {
-        let column = layout
-            .key_columns
-            .iter()
-            .chain(&layout.value_columns)
-            .find(|c| c.name == *ts);
+        let column = layout.columns().find(|c| c.name == *ts);
         let with_format = prop(properties, "TIMESTAMP_FORMAT").is_some();
         match column.map(|c| &c.ty) {
             None => {

@@ -545,12 +545,7 @@ fn plan(
             .filter(|c| !partition_columns.iter().flatten().any(|p| *p == c.name))
             .collect()
     } else {
-        source
-            .layout
-            .key_columns
-            .iter()
-            .chain(&source.layout.value_columns)
-            .collect()
+        source.layout.columns().collect()
     };
     let is_key_column = |name: &str| !repartition && key_names.contains(&name);
     let mut projections: Vec<Projection> = Vec::new();

@@ -183,6 +183,11 @@ impl Layout {
         Ok(())
     }
 
+    /// Its columns: the key columns, then the value columns.
+    pub fn columns(&self) -> impl Iterator<Item = &Column> {
+        self.key_columns.iter().chain(&self.value_columns)
+    }
+
     /// The Arrow schema of decoded batches: pseudo-columns, key columns, value columns.
     pub fn schema(&self) -> SchemaRef {
         let mut fields = vec![
@@ -190,7 +195,7 @@ impl Layout {
             Field::new(PSEUDO_COLUMNS[1], DataType::Int32, false),
             Field::new(PSEUDO_COLUMNS[2], DataType::Int64, false),
         ];
-        for c in self.key_columns.iter().chain(&self.value_columns) {
+        for c in self.columns() {
             fields.push(Field::new(&c.name, arrow_type(&c.ty), true));
         }
         Arc::new(Schema::new(fields))

@@ -315,6 +315,20 @@ pub fn kill_run(mut run: Command, at: &KillAt) -> u64 {
     consumed
 }
 
+/// Runs `weir run` on `dir` once per point, killing each run there (the first run with
+/// the `queries` file, the others recovering from the command log); prints each kill
+/// after `label` (the seed, say).
+pub fn kill_runs(dir: &std::path::Path, queries: &std::path::Path, points: &[KillAt], label: &str) {
+    for (i, at) in points.iter().enumerate() {
+        let run = weir_run(dir, (i == 0).then_some(queries));
+        let consumed = kill_run(run, at);
+        println!(
+            "{label}: run {} killed at {at:?}, after {consumed} records",
+            i + 1
+        );
+    }
+}
+
 /// Runs `weir run ... --exit-when-idle` to the end: its stdout and the records it consumed.
 pub fn run_until_idle(mut run: Command) -> (String, u64) {
     let out = run.arg("--exit-when-idle").output().unwrap();
