@@ -98,34 +98,15 @@ fn a_query_killed_at_seeded_points_resumes_without_losing_or_repeating_output() 
     let mut rng = common::Seeded::new();
     let dir = tempfile::tempdir().unwrap();
     let queries = load_input(dir.path());
-    // The first run records the statements, so it is killed once it has consumed some
-    // input (a torn command would be a statement never accepted); the others at seeded
-    // points of every kind, in a seeded order. Each run starts its batches small again.
-    let mut points = vec![
-        KillAt::Failpoint {
-            name: "crash_before_checkpoint",
-            pass: rng.pick(0..5),
-        },
-        KillAt::Failpoint {
-            name: "mid_output",
-            pass: rng.pick(0..5),
-        },
-        KillAt::Failpoint {
-            name: "torn_append",
-            pass: rng.pick(0..12),
-        },
-        KillAt::Consumed {
-            at_least: rng.pick(1..25_000),
-            then_ms: rng.pick(0..30),
-        },
-    ];
-    rng.shuffle(&mut points);
-    points.insert(
-        0,
-        KillAt::Consumed {
-            at_least: rng.pick(1..25_000),
-            then_ms: rng.pick(0..30),
-        },
+    // Every kind of point, in a seeded order (each run starts its batches small again).
+    let points = common::seeded_kills(
+        &mut rng,
+        &[
+            ("crash_before_checkpoint", 5),
+            ("mid_output", 5),
+            ("torn_append", 12),
+        ],
+        25_000,
     );
     let seed = rng.seed;
     common::kill_runs(dir.path(), &queries, &points, &format!("seed {seed}"));

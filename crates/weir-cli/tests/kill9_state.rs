@@ -10,8 +10,6 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::KillAt;
-
 use weir_log::{EmbeddedLog, EmbeddedLogConfig, Log, Record, TopicConfig};
 
 const READINGS: u64 = 120_000;
@@ -136,29 +134,11 @@ fn windowed_aggregate_and_join_killed_at_seeded_points_give_identical_output() {
     let mut rng = common::Seeded::new();
     let dir = tempfile::tempdir().unwrap();
     let queries = load_input(dir.path());
-    // The first run records the statements: killed once it has consumed some input; the
-    // others at seeded points of every kind, in a seeded order.
-    let mut points = vec![
-        KillAt::Failpoint {
-            name: "crash_before_checkpoint",
-            pass: rng.pick(0..4),
-        },
-        KillAt::Failpoint {
-            name: "torn_append",
-            pass: rng.pick(0..10),
-        },
-        KillAt::Consumed {
-            at_least: rng.pick(1..15_000),
-            then_ms: rng.pick(0..30),
-        },
-    ];
-    rng.shuffle(&mut points);
-    points.insert(
-        0,
-        KillAt::Consumed {
-            at_least: rng.pick(1..15_000),
-            then_ms: rng.pick(0..30),
-        },
+    // Every kind of point but mid_output (one sink partition each), in a seeded order.
+    let points = common::seeded_kills(
+        &mut rng,
+        &[("crash_before_checkpoint", 4), ("torn_append", 10)],
+        15_000,
     );
     let seed = rng.seed;
     common::kill_runs(dir.path(), &queries, &points, &format!("seed {seed}"));

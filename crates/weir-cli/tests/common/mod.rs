@@ -315,6 +315,32 @@ pub fn kill_run(mut run: Command, at: &KillAt) -> u64 {
     consumed
 }
 
+/// Kill points for a run of `weir run`s: the failpoints (name, passes below this) and
+/// one kill after some records consumed (below `consumed_below`), in a seeded order,
+/// after a first kill by records consumed — the first run records the statements, and
+/// a failpoint there (a torn append) could cut a statement never accepted.
+pub fn seeded_kills(
+    rng: &mut Seeded,
+    failpoints: &[(&'static str, u64)],
+    consumed_below: u64,
+) -> Vec<KillAt> {
+    let consumed = |rng: &mut Seeded| KillAt::Consumed {
+        at_least: rng.pick(1..consumed_below),
+        then_ms: rng.pick(0..30),
+    };
+    let mut points: Vec<KillAt> = failpoints
+        .iter()
+        .map(|(name, below)| KillAt::Failpoint {
+            name,
+            pass: rng.pick(0..*below),
+        })
+        .collect();
+    points.push(consumed(rng));
+    rng.shuffle(&mut points);
+    points.insert(0, consumed(rng));
+    points
+}
+
 /// Runs `weir run` on `dir` once per point, killing each run there (the first run with
 /// the `queries` file, the others recovering from the command log); prints each kill
 /// after `label` (the seed, say).
