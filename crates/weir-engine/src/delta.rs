@@ -12,40 +12,72 @@ use serde_json::{Map, Value};
 pub(crate) const FULL_EVERY: usize = 64;
 
 /// A checkpoint's delta as the operators write it: each entry serialized straight from
-/// their state (no JSON tree built and dropped per entry), joined into the record at
-/// the end.
+/// their state into one buffer (no JSON tree built and dropped per entry).
 #[derive(Debug, Default)]
 pub(crate) struct DeltaText {
-    set: Vec<String>,
-    del: Vec<String>,
+    set: String,
+    del: String,
 }
 
 impl DeltaText {
     /// The entry at `path` (an array of keys) is `value`.
     pub fn set(&mut self, path: impl serde::Serialize, value: impl serde::Serialize) {
-        self.set
-            .push(serde_json::to_string(&(path, value)).expect("state serializes"));
+        if !self.set.is_empty() {
+            self.set.push(',');
+        }
+        let entry = serde_json::to_string(&(path, value)).expect("state serializes");
+        self.set.push_str(&entry);
+    }
+
+    /// The entry at `path` then `prefix + base64(key)` is `base64(value)` (`path` and
+    /// `prefix` need no JSON escaping; base64 never does).
+    pub fn set_base64(&mut self, path: &[&str], prefix: &str, key: &[u8], value: &[u8]) {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+        if !self.set.is_empty() {
+            self.set.push(',');
+        }
+        self.set.push_str("[[");
+        for p in path {
+            self.set.push('"');
+            self.set.push_str(p);
+            self.set.push_str("\",");
+        }
+        self.set.push('"');
+        self.set.push_str(prefix);
+        b64.encode_string(key, &mut self.set);
+        self.set.push_str("\"],\"");
+        b64.encode_string(value, &mut self.set);
+        self.set.push_str("\"]");
     }
 
     /// The entry at `path` is gone.
     pub fn del(&mut self, path: impl serde::Serialize) {
+        if !self.del.is_empty() {
+            self.del.push(',');
+        }
         self.del
-            .push(serde_json::to_string(&path).expect("paths serialize"));
+            .push_str(&serde_json::to_string(&path).expect("paths serialize"));
     }
 
     /// `{"set": [...], "del": [...]}`, the form [`apply`] reads.
     pub fn to_json(&self) -> String {
-        format!(
-            "{{\"set\":[{}],\"del\":[{}]}}",
-            self.set.join(","),
-            self.del.join(",")
-        )
+        let mut out = String::with_capacity(self.set.len() + self.del.len() + 20);
+        out.push_str("{\"set\":[");
+        out.push_str(&self.set);
+        out.push_str("],\"del\":[");
+        out.push_str(&self.del);
+        out.push_str("]}");
+        out
     }
 }
 
 /// Applies a delta, `{"set": [[path, value], ...], "del": [path, ...]}` (a path being
 /// the object keys down to the entry), to `state`.
 pub(crate) fn apply(state: &mut Value, delta: &Value) {
+    // Removals first: an entry removed and made again since the last checkpoint (a
+    // group's slot reused) is in both, and stays.
+    remove(state, delta);
     for entry in delta["set"].as_array().into_iter().flatten() {
         let path = keys(&entry[0]);
         let Some((last, parents)) = path.split_last() else {
@@ -70,6 +102,10 @@ pub(crate) fn apply(state: &mut Value, delta: &Value) {
             .expect("an object")
             .insert(last.clone(), entry[1].clone());
     }
+}
+
+/// The delta's removals.
+fn remove(state: &mut Value, delta: &Value) {
     for path in delta["del"].as_array().into_iter().flatten() {
         let path = keys(path);
         let Some((last, parents)) = path.split_last() else {
@@ -114,5 +150,20 @@ mod tests {
         let mut empty = json!({});
         apply(&mut empty, &json!({"set": [[["m", "k"], 1]], "del": []}));
         assert_eq!(empty, json!({"m": {"k": 1}}));
+    }
+
+    #[test]
+    fn an_entry_removed_and_made_again_stays() {
+        let mut delta = DeltaText::default();
+        delta.set_base64(&["aggregate", "groups"], "10/20/", b"key", b"new state");
+        delta.del(("aggregate", "groups", "10/20/a2V5"));
+        delta.del(("aggregate", "groups", "gone"));
+        let delta: Value = serde_json::from_str(&delta.to_json()).unwrap();
+        let mut state = json!({"aggregate": {"groups": {"10/20/a2V5": "old", "gone": "x"}}});
+        apply(&mut state, &delta);
+        assert_eq!(
+            state,
+            json!({"aggregate": {"groups": {"10/20/a2V5": "bmV3IHN0YXRl"}}})
+        );
     }
 }

@@ -36,3 +36,9 @@ impl From<datafusion::error::DataFusionError> for EngineError {
 }
 
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+impl From<arrow::error::ArrowError> for EngineError {
+    fn from(e: arrow::error::ArrowError) -> Self {
+        EngineError::Execution(e.to_string())
+    }
+}
