@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use arrow::array::{Array, ArrayRef};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use serde_json::Value;
@@ -365,13 +366,23 @@ impl Layout {
             .iter()
             .map(|c| serde_json::to_vec(&c.name).expect("strings serialize"))
             .collect();
+        // One KAFKA key column of a flat type: its bytes straight from the array.
+        let mut fast_keys = match (self.key_format.format, keys.as_slice()) {
+            (Format::Kafka, [a]) => kafka_keys(a, &self.key_columns[0].ty),
+            _ => None,
+        }
+        .map(Vec::into_iter);
         let mut out = Vec::with_capacity(batch.num_rows());
         for row in 0..batch.num_rows() {
-            let k: Vec<Value> = keys
-                .iter()
-                .zip(&self.key_columns)
-                .map(|(a, c)| value_at(a, row, &c.ty))
-                .collect();
+            let fast_key = fast_keys.as_mut().and_then(Iterator::next);
+            let k: Vec<Value> = match fast_key {
+                Some(_) => Vec::new(),
+                None => keys
+                    .iter()
+                    .zip(&self.key_columns)
+                    .map(|(a, c)| value_at(a, row, &c.ty))
+                    .collect(),
+            };
             let value = if flat_json {
                 Some(crate::json::encode_flat_row(&names, &vals, row))
             } else {
@@ -382,11 +393,42 @@ impl Layout {
                     .collect();
                 Self::encode_side(&self.value_format, &self.value_columns, v, false)?
             };
-            out.push((
-                Self::encode_side(&self.key_format, &self.key_columns, k, true)?,
-                value,
-            ));
+            let key = match fast_key {
+                Some(key) => key,
+                None => Self::encode_side(&self.key_format, &self.key_columns, k, true)?,
+            };
+            out.push((key, value));
         }
         Ok(out)
     }
+}
+
+/// A KAFKA-format key column's bytes per row (None: a null key), written as
+/// `kafka::encode` writes them, for the types whose array holds them as they are.
+fn kafka_keys(a: &ArrayRef, ty: &SqlType) -> Option<Vec<Option<Vec<u8>>>> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{Float64Type, Int32Type, Int64Type};
+    let n = a.len();
+    let each = |f: &dyn Fn(usize) -> Vec<u8>| -> Vec<Option<Vec<u8>>> {
+        (0..n).map(|i| a.is_valid(i).then(|| f(i))).collect()
+    };
+    Some(match (ty, a.data_type()) {
+        (SqlType::String, DataType::Utf8) => {
+            let s = a.as_string::<i32>();
+            each(&|i| s.value(i).as_bytes().to_vec())
+        }
+        (SqlType::Int, DataType::Int32) => {
+            let v = a.as_primitive::<Int32Type>();
+            each(&|i| v.value(i).to_be_bytes().to_vec())
+        }
+        (SqlType::Bigint, DataType::Int64) => {
+            let v = a.as_primitive::<Int64Type>();
+            each(&|i| v.value(i).to_be_bytes().to_vec())
+        }
+        (SqlType::Double, DataType::Float64) => {
+            let v = a.as_primitive::<Float64Type>();
+            each(&|i| v.value(i).to_be_bytes().to_vec())
+        }
+        _ => return None,
+    })
 }

@@ -291,6 +291,41 @@ fn kafka_primitives_are_big_endian() {
 }
 
 #[test]
+fn kafka_keys_of_each_type_encode_back_to_their_bytes() {
+    let keys: [(SqlType, Vec<u8>); 4] = [
+        (SqlType::String, "car-7 ü".as_bytes().to_vec()),
+        (SqlType::Int, (-3i32).to_be_bytes().to_vec()),
+        (SqlType::Bigint, (1i64 << 40).to_be_bytes().to_vec()),
+        (SqlType::Double, 2.5f64.to_be_bytes().to_vec()),
+    ];
+    for (ty, bytes) in keys {
+        let l = layout(
+            vec![col("K", ty.clone())],
+            Format::Kafka,
+            vec![col("V", SqlType::Int), col("W", SqlType::String)],
+            FormatSpec::new(Format::Json),
+        );
+        let value = br#"{"V":1,"W":"x"}"#;
+        let d = l.decode(
+            &l.schema(),
+            &[
+                stored(0, Some(&bytes), Some(value)),
+                stored(1, None, Some(value)),
+            ],
+        );
+        assert!(d.errors.is_empty(), "{ty}: {:?}", d.errors);
+        assert_eq!(
+            l.encode(&d.batch).unwrap(),
+            [
+                (Some(bytes.clone()), Some(value.to_vec())),
+                (None, Some(value.to_vec()))
+            ],
+            "{ty}"
+        );
+    }
+}
+
+#[test]
 fn layouts_refuse_columns_their_format_cannot_hold() {
     let arr = SqlType::Array(Box::new(SqlType::Int));
     assert!(

@@ -995,23 +995,18 @@ impl Aggregator {
         Ok(changes)
     }
 
-    /// A group's checkpoint entry: its key, window, clock, HAVING flag, each call's
-    /// state and (session windows) its rows.
+    /// A group's checkpoint entry (its key and window are in the entry's name, see
+    /// [`path`]): its clock, HAVING flag, each call's state and (session windows) its
+    /// rows.
     fn entry(&self, g: u32, out: &mut Vec<u8>) {
         let slot = &self.groups.slots[g as usize];
-        accumulator::put_slice(out, self.groups.key_bytes(slot.key));
-        match slot.window {
-            None => out.push(0),
-            Some((s, e)) => {
-                out.push(1);
-                out.extend_from_slice(&s.to_le_bytes());
-                out.extend_from_slice(&e.to_le_bytes());
-            }
-        }
         out.extend_from_slice(&slot.time.to_le_bytes());
         out.push(slot.emitted as u8);
         for acc in &self.accumulators {
             acc.save(g, out);
+        }
+        if slot.inputs.is_empty() {
+            return;
         }
         out.extend_from_slice(&(slot.inputs.len() as u32).to_le_bytes());
         for (offset, args) in &slot.inputs {
@@ -1020,15 +1015,21 @@ impl Aggregator {
         }
     }
 
-    /// Puts back a group from its checkpoint entry.
-    fn load_entry(&mut self, mut bytes: &[u8]) -> Result<()> {
+    /// Puts back a group from its checkpoint entry and its name (key and window).
+    fn load_entry(&mut self, name: &str, mut bytes: &[u8]) -> Result<()> {
         use accumulator::{take, take_slice};
-        let b = &mut bytes;
-        let key = take_slice(b)?.to_vec();
-        let window = match take::<1>(b)? {
-            [0] => None,
-            _ => Some((i64::from_le_bytes(take(b)?), i64::from_le_bytes(take(b)?))),
+        let (window, key) = match self.window {
+            None => (None, name),
+            Some(_) => {
+                let mut parts = name.splitn(3, '/');
+                let mut bound = || parts.next().and_then(|s| s.parse::<i64>().ok());
+                let (start, end) = (bound(), bound());
+                let key = parts.next().unwrap_or_default();
+                (Some(start.zip(end).ok_or_else(accumulator::corrupt)?), key)
+            }
         };
+        let key = unb64(key).ok_or_else(accumulator::corrupt)?;
+        let b = &mut bytes;
         let time = i64::from_le_bytes(take(b)?);
         let emitted = take::<1>(b)? != [0];
         let k = self.groups.intern(&key);
@@ -1039,7 +1040,12 @@ impl Aggregator {
         for acc in &mut self.accumulators {
             acc.load(g, b)?;
         }
-        let inputs = u32::from_le_bytes(take(b)?);
+        // Session windows' rows; none when the entry ends here.
+        let inputs = if b.is_empty() {
+            0
+        } else {
+            u32::from_le_bytes(take(b)?)
+        };
         let mut kept = Vec::with_capacity(inputs as usize);
         for _ in 0..inputs {
             let offset = i64::from_le_bytes(take(b)?);
@@ -1156,13 +1162,9 @@ impl Aggregator {
             w.sessions.clear();
             w.pending.clear();
         }
-        let entries = snapshot["groups"]
-            .as_object()
-            .into_iter()
-            .flat_map(|m| m.values());
-        for v in entries {
+        for (name, v) in snapshot["groups"].as_object().into_iter().flatten() {
             if let Some(bytes) = v.as_str().and_then(unb64) {
-                let _ = self.load_entry(&bytes);
+                let _ = self.load_entry(name, &bytes);
             }
         }
         if let Some(mut t) = self.table.take() {
