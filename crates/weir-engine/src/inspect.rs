@@ -429,6 +429,9 @@ impl Engine {
                 .iter()
                 .enumerate()
                 .skip(2)
+                // The hidden window columns carry a windowed source's bounds to a sink's
+                // key; a client sees the bounds it selects (as WINDOWSTART/WINDOWEND).
+                .filter(|(_, f)| !crate::aggregate::WINDOW_COLUMNS.contains(&f.name().as_str()))
                 .map(|(i, f)| Ok((f.name().clone(), sql_type_of(f.data_type())?, i)))
                 .collect::<Result<Vec<_>>>()?;
             (plan, None, placed)

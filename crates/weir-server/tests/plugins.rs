@@ -293,3 +293,37 @@ fn a_plugin_aggregate_is_called_from_group_by() {
     );
     server.shutdown().unwrap();
 }
+
+#[test]
+fn a_plugin_aggregate_folds_merged_sessions_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with_plugin(dir.path(), "spread", "spread.so");
+    ksql(
+        &server,
+        "CREATE STREAM temps (car VARCHAR KEY, t INT) WITH (kafka_topic='temps', value_format='JSON', partitions=1);",
+    );
+    ksql(
+        &server,
+        "SET 'auto.offset.reset'='earliest'; CREATE TABLE sessions AS SELECT car, SPREAD(t) AS spread, COUNT(*) AS n FROM temps WINDOW SESSION (60 SECONDS) GROUP BY car;",
+    );
+    // Two sessions 99 s apart, then a record between them that merges them: the merged
+    // session's spread comes from all three readings.
+    for (time, t) in [(1_000, 70), (100_000, 95), (50_000, 60)] {
+        ksql(
+            &server,
+            &format!("INSERT INTO temps (ROWTIME, car, t) VALUES ({time}, 'a', {t});"),
+        );
+    }
+    assert_eq!(
+        rows(
+            &server,
+            "SELECT car, WINDOWSTART, WINDOWEND, spread, n FROM sessions EMIT CHANGES LIMIT 3;"
+        ),
+        [
+            json!(["a", 1_000, 1_000, 0.0, 1]),
+            json!(["a", 100_000, 100_000, 0.0, 1]),
+            json!(["a", 1_000, 100_000, 35.0, 3]),
+        ]
+    );
+    server.shutdown().unwrap();
+}

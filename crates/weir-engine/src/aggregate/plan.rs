@@ -487,10 +487,6 @@ pub fn plan_aggregate(
         for b in crate::WINDOW_BOUNDS {
             middle_fields.push(Field::new(b, DataType::Int64, true));
         }
-        if matches!(w.spec, WindowSpec::Session { .. }) && calls.iter().any(|c| c.plugin.is_some())
-        {
-            return unsupported("plugin aggregates over session windows");
-        }
     }
     let middle = Arc::new(Schema::new(middle_fields));
     let alias = source_alias(query, source);
