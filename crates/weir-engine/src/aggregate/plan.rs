@@ -12,7 +12,7 @@ use weir_sql::sqlparser::ast::{
     self as sql, FunctionArg, FunctionArgExpr, FunctionArguments, visit_expressions_mut,
 };
 
-use super::{Aggregator, Output, Parts, WINDOW_COLUMNS, WindowSpec, Windowing};
+use super::{Aggregator, Output, Parts, WINDOW_COLUMNS, Windowing};
 use crate::error::{EngineError, Result};
 use crate::functions::Functions;
 use crate::plan::{ExprCompiler, column_name, plan_push, same_expr, source_alias};
@@ -483,7 +483,7 @@ pub fn plan_aggregate(
         ));
     }
     let window = query.window.as_ref().map(|w| Windowing::new(w, emit_final));
-    if let Some(w) = &window {
+    if window.is_some() {
         for b in crate::WINDOW_BOUNDS {
             middle_fields.push(Field::new(b, DataType::Int64, true));
         }
