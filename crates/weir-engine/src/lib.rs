@@ -1043,7 +1043,7 @@ impl Engine {
                     .get(&format!("ksql.functions.{name}.limit"))
                     .and_then(|v| v.parse::<usize>().ok())
             };
-            a.limit_collections(limit("collect_list"), limit("collect_set"));
+            a.limit_collections(limit("collect_list"), limit("collect_set"))?;
             a.coalesce = self
                 .properties
                 .get(COALESCE_PROPERTY)

@@ -2,23 +2,360 @@
 //! TOPKDISTINCT, HISTOGRAM, LATEST_BY_OFFSET, EARLIEST_BY_OFFSET, ATTR) and plugin
 //! aggregates, as [`Accumulator`]s.
 //!
-//! The collection aggregates still keep each group's state as a JSON value (lists of
-//! values, a histogram's map) and fold one argument value at a time, converting the
-//! argument cell to JSON and each emitted result back to Arrow; the numeric aggregates in
-//! `accumulator.rs` are typed. Their checkpoint bytes are the state's JSON text.
+//! The collection aggregates keep the values they hold in arrow's row format (one row
+//! per value, encoded once per batch for the whole argument column), so any argument
+//! type (structs, lists, maps) is held and compared as bytes and its results are built
+//! back into Arrow arrays with one `convert_rows` per batch. Row bytes order like the
+//! values do, which gives TOPK its order. TOPK with other columns still keeps JSON
+//! states (`JsonStates`).
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef};
+use arrow::array::{Array, ArrayRef, Int64Array, ListArray, MapArray, StructArray};
+use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::row::{RowConverter, SortField};
 use serde_json::{Value, json};
 use weir_sql::ast::SqlType;
 
-use super::accumulator::{Accumulator, Emitted, Op, corrupt, grow_to, put_slice, take_slice};
+use super::accumulator::{Accumulator, Emitted, Op, corrupt, grow_to, put_slice, take, take_slice};
 use super::plan::{AggKind, Params, PluginRef};
 use crate::error::{EngineError, Result};
 
-/// A collection or offset aggregate's states, one JSON value per group.
+type Bytes = Box<[u8]>;
+
+/// A collection or offset aggregate's states: per group the values it holds, as rows.
+#[derive(Debug)]
+pub(crate) struct RowStates {
+    kind: AggKind,
+    params: Params,
+    arg_type: DataType,
+    result_type: DataType,
+    converter: RowConverter,
+    /// A null argument's row.
+    null_row: Bytes,
+    values: Vec<Vec<Bytes>>,
+    /// HISTOGRAM: each value's count; ATTR: 1 once two values differed.
+    counts: Vec<Vec<i64>>,
+}
+
+impl Clone for RowStates {
+    fn clone(&self) -> Self {
+        let mut c = RowStates::new(
+            self.kind,
+            self.params,
+            self.arg_type.clone(),
+            self.result_type.clone(),
+        )
+        .expect("the same types convert");
+        c.values = self.values.clone();
+        c.counts = self.counts.clone();
+        c
+    }
+}
+
+impl RowStates {
+    pub fn new(
+        kind: AggKind,
+        params: Params,
+        arg_type: DataType,
+        result_type: DataType,
+    ) -> Result<RowStates> {
+        let converter = RowConverter::new(vec![SortField::new(arg_type.clone())])?;
+        let nulls = arrow::array::new_null_array(&arg_type, 1);
+        let null_row = converter.convert_columns(&[nulls])?.row(0).as_ref().into();
+        Ok(RowStates {
+            kind,
+            params,
+            arg_type,
+            result_type,
+            converter,
+            null_row,
+            values: Vec::new(),
+            counts: Vec::new(),
+        })
+    }
+
+    /// Folds one value (its row; `valid`: not null) into a group's values.
+    fn fold(&mut self, g: usize, row: &[u8], valid: bool) {
+        let Params { n, ignore_nulls } = self.params;
+        let values = &mut self.values[g];
+        match self.kind {
+            AggKind::LatestByOffset | AggKind::EarliestByOffset if n.is_some() => {
+                let n = n.unwrap_or(1);
+                if (!valid && ignore_nulls) || n == 0 {
+                    return;
+                }
+                if self.kind == AggKind::LatestByOffset {
+                    values.push(row.into());
+                    if values.len() > n {
+                        values.remove(0);
+                    }
+                } else if values.len() < n {
+                    values.push(row.into());
+                }
+            }
+            AggKind::LatestByOffset if valid || !ignore_nulls => *values = vec![row.into()],
+            AggKind::EarliestByOffset if (valid || !ignore_nulls) && values.is_empty() => {
+                values.push(row.into())
+            }
+            AggKind::LatestByOffset | AggKind::EarliestByOffset => {}
+            AggKind::Attr => match values.first() {
+                None => values.push(row.into()),
+                Some(v) if v.as_ref() != row => self.counts[g] = vec![1],
+                Some(_) => {}
+            },
+            // `ksql.functions.collect_list.limit` / `collect_set.limit`: at most n values.
+            AggKind::CollectList | AggKind::CollectSet if n.is_some_and(|n| values.len() >= n) => {}
+            AggKind::CollectList => values.push(row.into()),
+            AggKind::CollectSet if !values.iter().any(|v| v.as_ref() == row) => {
+                values.push(row.into())
+            }
+            AggKind::CountDistinct if valid && !values.iter().any(|v| v.as_ref() == row) => {
+                values.push(row.into())
+            }
+            // Largest first; equal values in arrival order.
+            AggKind::TopK | AggKind::TopKDistinct if valid => {
+                if self.kind == AggKind::TopKDistinct && values.iter().any(|v| v.as_ref() == row) {
+                    return;
+                }
+                let at = values.partition_point(|v| v.as_ref() >= row);
+                values.insert(at, row.into());
+                values.truncate(n.unwrap_or(1));
+            }
+            AggKind::Histogram if valid => {
+                let counts = &mut self.counts[g];
+                match values.iter().position(|v| v.as_ref() == row) {
+                    Some(i) => counts[i] += 1,
+                    None => {
+                        values.push(row.into());
+                        counts.push(1);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Takes one value back out (a table row replaced or deleted).
+    fn unfold(&mut self, g: usize, row: &[u8], valid: bool) {
+        let values = &mut self.values[g];
+        match self.kind {
+            AggKind::CollectList => {
+                if let Some(i) = values.iter().position(|v| v.as_ref() == row) {
+                    values.remove(i);
+                }
+            }
+            AggKind::Histogram if valid => {
+                if let Some(i) = values.iter().position(|v| v.as_ref() == row) {
+                    let counts = &mut self.counts[g];
+                    counts[i] -= 1;
+                    if counts[i] <= 0 {
+                        values.remove(i);
+                        counts.remove(i);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The values of these rows, as an array of the argument's type.
+    fn decode<'a>(&self, rows: impl Iterator<Item = &'a [u8]>) -> Result<ArrayRef> {
+        let parser = self.converter.parser();
+        let mut columns = self.converter.convert_rows(rows.map(|r| parser.parse(r)))?;
+        Ok(columns.pop().expect("one column"))
+    }
+
+    /// What group `g` gives now, appended to the batch's results.
+    fn emit(&self, g: usize, out: &mut Snapshot) {
+        let values = &self.values[g];
+        let value = match self.kind {
+            AggKind::CountDistinct => {
+                out.lengths.push(values.len());
+                return;
+            }
+            // The first value while every value has been the same, else null.
+            AggKind::Attr => values.first().filter(|_| self.counts[g].is_empty()),
+            AggKind::Histogram => {
+                out.counts.extend(&self.counts[g]);
+                None
+            }
+            _ => values.first(),
+        };
+        if self.collects() {
+            out.lengths.push(values.len());
+            for v in values {
+                out.push(v);
+            }
+        } else {
+            out.push(value.unwrap_or(&self.null_row));
+        }
+    }
+
+    /// Whether the result is the values held (a list, or a histogram's map), not one.
+    fn collects(&self) -> bool {
+        match self.kind {
+            AggKind::LatestByOffset | AggKind::EarliestByOffset => self.params.n.is_some(),
+            AggKind::Attr => false,
+            _ => true,
+        }
+    }
+
+    fn results(&self, out: &Snapshot) -> Result<ArrayRef> {
+        let rows = || out.rows();
+        let lengths = || OffsetBuffer::<i32>::from_lengths(out.lengths.iter().copied());
+        if !self.collects() {
+            return cast_to(self.decode(rows())?, &self.result_type);
+        }
+        match (&self.result_type, self.kind) {
+            (_, AggKind::CountDistinct) => Ok(Arc::new(Int64Array::from_iter_values(
+                out.lengths.iter().map(|n| *n as i64),
+            ))),
+            (DataType::Map(entries, sorted), _) => {
+                let DataType::Struct(fields) = entries.data_type() else {
+                    return Err(EngineError::Execution("a map of entries".into()));
+                };
+                let keys = cast_to(self.decode(rows())?, fields[0].data_type())?;
+                let counts = Arc::new(Int64Array::from(out.counts.clone()));
+                let counts = cast_to(counts, fields[1].data_type())?;
+                let entries_array = StructArray::try_new(fields.clone(), vec![keys, counts], None)?;
+                Ok(Arc::new(MapArray::try_new(
+                    entries.clone(),
+                    lengths(),
+                    entries_array,
+                    None,
+                    *sorted,
+                )?))
+            }
+            (DataType::List(field), _) => {
+                let values = cast_to(self.decode(rows())?, field.data_type())?;
+                Ok(Arc::new(ListArray::try_new(
+                    field.clone(),
+                    lengths(),
+                    values,
+                    None,
+                )?))
+            }
+            (other, kind) => Err(EngineError::Execution(format!(
+                "{kind:?} cannot give {other}"
+            ))),
+        }
+    }
+}
+
+/// Whether values of this type hold a map: maps equal in ksqlDB whatever their entries'
+/// order, which their rows do not.
+pub(crate) fn holds_map(t: &DataType) -> bool {
+    match t {
+        DataType::Map(..) => true,
+        DataType::List(f) | DataType::LargeList(f) => holds_map(f.data_type()),
+        DataType::Struct(fields) => fields.iter().any(|f| holds_map(f.data_type())),
+        _ => false,
+    }
+}
+
+/// The results of a batch's emits as they were when emitted: rows in one buffer, and
+/// per emit how many (lists, maps) and a histogram's counts.
+#[derive(Debug, Default)]
+struct Snapshot {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+    lengths: Vec<usize>,
+    counts: Vec<i64>,
+}
+
+impl Snapshot {
+    fn push(&mut self, row: &[u8]) {
+        self.bytes.extend_from_slice(row);
+        self.ends.push(self.bytes.len());
+    }
+
+    fn rows(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(&self.ends).map(|(s, e)| &self.bytes[s..*e])
+    }
+}
+
+/// `a` as `ty` (the planned result type), cast when its type differs.
+fn cast_to(a: ArrayRef, ty: &DataType) -> Result<ArrayRef> {
+    if a.data_type() == ty {
+        Ok(a)
+    } else {
+        Ok(arrow::compute::cast(&a, ty)?)
+    }
+}
+
+impl Accumulator for RowStates {
+    fn run(
+        &mut self,
+        ops: &[Op],
+        groups: usize,
+        args: &[ArrayRef],
+        _: &mut Vec<(u32, String)>,
+    ) -> Result<Emitted> {
+        grow_to(&mut self.values, groups, Vec::new());
+        grow_to(&mut self.counts, groups, Vec::new());
+        let arg = cast_to(args[0].clone(), &self.arg_type)?;
+        let rows = self.converter.convert_columns(std::slice::from_ref(&arg))?;
+        let nulls = arg.logical_nulls();
+        let valid = |r: u32| nulls.as_ref().is_none_or(|n| n.is_valid(r as usize));
+        let mut out = Snapshot::default();
+        for op in ops {
+            match *op {
+                Op::Reset(g) => {
+                    self.values[g as usize].clear();
+                    self.counts[g as usize].clear();
+                }
+                Op::Fold(g, r) => self.fold(g as usize, rows.row(r as usize).as_ref(), valid(r)),
+                Op::Unfold(g, r) => {
+                    self.unfold(g as usize, rows.row(r as usize).as_ref(), valid(r))
+                }
+                Op::Emit(g) => self.emit(g as usize, &mut out),
+            }
+        }
+        Ok(Emitted {
+            values: self.results(&out)?,
+            bad: Vec::new(),
+        })
+    }
+
+    fn save(&self, g: u32, out: &mut Vec<u8>) {
+        let (values, counts) = (&self.values[g as usize], &self.counts[g as usize]);
+        out.extend_from_slice(&(values.len() as u32).to_le_bytes());
+        for v in values {
+            put_slice(out, v);
+        }
+        out.extend_from_slice(&(counts.len() as u32).to_le_bytes());
+        for c in counts {
+            out.extend_from_slice(&c.to_le_bytes());
+        }
+    }
+
+    fn load(&mut self, g: u32, bytes: &mut &[u8]) -> Result<()> {
+        grow_to(&mut self.values, g as usize + 1, Vec::new());
+        grow_to(&mut self.counts, g as usize + 1, Vec::new());
+        let n = u32::from_le_bytes(take(bytes)?);
+        let mut values = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            values.push(take_slice(bytes)?.into());
+        }
+        let n = u32::from_le_bytes(take(bytes)?);
+        let mut counts = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            counts.push(i64::from_le_bytes(take(bytes)?));
+        }
+        self.values[g as usize] = values;
+        self.counts[g as usize] = counts;
+        Ok(())
+    }
+
+    fn boxed_clone(&self) -> Box<dyn Accumulator> {
+        Box::new(self.clone())
+    }
+}
+
+/// TOPK with other columns: one JSON value per group (the top rows as objects).
 #[derive(Debug, Clone)]
 pub(crate) struct JsonStates {
     kind: AggKind,

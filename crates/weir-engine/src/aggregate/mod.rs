@@ -162,8 +162,9 @@ pub struct Aggregator {
     calls: Vec<Call>,
     /// Each call's result type.
     results: Vec<SqlType>,
-    /// One per call, in order.
+    /// One per call, in order; and fresh ones (to restore into).
     accumulators: Vec<Box<dyn Accumulator>>,
+    fresh: Vec<Box<dyn Accumulator>>,
     /// The stateless step's projections the calls take as arguments, and per call where
     /// its arguments are among them (the argument, then CORRELATION's second or TOPK's
     /// other columns).
@@ -410,6 +411,7 @@ impl Aggregator {
             calls: p.calls,
             results: p.results,
             accumulators: Vec::new(),
+            fresh: Vec::new(),
             arg_columns,
             call_args,
             stored_args,
@@ -424,20 +426,23 @@ impl Aggregator {
             window: p.window,
             coalesce: false,
         };
-        a.accumulators = a.new_accumulators();
+        a.fresh = a.new_accumulators()?;
+        a.accumulators = a.fresh.clone();
         Ok(a)
     }
 
     /// A fresh accumulator per call.
-    fn new_accumulators(&self) -> Vec<Box<dyn Accumulator>> {
+    fn new_accumulators(&self) -> Result<Vec<Box<dyn Accumulator>>> {
         use accumulator::{Avg, Correlation, Count, MinMax, MinMaxString, StddevSamp, Sum};
+        let keys = self.keys.len();
         self.calls
             .iter()
             .zip(&self.results)
-            .map(|(c, result)| -> Box<dyn Accumulator> {
+            .enumerate()
+            .map(|(n, (c, result))| -> Result<Box<dyn Accumulator>> {
                 let arg = c.arg.as_ref().map(|(_, t)| t);
                 let max = c.kind == AggKind::Max;
-                match (c.kind, arg, &c.plugin) {
+                Ok(match (c.kind, arg, &c.plugin) {
                     (_, _, Some(p)) => Box::new(collect::PluginStates::new(p.clone())),
                     (AggKind::CountStar, ..) => Box::new(Count::new(true)),
                     (AggKind::Count, ..) => Box::new(Count::new(false)),
@@ -459,25 +464,50 @@ impl Aggregator {
                     }
                     (AggKind::StddevSamp, ..) => Box::new(StddevSamp::default()),
                     (AggKind::Correlation, ..) => Box::new(Correlation::default()),
-                    (kind, arg, None) => Box::new(collect::JsonStates::new(
-                        kind,
-                        c.params,
-                        arg.cloned(),
-                        c.arg2
-                            .iter()
-                            .chain(&c.extra)
-                            .map(|(_, t)| t.clone())
-                            .collect(),
-                        result.clone(),
-                    )),
-                }
+                    // Sets of values holding maps compare them as JSON (entries in any
+                    // order), as does TOPK with other columns.
+                    (kind, _, None)
+                        if !c.extra.is_empty()
+                            || matches!(
+                                kind,
+                                AggKind::CollectSet
+                                    | AggKind::CountDistinct
+                                    | AggKind::TopKDistinct
+                                    | AggKind::Attr
+                            ) && c.arg.as_ref().is_some_and(|(i, _)| {
+                                collect::holds_map(&self.pre.projections[*i].compiled.data_type)
+                            }) =>
+                    {
+                        Box::new(collect::JsonStates::new(
+                            kind,
+                            c.params,
+                            arg.cloned(),
+                            c.extra.iter().map(|(_, t)| t.clone()).collect(),
+                            result.clone(),
+                        ))
+                    }
+                    (kind, arg, None) => match &c.arg {
+                        Some((i, _)) => Box::new(collect::RowStates::new(
+                            kind,
+                            c.params,
+                            self.pre.projections[*i].compiled.data_type.clone(),
+                            self.middle.field(keys + n).data_type().clone(),
+                        )?),
+                        None => {
+                            return Err(EngineError::Invalid(format!(
+                                "{kind:?} needs an argument: {}",
+                                arg.map(|t| t.to_string()).unwrap_or_default()
+                            )));
+                        }
+                    },
+                })
             })
             .collect()
     }
 
     /// ksqlDB's `ksql.functions.collect_list.limit` and `collect_set.limit`: the most
     /// values those lists keep.
-    pub fn limit_collections(&mut self, list: Option<usize>, set: Option<usize>) {
+    pub fn limit_collections(&mut self, list: Option<usize>, set: Option<usize>) -> Result<()> {
         for c in &mut self.calls {
             match c.kind {
                 AggKind::CollectList => c.params.n = list,
@@ -485,7 +515,9 @@ impl Aggregator {
                 _ => {}
             }
         }
-        self.accumulators = self.new_accumulators();
+        self.fresh = self.new_accumulators()?;
+        self.accumulators = self.fresh.clone();
+        Ok(())
     }
 
     /// A push query's columns: the select list, with a windowed result's WINDOWSTART and
@@ -1155,7 +1187,7 @@ impl Aggregator {
     pub fn restore(&mut self, snapshot: &Value) {
         self.clear_changes();
         self.groups.clear();
-        self.accumulators = self.new_accumulators();
+        self.accumulators = self.fresh.clone();
         if let Some(w) = self.window.as_mut() {
             w.stream_time = snapshot["stream_time"].as_i64().unwrap_or(i64::MIN);
             w.late = snapshot["late"].as_u64().unwrap_or(0);
