@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
 
-use arrow::array::{AsArray, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -38,6 +38,7 @@ use crate::catalog::Source;
 use crate::error::{EngineError, Result};
 use crate::functions::Functions;
 use crate::plan::{Compiled, ExprCompiler, column_name};
+use crate::rowcodec::RowCodec;
 use crate::tracked::Tracked;
 
 /// Grace period of a stream-stream join that does not say: Kafka Streams' old default.
@@ -88,16 +89,54 @@ impl JoinInput {
     }
 }
 
+/// One source's columns of a record in arrow's row format (see [`WideCodec`]).
+type Part = Arc<[u8]>;
+
+/// A wide row: per source, its columns as one row (none: that source's columns are null
+/// in it). Joining two rows takes the right source's part into the left row.
+#[derive(Debug, Clone, PartialEq)]
+struct Wide(Vec<Option<Part>>);
+
+impl Serialize for Wide {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+        let parts: Vec<Option<String>> = self
+            .0
+            .iter()
+            .map(|p| p.as_ref().map(|p| b64.encode(p)))
+            .collect();
+        parts.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Wide {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Wide, D::Error> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+        let parts: Vec<Option<String>> = Deserialize::deserialize(d)?;
+        parts
+            .into_iter()
+            .map(|p| {
+                p.map(|p| b64.decode(p).map(Part::from))
+                    .transpose()
+                    .map_err(serde::de::Error::custom)
+            })
+            .collect::<std::result::Result<_, _>>()
+            .map(Wide)
+    }
+}
+
 /// A record, or a join's result, on its way up the tree.
 #[derive(Debug, Clone)]
 struct Event {
     pub ts: i64,
     /// The wide row: the columns of the sources under the node that made it; others null.
-    pub row: Vec<Value>,
+    pub row: Wide,
     /// A table's delete.
     pub delete: bool,
-    /// The join's key values (the relation's key columns) at the node that made it.
-    pub key: Vec<Value>,
+    /// The relation's key (its key columns as a row) at the node that made it; none: null.
+    pub key: Option<Part>,
     /// The source record it comes from (partition, offset): where a problem with it is
     /// reported.
     pub origin: Origin,
@@ -112,7 +151,68 @@ type Failures = Vec<crate::Problem>;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Entry {
     ts: i64,
-    row: Vec<Value>,
+    row: Wide,
+}
+
+/// Wide rows in and out of Arrow: per source, its columns' codec and place.
+#[derive(Debug, Clone)]
+struct WideCodec {
+    schema: SchemaRef,
+    /// Per source: where its columns start in the wide schema, and their codec.
+    sources: Vec<(usize, RowCodec)>,
+}
+
+impl WideCodec {
+    fn new(schema: SchemaRef, inputs: &[JoinInput]) -> Result<WideCodec> {
+        let sources = inputs
+            .iter()
+            .map(|i| {
+                let types: Vec<_> = schema.fields()[i.start..i.start + i.width]
+                    .iter()
+                    .map(|f| f.data_type().clone())
+                    .collect();
+                Ok((i.start, RowCodec::new(&types)?))
+            })
+            .collect::<Result<_>>()?;
+        Ok(WideCodec { schema, sources })
+    }
+
+    /// The source whose columns hold wide column `i`.
+    fn source_of(&self, i: usize) -> usize {
+        self.sources
+            .iter()
+            .rposition(|(start, _)| *start <= i)
+            .unwrap_or(0)
+    }
+
+    /// One source's columns for these events (nulls where the event lacks it).
+    fn columns(&self, source: usize, events: &[&Wide]) -> Result<Vec<ArrayRef>> {
+        let codec = &self.sources[source].1;
+        codec.decode(events.iter().map(|w| match &w.0[source] {
+            Some(p) => p.as_ref(),
+            None => codec.null_row(),
+        }))
+    }
+
+    /// The wide batch of these events.
+    fn batch(&self, events: &[&Wide]) -> Result<RecordBatch> {
+        let mut columns = Vec::with_capacity(self.schema.fields().len());
+        for s in 0..self.sources.len() {
+            columns.extend(self.columns(s, events)?);
+        }
+        Ok(RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            columns,
+            &arrow::array::RecordBatchOptions::new().with_row_count(Some(events.len())),
+        )?)
+    }
+
+    /// Wide column `i` of these events.
+    fn column(&self, i: usize, events: &[&Wide]) -> Result<ArrayRef> {
+        let s = self.source_of(i);
+        let mut columns = self.columns(s, events)?;
+        Ok(columns.swap_remove(i - self.sources[s].0))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,12 +255,15 @@ struct JoinNode {
     /// Windowed sources: where each side's window bounds are; rows match only within
     /// the same window.
     windows: Option<((usize, usize), (usize, usize))>,
-    key_type: SqlType,
-    /// Where the right source's columns are in the wide row (start, width): merging takes
-    /// them from the right side. (Joins are left-deep: the right child is one source.)
-    right_segment: (usize, usize),
-    /// Foreign-key joins: the left table's key columns in the wide row, and their types.
-    left_primary: Vec<(usize, SqlType)>,
+    /// The join key's codec (both sides' keys are cast to the left key's type).
+    key_codec: RowCodec,
+    /// The right source: merging takes its part from the right side. (Joins are
+    /// left-deep: the right child is one source.)
+    right_source: usize,
+    /// Foreign-key joins: the left table's key columns in the wide row, and their codec
+    /// (the relation's key).
+    left_primary: Vec<usize>,
+    primary_codec: Option<RowCodec>,
     state: NodeState,
 }
 
@@ -189,23 +292,17 @@ impl Node {
         &mut self,
         source: usize,
         events: Vec<Event>,
-        wide: &SchemaRef,
+        wide: &WideCodec,
         failures: &mut Failures,
-    ) -> Vec<Event> {
+    ) -> Result<Vec<Event>> {
         match self {
-            Node::Source(s) => {
-                if *s == source {
-                    events
-                } else {
-                    Vec::new()
-                }
-            }
+            Node::Source(s) => Ok(if *s == source { events } else { Vec::new() }),
             Node::Join(j) => {
                 if j.left.contains(source) {
-                    let events = j.left.push(source, events, wide, failures);
+                    let events = j.left.push(source, events, wide, failures)?;
                     j.on_side(true, events, wide, failures)
                 } else {
-                    let events = j.right.push(source, events, wide, failures);
+                    let events = j.right.push(source, events, wide, failures)?;
                     j.on_side(false, events, wide, failures)
                 }
             }
@@ -285,82 +382,81 @@ impl Node {
     }
 }
 
-/// Keys in order: numbers by value, strings by text, lists element by element.
-fn key_order(a: &Value, b: &Value) -> std::cmp::Ordering {
-    use std::cmp::Ordering;
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x
-            .as_f64()
-            .partial_cmp(&y.as_f64())
-            .unwrap_or(Ordering::Equal),
-        (Value::String(x), Value::String(y)) => x.cmp(y),
-        (Value::Array(x), Value::Array(y)) => x
-            .iter()
-            .zip(y)
-            .map(|(a, b)| key_order(a, b))
-            .find(|o| o.is_ne())
-            .unwrap_or(x.len().cmp(&y.len())),
-        _ => a.to_string().cmp(&b.to_string()),
+/// A join key as one node matches it.
+#[derive(Debug, Clone)]
+struct JoinKey {
+    /// The key as a row of the relation's key (none: null, which joins nothing).
+    value: Option<Part>,
+    /// Its state entries' name: the key's row in hex (which orders like the keys), and
+    /// for windowed sources the window.
+    text: String,
+}
+
+impl JoinKey {
+    fn is_null(&self) -> bool {
+        self.value.is_none()
     }
 }
 
-fn key_text(v: &Value) -> String {
-    serde_json::to_string(v).expect("JSON values serialize")
+/// Bytes as hex text: names of state entries that sort as the bytes do.
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
 }
 
-/// Evaluates a key expression over events' wide rows. When the batch fails, each row
-/// is evaluated alone: a row whose key cannot be computed gets a null key (it joins
+fn unhex(text: &str) -> Option<Part> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()
+        .map(Part::from)
+}
+
+/// Evaluates a key expression over a wide batch. When the batch fails, each row is
+/// evaluated alone: a row whose key cannot be computed gets a null key (it joins
 /// nothing) and why goes to `failures`.
 fn eval_keys(
     c: &Compiled,
-    ty: &SqlType,
+    batch: &RecordBatch,
     events: &[Event],
-    wide: &SchemaRef,
     failures: &mut Failures,
-) -> Vec<Value> {
-    let eval = |rows: Vec<Vec<Value>>| -> std::result::Result<Vec<Value>, String> {
-        let n = rows.len();
-        let (batch, bad) = weir_format::convert::rows_to_batch(wide, rows);
-        if let Some((_, why)) = bad.first() {
-            return Err(why.clone());
-        }
-        let array = c
-            .expr
-            .evaluate(&batch)
-            .and_then(|v| v.into_array(n))
-            .map_err(|e| e.to_string())?;
-        Ok((0..n)
-            .map(|i| weir_format::convert::value_at(&array, i, ty))
-            .collect())
+) -> Result<ArrayRef> {
+    let eval = |b: &RecordBatch| -> std::result::Result<ArrayRef, String> {
+        c.expr
+            .evaluate(b)
+            .and_then(|v| v.into_array(b.num_rows()))
+            .map_err(|e| e.to_string())
     };
-    if events.is_empty() {
-        return Vec::new();
+    if let Ok(keys) = eval(batch) {
+        return Ok(keys);
     }
-    match eval(events.iter().map(|e| e.row.clone()).collect()) {
-        Ok(keys) => keys,
-        Err(_) => events
-            .iter()
-            .map(|e| match eval(vec![e.row.clone()]) {
-                Ok(mut k) => k.pop().unwrap_or(Value::Null),
-                Err(why) => {
-                    failures.push(crate::Problem::new(
-                        e.origin.0,
-                        e.origin.1,
-                        format!("Error computing the join key: {why}"),
-                    ));
-                    Value::Null
-                }
-            })
-            .collect(),
+    let mut parts: Vec<ArrayRef> = Vec::with_capacity(events.len());
+    for (i, e) in events.iter().enumerate() {
+        match eval(&batch.slice(i, 1)) {
+            Ok(k) => parts.push(k),
+            Err(why) => {
+                failures.push(crate::Problem::new(
+                    e.origin.0,
+                    e.origin.1,
+                    format!("Error computing the join key: {why}"),
+                ));
+                parts.push(arrow::array::new_null_array(&c.data_type, 1));
+            }
+        }
     }
+    let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+    Ok(arrow::compute::concat(&refs)?)
 }
 
 impl JoinNode {
-    /// The left row with the right child's columns taken from `right`.
-    fn merge(&self, left: &[Value], right: &[Value]) -> Vec<Value> {
-        let mut row = left.to_vec();
-        let (start, width) = self.right_segment;
-        row[start..start + width].clone_from_slice(&right[start..start + width]);
+    /// The left row with the right source's columns taken from `right`.
+    fn merge(&self, left: &Wide, right: &Wide) -> Wide {
+        let mut row = left.clone();
+        row.0[self.right_source] = right.0[self.right_source].clone();
         row
     }
 
@@ -368,39 +464,73 @@ impl JoinNode {
         &mut self,
         from_left: bool,
         events: Vec<Event>,
-        wide: &SchemaRef,
+        wide: &WideCodec,
         failures: &mut Failures,
-    ) -> Vec<Event> {
+    ) -> Result<Vec<Event>> {
         if events.is_empty() {
-            return events;
+            return Ok(events);
         }
         let (expr, column) = if from_left {
             (&self.left_key, self.left_column)
         } else {
             (&self.right_key, self.right_column)
         };
+        let rows: Vec<&Wide> = events.iter().map(|e| &e.row).collect();
         let keys = match column {
-            Some(i) => events.iter().map(|e| e.row[i].clone()).collect(),
-            None => eval_keys(expr, &self.key_type, &events, wide, failures),
+            Some(i) => wide.column(i, &rows)?,
+            None => eval_keys(expr, &wide.batch(&rows)?, &events, failures)?,
         };
+        let key_rows = self.key_codec.encode(std::slice::from_ref(&keys))?;
+        let nulls = keys.logical_nulls();
+        // Windowed: the key to match is the key and the window.
+        let bounds = match self.windows {
+            Some((l, r)) => {
+                let (s, end) = if from_left { l } else { r };
+                Some((wide.column(s, &rows)?, wide.column(end, &rows)?))
+            }
+            None => None,
+        };
+        // Foreign-key joins: the left rows' own keys.
+        let primary = match (&self.primary_codec, from_left) {
+            (Some(codec), true) => {
+                let columns = self
+                    .left_primary
+                    .iter()
+                    .map(|i| wide.column(*i, &rows))
+                    .collect::<Result<Vec<_>>>()?;
+                Some(codec.encode(&columns)?)
+            }
+            _ => None,
+        };
+        drop(rows);
         let mut out = Vec::new();
-        for (e, k) in events.into_iter().zip(keys) {
+        for (n, e) in events.into_iter().enumerate() {
             self.state.stream_time = self.state.stream_time.max(e.ts);
-            // Windowed: the key to match is the key and the window.
-            let k = match self.windows {
-                Some((l, r)) if !k.is_null() => {
-                    let (s, end) = if from_left { l } else { r };
-                    json!([k, e.row[s], e.row[end]])
-                }
-                _ => k,
-            };
+            let value: Option<Part> = nulls
+                .as_ref()
+                .is_none_or(|b| b.is_valid(n))
+                .then(|| key_rows.row(n).as_ref().into());
+            let mut text = value.as_deref().map(hex).unwrap_or_default();
+            if let (Some((s, end)), Some(_)) = (&bounds, &value) {
+                let bound = |a: &ArrayRef| {
+                    let a = a.as_primitive::<arrow::datatypes::Int64Type>();
+                    a.is_valid(n).then(|| a.value(n))
+                };
+                text.push_str(&format!("@{:?}/{:?}", bound(s), bound(end)));
+            }
+            let k = JoinKey { value, text };
+            let pk = primary.as_ref().map(|p| {
+                let bytes: Part = p.row(n).as_ref().into();
+                let text = hex(&bytes);
+                (bytes, text)
+            });
             match self.shape {
                 Shape::StreamStream { before, after, .. } => {
                     self.stream_stream(from_left, e, k, (before, after), &mut out)
                 }
                 Shape::StreamTable => self.stream_table(from_left, e, k, &mut out),
                 Shape::TableTable => self.table_table(from_left, e, k, &mut out),
-                Shape::ForeignKey => self.foreign_key(from_left, e, k, &mut out),
+                Shape::ForeignKey => self.foreign_key(from_left, e, k, pk, &mut out),
             }
             if let Shape::StreamStream {
                 before,
@@ -411,38 +541,27 @@ impl JoinNode {
                 self.purge(before + after + grace);
             }
         }
-        // The relation's key is the join key, without the window it was matched with.
-        if self.windows.is_some() {
-            for e in &mut out {
-                if let [Value::Array(k)] = e.key.as_slice()
-                    && let Some(first) = k.first()
-                {
-                    e.key = vec![first.clone()];
-                }
-            }
-        }
-        out
+        Ok(out)
     }
 
     fn stream_stream(
         &mut self,
         from_left: bool,
         e: Event,
-        k: Value,
+        k: JoinKey,
         (before, after): (i64, i64),
         out: &mut Vec<Event>,
     ) {
         if k.is_null() {
             return;
         }
-        let kt = key_text(&k);
         let other = if from_left {
             &self.state.right
         } else {
             &self.state.left
         };
         let mut matched = Vec::new();
-        for o in other.get(&kt).into_iter().flatten() {
+        for o in other.get(&k.text).into_iter().flatten() {
             // A right record within [left - before, left + after] of a left one.
             let within = if from_left {
                 o.ts >= e.ts - before && o.ts <= e.ts + after
@@ -464,7 +583,7 @@ impl JoinNode {
                 ts: e.ts,
                 row: e.row.clone(),
                 delete: false,
-                key: vec![k.clone()],
+                key: k.value.clone(),
                 origin: e.origin,
             });
         }
@@ -478,7 +597,7 @@ impl JoinNode {
                 ts: e.ts.max(o.ts),
                 row,
                 delete: false,
-                key: vec![k.clone()],
+                key: k.value.clone(),
                 origin: e.origin,
             });
         }
@@ -487,7 +606,7 @@ impl JoinNode {
         } else {
             &mut self.state.right
         };
-        own.entry_or_default(kt).push(Entry {
+        own.entry_or_default(k.text).push(Entry {
             ts: e.ts,
             row: e.row,
         });
@@ -510,18 +629,17 @@ impl JoinNode {
         }
     }
 
-    fn stream_table(&mut self, from_left: bool, e: Event, k: Value, out: &mut Vec<Event>) {
+    fn stream_table(&mut self, from_left: bool, e: Event, k: JoinKey, out: &mut Vec<Event>) {
         if !from_left {
             // The table's change: kept for the stream records to come.
             if k.is_null() {
                 return;
             }
-            let kt = key_text(&k);
             if e.delete {
-                self.state.right.remove(&kt);
+                self.state.right.remove(&k.text);
             } else {
                 self.state.right.insert(
-                    kt,
+                    k.text,
                     vec![Entry {
                         ts: e.ts,
                         row: e.row,
@@ -531,7 +649,7 @@ impl JoinNode {
             return;
         }
         let found = (!k.is_null())
-            .then(|| self.state.right.get(&key_text(&k)))
+            .then(|| self.state.right.get(&k.text))
             .flatten()
             .and_then(|v| v.first());
         match found {
@@ -539,42 +657,41 @@ impl JoinNode {
                 ts: e.ts,
                 row: self.merge(&e.row, &r.row),
                 delete: false,
-                key: vec![k],
+                key: k.value,
                 origin: e.origin,
             }),
             None if self.kind == JoinKind::Left => out.push(Event {
                 ts: e.ts,
                 row: e.row,
                 delete: false,
-                key: vec![k],
+                key: k.value,
                 origin: e.origin,
             }),
             None => {}
         }
     }
 
-    fn table_table(&mut self, from_left: bool, e: Event, k: Value, out: &mut Vec<Event>) {
+    fn table_table(&mut self, from_left: bool, e: Event, k: JoinKey, out: &mut Vec<Event>) {
         if k.is_null() {
             return;
         }
-        let kt = key_text(&k);
         let (own, other) = if from_left {
             (&mut self.state.left, &self.state.right)
         } else {
             (&mut self.state.right, &self.state.left)
         };
         let old = if e.delete {
-            own.remove(&kt)
+            own.remove(&k.text)
         } else {
             own.insert(
-                kt.clone(),
+                k.text.clone(),
                 vec![Entry {
                     ts: e.ts,
                     row: e.row.clone(),
                 }],
             )
         };
-        let other = other.get(&kt).and_then(|v| v.first()).cloned();
+        let other = other.get(&k.text).and_then(|v| v.first()).cloned();
         // Whether this side's row shows without the other's, and the other's without it.
         let (own_outer, other_outer) = match (self.kind, from_left) {
             (JoinKind::Inner, _) => (false, false),
@@ -583,7 +700,7 @@ impl JoinNode {
             (JoinKind::Left, false) | (JoinKind::Right, true) => (false, true),
         };
         let ts = other.as_ref().map_or(e.ts, |o| o.ts.max(e.ts));
-        let merged = |own: &[Value], other: &[Value]| {
+        let merged = |own: &Wide, other: &Wide| {
             if from_left {
                 self.merge(own, other)
             } else {
@@ -604,21 +721,24 @@ impl JoinNode {
                 ts,
                 row,
                 delete,
-                key: vec![k],
+                key: k.value,
                 origin: e.origin,
             });
         }
     }
 
-    fn foreign_key(&mut self, from_left: bool, e: Event, k: Value, out: &mut Vec<Event>) {
+    /// `pk`: from the left, the left row's own key (its row, and its entries' name).
+    fn foreign_key(
+        &mut self,
+        from_left: bool,
+        e: Event,
+        k: JoinKey,
+        pk: Option<(Part, String)>,
+        out: &mut Vec<Event>,
+    ) {
         let left_join = self.kind == JoinKind::Left;
         if from_left {
-            let primary: Vec<Value> = self
-                .left_primary
-                .iter()
-                .map(|(i, _)| e.row[*i].clone())
-                .collect();
-            let pk = key_text(&Value::Array(primary.clone()));
+            let Some((primary, pk)) = pk else { return };
             let old = self.state.left_rows.remove(&pk);
             if let Some((fk, _)) = &old
                 && let Some(set) = self.state.referrers.get_mut(fk)
@@ -630,7 +750,7 @@ impl JoinNode {
                     ts: e.ts,
                     row: e.row.clone(),
                     delete: true,
-                    key: primary.clone(),
+                    key: Some(primary.clone()),
                     origin: e.origin,
                 })
             };
@@ -640,7 +760,7 @@ impl JoinNode {
                 }
                 return;
             }
-            let fk = key_text(&k);
+            let fk = k.text.clone();
             let right = (!k.is_null())
                 .then(|| self.state.right.get(&fk))
                 .flatten()
@@ -651,14 +771,14 @@ impl JoinNode {
                     ts: e.ts.max(r.ts),
                     row: self.merge(&e.row, &r.row),
                     delete: false,
-                    key: primary.clone(),
+                    key: Some(primary.clone()),
                     origin: e.origin,
                 }),
                 None if left_join => out.push(Event {
                     ts: e.ts,
                     row: e.row.clone(),
                     delete: false,
-                    key: primary.clone(),
+                    key: Some(primary.clone()),
                     origin: e.origin,
                 }),
                 None => {
@@ -691,42 +811,31 @@ impl JoinNode {
         if k.is_null() {
             return;
         }
-        let rk = key_text(&k);
         if e.delete {
-            if self.state.right.remove(&rk).is_none() {
+            if self.state.right.remove(&k.text).is_none() {
                 return;
             }
         } else {
             self.state.right.insert(
-                rk.clone(),
+                k.text.clone(),
                 vec![Entry {
                     ts: e.ts,
                     row: e.row.clone(),
                 }],
             );
         }
-        // In key order, as Kafka Streams' subscription store gives them.
-        let mut referrers: Vec<(Value, String)> = self
+        // In key order (the names are the keys' rows in hex), as Kafka Streams'
+        // subscription store gives them.
+        let referrers: Vec<String> = self
             .state
             .referrers
-            .get(&rk)
-            .map(|s| {
-                s.iter()
-                    .map(|k| (serde_json::from_str(k).unwrap_or(Value::Null), k.clone()))
-                    .collect()
-            })
+            .get(&k.text)
+            .map(|s| s.iter().cloned().collect())
             .unwrap_or_default();
-        referrers.sort_by(|a, b| key_order(&a.0, &b.0));
-        let referrers = referrers.into_iter().map(|(_, k)| k);
         for pk in referrers {
             let Some((_, l)) = self.state.left_rows.get(&pk) else {
                 continue;
             };
-            let key: Vec<Value> = self
-                .left_primary
-                .iter()
-                .map(|(i, _)| l.row[*i].clone())
-                .collect();
             let ts = l.ts.max(e.ts);
             let (row, delete) = match (e.delete, left_join) {
                 (false, _) => (self.merge(&l.row, &e.row), false),
@@ -737,7 +846,7 @@ impl JoinNode {
                 ts,
                 row,
                 delete,
-                key,
+                key: unhex(&pk),
                 origin: e.origin,
             });
         }
@@ -749,7 +858,10 @@ impl JoinNode {
 pub struct Joiner {
     pub inputs: Vec<JoinInput>,
     root: Node,
-    wide: SchemaRef,
+    /// The wide rows' schema and codec.
+    codec: WideCodec,
+    /// The relation's key columns' codec (the events' keys).
+    key_codec: RowCodec,
     /// The joined rows as one source: the key (the join expression), then the sources'
     /// columns; the query is planned over it.
     pub relation: Source,
@@ -1162,7 +1274,7 @@ pub fn plan_join(
                 }
             }
         };
-        let left_primary = match (&shape, &root) {
+        let left_primary: Vec<(usize, SqlType)> = match (&shape, &root) {
             (Shape::ForeignKey, Node::Source(s)) => {
                 let i = &inputs[*s];
                 i.source
@@ -1175,6 +1287,15 @@ pub fn plan_join(
             }
             _ => Vec::new(),
         };
+        let primary_codec = (shape == Shape::ForeignKey)
+            .then(|| {
+                let types: Vec<_> = left_primary
+                    .iter()
+                    .map(|(_, t)| weir_format::arrow_type(t))
+                    .collect();
+                RowCodec::new(&types)
+            })
+            .transpose()?;
         // The relation's key: the left table's key for a foreign-key join, else the join
         // expression, named after the column it is when it is one.
         if shape == Shape::ForeignKey {
@@ -1221,9 +1342,10 @@ pub fn plan_join(
             right_column: column_name(&r).and_then(|c| wide.index_of(&c).ok()),
             left_key,
             right_key,
-            key_type: lt,
-            right_segment: (right_input.start, right_input.width),
-            left_primary,
+            key_codec: RowCodec::new(&[weir_format::arrow_type(&lt)])?,
+            right_source: right_index,
+            left_primary: left_primary.iter().map(|(i, _)| *i).collect(),
+            primary_codec,
             state: NodeState::default(),
         }));
     }
@@ -1371,11 +1493,18 @@ pub fn plan_join(
     {
         rewrite_columns(e, &inputs)?;
     }
+    let key_types: Vec<_> = relation
+        .layout
+        .key_columns
+        .iter()
+        .map(|c| weir_format::arrow_type(&c.ty))
+        .collect();
     Ok(JoinPlan {
         joiner: Joiner {
+            codec: WideCodec::new(wide, &inputs)?,
+            key_codec: RowCodec::new(&key_types)?,
             inputs,
             root,
-            wide,
             relation,
             value_columns,
             seq: 0,
@@ -1387,62 +1516,71 @@ pub fn plan_join(
 }
 
 impl Joiner {
-    /// The wide row of a source's decoded record (its columns in its segment).
-    fn wide_row(&self, source: usize, values: Vec<Value>) -> Vec<Value> {
-        let mut row = vec![Value::Null; self.wide.fields().len()];
-        let i = &self.inputs[source];
-        for (k, v) in values.into_iter().enumerate().take(i.width) {
-            row[i.start + k] = v;
-        }
-        row
-    }
-
     /// Pushes a run of one source's records through the joins: the joined events they
     /// make; why a record's join key could not be computed goes to `failures`.
-    fn push(&mut self, source: usize, events: Vec<Event>, failures: &mut Failures) -> Vec<Event> {
-        let wide = self.wide.clone();
-        self.root.push(source, events, &wide, failures)
+    fn push(
+        &mut self,
+        source: usize,
+        events: Vec<Event>,
+        failures: &mut Failures,
+    ) -> Result<Vec<Event>> {
+        self.root.push(source, events, &self.codec, failures)
     }
 
     /// The relation's batch for events (all rows or all deletes).
     fn relation_batch(&mut self, events: Vec<Event>) -> Result<RecordBatch> {
+        use arrow::array::{Int32Array, Int64Array};
         let schema = match self.relation.window {
             None => self.relation.layout.schema(),
             Some(_) => crate::with_window_bounds(&self.relation.layout.schema()),
         };
-        let windows: Vec<(usize, usize)> = self
-            .inputs
-            .iter()
-            .filter_map(JoinInput::window_columns)
-            .collect();
-        let rows: Vec<Vec<Value>> = events
-            .into_iter()
-            .map(|mut e| {
-                self.seq += 1;
-                // A windowed row's window: that of the first source present in it.
-                let window = windows
-                    .iter()
-                    .find(|(s, _)| !e.row[*s].is_null())
-                    .map(|(s, end)| [e.row[*s].clone(), e.row[*end].clone()]);
-                let mut row = Vec::with_capacity(5 + e.key.len() + self.value_columns.len());
-                row.extend([json!(e.ts), json!(0), json!(self.seq)]);
-                row.append(&mut e.key);
-                row.extend(
-                    self.value_columns
-                        .iter()
-                        .map(|i| std::mem::take(&mut e.row[*i])),
-                );
-                if self.relation.window.is_some() {
-                    row.extend(window.unwrap_or([Value::Null, Value::Null]));
-                }
-                row
-            })
-            .collect();
-        let (batch, bad) = weir_format::convert::rows_to_batch(&schema, rows);
-        if let Some((_, why)) = bad.first() {
-            return Err(EngineError::Execution(format!("joined row: {why}")));
+        let rows: Vec<&Wide> = events.iter().map(|e| &e.row).collect();
+        let wide = self.codec.batch(&rows)?;
+        let n = events.len();
+        let first = self.seq + 1;
+        self.seq += n as i64;
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from_iter_values(events.iter().map(|e| e.ts))),
+            Arc::new(Int32Array::from(vec![0; n])),
+            Arc::new(Int64Array::from_iter_values(first..first + n as i64)),
+        ];
+        let null_key = self.key_codec.null_row();
+        columns.extend(
+            self.key_codec
+                .decode(events.iter().map(|e| e.key.as_deref().unwrap_or(null_key)))?,
+        );
+        columns.extend(self.value_columns.iter().map(|i| wide.column(*i).clone()));
+        if self.relation.window.is_some() {
+            // A windowed row's window: that of the first source present in it.
+            let windows: Vec<(usize, usize)> = self
+                .inputs
+                .iter()
+                .filter_map(JoinInput::window_columns)
+                .collect();
+            let bound = |i: usize| wide.column(i).as_primitive::<arrow::datatypes::Int64Type>();
+            let mut starts = Vec::with_capacity(n);
+            let mut ends = Vec::with_capacity(n);
+            for row in 0..n {
+                let w = windows.iter().find(|(s, _)| bound(*s).is_valid(row));
+                let value = |i: usize| bound(i).is_valid(row).then(|| bound(i).value(row));
+                starts.push(w.and_then(|(s, _)| value(*s)));
+                ends.push(w.and_then(|(_, e)| value(*e)));
+            }
+            columns.push(Arc::new(Int64Array::from(starts)));
+            columns.push(Arc::new(Int64Array::from(ends)));
         }
-        Ok(batch)
+        let columns = columns
+            .into_iter()
+            .zip(schema.fields())
+            .map(|(c, f)| {
+                if c.data_type() == f.data_type() {
+                    Ok(c)
+                } else {
+                    arrow::compute::cast(&c, f.data_type())
+                }
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(RecordBatch::try_new(schema, columns)?)
     }
 
     pub fn snapshot(&self) -> Value {
@@ -1589,7 +1727,7 @@ impl Joiner {
                 )],
             )?;
         }
-        let mut pending: Vec<(i64, usize, bool, Vec<serde_json::Value>, Origin)> = Vec::new();
+        let mut pending: Vec<(i64, usize, bool, Part, Origin)> = Vec::new();
         let mut consumed = 0u64;
         let mut bytes = 0u64;
         let mut problems: Vec<crate::Problem> = Vec::new();
@@ -1640,19 +1778,14 @@ impl Joiner {
                     let times = batch
                         .column(0)
                         .as_primitive::<arrow::datatypes::Int64Type>();
-                    let types: Vec<weir_sql::ast::SqlType> =
-                        input.columns().map(|c| c.ty).collect();
                     let offsets = batch
                         .column(2)
                         .as_primitive::<arrow::datatypes::Int64Type>();
+                    let parts = self.codec.sources[j].1.encode(batch.columns())?;
                     for row in 0..batch.num_rows() {
                         let origin = (partition, offsets.value(row) as u64);
-                        let values = types
-                            .iter()
-                            .enumerate()
-                            .map(|(k, ty)| weir_format::convert::value_at(batch.column(k), row, ty))
-                            .collect();
-                        pending.push((times.value(row), j, tombstones, values, origin));
+                        let part: Part = parts.row(row).as_ref().into();
+                        pending.push((times.value(row), j, tombstones, part, origin));
                     }
                 }
             }
@@ -1660,20 +1793,25 @@ impl Joiner {
 
         let mut out_changes = Vec::new();
         pending.sort_by_key(|p| p.0);
-        for run in pending.chunk_by_mut(|a, b| a.1 == b.1 && a.2 == b.2) {
+        let sources = self.inputs.len();
+        for run in pending.chunk_by(|a, b| a.1 == b.1 && a.2 == b.2) {
             let source = run[0].1;
             let events: Vec<Event> = run
-                .iter_mut()
-                .map(|(ts, _, delete, values, origin)| Event {
-                    ts: *ts,
-                    row: self.wide_row(source, std::mem::take(values)),
-                    delete: *delete,
-                    key: Vec::new(),
-                    origin: *origin,
+                .iter()
+                .map(|(ts, _, delete, part, origin)| {
+                    let mut row = Wide(vec![None; sources]);
+                    row.0[source] = Some(part.clone());
+                    Event {
+                        ts: *ts,
+                        row,
+                        delete: *delete,
+                        key: None,
+                        origin: *origin,
+                    }
                 })
                 .collect();
             let mut failures = Failures::new();
-            let out = self.push(source, events, &mut failures);
+            let out = self.push(source, events, &mut failures)?;
             problems.extend(failures);
             // Runs of rows and of deletes, in order.
             let mut run: Vec<Event> = Vec::new();

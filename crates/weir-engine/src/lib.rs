@@ -25,6 +25,7 @@ pub mod meta;
 mod plan;
 mod pull;
 pub mod push;
+mod rowcodec;
 mod rowfns;
 pub mod runtime;
 pub mod settings;
