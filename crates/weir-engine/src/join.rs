@@ -400,12 +400,13 @@ impl JoinKey {
 
 /// Bytes as hex text: names of state entries that sort as the bytes do.
 fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(bytes.len() * 2);
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = Vec::with_capacity(bytes.len() * 2);
     for b in bytes {
-        let _ = write!(s, "{b:02x}");
+        s.push(DIGITS[(b >> 4) as usize]);
+        s.push(DIGITS[(b & 15) as usize]);
     }
-    s
+    String::from_utf8(s).expect("hex digits are ASCII")
 }
 
 fn unhex(text: &str) -> Option<Part> {
@@ -1839,5 +1840,25 @@ impl Joiner {
             problems,
             changes: out_changes,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_names_order_as_their_rows_and_read_back() {
+        let codec = RowCodec::new(&[arrow::datatypes::DataType::Int64]).unwrap();
+        let keys: ArrayRef = Arc::new(arrow::array::Int64Array::from(vec![-5, 9, 10, 300]));
+        let rows = codec.encode(&[keys]).unwrap();
+        let names: Vec<String> = (0..4).map(|i| hex(rows.row(i).as_ref())).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(sorted, names, "numbers order by value, not by their text");
+        for (i, name) in names.iter().enumerate() {
+            assert_eq!(unhex(name).as_deref(), Some(rows.row(i).as_ref()));
+        }
+        assert_eq!(unhex("0g"), None);
     }
 }

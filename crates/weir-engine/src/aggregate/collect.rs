@@ -14,13 +14,13 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, Int64Array, ListArray, MapArray, StructArray};
 use arrow::buffer::OffsetBuffer;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use arrow::row::{RowConverter, SortField};
 use serde_json::{Value, json};
 use weir_sql::ast::SqlType;
 
 use super::accumulator::{Accumulator, Emitted, Op, corrupt, grow_to, put_slice, take, take_slice};
 use super::plan::{AggKind, Params, PluginRef};
 use crate::error::{EngineError, Result};
+use crate::rowcodec::RowCodec;
 
 type Bytes = Box<[u8]>;
 
@@ -31,9 +31,7 @@ pub(crate) struct RowStates {
     params: Params,
     arg_type: DataType,
     result_type: DataType,
-    converter: RowConverter,
-    /// A null argument's row.
-    null_row: Bytes,
+    codec: RowCodec,
     values: Vec<Vec<Bytes>>,
     /// HISTOGRAM: each value's count; ATTR: 1 once two values differed.
     counts: Vec<Vec<i64>>,
@@ -61,16 +59,12 @@ impl RowStates {
         arg_type: DataType,
         result_type: DataType,
     ) -> Result<RowStates> {
-        let converter = RowConverter::new(vec![SortField::new(arg_type.clone())])?;
-        let nulls = arrow::array::new_null_array(&arg_type, 1);
-        let null_row = converter.convert_columns(&[nulls])?.row(0).as_ref().into();
         Ok(RowStates {
+            codec: RowCodec::new(std::slice::from_ref(&arg_type))?,
             kind,
             params,
             arg_type,
             result_type,
-            converter,
-            null_row,
             values: Vec::new(),
             counts: Vec::new(),
         })
@@ -162,8 +156,7 @@ impl RowStates {
 
     /// The values of these rows, as an array of the argument's type.
     fn decode<'a>(&self, rows: impl Iterator<Item = &'a [u8]>) -> Result<ArrayRef> {
-        let parser = self.converter.parser();
-        let mut columns = self.converter.convert_rows(rows.map(|r| parser.parse(r)))?;
+        let mut columns = self.codec.decode(rows)?;
         Ok(columns.pop().expect("one column"))
     }
 
@@ -189,7 +182,7 @@ impl RowStates {
                 out.push(v);
             }
         } else {
-            out.push(value.unwrap_or(&self.null_row));
+            out.push(value.map_or(self.codec.null_row(), |v| v.as_ref()));
         }
     }
 
@@ -297,7 +290,7 @@ impl Accumulator for RowStates {
         grow_to(&mut self.values, groups, Vec::new());
         grow_to(&mut self.counts, groups, Vec::new());
         let arg = cast_to(args[0].clone(), &self.arg_type)?;
-        let rows = self.converter.convert_columns(std::slice::from_ref(&arg))?;
+        let rows = self.codec.encode(std::slice::from_ref(&arg))?;
         let nulls = arg.logical_nulls();
         let valid = |r: u32| nulls.as_ref().is_none_or(|n| n.is_valid(r as usize));
         let mut out = Snapshot::default();

@@ -9,9 +9,10 @@ use std::collections::HashMap;
 
 use arrow::array::ArrayRef;
 use arrow::datatypes::DataType;
-use arrow::row::{RowConverter, Rows, SortField};
+use arrow::row::Rows;
 
-use crate::error::{EngineError, Result};
+use crate::error::Result;
+use crate::rowcodec::RowCodec;
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
@@ -41,10 +42,9 @@ struct Key {
     groups: u32,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Groups {
-    fields: Vec<SortField>,
-    converter: RowConverter,
+    codec: RowCodec,
     key_ids: FastMap<Box<[u8]>, u32>,
     keys: Vec<Key>,
     free_keys: Vec<u32>,
@@ -57,37 +57,10 @@ pub(crate) struct Groups {
     freed: Vec<u32>,
 }
 
-impl Clone for Groups {
-    fn clone(&self) -> Groups {
-        Groups {
-            fields: self.fields.clone(),
-            converter: RowConverter::new(self.fields.clone()).expect("the same fields convert"),
-            key_ids: self.key_ids.clone(),
-            keys: self.keys.clone(),
-            free_keys: self.free_keys.clone(),
-            unused: self.unused.clone(),
-            index: self.index.clone(),
-            slots: self.slots.clone(),
-            free: self.free.clone(),
-            freed: self.freed.clone(),
-        }
-    }
-}
-
-/// A row converter for columns of these types, and its fields.
-pub(crate) fn converter(types: &[DataType]) -> Result<(Vec<SortField>, RowConverter)> {
-    let fields: Vec<SortField> = types.iter().map(|t| SortField::new(t.clone())).collect();
-    let converter =
-        RowConverter::new(fields.clone()).map_err(|e| EngineError::Execution(e.to_string()))?;
-    Ok((fields, converter))
-}
-
 impl Groups {
     pub fn new(key_types: &[DataType]) -> Result<Groups> {
-        let (fields, converter) = converter(key_types)?;
         Ok(Groups {
-            fields,
-            converter,
+            codec: RowCodec::new(key_types)?,
             key_ids: FastMap::default(),
             keys: Vec::new(),
             free_keys: Vec::new(),
@@ -101,9 +74,7 @@ impl Groups {
 
     /// The key columns of a batch as rows.
     pub fn encode(&self, columns: &[ArrayRef]) -> Result<Rows> {
-        self.converter
-            .convert_columns(columns)
-            .map_err(|e| EngineError::Execution(e.to_string()))
+        self.codec.encode(columns)
     }
 
     /// The key id of these key bytes, made if new.
@@ -210,13 +181,8 @@ impl Groups {
 
     /// The key columns of these groups, in order.
     pub fn key_columns(&self, groups: impl Iterator<Item = u32>) -> Result<Vec<ArrayRef>> {
-        let parser = self.converter.parser();
-        let rows: Vec<_> = groups
-            .map(|g| parser.parse(self.key_bytes(self.slots[g as usize].key)))
-            .collect();
-        self.converter
-            .convert_rows(rows)
-            .map_err(|e| EngineError::Execution(e.to_string()))
+        self.codec
+            .decode(groups.map(|g| self.key_bytes(self.slots[g as usize].key)))
     }
 
     /// The live groups.

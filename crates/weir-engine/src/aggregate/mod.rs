@@ -34,7 +34,6 @@ type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, Int64Array, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type, SchemaRef};
-use arrow::row::RowConverter;
 use base64::Engine as _;
 use serde_json::{Value, json};
 use weir_format::Column;
@@ -42,6 +41,7 @@ use weir_sql::ast::SqlType;
 
 use crate::error::{EngineError, Result};
 use crate::plan::{Compiled, SelectPlan};
+use crate::rowcodec::RowCodec;
 use accumulator::{Accumulator, Op};
 use groups::Groups;
 pub use plan::plan_aggregate;
@@ -171,7 +171,7 @@ pub struct Aggregator {
     arg_columns: Vec<usize>,
     call_args: Vec<Vec<usize>>,
     /// Argument rows kept to fold again or take back (session windows, tables).
-    stored_args: Option<Rowed>,
+    stored_args: Option<RowCodec>,
     /// The grouping keys then the aggregate results (and the window bounds), as the
     /// select list and HAVING see them.
     middle: SchemaRef,
@@ -193,42 +193,10 @@ pub struct Aggregator {
     pub coalesce: bool,
 }
 
-/// A row converter that clones (for columns of fixed types).
-#[derive(Debug)]
-struct Rowed(Vec<arrow::row::SortField>, RowConverter);
-
-impl Clone for Rowed {
-    fn clone(&self) -> Rowed {
-        let converter = RowConverter::new(self.0.clone()).expect("the same fields convert");
-        Rowed(self.0.clone(), converter)
-    }
-}
-
-impl Rowed {
-    fn new(types: &[DataType]) -> Result<Rowed> {
-        let (fields, converter) = groups::converter(types)?;
-        Ok(Rowed(fields, converter))
-    }
-
-    fn encode(&self, columns: &[ArrayRef]) -> Result<arrow::row::Rows> {
-        self.1
-            .convert_columns(columns)
-            .map_err(|e| EngineError::Execution(e.to_string()))
-    }
-
-    fn decode<'a>(&self, rows: impl Iterator<Item = &'a [u8]>) -> Result<Vec<ArrayRef>> {
-        let parser = self.1.parser();
-        let rows: Vec<_> = rows.map(|r| parser.parse(r)).collect();
-        self.1
-            .convert_rows(rows)
-            .map_err(|e| EngineError::Execution(e.to_string()))
-    }
-}
-
 #[derive(Debug, Clone)]
 struct TableInput {
     source_keys: Vec<usize>,
-    source: Rowed,
+    source: RowCodec,
     condition: Option<usize>,
     /// Per source key (row format): its group, and its argument row.
     rows: FastMap<Box<[u8]>, TableRow>,
@@ -390,7 +358,7 @@ impl Aggregator {
             .is_some_and(|w| matches!(w.spec, WindowSpec::Session { .. }));
         let arg_types: Vec<DataType> = arg_columns.iter().map(|i| pre_type(*i)).collect();
         let stored_args = (session || p.table.is_some())
-            .then(|| Rowed::new(&arg_types))
+            .then(|| RowCodec::new(&arg_types))
             .transpose()?;
         let key_types: Vec<DataType> = (0..p.keys.len()).map(pre_type).collect();
         let table = match p.table {
@@ -399,7 +367,7 @@ impl Aggregator {
                 let types: Vec<DataType> = source_keys.iter().map(|i| pre_type(*i)).collect();
                 Some(TableInput {
                     source_keys,
-                    source: Rowed::new(&types)?,
+                    source: RowCodec::new(&types)?,
                     condition,
                     rows: FastMap::default(),
                 })
