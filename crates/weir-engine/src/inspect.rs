@@ -273,15 +273,24 @@ impl Engine {
                     id: q.id.clone(),
                     statement_text: q.statement.clone(),
                     fields: fields(&q.sink_layout.key_columns, &q.sink_layout.value_columns),
-                    sources: vec![q.plan.source.clone()],
+                    sources: match &q.join {
+                        Some(j) => j.inputs.iter().map(|i| i.source.name.clone()).collect(),
+                        None => vec![q.plan.source.clone()],
+                    },
                     sinks: vec![q.sink.clone()],
+                    window_type: q
+                        .aggregate
+                        .as_ref()
+                        .and_then(|a| a.window_type())
+                        .map(String::from),
                     execution_plan: {
                         let plan = match &q.aggregate {
-                            Some(a) => format!(
-                                "{}\n{}",
-                                q.plan.explain(&q.source_topic, None),
-                                a.explain()
-                            ),
+                            // The stateless step, the aggregation, then the sink.
+                            Some(a) => {
+                                let pre = q.plan.explain(&q.source_topic, None);
+                                let pre = pre.rsplit_once('\n').map_or(pre.as_str(), |p| p.0);
+                                format!("{pre}\n{}\nSink: topic '{}'", a.explain(), q.sink_topic)
+                            }
                             None => q.plan.explain(&q.source_topic, Some(&q.sink_topic)),
                         };
                         match &q.join {
@@ -317,6 +326,7 @@ impl Engine {
                     fields: fields(&plan.output_layout_columns.0, &plan.output_layout_columns.1),
                     sources: vec![source.name.clone()],
                     sinks: vec![],
+                    window_type: None,
                     execution_plan: plan.explain(&source.topic, None),
                     state: None,
                     statistics: None,

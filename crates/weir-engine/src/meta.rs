@@ -221,6 +221,8 @@ pub struct QueryDescription {
     pub fields: Vec<FieldInfo>,
     pub sources: Vec<String>,
     pub sinks: Vec<String>,
+    /// A windowed aggregation's window: TUMBLING, HOPPING or SESSION.
+    pub window_type: Option<String>,
     /// The pipeline of batch operators the query runs, one per line.
     pub execution_plan: String,
     pub state: Option<String>,

@@ -250,3 +250,30 @@ fn the_processing_log_is_a_stream_users_can_query() {
             .is_err()
     );
 }
+
+#[test]
+fn explain_of_a_windowed_join_aggregate_names_both_sources_its_window_and_its_sink() {
+    let (_dir, rt) = runtime();
+    for sql in [
+        "CREATE STREAM s (k STRING KEY, v INT) WITH (kafka_topic='s', value_format='JSON', partitions=1);",
+        "CREATE TABLE t (id STRING PRIMARY KEY, g STRING) WITH (kafka_topic='t', value_format='JSON', partitions=1);",
+        "CREATE TABLE agg AS SELECT s.k, COUNT(*) AS n FROM s JOIN t ON s.k = t.id WINDOW HOPPING (SIZE 10 SECONDS, ADVANCE BY 5 SECONDS) GROUP BY s.k;",
+    ] {
+        one(&rt, sql);
+    }
+    let Outcome::Listing(Listing::Queries(queries)) = one(&rt, "SHOW QUERIES;") else {
+        panic!()
+    };
+    let Outcome::Explained(plan) = one(&rt, &format!("EXPLAIN {};", queries[0].id)) else {
+        panic!()
+    };
+    assert_eq!(plan.sources, ["S", "T"]);
+    assert_eq!(plan.window_type.as_deref(), Some("HOPPING"));
+    let last = plan.execution_plan.lines().last().unwrap();
+    assert_eq!(last, "Sink: topic 'AGG'", "{}", plan.execution_plan);
+    assert!(
+        !plan.execution_plan.contains("the client"),
+        "{}",
+        plan.execution_plan
+    );
+}

@@ -233,7 +233,7 @@ fn query_description(q: QueryDescription) -> Value {
     json!({
         "id": q.id,
         "statementText": q.statement_text,
-        "windowType": null,
+        "windowType": q.window_type,
         "fields": q.fields.into_iter().map(field).collect::<Vec<_>>(),
         "sources": q.sources,
         "sinks": q.sinks,

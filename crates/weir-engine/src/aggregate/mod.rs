@@ -520,6 +520,15 @@ impl Aggregator {
         self.window.as_ref().map(Windowing::key_window)
     }
 
+    /// ksqlDB's name of the window kind: TUMBLING, HOPPING or SESSION.
+    pub fn window_type(&self) -> Option<&'static str> {
+        self.window.as_ref().map(|w| match w.spec {
+            WindowSpec::Time { size, advance } if size == advance => "TUMBLING",
+            WindowSpec::Time { .. } => "HOPPING",
+            WindowSpec::Session { .. } => "SESSION",
+        })
+    }
+
     /// Records dropped because they arrived after their windows closed.
     pub fn late_records(&self) -> u64 {
         self.window.as_ref().map_or(0, |w| w.late)
