@@ -62,7 +62,9 @@ const BATCH_HEADER: usize = 12;
 pub struct EmbeddedLog {
     root: PathBuf,
     config: EmbeddedLogConfig,
-    topics: RwLock<BTreeMap<String, Arc<TopicState>>>,
+    /// Shared with the background flusher (which holds it weakly: it stops once the log
+    /// is dropped).
+    topics: Arc<RwLock<BTreeMap<String, Arc<TopicState>>>>,
 }
 
 struct TopicState {
@@ -82,6 +84,9 @@ struct Partition {
     next_offset: u64,
     last_sync: Instant,
     unsynced: bool,
+    /// Appends so far: the flusher marks the partition synced only if none came while
+    /// it synced.
+    appends: u64,
 }
 
 struct Segment {
@@ -145,11 +150,24 @@ impl EmbeddedLog {
             )?;
             topics.insert(name, Arc::new(state));
         }
+        let topics = Arc::new(RwLock::new(topics));
+        if let FsyncPolicy::Interval(every) = config.fsync {
+            spawn_flusher(Arc::downgrade(&topics), every)?;
+        }
         Ok(Self {
             root,
             config,
-            topics: RwLock::new(topics),
+            topics,
         })
+    }
+
+    /// Partitions holding appends not yet synced to disk.
+    pub fn unsynced_partitions(&self) -> usize {
+        self.all_topics()
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .filter(|p| lock(&p.inner).unsynced)
+            .count()
     }
 
     fn state(&self, topic: &str) -> Result<Arc<TopicState>> {
@@ -243,6 +261,7 @@ impl Partition {
             segments,
             next_offset,
             last_sync: Instant::now(),
+            appends: 0,
             unsynced: false,
         };
         if p.segments.is_empty() {
@@ -350,9 +369,12 @@ impl Partition {
         seg.max_timestamp = seg.max_timestamp.max(max_ts);
         self.next_offset = base + records.len() as u64;
         self.unsynced = true;
+        self.appends += 1;
         match config.fsync {
             FsyncPolicy::Always => self.sync()?,
-            FsyncPolicy::Interval(d) if self.last_sync.elapsed() >= d => self.sync()?,
+            // The background flusher syncs every interval, off the appending thread; this
+            // is the safety net should it fall far behind.
+            FsyncPolicy::Interval(d) if self.last_sync.elapsed() >= d * 5 => self.sync()?,
             _ => {}
         }
         if rolled {
@@ -727,6 +749,70 @@ impl Log for EmbeddedLog {
             for p in &t.partitions {
                 lock(&p.inner).sync()?;
             }
+        }
+        Ok(())
+    }
+}
+
+/// Starts the thread that syncs, every `every`, each partition with unsynced appends: the
+/// fsync runs outside the partition's lock, so appends go on meanwhile. It stops when the
+/// log is dropped.
+fn spawn_flusher(
+    topics: std::sync::Weak<RwLock<BTreeMap<String, Arc<TopicState>>>>,
+    every: Duration,
+) -> Result<()> {
+    std::thread::Builder::new()
+        .name("weir-log-flush".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                let Some(topics) = topics.upgrade() else {
+                    return;
+                };
+                let all: Vec<Arc<TopicState>> = topics
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .cloned()
+                    .collect();
+                drop(topics);
+                for t in all {
+                    for p in &t.partitions {
+                        // A failed sync stays unsynced: the next round, an explicit flush
+                        // or the appender's safety net tries again.
+                        let _ = p.sync_in_background();
+                    }
+                }
+            }
+        })
+        .map_err(|e| LogError::Io {
+            path: PathBuf::from("weir-log-flush"),
+            source: e,
+        })?;
+    Ok(())
+}
+
+impl PartitionHandle {
+    fn sync_in_background(&self) -> Result<()> {
+        let (file, path, appends) = {
+            let mut p = lock(&self.inner);
+            if !p.unsynced {
+                p.last_sync = Instant::now();
+                return Ok(());
+            }
+            let appends = p.appends;
+            let seg = p.active();
+            (
+                seg.file.try_clone().at(&seg.path)?,
+                seg.path.clone(),
+                appends,
+            )
+        };
+        file.sync_data().at(&path)?;
+        let mut p = lock(&self.inner);
+        p.last_sync = Instant::now();
+        if p.appends == appends {
+            p.unsynced = false;
         }
         Ok(())
     }

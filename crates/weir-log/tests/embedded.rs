@@ -378,3 +378,37 @@ fn oversized_records_are_refused_and_nothing_is_written() {
     ));
     assert_eq!(log.offsets("t", 0).unwrap(), (0, 0));
 }
+
+#[test]
+fn the_interval_policy_syncs_appends_in_the_background_without_another_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(
+        dir.path(),
+        EmbeddedLogConfig {
+            fsync: FsyncPolicy::Interval(Duration::from_millis(20)),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    log.create_topic("t", TopicConfig::default()).unwrap();
+    log.append("t", 0, &[rec(1)]).unwrap();
+    // The append returned without waiting for the disk; nothing else is appended, and
+    // the flusher still syncs it within a few intervals.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while log.unsynced_partitions() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "an append stayed unsynced for 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // A log that keeps no interval leaves it to the next flush.
+    let never = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(never.path(), small_segments()).unwrap();
+    log.create_topic("t", TopicConfig::default()).unwrap();
+    log.append("t", 0, &[rec(1)]).unwrap();
+    std::thread::sleep(Duration::from_millis(60));
+    assert_eq!(log.unsynced_partitions(), 1);
+    log.flush().unwrap();
+    assert_eq!(log.unsynced_partitions(), 0);
+}

@@ -251,11 +251,16 @@ impl Tracking {
         !std::mem::replace(Tracking::flag(&mut self.born, g), false)
     }
 
-    /// The groups changed, each once; forgets them.
+    /// The groups changed, each once; forgets them. (Every group flagged, changed or
+    /// born, is on the list: clearing costs what changed, not how many groups there are.)
     fn take_changed(&mut self) -> Vec<u32> {
         let mut out = std::mem::take(&mut self.changed_list);
+        for g in &out {
+            if let Some(b) = self.born.get_mut(*g as usize) {
+                *b = false;
+            }
+        }
         out.retain(|g| std::mem::replace(&mut self.changed[*g as usize], false));
-        self.born.fill(false);
         out
     }
 
@@ -266,9 +271,7 @@ impl Tracking {
     }
 
     fn clear(&mut self) {
-        self.changed.fill(false);
-        self.changed_list.clear();
-        self.born.fill(false);
+        self.take_changed();
         self.removed.clear();
         self.rows.clear();
     }
