@@ -57,6 +57,8 @@ pub(crate) trait Accumulator: Send + std::fmt::Debug {
     /// Sets group `g`'s state from what [`Accumulator::save`] wrote; advances `bytes`.
     fn load(&mut self, g: u32, bytes: &mut &[u8]) -> Result<()>;
     fn boxed_clone(&self) -> Box<dyn Accumulator>;
+    /// Group `g` is gone: drop what its state holds (its slot waits for a `Reset`).
+    fn free(&mut self, _g: u32) {}
 }
 
 impl Clone for Box<dyn Accumulator> {

@@ -313,6 +313,15 @@ impl Accumulator for RowStates {
         })
     }
 
+    fn free(&mut self, g: u32) {
+        if let Some(v) = self.values.get_mut(g as usize) {
+            *v = Vec::new();
+        }
+        if let Some(c) = self.counts.get_mut(g as usize) {
+            *c = Vec::new();
+        }
+    }
+
     fn save(&self, g: u32, out: &mut Vec<u8>) {
         let (values, counts) = (&self.values[g as usize], &self.counts[g as usize]);
         out.extend_from_slice(&(values.len() as u32).to_le_bytes());
@@ -458,6 +467,12 @@ impl Accumulator for JsonStates {
         Ok(Emitted { values, bad })
     }
 
+    fn free(&mut self, g: u32) {
+        if let Some(s) = self.states.get_mut(g as usize) {
+            *s = Value::Null;
+        }
+    }
+
     fn save(&self, g: u32, out: &mut Vec<u8>) {
         let text = serde_json::to_vec(&self.states[g as usize]).expect("JSON values serialize");
         put_slice(out, &text);
@@ -579,6 +594,12 @@ impl Accumulator for PluginStates {
             arrow::compute::concat(&refs).map_err(|e| EngineError::Execution(e.to_string()))?
         };
         Ok(Emitted { values, bad })
+    }
+
+    fn free(&mut self, g: u32) {
+        if let Some(s) = self.states.get_mut(g as usize) {
+            *s = Vec::new();
+        }
     }
 
     fn save(&self, g: u32, out: &mut Vec<u8>) {

@@ -154,6 +154,11 @@ impl Groups {
         self.freed.push(g);
     }
 
+    /// The groups removed during this batch.
+    pub fn freed(&self) -> &[u32] {
+        &self.freed
+    }
+
     /// The batch is done: removed groups' slots and unused keys can be reused.
     pub fn end_batch(&mut self) {
         self.free.append(&mut self.freed);

@@ -549,7 +549,7 @@ impl Aggregator {
         match self.fold(pre, tombstones) {
             Ok(out) => out,
             Err(e) => {
-                self.groups.end_batch();
+                self.end_batch();
                 let offsets = pre.column(1).as_primitive::<Int64Type>();
                 let why = format!("Error computing the aggregate: {e}");
                 let failed = offsets
@@ -888,8 +888,19 @@ impl Aggregator {
                 Vec::new()
             }
         };
-        self.groups.end_batch();
+        self.end_batch();
         Ok((changes, failed))
+    }
+
+    /// The batch is done: what the groups removed in it held is dropped, and their
+    /// slots can be reused.
+    fn end_batch(&mut self) {
+        for &g in self.groups.freed() {
+            for acc in &mut self.accumulators {
+                acc.free(g);
+            }
+        }
+        self.groups.end_batch();
     }
 
     /// Drops windows past their retention, so state is bounded by the open windows.
