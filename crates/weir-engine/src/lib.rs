@@ -1749,6 +1749,7 @@ fn write_output(log: &dyn Log, q: &PersistentQuery, out: &RecordBatch, sink: Sin
         }
         None => None,
     };
+    let src_prefix = format!("{}:{}:", q.id, sink.source_partition);
     let mut by_partition: BTreeMap<u32, Vec<Record>> = BTreeMap::new();
     for (row, (key, value)) in encoded.into_iter().enumerate() {
         let value = if sink.tombstones { None } else { value };
@@ -1773,10 +1774,13 @@ fn write_output(log: &dyn Log, q: &PersistentQuery, out: &RecordBatch, sink: Sin
             {
                 continue;
             }
-            let src = format!("{}:{}:{offset}", q.id, sink.source_partition);
+            // `query:partition:offset`, the prefix written once per batch.
+            let mut src = Vec::with_capacity(src_prefix.len() + 20);
+            src.extend_from_slice(src_prefix.as_bytes());
+            let _ = std::io::Write::write_fmt(&mut src, format_args!("{offset}"));
             headers.push(Header {
                 name: SOURCE_HEADER.into(),
-                value: Some(src.into_bytes()),
+                value: Some(src),
             });
         }
         let timestamp = match &sink_times {
