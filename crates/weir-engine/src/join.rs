@@ -95,7 +95,7 @@ type Part = Arc<[u8]>;
 /// A wide row: per source, its columns as one row (none: that source's columns are null
 /// in it). Joining two rows takes the right source's part into the left row.
 #[derive(Debug, Clone, PartialEq)]
-struct Wide(Vec<Option<Part>>);
+struct Wide(smallvec::SmallVec<[Option<Part>; 4]>);
 
 impl Serialize for Wide {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -384,15 +384,15 @@ impl Node {
 
 /// A join key as one node matches it.
 #[derive(Debug, Clone)]
-struct JoinKey {
+struct JoinKey<'a> {
     /// The key as a row of the relation's key (none: null, which joins nothing).
     value: Option<Part>,
     /// Its state entries' name: the key's row in hex (which orders like the keys), and
     /// for windowed sources the window.
-    text: String,
+    text: &'a str,
 }
 
-impl JoinKey {
+impl JoinKey<'_> {
     fn is_null(&self) -> bool {
         self.value.is_none()
     }
@@ -400,13 +400,17 @@ impl JoinKey {
 
 /// Bytes as hex text: names of state entries that sort as the bytes do.
 fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    hex_into(&mut s, bytes);
+    s
+}
+
+fn hex_into(s: &mut String, bytes: &[u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = Vec::with_capacity(bytes.len() * 2);
     for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize]);
-        s.push(DIGITS[(b & 15) as usize]);
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
     }
-    String::from_utf8(s).expect("hex digits are ASCII")
 }
 
 fn unhex(text: &str) -> Option<Part> {
@@ -505,13 +509,17 @@ impl JoinNode {
         };
         drop(rows);
         let mut out = Vec::new();
+        let mut text = String::new();
         for (n, e) in events.into_iter().enumerate() {
             self.state.stream_time = self.state.stream_time.max(e.ts);
             let value: Option<Part> = nulls
                 .as_ref()
                 .is_none_or(|b| b.is_valid(n))
                 .then(|| key_rows.row(n).as_ref().into());
-            let mut text = value.as_deref().map(hex).unwrap_or_default();
+            text.clear();
+            if let Some(v) = &value {
+                hex_into(&mut text, v);
+            }
             if let (Some((s, end)), Some(_)) = (&bounds, &value) {
                 let bound = |a: &ArrayRef| {
                     let a = a.as_primitive::<arrow::datatypes::Int64Type>();
@@ -519,7 +527,7 @@ impl JoinNode {
                 };
                 text.push_str(&format!("@{:?}/{:?}", bound(s), bound(end)));
             }
-            let k = JoinKey { value, text };
+            let k = JoinKey { value, text: &text };
             let pk = primary.as_ref().map(|p| {
                 let bytes: Part = p.row(n).as_ref().into();
                 let text = hex(&bytes);
@@ -607,7 +615,7 @@ impl JoinNode {
         } else {
             &mut self.state.right
         };
-        own.entry_or_default(k.text).push(Entry {
+        own.entry_or_default(k.text.to_string()).push(Entry {
             ts: e.ts,
             row: e.row,
         });
@@ -640,7 +648,7 @@ impl JoinNode {
                 self.state.right.remove(&k.text);
             } else {
                 self.state.right.insert(
-                    k.text,
+                    k.text.to_string(),
                     vec![Entry {
                         ts: e.ts,
                         row: e.row,
@@ -685,7 +693,7 @@ impl JoinNode {
             own.remove(&k.text)
         } else {
             own.insert(
-                k.text.clone(),
+                k.text.to_string(),
                 vec![Entry {
                     ts: e.ts,
                     row: e.row.clone(),
@@ -761,7 +769,7 @@ impl JoinNode {
                 }
                 return;
             }
-            let fk = k.text.clone();
+            let fk = k.text;
             let right = (!k.is_null())
                 .then(|| self.state.right.get(&fk))
                 .flatten()
@@ -794,13 +802,13 @@ impl JoinNode {
             if !k.is_null() {
                 self.state
                     .referrers
-                    .entry_or_default(fk.clone())
+                    .entry_or_default(fk.to_string())
                     .insert(pk.clone());
             }
             self.state.left_rows.insert(
                 pk,
                 (
-                    fk,
+                    fk.to_string(),
                     Entry {
                         ts: e.ts,
                         row: e.row,
@@ -818,7 +826,7 @@ impl JoinNode {
             }
         } else {
             self.state.right.insert(
-                k.text.clone(),
+                k.text.to_string(),
                 vec![Entry {
                     ts: e.ts,
                     row: e.row.clone(),
@@ -1800,7 +1808,7 @@ impl Joiner {
             let events: Vec<Event> = run
                 .iter()
                 .map(|(ts, _, delete, part, origin)| {
-                    let mut row = Wide(vec![None; sources]);
+                    let mut row = Wide(smallvec::smallvec![None; sources]);
                     row.0[source] = Some(part.clone());
                     Event {
                         ts: *ts,
