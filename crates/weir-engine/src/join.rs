@@ -570,7 +570,7 @@ impl JoinNode {
             &self.state.left
         };
         let mut matched = Vec::new();
-        for o in other.get(&k.text).into_iter().flatten() {
+        for o in other.get(k.text).into_iter().flatten() {
             // A right record within [left - before, left + after] of a left one.
             let within = if from_left {
                 o.ts >= e.ts - before && o.ts <= e.ts + after
@@ -645,7 +645,7 @@ impl JoinNode {
                 return;
             }
             if e.delete {
-                self.state.right.remove(&k.text);
+                self.state.right.remove(k.text);
             } else {
                 self.state.right.insert(
                     k.text.to_string(),
@@ -658,7 +658,7 @@ impl JoinNode {
             return;
         }
         let found = (!k.is_null())
-            .then(|| self.state.right.get(&k.text))
+            .then(|| self.state.right.get(k.text))
             .flatten()
             .and_then(|v| v.first());
         match found {
@@ -690,7 +690,7 @@ impl JoinNode {
             (&mut self.state.right, &self.state.left)
         };
         let old = if e.delete {
-            own.remove(&k.text)
+            own.remove(k.text)
         } else {
             own.insert(
                 k.text.to_string(),
@@ -700,7 +700,7 @@ impl JoinNode {
                 }],
             )
         };
-        let other = other.get(&k.text).and_then(|v| v.first()).cloned();
+        let other = other.get(k.text).and_then(|v| v.first()).cloned();
         // Whether this side's row shows without the other's, and the other's without it.
         let (own_outer, other_outer) = match (self.kind, from_left) {
             (JoinKind::Inner, _) => (false, false),
@@ -771,7 +771,7 @@ impl JoinNode {
             }
             let fk = k.text;
             let right = (!k.is_null())
-                .then(|| self.state.right.get(&fk))
+                .then(|| self.state.right.get(fk))
                 .flatten()
                 .and_then(|v| v.first())
                 .cloned();
@@ -821,7 +821,7 @@ impl JoinNode {
             return;
         }
         if e.delete {
-            if self.state.right.remove(&k.text).is_none() {
+            if self.state.right.remove(k.text).is_none() {
                 return;
             }
         } else {
@@ -838,7 +838,7 @@ impl JoinNode {
         let referrers: Vec<String> = self
             .state
             .referrers
-            .get(&k.text)
+            .get(k.text)
             .map(|s| s.iter().cloned().collect())
             .unwrap_or_default();
         for pk in referrers {
