@@ -6,8 +6,9 @@
 //! per value, encoded once per batch for the whole argument column), so any argument
 //! type (structs, lists, maps) is held and compared as bytes and its results are built
 //! back into Arrow arrays with one `convert_rows` per batch. Row bytes order like the
-//! values do, which gives TOPK its order. TOPK with other columns still keeps JSON
-//! states (`JsonStates`).
+//! values do, which gives TOPK its order (`TopRows` keeps TOPK's rows with other
+//! columns). Only set-like aggregates over values holding a MAP keep JSON states
+//! (`JsonStates`): maps equal in any entry order, which their rows do not.
 
 use std::sync::Arc;
 
@@ -270,6 +271,130 @@ impl Snapshot {
     }
 }
 
+/// TOPK(sort, other columns..., k): the top k rows of each group, largest sort value first
+/// and equal ones in arrival order, as structs of the sort column (`sort_col`) and the
+/// others (`col0`, ...). Each row is kept as its sort value's row (to order by) and the
+/// whole row's.
+#[derive(Debug, Clone)]
+pub(crate) struct TopRows {
+    k: usize,
+    sort: RowCodec,
+    rows: RowCodec,
+    result_type: DataType,
+    tops: Vec<Vec<(Bytes, Bytes)>>,
+}
+
+impl TopRows {
+    pub fn new(k: usize, types: &[DataType], result_type: DataType) -> Result<TopRows> {
+        Ok(TopRows {
+            k,
+            sort: RowCodec::new(&types[..1])?,
+            rows: RowCodec::new(types)?,
+            result_type,
+            tops: Vec::new(),
+        })
+    }
+
+    fn results(&self, out: &Snapshot) -> Result<ArrayRef> {
+        let DataType::List(item) = &self.result_type else {
+            return Err(EngineError::Execution("TOPK gives a list".into()));
+        };
+        let DataType::Struct(fields) = item.data_type() else {
+            return Err(EngineError::Execution(
+                "TOPK gives a list of structs".into(),
+            ));
+        };
+        let columns = self
+            .rows
+            .decode(out.rows())?
+            .into_iter()
+            .zip(fields.iter())
+            .map(|(c, f)| cast_to(c, f.data_type()))
+            .collect::<Result<Vec<_>>>()?;
+        let structs = StructArray::try_new(fields.clone(), columns, None)?;
+        Ok(Arc::new(ListArray::try_new(
+            item.clone(),
+            OffsetBuffer::<i32>::from_lengths(out.lengths.iter().copied()),
+            Arc::new(structs),
+            None,
+        )?))
+    }
+}
+
+impl Accumulator for TopRows {
+    fn run(
+        &mut self,
+        ops: &[Op],
+        groups: usize,
+        args: &[ArrayRef],
+        _: &mut Vec<(u32, String)>,
+    ) -> Result<Emitted> {
+        grow_to(&mut self.tops, groups, Vec::new());
+        let sorts = self.sort.encode(&args[..1])?;
+        let rows = self.rows.encode(args)?;
+        let nulls = args[0].logical_nulls();
+        let mut out = Snapshot::default();
+        for op in ops {
+            match *op {
+                Op::Reset(g) => self.tops[g as usize].clear(),
+                Op::Fold(g, r) if nulls.as_ref().is_none_or(|n| n.is_valid(r as usize)) => {
+                    let sort = sorts.row(r as usize);
+                    let top = &mut self.tops[g as usize];
+                    let at = top.partition_point(|(s, _)| s.as_ref() >= sort.as_ref());
+                    top.insert(
+                        at,
+                        (sort.as_ref().into(), rows.row(r as usize).as_ref().into()),
+                    );
+                    top.truncate(self.k);
+                }
+                Op::Emit(g) => {
+                    let top = &self.tops[g as usize];
+                    out.lengths.push(top.len());
+                    for (_, row) in top {
+                        out.push(row);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(Emitted {
+            values: self.results(&out)?,
+            bad: Vec::new(),
+        })
+    }
+
+    fn free(&mut self, g: u32) {
+        if let Some(t) = self.tops.get_mut(g as usize) {
+            *t = Vec::new();
+        }
+    }
+
+    fn save(&self, g: u32, out: &mut Vec<u8>) {
+        let top = &self.tops[g as usize];
+        out.extend_from_slice(&(top.len() as u32).to_le_bytes());
+        for (sort, row) in top {
+            put_slice(out, sort);
+            put_slice(out, row);
+        }
+    }
+
+    fn load(&mut self, g: u32, bytes: &mut &[u8]) -> Result<()> {
+        grow_to(&mut self.tops, g as usize + 1, Vec::new());
+        let n = u32::from_le_bytes(take(bytes)?);
+        let mut top = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let sort = take_slice(bytes)?.into();
+            top.push((sort, take_slice(bytes)?.into()));
+        }
+        self.tops[g as usize] = top;
+        Ok(())
+    }
+
+    fn boxed_clone(&self) -> Box<dyn Accumulator> {
+        Box::new(self.clone())
+    }
+}
+
 /// `a` as `ty` (the planned result type), cast when its type differs.
 fn cast_to(a: ArrayRef, ty: &DataType) -> Result<ArrayRef> {
     if a.data_type() == ty {
@@ -357,14 +482,14 @@ impl Accumulator for RowStates {
     }
 }
 
-/// TOPK with other columns: one JSON value per group (the top rows as objects).
+/// COLLECT_SET, COUNT_DISTINCT, TOPKDISTINCT or ATTR over values that hold a MAP: one
+/// JSON value per group, whose equality ignores map entries' order as ksqlDB's does.
 #[derive(Debug, Clone)]
 pub(crate) struct JsonStates {
     kind: AggKind,
     params: Params,
-    /// The argument's type, and CORRELATION's second or TOPK's other columns' types.
+    /// The argument's type.
     arg: Option<SqlType>,
-    others: Vec<SqlType>,
     result: SqlType,
     /// The result's one-field schema, for converting emitted values.
     field: SchemaRef,
@@ -372,13 +497,7 @@ pub(crate) struct JsonStates {
 }
 
 impl JsonStates {
-    pub fn new(
-        kind: AggKind,
-        params: Params,
-        arg: Option<SqlType>,
-        others: Vec<SqlType>,
-        result: SqlType,
-    ) -> JsonStates {
+    pub fn new(kind: AggKind, params: Params, arg: Option<SqlType>, result: SqlType) -> JsonStates {
         let field = Arc::new(Schema::new(vec![Field::new(
             "result",
             weir_format::arrow_type(&result),
@@ -388,7 +507,6 @@ impl JsonStates {
             kind,
             params,
             arg,
-            others,
             result,
             field,
             states: Vec::new(),
@@ -429,36 +547,18 @@ impl Accumulator for JsonStates {
     ) -> Result<Emitted> {
         let initial = self.kind.initial();
         grow_to(&mut self.states, groups, initial.clone());
-        let value = |i: usize, ty: &SqlType, r: u32| match args.get(i) {
-            Some(a) => weir_format::convert::value_at(a, r as usize, ty),
-            None => Value::Null,
-        };
-        let first = |r: u32| match &self.arg {
-            Some(t) => value(0, t, r),
-            None => Value::Null,
-        };
-        // CORRELATION's y, or TOPK's other columns as a struct.
-        let second = |r: u32| match self.others.as_slice() {
-            [] => Value::Null,
-            [t] if self.kind != AggKind::TopK => value(1, t, r),
-            others => Value::Object(
-                others
-                    .iter()
-                    .enumerate()
-                    .map(|(k, t)| (format!("col{k}"), value(1 + k, t, r)))
-                    .collect(),
-            ),
+        let first = |r: u32| match (&self.arg, args.first()) {
+            (Some(t), Some(a)) => weir_format::convert::value_at(a, r as usize, t),
+            _ => Value::Null,
         };
         let mut out = Vec::new();
         for op in ops {
             match *op {
                 Op::Reset(g) => self.states[g as usize] = initial.clone(),
-                Op::Fold(g, r) => self.kind.update(
-                    &mut self.states[g as usize],
-                    &first(r),
-                    &second(r),
-                    self.params,
-                ),
+                Op::Fold(g, r) => {
+                    self.kind
+                        .update(&mut self.states[g as usize], &first(r), self.params)
+                }
                 Op::Unfold(g, r) => self.kind.undo(&mut self.states[g as usize], &first(r)),
                 Op::Emit(g) => out.push(self.kind.result(&self.states[g as usize], self.params)),
             }
@@ -631,8 +731,8 @@ impl AggKind {
         }
     }
 
-    /// Folds one argument value (and CORRELATION's second) into the state.
-    fn update(self, state: &mut Value, arg: &Value, arg2: &Value, params: Params) {
+    /// Folds one argument value into the state.
+    fn update(self, state: &mut Value, arg: &Value, params: Params) {
         let number = |v: &Value| v.as_f64().unwrap_or(0.0);
         let descending = |a: &Value, b: &Value| match (a, b) {
             (Value::String(x), Value::String(y)) => y.cmp(x),
@@ -668,20 +768,6 @@ impl AggKind {
             }
             AggKind::EarliestByOffset if !params.ignore_nulls => {}
             AggKind::TopK | AggKind::TopKDistinct if arg.is_null() => {}
-            // With other columns (arg2 their struct): structs, by sort column, equal ones
-            // in arrival order.
-            AggKind::TopK if arg2.is_object() => {
-                if let Value::Array(a) = state {
-                    let mut row = serde_json::Map::new();
-                    row.insert("sort_col".into(), arg.clone());
-                    if let Value::Object(others) = arg2 {
-                        row.extend(others.clone());
-                    }
-                    a.push(Value::Object(row));
-                    a.sort_by(|x, y| descending(&x["sort_col"], &y["sort_col"]));
-                    a.truncate(params.n.unwrap_or(1));
-                }
-            }
             AggKind::TopK | AggKind::TopKDistinct => {
                 if let Value::Array(a) = state {
                     if self == AggKind::TopKDistinct && a.contains(arg) {

@@ -435,25 +435,36 @@ impl Aggregator {
                     }
                     (AggKind::StddevSamp, ..) => Box::new(StddevSamp::default()),
                     (AggKind::Correlation, ..) => Box::new(Correlation::default()),
+                    (AggKind::TopK, _, None) if !c.extra.is_empty() => {
+                        let types: Vec<DataType> = c
+                            .arg
+                            .iter()
+                            .chain(&c.extra)
+                            .map(|(i, _)| self.pre.projections[*i].compiled.data_type.clone())
+                            .collect();
+                        Box::new(collect::TopRows::new(
+                            c.params.n.unwrap_or(1),
+                            &types,
+                            self.middle.field(keys + n).data_type().clone(),
+                        )?)
+                    }
                     // Sets of values holding maps compare them as JSON (entries in any
-                    // order), as does TOPK with other columns.
+                    // order).
                     (kind, _, None)
-                        if !c.extra.is_empty()
-                            || matches!(
-                                kind,
-                                AggKind::CollectSet
-                                    | AggKind::CountDistinct
-                                    | AggKind::TopKDistinct
-                                    | AggKind::Attr
-                            ) && c.arg.as_ref().is_some_and(|(i, _)| {
-                                collect::holds_map(&self.pre.projections[*i].compiled.data_type)
-                            }) =>
+                        if matches!(
+                            kind,
+                            AggKind::CollectSet
+                                | AggKind::CountDistinct
+                                | AggKind::TopKDistinct
+                                | AggKind::Attr
+                        ) && c.arg.as_ref().is_some_and(|(i, _)| {
+                            collect::holds_map(&self.pre.projections[*i].compiled.data_type)
+                        }) =>
                     {
                         Box::new(collect::JsonStates::new(
                             kind,
                             c.params,
                             arg.cloned(),
-                            c.extra.iter().map(|(_, t)| t.clone()).collect(),
                             result.clone(),
                         ))
                     }
