@@ -138,7 +138,7 @@ fn to_stored(partition: u32, m: &rdkafka::message::BorrowedMessage<'_>) -> Store
         .map(|hs| {
             hs.iter()
                 .map(|h| Header {
-                    name: h.key.to_string(),
+                    name: h.key.to_string().into(),
                     value: h.value.map(<[u8]>::to_vec),
                 })
                 .collect()

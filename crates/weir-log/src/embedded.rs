@@ -612,7 +612,7 @@ fn decode_record(cur: &mut &[u8]) -> Option<Record> {
         let name_len = u32::from_le_bytes(take(cur, 4)?.try_into().ok()?) as usize;
         let name = String::from_utf8(take(cur, name_len)?.to_vec()).ok()?;
         headers.push(Header {
-            name,
+            name: name.into(),
             value: take_bytes(cur)?,
         });
     }

@@ -3,7 +3,9 @@
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Header {
-    pub name: String,
+    /// Borrowed when it is a constant (the engine's own headers), so writing one costs no
+    /// allocation.
+    pub name: std::borrow::Cow<'static, str>,
     pub value: Option<Vec<u8>>,
 }
 
