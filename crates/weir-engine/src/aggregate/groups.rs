@@ -38,8 +38,9 @@ pub(crate) struct Slot {
 #[derive(Debug, Clone)]
 struct Key {
     bytes: Box<[u8]>,
-    /// Live groups with this key.
-    groups: u32,
+    /// Its live groups: (window start, end, group id), sorted by window, found by a binary
+    /// search (one when unwindowed; the open windows of a time window; the sessions).
+    groups: smallvec::SmallVec<[(i64, i64, u32); 2]>,
 }
 
 #[derive(Debug, Clone)]
@@ -50,7 +51,6 @@ pub(crate) struct Groups {
     free_keys: Vec<u32>,
     /// Keys that may have no group left: checked at the end of the batch.
     unused: Vec<u32>,
-    index: FastMap<(u32, i64, i64), u32>,
     pub slots: Vec<Slot>,
     free: Vec<u32>,
     /// Removed during this batch: free after it.
@@ -65,7 +65,6 @@ impl Groups {
             keys: Vec::new(),
             free_keys: Vec::new(),
             unused: Vec::new(),
-            index: FastMap::default(),
             slots: Vec::new(),
             free: Vec::new(),
             freed: Vec::new(),
@@ -84,7 +83,7 @@ impl Groups {
         }
         let key = Key {
             bytes: bytes.into(),
-            groups: 0,
+            groups: Default::default(),
         };
         let k = match self.free_keys.pop() {
             Some(k) => {
@@ -107,7 +106,11 @@ impl Groups {
 
     pub fn find(&self, key: u32, window: Option<(i64, i64)>) -> Option<u32> {
         let (s, e) = window.unwrap_or(NO_WINDOW);
-        self.index.get(&(key, s, e)).copied()
+        let groups = &self.keys[key as usize].groups;
+        groups
+            .binary_search_by(|(gs, ge, _)| (*gs, *ge).cmp(&(s, e)))
+            .ok()
+            .map(|i| groups[i].2)
     }
 
     /// A new group (the caller knows there is none for this key and window).
@@ -131,8 +134,9 @@ impl Groups {
             }
         };
         let (s, e) = window.unwrap_or(NO_WINDOW);
-        self.index.insert((key, s, e), g);
-        self.keys[key as usize].groups += 1;
+        let groups = &mut self.keys[key as usize].groups;
+        let at = groups.partition_point(|(gs, ge, _)| (*gs, *ge) < (s, e));
+        groups.insert(at, (s, e, g));
         g
     }
 
@@ -145,10 +149,14 @@ impl Groups {
         slot.live = false;
         slot.inputs = Vec::new();
         let (s, e) = slot.window.unwrap_or(NO_WINDOW);
-        self.index.remove(&(slot.key, s, e));
         let key = &mut self.keys[slot.key as usize];
-        key.groups -= 1;
-        if key.groups == 0 {
+        if let Ok(i) = key
+            .groups
+            .binary_search_by(|(gs, ge, _)| (*gs, *ge).cmp(&(s, e)))
+        {
+            key.groups.remove(i);
+        }
+        if key.groups.is_empty() {
             self.unused.push(slot.key);
         }
         self.freed.push(g);
@@ -164,7 +172,7 @@ impl Groups {
         self.free.append(&mut self.freed);
         for k in std::mem::take(&mut self.unused) {
             let key = &mut self.keys[k as usize];
-            if key.groups == 0 && !key.bytes.is_empty() {
+            if key.groups.is_empty() && !key.bytes.is_empty() {
                 self.key_ids.remove(&key.bytes);
                 key.bytes = Box::default();
                 self.free_keys.push(k);
@@ -178,7 +186,6 @@ impl Groups {
         self.keys.clear();
         self.free_keys.clear();
         self.unused.clear();
-        self.index.clear();
         self.slots.clear();
         self.free.clear();
         self.freed.clear();
@@ -197,5 +204,46 @@ impl Groups {
             .enumerate()
             .filter(|(_, s)| s.live)
             .map(|(g, _)| g as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_are_found_by_key_and_window_and_their_slots_reused_after_the_batch() {
+        let mut groups = Groups::new(&[DataType::Utf8]).unwrap();
+        let keys: ArrayRef = std::sync::Arc::new(arrow::array::StringArray::from(vec!["a", "b"]));
+        let rows = groups.encode(&[keys]).unwrap();
+        let (a, b) = (
+            groups.intern(rows.row(0).as_ref()),
+            groups.intern(rows.row(1).as_ref()),
+        );
+        // Windows made out of order are still found (a hopping window's many per key).
+        let mut made = Vec::new();
+        for start in [30, 10, 20, 0] {
+            made.push((start, groups.insert(a, Some((start, start + 40)))));
+        }
+        let unwindowed = groups.insert(b, None);
+        for (start, g) in &made {
+            assert_eq!(groups.find(a, Some((*start, start + 40))), Some(*g));
+        }
+        assert_eq!(groups.find(a, Some((5, 45))), None);
+        assert_eq!(groups.find(b, None), Some(unwindowed));
+        // A removed group is gone at once; its slot is reused only after the batch.
+        groups.remove(made[1].1);
+        assert_eq!(groups.find(a, Some((10, 50))), None);
+        assert_eq!(groups.find(a, Some((20, 60))), Some(made[2].1));
+        let fresh = groups.insert(a, Some((40, 80)));
+        assert_ne!(fresh, made[1].1);
+        groups.end_batch();
+        assert_eq!(groups.insert(a, Some((50, 90))), made[1].1);
+        // A key left with no group is forgotten at the end of the batch.
+        groups.remove(unwindowed);
+        groups.end_batch();
+        assert_eq!(groups.live().count(), 5);
+        let again = groups.intern(b"never seen");
+        assert_eq!(again, b, "the forgotten key's id is reused");
     }
 }
