@@ -115,8 +115,6 @@ pub struct Plugin {
     pub scalars: Vec<FunctionMeta>,
     pub aggregates: Vec<FunctionMeta>,
     api: Api,
-    /// The copy that was opened; removed when the plugin is dropped.
-    copy: PathBuf,
     // Last: dropped after everything that points into it.
     _lib: Library,
 }
@@ -129,12 +127,6 @@ impl std::fmt::Debug for Plugin {
             .field("version", &self.version)
             .field("generation", &self.generation)
             .finish_non_exhaustive()
-    }
-}
-
-impl Drop for Plugin {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.copy);
     }
 }
 
@@ -205,9 +197,11 @@ impl Plugin {
         let copy = dir.join(format!("{stem}-{generation}.so"));
         std::fs::copy(path, &copy).map_err(|e| format!("cannot read: {e}"))?;
         let result = Self::open(path, &copy, generation, config);
-        if result.is_err() {
-            let _ = std::fs::remove_file(&copy);
-        }
+        // The opened library stays mapped without its file: the copy goes at once, so a
+        // process that ends without dropping its plugins (killed, or exiting) leaves no
+        // copies behind.
+        let _ = std::fs::remove_file(&copy);
+        let _ = std::fs::remove_dir(&dir);
         result.map(Arc::new)
     }
 
@@ -290,7 +284,6 @@ impl Plugin {
             scalars,
             aggregates,
             api,
-            copy: copy.to_path_buf(),
             _lib: lib,
         };
         // Where the plugin was found (not the copy it runs from): files it ships beside

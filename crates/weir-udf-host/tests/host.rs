@@ -55,6 +55,18 @@ fn a_plugin_describes_itself_and_scores_a_whole_batch_per_call() {
     let out = plugin.invoke(0, &[a, b], 3).unwrap();
     let out = out.as_any().downcast_ref::<Int64Array>().unwrap();
     assert_eq!(out.iter().collect::<Vec<_>>(), [Some(42), None, Some(-12)]);
+    // The copy it was opened from is gone already (a killed process leaves none behind);
+    // the loaded library keeps working.
+    let scratch = std::env::temp_dir().join(format!("weir-plugins-{}", std::process::id()));
+    let left: Vec<_> = std::fs::read_dir(&scratch)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.iter()
+            .all(|n| !n.to_string_lossy().starts_with("multiply-")),
+        "copies left in {}: {left:?}",
+        scratch.display()
+    );
 
     // Berlin to Paris in miles: the config reached the plugin.
     let f = |v: f64| -> ArrayRef { Arc::new(Float64Array::from(vec![v])) };
