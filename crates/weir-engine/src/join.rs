@@ -1578,18 +1578,7 @@ impl Joiner {
             columns.push(Arc::new(Int64Array::from(starts)));
             columns.push(Arc::new(Int64Array::from(ends)));
         }
-        let columns = columns
-            .into_iter()
-            .zip(schema.fields())
-            .map(|(c, f)| {
-                if c.data_type() == f.data_type() {
-                    Ok(c)
-                } else {
-                    arrow::compute::cast(&c, f.data_type())
-                }
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        Ok(RecordBatch::try_new(schema, columns)?)
+        crate::types::batch_as(schema, columns)
     }
 
     pub fn snapshot(&self) -> Value {

@@ -47,14 +47,8 @@ impl RowCodec {
         let cast: Vec<ArrayRef> = columns
             .iter()
             .zip(&self.types)
-            .map(|(c, t)| {
-                if c.data_type() == t {
-                    Ok(c.clone())
-                } else {
-                    arrow::compute::cast(c, t)
-                }
-            })
-            .collect::<std::result::Result<_, _>>()?;
+            .map(|(c, t)| crate::types::cast_to(c.clone(), t))
+            .collect::<Result<_>>()?;
         Ok(self.converter.convert_columns(&cast)?)
     }
 

@@ -73,3 +73,25 @@ pub fn map_type(key: DataType, value: DataType) -> DataType {
         false,
     )
 }
+
+/// `a` as `ty`, cast when its type differs.
+pub(crate) fn cast_to(a: arrow::array::ArrayRef, ty: &DataType) -> Result<arrow::array::ArrayRef> {
+    if a.data_type() == ty {
+        Ok(a)
+    } else {
+        Ok(arrow::compute::cast(&a, ty)?)
+    }
+}
+
+/// A batch of `schema` from columns each cast to its field's type where it differs.
+pub(crate) fn batch_as(
+    schema: arrow::datatypes::SchemaRef,
+    columns: Vec<arrow::array::ArrayRef>,
+) -> Result<arrow::array::RecordBatch> {
+    let columns = columns
+        .into_iter()
+        .zip(schema.fields())
+        .map(|(c, f)| cast_to(c, f.data_type()))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(arrow::array::RecordBatch::try_new(schema, columns)?)
+}

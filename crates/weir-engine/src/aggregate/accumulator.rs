@@ -95,12 +95,9 @@ pub(crate) fn put_slice(out: &mut Vec<u8>, s: &[u8]) {
 
 /// An argument column as `T`'s array (cast when planned with another numeric type).
 fn typed<T: ArrowPrimitiveType>(a: &ArrayRef) -> Result<PrimitiveArray<T>> {
-    let a = if a.data_type() == &T::DATA_TYPE {
-        a.clone()
-    } else {
-        arrow::compute::cast(a, &T::DATA_TYPE)?
-    };
-    Ok(a.as_primitive::<T>().clone())
+    Ok(crate::types::cast_to(a.clone(), &T::DATA_TYPE)?
+        .as_primitive::<T>()
+        .clone())
 }
 
 pub(crate) fn grow_to<T: Clone>(v: &mut Vec<T>, n: usize, init: T) {
@@ -469,7 +466,7 @@ impl Accumulator for MinMaxString {
         _: &mut Vec<(u32, String)>,
     ) -> Result<Emitted> {
         grow_to(&mut self.values, groups, None);
-        let arg = arrow::compute::cast(&args[0], &DataType::Utf8)?;
+        let arg = crate::types::cast_to(args[0].clone(), &DataType::Utf8)?;
         let arg = arg.as_string::<i32>();
         let mut out = StringBuilder::new();
         for op in ops {

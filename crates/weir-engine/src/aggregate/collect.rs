@@ -22,6 +22,7 @@ use super::accumulator::{Accumulator, Emitted, Op, corrupt, grow_to, put_slice, 
 use super::plan::{AggKind, Params, PluginRef};
 use crate::error::{EngineError, Result};
 use crate::rowcodec::RowCodec;
+use crate::types::cast_to;
 
 type Bytes = Box<[u8]>;
 
@@ -392,15 +393,6 @@ impl Accumulator for TopRows {
 
     fn boxed_clone(&self) -> Box<dyn Accumulator> {
         Box::new(self.clone())
-    }
-}
-
-/// `a` as `ty` (the planned result type), cast when its type differs.
-fn cast_to(a: ArrayRef, ty: &DataType) -> Result<ArrayRef> {
-    if a.data_type() == ty {
-        Ok(a)
-    } else {
-        Ok(arrow::compute::cast(&a, ty)?)
     }
 }
 

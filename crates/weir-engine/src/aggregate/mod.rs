@@ -328,32 +328,14 @@ fn unb64(text: &str) -> Option<Vec<u8>> {
 impl Aggregator {
     fn new(p: Parts) -> Result<Aggregator> {
         let pre_type = |i: usize| p.pre.projections[i].compiled.data_type.clone();
-        let mut arg_columns: Vec<usize> = p
-            .calls
-            .iter()
-            .flat_map(|c| {
-                c.arg
-                    .iter()
-                    .chain(&c.arg2)
-                    .chain(&c.extra)
-                    .map(|(i, _)| *i)
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let mut arg_columns: Vec<usize> = p.calls.iter().flat_map(Call::columns).collect();
         arg_columns.sort_unstable();
         arg_columns.dedup();
         let at = |i: usize| arg_columns.iter().position(|a| *a == i).expect("listed");
         let call_args = p
             .calls
             .iter()
-            .map(|c| {
-                c.arg
-                    .iter()
-                    .chain(&c.arg2)
-                    .chain(&c.extra)
-                    .map(|(i, _)| at(*i))
-                    .collect()
-            })
+            .map(|c| c.columns().map(at).collect())
             .collect();
         let session = p
             .window
@@ -437,10 +419,8 @@ impl Aggregator {
                     (AggKind::Correlation, ..) => Box::new(Correlation::default()),
                     (AggKind::TopK, _, None) if !c.extra.is_empty() => {
                         let types: Vec<DataType> = c
-                            .arg
-                            .iter()
-                            .chain(&c.extra)
-                            .map(|(i, _)| self.pre.projections[*i].compiled.data_type.clone())
+                            .columns()
+                            .map(|i| self.pre.projections[i].compiled.data_type.clone())
                             .collect();
                         Box::new(collect::TopRows::new(
                             c.params.n.unwrap_or(1),
@@ -863,18 +843,7 @@ impl Aggregator {
             columns.push(bound(false));
             columns.push(bound(true));
         }
-        let columns = columns
-            .into_iter()
-            .zip(self.middle.fields())
-            .map(|(c, f)| {
-                if c.data_type() == f.data_type() {
-                    Ok(c)
-                } else {
-                    arrow::compute::cast(&c, f.data_type())
-                }
-            })
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        let mut middle = RecordBatch::try_new(self.middle.clone(), columns)?;
+        let mut middle = crate::types::batch_as(self.middle.clone(), columns)?;
         if !bad.is_empty() {
             let keep =
                 BooleanArray::from_iter((0..meta.len()).map(|i| Some(!bad.contains_key(&i))));

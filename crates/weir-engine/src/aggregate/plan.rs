@@ -147,6 +147,18 @@ pub(crate) struct Call {
     pub plugin: Option<PluginRef>,
 }
 
+impl Call {
+    /// The stateless step's projections it takes: its argument, then CORRELATION's
+    /// second or TOPK's other columns.
+    pub fn columns(&self) -> impl Iterator<Item = usize> + '_ {
+        self.arg
+            .iter()
+            .chain(&self.arg2)
+            .chain(&self.extra)
+            .map(|(i, _)| *i)
+    }
+}
+
 /// A plugin aggregate a query calls (the version it was planned with).
 #[derive(Clone)]
 pub(crate) struct PluginRef(pub Arc<dyn crate::functions::PluginAggregate>);
