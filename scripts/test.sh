@@ -34,6 +34,11 @@ if [ ! -f ../shared/conformance/ksql-qtt/cases.jsonl ]; then
   echo "weir tests: ../shared/conformance/ksql-qtt/cases.jsonl not found beside the clone" >&2
   exit 1
 fi
+# The build cache outlives clones: test binaries and incremental caches of builds older
+# than two days are of code that is gone (they had grown to tens of GB on a dev machine).
+step "pruning build artifacts older than two days from $CARGO_TARGET_DIR/debug"
+find "$CARGO_TARGET_DIR/debug/deps" -maxdepth 1 -type f -perm -u+x ! -name '*.so' -mtime +2 -delete 2>/dev/null || true
+find "$CARGO_TARGET_DIR/debug/incremental" -mindepth 1 -maxdepth 1 -mtime +2 -exec rm -rf {} + 2>/dev/null || true
 step "checking formatting"
 cargo fmt --all -- --check
 step "clippy"
