@@ -40,6 +40,16 @@ pub(crate) struct Emitted {
     pub bad: Vec<(usize, String)>,
 }
 
+impl Emitted {
+    /// Every emitted result computed.
+    pub fn all(values: ArrayRef) -> Emitted {
+        Emitted {
+            values,
+            bad: Vec::new(),
+        }
+    }
+}
+
 /// One aggregate call's state over all groups.
 pub(crate) trait Accumulator: Send + std::fmt::Debug {
     /// Replays `ops` over `args` (this call's argument columns; rows past the batch are
@@ -148,10 +158,7 @@ impl Accumulator for Count {
                 _ => {}
             }
         }
-        Ok(Emitted {
-            values: Arc::new(Int64Array::from(out)),
-            bad: Vec::new(),
-        })
+        Ok(Emitted::all(Arc::new(Int64Array::from(out))))
     }
 
     fn save(&self, g: u32, out: &mut Vec<u8>) {
@@ -270,10 +277,7 @@ impl<T: SumType> Accumulator for Sum<T> {
                 _ => {}
             }
         }
-        Ok(Emitted {
-            values: Arc::new(out.finish()),
-            bad: Vec::new(),
-        })
+        Ok(Emitted::all(Arc::new(out.finish())))
     }
 
     fn save(&self, g: u32, out: &mut Vec<u8>) {
@@ -331,10 +335,7 @@ impl Accumulator for Avg {
                 _ => {}
             }
         }
-        Ok(Emitted {
-            values: Arc::new(Float64Array::from(out)),
-            bad: Vec::new(),
-        })
+        Ok(Emitted::all(Arc::new(Float64Array::from(out))))
     }
 
     fn save(&self, g: u32, out: &mut Vec<u8>) {
@@ -411,10 +412,7 @@ impl<T: SumType<Native: PartialOrd>> Accumulator for MinMax<T> {
                 _ => {}
             }
         }
-        Ok(Emitted {
-            values: Arc::new(out.finish()),
-            bad: Vec::new(),
-        })
+        Ok(Emitted::all(Arc::new(out.finish())))
     }
 
     fn save(&self, g: u32, out: &mut Vec<u8>) {
@@ -488,10 +486,7 @@ impl Accumulator for MinMaxString {
                 _ => {}
             }
         }
-        Ok(Emitted {
-            values: Arc::new(out.finish()),
-            bad: Vec::new(),
-        })
+        Ok(Emitted::all(Arc::new(out.finish())))
     }
 
     fn save(&self, g: u32, out: &mut Vec<u8>) {
@@ -562,10 +557,7 @@ impl Accumulator for StddevSamp {
                 _ => {}
             }
         }
-        Ok(Emitted {
-            values: Arc::new(Float64Array::from(out)),
-            bad: Vec::new(),
-        })
+        Ok(Emitted::all(Arc::new(Float64Array::from(out))))
     }
 
     fn save(&self, g: u32, out: &mut Vec<u8>) {
@@ -631,10 +623,7 @@ impl Accumulator for Correlation {
                 _ => {}
             }
         }
-        Ok(Emitted {
-            values: Arc::new(Float64Array::from(out)),
-            bad: Vec::new(),
-        })
+        Ok(Emitted::all(Arc::new(Float64Array::from(out))))
     }
 
     fn save(&self, g: u32, out: &mut Vec<u8>) {

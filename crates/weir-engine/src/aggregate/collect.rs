@@ -358,10 +358,7 @@ impl Accumulator for TopRows {
                 _ => {}
             }
         }
-        Ok(Emitted {
-            values: self.results(&out)?,
-            bad: Vec::new(),
-        })
+        Ok(Emitted::all(self.results(&out)?))
     }
 
     fn free(&mut self, g: u32) {
@@ -424,10 +421,7 @@ impl Accumulator for RowStates {
                 Op::Emit(g) => self.emit(g as usize, &mut out),
             }
         }
-        Ok(Emitted {
-            values: self.results(&out)?,
-            bad: Vec::new(),
-        })
+        Ok(Emitted::all(self.results(&out)?))
     }
 
     fn free(&mut self, g: u32) {

@@ -595,7 +595,7 @@ impl Aggregator {
             self.window.as_ref().map(|w| w.spec),
             Some(WindowSpec::Session { .. })
         );
-        let emit = self.window.as_ref().is_none_or(|w| !w.emit_final);
+        let emit_each = self.window.as_ref().is_none_or(|w| !w.emit_final);
         // Argument rows kept from earlier batches, folded again or taken back: row
         // `n + i` of the arguments is `extra[i]`.
         let mut extra: Vec<Box<[u8]>> = Vec::new();
@@ -645,13 +645,14 @@ impl Aggregator {
                         // Gone (deleted, or no longer passing the WHERE): only the
                         // retraction.
                         if let Some(old) = retracted {
-                            ops.push(Op::Emit(old));
-                            meta.push(Meta {
-                                time: groups.slots[old as usize].time,
+                            emit(
+                                &mut ops,
+                                &mut meta,
+                                old,
+                                groups.slots[old as usize].time,
                                 offset,
-                                group: old,
-                                change: Change::Update,
-                            });
+                                Change::Update,
+                            );
                         }
                         continue;
                     }
@@ -715,13 +716,7 @@ impl Aggregator {
                                     if w.emit_final {
                                         w.pending.remove(&(m.1, m.0, old));
                                     } else {
-                                        ops.push(Op::Emit(old));
-                                        meta.push(Meta {
-                                            time: m.1,
-                                            offset,
-                                            group: old,
-                                            change: Change::Delete,
-                                        });
+                                        emit(&mut ops, &mut meta, old, m.1, offset, Change::Delete);
                                     }
                                     inputs.append(&mut groups.slots[old as usize].inputs);
                                     remove_group(groups, tracking, old);
@@ -748,13 +743,14 @@ impl Aggregator {
             }
             // A row that moved to another group: the old group's change first.
             if let Some(old) = retracted.filter(|old| groups.slots[*old as usize].key != key) {
-                ops.push(Op::Emit(old));
-                meta.push(Meta {
-                    time: groups.slots[old as usize].time,
+                emit(
+                    &mut ops,
+                    &mut meta,
+                    old,
+                    groups.slots[old as usize].time,
                     offset,
-                    group: old,
-                    change: Change::Update,
-                });
+                    Change::Update,
+                );
             }
             for &g in &targets {
                 tracking.changed(g);
@@ -765,14 +761,8 @@ impl Aggregator {
                     slot.inputs.push((offset, arg_row(row)));
                     slot.time = slot.window.map_or(time, |(_, end)| end);
                 }
-                if emit {
-                    ops.push(Op::Emit(g));
-                    meta.push(Meta {
-                        time: slot.time,
-                        offset,
-                        group: g,
-                        change: Change::Update,
-                    });
+                if emit_each {
+                    emit(&mut ops, &mut meta, g, slot.time, offset, Change::Update);
                 }
             }
             // EMIT FINAL: the windows this record's time closed, once each.
@@ -784,13 +774,7 @@ impl Aggregator {
                     w.pending.pop_first();
                     let slot = &groups.slots[g as usize];
                     if slot.live && slot.window == Some((start, end)) {
-                        ops.push(Op::Emit(g));
-                        meta.push(Meta {
-                            time: slot.time,
-                            offset,
-                            group: g,
-                            change: Change::Update,
-                        });
+                        emit(&mut ops, &mut meta, g, slot.time, offset, Change::Update);
                     }
                 }
             }
@@ -1221,6 +1205,18 @@ impl Aggregator {
         }
         text
     }
+}
+
+/// Group `g`'s result as the batch's next change: its `Emit` op and the change's time,
+/// source offset and kind.
+fn emit(ops: &mut Vec<Op>, meta: &mut Vec<Meta>, g: u32, time: i64, offset: i64, change: Change) {
+    ops.push(Op::Emit(g));
+    meta.push(Meta {
+        time,
+        offset,
+        group: g,
+        change,
+    });
 }
 
 /// The group for a key and window, made (and started afresh) if there is none; whether
