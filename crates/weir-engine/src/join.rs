@@ -371,14 +371,17 @@ impl Node {
         }
     }
 
-    fn restore(&mut self, v: &Value) {
-        if let Node::Join(j) = self {
-            if let Ok(s) = serde_json::from_value(v["state"].clone()) {
+    /// Puts back the nodes' states; how many did not decode (they start empty).
+    fn restore(&mut self, v: &Value) -> usize {
+        let Node::Join(j) = self else { return 0 };
+        let unread = match serde_json::from_value(v["state"].clone()) {
+            Ok(s) => {
                 j.state = s;
+                0
             }
-            j.left.restore(&v["left"]);
-            j.right.restore(&v["right"]);
-        }
+            Err(_) => 1,
+        };
+        unread + j.left.restore(&v["left"]) + j.right.restore(&v["right"])
     }
 }
 
@@ -1610,7 +1613,8 @@ impl Joiner {
         self.root.set_tracking(on);
     }
 
-    pub fn restore(&mut self, v: &Value) {
+    /// Puts back a checkpoint's state; how many join nodes' states did not decode.
+    pub fn restore(&mut self, v: &Value) -> usize {
         if let Some(all) = v["offsets"].as_array() {
             for (i, o) in self.inputs.iter_mut().zip(all) {
                 if let Ok(o) = serde_json::from_value::<Vec<u64>>(o.clone())
@@ -1621,10 +1625,11 @@ impl Joiner {
             }
         }
         self.seq = v["seq"].as_i64().unwrap_or(self.seq);
-        self.root.restore(&v["nodes"]);
+        let unread = self.root.restore(&v["nodes"]);
         // Restored maps start untracked.
         let tracking = self.tracking;
         self.set_tracking(tracking);
+        unread
     }
 
     /// Whether a join is on a foreign key.

@@ -402,11 +402,20 @@ impl Engine {
                 q.offsets = offsets;
             }
             if let Some(state) = states.remove(&q.id) {
+                let mut unread = 0;
                 if let Some(a) = q.aggregate.as_mut() {
-                    a.restore(&state["aggregate"]);
+                    unread += a.restore(&state["aggregate"]);
                 }
                 if let Some(j) = q.join.as_mut() {
-                    j.restore(&state["join"]);
+                    unread += j.restore(&state["join"]);
+                }
+                // Written by another version of Weir, or damaged: say so rather than
+                // go on as if the state were whole.
+                if unread > 0 {
+                    eprintln!(
+                        "weir: query {}: {unread} entries of its checkpointed state could not be read (another version's format?); they start empty",
+                        q.id
+                    );
                 }
                 // The next checkpoint is a full one: a fresh anchor for the next recovery.
                 q.since_full = delta::FULL_EVERY;

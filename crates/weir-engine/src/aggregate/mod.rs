@@ -1138,8 +1138,9 @@ impl Aggregator {
         out
     }
 
-    /// Puts back a checkpoint's state. Entries that do not decode are skipped.
-    pub fn restore(&mut self, snapshot: &Value) {
+    /// Puts back a checkpoint's state; how many entries did not decode (skipped).
+    pub fn restore(&mut self, snapshot: &Value) -> usize {
+        let mut unread = 0;
         self.clear_changes();
         self.groups.clear();
         self.accumulators = self.fresh.clone();
@@ -1150,8 +1151,12 @@ impl Aggregator {
             w.pending.clear();
         }
         for (name, v) in snapshot["groups"].as_object().into_iter().flatten() {
-            if let Some(bytes) = v.as_str().and_then(unb64) {
-                let _ = self.load_entry(name, &bytes);
+            let loaded = v
+                .as_str()
+                .and_then(unb64)
+                .map(|bytes| self.load_entry(name, &bytes));
+            if !matches!(loaded, Some(Ok(()))) {
+                unread += 1;
             }
         }
         if let Some(mut t) = self.table.take() {
@@ -1162,6 +1167,7 @@ impl Aggregator {
                     v[0].as_str().and_then(unb64),
                     v[1].as_str().and_then(unb64),
                 ) else {
+                    unread += 1;
                     continue;
                 };
                 let k = self.groups.intern(&key);
@@ -1174,6 +1180,7 @@ impl Aggregator {
             self.table = Some(t);
         }
         self.groups.end_batch();
+        unread
     }
 
     pub fn explain(&self) -> String {
