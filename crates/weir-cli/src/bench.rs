@@ -227,10 +227,16 @@ fn w3_log(
 /// a durable one as `weir server` and `weir run` keep queries (command log, a checkpoint
 /// after every batch, the log's default fsync every 200 ms). W1's end-to-end figure from
 /// the same run gives the ratio. Prints events/s and peak RSS.
-pub fn w3(events: u64, only: Option<&str>) -> Result<(), String> {
+pub fn w3(events: u64, only: Option<&str>, engine: Option<&str>) -> Result<(), String> {
     if let Some(o) = only.filter(|o| !["window", "join"].contains(o)) {
         return Err(format!("--only takes window or join, not {o}"));
     }
+    let engines: &[bool] = match engine {
+        None => &[false, true],
+        Some("plain") => &[false],
+        Some("durable") => &[true],
+        Some(other) => return Err(format!("--engine takes plain or durable, not {other}")),
+    };
     println!(
         "W3: {events} JSON car-sensor events from 10,000 cars, 1 ms apart, on the embedded log"
     );
@@ -274,7 +280,7 @@ pub fn w3(events: u64, only: Option<&str>) -> Result<(), String> {
         ));
     }
     for (statements, label, expected, sink) in runs {
-        for durable in [false, true] {
+        for &durable in engines {
             let config = if durable {
                 EmbeddedLogConfig::default()
             } else {

@@ -257,6 +257,9 @@ enum Workload {
         /// Run only one of the two queries (`window` or `join`), e.g. to profile it.
         #[arg(long)]
         only: Option<String>,
+        /// Run each query only on this engine (`plain` or `durable`), e.g. to profile it.
+        #[arg(long)]
+        engine: Option<String>,
     },
     /// A plugin scalar (one FFI call per batch) against the same function built in.
     Udf {
@@ -495,8 +498,13 @@ fn main() -> ExitCode {
             }
         },
         Command::Bench {
-            workload: Workload::W3 { events, only },
-        } => match bench::w3(events, only.as_deref()) {
+            workload:
+                Workload::W3 {
+                    events,
+                    only,
+                    engine,
+                },
+        } => match bench::w3(events, only.as_deref(), engine.as_deref()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("weir bench: {e}");

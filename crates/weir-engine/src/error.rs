@@ -27,6 +27,14 @@ pub enum EngineError {
     Plan(String),
     #[error("{0}")]
     Execution(String),
+    /// A function failed while `weir.fail.on.function.error` is set: the query stops at
+    /// this record, with nothing of its step written.
+    #[error("{message}")]
+    Stopped {
+        partition: u32,
+        offset: u64,
+        message: String,
+    },
 }
 
 impl From<datafusion::error::DataFusionError> for EngineError {

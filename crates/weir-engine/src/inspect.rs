@@ -9,6 +9,7 @@ use weir_sql::ast::{DescribeTarget, ExplainTarget, ListKind, Print, Query, State
 use crate::catalog::Source;
 use crate::error::{EngineError, Result};
 use crate::meta::*;
+use crate::pipeline::{Input, Pipeline, TopicInput};
 use crate::plan::{plan_push, plan_select};
 use crate::push::{CLIENT_BUFFER_ROWS, PushHandle, PushKind, PushQuery, start_offsets};
 use crate::types::sql_type_of;
@@ -209,7 +210,7 @@ impl Engine {
                 total.consumed += q.stats.consumed;
                 total.produced += q.stats.produced;
                 total.errors += q.stats.errors;
-                total.late += q.aggregate.as_ref().map_or(0, |a| a.late_records());
+                total.late += q.pipeline.late_records();
                 total.last_message_ms = total.last_message_ms.max(q.stats.last_message_ms);
             }
             total
@@ -273,34 +274,15 @@ impl Engine {
                     id: q.id.clone(),
                     statement_text: q.statement.clone(),
                     fields: fields(&q.sink_layout.key_columns, &q.sink_layout.value_columns),
-                    sources: match &q.join {
-                        Some(j) => j.inputs.iter().map(|i| i.source.name.clone()).collect(),
-                        None => vec![q.plan.source.clone()],
-                    },
+                    sources: q.pipeline.sources(),
                     sinks: vec![q.sink.clone()],
-                    window_type: q
-                        .aggregate
-                        .as_ref()
-                        .and_then(|a| a.window_type())
-                        .map(String::from),
-                    execution_plan: {
-                        let plan = match &q.aggregate {
-                            // The stateless step, the aggregation, then the sink.
-                            Some(a) => {
-                                let pre = q.plan.explain(&q.source_topic, None);
-                                let pre = pre.rsplit_once('\n').map_or(pre.as_str(), |p| p.0);
-                                format!("{pre}\n{}\nSink: topic '{}'", a.explain(), q.sink_topic)
-                            }
-                            None => q.plan.explain(&q.source_topic, Some(&q.sink_topic)),
-                        };
-                        match &q.join {
-                            Some(j) => format!("{}\n{plan}", j.explain()),
-                            None => plan,
-                        }
-                    },
+                    window_type: q.pipeline.window_type().map(String::from),
+                    execution_plan: q
+                        .pipeline
+                        .explain(&format!("Sink: topic '{}'", q.sink_topic)),
                     state: Some(query_state(q).into()),
                     statistics: Some(QueryStats {
-                        late: q.aggregate.as_ref().map_or(0, |a| a.late_records()),
+                        late: q.pipeline.late_records(),
                         ..q.stats
                     }),
                     errors: q.error.iter().cloned().collect(),
@@ -358,7 +340,6 @@ impl Engine {
         kind: PushKind,
         columns: Vec<(String, weir_sql::ast::SqlType)>,
         limit: Option<u64>,
-        earliest: bool,
     ) -> Result<Outcome> {
         self.push_counter += 1;
         let id = format!(
@@ -375,7 +356,6 @@ impl Engine {
             .unwrap_or(CLIENT_BUFFER_ROWS);
         let (sender, rows) = flume::bounded(buffer + 1);
         let alive = Arc::new(());
-        let offsets = start_offsets(self.log.as_ref(), &topic, earliest)?;
         self.push_queries.insert(
             id.clone(),
             PushQuery {
@@ -383,7 +363,6 @@ impl Engine {
                 statement,
                 topic,
                 kind,
-                offsets,
                 buffer,
                 full_since: None,
                 sender,
@@ -430,7 +409,7 @@ impl Engine {
         let (plan, aggregate, placed) = if query.group_by.is_some() {
             let a = crate::aggregate::plan_aggregate(&self.functions, query, &source, false)?;
             let placed = a.client_columns()?;
-            (a.pre.clone(), Some(Box::new(a)), placed)
+            (a.pre.clone(), Some(a), placed)
         } else {
             let plan = plan_push(&self.functions, query, &source)?;
             let placed = plan
@@ -450,29 +429,32 @@ impl Engine {
             .iter()
             .map(|(n, t, _)| (n.clone(), t.clone()))
             .collect();
+        // The pipeline a persistent query would run, the client its sink.
+        let drop_stream_tombstones = plan.filter.is_some() || aggregate.is_some();
+        let input = match join {
+            Some(j) => Input::Join(j),
+            None => Input::Topic(Box::new(TopicInput::new(
+                &source,
+                plan.input_schema.clone(),
+                drop_stream_tombstones,
+                start_offsets(self.log.as_ref(), &source.topic, earliest)?,
+            ))),
+        };
         let kind = PushKind::Select {
-            plan: Box::new(plan),
-            layout: source.layout.clone(),
-            timestamp: source
-                .timestamp_column
-                .clone()
-                .map(|c| (c, source.timestamp_format.clone())),
+            pipeline: Box::new(Pipeline {
+                input,
+                operators: crate::pipeline::operators(
+                    plan,
+                    aggregate,
+                    false,
+                    self.functions.warning_source,
+                ),
+            }),
             types: columns.iter().map(|(_, t)| t.clone()).collect(),
             at: placed.iter().map(|(_, _, i)| *i).collect(),
-            aggregate,
-            source_is_table: source.kind == weir_sql::ast::SourceKind::Table,
-            window: source.window,
-            join,
         };
         let stmt = Statement::Query(Box::new(query.clone())).to_string();
-        self.register_push(
-            stmt,
-            source.topic.clone(),
-            kind,
-            columns,
-            query.limit,
-            earliest,
-        )
+        self.register_push(stmt, source.topic.clone(), kind, columns, query.limit)
     }
 
     /// Starts `PRINT topic`: one text line per record.
@@ -491,12 +473,13 @@ impl Engine {
                 ))
             })?;
         let kind = PushKind::Print {
+            offsets: start_offsets(self.log.as_ref(), &topic, p.from_beginning)?,
             interval: p.interval.unwrap_or(1).max(1),
             seen: 0,
         };
         let columns = vec![("RECORD".to_string(), weir_sql::ast::SqlType::String)];
         let stmt = Statement::Print(p.clone()).to_string();
-        self.register_push(stmt, topic, kind, columns, p.limit, p.from_beginning)
+        self.register_push(stmt, topic, kind, columns, p.limit)
     }
 
     /// Ends a push query (the client closed it). False if there was none of that id.

@@ -22,6 +22,7 @@ mod inspect;
 mod javatime;
 mod join;
 pub mod meta;
+mod pipeline;
 mod plan;
 mod pull;
 pub mod push;
@@ -212,8 +213,9 @@ pub enum Outcome {
     Push(push::PushHandle),
 }
 
-/// What a persistent query runs: joins (if any), the stateless plan, GROUP BY (if any).
-struct Pipeline {
+/// What a persistent query is planned into: joins (if any), the stateless plan, GROUP BY
+/// (if any); [`Engine::start_query`] assembles them into its [`pipeline::Pipeline`].
+struct Parts {
     plan: SelectPlan,
     aggregate: Option<aggregate::Aggregator>,
     join: Option<join::Joiner>,
@@ -225,45 +227,30 @@ pub struct PersistentQuery {
     pub id: String,
     pub statement: String,
     pub sink: String,
+    /// The stateless plan (its first operator runs a copy): the query's source and
+    /// output columns.
     plan: SelectPlan,
     source_topic: String,
-    source_layout: Layout,
+    /// Its input (one topic, or joins) and operators.
+    pipeline: pipeline::Pipeline,
     sink_topic: String,
     sink_layout: Layout,
     /// The sink's keys carry windows (a windowed aggregation writes it).
     sink_window: Option<KeyWindow>,
-    /// The source's keys carry windows (a stream over a windowed aggregation's topic).
-    source_window: Option<KeyWindow>,
     sink_partitions: u32,
-    offsets: Vec<u64>,
     /// After recovery: per (source partition, sink partition), the highest source offset
     /// whose output is already in the sink. Re-read records up to it write nothing. Kept
     /// (and carried in checkpoints as `ahead`) until the source offsets pass it.
     already_written: BTreeMap<(u32, u32), u64>,
-    /// The source column that holds event time (`TIMESTAMP` in its WITH clause), with its
-    /// `TIMESTAMP_FORMAT` when it is a string.
-    source_timestamp: Option<(String, Option<String>)>,
     /// The sink column whose value is each output record's timestamp, likewise.
     sink_timestamp: Option<(String, Option<String>)>,
     stats: meta::QueryStats,
-    /// Records to read per step, by partition (adapts to load).
-    batch_records: Vec<usize>,
-    /// `weir.fail.on.function.error` when the query started: a batch that fails to
-    /// compute stops the query (state ERROR) instead of sending its bad rows to the
-    /// processing log.
-    stop_on_error: bool,
     /// Why the query stopped; it consumes nothing more until restarted.
     pub error: Option<meta::QueryError>,
-    /// GROUP BY: folds `plan`'s rows into groups (its state is checkpointed).
-    aggregate: Option<aggregate::Aggregator>,
-    /// A join: its sources, offsets and state (the plan runs over its joined rows).
-    join: Option<join::Joiner>,
     /// Checkpoints since the last full one (later checkpoints carry what changed since
     /// the one before: the entries the operators report as set or removed; see
     /// `delta.rs`). At [`delta::FULL_EVERY`] (or before any), the next is full.
     since_full: usize,
-    /// The source is a table: its tombstones (deletes) pass a WHERE.
-    source_is_table: bool,
 }
 
 /// The property that makes a function error stop a persistent query.
@@ -386,7 +373,11 @@ impl Engine {
             }
         }
         for (id, ends) in intents {
-            if let Some(j) = self.queries.get_mut(&id).and_then(|q| q.join.as_mut()) {
+            if let Some(j) = self
+                .queries
+                .get_mut(&id)
+                .and_then(|q| q.pipeline.join_mut())
+            {
                 j.replay = serde_json::from_value(ends).ok();
             }
         }
@@ -397,18 +388,9 @@ impl Engine {
                     .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
                     .unwrap_or_default()
             };
-            let offsets = as_offsets(&cp["offsets"]);
-            if offsets.len() == q.offsets.len() {
-                q.offsets = offsets;
-            }
+            q.pipeline.set_offsets(as_offsets(&cp["offsets"]));
             if let Some(state) = states.remove(&q.id) {
-                let mut unread = 0;
-                if let Some(a) = q.aggregate.as_mut() {
-                    unread += a.restore(&state["aggregate"]);
-                }
-                if let Some(j) = q.join.as_mut() {
-                    unread += j.restore(&state["join"]);
-                }
+                let unread = q.pipeline.restore(&state);
                 // Written by another version of Weir, or damaged: say so rather than
                 // go on as if the state were whole.
                 if unread > 0 {
@@ -473,7 +455,7 @@ impl Engine {
         // interrupted after writing part of its output, then replayed in smaller batches):
         // they go with every checkpoint until consumed, so that a later recovery skips
         // them too. The others are done with.
-        let offsets = &q.offsets;
+        let offsets = q.pipeline.offsets();
         q.already_written
             .retain(|(p, _), max| offsets.get(*p as usize).is_none_or(|next| *max >= *next));
         let ahead: Vec<[u64; 3]> = q
@@ -481,37 +463,22 @@ impl Engine {
             .iter()
             .map(|((p, s), max)| [*p as u64, *s as u64, *max])
             .collect();
-        let mut v =
-            serde_json::json!({"query": q.id, "offsets": q.offsets, "sink_ends": sink_ends});
+        let mut v = serde_json::json!({"query": q.id, "offsets": q.pipeline.offsets(), "sink_ends": sink_ends});
         if !ahead.is_empty() {
             v["ahead"] = serde_json::json!(ahead);
         }
         let mut delta_text = None;
-        if q.aggregate.is_some() || q.join.is_some() {
+        if q.pipeline.has_state() {
             // The operators say which entries of their state changed (the state can be
             // large and mostly unchanged: a table's rows, open windows), so a checkpoint
             // costs what the step changed; every FULL_EVERY-th is a full snapshot.
             if q.since_full < delta::FULL_EVERY {
                 let mut changes = delta::DeltaText::default();
-                if let Some(a) = q.aggregate.as_mut() {
-                    a.take_changes(&mut changes);
-                }
-                if let Some(j) = q.join.as_mut() {
-                    j.take_changes(&mut changes);
-                }
+                q.pipeline.take_changes(&mut changes);
                 delta_text = Some(changes.to_json());
                 q.since_full += 1;
             } else {
-                let mut full = serde_json::json!({"aggregate": null, "join": null});
-                if let Some(a) = q.aggregate.as_mut() {
-                    full["aggregate"] = a.snapshot();
-                    a.clear_changes();
-                }
-                if let Some(j) = q.join.as_mut() {
-                    full["join"] = j.snapshot();
-                    j.clear_changes();
-                }
-                v["full"] = full;
+                v["full"] = q.pipeline.snapshot();
                 q.since_full = 0;
             }
         }
@@ -604,7 +571,8 @@ impl Engine {
             .values()
             .map(|q| {
                 let lag = q
-                    .offsets
+                    .pipeline
+                    .offsets()
                     .iter()
                     .enumerate()
                     .map(|(p, at)| {
@@ -690,7 +658,7 @@ impl Engine {
                 let query_id = self.start_query(
                     &target.value,
                     &source,
-                    Pipeline {
+                    Parts {
                         plan,
                         aggregate: None,
                         join,
@@ -1123,12 +1091,12 @@ impl Engine {
         };
         self.catalog.add_source(sink, c.or_replace)?;
         let prefix = if grouped { "CTAS" } else { "CSAS" };
-        let pipeline = Pipeline {
+        let parts = Parts {
             plan,
             aggregate,
             join: joiner,
         };
-        match self.start_query(&name, &source, pipeline, stmt, prefix) {
+        match self.start_query(&name, &source, parts, stmt, prefix) {
             Ok(query_id) => {
                 if let Some(s) = self.catalog.source_mut(&name) {
                     s.written_by = Some(query_id.clone());
@@ -1192,15 +1160,15 @@ impl Engine {
         &mut self,
         sink_name: &str,
         source: &Source,
-        pipeline: Pipeline,
+        parts: Parts,
         stmt: &Statement,
         prefix: &str,
     ) -> Result<String> {
-        let Pipeline {
+        let Parts {
             plan,
             aggregate,
             join: mut joiner,
-        } = pipeline;
+        } = parts;
         let sink = self.stream(sink_name)?;
         // INSERT INTO: the query's output must fit the sink's columns.
         let (keys, values) = &plan.output_layout_columns;
@@ -1223,7 +1191,32 @@ impl Engine {
             }
             None => push::start_offsets(self.log.as_ref(), &source.topic, earliest)?,
         };
-        let batch_records = vec![BATCH_RECORDS; offsets.len()];
+        let stop_on_error = self
+            .properties
+            .get(FAIL_ON_FUNCTION_ERROR)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        // ksqlDB drops a stream's tombstones at a WHERE, and forwards them otherwise (a
+        // table's always: they delete); an aggregation over a stream ignores them.
+        let drop_stream_tombstones = plan.filter.is_some() || aggregate.is_some();
+        let input = match joiner {
+            Some(j) => pipeline::Input::Join(Box::new(j)),
+            None => pipeline::Input::Topic(Box::new(pipeline::TopicInput::new(
+                source,
+                plan.input_schema.clone(),
+                drop_stream_tombstones,
+                offsets,
+            ))),
+        };
+        let mut pipeline = pipeline::Pipeline {
+            input,
+            operators: pipeline::operators(
+                plan.clone(),
+                aggregate,
+                stop_on_error,
+                self.functions.warning_source,
+            ),
+        };
+        pipeline.set_tracking(self.durable);
         let sink_partitions = self
             .log
             .topic(&sink.topic)?
@@ -1239,39 +1232,19 @@ impl Engine {
                 sink: sink.name.clone(),
                 plan,
                 source_topic: source.topic.clone(),
-                source_layout: source.layout.clone(),
+                pipeline,
                 sink_topic: sink.topic.clone(),
                 sink_layout: sink.layout.clone(),
                 sink_window: sink.window,
-                source_window: source.window,
                 sink_partitions,
-                offsets,
                 already_written: BTreeMap::new(),
-                source_timestamp: source
-                    .timestamp_column
-                    .clone()
-                    .map(|c| (c, source.timestamp_format.clone())),
                 sink_timestamp: sink
                     .timestamp_column
                     .clone()
                     .map(|c| (c, sink.timestamp_format.clone())),
                 stats: meta::QueryStats::default(),
-                batch_records,
-                stop_on_error: self
-                    .properties
-                    .get(FAIL_ON_FUNCTION_ERROR)
-                    .is_some_and(|v| v.eq_ignore_ascii_case("true")),
                 error: None,
-                aggregate: aggregate.map(|mut a| {
-                    a.set_tracking(self.durable);
-                    a
-                }),
-                join: joiner.map(|mut j| {
-                    j.set_tracking(self.durable);
-                    j
-                }),
                 since_full: delta::FULL_EVERY,
-                source_is_table: source.kind == SourceKind::Table,
             },
         );
         if self.durable && !self.replaying {
@@ -1457,17 +1430,12 @@ impl Engine {
         }
     }
 
-    /// Reads one batch per source partition of a query and writes what it produces.
+    /// Reads one batch per source partition of a query (a join: from every partition of
+    /// every source at once) and writes what it produces; a durable engine checkpoints
+    /// after each. Output first, then the checkpoint: a crash between them re-reads the
+    /// batch, and recovery keeps its output from being written twice.
     fn step(&mut self, id: &str) -> Result<u64> {
-        if self.queries[id].join.is_some() {
-            let n = self.step_join(id)?;
-            if n > 0 && self.durable {
-                self.crash_point();
-                self.checkpoint(id)?;
-            }
-            return Ok(n);
-        }
-        let partitions = self.queries[id].offsets.len() as u32;
+        let partitions = self.queries[id].pipeline.partitions();
         let mut consumed = 0;
         for partition in 0..partitions {
             if self.queries[id].error.is_some() {
@@ -1476,8 +1444,6 @@ impl Engine {
             let n = self.step_partition(id, partition)?;
             if n > 0 && self.durable {
                 self.crash_point();
-                // Output first, then the checkpoint: a crash between them re-reads the
-                // batch, and recovery keeps its output from being written twice.
                 self.checkpoint(id)?;
             }
             consumed += n;
@@ -1491,224 +1457,73 @@ impl Engine {
         weir_log::failpoint::hit("crash_before_checkpoint");
     }
 
-    /// A join's step: a batch from each partition of each source, in timestamp order
-    /// (each source's own order kept), through the joins, then the plan over the joined
-    /// rows and the sink.
-    fn step_join(&mut self, id: &str) -> Result<u64> {
-        let log = self.log.clone();
-        let durable = self.durable;
-        let q = self.queries.get_mut(id).expect("query exists");
-        let Some(mut joiner) = q.join.take() else {
-            return Ok(0);
-        };
-        let result = run_join(log.as_ref(), q, &mut joiner, durable);
-        q.join = Some(joiner);
-        result
-    }
-
+    /// One step of one partition through the query's pipeline, into its sink topic.
     fn step_partition(&mut self, id: &str, partition: u32) -> Result<u64> {
         let log = self.log.clone();
         let durable = self.durable;
-        let warnings = self.functions.warning_source;
         let q = self.queries.get_mut(id).expect("query exists");
-        let from = q.offsets[partition as usize];
-        let max = q.batch_records[partition as usize];
-        let records = log.read(&q.source_topic, partition, from, max)?;
-        q.batch_records[partition as usize] = if records.len() == max {
-            (max * 2).min(MAX_BATCH_RECORDS)
-        } else if records.len() < max / 4 {
-            (max / 2).max(MIN_BATCH_RECORDS)
-        } else {
-            max
-        };
-        let Some(last) = records.last() else {
-            return Ok(0);
-        };
-        let next = last.offset + 1;
-        // Compute every run first, write after: a query that stops on an error writes
-        // nothing of the batch it stops at, and resumes from its start when restarted.
-        let mut computed = Vec::new();
-        // Records and tombstones keep their order: process each run of one kind in turn.
-        for run in records.chunk_by(|a, b| a.record.value.is_none() == b.record.value.is_none()) {
-            let tombstones = run[0].record.value.is_none();
-            // ksqlDB drops a stream's tombstones at a WHERE, and forwards them otherwise
-            // (a table's always: they delete); an aggregation over a stream ignores them.
-            if tombstones
-                && !q.source_is_table
-                && (q.plan.filter.is_some() || q.aggregate.is_some())
-            {
-                continue;
-            }
-            let mut problems = Vec::new();
-            let decoded = decode_run(
-                &q.source_layout,
-                &q.plan.input_schema,
-                run,
-                tombstones,
-                q.source_timestamp.as_ref(),
-                q.source_window,
-                partition,
-                &mut problems,
-            )?;
-            // Warnings left over from elsewhere (a push query) are not this batch's.
-            if let Some(take) = warnings {
-                take();
-            }
-            // A table's delete passes its WHERE (the key leaves the derived table too).
-            let plan = q.plan.for_run(tombstones && q.source_is_table);
-            let (output, failures) = if q.stop_on_error {
-                match plan.apply(&decoded.batch) {
-                    Ok(out) => (vec![out], Vec::new()),
-                    Err(e) => {
-                        let why = format!(
-                            "Query stopped ({FAIL_ON_FUNCTION_ERROR}=true) at {}-{partition} offsets {}..{}: {e}",
-                            q.source_topic,
-                            run[0].offset,
-                            run[run.len() - 1].offset
-                        );
-                        eprintln!("weir: query {}: {why}", q.id);
-                        write_processing_log(
-                            log.as_ref(),
-                            &q.id,
-                            &q.source_topic,
-                            &[Problem::new(partition, run[0].offset, why.clone())],
-                        )?;
-                        q.stats.errors += 1;
-                        q.error = Some(meta::QueryError {
-                            timestamp: now_ms(),
-                            message: why,
-                        });
-                        return Ok(0);
-                    }
-                }
-            } else {
-                plan.apply_each(&decoded.batch)
-            };
-            problems.extend(failures.into_iter().map(|(offset, e)| {
-                Problem::new(
-                    partition,
-                    offset,
-                    format!("Error computing expression: {e}"),
-                )
-            }));
-            // Rows a function returned NULL for, saying why (offsets of the run).
-            if let Some(take) = warnings {
-                problems.extend(take().into_iter().map(|w| {
-                    Problem::new(
-                        partition,
-                        run[0].offset,
-                        format!(
-                            "Function warning (offsets {}..{}): {w}",
-                            run[0].offset,
-                            run[run.len() - 1].offset
-                        ),
-                    )
-                }));
-            }
-            computed.push((tombstones, output, problems));
-        }
-        for (tombstones, output, problems) in computed {
-            q.stats.errors += problems.len() as u64;
-            write_changes(log.as_ref(), q, output, tombstones, durable, partition)?;
-            if !problems.is_empty() {
-                write_processing_log(log.as_ref(), &q.id, &q.source_topic, &problems)?;
-            }
-        }
-        q.offsets[partition as usize] = next;
-        q.stats.consumed += records.len() as u64;
-        q.stats.bytes_consumed += records
-            .iter()
-            .map(|r| {
-                (r.record.key.as_ref().map_or(0, Vec::len)
-                    + r.record.value.as_ref().map_or(0, Vec::len)) as u64
-            })
-            .sum::<u64>();
-        q.stats.last_message_ms = Some(now_ms());
-        Ok(records.len() as u64)
-    }
-}
-
-/// One step of a join query (see [`Engine::step_join`]).
-fn run_join(
-    log: &dyn Log,
-    q: &mut PersistentQuery,
-    joiner: &mut join::Joiner,
-    durable: bool,
-) -> Result<u64> {
-    let step = joiner.step(log, durable.then_some(q.id.as_str()))?;
-    q.stats.consumed += step.consumed;
-    q.stats.bytes_consumed += step.bytes;
-    if step.consumed > 0 {
-        q.stats.last_message_ms = Some(now_ms());
-    }
-    let mut problems = step.problems;
-    for ChangeBatch { tombstones, batch } in step.changes {
-        // A table's delete passes its WHERE (the key leaves the derived table too).
-        let (output, failures) = q.plan.for_run(tombstones).apply_each(&batch);
-        problems.extend(failures.into_iter().map(|(offset, e)| {
-            Problem::new(0, offset, format!("Error computing expression: {e}"))
-        }));
-        write_changes(log, q, output, tombstones, durable, 0)?;
-    }
-    if !problems.is_empty() {
-        q.stats.errors += problems.len() as u64;
-        write_processing_log(log, &q.id, &q.source_topic, &problems)?;
-    }
-    Ok(step.consumed)
-}
-
-/// Writes what the stateless step made of a run (all rows or all tombstones): through the
-/// GROUP BY if there is one (its changes, one per input row), then to the sink.
-fn write_changes(
-    log: &dyn Log,
-    q: &mut PersistentQuery,
-    output: Vec<RecordBatch>,
-    tombstones: bool,
-    durable: bool,
-    partition: u32,
-) -> Result<()> {
-    for out in output {
-        let changes = match q.aggregate.as_mut() {
-            Some(a) => {
-                let (changes, bad) = a.process(&out, tombstones);
-                if !bad.is_empty() {
-                    q.stats.errors += bad.len() as u64;
-                    let bad: Vec<Problem> = bad
-                        .into_iter()
-                        .map(|(o, why)| Problem::new(partition, o, why))
-                        .collect();
-                    write_processing_log(log, &q.id, &q.source_topic, &bad)?;
-                }
-                changes
-            }
-            None => vec![ChangeBatch {
-                tombstones,
-                batch: out,
-            }],
-        };
-        for ChangeBatch {
-            tombstones,
-            batch: out,
-        } in changes
+        // Everything is computed before anything is written: a query that stops on an
+        // error writes nothing of the step it stops at, and resumes from its start.
+        let step = match q
+            .pipeline
+            .step(log.as_ref(), partition, None, durable.then_some(id))
         {
-            q.stats.produced += out.num_rows() as u64;
+            Ok(step) => step,
+            Err(EngineError::Stopped {
+                partition,
+                offset,
+                message,
+            }) => {
+                let why = format!(
+                    "Query stopped ({FAIL_ON_FUNCTION_ERROR}=true) at {}-{partition} {message}",
+                    q.source_topic
+                );
+                eprintln!("weir: query {}: {why}", q.id);
+                write_processing_log(
+                    log.as_ref(),
+                    &q.id,
+                    &q.source_topic,
+                    &[Problem::new(partition, offset, why.clone())],
+                )?;
+                q.stats.errors += 1;
+                q.error = Some(meta::QueryError {
+                    timestamp: now_ms(),
+                    message: why,
+                });
+                return Ok(0);
+            }
+            Err(e) => return Err(e),
+        };
+        if step.consumed == 0 {
+            return Ok(0);
+        }
+        for change in &step.changes {
+            q.stats.produced += change.batch.num_rows() as u64;
             let now = now_ms();
-            for t in out.column(0).as_primitive::<Int64Type>().values() {
+            for t in change.batch.column(0).as_primitive::<Int64Type>().values() {
                 q.stats.latency.observe((now - t).max(0) as f64);
             }
             q.stats.bytes_produced += write_output(
-                log,
+                log.as_ref(),
                 q,
-                &out,
+                &change.batch,
                 Sink {
-                    tombstones,
+                    tombstones: change.tombstones,
                     durable,
                     source_partition: partition,
                 },
             )?;
         }
+        if !step.problems.is_empty() {
+            q.stats.errors += step.problems.len() as u64;
+            write_processing_log(log.as_ref(), &q.id, &q.source_topic, &step.problems)?;
+        }
+        q.pipeline.advance(partition, &step);
+        q.stats.consumed += step.consumed;
+        q.stats.bytes_consumed += step.bytes;
+        q.stats.last_message_ms = Some(now_ms());
+        Ok(step.consumed)
     }
-    Ok(())
 }
 
 /// How a batch of output is written.

@@ -14,17 +14,17 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch};
-use serde_json::Value;
 use weir_format::Column;
 use weir_log::{Log, StoredRecord};
 use weir_sql::ast::{Query, SourceKind, SqlType};
 
 use crate::catalog::Source;
 use crate::error::{EngineError, Result};
+use crate::pipeline::{Input, Pipeline, operators};
 use crate::plan::plan_push;
 use crate::push::{PushEvent, PushHandle};
 use crate::types::sql_type_of;
-use crate::{Engine, Outcome};
+use crate::{ChangeBatch, Engine, Outcome};
 
 /// A table's rows as of `offsets`: the latest record per key (key bytes, window included).
 #[derive(Debug, Default)]
@@ -163,21 +163,18 @@ impl Engine {
             .skip(2)
             .map(|f| Ok((f.name().clone(), sql_type_of(f.data_type())?)))
             .collect::<Result<_>>()?;
-        let (outputs, _) = plan.apply_each(&batch);
-        let mut rows = Vec::new();
-        for out in outputs {
-            for row in 0..out.num_rows() {
-                rows.push(
-                    columns
-                        .iter()
-                        .enumerate()
-                        .map(|(i, (_, ty))| {
-                            weir_format::convert::value_at(out.column(2 + i), row, ty)
-                        })
-                        .collect::<Vec<Value>>(),
-                );
-            }
-        }
+        // The pipeline a push query would run, over the snapshot, into a collection.
+        let at: Vec<usize> = (2..2 + columns.len()).collect();
+        let types: Vec<SqlType> = columns.iter().map(|(_, t)| t.clone()).collect();
+        let mut pipeline = Pipeline {
+            input: Input::Snapshot(vec![ChangeBatch {
+                tombstones: false,
+                batch,
+            }]),
+            operators: operators(plan, None, false, self.functions.warning_source),
+        };
+        let step = pipeline.step(self.log.as_ref(), 0, None, None)?;
+        let mut rows = crate::push::client_rows(&step.changes, &types, &at);
         if let Some(limit) = query.limit {
             rows.truncate(limit as usize);
         }

@@ -11,12 +11,11 @@ use std::time::{Duration, Instant};
 use flume::{Receiver, Sender, TrySendError};
 
 use serde_json::Value;
-use weir_format::Layout;
 use weir_log::{Log, StoredRecord};
 use weir_sql::ast::SqlType;
 
-use crate::error::Result;
-use crate::plan::SelectPlan;
+use crate::error::{EngineError, Result};
+use crate::pipeline::Pipeline;
 
 /// Rows a client may fall behind by before its query is ended, unless the session's
 /// `weir.push.buffer.rows` property says otherwise.
@@ -56,24 +55,17 @@ impl std::fmt::Debug for PushHandle {
 }
 
 pub(crate) enum PushKind {
+    /// `SELECT ... EMIT CHANGES`: the same pipeline a persistent query runs, with the
+    /// client as its sink.
     Select {
-        plan: Box<SelectPlan>,
-        layout: Layout,
-        timestamp: Option<(String, Option<String>)>,
+        pipeline: Box<Pipeline>,
         /// Output column types, for rendering values, and where each is in an output batch.
         types: Vec<SqlType>,
         at: Vec<usize>,
-        /// GROUP BY: the plan's rows go through it; the client gets each group's changes.
-        aggregate: Option<Box<crate::aggregate::Aggregator>>,
-        /// The source is a table: an aggregation takes its deletes into account.
-        source_is_table: bool,
-        /// The source's keys carry windows.
-        window: Option<crate::catalog::KeyWindow>,
-        /// A join: its sources are read instead of `topic`, and the plan runs over the
-        /// joined rows.
-        join: Option<Box<crate::join::Joiner>>,
     },
     Print {
+        /// Next offset to read, per partition of `topic`.
+        offsets: Vec<u64>,
         interval: u64,
         seen: u64,
     },
@@ -84,7 +76,6 @@ pub(crate) struct PushQuery {
     pub statement: String,
     pub topic: String,
     pub kind: PushKind,
-    pub offsets: Vec<u64>,
     /// Rows the client may fall behind by; the channel holds one more, so the message
     /// that ends a slow client's query always fits.
     pub buffer: usize,
@@ -144,51 +135,53 @@ impl PushQuery {
             return Ok((0, Next::Continue));
         }
         self.full_since = None;
-        if let PushKind::Select {
-            join: Some(joiner),
-            plan,
-            aggregate,
-            types,
-            at,
-            ..
-        } = &mut self.kind
-        {
-            let step = joiner.step(log, None)?;
-            let mut rows = Vec::new();
-            for crate::ChangeBatch { tombstones, batch } in &step.changes {
-                rows.extend(client_rows(
-                    plan,
-                    aggregate.as_deref_mut(),
-                    (types, at),
-                    *tombstones,
-                    batch,
-                ));
-            }
-            for row in rows {
-                if self.send(row) == Next::Finished {
-                    return Ok((step.consumed, Next::Finished));
-                }
-            }
-            if step.consumed == 0 && self.client_gone() {
-                return Ok((0, Next::Finished));
-            }
-            return Ok((step.consumed, Next::Continue));
-        }
         let mut consumed = 0;
-        for partition in 0..self.offsets.len() as u32 {
+        let partitions = match &self.kind {
+            PushKind::Select { pipeline, .. } => pipeline.partitions(),
+            PushKind::Print { offsets, .. } => offsets.len() as u32,
+        };
+        for partition in 0..partitions {
             if room == 0 {
                 break;
             }
-            let from = self.offsets[partition as usize];
-            let records = log.read(&self.topic, partition, from, max.min(room))?;
-            room -= records.len();
-            let Some(last) = records.last() else {
-                continue;
+            let rows = match &mut self.kind {
+                PushKind::Select {
+                    pipeline,
+                    types,
+                    at,
+                } => {
+                    // Rows that fail are skipped (the persistent queries over the same
+                    // records log them); a function error never stops a push query.
+                    let step = match pipeline.step(log, partition, Some(max.min(room)), None) {
+                        Ok(step) => step,
+                        Err(EngineError::Stopped { .. }) => continue,
+                        Err(e) => return Err(e),
+                    };
+                    pipeline.advance(partition, &step);
+                    room = room.saturating_sub(step.consumed as usize);
+                    consumed += step.consumed;
+                    client_rows(&step.changes, types, at)
+                }
+                PushKind::Print {
+                    offsets,
+                    interval,
+                    seen,
+                } => {
+                    let from = offsets[partition as usize];
+                    let records = log.read(&self.topic, partition, from, max.min(room))?;
+                    room -= records.len();
+                    let Some(last) = records.last() else {
+                        continue;
+                    };
+                    offsets[partition as usize] = last.offset + 1;
+                    consumed += records.len() as u64;
+                    print_lines(partition, &records, *interval, seen)
+                }
             };
-            self.offsets[partition as usize] = last.offset + 1;
-            consumed += records.len() as u64;
-            if self.step_records(partition, &records)? == Next::Finished {
-                return Ok((consumed, Next::Finished));
+            for row in rows {
+                if self.send(row) == Next::Finished {
+                    return Ok((consumed, Next::Finished));
+                }
             }
         }
         // A client that left while there was nothing to send is noticed here.
@@ -212,106 +205,41 @@ impl PushQuery {
     fn client_gone(&self) -> bool {
         std::sync::Arc::strong_count(&self.alive) == 1
     }
-
-    fn step_records(&mut self, partition: u32, records: &[StoredRecord]) -> Result<Next> {
-        match &mut self.kind {
-            PushKind::Print { interval, seen } => {
-                let interval = *interval;
-                let mut lines = Vec::new();
-                for r in records {
-                    *seen += 1;
-                    if (*seen - 1) % interval != 0 {
-                        continue;
-                    }
-                    lines.push(print_line(partition, r));
-                }
-                for line in lines {
-                    if self.send(vec![Value::String(line)]) == Next::Finished {
-                        return Ok(Next::Finished);
-                    }
-                }
-                Ok(Next::Continue)
-            }
-            PushKind::Select {
-                plan,
-                layout,
-                timestamp,
-                types,
-                at,
-                aggregate,
-                source_is_table,
-                window,
-                ..
-            } => {
-                let mut rows = Vec::new();
-                for run in
-                    records.chunk_by(|a, b| a.record.value.is_none() == b.record.value.is_none())
-                {
-                    // Tombstones carry no row, but take rows out of a table's groups.
-                    let tombstones = run[0].record.value.is_none();
-                    if tombstones && !(aggregate.is_some() && *source_is_table) {
-                        continue;
-                    }
-                    let decoded = crate::decode_run(
-                        layout,
-                        &plan.input_schema,
-                        run,
-                        tombstones,
-                        timestamp.as_ref(),
-                        *window,
-                        partition,
-                        &mut Vec::new(),
-                    )?;
-                    rows.extend(client_rows(
-                        plan,
-                        aggregate.as_deref_mut(),
-                        (types, at),
-                        tombstones,
-                        &decoded.batch,
-                    ));
-                }
-                for row in rows {
-                    if self.send(row) == Next::Finished {
-                        return Ok(Next::Finished);
-                    }
-                }
-                Ok(Next::Continue)
-            }
-        }
-    }
 }
 
-/// What the plan (and the aggregation, if any) makes of a batch, as the client's rows.
-/// A delete passes the WHERE (its row leaves its group); rows that fail are skipped (the
-/// persistent queries log them); a group's retraction shows as nothing.
-fn client_rows(
-    plan: &SelectPlan,
-    aggregate: Option<&mut crate::aggregate::Aggregator>,
-    (types, at): (&[SqlType], &[usize]),
-    tombstones: bool,
-    batch: &arrow::array::RecordBatch,
+/// `PRINT`'s rows: a line per `interval` records (`seen` counts them across steps).
+fn print_lines(
+    partition: u32,
+    records: &[StoredRecord],
+    interval: u64,
+    seen: &mut u64,
 ) -> Vec<Vec<Value>> {
-    let (batches, _) = plan.for_run(tombstones).apply_each(batch);
-    let mut aggregate = aggregate;
+    let mut lines = Vec::new();
+    for r in records {
+        *seen += 1;
+        if (*seen - 1).is_multiple_of(interval) {
+            lines.push(vec![Value::String(print_line(partition, r))]);
+        }
+    }
+    lines
+}
+
+/// A step's changes as the client's rows: deletes (a group's retraction, a table's
+/// tombstone) show as nothing.
+pub(crate) fn client_rows(
+    changes: &[crate::ChangeBatch],
+    types: &[SqlType],
+    at: &[usize],
+) -> Vec<Vec<Value>> {
     let mut rows = Vec::new();
-    for out in batches {
-        let changes = match aggregate.as_deref_mut() {
-            Some(a) => a.process(&out, tombstones).0,
-            None if tombstones => Vec::new(),
-            None => vec![crate::ChangeBatch {
-                tombstones: false,
-                batch: out,
-            }],
-        };
-        for crate::ChangeBatch { batch: out, .. } in changes.into_iter().filter(|c| !c.tombstones) {
-            for row in 0..out.num_rows() {
-                rows.push(
-                    at.iter()
-                        .zip(types)
-                        .map(|(c, ty)| weir_format::convert::value_at(out.column(*c), row, ty))
-                        .collect(),
-                );
-            }
+    for crate::ChangeBatch { batch: out, .. } in changes.iter().filter(|c| !c.tombstones) {
+        for row in 0..out.num_rows() {
+            rows.push(
+                at.iter()
+                    .zip(types)
+                    .map(|(c, ty)| weir_format::convert::value_at(out.column(*c), row, ty))
+                    .collect(),
+            );
         }
     }
     rows

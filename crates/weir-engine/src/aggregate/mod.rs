@@ -532,7 +532,7 @@ impl Aggregator {
     /// groups, in order, and gives each row's change (runs of rows and of tombstones, in
     /// order). Rows whose result cannot be computed are left out, returned by source
     /// offset with why.
-    pub fn process(
+    pub fn fold_changes(
         &mut self,
         pre: &RecordBatch,
         tombstones: bool,

@@ -1,0 +1,572 @@
+//! One pipeline for every query: an input (a topic's records decoded to Arrow batches, or
+//! the joins of several topics), a chain of [`Operator`]s over batches of changes, and a
+//! sink the query's kind chooses — the sink topic of a persistent query (lib.rs, with
+//! checkpoints and recovery), a push query's client (push.rs), or the rows a pull query
+//! collects (pull.rs).
+//!
+//! A step goes stage by stage: the input's batches for the step, then each operator over
+//! every batch the stage before made, in order. So a stateless stage that fails a step
+//! (`weir.fail.on.function.error`) does so before any stateful one has seen its rows, and
+//! a stopped query resumes with its state as it was.
+
+use arrow::array::AsArray;
+use arrow::datatypes::{Int64Type, SchemaRef};
+use serde_json::Value;
+use weir_format::Layout;
+use weir_log::{Log, StoredRecord};
+
+use crate::catalog::KeyWindow;
+use crate::delta::DeltaText;
+use crate::error::{EngineError, Result};
+use crate::plan::SelectPlan;
+use crate::{ChangeBatch, Problem};
+
+/// What a step read and what its operators made of it, for the sink.
+#[derive(Debug, Default)]
+pub(crate) struct Step {
+    /// Source records read.
+    pub consumed: u64,
+    /// Bytes of the records read (keys and values).
+    pub bytes: u64,
+    /// The offset after the last record read, of the partition stepped (topic inputs;
+    /// the caller moves the input on with [`Pipeline::advance`] once the output is safe).
+    pub next: Option<u64>,
+    /// The last stage's changes, in order.
+    pub changes: Vec<ChangeBatch>,
+    /// Records that could not be processed: for the processing log.
+    pub problems: Vec<Problem>,
+}
+
+/// A stage over batches of changes (rows or deletes). Stateful stages also say what of
+/// their state changed, for checkpoints, and take it back on recovery.
+pub(crate) trait Operator: Send + std::fmt::Debug {
+    /// One batch in; what it makes of it appended to `out` (in order); rows it could not
+    /// process to `problems`. `partition` is the source partition the rows came from.
+    fn process(
+        &mut self,
+        input: ChangeBatch,
+        partition: u32,
+        out: &mut Vec<ChangeBatch>,
+        problems: &mut Vec<Problem>,
+    ) -> Result<()>;
+
+    /// EXPLAIN's lines for this stage.
+    fn explain(&self) -> String;
+
+    /// The name its state goes under in checkpoints; `None` for a stateless stage.
+    fn state_name(&self) -> Option<&'static str> {
+        None
+    }
+    /// Whether to note which entries of the state change (durable queries only).
+    fn set_tracking(&mut self, _on: bool) {}
+    /// The entries set or removed since the last call.
+    fn take_changes(&mut self, _delta: &mut DeltaText) {}
+    fn clear_changes(&mut self) {}
+    /// The whole state.
+    fn snapshot(&self) -> Value {
+        Value::Null
+    }
+    /// Takes back a snapshot; the number of entries it could not read.
+    fn restore(&mut self, _state: &Value) -> usize {
+        0
+    }
+    /// Records dropped for arriving after their window closed.
+    fn late_records(&self) -> u64 {
+        0
+    }
+    /// The window the stage groups by, as EXPLAIN names it.
+    fn window_type(&self) -> Option<&'static str> {
+        None
+    }
+}
+
+/// Filter, projections, explode and re-key of a query: stateless.
+#[derive(Debug)]
+pub(crate) struct Project {
+    pub plan: SelectPlan,
+    /// `weir.fail.on.function.error`: a batch that fails stops the query (its step
+    /// returns [`EngineError::Stopped`]) instead of sending its bad rows to the
+    /// processing log.
+    pub stop_on_error: bool,
+    /// Where functions report rows they returned NULL for (see `Functions`).
+    pub warnings: Option<fn() -> Vec<String>>,
+}
+
+impl Operator for Project {
+    fn process(
+        &mut self,
+        input: ChangeBatch,
+        partition: u32,
+        out: &mut Vec<ChangeBatch>,
+        problems: &mut Vec<Problem>,
+    ) -> Result<()> {
+        let ChangeBatch { tombstones, batch } = input;
+        // Warnings left over from elsewhere are not this batch's.
+        if let Some(take) = self.warnings {
+            take();
+        }
+        // A table's delete passes the WHERE (the key leaves what was derived from it).
+        let plan = self.plan.for_run(tombstones);
+        let offsets = || {
+            let o = batch
+                .schema()
+                .index_of("ROWOFFSET")
+                .ok()
+                .map(|i| batch.column(i).as_primitive::<Int64Type>().clone());
+            match o {
+                Some(o) if !o.is_empty() => (o.value(0), o.value(o.len() - 1)),
+                _ => (0, 0),
+            }
+        };
+        if self.stop_on_error {
+            match plan.apply(&batch) {
+                Ok(b) => out.push(ChangeBatch {
+                    tombstones,
+                    batch: b,
+                }),
+                Err(e) => {
+                    let (first, last) = offsets();
+                    return Err(EngineError::Stopped {
+                        partition,
+                        offset: first.max(0) as u64,
+                        message: format!("offsets {first}..{last}: {e}"),
+                    });
+                }
+            }
+        } else {
+            let (outs, failures) = plan.apply_each(&batch);
+            problems.extend(failures.into_iter().map(|(offset, e)| {
+                Problem::new(
+                    partition,
+                    offset,
+                    format!("Error computing expression: {e}"),
+                )
+            }));
+            out.extend(outs.into_iter().map(|b| ChangeBatch {
+                tombstones,
+                batch: b,
+            }));
+        }
+        // Rows a function returned NULL for, saying why.
+        if let Some(take) = self.warnings {
+            let warned = take();
+            if !warned.is_empty() {
+                let (first, last) = offsets();
+                problems.extend(warned.into_iter().map(|w| {
+                    Problem::new(
+                        partition,
+                        first.max(0) as u64,
+                        format!("Function warning (offsets {first}..{last}): {w}"),
+                    )
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    fn explain(&self) -> String {
+        let all = self.plan.explain("", None);
+        // The plan's own text, without its source and sink lines (the pipeline's).
+        let lines: Vec<&str> = all.lines().collect();
+        lines[1..lines.len() - 1].join("\n")
+    }
+}
+
+impl Operator for crate::aggregate::Aggregator {
+    fn process(
+        &mut self,
+        input: ChangeBatch,
+        partition: u32,
+        out: &mut Vec<ChangeBatch>,
+        problems: &mut Vec<Problem>,
+    ) -> Result<()> {
+        let (changes, bad) = self.fold_changes(&input.batch, input.tombstones);
+        problems.extend(
+            bad.into_iter()
+                .map(|(offset, why)| Problem::new(partition, offset, why)),
+        );
+        out.extend(changes);
+        Ok(())
+    }
+
+    fn explain(&self) -> String {
+        crate::aggregate::Aggregator::explain(self)
+    }
+    fn state_name(&self) -> Option<&'static str> {
+        Some("aggregate")
+    }
+    fn set_tracking(&mut self, on: bool) {
+        crate::aggregate::Aggregator::set_tracking(self, on)
+    }
+    fn take_changes(&mut self, delta: &mut DeltaText) {
+        crate::aggregate::Aggregator::take_changes(self, delta)
+    }
+    fn clear_changes(&mut self) {
+        crate::aggregate::Aggregator::clear_changes(self)
+    }
+    fn snapshot(&self) -> Value {
+        crate::aggregate::Aggregator::snapshot(self)
+    }
+    fn restore(&mut self, state: &Value) -> usize {
+        crate::aggregate::Aggregator::restore(self, state)
+    }
+    fn late_records(&self) -> u64 {
+        crate::aggregate::Aggregator::late_records(self)
+    }
+    fn window_type(&self) -> Option<&'static str> {
+        crate::aggregate::Aggregator::window_type(self)
+    }
+}
+
+/// One topic's records, decoded to Arrow batches.
+#[derive(Debug)]
+pub(crate) struct TopicInput {
+    pub topic: String,
+    /// The source's name, as EXPLAIN shows it.
+    pub name: String,
+    pub layout: Layout,
+    /// The decoded batches' schema (the first stage's input).
+    pub schema: SchemaRef,
+    /// The column that holds event time, with its format when it is a string.
+    pub timestamp: Option<(String, Option<String>)>,
+    /// The keys carry windows (a stream over a windowed aggregation's topic).
+    pub window: Option<KeyWindow>,
+    /// The source is a table: its tombstones delete, and go through every stage.
+    pub is_table: bool,
+    /// A stream's tombstones stop here (ksqlDB drops them at a WHERE, and an
+    /// aggregation over a stream ignores them; otherwise they are forwarded).
+    pub drop_stream_tombstones: bool,
+    /// Next offset to read, per partition.
+    pub offsets: Vec<u64>,
+    /// Records to read per step, by partition (adapts to load).
+    batch_records: Vec<usize>,
+}
+
+impl TopicInput {
+    pub fn new(
+        source: &crate::catalog::Source,
+        schema: SchemaRef,
+        drop_stream_tombstones: bool,
+        offsets: Vec<u64>,
+    ) -> Self {
+        TopicInput {
+            topic: source.topic.clone(),
+            name: source.name.clone(),
+            layout: source.layout.clone(),
+            schema,
+            timestamp: source
+                .timestamp_column
+                .clone()
+                .map(|c| (c, source.timestamp_format.clone())),
+            window: source.window,
+            is_table: source.kind == weir_sql::ast::SourceKind::Table,
+            drop_stream_tombstones,
+            batch_records: vec![crate::BATCH_RECORDS; offsets.len()],
+            offsets,
+        }
+    }
+
+    /// Reads the partition's next records: at most `limit`, or as many as the
+    /// partition's adaptive batch size says.
+    fn read(
+        &mut self,
+        log: &dyn Log,
+        partition: u32,
+        limit: Option<usize>,
+    ) -> Result<Vec<StoredRecord>> {
+        let from = self.offsets[partition as usize];
+        let Some(limit) = limit else {
+            let max = self.batch_records[partition as usize];
+            let records = log.read(&self.topic, partition, from, max)?;
+            self.batch_records[partition as usize] = if records.len() == max {
+                (max * 2).min(crate::MAX_BATCH_RECORDS)
+            } else if records.len() < max / 4 {
+                (max / 2).max(crate::MIN_BATCH_RECORDS)
+            } else {
+                max
+            };
+            return Ok(records);
+        };
+        Ok(log.read(&self.topic, partition, from, limit)?)
+    }
+
+    /// Decodes records into batches of one kind of change each (records and tombstones
+    /// keep their order).
+    pub fn decode(
+        &self,
+        records: &[StoredRecord],
+        partition: u32,
+        problems: &mut Vec<Problem>,
+    ) -> Result<Vec<ChangeBatch>> {
+        let mut changes = Vec::new();
+        for run in records.chunk_by(|a, b| a.record.value.is_none() == b.record.value.is_none()) {
+            let tombstones = run[0].record.value.is_none();
+            if tombstones && !self.is_table && self.drop_stream_tombstones {
+                continue;
+            }
+            let decoded = crate::decode_run(
+                &self.layout,
+                &self.schema,
+                run,
+                tombstones,
+                self.timestamp.as_ref(),
+                self.window,
+                partition,
+                problems,
+            )?;
+            changes.push(ChangeBatch {
+                tombstones,
+                batch: decoded.batch,
+            });
+        }
+        Ok(changes)
+    }
+}
+
+/// Where a pipeline's rows come from.
+#[derive(Debug)]
+pub(crate) enum Input {
+    Topic(Box<TopicInput>),
+    /// The joins of several sources, read together in timestamp order (see `join.rs`);
+    /// it keeps its own offsets and state.
+    Join(Box<crate::join::Joiner>),
+    /// Batches decoded elsewhere, all taken by the first step: a pull query's snapshot
+    /// of a table (or of a stream's records so far).
+    Snapshot(Vec<ChangeBatch>),
+}
+
+/// A query's input and operators.
+#[derive(Debug)]
+pub(crate) struct Pipeline {
+    pub input: Input,
+    pub operators: Vec<Box<dyn Operator>>,
+}
+
+impl Pipeline {
+    /// The partitions stepped one at a time (a join's sources are stepped together).
+    pub fn partitions(&self) -> u32 {
+        match &self.input {
+            Input::Topic(t) => t.offsets.len() as u32,
+            Input::Join(_) | Input::Snapshot(_) => 1,
+        }
+    }
+
+    /// Reads the next records of `partition` (at most `limit`; `None`: the adaptive batch
+    /// size) and runs them through the operators. A durable join first records what it
+    /// read under `intent_for` (see `Joiner::step`). A topic input stays where it was
+    /// until [`Pipeline::advance`].
+    pub fn step(
+        &mut self,
+        log: &dyn Log,
+        partition: u32,
+        limit: Option<usize>,
+        intent_for: Option<&str>,
+    ) -> Result<Step> {
+        let mut step = Step::default();
+        let changes = match &mut self.input {
+            Input::Join(joiner) => {
+                let j = joiner.step(log, intent_for)?;
+                step.consumed = j.consumed;
+                step.bytes = j.bytes;
+                step.problems = j.problems;
+                j.changes
+            }
+            Input::Snapshot(batches) => {
+                let batches = std::mem::take(batches);
+                step.consumed = batches.iter().map(|b| b.batch.num_rows() as u64).sum();
+                batches
+            }
+            Input::Topic(t) => {
+                let records = t.read(log, partition, limit)?;
+                let Some(last) = records.last() else {
+                    return Ok(step);
+                };
+                step.next = Some(last.offset + 1);
+                step.consumed = records.len() as u64;
+                step.bytes = records
+                    .iter()
+                    .map(|r| {
+                        (r.record.key.as_ref().map_or(0, Vec::len)
+                            + r.record.value.as_ref().map_or(0, Vec::len))
+                            as u64
+                    })
+                    .sum();
+                t.decode(&records, partition, &mut step.problems)?
+            }
+        };
+        step.changes = self.run(changes, partition, &mut step.problems)?;
+        Ok(step)
+    }
+
+    /// Runs batches of changes through every operator, stage by stage.
+    pub fn run(
+        &mut self,
+        mut changes: Vec<ChangeBatch>,
+        partition: u32,
+        problems: &mut Vec<Problem>,
+    ) -> Result<Vec<ChangeBatch>> {
+        for op in &mut self.operators {
+            let mut out = Vec::with_capacity(changes.len());
+            for c in changes {
+                op.process(c, partition, &mut out, problems)?;
+            }
+            changes = out;
+        }
+        Ok(changes)
+    }
+
+    /// Moves a topic input past a step's records.
+    pub fn advance(&mut self, partition: u32, step: &Step) {
+        if let (Input::Topic(t), Some(next)) = (&mut self.input, step.next) {
+            t.offsets[partition as usize] = next;
+        }
+    }
+
+    pub fn join(&self) -> Option<&crate::join::Joiner> {
+        match &self.input {
+            Input::Join(j) => Some(j),
+            _ => None,
+        }
+    }
+
+    pub fn join_mut(&mut self) -> Option<&mut crate::join::Joiner> {
+        match &mut self.input {
+            Input::Join(j) => Some(j),
+            _ => None,
+        }
+    }
+
+    /// The offsets of a topic input (empty for a join, which keeps its own).
+    pub fn offsets(&self) -> &[u64] {
+        match &self.input {
+            Input::Topic(t) => &t.offsets,
+            Input::Join(_) | Input::Snapshot(_) => &[],
+        }
+    }
+
+    pub fn set_offsets(&mut self, offsets: Vec<u64>) {
+        if let Input::Topic(t) = &mut self.input
+            && offsets.len() == t.offsets.len()
+        {
+            t.offsets = offsets;
+        }
+    }
+
+    /// Whether any stage (or the joins) keeps state that checkpoints carry.
+    pub fn has_state(&self) -> bool {
+        self.join().is_some() || self.operators.iter().any(|o| o.state_name().is_some())
+    }
+
+    pub fn set_tracking(&mut self, on: bool) {
+        if let Some(j) = self.join_mut() {
+            j.set_tracking(on);
+        }
+        for op in &mut self.operators {
+            op.set_tracking(on);
+        }
+    }
+
+    /// What changed in the state since the last checkpoint.
+    pub fn take_changes(&mut self, delta: &mut DeltaText) {
+        for op in &mut self.operators {
+            op.take_changes(delta);
+        }
+        if let Some(j) = self.join_mut() {
+            j.take_changes(delta);
+        }
+    }
+
+    /// The whole state: `{"aggregate": ..., "join": ...}`, each stage's under its name.
+    pub fn snapshot(&mut self) -> Value {
+        let mut full = serde_json::json!({"aggregate": null, "join": null});
+        for op in &mut self.operators {
+            if let Some(name) = op.state_name() {
+                full[name] = op.snapshot();
+                op.clear_changes();
+            }
+        }
+        if let Some(j) = self.join_mut() {
+            full["join"] = j.snapshot();
+            j.clear_changes();
+        }
+        full
+    }
+
+    /// Takes back a snapshot; the number of entries that could not be read.
+    pub fn restore(&mut self, state: &Value) -> usize {
+        let mut unread = 0;
+        for op in &mut self.operators {
+            if let Some(name) = op.state_name() {
+                unread += op.restore(&state[name]);
+            }
+        }
+        if let Some(j) = self.join_mut() {
+            unread += j.restore(&state["join"]);
+        }
+        unread
+    }
+
+    pub fn late_records(&self) -> u64 {
+        self.operators.iter().map(|o| o.late_records()).sum()
+    }
+
+    pub fn window_type(&self) -> Option<&'static str> {
+        self.operators.iter().find_map(|o| o.window_type())
+    }
+
+    /// The names of the sources read.
+    pub fn sources(&self) -> Vec<String> {
+        match &self.input {
+            Input::Topic(t) => vec![t.name.clone()],
+            Input::Join(j) => j.inputs.iter().map(|i| i.source.name.clone()).collect(),
+            Input::Snapshot(_) => Vec::new(),
+        }
+    }
+
+    /// EXPLAIN's text: the input, each stage, then `sink`.
+    pub fn explain(&self, sink: &str) -> String {
+        let mut lines = Vec::new();
+        match &self.input {
+            Input::Topic(t) => lines.push(format!(
+                "Source: topic '{}' ({}), decoded to Arrow batches",
+                t.topic, t.name
+            )),
+            Input::Join(j) => {
+                for i in &j.inputs {
+                    lines.push(format!(
+                        "Source: topic '{}' ({}), decoded to Arrow batches",
+                        i.source.topic, i.source.name
+                    ));
+                }
+                lines.push(j.explain());
+            }
+            Input::Snapshot(_) => lines.push("Source: a snapshot of the source's rows".into()),
+        }
+        for op in &self.operators {
+            let text = op.explain();
+            if !text.is_empty() {
+                lines.push(text);
+            }
+        }
+        lines.push(sink.to_string());
+        lines.join("\n")
+    }
+}
+
+/// A pipeline over one topic: `plan`, then `aggregate` when there is one.
+pub(crate) fn operators(
+    plan: SelectPlan,
+    aggregate: Option<crate::aggregate::Aggregator>,
+    stop_on_error: bool,
+    warnings: Option<fn() -> Vec<String>>,
+) -> Vec<Box<dyn Operator>> {
+    let mut ops: Vec<Box<dyn Operator>> = vec![Box::new(Project {
+        plan,
+        stop_on_error,
+        warnings,
+    })];
+    if let Some(a) = aggregate {
+        ops.push(Box::new(a));
+    }
+    ops
+}
