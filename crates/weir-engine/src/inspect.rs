@@ -277,9 +277,12 @@ impl Engine {
                     sources: q.pipeline.sources(),
                     sinks: vec![q.sink.clone()],
                     window_type: q.pipeline.window_type().map(String::from),
-                    execution_plan: q
-                        .pipeline
-                        .explain(&format!("Sink: topic '{}'", q.sink_topic)),
+                    execution_plan: format!(
+                        "{}\n\nPipeline:\n{}",
+                        q.logical.tree(),
+                        q.pipeline
+                            .explain(&format!("Sink: topic '{}'", q.sink_topic))
+                    ),
                     state: Some(query_state(q).into()),
                     statistics: Some(QueryStats {
                         late: q.pipeline.late_records(),
@@ -309,7 +312,34 @@ impl Engine {
                     sources: vec![source.name.clone()],
                     sinks: vec![],
                     window_type: None,
-                    execution_plan: plan.explain(&source.topic, None),
+                    execution_plan: {
+                        let logical = crate::logical::build(crate::logical::Parts {
+                            query,
+                            catalog: &self.catalog,
+                            relation: None,
+                            aggregate: None,
+                            output: (
+                                &plan.output_layout_columns.0,
+                                &plan.output_layout_columns.1,
+                                plan.window_bounds.is_some(),
+                            ),
+                            sink: None,
+                        });
+                        let pipeline = Pipeline {
+                            input: Input::Topic(Box::new(TopicInput::new(
+                                &source,
+                                plan.input_schema.clone(),
+                                false,
+                                Vec::new(),
+                            ))),
+                            operators: crate::pipeline::operators(plan, None, false, None),
+                        };
+                        format!(
+                            "{}\n\nPipeline:\n{}",
+                            logical.tree(),
+                            pipeline.explain("Sink: the client")
+                        )
+                    },
                     state: None,
                     statistics: None,
                     errors: vec![],

@@ -21,6 +21,7 @@ pub mod insert;
 mod inspect;
 mod javatime;
 mod join;
+pub mod logical;
 pub mod meta;
 mod pipeline;
 mod plan;
@@ -215,7 +216,9 @@ pub enum Outcome {
 
 /// What a persistent query is planned into: joins (if any), the stateless plan, GROUP BY
 /// (if any); [`Engine::start_query`] assembles them into its [`pipeline::Pipeline`].
-struct Parts {
+struct Parts<'q> {
+    /// The query as written (for its logical plan).
+    query: &'q weir_sql::ast::Query,
     plan: SelectPlan,
     aggregate: Option<aggregate::Aggregator>,
     join: Option<join::Joiner>,
@@ -230,6 +233,8 @@ pub struct PersistentQuery {
     /// The stateless plan (its first operator runs a copy): the query's source and
     /// output columns.
     plan: SelectPlan,
+    /// What it computes, in the user's terms (EXPLAIN shows it).
+    logical: logical::LogicalPlan,
     source_topic: String,
     /// Its input (one topic, or joins) and operators.
     pipeline: pipeline::Pipeline,
@@ -659,6 +664,7 @@ impl Engine {
                     &target.value,
                     &source,
                     Parts {
+                        query,
                         plan,
                         aggregate: None,
                         join,
@@ -1092,6 +1098,7 @@ impl Engine {
         self.catalog.add_source(sink, c.or_replace)?;
         let prefix = if grouped { "CTAS" } else { "CSAS" };
         let parts = Parts {
+            query: &c.query,
             plan,
             aggregate,
             join: joiner,
@@ -1160,11 +1167,12 @@ impl Engine {
         &mut self,
         sink_name: &str,
         source: &Source,
-        parts: Parts,
+        parts: Parts<'_>,
         stmt: &Statement,
         prefix: &str,
     ) -> Result<String> {
         let Parts {
+            query,
             plan,
             aggregate,
             join: mut joiner,
@@ -1191,6 +1199,18 @@ impl Engine {
             }
             None => push::start_offsets(self.log.as_ref(), &source.topic, earliest)?,
         };
+        let logical = logical::build(logical::Parts {
+            query,
+            catalog: &self.catalog,
+            relation: joiner.as_ref().map(|_| source),
+            aggregate: aggregate.as_ref().map(|a| a.describe()),
+            output: (
+                &plan.output_layout_columns.0,
+                &plan.output_layout_columns.1,
+                sink.window.is_some(),
+            ),
+            sink: Some(&sink),
+        });
         let stop_on_error = self
             .properties
             .get(FAIL_ON_FUNCTION_ERROR)
@@ -1231,6 +1251,7 @@ impl Engine {
                 statement: stmt.to_string(),
                 sink: sink.name.clone(),
                 plan,
+                logical,
                 source_topic: source.topic.clone(),
                 pipeline,
                 sink_topic: sink.topic.clone(),

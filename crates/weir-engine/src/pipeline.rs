@@ -90,6 +90,8 @@ pub(crate) struct Project {
     pub stop_on_error: bool,
     /// Where functions report rows they returned NULL for (see `Functions`).
     pub warnings: Option<fn() -> Vec<String>>,
+    /// EXPLAIN names its columns: they are the query's (not an aggregation's inputs).
+    pub named: bool,
 }
 
 impl Operator for Project {
@@ -165,10 +167,27 @@ impl Operator for Project {
     }
 
     fn explain(&self) -> String {
-        let all = self.plan.explain("", None);
-        // The plan's own text, without its source and sink lines (the pipeline's).
-        let lines: Vec<&str> = all.lines().collect();
-        lines[1..lines.len() - 1].join("\n")
+        let plan = &self.plan;
+        let mut lines = Vec::new();
+        if let Some(f) = &plan.filter {
+            lines.push(format!("Filter: {}", f.expr));
+        }
+        let projections: Vec<String> = plan
+            .projections
+            .iter()
+            .map(|p| match self.named {
+                true => format!("{} := {}", p.name, p.compiled.expr),
+                false => p.compiled.expr.to_string(),
+            })
+            .collect();
+        lines.push(format!("Project: {}", projections.join(", ")));
+        if plan.projections.iter().any(|p| p.explode) {
+            lines.push("Explode: one row per element".into());
+        }
+        if plan.repartitions {
+            lines.push("Repartition: key from PARTITION BY".into());
+        }
+        lines.join("\n")
     }
 }
 
@@ -564,6 +583,7 @@ pub(crate) fn operators(
         plan,
         stop_on_error,
         warnings,
+        named: aggregate.is_none(),
     })];
     if let Some(a) = aggregate {
         ops.push(Box::new(a));

@@ -1005,34 +1005,6 @@ impl SelectPlan {
             .map_err(|e| EngineError::Execution(e.to_string()))
     }
 
-    /// The pipeline this plan runs, one operator per line, source first.
-    pub fn explain(&self, source_topic: &str, sink_topic: Option<&str>) -> String {
-        let mut lines = vec![format!(
-            "Source: topic '{source_topic}' ({}), decoded to Arrow batches",
-            self.source
-        )];
-        if let Some(f) = &self.filter {
-            lines.push(format!("Filter: {}", f.expr));
-        }
-        let projections: Vec<String> = self
-            .projections
-            .iter()
-            .map(|p| format!("{} := {}", p.name, p.compiled.expr))
-            .collect();
-        lines.push(format!("Project: {}", projections.join(", ")));
-        if self.projections.iter().any(|p| p.explode) {
-            lines.push("Explode: one row per element".into());
-        }
-        if self.repartitions {
-            lines.push("Repartition: key from PARTITION BY".into());
-        }
-        lines.push(match sink_topic {
-            Some(t) => format!("Sink: topic '{t}'"),
-            None => "Sink: the client".into(),
-        });
-        lines.join("\n")
-    }
-
     pub fn output_layout(&self, template: &Layout) -> Layout {
         Layout {
             key_columns: self.output_layout_columns.0.clone(),

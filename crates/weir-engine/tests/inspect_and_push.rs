@@ -277,3 +277,65 @@ fn explain_of_a_windowed_join_aggregate_names_both_sources_its_window_and_its_si
         plan.execution_plan
     );
 }
+
+#[test]
+fn explain_prints_the_logical_plan_as_a_tree_in_the_query_s_own_terms() {
+    let (_dir, rt) = runtime();
+    for sql in [
+        "CREATE STREAM s (k STRING KEY, v DOUBLE) WITH (kafka_topic='s', value_format='JSON', partitions=1);",
+        "CREATE TABLE per_k AS SELECT k, COUNT(*) AS n, AVG(v) AS mean FROM s WINDOW TUMBLING (SIZE 10 SECONDS) WHERE v > 0 GROUP BY k HAVING COUNT(*) > 1;",
+    ] {
+        one(&rt, sql);
+    }
+    let Outcome::Listing(Listing::Queries(queries)) = one(&rt, "SHOW QUERIES;") else {
+        panic!()
+    };
+    let Outcome::Explained(plan) = one(&rt, &format!("EXPLAIN {};", queries[0].id)) else {
+        panic!()
+    };
+    let text = &plan.execution_plan;
+    // Root first, each input one level deeper: sink, project, having, aggregate, filter,
+    // source.
+    let tree: Vec<(usize, &str)> = text
+        .lines()
+        .take_while(|l| !l.is_empty())
+        .map(|l| {
+            let depth = (l.len() - l.trim_start().len()) / 2;
+            let node = l.trim_start().split(" ]").next().unwrap();
+            (depth, node.trim_start_matches("> [ "))
+        })
+        .collect();
+    assert_eq!(
+        tree,
+        [
+            (0, "SINK"),
+            (1, "PROJECT"),
+            (2, "HAVING"),
+            (3, "AGGREGATE"),
+            (4, "FILTER"),
+            (5, "SOURCE")
+        ],
+        "{text}"
+    );
+    // Expressions as the query wrote them, columns with their roles, no internal names.
+    assert!(
+        text.contains(
+            "GROUP BY K WINDOW TUMBLING (SIZE 10 SECONDS) CALLS COUNT(*), AVG(V) EMIT CHANGES"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.lines().next().unwrap().ends_with(
+            "Schema: K STRING KEY, WINDOWSTART BIGINT WINDOW START, WINDOWEND BIGINT WINDOW END, N BIGINT, MEAN DOUBLE"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("[ FILTER ] (V > 0)"), "{text}");
+    assert!(!text.contains("WEIR_"), "{text}");
+    // Then the physical pipeline, ending at the sink.
+    assert_eq!(
+        text.lines().last().unwrap(),
+        "Sink: topic 'PER_K'",
+        "{text}"
+    );
+}

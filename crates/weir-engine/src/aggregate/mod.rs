@@ -1183,32 +1183,44 @@ impl Aggregator {
         unread
     }
 
+    /// The GROUP BY's key types, and each call as the query writes it with its result
+    /// type: the logical plan's aggregate node.
+    pub(crate) fn describe(&self) -> crate::logical::Grouping {
+        crate::logical::Grouping {
+            key_types: self.keys.clone(),
+            calls: self
+                .calls
+                .iter()
+                .zip(&self.results)
+                .map(|(c, t)| (c.sql.clone(), t.clone()))
+                .collect(),
+        }
+    }
+
+    /// The physical stage: accumulators over groups, then the select list's columns.
     pub fn explain(&self) -> String {
-        let calls: Vec<String> = self
-            .calls
-            .iter()
-            .enumerate()
-            .map(|(n, c)| format!("WEIR_AGG_{n} := {:?}", c.kind))
-            .collect();
+        let calls: Vec<&str> = self.calls.iter().map(|c| c.sql.as_str()).collect();
+        let changes = match (&self.window, self.coalesce) {
+            (Some(w), _) if w.emit_final => "one change per window when it closes",
+            (_, true) => "each group's last change per batch",
+            _ => "one change per input record",
+        };
         let outputs: Vec<String> = self
             .outputs
             .iter()
-            .map(|o| {
-                format!(
-                    "{}{} := {}",
-                    o.name,
-                    if o.is_key { " (key)" } else { "" },
-                    o.compiled.expr
-                )
-            })
+            .map(|o| format!("{}{}", o.name, if o.is_key { " (key)" } else { "" }))
             .collect();
         let mut text = format!(
-            "Aggregate by group (one change per input record): {}\nProject: {}",
+            "Aggregate: {} per group of {} key column(s){} ({changes})\nProject: {}",
             calls.join(", "),
+            self.keys.len(),
+            self.window_type()
+                .map(|w| format!(", {w} windows"))
+                .unwrap_or_default(),
             outputs.join(", ")
         );
-        if let Some(h) = &self.having {
-            text.push_str(&format!("\nHaving: {}", h.expr));
+        if self.having.is_some() {
+            text.push_str("\nHaving: over each group's results");
         }
         text
     }

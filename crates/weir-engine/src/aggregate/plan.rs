@@ -145,6 +145,8 @@ pub(crate) struct Call {
     pub extra: Vec<(usize, SqlType)>,
     pub params: Params,
     pub plugin: Option<PluginRef>,
+    /// The call as the query writes it (`AVG(SPEED)`), for the logical plan.
+    pub sql: String,
 }
 
 impl Call {
@@ -399,7 +401,8 @@ pub fn plan_aggregate(
         let arg = (kind != AggKind::CountStar).then(|| column(0));
         let arg2 = (kind == AggKind::Correlation).then(|| column(1));
         let extra: Vec<usize> = extras.map(&mut column).collect();
-        calls.push((kind, arg, arg2, params, plugin, extra));
+        let sql = weir_sql::ast::fmt_expr(call).to_string();
+        calls.push((kind, arg, arg2, params, plugin, extra, sql));
     }
     // Over a table, each row is an upsert of its source key: the stateless step also
     // gives that key, and the WHERE as a column (a row that fails it leaves its group).
@@ -444,7 +447,7 @@ pub fn plan_aggregate(
     let keys: Vec<SqlType> = (0..group_by.len()).map(type_of).collect::<Result<_>>()?;
     let calls: Vec<Call> = calls
         .into_iter()
-        .map(|(kind, arg, arg2, params, plugin, extra)| {
+        .map(|(kind, arg, arg2, params, plugin, extra, sql)| {
             let typed = |a: Option<usize>| {
                 a.map(|i| Ok::<_, EngineError>((i, type_of(i)?)))
                     .transpose()
@@ -459,6 +462,7 @@ pub fn plan_aggregate(
                     .collect::<Result<_>>()?,
                 params,
                 plugin,
+                sql,
             })
         })
         .collect::<Result<_>>()?;
