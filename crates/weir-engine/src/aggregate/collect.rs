@@ -7,18 +7,17 @@
 //! type (structs, lists, maps) is held and compared as bytes and its results are built
 //! back into Arrow arrays with one `convert_rows` per batch. Row bytes order like the
 //! values do, which gives TOPK its order (`TopRows` keeps TOPK's rows with other
-//! columns). Only set-like aggregates over values holding a MAP keep JSON states
-//! (`JsonStates`): maps equal in any entry order, which their rows do not.
+//! columns). Set-like aggregates over values holding a MAP put each map's entries in key
+//! order before encoding ([`maps_in_key_order`]): ksqlDB's maps are equal in any entry
+//! order, rows only when their bytes are.
 
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Int64Array, ListArray, MapArray, StructArray};
 use arrow::buffer::OffsetBuffer;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use serde_json::{Value, json};
-use weir_sql::ast::SqlType;
+use arrow::datatypes::DataType;
 
-use super::accumulator::{Accumulator, Emitted, Op, corrupt, grow_to, put_slice, take, take_slice};
+use super::accumulator::{Accumulator, Emitted, Op, grow_to, put_slice, take, take_slice};
 use super::plan::{AggKind, Params, PluginRef};
 use crate::error::{EngineError, Result};
 use crate::rowcodec::RowCodec;
@@ -37,6 +36,10 @@ pub(crate) struct RowStates {
     values: Vec<Vec<Bytes>>,
     /// HISTOGRAM: each value's count; ATTR: 1 once two values differed.
     counts: Vec<Vec<i64>>,
+    /// The values hold maps, and the aggregate compares them: each map's entries are put
+    /// in key order first (ksqlDB's maps are equal whatever their entries' order; rows
+    /// compare bytes).
+    canonical: bool,
 }
 
 impl Clone for RowStates {
@@ -61,7 +64,16 @@ impl RowStates {
         arg_type: DataType,
         result_type: DataType,
     ) -> Result<RowStates> {
+        let compares = matches!(
+            kind,
+            AggKind::CollectSet
+                | AggKind::CountDistinct
+                | AggKind::TopKDistinct
+                | AggKind::Attr
+                | AggKind::Histogram
+        );
         Ok(RowStates {
+            canonical: compares && holds_map(&arg_type),
             codec: RowCodec::new(std::slice::from_ref(&arg_type))?,
             kind,
             params,
@@ -250,6 +262,90 @@ pub(crate) fn holds_map(t: &DataType) -> bool {
     }
 }
 
+/// The same values with every map's entries (at any depth) in key order, so that equal
+/// maps have equal rows.
+pub(crate) fn maps_in_key_order(array: &ArrayRef) -> Result<ArrayRef> {
+    use arrow::compute::{SortColumn, lexsort_to_indices, take};
+    if !holds_map(array.data_type()) {
+        return Ok(array.clone());
+    }
+    Ok(match array.data_type() {
+        DataType::Map(field, _) => {
+            let map = array.as_any().downcast_ref::<MapArray>().expect("a map");
+            let offsets = map.offsets();
+            let (first, last) = (offsets[0] as usize, offsets[map.len()] as usize);
+            let entries = map.entries().slice(first, last - first);
+            // Which map each entry is of, then its key: sorting by both keeps each map's
+            // entries together, in key order.
+            let mut owner = Vec::with_capacity(last - first);
+            for (i, w) in offsets.windows(2).enumerate() {
+                owner.extend(std::iter::repeat_n(i as u32, (w[1] - w[0]) as usize));
+            }
+            let owner: ArrayRef = Arc::new(arrow::array::UInt32Array::from(owner));
+            let order = lexsort_to_indices(
+                &[
+                    SortColumn {
+                        values: owner,
+                        options: None,
+                    },
+                    SortColumn {
+                        values: entries.column(0).clone(),
+                        options: None,
+                    },
+                ],
+                None,
+            )?;
+            let sorted = take(&entries, &order, None)?;
+            let sorted = sorted
+                .as_any()
+                .downcast_ref::<StructArray>()
+                .expect("entries");
+            let (fields, mut columns, nulls) = sorted.clone().into_parts();
+            if columns.len() > 1 {
+                columns[1] = maps_in_key_order(&columns[1])?;
+            }
+            let entries = StructArray::try_new(fields, columns, nulls)?;
+            let offsets = OffsetBuffer::new(
+                offsets
+                    .iter()
+                    .map(|o| o - offsets[0])
+                    .collect::<Vec<i32>>()
+                    .into(),
+            );
+            Arc::new(MapArray::try_new(
+                field.clone(),
+                offsets,
+                entries,
+                map.nulls().cloned(),
+                false,
+            )?)
+        }
+        DataType::List(_) => {
+            let list = array.as_any().downcast_ref::<ListArray>().expect("a list");
+            let (field, offsets, values, nulls) = list.clone().into_parts();
+            Arc::new(ListArray::try_new(
+                field,
+                offsets,
+                maps_in_key_order(&values)?,
+                nulls,
+            )?)
+        }
+        DataType::Struct(_) => {
+            let st = array
+                .as_any()
+                .downcast_ref::<StructArray>()
+                .expect("a struct");
+            let (fields, columns, nulls) = st.clone().into_parts();
+            let columns = columns
+                .iter()
+                .map(maps_in_key_order)
+                .collect::<Result<Vec<_>>>()?;
+            Arc::new(StructArray::try_new(fields, columns, nulls)?)
+        }
+        _ => array.clone(),
+    })
+}
+
 /// The results of a batch's emits as they were when emitted: rows in one buffer, and
 /// per emit how many (lists, maps) and a histogram's counts.
 #[derive(Debug, Default)]
@@ -403,7 +499,10 @@ impl Accumulator for RowStates {
     ) -> Result<Emitted> {
         grow_to(&mut self.values, groups, Vec::new());
         grow_to(&mut self.counts, groups, Vec::new());
-        let arg = cast_to(args[0].clone(), &self.arg_type)?;
+        let mut arg = cast_to(args[0].clone(), &self.arg_type)?;
+        if self.canonical {
+            arg = maps_in_key_order(&arg)?;
+        }
         let rows = self.codec.encode(std::slice::from_ref(&arg))?;
         let nulls = arg.logical_nulls();
         let valid = |r: u32| nulls.as_ref().is_none_or(|n| n.is_valid(r as usize));
@@ -460,114 +559,6 @@ impl Accumulator for RowStates {
         }
         self.values[g as usize] = values;
         self.counts[g as usize] = counts;
-        Ok(())
-    }
-
-    fn boxed_clone(&self) -> Box<dyn Accumulator> {
-        Box::new(self.clone())
-    }
-}
-
-/// COLLECT_SET, COUNT_DISTINCT, TOPKDISTINCT or ATTR over values that hold a MAP: one
-/// JSON value per group, whose equality ignores map entries' order as ksqlDB's does.
-#[derive(Debug, Clone)]
-pub(crate) struct JsonStates {
-    kind: AggKind,
-    params: Params,
-    /// The argument's type.
-    arg: Option<SqlType>,
-    result: SqlType,
-    /// The result's one-field schema, for converting emitted values.
-    field: SchemaRef,
-    states: Vec<Value>,
-}
-
-impl JsonStates {
-    pub fn new(kind: AggKind, params: Params, arg: Option<SqlType>, result: SqlType) -> JsonStates {
-        let field = Arc::new(Schema::new(vec![Field::new(
-            "result",
-            weir_format::arrow_type(&result),
-            true,
-        )]));
-        JsonStates {
-            kind,
-            params,
-            arg,
-            result,
-            field,
-            states: Vec::new(),
-        }
-    }
-
-    /// A result column from JSON values; values that do not convert become nulls and are
-    /// returned by index.
-    fn to_array(&self, mut values: Vec<Value>) -> (ArrayRef, Vec<(usize, String)>) {
-        // BYTES read out as base64 text: back to what the Arrow decoder takes.
-        if format!("{}", self.result).contains("BYTES") {
-            for v in values.iter_mut() {
-                if let Ok(c) = weir_format::convert::coerce(v.clone(), &self.result) {
-                    *v = c;
-                }
-            }
-        }
-        let rows = |values: &[Value]| values.iter().map(|v| vec![v.clone()]).collect();
-        let (batch, bad) = weir_format::convert::rows_to_batch(&self.field, rows(&values));
-        if bad.is_empty() {
-            return (batch.column(0).clone(), bad);
-        }
-        for (i, _) in &bad {
-            values[*i] = Value::Null;
-        }
-        let (batch, _) = weir_format::convert::rows_to_batch(&self.field, rows(&values));
-        (batch.column(0).clone(), bad)
-    }
-}
-
-impl Accumulator for JsonStates {
-    fn run(
-        &mut self,
-        ops: &[Op],
-        groups: usize,
-        args: &[ArrayRef],
-        _: &mut Vec<(u32, String)>,
-    ) -> Result<Emitted> {
-        let initial = self.kind.initial();
-        grow_to(&mut self.states, groups, initial.clone());
-        let first = |r: u32| match (&self.arg, args.first()) {
-            (Some(t), Some(a)) => weir_format::convert::value_at(a, r as usize, t),
-            _ => Value::Null,
-        };
-        let mut out = Vec::new();
-        for op in ops {
-            match *op {
-                Op::Reset(g) => self.states[g as usize] = initial.clone(),
-                Op::Fold(g, r) => {
-                    self.kind
-                        .update(&mut self.states[g as usize], &first(r), self.params)
-                }
-                Op::Unfold(g, r) => self.kind.undo(&mut self.states[g as usize], &first(r)),
-                Op::Emit(g) => out.push(self.kind.result(&self.states[g as usize], self.params)),
-            }
-        }
-        let (values, bad) = self.to_array(out);
-        Ok(Emitted { values, bad })
-    }
-
-    fn free(&mut self, g: u32) {
-        if let Some(s) = self.states.get_mut(g as usize) {
-            *s = Value::Null;
-        }
-    }
-
-    fn save(&self, g: u32, out: &mut Vec<u8>) {
-        let text = serde_json::to_vec(&self.states[g as usize]).expect("JSON values serialize");
-        put_slice(out, &text);
-    }
-
-    fn load(&mut self, g: u32, bytes: &mut &[u8]) -> Result<()> {
-        grow_to(&mut self.states, g as usize + 1, self.kind.initial());
-        self.states[g as usize] =
-            serde_json::from_slice(take_slice(bytes)?).map_err(|_| corrupt())?;
         Ok(())
     }
 
@@ -700,156 +691,5 @@ impl Accumulator for PluginStates {
 
     fn boxed_clone(&self) -> Box<dyn Accumulator> {
         Box::new(self.clone())
-    }
-}
-
-impl AggKind {
-    fn initial(self) -> Value {
-        match self {
-            AggKind::CollectList
-            | AggKind::CollectSet
-            | AggKind::CountDistinct
-            | AggKind::TopK
-            | AggKind::TopKDistinct => json!([]),
-            AggKind::Histogram => json!({}),
-            // The numeric aggregates and plugins have typed accumulators.
-            _ => Value::Null,
-        }
-    }
-
-    /// Folds one argument value into the state.
-    fn update(self, state: &mut Value, arg: &Value, params: Params) {
-        let number = |v: &Value| v.as_f64().unwrap_or(0.0);
-        let descending = |a: &Value, b: &Value| match (a, b) {
-            (Value::String(x), Value::String(y)) => y.cmp(x),
-            _ => number(b)
-                .partial_cmp(&number(a))
-                .unwrap_or(std::cmp::Ordering::Equal),
-        };
-        match self {
-            // The `n` forms keep a list: the last n (latest) or the first n (earliest).
-            AggKind::LatestByOffset | AggKind::EarliestByOffset if params.n.is_some() => {
-                let n = params.n.unwrap_or(1);
-                if (arg.is_null() && params.ignore_nulls) || n == 0 {
-                    return;
-                }
-                if !state.is_array() {
-                    *state = json!([]);
-                }
-                if let Value::Array(a) = state {
-                    if self == AggKind::LatestByOffset {
-                        a.push(arg.clone());
-                        if a.len() > n {
-                            a.remove(0);
-                        }
-                    } else if a.len() < n {
-                        a.push(arg.clone());
-                    }
-                }
-            }
-            AggKind::LatestByOffset if !params.ignore_nulls => *state = arg.clone(),
-            // Seen marker: the first value, null or not.
-            AggKind::EarliestByOffset if !params.ignore_nulls && !state.is_object() => {
-                *state = json!({"v": arg});
-            }
-            AggKind::EarliestByOffset if !params.ignore_nulls => {}
-            AggKind::TopK | AggKind::TopKDistinct if arg.is_null() => {}
-            AggKind::TopK | AggKind::TopKDistinct => {
-                if let Value::Array(a) = state {
-                    if self == AggKind::TopKDistinct && a.contains(arg) {
-                        return;
-                    }
-                    a.push(arg.clone());
-                    a.sort_by(descending);
-                    a.truncate(params.n.unwrap_or(1));
-                }
-            }
-            AggKind::Attr => match state {
-                Value::Object(m) => {
-                    if m.get("v") != Some(arg) {
-                        m.insert("same".into(), json!(false));
-                    }
-                }
-                _ => *state = json!({"v": arg, "same": true}),
-            },
-            AggKind::Histogram if arg.is_null() => {}
-            AggKind::Histogram => {
-                if let (Value::Object(m), Some(k)) = (state, arg.as_str()) {
-                    let c = m.get(k).and_then(Value::as_i64).unwrap_or(0);
-                    m.insert(k.to_string(), json!(c + 1));
-                }
-            }
-            // `ksql.functions.collect_list.limit` / `collect_set.limit`: at most n values.
-            AggKind::CollectList | AggKind::CollectSet
-                if state
-                    .as_array()
-                    .is_some_and(|a| params.n.is_some_and(|n| a.len() >= n)) => {}
-            AggKind::CollectList => {
-                if let Value::Array(a) = state {
-                    a.push(arg.clone());
-                }
-            }
-            AggKind::CollectSet => {
-                if let Value::Array(a) = state
-                    && !a.contains(arg)
-                {
-                    a.push(arg.clone());
-                }
-            }
-            AggKind::CountDistinct => {
-                if let Value::Array(a) = state
-                    && !arg.is_null()
-                    && !a.contains(arg)
-                {
-                    a.push(arg.clone());
-                }
-            }
-            AggKind::LatestByOffset if !arg.is_null() => *state = arg.clone(),
-            AggKind::EarliestByOffset if !arg.is_null() && state.is_null() => *state = arg.clone(),
-            AggKind::LatestByOffset | AggKind::EarliestByOffset => {}
-            // The numeric aggregates and plugins have typed accumulators.
-            _ => {}
-        }
-    }
-
-    /// Takes one argument value back out of the state (a table row replaced or deleted).
-    fn undo(self, state: &mut Value, arg: &Value) {
-        match self {
-            AggKind::CollectList => {
-                if let Value::Array(a) = state
-                    && let Some(i) = a.iter().position(|v| v == arg)
-                {
-                    a.remove(i);
-                }
-            }
-            AggKind::Histogram => {
-                if let (Value::Object(m), Some(k)) = (state, arg.as_str()) {
-                    let c = m.get(k).and_then(Value::as_i64).unwrap_or(0) - 1;
-                    if c > 0 {
-                        m.insert(k.to_string(), json!(c));
-                    } else {
-                        m.remove(k);
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn result(self, state: &Value, params: Params) -> Value {
-        match self {
-            AggKind::LatestByOffset | AggKind::EarliestByOffset if params.n.is_some() => {
-                if state.is_null() {
-                    json!([])
-                } else {
-                    state.clone()
-                }
-            }
-            AggKind::EarliestByOffset if !params.ignore_nulls => state["v"].clone(),
-            AggKind::Attr if state["same"] == json!(true) => state["v"].clone(),
-            AggKind::Attr => Value::Null,
-            AggKind::CountDistinct => json!(state.as_array().map_or(0, Vec::len)),
-            _ => state.clone(),
-        }
     }
 }

@@ -390,9 +390,8 @@ impl Aggregator {
         let keys = self.keys.len();
         self.calls
             .iter()
-            .zip(&self.results)
             .enumerate()
-            .map(|(n, (c, result))| -> Result<Box<dyn Accumulator>> {
+            .map(|(n, c)| -> Result<Box<dyn Accumulator>> {
                 let arg = c.arg.as_ref().map(|(_, t)| t);
                 let max = c.kind == AggKind::Max;
                 Ok(match (c.kind, arg, &c.plugin) {
@@ -427,26 +426,6 @@ impl Aggregator {
                             &types,
                             self.middle.field(keys + n).data_type().clone(),
                         )?)
-                    }
-                    // Sets of values holding maps compare them as JSON (entries in any
-                    // order).
-                    (kind, _, None)
-                        if matches!(
-                            kind,
-                            AggKind::CollectSet
-                                | AggKind::CountDistinct
-                                | AggKind::TopKDistinct
-                                | AggKind::Attr
-                        ) && c.arg.as_ref().is_some_and(|(i, _)| {
-                            collect::holds_map(&self.pre.projections[*i].compiled.data_type)
-                        }) =>
-                    {
-                        Box::new(collect::JsonStates::new(
-                            kind,
-                            c.params,
-                            arg.cloned(),
-                            result.clone(),
-                        ))
                     }
                     (kind, arg, None) => match &c.arg {
                         Some((i, _)) => Box::new(collect::RowStates::new(
