@@ -12,19 +12,43 @@ use serde_json::{Map, Value};
 pub(crate) const FULL_EVERY: usize = 64;
 
 /// A checkpoint's delta as the operators write it: each entry serialized straight from
-/// their state into one buffer (no JSON tree built and dropped per entry).
-#[derive(Debug, Default)]
+/// their state into one buffer (no JSON tree built and dropped per entry), the record's
+/// text before it included ([`DeltaText::after`]), so the record is written once.
+#[derive(Debug)]
 pub(crate) struct DeltaText {
+    /// The text before the delta, `{"set":[`, then the set entries.
     set: String,
+    /// Where the set entries start in `set`.
+    set_start: usize,
     del: String,
 }
 
+impl Default for DeltaText {
+    fn default() -> Self {
+        DeltaText::after(String::new())
+    }
+}
+
 impl DeltaText {
-    /// The entry at `path` (an array of keys) is `value`.
-    pub fn set(&mut self, path: impl serde::Serialize, value: impl serde::Serialize) {
-        if !self.set.is_empty() {
+    /// A delta written after `text` (in its buffer, whose capacity is reused).
+    pub fn after(mut text: String) -> DeltaText {
+        text.push_str("{\"set\":[");
+        DeltaText {
+            set_start: text.len(),
+            set: text,
+            del: String::new(),
+        }
+    }
+
+    fn next_set(&mut self) {
+        if self.set.len() > self.set_start {
             self.set.push(',');
         }
+    }
+
+    /// The entry at `path` (an array of keys) is `value`.
+    pub fn set(&mut self, path: impl serde::Serialize, value: impl serde::Serialize) {
+        self.next_set();
         let entry = serde_json::to_string(&(path, value)).expect("state serializes");
         self.set.push_str(&entry);
     }
@@ -34,9 +58,7 @@ impl DeltaText {
     pub fn set_base64(&mut self, path: &[&str], prefix: &str, key: &[u8], value: &[u8]) {
         use base64::Engine as _;
         let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
-        if !self.set.is_empty() {
-            self.set.push(',');
-        }
+        self.next_set();
         self.set.push_str("[[");
         for p in path {
             self.set.push('"');
@@ -60,15 +82,13 @@ impl DeltaText {
             .push_str(&serde_json::to_string(&path).expect("paths serialize"));
     }
 
-    /// `{"set": [...], "del": [...]}`, the form [`apply`] reads.
-    pub fn to_json(&self) -> String {
-        let mut out = String::with_capacity(self.set.len() + self.del.len() + 20);
-        out.push_str("{\"set\":[");
-        out.push_str(&self.set);
-        out.push_str("],\"del\":[");
-        out.push_str(&self.del);
-        out.push_str("]}");
-        out
+    /// The text before the delta, then `{"set": [...], "del": [...]}` (the form
+    /// [`apply`] reads).
+    pub fn into_json(mut self) -> String {
+        self.set.push_str("],\"del\":[");
+        self.set.push_str(&self.del);
+        self.set.push_str("]}");
+        self.set
     }
 }
 
@@ -158,7 +178,7 @@ mod tests {
         delta.set_base64(&["aggregate", "groups"], "10/20/", b"key", b"new state");
         delta.del(("aggregate", "groups", "10/20/a2V5"));
         delta.del(("aggregate", "groups", "gone"));
-        let delta: Value = serde_json::from_str(&delta.to_json()).unwrap();
+        let delta: Value = serde_json::from_str(&delta.into_json()).unwrap();
         let mut state = json!({"aggregate": {"groups": {"10/20/a2V5": "old", "gone": "x"}}});
         apply(&mut state, &delta);
         assert_eq!(

@@ -256,6 +256,8 @@ pub struct PersistentQuery {
     /// the one before: the entries the operators report as set or removed; see
     /// `delta.rs`). At [`delta::FULL_EVERY`] (or before any), the next is full.
     since_full: usize,
+    /// The last checkpoint's text buffer, reused by the next.
+    checkpoint_text: String,
 }
 
 /// The property that makes a function error stop a persistent query.
@@ -472,40 +474,43 @@ impl Engine {
         if !ahead.is_empty() {
             v["ahead"] = serde_json::json!(ahead);
         }
-        let mut delta_text = None;
-        if q.pipeline.has_state() {
+        // The record's text: `v`, with the delta (when there is one) as its last field,
+        // written in one buffer (the last checkpoint's, reused).
+        let mut text = std::mem::take(&mut q.checkpoint_text);
+        text.clear();
+        if q.pipeline.has_state() && q.since_full < delta::FULL_EVERY {
             // The operators say which entries of their state changed (the state can be
             // large and mostly unchanged: a table's rows, open windows), so a checkpoint
             // costs what the step changed; every FULL_EVERY-th is a full snapshot.
-            if q.since_full < delta::FULL_EVERY {
-                let mut changes = delta::DeltaText::default();
-                q.pipeline.take_changes(&mut changes);
-                delta_text = Some(changes.to_json());
-                q.since_full += 1;
-            } else {
+            let _ = serde_json::to_writer(StringWriter(&mut text), &v);
+            text.pop();
+            text.push_str(",\"delta\":");
+            let mut changes = delta::DeltaText::after(text);
+            q.pipeline.take_changes(&mut changes);
+            text = changes.into_json();
+            text.push('}');
+            q.since_full += 1;
+        } else {
+            if q.pipeline.has_state() {
                 v["full"] = q.pipeline.snapshot();
                 q.since_full = 0;
             }
-        }
-        // The record: `v`, and the delta's text spliced in as its `delta` field.
-        let mut text = v.to_string();
-        if let Some(d) = delta_text {
-            text.pop();
-            text.push_str(",\"delta\":");
-            text.push_str(&d);
-            text.push('}');
+            let _ = serde_json::to_writer(StringWriter(&mut text), &v);
         }
         let q = self.queries.get_mut(id).expect("query exists");
-        let written = self.log.append(
-            OFFSETS_TOPIC,
-            0,
-            &[Record {
-                key: Some(q.id.as_bytes().to_vec()),
-                value: Some(text.into_bytes()),
-                timestamp: now_ms(),
-                headers: vec![],
-            }],
-        );
+        let mut record = [Record {
+            key: Some(q.id.as_bytes().to_vec()),
+            value: Some(text.into_bytes()),
+            timestamp: now_ms(),
+            headers: vec![],
+        }];
+        let written = self.log.append(OFFSETS_TOPIC, 0, &record);
+        // The buffer goes back to the query for the next checkpoint.
+        if let Some(bytes) = record[0].value.take()
+            && bytes.capacity() <= 16 << 20
+        {
+            q.checkpoint_text = String::from_utf8(bytes).unwrap_or_default();
+        }
         if written.is_err() {
             // What this checkpoint carried is not saved: the next one is a full one.
             q.since_full = delta::FULL_EVERY;
@@ -1266,6 +1271,7 @@ impl Engine {
                 stats: meta::QueryStats::default(),
                 error: None,
                 since_full: delta::FULL_EVERY,
+                checkpoint_text: String::new(),
             },
         );
         if self.durable && !self.replaying {
@@ -1544,6 +1550,20 @@ impl Engine {
         q.stats.bytes_consumed += step.bytes;
         q.stats.last_message_ms = Some(now_ms());
         Ok(step.consumed)
+    }
+}
+
+/// Writes into a `String` (serde_json writes only UTF-8).
+struct StringWriter<'a>(&'a mut String);
+
+impl std::io::Write for StringWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .push_str(std::str::from_utf8(buf).map_err(std::io::Error::other)?);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

@@ -209,7 +209,7 @@ mod tests {
         let take = |t: &mut Tracked<BTreeMap<String, i64>, i64>| {
             let mut d = DeltaText::default();
             t.take_changes(&["m"], &mut d);
-            let v: serde_json::Value = serde_json::from_str(&d.to_json()).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&d.into_json()).unwrap();
             let mut set = v["set"].as_array().unwrap().clone();
             let mut del = v["del"].as_array().unwrap().clone();
             set.sort_by_key(|e| e.to_string());

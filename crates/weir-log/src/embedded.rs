@@ -89,6 +89,15 @@ struct Partition {
     appends: u64,
 }
 
+/// The largest frame buffer kept between appends.
+const KEEP_FRAME_BYTES: usize = 16 << 20;
+
+/// The last append's frame buffer, kept for the next (up to [`KEEP_FRAME_BYTES`]):
+/// batches are framed in place, without a fresh allocation (and fresh pages) each. One
+/// for the process: an append that finds it taken (another appending at once) makes its
+/// own.
+static FRAME: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
 struct Segment {
     base: u64,
     path: PathBuf,
@@ -322,23 +331,28 @@ impl Partition {
         if records.is_empty() {
             return Ok(base);
         }
-        let mut payload = Vec::with_capacity(64 * records.len());
-        payload.extend_from_slice(&base.to_le_bytes());
-        payload.extend_from_slice(&(records.len() as u32).to_le_bytes());
+        // The frame: its header (payload length, CRC) filled in once the payload is
+        // written after it.
+        let mut frame = std::mem::take(&mut *lock(&FRAME));
+        frame.clear();
+        frame.reserve(FRAME_HEADER + 12 + 64 * records.len());
+        frame.resize(FRAME_HEADER, 0);
+        frame.extend_from_slice(&base.to_le_bytes());
+        frame.extend_from_slice(&(records.len() as u32).to_le_bytes());
         let mut max_ts = i64::MIN;
         for r in records {
-            let size = encode_record(&mut payload, r);
+            let size = encode_record(&mut frame, r);
             if size > config.max_record_bytes {
                 return Err(LogError::RecordTooLarge(size, config.max_record_bytes));
             }
             max_ts = max_ts.max(r.timestamp);
         }
-        let len = u32::try_from(payload.len())
-            .map_err(|_| LogError::RecordTooLarge(payload.len(), u32::MAX as usize))?;
-        let mut frame = Vec::with_capacity(FRAME_HEADER + payload.len());
-        frame.extend_from_slice(&len.to_le_bytes());
-        frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-        frame.extend_from_slice(&payload);
+        let payload_len = frame.len() - FRAME_HEADER;
+        let len = u32::try_from(payload_len)
+            .map_err(|_| LogError::RecordTooLarge(payload_len, u32::MAX as usize))?;
+        let crc = crc32fast::hash(&frame[FRAME_HEADER..]);
+        frame[..4].copy_from_slice(&len.to_le_bytes());
+        frame[4..FRAME_HEADER].copy_from_slice(&crc.to_le_bytes());
 
         let rolled = {
             let active = self.active();
@@ -370,6 +384,12 @@ impl Partition {
         self.next_offset = base + records.len() as u64;
         self.unsynced = true;
         self.appends += 1;
+        if frame.capacity() <= KEEP_FRAME_BYTES {
+            let mut kept = lock(&FRAME);
+            if kept.capacity() < frame.capacity() {
+                *kept = frame;
+            }
+        }
         match config.fsync {
             FsyncPolicy::Always => self.sync()?,
             // The background flusher syncs every interval, off the appending thread; this
