@@ -20,6 +20,9 @@ pub(crate) struct DeltaText {
     set: String,
     /// Where the set entries start in `set`.
     set_start: usize,
+    /// The path of the group of entries `set` ends with, still open (see
+    /// [`DeltaText::set_base64`]).
+    open: Option<Vec<&'static str>>,
     del: String,
 }
 
@@ -36,13 +39,22 @@ impl DeltaText {
         DeltaText {
             set_start: text.len(),
             set: text,
+            open: None,
             del: String::new(),
         }
     }
 
     fn next_set(&mut self) {
+        self.close_group();
         if self.set.len() > self.set_start {
             self.set.push(',');
+        }
+    }
+
+    /// Ends the open group of entries, if any.
+    fn close_group(&mut self) {
+        if self.open.take().is_some() {
+            self.set.push_str("}}");
         }
     }
 
@@ -54,23 +66,34 @@ impl DeltaText {
     }
 
     /// The entry at `path` then `prefix + base64(key)` is `base64(value)` (`path` and
-    /// `prefix` need no JSON escaping; base64 never does).
-    pub fn set_base64(&mut self, path: &[&str], prefix: &str, key: &[u8], value: &[u8]) {
+    /// `prefix` need no JSON escaping; base64 never does). Consecutive entries under one
+    /// path (a step's groups) go into one object, `{"in": path, "put": {name: value,
+    /// ...}}`, so the path is written once, not per entry.
+    pub fn set_base64(&mut self, path: &[&'static str], prefix: &str, key: &[u8], value: &[u8]) {
         use base64::Engine as _;
         let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
-        self.next_set();
-        self.set.push_str("[[");
-        for p in path {
-            self.set.push('"');
-            self.set.push_str(p);
-            self.set.push_str("\",");
+        if self.open.as_deref() == Some(path) {
+            self.set.push(',');
+        } else {
+            self.next_set();
+            self.set.push_str("{\"in\":[");
+            for (i, p) in path.iter().enumerate() {
+                if i > 0 {
+                    self.set.push(',');
+                }
+                self.set.push('"');
+                self.set.push_str(p);
+                self.set.push('"');
+            }
+            self.set.push_str("],\"put\":{");
+            self.open = Some(path.to_vec());
         }
         self.set.push('"');
         self.set.push_str(prefix);
         b64.encode_string(key, &mut self.set);
-        self.set.push_str("\"],\"");
+        self.set.push_str("\":\"");
         b64.encode_string(value, &mut self.set);
-        self.set.push_str("\"]");
+        self.set.push('"');
     }
 
     /// The entry at `path` is gone.
@@ -85,6 +108,7 @@ impl DeltaText {
     /// The text before the delta, then `{"set": [...], "del": [...]}` (the form
     /// [`apply`] reads).
     pub fn into_json(mut self) -> String {
+        self.close_group();
         self.set.push_str("],\"del\":[");
         self.set.push_str(&self.del);
         self.set.push_str("]}");
@@ -92,13 +116,35 @@ impl DeltaText {
     }
 }
 
-/// Applies a delta, `{"set": [[path, value], ...], "del": [path, ...]}` (a path being
-/// the object keys down to the entry), to `state`.
+/// Applies a delta, `{"set": [[path, value] or {"in": path, "put": {name: value, ...}},
+/// ...], "del": [path, ...]}` (a path being the object keys down to the entry), to
+/// `state`.
 pub(crate) fn apply(state: &mut Value, delta: &Value) {
     // Removals first: an entry removed and made again since the last checkpoint (a
     // group's slot reused) is in both, and stays.
     remove(state, delta);
     for entry in delta["set"].as_array().into_iter().flatten() {
+        if let Some(put) = entry.get("put").and_then(Value::as_object) {
+            let mut at = &mut *state;
+            for k in keys(&entry["in"]) {
+                if !at.is_object() {
+                    *at = Value::Object(Map::new());
+                }
+                at = at
+                    .as_object_mut()
+                    .expect("an object")
+                    .entry(k)
+                    .or_insert_with(|| Value::Object(Map::new()));
+            }
+            if !at.is_object() {
+                *at = Value::Object(Map::new());
+            }
+            let m = at.as_object_mut().expect("an object");
+            for (k, v) in put {
+                m.insert(k.clone(), v.clone());
+            }
+            continue;
+        }
         let path = keys(&entry[0]);
         let Some((last, parents)) = path.split_last() else {
             *state = entry[1].clone();
@@ -170,6 +216,25 @@ mod tests {
         let mut empty = json!({});
         apply(&mut empty, &json!({"set": [[["m", "k"], 1]], "del": []}));
         assert_eq!(empty, json!({"m": {"k": 1}}));
+    }
+
+    #[test]
+    fn entries_under_one_path_are_written_as_one_group_and_applied_as_many() {
+        let mut delta = DeltaText::default();
+        delta.set_base64(&["aggregate", "groups"], "1/2/", b"a", b"x");
+        delta.set_base64(&["aggregate", "groups"], "1/2/", b"b", b"y");
+        delta.set(("aggregate", "late"), 3);
+        delta.set_base64(&["join", "rows"], "", b"c", b"z");
+        let text = delta.into_json();
+        assert_eq!(text.matches("\"put\"").count(), 2, "{text}");
+        let delta: Value = serde_json::from_str(&text).unwrap();
+        let mut state = json!({"aggregate": {"groups": {"old": "o"}}});
+        apply(&mut state, &delta);
+        assert_eq!(
+            state,
+            json!({"aggregate": {"groups": {"old": "o", "1/2/YQ": "eA", "1/2/Yg": "eQ"}, "late": 3},
+                   "join": {"rows": {"Yw": "eg"}}})
+        );
     }
 
     #[test]
