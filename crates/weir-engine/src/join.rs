@@ -1656,6 +1656,19 @@ impl Joiner {
     }
 }
 
+/// The records a join's step read, per source and partition, and the offsets each
+/// partition will have reached once they are processed.
+pub struct Taken {
+    records: Vec<Vec<Vec<weir_log::StoredRecord>>>,
+    pub ends: Vec<Vec<u64>>,
+}
+
+impl Taken {
+    pub fn is_empty(&self) -> bool {
+        self.records.iter().flatten().all(|r| r.is_empty())
+    }
+}
+
 /// What one step of a join read and made.
 pub struct JoinStep {
     pub consumed: u64,
@@ -1668,15 +1681,12 @@ pub struct JoinStep {
 }
 
 impl Joiner {
-    /// Reads a batch from every partition of every source, orders the records by
-    /// timestamp (each source's own order kept) and pushes them through the joins.
-    /// `intent_for`: a durable query's id, under which the step's read offsets are
-    /// recorded before anything is written (see `recover_offsets`).
-    pub fn step(&mut self, log: &dyn weir_log::Log, intent_for: Option<&str>) -> Result<JoinStep> {
-        // Read first: what the step takes from each source partition. A step interrupted
-        // before its checkpoint is replayed over exactly the same records after a restart
-        // (the intent written below), so its outputs get the same sequence numbers and
-        // recovery recognizes those already written.
+    /// Reads a step's records: a batch from every partition of every source. A step
+    /// interrupted before its checkpoint is replayed over exactly the same records after
+    /// a restart (the durable driver records [`Taken::ends`] as an intent before the
+    /// step is processed; recovery sets `replay` from it), so its outputs get the same
+    /// sequence numbers and recovery recognizes those already written.
+    pub fn read(&mut self, log: &dyn weir_log::Log) -> Result<Taken> {
         let replay = self.replay.take();
         let mut taken: Vec<Vec<Vec<weir_log::StoredRecord>>> = Vec::new();
         for (j, input) in self.inputs.iter().enumerate() {
@@ -1705,31 +1715,27 @@ impl Joiner {
             }
             taken.push(per_partition);
         }
-        if let Some(id) = intent_for
-            && taken.iter().flatten().any(|r| !r.is_empty())
-        {
-            let ends: Vec<Vec<u64>> = taken
-                .iter()
-                .zip(&self.inputs)
-                .map(|(parts, input)| {
-                    parts
-                        .iter()
-                        .zip(&input.offsets)
-                        .map(|(r, from)| r.last().map_or(*from, |l| l.offset + 1))
-                        .collect()
-                })
-                .collect();
-            let intent = serde_json::json!({"intent_for": id, "ends": ends});
-            log.append(
-                crate::OFFSETS_TOPIC,
-                0,
-                &[weir_log::Record::new(
-                    Some(id.as_bytes()),
-                    Some(intent.to_string().as_bytes()),
-                    crate::now_ms(),
-                )],
-            )?;
-        }
+        let ends = taken
+            .iter()
+            .zip(&self.inputs)
+            .map(|(parts, input)| {
+                parts
+                    .iter()
+                    .zip(&input.offsets)
+                    .map(|(r, from)| r.last().map_or(*from, |l| l.offset + 1))
+                    .collect()
+            })
+            .collect();
+        Ok(Taken {
+            records: taken,
+            ends,
+        })
+    }
+
+    /// Orders a step's records by timestamp (each source's own order kept) and pushes
+    /// them through the joins.
+    pub fn process(&mut self, taken: Taken) -> Result<JoinStep> {
+        let taken = taken.records;
         let mut pending: Vec<(i64, usize, bool, Part, Origin)> = Vec::new();
         let mut consumed = 0u64;
         let mut bytes = 0u64;

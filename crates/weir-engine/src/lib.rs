@@ -1553,6 +1553,24 @@ impl Engine {
     }
 }
 
+/// Records what a durable join's step read (the offsets each source partition reaches)
+/// before the step is processed: if the process dies before the step's checkpoint,
+/// recovery (`recover_offsets`) has the first step after the restart read exactly those
+/// records again.
+pub(crate) fn write_intent(log: &dyn Log, query: &str, ends: &[Vec<u64>]) -> Result<()> {
+    let intent = serde_json::json!({"intent_for": query, "ends": ends});
+    log.append(
+        OFFSETS_TOPIC,
+        0,
+        &[Record::new(
+            Some(query.as_bytes()),
+            Some(intent.to_string().as_bytes()),
+            now_ms(),
+        )],
+    )?;
+    Ok(())
+}
+
 /// Writes into a `String` (serde_json writes only UTF-8).
 struct StringWriter<'a>(&'a mut String);
 

@@ -371,9 +371,9 @@ impl Pipeline {
     }
 
     /// Reads the next records of `partition` (at most `limit`; `None`: the adaptive batch
-    /// size) and runs them through the operators. A durable join first records what it
-    /// read under `intent_for` (see `Joiner::step`). A topic input stays where it was
-    /// until [`Pipeline::advance`].
+    /// size) and runs them through the operators. For a durable query (`intent_for`, its
+    /// id) a join's step is recorded before it is processed ([`crate::write_intent`]).
+    /// A topic input stays where it was until [`Pipeline::advance`].
     pub fn step(
         &mut self,
         log: &dyn Log,
@@ -384,7 +384,13 @@ impl Pipeline {
         let mut step = Step::default();
         let changes = match &mut self.input {
             Input::Join(joiner) => {
-                let j = joiner.step(log, intent_for)?;
+                let taken = joiner.read(log)?;
+                if let Some(id) = intent_for
+                    && !taken.is_empty()
+                {
+                    crate::write_intent(log, id, &taken.ends)?;
+                }
+                let j = joiner.process(taken)?;
                 step.consumed = j.consumed;
                 step.bytes = j.bytes;
                 step.problems = j.problems;
