@@ -1672,12 +1672,18 @@ fn write_output(log: &dyn Log, q: &PersistentQuery, out: &RecordBatch, sink: Sin
             Some((t, _)) => t.value(row),
             None => rowtimes.value(row),
         };
-        by_partition.entry(partition).or_default().push(Record {
-            key,
-            value,
-            timestamp,
-            headers,
-        });
+        let rows = out.num_rows();
+        let sinks = q.sink_partitions as usize;
+        by_partition
+            .entry(partition)
+            // A batch spreads over the sink's partitions about evenly.
+            .or_insert_with(|| Vec::with_capacity(rows / sinks + rows / (4 * sinks) + 1))
+            .push(Record {
+                key,
+                value,
+                timestamp,
+                headers,
+            });
     }
     let mut bytes = 0;
     for (i, (partition, records)) in by_partition.into_iter().enumerate() {

@@ -436,10 +436,11 @@ impl Partition {
 
     fn read(&self, from: u64, max: usize, partition: u32) -> Result<Vec<StoredRecord>> {
         let from = from.max(self.start_offset());
-        let mut out = Vec::new();
         if from >= self.next_offset || max == 0 {
-            return Ok(out);
+            return Ok(Vec::new());
         }
+        // As many as will be read (the records there are, up to `max`), within reason.
+        let mut out = Vec::with_capacity(max.min((self.next_offset - from) as usize).min(1 << 16));
         let first = self
             .segments
             .range(..=from)
