@@ -303,43 +303,104 @@ impl Engine {
                         )));
                     }
                 };
-                let source = self.stream(&query.from.source.name.value)?;
-                let plan = plan_select(&self.functions, query, &source)?;
+                // Planned as the statement would run: joins, the stateless plan, GROUP BY.
+                let to_sink = !matches!(stmt.as_ref(), Statement::Query(_));
+                let (source, planned, join) = if query.from.joins.is_empty() {
+                    (
+                        self.stream(&query.from.source.name.value)?,
+                        query.clone(),
+                        None,
+                    )
+                } else {
+                    let j = self.plan_join(query)?;
+                    (j.joiner.relation.clone(), j.query, Some(Box::new(j.joiner)))
+                };
+                let (plan, aggregate) = if planned.group_by.is_some() {
+                    let a = crate::aggregate::plan_aggregate(
+                        &self.functions,
+                        &planned,
+                        &source,
+                        to_sink,
+                    )?;
+                    let mut shown = a.pre.clone();
+                    shown.output_layout_columns = a.output_layout_columns.clone();
+                    (shown, Some(a))
+                } else if to_sink {
+                    (plan_select(&self.functions, &planned, &source)?, None)
+                } else {
+                    (plan_push(&self.functions, &planned, &source)?, None)
+                };
+                let windowed = match &aggregate {
+                    Some(a) => a.key_window().is_some(),
+                    None => plan.window_bounds.is_some(),
+                };
+                // CREATE ... AS SELECT: the sink it would create.
+                let sink = match stmt.as_ref() {
+                    Statement::CreateAsSelect(c) => Some(Source {
+                        name: c.name.value.clone(),
+                        kind: c.kind,
+                        topic: c
+                            .properties
+                            .get("KAFKA_TOPIC")
+                            .map(|t| t.as_text())
+                            .unwrap_or_else(|| c.name.value.clone()),
+                        layout: plan.output_layout(&source.layout),
+                        timestamp_column: None,
+                        timestamp_format: None,
+                        statement: stmt.to_string(),
+                        written_by: None,
+                        read_only: false,
+                        window: aggregate
+                            .as_ref()
+                            .and_then(|a| a.key_window())
+                            .or(plan.window_bounds.and(source.window)),
+                    }),
+                    Statement::InsertInto { target, .. } => {
+                        self.catalog.source(&target.value).cloned()
+                    }
+                    _ => None,
+                };
+                let logical = crate::logical::build(crate::logical::Parts {
+                    query,
+                    catalog: &self.catalog,
+                    relation: join.as_ref().map(|_| &source),
+                    aggregate: aggregate.as_ref().map(|a| a.describe()),
+                    output: (
+                        &plan.output_layout_columns.0,
+                        &plan.output_layout_columns.1,
+                        windowed,
+                    ),
+                    sink: sink.as_ref(),
+                });
+                let fields = fields(&plan.output_layout_columns.0, &plan.output_layout_columns.1);
+                let input = match join {
+                    Some(j) => Input::Join(j),
+                    None => Input::Topic(Box::new(TopicInput::new(
+                        &source,
+                        plan.input_schema.clone(),
+                        false,
+                        Vec::new(),
+                    ))),
+                };
+                let pipeline = Pipeline {
+                    input,
+                    operators: crate::pipeline::operators(plan, aggregate, false, None),
+                };
                 Ok(Outcome::Explained(QueryDescription {
                     id: String::new(),
                     statement_text: stmt.to_string(),
-                    fields: fields(&plan.output_layout_columns.0, &plan.output_layout_columns.1),
-                    sources: vec![source.name.clone()],
-                    sinks: vec![],
-                    window_type: None,
-                    execution_plan: {
-                        let logical = crate::logical::build(crate::logical::Parts {
-                            query,
-                            catalog: &self.catalog,
-                            relation: None,
-                            aggregate: None,
-                            output: (
-                                &plan.output_layout_columns.0,
-                                &plan.output_layout_columns.1,
-                                plan.window_bounds.is_some(),
-                            ),
-                            sink: None,
-                        });
-                        let pipeline = Pipeline {
-                            input: Input::Topic(Box::new(TopicInput::new(
-                                &source,
-                                plan.input_schema.clone(),
-                                false,
-                                Vec::new(),
-                            ))),
-                            operators: crate::pipeline::operators(plan, None, false, None),
-                        };
-                        format!(
-                            "{}\n\nPipeline:\n{}",
-                            logical.tree(),
-                            pipeline.explain("Sink: the client")
-                        )
-                    },
+                    fields,
+                    sources: pipeline.sources(),
+                    sinks: sink.iter().map(|s| s.name.clone()).collect(),
+                    window_type: pipeline.window_type().map(String::from),
+                    execution_plan: format!(
+                        "{}\n\nPipeline:\n{}",
+                        logical.tree(),
+                        pipeline.explain(&match &sink {
+                            Some(s) => format!("Sink: topic '{}'", s.topic),
+                            None => "Sink: the client".to_string(),
+                        })
+                    ),
                     state: None,
                     statistics: None,
                     errors: vec![],

@@ -339,3 +339,60 @@ fn explain_prints_the_logical_plan_as_a_tree_in_the_query_s_own_terms() {
         "{text}"
     );
 }
+
+#[test]
+fn explain_of_a_statement_plans_it_as_it_would_run_joins_and_aggregations_included() {
+    let (_dir, rt) = runtime();
+    for sql in [
+        "CREATE STREAM s (k STRING KEY, v INT) WITH (kafka_topic='s', value_format='JSON', partitions=1);",
+        "CREATE TABLE t (id STRING PRIMARY KEY, g STRING) WITH (kafka_topic='t', value_format='JSON', partitions=1);",
+    ] {
+        one(&rt, sql);
+    }
+    let Outcome::Explained(plan) = one(
+        &rt,
+        "EXPLAIN SELECT k, COUNT(*) AS n FROM s WINDOW TUMBLING (SIZE 1 MINUTE) GROUP BY k EMIT CHANGES;",
+    ) else {
+        panic!()
+    };
+    assert_eq!(plan.window_type.as_deref(), Some("TUMBLING"));
+    assert!(
+        plan.execution_plan.starts_with("> [ CLIENT ]"),
+        "{}",
+        plan.execution_plan
+    );
+    assert!(
+        plan.execution_plan
+            .contains("[ AGGREGATE ] GROUP BY K WINDOW TUMBLING (SIZE 1 MINUTES) CALLS COUNT(*)"),
+        "{}",
+        plan.execution_plan
+    );
+
+    let Outcome::Explained(plan) = one(
+        &rt,
+        "EXPLAIN CREATE STREAM enriched AS SELECT s.k, v, g FROM s JOIN t ON s.k = t.id;",
+    ) else {
+        panic!()
+    };
+    assert_eq!(plan.sources, ["S", "T"]);
+    assert_eq!(plan.sinks, ["ENRICHED"]);
+    let text = &plan.execution_plan;
+    assert!(
+        text.starts_with("> [ SINK ] STREAM ENRICHED (topic 'ENRICHED')"),
+        "{text}"
+    );
+    assert!(
+        text.contains("[ JOIN ] INNER JOIN ON (S.K = T.ID)"),
+        "{text}"
+    );
+    assert_eq!(
+        text.lines().last().unwrap(),
+        "Sink: topic 'ENRICHED'",
+        "{text}"
+    );
+    // Nothing was created.
+    let Outcome::Listing(Listing::Queries(queries)) = one(&rt, "SHOW QUERIES;") else {
+        panic!()
+    };
+    assert!(queries.is_empty());
+}
