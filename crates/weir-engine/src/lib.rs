@@ -967,6 +967,9 @@ impl Engine {
         } else {
             Some(self.plan_join(&c.query)?)
         };
+        // ksqlDB's refusals, as checks on the query's logical nodes.
+        let shape = logical::shape(&c.query, &self.catalog);
+        logical::check_result_kind(&shape, c.kind)?;
         let from_table = match &joined {
             Some(j) => j.joiner.relation.kind == SourceKind::Table,
             None => self
@@ -974,24 +977,6 @@ impl Engine {
                 .source(&c.query.from.source.name.value)
                 .is_some_and(|s| s.kind == SourceKind::Table),
         };
-        match (c.kind, grouped) {
-            (SourceKind::Table, false) if !from_table => {
-                return Err(EngineError::Invalid(
-                    "Invalid result type. Your SELECT query produces a STREAM. Please use CREATE STREAM AS SELECT statement instead.".into(),
-                ));
-            }
-            (SourceKind::Stream, false) if from_table => {
-                return Err(EngineError::Invalid(
-                    "Invalid result type. Your SELECT query produces a TABLE. Please use CREATE TABLE AS SELECT statement instead.".into(),
-                ));
-            }
-            (SourceKind::Stream, true) => {
-                return Err(EngineError::Invalid(
-                    "Invalid result type. Your SELECT query produces a TABLE. Please use CREATE TABLE AS SELECT statement instead.".into(),
-                ));
-            }
-            _ => {}
-        }
         let name = c.name.value.clone();
         if let Some(existing) = self.catalog.source(&name) {
             if c.if_not_exists {
@@ -1013,11 +998,7 @@ impl Engine {
             Some(j) => (j.joiner.relation.clone(), j.query, Some(j.joiner)),
             None => (self.stream(from)?, c.query.as_ref().clone(), None),
         };
-        if from_table && source.window.is_some() {
-            return Err(EngineError::Invalid(
-                "KSQL does not support persistent queries on windowed tables.".into(),
-            ));
-        }
+        logical::check_no_windowed_table(&shape)?;
         if from_table && query.select.iter().any(|i| {
             matches!(i, weir_sql::ast::SelectItem::Expr { expr, .. } if plan::is_table_function(expr))
         }) {

@@ -83,6 +83,33 @@ pub struct LogicalPlan {
 }
 
 impl LogicalPlan {
+    /// Whether the node's rows are a table's changelog (an aggregation's, or read from
+    /// tables alone) rather than a stream's events.
+    pub fn is_changelog(&self) -> bool {
+        match &self.node {
+            Node::Aggregate { .. } => true,
+            Node::Scan { kind, .. } => *kind == SourceKind::Table,
+            // A source that is not there (a placeholder without inputs) reads nothing.
+            _ => !self.inputs.is_empty() && self.inputs.iter().all(LogicalPlan::is_changelog),
+        }
+    }
+
+    /// The relation the query's rows come from: its scan, or its joins.
+    fn relation(&self) -> &LogicalPlan {
+        match &self.node {
+            Node::Scan { .. } | Node::Join { .. } => self,
+            _ => self.inputs.first().map_or(self, LogicalPlan::relation),
+        }
+    }
+
+    /// Whether any scan under the node reads windowed keys.
+    fn reads_windows(&self) -> bool {
+        match &self.node {
+            Node::Scan { .. } => self.schema.iter().any(|c| c.role == Role::WindowStart),
+            _ => self.inputs.iter().any(LogicalPlan::reads_windows),
+        }
+    }
+
     fn over(node: Node, schema: Vec<PlanColumn>, input: LogicalPlan) -> LogicalPlan {
         LogicalPlan {
             node,
@@ -264,6 +291,45 @@ fn scan(s: &Source) -> LogicalPlan {
     }
 }
 
+/// ksqlDB's refusals of `CREATE STREAM|TABLE (kind) AS SELECT`, as checks on the
+/// query's nodes (`plan` built without a sink): the result must be what the statement
+/// says it makes.
+pub(crate) fn check_result_kind(plan: &LogicalPlan, kind: SourceKind) -> crate::Result<()> {
+    match (kind, plan.is_changelog()) {
+        (SourceKind::Table, false) => Err(crate::EngineError::Invalid(
+            "Invalid result type. Your SELECT query produces a STREAM. Please use CREATE STREAM AS SELECT statement instead.".into(),
+        )),
+        (SourceKind::Stream, true) => Err(crate::EngineError::Invalid(
+            "Invalid result type. Your SELECT query produces a TABLE. Please use CREATE TABLE AS SELECT statement instead.".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Persistent queries do not read windowed tables.
+pub(crate) fn check_no_windowed_table(plan: &LogicalPlan) -> crate::Result<()> {
+    let relation = plan.relation();
+    if relation.is_changelog() && relation.reads_windows() {
+        return Err(crate::EngineError::Invalid(
+            "KSQL does not support persistent queries on windowed tables.".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The query's nodes alone (no types, no sink): what the checks above look at before
+/// it is planned.
+pub(crate) fn shape(query: &Query, catalog: &Catalog) -> LogicalPlan {
+    build(Parts {
+        query,
+        catalog,
+        relation: None,
+        aggregate: None,
+        output: (&[], &[], false),
+        sink: None,
+    })
+}
+
 /// What planning found of a GROUP BY: its keys' types, and each aggregate call as the
 /// query writes it with its result type.
 pub(crate) struct Grouping {
@@ -329,13 +395,12 @@ pub(crate) fn build(p: Parts<'_>) -> LogicalPlan {
             plan,
         );
     }
-    if let (
-        Some(group_by),
-        Some(Grouping {
-            key_types, calls, ..
-        }),
-    ) = (&q.group_by, &p.aggregate)
-    {
+    if let Some(group_by) = &q.group_by {
+        let empty = Grouping {
+            key_types: Vec::new(),
+            calls: Vec::new(),
+        };
+        let Grouping { key_types, calls } = p.aggregate.as_ref().unwrap_or(&empty);
         let keys: Vec<String> = group_by.iter().map(text).collect();
         let mut schema: Vec<PlanColumn> = keys
             .iter()
