@@ -9,7 +9,7 @@ use weir_sql::ast::{DescribeTarget, ExplainTarget, ListKind, Print, Query, State
 use crate::catalog::Source;
 use crate::error::{EngineError, Result};
 use crate::meta::*;
-use crate::pipeline::{Input, Pipeline, TopicInput};
+use crate::pipeline::{OnError, Pipeline};
 use crate::plan::{plan_push, plan_select};
 use crate::push::{CLIENT_BUFFER_ROWS, PushHandle, PushKind, PushQuery, start_offsets};
 use crate::types::sql_type_of;
@@ -373,19 +373,14 @@ impl Engine {
                     sink: sink.as_ref(),
                 });
                 let fields = fields(&plan.output_layout_columns.0, &plan.output_layout_columns.1);
-                let input = match join {
-                    Some(j) => Input::Join(j),
-                    None => Input::Topic(Box::new(TopicInput::new(
-                        &source,
-                        plan.input_schema.clone(),
-                        false,
-                        Vec::new(),
-                    ))),
-                };
-                let pipeline = Pipeline {
-                    input,
-                    operators: crate::pipeline::operators(plan, aggregate, false, None),
-                };
+                let pipeline = Pipeline::assemble(
+                    &source,
+                    join,
+                    plan,
+                    aggregate,
+                    Vec::new(),
+                    OnError::default(),
+                );
                 Ok(Outcome::Explained(QueryDescription {
                     id: String::new(),
                     statement_text: stmt.to_string(),
@@ -521,26 +516,22 @@ impl Engine {
             .map(|(n, t, _)| (n.clone(), t.clone()))
             .collect();
         // The pipeline a persistent query would run, the client its sink.
-        let drop_stream_tombstones = plan.filter.is_some() || aggregate.is_some();
-        let input = match join {
-            Some(j) => Input::Join(j),
-            None => Input::Topic(Box::new(TopicInput::new(
-                &source,
-                plan.input_schema.clone(),
-                drop_stream_tombstones,
-                start_offsets(self.log.as_ref(), &source.topic, earliest)?,
-            ))),
+        let offsets = match join {
+            Some(_) => Vec::new(),
+            None => start_offsets(self.log.as_ref(), &source.topic, earliest)?,
         };
         let kind = PushKind::Select {
-            pipeline: Box::new(Pipeline {
-                input,
-                operators: crate::pipeline::operators(
-                    plan,
-                    aggregate,
-                    false,
-                    self.functions.warning_source,
-                ),
-            }),
+            pipeline: Box::new(Pipeline::assemble(
+                &source,
+                join,
+                plan,
+                aggregate,
+                offsets,
+                OnError {
+                    stop: false,
+                    warnings: self.functions.warning_source,
+                },
+            )),
             types: columns.iter().map(|(_, t)| t.clone()).collect(),
             at: placed.iter().map(|(_, _, i)| *i).collect(),
         };

@@ -482,7 +482,7 @@ impl Engine {
             // The operators say which entries of their state changed (the state can be
             // large and mostly unchanged: a table's rows, open windows), so a checkpoint
             // costs what the step changed; every FULL_EVERY-th is a full snapshot.
-            let _ = serde_json::to_writer(StringWriter(&mut text), &v);
+            text.push_str(&v.to_string());
             text.pop();
             text.push_str(",\"delta\":");
             let mut changes = delta::DeltaText::after(text);
@@ -495,7 +495,7 @@ impl Engine {
                 v["full"] = q.pipeline.snapshot();
                 q.since_full = 0;
             }
-            let _ = serde_json::to_writer(StringWriter(&mut text), &v);
+            text.push_str(&v.to_string());
         }
         let q = self.queries.get_mut(id).expect("query exists");
         let mut record = [Record {
@@ -1201,27 +1201,17 @@ impl Engine {
             .properties
             .get(FAIL_ON_FUNCTION_ERROR)
             .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-        // ksqlDB drops a stream's tombstones at a WHERE, and forwards them otherwise (a
-        // table's always: they delete); an aggregation over a stream ignores them.
-        let drop_stream_tombstones = plan.filter.is_some() || aggregate.is_some();
-        let input = match joiner {
-            Some(j) => pipeline::Input::Join(Box::new(j)),
-            None => pipeline::Input::Topic(Box::new(pipeline::TopicInput::new(
-                source,
-                plan.input_schema.clone(),
-                drop_stream_tombstones,
-                offsets,
-            ))),
-        };
-        let mut pipeline = pipeline::Pipeline {
-            input,
-            operators: pipeline::operators(
-                plan.clone(),
-                aggregate,
-                stop_on_error,
-                self.functions.warning_source,
-            ),
-        };
+        let mut pipeline = pipeline::Pipeline::assemble(
+            source,
+            joiner.map(Box::new),
+            plan.clone(),
+            aggregate,
+            offsets,
+            pipeline::OnError {
+                stop: stop_on_error,
+                warnings: self.functions.warning_source,
+            },
+        );
         pipeline.set_tracking(self.durable);
         let sink_partitions = self
             .log
@@ -1550,20 +1540,6 @@ pub(crate) fn write_intent(log: &dyn Log, query: &str, ends: &[Vec<u64>]) -> Res
         )],
     )?;
     Ok(())
-}
-
-/// Writes into a `String` (serde_json writes only UTF-8).
-struct StringWriter<'a>(&'a mut String);
-
-impl std::io::Write for StringWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .push_str(std::str::from_utf8(buf).map_err(std::io::Error::other)?);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// How a batch of output is written.

@@ -361,7 +361,44 @@ pub(crate) struct Pipeline {
     pub operators: Vec<Box<dyn Operator>>,
 }
 
+/// What a query's stateless stage does with rows that fail: stop the query
+/// (`weir.fail.on.function.error`) or send them to the processing log; and where
+/// functions report the rows they returned NULL for.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct OnError {
+    pub stop: bool,
+    pub warnings: Option<fn() -> Vec<String>>,
+}
+
 impl Pipeline {
+    /// A query's pipeline: its joins, or `source`'s topic from `offsets`; then `plan`;
+    /// then `aggregate`, if any.
+    pub fn assemble(
+        source: &crate::catalog::Source,
+        join: Option<Box<crate::join::Joiner>>,
+        plan: SelectPlan,
+        aggregate: Option<crate::aggregate::Aggregator>,
+        offsets: Vec<u64>,
+        on_error: OnError,
+    ) -> Pipeline {
+        // ksqlDB drops a stream's tombstones at a WHERE, and forwards them otherwise (a
+        // table's always: they delete); an aggregation over a stream ignores them.
+        let drop_stream_tombstones = plan.filter.is_some() || aggregate.is_some();
+        let input = match join {
+            Some(j) => Input::Join(j),
+            None => Input::Topic(Box::new(TopicInput::new(
+                source,
+                plan.input_schema.clone(),
+                drop_stream_tombstones,
+                offsets,
+            ))),
+        };
+        Pipeline {
+            input,
+            operators: operators(plan, aggregate, on_error),
+        }
+    }
+
     /// The partitions stepped one at a time (a join's sources are stepped together).
     pub fn partitions(&self) -> u32 {
         match &self.input {
@@ -582,13 +619,12 @@ impl Pipeline {
 pub(crate) fn operators(
     plan: SelectPlan,
     aggregate: Option<crate::aggregate::Aggregator>,
-    stop_on_error: bool,
-    warnings: Option<fn() -> Vec<String>>,
+    on_error: OnError,
 ) -> Vec<Box<dyn Operator>> {
     let mut ops: Vec<Box<dyn Operator>> = vec![Box::new(Project {
         plan,
-        stop_on_error,
-        warnings,
+        stop_on_error: on_error.stop,
+        warnings: on_error.warnings,
         named: aggregate.is_none(),
     })];
     if let Some(a) = aggregate {

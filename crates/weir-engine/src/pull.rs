@@ -20,7 +20,7 @@ use weir_sql::ast::{Query, SourceKind, SqlType};
 
 use crate::catalog::Source;
 use crate::error::{EngineError, Result};
-use crate::pipeline::{Input, Pipeline, operators};
+use crate::pipeline::{Input, OnError, Pipeline, operators};
 use crate::plan::plan_push;
 use crate::push::{PushEvent, PushHandle};
 use crate::types::sql_type_of;
@@ -171,7 +171,14 @@ impl Engine {
                 tombstones: false,
                 batch,
             }]),
-            operators: operators(plan, None, false, self.functions.warning_source),
+            operators: operators(
+                plan,
+                None,
+                OnError {
+                    stop: false,
+                    warnings: self.functions.warning_source,
+                },
+            ),
         };
         let step = pipeline.step(self.log.as_ref(), 0, None, None)?;
         let mut rows = crate::push::client_rows(&step.changes, &types, &at);

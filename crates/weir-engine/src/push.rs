@@ -14,7 +14,7 @@ use serde_json::Value;
 use weir_log::{Log, StoredRecord};
 use weir_sql::ast::SqlType;
 
-use crate::error::{EngineError, Result};
+use crate::error::Result;
 use crate::pipeline::Pipeline;
 
 /// Rows a client may fall behind by before its query is ended, unless the session's
@@ -151,12 +151,8 @@ impl PushQuery {
                     at,
                 } => {
                     // Rows that fail are skipped (the persistent queries over the same
-                    // records log them); a function error never stops a push query.
-                    let step = match pipeline.step(log, partition, Some(max.min(room)), None) {
-                        Ok(step) => step,
-                        Err(EngineError::Stopped { .. }) => continue,
-                        Err(e) => return Err(e),
-                    };
+                    // records log them): a push query's pipeline never stops on them.
+                    let step = pipeline.step(log, partition, Some(max.min(room)), None)?;
                     pipeline.advance(partition, &step);
                     room = room.saturating_sub(step.consumed as usize);
                     consumed += step.consumed;
