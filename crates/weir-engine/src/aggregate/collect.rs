@@ -594,8 +594,8 @@ impl PluginStates {
         Ok(s)
     }
 
-    fn fold(&self, bytes: &mut Vec<u8>, arg: ArrayRef) -> std::result::Result<(), String> {
-        let mut s = self.state(bytes)?;
+    /// The argument as the plugin declares it.
+    fn cast_arg(&self, arg: ArrayRef) -> std::result::Result<ArrayRef, String> {
         let want = self
             .plugin
             .0
@@ -603,18 +603,35 @@ impl PluginStates {
             .first()
             .cloned()
             .unwrap_or(DataType::Null);
-        let arg = if arg.data_type() != &want {
-            arrow::compute::cast(&arg, &want).map_err(|e| e.to_string())?
+        if arg.data_type() != &want {
+            arrow::compute::cast(&arg, &want).map_err(|e| e.to_string())
         } else {
-            arg
-        };
-        s.update(&[arg])?;
-        *bytes = s.state()?;
-        Ok(())
+            Ok(arg)
+        }
     }
 
-    fn result(&self, bytes: &[u8]) -> std::result::Result<ArrayRef, String> {
-        let out = self.state(bytes)?.result()?;
+    /// Folds `rows` of the argument into a group's state in one `update` (on failure
+    /// the group's bytes are as they were); with `emit`, the result of the state after
+    /// it too, from the same live state.
+    #[allow(clippy::type_complexity)]
+    fn fold(
+        &self,
+        bytes: &mut Vec<u8>,
+        arg: &ArrayRef,
+        rows: &[u32],
+        emit: bool,
+    ) -> std::result::Result<Option<std::result::Result<ArrayRef, String>>, String> {
+        let mut s = self.state(bytes)?;
+        let indices = arrow::array::UInt32Array::from(rows.to_vec());
+        let taken =
+            arrow::compute::take(arg.as_ref(), &indices, None).map_err(|e| e.to_string())?;
+        s.update(&[taken])?;
+        *bytes = s.state()?;
+        Ok(emit.then(|| s.result().and_then(|out| self.cast_result(out))))
+    }
+
+    /// A result as the plugin declares it: one row.
+    fn cast_result(&self, out: ArrayRef) -> std::result::Result<ArrayRef, String> {
         let want = self.plugin.0.return_type();
         let out = if out.data_type() != &want {
             arrow::compute::cast(&out, &want).map_err(|e| e.to_string())?
@@ -626,6 +643,10 @@ impl PluginStates {
         } else {
             out.slice(0, 1)
         })
+    }
+
+    fn result(&self, bytes: &[u8]) -> std::result::Result<ArrayRef, String> {
+        self.cast_result(self.state(bytes)?.result()?)
     }
 }
 
@@ -640,14 +661,62 @@ impl Accumulator for PluginStates {
         grow_to(&mut self.states, groups, Vec::new());
         let mut out: Vec<ArrayRef> = Vec::new();
         let mut bad = Vec::new();
-        for op in ops {
-            match *op {
+        let arg = match self.cast_arg(args[0].clone()) {
+            Ok(a) => Some(a),
+            Err(why) => {
+                // No row of the batch can be folded: each is reported, once.
+                for op in ops {
+                    if let Op::Fold(_, r) = op {
+                        failed.push((*r, format!("Error in a plugin aggregate: {why}")));
+                    }
+                }
+                None
+            }
+        };
+        let null = || arrow::array::new_null_array(&self.plugin.0.return_type(), 1);
+        let mut i = 0;
+        while i < ops.len() {
+            match ops[i] {
                 Op::Reset(g) => self.states[g as usize].clear(),
                 Op::Fold(g, r) => {
+                    // A group's consecutive rows go to the plugin in one update; a
+                    // change right after them is computed from the same state.
+                    let mut rows = vec![r];
+                    while let Some(Op::Fold(next, r)) = ops.get(i + rows.len())
+                        && *next == g
+                    {
+                        rows.push(*r);
+                    }
+                    i += rows.len() - 1;
+                    let Some(arg) = &arg else {
+                        i += 1;
+                        continue;
+                    };
+                    let emit = matches!(ops.get(i + 1), Some(Op::Emit(e)) if *e == g);
                     let mut bytes = std::mem::take(&mut self.states[g as usize]);
-                    let arg = args[0].slice(r as usize, 1);
-                    if let Err(why) = self.fold(&mut bytes, arg) {
-                        failed.push((r, format!("Error in a plugin aggregate: {why}")));
+                    match self.fold(&mut bytes, arg, &rows, emit) {
+                        Ok(None) => {}
+                        // The change right after the rows: taken here.
+                        Ok(Some(result)) => {
+                            i += 1;
+                            match result {
+                                Ok(a) => out.push(a),
+                                Err(why) => {
+                                    bad.push((out.len(), why));
+                                    out.push(null());
+                                }
+                            }
+                        }
+                        // One at a time, so that only the rows that fail are left out.
+                        Err(_) if rows.len() > 1 => {
+                            for r in &rows {
+                                if let Err(why) = self.fold(&mut bytes, arg, &[*r], false) {
+                                    failed
+                                        .push((*r, format!("Error in a plugin aggregate: {why}")));
+                                }
+                            }
+                        }
+                        Err(why) => failed.push((r, format!("Error in a plugin aggregate: {why}"))),
                     }
                     self.states[g as usize] = bytes;
                 }
@@ -656,13 +725,11 @@ impl Accumulator for PluginStates {
                     Ok(a) => out.push(a),
                     Err(why) => {
                         bad.push((out.len(), why));
-                        out.push(arrow::array::new_null_array(
-                            &self.plugin.0.return_type(),
-                            1,
-                        ));
+                        out.push(null());
                     }
                 },
             }
+            i += 1;
         }
         let values = if out.is_empty() {
             arrow::array::new_empty_array(&self.plugin.0.return_type())
