@@ -277,12 +277,7 @@ impl Engine {
                     sources: q.pipeline.sources(),
                     sinks: vec![q.sink.clone()],
                     window_type: q.pipeline.window_type().map(String::from),
-                    execution_plan: format!(
-                        "{}\n\nPipeline:\n{}",
-                        q.logical.tree(),
-                        q.pipeline
-                            .explain(&format!("Sink: topic '{}'", q.sink_topic))
-                    ),
+                    execution_plan: q.pipeline.explain(&q.logical, Some(&q.sink_topic)),
                     state: Some(query_state(q).into()),
                     statistics: Some(QueryStats {
                         late: q.pipeline.late_records(),
@@ -388,14 +383,8 @@ impl Engine {
                     sources: pipeline.sources(),
                     sinks: sink.iter().map(|s| s.name.clone()).collect(),
                     window_type: pipeline.window_type().map(String::from),
-                    execution_plan: format!(
-                        "{}\n\nPipeline:\n{}",
-                        logical.tree(),
-                        pipeline.explain(&match &sink {
-                            Some(s) => format!("Sink: topic '{}'", s.topic),
-                            None => "Sink: the client".to_string(),
-                        })
-                    ),
+                    execution_plan: pipeline
+                        .explain(&logical, sink.as_ref().map(|s| s.topic.as_str())),
                     state: None,
                     statistics: None,
                     errors: vec![],

@@ -54,6 +54,8 @@ pub struct JoinInput {
     width: usize,
     /// Next offset to read, per partition.
     pub offsets: Vec<u64>,
+    /// Its records as batches (a stream's tombstones join nothing).
+    decoder: crate::pipeline::Decoder,
 }
 
 impl JoinInput {
@@ -1081,7 +1083,12 @@ pub fn plan_join(
             + source.layout.key_columns.len()
             + source.layout.value_columns.len()
             + if source.window.is_some() { 2 } else { 0 };
+        let schema = match source.window {
+            None => source.layout.schema(),
+            Some(_) => crate::with_window_bounds(&source.layout.schema()),
+        };
         inputs.push(JoinInput {
+            decoder: crate::pipeline::Decoder::new(&source, schema, true),
             source,
             alias,
             start,
@@ -1741,15 +1748,6 @@ impl Joiner {
         let mut bytes = 0u64;
         let mut problems: Vec<crate::Problem> = Vec::new();
         for ((j, input), taken) in self.inputs.iter_mut().enumerate().zip(taken) {
-            let schema = match input.source.window {
-                None => input.source.layout.schema(),
-                Some(_) => crate::with_window_bounds(&input.source.layout.schema()),
-            };
-            let timestamp = input
-                .source
-                .timestamp_column
-                .clone()
-                .map(|c| (c, input.source.timestamp_format.clone()));
             for (p, records) in taken.into_iter().enumerate() {
                 let partition = p as u32;
                 let Some(last) = records.last() else {
@@ -1757,33 +1755,10 @@ impl Joiner {
                 };
                 input.offsets[p] = last.offset + 1;
                 consumed += records.len() as u64;
-                bytes += records
-                    .iter()
-                    .map(|r| {
-                        (r.record.key.as_ref().map_or(0, Vec::len)
-                            + r.record.value.as_ref().map_or(0, Vec::len))
-                            as u64
-                    })
-                    .sum::<u64>();
-                for run in
-                    records.chunk_by(|a, b| a.record.value.is_none() == b.record.value.is_none())
+                bytes += crate::pipeline::payload_bytes(&records);
+                for crate::ChangeBatch { tombstones, batch } in
+                    input.decoder.decode(&records, partition, &mut problems)?
                 {
-                    let tombstones = run[0].record.value.is_none();
-                    // A stream's tombstones join nothing.
-                    if tombstones && input.is_stream() {
-                        continue;
-                    }
-                    let decoded = crate::decode_run(
-                        &input.source.layout,
-                        &schema,
-                        run,
-                        tombstones,
-                        timestamp.as_ref(),
-                        input.source.window,
-                        partition,
-                        &mut problems,
-                    )?;
-                    let batch = decoded.batch;
                     let times = batch
                         .column(0)
                         .as_primitive::<arrow::datatypes::Int64Type>();

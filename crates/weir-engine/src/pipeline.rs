@@ -237,40 +237,34 @@ impl Operator for crate::aggregate::Aggregator {
     }
 }
 
-/// One topic's records, decoded to Arrow batches.
-#[derive(Debug)]
-pub(crate) struct TopicInput {
-    pub topic: String,
-    /// The source's name, as EXPLAIN shows it.
-    pub name: String,
-    pub layout: Layout,
+/// How a source's records become batches of changes: its layout, the decoded schema,
+/// its event-time column, its windowed keys, and which tombstones go on.
+#[derive(Debug, Clone)]
+pub(crate) struct Decoder {
+    layout: Layout,
     /// The decoded batches' schema (the first stage's input).
-    pub schema: SchemaRef,
+    schema: SchemaRef,
     /// The column that holds event time, with its format when it is a string.
-    pub timestamp: Option<(String, Option<String>)>,
+    timestamp: Option<(String, Option<String>)>,
     /// The keys carry windows (a stream over a windowed aggregation's topic).
-    pub window: Option<KeyWindow>,
+    window: Option<KeyWindow>,
     /// The source is a table: its tombstones delete, and go through every stage.
-    pub is_table: bool,
-    /// A stream's tombstones stop here (ksqlDB drops them at a WHERE, and an
-    /// aggregation over a stream ignores them; otherwise they are forwarded).
-    pub drop_stream_tombstones: bool,
-    /// Next offset to read, per partition.
-    pub offsets: Vec<u64>,
-    /// Records to read per step, by partition (adapts to load).
-    batch_records: Vec<usize>,
+    is_table: bool,
+    /// A stream's tombstones stop here (ksqlDB drops them at a WHERE, an aggregation
+    /// over a stream ignores them, a join joins nothing with them; otherwise they are
+    /// forwarded).
+    drop_stream_tombstones: bool,
 }
 
-impl TopicInput {
+impl Decoder {
+    /// Decodes `source`'s records into `schema` (its columns, then its window's bounds
+    /// when its keys are windowed).
     pub fn new(
         source: &crate::catalog::Source,
         schema: SchemaRef,
         drop_stream_tombstones: bool,
-        offsets: Vec<u64>,
-    ) -> Self {
-        TopicInput {
-            topic: source.topic.clone(),
-            name: source.name.clone(),
+    ) -> Decoder {
+        Decoder {
             layout: source.layout.clone(),
             schema,
             timestamp: source
@@ -280,33 +274,7 @@ impl TopicInput {
             window: source.window,
             is_table: source.kind == weir_sql::ast::SourceKind::Table,
             drop_stream_tombstones,
-            batch_records: vec![crate::BATCH_RECORDS; offsets.len()],
-            offsets,
         }
-    }
-
-    /// Reads the partition's next records: at most `limit`, or as many as the
-    /// partition's adaptive batch size says.
-    fn read(
-        &mut self,
-        log: &dyn Log,
-        partition: u32,
-        limit: Option<usize>,
-    ) -> Result<Vec<StoredRecord>> {
-        let from = self.offsets[partition as usize];
-        let Some(limit) = limit else {
-            let max = self.batch_records[partition as usize];
-            let records = log.read(&self.topic, partition, from, max)?;
-            self.batch_records[partition as usize] = if records.len() == max {
-                (max * 2).min(crate::MAX_BATCH_RECORDS)
-            } else if records.len() < max / 4 {
-                (max / 2).max(crate::MIN_BATCH_RECORDS)
-            } else {
-                max
-            };
-            return Ok(records);
-        };
-        Ok(log.read(&self.topic, partition, from, limit)?)
     }
 
     /// Decodes records into batches of one kind of change each (records and tombstones
@@ -339,6 +307,71 @@ impl TopicInput {
             });
         }
         Ok(changes)
+    }
+}
+
+/// The bytes of records' keys and values.
+pub(crate) fn payload_bytes(records: &[StoredRecord]) -> u64 {
+    records
+        .iter()
+        .map(|r| {
+            (r.record.key.as_ref().map_or(0, Vec::len)
+                + r.record.value.as_ref().map_or(0, Vec::len)) as u64
+        })
+        .sum()
+}
+
+/// One topic's records, decoded to Arrow batches.
+#[derive(Debug)]
+pub(crate) struct TopicInput {
+    pub topic: String,
+    /// The source's name, as EXPLAIN shows it.
+    pub name: String,
+    decoder: Decoder,
+    /// Next offset to read, per partition.
+    pub offsets: Vec<u64>,
+    /// Records to read per step, by partition (adapts to load).
+    batch_records: Vec<usize>,
+}
+
+impl TopicInput {
+    pub fn new(
+        source: &crate::catalog::Source,
+        schema: SchemaRef,
+        drop_stream_tombstones: bool,
+        offsets: Vec<u64>,
+    ) -> Self {
+        TopicInput {
+            topic: source.topic.clone(),
+            name: source.name.clone(),
+            decoder: Decoder::new(source, schema, drop_stream_tombstones),
+            batch_records: vec![crate::BATCH_RECORDS; offsets.len()],
+            offsets,
+        }
+    }
+
+    /// Reads the partition's next records: at most `limit`, or as many as the
+    /// partition's adaptive batch size says.
+    fn read(
+        &mut self,
+        log: &dyn Log,
+        partition: u32,
+        limit: Option<usize>,
+    ) -> Result<Vec<StoredRecord>> {
+        let from = self.offsets[partition as usize];
+        let Some(limit) = limit else {
+            let max = self.batch_records[partition as usize];
+            let records = log.read(&self.topic, partition, from, max)?;
+            self.batch_records[partition as usize] = if records.len() == max {
+                (max * 2).min(crate::MAX_BATCH_RECORDS)
+            } else if records.len() < max / 4 {
+                (max / 2).max(crate::MIN_BATCH_RECORDS)
+            } else {
+                max
+            };
+            return Ok(records);
+        };
+        Ok(log.read(&self.topic, partition, from, limit)?)
     }
 }
 
@@ -445,15 +478,8 @@ impl Pipeline {
                 };
                 step.next = Some(last.offset + 1);
                 step.consumed = records.len() as u64;
-                step.bytes = records
-                    .iter()
-                    .map(|r| {
-                        (r.record.key.as_ref().map_or(0, Vec::len)
-                            + r.record.value.as_ref().map_or(0, Vec::len))
-                            as u64
-                    })
-                    .sum();
-                t.decode(&records, partition, &mut step.problems)?
+                step.bytes = payload_bytes(&records);
+                t.decoder.decode(&records, partition, &mut step.problems)?
             }
         };
         step.changes = self.run(changes, partition, &mut step.problems)?;
@@ -585,9 +611,14 @@ impl Pipeline {
         }
     }
 
-    /// EXPLAIN's text: the input, each stage, then `sink`.
-    pub fn explain(&self, sink: &str) -> String {
-        let mut lines = Vec::new();
+    /// EXPLAIN's text: the query's logical plan, then this pipeline — the input, each
+    /// stage, then the sink (`sink_topic`, or the client).
+    pub fn explain(
+        &self,
+        logical: &crate::logical::LogicalPlan,
+        sink_topic: Option<&str>,
+    ) -> String {
+        let mut lines = vec![logical.tree(), String::new(), "Pipeline:".to_string()];
         match &self.input {
             Input::Topic(t) => lines.push(format!(
                 "Source: topic '{}' ({}), decoded to Arrow batches",
@@ -610,7 +641,10 @@ impl Pipeline {
                 lines.push(text);
             }
         }
-        lines.push(sink.to_string());
+        lines.push(match sink_topic {
+            Some(t) => format!("Sink: topic '{t}'"),
+            None => "Sink: the client".to_string(),
+        });
         lines.join("\n")
     }
 }
