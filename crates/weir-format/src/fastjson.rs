@@ -85,6 +85,34 @@ impl<'de> DeserializeSeed<'de> for ScalarVisitor {
     }
 }
 
+/// A field name, borrowed from the record's bytes unless it has escapes (serde's own
+/// `Cow<str>` always copies).
+struct KeySeed;
+
+impl<'de> Visitor<'de> for KeySeed {
+    type Value = std::borrow::Cow<'de, str>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a field name")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.to_string().into())
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = std::borrow::Cow<'de, str>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
 /// A column's builder; `push` takes a scalar as the general path would convert it, or
 /// says no.
 enum Builder {
@@ -174,7 +202,7 @@ impl<'de> Visitor<'de> for &mut Fields<'_, 'de> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<bool, A::Error> {
-        while let Some(key) = a.next_key::<std::borrow::Cow<'de, str>>()? {
+        while let Some(key) = a.next_key_seed(KeySeed)? {
             let exact = self.names.iter().position(|n| *n == key);
             let loose = exact
                 .is_none()
@@ -280,14 +308,20 @@ pub(crate) fn decode(
         .collect();
     let mut fields_of = Fields {
         names: &names,
-        exact: Vec::new(),
-        loose: Vec::new(),
+        exact: (0..names.len()).map(|_| None).collect(),
+        loose: (0..names.len()).map(|_| None).collect(),
         duplicate: false,
     };
     for r in records {
         let bytes = r.record.value.as_deref()?;
-        fields_of.exact = (0..names.len()).map(|_| None).collect();
-        fields_of.loose = (0..names.len()).map(|_| None).collect();
+        // Emptied by the last record's `take`s, or by its failure (which ends the loop).
+        debug_assert!(
+            fields_of
+                .exact
+                .iter()
+                .chain(&fields_of.loose)
+                .all(Option::is_none)
+        );
         fields_of.duplicate = false;
         let mut de = serde_json::Deserializer::from_slice(bytes);
         let object = de.deserialize_any(&mut fields_of).ok()?;
@@ -295,9 +329,9 @@ pub(crate) fn decode(
             return None;
         }
         for (c, b) in values.iter_mut().enumerate() {
-            let v = fields_of.exact[c]
-                .take()
-                .or_else(|| fields_of.loose[c].take());
+            // Both taken: the next record starts from empty slots.
+            let (exact, loose) = (fields_of.exact[c].take(), fields_of.loose[c].take());
+            let v = exact.or(loose);
             if !b.push(v.as_ref()) {
                 return None;
             }
@@ -377,6 +411,7 @@ mod tests {
             r#"{}"#,
             r#"{"B": null, "I": null, "L": null, "D": null, "S": null}"#,
             r#"  {"D": 0.1, "D2": "x"}  "#,
+            r#"{"\u0044": 2.5, "S\u0000": "not S"}"#, // escaped names: owned, not borrowed
         ];
         let declined = [
             r#"{"I": "12"}"#,       // a string for a number: the general path converts
