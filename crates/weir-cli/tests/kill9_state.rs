@@ -183,6 +183,56 @@ fn a_crash_between_output_and_checkpoint_leaves_stateful_output_identical() {
     );
 }
 
+/// With a commit interval longer than the run, the aggregation checkpoints only when
+/// it is created: a crash five steps in leaves all five steps' output in the sink and
+/// none of them in a checkpoint. The restart reads those records again and writes none
+/// of their output twice.
+#[test]
+fn a_crash_many_steps_after_the_last_checkpoint_writes_nothing_twice() {
+    let want = reference();
+    let dir = tempfile::tempdir().unwrap();
+    let queries = load_input(dir.path());
+    std::fs::write(
+        &queries,
+        format!("SET 'commit.interval.ms' = '600000';\n{QUERIES}"),
+    )
+    .unwrap();
+    let crashed = common::weir_run(dir.path(), Some(&queries))
+        .env("WEIR_FAILPOINT", "crash_before_checkpoint:5")
+        .output()
+        .unwrap();
+    assert!(!crashed.status.success(), "the failpoint aborts the run");
+    let before = outputs(dir.path());
+    let checkpoints = {
+        let log = EmbeddedLog::open(dir.path(), EmbeddedLogConfig::default()).unwrap();
+        log.read_to_end(weir_engine::OFFSETS_TOPIC, 0, 0)
+            .unwrap()
+            .into_iter()
+            .filter(|r| {
+                r.record
+                    .key
+                    .as_deref()
+                    .is_some_and(|k| String::from_utf8_lossy(k).contains("PER_WINDOW"))
+            })
+            .count()
+    };
+    assert_eq!(
+        checkpoints, 1,
+        "the aggregation checkpointed only when created"
+    );
+    assert!(
+        before[0].len() > 1,
+        "the aggregation wrote output before the crash"
+    );
+    run_to_end(dir.path(), None);
+    let got = outputs(dir.path());
+    assert_identical(&got, &want);
+    println!(
+        "crashed with {} aggregate records written since its only checkpoint; after restart identical to an uninterrupted run",
+        before[0].len()
+    );
+}
+
 const STREAM_JOIN: &str = "
 CREATE STREAM L (ID STRING KEY, A INT) WITH (kafka_topic='l', value_format='JSON', partitions=1);
 CREATE STREAM R (ID STRING KEY, B INT) WITH (kafka_topic='r', value_format='JSON', partitions=1);

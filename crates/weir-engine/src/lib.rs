@@ -36,6 +36,7 @@ mod types;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arrow::array::{ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Int64Type, Schema};
@@ -99,9 +100,20 @@ pub const COMMAND_TOPIC: &str = "_weir_commands";
 /// Where persistent queries checkpoint how far they have read.
 pub const OFFSETS_TOPIC: &str = "_weir_offsets";
 
-/// Header on every output record of a durable engine: `query:partition:offset` of the
-/// source record it came from. Recovery reads it to write nothing twice.
+/// Header on the output records of a durable engine: `query:partition:offset` of the
+/// source record each came from, or, on a log whose appends are whole or absent after a
+/// crash ([`Log::atomic_appends`]), only on each append's last record, naming the highest
+/// source offset of the append. Recovery reads it to write nothing twice.
 pub const SOURCE_HEADER: &str = "weir.src";
+
+/// How often, in milliseconds, a durable persistent query started afterwards checkpoints
+/// while it has records to read (ksqlDB's streams `commit.interval.ms`). The outputs of
+/// records read after a checkpoint carry their source offsets (see [`SOURCE_HEADER`]), so
+/// a restart that reads them again writes nothing twice, whatever the interval: it only
+/// bounds how much is read again. 0: after every batch. Queries that join checkpoint
+/// after every batch (a step's recovery intent is only kept until its checkpoint).
+pub const COMMIT_INTERVAL_PROPERTY: &str = "commit.interval.ms";
+const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Set to `true` (SET, or a request's properties), a GROUP BY query started afterwards
 /// writes each group's last change per batch instead of one change per input record.
@@ -258,6 +270,12 @@ pub struct PersistentQuery {
     since_full: usize,
     /// The last checkpoint's text buffer, reused by the next.
     checkpoint_text: String,
+    /// How often it checkpoints while it has records to read ([`COMMIT_INTERVAL_PROPERTY`]);
+    /// once caught up, at once.
+    commit_every: Duration,
+    /// When it last checkpointed, and whether it has consumed records since.
+    last_checkpoint: Instant,
+    unsaved: bool,
 }
 
 /// The property that makes a function error stop a persistent query.
@@ -516,6 +534,8 @@ impl Engine {
             q.since_full = delta::FULL_EVERY;
         }
         written?;
+        q.unsaved = false;
+        q.last_checkpoint = Instant::now();
         Ok(())
     }
 
@@ -1213,6 +1233,11 @@ impl Engine {
             },
         );
         pipeline.set_tracking(self.durable);
+        let commit_every = [COMMIT_INTERVAL_PROPERTY, "ksql.streams.commit.interval.ms"]
+            .iter()
+            .find_map(|k| self.properties.get(*k))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map_or(DEFAULT_COMMIT_INTERVAL, Duration::from_millis);
         let sink_partitions = self
             .log
             .topic(&sink.topic)?
@@ -1243,6 +1268,9 @@ impl Engine {
                 error: None,
                 since_full: delta::FULL_EVERY,
                 checkpoint_text: String::new(),
+                commit_every,
+                last_checkpoint: Instant::now(),
+                unsaved: false,
             },
         );
         if self.durable && !self.replaying {
@@ -1442,11 +1470,36 @@ impl Engine {
             let n = self.step_partition(id, partition)?;
             if n > 0 && self.durable {
                 self.crash_point();
-                self.checkpoint(id)?;
+                let q = self.queries.get_mut(id).expect("query exists");
+                q.unsaved = true;
+                // A join's recovery intent holds one step: its checkpoint comes next.
+                if q.pipeline.join().is_some() || q.last_checkpoint.elapsed() >= q.commit_every {
+                    self.checkpoint(id)?;
+                }
             }
             consumed += n;
         }
+        // Caught up (or stopped): what it did is checkpointed now.
+        if consumed == 0 && self.queries[id].unsaved {
+            self.checkpoint(id)?;
+        }
         Ok(consumed)
+    }
+
+    /// Checkpoints every query that has consumed records since its last checkpoint, so
+    /// that the next start resumes exactly where this one stopped (an engine dropped
+    /// without it reads those records again, writing none of their output twice).
+    pub fn close(&mut self) -> Result<()> {
+        let unsaved: Vec<String> = self
+            .queries
+            .values()
+            .filter(|q| q.unsaved)
+            .map(|q| q.id.clone())
+            .collect();
+        for id in unsaved {
+            self.checkpoint(&id)?;
+        }
+        Ok(())
     }
 
     /// Tests of recovery: a step's output is written, its checkpoint not
@@ -1589,8 +1642,22 @@ fn write_output(log: &dyn Log, q: &PersistentQuery, out: &RecordBatch, sink: Sin
         }
         None => None,
     };
-    let src_prefix = format!("{}:{}:", q.id, sink.source_partition);
-    let mut by_partition: BTreeMap<u32, Vec<Record>> = BTreeMap::new();
+    // `query:partition:offset` of the source record: on every record, or (where an append
+    // is stored whole or not at all) on each append's last record, naming the highest
+    // source offset the append holds.
+    let tag = |offset: u64| {
+        let prefix = format!("{}:{}:", q.id, sink.source_partition);
+        let mut src = Vec::with_capacity(prefix.len() + 20);
+        src.extend_from_slice(prefix.as_bytes());
+        let _ = std::io::Write::write_fmt(&mut src, format_args!("{offset}"));
+        Header {
+            name: SOURCE_HEADER.into(),
+            value: Some(src),
+        }
+    };
+    let tag_each = sink.durable && !log.atomic_appends();
+    // Each sink partition's records, and the highest source offset among them.
+    let mut by_partition: BTreeMap<u32, (Vec<Record>, u64)> = BTreeMap::new();
     for (row, (key, value)) in encoded.into_iter().enumerate() {
         let value = if sink.tombstones { None } else { value };
         // Partitioned by the key alone; the window goes after it.
@@ -1606,22 +1673,12 @@ fn write_output(log: &dyn Log, q: &PersistentQuery, out: &RecordBatch, sink: Sin
             (_, key) => key,
         };
         let offset = offsets.value(row) as u64;
-        let mut headers = Vec::new();
-        if sink.durable {
-            if q.already_written
+        if sink.durable
+            && q.already_written
                 .get(&(sink.source_partition, partition))
                 .is_some_and(|max| offset <= *max)
-            {
-                continue;
-            }
-            // `query:partition:offset`, the prefix written once per batch.
-            let mut src = Vec::with_capacity(src_prefix.len() + 20);
-            src.extend_from_slice(src_prefix.as_bytes());
-            let _ = std::io::Write::write_fmt(&mut src, format_args!("{offset}"));
-            headers.push(Header {
-                name: SOURCE_HEADER.into(),
-                value: Some(src),
-            });
+        {
+            continue;
         }
         let timestamp = match &sink_times {
             // No usable timestamp (null, negative, not in the format): ksqlDB drops the row.
@@ -1631,19 +1688,30 @@ fn write_output(log: &dyn Log, q: &PersistentQuery, out: &RecordBatch, sink: Sin
         };
         let rows = out.num_rows();
         let sinks = q.sink_partitions as usize;
-        by_partition
-            .entry(partition)
+        let (records, max) = by_partition.entry(partition).or_insert_with(|| {
             // A batch spreads over the sink's partitions about evenly.
-            .or_insert_with(|| Vec::with_capacity(rows / sinks + rows / (4 * sinks) + 1))
-            .push(Record {
-                key,
-                value,
-                timestamp,
-                headers,
-            });
+            (Vec::with_capacity(rows / sinks + rows / (4 * sinks) + 1), 0)
+        });
+        *max = (*max).max(offset);
+        records.push(Record {
+            key,
+            value,
+            timestamp,
+            headers: if tag_each {
+                vec![tag(offset)]
+            } else {
+                Vec::new()
+            },
+        });
     }
     let mut bytes = 0;
-    for (i, (partition, records)) in by_partition.into_iter().enumerate() {
+    for (i, (partition, (mut records, max))) in by_partition.into_iter().enumerate() {
+        if sink.durable
+            && !tag_each
+            && let Some(last) = records.last_mut()
+        {
+            last.headers.push(tag(max));
+        }
         if i > 0 {
             // Crash tests: some of the step's partitions written, not all.
             weir_log::failpoint::hit("mid_output");

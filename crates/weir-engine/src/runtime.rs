@@ -51,11 +51,13 @@ impl Runtime {
         self.engine().execute_sql(sql)
     }
 
-    /// Stops the worker after its current batch (each batch commits its progress) and
+    /// Stops the worker after its current batch, checkpoints the queries' progress and
     /// flushes the log. Statements may still run afterwards; queries no longer advance.
     pub fn shutdown(&self) -> Result<()> {
         self.stop_worker();
-        self.engine().log().flush()?;
+        let mut engine = self.engine();
+        engine.close()?;
+        engine.log().flush()?;
         Ok(())
     }
 

@@ -124,6 +124,16 @@ pub const SETTINGS: &[Setting] = &[
         "true: a GROUP BY query started afterwards writes each group's last change per batch",
     ),
     session(
+        crate::COMMIT_INTERVAL_PROPERTY,
+        "200",
+        "how often (ms) a persistent query started afterwards checkpoints while it has records to read; a restart never writes an output twice whatever the value (0: after every batch)",
+    ),
+    session(
+        "ksql.streams.commit.interval.ms",
+        "200",
+        "same as commit.interval.ms",
+    ),
+    session(
         crate::FAIL_ON_FUNCTION_ERROR,
         "false",
         "true: a function error stops the persistent query (ERROR) instead of writing NULL",

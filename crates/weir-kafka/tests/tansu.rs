@@ -193,6 +193,8 @@ fn a_persistent_query_on_kafka_resumes_from_its_own_offsets() {
     produce(log.as_ref(), 0, 400);
     // Speeds 51..99 of every 100: 49 per 100.
     assert_eq!(run_until(&mut engine, log.as_ref(), 196), 196);
+    // As a server's shutdown does: the progress since the last checkpoint is saved.
+    engine.close().unwrap();
     drop(engine);
 
     // A new engine on the same cluster: the command log brings the query back, and it

@@ -713,6 +713,11 @@ impl Log for EmbeddedLog {
         fs::remove_dir_all(&state.dir).at(&state.dir)
     }
 
+    /// One frame per append, checked by its CRC: a torn last frame is cut off at start-up.
+    fn atomic_appends(&self) -> bool {
+        true
+    }
+
     fn append(&self, topic: &str, partition: u32, records: &[Record]) -> Result<u64> {
         let state = self.state(topic)?;
         let handle = self.partition(&state, partition)?;

@@ -65,6 +65,12 @@ pub trait Log: Send + Sync {
     /// Appends records to one partition, all or none; returns the offset of the first.
     fn append(&self, topic: &str, partition: u32, records: &[Record]) -> Result<u64>;
 
+    /// Whether an append survives a crash of this process whole or not at all (never a
+    /// prefix of its records). A Kafka producer killed mid-append may have sent some.
+    fn atomic_appends(&self) -> bool {
+        false
+    }
+
     /// Up to `max` records of a partition, starting at `from` (or at the oldest retained
     /// offset, if `from` was deleted by retention).
     fn read(&self, topic: &str, partition: u32, from: u64, max: usize)
