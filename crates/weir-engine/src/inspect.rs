@@ -10,7 +10,7 @@ use crate::catalog::Source;
 use crate::error::{EngineError, Result};
 use crate::meta::*;
 use crate::pipeline::{OnError, Pipeline};
-use crate::plan::{plan_push, plan_select};
+
 use crate::push::{CLIENT_BUFFER_ROWS, PushHandle, PushKind, PushQuery, start_offsets};
 use crate::types::sql_type_of;
 use crate::{Engine, Outcome, PersistentQuery};
@@ -300,31 +300,10 @@ impl Engine {
                 };
                 // Planned as the statement would run: joins, the stateless plan, GROUP BY.
                 let to_sink = !matches!(stmt.as_ref(), Statement::Query(_));
-                let (source, planned, join) = if query.from.joins.is_empty() {
-                    (
-                        self.stream(&query.from.source.name.value)?,
-                        query.clone(),
-                        None,
-                    )
-                } else {
-                    let j = self.plan_join(query)?;
-                    (j.joiner.relation.clone(), j.query, Some(Box::new(j.joiner)))
-                };
-                let (plan, aggregate) = if planned.group_by.is_some() {
-                    let a = crate::aggregate::plan_aggregate(
-                        &self.functions,
-                        &planned,
-                        &source,
-                        to_sink,
-                    )?;
-                    let mut shown = a.pre.clone();
-                    shown.output_layout_columns = a.output_layout_columns.clone();
-                    (shown, Some(a))
-                } else if to_sink {
-                    (plan_select(&self.functions, &planned, &source)?, None)
-                } else {
-                    (plan_push(&self.functions, &planned, &source)?, None)
-                };
+                let relation = self.relation(query)?;
+                let (plan, aggregate) = self.plan_over(&relation, to_sink)?;
+                let crate::Relation { source, join, .. } = relation;
+                let join = join.map(Box::new);
                 let windowed = match &aggregate {
                     Some(a) => a.key_window().is_some(),
                     None => plan.window_bounds.is_some(),
@@ -465,29 +444,25 @@ impl Engine {
             return self.pull_query(query);
         }
         let earliest = self.earliest(overrides);
-        // A join: planned as for a persistent query; the push query reads its sources.
-        let (source, query, join) = if query.from.joins.is_empty() {
-            (
-                self.stream(&query.from.source.name.value)?,
-                query.clone(),
-                None,
-            )
-        } else {
-            let mut j = self.plan_join(query)?;
-            for input in &mut j.joiner.inputs {
+        // Planned as for a persistent query; a join's inputs start where this query does.
+        let mut relation = self.relation(query)?;
+        if let Some(j) = relation.join.as_mut() {
+            for input in &mut j.inputs {
                 input.offsets = start_offsets(self.log.as_ref(), &input.source.topic, earliest)?;
             }
-            (j.joiner.relation.clone(), j.query, Some(Box::new(j.joiner)))
-        };
-        let query = &query;
+        }
         // GROUP BY: the client gets each group's changes (with the window's bounds).
-        let (plan, aggregate, placed) = if query.group_by.is_some() {
-            let a = crate::aggregate::plan_aggregate(&self.functions, query, &source, false)?;
-            let placed = a.client_columns()?;
-            (a.pre.clone(), Some(a), placed)
-        } else {
-            let plan = plan_push(&self.functions, query, &source)?;
-            let placed = plan
+        let (plan, aggregate) = self.plan_over(&relation, false)?;
+        let crate::Relation {
+            source,
+            query,
+            join,
+        } = relation;
+        let join = join.map(Box::new);
+        let query = &query;
+        let placed = match &aggregate {
+            Some(a) => a.client_columns()?,
+            None => plan
                 .output_schema
                 .fields()
                 .iter()
@@ -497,8 +472,7 @@ impl Engine {
                 // key; a client sees the bounds it selects (as WINDOWSTART/WINDOWEND).
                 .filter(|(_, f)| !crate::aggregate::WINDOW_COLUMNS.contains(&f.name().as_str()))
                 .map(|(i, f)| Ok((f.name().clone(), sql_type_of(f.data_type())?, i)))
-                .collect::<Result<Vec<_>>>()?;
-            (plan, None, placed)
+                .collect::<Result<Vec<_>>>()?,
         };
         let columns: Vec<(String, weir_sql::ast::SqlType)> = placed
             .iter()

@@ -236,6 +236,16 @@ struct Parts<'q> {
     join: Option<join::Joiner>,
 }
 
+/// What a query reads as one relation ([`Engine::relation`]).
+pub(crate) struct Relation {
+    /// The source, or the relation the joins make.
+    pub source: Source,
+    /// The query over it: as written, or with no joins and its column references
+    /// rewritten to the relation's.
+    pub query: weir_sql::ast::Query,
+    pub join: Option<join::Joiner>,
+}
+
 /// A persistent query: a plan and how far it has read each source partition.
 #[derive(Debug)]
 pub struct PersistentQuery {
@@ -676,23 +686,16 @@ impl Engine {
                 query,
             } => {
                 // A join inserts its joined rows, planned as for CREATE ... AS SELECT.
-                let (source, plan, join) = if query.from.joins.is_empty() {
-                    let source = self.stream(&query.from.source.name.value)?;
-                    let plan = plan_select(&self.functions, query, &source)?;
-                    (source, plan, None)
-                } else {
-                    let j = self.plan_join(query)?;
-                    let plan = plan_select(&self.functions, &j.query, &j.joiner.relation)?;
-                    (j.joiner.relation.clone(), plan, Some(j.joiner))
-                };
+                let r = self.relation(query)?;
+                let plan = plan_select(&self.functions, &r.query, &r.source)?;
                 let query_id = self.start_query(
                     &target.value,
-                    &source,
+                    &r.source,
                     Parts {
                         query,
                         plan,
                         aggregate: None,
-                        join,
+                        join: r.join,
                     },
                     stmt,
                     "INSERTQUERY",
@@ -981,17 +984,18 @@ impl Engine {
 
     fn create_as_select(&mut self, c: &CreateAsSelect, stmt: &Statement) -> Result<Outcome> {
         let grouped = c.query.group_by.is_some();
-        // A join reads as one relation: planned first, the rest plans over it.
+        // A join reads as one relation, planned first (its refusals come before the
+        // others); a source is looked up after the name is checked.
         let joined = if c.query.from.joins.is_empty() {
             None
         } else {
-            Some(self.plan_join(&c.query)?)
+            Some(self.relation(&c.query)?)
         };
         // ksqlDB's refusals, as checks on the query's logical nodes.
         let shape = logical::shape(&c.query, &self.catalog);
         logical::check_result_kind(&shape, c.kind)?;
         let from_table = match &joined {
-            Some(j) => j.joiner.relation.kind == SourceKind::Table,
+            Some(r) => r.source.kind == SourceKind::Table,
             None => self
                 .catalog
                 .source(&c.query.from.source.name.value)
@@ -1013,21 +1017,20 @@ impl Engine {
                 });
             }
         }
-        let from = &c.query.from.source.name.value;
-        let (source, query, joiner) = match joined {
-            Some(j) => (j.joiner.relation.clone(), j.query, Some(j.joiner)),
-            None => (self.stream(from)?, c.query.as_ref().clone(), None),
+        let relation = match joined {
+            Some(r) => r,
+            None => self.relation(&c.query)?,
         };
         logical::check_no_windowed_table(&shape)?;
-        if from_table && query.select.iter().any(|i| {
+        if from_table && relation.query.select.iter().any(|i| {
             matches!(i, weir_sql::ast::SelectItem::Expr { expr, .. } if plan::is_table_function(expr))
         }) {
             return Err(EngineError::Invalid(
                 "Table source is not supported with table functions".into(),
             ));
         }
-        let (plan, aggregate) = if grouped {
-            let mut a = aggregate::plan_aggregate(&self.functions, &query, &source, true)?;
+        let (plan, mut aggregate) = self.plan_over(&relation, true)?;
+        if let Some(a) = aggregate.as_mut() {
             let limit = |name: &str| {
                 self.properties
                     .get(&format!("ksql.functions.{name}.limit"))
@@ -1038,13 +1041,12 @@ impl Engine {
                 .properties
                 .get(COALESCE_PROPERTY)
                 .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-            // The sink's columns are the aggregation's, not its stateless step's.
-            let mut shown = a.pre.clone();
-            shown.output_layout_columns = a.output_layout_columns.clone();
-            (shown, Some(a))
-        } else {
-            (plan_select(&self.functions, &query, &source)?, None)
-        };
+        }
+        let Relation {
+            source,
+            query: _,
+            join: joiner,
+        } = relation;
         let inherited = match source.layout.key_format.format {
             // A sink that gains key columns (PARTITION BY) from a keyless source: ksqlDB's default.
             Format::None => Format::Kafka,
@@ -1166,6 +1168,44 @@ impl Engine {
             }
         }
         Ok(j)
+    }
+
+    /// What a query reads as one relation: its source, or the relation its joins make
+    /// (planned first; the rest of the query plans over it).
+    pub(crate) fn relation(&self, query: &weir_sql::ast::Query) -> Result<Relation> {
+        if query.from.joins.is_empty() {
+            return Ok(Relation {
+                source: self.stream(&query.from.source.name.value)?,
+                query: query.clone(),
+                join: None,
+            });
+        }
+        let j = self.plan_join(query)?;
+        Ok(Relation {
+            source: j.joiner.relation.clone(),
+            query: j.query,
+            join: Some(j.joiner),
+        })
+    }
+
+    /// The stateless plan over a relation and its GROUP BY, for a sink (persistent
+    /// queries and their EXPLAIN) or for a client (push queries). With GROUP BY the plan
+    /// is the aggregation's stateless step, showing the aggregation's output columns.
+    pub(crate) fn plan_over(
+        &self,
+        r: &Relation,
+        to_sink: bool,
+    ) -> Result<(SelectPlan, Option<aggregate::Aggregator>)> {
+        if r.query.group_by.is_some() {
+            let a = aggregate::plan_aggregate(&self.functions, &r.query, &r.source, to_sink)?;
+            let mut shown = a.pre.clone();
+            shown.output_layout_columns = a.output_layout_columns.clone();
+            Ok((shown, Some(a)))
+        } else if to_sink {
+            Ok((plan_select(&self.functions, &r.query, &r.source)?, None))
+        } else {
+            Ok((plan::plan_push(&self.functions, &r.query, &r.source)?, None))
+        }
     }
 
     /// Starts a planned query writing into `sink_name`; returns its id.
