@@ -55,8 +55,9 @@ pub trait PluginAggregate: Send + Sync {
     fn new_state(&self) -> Result<Box<dyn PluginAggregateState>, String>;
 }
 
-/// One running state of a plugin aggregate.
-pub trait PluginAggregateState {
+/// One running state of a plugin aggregate (kept per group, so it moves with the engine
+/// between threads).
+pub trait PluginAggregateState: Send {
     fn update(&mut self, args: &[arrow::array::ArrayRef]) -> Result<(), String>;
     /// Serialized, to checkpoint it and merge it into a fresh state.
     fn state(&self) -> Result<Vec<u8>, String>;

@@ -186,6 +186,80 @@ fn a_panicking_plugin_sends_its_bad_rows_to_the_processing_log_and_the_query_goe
     server.shutdown().unwrap();
 }
 
+/// A plugin aggregate whose update fails half done (an error, a panic) leaves the
+/// group as it was before that update: the group's other rows are folded once each, the
+/// bad ones go to the processing log. Under EMIT FINAL a group's rows of a batch go to
+/// the plugin in one update (which fails, and is done again row by row); with a change
+/// per record, one at a time.
+#[test]
+fn a_plugin_aggregate_update_that_fails_half_done_leaves_its_group_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with_plugin(dir.path(), "faulty", "faulty.so");
+    ksql(
+        &server,
+        "CREATE STREAM nums (k VARCHAR KEY, x BIGINT) WITH (kafka_topic='nums', value_format='JSON', partitions=1);",
+    );
+    // All the rows are there before the queries start: one batch. The last one, in a
+    // later window, closes the first.
+    for (time, k, x) in [
+        (1_000, "a", 5),
+        (1_001, "a", 0),
+        (1_002, "a", 7),
+        (1_003, "a", -1),
+        (1_004, "a", 3),
+        (60_000, "b", 1),
+    ] {
+        ksql(
+            &server,
+            &format!("INSERT INTO nums (ROWTIME, k, x) VALUES ({time}, '{k}', {x});"),
+        );
+    }
+    ksql(
+        &server,
+        "SET 'auto.offset.reset'='earliest'; \
+         CREATE TABLE closed AS SELECT k, FAULTY_SUM(x) AS s, COUNT(*) AS n FROM nums \
+         WINDOW TUMBLING (SIZE 10 SECONDS, GRACE PERIOD 0 SECONDS) GROUP BY k EMIT FINAL;",
+    );
+    ksql(
+        &server,
+        "SET 'auto.offset.reset'='earliest'; \
+         CREATE TABLE per_row AS SELECT k, FAULTY_SUM(x) AS s FROM nums GROUP BY k;",
+    );
+    assert_eq!(
+        rows(&server, "SELECT k, s, n FROM closed EMIT CHANGES LIMIT 1;"),
+        [json!(["a", 15, 5])]
+    );
+    // A change per record; a bad record's change shows the group as it was.
+    let each = rows(&server, "SELECT k, s FROM per_row EMIT CHANGES LIMIT 6;");
+    assert_eq!(
+        each,
+        [
+            ("a", 5),
+            ("a", 5),
+            ("a", 12),
+            ("a", 12),
+            ("a", 15),
+            ("b", 1)
+        ]
+        .map(|(k, s)| json!([k, s])),
+        "the bad rows change nothing"
+    );
+    let logged = rows(
+        &server,
+        "SELECT MESSAGE FROM KSQL_PROCESSING_LOG EMIT CHANGES LIMIT 4;",
+    );
+    let messages: Vec<&str> = logged.iter().map(|r| r[0].as_str().unwrap()).collect();
+    for bad in ["zero is not allowed", "negative input -1"] {
+        assert_eq!(
+            messages.iter().filter(|m| m.contains(bad)).count(),
+            2,
+            "{bad}, once per query: {messages:?}"
+        );
+    }
+    assert_eq!(get(&server, "/healthcheck").0, 200);
+    server.shutdown().unwrap();
+}
+
 #[test]
 fn with_fail_on_function_error_a_panicking_plugin_stops_its_query_and_nothing_else() {
     let dir = tempfile::tempdir().unwrap();

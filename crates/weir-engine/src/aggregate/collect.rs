@@ -567,31 +567,66 @@ impl Accumulator for RowStates {
     }
 }
 
-/// A plugin's aggregate: per group, the plugin's serialized state, merged into a fresh
-/// state to fold a row or to compute the result.
-#[derive(Debug, Clone)]
+/// A plugin's aggregate: per group, the plugin's live state, made when the group first
+/// needs it, and its bytes as of the last update that succeeded — what a failed update
+/// (an error or a panic, perhaps half done) goes back to, and what a checkpoint saves.
 pub(crate) struct PluginStates {
     plugin: PluginRef,
+    live: Vec<Option<Box<dyn crate::functions::PluginAggregateState>>>,
     states: Vec<Vec<u8>>,
+}
+
+impl std::fmt::Debug for PluginStates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginStates")
+            .field("states", &self.states)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A copy holds the same bytes; its live states are made again from them when needed.
+impl Clone for PluginStates {
+    fn clone(&self) -> Self {
+        PluginStates {
+            plugin: self.plugin.clone(),
+            live: Vec::new(),
+            states: self.states.clone(),
+        }
+    }
 }
 
 impl PluginStates {
     pub fn new(plugin: PluginRef) -> PluginStates {
         PluginStates {
             plugin,
+            live: Vec::new(),
             states: Vec::new(),
         }
     }
 
-    fn state(
-        &self,
-        bytes: &[u8],
-    ) -> std::result::Result<Box<dyn crate::functions::PluginAggregateState>, String> {
-        let mut s = self.plugin.0.new_state()?;
-        if !bytes.is_empty() {
-            s.merge(bytes)?;
+    /// Group `g`'s live state, made from its bytes if it has none.
+    fn live(
+        &mut self,
+        g: usize,
+    ) -> std::result::Result<&mut dyn crate::functions::PluginAggregateState, String> {
+        if self.live.len() <= g {
+            self.live.resize_with(g + 1, || None);
         }
-        Ok(s)
+        if self.live[g].is_none() {
+            let mut s = self.plugin.0.new_state()?;
+            if !self.states[g].is_empty() {
+                s.merge(&self.states[g])?;
+            }
+            self.live[g] = Some(s);
+        }
+        Ok(self.live[g].as_deref_mut().expect("made above"))
+    }
+
+    /// Forgets group `g`'s live state: the next use makes it again from its bytes.
+    fn forget(&mut self, g: usize) {
+        if let Some(s) = self.live.get_mut(g) {
+            *s = None;
+        }
     }
 
     /// The argument as the plugin declares it.
@@ -610,24 +645,35 @@ impl PluginStates {
         }
     }
 
-    /// Folds `rows` of the argument into a group's state in one `update` (on failure
-    /// the group's bytes are as they were); with `emit`, the result of the state after
-    /// it too, from the same live state.
+    /// Folds `rows` of the argument into group `g`'s live state in one `update`, and
+    /// keeps its bytes; on failure the group is as it was before. With `emit`, the result
+    /// of the state after it too.
     #[allow(clippy::type_complexity)]
     fn fold(
-        &self,
-        bytes: &mut Vec<u8>,
+        &mut self,
+        g: usize,
         arg: &ArrayRef,
         rows: &[u32],
         emit: bool,
     ) -> std::result::Result<Option<std::result::Result<ArrayRef, String>>, String> {
-        let mut s = self.state(bytes)?;
         let indices = arrow::array::UInt32Array::from(rows.to_vec());
         let taken =
             arrow::compute::take(arg.as_ref(), &indices, None).map_err(|e| e.to_string())?;
-        s.update(&[taken])?;
-        *bytes = s.state()?;
-        Ok(emit.then(|| s.result().and_then(|out| self.cast_result(out))))
+        let folded = self.live(g).and_then(|s| {
+            s.update(&[taken])?;
+            let bytes = s.state()?;
+            Ok((bytes, emit.then(|| s.result())))
+        });
+        match folded {
+            Ok((bytes, result)) => {
+                self.states[g] = bytes;
+                Ok(result.map(|r| r.and_then(|out| self.cast_result(out))))
+            }
+            Err(why) => {
+                self.forget(g);
+                Err(why)
+            }
+        }
     }
 
     /// A result as the plugin declares it: one row.
@@ -645,8 +691,9 @@ impl PluginStates {
         })
     }
 
-    fn result(&self, bytes: &[u8]) -> std::result::Result<ArrayRef, String> {
-        self.cast_result(self.state(bytes)?.result()?)
+    fn result(&mut self, g: usize) -> std::result::Result<ArrayRef, String> {
+        let out = self.live(g)?.result()?;
+        self.cast_result(out)
     }
 }
 
@@ -673,11 +720,15 @@ impl Accumulator for PluginStates {
                 None
             }
         };
-        let null = || arrow::array::new_null_array(&self.plugin.0.return_type(), 1);
+        let return_type = self.plugin.0.return_type();
+        let null = || arrow::array::new_null_array(&return_type, 1);
         let mut i = 0;
         while i < ops.len() {
             match ops[i] {
-                Op::Reset(g) => self.states[g as usize].clear(),
+                Op::Reset(g) => {
+                    self.states[g as usize].clear();
+                    self.forget(g as usize);
+                }
                 Op::Fold(g, r) => {
                     // A group's consecutive rows go to the plugin in one update; a
                     // change right after them is computed from the same state.
@@ -693,8 +744,7 @@ impl Accumulator for PluginStates {
                         continue;
                     };
                     let emit = matches!(ops.get(i + 1), Some(Op::Emit(e)) if *e == g);
-                    let mut bytes = std::mem::take(&mut self.states[g as usize]);
-                    match self.fold(&mut bytes, arg, &rows, emit) {
+                    match self.fold(g as usize, arg, &rows, emit) {
                         Ok(None) => {}
                         // The change right after the rows: taken here.
                         Ok(Some(result)) => {
@@ -710,7 +760,7 @@ impl Accumulator for PluginStates {
                         // One at a time, so that only the rows that fail are left out.
                         Err(_) if rows.len() > 1 => {
                             for r in &rows {
-                                if let Err(why) = self.fold(&mut bytes, arg, &[*r], false) {
+                                if let Err(why) = self.fold(g as usize, arg, &[*r], false) {
                                     failed
                                         .push((*r, format!("Error in a plugin aggregate: {why}")));
                                 }
@@ -718,10 +768,9 @@ impl Accumulator for PluginStates {
                         }
                         Err(why) => failed.push((r, format!("Error in a plugin aggregate: {why}"))),
                     }
-                    self.states[g as usize] = bytes;
                 }
                 Op::Unfold(..) => {}
-                Op::Emit(g) => match self.result(&self.states[g as usize]) {
+                Op::Emit(g) => match self.result(g as usize) {
                     Ok(a) => out.push(a),
                     Err(why) => {
                         bad.push((out.len(), why));
@@ -744,6 +793,7 @@ impl Accumulator for PluginStates {
         if let Some(s) = self.states.get_mut(g as usize) {
             *s = Vec::new();
         }
+        self.forget(g as usize);
     }
 
     fn save(&self, g: u32, out: &mut Vec<u8>) {
@@ -753,6 +803,7 @@ impl Accumulator for PluginStates {
     fn load(&mut self, g: u32, bytes: &mut &[u8]) -> Result<()> {
         grow_to(&mut self.states, g as usize + 1, Vec::new());
         self.states[g as usize] = take_slice(bytes)?.to_vec();
+        self.forget(g as usize);
         Ok(())
     }
 
