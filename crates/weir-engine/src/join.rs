@@ -1548,26 +1548,38 @@ impl Joiner {
 
     /// The relation's batch for events (all rows or all deletes).
     fn relation_batch(&mut self, events: Vec<Event>) -> Result<RecordBatch> {
+        let rows: Vec<&Wide> = events.iter().map(|e| &e.row).collect();
+        let wide = self.codec.batch(&rows)?;
+        let null_key = self.key_codec.null_row();
+        let keys = self
+            .key_codec
+            .decode(events.iter().map(|e| e.key.as_deref().unwrap_or(null_key)))?;
+        let times = arrow::array::Int64Array::from_iter_values(events.iter().map(|e| e.ts));
+        self.relation_of(&wide, Arc::new(times), keys)
+    }
+
+    /// The relation's batch of joined rows: their wide batch, event times and key columns;
+    /// each row takes the next sequence number as its offset.
+    fn relation_of(
+        &mut self,
+        wide: &RecordBatch,
+        times: ArrayRef,
+        keys: Vec<ArrayRef>,
+    ) -> Result<RecordBatch> {
         use arrow::array::{Int32Array, Int64Array};
         let schema = match self.relation.window {
             None => self.relation.layout.schema(),
             Some(_) => crate::with_window_bounds(&self.relation.layout.schema()),
         };
-        let rows: Vec<&Wide> = events.iter().map(|e| &e.row).collect();
-        let wide = self.codec.batch(&rows)?;
-        let n = events.len();
+        let n = wide.num_rows();
         let first = self.seq + 1;
         self.seq += n as i64;
         let mut columns: Vec<ArrayRef> = vec![
-            Arc::new(Int64Array::from_iter_values(events.iter().map(|e| e.ts))),
+            times,
             Arc::new(Int32Array::from(vec![0; n])),
             Arc::new(Int64Array::from_iter_values(first..first + n as i64)),
         ];
-        let null_key = self.key_codec.null_row();
-        columns.extend(
-            self.key_codec
-                .decode(events.iter().map(|e| e.key.as_deref().unwrap_or(null_key)))?,
-        );
+        columns.extend(keys);
         columns.extend(self.value_columns.iter().map(|i| wide.column(*i).clone()));
         if self.relation.window.is_some() {
             // A windowed row's window: that of the first source present in it.
@@ -1743,10 +1755,11 @@ impl Joiner {
     /// them through the joins.
     pub fn process(&mut self, taken: Taken) -> Result<JoinStep> {
         let taken = taken.records;
-        let mut pending: Vec<(i64, usize, bool, Part, Origin)> = Vec::new();
         let mut consumed = 0u64;
         let mut bytes = 0u64;
         let mut problems: Vec<crate::Problem> = Vec::new();
+        // (source, partition, decoded batch), in the order read.
+        let mut decoded: Vec<(usize, u32, crate::ChangeBatch)> = Vec::new();
         for ((j, input), taken) in self.inputs.iter_mut().enumerate().zip(taken) {
             for (p, records) in taken.into_iter().enumerate() {
                 let partition = p as u32;
@@ -1756,22 +1769,161 @@ impl Joiner {
                 input.offsets[p] = last.offset + 1;
                 consumed += records.len() as u64;
                 bytes += crate::pipeline::payload_bytes(&records);
-                for crate::ChangeBatch { tombstones, batch } in
-                    input.decoder.decode(&records, partition, &mut problems)?
-                {
-                    let times = batch
-                        .column(0)
-                        .as_primitive::<arrow::datatypes::Int64Type>();
-                    let offsets = batch
-                        .column(2)
-                        .as_primitive::<arrow::datatypes::Int64Type>();
-                    let parts = self.codec.sources[j].1.encode(batch.columns())?;
-                    for row in 0..batch.num_rows() {
-                        let origin = (partition, offsets.value(row) as u64);
-                        let part: Part = parts.row(row).as_ref().into();
-                        pending.push((times.value(row), j, tombstones, part, origin));
-                    }
+                for change in input.decoder.decode(&records, partition, &mut problems)? {
+                    decoded.push((j, partition, change));
                 }
+            }
+        }
+        let changes = match self.lookup_source(&decoded) {
+            Some(s) => {
+                let batches: Vec<RecordBatch> = decoded.into_iter().map(|d| d.2.batch).collect();
+                self.lookup(s, batches)?
+            }
+            None => self.join_rows(decoded, &mut problems)?,
+        };
+        Ok(JoinStep {
+            consumed,
+            bytes,
+            problems,
+            changes,
+        })
+    }
+
+    /// The stream source whose decoded records `decoded` are, when they can be joined as
+    /// batches ([`Joiner::lookup`]): the join is one stream looking up one table by a
+    /// column, unwindowed, and the step holds only that stream's rows (no table change
+    /// to order them against).
+    fn lookup_source(&self, decoded: &[(usize, u32, crate::ChangeBatch)]) -> Option<usize> {
+        let Node::Join(j) = &self.root else {
+            return None;
+        };
+        let (Node::Source(s), Node::Source(_)) = (&j.left, &j.right) else {
+            return None;
+        };
+        let key_on_stream = j.left_column.is_some_and(|i| self.codec.source_of(i) == *s);
+        let only_stream_rows = !decoded.is_empty()
+            && decoded
+                .iter()
+                .all(|(source, _, c)| source == s && !c.tombstones);
+        (j.shape == Shape::StreamTable
+            && j.windows.is_none()
+            && self.relation.window.is_none()
+            && key_on_stream
+            && only_stream_rows)
+            .then_some(*s)
+    }
+
+    /// Joins a step's rows of stream `s` to the table column by column: the rows in the
+    /// order the record path takes them (by event time, each partition's order kept),
+    /// each row's key looked up in the table's rows, the stream's columns taken for the
+    /// rows that join and the table's decoded from the rows they matched.
+    fn lookup(&mut self, s: usize, batches: Vec<RecordBatch>) -> Result<Vec<crate::ChangeBatch>> {
+        use arrow::datatypes::Int64Type;
+        let schema = batches[0].schema();
+        let batch = match batches.len() {
+            1 => batches.into_iter().next().expect("one batch"),
+            _ => arrow::compute::concat_batches(&schema, &batches)?,
+        };
+        let times = batch.column(0).as_primitive::<Int64Type>();
+        let batch = if times.values().windows(2).all(|w| w[0] <= w[1]) {
+            batch
+        } else {
+            let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
+            order.sort_by_key(|r| times.value(*r as usize));
+            arrow::compute::take_record_batch(&batch, &arrow::array::UInt32Array::from(order))?
+        };
+        let Node::Join(j) = &mut self.root else {
+            unreachable!("lookup_source checked the shape")
+        };
+        let t = j.right_source;
+        let start = self.codec.sources[s].0;
+        let keys = batch
+            .column(j.left_column.expect("checked") - start)
+            .clone();
+        let key_rows = j.key_codec.encode(std::slice::from_ref(&keys))?;
+        let nulls = keys.logical_nulls();
+        let times = batch.column(0).as_primitive::<Int64Type>();
+        // Per joined row: its stream row, the table's part it matched (none: nulls).
+        let mut rows: Vec<u32> = Vec::with_capacity(batch.num_rows());
+        let mut matched: Vec<Option<Part>> = Vec::with_capacity(batch.num_rows());
+        let mut text = String::new();
+        for n in 0..batch.num_rows() {
+            j.state.stream_time = j.state.stream_time.max(times.value(n));
+            let found = if nulls.as_ref().is_none_or(|b| b.is_valid(n)) {
+                text.clear();
+                hex_into(&mut text, key_rows.row(n).as_ref());
+                j.state
+                    .right
+                    .get(&text)
+                    .and_then(|v| v.first())
+                    .map(|e| e.row.0[t].clone())
+            } else {
+                None
+            };
+            if found.is_some() || j.kind == JoinKind::Left {
+                rows.push(n as u32);
+                matched.push(found.flatten());
+            }
+        }
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = arrow::array::UInt32Array::from(rows);
+        let null_row = self.codec.sources[t].1.null_row();
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.codec.schema.fields().len());
+        for (source, (_, codec)) in self.codec.sources.iter().enumerate() {
+            if source == s {
+                for c in batch.columns() {
+                    columns.push(arrow::compute::take(c.as_ref(), &rows, None)?);
+                }
+            } else {
+                columns.extend(
+                    codec.decode(matched.iter().map(|p| p.as_deref().unwrap_or(null_row)))?,
+                );
+            }
+        }
+        let wide = RecordBatch::try_new_with_options(
+            self.codec.schema.clone(),
+            columns,
+            &arrow::array::RecordBatchOptions::new().with_row_count(Some(rows.len())),
+        )?;
+        let null_key = self.key_codec.null_row();
+        let key_columns = self.key_codec.decode(rows.values().iter().map(|n| {
+            let n = *n as usize;
+            if nulls.as_ref().is_none_or(|b| b.is_valid(n)) {
+                key_rows.row(n).data()
+            } else {
+                null_key
+            }
+        }))?;
+        let times = arrow::compute::take(batch.column(0).as_ref(), &rows, None)?;
+        let batch = self.relation_of(&wide, times, key_columns)?;
+        Ok(vec![crate::ChangeBatch {
+            tombstones: false,
+            batch,
+        }])
+    }
+
+    /// Joins a step's decoded rows record by record through the join tree, in event
+    /// time order (each source's order kept).
+    fn join_rows(
+        &mut self,
+        decoded: Vec<(usize, u32, crate::ChangeBatch)>,
+        problems: &mut Vec<crate::Problem>,
+    ) -> Result<Vec<crate::ChangeBatch>> {
+        let mut pending: Vec<(i64, usize, bool, Part, Origin)> = Vec::new();
+        for (j, partition, crate::ChangeBatch { tombstones, batch }) in decoded {
+            let times = batch
+                .column(0)
+                .as_primitive::<arrow::datatypes::Int64Type>();
+            let offsets = batch
+                .column(2)
+                .as_primitive::<arrow::datatypes::Int64Type>();
+            let parts = self.codec.sources[j].1.encode(batch.columns())?;
+            for row in 0..batch.num_rows() {
+                let origin = (partition, offsets.value(row) as u64);
+                let part: Part = parts.row(row).as_ref().into();
+                pending.push((times.value(row), j, tombstones, part, origin));
             }
         }
 
@@ -1817,12 +1969,7 @@ impl Joiner {
                 });
             }
         }
-        Ok(JoinStep {
-            consumed,
-            bytes,
-            problems,
-            changes: out_changes,
-        })
+        Ok(out_changes)
     }
 }
 
