@@ -884,9 +884,10 @@ pub struct Joiner {
     /// Input records processed: the relation rows' ROWOFFSET, so that recovery can tell
     /// which outputs were written.
     pub seq: i64,
-    /// After a restart: the offsets (per source, per partition) the interrupted step read
-    /// up to, so the first step reads the same records again.
-    pub replay: Option<Vec<Vec<u64>>>,
+    /// After a restart: per step since the last checkpoint, in order, the offsets (per
+    /// source, per partition) it read up to, so the first steps read the same records
+    /// again (one whose offsets are already passed reads nothing).
+    pub replay: std::collections::VecDeque<Vec<Vec<u64>>>,
     /// Whether the state records its changes (for checkpoints; see `tracked.rs`).
     tracking: bool,
 }
@@ -1527,7 +1528,7 @@ pub fn plan_join(
             relation,
             value_columns,
             seq: 0,
-            replay: None,
+            replay: Default::default(),
             tracking: false,
         },
         query: q,
@@ -1680,6 +1681,9 @@ impl Joiner {
 pub struct Taken {
     records: Vec<Vec<Vec<weir_log::StoredRecord>>>,
     pub ends: Vec<Vec<u64>>,
+    /// Read again as a recovery intent says: that intent is still in the log (no
+    /// checkpoint comes while a join replays), so none is written for it.
+    pub replayed: bool,
 }
 
 impl Taken {
@@ -1703,10 +1707,11 @@ impl Joiner {
     /// Reads a step's records: a batch from every partition of every source. A step
     /// interrupted before its checkpoint is replayed over exactly the same records after
     /// a restart (the durable driver records [`Taken::ends`] as an intent before the
-    /// step is processed; recovery sets `replay` from it), so its outputs get the same
-    /// sequence numbers and recovery recognizes those already written.
+    /// step is processed; recovery sets `replay` from the intents since the checkpoint),
+    /// so its outputs get the same sequence numbers and recovery recognizes those
+    /// already written.
     pub fn read(&mut self, log: &dyn weir_log::Log) -> Result<Taken> {
-        let replay = self.replay.take();
+        let replay = self.replay.pop_front();
         let mut taken: Vec<Vec<Vec<weir_log::StoredRecord>>> = Vec::new();
         for (j, input) in self.inputs.iter().enumerate() {
             let mut per_partition = Vec::new();
@@ -1748,6 +1753,7 @@ impl Joiner {
         Ok(Taken {
             records: taken,
             ends,
+            replayed: replay.is_some(),
         })
     }
 

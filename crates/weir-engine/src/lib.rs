@@ -110,8 +110,7 @@ pub const SOURCE_HEADER: &str = "weir.src";
 /// while it has records to read (ksqlDB's streams `commit.interval.ms`). The outputs of
 /// records read after a checkpoint carry their source offsets (see [`SOURCE_HEADER`]), so
 /// a restart that reads them again writes nothing twice, whatever the interval: it only
-/// bounds how much is read again. 0: after every batch. Queries that join checkpoint
-/// after every batch (a step's recovery intent is only kept until its checkpoint).
+/// bounds how much is read again. 0: after every batch.
 pub const COMMIT_INTERVAL_PROPERTY: &str = "commit.interval.ms";
 const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -288,6 +287,14 @@ pub struct PersistentQuery {
     unsaved: bool,
 }
 
+impl PersistentQuery {
+    /// Not while a join replays the steps a crash interrupted: a checkpoint would drop
+    /// the recovery intents of those not replayed yet.
+    fn may_checkpoint(&self) -> bool {
+        self.pipeline.join().is_none_or(|j| j.replay.is_empty())
+    }
+}
+
 /// The property that makes a function error stop a persistent query.
 pub const FAIL_ON_FUNCTION_ERROR: &str = "weir.fail.on.function.error";
 
@@ -387,8 +394,8 @@ impl Engine {
     /// reprocessing them writes nothing twice.
     fn recover_offsets(&mut self) -> Result<()> {
         let mut last: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-        // A join's step that started after its query's last checkpoint: what it read.
-        let mut intents: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+        // A join's steps that started after its query's last checkpoint: what each read.
+        let mut intents: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
         // Each query's operator state: its last full snapshot with the changes after it.
         let mut states: BTreeMap<String, serde_json::Value> = BTreeMap::new();
         for (_, value) in read_topic_values(self.log.as_ref(), OFFSETS_TOPIC)? {
@@ -404,16 +411,22 @@ impl Engine {
                 }
                 last.insert(q.to_string(), v);
             } else if let Some(q) = v["intent_for"].as_str() {
-                intents.insert(q.to_string(), v["ends"].clone());
+                intents
+                    .entry(q.to_string())
+                    .or_default()
+                    .push(v["ends"].clone());
             }
         }
-        for (id, ends) in intents {
+        for (id, steps) in intents {
             if let Some(j) = self
                 .queries
                 .get_mut(&id)
                 .and_then(|q| q.pipeline.join_mut())
             {
-                j.replay = serde_json::from_value(ends).ok();
+                j.replay = steps
+                    .into_iter()
+                    .filter_map(|ends| serde_json::from_value(ends).ok())
+                    .collect();
             }
         }
         for q in self.queries.values_mut() {
@@ -1512,15 +1525,15 @@ impl Engine {
                 self.crash_point();
                 let q = self.queries.get_mut(id).expect("query exists");
                 q.unsaved = true;
-                // A join's recovery intent holds one step: its checkpoint comes next.
-                if q.pipeline.join().is_some() || q.last_checkpoint.elapsed() >= q.commit_every {
+                if q.last_checkpoint.elapsed() >= q.commit_every && q.may_checkpoint() {
                     self.checkpoint(id)?;
                 }
             }
             consumed += n;
         }
         // Caught up (or stopped): what it did is checkpointed now.
-        if consumed == 0 && self.queries[id].unsaved {
+        let q = &self.queries[id];
+        if consumed == 0 && q.unsaved && q.may_checkpoint() {
             self.checkpoint(id)?;
         }
         Ok(consumed)
@@ -1533,7 +1546,7 @@ impl Engine {
         let unsaved: Vec<String> = self
             .queries
             .values()
-            .filter(|q| q.unsaved)
+            .filter(|q| q.unsaved && q.may_checkpoint())
             .map(|q| q.id.clone())
             .collect();
         for id in unsaved {

@@ -457,6 +457,7 @@ impl Pipeline {
                 let taken = joiner.read(log)?;
                 if let Some(id) = intent_for
                     && !taken.is_empty()
+                    && !taken.replayed
                 {
                     crate::write_intent(log, id, &taken.ends)?;
                 }
