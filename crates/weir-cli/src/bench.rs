@@ -305,13 +305,22 @@ pub fn w3(events: u64, only: Option<&str>, engine: Option<&str>) -> Result<(), S
                 let stored = log
                     .read_to_end(weir_engine::OFFSETS_TOPIC, 0, 0)
                     .map_err(|e| e.to_string())?;
-                let bytes: usize = stored
+                // A join's recovery intents (one per step) are there too.
+                let (checkpoints, intents): (Vec<_>, Vec<_>) = stored
                     .iter()
-                    .map(|r| r.record.value.as_ref().map_or(0, Vec::len))
-                    .sum();
+                    .filter_map(|r| r.record.value.as_deref())
+                    .partition(|v| {
+                        serde_json::from_slice::<serde_json::Value>(v)
+                            .is_ok_and(|v| v.get("intent_for").is_none())
+                    });
+                let bytes: usize = checkpoints.iter().map(|v| v.len()).sum();
+                let intents = match intents.len() {
+                    0 => String::new(),
+                    n => format!(" (and {n} join step intents)"),
+                };
                 format!(
-                    ", {} checkpoints of {:.1} MB",
-                    stored.len(),
+                    ", {} checkpoints of {:.1} MB{intents}",
+                    checkpoints.len(),
                     bytes as f64 / 1e6
                 )
             } else {
