@@ -128,6 +128,23 @@ fn assert_identical(got: &[Output], want: &[Output]) {
     }
 }
 
+/// Runs the queries with a failpoint armed; the sinks' records when it aborted the run.
+fn crash_at(dir: &Path, queries: &Path, failpoint: &str) -> Vec<Output> {
+    let crashed = common::weir_run(dir, Some(queries))
+        .env("WEIR_FAILPOINT", failpoint)
+        .output()
+        .unwrap();
+    assert!(!crashed.status.success(), "the failpoint aborts the run");
+    outputs(dir)
+}
+
+/// Resumes the crashed run to the end of its input: the sinks must hold what an
+/// uninterrupted run wrote.
+fn resume_and_compare(dir: &Path, want: &[Output]) {
+    run_to_end(dir, None);
+    assert_identical(&outputs(dir), want);
+}
+
 #[test]
 fn windowed_aggregate_and_join_killed_at_seeded_points_give_identical_output() {
     let want = reference();
@@ -163,19 +180,12 @@ fn a_crash_between_output_and_checkpoint_leaves_stateful_output_identical() {
     let want = reference();
     let dir = tempfile::tempdir().unwrap();
     let queries = load_input(dir.path());
-    let crashed = common::weir_run(dir.path(), Some(&queries))
-        .env("WEIR_FAILPOINT", "crash_before_checkpoint:5")
-        .output()
-        .unwrap();
-    assert!(!crashed.status.success(), "the failpoint aborts the run");
-    let before = outputs(dir.path());
+    let before = crash_at(dir.path(), &queries, "crash_before_checkpoint:5");
     assert!(
         before.iter().any(|o| !o.is_empty()),
         "some output was written before the crash"
     );
-    run_to_end(dir.path(), None);
-    let got = outputs(dir.path());
-    assert_identical(&got, &want);
+    resume_and_compare(dir.path(), &want);
     println!(
         "crashed between output and checkpoint with {} + {} records written; after restart identical to an uninterrupted run",
         before[0].len(),
@@ -197,12 +207,7 @@ fn a_crash_many_steps_after_the_last_checkpoint_writes_nothing_twice() {
         format!("SET 'commit.interval.ms' = '600000';\n{QUERIES}"),
     )
     .unwrap();
-    let crashed = common::weir_run(dir.path(), Some(&queries))
-        .env("WEIR_FAILPOINT", "crash_before_checkpoint:5")
-        .output()
-        .unwrap();
-    assert!(!crashed.status.success(), "the failpoint aborts the run");
-    let before = outputs(dir.path());
+    let before = crash_at(dir.path(), &queries, "crash_before_checkpoint:5");
     // Checkpoints name their query (a join's recovery intents are other records).
     let log = EmbeddedLog::open(dir.path(), EmbeddedLogConfig::default()).unwrap();
     let stored = log.read_to_end(weir_engine::OFFSETS_TOPIC, 0, 0).unwrap();
@@ -221,9 +226,7 @@ fn a_crash_many_steps_after_the_last_checkpoint_writes_nothing_twice() {
         before[0].len() > 1,
         "the aggregation wrote output before the crash"
     );
-    run_to_end(dir.path(), None);
-    let got = outputs(dir.path());
-    assert_identical(&got, &want);
+    resume_and_compare(dir.path(), &want);
     println!(
         "crashed with {} aggregate records written since its only checkpoint; after restart identical to an uninterrupted run",
         before[0].len()

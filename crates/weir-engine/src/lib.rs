@@ -1698,8 +1698,8 @@ fn write_output(log: &dyn Log, q: &PersistentQuery, out: &RecordBatch, sink: Sin
     // `query:partition:offset` of the source record: on every record, or (where an append
     // is stored whole or not at all) on each append's last record, naming the highest
     // source offset the append holds.
+    let prefix = format!("{}:{}:", q.id, sink.source_partition);
     let tag = |offset: u64| {
-        let prefix = format!("{}:{}:", q.id, sink.source_partition);
         let mut src = Vec::with_capacity(prefix.len() + 20);
         src.extend_from_slice(prefix.as_bytes());
         let _ = std::io::Write::write_fmt(&mut src, format_args!("{offset}"));
