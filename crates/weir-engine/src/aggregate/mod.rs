@@ -205,8 +205,11 @@ struct TableInput {
 /// A table row counted in a group: the group, and the row's arguments (row format).
 type TableRow = (u32, Box<[u8]>);
 
+/// A saved group that is gone: its window and its key's bytes.
+type Removed = (Option<(i64, i64)>, Box<[u8]>);
+
 /// What changed since the last checkpoint took it (durable engines only): groups set,
-/// groups removed (their entries' paths), a table's rows. Group flags are vectors
+/// groups removed (their windows and keys), a table's rows. Group flags are vectors
 /// indexed by group id (a list keeps the order marked, each id once while flagged).
 #[derive(Debug, Clone, Default)]
 struct Tracking {
@@ -215,7 +218,8 @@ struct Tracking {
     changed_list: Vec<u32>,
     /// Made since: one removed again was never saved, and needs no removal.
     born: Vec<bool>,
-    removed: Vec<String>,
+    /// Saved groups removed since, named in the next checkpoint.
+    removed: Vec<Removed>,
     rows: FastSet<Box<[u8]>>,
 }
 
@@ -1053,8 +1057,8 @@ impl Aggregator {
                 delta.set_base64(&["aggregate", "groups"], &prefix, key, &entry);
             }
         }
-        for p in self.tracking.removed.drain(..) {
-            delta.del(("aggregate", "groups", p));
+        for (window, key) in self.tracking.removed.drain(..) {
+            delta.del(("aggregate", "groups", entry_name(window, &key)));
         }
         let rows: Vec<Box<[u8]>> = self.tracking.rows.drain().collect();
         if let Some(t) = &self.table {
@@ -1239,7 +1243,9 @@ fn open_group(
 /// last one.
 fn remove_group(groups: &mut Groups, tracking: &mut Tracking, g: u32) {
     if tracking.on && tracking.removed(g) {
-        tracking.removed.push(path(groups, g));
+        let slot = &groups.slots[g as usize];
+        let key = groups.key_bytes(slot.key).into();
+        tracking.removed.push((slot.window, key));
     }
     groups.remove(g);
 }
@@ -1247,8 +1253,12 @@ fn remove_group(groups: &mut Groups, tracking: &mut Tracking, g: u32) {
 /// A group's entry name in checkpoints: its key's bytes, after its window's bounds.
 fn path(groups: &Groups, g: u32) -> String {
     let slot = &groups.slots[g as usize];
-    let key = b64(groups.key_bytes(slot.key));
-    match slot.window {
+    entry_name(slot.window, groups.key_bytes(slot.key))
+}
+
+fn entry_name(window: Option<(i64, i64)>, key: &[u8]) -> String {
+    let key = b64(key);
+    match window {
         Some((s, e)) => format!("{s}/{e}/{key}"),
         None => key,
     }
