@@ -56,8 +56,10 @@ impl Runtime {
     pub fn shutdown(&self) -> Result<()> {
         self.stop_worker();
         let mut engine = self.engine();
-        engine.close()?;
+        // What was written is flushed even when a checkpoint cannot be.
+        let closed = engine.close();
         engine.log().flush()?;
+        closed?;
         Ok(())
     }
 
