@@ -375,13 +375,7 @@ impl Engine {
     /// Whether new queries start at the beginning of their source (`auto.offset.reset`,
     /// from the request's properties, else the session's).
     pub(crate) fn earliest(&self, overrides: &std::collections::BTreeMap<String, String>) -> bool {
-        // ksqlDB clients send it as `ksql.streams.auto.offset.reset` too.
-        let get = |props: &std::collections::BTreeMap<String, String>| {
-            props
-                .get("auto.offset.reset")
-                .or_else(|| props.get("ksql.streams.auto.offset.reset"))
-                .cloned()
-        };
+        let get = |props| crate::settings::streams_property(props, "auto.offset.reset");
         get(overrides)
             .or_else(|| get(&self.properties))
             .is_some_and(|v| v.eq_ignore_ascii_case("earliest"))

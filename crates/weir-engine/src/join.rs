@@ -243,6 +243,13 @@ struct NodeState {
     purged_at: i64,
 }
 
+impl NodeState {
+    /// A stream-table join's table row for a key (its entry under the key's text).
+    fn table_row(&self, key: &str) -> Option<&Entry> {
+        self.right.get(key).and_then(|v| v.first())
+    }
+}
+
 #[derive(Debug, Clone)]
 struct JoinNode {
     kind: JoinKind,
@@ -663,9 +670,8 @@ impl JoinNode {
             return;
         }
         let found = (!k.is_null())
-            .then(|| self.state.right.get(k.text))
-            .flatten()
-            .and_then(|v| v.first());
+            .then(|| self.state.table_row(k.text))
+            .flatten();
         match found {
             Some(r) => out.push(Event {
                 ts: e.ts,
@@ -1858,11 +1864,7 @@ impl Joiner {
             let found = if nulls.as_ref().is_none_or(|b| b.is_valid(n)) {
                 text.clear();
                 hex_into(&mut text, key_rows.row(n).as_ref());
-                j.state
-                    .right
-                    .get(&text)
-                    .and_then(|v| v.first())
-                    .map(|e| e.row.0[t].clone())
+                j.state.table_row(&text).map(|e| e.row.0[t].clone())
             } else {
                 None
             };

@@ -1286,9 +1286,7 @@ impl Engine {
             },
         );
         pipeline.set_tracking(self.durable);
-        let commit_every = [COMMIT_INTERVAL_PROPERTY, "ksql.streams.commit.interval.ms"]
-            .iter()
-            .find_map(|k| self.properties.get(*k))
+        let commit_every = settings::streams_property(&self.properties, COMMIT_INTERVAL_PROPERTY)
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map_or(DEFAULT_COMMIT_INTERVAL, Duration::from_millis);
         let sink_partitions = self
@@ -1631,9 +1629,9 @@ impl Engine {
 }
 
 /// Records what a durable join's step read (the offsets each source partition reaches)
-/// before the step is processed: if the process dies before the step's checkpoint,
-/// recovery (`recover_offsets`) has the first step after the restart read exactly those
-/// records again.
+/// before the step is processed: if the process dies before a checkpoint covers the
+/// step, recovery (`recover_offsets`) has the steps after the restart read exactly the
+/// records of each step since the checkpoint again, in order.
 pub(crate) fn write_intent(log: &dyn Log, query: &str, ends: &[Vec<u64>]) -> Result<()> {
     let intent = serde_json::json!({"intent_for": query, "ends": ends});
     log.append(

@@ -154,6 +154,17 @@ pub const SETTINGS: &[Setting] = &[
 /// and ksqlDB's `ksql.functions.<name>.<key>`.
 pub const OPEN_PREFIXES: &[&str] = &["weir.functions.", "ksql.functions."];
 
+/// A ksqlDB streams property among `properties`: under its own name, or as ksqlDB
+/// clients also send it, after `ksql.streams.`.
+pub fn streams_property<'a>(
+    properties: &'a std::collections::BTreeMap<String, String>,
+    key: &str,
+) -> Option<&'a String> {
+    properties
+        .get(key)
+        .or_else(|| properties.get(&format!("ksql.streams.{key}")))
+}
+
 /// The setting named `key`, if Weir knows it.
 pub fn find(key: &str) -> Option<&'static Setting> {
     SETTINGS.iter().find(|s| s.key == key)
