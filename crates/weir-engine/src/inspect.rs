@@ -451,6 +451,7 @@ impl Engine {
             source,
             query,
             join,
+            ..
         } = relation;
         let join = join.map(Box::new);
         let query = &query;

@@ -23,6 +23,7 @@ mod javatime;
 mod join;
 pub mod logical;
 pub mod meta;
+mod names;
 mod pipeline;
 mod plan;
 mod pull;
@@ -243,6 +244,47 @@ pub(crate) struct Relation {
     /// rewritten to the relation's.
     pub query: weir_sql::ast::Query,
     pub join: Option<join::Joiner>,
+    /// The query as written (what errors name).
+    pub written: weir_sql::ast::Query,
+}
+
+impl Relation {
+    /// What the written query's column references may resolve to, and the relation's
+    /// internal names for them.
+    fn scope<'a>(&'a self, functions: &'a functions::Functions) -> names::Scope<'a> {
+        match &self.join {
+            Some(j) => names::Scope {
+                inputs: j
+                    .inputs
+                    .iter()
+                    .map(|i| (i.alias.as_str(), &i.source))
+                    .collect(),
+                functions,
+                // Quoted first: a reference the join rewrote reads `ALIAS_COLUMN`.
+                renames: ["`", ""]
+                    .into_iter()
+                    .flat_map(|q| {
+                        j.inputs.iter().flat_map(move |i| {
+                            i.columns().map(move |c| {
+                                (
+                                    format!("{q}{}_{}{q}", i.alias, c.name),
+                                    format!("{}.{}", i.alias, c.name),
+                                )
+                            })
+                        })
+                    })
+                    .collect(),
+            },
+            None => names::Scope {
+                inputs: vec![(
+                    plan::source_alias(&self.written, &self.source),
+                    &self.source,
+                )],
+                functions,
+                renames: Vec::new(),
+            },
+        }
+    }
 }
 
 /// A persistent query: a plan and how far it has read each source partition.
@@ -1057,8 +1099,8 @@ impl Engine {
         }
         let Relation {
             source,
-            query: _,
             join: joiner,
+            ..
         } = relation;
         let inherited = match source.layout.key_format.format {
             // A sink that gains key columns (PARTITION BY) from a keyless source: ksqlDB's default.
@@ -1191,13 +1233,29 @@ impl Engine {
                 source: self.stream(&query.from.source.name.value)?,
                 query: query.clone(),
                 join: None,
+                written: query.clone(),
             });
         }
-        let j = self.plan_join(query)?;
+        let j = self.plan_join(query).map_err(|e| {
+            let sources: Vec<(&str, Source)> = std::iter::once(&query.from.source)
+                .chain(query.from.joins.iter().map(|j| &j.source))
+                .filter_map(|s| {
+                    let alias = s.alias.as_ref().unwrap_or(&s.name).value.as_str();
+                    Some((alias, self.stream(&s.name.value).ok()?))
+                })
+                .collect();
+            let scope = names::Scope {
+                inputs: sources.iter().map(|(a, s)| (*a, s)).collect(),
+                functions: &self.functions,
+                renames: Vec::new(),
+            };
+            scope.explain(e, query)
+        })?;
         Ok(Relation {
             source: j.joiner.relation.clone(),
             query: j.query,
             join: Some(j.joiner),
+            written: query.clone(),
         })
     }
 
@@ -1209,16 +1267,18 @@ impl Engine {
         r: &Relation,
         to_sink: bool,
     ) -> Result<(SelectPlan, Option<aggregate::Aggregator>)> {
-        if r.query.group_by.is_some() {
-            let a = aggregate::plan_aggregate(&self.functions, &r.query, &r.source, to_sink)?;
-            let mut shown = a.pre.clone();
-            shown.output_layout_columns = a.output_layout_columns.clone();
-            Ok((shown, Some(a)))
+        let planned = if r.query.group_by.is_some() {
+            aggregate::plan_aggregate(&self.functions, &r.query, &r.source, to_sink).map(|a| {
+                let mut shown = a.pre.clone();
+                shown.output_layout_columns = a.output_layout_columns.clone();
+                (shown, Some(a))
+            })
         } else if to_sink {
-            Ok((plan_select(&self.functions, &r.query, &r.source)?, None))
+            plan_select(&self.functions, &r.query, &r.source).map(|p| (p, None))
         } else {
-            Ok((plan::plan_push(&self.functions, &r.query, &r.source)?, None))
-        }
+            plan::plan_push(&self.functions, &r.query, &r.source).map(|p| (p, None))
+        };
+        planned.map_err(|e| r.scope(&self.functions).explain(e, &r.written))
     }
 
     /// Starts a planned query writing into `sink_name`; returns its id.

@@ -44,6 +44,7 @@ use crate::plan::{Compiled, SelectPlan};
 use crate::rowcodec::RowCodec;
 use accumulator::{Accumulator, Op};
 use groups::Groups;
+pub(crate) use plan::is_aggregate_call;
 pub use plan::plan_aggregate;
 use plan::{AggKind, Call};
 

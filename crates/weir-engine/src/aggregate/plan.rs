@@ -171,6 +171,13 @@ impl std::fmt::Debug for PluginRef {
     }
 }
 
+/// Whether `e` calls an aggregate function (built in or a plugin's).
+pub(crate) fn is_aggregate_call(e: &Expr, functions: &Functions) -> bool {
+    let Expr::Function(f) = e else { return false };
+    let name = f.name.to_string();
+    AggKind::from_name(&name).is_some() || functions.plugin_aggregate(&name).is_some()
+}
+
 fn aggregate_call(e: &Expr, functions: &Functions) -> Option<(AggKind, Vec<Expr>, bool)> {
     let Expr::Function(f) = e else { return None };
     let name = f.name.to_string();
@@ -197,11 +204,26 @@ fn ident(name: &str) -> Expr {
     Expr::Identifier(sql::Ident::with_quote('`', name))
 }
 
+/// Plans a GROUP BY query over `source`. A failure names what the statement wrote, not
+/// the internal columns planning made of it.
 pub fn plan_aggregate(
     functions: &Functions,
     query: &weir_sql::ast::Query,
     source: &crate::catalog::Source,
     to_sink: bool,
+) -> Result<Aggregator> {
+    let mut names = Vec::new();
+    plan(functions, query, source, to_sink, &mut names).map_err(|e| crate::names::rename(e, &names))
+}
+
+/// Plans the aggregation, noting each internal column name it makes and the text that
+/// name stands for.
+fn plan(
+    functions: &Functions,
+    query: &weir_sql::ast::Query,
+    source: &crate::catalog::Source,
+    to_sink: bool,
+    names: &mut Vec<(String, String)>,
 ) -> Result<Aggregator> {
     use weir_sql::ast::SelectItem;
     let unsupported = |what: &str| Err(EngineError::Unsupported(what.into()));
@@ -297,6 +319,22 @@ pub fn plan_aggregate(
         items.push((name, rewrite(expr), key));
     }
     let having = query.having.as_ref().map(&mut rewrite);
+    let text = |e: &Expr| weir_sql::ast::fmt_expr(e).to_string();
+    // Quoted first: the rewritten expressions read `WEIR_AGG_n`.
+    for q in ["`", ""] {
+        names.extend(
+            group_by
+                .iter()
+                .enumerate()
+                .map(|(i, g)| (format!("{q}WEIR_GROUP_{i}{q}"), text(g))),
+        );
+        names.extend(
+            found
+                .iter()
+                .enumerate()
+                .map(|(n, f)| (format!("{q}WEIR_AGG_{n}{q}"), text(&f.3))),
+        );
+    }
     if let Some(why) = failure {
         return unsupported(why);
     }
@@ -392,6 +430,7 @@ pub fn plan_aggregate(
             return unsupported("TOPK without its size");
         }
         let mut column = |i: usize| {
+            names.push((format!("WEIR_ARG_{n}_{i}"), text(&args[i])));
             pre_items.push(SelectItem::Expr {
                 expr: args[i].clone(),
                 alias: Some(sql::Ident::new(format!("WEIR_ARG_{n}_{i}"))),
