@@ -40,7 +40,7 @@ struct Cli {
 enum Command {
     /// Serve the ksqlDB-compatible REST API (HTTP/1.1 and cleartext HTTP/2 on one port).
     Server {
-        #[arg(long, value_name = "ADDRESS:PORT", help = settings::flag_help("listeners"))]
+        #[arg(long, value_name = "ADDRESS:PORT", help = settings::flag_help("listeners"), value_parser = weir_server::listen_address)]
         listen: Option<std::net::SocketAddr>,
         #[arg(long, help = settings::flag_help("weir.data.dir"))]
         data_dir: Option<PathBuf>,
@@ -50,7 +50,7 @@ enum Command {
         users_file: Option<PathBuf>,
         #[arg(long, help = settings::flag_help("weir.plugin.dir"))]
         plugin_dir: Option<PathBuf>,
-        #[arg(long, value_name = "ADDRESS:PORT", help = settings::flag_help("weir.mqtt.listen"))]
+        #[arg(long, value_name = "ADDRESS:PORT", help = settings::flag_help("weir.mqtt.listen"), value_parser = weir_server::listen_address)]
         mqtt_listen: Option<std::net::SocketAddr>,
         #[arg(long, value_name = "MAP", help = settings::flag_help("weir.mqtt.topic.map"))]
         mqtt_topic_map: Option<String>,

@@ -42,6 +42,30 @@ pub const KSQL_COMPATIBLE_VERSION: &str = "8.0.0";
 /// Push queries one server runs at once unless `weir.max.push.queries` says otherwise.
 pub const DEFAULT_MAX_PUSH_QUERIES: usize = 1000;
 
+/// Where to listen, as ksqlDB's `listeners` writes it: the first of a comma-separated
+/// list, with or without a scheme (`http://`, `mqtt://`, `tcp://`), a host name or an IP
+/// address (`localhost:8088`, `0.0.0.0:8088`, `[::1]:8088`).
+pub fn listen_address(value: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let first = value.split(',').next().unwrap_or("").trim();
+    let addr = first
+        .split_once("://")
+        .map(|(_, rest)| rest)
+        .unwrap_or(first)
+        .trim_end_matches('/');
+    if let Ok(a) = addr.parse() {
+        return Ok(a);
+    }
+    addr.to_socket_addrs()
+        .ok()
+        .and_then(|mut all| all.next())
+        .ok_or_else(|| {
+            format!(
+                "'{first}' is not an address to listen on (HOST:PORT, e.g. http://0.0.0.0:8088)"
+            )
+        })
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
@@ -105,14 +129,7 @@ impl ServerConfig {
             let (key, value) = (line[..split].trim(), line[split + 1..].trim());
             let bad = |e: String| format!("{}:{}: {key}: {e}", path.display(), n + 1);
             match key {
-                "listeners" | "listen" => {
-                    let addr = value
-                        .split(',')
-                        .next()
-                        .unwrap_or("")
-                        .trim_start_matches("http://");
-                    self.listen = addr.parse().map_err(|e| bad(format!("{e}")))?;
-                }
+                "listeners" | "listen" => self.listen = listen_address(value).map_err(bad)?,
                 "weir.data.dir" => self.data_dir = PathBuf::from(value),
                 "bootstrap.servers" | "ksql.streams.bootstrap.servers" => {
                     self.kafka_bootstrap = Some(value.to_string())
@@ -123,12 +140,7 @@ impl ServerConfig {
                     self.max_push_queries = value.parse().map_err(|e| bad(format!("{e}")))?
                 }
                 "weir.mqtt.listen" | "mqtt.listeners" | "listeners.mqtt" => {
-                    let addr = value.split(',').next().unwrap_or("").trim();
-                    let addr = addr
-                        .strip_prefix("mqtt://")
-                        .or_else(|| addr.strip_prefix("tcp://"))
-                        .unwrap_or(addr);
-                    self.mqtt_listen = Some(addr.parse().map_err(|e| bad(format!("{e}")))?);
+                    self.mqtt_listen = Some(listen_address(value).map_err(bad)?)
                 }
                 "weir.mqtt.topic.map" | "topic.regex.list" => {
                     self.mqtt_topic_map = value.to_string()
@@ -478,6 +490,30 @@ async fn wait_for_stop(stop: oneshot::Receiver<()>, signals: bool) {
 #[cfg(test)]
 mod tests {
     use weir_engine::settings::find;
+
+    /// `--listen` and `listeners` take what ksqlDB's `listeners` takes, the default shown
+    /// in `--help` included.
+    #[test]
+    fn listen_addresses_read_as_ksqldb_writes_them() {
+        use super::listen_address;
+        let default = find("listeners").unwrap().default.to_string();
+        assert_eq!(listen_address(&default).unwrap().port(), 8088);
+        assert_eq!(
+            listen_address("http://0.0.0.0:9000,https://0.0.0.0:9001").unwrap(),
+            "0.0.0.0:9000".parse().unwrap()
+        );
+        assert_eq!(
+            listen_address("127.0.0.1:18088").unwrap(),
+            "127.0.0.1:18088".parse().unwrap()
+        );
+        assert_eq!(
+            listen_address("mqtt://[::1]:1883").unwrap(),
+            "[::1]:1883".parse().unwrap()
+        );
+        assert_eq!(listen_address("localhost:8088").unwrap().port(), 8088);
+        let err = listen_address("http://nowhere").unwrap_err();
+        assert!(err.contains("HOST:PORT"), "{err}");
+    }
 
     /// `weir server --help` shows the settings table's defaults: they must be the server's.
     #[test]
