@@ -118,6 +118,20 @@ pub fn run(
             }
         } else if exit_when_idle {
             log.flush().map_err(|e| e.to_string())?;
+            // Idle because a query failed (it waits to be retried) is not done.
+            let failed: Vec<String> = engine
+                .queries()
+                .filter_map(|q| {
+                    Some(format!(
+                        "query {} failed: {}",
+                        q.id,
+                        q.error.as_ref()?.message
+                    ))
+                })
+                .collect();
+            if !failed.is_empty() {
+                return Err(failed.join("\n"));
+            }
             match bar.take() {
                 Some(bar) => bar.finish(),
                 None if since_line > 0 => line(&mut out, &mut since_line, total, &mut last_line),

@@ -50,3 +50,12 @@ impl From<arrow::error::ArrowError> for EngineError {
         EngineError::Execution(e.to_string())
     }
 }
+
+/// What a caught panic said (its `&str` or `String` payload).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}

@@ -40,7 +40,7 @@ fn fields(keys: &[Column], values: &[Column]) -> Vec<FieldInfo> {
         .collect()
 }
 
-fn query_state(q: &PersistentQuery) -> &'static str {
+pub(crate) fn query_state(q: &PersistentQuery) -> &'static str {
     if q.error.is_some() {
         "ERROR"
     } else {

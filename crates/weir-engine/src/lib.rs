@@ -315,6 +315,10 @@ pub struct PersistentQuery {
     stats: meta::QueryStats,
     /// Why the query stopped; it consumes nothing more until restarted.
     pub error: Option<meta::QueryError>,
+    /// The session properties it was started with (a reload plans it with them again).
+    properties: BTreeMap<String, String>,
+    /// After a failure: when it is reloaded from its last checkpoint and run again.
+    retry: Option<Retry>,
     /// Checkpoints since the last full one (later checkpoints carry what changed since
     /// the one before: the entries the operators report as set or removed; see
     /// `delta.rs`). At [`delta::FULL_EVERY`] (or before any), the next is full.
@@ -329,16 +333,35 @@ pub struct PersistentQuery {
     unsaved: bool,
 }
 
+/// A failed query's next attempt.
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    at: Instant,
+    /// The wait before this attempt; the next failure waits twice as long (up to the
+    /// maximum), a step that reads records resets it.
+    backoff: Duration,
+    /// Whether it has been reloaded and runs again (its error stays shown until a step
+    /// succeeds).
+    reloaded: bool,
+}
+
 impl PersistentQuery {
     /// Not while a join replays the steps a crash interrupted: a checkpoint would drop
-    /// the recovery intents of those not replayed yet.
+    /// the recovery intents of those not replayed yet. Not after a failure either.
     fn may_checkpoint(&self) -> bool {
         self.pipeline.join().is_none_or(|j| j.replay.is_empty())
+            // A query that failed holds what its failed step left in memory: it is
+            // reloaded from the last checkpoint, never saved over it.
+            && self.retry.is_none_or(|r| r.reloaded)
     }
 }
 
 /// The property that makes a function error stop a persistent query.
 pub const FAIL_ON_FUNCTION_ERROR: &str = "weir.fail.on.function.error";
+/// How long a failed query waits before its first retry (ms; ksqlDB's name and default).
+pub const RETRY_BACKOFF_INITIAL: &str = "ksql.query.retry.backoff.initial.ms";
+/// The longest wait between retries (ms); each failure doubles the wait up to it.
+pub const RETRY_BACKOFF_MAX: &str = "ksql.query.retry.backoff.max.ms";
 
 pub struct Engine {
     log: Arc<dyn Log>,
@@ -435,100 +458,7 @@ impl Engine {
     /// it already have their output in the sink (by the source header), so that
     /// reprocessing them writes nothing twice.
     fn recover_offsets(&mut self) -> Result<()> {
-        let mut last: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-        // A join's steps that started after its query's last checkpoint: what each read.
-        let mut intents: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
-        // Each query's operator state: its last full snapshot with the changes after it.
-        let mut states: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-        for (_, value) in read_topic_values(self.log.as_ref(), OFFSETS_TOPIC)? {
-            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&value) else {
-                continue;
-            };
-            if let Some(q) = v["query"].as_str() {
-                intents.remove(q);
-                if let Some(full) = v.get("full") {
-                    states.insert(q.to_string(), full.clone());
-                } else if let (Some(d), Some(s)) = (v.get("delta"), states.get_mut(q)) {
-                    delta::apply(s, d);
-                }
-                last.insert(q.to_string(), v);
-            } else if let Some(q) = v["intent_for"].as_str() {
-                intents
-                    .entry(q.to_string())
-                    .or_default()
-                    .push(v["ends"].clone());
-            }
-        }
-        for (id, steps) in intents {
-            if let Some(j) = self
-                .queries
-                .get_mut(&id)
-                .and_then(|q| q.pipeline.join_mut())
-            {
-                j.replay = steps
-                    .into_iter()
-                    .filter_map(|ends| serde_json::from_value(ends).ok())
-                    .collect();
-            }
-        }
-        for q in self.queries.values_mut() {
-            let Some(cp) = last.get(&q.id) else { continue };
-            let as_offsets = |v: &serde_json::Value| -> Vec<u64> {
-                v.as_array()
-                    .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
-                    .unwrap_or_default()
-            };
-            q.pipeline.set_offsets(as_offsets(&cp["offsets"]));
-            if let Some(state) = states.remove(&q.id) {
-                let unread = q.pipeline.restore(&state);
-                // Written by another version of Weir, or damaged: say so rather than
-                // go on as if the state were whole.
-                if unread > 0 {
-                    eprintln!(
-                        "weir: query {}: {unread} entries of its checkpointed state could not be read (another version's format?); they start empty",
-                        q.id
-                    );
-                }
-                // The next checkpoint is a full one: a fresh anchor for the next recovery.
-                q.since_full = delta::FULL_EVERY;
-            }
-            // Outputs written ahead of the checkpoint by an earlier interrupted step (they
-            // lie before `sink_ends`, so the scan below does not see them).
-            for e in cp["ahead"].as_array().into_iter().flatten() {
-                if let (Some(p), Some(s), Some(o)) = (e[0].as_u64(), e[1].as_u64(), e[2].as_u64()) {
-                    let max = q.already_written.entry((p as u32, s as u32)).or_insert(o);
-                    *max = (*max).max(o);
-                }
-            }
-            let sink_ends = as_offsets(&cp["sink_ends"]);
-            let prefix = format!("{}:", q.id);
-            for sink_partition in 0..q.sink_partitions {
-                let from = sink_ends.get(sink_partition as usize).copied().unwrap_or(0);
-                for r in self.log.read_to_end(&q.sink_topic, sink_partition, from)? {
-                    let Some(src) = r.record.headers.iter().find(|h| h.name == SOURCE_HEADER)
-                    else {
-                        continue;
-                    };
-                    let Some(text) = src
-                        .value
-                        .as_deref()
-                        .and_then(|v| std::str::from_utf8(v).ok())
-                    else {
-                        continue;
-                    };
-                    let Some(rest) = text.strip_prefix(&prefix) else {
-                        continue;
-                    };
-                    if let Some((p, o)) = rest.split_once(':')
-                        && let (Ok(p), Ok(o)) = (p.parse::<u32>(), o.parse::<u64>())
-                    {
-                        let e = q.already_written.entry((p, sink_partition)).or_insert(o);
-                        *e = (*e).max(o);
-                    }
-                }
-            }
-        }
-        Ok(())
+        recover(self.log.as_ref(), self.queries.values_mut())
     }
 
     /// Appends the query's checkpoint: its offsets, where its sink ended, and its operator
@@ -629,14 +559,179 @@ impl Engine {
 
     /// Processes one batch per partition of every persistent query; returns how many
     /// source records were consumed (0 when all are caught up).
+    ///
+    /// On a durable engine each query fails alone: an error or a panic in its step puts it
+    /// in ERROR ([`PersistentQuery::error`]) while the others go on; after a backoff
+    /// ([`RETRY_BACKOFF_INITIAL`], doubling up to [`RETRY_BACKOFF_MAX`]) it is planned
+    /// again and reloaded from its last checkpoint, as a restart would, so nothing the
+    /// failed step did in memory is kept and nothing it wrote is written twice. A plain
+    /// engine (tests, benchmarks) returns the first error.
     pub fn run_once(&mut self) -> Result<u64> {
         let ids: Vec<String> = self.queries.keys().cloned().collect();
         let mut consumed = 0;
         for id in ids {
-            consumed += self.step(&id)?;
+            if !self.durable {
+                consumed += self.step(&id)?;
+                continue;
+            }
+            if !self.due(&id) {
+                continue;
+            }
+            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step(&id)));
+            match step {
+                Ok(Ok(n)) => {
+                    consumed += n;
+                    let q = self.queries.get_mut(&id).expect("query exists");
+                    if n > 0 && q.retry.is_some_and(|r| r.reloaded) {
+                        q.retry = None;
+                    }
+                }
+                Ok(Err(e)) => self.failed(&id, e.to_string()),
+                Err(panic) => {
+                    let what = error::panic_message(panic.as_ref());
+                    self.failed(&id, format!("panicked: {what}"))
+                }
+            }
         }
         consumed += self.run_push_queries()?;
         Ok(consumed)
+    }
+
+    /// Whether query `id` runs now: not while it waits to retry after a failure; when the
+    /// wait is over it is reloaded first (a reload that fails waits again).
+    fn due(&mut self, id: &str) -> bool {
+        let Some(retry) = self.queries[id].retry else {
+            return true;
+        };
+        if retry.reloaded {
+            return true;
+        }
+        if Instant::now() < retry.at {
+            return false;
+        }
+        match self.reload(id) {
+            Ok(()) => {
+                let q = self.queries.get_mut(id).expect("query exists");
+                q.retry = Some(Retry {
+                    reloaded: true,
+                    ..retry
+                });
+                eprintln!("weir: query {id} reloaded from its last checkpoint; running again");
+                true
+            }
+            Err(e) => {
+                self.failed(
+                    id,
+                    format!("reloading it from its last checkpoint failed: {e}"),
+                );
+                false
+            }
+        }
+    }
+
+    /// Query `id` failed: ERROR with `message`, and a retry after the backoff.
+    fn failed(&mut self, id: &str, message: String) {
+        // The session's value, else the settings table's default.
+        let millis = |name: &str| {
+            let set = self.properties.get(name).map(String::as_str);
+            let default = settings::find(name).map(|s| s.default);
+            Duration::from_millis(
+                set.or(default)
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(0),
+            )
+        };
+        let initial = millis(RETRY_BACKOFF_INITIAL);
+        let max = millis(RETRY_BACKOFF_MAX).max(initial);
+        let q = self.queries.get_mut(id).expect("query exists");
+        let backoff = match q.retry {
+            Some(r) => (r.backoff * 2).min(max),
+            None => initial,
+        };
+        eprintln!(
+            "weir: query {id} failed; retrying from its last checkpoint in {} ms: {message}",
+            backoff.as_millis()
+        );
+        q.retry = Some(Retry {
+            at: Instant::now() + backoff,
+            backoff,
+            reloaded: false,
+        });
+        q.error = Some(meta::QueryError {
+            timestamp: now_ms(),
+            message,
+        });
+    }
+
+    /// Replaces query `id` by the same query planned again from its statement (with the
+    /// properties it started with) and restored from its last checkpoint.
+    fn reload(&mut self, id: &str) -> Result<()> {
+        let old = &self.queries[id];
+        let (statement, properties, stats) =
+            (old.statement.clone(), old.properties.clone(), old.stats);
+        let stmt = weir_sql::parse_statement(&statement)?;
+        let saved = std::mem::replace(&mut self.properties, properties);
+        let fresh = self.replan(id, &stmt, statement);
+        self.properties = saved;
+        let mut fresh = fresh?;
+        recover(self.log.as_ref(), [&mut fresh])?;
+        fresh.stats = stats;
+        fresh.retry = self.queries[id].retry;
+        self.queries.insert(id.to_string(), fresh);
+        Ok(())
+    }
+
+    /// Query `id` as its statement starts it, over the catalog as it is.
+    fn replan(&self, id: &str, stmt: &Statement, statement: String) -> Result<PersistentQuery> {
+        let (sink, query, relation, plan, aggregate) = match stmt {
+            Statement::CreateAsSelect(c) => {
+                let relation = self.relation(&c.query)?;
+                let (plan, mut aggregate) = self.plan_over(&relation, true)?;
+                if let Some(a) = aggregate.as_mut() {
+                    self.tune_aggregate(a)?;
+                }
+                (&c.name, &c.query, relation, plan, aggregate)
+            }
+            Statement::InsertInto { target, query, .. } => {
+                let relation = self.relation(query)?;
+                let plan = plan_select(&self.functions, &relation.query, &relation.source)?;
+                (target, query, relation, plan, None)
+            }
+            _ => {
+                return Err(EngineError::Execution(format!(
+                    "query {id} was not started by a query: {statement}"
+                )));
+            }
+        };
+        let sink = self.stream(&sink.value)?;
+        let Relation { source, join, .. } = relation;
+        self.assemble_query(
+            id.to_string(),
+            &sink,
+            &source,
+            Parts {
+                query,
+                plan,
+                aggregate,
+                join,
+            },
+            statement,
+        )
+    }
+
+    /// The session's settings for an aggregation: collection limits, coalescing.
+    fn tune_aggregate(&self, a: &mut aggregate::Aggregator) -> Result<()> {
+        let limit = |name: &str| {
+            self.properties
+                .get(&format!("ksql.functions.{name}.limit"))
+                .and_then(|v| v.parse::<usize>().ok())
+        };
+        a.limit_collections(limit("collect_list"), limit("collect_set"))?;
+        a.coalesce = self
+            .properties
+            .get(COALESCE_PROPERTY)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        Ok(())
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -681,6 +776,7 @@ impl Engine {
                     id: q.id.clone(),
                     stats: q.stats,
                     lag,
+                    state: inspect::query_state(q),
                 }
             })
             .collect()
@@ -1086,16 +1182,7 @@ impl Engine {
         }
         let (plan, mut aggregate) = self.plan_over(&relation, true)?;
         if let Some(a) = aggregate.as_mut() {
-            let limit = |name: &str| {
-                self.properties
-                    .get(&format!("ksql.functions.{name}.limit"))
-                    .and_then(|v| v.parse::<usize>().ok())
-            };
-            a.limit_collections(limit("collect_list"), limit("collect_set"))?;
-            a.coalesce = self
-                .properties
-                .get(COALESCE_PROPERTY)
-                .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+            self.tune_aggregate(a)?;
         }
         let Relation {
             source,
@@ -1294,7 +1381,7 @@ impl Engine {
             query,
             plan,
             aggregate,
-            join: mut joiner,
+            join: joiner,
         } = parts;
         let sink = self.stream(sink_name)?;
         // INSERT INTO: the query's output must fit the sink's columns.
@@ -1306,6 +1393,43 @@ impl Engine {
                 describe_columns(&sink.layout.key_columns, &sink.layout.value_columns)
             )));
         }
+        let id = format!("{prefix}_{}_{}", sink.name, self.query_counter);
+        let query = self.assemble_query(
+            id.clone(),
+            &sink,
+            source,
+            Parts {
+                query,
+                plan,
+                aggregate,
+                join: joiner,
+            },
+            stmt.to_string(),
+        )?;
+        self.query_counter += 1;
+        self.queries.insert(id.clone(), query);
+        if self.durable && !self.replaying {
+            self.checkpoint(&id)?;
+        }
+        Ok(id)
+    }
+
+    /// A persistent query as it starts: reading from where `auto.offset.reset` says (a
+    /// checkpoint, when there is one, moves it on), its operators' state empty.
+    fn assemble_query(
+        &self,
+        id: String,
+        sink: &Source,
+        source: &Source,
+        parts: Parts<'_>,
+        statement: String,
+    ) -> Result<PersistentQuery> {
+        let Parts {
+            query,
+            plan,
+            aggregate,
+            join: mut joiner,
+        } = parts;
         let earliest = self.earliest(&BTreeMap::new());
         // A join reads each of its sources; the query's own offsets are unused.
         let offsets = match joiner.as_mut() {
@@ -1328,7 +1452,7 @@ impl Engine {
                 &plan.output_layout_columns.1,
                 sink.window.is_some(),
             ),
-            sink: Some(&sink),
+            sink: Some(sink),
         });
         let stop_on_error = self
             .properties
@@ -1354,40 +1478,33 @@ impl Engine {
             .topic(&sink.topic)?
             .map(|t| t.config.partitions)
             .unwrap_or(1);
-        let id = format!("{prefix}_{}_{}", sink.name, self.query_counter);
-        self.query_counter += 1;
-        self.queries.insert(
-            id.clone(),
-            PersistentQuery {
-                id: id.clone(),
-                statement: stmt.to_string(),
-                sink: sink.name.clone(),
-                plan,
-                logical,
-                source_topic: source.topic.clone(),
-                pipeline,
-                sink_topic: sink.topic.clone(),
-                sink_layout: sink.layout.clone(),
-                sink_window: sink.window,
-                sink_partitions,
-                already_written: BTreeMap::new(),
-                sink_timestamp: sink
-                    .timestamp_column
-                    .clone()
-                    .map(|c| (c, sink.timestamp_format.clone())),
-                stats: meta::QueryStats::default(),
-                error: None,
-                since_full: delta::FULL_EVERY,
-                checkpoint_text: String::new(),
-                commit_every,
-                last_checkpoint: Instant::now(),
-                unsaved: false,
-            },
-        );
-        if self.durable && !self.replaying {
-            self.checkpoint(&id)?;
-        }
-        Ok(id)
+        Ok(PersistentQuery {
+            id,
+            statement,
+            properties: self.properties.clone(),
+            retry: None,
+            sink: sink.name.clone(),
+            plan,
+            logical,
+            source_topic: source.topic.clone(),
+            pipeline,
+            sink_topic: sink.topic.clone(),
+            sink_layout: sink.layout.clone(),
+            sink_window: sink.window,
+            sink_partitions,
+            already_written: BTreeMap::new(),
+            sink_timestamp: sink
+                .timestamp_column
+                .clone()
+                .map(|c| (c, sink.timestamp_format.clone())),
+            stats: meta::QueryStats::default(),
+            error: None,
+            since_full: delta::FULL_EVERY,
+            checkpoint_text: String::new(),
+            commit_every,
+            last_checkpoint: Instant::now(),
+            unsaved: false,
+        })
     }
 
     fn insert_values(
@@ -1686,6 +1803,110 @@ impl Engine {
         q.stats.last_message_ms = Some(now_ms());
         Ok(step.consumed)
     }
+}
+
+/// Sets each of `queries` to its last checkpoint (offsets and operator state), then finds
+/// which records after it already have their output in the sink (by the source header),
+/// so that reprocessing them writes nothing twice: what a restart does, and what a query
+/// that failed does before it runs again.
+fn recover<'a>(
+    log: &dyn Log,
+    queries: impl IntoIterator<Item = &'a mut PersistentQuery>,
+) -> Result<()> {
+    let mut queries: BTreeMap<String, &'a mut PersistentQuery> =
+        queries.into_iter().map(|q| (q.id.clone(), q)).collect();
+    let mut last: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    // A join's steps that started after its query's last checkpoint: what each read.
+    let mut intents: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    // Each query's operator state: its last full snapshot with the changes after it.
+    let mut states: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    for (_, value) in read_topic_values(log, OFFSETS_TOPIC)? {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&value) else {
+            continue;
+        };
+        if let Some(q) = v["query"].as_str() {
+            if !queries.contains_key(q) {
+                continue;
+            }
+            intents.remove(q);
+            if let Some(full) = v.get("full") {
+                states.insert(q.to_string(), full.clone());
+            } else if let (Some(d), Some(s)) = (v.get("delta"), states.get_mut(q)) {
+                delta::apply(s, d);
+            }
+            last.insert(q.to_string(), v);
+        } else if let Some(q) = v["intent_for"].as_str() {
+            intents
+                .entry(q.to_string())
+                .or_default()
+                .push(v["ends"].clone());
+        }
+    }
+    for (id, steps) in intents {
+        if let Some(j) = queries.get_mut(&id).and_then(|q| q.pipeline.join_mut()) {
+            j.replay = steps
+                .into_iter()
+                .filter_map(|ends| serde_json::from_value(ends).ok())
+                .collect();
+        }
+    }
+    for q in queries.into_values() {
+        let Some(cp) = last.get(&q.id) else { continue };
+        let as_offsets = |v: &serde_json::Value| -> Vec<u64> {
+            v.as_array()
+                .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
+                .unwrap_or_default()
+        };
+        q.pipeline.set_offsets(as_offsets(&cp["offsets"]));
+        if let Some(state) = states.remove(&q.id) {
+            let unread = q.pipeline.restore(&state);
+            // Written by another version of Weir, or damaged: say so rather than
+            // go on as if the state were whole.
+            if unread > 0 {
+                eprintln!(
+                    "weir: query {}: {unread} entries of its checkpointed state could not be read (another version's format?); they start empty",
+                    q.id
+                );
+            }
+            // The next checkpoint is a full one: a fresh anchor for the next recovery.
+            q.since_full = delta::FULL_EVERY;
+        }
+        // Outputs written ahead of the checkpoint by an earlier interrupted step (they
+        // lie before `sink_ends`, so the scan below does not see them).
+        for e in cp["ahead"].as_array().into_iter().flatten() {
+            if let (Some(p), Some(s), Some(o)) = (e[0].as_u64(), e[1].as_u64(), e[2].as_u64()) {
+                let max = q.already_written.entry((p as u32, s as u32)).or_insert(o);
+                *max = (*max).max(o);
+            }
+        }
+        let sink_ends = as_offsets(&cp["sink_ends"]);
+        let prefix = format!("{}:", q.id);
+        for sink_partition in 0..q.sink_partitions {
+            let from = sink_ends.get(sink_partition as usize).copied().unwrap_or(0);
+            for r in log.read_to_end(&q.sink_topic, sink_partition, from)? {
+                let Some(src) = r.record.headers.iter().find(|h| h.name == SOURCE_HEADER) else {
+                    continue;
+                };
+                let Some(text) = src
+                    .value
+                    .as_deref()
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                else {
+                    continue;
+                };
+                let Some(rest) = text.strip_prefix(&prefix) else {
+                    continue;
+                };
+                if let Some((p, o)) = rest.split_once(':')
+                    && let (Ok(p), Ok(o)) = (p.parse::<u32>(), o.parse::<u64>())
+                {
+                    let e = q.already_written.entry((p, sink_partition)).or_insert(o);
+                    *e = (*e).max(o);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Records what a durable join's step read (the offsets each source partition reaches)

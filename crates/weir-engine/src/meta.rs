@@ -98,6 +98,8 @@ pub struct QueryMetrics {
     pub stats: QueryStats,
     /// Source records not yet read, over all partitions.
     pub lag: u64,
+    /// RUNNING, or ERROR while it waits to be retried (or stopped on a function error).
+    pub state: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -876,11 +876,7 @@ impl SelectPlan {
         // A function that panics on some input must fail this batch, not the server.
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.apply_unguarded(batch)))
             .unwrap_or_else(|p| {
-                let why = p
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "unknown reason".into());
+                let why = crate::error::panic_message(p.as_ref());
                 Err(EngineError::Execution(format!("a function failed: {why}")))
             })
     }

@@ -1,5 +1,6 @@
 //! Continuous execution: an engine shared between the callers that submit statements and
-//! a worker thread that keeps every persistent and push query moving.
+//! a worker thread that keeps every persistent and push query moving. A query that fails
+//! fails alone (see `Engine::run_once`); the worker itself survives panics.
 //!
 //! The worker runs a batch per partition of every query in turn. With input waiting it
 //! loops at once (and each query's batches grow, see `Engine::run_once`); when all are
@@ -19,6 +20,8 @@ pub const MAX_IDLE_WAIT: Duration = Duration::from_millis(10);
 
 pub struct Runtime {
     engine: Arc<Mutex<Engine>>,
+    /// The engine's log, for what needs it without waiting on query work (health).
+    log: Arc<dyn weir_log::Log>,
     stop: Arc<AtomicBool>,
     worker: Mutex<Option<JoinHandle<()>>>,
 }
@@ -26,6 +29,7 @@ pub struct Runtime {
 impl Runtime {
     /// Starts the worker over `engine`.
     pub fn start(engine: Engine) -> Self {
+        let log = engine.log().clone();
         let engine = Arc::new(Mutex::new(engine));
         let stop = Arc::new(AtomicBool::new(false));
         let worker = {
@@ -37,9 +41,25 @@ impl Runtime {
         };
         Self {
             engine,
+            log,
             stop,
             worker: Mutex::new(Some(worker)),
         }
+    }
+
+    /// The log the engine runs on; no lock taken.
+    pub fn log(&self) -> &Arc<dyn weir_log::Log> {
+        &self.log
+    }
+
+    /// Whether the worker is there to run queries (false once it has ended, whether
+    /// stopped or lost).
+    pub fn worker_alive(&self) -> bool {
+        self.worker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|w| !w.is_finished())
     }
 
     /// The engine, locked: statements run between the worker's batches.
@@ -81,7 +101,16 @@ impl Drop for Runtime {
 fn work(engine: &Mutex<Engine>, stop: &AtomicBool) {
     let mut idle = Duration::from_millis(1);
     while !stop.load(Ordering::SeqCst) {
-        let step = engine.lock().unwrap_or_else(|e| e.into_inner()).run_once();
+        // A query's own failures (errors, panics) stay with it (`Engine::run_once`); a
+        // panic anywhere else in a pass is reported and the pass retried, never the end
+        // of the worker.
+        let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            engine.lock().unwrap_or_else(|e| e.into_inner()).run_once()
+        }))
+        .unwrap_or_else(|panic| {
+            let what = crate::error::panic_message(panic.as_ref());
+            Err(crate::EngineError::Execution(format!("panicked: {what}")))
+        });
         match step {
             Ok(0) => {
                 std::thread::sleep(idle);

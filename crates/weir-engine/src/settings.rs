@@ -139,6 +139,16 @@ pub const SETTINGS: &[Setting] = &[
         "true: a function error stops the persistent query (ERROR) instead of writing NULL",
     ),
     session(
+        crate::RETRY_BACKOFF_INITIAL,
+        "15000",
+        "how long (ms) a persistent query that failed waits before it is reloaded from its last checkpoint and run again",
+    ),
+    session(
+        crate::RETRY_BACKOFF_MAX,
+        "900000",
+        "the longest wait (ms) between a failing query's retries; each failure doubles the wait up to it",
+    ),
+    session(
         "weir.push.buffer.rows",
         "10000",
         "rows a push query's client may fall behind before its query ends",

@@ -1,4 +1,4 @@
-//! `GET /metrics`: Prometheus text format. Per persistent query: records and bytes in and
+//! `GET /metrics`: Prometheus text format. Per persistent query: its state, records and bytes in and
 //! out, records sent to the processing log, source lag and an end-to-end latency
 //! histogram; per server: push queries open, REST requests by endpoint and status, and
 //! the MQTT listener's counters.
@@ -73,6 +73,20 @@ pub fn render(
             .map(|q| (format!("{{query=\"{}\"}}", q.id), f(q).to_string()))
             .collect()
     };
+    family(
+        "weir_query_state",
+        "gauge",
+        "1 for the state a persistent query is in (RUNNING, or ERROR while it waits to be retried from its last checkpoint).",
+        queries
+            .iter()
+            .map(|q| {
+                (
+                    format!("{{query=\"{}\",state=\"{}\"}}", q.id, q.state),
+                    "1".into(),
+                )
+            })
+            .collect(),
+    );
     family(
         "weir_query_records_in_total",
         "counter",
