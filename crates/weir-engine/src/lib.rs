@@ -346,6 +346,174 @@ struct Retry {
 }
 
 impl PersistentQuery {
+    /// Reads one batch per source partition of a query (a join: from every partition of
+    /// every source at once) and writes what it produces; a durable engine checkpoints
+    /// after each. Output first, then the checkpoint: a crash between them re-reads the
+    /// batch, and recovery keeps its output from being written twice.
+    fn step(&mut self, log: &dyn Log, durable: bool) -> Result<u64> {
+        let partitions = self.pipeline.partitions();
+        let mut consumed = 0;
+        for partition in 0..partitions {
+            if self.error.is_some() {
+                break;
+            }
+            let n = self.step_partition(log, durable, partition)?;
+            if n > 0 && durable {
+                // Tests of recovery: a step's output is written, its checkpoint not
+                // (`WEIR_FAILPOINT=crash_before_checkpoint:N`, see [`weir_log::failpoint`]).
+                weir_log::failpoint::hit("crash_before_checkpoint");
+                self.unsaved = true;
+                if self.last_checkpoint.elapsed() >= self.commit_every && self.may_checkpoint() {
+                    self.checkpoint(log)?;
+                }
+            }
+            consumed += n;
+        }
+        // Caught up (or stopped): what it did is checkpointed now.
+        if consumed == 0 && self.unsaved && self.may_checkpoint() {
+            self.checkpoint(log)?;
+        }
+        Ok(consumed)
+    }
+
+    /// One step of one partition through the query's pipeline, into its sink topic.
+    fn step_partition(&mut self, log: &dyn Log, durable: bool, partition: u32) -> Result<u64> {
+        let q = self;
+        let id = q.id.clone();
+        let id = id.as_str();
+        // Everything is computed before anything is written: a query that stops on an
+        // error writes nothing of the step it stops at, and resumes from its start.
+        let step = match q.pipeline.step(log, partition, None, durable.then_some(id)) {
+            Ok(step) => step,
+            Err(EngineError::Stopped {
+                partition,
+                offset,
+                message,
+            }) => {
+                let why = format!(
+                    "Query stopped ({FAIL_ON_FUNCTION_ERROR}=true) at {}-{partition} {message}",
+                    q.source_topic
+                );
+                eprintln!("weir: query {}: {why}", q.id);
+                write_processing_log(
+                    log,
+                    &q.id,
+                    &q.source_topic,
+                    &[Problem::new(partition, offset, why.clone())],
+                )?;
+                q.stats.errors += 1;
+                q.error = Some(meta::QueryError {
+                    timestamp: now_ms(),
+                    message: why,
+                });
+                return Ok(0);
+            }
+            Err(e) => return Err(e),
+        };
+        if step.consumed == 0 {
+            return Ok(0);
+        }
+        for change in &step.changes {
+            q.stats.produced += change.batch.num_rows() as u64;
+            let now = now_ms();
+            for t in change.batch.column(0).as_primitive::<Int64Type>().values() {
+                q.stats.latency.observe((now - t).max(0) as f64);
+            }
+            q.stats.bytes_produced += write_output(
+                log,
+                q,
+                &change.batch,
+                Sink {
+                    tombstones: change.tombstones,
+                    durable,
+                    source_partition: partition,
+                },
+            )?;
+        }
+        if !step.problems.is_empty() {
+            q.stats.errors += step.problems.len() as u64;
+            write_processing_log(log, &q.id, &q.source_topic, &step.problems)?;
+        }
+        q.pipeline.advance(partition, &step);
+        q.stats.consumed += step.consumed;
+        q.stats.bytes_consumed += step.bytes;
+        q.stats.last_message_ms = Some(now_ms());
+        Ok(step.consumed)
+    }
+
+    /// Appends the query's checkpoint: its offsets, where its sink ended, and its operator
+    /// state — whole every `delta::FULL_EVERY` checkpoints, otherwise only what changed
+    /// since the last one.
+    fn checkpoint(&mut self, log: &dyn Log) -> Result<()> {
+        let q = self;
+        let mut sink_ends = Vec::new();
+        for p in 0..q.sink_partitions {
+            sink_ends.push(log.offsets(&q.sink_topic, p)?.1);
+        }
+        // Outputs already written for source records not consumed yet (by a step that was
+        // interrupted after writing part of its output, then replayed in smaller batches):
+        // they go with every checkpoint until consumed, so that a later recovery skips
+        // them too. The others are done with.
+        let offsets = q.pipeline.offsets();
+        q.already_written
+            .retain(|(p, _), max| offsets.get(*p as usize).is_none_or(|next| *max >= *next));
+        let ahead: Vec<[u64; 3]> = q
+            .already_written
+            .iter()
+            .map(|((p, s), max)| [*p as u64, *s as u64, *max])
+            .collect();
+        let mut v = serde_json::json!({"query": q.id, "offsets": q.pipeline.offsets(), "sink_ends": sink_ends});
+        if !ahead.is_empty() {
+            v["ahead"] = serde_json::json!(ahead);
+        }
+        // The record's text: `v`, with the delta (when there is one) as its last field,
+        // written in one buffer (the last checkpoint's, reused).
+        let mut text = std::mem::take(&mut q.checkpoint_text);
+        text.clear();
+        if q.pipeline.has_state() && q.since_full < delta::FULL_EVERY {
+            // The operators say which entries of their state changed (the state can be
+            // large and mostly unchanged: a table's rows, open windows), so a checkpoint
+            // costs what the step changed; every FULL_EVERY-th is a full snapshot.
+            text.push_str(&v.to_string());
+            text.pop();
+            text.push_str(",\"delta\":");
+            let mut changes = delta::DeltaText::after(text);
+            q.pipeline.take_changes(&mut changes);
+            text = changes.into_json();
+            text.push('}');
+            q.since_full += 1;
+        } else {
+            if q.pipeline.has_state() {
+                v["full"] = q.pipeline.snapshot();
+                q.since_full = 0;
+            }
+            text.push_str(&v.to_string());
+        }
+        let mut record = [Record {
+            key: Some(q.id.as_bytes().to_vec()),
+            value: Some(text.into_bytes()),
+            timestamp: now_ms(),
+            headers: vec![],
+        }];
+        let written = log.append(OFFSETS_TOPIC, 0, &record);
+        // The buffer goes back to the query for the next checkpoint.
+        if let Some(bytes) = record[0].value.take()
+            && bytes.capacity() <= 16 << 20
+        {
+            q.checkpoint_text = String::from_utf8(bytes).unwrap_or_default();
+        }
+        if written.is_err() {
+            // What this checkpoint carried is not saved: the next one is a full one.
+            q.since_full = delta::FULL_EVERY;
+        }
+        written?;
+        q.unsaved = false;
+        q.last_checkpoint = Instant::now();
+        Ok(())
+    }
+}
+
+impl PersistentQuery {
     /// Not while a join replays the steps a crash interrupted: a checkpoint would drop
     /// the recovery intents of those not replayed yet. Not after a failure either.
     fn may_checkpoint(&self) -> bool {
@@ -461,77 +629,13 @@ impl Engine {
         recover(self.log.as_ref(), self.queries.values_mut())
     }
 
-    /// Appends the query's checkpoint: its offsets, where its sink ended, and its operator
-    /// state — whole every `delta::FULL_EVERY` checkpoints, otherwise only what changed
-    /// since the last one.
+    /// Appends query `id`'s checkpoint (see [`PersistentQuery::checkpoint`]).
     fn checkpoint(&mut self, id: &str) -> Result<()> {
         let log = self.log.clone();
-        let q = self.queries.get_mut(id).expect("query exists");
-        let mut sink_ends = Vec::new();
-        for p in 0..q.sink_partitions {
-            sink_ends.push(log.offsets(&q.sink_topic, p)?.1);
-        }
-        // Outputs already written for source records not consumed yet (by a step that was
-        // interrupted after writing part of its output, then replayed in smaller batches):
-        // they go with every checkpoint until consumed, so that a later recovery skips
-        // them too. The others are done with.
-        let offsets = q.pipeline.offsets();
-        q.already_written
-            .retain(|(p, _), max| offsets.get(*p as usize).is_none_or(|next| *max >= *next));
-        let ahead: Vec<[u64; 3]> = q
-            .already_written
-            .iter()
-            .map(|((p, s), max)| [*p as u64, *s as u64, *max])
-            .collect();
-        let mut v = serde_json::json!({"query": q.id, "offsets": q.pipeline.offsets(), "sink_ends": sink_ends});
-        if !ahead.is_empty() {
-            v["ahead"] = serde_json::json!(ahead);
-        }
-        // The record's text: `v`, with the delta (when there is one) as its last field,
-        // written in one buffer (the last checkpoint's, reused).
-        let mut text = std::mem::take(&mut q.checkpoint_text);
-        text.clear();
-        if q.pipeline.has_state() && q.since_full < delta::FULL_EVERY {
-            // The operators say which entries of their state changed (the state can be
-            // large and mostly unchanged: a table's rows, open windows), so a checkpoint
-            // costs what the step changed; every FULL_EVERY-th is a full snapshot.
-            text.push_str(&v.to_string());
-            text.pop();
-            text.push_str(",\"delta\":");
-            let mut changes = delta::DeltaText::after(text);
-            q.pipeline.take_changes(&mut changes);
-            text = changes.into_json();
-            text.push('}');
-            q.since_full += 1;
-        } else {
-            if q.pipeline.has_state() {
-                v["full"] = q.pipeline.snapshot();
-                q.since_full = 0;
-            }
-            text.push_str(&v.to_string());
-        }
-        let q = self.queries.get_mut(id).expect("query exists");
-        let mut record = [Record {
-            key: Some(q.id.as_bytes().to_vec()),
-            value: Some(text.into_bytes()),
-            timestamp: now_ms(),
-            headers: vec![],
-        }];
-        let written = self.log.append(OFFSETS_TOPIC, 0, &record);
-        // The buffer goes back to the query for the next checkpoint.
-        if let Some(bytes) = record[0].value.take()
-            && bytes.capacity() <= 16 << 20
-        {
-            q.checkpoint_text = String::from_utf8(bytes).unwrap_or_default();
-        }
-        if written.is_err() {
-            // What this checkpoint carried is not saved: the next one is a full one.
-            q.since_full = delta::FULL_EVERY;
-        }
-        written?;
-        q.unsaved = false;
-        q.last_checkpoint = Instant::now();
-        Ok(())
+        self.queries
+            .get_mut(id)
+            .expect("query exists")
+            .checkpoint(log.as_ref())
     }
 
     fn record_command(&self, stmt: &Statement) -> Result<()> {
@@ -571,13 +675,19 @@ impl Engine {
         let mut consumed = 0;
         for id in ids {
             if !self.durable {
-                consumed += self.step(&id)?;
+                let log = self.log.clone();
+                let q = self.queries.get_mut(&id).expect("query exists");
+                consumed += q.step(log.as_ref(), false)?;
                 continue;
             }
             if !self.due(&id) {
                 continue;
             }
-            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step(&id)));
+            let log = self.log.clone();
+            let q = self.queries.get_mut(&id).expect("query exists");
+            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                q.step(log.as_ref(), true)
+            }));
             match step {
                 Ok(Ok(n)) => {
                     consumed += n;
@@ -1684,36 +1794,6 @@ impl Engine {
         }
     }
 
-    /// Reads one batch per source partition of a query (a join: from every partition of
-    /// every source at once) and writes what it produces; a durable engine checkpoints
-    /// after each. Output first, then the checkpoint: a crash between them re-reads the
-    /// batch, and recovery keeps its output from being written twice.
-    fn step(&mut self, id: &str) -> Result<u64> {
-        let partitions = self.queries[id].pipeline.partitions();
-        let mut consumed = 0;
-        for partition in 0..partitions {
-            if self.queries[id].error.is_some() {
-                break;
-            }
-            let n = self.step_partition(id, partition)?;
-            if n > 0 && self.durable {
-                self.crash_point();
-                let q = self.queries.get_mut(id).expect("query exists");
-                q.unsaved = true;
-                if q.last_checkpoint.elapsed() >= q.commit_every && q.may_checkpoint() {
-                    self.checkpoint(id)?;
-                }
-            }
-            consumed += n;
-        }
-        // Caught up (or stopped): what it did is checkpointed now.
-        let q = &self.queries[id];
-        if consumed == 0 && q.unsaved && q.may_checkpoint() {
-            self.checkpoint(id)?;
-        }
-        Ok(consumed)
-    }
-
     /// Checkpoints every query that has consumed records since its last checkpoint, so
     /// that the next start resumes exactly where this one stopped (an engine dropped
     /// without it reads those records again, writing none of their output twice).
@@ -1728,80 +1808,6 @@ impl Engine {
             self.checkpoint(&id)?;
         }
         Ok(())
-    }
-
-    /// Tests of recovery: a step's output is written, its checkpoint not
-    /// (`WEIR_FAILPOINT=crash_before_checkpoint:N`, see [`weir_log::failpoint`]).
-    fn crash_point(&mut self) {
-        weir_log::failpoint::hit("crash_before_checkpoint");
-    }
-
-    /// One step of one partition through the query's pipeline, into its sink topic.
-    fn step_partition(&mut self, id: &str, partition: u32) -> Result<u64> {
-        let log = self.log.clone();
-        let durable = self.durable;
-        let q = self.queries.get_mut(id).expect("query exists");
-        // Everything is computed before anything is written: a query that stops on an
-        // error writes nothing of the step it stops at, and resumes from its start.
-        let step = match q
-            .pipeline
-            .step(log.as_ref(), partition, None, durable.then_some(id))
-        {
-            Ok(step) => step,
-            Err(EngineError::Stopped {
-                partition,
-                offset,
-                message,
-            }) => {
-                let why = format!(
-                    "Query stopped ({FAIL_ON_FUNCTION_ERROR}=true) at {}-{partition} {message}",
-                    q.source_topic
-                );
-                eprintln!("weir: query {}: {why}", q.id);
-                write_processing_log(
-                    log.as_ref(),
-                    &q.id,
-                    &q.source_topic,
-                    &[Problem::new(partition, offset, why.clone())],
-                )?;
-                q.stats.errors += 1;
-                q.error = Some(meta::QueryError {
-                    timestamp: now_ms(),
-                    message: why,
-                });
-                return Ok(0);
-            }
-            Err(e) => return Err(e),
-        };
-        if step.consumed == 0 {
-            return Ok(0);
-        }
-        for change in &step.changes {
-            q.stats.produced += change.batch.num_rows() as u64;
-            let now = now_ms();
-            for t in change.batch.column(0).as_primitive::<Int64Type>().values() {
-                q.stats.latency.observe((now - t).max(0) as f64);
-            }
-            q.stats.bytes_produced += write_output(
-                log.as_ref(),
-                q,
-                &change.batch,
-                Sink {
-                    tombstones: change.tombstones,
-                    durable,
-                    source_partition: partition,
-                },
-            )?;
-        }
-        if !step.problems.is_empty() {
-            q.stats.errors += step.problems.len() as u64;
-            write_processing_log(log.as_ref(), &q.id, &q.source_topic, &step.problems)?;
-        }
-        q.pipeline.advance(partition, &step);
-        q.stats.consumed += step.consumed;
-        q.stats.bytes_consumed += step.bytes;
-        q.stats.last_message_ms = Some(now_ms());
-        Ok(step.consumed)
     }
 }
 
