@@ -85,9 +85,8 @@ impl Engine {
                     .collect(),
             ),
             ListKind::Queries => Listing::Queries(
-                self.queries
-                    .values()
-                    .map(summary)
+                self.queries()
+                    .map(|q| summary(&q))
                     .chain(self.push_queries.values().map(|p| QuerySummary {
                         id: p.id.clone(),
                         query_string: p.statement.clone(),
@@ -197,24 +196,22 @@ impl Engine {
             .topic(&s.topic)?
             .map(|t| (t.config.partitions, t.config.replicas))
             .unwrap_or((0, 0));
-        let writes: Vec<&PersistentQuery> =
-            self.queries.values().filter(|q| q.sink == s.name).collect();
-        let reads: Vec<&PersistentQuery> = self
-            .queries
-            .values()
-            .filter(|q| q.plan.source == s.name)
-            .collect();
-        let statistics = extended.then(|| {
-            let mut total = QueryStats::default();
-            for q in &writes {
+        // One pass, one query locked at a time.
+        let (mut writes, mut reads, mut total) = (Vec::new(), Vec::new(), QueryStats::default());
+        for q in self.queries() {
+            if q.sink == s.name {
+                writes.push(summary(&q));
                 total.consumed += q.stats.consumed;
                 total.produced += q.stats.produced;
                 total.errors += q.stats.errors;
                 total.late += q.pipeline.late_records();
                 total.last_message_ms = total.last_message_ms.max(q.stats.last_message_ms);
             }
-            total
-        });
+            if q.plan.source == s.name {
+                reads.push(summary(&q));
+            }
+        }
+        let statistics = extended.then_some(total);
         // ROWTIME and the other pseudo columns are not part of a source's schema.
         let values: Vec<Column> = s
             .layout
@@ -228,8 +225,8 @@ impl Engine {
             fields: fields(&s.layout.key_columns, &values),
             statement: s.statement.clone(),
             timestamp: s.timestamp_column.clone().unwrap_or_default(),
-            read_queries: reads.into_iter().map(summary).collect(),
-            write_queries: writes.into_iter().map(summary).collect(),
+            read_queries: reads,
+            write_queries: writes,
             partitions,
             replication,
             extended,
@@ -264,8 +261,7 @@ impl Engine {
         match target {
             ExplainTarget::QueryId(id) => {
                 let q = self
-                    .queries
-                    .values()
+                    .queries()
                     .find(|q| q.id.eq_ignore_ascii_case(&id.value))
                     .ok_or_else(|| {
                         EngineError::Invalid(format!("Query with id:{} does not exist", id.value))
@@ -278,7 +274,7 @@ impl Engine {
                     sinks: vec![q.sink.clone()],
                     window_type: q.pipeline.window_type().map(String::from),
                     execution_plan: q.pipeline.explain(&q.logical, Some(&q.sink_topic)),
-                    state: Some(query_state(q).into()),
+                    state: Some(query_state(&q).into()),
                     statistics: Some(QueryStats {
                         late: q.pipeline.late_records(),
                         ..q.stats

@@ -36,7 +36,7 @@ mod tracked;
 mod types;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use arrow::array::{ArrayRef, AsArray, RecordBatch};
@@ -319,6 +319,8 @@ pub struct PersistentQuery {
     properties: BTreeMap<String, String>,
     /// After a failure: when it is reloaded from its last checkpoint and run again.
     retry: Option<Retry>,
+    /// Terminated: a worker that still holds it leaves it alone.
+    terminated: bool,
     /// Checkpoints since the last full one (later checkpoints carry what changed since
     /// the one before: the entries the operators report as set or removed; see
     /// `delta.rs`). At [`delta::FULL_EVERY`] (or before any), the next is full.
@@ -331,6 +333,57 @@ pub struct PersistentQuery {
     /// When it last checkpointed, and whether it has consumed records since.
     last_checkpoint: Instant,
     unsaved: bool,
+}
+
+/// A persistent query as the engine and its workers share it.
+pub(crate) type SharedQuery = Arc<Mutex<PersistentQuery>>;
+
+/// Query `q`, locked (a panic while it was held left it to be reloaded, not unusable).
+pub(crate) fn lock(q: &SharedQuery) -> MutexGuard<'_, PersistentQuery> {
+    q.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What stepping the persistent queries needs from the engine ([`Engine::work`]): taken
+/// under its lock, used without it (the runtime's workers step queries in parallel).
+pub(crate) struct Work {
+    pub log: Arc<dyn Log>,
+    pub durable: bool,
+    /// A failed query's first wait before it is reloaded, and the longest.
+    pub backoff: (Duration, Duration),
+    pub queries: Vec<(String, SharedQuery)>,
+}
+
+impl Work {
+    /// One step of query `q`: a batch per source partition (see [`PersistentQuery::step`]).
+    /// On a durable engine an error or a panic fails `q` alone (ERROR, retried after the
+    /// backoff); a plain engine returns the error. Nothing for a query that waits to be
+    /// reloaded or was terminated.
+    pub(crate) fn step(&self, q: &mut PersistentQuery) -> Result<u64> {
+        if q.terminated || !q.runnable() {
+            return Ok(0);
+        }
+        if !self.durable {
+            return q.step(self.log.as_ref(), false);
+        }
+        let log = self.log.as_ref();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| q.step(log, true))) {
+            Ok(Ok(n)) => {
+                if n > 0 && q.retry.is_some_and(|r| r.reloaded) {
+                    q.retry = None;
+                }
+                Ok(n)
+            }
+            Ok(Err(e)) => {
+                q.failed(e.to_string(), self.backoff);
+                Ok(0)
+            }
+            Err(panic) => {
+                let what = error::panic_message(panic.as_ref());
+                q.failed(format!("panicked: {what}"), self.backoff);
+                Ok(0)
+            }
+        }
+    }
 }
 
 /// A failed query's next attempt.
@@ -516,6 +569,40 @@ impl PersistentQuery {
 impl PersistentQuery {
     /// Not while a join replays the steps a crash interrupted: a checkpoint would drop
     /// the recovery intents of those not replayed yet. Not after a failure either.
+    /// Waiting to retry after a failure, the wait over: to be reloaded (by the engine).
+    pub(crate) fn reload_due(&self) -> bool {
+        self.retry
+            .is_some_and(|r| !r.reloaded && Instant::now() >= r.at)
+    }
+
+    /// Runs now: not while it waits to be reloaded after a failure.
+    fn runnable(&self) -> bool {
+        self.retry.is_none_or(|r| r.reloaded)
+    }
+
+    /// It failed: ERROR with `message`, and a reload after the backoff (`initial`, then
+    /// doubling up to `max`, from [`Engine::work`]).
+    fn failed(&mut self, message: String, (initial, max): (Duration, Duration)) {
+        let backoff = match self.retry {
+            Some(r) => (r.backoff * 2).min(max),
+            None => initial,
+        };
+        eprintln!(
+            "weir: query {} failed; retrying from its last checkpoint in {} ms: {message}",
+            self.id,
+            backoff.as_millis()
+        );
+        self.retry = Some(Retry {
+            at: Instant::now() + backoff,
+            backoff,
+            reloaded: false,
+        });
+        self.error = Some(meta::QueryError {
+            timestamp: now_ms(),
+            message,
+        });
+    }
+
     fn may_checkpoint(&self) -> bool {
         self.pipeline.join().is_none_or(|j| j.replay.is_empty())
             // A query that failed holds what its failed step left in memory: it is
@@ -535,7 +622,10 @@ pub struct Engine {
     log: Arc<dyn Log>,
     catalog: Catalog,
     functions: Functions,
-    queries: BTreeMap<String, PersistentQuery>,
+    /// Each behind its own lock: a worker steps a query holding only that lock (never the
+    /// engine's), so statements and other queries go on meanwhile. Lock order: the
+    /// engine's, then a query's; a worker holding a query's lock never takes the engine's.
+    queries: BTreeMap<String, SharedQuery>,
     push_queries: BTreeMap<String, push::PushQuery>,
     push_counter: u64,
     /// Tables' current rows, for pull queries (see `pull.rs`).
@@ -626,16 +716,13 @@ impl Engine {
     /// it already have their output in the sink (by the source header), so that
     /// reprocessing them writes nothing twice.
     fn recover_offsets(&mut self) -> Result<()> {
-        recover(self.log.as_ref(), self.queries.values_mut())
+        let mut locked: Vec<_> = self.queries.values().map(lock).collect();
+        recover(self.log.as_ref(), locked.iter_mut().map(|q| &mut **q))
     }
 
     /// Appends query `id`'s checkpoint (see [`PersistentQuery::checkpoint`]).
     fn checkpoint(&mut self, id: &str) -> Result<()> {
-        let log = self.log.clone();
-        self.queries
-            .get_mut(id)
-            .expect("query exists")
-            .checkpoint(log.as_ref())
+        lock(&self.queries[id]).checkpoint(self.log.as_ref())
     }
 
     fn record_command(&self, stmt: &Statement) -> Result<()> {
@@ -664,83 +751,27 @@ impl Engine {
     /// Processes one batch per partition of every persistent query; returns how many
     /// source records were consumed (0 when all are caught up).
     ///
-    /// On a durable engine each query fails alone: an error or a panic in its step puts it
-    /// in ERROR ([`PersistentQuery::error`]) while the others go on; after a backoff
+    /// On a durable engine each query fails alone ([`Work::step`]): an error or a panic
+    /// in its step puts it in ERROR while the others go on; after a backoff
     /// ([`RETRY_BACKOFF_INITIAL`], doubling up to [`RETRY_BACKOFF_MAX`]) it is planned
     /// again and reloaded from its last checkpoint, as a restart would, so nothing the
     /// failed step did in memory is kept and nothing it wrote is written twice. A plain
     /// engine (tests, benchmarks) returns the first error.
     pub fn run_once(&mut self) -> Result<u64> {
-        let ids: Vec<String> = self.queries.keys().cloned().collect();
+        let work = self.work();
         let mut consumed = 0;
-        for id in ids {
-            if !self.durable {
-                let log = self.log.clone();
-                let q = self.queries.get_mut(&id).expect("query exists");
-                consumed += q.step(log.as_ref(), false)?;
-                continue;
+        for (id, q) in &work.queries {
+            if lock(q).reload_due() {
+                self.reload_or_wait(id);
             }
-            if !self.due(&id) {
-                continue;
-            }
-            let log = self.log.clone();
-            let q = self.queries.get_mut(&id).expect("query exists");
-            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                q.step(log.as_ref(), true)
-            }));
-            match step {
-                Ok(Ok(n)) => {
-                    consumed += n;
-                    let q = self.queries.get_mut(&id).expect("query exists");
-                    if n > 0 && q.retry.is_some_and(|r| r.reloaded) {
-                        q.retry = None;
-                    }
-                }
-                Ok(Err(e)) => self.failed(&id, e.to_string()),
-                Err(panic) => {
-                    let what = error::panic_message(panic.as_ref());
-                    self.failed(&id, format!("panicked: {what}"))
-                }
-            }
+            consumed += work.step(&mut lock(q))?;
         }
         consumed += self.run_push_queries()?;
         Ok(consumed)
     }
 
-    /// Whether query `id` runs now: not while it waits to retry after a failure; when the
-    /// wait is over it is reloaded first (a reload that fails waits again).
-    fn due(&mut self, id: &str) -> bool {
-        let Some(retry) = self.queries[id].retry else {
-            return true;
-        };
-        if retry.reloaded {
-            return true;
-        }
-        if Instant::now() < retry.at {
-            return false;
-        }
-        match self.reload(id) {
-            Ok(()) => {
-                let q = self.queries.get_mut(id).expect("query exists");
-                q.retry = Some(Retry {
-                    reloaded: true,
-                    ..retry
-                });
-                eprintln!("weir: query {id} reloaded from its last checkpoint; running again");
-                true
-            }
-            Err(e) => {
-                self.failed(
-                    id,
-                    format!("reloading it from its last checkpoint failed: {e}"),
-                );
-                false
-            }
-        }
-    }
-
-    /// Query `id` failed: ERROR with `message`, and a retry after the backoff.
-    fn failed(&mut self, id: &str, message: String) {
+    /// What stepping the persistent queries needs, for use without the engine's lock.
+    pub(crate) fn work(&self) -> Work {
         // The session's value, else the settings table's default.
         let millis = |name: &str| {
             let set = self.properties.get(name).map(String::as_str);
@@ -752,33 +783,51 @@ impl Engine {
             )
         };
         let initial = millis(RETRY_BACKOFF_INITIAL);
-        let max = millis(RETRY_BACKOFF_MAX).max(initial);
-        let q = self.queries.get_mut(id).expect("query exists");
-        let backoff = match q.retry {
-            Some(r) => (r.backoff * 2).min(max),
-            None => initial,
-        };
-        eprintln!(
-            "weir: query {id} failed; retrying from its last checkpoint in {} ms: {message}",
-            backoff.as_millis()
-        );
-        q.retry = Some(Retry {
-            at: Instant::now() + backoff,
-            backoff,
-            reloaded: false,
-        });
-        q.error = Some(meta::QueryError {
-            timestamp: now_ms(),
-            message,
-        });
+        Work {
+            log: self.log.clone(),
+            durable: self.durable,
+            backoff: (initial, millis(RETRY_BACKOFF_MAX).max(initial)),
+            queries: self
+                .queries
+                .iter()
+                .map(|(id, q)| (id.clone(), q.clone()))
+                .collect(),
+        }
     }
 
-    /// Replaces query `id` by the same query planned again from its statement (with the
-    /// properties it started with) and restored from its last checkpoint.
+    /// Reloads query `id`, whose wait after a failure is over; a reload that fails waits
+    /// again, longer. (A query terminated meanwhile is left alone.)
+    pub(crate) fn reload_or_wait(&mut self, id: &str) {
+        let Some(q) = self.queries.get(id).cloned() else {
+            return;
+        };
+        // Another worker may have reloaded it meanwhile.
+        if !lock(&q).reload_due() {
+            return;
+        }
+        match self.reload(id) {
+            Ok(()) => {
+                eprintln!("weir: query {id} reloaded from its last checkpoint; running again")
+            }
+            Err(e) => {
+                let backoff = self.work().backoff;
+                lock(&q).failed(
+                    format!("reloading it from its last checkpoint failed: {e}"),
+                    backoff,
+                );
+            }
+        }
+    }
+
+    /// Replaces query `id` (in place: a worker holding it sees the new one) by the same
+    /// query planned again from its statement, with the properties it started with, and
+    /// restored from its last checkpoint.
     fn reload(&mut self, id: &str) -> Result<()> {
-        let old = &self.queries[id];
-        let (statement, properties, stats) =
-            (old.statement.clone(), old.properties.clone(), old.stats);
+        let shared = self.queries[id].clone();
+        let (statement, properties, stats, retry) = {
+            let q = lock(&shared);
+            (q.statement.clone(), q.properties.clone(), q.stats, q.retry)
+        };
         let stmt = weir_sql::parse_statement(&statement)?;
         let saved = std::mem::replace(&mut self.properties, properties);
         let fresh = self.replan(id, &stmt, statement);
@@ -786,8 +835,11 @@ impl Engine {
         let mut fresh = fresh?;
         recover(self.log.as_ref(), [&mut fresh])?;
         fresh.stats = stats;
-        fresh.retry = self.queries[id].retry;
-        self.queries.insert(id.to_string(), fresh);
+        fresh.retry = retry.map(|r| Retry {
+            reloaded: true,
+            ..r
+        });
+        *lock(&shared) = fresh;
         Ok(())
     }
 
@@ -861,8 +913,9 @@ impl Engine {
         &mut self.functions
     }
 
-    pub fn queries(&self) -> impl Iterator<Item = &PersistentQuery> {
-        self.queries.values()
+    /// The persistent queries, each locked in turn (waiting for a step in progress).
+    pub fn queries(&self) -> impl Iterator<Item = MutexGuard<'_, PersistentQuery>> {
+        self.queries.values().map(lock)
     }
 
     /// Each persistent query's counters and source lag, for `/metrics`.
@@ -870,6 +923,7 @@ impl Engine {
         self.queries
             .values()
             .map(|q| {
+                let q = lock(q);
                 let lag = q
                     .pipeline
                     .offsets()
@@ -886,7 +940,7 @@ impl Engine {
                     id: q.id.clone(),
                     stats: q.stats,
                     lag,
-                    state: inspect::query_state(q),
+                    state: inspect::query_state(&q),
                 }
             })
             .collect()
@@ -1517,7 +1571,7 @@ impl Engine {
             stmt.to_string(),
         )?;
         self.query_counter += 1;
-        self.queries.insert(id.clone(), query);
+        self.queries.insert(id.clone(), Arc::new(Mutex::new(query)));
         if self.durable && !self.replaying {
             self.checkpoint(&id)?;
         }
@@ -1593,6 +1647,7 @@ impl Engine {
             statement,
             properties: self.properties.clone(),
             retry: None,
+            terminated: false,
             sink: sink.name.clone(),
             plan,
             logical,
@@ -1729,11 +1784,10 @@ impl Engine {
                 kind
             )));
         }
-        let readers: Vec<&str> = self
-            .queries
-            .values()
+        let readers: Vec<String> = self
+            .queries()
             .filter(|q| q.plan.source == name || q.sink == name)
-            .map(|q| q.id.as_str())
+            .map(|q| q.id.clone())
             .collect();
         if !readers.is_empty() {
             return Err(EngineError::Invalid(format!(
@@ -1771,8 +1825,14 @@ impl Engine {
             }
         };
         for id in &ids {
-            if let Some(q) = self.queries.remove(id)
-                && let Some(s) = self.catalog.source_mut(&q.sink)
+            let Some(q) = self.queries.remove(id) else {
+                continue;
+            };
+            // After a step in progress; a worker that took it before it left the map
+            // finds it terminated.
+            let mut q = lock(&q);
+            q.terminated = true;
+            if let Some(s) = self.catalog.source_mut(&q.sink)
                 && s.written_by.as_deref() == Some(id.as_str())
             {
                 s.written_by = None;
@@ -1798,14 +1858,11 @@ impl Engine {
     /// that the next start resumes exactly where this one stopped (an engine dropped
     /// without it reads those records again, writing none of their output twice).
     pub fn close(&mut self) -> Result<()> {
-        let unsaved: Vec<String> = self
-            .queries
-            .values()
-            .filter(|q| q.unsaved && q.may_checkpoint())
-            .map(|q| q.id.clone())
-            .collect();
-        for id in unsaved {
-            self.checkpoint(&id)?;
+        for q in self.queries.values() {
+            let mut q = lock(q);
+            if q.unsaved && q.may_checkpoint() {
+                q.checkpoint(self.log.as_ref())?;
+            }
         }
         Ok(())
     }

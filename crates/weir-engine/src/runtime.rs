@@ -1,50 +1,94 @@
 //! Continuous execution: an engine shared between the callers that submit statements and
-//! a worker thread that keeps every persistent and push query moving. A query that fails
-//! fails alone (see `Engine::run_once`); the worker itself survives panics.
+//! a pool of worker threads that keep every persistent and push query moving.
 //!
-//! The worker runs a batch per partition of every query in turn. With input waiting it
-//! loops at once (and each query's batches grow, see `Engine::run_once`); when all are
-//! caught up it sleeps 1 ms, doubling to at most [`MAX_IDLE_WAIT`], so a record appended
-//! to an idle engine reaches a push-query client within that wait plus one batch.
+//! Each persistent query sits behind its own lock. A worker takes what stepping needs
+//! from the engine under the engine's lock ([`Engine::work`]), lets go of it, and steps
+//! the queries no other worker holds, each under its own lock only: queries run on as
+//! many cores as there are workers, and statements, `/healthcheck` and the like wait for
+//! the engine's lock, never for a pass over the queries. Workers start their passes at
+//! different queries, so they spread out. A query that fails fails alone ([`Work::step`]);
+//! a worker reloads it when its wait is over (under the engine's lock: planning needs
+//! the catalog). A worker survives panics outside a query's step too.
+//!
+//! With input waiting a worker loops at once; when all it saw were caught up it sleeps
+//! 1 ms, doubling to at most [`MAX_IDLE_WAIT`], so a record appended to an idle engine
+//! reaches a push-query client within that wait plus one batch. Push queries run under
+//! the engine's lock, by one worker at a time.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::error::Result;
-use crate::{Engine, Outcome};
+use crate::{Engine, Outcome, Work};
 
 /// The longest an idle worker sleeps before looking for input again.
 pub const MAX_IDLE_WAIT: Duration = Duration::from_millis(10);
+
+/// The server setting for the number of workers.
+pub const WORKERS_SETTING: &str = "weir.workers";
+
+/// The default number of workers: one per core.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
 
 pub struct Runtime {
     engine: Arc<Mutex<Engine>>,
     /// The engine's log, for what needs it without waiting on query work (health).
     log: Arc<dyn weir_log::Log>,
     stop: Arc<AtomicBool>,
-    worker: Mutex<Option<JoinHandle<()>>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// What the workers share besides the engine.
+struct Pool {
+    engine: Arc<Mutex<Engine>>,
+    stop: Arc<AtomicBool>,
+    /// Held by the worker running the push queries.
+    push_turn: Mutex<()>,
+    size: usize,
 }
 
 impl Runtime {
-    /// Starts the worker over `engine`.
+    /// Starts one worker per core over `engine`.
     pub fn start(engine: Engine) -> Self {
+        Self::start_with(engine, default_workers())
+    }
+
+    /// Starts `workers` workers (at least one) over `engine`.
+    pub fn start_with(engine: Engine, workers: usize) -> Self {
         let log = engine.log().clone();
         let engine = Arc::new(Mutex::new(engine));
         let stop = Arc::new(AtomicBool::new(false));
-        let worker = {
-            let (engine, stop) = (engine.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("weir-queries".into())
-                .spawn(move || work(&engine, &stop))
-                .expect("spawning the query thread")
-        };
+        let size = workers.max(1);
+        let pool = Arc::new(Pool {
+            engine: engine.clone(),
+            stop: stop.clone(),
+            push_turn: Mutex::new(()),
+            size,
+        });
+        let workers = (0..size)
+            .map(|index| {
+                let pool = pool.clone();
+                std::thread::Builder::new()
+                    .name(format!("weir-worker-{index}"))
+                    .spawn(move || work(&pool, index))
+                    .expect("spawning a query worker")
+            })
+            .collect();
         Self {
             engine,
             log,
             stop,
-            worker: Mutex::new(Some(worker)),
+            workers: Mutex::new(workers),
         }
+    }
+
+    /// The engine, locked: statements run between the workers' engine calls.
+    pub fn engine(&self) -> MutexGuard<'_, Engine> {
+        lock_engine(&self.engine)
     }
 
     /// The log the engine runs on; no lock taken.
@@ -52,29 +96,26 @@ impl Runtime {
         &self.log
     }
 
-    /// Whether the worker is there to run queries (false once it has ended, whether
+    /// Whether every worker is there to run queries (false once one has ended, whether
     /// stopped or lost).
     pub fn worker_alive(&self) -> bool {
-        self.worker
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .is_some_and(|w| !w.is_finished())
+        let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        !workers.is_empty() && workers.iter().all(|w| !w.is_finished())
     }
 
-    /// The engine, locked: statements run between the worker's batches.
-    pub fn engine(&self) -> MutexGuard<'_, Engine> {
-        self.engine.lock().unwrap_or_else(|e| e.into_inner())
+    /// How many workers run queries.
+    pub fn workers(&self) -> usize {
+        self.workers.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     pub fn execute_sql(&self, sql: &str) -> Result<Vec<Outcome>> {
         self.engine().execute_sql(sql)
     }
 
-    /// Stops the worker after its current batch, checkpoints the queries' progress and
+    /// Stops the workers after their current steps, checkpoints the queries' progress and
     /// flushes the log. Statements may still run afterwards; queries no longer advance.
     pub fn shutdown(&self) -> Result<()> {
-        self.stop_worker();
+        self.stop_workers();
         let mut engine = self.engine();
         // What was written is flushed even when a checkpoint cannot be.
         let closed = engine.close();
@@ -83,10 +124,10 @@ impl Runtime {
         Ok(())
     }
 
-    fn stop_worker(&self) {
+    fn stop_workers(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        let worker = self.worker.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(w) = worker {
+        let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
+        for w in workers {
             let _ = w.join();
         }
     }
@@ -94,23 +135,25 @@ impl Runtime {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
-        self.stop_worker();
+        self.stop_workers();
     }
 }
 
-fn work(engine: &Mutex<Engine>, stop: &AtomicBool) {
+fn lock_engine(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
+    engine.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn work(pool: &Pool, index: usize) {
     let mut idle = Duration::from_millis(1);
-    while !stop.load(Ordering::SeqCst) {
-        // A query's own failures (errors, panics) stay with it (`Engine::run_once`); a
-        // panic anywhere else in a pass is reported and the pass retried, never the end
-        // of the worker.
-        let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            engine.lock().unwrap_or_else(|e| e.into_inner()).run_once()
-        }))
-        .unwrap_or_else(|panic| {
-            let what = crate::error::panic_message(panic.as_ref());
-            Err(crate::EngineError::Execution(format!("panicked: {what}")))
-        });
+    while !pool.stop.load(Ordering::SeqCst) {
+        // A query's own failures (errors, panics) stay with it (`Work::step`); a panic
+        // anywhere else in a pass is reported and the pass retried, never the end of the
+        // worker.
+        let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pass(pool, index)))
+            .unwrap_or_else(|panic| {
+                let what = crate::error::panic_message(panic.as_ref());
+                Err(crate::EngineError::Execution(format!("panicked: {what}")))
+            });
         match step {
             Ok(0) => {
                 std::thread::sleep(idle);
@@ -124,4 +167,34 @@ fn work(engine: &Mutex<Engine>, stop: &AtomicBool) {
             }
         }
     }
+}
+
+/// One pass of worker `index`: a step of each query no other worker holds, then (when no
+/// other worker is at it) the push queries. Returns the records consumed.
+fn pass(pool: &Pool, index: usize) -> Result<u64> {
+    let work: Work = lock_engine(&pool.engine).work();
+    let n = work.queries.len();
+    let mut consumed = 0;
+    for k in 0..n {
+        let (id, q) = &work.queries[(k + index * n / pool.size) % n];
+        let due = match q.try_lock() {
+            Ok(g) => g.reload_due(),
+            Err(TryLockError::Poisoned(g)) => g.into_inner().reload_due(),
+            // Another worker is stepping it.
+            Err(TryLockError::WouldBlock) => continue,
+        };
+        if due {
+            lock_engine(&pool.engine).reload_or_wait(id);
+        }
+        let mut q = match q.try_lock() {
+            Ok(g) => g,
+            Err(TryLockError::Poisoned(g)) => g.into_inner(),
+            Err(TryLockError::WouldBlock) => continue,
+        };
+        consumed += work.step(&mut q)?;
+    }
+    if let Ok(_turn) = pool.push_turn.try_lock() {
+        consumed += lock_engine(&pool.engine).run_push_queries()?;
+    }
+    Ok(consumed)
 }

@@ -108,6 +108,11 @@ pub const SETTINGS: &[Setting] = &[
         "10000",
         "MQTT connections beyond this many are closed at once",
     ),
+    server(
+        crate::runtime::WORKERS_SETTING,
+        "",
+        "threads that run persistent and push queries (default: one per core)",
+    ),
     session(
         "auto.offset.reset",
         "latest",

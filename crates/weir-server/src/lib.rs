@@ -87,6 +87,8 @@ pub struct ServerConfig {
     pub mqtt_max_message_bytes: usize,
     /// `weir.mqtt.max.connections`.
     pub mqtt_max_connections: usize,
+    /// `weir.workers`: threads that run queries.
+    pub workers: usize,
 }
 
 impl Default for ServerConfig {
@@ -103,6 +105,7 @@ impl Default for ServerConfig {
             mqtt_topic_map: String::new(),
             mqtt_max_message_bytes: weir_mqtt::DEFAULT_MAX_MESSAGE_BYTES,
             mqtt_max_connections: weir_mqtt::DEFAULT_MAX_CONNECTIONS,
+            workers: weir_engine::runtime::default_workers(),
         }
     }
 }
@@ -138,6 +141,12 @@ impl ServerConfig {
                 "weir.plugin.dir" => self.plugin_dir = Some(PathBuf::from(value)),
                 "weir.max.push.queries" => {
                     self.max_push_queries = value.parse().map_err(|e| bad(format!("{e}")))?
+                }
+                weir_engine::runtime::WORKERS_SETTING => {
+                    self.workers = match value.parse::<usize>() {
+                        Ok(n) if n > 0 => n,
+                        _ => return Err(bad("a number of threads, at least 1".into())),
+                    }
                 }
                 "weir.mqtt.listen" | "mqtt.listeners" | "listeners.mqtt" => {
                     self.mqtt_listen = Some(listen_address(value).map_err(bad)?)
@@ -244,7 +253,7 @@ impl Server {
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
         listener.set_nonblocking(true).map_err(|e| e.to_string())?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let runtime = Runtime::start(engine);
+        let runtime = Runtime::start_with(engine, config.workers);
         let (stop_tx, stop_rx) = oneshot::channel();
         let (stopping_tx, stopping_rx) = watch::channel(false);
         let state = Arc::new(AppState {
