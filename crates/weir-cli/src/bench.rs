@@ -944,3 +944,130 @@ pub fn w2(
     );
     Ok(())
 }
+
+/// `weir bench workers`: `queries` copies of the W1 query over the same events, on a
+/// durable engine run by the server's runtime with each worker count of `counts` in turn
+/// (a fresh log each). Prints the records/s of all queries together and the speedup over
+/// the first count; and, measured while they work through their backlog, how long a
+/// statement (`SHOW QUERIES`) waits and how long a row appended to an idle stream takes
+/// to reach a push query's client.
+pub fn workers(events: u64, queries: usize, counts: &[usize]) -> Result<(), String> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+    let err = |e: weir_engine::EngineError| e.to_string();
+    println!(
+        "workers: {queries} W1 queries over {events} events each, durable engine, embedded log ({} cores)",
+        weir_engine::runtime::default_workers()
+    );
+    let mut first = None;
+    for &count in counts {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let log: Arc<dyn Log> = Arc::new(
+            EmbeddedLog::open(
+                dir.path(),
+                EmbeddedLogConfig {
+                    fsync: FsyncPolicy::Never,
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| e.to_string())?,
+        );
+        log.create_topic("sensors", TopicConfig::default())
+            .map_err(|e| e.to_string())?;
+        load_events(log.as_ref(), events)?;
+        let mut engine = Engine::open(log.clone()).map_err(err)?;
+        engine.set_property("auto.offset.reset", "earliest");
+        engine.execute_sql(W1_SOURCE).map_err(err)?;
+        engine
+            .execute_sql("CREATE STREAM IDLE (ID STRING KEY, N INT) WITH (KAFKA_TOPIC='idle', VALUE_FORMAT='JSON', PARTITIONS=1);")
+            .map_err(err)?;
+        for i in 0..queries {
+            engine
+                .execute_sql(&W1_QUERY.replace("STREAM FAST AS", &format!("STREAM FAST_{i} AS")))
+                .map_err(err)?;
+        }
+        let started = Instant::now();
+        let runtime = weir_engine::Runtime::start_with(engine, count);
+        let handle = match runtime
+            .execute_sql("SELECT ID, N FROM IDLE EMIT CHANGES;")
+            .map_err(err)?
+            .pop()
+        {
+            Some(weir_engine::Outcome::Push(h)) => h,
+            other => return Err(format!("expected a push query, got {other:?}")),
+        };
+        // Push rows on the idle stream, one every 20 ms, while the queries work.
+        let busy = Arc::new(AtomicBool::new(true));
+        let pusher = {
+            let (log, busy) = (log.clone(), busy.clone());
+            std::thread::spawn(move || {
+                let mut latencies = Vec::new();
+                let mut i = 0;
+                while busy.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(20));
+                    let at = Instant::now();
+                    let value = format!(r#"{{"N":{i}}}"#);
+                    i += 1;
+                    if log
+                        .append(
+                            "idle",
+                            0,
+                            &[Record::new(Some(b"x"), Some(value.as_bytes()), 0)],
+                        )
+                        .is_err()
+                    {
+                        break;
+                    }
+                    match handle.rows.recv_timeout(Duration::from_secs(10)) {
+                        Ok(weir_engine::PushEvent::Row(_)) => latencies.push(at.elapsed()),
+                        _ => break,
+                    }
+                }
+                latencies
+            })
+        };
+        let mut statement = Vec::new();
+        let secs = loop {
+            std::thread::sleep(Duration::from_millis(5));
+            let at = Instant::now();
+            runtime.execute_sql("SHOW QUERIES;").map_err(err)?;
+            statement.push(at.elapsed());
+            let done = runtime
+                .engine()
+                .query_metrics()
+                .iter()
+                .all(|q| q.stats.consumed >= events);
+            if done {
+                break started.elapsed().as_secs_f64();
+            }
+            if started.elapsed() > Duration::from_secs(600) {
+                return Err("the queries did not finish in 10 minutes".into());
+            }
+        };
+        busy.store(false, Ordering::SeqCst);
+        let pushed = pusher.join().map_err(|_| "the push thread panicked")?;
+        runtime.shutdown().map_err(err)?;
+        let total = events * queries as u64;
+        let r = total as f64 / secs;
+        let speedup = first.map_or(1.0, |f: f64| r / f);
+        first.get_or_insert(r);
+        let pct = |v: &mut Vec<Duration>, p: f64| -> f64 {
+            if v.is_empty() {
+                return f64::NAN;
+            }
+            v.sort();
+            v[((v.len() as f64 * p) as usize).min(v.len() - 1)].as_secs_f64() * 1000.0
+        };
+        let mut pushed = pushed;
+        println!(
+            "  {count} worker(s): {}  = {speedup:.2}x;  SHOW QUERIES p50 {:.1} ms p99 {:.1} ms;  idle-stream push row p50 {:.1} ms p99 {:.1} ms ({} rows)",
+            rate(total, secs),
+            pct(&mut statement, 0.5),
+            pct(&mut statement, 0.99),
+            pct(&mut pushed, 0.5),
+            pct(&mut pushed, 0.99),
+            pushed.len()
+        );
+    }
+    Ok(())
+}

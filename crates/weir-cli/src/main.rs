@@ -290,6 +290,17 @@ enum Workload {
         #[arg(long, default_value_t = 200_000)]
         rows: u64,
     },
+    /// Several W1 queries on the server's runtime with 1, 2, ... workers: records/s and
+    /// speedup, with statement and push-row latency while they work.
+    Workers {
+        #[arg(long, default_value_t = 500_000)]
+        events: u64,
+        #[arg(long, default_value_t = 2)]
+        queries: usize,
+        /// Worker counts to run, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        workers: Vec<usize>,
+    },
     /// Latency from an append to a push query's client on an idle engine.
     Push {
         #[arg(long, default_value_t = 200)]
@@ -586,6 +597,20 @@ fn main() -> ExitCode {
         Command::Bench {
             workload: Workload::Inserts { rows },
         } => match bench::inserts(rows) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("weir bench: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Bench {
+            workload:
+                Workload::Workers {
+                    events,
+                    queries,
+                    workers,
+                },
+        } => match bench::workers(events, queries, &workers) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("weir bench: {e}");

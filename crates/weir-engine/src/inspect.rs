@@ -13,7 +13,7 @@ use crate::pipeline::{OnError, Pipeline};
 
 use crate::push::{CLIENT_BUFFER_ROWS, PushHandle, PushKind, PushQuery, start_offsets};
 use crate::types::sql_type_of;
-use crate::{Engine, Outcome, PersistentQuery};
+use crate::{Engine, Outcome, QueryView};
 
 fn source_info(s: &Source) -> SourceInfo {
     SourceInfo {
@@ -40,22 +40,14 @@ fn fields(keys: &[Column], values: &[Column]) -> Vec<FieldInfo> {
         .collect()
 }
 
-pub(crate) fn query_state(q: &PersistentQuery) -> &'static str {
-    if q.error.is_some() {
-        "ERROR"
-    } else {
-        "RUNNING"
-    }
-}
-
-fn summary(q: &PersistentQuery) -> QuerySummary {
+pub(crate) fn summary(q: &QueryView) -> QuerySummary {
     QuerySummary {
         id: q.id.clone(),
         query_string: q.statement.clone(),
         sinks: vec![q.sink.clone()],
         sink_kafka_topics: vec![q.sink_topic.clone()],
         query_type: "PERSISTENT".into(),
-        state: query_state(q).into(),
+        state: q.state().into(),
     }
 }
 
@@ -204,10 +196,10 @@ impl Engine {
                 total.consumed += q.stats.consumed;
                 total.produced += q.stats.produced;
                 total.errors += q.stats.errors;
-                total.late += q.pipeline.late_records();
+                total.late += q.late;
                 total.last_message_ms = total.last_message_ms.max(q.stats.last_message_ms);
             }
-            if q.plan.source == s.name {
+            if q.source == s.name {
                 reads.push(summary(&q));
             }
         }
@@ -270,13 +262,13 @@ impl Engine {
                     id: q.id.clone(),
                     statement_text: q.statement.clone(),
                     fields: fields(&q.sink_layout.key_columns, &q.sink_layout.value_columns),
-                    sources: q.pipeline.sources(),
+                    sources: q.sources.clone(),
                     sinks: vec![q.sink.clone()],
-                    window_type: q.pipeline.window_type().map(String::from),
-                    execution_plan: q.pipeline.explain(&q.logical, Some(&q.sink_topic)),
-                    state: Some(query_state(&q).into()),
+                    window_type: q.window_type.map(String::from),
+                    execution_plan: q.execution_plan.clone(),
+                    state: Some(q.state().into()),
                     statistics: Some(QueryStats {
-                        late: q.pipeline.late_records(),
+                        late: q.late,
                         ..q.stats
                     }),
                     errors: q.error.iter().cloned().collect(),

@@ -296,8 +296,6 @@ pub struct PersistentQuery {
     /// The stateless plan (its first operator runs a copy): the query's source and
     /// output columns.
     plan: SelectPlan,
-    /// What it computes, in the user's terms (EXPLAIN shows it).
-    logical: logical::LogicalPlan,
     source_topic: String,
     /// Its input (one topic, or joins) and operators.
     pipeline: pipeline::Pipeline,
@@ -321,6 +319,8 @@ pub struct PersistentQuery {
     retry: Option<Retry>,
     /// Terminated: a worker that still holds it leaves it alone.
     terminated: bool,
+    /// What others read of it (see [`QueryView`]).
+    view: Arc<Mutex<QueryView>>,
     /// Checkpoints since the last full one (later checkpoints carry what changed since
     /// the one before: the entries the operators report as set or removed; see
     /// `delta.rs`). At [`delta::FULL_EVERY`] (or before any), the next is full.
@@ -337,6 +337,55 @@ pub struct PersistentQuery {
 
 /// A persistent query as the engine and its workers share it.
 pub(crate) type SharedQuery = Arc<Mutex<PersistentQuery>>;
+
+/// A query in the engine: itself, and its view (read without the query's lock).
+struct Entry {
+    query: SharedQuery,
+    view: Arc<Mutex<QueryView>>,
+}
+
+/// What statements (SHOW QUERIES, DESCRIBE, EXPLAIN), `/metrics` and tools read of a
+/// persistent query, without taking its lock, so they never wait on its work: what is
+/// fixed when it starts, and its progress as its last step left it
+/// ([`PersistentQuery::publish`]).
+#[derive(Debug, Clone)]
+pub struct QueryView {
+    pub id: String,
+    pub statement: String,
+    pub sink: String,
+    pub sink_topic: String,
+    /// The source it reads, as planned (a join: the relation).
+    pub source: String,
+    pub source_topic: String,
+    pub sink_layout: Layout,
+    /// The sources it reads, by name.
+    pub sources: Vec<String>,
+    pub window_type: Option<&'static str>,
+    /// EXPLAIN's text.
+    pub execution_plan: String,
+    pub stats: meta::QueryStats,
+    /// Records a windowed aggregation dropped as late.
+    pub late: u64,
+    /// Why it is in ERROR.
+    pub error: Option<meta::QueryError>,
+    /// The next offset it reads, per source partition.
+    pub offsets: Vec<u64>,
+}
+
+impl QueryView {
+    /// RUNNING, or ERROR (failed and waiting to be retried, or stopped by a function error).
+    pub fn state(&self) -> &'static str {
+        if self.error.is_some() {
+            "ERROR"
+        } else {
+            "RUNNING"
+        }
+    }
+}
+
+fn view_of(v: &Mutex<QueryView>) -> QueryView {
+    v.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
 
 /// Query `q`, locked (a panic while it was held left it to be reloaded, not unusable).
 pub(crate) fn lock(q: &SharedQuery) -> MutexGuard<'_, PersistentQuery> {
@@ -362,6 +411,12 @@ impl Work {
         if q.terminated || !q.runnable() {
             return Ok(0);
         }
+        let stepped = self.step_unpublished(q);
+        q.publish();
+        stepped
+    }
+
+    fn step_unpublished(&self, q: &mut PersistentQuery) -> Result<u64> {
         if !self.durable {
             return q.step(self.log.as_ref(), false);
         }
@@ -569,6 +624,16 @@ impl PersistentQuery {
 impl PersistentQuery {
     /// Not while a join replays the steps a crash interrupted: a checkpoint would drop
     /// the recovery intents of those not replayed yet. Not after a failure either.
+    /// Brings its view up to date: counters, error, offsets.
+    fn publish(&self) {
+        let mut v = self.view.lock().unwrap_or_else(|e| e.into_inner());
+        v.stats = self.stats;
+        v.late = self.pipeline.late_records();
+        v.error.clone_from(&self.error);
+        v.offsets.clear();
+        v.offsets.extend_from_slice(self.pipeline.offsets());
+    }
+
     /// Waiting to retry after a failure, the wait over: to be reloaded (by the engine).
     pub(crate) fn reload_due(&self) -> bool {
         self.retry
@@ -601,6 +666,7 @@ impl PersistentQuery {
             timestamp: now_ms(),
             message,
         });
+        self.publish();
     }
 
     fn may_checkpoint(&self) -> bool {
@@ -625,7 +691,7 @@ pub struct Engine {
     /// Each behind its own lock: a worker steps a query holding only that lock (never the
     /// engine's), so statements and other queries go on meanwhile. Lock order: the
     /// engine's, then a query's; a worker holding a query's lock never takes the engine's.
-    queries: BTreeMap<String, SharedQuery>,
+    queries: BTreeMap<String, Entry>,
     push_queries: BTreeMap<String, push::PushQuery>,
     push_counter: u64,
     /// Tables' current rows, for pull queries (see `pull.rs`).
@@ -716,13 +782,15 @@ impl Engine {
     /// it already have their output in the sink (by the source header), so that
     /// reprocessing them writes nothing twice.
     fn recover_offsets(&mut self) -> Result<()> {
-        let mut locked: Vec<_> = self.queries.values().map(lock).collect();
-        recover(self.log.as_ref(), locked.iter_mut().map(|q| &mut **q))
+        let mut locked: Vec<_> = self.queries.values().map(|e| lock(&e.query)).collect();
+        recover(self.log.as_ref(), locked.iter_mut().map(|q| &mut **q))?;
+        locked.iter().for_each(|q| q.publish());
+        Ok(())
     }
 
     /// Appends query `id`'s checkpoint (see [`PersistentQuery::checkpoint`]).
     fn checkpoint(&mut self, id: &str) -> Result<()> {
-        lock(&self.queries[id]).checkpoint(self.log.as_ref())
+        lock(&self.queries[id].query).checkpoint(self.log.as_ref())
     }
 
     fn record_command(&self, stmt: &Statement) -> Result<()> {
@@ -790,7 +858,7 @@ impl Engine {
             queries: self
                 .queries
                 .iter()
-                .map(|(id, q)| (id.clone(), q.clone()))
+                .map(|(id, e)| (id.clone(), e.query.clone()))
                 .collect(),
         }
     }
@@ -798,7 +866,7 @@ impl Engine {
     /// Reloads query `id`, whose wait after a failure is over; a reload that fails waits
     /// again, longer. (A query terminated meanwhile is left alone.)
     pub(crate) fn reload_or_wait(&mut self, id: &str) {
-        let Some(q) = self.queries.get(id).cloned() else {
+        let Some(q) = self.queries.get(id).map(|e| e.query.clone()) else {
             return;
         };
         // Another worker may have reloaded it meanwhile.
@@ -823,7 +891,7 @@ impl Engine {
     /// query planned again from its statement, with the properties it started with, and
     /// restored from its last checkpoint.
     fn reload(&mut self, id: &str) -> Result<()> {
-        let shared = self.queries[id].clone();
+        let shared = self.queries[id].query.clone();
         let (statement, properties, stats, retry) = {
             let q = lock(&shared);
             (q.statement.clone(), q.properties.clone(), q.stats, q.retry)
@@ -839,6 +907,9 @@ impl Engine {
             reloaded: true,
             ..r
         });
+        // The view the engine holds stays the query's.
+        fresh.view = self.queries[id].view.clone();
+        fresh.publish();
         *lock(&shared) = fresh;
         Ok(())
     }
@@ -913,20 +984,17 @@ impl Engine {
         &mut self.functions
     }
 
-    /// The persistent queries, each locked in turn (waiting for a step in progress).
-    pub fn queries(&self) -> impl Iterator<Item = MutexGuard<'_, PersistentQuery>> {
-        self.queries.values().map(lock)
+    /// The persistent queries as their last steps left them (no query's work waited for).
+    pub fn queries(&self) -> impl Iterator<Item = QueryView> + '_ {
+        self.queries.values().map(|e| view_of(&e.view))
     }
 
     /// Each persistent query's counters and source lag, for `/metrics`.
     pub fn query_metrics(&self) -> Vec<meta::QueryMetrics> {
-        self.queries
-            .values()
+        self.queries()
             .map(|q| {
-                let q = lock(q);
                 let lag = q
-                    .pipeline
-                    .offsets()
+                    .offsets
                     .iter()
                     .enumerate()
                     .map(|(p, at)| {
@@ -940,7 +1008,7 @@ impl Engine {
                     id: q.id.clone(),
                     stats: q.stats,
                     lag,
-                    state: inspect::query_state(&q),
+                    state: q.state(),
                 }
             })
             .collect()
@@ -1571,7 +1639,14 @@ impl Engine {
             stmt.to_string(),
         )?;
         self.query_counter += 1;
-        self.queries.insert(id.clone(), Arc::new(Mutex::new(query)));
+        let view = query.view.clone();
+        self.queries.insert(
+            id.clone(),
+            Entry {
+                query: Arc::new(Mutex::new(query)),
+                view,
+            },
+        );
         if self.durable && !self.replaying {
             self.checkpoint(&id)?;
         }
@@ -1642,7 +1717,24 @@ impl Engine {
             .topic(&sink.topic)?
             .map(|t| t.config.partitions)
             .unwrap_or(1);
+        let view = QueryView {
+            id: id.clone(),
+            statement: statement.clone(),
+            sink: sink.name.clone(),
+            sink_topic: sink.topic.clone(),
+            source: plan.source.clone(),
+            source_topic: source.topic.clone(),
+            sink_layout: sink.layout.clone(),
+            sources: pipeline.sources(),
+            window_type: pipeline.window_type(),
+            execution_plan: pipeline.explain(&logical, Some(&sink.topic)),
+            stats: meta::QueryStats::default(),
+            late: 0,
+            error: None,
+            offsets: pipeline.offsets().to_vec(),
+        };
         Ok(PersistentQuery {
+            view: Arc::new(Mutex::new(view)),
             id,
             statement,
             properties: self.properties.clone(),
@@ -1650,7 +1742,6 @@ impl Engine {
             terminated: false,
             sink: sink.name.clone(),
             plan,
-            logical,
             source_topic: source.topic.clone(),
             pipeline,
             sink_topic: sink.topic.clone(),
@@ -1786,7 +1877,7 @@ impl Engine {
         }
         let readers: Vec<String> = self
             .queries()
-            .filter(|q| q.plan.source == name || q.sink == name)
+            .filter(|q| q.source == name || q.sink == name)
             .map(|q| q.id.clone())
             .collect();
         if !readers.is_empty() {
@@ -1825,12 +1916,12 @@ impl Engine {
             }
         };
         for id in &ids {
-            let Some(q) = self.queries.remove(id) else {
+            let Some(entry) = self.queries.remove(id) else {
                 continue;
             };
             // After a step in progress; a worker that took it before it left the map
             // finds it terminated.
-            let mut q = lock(&q);
+            let mut q = lock(&entry.query);
             q.terminated = true;
             if let Some(s) = self.catalog.source_mut(&q.sink)
                 && s.written_by.as_deref() == Some(id.as_str())
@@ -1858,8 +1949,8 @@ impl Engine {
     /// that the next start resumes exactly where this one stopped (an engine dropped
     /// without it reads those records again, writing none of their output twice).
     pub fn close(&mut self) -> Result<()> {
-        for q in self.queries.values() {
-            let mut q = lock(q);
+        for e in self.queries.values() {
+            let mut q = lock(&e.query);
             if q.unsaved && q.may_checkpoint() {
                 q.checkpoint(self.log.as_ref())?;
             }
