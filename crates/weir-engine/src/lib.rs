@@ -61,6 +61,9 @@ pub use runtime::Runtime;
 pub const BATCH_RECORDS: usize = 4096;
 const MIN_BATCH_RECORDS: usize = 256;
 const MAX_BATCH_RECORDS: usize = 65_536;
+/// How long one step of one partition should take at most: batches shrink when steps
+/// take longer, so a worker gets back to its other queries and the push queries soon.
+const STEP_TARGET: Duration = Duration::from_millis(20);
 
 /// The topic that holds the processing log: records that could not be processed, with why.
 pub const PROCESSING_LOG_TOPIC: &str = "weir_processing_log";
@@ -486,6 +489,7 @@ impl PersistentQuery {
 
     /// One step of one partition through the query's pipeline, into its sink topic.
     fn step_partition(&mut self, log: &dyn Log, durable: bool, partition: u32) -> Result<u64> {
+        let started = Instant::now();
         let q = self;
         let id = q.id.clone();
         let id = id.as_str();
@@ -542,7 +546,7 @@ impl PersistentQuery {
             q.stats.errors += step.problems.len() as u64;
             write_processing_log(log, &q.id, &q.source_topic, &step.problems)?;
         }
-        q.pipeline.advance(partition, &step);
+        q.pipeline.advance(partition, &step, started.elapsed());
         q.stats.consumed += step.consumed;
         q.stats.bytes_consumed += step.bytes;
         q.stats.last_message_ms = Some(now_ms());

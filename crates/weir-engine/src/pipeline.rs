@@ -332,6 +332,10 @@ pub(crate) struct TopicInput {
     pub offsets: Vec<u64>,
     /// Records to read per step, by partition (adapts to load).
     batch_records: Vec<usize>,
+    /// How large each partition's batch may grow: lowered when a step takes longer than
+    /// [`crate::STEP_TARGET`] (a worker shared with other queries and push queries gets
+    /// back to them soon), raised again when steps are quick.
+    batch_cap: Vec<usize>,
 }
 
 impl TopicInput {
@@ -346,6 +350,7 @@ impl TopicInput {
             name: source.name.clone(),
             decoder: Decoder::new(source, schema, drop_stream_tombstones),
             batch_records: vec![crate::BATCH_RECORDS; offsets.len()],
+            batch_cap: vec![crate::MAX_BATCH_RECORDS; offsets.len()],
             offsets,
         }
     }
@@ -363,7 +368,7 @@ impl TopicInput {
             let max = self.batch_records[partition as usize];
             let records = log.read(&self.topic, partition, from, max)?;
             self.batch_records[partition as usize] = if records.len() == max {
-                (max * 2).min(crate::MAX_BATCH_RECORDS)
+                (max * 2).min(self.batch_cap[partition as usize])
             } else if records.len() < max / 4 {
                 (max / 2).max(crate::MIN_BATCH_RECORDS)
             } else {
@@ -505,9 +510,17 @@ impl Pipeline {
     }
 
     /// Moves a topic input past a step's records.
-    pub fn advance(&mut self, partition: u32, step: &Step) {
+    /// Moves past what `step` read, which took `took` from read to written.
+    pub fn advance(&mut self, partition: u32, step: &Step, took: std::time::Duration) {
         if let (Input::Topic(t), Some(next)) = (&mut self.input, step.next) {
-            t.offsets[partition as usize] = next;
+            let p = partition as usize;
+            t.offsets[p] = next;
+            if took > crate::STEP_TARGET {
+                t.batch_records[p] = (t.batch_records[p] / 2).max(crate::MIN_BATCH_RECORDS);
+                t.batch_cap[p] = t.batch_records[p];
+            } else if took < crate::STEP_TARGET / 2 {
+                t.batch_cap[p] = (t.batch_cap[p] * 2).min(crate::MAX_BATCH_RECORDS);
+            }
         }
     }
 

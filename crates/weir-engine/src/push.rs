@@ -152,8 +152,9 @@ impl PushQuery {
                 } => {
                     // Rows that fail are skipped (the persistent queries over the same
                     // records log them): a push query's pipeline never stops on them.
+                    let started = std::time::Instant::now();
                     let step = pipeline.step(log, partition, Some(max.min(room)), None)?;
-                    pipeline.advance(partition, &step);
+                    pipeline.advance(partition, &step, started.elapsed());
                     room = room.saturating_sub(step.consumed as usize);
                     consumed += step.consumed;
                     client_rows(&step.changes, types, at)
