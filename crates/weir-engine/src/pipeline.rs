@@ -509,8 +509,7 @@ impl Pipeline {
         Ok(changes)
     }
 
-    /// Moves a topic input past a step's records.
-    /// Moves past what `step` read, which took `took` from read to written.
+    /// Moves a topic input past what `step` read, which took `took` from read to written.
     pub fn advance(&mut self, partition: u32, step: &Step, took: std::time::Duration) {
         if let (Input::Topic(t), Some(next)) = (&mut self.input, step.next) {
             let p = partition as usize;

@@ -3,98 +3,15 @@
 //! is reloaded from its last checkpoint and catches up, its sink then holding exactly
 //! what an uninterrupted run writes (nothing counted twice, nothing written twice).
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use common::Faulty;
 use weir_engine::Engine;
-use weir_log::{
-    EmbeddedLog, EmbeddedLogConfig, Log, LogError, Record, Result, StoredRecord, TopicConfig,
-    TopicInfo,
-};
-
-/// The embedded log, with faults to order: appends to one topic fail after a number of
-/// them succeed, or reads of one topic panic.
-struct Faulty {
-    inner: EmbeddedLog,
-    fail_appends_to: Mutex<Option<String>>,
-    appends_before_failing: AtomicI64,
-    panic_reading: Mutex<Option<String>>,
-    failed: AtomicBool,
-}
-
-impl Faulty {
-    fn fail_appends(&self, topic: &str, after: i64) {
-        self.appends_before_failing.store(after, Ordering::SeqCst);
-        *self.fail_appends_to.lock().unwrap() = Some(topic.to_string());
-    }
-
-    fn panic_reads(&self, topic: &str) {
-        *self.panic_reading.lock().unwrap() = Some(topic.to_string());
-    }
-
-    fn heal(&self) {
-        *self.fail_appends_to.lock().unwrap() = None;
-        *self.panic_reading.lock().unwrap() = None;
-    }
-}
-
-impl Log for Faulty {
-    fn create_topic(&self, name: &str, config: TopicConfig) -> Result<TopicInfo> {
-        self.inner.create_topic(name, config)
-    }
-    fn topic(&self, name: &str) -> Result<Option<TopicInfo>> {
-        self.inner.topic(name)
-    }
-    fn list_topics(&self) -> Result<Vec<TopicInfo>> {
-        self.inner.list_topics()
-    }
-    fn delete_topic(&self, name: &str) -> Result<()> {
-        self.inner.delete_topic(name)
-    }
-    fn append(&self, topic: &str, partition: u32, records: &[Record]) -> Result<u64> {
-        if self.fail_appends_to.lock().unwrap().as_deref() == Some(topic)
-            && self.appends_before_failing.fetch_sub(1, Ordering::SeqCst) <= 0
-        {
-            self.failed.store(true, Ordering::SeqCst);
-            return Err(LogError::Backend(format!(
-                "injected failure writing {topic}"
-            )));
-        }
-        self.inner.append(topic, partition, records)
-    }
-    fn atomic_appends(&self) -> bool {
-        self.inner.atomic_appends()
-    }
-    fn read(
-        &self,
-        topic: &str,
-        partition: u32,
-        from: u64,
-        max: usize,
-    ) -> Result<Vec<StoredRecord>> {
-        if self.panic_reading.lock().unwrap().as_deref() == Some(topic) {
-            self.failed.store(true, Ordering::SeqCst);
-            panic!("injected panic reading {topic}");
-        }
-        self.inner.read(topic, partition, from, max)
-    }
-    fn offsets(&self, topic: &str, partition: u32) -> Result<(u64, u64)> {
-        self.inner.offsets(topic, partition)
-    }
-    fn wait_for(
-        &self,
-        topic: &str,
-        partition: u32,
-        offset: u64,
-        timeout: Duration,
-    ) -> Result<bool> {
-        self.inner.wait_for(topic, partition, offset, timeout)
-    }
-    fn flush(&self) -> Result<()> {
-        self.inner.flush()
-    }
-}
+use weir_log::{Log, Record};
 
 const SETUP: &str = "
 CREATE STREAM readings (car VARCHAR KEY, speed INT) WITH (kafka_topic='readings', value_format='JSON', partitions=2);
@@ -106,13 +23,7 @@ CREATE STREAM doubled AS SELECT id, n * 2 AS twice FROM pings;
 ";
 
 fn open(dir: &std::path::Path) -> (Arc<Faulty>, Engine) {
-    let log = Arc::new(Faulty {
-        inner: EmbeddedLog::open(dir, EmbeddedLogConfig::default()).unwrap(),
-        fail_appends_to: Mutex::new(None),
-        appends_before_failing: AtomicI64::new(0),
-        panic_reading: Mutex::new(None),
-        failed: AtomicBool::new(false),
-    });
+    let log = Arc::new(Faulty::open(dir));
     let mut engine = Engine::open(log.clone()).unwrap();
     engine.execute_sql(SETUP).unwrap();
     (log, engine)

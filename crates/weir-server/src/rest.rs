@@ -33,7 +33,7 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/status/{kind}/{entity}/{action}", get(status))
         .route("/is_valid_property/{property}", get(is_valid_property))
         .route("/metrics", get(metrics))
-        .route("/chc/live", get(|| async { StatusCode::OK }))
+        .route("/chc/live", get(live))
         .route("/chc/ready", get(|| async { StatusCode::OK }))
         .fallback(|| async { (StatusCode::NOT_FOUND, "Not Found") })
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
@@ -314,6 +314,15 @@ async fn info(State(state): State<Arc<AppState>>) -> Response {
             "serverStatus": if stopping { "TERMINATING" } else { "RUNNING" },
         }}),
     )
+}
+
+/// Live while every query worker runs (a lost one means queries may not advance).
+async fn live(State(state): State<Arc<AppState>>) -> StatusCode {
+    if state.runtime.worker_alive() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
 }
 
 /// Healthy when the log answers and the query worker runs; neither waits on query work
