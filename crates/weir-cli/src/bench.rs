@@ -47,6 +47,11 @@ fn event(i: u64) -> (Vec<u8>, Vec<u8>) {
 
 /// Appends `events` car events to `sensors` (partition 0), 1 ms apart, in batches of 1,000.
 fn load_events(log: &dyn Log, events: u64) -> Result<(), String> {
+    load_events_into(log, events, 1)
+}
+
+/// As [`load_events`], the batches spread over `partitions` partitions in turn.
+fn load_events_into(log: &dyn Log, events: u64, partitions: u32) -> Result<(), String> {
     let mut batch = Vec::with_capacity(1000);
     for i in 0..events {
         let (k, v) = event(i);
@@ -57,7 +62,8 @@ fn load_events(log: &dyn Log, events: u64) -> Result<(), String> {
             headers: vec![],
         });
         if batch.len() == 1000 || i + 1 == events {
-            log.append("sensors", 0, &batch)
+            let partition = (i / 1000) as u32 % partitions.max(1);
+            log.append("sensors", partition, &batch)
                 .map_err(|e| e.to_string())?;
             batch.clear();
         }
@@ -951,12 +957,17 @@ pub fn w2(
 /// the first count; and, measured while they work through their backlog, how long a
 /// statement (`SHOW QUERIES`) waits and how long a row appended to an idle stream takes
 /// to reach a push query's client.
-pub fn workers(events: u64, queries: usize, counts: &[usize]) -> Result<(), String> {
+pub fn workers(
+    events: u64,
+    queries: usize,
+    partitions: u32,
+    counts: &[usize],
+) -> Result<(), String> {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
     let err = |e: weir_engine::EngineError| e.to_string();
     println!(
-        "workers: {queries} W1 queries over {events} events each, durable engine, embedded log ({} cores)",
+        "workers: {queries} W1 queries over {events} events each in {partitions} partition(s), durable engine, embedded log ({} cores)",
         weir_engine::runtime::default_workers()
     );
     let mut first = None;
@@ -972,9 +983,15 @@ pub fn workers(events: u64, queries: usize, counts: &[usize]) -> Result<(), Stri
             )
             .map_err(|e| e.to_string())?,
         );
-        log.create_topic("sensors", TopicConfig::default())
-            .map_err(|e| e.to_string())?;
-        load_events(log.as_ref(), events)?;
+        log.create_topic(
+            "sensors",
+            TopicConfig {
+                partitions,
+                ..Default::default()
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        load_events_into(log.as_ref(), events, partitions)?;
         let mut engine = Engine::open(log.clone()).map_err(err)?;
         engine.set_property("auto.offset.reset", "earliest");
         engine.execute_sql(W1_SOURCE).map_err(err)?;
@@ -983,7 +1000,10 @@ pub fn workers(events: u64, queries: usize, counts: &[usize]) -> Result<(), Stri
             .map_err(err)?;
         for i in 0..queries {
             engine
-                .execute_sql(&W1_QUERY.replace("STREAM FAST AS", &format!("STREAM FAST_{i} AS")))
+                .execute_sql(&W1_QUERY.replace(
+                    "STREAM FAST AS",
+                    &format!("STREAM FAST_{i} WITH (PARTITIONS={partitions}) AS"),
+                ))
                 .map_err(err)?;
         }
         let started = Instant::now();

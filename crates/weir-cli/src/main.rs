@@ -297,6 +297,9 @@ enum Workload {
         events: u64,
         #[arg(long, default_value_t = 2)]
         queries: usize,
+        /// Partitions of the events' topic (and of each query's sink).
+        #[arg(long, default_value_t = 1)]
+        partitions: u32,
         /// Worker counts to run, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "1,2")]
         workers: Vec<usize>,
@@ -608,9 +611,10 @@ fn main() -> ExitCode {
                 Workload::Workers {
                     events,
                     queries,
+                    partitions,
                     workers,
                 },
-        } => match bench::workers(events, queries, &workers) {
+        } => match bench::workers(events, queries, partitions, &workers) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("weir bench: {e}");

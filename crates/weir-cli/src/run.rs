@@ -55,6 +55,8 @@ pub fn run(
     };
     let mut engine = Engine::open_with(log.clone(), functions)
         .map_err(|e| format!("recovering {place}: {e}"))?;
+    // A stateless query's partitions are stepped at once, a core each.
+    engine.set_parallelism(weir_engine::runtime::default_workers());
     say(
         &mut out,
         format!(

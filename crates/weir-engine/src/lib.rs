@@ -402,6 +402,8 @@ pub(crate) struct Work {
     pub durable: bool,
     /// A failed query's first wait before it is reloaded, and the longest.
     pub backoff: (Duration, Duration),
+    /// Threads a query's step may use for its partitions.
+    pub parallelism: usize,
     pub queries: Vec<(String, SharedQuery)>,
 }
 
@@ -421,10 +423,12 @@ impl Work {
 
     fn step_unpublished(&self, q: &mut PersistentQuery) -> Result<u64> {
         if !self.durable {
-            return q.step(self.log.as_ref(), false);
+            return q.step(self.log.as_ref(), false, self.parallelism);
         }
         let log = self.log.as_ref();
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| q.step(log, true))) {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            q.step(log, true, self.parallelism)
+        })) {
             Ok(Ok(n)) => {
                 if n > 0 && q.retry.is_some_and(|r| r.reloaded) {
                     q.retry = None;
@@ -461,14 +465,33 @@ impl PersistentQuery {
     /// every source at once) and writes what it produces; a durable engine checkpoints
     /// after each. Output first, then the checkpoint: a crash between them re-reads the
     /// batch, and recovery keeps its output from being written twice.
-    fn step(&mut self, log: &dyn Log, durable: bool) -> Result<u64> {
+    fn step(&mut self, log: &dyn Log, durable: bool, parallelism: usize) -> Result<u64> {
         let partitions = self.pipeline.partitions();
+        let started = Instant::now();
+        // Stateless over several partitions with records waiting: their steps computed at
+        // once, then written in partition order, as if one after the other.
+        let mut computed = match self.error {
+            None if parallelism > 1 => self.shared_steps(log, parallelism),
+            None => None,
+            Some(_) => None,
+        }
+        .map(Vec::into_iter);
         let mut consumed = 0;
         for partition in 0..partitions {
             if self.error.is_some() {
                 break;
             }
-            let n = self.step_partition(log, durable, partition)?;
+            let n = match computed.as_mut() {
+                Some(steps) => match steps.next() {
+                    // Paced by its own computing time plus its writing.
+                    Some((p, step, took)) => {
+                        let began = Instant::now().checked_sub(took).unwrap_or(started);
+                        self.commit_step(log, durable, p, step, began)?
+                    }
+                    None => break,
+                },
+                None => self.step_partition(log, durable, partition)?,
+            };
             if n > 0 && durable {
                 // Tests of recovery: a step's output is written, its checkpoint not
                 // (`WEIR_FAILPOINT=crash_before_checkpoint:N`, see [`weir_log::failpoint`]).
@@ -487,15 +510,79 @@ impl PersistentQuery {
         Ok(consumed)
     }
 
+    /// The steps of the partitions with records waiting, computed at once (a thread each),
+    /// when the pipeline has no state, reads several partitions and more than one has
+    /// records waiting; `None` otherwise. A panic in one goes on in the caller.
+    #[allow(clippy::type_complexity)]
+    fn shared_steps(
+        &self,
+        log: &dyn Log,
+        threads: usize,
+    ) -> Option<Vec<(u32, Result<pipeline::Step>, Duration)>> {
+        let (input, stages) = self.pipeline.shared()?;
+        let waiting: Vec<u32> = (0..input.offsets.len() as u32)
+            .filter(|&p| {
+                log.offsets(&input.topic, p)
+                    .is_ok_and(|(_, end)| end > input.offsets[p as usize])
+            })
+            .collect();
+        if waiting.len() < 2 {
+            return None;
+        }
+        // Thread `t` of `n` takes the waiting partitions t, t + n, ...
+        let (stages, waiting) = (&stages, &waiting);
+        let n = threads.min(waiting.len());
+        let mut results: Vec<(u32, Result<pipeline::Step>, Duration)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..n)
+                .map(|t| {
+                    s.spawn(move || {
+                        waiting[t..]
+                            .iter()
+                            .step_by(n)
+                            .map(|&p| {
+                                let began = Instant::now();
+                                let step = pipeline::shared_step(input, stages, log, p);
+                                (p, step, began.elapsed())
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| {
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .collect()
+        });
+        results.sort_by_key(|(p, ..)| *p);
+        Some(results)
+    }
+
     /// One step of one partition through the query's pipeline, into its sink topic.
     fn step_partition(&mut self, log: &dyn Log, durable: bool, partition: u32) -> Result<u64> {
         let started = Instant::now();
-        let q = self;
-        let id = q.id.clone();
-        let id = id.as_str();
         // Everything is computed before anything is written: a query that stops on an
         // error writes nothing of the step it stops at, and resumes from its start.
-        let step = match q.pipeline.step(log, partition, None, durable.then_some(id)) {
+        let id = durable.then(|| self.id.clone());
+        let step = self.pipeline.step(log, partition, None, id.as_deref());
+        self.commit_step(log, durable, partition, step, started)
+    }
+
+    /// Writes what a partition's step computed (begun at `started`) and moves past it: its
+    /// output to the sink, its problems to the processing log. A step stopped by a
+    /// function error (`weir.fail.on.function.error`) stops the query instead.
+    fn commit_step(
+        &mut self,
+        log: &dyn Log,
+        durable: bool,
+        partition: u32,
+        step: Result<pipeline::Step>,
+        started: Instant,
+    ) -> Result<u64> {
+        let q = self;
+        let step = match step {
             Ok(step) => step,
             Err(EngineError::Stopped {
                 partition,
@@ -704,6 +791,8 @@ pub struct Engine {
     query_counter: u64,
     /// Keeps a command log and query checkpoints in the log ([`Engine::open`]).
     durable: bool,
+    /// Threads one query's step may use for its partitions ([`Engine::set_parallelism`]).
+    parallelism: usize,
     replaying: bool,
 }
 
@@ -725,6 +814,7 @@ impl Engine {
             query_counter: 0,
             durable: false,
             replaying: false,
+            parallelism: 1,
         };
         // The processing log is a stream users can query, as ksqlDB's KSQL_PROCESSING_LOG.
         // Should the log refuse the topic now, entries still create it when they come.
@@ -859,6 +949,7 @@ impl Engine {
             log: self.log.clone(),
             durable: self.durable,
             backoff: (initial, millis(RETRY_BACKOFF_MAX).max(initial)),
+            parallelism: self.parallelism,
             queries: self
                 .queries
                 .iter()
@@ -1021,6 +1112,12 @@ impl Engine {
     /// Push queries open now.
     pub fn push_query_count(&self) -> usize {
         self.push_queries.len()
+    }
+
+    /// Lets a stateless query's step compute up to `threads` partitions at once (1, the
+    /// default: one after the other). The runtime sets it to its number of workers.
+    pub fn set_parallelism(&mut self, threads: usize) {
+        self.parallelism = threads.max(1);
     }
 
     pub fn set_property(&mut self, name: &str, value: &str) {

@@ -31,6 +31,9 @@ pub(crate) struct Step {
     /// The offset after the last record read, of the partition stepped (topic inputs;
     /// the caller moves the input on with [`Pipeline::advance`] once the output is safe).
     pub next: Option<u64>,
+    /// The batch size it read with (adaptive reads of a topic input; see
+    /// [`Pipeline::advance`]).
+    pub requested: Option<usize>,
     /// The last stage's changes, in order.
     pub changes: Vec<ChangeBatch>,
     /// Records that could not be processed: for the processing log.
@@ -49,6 +52,12 @@ pub(crate) trait Operator: Send + std::fmt::Debug {
         out: &mut Vec<ChangeBatch>,
         problems: &mut Vec<Problem>,
     ) -> Result<()>;
+
+    /// The stage as one that keeps no state, so that several partitions' batches can run
+    /// through it at once; `None` for a stage with state.
+    fn shared(&self) -> Option<&dyn SharedStage> {
+        None
+    }
 
     /// EXPLAIN's lines for this stage.
     fn explain(&self) -> String;
@@ -80,6 +89,18 @@ pub(crate) trait Operator: Send + std::fmt::Debug {
     }
 }
 
+/// A stage without state, run by several threads at once (one per partition).
+pub(crate) trait SharedStage: Sync {
+    /// As [`Operator::process`].
+    fn process_shared(
+        &self,
+        input: ChangeBatch,
+        partition: u32,
+        out: &mut Vec<ChangeBatch>,
+        problems: &mut Vec<Problem>,
+    ) -> Result<()>;
+}
+
 /// Filter, projections, explode and re-key of a query: stateless.
 #[derive(Debug)]
 pub(crate) struct Project {
@@ -94,9 +115,23 @@ pub(crate) struct Project {
     pub named: bool,
 }
 
-impl Operator for Project {
-    fn process(
-        &mut self,
+impl SharedStage for Project {
+    fn process_shared(
+        &self,
+        input: ChangeBatch,
+        partition: u32,
+        out: &mut Vec<ChangeBatch>,
+        problems: &mut Vec<Problem>,
+    ) -> Result<()> {
+        self.run(input, partition, out, problems)
+    }
+}
+
+impl Project {
+    /// The stage over one batch; needs no `&mut`: several partitions' batches may run at
+    /// once.
+    fn run(
+        &self,
         input: ChangeBatch,
         partition: u32,
         out: &mut Vec<ChangeBatch>,
@@ -164,6 +199,22 @@ impl Operator for Project {
             }
         }
         Ok(())
+    }
+}
+
+impl Operator for Project {
+    fn process(
+        &mut self,
+        input: ChangeBatch,
+        partition: u32,
+        out: &mut Vec<ChangeBatch>,
+        problems: &mut Vec<Problem>,
+    ) -> Result<()> {
+        self.run(input, partition, out, problems)
+    }
+
+    fn shared(&self) -> Option<&dyn SharedStage> {
+        Some(self)
     }
 
     fn explain(&self) -> String {
@@ -356,7 +407,7 @@ impl TopicInput {
     }
 
     /// Reads the partition's next records: at most `limit`, or as many as the
-    /// partition's adaptive batch size says.
+    /// partition's adaptive batch size says (adapted by [`Pipeline::advance`]).
     fn read(
         &mut self,
         log: &dyn Log,
@@ -364,18 +415,7 @@ impl TopicInput {
         limit: Option<usize>,
     ) -> Result<Vec<StoredRecord>> {
         let from = self.offsets[partition as usize];
-        let Some(limit) = limit else {
-            let max = self.batch_records[partition as usize];
-            let records = log.read(&self.topic, partition, from, max)?;
-            self.batch_records[partition as usize] = if records.len() == max {
-                (max * 2).min(self.batch_cap[partition as usize])
-            } else if records.len() < max / 4 {
-                (max / 2).max(crate::MIN_BATCH_RECORDS)
-            } else {
-                max
-            };
-            return Ok(records);
-        };
+        let limit = limit.unwrap_or(self.batch_records[partition as usize]);
         Ok(log.read(&self.topic, partition, from, limit)?)
     }
 }
@@ -478,6 +518,7 @@ impl Pipeline {
                 batches
             }
             Input::Topic(t) => {
+                step.requested = limit.is_none().then(|| t.batch_records[partition as usize]);
                 let records = t.read(log, partition, limit)?;
                 let Some(last) = records.last() else {
                     return Ok(step);
@@ -490,6 +531,23 @@ impl Pipeline {
         };
         step.changes = self.run(changes, partition, &mut step.problems)?;
         Ok(step)
+    }
+
+    /// What stepping its partitions at once needs ([`shared_step`]): a topic input of
+    /// several partitions and stages without state; `None` otherwise.
+    pub fn shared(&self) -> Option<(&TopicInput, Vec<&dyn SharedStage>)> {
+        let Input::Topic(t) = &self.input else {
+            return None;
+        };
+        if t.offsets.len() < 2 {
+            return None;
+        }
+        let stages = self
+            .operators
+            .iter()
+            .map(|o| o.shared())
+            .collect::<Option<_>>()?;
+        Some((t, stages))
     }
 
     /// Runs batches of changes through every operator, stage by stage.
@@ -510,9 +568,24 @@ impl Pipeline {
     }
 
     /// Moves a topic input past what `step` read, which took `took` from read to written.
+    /// An adaptive read that filled its batch doubles the next (up to the cap), one that
+    /// got less than a quarter halves it.
     pub fn advance(&mut self, partition: u32, step: &Step, took: std::time::Duration) {
-        if let (Input::Topic(t), Some(next)) = (&mut self.input, step.next) {
-            let p = partition as usize;
+        let Input::Topic(t) = &mut self.input else {
+            return;
+        };
+        let p = partition as usize;
+        if let Some(max) = step.requested {
+            let got = step.consumed as usize;
+            t.batch_records[p] = if got == max {
+                (max * 2).min(t.batch_cap[p])
+            } else if got < max / 4 {
+                (max / 2).max(crate::MIN_BATCH_RECORDS)
+            } else {
+                max
+            };
+        }
+        if let Some(next) = step.next {
             t.offsets[p] = next;
             if took > crate::STEP_TARGET {
                 t.batch_records[p] = (t.batch_records[p] / 2).max(crate::MIN_BATCH_RECORDS);
@@ -678,4 +751,37 @@ pub(crate) fn operators(
         ops.push(Box::new(a));
     }
     ops
+}
+
+/// As [`Pipeline::step`] with the adaptive batch size, over what [`Pipeline::shared`]
+/// gives: several partitions' steps run at once, each on its own thread.
+pub(crate) fn shared_step(
+    input: &TopicInput,
+    stages: &[&dyn SharedStage],
+    log: &dyn Log,
+    partition: u32,
+) -> Result<Step> {
+    let mut step = Step::default();
+    let max = input.batch_records[partition as usize];
+    step.requested = Some(max);
+    let from = input.offsets[partition as usize];
+    let records = log.read(&input.topic, partition, from, max)?;
+    let Some(last) = records.last() else {
+        return Ok(step);
+    };
+    step.next = Some(last.offset + 1);
+    step.consumed = records.len() as u64;
+    step.bytes = payload_bytes(&records);
+    let mut changes = input
+        .decoder
+        .decode(&records, partition, &mut step.problems)?;
+    for stage in stages {
+        let mut out = Vec::with_capacity(changes.len());
+        for c in changes {
+            stage.process_shared(c, partition, &mut out, &mut step.problems)?;
+        }
+        changes = out;
+    }
+    step.changes = changes;
+    Ok(step)
 }

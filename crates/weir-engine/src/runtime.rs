@@ -60,6 +60,8 @@ impl Runtime {
     /// Starts `workers` workers (at least one) over `engine`.
     pub fn start_with(engine: Engine, workers: usize) -> Self {
         let log = engine.log().clone();
+        let mut engine = engine;
+        engine.set_parallelism(workers.max(1));
         let engine = Arc::new(Mutex::new(engine));
         let stop = Arc::new(AtomicBool::new(false));
         let size = workers.max(1);
