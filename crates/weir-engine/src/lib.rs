@@ -471,7 +471,7 @@ impl PersistentQuery {
         // Stateless over several partitions with records waiting: their steps computed at
         // once, then written in partition order, as if one after the other.
         let mut computed = match self.error {
-            None if parallelism > 1 => self.shared_steps(log, parallelism),
+            None if parallelism > 1 => self.shared_steps(log, durable, parallelism),
             None => None,
             Some(_) => None,
         }
@@ -517,6 +517,7 @@ impl PersistentQuery {
     fn shared_steps(
         &self,
         log: &dyn Log,
+        durable: bool,
         threads: usize,
     ) -> Option<Vec<(u32, Result<pipeline::Step>, Duration)>> {
         let (input, stages) = self.pipeline.shared()?;
@@ -529,7 +530,9 @@ impl PersistentQuery {
         if waiting.len() < 2 {
             return None;
         }
-        // Thread `t` of `n` takes the waiting partitions t, t + n, ...
+        // Thread `t` of `n` takes the waiting partitions t, t + n, ..., and encodes their
+        // output for the sink too.
+        let spec = &self.sink_spec(log, durable);
         let (stages, waiting) = (&stages, &waiting);
         let n = threads.min(waiting.len());
         let mut results: Vec<(u32, Result<pipeline::Step>, Duration)> = std::thread::scope(|s| {
@@ -541,7 +544,23 @@ impl PersistentQuery {
                             .step_by(n)
                             .map(|&p| {
                                 let began = Instant::now();
-                                let step = pipeline::shared_step(input, stages, log, p);
+                                let step = pipeline::shared_step(input, stages, log, p).and_then(
+                                    |mut step| {
+                                        step.encoded = step
+                                            .changes
+                                            .iter()
+                                            .map(|c| {
+                                                let sink = Sink {
+                                                    tombstones: c.tombstones,
+                                                    durable,
+                                                    source_partition: p,
+                                                };
+                                                encode_output(spec, &c.batch, &sink)
+                                            })
+                                            .collect::<Result<_>>()?;
+                                        Ok(step)
+                                    },
+                                );
                                 (p, step, began.elapsed())
                             })
                             .collect::<Vec<_>>()
@@ -582,7 +601,7 @@ impl PersistentQuery {
         started: Instant,
     ) -> Result<u64> {
         let q = self;
-        let step = match step {
+        let mut step = match step {
             Ok(step) => step,
             Err(EngineError::Stopped {
                 partition,
@@ -612,23 +631,26 @@ impl PersistentQuery {
         if step.consumed == 0 {
             return Ok(0);
         }
+        let mut encoded = std::mem::take(&mut step.encoded).into_iter();
+        let mut bytes = 0;
         for change in &step.changes {
             q.stats.produced += change.batch.num_rows() as u64;
             let now = now_ms();
             for t in change.batch.column(0).as_primitive::<Int64Type>().values() {
                 q.stats.latency.observe((now - t).max(0) as f64);
             }
-            q.stats.bytes_produced += write_output(
-                log,
-                q,
-                &change.batch,
-                Sink {
-                    tombstones: change.tombstones,
-                    durable,
-                    source_partition: partition,
-                },
-            )?;
+            let sink = Sink {
+                tombstones: change.tombstones,
+                durable,
+                source_partition: partition,
+            };
+            let spec = q.sink_spec(log, durable);
+            bytes += match encoded.next() {
+                Some(e) => append_output(log, &spec, e, &sink)?,
+                None => write_output(log, &spec, &change.batch, sink)?,
+            };
         }
+        q.stats.bytes_produced += bytes;
         if !step.problems.is_empty() {
             q.stats.errors += step.problems.len() as u64;
             write_processing_log(log, &q.id, &q.source_topic, &step.problems)?;
@@ -2191,10 +2213,64 @@ struct Sink {
     source_partition: u32,
 }
 
+/// Where and how a query writes its output: what encoding a batch for its sink needs,
+/// borrowed from the query (shared by the threads that step its partitions at once).
+struct SinkSpec<'a> {
+    id: &'a str,
+    plan: &'a SelectPlan,
+    layout: &'a Layout,
+    timestamp: &'a Option<(String, Option<String>)>,
+    window: Option<KeyWindow>,
+    partitions: u32,
+    topic: &'a str,
+    already_written: &'a BTreeMap<(u32, u32), u64>,
+    /// Every record carries its source tag (else each append's last one).
+    tag_each: bool,
+}
+
+impl PersistentQuery {
+    fn sink_spec(&self, log: &dyn Log, durable: bool) -> SinkSpec<'_> {
+        SinkSpec {
+            id: &self.id,
+            plan: &self.plan,
+            layout: &self.sink_layout,
+            timestamp: &self.sink_timestamp,
+            window: self.sink_window,
+            partitions: self.sink_partitions,
+            topic: &self.sink_topic,
+            already_written: &self.already_written,
+            tag_each: durable && !log.atomic_appends(),
+        }
+    }
+}
+
+/// A batch of output encoded for the sink: per sink partition, its records and the
+/// highest source offset among them.
+type Encoded = BTreeMap<u32, (Vec<Record>, u64)>;
+
+/// The `weir.src` header naming a source record (`query:partition:offset`).
+fn source_tag(q: &SinkSpec, source_partition: u32, offset: u64) -> Header {
+    let mut src = Vec::with_capacity(q.id.len() + 24);
+    let _ = std::io::Write::write_fmt(
+        &mut src,
+        format_args!("{}:{source_partition}:{offset}", q.id),
+    );
+    Header {
+        name: SOURCE_HEADER.into(),
+        value: Some(src),
+    }
+}
+
 /// Writes a batch of output; the bytes written (keys and values).
-fn write_output(log: &dyn Log, q: &PersistentQuery, out: &RecordBatch, sink: Sink) -> Result<u64> {
+fn write_output(log: &dyn Log, q: &SinkSpec, out: &RecordBatch, sink: Sink) -> Result<u64> {
+    let encoded = encode_output(q, out, &sink)?;
+    append_output(log, q, encoded, &sink)
+}
+
+/// Encodes a batch of output for the sink (nothing written yet).
+fn encode_output(q: &SinkSpec, out: &RecordBatch, sink: &Sink) -> Result<Encoded> {
     if out.num_rows() == 0 {
-        return Ok(0);
+        return Ok(Encoded::new());
     }
     let rekeyed;
     let out = if sink.tombstones && q.plan.repartitions {
@@ -2203,9 +2279,9 @@ fn write_output(log: &dyn Log, q: &PersistentQuery, out: &RecordBatch, sink: Sin
     } else {
         out
     };
-    let encoded = q.sink_layout.encode(out)?;
+    let encoded = q.layout.encode(out)?;
     // Event time: the sink's TIMESTAMP column when it has one, else the source's.
-    let sink_times = match &q.sink_timestamp {
+    let sink_times = match q.timestamp {
         Some((col, format)) => out
             .column_by_name(col)
             .map(|c| event_times(c, format.as_deref()))
@@ -2214,7 +2290,7 @@ fn write_output(log: &dyn Log, q: &PersistentQuery, out: &RecordBatch, sink: Sin
     };
     let rowtimes = out.column(0).as_primitive::<Int64Type>();
     let offsets = out.column(1).as_primitive::<Int64Type>();
-    let windows = match q.sink_window {
+    let windows = match q.window {
         Some(w) => {
             let bound = |name: &str| {
                 out.column_by_name(name)
@@ -2231,26 +2307,16 @@ fn write_output(log: &dyn Log, q: &PersistentQuery, out: &RecordBatch, sink: Sin
     };
     // `query:partition:offset` of the source record: on every record, or (where an append
     // is stored whole or not at all) on each append's last record, naming the highest
-    // source offset the append holds.
-    let prefix = format!("{}:{}:", q.id, sink.source_partition);
-    let tag = |offset: u64| {
-        let mut src = Vec::with_capacity(prefix.len() + 20);
-        src.extend_from_slice(prefix.as_bytes());
-        let _ = std::io::Write::write_fmt(&mut src, format_args!("{offset}"));
-        Header {
-            name: SOURCE_HEADER.into(),
-            value: Some(src),
-        }
-    };
-    let tag_each = sink.durable && !log.atomic_appends();
+    // source offset the append holds (`append_output`).
+    let tag_each = q.tag_each;
     // Each sink partition's records, and the highest source offset among them.
-    let mut by_partition: BTreeMap<u32, (Vec<Record>, u64)> = BTreeMap::new();
+    let mut by_partition = Encoded::new();
     for (row, (key, value)) in encoded.into_iter().enumerate() {
         let value = if sink.tombstones { None } else { value };
         // Partitioned by the key alone; the window goes after it.
         let partition = key
             .as_deref()
-            .map(|k| partition_for_key(k, q.sink_partitions))
+            .map(|k| partition_for_key(k, q.partitions))
             .unwrap_or(0);
         let key = match (&windows, key) {
             (Some((w, starts, ends)), Some(mut k)) => {
@@ -2274,7 +2340,7 @@ fn write_output(log: &dyn Log, q: &PersistentQuery, out: &RecordBatch, sink: Sin
             None => rowtimes.value(row),
         };
         let rows = out.num_rows();
-        let sinks = q.sink_partitions as usize;
+        let sinks = q.partitions as usize;
         let (records, max) = by_partition.entry(partition).or_insert_with(|| {
             // A batch spreads over the sink's partitions about evenly.
             (Vec::with_capacity(rows / sinks + rows / (4 * sinks) + 1), 0)
@@ -2285,19 +2351,24 @@ fn write_output(log: &dyn Log, q: &PersistentQuery, out: &RecordBatch, sink: Sin
             value,
             timestamp,
             headers: if tag_each {
-                vec![tag(offset)]
+                vec![source_tag(q, sink.source_partition, offset)]
             } else {
                 Vec::new()
             },
         });
     }
+    Ok(by_partition)
+}
+
+/// Appends encoded output, sink partition by sink partition; the bytes written.
+fn append_output(log: &dyn Log, q: &SinkSpec, encoded: Encoded, sink: &Sink) -> Result<u64> {
     let mut bytes = 0;
-    for (i, (partition, (mut records, max))) in by_partition.into_iter().enumerate() {
+    for (i, (partition, (mut records, max))) in encoded.into_iter().enumerate() {
         if sink.durable
-            && !tag_each
+            && !q.tag_each
             && let Some(last) = records.last_mut()
         {
-            last.headers.push(tag(max));
+            last.headers.push(source_tag(q, sink.source_partition, max));
         }
         if i > 0 {
             // Crash tests: some of the step's partitions written, not all.
@@ -2309,7 +2380,7 @@ fn write_output(log: &dyn Log, q: &PersistentQuery, out: &RecordBatch, sink: Sin
                 (r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len)) as u64
             })
             .sum::<u64>();
-        log.append(&q.sink_topic, partition, &records)?;
+        log.append(q.topic, partition, &records)?;
     }
     Ok(bytes)
 }

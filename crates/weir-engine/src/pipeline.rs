@@ -36,6 +36,9 @@ pub(crate) struct Step {
     pub requested: Option<usize>,
     /// The last stage's changes, in order.
     pub changes: Vec<ChangeBatch>,
+    /// The changes already encoded for the sink, one per change (when computed where the
+    /// partitions of a step run at once); empty otherwise.
+    pub encoded: Vec<crate::Encoded>,
     /// Records that could not be processed: for the processing log.
     pub problems: Vec<Problem>,
 }
