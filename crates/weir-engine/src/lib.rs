@@ -468,8 +468,8 @@ impl PersistentQuery {
     fn step(&mut self, log: &dyn Log, durable: bool, parallelism: usize) -> Result<u64> {
         let partitions = self.pipeline.partitions();
         let started = Instant::now();
-        // Stateless over several partitions with records waiting: their steps computed at
-        // once, then written in partition order, as if one after the other.
+        // Stateless over several busy partitions: their steps computed at once, then
+        // written in partition order, as if one after the other.
         let mut computed = match self.error {
             None if parallelism > 1 => self.shared_steps(log, durable, parallelism),
             None => None,
@@ -510,9 +510,9 @@ impl PersistentQuery {
         Ok(consumed)
     }
 
-    /// The steps of the partitions with records waiting, computed at once (a thread each),
-    /// when the pipeline has no state, reads several partitions and more than one has
-    /// records waiting; `None` otherwise. A panic in one goes on in the caller.
+    /// The steps of its partitions, computed at once on up to `threads` threads, when the
+    /// pipeline has no state and reads several partitions of which two or more were busy
+    /// at their last step; `None` otherwise. A panic in one goes on in the caller.
     #[allow(clippy::type_complexity)]
     fn shared_steps(
         &self,
@@ -521,25 +521,19 @@ impl PersistentQuery {
         threads: usize,
     ) -> Option<Vec<(u32, Result<pipeline::Step>, Duration)>> {
         let (input, stages) = self.pipeline.shared()?;
-        let waiting: Vec<u32> = (0..input.offsets.len() as u32)
-            .filter(|&p| {
-                log.offsets(&input.topic, p)
-                    .is_ok_and(|(_, end)| end > input.offsets[p as usize])
-            })
-            .collect();
-        if waiting.len() < 2 {
-            return None;
-        }
-        // Thread `t` of `n` takes the waiting partitions t, t + n, ..., and encodes their
+        // Every partition (asking the log which have records waiting would cost a round
+        // trip per partition on Kafka; an idle one's step reads nothing).
+        let all: Vec<u32> = (0..input.offsets.len() as u32).collect();
+        // Thread `t` of `n` takes the partitions t, t + n, ..., and encodes their
         // output for the sink too.
         let spec = &self.sink_spec(log, durable);
-        let (stages, waiting) = (&stages, &waiting);
-        let n = threads.min(waiting.len());
+        let (stages, all) = (&stages, &all);
+        let n = threads.min(all.len());
         let mut results: Vec<(u32, Result<pipeline::Step>, Duration)> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..n)
                 .map(|t| {
                     s.spawn(move || {
-                        waiting[t..]
+                        all[t..]
                             .iter()
                             .step_by(n)
                             .map(|&p| {
@@ -629,6 +623,7 @@ impl PersistentQuery {
             Err(e) => return Err(e),
         };
         if step.consumed == 0 {
+            q.pipeline.advance(partition, &step, started.elapsed());
             return Ok(0);
         }
         let mut encoded = std::mem::take(&mut step.encoded).into_iter();

@@ -386,6 +386,9 @@ pub(crate) struct TopicInput {
     pub offsets: Vec<u64>,
     /// Records to read per step, by partition (adapts to load).
     batch_records: Vec<usize>,
+    /// Whether each partition's last step read records: where two or more did, the next
+    /// step computes them at once ([`Pipeline::shared`]).
+    busy: Vec<bool>,
     /// How large each partition's batch may grow: lowered when a step takes longer than
     /// [`crate::STEP_TARGET`] (a worker shared with other queries and push queries gets
     /// back to them soon), raised again when steps are quick.
@@ -405,6 +408,7 @@ impl TopicInput {
             decoder: Decoder::new(source, schema, drop_stream_tombstones),
             batch_records: vec![crate::BATCH_RECORDS; offsets.len()],
             batch_cap: vec![crate::MAX_BATCH_RECORDS; offsets.len()],
+            busy: vec![true; offsets.len()],
             offsets,
         }
     }
@@ -537,12 +541,14 @@ impl Pipeline {
     }
 
     /// What stepping its partitions at once needs ([`shared_step`]): a topic input of
-    /// several partitions and stages without state; `None` otherwise.
+    /// several partitions, two or more of which read records at their last step, and
+    /// stages without state; `None` otherwise (idle, it steps them one after the other,
+    /// as cheaply as ever).
     pub fn shared(&self) -> Option<(&TopicInput, Vec<&dyn SharedStage>)> {
         let Input::Topic(t) = &self.input else {
             return None;
         };
-        if t.offsets.len() < 2 {
+        if t.busy.iter().filter(|b| **b).count() < 2 {
             return None;
         }
         let stages = self
@@ -578,6 +584,7 @@ impl Pipeline {
             return;
         };
         let p = partition as usize;
+        t.busy[p] = step.consumed > 0;
         if let Some(max) = step.requested {
             let got = step.consumed as usize;
             t.batch_records[p] = if got == max {
