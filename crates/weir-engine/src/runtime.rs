@@ -105,11 +105,6 @@ impl Runtime {
         !workers.is_empty() && workers.iter().all(|w| !w.is_finished())
     }
 
-    /// How many workers run queries.
-    pub fn workers(&self) -> usize {
-        self.workers.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
     pub fn execute_sql(&self, sql: &str) -> Result<Vec<Outcome>> {
         self.engine().execute_sql(sql)
     }
