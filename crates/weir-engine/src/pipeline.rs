@@ -118,22 +118,9 @@ pub(crate) struct Project {
     pub named: bool,
 }
 
+/// Needs no `&mut`: several partitions' batches may run through it at once.
 impl SharedStage for Project {
     fn process_shared(
-        &self,
-        input: ChangeBatch,
-        partition: u32,
-        out: &mut Vec<ChangeBatch>,
-        problems: &mut Vec<Problem>,
-    ) -> Result<()> {
-        self.run(input, partition, out, problems)
-    }
-}
-
-impl Project {
-    /// The stage over one batch; needs no `&mut`: several partitions' batches may run at
-    /// once.
-    fn run(
         &self,
         input: ChangeBatch,
         partition: u32,
@@ -213,7 +200,7 @@ impl Operator for Project {
         out: &mut Vec<ChangeBatch>,
         problems: &mut Vec<Problem>,
     ) -> Result<()> {
-        self.run(input, partition, out, problems)
+        self.process_shared(input, partition, out, problems)
     }
 
     fn shared(&self) -> Option<&dyn SharedStage> {
@@ -413,17 +400,30 @@ impl TopicInput {
         }
     }
 
-    /// Reads the partition's next records: at most `limit`, or as many as the
-    /// partition's adaptive batch size says (adapted by [`Pipeline::advance`]).
-    fn read(
-        &mut self,
+    /// Reads the partition's next records (at most `limit`, or as many as the partition's
+    /// adaptive batch size says, adapted by [`Pipeline::advance`]) and decodes them: the
+    /// step so far (what was read, problems) and the decoded changes.
+    fn take(
+        &self,
         log: &dyn Log,
         partition: u32,
         limit: Option<usize>,
-    ) -> Result<Vec<StoredRecord>> {
-        let from = self.offsets[partition as usize];
-        let limit = limit.unwrap_or(self.batch_records[partition as usize]);
-        Ok(log.read(&self.topic, partition, from, limit)?)
+    ) -> Result<(Step, Vec<ChangeBatch>)> {
+        let mut step = Step::default();
+        let p = partition as usize;
+        step.requested = limit.is_none().then_some(self.batch_records[p]);
+        let max = limit.unwrap_or(self.batch_records[p]);
+        let records = log.read(&self.topic, partition, self.offsets[p], max)?;
+        let Some(last) = records.last() else {
+            return Ok((step, Vec::new()));
+        };
+        step.next = Some(last.offset + 1);
+        step.consumed = records.len() as u64;
+        step.bytes = payload_bytes(&records);
+        let changes = self
+            .decoder
+            .decode(&records, partition, &mut step.problems)?;
+        Ok((step, changes))
     }
 }
 
@@ -525,15 +525,12 @@ impl Pipeline {
                 batches
             }
             Input::Topic(t) => {
-                step.requested = limit.is_none().then(|| t.batch_records[partition as usize]);
-                let records = t.read(log, partition, limit)?;
-                let Some(last) = records.last() else {
+                let (taken, changes) = t.take(log, partition, limit)?;
+                step = taken;
+                if step.consumed == 0 {
                     return Ok(step);
-                };
-                step.next = Some(last.offset + 1);
-                step.consumed = records.len() as u64;
-                step.bytes = payload_bytes(&records);
-                t.decoder.decode(&records, partition, &mut step.problems)?
+                }
+                changes
             }
         };
         step.changes = self.run(changes, partition, &mut step.problems)?;
@@ -771,20 +768,7 @@ pub(crate) fn shared_step(
     log: &dyn Log,
     partition: u32,
 ) -> Result<Step> {
-    let mut step = Step::default();
-    let max = input.batch_records[partition as usize];
-    step.requested = Some(max);
-    let from = input.offsets[partition as usize];
-    let records = log.read(&input.topic, partition, from, max)?;
-    let Some(last) = records.last() else {
-        return Ok(step);
-    };
-    step.next = Some(last.offset + 1);
-    step.consumed = records.len() as u64;
-    step.bytes = payload_bytes(&records);
-    let mut changes = input
-        .decoder
-        .decode(&records, partition, &mut step.problems)?;
+    let (mut step, mut changes) = input.take(log, partition, None)?;
     for stage in stages {
         let mut out = Vec::with_capacity(changes.len());
         for c in changes {
