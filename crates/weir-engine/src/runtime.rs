@@ -136,6 +136,15 @@ impl Drop for Runtime {
     }
 }
 
+/// Query `q`, unless another worker holds it.
+fn try_lock(q: &crate::SharedQuery) -> Option<MutexGuard<'_, crate::PersistentQuery>> {
+    match q.try_lock() {
+        Ok(g) => Some(g),
+        Err(TryLockError::Poisoned(g)) => Some(g.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
+    }
+}
+
 fn lock_engine(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
     engine.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -174,19 +183,15 @@ fn pass(pool: &Pool, index: usize) -> Result<u64> {
     let mut consumed = 0;
     for k in 0..n {
         let (id, q) = &work.queries[(k + index * n / pool.size) % n];
-        let due = match q.try_lock() {
-            Ok(g) => g.reload_due(),
-            Err(TryLockError::Poisoned(g)) => g.into_inner().reload_due(),
-            // Another worker is stepping it.
-            Err(TryLockError::WouldBlock) => continue,
+        // Not while another worker steps it.
+        let Some(due) = try_lock(q).map(|g| g.reload_due()) else {
+            continue;
         };
         if due {
             lock_engine(&pool.engine).reload_or_wait(id);
         }
-        let mut q = match q.try_lock() {
-            Ok(g) => g,
-            Err(TryLockError::Poisoned(g)) => g.into_inner(),
-            Err(TryLockError::WouldBlock) => continue,
+        let Some(mut q) = try_lock(q) else {
+            continue;
         };
         consumed += work.step(&mut q)?;
     }
