@@ -104,6 +104,23 @@ pub const COMMAND_TOPIC: &str = "_weir_commands";
 /// Where persistent queries checkpoint how far they have read.
 pub const OFFSETS_TOPIC: &str = "_weir_offsets";
 
+/// The service id servers have unless `ksql.service.id` says otherwise (ksqlDB's default).
+pub const DEFAULT_SERVICE_ID: &str = "default_";
+
+/// The internal topics of the servers with service id `id`: [`COMMAND_TOPIC`] and
+/// [`OFFSETS_TOPIC`] for the default id, `_weir_<id>_commands` and `_weir_<id>_offsets`
+/// otherwise — so clusters sharing one Kafka keep apart catalogs and checkpoints.
+pub fn internal_topics(id: &str) -> (String, String) {
+    if id == DEFAULT_SERVICE_ID {
+        (COMMAND_TOPIC.into(), OFFSETS_TOPIC.into())
+    } else {
+        (
+            format!("_weir_{id}_commands"),
+            format!("_weir_{id}_offsets"),
+        )
+    }
+}
+
 /// Header on the output records of a durable engine: `query:partition:offset` of the
 /// source record each came from, or, on a log whose appends are whole or absent after a
 /// crash ([`Log::atomic_appends`]), only on each append's last record, naming the highest
@@ -324,6 +341,8 @@ pub struct PersistentQuery {
     terminated: bool,
     /// What others read of it (see [`QueryView`]).
     view: Arc<Mutex<QueryView>>,
+    /// Where it checkpoints (and a join records its steps).
+    offsets_topic: Arc<str>,
     /// Checkpoints since the last full one (later checkpoints carry what changed since
     /// the one before: the entries the operators report as set or removed; see
     /// `delta.rs`). At [`delta::FULL_EVERY`] (or before any), the next is full.
@@ -578,8 +597,12 @@ impl PersistentQuery {
         let started = Instant::now();
         // Everything is computed before anything is written: a query that stops on an
         // error writes nothing of the step it stops at, and resumes from its start.
-        let id = durable.then(|| self.id.clone());
-        let step = self.pipeline.step(log, partition, None, id.as_deref());
+        let (id, topic) = (self.id.clone(), self.offsets_topic.clone());
+        let intents = durable.then_some(Intents {
+            query: &id,
+            topic: &topic,
+        });
+        let step = self.pipeline.step(log, partition, None, intents);
         self.commit_step(log, durable, partition, step, started)
     }
 
@@ -711,7 +734,7 @@ impl PersistentQuery {
             timestamp: now_ms(),
             headers: vec![],
         }];
-        let written = log.append(OFFSETS_TOPIC, 0, &record);
+        let written = log.append(&q.offsets_topic, 0, &record);
         // The buffer goes back to the query for the next checkpoint.
         if let Some(bytes) = record[0].value.take()
             && bytes.capacity() <= 16 << 20
@@ -810,6 +833,9 @@ pub struct Engine {
     durable: bool,
     /// Threads one query's step may use for its partitions ([`Engine::set_parallelism`]).
     parallelism: usize,
+    /// The command log and the checkpoints' topic ([`internal_topics`]).
+    command_topic: String,
+    offsets_topic: Arc<str>,
     replaying: bool,
 }
 
@@ -832,6 +858,8 @@ impl Engine {
             durable: false,
             replaying: false,
             parallelism: 1,
+            command_topic: COMMAND_TOPIC.into(),
+            offsets_topic: OFFSETS_TOPIC.into(),
         };
         // The processing log is a stream users can query, as ksqlDB's KSQL_PROCESSING_LOG.
         // Should the log refuse the topic now, entries still create it when they come.
@@ -855,16 +883,25 @@ impl Engine {
     /// As [`Engine::open`], with functions registered beforehand (plugins), so that
     /// persistent queries that call them can be replayed.
     pub fn open_with(log: Arc<dyn Log>, functions: Functions) -> Result<Self> {
+        Self::open_service(log, functions, DEFAULT_SERVICE_ID)
+    }
+
+    /// As [`Engine::open_with`], for the servers with service id `service_id`
+    /// (`ksql.service.id`): their own command log and checkpoints ([`internal_topics`]).
+    pub fn open_service(log: Arc<dyn Log>, functions: Functions, service_id: &str) -> Result<Self> {
         let mut engine = Self::new(log);
         engine.functions = functions;
         engine.durable = true;
-        for topic in [COMMAND_TOPIC, OFFSETS_TOPIC] {
+        let (commands, offsets) = internal_topics(service_id);
+        engine.command_topic = commands;
+        engine.offsets_topic = offsets.into();
+        for topic in [&*engine.command_topic, &*engine.offsets_topic] {
             if engine.log.topic(topic)?.is_none() {
                 engine.log.create_topic(topic, TopicConfig::default())?;
             }
         }
         engine.replaying = true;
-        let commands = read_topic_values(engine.log.as_ref(), COMMAND_TOPIC)?;
+        let commands = read_topic_values(engine.log.as_ref(), &engine.command_topic)?;
         for (offset, value) in commands {
             let command: serde_json::Value = serde_json::from_slice(&value).map_err(|e| {
                 EngineError::Execution(format!("command log record {offset} is not JSON: {e}"))
@@ -894,7 +931,11 @@ impl Engine {
     /// reprocessing them writes nothing twice.
     fn recover_offsets(&mut self) -> Result<()> {
         let mut locked: Vec<_> = self.queries.values().map(|e| lock(&e.query)).collect();
-        recover(self.log.as_ref(), locked.iter_mut().map(|q| &mut **q))?;
+        recover(
+            self.log.as_ref(),
+            &self.offsets_topic,
+            locked.iter_mut().map(|q| &mut **q),
+        )?;
         locked.iter().for_each(|q| q.publish());
         Ok(())
     }
@@ -920,7 +961,7 @@ impl Engine {
         }
         let v = serde_json::json!({"sql": format!("{stmt};"), "properties": self.properties});
         self.log.append(
-            COMMAND_TOPIC,
+            &self.command_topic,
             0,
             &[Record::new(None, Some(v.to_string().as_bytes()), now_ms())],
         )?;
@@ -1013,7 +1054,7 @@ impl Engine {
         let fresh = self.replan(id, &stmt, statement);
         self.properties = saved;
         let mut fresh = fresh?;
-        recover(self.log.as_ref(), [&mut fresh])?;
+        recover(self.log.as_ref(), &self.offsets_topic, [&mut fresh])?;
         fresh.stats = stats;
         fresh.retry = retry.map(|r| Retry {
             reloaded: true,
@@ -1853,6 +1894,7 @@ impl Engine {
         };
         Ok(PersistentQuery {
             view: Arc::new(Mutex::new(view)),
+            offsets_topic: self.offsets_topic.clone(),
             id,
             statement,
             properties: self.properties.clone(),
@@ -2083,6 +2125,7 @@ impl Engine {
 /// that failed does before it runs again.
 fn recover<'a>(
     log: &dyn Log,
+    offsets_topic: &str,
     queries: impl IntoIterator<Item = &'a mut PersistentQuery>,
 ) -> Result<()> {
     let mut queries: BTreeMap<String, &'a mut PersistentQuery> =
@@ -2092,7 +2135,7 @@ fn recover<'a>(
     let mut intents: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
     // Each query's operator state: its last full snapshot with the changes after it.
     let mut states: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-    for (_, value) in read_topic_values(log, OFFSETS_TOPIC)? {
+    for (_, value) in read_topic_values(log, offsets_topic)? {
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(&value) else {
             continue;
         };
@@ -2181,14 +2224,22 @@ fn recover<'a>(
     Ok(())
 }
 
+/// Where a durable query records its join steps: its id and its checkpoints' topic.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Intents<'a> {
+    pub query: &'a str,
+    pub topic: &'a str,
+}
+
 /// Records what a durable join's step read (the offsets each source partition reaches)
 /// before the step is processed: if the process dies before a checkpoint covers the
 /// step, recovery (`recover_offsets`) has the steps after the restart read exactly the
 /// records of each step since the checkpoint again, in order.
-pub(crate) fn write_intent(log: &dyn Log, query: &str, ends: &[Vec<u64>]) -> Result<()> {
+pub(crate) fn write_intent(log: &dyn Log, at: Intents, ends: &[Vec<u64>]) -> Result<()> {
+    let Intents { query, topic } = at;
     let intent = serde_json::json!({"intent_for": query, "ends": ends});
     log.append(
-        OFFSETS_TOPIC,
+        topic,
         0,
         &[Record::new(
             Some(query.as_bytes()),

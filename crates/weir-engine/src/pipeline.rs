@@ -501,17 +501,17 @@ impl Pipeline {
         log: &dyn Log,
         partition: u32,
         limit: Option<usize>,
-        intent_for: Option<&str>,
+        intent_for: Option<crate::Intents>,
     ) -> Result<Step> {
         let mut step = Step::default();
         let changes = match &mut self.input {
             Input::Join(joiner) => {
                 let taken = joiner.read(log)?;
-                if let Some(id) = intent_for
+                if let Some(at) = intent_for
                     && !taken.is_empty()
                     && !taken.replayed
                 {
-                    crate::write_intent(log, id, &taken.ends)?;
+                    crate::write_intent(log, at, &taken.ends)?;
                 }
                 let j = joiner.process(taken)?;
                 step.consumed = j.consumed;

@@ -109,6 +109,11 @@ pub const SETTINGS: &[Setting] = &[
         "MQTT connections beyond this many are closed at once",
     ),
     server(
+        "ksql.service.id",
+        crate::DEFAULT_SERVICE_ID,
+        "the cluster of servers this one belongs to: servers with another id on the same Kafka keep their own catalog and checkpoints (internal topics _weir_<id>_commands, _weir_<id>_offsets)",
+    ),
+    server(
         crate::runtime::WORKERS_SETTING,
         "",
         "threads that run persistent and push queries (default: one per core)",

@@ -631,3 +631,46 @@ fn a_stateless_query_over_partitions_at_once_loses_and_reorders_nothing() {
         .count();
     assert_eq!(partitions_used, 4);
 }
+
+/// Servers with different `ksql.service.id`s on one log are different clusters: each has
+/// its own command log and checkpoints, and sees only its own streams and queries.
+#[test]
+fn servers_with_another_service_id_keep_their_own_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let log: Arc<dyn weir_log::Log> =
+        Arc::new(EmbeddedLog::open(dir.path(), EmbeddedLogConfig::default()).unwrap());
+    let open = |id: &str| {
+        Engine::open_service(log.clone(), weir_engine::Functions::default(), id).unwrap()
+    };
+    let mut a = open("fleet_a");
+    a.execute_sql(
+        "CREATE STREAM readings (car VARCHAR KEY, speed INT) WITH (kafka_topic='readings', value_format='JSON', partitions=1);
+         SET 'auto.offset.reset'='earliest';
+         CREATE STREAM fast AS SELECT car, speed FROM readings WHERE speed > 10;",
+    )
+    .unwrap();
+    produce(&a, "readings", Some("c1"), r#"{"SPEED": 20}"#, 1);
+    a.run_until_idle().unwrap();
+    drop(a);
+
+    let b = open("fleet_b");
+    assert!(b.catalog().source("READINGS").is_none());
+    assert_eq!(b.queries().count(), 0);
+    drop(b);
+    for topic in ["_weir_fleet_a_commands", "_weir_fleet_b_offsets"] {
+        assert!(log.topic(topic).unwrap().is_some(), "{topic}");
+    }
+    assert!(log.topic(weir_engine::COMMAND_TOPIC).unwrap().is_none());
+
+    // fleet_a has it all back, and resumes where it was: nothing written twice.
+    let mut a = open("fleet_a");
+    assert!(a.catalog().source("READINGS").is_some());
+    assert_eq!(a.queries().count(), 1);
+    produce(&a, "readings", Some("c1"), r#"{"SPEED": 30}"#, 2);
+    a.run_until_idle().unwrap();
+    let speeds: Vec<String> = read_all(&a, "FAST")
+        .into_iter()
+        .filter_map(|(_, v, _)| v)
+        .collect();
+    assert_eq!(speeds, [r#"{"SPEED":20}"#, r#"{"SPEED":30}"#]);
+}

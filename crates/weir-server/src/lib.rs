@@ -89,6 +89,9 @@ pub struct ServerConfig {
     pub mqtt_max_connections: usize,
     /// `weir.workers`: threads that run queries.
     pub workers: usize,
+    /// `ksql.service.id`: the cluster of servers this one belongs to; names its internal
+    /// topics (see `weir_engine::internal_topics`).
+    pub service_id: String,
 }
 
 impl Default for ServerConfig {
@@ -106,6 +109,7 @@ impl Default for ServerConfig {
             mqtt_max_message_bytes: weir_mqtt::DEFAULT_MAX_MESSAGE_BYTES,
             mqtt_max_connections: weir_mqtt::DEFAULT_MAX_CONNECTIONS,
             workers: weir_engine::runtime::default_workers(),
+            service_id: weir_engine::DEFAULT_SERVICE_ID.into(),
         }
     }
 }
@@ -141,6 +145,16 @@ impl ServerConfig {
                 "weir.plugin.dir" => self.plugin_dir = Some(PathBuf::from(value)),
                 "weir.max.push.queries" => {
                     self.max_push_queries = value.parse().map_err(|e| bad(format!("{e}")))?
+                }
+                "ksql.service.id" => {
+                    let ok = !value.is_empty()
+                        && value
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+                    if !ok {
+                        return Err(bad("use letters, digits, '.', '_' and '-'".into()));
+                    }
+                    self.service_id = value.to_string();
                 }
                 weir_engine::runtime::WORKERS_SETTING => {
                     self.workers = match value.parse::<usize>() {
@@ -183,6 +197,7 @@ pub(crate) struct AppState {
     /// Flips to true when the server stops: open push streams end.
     pub stopping: watch::Receiver<bool>,
     pub cluster_id: String,
+    pub service_id: String,
     /// The MQTT listener's counters, when it runs.
     pub mqtt: Option<Arc<weir_mqtt::MqttStats>>,
     pub requests: metrics::Requests,
@@ -243,7 +258,7 @@ impl Server {
             Some(at) => Some(start_mqtt(&config, at, log.clone(), users.clone())?),
             None => None,
         };
-        let mut engine = Engine::open_with(log, functions)
+        let mut engine = Engine::open_service(log, functions, &config.service_id)
             .map_err(|e| format!("recovering the command log: {e}"))?;
         for (k, v) in &config.properties {
             engine.set_property(k, v);
@@ -265,6 +280,7 @@ impl Server {
             max_push_queries: config.max_push_queries,
             stopping: stopping_rx,
             cluster_id,
+            service_id: config.service_id.clone(),
             mqtt: mqtt.as_ref().map(|(m, _, _)| m.stats().clone()),
             requests: metrics::Requests::default(),
         });

@@ -310,7 +310,7 @@ async fn info(State(state): State<Arc<AppState>>) -> Response {
         &json!({"KsqlServerInfo": {
             "version": crate::KSQL_COMPATIBLE_VERSION,
             "kafkaClusterId": state.cluster_id,
-            "ksqlServiceId": "default_",
+            "ksqlServiceId": state.service_id,
             "serverStatus": if stopping { "TERMINATING" } else { "RUNNING" },
         }}),
     )

@@ -112,6 +112,7 @@ fn ksql_runs_statements_and_answers_ksqldb_entities() {
     assert_eq!(status, 200);
     assert_eq!(info["KsqlServerInfo"]["serverStatus"], "RUNNING");
     assert!(info["KsqlServerInfo"]["version"].as_str().is_some());
+    assert_eq!(info["KsqlServerInfo"]["ksqlServiceId"], "default_");
     let (status, health) = get(&server, "/healthcheck");
     assert_eq!((status, health["isHealthy"].clone()), (200, json!(true)));
     let (status, s) = get(&server, "/status/stream/PAGEVIEWS/create");
