@@ -8,14 +8,15 @@
 //! the engine's lock, never for a pass over the queries. Workers start their passes at
 //! different queries, so they spread out. A query that fails fails alone ([`Work::step`]);
 //! a worker reloads it when its wait is over (under the engine's lock: planning needs
-//! the catalog). A worker survives panics outside a query's step too.
+//! the catalog). A worker survives panics outside a query's step too, and should one
+//! end all the same, a supervisor thread starts another within 50 ms.
 //!
 //! With input waiting a worker loops at once; when all it saw were caught up it sleeps
 //! 1 ms, doubling to at most [`MAX_IDLE_WAIT`], so a record appended to an idle engine
 //! reaches a push-query client within that wait plus one batch. Push queries run under
 //! the engine's lock, by one worker at a time.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -39,7 +40,10 @@ pub struct Runtime {
     /// The engine's log, for what needs it without waiting on query work (health).
     log: Arc<dyn weir_log::Log>,
     stop: Arc<AtomicBool>,
-    workers: Mutex<Vec<JoinHandle<()>>>,
+    workers: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    /// Starts a worker again when one has ended (see [`supervise`]).
+    supervisor: Mutex<Option<JoinHandle<()>>>,
+    restarts: Arc<AtomicU64>,
 }
 
 /// What the workers share besides the engine.
@@ -71,21 +75,29 @@ impl Runtime {
             push_turn: Mutex::new(()),
             size,
         });
-        let workers = (0..size)
-            .map(|index| {
-                let pool = pool.clone();
-                std::thread::Builder::new()
-                    .name(format!("weir-worker-{index}"))
-                    .spawn(move || work(&pool, index))
-                    .expect("spawning a query worker")
-            })
-            .collect();
+        let workers: Vec<_> = (0..size).map(|index| spawn_worker(&pool, index)).collect();
+        let workers = Arc::new(Mutex::new(workers));
+        let restarts = Arc::new(AtomicU64::new(0));
+        let supervisor = {
+            let (pool, workers, restarts) = (pool.clone(), workers.clone(), restarts.clone());
+            std::thread::Builder::new()
+                .name("weir-supervisor".into())
+                .spawn(move || supervise(&pool, &workers, &restarts))
+                .expect("spawning the workers' supervisor")
+        };
         Self {
             engine,
             log,
             stop,
-            workers: Mutex::new(workers),
+            workers,
+            supervisor: Mutex::new(Some(supervisor)),
+            restarts,
         }
+    }
+
+    /// How many times a worker that had ended was started again.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::SeqCst)
     }
 
     /// The engine, locked: statements run between the workers' engine calls.
@@ -123,6 +135,15 @@ impl Runtime {
 
     fn stop_workers(&self) {
         self.stop.store(true, Ordering::SeqCst);
+        // First the supervisor, so that it starts no worker again.
+        let supervisor = self
+            .supervisor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(s) = supervisor {
+            let _ = s.join();
+        }
         let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
         for w in workers {
             let _ = w.join();
@@ -149,9 +170,42 @@ fn lock_engine(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
     engine.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+fn spawn_worker(pool: &Arc<Pool>, index: usize) -> JoinHandle<()> {
+    let pool = pool.clone();
+    std::thread::Builder::new()
+        .name(format!("weir-worker-{index}"))
+        .spawn(move || work(&pool, index))
+        .expect("spawning a query worker")
+}
+
+/// Every 50 ms until the runtime stops: a worker whose thread has ended (it should not:
+/// it survives panics) is reported and started again, so queries never go unserved.
+fn supervise(pool: &Arc<Pool>, workers: &Mutex<Vec<JoinHandle<()>>>, restarts: &AtomicU64) {
+    while !pool.stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50));
+        let mut workers = workers.lock().unwrap_or_else(|e| e.into_inner());
+        for index in 0..workers.len() {
+            if !workers[index].is_finished() || pool.stop.load(Ordering::SeqCst) {
+                continue;
+            }
+            let ended = std::mem::replace(&mut workers[index], spawn_worker(pool, index));
+            let why = match ended.join() {
+                Ok(()) => "it returned".to_string(),
+                Err(panic) => crate::error::panic_message(panic.as_ref()),
+            };
+            eprintln!("weir: query worker {index} ended ({why}); started another");
+            restarts.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
 fn work(pool: &Pool, index: usize) {
     let mut idle = Duration::from_millis(1);
     while !pool.stop.load(Ordering::SeqCst) {
+        // Tests: a worker's thread ends (`WEIR_FAILPOINT=worker_exit:N`).
+        if weir_log::failpoint::reached_once("worker_exit") {
+            return;
+        }
         // A query's own failures (errors, panics) stay with it (`Work::step`); a panic
         // anywhere else in a pass is reported and the pass retried, never the end of the
         // worker.

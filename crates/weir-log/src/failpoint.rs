@@ -5,8 +5,9 @@
 //! than an abort). Unset, every point costs one atomic load.
 //!
 //! Points: `crash_before_checkpoint` (engine: a step's output written, its checkpoint
-//! not), `mid_output` (engine: between two sink partitions' appends of one step) and
-//! `torn_append` (embedded log: half of an append's bytes written).
+//! not), `mid_output` (engine: between two sink partitions' appends of one step),
+//! `torn_append` (embedded log: half of an append's bytes written) and `worker_exit`
+//! (runtime: a query worker's thread ends, once; the runtime starts another).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +16,8 @@ struct Armed {
     name: String,
     left: AtomicU64,
     pause: bool,
+    /// Whether a pass has found it reached ([`reached_once`]).
+    fired: std::sync::atomic::AtomicBool,
 }
 
 fn armed() -> Option<&'static Armed> {
@@ -30,6 +33,7 @@ fn armed() -> Option<&'static Armed> {
                 name,
                 left: AtomicU64::new(left),
                 pause,
+                fired: std::sync::atomic::AtomicBool::new(false),
             })
         })
         .as_ref()
@@ -47,6 +51,12 @@ pub fn reached(name: &str) -> bool {
     a.left
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
         .is_err()
+}
+
+/// As [`reached`], true for the one pass that reaches it and never after (for points
+/// whose failure is survived: the process goes on).
+pub fn reached_once(name: &str) -> bool {
+    reached(name) && armed().is_some_and(|a| !a.fired.swap(true, Ordering::SeqCst))
 }
 
 /// Fails at point `name` as armed: abort, or wait to be killed.
