@@ -289,22 +289,7 @@ fn with_fail_on_function_error_a_panicking_plugin_stops_its_query_and_nothing_el
     );
 
     // The strict query stops at the panic, in state ERROR, saying why.
-    let started = Instant::now();
-    let strict = loop {
-        let queries = ksql(&server, "SHOW QUERIES;")[0]["queries"].clone();
-        let q = queries
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|q| q["sinks"][0] == "STRICT")
-            .cloned()
-            .unwrap();
-        if q["state"] == "ERROR" {
-            break q;
-        }
-        assert!(started.elapsed() < Duration::from_secs(15), "{queries}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let strict = wait_for_query_state(&server, "STRICT", "ERROR", Duration::from_secs(15));
     let explained = ksql(
         &server,
         &format!("EXPLAIN {};", strict["id"].as_str().unwrap()),

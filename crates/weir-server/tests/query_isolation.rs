@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -34,22 +34,7 @@ fn a_query_that_cannot_write_goes_to_error_and_the_others_carry_on() {
             &format!("INSERT INTO big (k, v) VALUES ('one', '{v}');"),
         );
     }
-    let started = Instant::now();
-    let failed = loop {
-        let queries = ksql(&server, "SHOW QUERIES;")[0]["queries"].clone();
-        let q = queries
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|q| q["sinks"][0] == "LISTS")
-            .cloned()
-            .unwrap();
-        if q["state"] == "ERROR" {
-            break q;
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "{queries}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let failed = wait_for_query_state(&server, "LISTS", "ERROR", Duration::from_secs(30));
     let id = failed["id"].as_str().unwrap().to_string();
     let explained = ksql(&server, &format!("EXPLAIN {id};"));
     let message = explained[0]["queryDescription"]["queryErrors"][0]["errorMessage"]

@@ -63,6 +63,32 @@ pub fn get(server: &Server, path: &str) -> (u16, Value) {
     )
 }
 
+/// Polls SHOW QUERIES until the persistent query writing `sink` is in `state`; its row.
+/// Fails with the last listing after `within`.
+pub fn wait_for_query_state(
+    server: &Server,
+    sink: &str,
+    state: &str,
+    within: std::time::Duration,
+) -> Value {
+    let started = std::time::Instant::now();
+    loop {
+        let queries = ksql(server, "SHOW QUERIES;")[0]["queries"].clone();
+        let q = queries
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["sinks"][0] == sink)
+            .cloned()
+            .unwrap_or_else(|| panic!("no query writes {sink}: {queries}"));
+        if q["state"] == state {
+            return q;
+        }
+        assert!(started.elapsed() < within, "{queries}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// The rows of a push query with a LIMIT, read from the earliest offsets.
 pub fn rows(server: &Server, sql: &str) -> Vec<Value> {
     let (status, body) = post(
