@@ -115,22 +115,25 @@ fn recover(engine: &mut Engine) {
     );
 }
 
-#[test]
-fn a_query_whose_sink_cannot_be_written_fails_alone_and_recovers_without_duplicates() {
+/// Round 0 runs; `fault` is set; round 1 makes the per-car query fail with `why` while the
+/// other query writes all of its output; healed, the failed query recovers and its sink
+/// equals an uninterrupted run's. The data directory, log and engine, for more.
+fn fails_alone_and_recovers(
+    fault: impl Fn(&Faulty),
+    why: &str,
+) -> (tempfile::TempDir, Arc<Faulty>, Engine) {
     let (want_per_car, want_doubled) = uninterrupted();
     let dir = tempfile::tempdir().unwrap();
     let (log, mut engine) = open(dir.path());
     produce(log.as_ref(), 0);
     engine.run_until_idle().unwrap();
-    // The next step's first sink append goes through, the second fails: part of the
-    // step is written, its state already folded in memory.
-    log.fail_appends("PER_CAR", 1);
+    fault(&log);
     produce(log.as_ref(), 1);
     engine.run_until_idle().unwrap();
     assert!(log.failed.load(Ordering::SeqCst), "the fault was never hit");
-    let (failed, why) = state_of(&engine, "CTAS_PER_CAR");
-    assert!(failed, "the query whose sink failed is not in ERROR");
-    assert!(why.contains("injected failure writing PER_CAR"), "{why}");
+    let (failed, message) = state_of(&engine, "CTAS_PER_CAR");
+    assert!(failed, "the failing query is not in ERROR");
+    assert!(message.contains(why), "{message}");
     // The other query went on: all of its output is there.
     assert!(!state_of(&engine, "CSAS_DOUBLED").0);
     assert_eq!(contents(log.as_ref(), "DOUBLED"), want_doubled);
@@ -140,6 +143,17 @@ fn a_query_whose_sink_cannot_be_written_fails_alone_and_recovers_without_duplica
     log.heal();
     recover(&mut engine);
     assert_eq!(contents(log.as_ref(), "PER_CAR"), want_per_car);
+    (dir, log, engine)
+}
+
+#[test]
+fn a_query_whose_sink_cannot_be_written_fails_alone_and_recovers_without_duplicates() {
+    // The next step's first sink append goes through, the second fails: part of the
+    // step is written, its state already folded in memory.
+    let (_dir, log, mut engine) = fails_alone_and_recovers(
+        |log| log.fail_appends("PER_CAR", 1),
+        "injected failure writing PER_CAR",
+    );
     // And it goes on from there.
     produce(log.as_ref(), 2);
     engine.run_until_idle().unwrap();
@@ -150,24 +164,8 @@ fn a_query_whose_sink_cannot_be_written_fails_alone_and_recovers_without_duplica
 
 #[test]
 fn a_query_that_panics_fails_alone_and_recovers() {
-    let (want_per_car, want_doubled) = uninterrupted();
-    let dir = tempfile::tempdir().unwrap();
-    let (log, mut engine) = open(dir.path());
-    produce(log.as_ref(), 0);
-    engine.run_until_idle().unwrap();
-    log.panic_reads("readings");
-    produce(log.as_ref(), 1);
-    engine.run_until_idle().unwrap();
-    assert!(log.failed.load(Ordering::SeqCst), "the fault was never hit");
-    let (failed, why) = state_of(&engine, "CTAS_PER_CAR");
-    assert!(failed, "the panicking query is not in ERROR");
-    assert!(
-        why.contains("panicked: injected panic reading readings"),
-        "{why}"
+    fails_alone_and_recovers(
+        |log| log.panic_reads("readings"),
+        "panicked: injected panic reading readings",
     );
-    assert!(!state_of(&engine, "CSAS_DOUBLED").0);
-    assert_eq!(contents(log.as_ref(), "DOUBLED"), want_doubled);
-    log.heal();
-    recover(&mut engine);
-    assert_eq!(contents(log.as_ref(), "PER_CAR"), want_per_car);
 }
