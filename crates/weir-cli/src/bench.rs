@@ -951,7 +951,8 @@ pub fn w2(
     Ok(())
 }
 
-/// `weir bench workers`: `queries` copies of the W1 query over the same events, on a
+/// `weir bench workers`: `queries` copies of the W1 query (`query` "w1") or of W3's
+/// windowed aggregation ("w3") over the same events, on a
 /// durable engine run by the server's runtime with each worker count of `counts` in turn
 /// (a fresh log each). Prints the records/s of all queries together and the speedup over
 /// the first count; and, measured while they work through their backlog, how long a
@@ -962,12 +963,18 @@ pub fn workers(
     queries: usize,
     partitions: u32,
     counts: &[usize],
+    query: &str,
 ) -> Result<(), String> {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
     let err = |e: weir_engine::EngineError| e.to_string();
+    let (name, sql, made) = match query {
+        "w1" => ("W1", W1_QUERY, "STREAM FAST AS"),
+        "w3" => ("W3 windowed aggregation", W3_WINDOW, "TABLE PER_CAR AS"),
+        other => return Err(format!("unknown query '{other}': w1 or w3")),
+    };
     println!(
-        "workers: {queries} W1 queries over {events} events each in {partitions} partition(s), durable engine, embedded log ({} cores)",
+        "workers: {queries} {name} queries over {events} events each in {partitions} partition(s), durable engine, embedded log ({} cores)",
         weir_engine::runtime::default_workers()
     );
     let mut first = None;
@@ -1000,9 +1007,9 @@ pub fn workers(
             .map_err(err)?;
         for i in 0..queries {
             engine
-                .execute_sql(&W1_QUERY.replace(
-                    "STREAM FAST AS",
-                    &format!("STREAM FAST_{i} WITH (PARTITIONS={partitions}) AS"),
+                .execute_sql(&sql.replace(
+                    made,
+                    &made.replace(" AS", &format!("_{i} WITH (PARTITIONS={partitions}) AS")),
                 ))
                 .map_err(err)?;
         }

@@ -23,6 +23,9 @@ pub struct Selection {
     /// Skip cases with any of these tags; `window_*` matches by prefix.
     pub exclude_tags: Vec<String>,
     pub timeout: Duration,
+    /// The engine's parallelism (`Engine::set_parallelism`): steps computed at once, a
+    /// GROUP BY's state in shards. ksqlDB's expectations hold whatever it is.
+    pub parallelism: usize,
 }
 
 impl Default for Selection {
@@ -31,6 +34,7 @@ impl Default for Selection {
             tags: Vec::new(),
             exclude_tags: Vec::new(),
             timeout: Duration::from_secs(30),
+            parallelism: 1,
         }
     }
 }
@@ -102,8 +106,9 @@ pub fn run_cases_with(
         .map(|case| {
             let (tx, rx) = mpsc::channel();
             let owned = case.clone();
+            let parallelism = sel.parallelism;
             std::thread::spawn(move || {
-                let outcome = std::panic::catch_unwind(|| run_case(&owned))
+                let outcome = std::panic::catch_unwind(|| run_case_with(&owned, parallelism))
                     .unwrap_or_else(|_| Err("the engine panicked".to_string()));
                 let _ = tx.send(outcome);
             });
@@ -125,6 +130,11 @@ pub fn run_cases_with(
 
 /// One case: Ok when Weir behaves as ksqlDB did, otherwise why not.
 pub fn run_case(case: &Value) -> Result<(), String> {
+    run_case_with(case, 1)
+}
+
+/// As [`run_case`], on an engine of `parallelism`.
+pub fn run_case_with(case: &Value, parallelism: usize) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let config = EmbeddedLogConfig {
         fsync: FsyncPolicy::Never,
@@ -132,6 +142,7 @@ pub fn run_case(case: &Value) -> Result<(), String> {
     };
     let log = Arc::new(EmbeddedLog::open(dir.path(), config).map_err(|e| e.to_string())?);
     let mut engine = Engine::new(log.clone());
+    engine.set_parallelism(parallelism);
     if let Some(props) = case["properties"].as_object() {
         for (k, v) in props {
             let v = match v {

@@ -182,6 +182,9 @@ enum Command {
         /// Seconds one case may take.
         #[arg(long, default_value_t = 30)]
         timeout: u64,
+        /// Threads a query's step may use (a GROUP BY's state in as many shards).
+        #[arg(long, default_value_t = 1)]
+        parallelism: usize,
     },
 }
 
@@ -303,6 +306,10 @@ enum Workload {
         /// Worker counts to run, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "1,2")]
         workers: Vec<usize>,
+        /// The query: `w1` (the stateless filter and projection) or `w3` (W3's tumbling
+        /// COUNT/AVG per car).
+        #[arg(long, default_value = "w1")]
+        query: String,
     },
     /// Latency from an append to a push query's client on an idle engine.
     Push {
@@ -613,8 +620,9 @@ fn main() -> ExitCode {
                     queries,
                     partitions,
                     workers,
+                    query,
                 },
-        } => match bench::workers(events, queries, partitions, &workers) {
+        } => match bench::workers(events, queries, partitions, &workers, &query) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("weir bench: {e}");
@@ -636,7 +644,15 @@ fn main() -> ExitCode {
             exclude_tags,
             report,
             timeout,
-        } => run_conformance(&cases, tags, exclude_tags, report.as_deref(), timeout),
+            parallelism,
+        } => run_conformance(
+            &cases,
+            tags,
+            exclude_tags,
+            report.as_deref(),
+            timeout,
+            parallelism,
+        ),
     }
 }
 
@@ -667,6 +683,7 @@ fn run_conformance(
     exclude_tags: Vec<String>,
     report: Option<&std::path::Path>,
     timeout: u64,
+    parallelism: usize,
 ) -> ExitCode {
     let all = match conformance::load_cases(cases) {
         Ok(c) => c,
@@ -679,6 +696,7 @@ fn run_conformance(
         tags,
         exclude_tags,
         timeout: std::time::Duration::from_secs(timeout),
+        parallelism,
     };
     // Panics inside functions are contained and recorded per case; keep the table readable.
     std::panic::set_hook(Box::new(|_| {}));

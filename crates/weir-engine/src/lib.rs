@@ -530,66 +530,91 @@ impl PersistentQuery {
     }
 
     /// The steps of its partitions, computed at once on up to `threads` threads, when the
-    /// pipeline has no state and reads several partitions of which two or more were busy
-    /// at their last step; `None` otherwise. A panic in one goes on in the caller.
+    /// pipeline reads several partitions of which two or more were busy at their last
+    /// step; `None` otherwise. Each thread reads, decodes and runs the stateless stages
+    /// of its partitions and encodes their output. A pipeline with state (a GROUP BY)
+    /// runs it in between, partition after partition in order, its state split into
+    /// shards that fold at once (`aggregate/shards.rs`); a step that fails there ends the
+    /// list (the partitions after it are read again next time). A panic in a thread goes
+    /// on in the caller.
     #[allow(clippy::type_complexity)]
     fn shared_steps(
-        &self,
+        &mut self,
         log: &dyn Log,
         durable: bool,
         threads: usize,
     ) -> Option<Vec<(u32, Result<pipeline::Step>, Duration)>> {
         let (input, stages) = self.pipeline.shared()?;
+        let stateless = stages.len() == self.pipeline.operators.len();
+        let first_stateful = stages.len();
         // Every partition (asking the log which have records waiting would cost a round
         // trip per partition on Kafka; an idle one's step reads nothing).
         let all: Vec<u32> = (0..input.offsets.len() as u32).collect();
-        // Thread `t` of `n` takes the partitions t, t + n, ..., and encodes their
-        // output for the sink too.
-        let spec = &self.sink_spec(log, durable);
-        let (stages, all) = (&stages, &all);
         let n = threads.min(all.len());
-        let mut results: Vec<(u32, Result<pipeline::Step>, Duration)> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..n)
-                .map(|t| {
-                    s.spawn(move || {
-                        all[t..]
-                            .iter()
-                            .step_by(n)
-                            .map(|&p| {
-                                let began = Instant::now();
-                                let step = pipeline::shared_step(input, stages, log, p).and_then(
-                                    |mut step| {
-                                        step.encoded = step
-                                            .changes
-                                            .iter()
-                                            .map(|c| {
-                                                let sink = Sink {
-                                                    tombstones: c.tombstones,
-                                                    durable,
-                                                    source_partition: p,
-                                                };
-                                                encode_output(spec, &c.batch, &sink)
-                                            })
-                                            .collect::<Result<_>>()?;
-                                        Ok(step)
-                                    },
-                                );
-                                (p, step, began.elapsed())
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            handles
+        let mut results = {
+            let spec = &self.sink_spec(log, durable);
+            let stages = &stages;
+            at_once(all.len(), n, |i| {
+                let p = all[i];
+                let began = Instant::now();
+                let step = pipeline::shared_step(input, stages, log, p).and_then(|step| {
+                    if stateless {
+                        encode_step(spec, step, p, durable)
+                    } else {
+                        Ok(step)
+                    }
+                });
+                (p, step, began.elapsed())
+            })
+        };
+        // The stages with state, over the partitions' steps up to the first that failed
+        // (those after it are read again next time), as if one after the other.
+        if let Some(failed) = results.iter().position(|(_, step, _)| step.is_err()) {
+            results.truncate(failed + 1);
+        }
+        let began = Instant::now();
+        let mut ok: Vec<(u32, &mut pipeline::Step)> = results
+            .iter_mut()
+            .filter_map(|(p, step, _)| step.as_mut().ok().map(|s| (*p, s)))
+            .collect();
+        let inputs: Vec<(u32, Vec<ChangeBatch>)> = ok
+            .iter_mut()
+            .map(|(p, step)| (*p, std::mem::take(&mut step.changes)))
+            .collect();
+        let mut problems: Vec<&mut Vec<Problem>> =
+            ok.iter_mut().map(|(_, step)| &mut step.problems).collect();
+        let ran = self
+            .pipeline
+            .run_many_from(first_stateful, inputs, &mut problems);
+        let stateful = match ran {
+            Ok(changes) => {
+                for ((_, step), changes) in ok.into_iter().zip(changes) {
+                    step.changes = changes;
+                }
+                let share = began.elapsed() / results.len().max(1) as u32;
+                results
+                    .into_iter()
+                    .map(|(p, step, took)| (p, step, took + share))
+                    .collect::<Vec<_>>()
+            }
+            // State may hold some of the steps: the query fails, and is reloaded.
+            Err(e) => return Some(vec![(results[0].0, Err(e), began.elapsed())]),
+        };
+        // Their output encoded at once again.
+        let spec = &self.sink_spec(log, durable);
+        let slots: Vec<std::sync::Mutex<Option<(u32, Result<pipeline::Step>, Duration)>>> =
+            stateful
                 .into_iter()
-                .flat_map(|h| {
-                    h.join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                })
-                .collect()
+                .map(|s| std::sync::Mutex::new(Some(s)))
+                .collect();
+        let encoded = at_once(slots.len(), threads, |i| {
+            let taken = slots[i].lock().unwrap_or_else(|e| e.into_inner()).take();
+            let (p, step, took) = taken.expect("each step is encoded once");
+            let began = Instant::now();
+            let step = step.and_then(|step| encode_step(spec, step, p, durable));
+            (p, step, took + began.elapsed())
         });
-        results.sort_by_key(|(p, ..)| *p);
-        Some(results)
+        Some(encoded)
     }
 
     /// One step of one partition through the query's pipeline, into its sink topic.
@@ -1172,10 +1197,18 @@ impl Engine {
         self.push_queries.len()
     }
 
-    /// Lets a stateless query's step compute up to `threads` partitions at once (1, the
-    /// default: one after the other). The runtime sets it to its number of workers.
+    /// Lets a query's step compute up to `threads` partitions at once, and a GROUP BY's
+    /// state fold in up to `threads` shards at once (1, the default: one after the
+    /// other). The runtime sets it to its number of workers.
     pub fn set_parallelism(&mut self, threads: usize) {
         self.parallelism = threads.max(1);
+        for e in self.queries.values() {
+            let mut q = lock(&e.query);
+            if q.pipeline.set_shards(self.parallelism) {
+                // Its state was dealt out again: the next checkpoint saves it whole.
+                q.since_full = delta::FULL_EVERY;
+            }
+        }
     }
 
     pub fn set_property(&mut self, name: &str, value: &str) {
@@ -1867,6 +1900,7 @@ impl Engine {
                 warnings: self.functions.warning_source,
             },
         );
+        pipeline.set_shards(self.parallelism);
         pipeline.set_tracking(self.durable);
         let commit_every = settings::streams_property(&self.properties, COMMIT_INTERVAL_PROPERTY)
             .and_then(|v| v.trim().parse::<u64>().ok())
@@ -2314,6 +2348,61 @@ fn write_output(log: &dyn Log, q: &SinkSpec, out: &RecordBatch, sink: Sink) -> R
 }
 
 /// Encodes a batch of output for the sink (nothing written yet).
+/// A step's output encoded for the sink, change by change (see [`pipeline::Step::encoded`]).
+fn encode_step(
+    spec: &SinkSpec,
+    mut step: pipeline::Step,
+    partition: u32,
+    durable: bool,
+) -> Result<pipeline::Step> {
+    step.encoded = step
+        .changes
+        .iter()
+        .map(|c| {
+            let sink = Sink {
+                tombstones: c.tombstones,
+                durable,
+                source_partition: partition,
+            };
+            encode_output(spec, &c.batch, &sink)
+        })
+        .collect::<Result<_>>()?;
+    Ok(step)
+}
+
+/// `work(i)` for every i in 0..count, on up to `threads` threads at once (the caller's
+/// one of them), each thread taking the next i not taken yet (so a slow one holds up no
+/// other); the results in order of i. A panic in one goes on in the caller.
+fn at_once<T: Send>(count: usize, threads: usize, work: impl Fn(usize) -> T + Sync) -> Vec<T> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let take = || {
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if i >= count {
+                return done;
+            }
+            done.push((i, work(i)));
+        }
+    };
+    let take = &take;
+    let mut all = std::thread::scope(|s| {
+        let handles: Vec<_> = (1..threads.min(count))
+            .map(|_| s.spawn(take))
+            .collect();
+        let mut out = take();
+        for h in handles {
+            out.extend(
+                h.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            );
+        }
+        out
+    });
+    all.sort_by_key(|(i, _)| *i);
+    all.into_iter().map(|(_, t)| t).collect()
+}
+
 fn encode_output(q: &SinkSpec, out: &RecordBatch, sink: &Sink) -> Result<Encoded> {
     if out.num_rows() == 0 {
         return Ok(Encoded::new());

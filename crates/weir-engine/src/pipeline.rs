@@ -56,10 +56,34 @@ pub(crate) trait Operator: Send + std::fmt::Debug {
         problems: &mut Vec<Problem>,
     ) -> Result<()>;
 
+    /// Several partitions' batches, in partition order: what [`Operator::process`] on
+    /// each in turn gives (per partition, its changes and problems), for a stage that can
+    /// do them at once (a GROUP BY in shards: one thread per shard for them all).
+    fn process_many(
+        &mut self,
+        inputs: Vec<(u32, Vec<ChangeBatch>)>,
+    ) -> Result<Vec<(Vec<ChangeBatch>, Vec<Problem>)>> {
+        let mut out = Vec::with_capacity(inputs.len());
+        for (partition, batches) in inputs {
+            let (mut changes, mut problems) = (Vec::new(), Vec::new());
+            for c in batches {
+                self.process(c, partition, &mut changes, &mut problems)?;
+            }
+            out.push((changes, problems));
+        }
+        Ok(out)
+    }
+
     /// The stage as one that keeps no state, so that several partitions' batches can run
     /// through it at once; `None` for a stage with state.
     fn shared(&self) -> Option<&dyn SharedStage> {
         None
+    }
+
+    /// Splits a stateful stage's work over `n` threads where it can (its state dealt
+    /// out into shards); whether its state moved (see [`Pipeline::set_shards`]).
+    fn set_shards(&mut self, _n: usize) -> bool {
+        false
     }
 
     /// EXPLAIN's lines for this stage.
@@ -229,52 +253,6 @@ impl Operator for Project {
             lines.push("Repartition: key from PARTITION BY".into());
         }
         lines.join("\n")
-    }
-}
-
-impl Operator for crate::aggregate::Aggregator {
-    fn process(
-        &mut self,
-        input: ChangeBatch,
-        partition: u32,
-        out: &mut Vec<ChangeBatch>,
-        problems: &mut Vec<Problem>,
-    ) -> Result<()> {
-        let (changes, bad) = self.fold_changes(&input.batch, input.tombstones);
-        problems.extend(
-            bad.into_iter()
-                .map(|(offset, why)| Problem::new(partition, offset, why)),
-        );
-        out.extend(changes);
-        Ok(())
-    }
-
-    fn explain(&self) -> String {
-        crate::aggregate::Aggregator::explain(self)
-    }
-    fn state_name(&self) -> Option<&'static str> {
-        Some("aggregate")
-    }
-    fn set_tracking(&mut self, on: bool) {
-        crate::aggregate::Aggregator::set_tracking(self, on)
-    }
-    fn take_changes(&mut self, delta: &mut DeltaText) {
-        crate::aggregate::Aggregator::take_changes(self, delta)
-    }
-    fn clear_changes(&mut self) {
-        crate::aggregate::Aggregator::clear_changes(self)
-    }
-    fn snapshot(&self) -> Value {
-        crate::aggregate::Aggregator::snapshot(self)
-    }
-    fn restore(&mut self, state: &Value) -> usize {
-        crate::aggregate::Aggregator::restore(self, state)
-    }
-    fn late_records(&self) -> u64 {
-        crate::aggregate::Aggregator::late_records(self)
-    }
-    fn window_type(&self) -> Option<&'static str> {
-        crate::aggregate::Aggregator::window_type(self)
     }
 }
 
@@ -539,8 +517,9 @@ impl Pipeline {
 
     /// What stepping its partitions at once needs ([`shared_step`]): a topic input of
     /// several partitions, two or more of which read records at their last step, and
-    /// stages without state; `None` otherwise (idle, it steps them one after the other,
-    /// as cheaply as ever).
+    /// the stages without state that come first (all of them, or those before the first
+    /// with state: [`Pipeline::run_from`] runs the rest); `None` otherwise (idle, it
+    /// steps them one after the other, as cheaply as ever).
     pub fn shared(&self) -> Option<(&TopicInput, Vec<&dyn SharedStage>)> {
         let Input::Topic(t) = &self.input else {
             return None;
@@ -548,22 +527,44 @@ impl Pipeline {
         if t.busy.iter().filter(|b| **b).count() < 2 {
             return None;
         }
-        let stages = self
-            .operators
-            .iter()
-            .map(|o| o.shared())
-            .collect::<Option<_>>()?;
-        Some((t, stages))
+        let stages: Vec<&dyn SharedStage> =
+            self.operators.iter().map_while(|o| o.shared()).collect();
+        (!stages.is_empty()).then_some((t, stages))
+    }
+
+    /// Deals a stateful stage's state out over `n` threads (see `aggregate/shards.rs`):
+    /// over a topic, whose rows come in offset order (not over joins). Whether state
+    /// moved: the next checkpoint should then be a full one.
+    pub fn set_shards(&mut self, n: usize) -> bool {
+        if !matches!(self.input, Input::Topic(_)) {
+            return false;
+        }
+        let mut moved = false;
+        for op in &mut self.operators {
+            moved |= op.set_shards(n);
+        }
+        moved
     }
 
     /// Runs batches of changes through every operator, stage by stage.
     pub fn run(
         &mut self,
+        changes: Vec<ChangeBatch>,
+        partition: u32,
+        problems: &mut Vec<Problem>,
+    ) -> Result<Vec<ChangeBatch>> {
+        self.run_from(0, changes, partition, problems)
+    }
+
+    /// As [`Pipeline::run`], from stage `first` on (those before it ran elsewhere).
+    pub fn run_from(
+        &mut self,
+        first: usize,
         mut changes: Vec<ChangeBatch>,
         partition: u32,
         problems: &mut Vec<Problem>,
     ) -> Result<Vec<ChangeBatch>> {
-        for op in &mut self.operators {
+        for op in self.operators.iter_mut().skip(first) {
             let mut out = Vec::with_capacity(changes.len());
             for c in changes {
                 op.process(c, partition, &mut out, problems)?;
@@ -571,6 +572,32 @@ impl Pipeline {
             changes = out;
         }
         Ok(changes)
+    }
+
+    /// As [`Pipeline::run_from`] over several partitions' steps at once (in partition
+    /// order, as if one after the other), each stage taking them all together
+    /// ([`Operator::process_many`]): per partition, its changes; problems added to its
+    /// list.
+    pub fn run_many_from(
+        &mut self,
+        first: usize,
+        mut inputs: Vec<(u32, Vec<ChangeBatch>)>,
+        problems: &mut [&mut Vec<Problem>],
+    ) -> Result<Vec<Vec<ChangeBatch>>> {
+        for op in self.operators.iter_mut().skip(first) {
+            let partitions: Vec<u32> = inputs.iter().map(|(p, _)| *p).collect();
+            inputs = op
+                .process_many(inputs)?
+                .into_iter()
+                .zip(partitions)
+                .zip(problems.iter_mut())
+                .map(|(((changes, mut bad), p), problems)| {
+                    problems.append(&mut bad);
+                    (p, changes)
+                })
+                .collect();
+        }
+        Ok(inputs.into_iter().map(|(_, changes)| changes).collect())
     }
 
     /// Moves a topic input past what `step` read, which took `took` from read to written.
@@ -755,7 +782,7 @@ pub(crate) fn operators(
         named: aggregate.is_none(),
     })];
     if let Some(a) = aggregate {
-        ops.push(Box::new(a));
+        ops.push(Box::new(crate::aggregate::Shards::new(a)));
     }
     ops
 }

@@ -632,6 +632,93 @@ fn a_stateless_query_over_partitions_at_once_loses_and_reorders_nothing() {
     assert_eq!(partitions_used, 4);
 }
 
+/// GROUP BYs whose state is split into shards folding at once, over partitions stepped
+/// at once, give the very records, in the very order, one thread gives: windows
+/// (hopping, session) whose groups span partitions, late records, null keys, HAVING,
+/// bad records, and a restart that deals the state out to another number of shards.
+#[test]
+fn aggregations_in_shards_give_what_one_thread_gives() {
+    let run = |parallelism: [usize; 2]| {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |dir: &std::path::Path, n: usize| {
+            let mut e = open_durable(dir);
+            e.set_parallelism(n);
+            e
+        };
+        let mut engine = open(dir.path(), parallelism[0]);
+        engine
+            .execute_sql(
+                "CREATE STREAM readings (car VARCHAR KEY, zone VARCHAR, speed INT) WITH (kafka_topic='readings', value_format='JSON', partitions=4);
+                 SET 'auto.offset.reset'='earliest';
+                 CREATE TABLE hopping AS SELECT zone, COUNT(*) AS n, SUM(speed) AS total, MAX(speed) AS top FROM readings WINDOW HOPPING (SIZE 100 MILLISECONDS, ADVANCE BY 50 MILLISECONDS, GRACE PERIOD 20 MILLISECONDS) GROUP BY zone;
+                 CREATE TABLE sessions AS SELECT zone, COUNT(*) AS n FROM readings WINDOW SESSION (30 MILLISECONDS, GRACE PERIOD 40 MILLISECONDS) GROUP BY zone;
+                 CREATE TABLE busy AS SELECT zone, COUNT(*) AS n, AVG(speed) AS mean FROM readings GROUP BY zone HAVING COUNT(*) % 3 <> 1;",
+            )
+            .unwrap();
+        for round in 0..2i64 {
+            for i in 0..12_000i64 {
+                let car = format!("car-{}", i % 53);
+                let at = round * 30_000 + i * 2 + if i % 97 == 0 { -300 } else { i % 5 };
+                if i % 211 == 0 {
+                    produce(&engine, "readings", Some(&car), "not json", at);
+                    continue;
+                }
+                let zone = match i % 41 {
+                    0 => "null".to_string(),
+                    z if i % 400 < 20 => format!(r#""quiet-{z}""#),
+                    z => format!(r#""zone-{}""#, z % 17),
+                };
+                let value = format!(r#"{{"ZONE":{zone},"SPEED":{}}}"#, (i * 7 + round) % 90);
+                produce(&engine, "readings", Some(&car), &value, at);
+            }
+            engine.run_until_idle().unwrap();
+            if round == 0 {
+                drop(engine);
+                engine = open(dir.path(), parallelism[1]);
+            }
+        }
+        // Each topic's records as stored (windowed keys are bytes), partition by partition.
+        let topics = [
+            "HOPPING",
+            "SESSIONS",
+            "BUSY",
+            weir_engine::PROCESSING_LOG_TOPIC,
+        ];
+        topics.map(|t| {
+            let log = engine.log();
+            let partitions = log.topic(t).unwrap().unwrap().config.partitions;
+            (0..partitions)
+                .flat_map(|p| log.read(t, p, 0, 1_000_000).unwrap())
+                .map(|r| {
+                    (
+                        r.partition,
+                        r.record.key,
+                        r.record.value,
+                        r.record.timestamp,
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    let one = run([1, 1]);
+    let shards = run([3, 2]);
+    for (topic, (a, b)) in ["HOPPING", "SESSIONS", "BUSY", "processing log"]
+        .iter()
+        .zip(one.iter().zip(&shards))
+    {
+        assert_eq!(a.len(), b.len(), "{topic}: as many records");
+        if *topic == "processing log" {
+            // (Its entries say when they were written.)
+            assert!(a.len() > 100, "{topic}: {} records", a.len());
+            continue;
+        }
+        assert!(a.len() > 1000, "{topic}: {} records", a.len());
+        if let Some(i) = (0..a.len()).find(|i| a[*i] != b[*i]) {
+            panic!("{topic}: record {i} differs: {:?} then {:?}", a[i], b[i]);
+        }
+    }
+}
+
 /// Servers with different `ksql.service.id`s on one log are different clusters: each has
 /// its own command log and checkpoints, and sees only its own streams and queries.
 #[test]

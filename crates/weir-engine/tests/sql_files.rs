@@ -113,9 +113,13 @@ fn parse(text: &str) -> Result<Vec<(usize, Step)>, String> {
     Ok(steps)
 }
 
-fn open(dir: &Path) -> Engine {
+/// An engine over the log in `dir`, its queries' steps computed by up to `parallelism`
+/// threads (a GROUP BY's state in as many shards).
+fn open(dir: &Path, parallelism: usize) -> Engine {
     let log = EmbeddedLog::open(dir, EmbeddedLogConfig::default()).unwrap();
-    Engine::open(Arc::new(log)).unwrap()
+    let mut engine = Engine::open(Arc::new(log)).unwrap();
+    engine.set_parallelism(parallelism);
+    engine
 }
 
 /// How the records of `topic` carry a window in their keys, from the catalog.
@@ -217,11 +221,14 @@ fn show(lines: &[Line]) -> String {
         .collect()
 }
 
-fn run_file(path: &Path) -> Result<usize, String> {
+/// Runs a script on engines of `parallelism` (each restart opens the next of the list,
+/// round and round); the expectations met.
+fn run_file(path: &Path, parallelism: &[usize]) -> Result<usize, String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     let steps = parse(&text)?;
     let dir = tempfile::tempdir().unwrap();
-    let mut engine = open(dir.path());
+    let mut opened = 0;
+    let mut engine = open(dir.path(), parallelism[0]);
     let mut seen: HashMap<String, Vec<u64>> = HashMap::new();
     let mut expects = 0;
     for (at, step) in steps {
@@ -258,7 +265,8 @@ fn run_file(path: &Path) -> Result<usize, String> {
             }
             Step::Restart => {
                 drop(engine);
-                engine = open(dir.path());
+                opened += 1;
+                engine = open(dir.path(), parallelism[opened % parallelism.len()]);
             }
             Step::Expect(topic, want) => {
                 expects += 1;
@@ -281,12 +289,24 @@ fn run_file(path: &Path) -> Result<usize, String> {
 
 #[test]
 fn the_sql_files_give_the_expected_changes() {
+    every_file_gives_the_expected_changes(&[1]);
+}
+
+/// The same with steps computed at once and a GROUP BY's state in shards, whose number
+/// changes at each restart (the state dealt out again): the same changes, in the same
+/// order.
+#[test]
+fn the_sql_files_give_the_same_changes_in_parallel() {
+    every_file_gives_the_expected_changes(&[3, 2, 1]);
+}
+
+fn every_file_gives_the_expected_changes(parallelism: &[usize]) {
     let files = files();
     assert!(!files.is_empty(), "no tests/sql/*.test files");
     let mut failures = Vec::new();
     for path in &files {
         let name = path.file_name().unwrap().to_string_lossy().to_string();
-        match run_file(path) {
+        match run_file(path, parallelism) {
             Ok(0) => failures.push(format!("{name}: expects nothing")),
             Ok(n) => println!("{name}: {n} expectations met"),
             Err(e) => failures.push(format!("{name}: {e}")),
@@ -322,7 +342,7 @@ fn a_wrong_expectation_fails_with_its_line() {
          1 | {\"W\": 5} | 10\n",
     )
     .unwrap();
-    let err = run_file(&script).unwrap_err();
+    let err = run_file(&script, &[1]).unwrap_err();
     assert!(
         err.starts_with("line 11: O: expected") && err.contains(r#"0x00000001 | {"W":4} | 10"#),
         "{err}"

@@ -23,6 +23,7 @@ mod accumulator;
 mod collect;
 mod groups;
 mod plan;
+mod shards;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -47,6 +48,15 @@ use groups::Groups;
 pub(crate) use plan::is_aggregate_call;
 pub use plan::plan_aggregate;
 use plan::{AggKind, Call};
+pub(crate) use shards::Shards;
+
+/// The window clock of a batch folded by one shard of several ([`Shards`]): per row, the
+/// stream time after it over the whole batch (all shards' rows), and after the batch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock<'a> {
+    times: &'a [i64],
+    end: i64,
+}
 
 /// One column of the output.
 #[derive(Debug, Clone)]
@@ -512,6 +522,47 @@ impl Aggregator {
         self.window.as_ref().map_or(0, |w| w.late)
     }
 
+    /// Whether its state can be split by key into shards that fold a batch at once
+    /// ([`Shards`]): not over a table (a row moving to another key's group takes its
+    /// old values out of a group another shard may hold), nor with EMIT FINAL (a record
+    /// closes the windows of every key).
+    pub(crate) fn shardable(&self) -> bool {
+        self.table.is_none() && self.window.as_ref().is_none_or(|w| !w.emit_final)
+    }
+
+    /// The window clock, for a windowed aggregation: stream time.
+    pub(crate) fn stream_time(&self) -> Option<i64> {
+        self.window.as_ref().map(|w| w.stream_time)
+    }
+
+    /// A shard that had no rows of a batch keeps time with the others: its clock moves
+    /// to `end` and windows past their retention go, as a fold would do.
+    pub(crate) fn advance_clock(&mut self, end: i64) {
+        if let Some(w) = self.window.as_mut() {
+            w.stream_time = w.stream_time.max(end);
+        }
+        self.purge();
+        self.end_batch();
+    }
+
+    /// Each row's grouping key of a batch of the stateless step's output, in the
+    /// state's row format (what [`Aggregator::entry_key`] gives back for its group).
+    pub(crate) fn key_rows(&self, pre: &RecordBatch) -> Result<arrow::row::Rows> {
+        let columns: Vec<ArrayRef> = (0..self.keys.len())
+            .map(|i| pre.column(2 + i).clone())
+            .collect();
+        self.groups.encode(&columns)
+    }
+
+    /// The key bytes of a checkpoint entry's name ([`entry_name`]).
+    pub(crate) fn entry_key(&self, name: &str) -> Option<Vec<u8>> {
+        let key = match self.window {
+            None => name,
+            Some(_) => name.splitn(3, '/').nth(2)?,
+        };
+        unb64(key)
+    }
+
     /// Folds the stateless step's output (ROWTIME, ROWOFFSET, keys, arguments) into the
     /// groups, in order, and gives each row's change (runs of rows and of tombstones, in
     /// order). Rows whose result cannot be computed are left out, returned by source
@@ -521,7 +572,17 @@ impl Aggregator {
         pre: &RecordBatch,
         tombstones: bool,
     ) -> (Changes, Vec<(u64, String)>) {
-        match self.fold(pre, tombstones) {
+        self.fold_changes_at(pre, tombstones, None)
+    }
+
+    /// As [`Aggregator::fold_changes`], on `clock` when given (a shard's rows of a batch).
+    pub(crate) fn fold_changes_at(
+        &mut self,
+        pre: &RecordBatch,
+        tombstones: bool,
+        clock: Option<Clock<'_>>,
+    ) -> (Changes, Vec<(u64, String)>) {
+        match self.fold(pre, tombstones, clock) {
             Ok(out) => out,
             Err(e) => {
                 self.end_batch();
@@ -541,6 +602,7 @@ impl Aggregator {
         &mut self,
         pre: &RecordBatch,
         tombstones: bool,
+        clock: Option<Clock<'_>>,
     ) -> Result<(Changes, Vec<(u64, String)>)> {
         let n = pre.num_rows();
         let rowtimes = pre.column(0).as_primitive::<Int64Type>().clone();
@@ -650,7 +712,7 @@ impl Aggregator {
             match window.as_mut() {
                 None => targets.push(open_group(groups, tracking, &mut ops, key, None).0),
                 Some(w) => {
-                    w.stream_time = w.stream_time.max(time);
+                    w.stream_time = w.stream_time.max(clock.map_or(time, |c| c.times[row]));
                     let close = w.stream_time.saturating_sub(w.grace);
                     match w.spec {
                         WindowSpec::Time { size, advance } => {
@@ -762,6 +824,9 @@ impl Aggregator {
                     }
                 }
             }
+        }
+        if let (Some(c), Some(w)) = (clock, self.window.as_mut()) {
+            w.stream_time = w.stream_time.max(c.end);
         }
         self.purge();
         // The argument columns, with the kept rows after the batch's.
@@ -1042,6 +1107,14 @@ impl Aggregator {
     /// under `"aggregate"`, laid out as the snapshot lays the state out: the groups
     /// set or removed, a table's rows, and the window clock. Forgets it.
     pub fn take_changes(&mut self, delta: &mut crate::delta::DeltaText) {
+        self.take_group_changes(delta);
+        if let Some(w) = &self.window {
+            put_clock(delta, w.stream_time, w.late);
+        }
+    }
+
+    /// As [`Aggregator::take_changes`], without the window clock.
+    fn take_group_changes(&mut self, delta: &mut crate::delta::DeltaText) {
         let mut entry = Vec::new();
         let mut prefix = String::new();
         for g in self.tracking.take_changed() {
@@ -1072,10 +1145,6 @@ impl Aggregator {
                     None => delta.del(("aggregate", "rows", b64(&key))),
                 }
             }
-        }
-        if let Some(w) = &self.window {
-            delta.set(("aggregate", "stream_time"), w.stream_time);
-            delta.set(("aggregate", "late"), w.late);
         }
     }
 
@@ -1208,6 +1277,12 @@ impl Aggregator {
         }
         text
     }
+}
+
+/// A windowed aggregation's clock in a checkpoint's delta.
+fn put_clock(delta: &mut crate::delta::DeltaText, stream_time: i64, late: u64) {
+    delta.set(("aggregate", "stream_time"), stream_time);
+    delta.set(("aggregate", "late"), late);
 }
 
 /// Group `g`'s result as the batch's next change: its `Emit` op and the change's time,
