@@ -2387,9 +2387,7 @@ fn at_once<T: Send>(count: usize, threads: usize, work: impl Fn(usize) -> T + Sy
     };
     let take = &take;
     let mut all = std::thread::scope(|s| {
-        let handles: Vec<_> = (1..threads.min(count))
-            .map(|_| s.spawn(take))
-            .collect();
+        let handles: Vec<_> = (1..threads.min(count)).map(|_| s.spawn(take)).collect();
         let mut out = take();
         for h in handles {
             out.extend(
