@@ -79,8 +79,8 @@ impl Engine {
             ListKind::Queries => Listing::Queries(
                 self.queries()
                     .map(|q| summary(&q))
-                    .chain(self.push_queries.values().map(|p| QuerySummary {
-                        id: p.id.clone(),
+                    .chain(self.push_queries.iter().map(|(id, p)| QuerySummary {
+                        id: id.clone(),
                         query_string: p.statement.clone(),
                         sinks: vec![],
                         sink_kafka_topics: vec![],
@@ -394,17 +394,19 @@ impl Engine {
         let alive = Arc::new(());
         self.push_queries.insert(
             id.clone(),
-            PushQuery {
-                id: id.clone(),
+            crate::PushEntry {
                 statement,
-                topic,
-                kind,
-                buffer,
-                full_since: None,
-                sender,
-                limit,
-                sent: 0,
-                alive: alive.clone(),
+                query: Arc::new(std::sync::Mutex::new(PushQuery {
+                    id: id.clone(),
+                    topic,
+                    kind,
+                    buffer,
+                    full_since: None,
+                    sender,
+                    limit,
+                    sent: 0,
+                    alive: alive.clone(),
+                })),
             },
         );
         Ok(Outcome::Push(PushHandle {
@@ -513,24 +515,6 @@ impl Engine {
     /// Ends a push query (the client closed it). False if there was none of that id.
     pub fn close_push_query(&mut self, id: &str) -> bool {
         self.push_queries.remove(id).is_some()
-    }
-
-    /// Advances every push query by one batch per partition; ends those whose client is
-    /// gone, too slow, or done.
-    pub(crate) fn run_push_queries(&mut self) -> Result<u64> {
-        let mut consumed = 0;
-        let mut finished = Vec::new();
-        for (id, q) in self.push_queries.iter_mut() {
-            let (n, next) = q.step(self.log.as_ref(), crate::BATCH_RECORDS)?;
-            consumed += n;
-            if next == crate::push::Next::Finished {
-                finished.push(id.clone());
-            }
-        }
-        for id in finished {
-            self.push_queries.remove(&id);
-        }
-        Ok(consumed)
     }
 
     /// Whether a push query of this id is running.

@@ -414,8 +414,19 @@ pub(crate) fn lock(q: &SharedQuery) -> MutexGuard<'_, PersistentQuery> {
     q.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// What stepping the persistent queries needs from the engine ([`Engine::work`]): taken
-/// under its lock, used without it (the runtime's workers step queries in parallel).
+/// A push query, stepped by the workers under its own lock, never the engine's.
+pub(crate) type SharedPush = Arc<Mutex<push::PushQuery>>;
+
+/// A push query in the engine: its handle, and its statement (SHOW QUERIES lists it
+/// without waiting on its step).
+pub(crate) struct PushEntry {
+    pub query: SharedPush,
+    pub statement: String,
+}
+
+/// What stepping the persistent and push queries needs from the engine
+/// ([`Engine::work`]): taken under its lock, used without it (the runtime's workers step
+/// queries in parallel).
 pub(crate) struct Work {
     pub log: Arc<dyn Log>,
     pub durable: bool,
@@ -424,9 +435,30 @@ pub(crate) struct Work {
     /// Threads a query's step may use for its partitions.
     pub parallelism: usize,
     pub queries: Vec<(String, SharedQuery)>,
+    pub push: Vec<(String, SharedPush)>,
 }
 
 impl Work {
+    /// Advances every push query no other worker holds by one batch per partition: the
+    /// records read, and the queries that are done (their client gone, too slow, or
+    /// their LIMIT reached), for the engine to drop ([`Engine::close_push_query`]).
+    pub(crate) fn run_push_queries(&self) -> Result<(u64, Vec<String>)> {
+        let (mut consumed, mut finished) = (0, Vec::new());
+        for (id, q) in &self.push {
+            let mut q = match q.try_lock() {
+                Ok(q) => q,
+                Err(std::sync::TryLockError::Poisoned(q)) => q.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => continue,
+            };
+            let (n, next) = q.step(self.log.as_ref(), BATCH_RECORDS)?;
+            consumed += n;
+            if next == push::Next::Finished {
+                finished.push(id.clone());
+            }
+        }
+        Ok((consumed, finished))
+    }
+
     /// One step of query `q`: a batch per source partition (see [`PersistentQuery::step`]).
     /// On a durable engine an error or a panic fails `q` alone (ERROR, retried after the
     /// backoff); a plain engine returns the error. Nothing for a query that waits to be
@@ -848,7 +880,7 @@ pub struct Engine {
     /// engine's), so statements and other queries go on meanwhile. Lock order: the
     /// engine's, then a query's; a worker holding a query's lock never takes the engine's.
     queries: BTreeMap<String, Entry>,
-    push_queries: BTreeMap<String, push::PushQuery>,
+    push_queries: BTreeMap<String, PushEntry>,
     push_counter: u64,
     /// Tables' current rows, for pull queries (see `pull.rs`).
     materialized: std::collections::HashMap<String, pull::Materialized>,
@@ -1011,8 +1043,11 @@ impl Engine {
             }
             consumed += work.step(&mut lock(q))?;
         }
-        consumed += self.run_push_queries()?;
-        Ok(consumed)
+        let (n, finished) = work.run_push_queries()?;
+        for id in finished {
+            self.close_push_query(&id);
+        }
+        Ok(consumed + n)
     }
 
     /// What stepping the persistent queries needs, for use without the engine's lock.
@@ -1035,6 +1070,11 @@ impl Engine {
             parallelism: self.parallelism,
             queries: self
                 .queries
+                .iter()
+                .map(|(id, e)| (id.clone(), e.query.clone()))
+                .collect(),
+            push: self
+                .push_queries
                 .iter()
                 .map(|(id, e)| (id.clone(), e.query.clone()))
                 .collect(),

@@ -73,7 +73,6 @@ pub(crate) enum PushKind {
 
 pub(crate) struct PushQuery {
     pub id: String,
-    pub statement: String,
     pub topic: String,
     pub kind: PushKind,
     /// Rows the client may fall behind by; the channel holds one more, so the message

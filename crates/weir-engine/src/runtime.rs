@@ -13,8 +13,9 @@
 //!
 //! With input waiting a worker loops at once; when all it saw were caught up it sleeps
 //! 1 ms, doubling to at most [`MAX_IDLE_WAIT`], so a record appended to an idle engine
-//! reaches a push-query client within that wait plus one batch. Push queries run under
-//! the engine's lock, by one worker at a time.
+//! reaches a push-query client within that wait plus one batch. Push queries are stepped
+//! the same way, each under its own lock (a worker takes the engine's only to drop those
+//! that are done), so statements never wait for them either.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
@@ -50,8 +51,6 @@ pub struct Runtime {
 struct Pool {
     engine: Arc<Mutex<Engine>>,
     stop: Arc<AtomicBool>,
-    /// Held by the worker running the push queries.
-    push_turn: Mutex<()>,
     size: usize,
 }
 
@@ -72,7 +71,6 @@ impl Runtime {
         let pool = Arc::new(Pool {
             engine: engine.clone(),
             stop: stop.clone(),
-            push_turn: Mutex::new(()),
             size,
         });
         let workers: Vec<_> = (0..size).map(|index| spawn_worker(&pool, index)).collect();
@@ -249,8 +247,14 @@ fn pass(pool: &Pool, index: usize) -> Result<u64> {
         };
         consumed += work.step(&mut q)?;
     }
-    if let Ok(_turn) = pool.push_turn.try_lock() {
-        consumed += lock_engine(&pool.engine).run_push_queries()?;
+    // The push queries no other worker is at, each under its own lock; those done are
+    // dropped under the engine's.
+    let (n, finished) = work.run_push_queries()?;
+    if !finished.is_empty() {
+        let mut engine = lock_engine(&pool.engine);
+        for id in finished {
+            engine.close_push_query(&id);
+        }
     }
-    Ok(consumed)
+    Ok(consumed + n)
 }

@@ -71,3 +71,55 @@ fn a_query_stuck_in_a_step_holds_up_nothing_else() {
     log.heal();
     runtime.shutdown().unwrap();
 }
+
+/// Push queries are stepped under their own locks too: one stuck in a slow read holds up
+/// neither statements, nor another push query, nor the persistent queries.
+#[test]
+fn a_push_query_stuck_in_a_step_holds_up_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(Faulty::open(dir.path()));
+    let mut engine = Engine::open(log.clone()).unwrap();
+    engine
+        .execute_sql(
+            "CREATE STREAM slow_in (k VARCHAR KEY, n INT) WITH (kafka_topic='slow_in', value_format='JSON', partitions=1);
+             CREATE STREAM fast_in (k VARCHAR KEY, n INT) WITH (kafka_topic='fast_in', value_format='JSON', partitions=1);
+             SET 'auto.offset.reset'='earliest';
+             CREATE STREAM fast_out AS SELECT k, n + 1 AS m FROM fast_in;",
+        )
+        .unwrap();
+    let runtime = Runtime::start_with(engine, 2);
+    let push = |sql: &str| match runtime.execute_sql(sql).unwrap().pop() {
+        Some(Outcome::Push(h)) => h,
+        other => panic!("not a push query: {other:?}"),
+    };
+    // Every read of slow_in takes 3 s: the worker stepping its push query is stuck.
+    let stuck = Duration::from_secs(3);
+    let _slow = push("SELECT k, n FROM slow_in EMIT CHANGES;");
+    log.slow_reads("slow_in", stuck);
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+
+    let shown = format!("{:?}", runtime.execute_sql("SHOW QUERIES;").unwrap());
+    assert!(shown.contains("CSAS_FAST_OUT"), "{shown}");
+    let statement = started.elapsed();
+
+    let fast = push("SELECT k, n FROM fast_in EMIT CHANGES;");
+    log.produce("fast_in", Record::new(Some(b"a"), Some(br#"{"N":1}"#), 1))
+        .unwrap();
+    match fast.rows.recv_timeout(stuck) {
+        Ok(PushEvent::Row(_)) => {}
+        other => panic!("no push row while a push query was stuck: {other:?}"),
+    }
+    let pushed = started.elapsed();
+    while log.offsets("FAST_OUT", 0).unwrap().1 < 1 {
+        assert!(started.elapsed() < stuck, "FAST_OUT got nothing");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let written = started.elapsed();
+    assert!(
+        statement < Duration::from_millis(500) && written < Duration::from_millis(2000),
+        "statement {statement:?}, push row {pushed:?}, persistent query's output {written:?}"
+    );
+    log.heal();
+    runtime.shutdown().unwrap();
+}
