@@ -121,6 +121,12 @@ pub fn internal_topics(id: &str) -> (String, String) {
     }
 }
 
+/// The consumer group whose committed offsets show query `query`'s progress on Kafka,
+/// named as ksqlDB names its queries' groups: `_confluent-ksql-<service id>query_<id>`.
+pub fn consumer_group(service_id: &str, query: &str) -> String {
+    format!("_confluent-ksql-{service_id}query_{query}")
+}
+
 /// Header on the output records of a durable engine: `query:partition:offset` of the
 /// source record each came from, or, on a log whose appends are whole or absent after a
 /// crash ([`Log::atomic_appends`]), only on each append's last record, naming the highest
@@ -343,6 +349,10 @@ pub struct PersistentQuery {
     view: Arc<Mutex<QueryView>>,
     /// Where it checkpoints (and a join records its steps).
     offsets_topic: Arc<str>,
+    /// The consumer group its checkpointed offsets are committed to ([`consumer_group`]),
+    /// and whether committing failed already (said once).
+    group: String,
+    group_failed: bool,
     /// Checkpoints since the last full one (later checkpoints carry what changed since
     /// the one before: the entries the operators report as set or removed; see
     /// `delta.rs`). At [`delta::FULL_EVERY`] (or before any), the next is full.
@@ -805,6 +815,18 @@ impl PersistentQuery {
         written?;
         q.unsaved = false;
         q.last_checkpoint = Instant::now();
+        // What was just saved, committed to the query's consumer group too, so Kafka's
+        // lag tools see the query's progress (never ahead of the checkpoint).
+        for (topic, offsets) in q.pipeline.source_offsets() {
+            if let Err(e) = log.commit_group_offsets(&q.group, &topic, &offsets)
+                && !std::mem::replace(&mut q.group_failed, true)
+            {
+                eprintln!(
+                    "weir: query {}: committing its offsets to consumer group {} failed (its checkpoints are unaffected): {e}",
+                    q.id, q.group
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -893,6 +915,8 @@ pub struct Engine {
     /// The command log and the checkpoints' topic ([`internal_topics`]).
     command_topic: String,
     offsets_topic: Arc<str>,
+    /// `ksql.service.id`: names the queries' consumer groups ([`consumer_group`]).
+    service_id: Arc<str>,
     replaying: bool,
 }
 
@@ -917,6 +941,7 @@ impl Engine {
             parallelism: 1,
             command_topic: COMMAND_TOPIC.into(),
             offsets_topic: OFFSETS_TOPIC.into(),
+            service_id: DEFAULT_SERVICE_ID.into(),
         };
         // The processing log is a stream users can query, as ksqlDB's KSQL_PROCESSING_LOG.
         // Should the log refuse the topic now, entries still create it when they come.
@@ -952,6 +977,7 @@ impl Engine {
         let (commands, offsets) = internal_topics(service_id);
         engine.command_topic = commands;
         engine.offsets_topic = offsets.into();
+        engine.service_id = service_id.into();
         for topic in [&*engine.command_topic, &*engine.offsets_topic] {
             if engine.log.topic(topic)?.is_none() {
                 engine.log.create_topic(topic, TopicConfig::default())?;
@@ -1969,6 +1995,8 @@ impl Engine {
         Ok(PersistentQuery {
             view: Arc::new(Mutex::new(view)),
             offsets_topic: self.offsets_topic.clone(),
+            group: consumer_group(&self.service_id, &id),
+            group_failed: false,
             id,
             statement,
             properties: self.properties.clone(),

@@ -652,6 +652,21 @@ impl Pipeline {
         }
     }
 
+    /// Per source topic read, the next offset of each of its partitions (a topic input's,
+    /// or each of a join's sources').
+    pub fn source_offsets(&self) -> Vec<(String, Vec<u64>)> {
+        match &self.input {
+            Input::Topic(t) => vec![(t.topic.clone(), t.offsets.clone())],
+            Input::Join(j) => j
+                .inputs
+                .iter()
+                .filter(|i| !i.offsets.is_empty())
+                .map(|i| (i.source.topic.clone(), i.offsets.clone()))
+                .collect(),
+            Input::Snapshot(_) => Vec::new(),
+        }
+    }
+
     pub fn set_offsets(&mut self, offsets: Vec<u64>) {
         if let Input::Topic(t) = &mut self.input
             && offsets.len() == t.offsets.len()

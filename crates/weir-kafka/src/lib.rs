@@ -1,10 +1,12 @@
 //! Weir's [`Log`] on a Kafka cluster, through `rdkafka` (vendored librdkafka).
 //!
 //! The engine assigns partitions itself and keeps its own offsets (checkpointed in its
-//! offsets topic), so there are no consumer groups here: each partition that is read gets
+//! offsets topic), so no consumer joins a group here: each partition that is read gets
 //! a consumer *assigned* to it at an explicit offset, which is immediate (a group
 //! subscription takes seconds to rebalance) and exactly what an engine that checkpoints
-//! its own progress wants. Topics are created on demand through the admin API.
+//! its own progress wants. What a query checkpointed is also committed to its consumer
+//! group ([`Log::commit_group_offsets`]), only so that Kafka's lag tools see it. Topics
+//! are created on demand through the admin API.
 //!
 //! Guarantees differ from the embedded log's, and the engine says so: an append is
 //! acknowledged by the cluster (`acks=all`, idempotent producer) but a batch is not atomic,
@@ -48,6 +50,9 @@ pub struct KafkaLog {
     /// For metadata and watermarks.
     meta: BaseConsumer,
     readers: Mutex<HashMap<(String, u32), Reader>>,
+    /// Per consumer group named in [`Log::commit_group_offsets`], a consumer that commits
+    /// its offsets (never subscribed: it only commits).
+    groups: Mutex<HashMap<String, BaseConsumer>>,
 }
 
 impl std::fmt::Debug for KafkaLog {
@@ -91,6 +96,7 @@ impl KafkaLog {
             admin,
             meta,
             readers: Mutex::new(HashMap::new()),
+            groups: Mutex::new(HashMap::new()),
         })
     }
 
@@ -403,6 +409,33 @@ impl Log for KafkaLog {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    fn commit_group_offsets(&self, group: &str, topic: &str, offsets: &[u64]) -> Result<()> {
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        if !groups.contains_key(group) {
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &self.bootstrap)
+                .set("client.id", "weir")
+                .set("group.id", group)
+                .set("enable.auto.commit", "false")
+                .create()
+                .map_err(backend)?;
+            groups.insert(group.to_string(), consumer);
+        }
+        let consumer = &groups[group];
+        let mut tpl = TopicPartitionList::new();
+        for (p, next) in offsets.iter().enumerate() {
+            tpl.add_partition_offset(topic, p as i32, Offset::Offset(*next as i64))
+                .map_err(backend)?;
+        }
+        // Not waited for: the commit is advisory, and a checkpoint should not wait on it.
+        consumer
+            .commit(&tpl, rdkafka::consumer::CommitMode::Async)
+            .map_err(backend)?;
+        // Serves the commit's reply (and any error it reports) without blocking.
+        let _ = consumer.poll(Duration::ZERO);
+        Ok(())
     }
 
     fn flush(&self) -> Result<()> {

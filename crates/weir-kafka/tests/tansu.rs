@@ -194,8 +194,14 @@ fn a_persistent_query_on_kafka_resumes_from_its_own_offsets() {
     // Speeds 51..99 of every 100: 49 per 100.
     assert_eq!(run_until(&mut engine, log.as_ref(), 196), 196);
     // As a server's shutdown does: the progress since the last checkpoint is saved.
+    let id = engine.query_metrics()[0].id.clone();
+    let read = engine.query_metrics()[0].stats.consumed;
     engine.close().unwrap();
     drop(engine);
+    // ...and committed to the query's consumer group, where Kafka's lag tools look.
+    let group = weir_engine::consumer_group(weir_engine::DEFAULT_SERVICE_ID, &id);
+    assert_eq!(group, format!("_confluent-ksql-default_query_{id}"));
+    assert_eq!(committed(&b.bootstrap, &group, read), read);
 
     // A new engine on the same cluster: the command log brings the query back, and it
     // goes on from its checkpoint instead of reading the topic again.
@@ -222,6 +228,42 @@ fn a_persistent_query_on_kafka_resumes_from_its_own_offsets() {
         294,
         "nothing written twice, nothing lost"
     );
+    engine.close().unwrap();
+    assert_eq!(committed(&b.bootstrap, &group, 600), 600);
+}
+
+/// The offsets consumer group `group` has committed on `sensors`, summed over its two
+/// partitions: once they reach `expected` (commits are asynchronous), or after 15 s.
+fn committed(bootstrap: &str, group: &str, expected: u64) -> u64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition("sensors", 0);
+    tpl.add_partition("sensors", 1);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let sum: u64 = consumer
+            .committed_offsets(tpl.clone(), Duration::from_secs(5))
+            .map(|c| {
+                c.elements()
+                    .iter()
+                    .filter_map(|e| match e.offset() {
+                        rdkafka::Offset::Offset(o) => Some(o as u64),
+                        _ => None,
+                    })
+                    .sum()
+            })
+            .unwrap_or(0);
+        if sum >= expected || Instant::now() > deadline {
+            return sum;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 const STATEFUL: &str = "

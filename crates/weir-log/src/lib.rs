@@ -87,6 +87,14 @@ pub trait Log: Send + Sync {
     /// Makes every append so far durable, whatever the fsync policy.
     fn flush(&self) -> Result<()>;
 
+    /// Records, as consumer group `group`'s committed offsets, that a reader of `topic` is
+    /// at `offsets` (per partition: the next offset to read), so that the tools that
+    /// report a group's lag see it. Advisory: the engine keeps its own offsets in its
+    /// checkpoints. Nothing for a log without consumer groups (the embedded log).
+    fn commit_group_offsets(&self, _group: &str, _topic: &str, _offsets: &[u64]) -> Result<()> {
+        Ok(())
+    }
+
     /// Every record of a partition from `from` to its current end, read in batches.
     fn read_to_end(&self, topic: &str, partition: u32, mut from: u64) -> Result<Vec<StoredRecord>> {
         let mut out = Vec::new();
