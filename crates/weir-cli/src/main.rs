@@ -158,6 +158,10 @@ enum Command {
         /// (0: a line per step that consumed records).
         #[arg(long, default_value_t = 1000)]
         progress_every: u64,
+        /// `ksql.service.id`: whose command log and checkpoints to use (a server with the
+        /// same id shares them; another id keeps its own).
+        #[arg(long, default_value = weir_engine::DEFAULT_SERVICE_ID)]
+        service_id: String,
     },
     /// Run a benchmark workload and print its figures (build with --release).
     Bench {
@@ -519,7 +523,9 @@ fn main() -> ExitCode {
             exit_when_idle,
             plugin_dir,
             progress_every,
+            service_id,
         } => match run::run(
+            &service_id,
             &data_dir,
             queries_file.as_deref(),
             exit_when_idle,

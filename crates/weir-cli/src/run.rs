@@ -17,6 +17,7 @@ use weir_log::{EmbeddedLog, EmbeddedLogConfig, Log};
 use weir_sql::{ParseOptions, parse_script};
 
 pub fn run(
+    service_id: &str,
     data_dir: &Path,
     queries_file: Option<&Path>,
     exit_when_idle: bool,
@@ -24,6 +25,7 @@ pub fn run(
     plugin_dir: Option<&Path>,
     progress_every: Duration,
 ) -> Result<(), String> {
+    weir_engine::check_service_id(service_id).map_err(|e| format!("--service-id: {e}"))?;
     let (log, place): (Arc<dyn Log>, String) = match kafka {
         None => (
             Arc::new(
@@ -53,7 +55,7 @@ pub fn run(
         }
         None => Default::default(),
     };
-    let mut engine = Engine::open_with(log.clone(), functions)
+    let mut engine = Engine::open_service(log.clone(), functions, service_id)
         .map_err(|e| format!("recovering {place}: {e}"))?;
     // A stateless query's partitions are stepped at once, a core each.
     engine.set_parallelism(weir_engine::runtime::default_workers());

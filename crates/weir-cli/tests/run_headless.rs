@@ -136,3 +136,81 @@ fn weir_server_warns_about_unknown_config_keys() {
         "{seen:?}"
     );
 }
+
+/// `weir run --service-id` uses that service's command log and checkpoints: on one data
+/// directory, two ids keep apart queries, and each resumes only its own.
+#[test]
+fn weir_run_keeps_each_service_ids_queries_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let weir = env!("CARGO_BIN_EXE_weir");
+    let data = dir.path().join("data");
+    let run = |id: &str, queries: &str| {
+        let file = dir.path().join(format!("{id}.sql"));
+        std::fs::write(&file, queries).unwrap();
+        let out = Command::new(weir)
+            .args(["run", "--exit-when-idle", "--service-id", id, "--data-dir"])
+            .arg(&data)
+            .arg("--queries-file")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!stdout.contains("ERROR"), "{stdout}");
+        stdout
+    };
+    let first = run(
+        "fleet_a",
+        "CREATE STREAM s (v INT) WITH (kafka_topic='s', value_format='JSON', partitions=1);
+         SET 'auto.offset.reset'='earliest';
+         CREATE STREAM a_out AS SELECT v * 2 AS w FROM s;
+         INSERT INTO s (v) VALUES (21);",
+    );
+    assert!(first.contains("recovered 0 persistent"), "{first}");
+    // Another id on the same data: its own catalog (no stream S yet), its own query.
+    let other = run(
+        "fleet_b",
+        "CREATE STREAM s (v INT) WITH (kafka_topic='s', value_format='JSON', partitions=1);
+         SET 'auto.offset.reset'='earliest';
+         CREATE STREAM b_out AS SELECT v + 1 AS w FROM s;",
+    );
+    assert!(other.contains("recovered 0 persistent"), "{other}");
+    // fleet_a again: only its query comes back.
+    let again = run("fleet_a", "");
+    assert!(again.contains("recovered 1 persistent"), "{again}");
+    let log = weir_log::EmbeddedLog::open(&data, Default::default()).unwrap();
+    let value = |topic: &str| -> Vec<String> {
+        log.read_to_end(topic, 0, 0)
+            .unwrap()
+            .into_iter()
+            .map(|r| String::from_utf8(r.record.value.unwrap()).unwrap())
+            .collect()
+    };
+    assert_eq!(value("A_OUT"), [r#"{"W":42}"#]);
+    assert_eq!(value("B_OUT"), [r#"{"W":22}"#]);
+    for topic in ["_weir_fleet_a_commands", "_weir_fleet_b_commands"] {
+        assert!(log.topic(topic).unwrap().is_some(), "{topic}");
+    }
+    // An id that cannot name topics is refused.
+    let out = Command::new(weir)
+        .args([
+            "run",
+            "--exit-when-idle",
+            "--service-id",
+            "a b",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--service-id"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

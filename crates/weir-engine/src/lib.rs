@@ -107,6 +107,20 @@ pub const OFFSETS_TOPIC: &str = "_weir_offsets";
 /// The service id servers have unless `ksql.service.id` says otherwise (ksqlDB's default).
 pub const DEFAULT_SERVICE_ID: &str = "default_";
 
+/// Whether `id` may be a `ksql.service.id`: letters, digits, '.', '_' and '-' (it names
+/// topics and consumer groups); why not otherwise.
+pub fn check_service_id(id: &str) -> std::result::Result<(), String> {
+    let ok = !id.is_empty()
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err("use letters, digits, '.', '_' and '-'".into())
+    }
+}
+
 /// The internal topics of the servers with service id `id`: [`COMMAND_TOPIC`] and
 /// [`OFFSETS_TOPIC`] for the default id, `_weir_<id>_commands` and `_weir_<id>_offsets`
 /// otherwise — so clusters sharing one Kafka keep apart catalogs and checkpoints.

@@ -147,13 +147,7 @@ impl ServerConfig {
                     self.max_push_queries = value.parse().map_err(|e| bad(format!("{e}")))?
                 }
                 "ksql.service.id" => {
-                    let ok = !value.is_empty()
-                        && value
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-                    if !ok {
-                        return Err(bad("use letters, digits, '.', '_' and '-'".into()));
-                    }
+                    weir_engine::check_service_id(value).map_err(bad)?;
                     self.service_id = value.to_string();
                 }
                 weir_engine::runtime::WORKERS_SETTING => {
