@@ -50,6 +50,32 @@ fn load_events(log: &dyn Log, events: u64) -> Result<(), String> {
     load_events_into(log, events, 1)
 }
 
+/// As [`load_events`], each event in the partition of its key (as a producer puts it, and
+/// as a join needs), in batches of up to 1,000 per partition.
+fn load_events_by_key(log: &dyn Log, events: u64, partitions: u32) -> Result<(), String> {
+    let mut batches: Vec<Vec<Record>> = vec![Vec::new(); partitions.max(1) as usize];
+    for i in 0..events {
+        let (k, v) = event(i);
+        let p = weir_log::partition_for_key(&k, partitions.max(1)) as usize;
+        batches[p].push(Record {
+            key: Some(k),
+            value: Some(v),
+            timestamp: 1_700_000_000_000 + i as i64,
+            headers: vec![],
+        });
+        if batches[p].len() == 1000 || i + 1 == events {
+            for (p, batch) in batches.iter_mut().enumerate() {
+                if !batch.is_empty() && (batch.len() == 1000 || i + 1 == events) {
+                    log.append("sensors", p as u32, batch)
+                        .map_err(|e| e.to_string())?;
+                    batch.clear();
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// As [`load_events`], the batches spread over `partitions` partitions in turn.
 fn load_events_into(log: &dyn Log, events: u64, partitions: u32) -> Result<(), String> {
     let mut batch = Vec::with_capacity(1000);
@@ -971,7 +997,8 @@ pub fn workers(
     let (name, sql, made) = match query {
         "w1" => ("W1", W1_QUERY, "STREAM FAST AS"),
         "w3" => ("W3 windowed aggregation", W3_WINDOW, "TABLE PER_CAR AS"),
-        other => return Err(format!("unknown query '{other}': w1 or w3")),
+        "w3-join" => ("W3 stream-table join", W3_JOIN, "STREAM ENRICHED AS"),
+        other => return Err(format!("unknown query '{other}': w1, w3 or w3-join")),
     };
     println!(
         "workers: {queries} {name} queries over {events} events each in {partitions} partition(s), durable engine, embedded log ({} cores)",
@@ -998,10 +1025,37 @@ pub fn workers(
             },
         )
         .map_err(|e| e.to_string())?;
-        load_events_into(log.as_ref(), events, partitions)?;
+        if query == "w3-join" {
+            load_events_by_key(log.as_ref(), events, partitions)?;
+        } else {
+            load_events_into(log.as_ref(), events, partitions)?;
+        }
+        if query == "w3-join" {
+            // The car table, partitioned as the events are (a join needs them alike).
+            log.create_topic(
+                "cars",
+                TopicConfig {
+                    partitions,
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| e.to_string())?;
+            for c in 0..10_000 {
+                let value = format!(r#"{{"MODEL":"model-{}","YEAR":{}}}"#, c % 37, 2000 + c % 25);
+                let car = Record::new(
+                    Some(format!("car-{c}").as_bytes()),
+                    Some(value.as_bytes()),
+                    0,
+                );
+                log.produce("cars", car).map_err(|e| e.to_string())?;
+            }
+        }
         let mut engine = Engine::open(log.clone()).map_err(err)?;
         engine.set_property("auto.offset.reset", "earliest");
         engine.execute_sql(W1_SOURCE).map_err(err)?;
+        if query == "w3-join" {
+            engine.execute_sql(W3_CARS).map_err(err)?;
+        }
         engine
             .execute_sql("CREATE STREAM IDLE (ID STRING KEY, N INT) WITH (KAFKA_TOPIC='idle', VALUE_FORMAT='JSON', PARTITIONS=1);")
             .map_err(err)?;

@@ -310,8 +310,8 @@ enum Workload {
         /// Worker counts to run, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "1,2")]
         workers: Vec<usize>,
-        /// The query: `w1` (the stateless filter and projection) or `w3` (W3's tumbling
-        /// COUNT/AVG per car).
+        /// The query: `w1` (the stateless filter and projection), `w3` (W3's tumbling
+        /// COUNT/AVG per car) or `w3-join` (W3's stream-table join to 10,000 cars).
         #[arg(long, default_value = "w1")]
         query: String,
     },
