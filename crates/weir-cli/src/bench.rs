@@ -224,6 +224,19 @@ fn run_until(engine: &mut Engine, expected: u64) -> Result<(u64, f64), String> {
     Ok((consumed, started.elapsed().as_secs_f64()))
 }
 
+/// The rows of W3's car table.
+const CARS: u32 = 10_000;
+
+/// Car `c` of W3's car table, as a record.
+fn car(c: u32) -> Record {
+    let value = format!(r#"{{"MODEL":"model-{}","YEAR":{}}}"#, c % 37, 2000 + c % 25);
+    Record::new(
+        Some(format!("car-{c}").as_bytes()),
+        Some(value.as_bytes()),
+        0,
+    )
+}
+
 /// A fresh embedded log holding W3's input: the W1 events and a 10,000-row car table.
 /// `config` as the engine under test would have it.
 fn w3_log(
@@ -238,16 +251,7 @@ fn w3_log(
             .map_err(|e| e.to_string())?;
     }
     load_events(log.as_ref(), events)?;
-    let cars: Vec<Record> = (0..10_000)
-        .map(|c| Record {
-            key: Some(format!("car-{c}").into_bytes()),
-            value: Some(
-                format!(r#"{{"MODEL":"model-{}","YEAR":{}}}"#, c % 37, 2000 + c % 25).into_bytes(),
-            ),
-            timestamp: 0,
-            headers: vec![],
-        })
-        .collect();
+    let cars: Vec<Record> = (0..CARS).map(car).collect();
     log.append("cars", 0, &cars).map_err(|e| e.to_string())?;
     log.flush().map_err(|e| e.to_string())?;
     Ok((dir, log))
@@ -1017,43 +1021,36 @@ pub fn workers(
             )
             .map_err(|e| e.to_string())?,
         );
-        log.create_topic(
-            "sensors",
-            TopicConfig {
-                partitions,
-                ..Default::default()
-            },
-        )
-        .map_err(|e| e.to_string())?;
-        if query == "w3-join" {
-            load_events_by_key(log.as_ref(), events, partitions)?;
+        // The join's car table is partitioned as the events are (a join needs them
+        // alike), and the events go to their key's partition.
+        let join = query == "w3-join";
+        let topics: &[&str] = if join {
+            &["sensors", "cars"]
         } else {
-            load_events_into(log.as_ref(), events, partitions)?;
-        }
-        if query == "w3-join" {
-            // The car table, partitioned as the events are (a join needs them alike).
+            &["sensors"]
+        };
+        for topic in topics {
             log.create_topic(
-                "cars",
+                topic,
                 TopicConfig {
                     partitions,
                     ..Default::default()
                 },
             )
             .map_err(|e| e.to_string())?;
-            for c in 0..10_000 {
-                let value = format!(r#"{{"MODEL":"model-{}","YEAR":{}}}"#, c % 37, 2000 + c % 25);
-                let car = Record::new(
-                    Some(format!("car-{c}").as_bytes()),
-                    Some(value.as_bytes()),
-                    0,
-                );
-                log.produce("cars", car).map_err(|e| e.to_string())?;
+        }
+        if join {
+            load_events_by_key(log.as_ref(), events, partitions)?;
+            for c in 0..CARS {
+                log.produce("cars", car(c)).map_err(|e| e.to_string())?;
             }
+        } else {
+            load_events_into(log.as_ref(), events, partitions)?;
         }
         let mut engine = Engine::open(log.clone()).map_err(err)?;
         engine.set_property("auto.offset.reset", "earliest");
         engine.execute_sql(W1_SOURCE).map_err(err)?;
-        if query == "w3-join" {
+        if join {
             engine.execute_sql(W3_CARS).map_err(err)?;
         }
         engine
