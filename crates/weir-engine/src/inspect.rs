@@ -76,19 +76,23 @@ impl Engine {
                     })
                     .collect(),
             ),
-            ListKind::Queries => Listing::Queries(
-                self.queries()
-                    .map(|q| summary(&q))
-                    .chain(self.push_queries.iter().map(|(id, p)| QuerySummary {
-                        id: id.clone(),
-                        query_string: p.statement.clone(),
-                        sinks: vec![],
-                        sink_kafka_topics: vec![],
-                        query_type: "PUSH".into(),
-                        state: "RUNNING".into(),
-                    }))
-                    .collect(),
-            ),
+            ListKind::Queries => {
+                Listing::Queries(
+                    self.queries()
+                        .map(|q| summary(&q))
+                        .chain(self.push_queries.iter().filter(|(_, p)| !p.ended()).map(
+                            |(id, p)| QuerySummary {
+                                id: id.clone(),
+                                query_string: p.statement.clone(),
+                                sinks: vec![],
+                                sink_kafka_topics: vec![],
+                                query_type: "PUSH".into(),
+                                state: "RUNNING".into(),
+                            },
+                        ))
+                        .collect(),
+                )
+            }
             ListKind::Properties => Listing::Properties(
                 self.properties
                     .iter()
@@ -392,6 +396,7 @@ impl Engine {
             .unwrap_or(CLIENT_BUFFER_ROWS);
         let (sender, rows) = flume::bounded(buffer + 1);
         let alive = Arc::new(());
+        let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
         self.push_queries.insert(
             id.clone(),
             crate::PushEntry {
@@ -406,7 +411,9 @@ impl Engine {
                     limit,
                     sent: 0,
                     alive: alive.clone(),
+                    ended: ended.clone(),
                 })),
+                ended,
             },
         );
         Ok(Outcome::Push(PushHandle {
@@ -519,6 +526,6 @@ impl Engine {
 
     /// Whether a push query of this id is running.
     pub fn has_push_query(&self, id: &str) -> bool {
-        self.push_queries.contains_key(id)
+        self.push_queries.get(id).is_some_and(|e| !e.ended())
     }
 }

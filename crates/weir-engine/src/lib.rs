@@ -446,6 +446,15 @@ pub(crate) type SharedPush = Arc<Mutex<push::PushQuery>>;
 pub(crate) struct PushEntry {
     pub query: SharedPush,
     pub statement: String,
+    /// The query's [`push::PushQuery::ended`].
+    pub ended: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl PushEntry {
+    /// Over (its client told, or gone), though perhaps not dropped yet.
+    pub fn ended(&self) -> bool {
+        self.ended.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// What stepping the persistent and push queries needs from the engine
@@ -477,6 +486,7 @@ impl Work {
             let (n, next) = q.step(self.log.as_ref(), BATCH_RECORDS)?;
             consumed += n;
             if next == push::Next::Finished {
+                q.end();
                 finished.push(id.clone());
             }
         }
@@ -1116,6 +1126,7 @@ impl Engine {
             push: self
                 .push_queries
                 .iter()
+                .filter(|(_, e)| !e.ended())
                 .map(|(id, e)| (id.clone(), e.query.clone()))
                 .collect(),
         }
@@ -1274,7 +1285,7 @@ impl Engine {
 
     /// Push queries open now.
     pub fn push_query_count(&self) -> usize {
-        self.push_queries.len()
+        self.push_queries.values().filter(|e| !e.ended()).count()
     }
 
     /// Lets a query's step compute up to `threads` partitions at once, and a GROUP BY's

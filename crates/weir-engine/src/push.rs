@@ -84,6 +84,9 @@ pub(crate) struct PushQuery {
     pub limit: Option<u64>,
     pub sent: u64,
     pub alive: std::sync::Arc<()>,
+    /// Set once it is over (before its client can see its end): the engine counts it
+    /// out at once, though a worker drops it only after its step.
+    pub ended: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Whether the query goes on after a step.
@@ -103,6 +106,7 @@ impl PushQuery {
             Ok(()) => {
                 self.sent += 1;
                 if self.limit.is_some_and(|l| self.sent >= l) {
+                    self.end();
                     let _ = self.sender.try_send(PushEvent::End(None));
                     return Next::Finished;
                 }
@@ -187,9 +191,15 @@ impl PushQuery {
         Ok((consumed, Next::Continue))
     }
 
+    /// Marks it over ([`PushQuery::ended`]).
+    pub fn end(&self) {
+        self.ended.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Ends the query of a client that fell too far behind; the channel keeps one place
     /// free for this message.
     fn end_slow_client(&mut self) -> Next {
+        self.end();
         let _ = self.sender.try_send(PushEvent::End(Some(format!(
             "Push query {} ended: the client fell more than {} rows behind",
             self.id, self.buffer
