@@ -633,6 +633,10 @@ impl PersistentQuery {
                 (p, step, began.elapsed())
             })
         };
+        if stateless {
+            // Encoded already, on the partitions' threads.
+            return Some(results);
+        }
         // The stages with state, over the partitions' steps up to the first that failed
         // (those after it are read again next time), as if one after the other.
         if let Some(failed) = results.iter().position(|(_, step, _)| step.is_err()) {
@@ -2440,7 +2444,6 @@ fn write_output(log: &dyn Log, q: &SinkSpec, out: &RecordBatch, sink: Sink) -> R
     append_output(log, q, encoded, &sink)
 }
 
-/// Encodes a batch of output for the sink (nothing written yet).
 /// A step's output encoded for the sink, change by change (see [`pipeline::Step::encoded`]).
 fn encode_step(
     spec: &SinkSpec,
@@ -2494,6 +2497,7 @@ fn at_once<T: Send>(count: usize, threads: usize, work: impl Fn(usize) -> T + Sy
     all.into_iter().map(|(_, t)| t).collect()
 }
 
+/// Encodes a batch of output for the sink (nothing written yet).
 fn encode_output(q: &SinkSpec, out: &RecordBatch, sink: &Sink) -> Result<Encoded> {
     if out.num_rows() == 0 {
         return Ok(Encoded::new());
