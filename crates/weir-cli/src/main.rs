@@ -162,6 +162,10 @@ enum Command {
         /// same id shares them; another id keeps its own).
         #[arg(long, default_value = weir_engine::DEFAULT_SERVICE_ID)]
         service_id: String,
+        /// On Kafka: how long servers sharing the service id wait for a silent one's
+        /// heartbeat before taking its work (`weir.cluster.session.timeout.ms`).
+        #[arg(long, default_value_t = 10_000)]
+        session_timeout_ms: u64,
     },
     /// Run a benchmark workload and print its figures (build with --release).
     Bench {
@@ -524,8 +528,12 @@ fn main() -> ExitCode {
             plugin_dir,
             progress_every,
             service_id,
+            session_timeout_ms,
         } => match run::run(
-            &service_id,
+            (
+                &service_id,
+                std::time::Duration::from_millis(session_timeout_ms),
+            ),
             &data_dir,
             queries_file.as_deref(),
             exit_when_idle,

@@ -14,6 +14,7 @@
 mod aggregate;
 mod builtins;
 pub mod catalog;
+pub mod cluster;
 mod delta;
 mod error;
 pub mod functions;
@@ -379,6 +380,12 @@ pub struct PersistentQuery {
     /// When it last checkpointed, and whether it has consumed records since.
     last_checkpoint: Instant,
     unsaved: bool,
+    /// On servers sharing work ([`cluster`]): the units it holds (a stateless query's
+    /// source partitions, or unit 0 for all of a query with state), each with the epoch
+    /// it was claimed at; `None` on a server alone (it runs every partition).
+    owned: Option<BTreeMap<cluster::Unit, u64>>,
+    /// It claimed units it must be restored for before it runs again (a reload).
+    handoff: bool,
 }
 
 /// A persistent query as the engine and its workers share it.
@@ -467,6 +474,8 @@ pub(crate) struct Work {
     pub backoff: (Duration, Duration),
     /// Threads a query's step may use for its partitions.
     pub parallelism: usize,
+    /// This server's membership, where servers share the work.
+    pub cluster: Option<Arc<cluster::Cluster>>,
     pub queries: Vec<(String, SharedQuery)>,
     pub push: Vec<(String, SharedPush)>,
 }
@@ -504,6 +513,21 @@ impl Work {
         let stepped = self.step_unpublished(q);
         q.publish();
         stepped
+    }
+
+    /// Servers sharing work: what `q` holds follows the division (see
+    /// [`PersistentQuery::rebalance`]); before its reload is looked at and it is stepped.
+    pub(crate) fn rebalance(&self, q: &mut PersistentQuery) {
+        let Some(c) = &self.cluster else { return };
+        if q.terminated || !q.runnable() {
+            return;
+        }
+        if let Err(e) = q.rebalance(self.log.as_ref(), c) {
+            q.failed(
+                format!("dividing its work with other servers failed: {e}"),
+                self.backoff,
+            );
+        }
     }
 
     fn step_unpublished(&self, q: &mut PersistentQuery) -> Result<u64> {
@@ -566,6 +590,9 @@ impl PersistentQuery {
             if self.error.is_some() {
                 break;
             }
+            if !self.owns(partition) {
+                continue;
+            }
             let n = match computed.as_mut() {
                 Some(steps) => match steps.next() {
                     // Paced by its own computing time plus its writing.
@@ -615,7 +642,9 @@ impl PersistentQuery {
         let first_stateful = stages.len();
         // Every partition (asking the log which have records waiting would cost a round
         // trip per partition on Kafka; an idle one's step reads nothing).
-        let all: Vec<u32> = (0..input.offsets.len() as u32).collect();
+        let all: Vec<u32> = (0..input.offsets.len() as u32)
+            .filter(|p| self.owns(*p))
+            .collect();
         let n = threads.min(all.len());
         let mut results = {
             let spec = &self.sink_spec(log, durable);
@@ -780,6 +809,10 @@ impl PersistentQuery {
     /// since the last one.
     fn checkpoint(&mut self, log: &dyn Log) -> Result<()> {
         let q = self;
+        // Sharing work and holding nothing: nothing of it is this server's to save.
+        if q.owned.as_ref().is_some_and(BTreeMap::is_empty) {
+            return Ok(());
+        }
         let mut sink_ends = Vec::new();
         for p in 0..q.sink_partitions {
             sink_ends.push(log.offsets(&q.sink_topic, p)?.1);
@@ -799,6 +832,15 @@ impl PersistentQuery {
         let mut v = serde_json::json!({"query": q.id, "offsets": q.pipeline.offsets(), "sink_ends": sink_ends});
         if !ahead.is_empty() {
             v["ahead"] = serde_json::json!(ahead);
+        }
+        // Sharing work: the units it covers, with the epochs they are held at (recovery
+        // takes, per unit, the newest checkpoint of the highest epoch).
+        if let Some(owned) = &q.owned {
+            let epochs: serde_json::Map<String, serde_json::Value> = owned
+                .iter()
+                .map(|(u, e)| (u.to_string(), serde_json::json!(e)))
+                .collect();
+            v["epochs"] = serde_json::Value::Object(epochs);
         }
         // The record's text: `v`, with the delta (when there is one) as its last field,
         // written in one buffer (the last checkpoint's, reused).
@@ -845,7 +887,15 @@ impl PersistentQuery {
         q.last_checkpoint = Instant::now();
         // What was just saved, committed to the query's consumer group too, so Kafka's
         // lag tools see the query's progress (never ahead of the checkpoint).
+        let whole = q.units().1;
         for (topic, offsets) in q.pipeline.source_offsets() {
+            // Those of the partitions it holds (the others are other servers' to commit).
+            let offsets: Vec<(u32, u64)> = offsets
+                .into_iter()
+                .enumerate()
+                .map(|(p, o)| (p as u32, o))
+                .filter(|(p, _)| whole || q.owned.as_ref().is_none_or(|o| o.contains_key(p)))
+                .collect();
             if let Err(e) = log.commit_group_offsets(&q.group, &topic, &offsets)
                 && !std::mem::replace(&mut q.group_failed, true)
             {
@@ -872,15 +922,94 @@ impl PersistentQuery {
         v.offsets.extend_from_slice(self.pipeline.offsets());
     }
 
-    /// Waiting to retry after a failure, the wait over: to be reloaded (by the engine).
+    /// To be reloaded (by the engine): waiting to retry after a failure and the wait is
+    /// over, or restored for the units it just claimed.
     pub(crate) fn reload_due(&self) -> bool {
-        self.retry
-            .is_some_and(|r| !r.reloaded && Instant::now() >= r.at)
+        let now = Instant::now();
+        let failed_due = self.retry.is_some_and(|r| !r.reloaded && now >= r.at);
+        let may = self.retry.is_none_or(|r| r.reloaded || now >= r.at);
+        failed_due || (self.handoff && may)
     }
 
-    /// Runs now: not while it waits to be reloaded after a failure.
+    /// Runs now: not while it waits to be reloaded.
     fn runnable(&self) -> bool {
-        self.retry.is_none_or(|r| r.reloaded)
+        self.retry.is_none_or(|r| r.reloaded) && !self.handoff
+    }
+
+    /// Whether it runs whole on one server (it has state: a GROUP BY, a join), rather
+    /// than partition by partition; and so its units of work ([`cluster::Unit`]).
+    fn units(&self) -> (u32, bool) {
+        let whole = self.pipeline.has_state();
+        (if whole { 1 } else { self.pipeline.partitions() }, whole)
+    }
+
+    /// Whether this server steps `partition` of its input.
+    fn owns(&self, partition: u32) -> bool {
+        match &self.owned {
+            None => true,
+            Some(o) => o.contains_key(&if self.units().1 { 0 } else { partition }),
+        }
+    }
+
+    /// Servers sharing work ([`cluster`]): what it holds follows the division the live
+    /// members compute. Units claimed by another server at a newer epoch (this one was
+    /// taken for dead) are dropped at once; units the division gives to others are
+    /// checkpointed and released; units it is given that are free (released, unclaimed,
+    /// or held by a member no longer live) are claimed, and then it is reloaded
+    /// ([`PersistentQuery::handoff`]): planned again and restored from their checkpoints.
+    fn rebalance(&mut self, log: &dyn Log, c: &cluster::Cluster) -> Result<()> {
+        let (units, whole) = self.units();
+        let target = c.target(&self.id, units, whole);
+        let id = self.id.clone();
+        let owned = self.owned.get_or_insert_default();
+        let stolen: Vec<cluster::Unit> = owned
+            .iter()
+            .filter(|(u, e)| !c.holds(&id, **u, **e))
+            .map(|(u, _)| *u)
+            .collect();
+        for u in stolen {
+            owned.remove(&u);
+            eprintln!("weir: query {id}: another server claimed its unit {u}; letting it go");
+        }
+        let give: BTreeMap<cluster::Unit, u64> = owned
+            .iter()
+            .filter(|(u, _)| !target.contains(u))
+            .map(|(u, e)| (*u, *e))
+            .collect();
+        let take: Vec<cluster::Unit> = target
+            .iter()
+            .filter(|u| !owned.contains_key(u) && c.claimable(&id, **u))
+            .copied()
+            .collect();
+        let held = !owned.is_empty();
+        if give.is_empty() && take.is_empty() {
+            return Ok(());
+        }
+        // Saved first: the next holder resumes from here, as does this one after a reload.
+        if held && self.unsaved && self.may_checkpoint() {
+            self.checkpoint(log)?;
+        }
+        if !give.is_empty() {
+            let owned = self.owned.get_or_insert_default();
+            for u in give.keys() {
+                owned.remove(u);
+            }
+            c.release(&id, &give)?;
+            eprintln!(
+                "weir: query {id}: handed over {} to another server",
+                describe_units(whole, give.keys())
+            );
+        }
+        let won = c.claim(&id, &take)?;
+        if !won.is_empty() {
+            eprintln!(
+                "weir: query {id}: took {}",
+                describe_units(whole, won.keys())
+            );
+            self.owned.get_or_insert_default().extend(won);
+            self.handoff = true;
+        }
+        Ok(())
     }
 
     /// It failed: ERROR with `message`, and a reload after the backoff (`initial`, then
@@ -915,6 +1044,15 @@ impl PersistentQuery {
     }
 }
 
+/// What a server holds of a query, in words: `partition(s) [0, 2]`, or `the whole query`.
+fn describe_units<'a>(whole: bool, units: impl Iterator<Item = &'a cluster::Unit>) -> String {
+    if whole {
+        "the whole query".into()
+    } else {
+        format!("partition(s) {:?}", units.collect::<Vec<_>>())
+    }
+}
+
 /// The property that makes a function error stop a persistent query.
 pub const FAIL_ON_FUNCTION_ERROR: &str = "weir.fail.on.function.error";
 /// How long a failed query waits before its first retry (ms; ksqlDB's name and default).
@@ -946,6 +1084,13 @@ pub struct Engine {
     /// `ksql.service.id`: names the queries' consumer groups ([`consumer_group`]).
     service_id: Arc<str>,
     replaying: bool,
+    /// On a log several servers share (Kafka): this server's membership among those with
+    /// its service id, who divide the queries' work ([`cluster`]).
+    cluster: Option<Arc<cluster::Cluster>>,
+    /// The command log applied up to here, and the commands this server appended (the
+    /// others' are applied as they come: [`Engine::follow_commands`]).
+    command_cursor: u64,
+    own_commands: std::collections::HashSet<u64>,
 }
 
 fn prop(props: &Properties, name: &str) -> Option<String> {
@@ -970,6 +1115,9 @@ impl Engine {
             command_topic: COMMAND_TOPIC.into(),
             offsets_topic: OFFSETS_TOPIC.into(),
             service_id: DEFAULT_SERVICE_ID.into(),
+            cluster: None,
+            command_cursor: 0,
+            own_commands: Default::default(),
         };
         // The processing log is a stream users can query, as ksqlDB's KSQL_PROCESSING_LOG.
         // Should the log refuse the topic now, entries still create it when they come.
@@ -999,6 +1147,19 @@ impl Engine {
     /// As [`Engine::open_with`], for the servers with service id `service_id`
     /// (`ksql.service.id`): their own command log and checkpoints ([`internal_topics`]).
     pub fn open_service(log: Arc<dyn Log>, functions: Functions, service_id: &str) -> Result<Self> {
+        Self::open_member(log, functions, service_id, cluster::DEFAULT_SESSION_TIMEOUT)
+    }
+
+    /// As [`Engine::open_service`]; on a log several servers share (Kafka) this server
+    /// joins the others with its service id and divides the queries' work with them
+    /// ([`cluster`]), taking over a member's work when it has sent no heartbeat for
+    /// `session`.
+    pub fn open_member(
+        log: Arc<dyn Log>,
+        functions: Functions,
+        service_id: &str,
+        session: Duration,
+    ) -> Result<Self> {
         let mut engine = Self::new(log);
         engine.functions = functions;
         engine.durable = true;
@@ -1011,30 +1172,86 @@ impl Engine {
                 engine.log.create_topic(topic, TopicConfig::default())?;
             }
         }
+        if engine.log.shared() {
+            engine.cluster = Some(cluster::Cluster::join(
+                engine.log.clone(),
+                cluster::members_topic(service_id),
+                engine.command_topic.clone(),
+                session,
+            )?);
+        }
         engine.replaying = true;
         let commands = read_topic_values(engine.log.as_ref(), &engine.command_topic)?;
         for (offset, value) in commands {
-            let command: serde_json::Value = serde_json::from_slice(&value).map_err(|e| {
-                EngineError::Execution(format!("command log record {offset} is not JSON: {e}"))
-            })?;
-            engine.properties = command["properties"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let sql = command["sql"].as_str().unwrap_or_default();
-            let stmt = weir_sql::parse_statement(sql)?;
-            engine.execute(&stmt).map_err(|e| {
-                EngineError::Execution(format!("replaying command {offset} ({sql}) failed: {e}"))
-            })?;
+            engine.command_cursor = offset + 1;
+            engine.apply_command(offset, &value)?;
         }
         engine.properties.clear();
         engine.replaying = false;
         engine.recover_offsets()?;
         Ok(engine)
+    }
+
+    /// Runs a command of the command log (replaying: it is not recorded again).
+    fn apply_command(&mut self, offset: u64, value: &[u8]) -> Result<()> {
+        let command: serde_json::Value = serde_json::from_slice(value).map_err(|e| {
+            EngineError::Execution(format!("command log record {offset} is not JSON: {e}"))
+        })?;
+        self.properties = command["properties"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let sql = command["sql"].as_str().unwrap_or_default();
+        let stmt = weir_sql::parse_statement(sql)?;
+        self.execute(&stmt).map_err(|e| {
+            EngineError::Execution(format!("replaying command {offset} ({sql}) failed: {e}"))
+        })?;
+        Ok(())
+    }
+
+    /// On servers sharing a service id: applies the commands the others appended to the
+    /// command log since this one last looked (statements they accepted: new streams,
+    /// queries started or terminated), so that every server has the same catalog and
+    /// queries. `fresh`: asks the log for the command log's end (a statement about to
+    /// run); otherwise the end the heartbeats last saw is used (a worker's pass).
+    pub fn follow_commands(&mut self, fresh: bool) -> Result<()> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(());
+        };
+        let end = if fresh {
+            self.log.offsets(&self.command_topic, 0)?.1
+        } else {
+            cluster.commands_end()
+        };
+        if end <= self.command_cursor {
+            return Ok(());
+        }
+        let records = self
+            .log
+            .read_to_end(&self.command_topic, 0, self.command_cursor)?;
+        let saved = std::mem::take(&mut self.properties);
+        self.replaying = true;
+        for r in records {
+            self.command_cursor = r.offset + 1;
+            if self.own_commands.remove(&r.offset) {
+                continue;
+            }
+            let Some(value) = r.record.value else {
+                continue;
+            };
+            if let Err(e) = self.apply_command(r.offset, &value) {
+                eprintln!(
+                    "weir: a statement another server accepted could not be applied here: {e}"
+                );
+            }
+        }
+        self.replaying = false;
+        self.properties = saved;
+        Ok(())
     }
 
     /// Sets each query's offsets to its last checkpoint, then finds which records after
@@ -1051,12 +1268,7 @@ impl Engine {
         Ok(())
     }
 
-    /// Appends query `id`'s checkpoint (see [`PersistentQuery::checkpoint`]).
-    fn checkpoint(&mut self, id: &str) -> Result<()> {
-        lock(&self.queries[id].query).checkpoint(self.log.as_ref())
-    }
-
-    fn record_command(&self, stmt: &Statement) -> Result<()> {
+    fn record_command(&mut self, stmt: &Statement) -> Result<()> {
         let durable_kind = matches!(
             stmt,
             Statement::CreateSource(_)
@@ -1071,11 +1283,14 @@ impl Engine {
             return Ok(());
         }
         let v = serde_json::json!({"sql": format!("{stmt};"), "properties": self.properties});
-        self.log.append(
+        let offset = self.log.append(
             &self.command_topic,
             0,
             &[Record::new(None, Some(v.to_string().as_bytes()), now_ms())],
         )?;
+        if self.cluster.is_some() {
+            self.own_commands.insert(offset);
+        }
         Ok(())
     }
 
@@ -1089,9 +1304,11 @@ impl Engine {
     /// failed step did in memory is kept and nothing it wrote is written twice. A plain
     /// engine (tests, benchmarks) returns the first error.
     pub fn run_once(&mut self) -> Result<u64> {
+        self.follow_commands(false)?;
         let work = self.work();
         let mut consumed = 0;
         for (id, q) in &work.queries {
+            work.rebalance(&mut lock(q));
             if lock(q).reload_due() {
                 self.reload_or_wait(id);
             }
@@ -1122,6 +1339,7 @@ impl Engine {
             durable: self.durable,
             backoff: (initial, millis(RETRY_BACKOFF_MAX).max(initial)),
             parallelism: self.parallelism,
+            cluster: self.cluster.clone(),
             queries: self
                 .queries
                 .iter()
@@ -1165,15 +1383,26 @@ impl Engine {
     /// restored from its last checkpoint.
     fn reload(&mut self, id: &str) -> Result<()> {
         let shared = self.queries[id].query.clone();
-        let (statement, properties, stats, retry) = {
+        let (statement, properties, stats, retry, owned) = {
             let q = lock(&shared);
-            (q.statement.clone(), q.properties.clone(), q.stats, q.retry)
+            let owned = q.owned.clone();
+            (
+                q.statement.clone(),
+                q.properties.clone(),
+                q.stats,
+                q.retry,
+                owned,
+            )
         };
         let stmt = weir_sql::parse_statement(&statement)?;
         let saved = std::mem::replace(&mut self.properties, properties);
         let fresh = self.replan(id, &stmt, statement);
         self.properties = saved;
         let mut fresh = fresh?;
+        // What it holds of the work servers share stays held.
+        if owned.is_some() {
+            fresh.owned = owned;
+        }
         recover(self.log.as_ref(), &self.offsets_topic, [&mut fresh])?;
         fresh.stats = stats;
         fresh.retry = retry.map(|r| Retry {
@@ -1341,6 +1570,10 @@ impl Engine {
     }
 
     pub fn execute(&mut self, stmt: &Statement) -> Result<Outcome> {
+        // What other servers sharing the service id accepted comes first.
+        if !self.replaying {
+            self.follow_commands(true)?;
+        }
         let outcome = self.execute_inner(stmt)?;
         self.record_command(stmt)?;
         Ok(outcome)
@@ -1935,7 +2168,18 @@ impl Engine {
             },
         );
         if self.durable && !self.replaying {
-            self.checkpoint(&id)?;
+            let mut q = lock(&self.queries[&id].query);
+            match q.owned.take() {
+                // Servers sharing work: where it starts, for every unit at epoch 0, so
+                // whichever server claims a unit first starts it there.
+                Some(held) => {
+                    q.owned = Some((0..q.units().0).map(|u| (u, 0)).collect());
+                    let saved = q.checkpoint(self.log.as_ref());
+                    q.owned = Some(held);
+                    saved?;
+                }
+                None => q.checkpoint(self.log.as_ref())?,
+            }
         }
         Ok(id)
     }
@@ -2051,6 +2295,8 @@ impl Engine {
             commit_every,
             last_checkpoint: Instant::now(),
             unsaved: false,
+            owned: self.cluster.as_ref().map(|_| BTreeMap::new()),
+            handoff: false,
         })
     }
 
@@ -2245,6 +2491,13 @@ impl Engine {
             if q.unsaved && q.may_checkpoint() {
                 q.checkpoint(self.log.as_ref())?;
             }
+            // What it held is the others' to take at once.
+            if let (Some(c), Some(owned)) = (&self.cluster, q.owned.take()) {
+                c.release(&q.id, &owned)?;
+            }
+        }
+        if let Some(c) = &self.cluster {
+            c.leave();
         }
         Ok(())
     }
@@ -2266,6 +2519,11 @@ fn recover<'a>(
     let mut intents: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
     // Each query's operator state: its last full snapshot with the changes after it.
     let mut states: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    // Servers sharing work (`cluster`): per query and unit, the highest epoch checkpointed
+    // and what the last checkpoint at it says of the unit. A checkpoint at a lower epoch
+    // than one before it was written by a server that had lost the unit: never used.
+    let mut epochs: BTreeMap<String, BTreeMap<cluster::Unit, u64>> = BTreeMap::new();
+    let mut units: BTreeMap<String, BTreeMap<cluster::Unit, UnitCheckpoint>> = BTreeMap::new();
     for (_, value) in read_topic_values(log, offsets_topic)? {
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(&value) else {
             continue;
@@ -2273,6 +2531,28 @@ fn recover<'a>(
         if let Some(q) = v["query"].as_str() {
             if !queries.contains_key(q) {
                 continue;
+            }
+            let covers: Vec<(cluster::Unit, u64)> = v["epochs"]
+                .as_object()
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|(u, e)| Some((u.parse().ok()?, e.as_u64()?)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let best = epochs.entry(q.to_string()).or_default();
+            if covers
+                .iter()
+                .any(|(u, e)| best.get(u).is_some_and(|b| e < b))
+            {
+                continue;
+            }
+            for (u, e) in &covers {
+                best.insert(*u, *e);
+                units
+                    .entry(q.to_string())
+                    .or_default()
+                    .insert(*u, UnitCheckpoint::of(&v, *u));
             }
             intents.remove(q);
             if let Some(full) = v.get("full") {
@@ -2298,11 +2578,43 @@ fn recover<'a>(
     }
     for q in queries.into_values() {
         let Some(cp) = last.get(&q.id) else { continue };
-        let as_offsets = |v: &serde_json::Value| -> Vec<u64> {
-            v.as_array()
-                .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
-                .unwrap_or_default()
-        };
+        // Sharing work and partition by partition: each partition it holds from its own
+        // checkpoint (perhaps another server's).
+        if let Some(owned) = &q.owned
+            && !q.units().1
+        {
+            let units = units.remove(&q.id).unwrap_or_default();
+            let mut offsets = q.pipeline.offsets().to_vec();
+            let mut scan_from: Vec<u64> = Vec::new();
+            for p in owned.keys() {
+                let unit = units
+                    .get(p)
+                    .cloned()
+                    .unwrap_or_else(|| UnitCheckpoint::of(cp, *p));
+                if let (Some(slot), Some(o)) = (offsets.get_mut(*p as usize), unit.offset) {
+                    *slot = o;
+                }
+                for [src, sink, max] in unit.ahead {
+                    let e = q
+                        .already_written
+                        .entry((src as u32, sink as u32))
+                        .or_insert(max);
+                    *e = (*e).max(max);
+                }
+                for (i, end) in unit.sink_ends.iter().enumerate() {
+                    match scan_from.get_mut(i) {
+                        Some(x) => *x = (*x).min(*end),
+                        None => scan_from.push(*end),
+                    }
+                }
+            }
+            q.pipeline.set_offsets(offsets);
+            find_written(log, q, &scan_from)?;
+            continue;
+        }
+        if q.owned.as_ref().is_some_and(BTreeMap::is_empty) {
+            continue;
+        }
         q.pipeline.set_offsets(as_offsets(&cp["offsets"]));
         if let Some(state) = states.remove(&q.id) {
             let unread = q.pipeline.restore(&state);
@@ -2325,30 +2637,66 @@ fn recover<'a>(
                 *max = (*max).max(o);
             }
         }
-        let sink_ends = as_offsets(&cp["sink_ends"]);
-        let prefix = format!("{}:", q.id);
-        for sink_partition in 0..q.sink_partitions {
-            let from = sink_ends.get(sink_partition as usize).copied().unwrap_or(0);
-            for r in log.read_to_end(&q.sink_topic, sink_partition, from)? {
-                let Some(src) = r.record.headers.iter().find(|h| h.name == SOURCE_HEADER) else {
-                    continue;
-                };
-                let Some(text) = src
-                    .value
-                    .as_deref()
-                    .and_then(|v| std::str::from_utf8(v).ok())
-                else {
-                    continue;
-                };
-                let Some(rest) = text.strip_prefix(&prefix) else {
-                    continue;
-                };
-                if let Some((p, o)) = rest.split_once(':')
-                    && let (Ok(p), Ok(o)) = (p.parse::<u32>(), o.parse::<u64>())
-                {
-                    let e = q.already_written.entry((p, sink_partition)).or_insert(o);
-                    *e = (*e).max(o);
-                }
+        find_written(log, q, &as_offsets(&cp["sink_ends"]))?;
+    }
+    Ok(())
+}
+
+fn as_offsets(v: &serde_json::Value) -> Vec<u64> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(|x| x.as_u64()).collect())
+        .unwrap_or_default()
+}
+
+/// What a checkpoint says of one partition of a query's source.
+#[derive(Debug, Clone)]
+struct UnitCheckpoint {
+    offset: Option<u64>,
+    sink_ends: Vec<u64>,
+    ahead: Vec<[u64; 3]>,
+}
+
+impl UnitCheckpoint {
+    fn of(cp: &serde_json::Value, partition: u32) -> Self {
+        Self {
+            offset: cp["offsets"][partition as usize].as_u64(),
+            sink_ends: as_offsets(&cp["sink_ends"]),
+            ahead: cp["ahead"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| Some([e[0].as_u64()?, e[1].as_u64()?, e[2].as_u64()?]))
+                .filter(|[p, _, _]| *p == partition as u64)
+                .collect(),
+        }
+    }
+}
+
+/// Finds the outputs query `q` wrote past `sink_ends` (per sink partition), by their
+/// source header, so that reading their records again writes nothing twice.
+fn find_written(log: &dyn Log, q: &mut PersistentQuery, sink_ends: &[u64]) -> Result<()> {
+    let prefix = format!("{}:", q.id);
+    for sink_partition in 0..q.sink_partitions {
+        let from = sink_ends.get(sink_partition as usize).copied().unwrap_or(0);
+        for r in log.read_to_end(&q.sink_topic, sink_partition, from)? {
+            let Some(src) = r.record.headers.iter().find(|h| h.name == SOURCE_HEADER) else {
+                continue;
+            };
+            let Some(text) = src
+                .value
+                .as_deref()
+                .and_then(|v| std::str::from_utf8(v).ok())
+            else {
+                continue;
+            };
+            let Some(rest) = text.strip_prefix(&prefix) else {
+                continue;
+            };
+            if let Some((p, o)) = rest.split_once(':')
+                && let (Ok(p), Ok(o)) = (p.parse::<u32>(), o.parse::<u64>())
+            {
+                let e = q.already_written.entry((p, sink_partition)).or_insert(o);
+                *e = (*e).max(o);
             }
         }
     }

@@ -230,13 +230,23 @@ fn work(pool: &Pool, index: usize) {
 /// One pass of worker `index`: a step of each query no other worker holds, then (when no
 /// other worker is at it) the push queries. Returns the records consumed.
 fn pass(pool: &Pool, index: usize) -> Result<u64> {
-    let work: Work = lock_engine(&pool.engine).work();
+    let work: Work = {
+        let mut engine = lock_engine(&pool.engine);
+        // Statements other servers sharing the service id accepted (a Kafka cluster).
+        if let Err(e) = engine.follow_commands(false) {
+            eprintln!("weir: reading other servers' statements failed, retrying: {e}");
+        }
+        engine.work()
+    };
     let n = work.queries.len();
     let mut consumed = 0;
     for k in 0..n {
         let (id, q) = &work.queries[(k + index * n / pool.size) % n];
         // Not while another worker steps it.
-        let Some(due) = try_lock(q).map(|g| g.reload_due()) else {
+        let Some(due) = try_lock(q).map(|mut g| {
+            work.rebalance(&mut g);
+            g.reload_due()
+        }) else {
             continue;
         };
         if due {

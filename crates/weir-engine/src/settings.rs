@@ -114,6 +114,11 @@ pub const SETTINGS: &[Setting] = &[
         "the cluster of servers this one belongs to: servers with another id on the same Kafka keep their own catalog and checkpoints (internal topics _weir_<id>_commands, _weir_<id>_offsets)",
     ),
     server(
+        crate::cluster::SESSION_TIMEOUT_SETTING,
+        "10000",
+        "servers sharing a service id on one Kafka take a server's work when it has sent no heartbeat for this long (ms)",
+    ),
+    server(
         crate::runtime::WORKERS_SETTING,
         "",
         "threads that run persistent and push queries (default: one per core)",

@@ -122,6 +122,26 @@ impl KafkaLog {
     }
 }
 
+/// The end of a partition as `consumer`'s last fetch from it reported (librdkafka keeps
+/// it; reading it costs no request); `None` before any fetch.
+fn cached_end(consumer: &BaseConsumer, topic: &str, partition: u32) -> Option<u64> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer lives as long as `consumer`, which this borrows; the call
+    // only copies librdkafka's cached watermarks into the two integers.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition as i32,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some(high as u64)
+}
+
 /// A topic as the cluster's metadata describes it; `None` for one that does not exist.
 fn topic_info(t: &rdkafka::metadata::MetadataTopic) -> Option<TopicInfo> {
     if t.error().is_some() || t.partitions().is_empty() {
@@ -313,12 +333,22 @@ impl Log for KafkaLog {
         from: u64,
         max: usize,
     ) -> Result<Vec<StoredRecord>> {
-        let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
         let key = (topic.to_string(), partition);
-        let reader = match readers.remove(&key) {
+        // Taken out while it reads, so reads of other partitions go on meanwhile.
+        let cached = self
+            .readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        let reader = match cached {
             Some(r) if r.next == from => r,
             _ => self.reader(topic, partition, from)?,
         };
+        // A reader fetches only while it is read (paused in between): idle readers would
+        // otherwise ask the broker for more all the time.
+        let mut assigned = TopicPartitionList::new();
+        assigned.add_partition(topic, partition as i32);
+        reader.consumer.resume(&assigned).map_err(backend)?;
         // An empty read must mean "nothing there", not "not fetched yet" (a new consumer
         // first connects; a fetch may take longer than FETCH_WAIT): when the partition's end
         // says records are waiting at `from`, keep polling for them, up to REQUEST_TIMEOUT.
@@ -350,7 +380,13 @@ impl Log for KafkaLog {
                     }
                     if !checked_end {
                         checked_end = true;
-                        if self.offsets(topic, partition)?.1 > from {
+                        // The end as the reader's last fetch saw it (no round trip to the
+                        // broker); asked of the broker only before its first fetch.
+                        let end = match cached_end(&reader.consumer, topic, partition) {
+                            Some(high) => high,
+                            None => self.offsets(topic, partition)?.1,
+                        };
+                        if end > from {
                             first_wait = REQUEST_TIMEOUT;
                             continue;
                         }
@@ -369,13 +405,39 @@ impl Log for KafkaLog {
             }
         }
         let next = out.last().map(|r| r.offset + 1).unwrap_or(from);
-        readers.insert(
-            key,
-            Reader {
-                consumer: reader.consumer,
-                next,
-            },
-        );
+        reader.consumer.pause(&assigned).map_err(backend)?;
+        self.readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                key,
+                Reader {
+                    consumer: reader.consumer,
+                    next,
+                },
+            );
+        Ok(out)
+    }
+
+    /// To the end the broker reports when called: an empty read is retried while records
+    /// are known to be waiting (a read may answer from an older fetch).
+    fn read_to_end(&self, topic: &str, partition: u32, mut from: u64) -> Result<Vec<StoredRecord>> {
+        let end = self.offsets(topic, partition)?.1;
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        let mut out = Vec::new();
+        while from < end {
+            let batch = self.read(topic, partition, from, 4096)?;
+            match batch.last() {
+                Some(last) => from = last.offset + 1,
+                None if Instant::now() >= deadline => {
+                    return Err(backend(format!(
+                        "{topic}-{partition}: records up to {end} are not readable after {from}"
+                    )));
+                }
+                None => continue,
+            }
+            out.extend(batch);
+        }
         Ok(out)
     }
 
@@ -411,7 +473,11 @@ impl Log for KafkaLog {
         }
     }
 
-    fn commit_group_offsets(&self, group: &str, topic: &str, offsets: &[u64]) -> Result<()> {
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn commit_group_offsets(&self, group: &str, topic: &str, offsets: &[(u32, u64)]) -> Result<()> {
         let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
         if !groups.contains_key(group) {
             let consumer: BaseConsumer = ClientConfig::new()
@@ -425,8 +491,8 @@ impl Log for KafkaLog {
         }
         let consumer = &groups[group];
         let mut tpl = TopicPartitionList::new();
-        for (p, next) in offsets.iter().enumerate() {
-            tpl.add_partition_offset(topic, p as i32, Offset::Offset(*next as i64))
+        for (p, next) in offsets {
+            tpl.add_partition_offset(topic, *p as i32, Offset::Offset(*next as i64))
                 .map_err(backend)?;
         }
         // Not waited for: the commit is advisory, and a checkpoint should not wait on it.

@@ -88,11 +88,23 @@ pub trait Log: Send + Sync {
     fn flush(&self) -> Result<()>;
 
     /// Records, as consumer group `group`'s committed offsets, that a reader of `topic` is
-    /// at `offsets` (per partition: the next offset to read), so that the tools that
+    /// at `offsets` (partition, the next offset to read), so that the tools that
     /// report a group's lag see it. Advisory: the engine keeps its own offsets in its
     /// checkpoints. Nothing for a log without consumer groups (the embedded log).
-    fn commit_group_offsets(&self, _group: &str, _topic: &str, _offsets: &[u64]) -> Result<()> {
+    fn commit_group_offsets(
+        &self,
+        _group: &str,
+        _topic: &str,
+        _offsets: &[(u32, u64)],
+    ) -> Result<()> {
         Ok(())
+    }
+
+    /// Whether several servers can use this log at once (Kafka: a cluster several Weir
+    /// servers connect to), so that servers sharing a service id divide their work
+    /// (weir-engine's `cluster`). The embedded log belongs to one process.
+    fn shared(&self) -> bool {
+        false
     }
 
     /// Every record of a partition from `from` to its current end, read in batches.

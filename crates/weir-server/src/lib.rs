@@ -92,6 +92,9 @@ pub struct ServerConfig {
     /// `ksql.service.id`: the cluster of servers this one belongs to; names its internal
     /// topics (see `weir_engine::internal_topics`).
     pub service_id: String,
+    /// `weir.cluster.session.timeout.ms`: how long servers sharing the service id on one
+    /// Kafka wait for a silent one's heartbeat before taking its work.
+    pub session_timeout: std::time::Duration,
 }
 
 impl Default for ServerConfig {
@@ -110,6 +113,7 @@ impl Default for ServerConfig {
             mqtt_max_connections: weir_mqtt::DEFAULT_MAX_CONNECTIONS,
             workers: weir_engine::runtime::default_workers(),
             service_id: weir_engine::DEFAULT_SERVICE_ID.into(),
+            session_timeout: weir_engine::cluster::DEFAULT_SESSION_TIMEOUT,
         }
     }
 }
@@ -149,6 +153,12 @@ impl ServerConfig {
                 "ksql.service.id" => {
                     weir_engine::check_service_id(value).map_err(bad)?;
                     self.service_id = value.to_string();
+                }
+                weir_engine::cluster::SESSION_TIMEOUT_SETTING => {
+                    self.session_timeout = match value.parse::<u64>() {
+                        Ok(ms) if ms >= 500 => std::time::Duration::from_millis(ms),
+                        _ => return Err(bad("milliseconds, at least 500".into())),
+                    }
                 }
                 weir_engine::runtime::WORKERS_SETTING => {
                     self.workers = match value.parse::<usize>() {
@@ -252,8 +262,9 @@ impl Server {
             Some(at) => Some(start_mqtt(&config, at, log.clone(), users.clone())?),
             None => None,
         };
-        let mut engine = Engine::open_service(log, functions, &config.service_id)
-            .map_err(|e| format!("recovering the command log: {e}"))?;
+        let mut engine =
+            Engine::open_member(log, functions, &config.service_id, config.session_timeout)
+                .map_err(|e| format!("recovering the command log: {e}"))?;
         for (k, v) in &config.properties {
             engine.set_property(k, v);
         }
