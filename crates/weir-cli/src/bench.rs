@@ -1149,3 +1149,148 @@ pub fn workers(
     }
     Ok(())
 }
+
+/// Servers sharing work on one Kafka cluster: for each count in `servers`, that many
+/// `weir run` processes of one service id (fresh topics and id per run) run W1's
+/// projection (no filter: one output per event) over `events` events in a 4-partition
+/// topic, loaded beforehand; the rate is events over the time from the statement to the
+/// last output in the sink. The broker's read ceiling (4 readers at once) is printed first.
+pub fn cluster(bootstrap: &str, events: u64, servers: &[usize]) -> Result<(), String> {
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+    let err = |e: weir_log::LogError| e.to_string();
+    let log: Arc<dyn Log> =
+        Arc::new(weir_kafka::KafkaLog::connect(bootstrap).map_err(|e| e.to_string())?);
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let tag = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    println!(
+        "cluster: W1's projection over {events} events in 4 partitions on Kafka at {bootstrap}, by 1 or more `weir run` servers sharing a service id ({} cores here)",
+        weir_engine::runtime::default_workers()
+    );
+    let load = |topic: &str| -> Result<(), String> {
+        log.create_topic(
+            topic,
+            TopicConfig {
+                partitions: 4,
+                ..Default::default()
+            },
+        )
+        .map_err(err)?;
+        let mut batches: Vec<Vec<Record>> = vec![Vec::new(); 4];
+        for i in 0..events {
+            let (k, v) = event(i);
+            let p = weir_log::partition_for_key(&k, 4) as usize;
+            batches[p].push(Record {
+                key: Some(k),
+                value: Some(v),
+                timestamp: 1_700_000_000_000 + i as i64,
+                headers: vec![],
+            });
+            if batches[p].len() == 1000 {
+                log.append(topic, p as u32, &batches[p]).map_err(err)?;
+                batches[p].clear();
+            }
+        }
+        for (p, batch) in batches.iter().enumerate() {
+            if !batch.is_empty() {
+                log.append(topic, p as u32, batch).map_err(err)?;
+            }
+        }
+        Ok(())
+    };
+    let sink_total = |topic: &str| -> u64 {
+        (0..4)
+            .filter_map(|p| log.offsets(topic, p).ok())
+            .map(|(_, end)| end)
+            .sum()
+    };
+
+    // The broker's ceiling: the four partitions read at once, nothing else.
+    let first = format!("bench_{tag}_ceiling");
+    load(&first)?;
+    let started = Instant::now();
+    let read: u64 = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4u32)
+            .map(|p| {
+                let (log, first) = (&log, &first);
+                s.spawn(move || {
+                    let end = log.offsets(first, p).map(|o| o.1).unwrap_or(0);
+                    log.read_to_end(first, p, 0)
+                        .map_or(0, |r| r.len() as u64)
+                        .min(end)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+    });
+    println!(
+        "  broker read ceiling (4 readers)  {}",
+        rate(read, started.elapsed().as_secs_f64())
+    );
+
+    let mut one = None;
+    for &count in servers {
+        let run = format!("bench_{tag}_{count}");
+        let (source, sink) = (format!("{run}_src"), format!("{run}_out"));
+        load(&source)?;
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let queries = dir.path().join("q.sql");
+        std::fs::write(
+            &queries,
+            format!(
+                "SET 'auto.offset.reset' = 'earliest';\n\
+                 CREATE STREAM SENSORS (CAR_ID STRING KEY, TS BIGINT, SPEED DOUBLE, RPM INT, ENGINE_TEMP DOUBLE, LAT DOUBLE, LON DOUBLE) WITH (KAFKA_TOPIC='{source}', VALUE_FORMAT='JSON');\n\
+                 CREATE STREAM OUT WITH (KAFKA_TOPIC='{sink}', PARTITIONS=4) AS SELECT CAR_ID, SPEED * 1.609 AS KMH, ENGINE_TEMP FROM SENSORS;\n"
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let spawn = |with_queries: bool| {
+            let mut cmd = Command::new(&exe);
+            cmd.args(["run", "--kafka-bootstrap", bootstrap, "--service-id", &run])
+                .args(["--session-timeout-ms", "3000", "--progress-every", "60000"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            if with_queries {
+                cmd.arg("--queries-file").arg(&queries);
+            }
+            cmd.spawn().map_err(|e| e.to_string())
+        };
+        // The others first, so that the query is divided as it starts.
+        let mut procs = Vec::new();
+        for _ in 1..count {
+            procs.push(spawn(false)?);
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        let started = Instant::now();
+        procs.push(spawn(true)?);
+        let deadline = started + Duration::from_secs(600);
+        while sink_total(&sink) < events && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let secs = started.elapsed().as_secs_f64();
+        for mut p in procs {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        let done = sink_total(&sink);
+        let speedup = match one {
+            None => {
+                one = Some(secs);
+                String::new()
+            }
+            Some(base) => format!("  ({:.2}x the first)", base / secs),
+        };
+        println!(
+            "  {count} server(s)                      {}{speedup}{}",
+            rate(done.min(events), secs),
+            if done < events {
+                format!("  INCOMPLETE: {done} of {events}")
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
+}

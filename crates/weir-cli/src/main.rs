@@ -319,6 +319,19 @@ enum Workload {
         #[arg(long, default_value = "w1")]
         query: String,
     },
+    /// Servers sharing a service id on one Kafka cluster (e.g. tansu): W1's projection
+    /// over a 4-partition topic run by 1, 2, ... `weir run` processes, records/s each, with
+    /// the broker's own read ceiling.
+    Cluster {
+        /// The cluster (HOST:PORT); each run uses topics of its own.
+        #[arg(long)]
+        kafka_bootstrap: String,
+        #[arg(long, default_value_t = 200_000)]
+        events: u64,
+        /// Server counts to run, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        servers: Vec<usize>,
+    },
     /// Latency from an append to a push query's client on an idle engine.
     Push {
         #[arg(long, default_value_t = 200)]
@@ -637,6 +650,20 @@ fn main() -> ExitCode {
                     query,
                 },
         } => match bench::workers(events, queries, partitions, &workers, &query) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("weir bench: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Bench {
+            workload:
+                Workload::Cluster {
+                    kafka_bootstrap,
+                    events,
+                    servers,
+                },
+        } => match bench::cluster(&kafka_bootstrap, events, &servers) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("weir bench: {e}");

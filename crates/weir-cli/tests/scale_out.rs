@@ -2,7 +2,8 @@
 //! `cluster`): on the tansu broker, `weir run` A starts a query over a 4-partition topic,
 //! B joins and takes a share, A is killed with -9 mid-stream and B takes its partitions,
 //! then C joins and takes a share. Every input record's output must be in the sink (none
-//! lost); duplicates are counted and printed.
+//! lost); duplicates are counted and printed. A COUNT(*) GROUP BY over the same events runs
+//! whole on one server at a time, its state moving with it: every count must be exact.
 
 mod common;
 
@@ -140,7 +141,8 @@ fn servers_share_a_query_and_take_over_a_killed_ones_partitions() {
         &queries,
         "SET 'auto.offset.reset' = 'earliest';\n\
          CREATE STREAM EVENTS (ID BIGINT, V INT) WITH (KAFKA_TOPIC='events', VALUE_FORMAT='JSON');\n\
-         CREATE STREAM OUT WITH (KAFKA_TOPIC='OUT', PARTITIONS=4) AS SELECT ID, V * 2 AS V2 FROM EVENTS;\n",
+         CREATE STREAM OUT WITH (KAFKA_TOPIC='OUT', PARTITIONS=4) AS SELECT ID, V * 2 AS V2 FROM EVENTS;\n\
+         CREATE TABLE PER_V WITH (KAFKA_TOPIC='PER_V', PARTITIONS=4) AS SELECT V, COUNT(*) AS N FROM EVENTS GROUP BY V;\n",
     )
     .unwrap();
     let (a_out, b_out, c_out) = (
@@ -222,6 +224,44 @@ fn servers_share_a_query_and_take_over_a_killed_ones_partitions() {
         output_of(&b_out),
         output_of(&c_out)
     );
+    // The aggregation ran whole on one server at a time (moved with its state when its
+    // server was killed or handed it over): every count is exact, none counted twice.
+    let mut counts: HashMap<Vec<u8>, u64> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        counts.clear();
+        for p in 0..4 {
+            for r in log.read_to_end("PER_V", p, 0).unwrap_or_default() {
+                let v: serde_json::Value =
+                    serde_json::from_slice(r.record.value.as_deref().unwrap_or_default()).unwrap();
+                counts.insert(r.record.key.unwrap_or_default(), v["N"].as_u64().unwrap());
+            }
+        }
+        if counts.len() == 1000 && counts.values().all(|n| *n >= TOTAL / 1000) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let wrong: Vec<u64> = counts
+        .values()
+        .copied()
+        .filter(|n| *n != TOTAL / 1000)
+        .collect();
+    println!(
+        "scale-out: COUNT(*) GROUP BY V over the same events: {} keys, {} with a wrong count",
+        counts.len(),
+        wrong.len()
+    );
+    // It moved at least once: A took it first, alone, and kept it until killed or gave it
+    // to B when B joined.
+    let moves: usize = [&a_out, &b_out, &c_out]
+        .iter()
+        .map(|f| output_of(f).matches("took the whole query").count())
+        .sum();
+    println!("scale-out: the aggregation was taken {moves} times");
+    assert!(moves >= 2, "the aggregation never moved");
+    assert_eq!(counts.len(), 1000);
+    assert!(wrong.is_empty(), "wrong counts: {wrong:?}");
     // The last server to join holds part of the work: it consumed records.
     assert!(
         output_of(&c_out).contains("consumed "),

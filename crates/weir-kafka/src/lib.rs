@@ -100,6 +100,102 @@ impl KafkaLog {
         })
     }
 
+    /// Up to `max` records from `from`; `waiting`: records are known to be there (the
+    /// partition's end is past `from`), so it waits for them up to the request timeout.
+    fn read_from(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        max: usize,
+        waiting: bool,
+    ) -> Result<Vec<StoredRecord>> {
+        let key = (topic.to_string(), partition);
+        // Taken out while it reads, so reads of other partitions go on meanwhile.
+        let cached = self
+            .readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        let reader = match cached {
+            Some(r) if r.next == from => r,
+            _ => self.reader(topic, partition, from)?,
+        };
+        // A reader fetches only while it is read (paused in between): idle readers would
+        // otherwise ask the broker for more all the time.
+        let mut assigned = TopicPartitionList::new();
+        assigned.add_partition(topic, partition as i32);
+        reader.consumer.resume(&assigned).map_err(backend)?;
+        // An empty read must mean "nothing there", not "not fetched yet" (a new consumer
+        // first connects; a fetch may take longer than FETCH_WAIT): when the partition's end
+        // says records are waiting at `from`, keep polling for them, up to REQUEST_TIMEOUT.
+        let mut first_wait = if waiting { REQUEST_TIMEOUT } else { FETCH_WAIT };
+        let mut checked_end = waiting;
+        let mut out = Vec::new();
+        let start = Instant::now();
+        loop {
+            if out.len() >= max {
+                break;
+            }
+            let wait = if out.is_empty() {
+                first_wait.saturating_sub(start.elapsed())
+            } else {
+                Duration::ZERO
+            };
+            match reader.consumer.poll(wait) {
+                Some(Ok(m)) => {
+                    if (m.offset() as u64) < from {
+                        continue;
+                    }
+                    out.push(to_stored(partition, &m));
+                }
+                // The end of the partition: what there is, is read.
+                Some(Err(KafkaError::PartitionEOF(_))) if !out.is_empty() => break,
+                Some(Err(KafkaError::PartitionEOF(_))) | None => {
+                    if !out.is_empty() {
+                        break;
+                    }
+                    if !checked_end {
+                        checked_end = true;
+                        // The end as the reader's last fetch saw it (no round trip to the
+                        // broker); asked of the broker only before its first fetch.
+                        let end = match cached_end(&reader.consumer, topic, partition) {
+                            Some(high) => high,
+                            None => self.offsets(topic, partition)?.1,
+                        };
+                        if end > from {
+                            first_wait = REQUEST_TIMEOUT;
+                            continue;
+                        }
+                        break;
+                    }
+                    // Records are waiting: an end-of-partition event is stale; time is up
+                    // only when the wait is.
+                    if start.elapsed() >= first_wait {
+                        break;
+                    }
+                }
+                Some(Err(e)) => {
+                    // Dropping the reader makes the next read start afresh at `from`.
+                    return Err(backend(e));
+                }
+            }
+        }
+        let next = out.last().map(|r| r.offset + 1).unwrap_or(from);
+        reader.consumer.pause(&assigned).map_err(backend)?;
+        self.readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                key,
+                Reader {
+                    consumer: reader.consumer,
+                    next,
+                },
+            );
+        Ok(out)
+    }
+
     fn reader(&self, topic: &str, partition: u32, from: u64) -> Result<Reader> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap)
@@ -333,90 +429,7 @@ impl Log for KafkaLog {
         from: u64,
         max: usize,
     ) -> Result<Vec<StoredRecord>> {
-        let key = (topic.to_string(), partition);
-        // Taken out while it reads, so reads of other partitions go on meanwhile.
-        let cached = self
-            .readers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
-        let reader = match cached {
-            Some(r) if r.next == from => r,
-            _ => self.reader(topic, partition, from)?,
-        };
-        // A reader fetches only while it is read (paused in between): idle readers would
-        // otherwise ask the broker for more all the time.
-        let mut assigned = TopicPartitionList::new();
-        assigned.add_partition(topic, partition as i32);
-        reader.consumer.resume(&assigned).map_err(backend)?;
-        // An empty read must mean "nothing there", not "not fetched yet" (a new consumer
-        // first connects; a fetch may take longer than FETCH_WAIT): when the partition's end
-        // says records are waiting at `from`, keep polling for them, up to REQUEST_TIMEOUT.
-        let mut first_wait = FETCH_WAIT;
-        let mut checked_end = false;
-        let mut out = Vec::new();
-        let start = Instant::now();
-        loop {
-            if out.len() >= max {
-                break;
-            }
-            let wait = if out.is_empty() {
-                first_wait.saturating_sub(start.elapsed())
-            } else {
-                Duration::ZERO
-            };
-            match reader.consumer.poll(wait) {
-                Some(Ok(m)) => {
-                    if (m.offset() as u64) < from {
-                        continue;
-                    }
-                    out.push(to_stored(partition, &m));
-                }
-                // The end of the partition: what there is, is read.
-                Some(Err(KafkaError::PartitionEOF(_))) if !out.is_empty() => break,
-                Some(Err(KafkaError::PartitionEOF(_))) | None => {
-                    if !out.is_empty() {
-                        break;
-                    }
-                    if !checked_end {
-                        checked_end = true;
-                        // The end as the reader's last fetch saw it (no round trip to the
-                        // broker); asked of the broker only before its first fetch.
-                        let end = match cached_end(&reader.consumer, topic, partition) {
-                            Some(high) => high,
-                            None => self.offsets(topic, partition)?.1,
-                        };
-                        if end > from {
-                            first_wait = REQUEST_TIMEOUT;
-                            continue;
-                        }
-                        break;
-                    }
-                    // Records are waiting: an end-of-partition event is stale; time is up
-                    // only when the wait is.
-                    if start.elapsed() >= first_wait {
-                        break;
-                    }
-                }
-                Some(Err(e)) => {
-                    // Dropping the reader makes the next read start afresh at `from`.
-                    return Err(backend(e));
-                }
-            }
-        }
-        let next = out.last().map(|r| r.offset + 1).unwrap_or(from);
-        reader.consumer.pause(&assigned).map_err(backend)?;
-        self.readers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                key,
-                Reader {
-                    consumer: reader.consumer,
-                    next,
-                },
-            );
-        Ok(out)
+        self.read_from(topic, partition, from, max, false)
     }
 
     /// To the end the broker reports when called: an empty read is retried while records
@@ -426,7 +439,7 @@ impl Log for KafkaLog {
         let deadline = Instant::now() + REQUEST_TIMEOUT;
         let mut out = Vec::new();
         while from < end {
-            let batch = self.read(topic, partition, from, 4096)?;
+            let batch = self.read_from(topic, partition, from, 4096, true)?;
             match batch.last() {
                 Some(last) => from = last.offset + 1,
                 None if Instant::now() >= deadline => {
