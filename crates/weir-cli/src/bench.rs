@@ -1202,8 +1202,13 @@ pub fn cluster(bootstrap: &str, events: u64, servers: &[usize]) -> Result<(), St
     };
     let sink_total = |topic: &str| -> u64 {
         (0..4)
-            .filter_map(|p| log.offsets(topic, p).ok())
-            .map(|(_, end)| end)
+            .map(|p| match log.offsets(topic, p) {
+                Ok((_, end)) => end,
+                Err(e) => {
+                    eprintln!("weir bench: {topic}-{p}: {e}");
+                    0
+                }
+            })
             .sum()
     };
 
@@ -1231,8 +1236,8 @@ pub fn cluster(bootstrap: &str, events: u64, servers: &[usize]) -> Result<(), St
     );
 
     let mut one = None;
-    for &count in servers {
-        let run = format!("bench_{tag}_{count}");
+    for (i, &count) in servers.iter().enumerate() {
+        let run = format!("bench_{tag}_{i}_{count}");
         let (source, sink) = (format!("{run}_src"), format!("{run}_out"));
         load(&source)?;
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -1249,7 +1254,7 @@ pub fn cluster(bootstrap: &str, events: u64, servers: &[usize]) -> Result<(), St
         let spawn = |with_queries: bool| {
             let mut cmd = Command::new(&exe);
             cmd.args(["run", "--kafka-bootstrap", bootstrap, "--service-id", &run])
-                .args(["--session-timeout-ms", "3000", "--progress-every", "60000"])
+                .args(["--progress-every", "60000"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
             if with_queries {
@@ -1262,12 +1267,14 @@ pub fn cluster(bootstrap: &str, events: u64, servers: &[usize]) -> Result<(), St
         for _ in 1..count {
             procs.push(spawn(false)?);
         }
-        std::thread::sleep(Duration::from_secs(2));
+        // Their first heartbeats stored (every 2 s with the default 10 s session).
+        std::thread::sleep(Duration::from_secs(3));
         let started = Instant::now();
         procs.push(spawn(true)?);
         let deadline = started + Duration::from_secs(600);
+        // Polled gently: each look asks the broker for four partitions' ends.
         while sink_total(&sink) < events && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(250));
         }
         let secs = started.elapsed().as_secs_f64();
         for mut p in procs {

@@ -121,11 +121,6 @@ impl KafkaLog {
             Some(r) if r.next == from => r,
             _ => self.reader(topic, partition, from)?,
         };
-        // A reader fetches only while it is read (paused in between): idle readers would
-        // otherwise ask the broker for more all the time.
-        let mut assigned = TopicPartitionList::new();
-        assigned.add_partition(topic, partition as i32);
-        reader.consumer.resume(&assigned).map_err(backend)?;
         // An empty read must mean "nothing there", not "not fetched yet" (a new consumer
         // first connects; a fetch may take longer than FETCH_WAIT): when the partition's end
         // says records are waiting at `from`, keep polling for them, up to REQUEST_TIMEOUT.
@@ -182,7 +177,6 @@ impl KafkaLog {
             }
         }
         let next = out.last().map(|r| r.offset + 1).unwrap_or(from);
-        reader.consumer.pause(&assigned).map_err(backend)?;
         self.readers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -455,15 +449,29 @@ impl Log for KafkaLog {
     }
 
     fn offsets(&self, topic: &str, partition: u32) -> Result<(u64, u64)> {
-        let (low, high) = self
+        let mut asked = self
             .meta
-            .fetch_watermarks(topic, partition as i32, REQUEST_TIMEOUT)
-            .map_err(|e| match e {
-                KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition) => {
-                    LogError::UnknownTopic(topic.to_string())
-                }
-                e => backend(e),
-            })?;
+            .fetch_watermarks(topic, partition as i32, REQUEST_TIMEOUT);
+        // librdkafka remembers a topic it was told does not exist; one another client
+        // (another server) created since is looked up afresh before the answer stands.
+        if let Err(KafkaError::MetadataFetch(
+            RDKafkaErrorCode::UnknownPartition | RDKafkaErrorCode::UnknownTopicOrPartition,
+        )) = asked
+            && self
+                .meta
+                .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+                .is_ok()
+        {
+            asked = self
+                .meta
+                .fetch_watermarks(topic, partition as i32, REQUEST_TIMEOUT);
+        }
+        let (low, high) = asked.map_err(|e| match e {
+            KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition) => {
+                LogError::UnknownTopic(topic.to_string())
+            }
+            e => backend(e),
+        })?;
         Ok((low.max(0) as u64, high.max(0) as u64))
     }
 
