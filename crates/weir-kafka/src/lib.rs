@@ -198,7 +198,10 @@ impl KafkaLog {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "10")
+            // The broker answers a fetch as soon as records come; the wait bounds how often
+            // an idle reader asks again (at 10 ms, eight idle readers kept tansu 68% busy;
+            // at 500 ms, 2.5%), not how late it sees a record (1 ms either way).
+            .set("fetch.wait.max.ms", "500")
             .create()
             .map_err(backend)?;
         let mut tpl = TopicPartitionList::new();
