@@ -187,11 +187,6 @@ impl Cluster {
         }))
     }
 
-    /// This member's name.
-    pub fn member(&self) -> &str {
-        &self.inner.member
-    }
-
     /// The command topic's end, as last seen.
     pub(crate) fn commands_end(&self) -> u64 {
         self.inner.commands_end.load(Ordering::SeqCst)
@@ -265,16 +260,7 @@ impl Cluster {
                 })
                 .collect()
         };
-        let records: Vec<Record> = wanted
-            .iter()
-            .map(|(u, e)| {
-                inner.record(serde_json::json!({
-                    "member": inner.member, "claim": query, "unit": u, "epoch": e
-                }))
-            })
-            .collect();
-        inner.log.append(&inner.topic, 0, &records)?;
-        inner.sync()?;
+        inner.mark("claim", query, wanted.iter().copied())?;
         Ok(wanted
             .into_iter()
             .filter(|(u, e)| self.holds(query, *u, *e))
@@ -287,17 +273,8 @@ impl Cluster {
         if units.is_empty() {
             return Ok(());
         }
-        let inner = &self.inner;
-        let records: Vec<Record> = units
-            .iter()
-            .map(|(u, e)| {
-                inner.record(serde_json::json!({
-                    "member": inner.member, "release": query, "unit": u, "epoch": e
-                }))
-            })
-            .collect();
-        inner.log.append(&inner.topic, 0, &records)?;
-        inner.sync()
+        self.inner
+            .mark("release", query, units.iter().map(|(u, e)| (*u, *e)))
     }
 
     /// Stops the heartbeats and says this member leaves, so others take its work at once.
@@ -323,6 +300,25 @@ impl Drop for Cluster {
 impl Inner {
     fn record(&self, v: serde_json::Value) -> Record {
         Record::new(None, Some(v.to_string().as_bytes()), now_ms())
+    }
+
+    /// Appends a `claim` or `release` of `query`'s units (each with its epoch), then reads
+    /// the topic to its end, so what won is known.
+    fn mark(
+        &self,
+        kind: &str,
+        query: &str,
+        units: impl Iterator<Item = (Unit, u64)>,
+    ) -> Result<()> {
+        let records: Vec<Record> = units
+            .map(|(u, e)| {
+                self.record(serde_json::json!({
+                    "member": self.member, kind: query, "unit": u, "epoch": e
+                }))
+            })
+            .collect();
+        self.log.append(&self.topic, 0, &records)?;
+        self.sync()
     }
 
     /// A heartbeat, then everything appended since the last read; and the command
