@@ -60,6 +60,7 @@ fn weir_run_calls_plugin_functions_from_its_plugin_folder() {
         .map(|r| String::from_utf8(r.record.value.unwrap()).unwrap())
         .collect();
     assert_eq!(values, [r#"{"P":42}"#, r#"{"P":15}"#]);
+    drop(log);
 
     // Without the plugin folder the query cannot be resumed: a clear error, not a crash.
     let out = Command::new(weir)
@@ -213,4 +214,55 @@ fn weir_run_keeps_each_service_ids_queries_apart() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Two processes on one data directory: the second exits at once, naming the first's pid,
+/// and the first carries on.
+#[test]
+fn a_second_process_on_a_data_directory_in_use_exits_naming_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let weir = env!("CARGO_BIN_EXE_weir");
+    let data = dir.path().join("data");
+    let mut first = Command::new(weir)
+        .args(["run", "--data-dir"])
+        .arg(&data)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = first.id().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::read_to_string(data.join("LOCK")).map_or(true, |t| t.trim() != pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first never opened its data"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for args in [
+        &["run", "--exit-when-idle"][..],
+        &["server", "--listen", "127.0.0.1:0"],
+    ] {
+        let out = Command::new(weir)
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("in use by another Weir process (pid {pid})")),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "the first process ended"
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // The lock goes with the process, however it ends.
+    let log = weir_log::EmbeddedLog::open(&data, Default::default());
+    assert!(log.is_ok());
 }

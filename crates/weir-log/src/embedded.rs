@@ -61,6 +61,9 @@ const BATCH_HEADER: usize = 12;
 
 pub struct EmbeddedLog {
     root: PathBuf,
+    /// Locked while the log is open, so no other process opens the same directory
+    /// (released by the system when this process ends, however it ends).
+    _lock: File,
     config: EmbeddedLogConfig,
     /// Shared with the background flusher (which holds it weakly: it stops once the log
     /// is dropped).
@@ -87,6 +90,9 @@ struct Partition {
     /// Appends so far: the flusher marks the partition synced only if none came while
     /// it synced.
     appends: u64,
+    /// Why the partition takes no more appends (a failed fsync, or a failed write that
+    /// could not be cut back): see [`LogError::Failed`].
+    failed: Option<String>,
 }
 
 /// The largest frame buffer kept between appends.
@@ -122,12 +128,44 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Takes the data directory's lock file (`<root>/LOCK`, holding the owner's pid): a
+/// second process opening the directory gets [`LogError::Locked`] naming the holder.
+fn lock_directory(root: &Path) -> Result<File> {
+    let path = root.join("LOCK");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .at(&path)?;
+    match file.try_lock() {
+        Ok(()) => {
+            file.set_len(0).at(&path)?;
+            file.write_all(format!("{}\n", std::process::id()).as_bytes())
+                .at(&path)?;
+            Ok(file)
+        }
+        Err(fs::TryLockError::WouldBlock) => {
+            let holder = fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| t.trim().parse().ok());
+            Err(LogError::Locked {
+                path: root.to_path_buf(),
+                holder,
+            })
+        }
+        Err(fs::TryLockError::Error(e)) => Err(e).at(&path),
+    }
+}
+
 impl EmbeddedLog {
     /// Opens (or creates) a log under `root`, recovering every topic found there.
     pub fn open(root: impl AsRef<Path>, config: EmbeddedLogConfig) -> Result<Self> {
         let root = root.as_ref().to_path_buf();
         let topics_dir = root.join("topics");
         fs::create_dir_all(&topics_dir).at(&topics_dir)?;
+        let lock = lock_directory(&root)?;
         let mut topics = BTreeMap::new();
         for entry in fs::read_dir(&topics_dir).at(&topics_dir)? {
             let dir = entry.at(&topics_dir)?.path();
@@ -165,6 +203,7 @@ impl EmbeddedLog {
         }
         Ok(Self {
             root,
+            _lock: lock,
             config,
             topics,
         })
@@ -271,6 +310,7 @@ impl Partition {
             next_offset,
             last_sync: Instant::now(),
             appends: 0,
+            failed: None,
             unsynced: false,
         };
         if p.segments.is_empty() {
@@ -327,6 +367,7 @@ impl Partition {
         config: &EmbeddedLogConfig,
         topic: &TopicConfig,
     ) -> Result<u64> {
+        self.check_failed()?;
         let base = self.next_offset;
         if records.is_empty() {
             return Ok(base);
@@ -370,7 +411,25 @@ impl Partition {
                 .at(&seg.path)?;
             crate::failpoint::fire("torn_append");
         }
-        seg.file.write_all(&frame).at(&seg.path)?;
+        let written = if crate::failpoint::reached_once("write_error") {
+            // A failing disk (ENOSPC, EIO): part of the frame reaches the file.
+            seg.file
+                .write_all(&frame[..frame.len() / 2])
+                .and_then(|()| Err(std::io::Error::other("injected write error")))
+        } else {
+            seg.file.write_all(&frame)
+        };
+        if let Err(e) = written {
+            // What reached the file of this frame is cut off: the next append's frame
+            // follows the last whole one (else recovery would stop at the garbage and
+            // drop the acknowledged appends after it). A cut that fails leaves the
+            // partition read-only.
+            let path = seg.path.clone();
+            if let Err(cut) = seg.file.set_len(seg.size) {
+                self.failed = Some(format!("{e}; cutting the partial write off failed: {cut}"));
+            }
+            return Err(e).at(&path);
+        }
         let pos = seg.size;
         if seg
             .last_indexed_pos
@@ -404,13 +463,45 @@ impl Partition {
     }
 
     fn sync(&mut self) -> Result<()> {
+        self.check_failed()?;
         if self.unsynced {
             let seg = self.active();
-            seg.file.sync_data().at(&seg.path)?;
+            let synced = sync_data(&seg.file);
+            if let Err(e) = synced {
+                let path = seg.path.clone();
+                return Err(self.fail(&path, e));
+            }
             self.unsynced = false;
         }
         self.last_sync = Instant::now();
         Ok(())
+    }
+
+    /// The error for a partition that takes no more appends.
+    fn check_failed(&self) -> Result<()> {
+        match &self.failed {
+            Some(reason) => Err(LogError::Failed {
+                path: self.dir.clone(),
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// A failed fsync: the kernel may have dropped the pages it could not write and
+    /// marked them clean, so a retry could "succeed" over lost data. The partition
+    /// takes no more appends; a restart recovers what the disk holds.
+    fn fail(&mut self, path: &Path, e: std::io::Error) -> LogError {
+        let reason = format!("fsync of {} failed: {e}", path.display());
+        eprintln!(
+            "weir: {}: read-only from now on: {reason}",
+            self.dir.display()
+        );
+        self.failed = Some(reason.clone());
+        LogError::Failed {
+            path: self.dir.clone(),
+            reason,
+        }
     }
 
     fn enforce_retention(&mut self, topic: &TopicConfig) -> Result<()> {
@@ -531,9 +622,15 @@ impl Segment {
                     next = batch_base + count;
                     pos = after;
                 }
-                Err(e) if is_last => {
-                    // The torn tail of the last append before a crash.
-                    let _ = e;
+                // The torn tail of the last append before a crash: a frame cut short or
+                // failing its checksum at the end of the last segment. (An I/O error is no
+                // torn tail: it fails the open, and nothing is cut.)
+                Err(LogError::Corrupt { reason, .. }) if is_last => {
+                    eprintln!(
+                        "weir: {}: cutting off {} byte(s) after the last whole append ({reason}): the tail of a write a crash interrupted",
+                        path.display(),
+                        len - pos
+                    );
                     file.set_len(pos).at(&path)?;
                     file.sync_data().at(&path)?;
                     break;
@@ -643,6 +740,14 @@ fn decode_record(cur: &mut &[u8]) -> Option<Record> {
         timestamp,
         headers,
     })
+}
+
+/// `fsync` of a segment's data (failpoint `fsync_error`: fails once, as a disk would).
+fn sync_data(file: &File) -> std::io::Result<()> {
+    if crate::failpoint::reached_once("fsync_error") {
+        return Err(std::io::Error::other("injected fsync error"));
+    }
+    file.sync_data()
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -769,6 +874,20 @@ impl Log for EmbeddedLog {
         Ok(true)
     }
 
+    /// Each partition of `topic` with appends not yet synced, synced outside its lock
+    /// (appends go on meanwhile; concurrent callers share the work the disk does). Not
+    /// with [`FsyncPolicy::Never`].
+    fn sync_topic(&self, topic: &str) -> Result<()> {
+        if self.config.fsync == FsyncPolicy::Never {
+            return Ok(());
+        }
+        let state = self.state(topic)?;
+        for p in &state.partitions {
+            p.sync_in_background()?;
+        }
+        Ok(())
+    }
+
     fn flush(&self) -> Result<()> {
         let topics = self.all_topics();
         for t in topics {
@@ -822,6 +941,7 @@ impl PartitionHandle {
     fn sync_in_background(&self) -> Result<()> {
         let (file, path, appends) = {
             let mut p = lock(&self.inner);
+            p.check_failed()?;
             if !p.unsynced {
                 p.last_sync = Instant::now();
                 return Ok(());
@@ -834,7 +954,9 @@ impl PartitionHandle {
                 appends,
             )
         };
-        file.sync_data().at(&path)?;
+        if let Err(e) = sync_data(&file) {
+            return Err(lock(&self.inner).fail(&path, e));
+        }
         let mut p = lock(&self.inner);
         p.last_sync = Instant::now();
         if p.appends == appends {

@@ -29,6 +29,19 @@ pub enum LogError {
     },
     #[error("{path}: corrupt data: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    /// A partition that could not be written or synced to disk: after a failed fsync the
+    /// kernel may have dropped the data it held, so nothing more is appended there until
+    /// the process restarts (and recovery reads back what the disk holds).
+    #[error(
+        "{path}: read-only after a failed write to disk ({reason}): check the disk, then restart"
+    )]
+    Failed { path: PathBuf, reason: String },
+    /// Another process has the data directory open.
+    #[error(
+        "{path} is in use by another Weir process{}: stop it, or give this one another data directory",
+        holder.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    Locked { path: PathBuf, holder: Option<u32> },
     /// An error from a log kept elsewhere (a Kafka cluster).
     #[error("{0}")]
     Backend(String),

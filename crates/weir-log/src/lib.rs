@@ -87,6 +87,14 @@ pub trait Log: Send + Sync {
     /// Makes every append so far durable, whatever the fsync policy.
     fn flush(&self) -> Result<()>;
 
+    /// Makes the appends so far to `topic` as durable as the log promises acknowledged
+    /// writes are (the embedded log: fsynced unless its policy is never to; Kafka: an
+    /// append already waits for the cluster's acknowledgement). Called before a write a
+    /// client asked for is acknowledged: inserted rows, statements.
+    fn sync_topic(&self, _topic: &str) -> Result<()> {
+        self.flush()
+    }
+
     /// Records, as consumer group `group`'s committed offsets, that a reader of `topic` is
     /// at `offsets` (partition, the next offset to read), so that the tools that
     /// report a group's lag see it. Advisory: the engine keeps its own offsets in its

@@ -412,3 +412,27 @@ fn the_interval_policy_syncs_appends_in_the_background_without_another_append() 
     log.flush().unwrap();
     assert_eq!(log.unsynced_partitions(), 0);
 }
+
+/// One process at a time: a second open of a data directory in use fails, naming the
+/// holder's pid; once the first is closed the directory opens again, with its data.
+#[test]
+fn a_data_directory_in_use_is_not_opened_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = EmbeddedLog::open(dir.path(), small_segments()).unwrap();
+    log.create_topic("t", TopicConfig::default()).unwrap();
+    log.append("t", 0, &[rec(1)]).unwrap();
+    match EmbeddedLog::open(dir.path(), small_segments()) {
+        Err(e @ LogError::Locked { .. }) => {
+            let message = e.to_string();
+            assert!(
+                message.contains(&format!("pid {}", std::process::id())),
+                "{message}"
+            );
+        }
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(_) => panic!("a directory in use was opened a second time"),
+    }
+    drop(log);
+    let log = EmbeddedLog::open(dir.path(), small_segments()).unwrap();
+    assert_eq!(values(&log, "t", 0, 0, 10), ["value-1"]);
+}

@@ -116,4 +116,7 @@ impl Log for Faulty {
     fn flush(&self) -> Result<()> {
         self.inner.flush()
     }
+    fn sync_topic(&self, topic: &str) -> Result<()> {
+        self.inner.sync_topic(topic)
+    }
 }
