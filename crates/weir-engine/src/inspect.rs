@@ -11,7 +11,9 @@ use crate::error::{EngineError, Result};
 use crate::meta::*;
 use crate::pipeline::{OnError, Pipeline};
 
-use crate::push::{CLIENT_BUFFER_ROWS, PushHandle, PushKind, PushQuery, start_offsets};
+use crate::push::{
+    CLIENT_BUFFER_ROWS, MAX_CLIENT_BUFFER_ROWS, PushHandle, PushKind, PushQuery, start_offsets,
+};
 use crate::types::sql_type_of;
 use crate::{Engine, Outcome, QueryView};
 
@@ -394,6 +396,12 @@ impl Engine {
             .and_then(|v| v.parse::<usize>().ok())
             .filter(|n| *n > 0)
             .unwrap_or(CLIENT_BUFFER_ROWS);
+        // A client may not make the server hold more than this for it.
+        if buffer > MAX_CLIENT_BUFFER_ROWS {
+            return Err(EngineError::Invalid(format!(
+                "weir.push.buffer.rows is {buffer}: at most {MAX_CLIENT_BUFFER_ROWS} rows may wait for a client"
+            )));
+        }
         let (sender, rows) = flume::bounded(buffer + 1);
         let alive = Arc::new(());
         let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));

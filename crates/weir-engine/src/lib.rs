@@ -136,6 +136,20 @@ pub fn internal_topics(id: &str) -> (String, String) {
     }
 }
 
+/// Whether `topic` is one of Weir's internal topics (any service's command log,
+/// checkpoints or members: names starting `_weir_`). Sources may be declared over those
+/// that exist, read-only; nothing else may write to them, create or delete them.
+pub fn is_internal_topic(topic: &str) -> bool {
+    topic.starts_with("_weir_")
+}
+
+/// Why `topic` may not be written or created by a statement.
+fn reserved(topic: &str) -> EngineError {
+    EngineError::Invalid(format!(
+        "Topic '{topic}' is reserved for Weir's internal use (names starting '_weir_'): a source may read it, nothing may write to, create or delete it."
+    ))
+}
+
 /// The consumer group whose committed offsets show query `query`'s progress on Kafka,
 /// named as ksqlDB names its queries' groups: `_confluent-ksql-<service id>query_<id>`.
 pub fn consumer_group(service_id: &str, query: &str) -> String {
@@ -871,7 +885,11 @@ impl PersistentQuery {
             timestamp: now_ms(),
             headers: vec![],
         }];
-        let written = log.append(&q.offsets_topic, 0, &record);
+        // The output it covers is on disk before it is: after a power cut no checkpoint
+        // survives the output it says was written.
+        let written = log
+            .sync_topic(&q.sink_topic)
+            .and_then(|()| log.append(&q.offsets_topic, 0, &record));
         // The buffer goes back to the query for the next checkpoint.
         if let Some(bytes) = record[0].value.take()
             && bytes.capacity() <= 16 << 20
@@ -1288,6 +1306,7 @@ impl Engine {
             0,
             &[Record::new(None, Some(v.to_string().as_bytes()), now_ms())],
         )?;
+        self.log.sync_topic(&self.command_topic)?;
         if self.cluster.is_some() {
             self.own_commands.insert(offset);
         }
@@ -1460,6 +1479,7 @@ impl Engine {
             self.properties
                 .get(&format!("ksql.functions.{name}.limit"))
                 .and_then(|v| v.parse::<usize>().ok())
+                .or(Some(aggregate::DEFAULT_COLLECT_LIMIT))
         };
         a.limit_collections(limit("collect_list"), limit("collect_set"))?;
         a.coalesce = self
@@ -1588,6 +1608,11 @@ impl Engine {
                 properties: _,
                 query,
             } => {
+                if let Ok(t) = self.stream(&target.value)
+                    && is_internal_topic(&t.topic)
+                {
+                    return Err(reserved(&t.topic));
+                }
                 // A join inserts its joined rows, planned as for CREATE ... AS SELECT.
                 let r = self.relation(query)?;
                 let plan = plan_select(&self.functions, &r.query, &r.source)?;
@@ -1612,7 +1637,13 @@ impl Engine {
                 target,
                 columns,
                 values,
-            } => self.insert_values(&target.value, columns, values),
+            } => {
+                let outcome = self.insert_values(&target.value, columns, values)?;
+                // Acknowledged once stored.
+                let topic = self.stream(&target.value)?.topic;
+                self.log.sync_topic(&topic)?;
+                Ok(outcome)
+            }
             Statement::DropSource {
                 kind,
                 if_exists,
@@ -1863,6 +1894,10 @@ impl Engine {
             )));
         }
         let timestamp_column = timestamp_column(&layout, &c.properties)?;
+        let internal = is_internal_topic(&topic);
+        if internal && self.log.topic(&topic)?.is_none() {
+            return Err(reserved(&topic));
+        }
         self.ensure_topic(&topic, &c.properties, None)?;
         let source = Source {
             name: name.clone(),
@@ -1873,7 +1908,7 @@ impl Engine {
             timestamp_format: prop(&c.properties, "TIMESTAMP_FORMAT"),
             statement: Statement::CreateSource(c.clone()).to_string(),
             written_by: None,
-            read_only: c.is_source,
+            read_only: c.is_source || internal,
             window: prop(&c.properties, "WINDOW_TYPE").and_then(|t| {
                 KeyWindow::from_properties(&t, prop(&c.properties, "WINDOW_SIZE").as_deref())
             }),
@@ -1979,6 +2014,9 @@ impl Engine {
         validate_layout(&layout, &c.properties)?;
         timestamp_column(&layout, &c.properties)?;
         let topic = prop(&c.properties, "KAFKA_TOPIC").unwrap_or_else(|| name.clone());
+        if is_internal_topic(&topic) {
+            return Err(reserved(&topic));
+        }
         let source_partitions = self.log.topic(&source.topic)?.map(|t| t.config.partitions);
         self.ensure_topic(&topic, &c.properties, source_partitions)?;
         let sink = Source {

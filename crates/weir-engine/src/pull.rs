@@ -75,7 +75,19 @@ impl Engine {
             }
         }
         let source = self.stream(&query.from.source.name.value)?;
-        let records: Vec<StoredRecord> = match source.kind {
+        let limit = query.limit.map(|l| l as usize);
+        let max_scan = self
+            .properties
+            .get(PULL_MAX_SCAN_PROPERTY)
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(DEFAULT_PULL_MAX_SCAN);
+        let scanned_too_many = || {
+            EngineError::Invalid(format!(
+                "This pull query would scan more than {max_scan} rows ({PULL_MAX_SCAN_PROPERTY}): add a LIMIT, or a WHERE on the key of a table, or raise the setting."
+            ))
+        };
+        let mut rows: Vec<Vec<serde_json::Value>> = Vec::new();
+        let columns = match source.kind {
             SourceKind::Table => {
                 let m = self.materialized.entry(source.name.clone()).or_default();
                 if m.statement != source.statement {
@@ -103,41 +115,115 @@ impl Engine {
                             .map(|(_, r)| r.clone())
                             .collect()
                     });
-                match found {
+                let records = match found {
                     Some(rows)
                         if !rows.is_empty()
                             || source.layout.key_format.format == weir_format::Format::Kafka =>
                     {
                         rows
                     }
+                    _ if limit.is_none() && m.rows.len() > max_scan => {
+                        return Err(scanned_too_many());
+                    }
                     _ => m.rows.values().cloned().collect(),
+                };
+                let mut columns = None;
+                for chunk in records.chunks(PULL_CHUNK_ROWS) {
+                    columns = Some(self.pull_chunk(query, &source, chunk, &mut rows)?);
+                    if limit.is_some_and(|l| rows.len() >= l) {
+                        break;
+                    }
+                }
+                match columns {
+                    Some(c) => c,
+                    None => self.pull_chunk(query, &source, &[], &mut rows)?,
                 }
             }
+            // A stream's records up to now, a chunk at a time, until LIMIT rows are found.
             SourceKind::Stream => {
                 let partitions = self
                     .log
                     .topic(&source.topic)?
                     .map_or(0, |t| t.config.partitions);
-                let mut all = Vec::new();
-                for p in 0..partitions {
-                    all.extend(
-                        self.log
-                            .read_to_end(&source.topic, p, 0)?
+                let ends: Vec<(u64, u64)> = (0..partitions)
+                    .map(|p| self.log.offsets(&source.topic, p))
+                    .collect::<weir_log::Result<_>>()?;
+                let mut columns = self.pull_chunk(query, &source, &[], &mut rows)?;
+                let mut scanned = 0usize;
+                'partitions: for (p, (first, end)) in ends.into_iter().enumerate() {
+                    let mut next = first;
+                    while next < end && limit.is_none_or(|l| rows.len() < l) {
+                        // Up to one past the cap: reaching it is how the cap is known to be
+                        // passed.
+                        let want = PULL_CHUNK_ROWS
+                            .min((end - next) as usize)
+                            .min(max_scan.saturating_sub(scanned) + 1);
+                        let read = self.log.read(&source.topic, p as u32, next, want)?;
+                        let Some(last) = read.last() else {
+                            break;
+                        };
+                        next = last.offset + 1;
+                        let chunk: Vec<StoredRecord> = read
                             .into_iter()
-                            .filter(|r| r.record.value.is_some()),
-                    );
+                            .filter(|r| r.offset < end && r.record.value.is_some())
+                            .collect();
+                        scanned += chunk.len();
+                        columns = self.pull_chunk(query, &source, &chunk, &mut rows)?;
+                        if limit.is_some_and(|l| rows.len() >= l) {
+                            break 'partitions;
+                        }
+                        if scanned > max_scan {
+                            return Err(scanned_too_many());
+                        }
+                    }
                 }
-                all
+                columns
             }
         };
+        if let Some(limit) = limit {
+            rows.truncate(limit);
+        }
+        let (sender, receiver) = flume::bounded(rows.len() + 1);
+        for row in rows {
+            let _ = sender.send(PushEvent::Row(row));
+        }
+        // The sender goes here: the handle ends after the last row.
+        drop(sender);
+        self.push_counter += 1;
+        Ok(Outcome::Push(PushHandle {
+            query_id: format!("query_{}", self.push_counter),
+            columns,
+            rows: receiver,
+            _alive: Arc::new(()),
+        }))
+    }
+}
+
+/// The most rows a pull query's source records are decoded and filtered in at once.
+const PULL_CHUNK_ROWS: usize = 8192;
+
+/// The session setting for the most records a pull query over a stream may read before
+/// it has its rows (all of them, or its LIMIT), and the most rows of a table a pull query
+/// without LIMIT may scan.
+pub const PULL_MAX_SCAN_PROPERTY: &str = "weir.pull.max.scan.rows";
+/// Its default.
+pub const DEFAULT_PULL_MAX_SCAN: usize = 10_000_000;
+
+impl Engine {
+    /// Runs a pull query's pipeline over `records` of `source` (a chunk of its rows),
+    /// adding the rows it answers to `rows`; returns its columns.
+    fn pull_chunk(
+        &self,
+        query: &Query,
+        source: &Source,
+        records: &[StoredRecord],
+        rows: &mut Vec<Vec<serde_json::Value>>,
+    ) -> Result<Vec<(String, SqlType)>> {
         // A windowed table's key carries its window: taken off before decoding, and shown
         // as WINDOWSTART and WINDOWEND after the key columns.
         let (view, batch) = match source.window {
             None => {
-                let batch = source
-                    .layout
-                    .decode(&source.layout.schema(), &records)
-                    .batch;
+                let batch = source.layout.decode(&source.layout.schema(), records).batch;
                 (source.clone(), batch)
             }
             Some(w) => {
@@ -145,14 +231,14 @@ impl Engine {
                 let decoded = crate::decode_run(
                     &source.layout,
                     &schema,
-                    &records,
+                    records,
                     false,
                     None,
                     Some(w),
                     0,
                     &mut Vec::new(),
                 )?;
-                windowed_view(&source, decoded.batch)?
+                windowed_view(source, decoded.batch)?
             }
         };
         let plan = plan_push(&self.functions, query, &view)?;
@@ -181,23 +267,8 @@ impl Engine {
             ),
         };
         let step = pipeline.step(self.log.as_ref(), 0, None, None)?;
-        let mut rows = crate::push::client_rows(&step.changes, &types, &at);
-        if let Some(limit) = query.limit {
-            rows.truncate(limit as usize);
-        }
-        let (sender, receiver) = flume::bounded(rows.len() + 1);
-        for row in rows {
-            let _ = sender.send(PushEvent::Row(row));
-        }
-        // The sender goes here: the handle ends after the last row.
-        drop(sender);
-        self.push_counter += 1;
-        Ok(Outcome::Push(PushHandle {
-            query_id: format!("query_{}", self.push_counter),
-            columns,
-            rows: receiver,
-            _alive: Arc::new(()),
-        }))
+        rows.extend(crate::push::client_rows(&step.changes, &types, &at));
+        Ok(columns)
     }
 }
 

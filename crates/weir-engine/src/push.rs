@@ -21,6 +21,10 @@ use crate::pipeline::Pipeline;
 /// `weir.push.buffer.rows` property says otherwise.
 pub const CLIENT_BUFFER_ROWS: usize = 10_000;
 
+/// The most a session may set `weir.push.buffer.rows` to: what one slow client can make
+/// the server hold.
+pub const MAX_CLIENT_BUFFER_ROWS: usize = 1_000_000;
+
 /// How long a client's buffer may stay full before its query is ended.
 pub const SLOW_CLIENT_PATIENCE: Duration = Duration::from_secs(2);
 

@@ -166,7 +166,22 @@ pub const SETTINGS: &[Setting] = &[
     session(
         "weir.push.buffer.rows",
         "10000",
-        "rows a push query's client may fall behind before its query ends",
+        "rows a push query's client may fall behind before its query ends (at most 1000000)",
+    ),
+    session(
+        "weir.pull.max.scan.rows",
+        "10000000",
+        "the most records a pull query may scan before it has its rows (or its LIMIT)",
+    ),
+    session(
+        "ksql.functions.collect_list.limit",
+        "1000",
+        "the most values COLLECT_LIST keeps per group",
+    ),
+    session(
+        "ksql.functions.collect_set.limit",
+        "1000",
+        "the most values COLLECT_SET keeps per group",
     ),
     session(
         "processing.guarantee",
@@ -297,6 +312,14 @@ mod tests {
         assert_eq!(
             find("weir.push.buffer.rows").unwrap().default,
             crate::push::CLIENT_BUFFER_ROWS.to_string()
+        );
+        assert_eq!(
+            find(crate::pull::PULL_MAX_SCAN_PROPERTY).unwrap().default,
+            crate::pull::DEFAULT_PULL_MAX_SCAN.to_string()
+        );
+        assert_eq!(
+            find("ksql.functions.collect_list.limit").unwrap().default,
+            crate::aggregate::DEFAULT_COLLECT_LIMIT.to_string()
         );
     }
 

@@ -92,6 +92,7 @@ pub(crate) async fn inserts_stream(
     tokio::spawn(async move {
         let mut seq: u64 = 0;
         let mut ended = false;
+        let mut skipping = false;
         loop {
             // Every complete line that has arrived, up to a batch.
             let mut lines: Vec<Vec<u8>> = Vec::new();
@@ -109,6 +110,21 @@ pub(crate) async fn inserts_stream(
                 }
                 continue;
             }
+            // A row longer than any record can be is refused (its ack says so) and the
+            // rest of its line skipped: the server never buffers without bound.
+            if buf.len() > MAX_LINE_BYTES {
+                let ack = json!({
+                    "@type": "generic_error", "status": "error", "seq": seq,
+                    "error_code": code::BAD_REQUEST,
+                    "message": format!("Row too long: more than {MAX_LINE_BYTES} bytes without a newline"),
+                });
+                seq += 1;
+                if tx.send(Bytes::from(format!("{ack}\n"))).await.is_err() {
+                    return;
+                }
+                buf.clear();
+                skipping = true;
+            }
             if ended {
                 break;
             }
@@ -123,6 +139,16 @@ pub(crate) async fn inserts_stream(
                     Some(Some(Ok(chunk))) => buf.extend_from_slice(&chunk),
                     Some(Some(Err(_))) | Some(None) => ended = true,
                     None => break,
+                }
+            }
+            // The rest of a refused row, up to its newline.
+            if skipping {
+                match buf.iter().position(|&b| b == b'\n') {
+                    Some(pos) => {
+                        buf.drain(..=pos);
+                        skipping = false;
+                    }
+                    None => buf.clear(),
                 }
             }
             if ended && !buf.is_empty() {
@@ -145,6 +171,9 @@ pub(crate) async fn inserts_stream(
 
 /// The most rows inserted together.
 const MAX_BATCH: usize = 4096;
+
+/// The longest row accepted: the embedded log's largest record.
+const MAX_LINE_BYTES: usize = 8 << 20;
 
 /// The most bytes of rows read ahead before inserting them.
 const MAX_BUFFERED: usize = 1 << 20;
@@ -180,10 +209,26 @@ async fn insert_lines(
     } else {
         let target = target.to_string();
         blocking(state, move |s| {
-            s.runtime
-                .engine()
-                .insert_rows(&target, rows)
-                .map_err(|e| e.to_string())
+            let (outcomes, topic) = {
+                let mut engine = s.runtime.engine();
+                let outcomes = engine
+                    .insert_rows(&target, rows)
+                    .map_err(|e| e.to_string())?;
+                let topic = engine.catalog().source(&target).map(|t| t.topic.clone());
+                (outcomes, topic)
+            };
+            // Acknowledged once stored: synced outside the engine's lock, so statements
+            // and queries go on while the disk works (and rows inserted meanwhile on other
+            // connections share the fsync).
+            if let Some(topic) = topic
+                && outcomes.iter().any(|o| o.is_ok())
+            {
+                s.runtime
+                    .log()
+                    .sync_topic(&topic)
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(outcomes)
         })
         .await
         .unwrap_or_else(|_| Err("internal error".into()))

@@ -328,6 +328,11 @@ struct Meta {
 }
 
 /// The columns after the select list that carry a windowed result's window, for its key.
+/// The most values `COLLECT_LIST` and `COLLECT_SET` keep per group unless
+/// `ksql.functions.collect_list.limit` / `collect_set.limit` say otherwise (ksqlDB's
+/// default): a group's state, and the output record that carries it, stay bounded.
+pub const DEFAULT_COLLECT_LIMIT: usize = 1000;
+
 pub const WINDOW_COLUMNS: [&str; 2] = ["WEIR_WINDOW_START", "WEIR_WINDOW_END"];
 
 fn b64(bytes: &[u8]) -> String {
@@ -461,7 +466,8 @@ impl Aggregator {
             .collect()
     }
 
-    /// ksqlDB's `ksql.functions.collect_list.limit` and `collect_set.limit`: the most
+    /// ksqlDB's `ksql.functions.collect_list.limit` and `collect_set.limit` (default
+    /// [`DEFAULT_COLLECT_LIMIT`]): the most
     /// values those lists keep.
     pub fn limit_collections(&mut self, list: Option<usize>, set: Option<usize>) -> Result<()> {
         for c in &mut self.calls {

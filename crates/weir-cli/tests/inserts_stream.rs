@@ -1,0 +1,105 @@
+//! `/inserts-stream` over HTTP/2, as ksqlDB's clients use it: a row longer than any
+//! record can be is refused with its own error acknowledgement (the server does not
+//! buffer it without bound), and the rows around it are inserted.
+
+use weir_log::Log;
+
+/// Sends `body` as one `/inserts-stream` request; the acknowledgement lines.
+fn insert(addr: std::net::SocketAddr, body: Vec<u8>) -> Vec<serde_json::Value> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(connection);
+        let mut client = client.ready().await.unwrap();
+        let request = http::Request::post(format!("http://{addr}/inserts-stream"))
+            .body(())
+            .unwrap();
+        let (response, mut send) = client.send_request(request, false).unwrap();
+        let sender = tokio::spawn(async move {
+            let data = bytes::Bytes::from(body);
+            let mut at = 0;
+            while at < data.len() {
+                let piece = data.slice(at..(at + 65_536).min(data.len()));
+                send.reserve_capacity(piece.len());
+                let mut granted = 0;
+                while granted < piece.len() {
+                    match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
+                        Some(Ok(n)) => granted = n,
+                        _ => return,
+                    }
+                }
+                at += piece.len();
+                if send.send_data(piece, at == data.len()).is_err() {
+                    return;
+                }
+            }
+        });
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 200);
+        let mut stream = response.into_body();
+        let mut text = Vec::new();
+        while let Some(chunk) = stream.data().await {
+            let chunk = chunk.unwrap();
+            let _ = stream.flow_control().release_capacity(chunk.len());
+            text.extend_from_slice(&chunk);
+        }
+        sender.await.unwrap();
+        String::from_utf8(text)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    })
+}
+
+#[test]
+fn a_row_too_long_is_refused_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = weir_server::Server::start(weir_server::ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    })
+    .unwrap();
+    let created = ureq::post(format!("http://{}/ksql", server.addr()))
+        .send_json(serde_json::json!({"ksql": "CREATE STREAM S (V STRING) WITH (KAFKA_TOPIC='s', VALUE_FORMAT='JSON', PARTITIONS=1);"}))
+        .unwrap();
+    assert_eq!(created.status(), 200);
+    let mut body = b"{\"target\": \"S\"}\n{\"V\": \"first\"}\n{\"V\": \"".to_vec();
+    body.extend(std::iter::repeat_n(b'x', 9 << 20));
+    body.extend_from_slice(b"\"}\n{\"V\": \"last\"}\n");
+    let acks = insert(server.addr(), body);
+    assert_eq!(acks.len(), 3, "{acks:?}");
+    assert_eq!(
+        (acks[0]["status"].as_str(), acks[0]["seq"].as_u64()),
+        (Some("ok"), Some(0))
+    );
+    assert_eq!(acks[1]["status"], "error");
+    assert_eq!(acks[1]["seq"], 1);
+    assert!(
+        acks[1]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Row too long"),
+        "{}",
+        acks[1]
+    );
+    assert_eq!(
+        (acks[2]["status"].as_str(), acks[2]["seq"].as_u64()),
+        (Some("ok"), Some(2))
+    );
+    server.shutdown().unwrap();
+    let log = weir_log::EmbeddedLog::open(dir.path(), Default::default()).unwrap();
+    let values: Vec<String> = log
+        .read_to_end("s", 0, 0)
+        .unwrap()
+        .into_iter()
+        .map(|r| String::from_utf8(r.record.value.unwrap()).unwrap())
+        .collect();
+    assert_eq!(values, [r#"{"V":"first"}"#, r#"{"V":"last"}"#]);
+}
