@@ -1301,3 +1301,111 @@ pub fn cluster(bootstrap: &str, events: u64, servers: &[usize]) -> Result<(), St
     }
     Ok(())
 }
+
+/// Bytes of the files under `path`.
+fn disk_bytes(path: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => disk_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// `weir bench restart`: `events` W1 events from 10,000 cars through a durable GROUP BY
+/// per car (COUNT, AVG) with the default commit interval, on the embedded log as a
+/// server keeps it; then the data directory's use per topic beside the size of the
+/// state (its last full snapshot), the checkpoints written and kept, and how long the
+/// engine takes to open again (replay the catalog, recover the query's state) and to be
+/// caught up.
+pub fn restart(events: u64) -> Result<(), String> {
+    let err = |e: weir_engine::EngineError| e.to_string();
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let open = || -> Result<Arc<EmbeddedLog>, String> {
+        EmbeddedLog::open(dir.path(), EmbeddedLogConfig::default())
+            .map(Arc::new)
+            .map_err(|e| e.to_string())
+    };
+    println!(
+        "restart: {events} events from 10,000 cars through a durable GROUP BY per car (COUNT, AVG), embedded log, default commit interval"
+    );
+    let (consumed, secs) = {
+        let log = open()?;
+        log.create_topic("sensors", TopicConfig::default())
+            .map_err(|e| e.to_string())?;
+        load_events_into(log.as_ref(), events, 1)?;
+        let mut engine = Engine::open(log.clone()).map_err(err)?;
+        engine.set_property("auto.offset.reset", "earliest");
+        engine.execute_sql(W1_SOURCE).map_err(err)?;
+        engine
+            .execute_sql("CREATE TABLE PER_CAR AS SELECT CAR_ID, COUNT(*) AS N, AVG(SPEED) AS MEAN_SPEED FROM SENSORS GROUP BY CAR_ID;")
+            .map_err(err)?;
+        let run = run_until(&mut engine, events)?;
+        log.flush().map_err(|e| e.to_string())?;
+        run
+    };
+    println!("  processed {}", rate(consumed, secs));
+    let log = open()?;
+    let (start, end) = log
+        .offsets(weir_engine::OFFSETS_TOPIC, 0)
+        .map_err(|e| e.to_string())?;
+    // The state's size: the largest checkpoint kept (a full snapshot, with its parts).
+    let (mut state, mut pending) = (0usize, 0usize);
+    for r in log
+        .read_to_end(weir_engine::OFFSETS_TOPIC, 0, 0)
+        .map_err(|e| e.to_string())?
+    {
+        let len = r.record.value.as_ref().map_or(0, Vec::len);
+        if r.record
+            .key
+            .as_deref()
+            .is_some_and(|k| k.ends_with(b"#part"))
+        {
+            pending += len;
+        } else {
+            state = state.max(pending + len);
+            pending = 0;
+        }
+    }
+    drop(log);
+    let topics = dir.path().join("topics");
+    let mb = |b: u64| b as f64 / 1e6;
+    let offsets_bytes = disk_bytes(&topics.join(weir_engine::OFFSETS_TOPIC));
+    println!(
+        "  on disk: input {:.1} MB, output PER_CAR {:.1} MB, {} {:.2} MB, {} {:.3} MB",
+        mb(disk_bytes(&topics.join("sensors"))),
+        mb(disk_bytes(&topics.join("PER_CAR"))),
+        weir_engine::OFFSETS_TOPIC,
+        mb(offsets_bytes),
+        weir_engine::COMMAND_TOPIC,
+        mb(disk_bytes(&topics.join(weir_engine::COMMAND_TOPIC)))
+    );
+    println!(
+        "  state (largest checkpoint kept) {:.2} MB; checkpoints written {end}, kept {} (from offset {start}); {} = {:.1}x the state",
+        mb(state as u64),
+        end - start,
+        weir_engine::OFFSETS_TOPIC,
+        offsets_bytes as f64 / state.max(1) as f64
+    );
+    reset_peak_rss();
+    let began = Instant::now();
+    let log = open()?;
+    let mut engine = Engine::open(log.clone()).map_err(err)?;
+    let opened = began.elapsed().as_secs_f64();
+    while engine.run_once().map_err(err)? > 0 {}
+    let caught_up = began.elapsed().as_secs_f64();
+    let n = engine
+        .queries()
+        .next()
+        .map_or(0, |q| q.offsets.iter().sum::<u64>());
+    println!(
+        "  restart: open (catalog replayed, state recovered) {opened:.3} s, caught up {caught_up:.3} s (query at offset {n}); peak RSS {:.0} MiB",
+        peak_rss_mib()
+    );
+    Ok(())
+}

@@ -296,6 +296,12 @@ enum Workload {
         #[arg(long)]
         plugin: Option<PathBuf>,
     },
+    /// A durable GROUP BY over 10,000 keys, then a restart: disk use per topic beside
+    /// the state's size, checkpoints kept, and the time to open and catch up.
+    Restart {
+        #[arg(long, default_value_t = 2_000_000)]
+        events: u64,
+    },
     /// Rows over one HTTP/2 `/inserts-stream` request, each acknowledged: rows/s.
     Inserts {
         #[arg(long, default_value_t = 200_000)]
@@ -625,6 +631,15 @@ fn main() -> ExitCode {
                     inflight,
                 },
         } => match bench::mqtt(publishers, messages, inflight) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("weir bench: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Bench {
+            workload: Workload::Restart { events },
+        } => match bench::restart(events) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("weir bench: {e}");

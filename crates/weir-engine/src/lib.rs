@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use arrow::array::{ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Int64Type, Schema};
 use weir_format::{Column, Format, FormatSpec, Layout};
-use weir_log::{Header, Log, Record, TopicConfig, partition_for_key};
+use weir_log::{Header, Log, Record, StoredRecord, TopicConfig, partition_for_key};
 use weir_sql::ast::{
     ColumnConstraint, CreateAsSelect, CreateSource, Literal, Properties, QueryTarget, SourceKind,
     Statement,
@@ -388,6 +388,9 @@ pub struct PersistentQuery {
     since_full: usize,
     /// The last checkpoint's text buffer, reused by the next.
     checkpoint_text: String,
+    /// Where its last self-contained checkpoint (a full one, or any of a query without
+    /// state) begins in the offsets topic: recovery needs nothing of it from before.
+    anchor: Option<u64>,
     /// How often it checkpoints while it has records to read ([`COMMIT_INTERVAL_PROPERTY`]);
     /// once caught up, at once.
     commit_every: Duration,
@@ -437,6 +440,9 @@ pub struct QueryView {
     pub error: Option<meta::QueryError>,
     /// The next offset it reads, per source partition.
     pub offsets: Vec<u64>,
+    /// Where its last self-contained checkpoint begins in the offsets topic (see
+    /// [`Engine::trim_checkpoints`]).
+    pub anchor: Option<u64>,
 }
 
 impl QueryView {
@@ -879,19 +885,16 @@ impl PersistentQuery {
             }
             text.push_str(&v.to_string());
         }
-        let mut record = [Record {
-            key: Some(q.id.as_bytes().to_vec()),
-            value: Some(text.into_bytes()),
-            timestamp: now_ms(),
-            headers: vec![],
-        }];
+        let self_contained = !q.pipeline.has_state() || q.since_full == 0;
+        let mut records = checkpoint_records(&q.id, text, log.max_record_bytes());
         // The output it covers is on disk before it is: after a power cut no checkpoint
         // survives the output it says was written.
         let written = log
             .sync_topic(&q.sink_topic)
-            .and_then(|()| log.append(&q.offsets_topic, 0, &record));
+            .and_then(|()| log.append(&q.offsets_topic, 0, &records));
         // The buffer goes back to the query for the next checkpoint.
-        if let Some(bytes) = record[0].value.take()
+        if records.len() == 1
+            && let Some(bytes) = records[0].value.take()
             && bytes.capacity() <= 16 << 20
         {
             q.checkpoint_text = String::from_utf8(bytes).unwrap_or_default();
@@ -900,7 +903,10 @@ impl PersistentQuery {
             // What this checkpoint carried is not saved: the next one is a full one.
             q.since_full = delta::FULL_EVERY;
         }
-        written?;
+        let first = written?;
+        if self_contained {
+            q.anchor = Some(first);
+        }
         q.unsaved = false;
         q.last_checkpoint = Instant::now();
         // What was just saved, committed to the query's consumer group too, so Kafka's
@@ -938,6 +944,7 @@ impl PersistentQuery {
         v.error.clone_from(&self.error);
         v.offsets.clear();
         v.offsets.extend_from_slice(self.pipeline.offsets());
+        v.anchor = self.anchor;
     }
 
     /// To be reloaded (by the engine): waiting to retry after a failure and the wait is
@@ -1109,7 +1116,13 @@ pub struct Engine {
     /// others' are applied as they come: [`Engine::follow_commands`]).
     command_cursor: u64,
     own_commands: std::collections::HashSet<u64>,
+    /// The checkpoints' topic was last trimmed up to here ([`Engine::trim_checkpoints`]).
+    trimmed_to: std::sync::atomic::AtomicU64,
 }
+
+/// The segment size of the checkpoints' topic on the embedded log: it is trimmed a
+/// segment at a time, so what it keeps beyond what recovery needs is at most about this.
+const OFFSETS_SEGMENT_BYTES: u64 = 4 << 20;
 
 fn prop(props: &Properties, name: &str) -> Option<String> {
     props.get(name).map(Literal::as_text)
@@ -1136,6 +1149,7 @@ impl Engine {
             cluster: None,
             command_cursor: 0,
             own_commands: Default::default(),
+            trimmed_to: std::sync::atomic::AtomicU64::new(0),
         };
         // The processing log is a stream users can query, as ksqlDB's KSQL_PROCESSING_LOG.
         // Should the log refuse the topic now, entries still create it when they come.
@@ -1185,9 +1199,18 @@ impl Engine {
         engine.command_topic = commands;
         engine.offsets_topic = offsets.into();
         engine.service_id = service_id.into();
-        for topic in [&*engine.command_topic, &*engine.offsets_topic] {
+        for (topic, segment_bytes) in [
+            (&*engine.command_topic, None),
+            (&*engine.offsets_topic, Some(OFFSETS_SEGMENT_BYTES)),
+        ] {
             if engine.log.topic(topic)?.is_none() {
-                engine.log.create_topic(topic, TopicConfig::default())?;
+                engine.log.create_topic(
+                    topic,
+                    TopicConfig {
+                        segment_bytes,
+                        ..Default::default()
+                    },
+                )?;
             }
         }
         if engine.log.shared() {
@@ -1341,7 +1364,42 @@ impl Engine {
     }
 
     /// What stepping the persistent queries needs, for use without the engine's lock.
+    /// Deletes what no recovery needs from the checkpoints' topic: everything before the
+    /// oldest of the running queries' last self-contained checkpoints (their *anchors*),
+    /// a segment at a time. So the topic, start-up's reading of it and recovery's memory
+    /// follow the queries' state, not the server's uptime. When the oldest anchor moved;
+    /// not while a query has no anchor yet; not on a log servers share (Kafka: what a
+    /// member recovers from may be another's, and the broker's retention applies).
+    pub(crate) fn trim_checkpoints(&self) {
+        use std::sync::atomic::Ordering;
+        if !self.durable || self.log.shared() || self.queries.is_empty() {
+            return;
+        }
+        let anchors: Option<Vec<u64>> = self
+            .queries
+            .values()
+            .map(|e| e.view.lock().unwrap_or_else(|e| e.into_inner()).anchor)
+            .collect();
+        let Some(oldest) = anchors.and_then(|a| a.into_iter().min()) else {
+            return;
+        };
+        // Only when the oldest anchor moved (one worker does it).
+        let last = self.trimmed_to.load(Ordering::Relaxed);
+        if oldest <= last
+            || self
+                .trimmed_to
+                .compare_exchange(last, oldest, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        if let Err(e) = self.log.delete_before(&self.offsets_topic, 0, oldest) {
+            eprintln!("weir: trimming {}: {e}", self.offsets_topic);
+        }
+    }
+
     pub(crate) fn work(&self) -> Work {
+        self.trim_checkpoints();
         // The session's value, else the settings table's default.
         let millis = |name: &str| {
             let set = self.properties.get(name).map(String::as_str);
@@ -2302,6 +2360,7 @@ impl Engine {
             late: 0,
             error: None,
             offsets: pipeline.offsets().to_vec(),
+            anchor: None,
         };
         Ok(PersistentQuery {
             view: Arc::new(Mutex::new(view)),
@@ -2330,6 +2389,7 @@ impl Engine {
             error: None,
             since_full: delta::FULL_EVERY,
             checkpoint_text: String::new(),
+            anchor: None,
             commit_every,
             last_checkpoint: Instant::now(),
             unsaved: false,
@@ -2562,8 +2622,27 @@ fn recover<'a>(
     // than one before it was written by a server that had lost the unit: never used.
     let mut epochs: BTreeMap<String, BTreeMap<cluster::Unit, u64>> = BTreeMap::new();
     let mut units: BTreeMap<String, BTreeMap<cluster::Unit, UnitCheckpoint>> = BTreeMap::new();
-    for (_, value) in read_topic_values(log, offsets_topic)? {
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&value) else {
+    // The leading parts of a checkpoint written in several records, per query.
+    let mut parts: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    let records = read_topic_records(log, offsets_topic)?;
+    for r in &records {
+        let (Some(key), Some(value)) = (&r.record.key, &r.record.value) else {
+            continue;
+        };
+        if let Some(id) = key.strip_suffix(PART_SUFFIX) {
+            parts
+                .entry(id.to_vec())
+                .or_default()
+                .extend_from_slice(value);
+            continue;
+        }
+        // Joined to the parts before it; alone should those be left over from a write
+        // that failed part-way (a Kafka batch is not atomic).
+        let joined = parts.remove(key.as_slice()).and_then(|mut lead| {
+            lead.extend_from_slice(value);
+            serde_json::from_slice::<serde_json::Value>(&lead).ok()
+        });
+        let Some(v) = joined.or_else(|| serde_json::from_slice(value).ok()) else {
             continue;
         };
         if let Some(q) = v["query"].as_str() {
@@ -2678,6 +2757,36 @@ fn recover<'a>(
         find_written(log, q, &as_offsets(&cp["sink_ends"]))?;
     }
     Ok(())
+}
+
+/// The key suffix of a checkpoint's leading parts (see [`checkpoint_records`]).
+const PART_SUFFIX: &[u8] = b"#part";
+
+/// A checkpoint's text as the records it is written in: one, keyed by the query's id;
+/// or, when larger than a record may be (a large state's full snapshot), leading parts
+/// keyed `<id>#part`, then the last part keyed by the id. They are appended together:
+/// recovery joins the parts that precede a checkpoint's last record, in order.
+fn checkpoint_records(id: &str, text: String, max_record_bytes: usize) -> Vec<Record> {
+    // Room for the key and the record's framing.
+    let room = max_record_bytes.saturating_sub(id.len() + 256).max(1024);
+    let record = |key: Vec<u8>, value: Vec<u8>| Record {
+        key: Some(key),
+        value: Some(value),
+        timestamp: now_ms(),
+        headers: vec![],
+    };
+    if text.len() <= room {
+        return vec![record(id.as_bytes().to_vec(), text.into_bytes())];
+    }
+    let bytes = text.into_bytes();
+    let mut chunks: Vec<&[u8]> = bytes.chunks(room).collect();
+    let last = chunks.pop().expect("a checkpoint is never empty");
+    let part_key = [id.as_bytes(), PART_SUFFIX].concat();
+    chunks
+        .into_iter()
+        .map(|c| record(part_key.clone(), c.to_vec()))
+        .chain([record(id.as_bytes().to_vec(), last.to_vec())])
+        .collect()
 }
 
 fn as_offsets(v: &serde_json::Value) -> Vec<u64> {
@@ -3188,6 +3297,14 @@ fn event_times(
 }
 
 /// Every record value of a (small, internal) topic's partition 0, with its offset.
+/// Every record of partition 0 of `topic` (none if it does not exist).
+fn read_topic_records(log: &dyn Log, topic: &str) -> Result<Vec<StoredRecord>> {
+    if log.topic(topic)?.is_none() {
+        return Ok(Vec::new());
+    }
+    Ok(log.read_to_end(topic, 0, 0)?)
+}
+
 fn read_topic_values(log: &dyn Log, topic: &str) -> Result<Vec<(u64, Vec<u8>)>> {
     if log.topic(topic)?.is_none() {
         return Ok(Vec::new());

@@ -247,6 +247,7 @@ fn topic_info(t: &rdkafka::metadata::MetadataTopic) -> Option<TopicInfo> {
             replicas: t.partitions()[0].replicas().len().max(1) as u16,
             retention_bytes: None,
             retention_ms: None,
+            segment_bytes: None,
         },
     })
 }

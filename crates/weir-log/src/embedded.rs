@@ -397,7 +397,8 @@ impl Partition {
 
         let rolled = {
             let active = self.active();
-            active.size > 0 && active.size + frame.len() as u64 > config.segment_bytes
+            let limit = topic.segment_bytes.unwrap_or(config.segment_bytes);
+            active.size > 0 && active.size + frame.len() as u64 > limit
         };
         if rolled {
             self.roll(base)?;
@@ -523,6 +524,24 @@ impl Partition {
             let seg = self.segments.remove(&base).expect("present");
             fs::remove_file(&seg.path).at(&seg.path)?;
         }
+    }
+
+    /// Deletes the segments wholly before `offset` (never the active one); the first
+    /// offset kept.
+    fn delete_before(&mut self, offset: u64) -> Result<u64> {
+        while self.segments.len() > 1 {
+            let mut bases = self.segments.keys();
+            let (first, second) = (
+                *bases.next().expect("two segments"),
+                *bases.next().expect("two segments"),
+            );
+            if second > offset {
+                break;
+            }
+            let seg = self.segments.remove(&first).expect("present");
+            fs::remove_file(&seg.path).at(&seg.path)?;
+        }
+        Ok(self.start_offset())
     }
 
     fn read(&self, from: u64, max: usize, partition: u32) -> Result<Vec<StoredRecord>> {
@@ -872,6 +891,15 @@ impl Log for EmbeddedLog {
                 .0;
         }
         Ok(true)
+    }
+
+    fn max_record_bytes(&self) -> usize {
+        self.config.max_record_bytes
+    }
+
+    fn delete_before(&self, topic: &str, partition: u32, offset: u64) -> Result<u64> {
+        let state = self.state(topic)?;
+        lock(&self.partition(&state, partition)?.inner).delete_before(offset)
     }
 
     /// Each partition of `topic` with appends not yet synced, synced outside its lock

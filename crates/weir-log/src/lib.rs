@@ -26,6 +26,11 @@ pub struct TopicConfig {
     pub retention_bytes: Option<u64>,
     /// Delete data older than this many milliseconds (by record timestamp).
     pub retention_ms: Option<u64>,
+    /// The embedded log starts a new segment beyond this size (else its log-wide
+    /// setting): data is deleted a segment at a time, so a topic trimmed often
+    /// ([`Log::delete_before`]) wants small ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment_bytes: Option<u64>,
 }
 
 impl Default for TopicConfig {
@@ -35,6 +40,7 @@ impl Default for TopicConfig {
             replicas: 1,
             retention_bytes: None,
             retention_ms: None,
+            segment_bytes: None,
         }
     }
 }
@@ -93,6 +99,20 @@ pub trait Log: Send + Sync {
     /// client asked for is acknowledged: inserted rows, statements.
     fn sync_topic(&self, _topic: &str) -> Result<()> {
         self.flush()
+    }
+
+    /// The largest record an append accepts (key, value and headers), so a writer can
+    /// split what is larger. Kafka's default `message.max.bytes` is about 1 MB.
+    fn max_record_bytes(&self) -> usize {
+        1_000_000
+    }
+
+    /// Deletes what partition `partition` of `topic` holds before `offset`, as far as the
+    /// log can (the embedded log: whole segments; Kafka: nothing — its retention and
+    /// compaction are the broker's); returns the partition's first offset afterwards.
+    /// For a topic whose older records are known to be superseded (checkpoints).
+    fn delete_before(&self, topic: &str, partition: u32, _offset: u64) -> Result<u64> {
+        Ok(self.offsets(topic, partition)?.0)
     }
 
     /// Records, as consumer group `group`'s committed offsets, that a reader of `topic` is

@@ -119,4 +119,10 @@ impl Log for Faulty {
     fn sync_topic(&self, topic: &str) -> Result<()> {
         self.inner.sync_topic(topic)
     }
+    fn max_record_bytes(&self) -> usize {
+        self.inner.max_record_bytes()
+    }
+    fn delete_before(&self, topic: &str, partition: u32, offset: u64) -> Result<u64> {
+        self.inner.delete_before(topic, partition, offset)
+    }
 }
