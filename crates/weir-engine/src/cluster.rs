@@ -139,7 +139,14 @@ impl Cluster {
         session: Duration,
     ) -> Result<Arc<Self>> {
         if log.topic(&topic)?.is_none() {
-            log.create_topic(&topic, weir_log::TopicConfig::default())?;
+            // Kept: a claim's epoch must never be forgotten (fencing rests on it).
+            log.create_topic(
+                &topic,
+                weir_log::TopicConfig {
+                    keep_forever: true,
+                    ..Default::default()
+                },
+            )?;
         }
         let inner = Arc::new(Inner {
             log,

@@ -1204,10 +1204,12 @@ impl Engine {
             (&*engine.offsets_topic, Some(OFFSETS_SEGMENT_BYTES)),
         ] {
             if engine.log.topic(topic)?.is_none() {
+                // Kept whatever the broker's retention: the catalog and the state.
                 engine.log.create_topic(
                     topic,
                     TopicConfig {
                         segment_bytes,
+                        keep_forever: true,
                         ..Default::default()
                     },
                 )?;
@@ -1393,7 +1395,13 @@ impl Engine {
         {
             return;
         }
-        if let Err(e) = self.log.delete_before(&self.offsets_topic, 0, oldest) {
+        // The anchors are on disk before what they supersede goes: a power cut between
+        // the two must not leave deltas without their full snapshot.
+        if let Err(e) = self
+            .log
+            .sync_topic(&self.offsets_topic)
+            .and_then(|()| self.log.delete_before(&self.offsets_topic, 0, oldest))
+        {
             eprintln!("weir: trimming {}: {e}", self.offsets_topic);
         }
     }
@@ -2276,6 +2284,10 @@ impl Engine {
                 }
                 None => q.checkpoint(self.log.as_ref())?,
             }
+            // Stored before the statement is acknowledged: where the query starts is
+            // never lost (a later checkpoint lost to a power cut only means more is read
+            // again; its outputs are found by their source headers).
+            self.log.sync_topic(&self.offsets_topic)?;
         }
         Ok(id)
     }

@@ -245,9 +245,7 @@ fn topic_info(t: &rdkafka::metadata::MetadataTopic) -> Option<TopicInfo> {
         config: TopicConfig {
             partitions: t.partitions().len() as u32,
             replicas: t.partitions()[0].replicas().len().max(1) as u16,
-            retention_bytes: None,
-            retention_ms: None,
-            segment_bytes: None,
+            ..Default::default()
         },
     })
 }
@@ -276,6 +274,24 @@ fn to_stored(partition: u32, m: &rdkafka::message::BorrowedMessage<'_>) -> Store
     }
 }
 
+/// The topic-level settings a new topic is created with.
+fn topic_settings(config: &TopicConfig) -> Vec<(&'static str, String)> {
+    if config.keep_forever {
+        return vec![
+            ("retention.ms", "-1".into()),
+            ("retention.bytes", "-1".into()),
+        ];
+    }
+    let mut out = Vec::new();
+    if let Some(v) = config.retention_ms {
+        out.push(("retention.ms", v.to_string()));
+    }
+    if let Some(v) = config.retention_bytes {
+        out.push(("retention.bytes", v.to_string()));
+    }
+    out
+}
+
 impl Log for KafkaLog {
     fn create_topic(&self, name: &str, config: TopicConfig) -> Result<TopicInfo> {
         weir_log::validate_topic_name(name)?;
@@ -292,18 +308,14 @@ impl Log for KafkaLog {
             }
             return Ok(existing);
         }
-        let retention_ms = config.retention_ms.map(|v| v.to_string());
-        let retention_bytes = config.retention_bytes.map(|v| v.to_string());
+        let settings = topic_settings(&config);
         let mut topic = NewTopic::new(
             name,
             config.partitions as i32,
             TopicReplication::Fixed(config.replicas.max(1) as i32),
         );
-        if let Some(v) = &retention_ms {
-            topic = topic.set("retention.ms", v);
-        }
-        if let Some(v) = &retention_bytes {
-            topic = topic.set("retention.bytes", v);
+        for (k, v) in &settings {
+            topic = topic.set(k, v);
         }
         let opts = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
         let results = futures_executor::block_on(self.admin.create_topics(&[topic], &opts))
@@ -536,5 +548,35 @@ impl Log for KafkaLog {
     /// Nothing to do: an append returns once the cluster acknowledged it (`acks=all`).
     fn sync_topic(&self, _topic: &str) -> Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_kept_forever_override_the_brokers_retention() {
+        let kept = TopicConfig {
+            retention_ms: Some(1000),
+            keep_forever: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            topic_settings(&kept),
+            [
+                ("retention.ms", "-1".to_string()),
+                ("retention.bytes", "-1".to_string())
+            ]
+        );
+        let plain = TopicConfig {
+            retention_ms: Some(1000),
+            ..Default::default()
+        };
+        assert_eq!(
+            topic_settings(&plain),
+            [("retention.ms", "1000".to_string())]
+        );
+        assert!(topic_settings(&TopicConfig::default()).is_empty());
     }
 }

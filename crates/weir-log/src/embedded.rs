@@ -93,6 +93,9 @@ struct Partition {
     /// Why the partition takes no more appends (a failed fsync, or a failed write that
     /// could not be cut back): see [`LogError::Failed`].
     failed: Option<String>,
+    /// What is known to be on disk: the active segment (its base) up to this size (see
+    /// [`EmbeddedLog::power_cut`]).
+    durable: (u64, u64),
 }
 
 /// The largest frame buffer kept between appends.
@@ -209,6 +212,30 @@ impl EmbeddedLog {
         })
     }
 
+    /// Test support: what a power cut does to the page cache. Every partition loses what
+    /// was appended since its last fsync (its segment files cut back to what was synced,
+    /// segments made since removed) and the log refuses all use from then on, as a
+    /// machine that lost power would: drop it (and what uses it) and open the directory
+    /// again, as the machine's next boot would.
+    pub fn power_cut(&self) -> Result<()> {
+        for t in self.all_topics() {
+            for p in &t.partitions {
+                let mut p = lock(&p.inner);
+                let (base, size) = p.durable;
+                let later: Vec<u64> = p.segments.range(base + 1..).map(|(b, _)| *b).collect();
+                for b in later {
+                    let seg = p.segments.remove(&b).expect("present");
+                    fs::remove_file(&seg.path).at(&seg.path)?;
+                }
+                if let Some(seg) = p.segments.get(&base) {
+                    seg.file.set_len(size).at(&seg.path)?;
+                }
+                p.failed = Some("the power was cut (a test)".into());
+            }
+        }
+        Ok(())
+    }
+
     /// Partitions holding appends not yet synced to disk.
     pub fn unsynced_partitions(&self) -> usize {
         self.all_topics()
@@ -311,11 +338,17 @@ impl Partition {
             last_sync: Instant::now(),
             appends: 0,
             failed: None,
+            durable: (0, 0),
             unsynced: false,
         };
         if p.segments.is_empty() {
             p.roll(0)?;
         }
+        let durable = {
+            let active = p.active();
+            (active.base, active.size)
+        };
+        p.durable = durable;
         Ok(p)
     }
 
@@ -346,6 +379,7 @@ impl Partition {
             .open(&path)
             .at(&path)?;
         sync_dir(&self.dir)?;
+        self.durable = (base, 0);
         self.segments.insert(
             base,
             Segment {
@@ -468,10 +502,12 @@ impl Partition {
         if self.unsynced {
             let seg = self.active();
             let synced = sync_data(&seg.file);
+            let now_durable = (seg.base, seg.size);
             if let Err(e) = synced {
                 let path = seg.path.clone();
                 return Err(self.fail(&path, e));
             }
+            self.durable = now_durable;
             self.unsynced = false;
         }
         self.last_sync = Instant::now();
@@ -967,7 +1003,7 @@ fn spawn_flusher(
 
 impl PartitionHandle {
     fn sync_in_background(&self) -> Result<()> {
-        let (file, path, appends) = {
+        let (file, path, appends, upto) = {
             let mut p = lock(&self.inner);
             p.check_failed()?;
             if !p.unsynced {
@@ -980,6 +1016,7 @@ impl PartitionHandle {
                 seg.file.try_clone().at(&seg.path)?,
                 seg.path.clone(),
                 appends,
+                (seg.base, seg.size),
             )
         };
         if let Err(e) = sync_data(&file) {
@@ -987,6 +1024,10 @@ impl PartitionHandle {
         }
         let mut p = lock(&self.inner);
         p.last_sync = Instant::now();
+        // (A segment rolled meanwhile was synced by the roll.)
+        if p.durable.0 == upto.0 && p.durable.1 < upto.1 {
+            p.durable = upto;
+        }
         if p.appends == appends {
             p.unsynced = false;
         }

@@ -31,6 +31,11 @@ pub struct TopicConfig {
     /// ([`Log::delete_before`]) wants small ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub segment_bytes: Option<u64>,
+    /// Never delete this topic's data by age or size, whatever the log's defaults (on
+    /// Kafka `retention.ms` and `retention.bytes` -1, where the broker's default would
+    /// delete a week-old command log). The embedded log deletes nothing by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_forever: bool,
 }
 
 impl Default for TopicConfig {
@@ -41,6 +46,7 @@ impl Default for TopicConfig {
             retention_bytes: None,
             retention_ms: None,
             segment_bytes: None,
+            keep_forever: false,
         }
     }
 }
