@@ -386,6 +386,9 @@ pub struct PersistentQuery {
     /// the one before: the entries the operators report as set or removed; see
     /// `delta.rs`). At [`delta::FULL_EVERY`] (or before any), the next is full.
     since_full: usize,
+    /// The size of the last full checkpoint, and of the deltas written since.
+    full_bytes: usize,
+    delta_bytes: usize,
     /// The last checkpoint's text buffer, reused by the next.
     checkpoint_text: String,
     /// Where its last self-contained checkpoint (a full one, or any of a query without
@@ -866,7 +869,14 @@ impl PersistentQuery {
         // written in one buffer (the last checkpoint's, reused).
         let mut text = std::mem::take(&mut q.checkpoint_text);
         text.clear();
-        if q.pipeline.has_state() && q.since_full < delta::FULL_EVERY {
+        // A full snapshot every FULL_EVERY checkpoints, or once the changes written since
+        // the last one add up to its size (then a full one costs no more, and the
+        // checkpoints recovery needs — and the topic, trimmed behind them — stay within
+        // about twice the state).
+        if q.pipeline.has_state()
+            && q.since_full < delta::FULL_EVERY
+            && q.delta_bytes < q.full_bytes
+        {
             // The operators say which entries of their state changed (the state can be
             // large and mostly unchanged: a table's rows, open windows), so a checkpoint
             // costs what the step changed; every FULL_EVERY-th is a full snapshot.
@@ -878,12 +888,14 @@ impl PersistentQuery {
             text = changes.into_json();
             text.push('}');
             q.since_full += 1;
+            q.delta_bytes += text.len();
         } else {
             if q.pipeline.has_state() {
                 v["full"] = q.pipeline.snapshot();
                 q.since_full = 0;
             }
             text.push_str(&v.to_string());
+            (q.full_bytes, q.delta_bytes) = (text.len(), 0);
         }
         let self_contained = !q.pipeline.has_state() || q.since_full == 0;
         let mut records = checkpoint_records(&q.id, text, log.max_record_bytes());
@@ -1122,7 +1134,7 @@ pub struct Engine {
 
 /// The segment size of the checkpoints' topic on the embedded log: it is trimmed a
 /// segment at a time, so what it keeps beyond what recovery needs is at most about this.
-const OFFSETS_SEGMENT_BYTES: u64 = 4 << 20;
+const OFFSETS_SEGMENT_BYTES: u64 = 1 << 20;
 
 fn prop(props: &Properties, name: &str) -> Option<String> {
     props.get(name).map(Literal::as_text)
@@ -2400,6 +2412,8 @@ impl Engine {
             stats: meta::QueryStats::default(),
             error: None,
             since_full: delta::FULL_EVERY,
+            full_bytes: 0,
+            delta_bytes: 0,
             checkpoint_text: String::new(),
             anchor: None,
             commit_every,
