@@ -11,6 +11,11 @@ use serde_json::{Map, Value};
 /// Checkpoints between full snapshots.
 pub(crate) const FULL_EVERY: usize = 64;
 
+/// A full snapshot is also taken once the deltas written since the last one add up to
+/// its size, but no sooner than this many bytes of them: a small state's checkpoints stay
+/// deltas (a few bytes each), a large one's are bounded to about twice the state.
+pub(crate) const FULL_AFTER_DELTA_BYTES: usize = 1 << 20;
+
 /// A checkpoint's delta as the operators write it: each entry serialized straight from
 /// their state into one buffer (no JSON tree built and dropped per entry), the record's
 /// text before it included ([`DeltaText::after`]), so the record is written once.

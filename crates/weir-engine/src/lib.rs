@@ -870,12 +870,12 @@ impl PersistentQuery {
         let mut text = std::mem::take(&mut q.checkpoint_text);
         text.clear();
         // A full snapshot every FULL_EVERY checkpoints, or once the changes written since
-        // the last one add up to its size (then a full one costs no more, and the
+        // the last one add up to its size and 1 MiB (then a full one costs no more, and the
         // checkpoints recovery needs — and the topic, trimmed behind them — stay within
         // about twice the state).
         if q.pipeline.has_state()
             && q.since_full < delta::FULL_EVERY
-            && q.delta_bytes < q.full_bytes
+            && q.delta_bytes < q.full_bytes.max(delta::FULL_AFTER_DELTA_BYTES)
         {
             // The operators say which entries of their state changed (the state can be
             // large and mostly unchanged: a table's rows, open windows), so a checkpoint
