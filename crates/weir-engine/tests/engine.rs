@@ -1,8 +1,11 @@
 //! Statements run against an embedded log: persistent queries move records from topic to
 //! topic through filters and projections, as a ksqlDB user sees them.
 
+mod common;
+
 use std::sync::Arc;
 
+use common::pull;
 use serde_json::{Value, json};
 use weir_engine::{Engine, EngineError, Outcome, PROCESSING_LOG_TOPIC};
 use weir_log::{EmbeddedLog, EmbeddedLogConfig, Record};
@@ -354,18 +357,6 @@ fn late_records_are_counted_across_a_restart() {
         .len(),
         3
     );
-}
-
-/// A pull query's rows (the handle ends after the last one).
-fn pull(engine: &mut Engine, sql: &str) -> Vec<Vec<Value>> {
-    let Outcome::Push(handle) = engine.execute_sql(sql).unwrap().remove(0) else {
-        panic!("{sql}: not a query");
-    };
-    let mut rows = Vec::new();
-    while let Ok(weir_engine::PushEvent::Row(r)) = handle.rows.recv() {
-        rows.push(r);
-    }
-    rows
 }
 
 /// Pull queries by key: a windowed table's rows of one key (not of keys it prefixes), a

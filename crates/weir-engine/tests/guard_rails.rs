@@ -2,10 +2,13 @@
 //! internal topics, make it hold unbounded lists or buffers, make a pull query read a
 //! whole stream to answer one row.
 
+mod common;
+
 use std::sync::Arc;
 
+use common::pull;
 use serde_json::Value;
-use weir_engine::{Engine, Outcome};
+use weir_engine::Engine;
 use weir_log::{EmbeddedLog, EmbeddedLogConfig, Log, Record};
 
 fn open_durable(dir: &std::path::Path) -> Engine {
@@ -18,18 +21,6 @@ fn error_of(engine: &mut Engine, sql: &str) -> String {
         Ok(o) => panic!("{sql}: accepted ({o:?})"),
         Err(e) => e.to_string(),
     }
-}
-
-/// A pull query's rows (the handle ends after the last one).
-fn pull(engine: &mut Engine, sql: &str) -> Vec<Vec<Value>> {
-    let Outcome::Push(handle) = engine.execute_sql(sql).unwrap().remove(0) else {
-        panic!("{sql}: not a query");
-    };
-    let mut rows = Vec::new();
-    while let Ok(weir_engine::PushEvent::Row(r)) = handle.rows.recv() {
-        rows.push(r);
-    }
-    rows
 }
 
 #[test]

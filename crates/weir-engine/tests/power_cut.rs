@@ -6,9 +6,12 @@
 //! syncs on purpose (acknowledged writes, a sink before its checkpoint, a query's first
 //! checkpoint) survives.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::contents;
 use weir_engine::Engine;
 use weir_log::{EmbeddedLog, EmbeddedLogConfig, FsyncPolicy, Log, Record};
 
@@ -78,31 +81,6 @@ fn produce(log: &dyn Log, engine: &mut Engine, round: i64) {
             60 + round
         ))
         .unwrap();
-}
-
-/// Each partition's records of `topic`, as `key value timestamp` lines.
-fn contents(log: &dyn Log, topic: &str) -> Vec<Vec<String>> {
-    let partitions = log.topic(topic).unwrap().unwrap().config.partitions;
-    (0..partitions)
-        .map(|p| {
-            log.read_to_end(topic, p, 0)
-                .unwrap()
-                .iter()
-                .map(|r| {
-                    let text = |b: &Option<Vec<u8>>| {
-                        b.as_deref()
-                            .map_or("-".to_string(), |b| String::from_utf8_lossy(b).into_owned())
-                    };
-                    format!(
-                        "{} {} {}",
-                        text(&r.record.key),
-                        text(&r.record.value),
-                        r.record.timestamp
-                    )
-                })
-                .collect()
-        })
-        .collect()
 }
 
 /// Runs every round; with `cut_after = Some(n)`, the power is cut after the `n`th step

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::Faulty;
+use common::{Faulty, contents};
 use weir_engine::Engine;
 use weir_log::{Log, Record};
 
@@ -52,26 +52,6 @@ fn produce(log: &dyn Log, round: u32) {
         )
         .unwrap();
     }
-}
-
-/// Each partition's records as `key value` lines.
-fn contents(log: &dyn Log, topic: &str) -> Vec<Vec<String>> {
-    let partitions = log.topic(topic).unwrap().unwrap().config.partitions;
-    (0..partitions)
-        .map(|p| {
-            log.read_to_end(topic, p, 0)
-                .unwrap()
-                .iter()
-                .map(|r| {
-                    let text = |b: &Option<Vec<u8>>| {
-                        b.as_deref()
-                            .map_or("-".to_string(), |b| String::from_utf8_lossy(b).into_owned())
-                    };
-                    format!("{} {}", text(&r.record.key), text(&r.record.value))
-                })
-                .collect()
-        })
-        .collect()
 }
 
 fn state_of(engine: &Engine, prefix: &str) -> (bool, String) {

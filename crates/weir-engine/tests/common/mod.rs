@@ -5,6 +5,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
+use weir_engine::{Engine, Outcome, PushEvent};
 use weir_log::{
     EmbeddedLog, EmbeddedLogConfig, Log, LogError, Record, Result, StoredRecord, TopicConfig,
     TopicInfo,
@@ -125,4 +126,41 @@ impl Log for Faulty {
     fn delete_before(&self, topic: &str, partition: u32, offset: u64) -> Result<u64> {
         self.inner.delete_before(topic, partition, offset)
     }
+}
+
+/// Each partition's records of `topic`, as `key value timestamp` lines.
+pub fn contents(log: &dyn Log, topic: &str) -> Vec<Vec<String>> {
+    let partitions = log.topic(topic).unwrap().unwrap().config.partitions;
+    (0..partitions)
+        .map(|p| {
+            log.read_to_end(topic, p, 0)
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    let text = |b: &Option<Vec<u8>>| {
+                        b.as_deref()
+                            .map_or("-".to_string(), |b| String::from_utf8_lossy(b).into_owned())
+                    };
+                    format!(
+                        "{} {} {}",
+                        text(&r.record.key),
+                        text(&r.record.value),
+                        r.record.timestamp
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// A pull query's rows (the handle ends after the last one).
+pub fn pull(engine: &mut Engine, sql: &str) -> Vec<Vec<serde_json::Value>> {
+    let Outcome::Push(handle) = engine.execute_sql(sql).unwrap().remove(0) else {
+        panic!("{sql}: not a query");
+    };
+    let mut rows = Vec::new();
+    while let Ok(PushEvent::Row(r)) = handle.rows.recv() {
+        rows.push(r);
+    }
+    rows
 }
