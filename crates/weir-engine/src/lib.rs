@@ -3332,11 +3332,7 @@ fn read_topic_records(log: &dyn Log, topic: &str) -> Result<Vec<StoredRecord>> {
 }
 
 fn read_topic_values(log: &dyn Log, topic: &str) -> Result<Vec<(u64, Vec<u8>)>> {
-    if log.topic(topic)?.is_none() {
-        return Ok(Vec::new());
-    }
-    Ok(log
-        .read_to_end(topic, 0, 0)?
+    Ok(read_topic_records(log, topic)?
         .into_iter()
         .filter_map(|r| r.record.value.map(|v| (r.offset, v)))
         .collect())
