@@ -261,7 +261,13 @@ fn servers_share_a_query_and_take_over_a_killed_ones_partitions() {
     println!("scale-out: the aggregation was taken {moves} times");
     assert!(moves >= 2, "the aggregation never moved");
     assert_eq!(counts.len(), 1000);
-    assert!(wrong.is_empty(), "wrong counts: {wrong:?}");
+    assert!(
+        wrong.is_empty(),
+        "wrong counts: {wrong:?}\nA: {}\nB: {}\nC: {}",
+        output_of(&a_out),
+        output_of(&b_out),
+        output_of(&c_out)
+    );
     // The last server to join holds part of the work: it consumed records.
     assert!(
         output_of(&c_out).contains("consumed "),

@@ -1817,12 +1817,45 @@ impl Engine {
         Ok(spec)
     }
 
+    /// The topic a source is declared on, created when missing: `PARTITIONS`, `REPLICAS`,
+    /// and how long its data is kept: `RETENTION_MS` (as ksqlDB), `RETENTION_BYTES` and
+    /// `CLEANUP_POLICY` (`'delete'`, `'compact'` or `'compact,delete'`; a table's topic
+    /// is compacted unless it says otherwise, as ksqlDB's are — windowed ones excepted).
     fn ensure_topic(
         &self,
         topic: &str,
         props: &Properties,
         default_partitions: Option<u32>,
+        table: bool,
     ) -> Result<u32> {
+        let number = |name: &str| -> Result<Option<u64>> {
+            prop(props, name)
+                .map(|v| {
+                    v.trim().parse::<u64>().map_err(|_| {
+                        EngineError::Invalid(format!(
+                            "Invalid {name}: {v} (a whole number is expected)"
+                        ))
+                    })
+                })
+                .transpose()
+        };
+        let retention_ms = number("RETENTION_MS")?;
+        let retention_bytes = number("RETENTION_BYTES")?;
+        let compact = match prop(props, "CLEANUP_POLICY") {
+            None => table,
+            Some(p) => {
+                let parts: std::collections::BTreeSet<String> = p
+                    .split(',')
+                    .map(|s| s.trim().to_ascii_lowercase())
+                    .collect();
+                if parts.is_empty() || !parts.iter().all(|s| s == "compact" || s == "delete") {
+                    return Err(EngineError::Invalid(format!(
+                        "Invalid CLEANUP_POLICY: '{p}' (use 'delete', 'compact' or 'compact,delete')"
+                    )));
+                }
+                parts.contains("compact")
+            }
+        };
         let partitions = match prop(props, "PARTITIONS") {
             Some(p) => Some(
                 p.parse::<u32>()
@@ -1850,6 +1883,9 @@ impl Engine {
             TopicConfig {
                 partitions,
                 replicas,
+                retention_ms,
+                retention_bytes,
+                compact,
                 ..Default::default()
             },
         )?;
@@ -1976,7 +2012,12 @@ impl Engine {
         if internal && self.log.topic(&topic)?.is_none() {
             return Err(reserved(&topic));
         }
-        self.ensure_topic(&topic, &c.properties, None)?;
+        self.ensure_topic(
+            &topic,
+            &c.properties,
+            None,
+            table && prop(&c.properties, "WINDOW_TYPE").is_none(),
+        )?;
         let source = Source {
             name: name.clone(),
             kind: c.kind,
@@ -2096,7 +2137,16 @@ impl Engine {
             return Err(reserved(&topic));
         }
         let source_partitions = self.log.topic(&source.topic)?.map(|t| t.config.partitions);
-        self.ensure_topic(&topic, &c.properties, source_partitions)?;
+        let windowed = match &aggregate {
+            Some(a) => a.key_window().is_some(),
+            None => plan.window_bounds.and(source.window).is_some(),
+        };
+        self.ensure_topic(
+            &topic,
+            &c.properties,
+            source_partitions,
+            c.kind == SourceKind::Table && !windowed,
+        )?;
         let sink = Source {
             name: name.clone(),
             kind: c.kind,

@@ -119,6 +119,31 @@ pub const SETTINGS: &[Setting] = &[
         "servers sharing a service id on one Kafka take a server's work when it has sent no heartbeat for this long (ms)",
     ),
     server(
+        "weir.log.retention.ms",
+        "",
+        "the embedded log deletes a topic's oldest segments once older than this (ms), unless the topic sets its own (RETENTION_MS) or is internal; default: never",
+    ),
+    server(
+        "weir.log.retention.bytes",
+        "",
+        "the embedded log deletes a partition's oldest segments once it is larger than this, unless the topic sets its own (RETENTION_BYTES) or is internal; default: never",
+    ),
+    server(
+        "weir.log.retention.check.interval.ms",
+        "30000",
+        "how often the embedded log applies retention and compacts compacted topics (ms)",
+    ),
+    server(
+        "weir.log.cleaner.min.compaction.lag.ms",
+        "60000",
+        "a segment of a compacted topic is compacted only once closed this long (ms)",
+    ),
+    server(
+        "weir.log.cleaner.delete.retention.ms",
+        "86400000",
+        "compaction keeps a tombstone this long after its segment closed (ms)",
+    ),
+    server(
         crate::runtime::WORKERS_SETTING,
         "",
         "threads that run persistent and push queries (default: one per core)",

@@ -276,13 +276,20 @@ fn to_stored(partition: u32, m: &rdkafka::message::BorrowedMessage<'_>) -> Store
 
 /// The topic-level settings a new topic is created with.
 fn topic_settings(config: &TopicConfig) -> Vec<(&'static str, String)> {
-    if config.keep_forever {
-        return vec![
-            ("retention.ms", "-1".into()),
-            ("retention.bytes", "-1".into()),
-        ];
-    }
     let mut out = Vec::new();
+    let deletes =
+        !config.keep_forever && (config.retention_ms.is_some() || config.retention_bytes.is_some());
+    if config.compact {
+        out.push((
+            "cleanup.policy",
+            if deletes { "compact,delete" } else { "compact" }.into(),
+        ));
+    }
+    if config.keep_forever {
+        out.push(("retention.ms", "-1".into()));
+        out.push(("retention.bytes", "-1".into()));
+        return out;
+    }
     if let Some(v) = config.retention_ms {
         out.push(("retention.ms", v.to_string()));
     }
@@ -578,5 +585,25 @@ mod tests {
             [("retention.ms", "1000".to_string())]
         );
         assert!(topic_settings(&TopicConfig::default()).is_empty());
+        let table = TopicConfig {
+            compact: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            topic_settings(&table),
+            [("cleanup.policy", "compact".to_string())]
+        );
+        let both = TopicConfig {
+            compact: true,
+            retention_bytes: Some(1 << 30),
+            ..Default::default()
+        };
+        assert_eq!(
+            topic_settings(&both),
+            [
+                ("cleanup.policy", "compact,delete".to_string()),
+                ("retention.bytes", (1u64 << 30).to_string())
+            ]
+        );
     }
 }

@@ -43,6 +43,22 @@ pub struct EmbeddedLogConfig {
     pub max_record_bytes: usize,
     /// One index entry per this many bytes of segment: the cost of a seek.
     pub index_interval_bytes: u64,
+    /// How often a background thread applies retention and compacts compacted topics
+    /// ([`EmbeddedLog::housekeep`]); `None`: only when called.
+    pub housekeeping_every: Option<Duration>,
+    /// A closed segment is compacted only once it has been closed this long (Kafka's
+    /// `min.compaction.lag.ms`): a reader that was just behind its end — a query's
+    /// recovery looking for the outputs it wrote after its last checkpoint — finds
+    /// them as written.
+    pub min_compaction_lag: Duration,
+    /// A tombstone (a record without a value) of a compacted topic is kept this long
+    /// after its segment closed, so readers that saw the key's earlier value see it
+    /// deleted too (Kafka's `delete.retention.ms`).
+    pub delete_retention: Duration,
+    /// Retention for topics that set none and are not kept forever (server settings
+    /// `weir.log.retention.ms` and `weir.log.retention.bytes`).
+    pub retention_ms: Option<u64>,
+    pub retention_bytes: Option<u64>,
 }
 
 impl Default for EmbeddedLogConfig {
@@ -52,6 +68,11 @@ impl Default for EmbeddedLogConfig {
             fsync: FsyncPolicy::Interval(Duration::from_millis(200)),
             max_record_bytes: 8 << 20,
             index_interval_bytes: 4096,
+            housekeeping_every: Some(Duration::from_secs(30)),
+            min_compaction_lag: Duration::from_secs(60),
+            delete_retention: Duration::from_secs(24 * 3600),
+            retention_ms: None,
+            retention_bytes: None,
         }
     }
 }
@@ -96,6 +117,10 @@ struct Partition {
     /// What is known to be on disk: the active segment (its base) up to this size (see
     /// [`EmbeddedLog::power_cut`]).
     durable: (u64, u64),
+    /// The active segment's base at the last compaction that left no closed segment
+    /// waiting for [`EmbeddedLogConfig::min_compaction_lag`]: until a segment closes
+    /// after it, there is nothing new to compact.
+    compacted_at: Option<u64>,
 }
 
 /// The largest frame buffer kept between appends.
@@ -204,6 +229,9 @@ impl EmbeddedLog {
         if let FsyncPolicy::Interval(every) = config.fsync {
             spawn_flusher(Arc::downgrade(&topics), every)?;
         }
+        if let Some(every) = config.housekeeping_every {
+            spawn_housekeeper(Arc::downgrade(&topics), config.clone(), every)?;
+        }
         Ok(Self {
             root,
             _lock: lock,
@@ -281,10 +309,17 @@ impl EmbeddedLog {
         let topics = self.all_topics();
         for t in topics {
             for p in &t.partitions {
-                lock(&p.inner).enforce_retention(&t.info.config)?;
+                lock(&p.inner).enforce_retention(retention(&t.info.config, &self.config))?;
             }
         }
         Ok(())
+    }
+
+    /// Retention, then compaction of compacted topics, on every partition (what the
+    /// background thread does every [`EmbeddedLogConfig::housekeeping_every`]); returns
+    /// the bytes compaction reclaimed.
+    pub fn housekeep(&self) -> Result<u64> {
+        housekeep(&self.all_topics(), &self.config)
     }
 }
 
@@ -312,6 +347,11 @@ impl Partition {
         let mut bases: Vec<(u64, PathBuf)> = Vec::new();
         for entry in fs::read_dir(dir).at(dir)? {
             let path = entry.at(dir)?.path();
+            // A compaction a crash interrupted: the segment it was rewriting is whole.
+            if path.extension().is_some_and(|e| e == CLEANING) {
+                fs::remove_file(&path).at(&path)?;
+                continue;
+            }
             let base = path
                 .file_name()
                 .and_then(|n| n.to_str())
@@ -340,6 +380,7 @@ impl Partition {
             failed: None,
             durable: (0, 0),
             unsynced: false,
+            compacted_at: None,
         };
         if p.segments.is_empty() {
             p.roll(0)?;
@@ -410,24 +451,7 @@ impl Partition {
         // written after it.
         let mut frame = std::mem::take(&mut *lock(&FRAME));
         frame.clear();
-        frame.reserve(FRAME_HEADER + 12 + 64 * records.len());
-        frame.resize(FRAME_HEADER, 0);
-        frame.extend_from_slice(&base.to_le_bytes());
-        frame.extend_from_slice(&(records.len() as u32).to_le_bytes());
-        let mut max_ts = i64::MIN;
-        for r in records {
-            let size = encode_record(&mut frame, r);
-            if size > config.max_record_bytes {
-                return Err(LogError::RecordTooLarge(size, config.max_record_bytes));
-            }
-            max_ts = max_ts.max(r.timestamp);
-        }
-        let payload_len = frame.len() - FRAME_HEADER;
-        let len = u32::try_from(payload_len)
-            .map_err(|_| LogError::RecordTooLarge(payload_len, u32::MAX as usize))?;
-        let crc = crc32fast::hash(&frame[FRAME_HEADER..]);
-        frame[..4].copy_from_slice(&len.to_le_bytes());
-        frame[4..FRAME_HEADER].copy_from_slice(&crc.to_le_bytes());
+        let max_ts = encode_frame(&mut frame, base, records, config.max_record_bytes)?;
 
         let rolled = {
             let active = self.active();
@@ -492,7 +516,7 @@ impl Partition {
             _ => {}
         }
         if rolled {
-            self.enforce_retention(topic)?;
+            self.enforce_retention(retention(topic, config))?;
         }
         Ok(base)
     }
@@ -541,7 +565,12 @@ impl Partition {
         }
     }
 
-    fn enforce_retention(&mut self, topic: &TopicConfig) -> Result<()> {
+    /// Deletes the oldest closed segments while the partition is larger than
+    /// `retention_bytes`, or their newest record older than `retention_ms`.
+    fn enforce_retention(
+        &mut self,
+        (retention_ms, retention_bytes): (Option<u64>, Option<u64>),
+    ) -> Result<()> {
         let now = now_ms();
         loop {
             if self.segments.len() <= 1 {
@@ -549,10 +578,8 @@ impl Partition {
             }
             let total: u64 = self.segments.values().map(|s| s.size).sum();
             let oldest = self.segments.values().next().expect("checked above");
-            let too_big = topic.retention_bytes.is_some_and(|limit| total > limit);
-            let too_old = topic
-                .retention_ms
-                .is_some_and(|ms| oldest.max_timestamp < now - ms as i64);
+            let too_big = retention_bytes.is_some_and(|limit| total > limit);
+            let too_old = retention_ms.is_some_and(|ms| oldest.max_timestamp < now - ms as i64);
             if !(too_big || too_old) {
                 return Ok(());
             }
@@ -656,10 +683,13 @@ impl Segment {
                 Ok((payload, after)) => {
                     let batch_base = u64::from_le_bytes(payload[0..8].try_into().unwrap());
                     let count = u32::from_le_bytes(payload[8..12].try_into().unwrap()) as u64;
-                    if batch_base != next {
+                    // (Offsets rise; a compacted segment has gaps where records were.)
+                    if batch_base < next {
                         return Err(LogError::Corrupt {
                             path,
-                            reason: format!("batch at offset {batch_base}, expected {next}"),
+                            reason: format!(
+                                "batch at offset {batch_base}, expected {next} or later"
+                            ),
                         });
                     }
                     let mut cursor = &payload[BATCH_HEADER..];
@@ -731,6 +761,39 @@ fn read_frame(file: &File, path: &Path, pos: u64, end: u64) -> Result<(Vec<u8>, 
         return Err(corrupt("checksum mismatch"));
     }
     Ok((payload, pos + FRAME_HEADER as u64 + len))
+}
+
+/// Appends to `frame` the frame of one batch: `records` at offsets from `base`. Returns
+/// their newest timestamp.
+fn encode_frame(
+    frame: &mut Vec<u8>,
+    base: u64,
+    records: &[Record],
+    max_record_bytes: usize,
+) -> Result<i64> {
+    let start = frame.len();
+    frame.reserve(FRAME_HEADER + BATCH_HEADER + 64 * records.len());
+    frame.resize(start + FRAME_HEADER, 0);
+    frame.extend_from_slice(&base.to_le_bytes());
+    frame.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    let mut max_ts = i64::MIN;
+    for r in records {
+        let size = encode_record(frame, r);
+        if size > max_record_bytes {
+            frame.truncate(start);
+            return Err(LogError::RecordTooLarge(size, max_record_bytes));
+        }
+        max_ts = max_ts.max(r.timestamp);
+    }
+    let payload_len = frame.len() - start - FRAME_HEADER;
+    let Ok(len) = u32::try_from(payload_len) else {
+        frame.truncate(start);
+        return Err(LogError::RecordTooLarge(payload_len, u32::MAX as usize));
+    };
+    let crc = crc32fast::hash(&frame[start + FRAME_HEADER..]);
+    frame[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    frame[start + 4..start + FRAME_HEADER].copy_from_slice(&crc.to_le_bytes());
+    Ok(max_ts)
 }
 
 fn put_bytes(buf: &mut Vec<u8>, b: Option<&[u8]>) {
@@ -960,6 +1023,231 @@ impl Log for EmbeddedLog {
             }
         }
         Ok(())
+    }
+}
+
+/// The retention that applies to `topic`: its own, else (unless it is kept forever) the
+/// log's defaults.
+fn retention(topic: &TopicConfig, config: &EmbeddedLogConfig) -> (Option<u64>, Option<u64>) {
+    if topic.keep_forever {
+        return (None, None);
+    }
+    (
+        topic.retention_ms.or(config.retention_ms),
+        topic.retention_bytes.or(config.retention_bytes),
+    )
+}
+
+/// The extension of a compacted segment being written (`<base>.seg.cleaning`, renamed
+/// over the segment once whole and synced).
+const CLEANING: &str = "cleaning";
+
+/// The most bytes of records in one batch of a rewritten segment.
+const CLEAN_BATCH_BYTES: usize = 1 << 20;
+
+fn housekeep(topics: &[Arc<TopicState>], config: &EmbeddedLogConfig) -> Result<u64> {
+    let mut reclaimed = 0;
+    for t in topics {
+        for p in &t.partitions {
+            lock(&p.inner).enforce_retention(retention(&t.info.config, config))?;
+            if t.info.config.compact {
+                reclaimed += p.compact(config)?;
+            }
+        }
+    }
+    Ok(reclaimed)
+}
+
+/// Starts the thread that applies retention and compacts, every `every`. It stops when
+/// the log is dropped.
+fn spawn_housekeeper(
+    topics: std::sync::Weak<RwLock<BTreeMap<String, Arc<TopicState>>>>,
+    config: EmbeddedLogConfig,
+    every: Duration,
+) -> Result<()> {
+    std::thread::Builder::new()
+        .name("weir-log-clean".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                let Some(topics) = topics.upgrade() else {
+                    return;
+                };
+                let all: Vec<Arc<TopicState>> = topics
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .cloned()
+                    .collect();
+                drop(topics);
+                if let Err(e) = housekeep(&all, &config) {
+                    eprintln!("weir: log housekeeping (retention, compaction) failed: {e}");
+                }
+            }
+        })
+        .map_err(|e| LogError::Io {
+            path: PathBuf::from("weir-log-clean"),
+            source: e,
+        })?;
+    Ok(())
+}
+
+/// A segment as compaction reads it, outside the partition's lock (a closed segment
+/// never changes; the active one only grows past `size`).
+struct SegmentView {
+    base: u64,
+    path: PathBuf,
+    file: File,
+    size: u64,
+}
+
+impl SegmentView {
+    /// Each record with its offset, in order.
+    fn records(&self, mut each: impl FnMut(u64, Record)) -> Result<()> {
+        let mut pos = 0;
+        while pos < self.size {
+            let (payload, next) = read_frame(&self.file, &self.path, pos, self.size)?;
+            pos = next;
+            let base = u64::from_le_bytes(payload[0..8].try_into().unwrap());
+            let count = u32::from_le_bytes(payload[8..12].try_into().unwrap()) as u64;
+            let mut cursor = &payload[BATCH_HEADER..];
+            for i in 0..count {
+                let record = decode_record(&mut cursor).ok_or_else(|| LogError::Corrupt {
+                    path: self.path.clone(),
+                    reason: "bad record".into(),
+                })?;
+                each(base + i, record);
+            }
+        }
+        Ok(())
+    }
+
+    /// How long ago it was last written (closed, for a closed segment).
+    fn age(&self) -> Duration {
+        self.file
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .unwrap_or_default()
+    }
+}
+
+impl PartitionHandle {
+    /// Compacts the partition's closed segments: each keeps, of its records with a key,
+    /// those no later record of the partition has the key of (and tombstones only for
+    /// [`EmbeddedLogConfig::delete_retention`]); records keep their offsets. A segment
+    /// is rewritten beside itself, synced, then renamed over it; one left empty is
+    /// deleted. The partition is locked only to look and to swap: appends and reads go
+    /// on meanwhile. Returns the bytes reclaimed.
+    fn compact(&self, config: &EmbeddedLogConfig) -> Result<u64> {
+        let (views, active_base) = {
+            let mut p = lock(&self.inner);
+            p.check_failed()?;
+            let active_base = p.active().base;
+            if p.segments.len() < 2 || p.compacted_at == Some(active_base) {
+                return Ok(0);
+            }
+            let views = p
+                .segments
+                .values()
+                .map(|s| {
+                    Ok(SegmentView {
+                        base: s.base,
+                        path: s.path.clone(),
+                        file: s.file.try_clone().at(&s.path)?,
+                        size: s.size,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            (views, active_base)
+        };
+        // Where each key was last written.
+        let mut latest: std::collections::HashMap<Vec<u8>, u64> = Default::default();
+        for v in &views {
+            v.records(|offset, r| {
+                if let Some(k) = r.key {
+                    latest.insert(k, offset);
+                }
+            })?;
+        }
+        let mut reclaimed = 0;
+        let mut waiting = false;
+        for v in views.iter().filter(|v| v.base < active_base) {
+            let age = v.age();
+            if age < config.min_compaction_lag {
+                waiting = true;
+                continue;
+            }
+            let drop_tombstones = age >= config.delete_retention;
+            // What it keeps, in runs of consecutive offsets (a batch each).
+            let mut runs: Vec<(u64, Vec<Record>, usize)> = Vec::new();
+            let mut removed = 0u64;
+            v.records(|offset, r| {
+                let keep = match &r.key {
+                    None => true,
+                    Some(k) => {
+                        latest.get(k) == Some(&offset) && !(drop_tombstones && r.value.is_none())
+                    }
+                };
+                if !keep {
+                    removed += 1;
+                    return;
+                }
+                let size =
+                    r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len);
+                match runs.last_mut() {
+                    Some((base, rs, bytes))
+                        if *base + rs.len() as u64 == offset && *bytes < CLEAN_BATCH_BYTES =>
+                    {
+                        rs.push(r);
+                        *bytes += size;
+                    }
+                    _ => runs.push((offset, vec![r], size)),
+                }
+            })?;
+            if removed == 0 {
+                continue;
+            }
+            let cleaning = v.path.with_extension(format!("seg.{CLEANING}"));
+            let mut frames = Vec::new();
+            for (base, records, _) in &runs {
+                encode_frame(&mut frames, *base, records, usize::MAX)?;
+            }
+            let written = if runs.is_empty() {
+                0
+            } else {
+                let mut f = File::create(&cleaning).at(&cleaning)?;
+                f.write_all(&frames).at(&cleaning)?;
+                // It keeps the segment's age (for the tombstones' delay).
+                if let Ok(m) = v.file.metadata().and_then(|m| m.modified()) {
+                    let _ = f.set_modified(m);
+                }
+                f.sync_all().at(&cleaning)?;
+                frames.len() as u64
+            };
+            let mut p = lock(&self.inner);
+            // Deleted meanwhile (retention, a trim): nothing to swap.
+            if p.segments.get(&v.base).is_none_or(|s| s.size != v.size) {
+                let _ = fs::remove_file(&cleaning);
+                continue;
+            }
+            if runs.is_empty() {
+                fs::remove_file(&v.path).at(&v.path)?;
+                p.segments.remove(&v.base);
+            } else {
+                fs::rename(&cleaning, &v.path).at(&v.path)?;
+                let rewritten =
+                    Segment::recover(v.base, v.path.clone(), false, config.index_interval_bytes)?;
+                p.segments.insert(v.base, rewritten.segment);
+            }
+            sync_dir(&p.dir)?;
+            reclaimed += v.size - written;
+        }
+        if !waiting {
+            lock(&self.inner).compacted_at = Some(active_base);
+        }
+        Ok(reclaimed)
     }
 }
 

@@ -36,6 +36,11 @@ pub struct TopicConfig {
     /// delete a week-old command log). The embedded log deletes nothing by default.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub keep_forever: bool,
+    /// Keep only each key's latest record (Kafka's `cleanup.policy=compact`, with
+    /// `delete` too when a retention is set): a table's topic then holds about one
+    /// record per key, however often the key changed. Records without a key are kept.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub compact: bool,
 }
 
 impl Default for TopicConfig {
@@ -47,6 +52,7 @@ impl Default for TopicConfig {
             retention_ms: None,
             segment_bytes: None,
             keep_forever: false,
+            compact: false,
         }
     }
 }

@@ -95,6 +95,12 @@ pub struct ServerConfig {
     /// `weir.cluster.session.timeout.ms`: how long servers sharing the service id on one
     /// Kafka wait for a silent one's heartbeat before taking its work.
     pub session_timeout: std::time::Duration,
+    /// The embedded log's settings: retention defaults (`weir.log.retention.ms`,
+    /// `weir.log.retention.bytes`), how often retention and compaction run
+    /// (`weir.log.retention.check.interval.ms`), compaction's lag and how long it keeps
+    /// tombstones (`weir.log.cleaner.min.compaction.lag.ms`,
+    /// `weir.log.cleaner.delete.retention.ms`).
+    pub log: EmbeddedLogConfig,
 }
 
 impl Default for ServerConfig {
@@ -114,6 +120,7 @@ impl Default for ServerConfig {
             workers: weir_engine::runtime::default_workers(),
             service_id: weir_engine::DEFAULT_SERVICE_ID.into(),
             session_timeout: weir_engine::cluster::DEFAULT_SESSION_TIMEOUT,
+            log: EmbeddedLogConfig::default(),
         }
     }
 }
@@ -160,6 +167,22 @@ impl ServerConfig {
                         _ => return Err(bad("milliseconds, at least 500".into())),
                     }
                 }
+                "weir.log.retention.ms" => {
+                    self.log.retention_ms = Some(millis(value).map_err(bad)?)
+                }
+                "weir.log.retention.bytes" => {
+                    self.log.retention_bytes = Some(value.parse().map_err(|e| bad(format!("{e}")))?)
+                }
+                "weir.log.retention.check.interval.ms" => {
+                    self.log.housekeeping_every =
+                        Some(Duration::from_millis(millis(value).map_err(bad)?.max(100)))
+                }
+                "weir.log.cleaner.min.compaction.lag.ms" => {
+                    self.log.min_compaction_lag = Duration::from_millis(millis(value).map_err(bad)?)
+                }
+                "weir.log.cleaner.delete.retention.ms" => {
+                    self.log.delete_retention = Duration::from_millis(millis(value).map_err(bad)?)
+                }
                 weir_engine::runtime::WORKERS_SETTING => {
                     self.workers = match value.parse::<usize>() {
                         Ok(n) if n > 0 => n,
@@ -188,6 +211,14 @@ impl ServerConfig {
         }
         Ok(())
     }
+}
+
+/// A setting in milliseconds.
+fn millis(value: &str) -> Result<u64, String> {
+    value
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| format!("'{value}' is not a number of milliseconds"))
 }
 
 /// What the request handlers share.
@@ -235,7 +266,7 @@ impl Server {
         let (log, cluster_id): (Arc<dyn Log>, String) = match &config.kafka_bootstrap {
             None => (
                 Arc::new(
-                    EmbeddedLog::open(&config.data_dir, EmbeddedLogConfig::default())
+                    EmbeddedLog::open(&config.data_dir, config.log.clone())
                         .map_err(|e| format!("opening {}: {e}", config.data_dir.display()))?,
                 ),
                 "weir-embedded".to_string(),
