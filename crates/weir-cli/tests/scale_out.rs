@@ -30,7 +30,10 @@ impl Drop for Proc {
 /// `weir run` on the broker as a member of service `scale`, its output (stdout and
 /// stderr) in `out`.
 fn server(bootstrap: &str, queries: Option<&std::path::Path>, out: &std::path::Path) -> Proc {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+    // (`WEIR_BIN`: another build of weir, to run this test over and over while the
+    // tree is rebuilt.)
+    let bin = std::env::var_os("WEIR_BIN").unwrap_or(env!("CARGO_BIN_EXE_weir").into());
+    let mut cmd = Command::new(bin);
     cmd.args([
         "run",
         "--kafka-bootstrap",
