@@ -1130,6 +1130,10 @@ pub struct Engine {
     own_commands: std::collections::HashSet<u64>,
     /// The checkpoints' topic was last trimmed up to here ([`Engine::trim_checkpoints`]).
     trimmed_to: std::sync::atomic::AtomicU64,
+    /// Queries whose statement failed when the command log was replayed (a plugin
+    /// function gone, a source missing): listed in ERROR, with why, until terminated;
+    /// their checkpoints are kept, so a restart that can run them resumes them.
+    broken: BTreeMap<String, QueryView>,
 }
 
 /// The segment size of the checkpoints' topic on the embedded log: it is trimmed a
@@ -1162,6 +1166,7 @@ impl Engine {
             command_cursor: 0,
             own_commands: Default::default(),
             trimmed_to: std::sync::atomic::AtomicU64::new(0),
+            broken: BTreeMap::new(),
         };
         // The processing log is a stream users can query, as ksqlDB's KSQL_PROCESSING_LOG.
         // Should the log refuse the topic now, entries still create it when they come.
@@ -1239,7 +1244,10 @@ impl Engine {
         let commands = read_topic_values(engine.log.as_ref(), &engine.command_topic)?;
         for (offset, value) in commands {
             engine.command_cursor = offset + 1;
-            engine.apply_command(offset, &value)?;
+            let counter = engine.query_counter;
+            if let Err(e) = engine.apply_command(offset, &value) {
+                engine.replay_failed(&value, counter, e);
+            }
         }
         engine.properties.clear();
         engine.replaying = false;
@@ -1266,6 +1274,64 @@ impl Engine {
             EngineError::Execution(format!("replaying command {offset} ({sql}) failed: {e}"))
         })?;
         Ok(())
+    }
+
+    /// A command of the command log that failed on replay: said on stderr, and the start
+    /// goes on without it. A query it started is listed in ERROR (with the id it had, so
+    /// the queries after it keep theirs, and with them their checkpoints) until
+    /// terminated; a restart that can run it resumes it from its last checkpoint.
+    fn replay_failed(&mut self, value: &[u8], counter: u64, error: EngineError) {
+        eprintln!("weir: {error}; going on without it");
+        let sql = serde_json::from_slice::<serde_json::Value>(value)
+            .ok()
+            .and_then(|c| c["sql"].as_str().map(str::to_string));
+        let Some(sql) = sql else { return };
+        let (prefix, sink) = match weir_sql::parse_statement(&sql) {
+            Ok(Statement::CreateAsSelect(c)) => (
+                if c.query.group_by.is_some() {
+                    "CTAS"
+                } else {
+                    "CSAS"
+                },
+                c.name.value.clone(),
+            ),
+            Ok(Statement::InsertInto { target, .. }) => ("INSERTQUERY", target.value.clone()),
+            _ => return,
+        };
+        // Started, and failed after it had its id: it is a query like the others.
+        if self.query_counter != counter {
+            return;
+        }
+        let id = format!("{prefix}_{sink}_{}", self.query_counter);
+        self.query_counter += 1;
+        let view = QueryView {
+            id: id.clone(),
+            statement: sql,
+            sink: sink.clone(),
+            sink_topic: String::new(),
+            source: String::new(),
+            source_topic: String::new(),
+            sink_layout: Layout {
+                key_columns: vec![],
+                value_columns: vec![],
+                key_format: FormatSpec::new(Format::None),
+                value_format: FormatSpec::new(Format::None),
+            },
+            sources: vec![],
+            window_type: None,
+            execution_plan: String::new(),
+            stats: Default::default(),
+            late: 0,
+            error: Some(meta::QueryError {
+                timestamp: now_ms(),
+                message: format!(
+                    "not started: its statement failed when the server started: {error}"
+                ),
+            }),
+            offsets: vec![],
+            anchor: None,
+        };
+        self.broken.insert(id, view);
     }
 
     /// On servers sharing a service id: applies the commands the others appended to the
@@ -1298,10 +1364,10 @@ impl Engine {
             let Some(value) = r.record.value else {
                 continue;
             };
+            let counter = self.query_counter;
             if let Err(e) = self.apply_command(r.offset, &value) {
-                eprintln!(
-                    "weir: a statement another server accepted could not be applied here: {e}"
-                );
+                eprintln!("weir: a statement another server accepted could not be applied here:");
+                self.replay_failed(&value, counter, e);
             }
         }
         self.replaying = false;
@@ -1386,7 +1452,9 @@ impl Engine {
     /// member recovers from may be another's, and the broker's retention applies).
     pub(crate) fn trim_checkpoints(&self) {
         use std::sync::atomic::Ordering;
-        if !self.durable || self.log.shared() || self.queries.is_empty() {
+        // (Not while a query could not be started: its checkpoints are kept for it.)
+        if !self.durable || self.log.shared() || self.queries.is_empty() || !self.broken.is_empty()
+        {
             return;
         }
         let anchors: Option<Vec<u64>> = self
@@ -1586,7 +1654,10 @@ impl Engine {
 
     /// The persistent queries as their last steps left them (no query's work waited for).
     pub fn queries(&self) -> impl Iterator<Item = QueryView> + '_ {
-        self.queries.values().map(|e| view_of(&e.view))
+        self.queries
+            .values()
+            .map(|e| view_of(&e.view))
+            .chain(self.broken.values().cloned())
     }
 
     /// Each persistent query's counters and source lag, for `/metrics`.
@@ -2613,11 +2684,17 @@ impl Engine {
 
     fn terminate(&mut self, target: &QueryTarget) -> Result<Outcome> {
         let ids: Vec<String> = match target {
-            QueryTarget::All => self.queries.keys().cloned().collect(),
+            QueryTarget::All => self
+                .queries
+                .keys()
+                .chain(self.broken.keys())
+                .cloned()
+                .collect(),
             QueryTarget::Query(id) => {
                 let id = self
                     .queries
                     .keys()
+                    .chain(self.broken.keys())
                     .find(|k| k.eq_ignore_ascii_case(&id.value))
                     .cloned()
                     .ok_or_else(|| {
@@ -2627,6 +2704,7 @@ impl Engine {
             }
         };
         for id in &ids {
+            self.broken.remove(id);
             let Some(entry) = self.queries.remove(id) else {
                 continue;
             };

@@ -188,3 +188,117 @@ fn a_checkpoint_that_cannot_be_written_counts_and_writes_nothing_twice() {
     let written: usize = contents(log.as_ref(), "PER_CAR").iter().map(Vec::len).sum();
     assert_eq!(written, 120);
 }
+
+/// A function the first run has and the second does not (a plugin removed meanwhile).
+fn with_twice() -> weir_engine::Functions {
+    use datafusion::arrow::array::{Array, Int32Array};
+    use datafusion::arrow::datatypes::DataType;
+    use datafusion::logical_expr::{ColumnarValue, Volatility, create_udf};
+    let udf = create_udf(
+        "twice",
+        vec![DataType::Int32],
+        DataType::Int32,
+        Volatility::Immutable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let input = args[0].to_array(1)?;
+            let ints = input.as_any().downcast_ref::<Int32Array>().unwrap();
+            let out: Int32Array = ints.iter().map(|v| v.map(|v| v * 2)).collect();
+            Ok(ColumnarValue::Array(Arc::new(out) as Arc<dyn Array>))
+        }),
+    );
+    let mut functions = weir_engine::Functions::default();
+    functions.register_plugin(
+        udf,
+        weir_engine::functions::PluginFunction {
+            name: "TWICE".into(),
+            kind: "SCALAR".into(),
+            description: String::new(),
+            library: "test".into(),
+            version: "1".into(),
+            author: String::new(),
+            path: "test".into(),
+            generation: 1,
+            signatures: vec![],
+        },
+    );
+    functions
+}
+
+/// A statement that fails when the command log is replayed (a function whose plugin
+/// is gone) does not stop the start: its query is listed in ERROR with why, the queries
+/// after it keep their ids and resume from their checkpoints, and a start that has the
+/// function again resumes it too; TERMINATE removes it for good.
+#[test]
+fn a_statement_that_fails_on_replay_is_an_error_not_a_failed_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = |functions: weir_engine::Functions| {
+        let log = Arc::new(weir_log::EmbeddedLog::open(dir.path(), Default::default()).unwrap());
+        (log.clone(), Engine::open_with(log, functions).unwrap())
+    };
+    let insert = |e: &mut Engine, from: i32| {
+        let sql: String = (from..from + 5)
+            .map(|v| format!("INSERT INTO nums (v) VALUES ({v});"))
+            .collect();
+        e.execute_sql(&sql).unwrap();
+        e.run_until_idle().unwrap();
+    };
+    let ids = {
+        let (_, mut e) = open(with_twice());
+        e.execute_sql(
+            "CREATE STREAM nums (v INT) WITH (kafka_topic='nums', value_format='JSON', partitions=1);\n\
+             SET 'auto.offset.reset'='earliest';\n\
+             CREATE STREAM doubled AS SELECT TWICE(v) AS d FROM nums;\n\
+             CREATE STREAM copied AS SELECT v FROM nums;",
+        )
+        .unwrap();
+        insert(&mut e, 0);
+        let mut ids: Vec<String> = e.queries().map(|q| q.id).collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids, ["CSAS_COPIED_1", "CSAS_DOUBLED_0"]);
+    // Without the function: the server starts.
+    {
+        let (log, mut e) = open(weir_engine::Functions::default());
+        let states: Vec<(String, String, String)> = e
+            .queries()
+            .map(|q| {
+                let why = q
+                    .error
+                    .as_ref()
+                    .map(|e| e.message.clone())
+                    .unwrap_or_default();
+                (q.id.clone(), q.state().to_string(), why)
+            })
+            .collect();
+        assert_eq!(states.len(), 2, "{states:?}");
+        let doubled = states.iter().find(|s| s.0 == "CSAS_DOUBLED_0").unwrap();
+        assert_eq!(doubled.1, "ERROR");
+        assert!(doubled.2.contains("TWICE"), "{doubled:?}");
+        let copied = states.iter().find(|s| s.0 == "CSAS_COPIED_1").unwrap();
+        assert_eq!(copied.1, "RUNNING");
+        // The query after it resumed from its checkpoint: nothing written twice.
+        insert(&mut e, 5);
+        assert_eq!(contents(log.as_ref(), "COPIED").concat().len(), 10);
+    }
+    // With it again: the query resumes where it stopped, nothing written twice.
+    {
+        let (log, mut e) = open(with_twice());
+        assert!(e.queries().all(|q| q.state() == "RUNNING"));
+        e.run_until_idle().unwrap();
+        let mut doubled: Vec<String> = contents(log.as_ref(), "DOUBLED").concat();
+        doubled.sort();
+        assert_eq!(doubled.len(), 10, "{doubled:?}");
+        doubled.dedup();
+        assert_eq!(doubled.len(), 10, "{doubled:?}");
+    }
+    // Without it, terminated: gone, and gone after the next start too.
+    {
+        let (_, mut e) = open(weir_engine::Functions::default());
+        e.execute_sql("TERMINATE CSAS_DOUBLED_0;").unwrap();
+        assert_eq!(e.queries().count(), 1);
+    }
+    let (_, e) = open(weir_engine::Functions::default());
+    let ids: Vec<String> = e.queries().map(|q| q.id).collect();
+    assert_eq!(ids, ["CSAS_COPIED_1"]);
+}
