@@ -95,7 +95,7 @@ impl Source {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Catalog {
     sources: BTreeMap<String, Source>,
     types: BTreeMap<String, SqlType>,

@@ -1134,6 +1134,9 @@ pub struct Engine {
     /// function gone, a source missing): listed in ERROR, with why, until terminated;
     /// their checkpoints are kept, so a restart that can run them resumes them.
     broken: BTreeMap<String, QueryView>,
+    /// Topics of sources dropped with DELETE TOPIC by the statement running, deleted once
+    /// it is recorded.
+    dropped_topics: Vec<String>,
 }
 
 /// The segment size of the checkpoints' topic on the embedded log: it is trimmed a
@@ -1167,6 +1170,7 @@ impl Engine {
             own_commands: Default::default(),
             trimmed_to: std::sync::atomic::AtomicU64::new(0),
             broken: BTreeMap::new(),
+            dropped_topics: Vec::new(),
         };
         // The processing log is a stream users can query, as ksqlDB's KSQL_PROCESSING_LOG.
         // Should the log refuse the topic now, entries still create it when they come.
@@ -1390,17 +1394,7 @@ impl Engine {
     }
 
     fn record_command(&mut self, stmt: &Statement) -> Result<()> {
-        let durable_kind = matches!(
-            stmt,
-            Statement::CreateSource(_)
-                | Statement::CreateAsSelect(_)
-                | Statement::InsertInto { .. }
-                | Statement::DropSource { .. }
-                | Statement::Terminate(_)
-                | Statement::CreateType { .. }
-                | Statement::DropType { .. }
-        );
-        if !self.durable || self.replaying || !durable_kind {
+        if !self.recorded(stmt) {
             return Ok(());
         }
         let v = serde_json::json!({"sql": format!("{stmt};"), "properties": self.properties});
@@ -1743,9 +1737,87 @@ impl Engine {
         if !self.replaying {
             self.follow_commands(true)?;
         }
-        let outcome = self.execute_inner(stmt)?;
-        self.record_command(stmt)?;
-        Ok(outcome)
+        if !self.recorded(stmt) {
+            let outcome = self.execute_inner(stmt);
+            self.delete_dropped_topics()?;
+            return outcome;
+        }
+        // Its effects stand only once it is recorded: a statement the command log did
+        // not take (a disk full, a failed fsync) leaves nothing behind that the next start
+        // would not have. TERMINATE is checked, recorded, then done (a query stopped
+        // cannot be started again as it was); the others are done, then recorded, and
+        // undone should the record fail: the catalog and the query counter as they were,
+        // the queries it started stopped before any worker saw them (the engine is ours
+        // meanwhile); a topic DELETE TOPIC drops is deleted only once it is recorded.
+        if let Statement::Terminate(target) = stmt {
+            self.terminate_ids(target)?;
+            self.record_command(stmt)?;
+            return self.execute_inner(stmt);
+        }
+        let before = (
+            self.catalog.clone(),
+            self.query_counter,
+            self.queries
+                .keys()
+                .cloned()
+                .collect::<std::collections::BTreeSet<_>>(),
+        );
+        match self
+            .execute_inner(stmt)
+            .and_then(|outcome| self.record_command(stmt).map(|()| outcome))
+        {
+            Ok(outcome) => {
+                self.delete_dropped_topics()?;
+                Ok(outcome)
+            }
+            Err(e) => {
+                let (catalog, counter, had) = before;
+                self.catalog = catalog;
+                self.query_counter = counter;
+                let started: Vec<String> = self
+                    .queries
+                    .keys()
+                    .filter(|id| !had.contains(*id))
+                    .cloned()
+                    .collect();
+                for id in started {
+                    if let Some(entry) = self.queries.remove(&id) {
+                        lock(&entry.query).terminated = true;
+                    }
+                }
+                self.dropped_topics.clear();
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether `stmt` goes to the command log: it changes the catalog or starts or stops
+    /// a query, on a durable engine, and is not being replayed.
+    fn recorded(&self, stmt: &Statement) -> bool {
+        self.durable
+            && !self.replaying
+            && matches!(
+                stmt,
+                Statement::CreateSource(_)
+                    | Statement::CreateAsSelect(_)
+                    | Statement::InsertInto { .. }
+                    | Statement::DropSource { .. }
+                    | Statement::Terminate(_)
+                    | Statement::CreateType { .. }
+                    | Statement::DropType { .. }
+            )
+    }
+
+    /// Deletes the topics of the sources a statement dropped with DELETE TOPIC (once the
+    /// statement is recorded). One already gone is no error (a replay).
+    fn delete_dropped_topics(&mut self) -> Result<()> {
+        for topic in std::mem::take(&mut self.dropped_topics) {
+            match self.log.delete_topic(&topic) {
+                Ok(()) | Err(weir_log::LogError::UnknownTopic(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     fn execute_inner(&mut self, stmt: &Statement) -> Result<Outcome> {
@@ -2675,14 +2747,16 @@ impl Engine {
         }
         let source = self.catalog.remove_source(name).expect("checked above");
         if delete_topic {
-            self.log.delete_topic(&source.topic)?;
+            // Once the statement is recorded ([`Engine::execute`]).
+            self.dropped_topics.push(source.topic);
         }
         Ok(Outcome::Dropped {
             name: name.to_string(),
         })
     }
 
-    fn terminate(&mut self, target: &QueryTarget) -> Result<Outcome> {
+    /// The queries TERMINATE `target` stops (an unknown id is an error).
+    fn terminate_ids(&self, target: &QueryTarget) -> Result<Vec<String>> {
         let ids: Vec<String> = match target {
             QueryTarget::All => self
                 .queries
@@ -2703,6 +2777,11 @@ impl Engine {
                 vec![id]
             }
         };
+        Ok(ids)
+    }
+
+    fn terminate(&mut self, target: &QueryTarget) -> Result<Outcome> {
+        let ids = self.terminate_ids(target)?;
         for id in &ids {
             self.broken.remove(id);
             let Some(entry) = self.queries.remove(id) else {

@@ -302,3 +302,69 @@ fn a_statement_that_fails_on_replay_is_an_error_not_a_failed_start() {
     let ids: Vec<String> = e.queries().map(|q| q.id).collect();
     assert_eq!(ids, ["CSAS_COPIED_1"]);
 }
+
+/// A statement the command log cannot take (a full disk, a failed fsync) fails and
+/// leaves nothing the next start would not have: no source, no query, no query id used
+/// up, no topic deleted; TERMINATE stops nothing. Once the log takes appends again the
+/// same statements succeed, and a restart has exactly what the server had.
+#[test]
+fn a_statement_that_cannot_be_recorded_has_no_effect() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, mut e) = {
+        let log = Arc::new(Faulty::open(dir.path()));
+        let e = Engine::open(log.clone()).unwrap();
+        (log, e)
+    };
+    e.execute_sql(
+        "CREATE STREAM nums (v INT) WITH (kafka_topic='nums', value_format='JSON', partitions=1);\n\
+         SET 'auto.offset.reset'='earliest';\n\
+         CREATE STREAM first AS SELECT v FROM nums;\n\
+         CREATE STREAM spare (v INT) WITH (kafka_topic='spare', value_format='JSON', partitions=1);\n\
+         INSERT INTO spare (v) VALUES (7);",
+    )
+    .unwrap();
+    let names = |e: &Engine| {
+        let mut n: Vec<String> = e.catalog().sources().map(|s| s.name.clone()).collect();
+        n.sort();
+        n
+    };
+    let ids = |e: &Engine| {
+        let mut ids: Vec<String> = e.queries().map(|q| q.id).collect();
+        ids.sort();
+        ids
+    };
+    let (names_before, ids_before) = (names(&e), ids(&e));
+    log.fail_appends("_weir_commands", 0);
+    for sql in [
+        "CREATE STREAM other (v INT) WITH (kafka_topic='other', value_format='JSON', partitions=1);",
+        "CREATE STREAM second AS SELECT v * 2 AS w FROM nums;",
+        "INSERT INTO first SELECT v FROM nums;",
+        "DROP STREAM spare DELETE TOPIC;",
+        "TERMINATE CSAS_FIRST_0;",
+    ] {
+        assert!(e.execute_sql(sql).is_err(), "{sql}: accepted");
+    }
+    assert_eq!(names(&e), names_before);
+    assert_eq!(ids(&e), ids_before);
+    assert_eq!(contents(log.as_ref(), "spare").concat().len(), 1);
+    e.execute_sql("INSERT INTO nums (v) VALUES (1);").unwrap();
+    e.run_until_idle().unwrap();
+    assert_eq!(contents(log.as_ref(), "FIRST").concat().len(), 1);
+    log.heal();
+    e.execute_sql("CREATE STREAM second AS SELECT v * 2 AS w FROM nums;")
+        .unwrap();
+    // The id the failed statement did not use up.
+    assert!(
+        ids(&e).contains(&"CSAS_SECOND_1".to_string()),
+        "{:?}",
+        ids(&e)
+    );
+    e.execute_sql("DROP STREAM spare DELETE TOPIC;").unwrap();
+    assert!(log.topic("spare").unwrap().is_none());
+    let (names_now, ids_now) = (names(&e), ids(&e));
+    drop(e);
+    drop(log);
+    let log = Arc::new(Faulty::open(dir.path()));
+    let e = Engine::open(log.clone()).unwrap();
+    assert_eq!((names(&e), ids(&e)), (names_now, ids_now));
+}
