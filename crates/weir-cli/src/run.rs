@@ -55,8 +55,14 @@ pub fn run(
         }
         None => Default::default(),
     };
-    let mut engine = Engine::open_member(log.clone(), functions, service_id, session)
-        .map_err(|e| format!("recovering {place}: {e}"))?;
+    let mut engine = Engine::open_member(
+        log.clone(),
+        functions,
+        service_id,
+        session,
+        Default::default(),
+    )
+    .map_err(|e| format!("recovering {place}: {e}"))?;
     // A stateless query's partitions are stepped at once, a core each.
     engine.set_parallelism(weir_engine::runtime::default_workers());
     say(

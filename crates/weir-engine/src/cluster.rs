@@ -137,16 +137,11 @@ impl Cluster {
         topic: String,
         command_topic: String,
         session: Duration,
+        internal: crate::InternalTopics,
     ) -> Result<Arc<Self>> {
         if log.topic(&topic)?.is_none() {
             // Kept: a claim's epoch must never be forgotten (fencing rests on it).
-            log.create_topic(
-                &topic,
-                weir_log::TopicConfig {
-                    keep_forever: true,
-                    ..Default::default()
-                },
-            )?;
+            log.create_topic(&topic, internal.config(None))?;
         }
         let inner = Arc::new(Inner {
             log,

@@ -1200,18 +1200,25 @@ impl Engine {
     /// As [`Engine::open_with`], for the servers with service id `service_id`
     /// (`ksql.service.id`): their own command log and checkpoints ([`internal_topics`]).
     pub fn open_service(log: Arc<dyn Log>, functions: Functions, service_id: &str) -> Result<Self> {
-        Self::open_member(log, functions, service_id, cluster::DEFAULT_SESSION_TIMEOUT)
+        Self::open_member(
+            log,
+            functions,
+            service_id,
+            cluster::DEFAULT_SESSION_TIMEOUT,
+            InternalTopics::default(),
+        )
     }
 
     /// As [`Engine::open_service`]; on a log several servers share (Kafka) this server
     /// joins the others with its service id and divides the queries' work with them
     /// ([`cluster`]), taking over a member's work when it has sent no heartbeat for
-    /// `session`.
+    /// `session`. The internal topics it creates are made as `internal` says.
     pub fn open_member(
         log: Arc<dyn Log>,
         functions: Functions,
         service_id: &str,
         session: Duration,
+        internal: InternalTopics,
     ) -> Result<Self> {
         let mut engine = Self::new(log);
         engine.functions = functions;
@@ -1226,14 +1233,9 @@ impl Engine {
         ] {
             if engine.log.topic(topic)?.is_none() {
                 // Kept whatever the broker's retention: the catalog and the state.
-                engine.log.create_topic(
-                    topic,
-                    TopicConfig {
-                        segment_bytes,
-                        keep_forever: true,
-                        ..Default::default()
-                    },
-                )?;
+                engine
+                    .log
+                    .create_topic(topic, internal.config(segment_bytes))?;
             }
         }
         if engine.log.shared() {
@@ -1242,6 +1244,7 @@ impl Engine {
                 cluster::members_topic(service_id),
                 engine.command_topic.clone(),
                 session,
+                internal,
             )?);
         }
         engine.replaying = true;
@@ -2990,6 +2993,38 @@ fn recover<'a>(
         find_written(log, q, &as_offsets(&cp["sink_ends"]))?;
     }
     Ok(())
+}
+
+/// How the internal topics (command log, checkpoints, members) are created on Kafka:
+/// `ksql.internal.topic.replicas` copies, `ksql.internal.topic.min.insync.replicas` of
+/// which must have an append before it is acknowledged; kept whatever the broker's
+/// retention. (The embedded log keeps one copy.)
+#[derive(Debug, Clone, Copy)]
+pub struct InternalTopics {
+    pub replicas: u16,
+    pub min_insync_replicas: Option<u16>,
+}
+
+impl Default for InternalTopics {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            min_insync_replicas: None,
+        }
+    }
+}
+
+impl InternalTopics {
+    pub(crate) fn config(&self, segment_bytes: Option<u64>) -> TopicConfig {
+        TopicConfig {
+            replicas: self.replicas,
+            min_insync_replicas: self.min_insync_replicas,
+            segment_bytes,
+            // The catalog and the state: never deleted by age or size.
+            keep_forever: true,
+            ..Default::default()
+        }
+    }
 }
 
 /// The key suffix of a checkpoint's leading parts (see [`checkpoint_records`]).

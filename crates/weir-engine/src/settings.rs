@@ -119,6 +119,16 @@ pub const SETTINGS: &[Setting] = &[
         "servers sharing a service id on one Kafka take a server's work when it has sent no heartbeat for this long (ms)",
     ),
     server(
+        "ksql.internal.topic.replicas",
+        "1",
+        "on Kafka, the replication factor of the internal topics (command log, checkpoints, members)",
+    ),
+    server(
+        "ksql.internal.topic.min.insync.replicas",
+        "",
+        "on Kafka, the internal topics' min.insync.replicas (default: the broker's)",
+    ),
+    server(
         "weir.log.retention.ms",
         "",
         "the embedded log deletes a topic's oldest segments once older than this (ms), unless the topic sets its own (RETENTION_MS) or is internal; default: never",

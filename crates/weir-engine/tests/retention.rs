@@ -136,3 +136,39 @@ fn with_properties_set_a_new_topics_cleanup_and_retention() {
     }
     assert!(log.topic("bad").unwrap().is_none());
 }
+
+/// The internal topics are made as the server says (on Kafka: their replication and
+/// `min.insync.replicas`), and kept forever whatever the log's default retention.
+#[test]
+fn internal_topics_are_made_as_configured_and_kept_forever() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(
+        EmbeddedLog::open(
+            dir.path(),
+            EmbeddedLogConfig {
+                retention_ms: Some(1),
+                ..log_config()
+            },
+        )
+        .unwrap(),
+    );
+    let _e = Engine::open_member(
+        log.clone(),
+        Default::default(),
+        "svc",
+        Duration::from_secs(10),
+        weir_engine::InternalTopics {
+            replicas: 3,
+            min_insync_replicas: Some(2),
+        },
+    )
+    .unwrap();
+    for topic in ["_weir_svc_commands", "_weir_svc_offsets"] {
+        let c = log.topic(topic).unwrap().unwrap().config;
+        assert_eq!(
+            (c.replicas, c.min_insync_replicas, c.keep_forever),
+            (3, Some(2), true),
+            "{topic}"
+        );
+    }
+}

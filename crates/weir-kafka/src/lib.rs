@@ -275,6 +275,9 @@ fn to_stored(partition: u32, m: &rdkafka::message::BorrowedMessage<'_>) -> Store
 }
 
 /// The topic-level settings a new topic is created with.
+/// The youngest a compacted topic's records are before the broker may compact them away.
+const MIN_COMPACTION_LAG_MS: u64 = 60_000;
+
 fn topic_settings(config: &TopicConfig) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
     let deletes =
@@ -284,6 +287,12 @@ fn topic_settings(config: &TopicConfig) -> Vec<(&'static str, String)> {
             "cleanup.policy",
             if deletes { "compact,delete" } else { "compact" }.into(),
         ));
+        // As on the embedded log: what a query wrote since its last checkpoint stays as
+        // written, for its recovery to find.
+        out.push(("min.compaction.lag.ms", MIN_COMPACTION_LAG_MS.to_string()));
+    }
+    if let Some(n) = config.min_insync_replicas {
+        out.push(("min.insync.replicas", n.to_string()));
     }
     if config.keep_forever {
         out.push(("retention.ms", "-1".into()));
@@ -591,7 +600,24 @@ mod tests {
         };
         assert_eq!(
             topic_settings(&table),
-            [("cleanup.policy", "compact".to_string())]
+            [
+                ("cleanup.policy", "compact".to_string()),
+                ("min.compaction.lag.ms", "60000".to_string())
+            ]
+        );
+        let internal = TopicConfig {
+            replicas: 3,
+            min_insync_replicas: Some(2),
+            keep_forever: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            topic_settings(&internal),
+            [
+                ("min.insync.replicas", "2".to_string()),
+                ("retention.ms", "-1".to_string()),
+                ("retention.bytes", "-1".to_string())
+            ]
         );
         let both = TopicConfig {
             compact: true,
@@ -602,6 +628,7 @@ mod tests {
             topic_settings(&both),
             [
                 ("cleanup.policy", "compact,delete".to_string()),
+                ("min.compaction.lag.ms", "60000".to_string()),
                 ("retention.bytes", (1u64 << 30).to_string())
             ]
         );

@@ -41,6 +41,11 @@ pub struct TopicConfig {
     /// record per key, however often the key changed. Records without a key are kept.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub compact: bool,
+    /// On Kafka, the replicas that must have an append before it is acknowledged
+    /// (`min.insync.replicas`; the broker's default when `None`). The embedded log has one
+    /// copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_insync_replicas: Option<u16>,
 }
 
 impl Default for TopicConfig {
@@ -53,6 +58,7 @@ impl Default for TopicConfig {
             segment_bytes: None,
             keep_forever: false,
             compact: false,
+            min_insync_replicas: None,
         }
     }
 }

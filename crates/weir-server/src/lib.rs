@@ -101,6 +101,9 @@ pub struct ServerConfig {
     /// tombstones (`weir.log.cleaner.min.compaction.lag.ms`,
     /// `weir.log.cleaner.delete.retention.ms`).
     pub log: EmbeddedLogConfig,
+    /// How the internal topics are made on Kafka (`ksql.internal.topic.replicas`,
+    /// `ksql.internal.topic.min.insync.replicas`).
+    pub internal_topics: weir_engine::InternalTopics,
 }
 
 impl Default for ServerConfig {
@@ -121,6 +124,7 @@ impl Default for ServerConfig {
             service_id: weir_engine::DEFAULT_SERVICE_ID.into(),
             session_timeout: weir_engine::cluster::DEFAULT_SESSION_TIMEOUT,
             log: EmbeddedLogConfig::default(),
+            internal_topics: Default::default(),
         }
     }
 }
@@ -165,6 +169,18 @@ impl ServerConfig {
                     self.session_timeout = match value.parse::<u64>() {
                         Ok(ms) if ms >= 500 => std::time::Duration::from_millis(ms),
                         _ => return Err(bad("milliseconds, at least 500".into())),
+                    }
+                }
+                "ksql.internal.topic.replicas" => {
+                    self.internal_topics.replicas = match value.parse::<u16>() {
+                        Ok(n) if n > 0 => n,
+                        _ => return Err(bad("a number of replicas, at least 1".into())),
+                    }
+                }
+                "ksql.internal.topic.min.insync.replicas" => {
+                    self.internal_topics.min_insync_replicas = match value.parse::<u16>() {
+                        Ok(n) if n > 0 => Some(n),
+                        _ => return Err(bad("a number of replicas, at least 1".into())),
                     }
                 }
                 "weir.log.retention.ms" => {
@@ -293,9 +309,14 @@ impl Server {
             Some(at) => Some(start_mqtt(&config, at, log.clone(), users.clone())?),
             None => None,
         };
-        let mut engine =
-            Engine::open_member(log, functions, &config.service_id, config.session_timeout)
-                .map_err(|e| format!("recovering the command log: {e}"))?;
+        let mut engine = Engine::open_member(
+            log,
+            functions,
+            &config.service_id,
+            config.session_timeout,
+            config.internal_topics,
+        )
+        .map_err(|e| format!("recovering the command log: {e}"))?;
         for (k, v) in &config.properties {
             engine.set_property(k, v);
         }
@@ -574,6 +595,39 @@ mod tests {
         assert_eq!(listen_address("localhost:8088").unwrap().port(), 8088);
         let err = listen_address("http://nowhere").unwrap_err();
         assert!(err.contains("HOST:PORT"), "{err}");
+    }
+
+    /// The log's and the internal topics' settings from a config file reach the server's
+    /// config; a bad value names its line.
+    #[test]
+    fn log_and_internal_topic_settings_are_read_from_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("weir.properties");
+        std::fs::write(
+            &path,
+            "weir.log.retention.ms=86400000\nweir.log.retention.bytes=1073741824\n\
+             weir.log.retention.check.interval.ms=5000\n\
+             weir.log.cleaner.min.compaction.lag.ms=1000\n\
+             weir.log.cleaner.delete.retention.ms=0\n\
+             ksql.internal.topic.replicas=3\nksql.internal.topic.min.insync.replicas=2\n",
+        )
+        .unwrap();
+        let mut config = super::ServerConfig::default();
+        config.apply_properties_file(&path).unwrap();
+        let log = &config.log;
+        assert_eq!(log.retention_ms, Some(86_400_000));
+        assert_eq!(log.retention_bytes, Some(1 << 30));
+        assert_eq!(log.housekeeping_every, Some(super::Duration::from_secs(5)));
+        assert_eq!(log.min_compaction_lag, super::Duration::from_secs(1));
+        assert_eq!(log.delete_retention, super::Duration::ZERO);
+        assert_eq!(config.internal_topics.replicas, 3);
+        assert_eq!(config.internal_topics.min_insync_replicas, Some(2));
+        assert!(config.properties.is_empty(), "{:?}", config.properties);
+        std::fs::write(&path, "# comment\nksql.internal.topic.replicas=0\n").unwrap();
+        let err = super::ServerConfig::default()
+            .apply_properties_file(&path)
+            .unwrap_err();
+        assert!(err.contains(":2: ksql.internal.topic.replicas"), "{err}");
     }
 
     /// `weir server --help` shows the settings table's defaults: they must be the server's.
