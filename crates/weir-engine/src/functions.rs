@@ -30,6 +30,7 @@ const ALIASES: &[(&str, &str)] = &[
     ("ENCODE", "ksql_encode"),
 ];
 
+#[derive(Clone)]
 pub struct Functions {
     state: SessionState,
     options: ConfigOptions,

@@ -53,6 +53,7 @@ pub use catalog::{Catalog, KeyWindow, Source};
 pub use error::{EngineError, Result};
 pub use functions::Functions;
 pub use plan::{SelectPlan, plan_select};
+pub use pull::PullJob;
 pub use push::{PushEvent, PushHandle};
 pub use runtime::Runtime;
 
@@ -1108,7 +1109,7 @@ pub struct Engine {
     push_queries: BTreeMap<String, PushEntry>,
     push_counter: u64,
     /// Tables' current rows, for pull queries (see `pull.rs`).
-    materialized: std::collections::HashMap<String, pull::Materialized>,
+    materialized: std::collections::HashMap<String, Arc<Mutex<pull::Materialized>>>,
     properties: BTreeMap<String, String>,
     query_counter: u64,
     /// Keeps a command log and query checkpoints in the log ([`Engine::open`]).
@@ -1728,6 +1729,26 @@ impl Engine {
         let result = self.execute(stmt);
         self.properties = saved;
         result
+    }
+
+    /// A pull query (`SELECT` without EMIT CHANGES) made ready to run without the
+    /// engine's lock ([`PullJob::run`]: it reads its source and computes its rows on its
+    /// own); `None` for any other statement. `overrides` are the request's properties.
+    pub fn prepare_pull(
+        &mut self,
+        stmt: &Statement,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<Option<PullJob>> {
+        let Statement::Query(q) = stmt else {
+            return Ok(None);
+        };
+        if q.emit.is_some() {
+            return Ok(None);
+        }
+        if !self.replaying {
+            self.follow_commands(true)?;
+        }
+        self.prepare_pull_query(q, overrides).map(Some)
     }
 
     /// The session's properties (`SET`).

@@ -61,6 +61,16 @@ impl Materialized {
 impl Engine {
     /// Answers a pull query: its rows on a handle that ends after the last one.
     pub(crate) fn pull_query(&mut self, query: &Query) -> Result<Outcome> {
+        self.prepare_pull_query(query, &BTreeMap::new())?.run()
+    }
+
+    /// A pull query made ready to run without the engine: checked, its source and
+    /// settings looked up, its query id given. `overrides` are the request's properties.
+    pub(crate) fn prepare_pull_query(
+        &mut self,
+        query: &Query,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<PullJob> {
         for (present, clause) in [
             (!query.from.joins.is_empty(), "JOIN"),
             (query.group_by.is_some(), "GROUP BY"),
@@ -75,80 +85,131 @@ impl Engine {
             }
         }
         let source = self.stream(&query.from.source.name.value)?;
-        let limit = query.limit.map(|l| l as usize);
-        let max_scan = self
-            .properties
+        let max_scan = overrides
             .get(PULL_MAX_SCAN_PROPERTY)
+            .or_else(|| self.properties.get(PULL_MAX_SCAN_PROPERTY))
             .and_then(|v| v.parse::<usize>().ok())
             .unwrap_or(DEFAULT_PULL_MAX_SCAN);
+        let table = (source.kind == SourceKind::Table).then(|| {
+            let m = self.materialized.entry(source.name.clone()).or_default();
+            let mut t = m.lock().unwrap_or_else(|e| e.into_inner());
+            if t.statement != source.statement {
+                *t = Materialized {
+                    statement: source.statement.clone(),
+                    ..Default::default()
+                };
+            }
+            drop(t);
+            m.clone()
+        });
+        self.push_counter += 1;
+        Ok(PullJob {
+            query: query.clone(),
+            source,
+            max_scan,
+            table,
+            functions: self.functions.clone(),
+            log: self.log.clone(),
+            query_id: format!("query_{}", self.push_counter),
+        })
+    }
+}
+
+/// A pull query ready to run: it reads its source and computes its rows without the
+/// engine (a statement, `/healthcheck` or another query never waits for its scan).
+pub struct PullJob {
+    query: Query,
+    source: Source,
+    max_scan: usize,
+    /// A table's materialization, shared with the pull queries over it.
+    table: Option<Arc<std::sync::Mutex<Materialized>>>,
+    functions: crate::functions::Functions,
+    log: Arc<dyn Log>,
+    query_id: String,
+}
+
+impl PullJob {
+    /// Reads and answers: its rows on a handle that ends after the last one.
+    pub fn run(self) -> Result<Outcome> {
+        let PullJob {
+            query,
+            source,
+            max_scan,
+            table,
+            functions,
+            log,
+            query_id,
+        } = self;
+        let query = &query;
+        let functions = &functions;
+        let log = log.as_ref();
+        let limit = query.limit.map(|l| l as usize);
         let scanned_too_many = || {
             EngineError::Invalid(format!(
                 "This pull query would scan more than {max_scan} rows ({PULL_MAX_SCAN_PROPERTY}): add a LIMIT, or a WHERE on the key of a table, or raise the setting."
             ))
         };
         let mut rows: Vec<Vec<serde_json::Value>> = Vec::new();
-        let columns = match source.kind {
-            SourceKind::Table => {
-                let m = self.materialized.entry(source.name.clone()).or_default();
-                if m.statement != source.statement {
-                    *m = Materialized {
-                        statement: source.statement.clone(),
-                        ..Default::default()
-                    };
-                }
-                m.catch_up(self.log.as_ref(), &source.topic)?;
-                // `WHERE key = literal` (alone or ANDed with more): only that key's rows
-                // (a windowed table's: every window of it, by prefix); else every row.
-                // Text key formats may be written with other spacing by other producers:
-                // a miss there falls back to the scan.
-                let found: Option<Vec<StoredRecord>> = key_lookup(&self.functions, query, &source)?
-                    .map(|prefix| {
-                        m.rows
-                            .range(prefix.clone()..)
-                            .take_while(|(k, _)| {
-                                if source.window.is_some() {
-                                    k.starts_with(&prefix)
-                                } else {
-                                    **k == prefix
-                                }
-                            })
-                            .map(|(_, r)| r.clone())
-                            .collect()
-                    });
-                let records = match found {
-                    Some(rows)
-                        if !rows.is_empty()
-                            || source.layout.key_format.format == weir_format::Format::Kafka =>
-                    {
-                        rows
+        let columns = match table {
+            Some(table) => {
+                // The table's rows this query reads, copied out of the shared
+                // materialization once it has caught up.
+                let records: Vec<StoredRecord> = {
+                    let mut m = table.lock().unwrap_or_else(|e| e.into_inner());
+                    m.catch_up(log, &source.topic)?;
+                    // `WHERE key = literal` (alone or ANDed with more): only that key's
+                    // rows (a windowed table's: every window of it, by prefix); else every
+                    // row. Text key formats may be written with other spacing by other
+                    // producers: a miss there falls back to the scan.
+                    let found: Option<Vec<StoredRecord>> = key_lookup(functions, query, &source)?
+                        .map(|prefix| {
+                            m.rows
+                                .range(prefix.clone()..)
+                                .take_while(|(k, _)| {
+                                    if source.window.is_some() {
+                                        k.starts_with(&prefix)
+                                    } else {
+                                        **k == prefix
+                                    }
+                                })
+                                .map(|(_, r)| r.clone())
+                                .collect()
+                        });
+                    match found {
+                        Some(rows)
+                            if !rows.is_empty()
+                                || source.layout.key_format.format
+                                    == weir_format::Format::Kafka =>
+                        {
+                            rows
+                        }
+                        _ if limit.is_none() && m.rows.len() > max_scan => {
+                            return Err(scanned_too_many());
+                        }
+                        _ => m.rows.values().cloned().collect(),
                     }
-                    _ if limit.is_none() && m.rows.len() > max_scan => {
-                        return Err(scanned_too_many());
-                    }
-                    _ => m.rows.values().cloned().collect(),
                 };
                 let mut columns = None;
                 for chunk in records.chunks(PULL_CHUNK_ROWS) {
-                    columns = Some(self.pull_chunk(query, &source, chunk, &mut rows)?);
+                    columns = Some(pull_chunk(
+                        functions, log, query, &source, chunk, &mut rows,
+                    )?);
                     if limit.is_some_and(|l| rows.len() >= l) {
                         break;
                     }
                 }
                 match columns {
                     Some(c) => c,
-                    None => self.pull_chunk(query, &source, &[], &mut rows)?,
+                    None => pull_chunk(functions, log, query, &source, &[], &mut rows)?,
                 }
             }
             // A stream's records up to now, a chunk at a time, until LIMIT rows are found.
-            SourceKind::Stream => {
-                let partitions = self
-                    .log
-                    .topic(&source.topic)?
-                    .map_or(0, |t| t.config.partitions);
+            None => {
+                let partitions = log.topic(&source.topic)?.map_or(0, |t| t.config.partitions);
                 let ends: Vec<(u64, u64)> = (0..partitions)
-                    .map(|p| self.log.offsets(&source.topic, p))
+                    .map(|p| log.offsets(&source.topic, p))
                     .collect::<weir_log::Result<_>>()?;
-                let mut columns = self.pull_chunk(query, &source, &[], &mut rows)?;
+                let mut columns = pull_chunk(functions, log, query, &source, &[], &mut rows)?;
                 let mut scanned = 0usize;
                 'partitions: for (p, (first, end)) in ends.into_iter().enumerate() {
                     let mut next = first;
@@ -158,7 +219,7 @@ impl Engine {
                         let want = PULL_CHUNK_ROWS
                             .min((end - next) as usize)
                             .min(max_scan.saturating_sub(scanned) + 1);
-                        let read = self.log.read(&source.topic, p as u32, next, want)?;
+                        let read = log.read(&source.topic, p as u32, next, want)?;
                         let Some(last) = read.last() else {
                             break;
                         };
@@ -168,7 +229,7 @@ impl Engine {
                             .filter(|r| r.offset < end && r.record.value.is_some())
                             .collect();
                         scanned += chunk.len();
-                        columns = self.pull_chunk(query, &source, &chunk, &mut rows)?;
+                        columns = pull_chunk(functions, log, query, &source, &chunk, &mut rows)?;
                         if limit.is_some_and(|l| rows.len() >= l) {
                             break 'partitions;
                         }
@@ -189,9 +250,8 @@ impl Engine {
         }
         // The sender goes here: the handle ends after the last row.
         drop(sender);
-        self.push_counter += 1;
         Ok(Outcome::Push(PushHandle {
-            query_id: format!("query_{}", self.push_counter),
+            query_id,
             columns,
             rows: receiver,
             _alive: Arc::new(()),
@@ -209,67 +269,66 @@ pub const PULL_MAX_SCAN_PROPERTY: &str = "weir.pull.max.scan.rows";
 /// Its default.
 pub const DEFAULT_PULL_MAX_SCAN: usize = 10_000_000;
 
-impl Engine {
-    /// Runs a pull query's pipeline over `records` of `source` (a chunk of its rows),
-    /// adding the rows it answers to `rows`; returns its columns.
-    fn pull_chunk(
-        &self,
-        query: &Query,
-        source: &Source,
-        records: &[StoredRecord],
-        rows: &mut Vec<Vec<serde_json::Value>>,
-    ) -> Result<Vec<(String, SqlType)>> {
-        // A windowed table's key carries its window: taken off before decoding, and shown
-        // as WINDOWSTART and WINDOWEND after the key columns.
-        let (view, batch) = match source.window {
-            None => {
-                let batch = source.layout.decode(&source.layout.schema(), records).batch;
-                (source.clone(), batch)
-            }
-            Some(w) => {
-                let schema = crate::with_window_bounds(&source.layout.schema());
-                let decoded = crate::decode_run(
-                    &source.layout,
-                    &schema,
-                    records,
-                    false,
-                    None,
-                    Some(w),
-                    0,
-                    &mut Vec::new(),
-                )?;
-                windowed_view(source, decoded.batch)?
-            }
-        };
-        let plan = plan_push(&self.functions, query, &view)?;
-        let columns: Vec<(String, SqlType)> = plan
-            .output_schema
-            .fields()
-            .iter()
-            .skip(2)
-            .map(|f| Ok((f.name().clone(), sql_type_of(f.data_type())?)))
-            .collect::<Result<_>>()?;
-        // The pipeline a push query would run, over the snapshot, into a collection.
-        let at: Vec<usize> = (2..2 + columns.len()).collect();
-        let types: Vec<SqlType> = columns.iter().map(|(_, t)| t.clone()).collect();
-        let mut pipeline = Pipeline {
-            input: Input::Snapshot(vec![ChangeBatch {
-                tombstones: false,
-                batch,
-            }]),
-            operators: operators(
-                plan,
+/// Runs a pull query's pipeline over `records` of `source` (a chunk of its rows), adding
+/// the rows it answers to `rows`; returns its columns.
+fn pull_chunk(
+    functions: &crate::functions::Functions,
+    log: &dyn Log,
+    query: &Query,
+    source: &Source,
+    records: &[StoredRecord],
+    rows: &mut Vec<Vec<serde_json::Value>>,
+) -> Result<Vec<(String, SqlType)>> {
+    // A windowed table's key carries its window: taken off before decoding, and shown
+    // as WINDOWSTART and WINDOWEND after the key columns.
+    let (view, batch) = match source.window {
+        None => {
+            let batch = source.layout.decode(&source.layout.schema(), records).batch;
+            (source.clone(), batch)
+        }
+        Some(w) => {
+            let schema = crate::with_window_bounds(&source.layout.schema());
+            let decoded = crate::decode_run(
+                &source.layout,
+                &schema,
+                records,
+                false,
                 None,
-                OnError {
-                    stop: false,
-                    warnings: self.functions.warning_source,
-                },
-            ),
-        };
-        let step = pipeline.step(self.log.as_ref(), 0, None, None)?;
-        rows.extend(crate::push::client_rows(&step.changes, &types, &at));
-        Ok(columns)
-    }
+                Some(w),
+                0,
+                &mut Vec::new(),
+            )?;
+            windowed_view(source, decoded.batch)?
+        }
+    };
+    let plan = plan_push(functions, query, &view)?;
+    let columns: Vec<(String, SqlType)> = plan
+        .output_schema
+        .fields()
+        .iter()
+        .skip(2)
+        .map(|f| Ok((f.name().clone(), sql_type_of(f.data_type())?)))
+        .collect::<Result<_>>()?;
+    // The pipeline a push query would run, over the snapshot, into a collection.
+    let at: Vec<usize> = (2..2 + columns.len()).collect();
+    let types: Vec<SqlType> = columns.iter().map(|(_, t)| t.clone()).collect();
+    let mut pipeline = Pipeline {
+        input: Input::Snapshot(vec![ChangeBatch {
+            tombstones: false,
+            batch,
+        }]),
+        operators: operators(
+            plan,
+            None,
+            OnError {
+                stop: false,
+                warnings: functions.warning_source,
+            },
+        ),
+    };
+    let step = pipeline.step(log, 0, None, None)?;
+    rows.extend(crate::push::client_rows(&step.changes, &types, &at));
+    Ok(columns)
 }
 
 /// The key bytes a pull query's WHERE pins the table's (single-column) key to, when one

@@ -119,6 +119,21 @@ impl Runtime {
         self.engine().execute_sql(sql)
     }
 
+    /// Runs one statement with a request's properties. A pull query takes the engine
+    /// only to be looked up ([`Engine::prepare_pull`]): its scan and its computing run
+    /// without it, so statements, `/healthcheck` and other queries never wait for it.
+    pub fn execute_with(
+        &self,
+        stmt: &weir_sql::ast::Statement,
+        properties: &std::collections::BTreeMap<String, String>,
+    ) -> Result<Outcome> {
+        let pull = self.engine().prepare_pull(stmt, properties)?;
+        match pull {
+            Some(job) => job.run(),
+            None => self.engine().execute_with(stmt, properties),
+        }
+    }
+
     /// Stops the workers after their current steps, checkpoints the queries' progress and
     /// flushes the log. Statements may still run afterwards; queries no longer advance.
     pub fn shutdown(&self) -> Result<()> {

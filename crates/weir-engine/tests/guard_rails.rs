@@ -180,3 +180,56 @@ fn statements_and_inserts_are_fsynced_before_they_are_acknowledged() {
         .unwrap();
     assert_eq!(log.unsynced_partitions(), 1);
 }
+
+/// A pull query scans without the engine: while one reads a large stream (slowly, here),
+/// statements go on at once, and its rows are the stream's.
+#[test]
+fn a_pull_query_scans_without_holding_the_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(common::Faulty::open(dir.path()));
+    let runtime = Arc::new(weir_engine::Runtime::start_with(
+        Engine::open(log.clone()).unwrap(),
+        1,
+    ));
+    runtime
+        .execute_sql("CREATE STREAM big (v INT) WITH (kafka_topic='big', value_format='JSON', partitions=1);")
+        .unwrap();
+    let records: Vec<Record> = (0..40_000)
+        .map(|v| Record::new(None, Some(format!("{{\"V\":{v}}}").as_bytes()), 0))
+        .collect();
+    log.append("big", 0, &records).unwrap();
+    // Each read of the stream takes a while: the scan (5 reads) takes over a second.
+    log.slow_reads("big", std::time::Duration::from_millis(250));
+    let scan = {
+        let runtime = runtime.clone();
+        std::thread::spawn(move || {
+            let stmt = weir_sql::parse_statement("SELECT v FROM big WHERE v >= 39990;").unwrap();
+            let started = std::time::Instant::now();
+            let weir_engine::Outcome::Push(handle) =
+                runtime.execute_with(&stmt, &Default::default()).unwrap()
+            else {
+                panic!("not a query");
+            };
+            let rows = handle.rows.iter().count();
+            (rows, started.elapsed())
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    runtime
+        .execute_sql("CREATE STREAM other (v INT) WITH (kafka_topic='other', value_format='JSON', partitions=1);")
+        .unwrap();
+    let statement = started.elapsed();
+    let (rows, scanning) = scan.join().unwrap();
+    println!(
+        "pull scan of 40,000 slow records: {} ms; a statement meanwhile: {} ms",
+        scanning.as_millis(),
+        statement.as_millis()
+    );
+    assert_eq!(rows, 10);
+    assert!(scanning >= std::time::Duration::from_secs(1));
+    assert!(
+        statement < std::time::Duration::from_millis(500),
+        "the statement waited {statement:?} for the scan"
+    );
+}

@@ -153,10 +153,7 @@ async fn start(
             ),
         )));
     }
-    let outcome = blocking(state, move |s| {
-        s.runtime.engine().execute_with(&stmt, &props)
-    })
-    .await?;
+    let outcome = blocking(state, move |s| s.runtime.execute_with(&stmt, &props)).await?;
     match outcome {
         Ok(Outcome::Push(handle)) => Ok(Started {
             handle,
