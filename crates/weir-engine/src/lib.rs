@@ -164,12 +164,14 @@ pub fn consumer_group(service_id: &str, query: &str) -> String {
 pub const SOURCE_HEADER: &str = "weir.src";
 
 /// How often, in milliseconds, a durable persistent query started afterwards checkpoints
-/// while it has records to read (ksqlDB's streams `commit.interval.ms`). The outputs of
-/// records read after a checkpoint carry their source offsets (see [`SOURCE_HEADER`]), so
-/// a restart that reads them again writes nothing twice, whatever the interval: it only
+/// while it has records to read (at once when it has caught up). The outputs of records
+/// read after a checkpoint carry their source offsets (see [`SOURCE_HEADER`]), so a
+/// restart that reads them again writes nothing twice, whatever the interval: it only
 /// bounds how much is read again. 0: after every batch.
+pub const CHECKPOINT_INTERVAL_PROPERTY: &str = "weir.checkpoint.interval.ms";
+/// The same, under ksqlDB's streams name (used when Weir's is not set).
 pub const COMMIT_INTERVAL_PROPERTY: &str = "commit.interval.ms";
-const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(200);
+const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(1000);
 
 /// Set to `true` (SET, or a request's properties), a GROUP BY query started afterwards
 /// writes each group's last change per batch instead of one change per input record.
@@ -2578,7 +2580,10 @@ impl Engine {
         );
         pipeline.set_shards(self.parallelism);
         pipeline.set_tracking(self.durable);
-        let commit_every = settings::streams_property(&self.properties, COMMIT_INTERVAL_PROPERTY)
+        let commit_every = self
+            .properties
+            .get(CHECKPOINT_INTERVAL_PROPERTY)
+            .or_else(|| settings::streams_property(&self.properties, COMMIT_INTERVAL_PROPERTY))
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map_or(DEFAULT_COMMIT_INTERVAL, Duration::from_millis);
         let sink_partitions = self

@@ -174,13 +174,18 @@ pub const SETTINGS: &[Setting] = &[
         "true: a GROUP BY query started afterwards writes each group's last change per batch",
     ),
     session(
+        crate::CHECKPOINT_INTERVAL_PROPERTY,
+        "1000",
+        "how often (ms) a persistent query started afterwards checkpoints while it has records to read (at once when caught up); a restart never writes an output twice whatever the value, it only reads up to this much again (0: after every batch)",
+    ),
+    session(
         crate::COMMIT_INTERVAL_PROPERTY,
-        "200",
-        "how often (ms) a persistent query started afterwards checkpoints while it has records to read; a restart never writes an output twice whatever the value (0: after every batch)",
+        "1000",
+        "ksqlDB's name for weir.checkpoint.interval.ms (used when that is not set)",
     ),
     session(
         "ksql.streams.commit.interval.ms",
-        "200",
+        "1000",
         "same as commit.interval.ms",
     ),
     session(
