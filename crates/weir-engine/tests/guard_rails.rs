@@ -233,3 +233,37 @@ fn a_pull_query_scans_without_holding_the_engine() {
         "the statement waited {statement:?} for the scan"
     );
 }
+
+/// `LIMIT 1` over a stream of a million records reads one chunk: allowed to scan only
+/// 10,000 records, it answers (a scan of the stream would be refused), and says how long
+/// it took.
+#[test]
+fn a_limit_1_pull_over_a_million_records_reads_one_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = open_durable(dir.path());
+    e.execute_sql(
+        "CREATE STREAM big (v INT) WITH (kafka_topic='big', value_format='JSON', partitions=1);",
+    )
+    .unwrap();
+    for chunk in 0..10 {
+        let records: Vec<Record> = (0..100_000)
+            .map(|i| {
+                let v = chunk * 100_000 + i;
+                Record::new(None, Some(format!(r#"{{"V":{v}}}"#).as_bytes()), v)
+            })
+            .collect();
+        e.log().append("big", 0, &records).unwrap();
+    }
+    e.execute_sql("SET 'weir.pull.max.scan.rows'='10000';")
+        .unwrap();
+    let started = std::time::Instant::now();
+    let rows = pull(&mut e, "SELECT v FROM big LIMIT 1;");
+    println!(
+        "pull LIMIT 1 over 1,000,000 records: {} ms (debug build)",
+        started.elapsed().as_millis()
+    );
+    assert_eq!(rows, vec![vec![Value::from(0)]]);
+    // Without the LIMIT the same query would scan the stream: refused.
+    let message = error_of(&mut e, "SELECT v FROM big;");
+    assert!(message.contains("weir.pull.max.scan.rows"), "{message}");
+}
