@@ -1253,8 +1253,9 @@ pub fn cluster(bootstrap: &str, events: u64, servers: &[usize]) -> Result<(), St
         .map_err(|e| e.to_string())?;
         let spawn = |with_queries: bool| {
             let mut cmd = Command::new(&exe);
+            // (tansu 0.6 on SQLite has no DeleteRecords: no checkpoint trimming.)
             cmd.args(["run", "--kafka-bootstrap", bootstrap, "--service-id", &run])
-                .args(["--progress-every", "60000"])
+                .args(["--progress-every", "60000", "--no-checkpoint-trim"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
             if with_queries {

@@ -166,6 +166,10 @@ enum Command {
         /// heartbeat before taking its work (`weir.cluster.session.timeout.ms`).
         #[arg(long, default_value_t = 10_000)]
         session_timeout_ms: u64,
+        /// On Kafka: never delete checkpoints no recovery needs (`weir.checkpoint.trim`
+        /// false), for brokers without DeleteRecords such as tansu 0.6 on SQLite.
+        #[arg(long)]
+        no_checkpoint_trim: bool,
     },
     /// Run a benchmark workload and print its figures (build with --release).
     Bench {
@@ -548,10 +552,15 @@ fn main() -> ExitCode {
             progress_every,
             service_id,
             session_timeout_ms,
+            no_checkpoint_trim,
         } => match run::run(
             (
                 &service_id,
                 std::time::Duration::from_millis(session_timeout_ms),
+                weir_engine::InternalTopics {
+                    trim_checkpoints: !no_checkpoint_trim,
+                    ..Default::default()
+                },
             ),
             &data_dir,
             queries_file.as_deref(),

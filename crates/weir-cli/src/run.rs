@@ -17,7 +17,7 @@ use weir_log::{EmbeddedLog, EmbeddedLogConfig, Log};
 use weir_sql::{ParseOptions, parse_script};
 
 pub fn run(
-    (service_id, session): (&str, Duration),
+    (service_id, session, internal): (&str, Duration, weir_engine::InternalTopics),
     data_dir: &Path,
     queries_file: Option<&Path>,
     exit_when_idle: bool,
@@ -55,14 +55,8 @@ pub fn run(
         }
         None => Default::default(),
     };
-    let mut engine = Engine::open_member(
-        log.clone(),
-        functions,
-        service_id,
-        session,
-        Default::default(),
-    )
-    .map_err(|e| format!("recovering {place}: {e}"))?;
+    let mut engine = Engine::open_member(log.clone(), functions, service_id, session, internal)
+        .map_err(|e| format!("recovering {place}: {e}"))?;
     // A stateless query's partitions are stepped at once, a core each.
     engine.set_parallelism(weir_engine::runtime::default_workers());
     say(

@@ -201,6 +201,12 @@ impl Cluster {
         self.inner.live(&s)
     }
 
+    /// Whether this member is the first of the live ones (the one that does what one
+    /// member does for all: trimming the checkpoints).
+    pub fn is_first(&self) -> bool {
+        self.live().first() == Some(&self.inner.member)
+    }
+
     /// The units of query `query` this member should hold: all of `units` dealt out in
     /// turn over the live members, or all of them (unit 0) to one member when `whole`.
     pub fn target(&self, query: &str, units: u32, whole: bool) -> BTreeSet<Unit> {

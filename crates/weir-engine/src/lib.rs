@@ -34,6 +34,7 @@ mod rowfns;
 pub mod runtime;
 pub mod settings;
 mod tracked;
+mod trim;
 mod types;
 
 use std::collections::BTreeMap;
@@ -1140,6 +1141,8 @@ pub struct Engine {
     /// Topics of sources dropped with DELETE TOPIC by the statement running, deleted once
     /// it is recorded.
     dropped_topics: Vec<String>,
+    /// On a log servers share: the checkpoints' topic's trimmer ([`trim`]), when on.
+    shared_trim: Option<trim::SharedTrim>,
 }
 
 /// The segment size of the checkpoints' topic on the embedded log: it is trimmed a
@@ -1174,6 +1177,7 @@ impl Engine {
             trimmed_to: std::sync::atomic::AtomicU64::new(0),
             broken: BTreeMap::new(),
             dropped_topics: Vec::new(),
+            shared_trim: None,
         };
         // The processing log is a stream users can query, as ksqlDB's KSQL_PROCESSING_LOG.
         // Should the log refuse the topic now, entries still create it when they come.
@@ -1230,6 +1234,9 @@ impl Engine {
         engine.command_topic = commands;
         engine.offsets_topic = offsets.into();
         engine.service_id = service_id.into();
+        if internal.trim_checkpoints && engine.log.shared() {
+            engine.shared_trim = Some(trim::SharedTrim::default());
+        }
         for (topic, segment_bytes) in [
             (&*engine.command_topic, None),
             (&*engine.offsets_topic, Some(OFFSETS_SEGMENT_BYTES)),
@@ -1453,8 +1460,21 @@ impl Engine {
     pub(crate) fn trim_checkpoints(&self) {
         use std::sync::atomic::Ordering;
         // (Not while a query could not be started: its checkpoints are kept for it.)
-        if !self.durable || self.log.shared() || self.queries.is_empty() || !self.broken.is_empty()
-        {
+        if !self.durable || self.queries.is_empty() || !self.broken.is_empty() {
+            return;
+        }
+        if self.log.shared() {
+            // One member trims for all, off the engine's lock ([`trim`]).
+            if let Some(trim) = &self.shared_trim
+                && self.cluster.as_ref().is_some_and(|c| c.is_first())
+            {
+                trim.maybe_start(
+                    trim::SHARED_TRIM_EVERY,
+                    self.log.clone(),
+                    self.offsets_topic.to_string(),
+                    self.query_units(),
+                );
+            }
             return;
         }
         let anchors: Option<Vec<u64>> = self
@@ -1483,6 +1503,29 @@ impl Engine {
             .and_then(|()| self.log.delete_before(&self.offsets_topic, 0, oldest))
         {
             eprintln!("weir: trimming {}: {e}", self.offsets_topic);
+        }
+    }
+
+    /// Each persistent query with its number of units of work (see `cluster`).
+    fn query_units(&self) -> Vec<(String, u32)> {
+        self.queries
+            .iter()
+            .map(|(id, e)| (id.clone(), lock(&e.query).units().0))
+            .collect()
+    }
+
+    /// On a log servers share (Kafka): deletes, now, the checkpoints no recovery of the
+    /// catalog's queries needs any more (what the first live member does every minute
+    /// by itself); returns the checkpoints' topic's first offset afterwards. Nothing is
+    /// trimmed while a query has no self-contained checkpoint, or one could not be
+    /// started, or with trimming off ([`InternalTopics::trim_checkpoints`]). On the
+    /// embedded log, what [`Engine::run_once`] trims as it goes.
+    pub fn trim_shared_checkpoints(&self) -> Result<u64> {
+        match &self.shared_trim {
+            Some(trim) if self.durable && self.broken.is_empty() => {
+                trim.run(self.log.as_ref(), &self.offsets_topic, &self.query_units())
+            }
+            _ => Ok(self.log.offsets(&self.offsets_topic, 0)?.0),
         }
     }
 
@@ -3029,6 +3072,10 @@ fn recover<'a>(
 pub struct InternalTopics {
     pub replicas: u16,
     pub min_insync_replicas: Option<u16>,
+    /// On a log servers share: delete the checkpoints no recovery needs any more
+    /// (`weir.checkpoint.trim`; see [`Engine::trim_shared_checkpoints`]). Off for brokers
+    /// without DeleteRecords (tansu 0.6's SQLite storage fails on it).
+    pub trim_checkpoints: bool,
 }
 
 impl Default for InternalTopics {
@@ -3036,6 +3083,7 @@ impl Default for InternalTopics {
         Self {
             replicas: 1,
             min_insync_replicas: None,
+            trim_checkpoints: true,
         }
     }
 }
@@ -3054,7 +3102,7 @@ impl InternalTopics {
 }
 
 /// The key suffix of a checkpoint's leading parts (see [`checkpoint_records`]).
-const PART_SUFFIX: &[u8] = b"#part";
+pub(crate) const PART_SUFFIX: &[u8] = b"#part";
 
 /// A checkpoint's text as the records it is written in: one, keyed by the query's id;
 /// or, when larger than a record may be (a large state's full snapshot), leading parts

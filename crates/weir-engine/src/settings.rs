@@ -129,6 +129,11 @@ pub const SETTINGS: &[Setting] = &[
         "on Kafka, the internal topics' min.insync.replicas (default: the broker's)",
     ),
     server(
+        "weir.checkpoint.trim",
+        "true",
+        "on Kafka, delete (DeleteRecords) the checkpoints no recovery needs, every minute; false for brokers without DeleteRecords (tansu 0.6's SQLite storage fails on it)",
+    ),
+    server(
         "weir.log.retention.ms",
         "",
         "the embedded log deletes a topic's oldest segments once older than this (ms), unless the topic sets its own (RETENTION_MS) or is internal; default: never",

@@ -160,6 +160,7 @@ fn internal_topics_are_made_as_configured_and_kept_forever() {
         weir_engine::InternalTopics {
             replicas: 3,
             min_insync_replicas: Some(2),
+            ..Default::default()
         },
     )
     .unwrap();

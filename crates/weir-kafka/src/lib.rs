@@ -458,6 +458,25 @@ impl Log for KafkaLog {
         self.read_from(topic, partition, from, max, false)
     }
 
+    /// The records before `offset` deleted (Kafka's DeleteRecords: the partition's log
+    /// start moves there); returns the partition's first offset afterwards.
+    fn delete_before(&self, topic: &str, partition: u32, offset: u64) -> Result<u64> {
+        let mut at = TopicPartitionList::new();
+        at.add_partition_offset(topic, partition as i32, Offset::Offset(offset as i64))
+            .map_err(backend)?;
+        let opts = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
+        let done = futures_executor::block_on(self.admin.delete_records(&at, &opts))
+            .map_err(|e| backend(format!("deleting records of {topic}-{partition}: {e}")))?;
+        for e in done.elements() {
+            if let Err(e) = e.error() {
+                return Err(backend(format!(
+                    "deleting records of {topic}-{partition} before {offset}: {e}"
+                )));
+            }
+        }
+        Ok(self.offsets(topic, partition)?.0)
+    }
+
     /// To the end the broker reports when called: an empty read is retried while records
     /// are known to be waiting (a read may answer from an older fetch).
     fn read_to_end(&self, topic: &str, partition: u32, mut from: u64) -> Result<Vec<StoredRecord>> {

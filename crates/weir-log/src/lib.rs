@@ -126,8 +126,8 @@ pub trait Log: Send + Sync {
     }
 
     /// Deletes what partition `partition` of `topic` holds before `offset`, as far as the
-    /// log can (the embedded log: whole segments; Kafka: nothing — its retention and
-    /// compaction are the broker's); returns the partition's first offset afterwards.
+    /// log can (the embedded log: whole segments; Kafka: DeleteRecords); returns the
+    /// partition's first offset afterwards.
     /// For a topic whose older records are known to be superseded (checkpoints).
     fn delete_before(&self, topic: &str, partition: u32, _offset: u64) -> Result<u64> {
         Ok(self.offsets(topic, partition)?.0)

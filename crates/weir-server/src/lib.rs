@@ -171,6 +171,13 @@ impl ServerConfig {
                         _ => return Err(bad("milliseconds, at least 500".into())),
                     }
                 }
+                "weir.checkpoint.trim" => {
+                    self.internal_topics.trim_checkpoints = match value {
+                        "true" => true,
+                        "false" => false,
+                        _ => return Err(bad("true or false".into())),
+                    }
+                }
                 "ksql.internal.topic.replicas" => {
                     self.internal_topics.replicas = match value.parse::<u16>() {
                         Ok(n) if n > 0 => n,
@@ -609,7 +616,8 @@ mod tests {
              weir.log.retention.check.interval.ms=5000\n\
              weir.log.cleaner.min.compaction.lag.ms=1000\n\
              weir.log.cleaner.delete.retention.ms=0\n\
-             ksql.internal.topic.replicas=3\nksql.internal.topic.min.insync.replicas=2\n",
+             ksql.internal.topic.replicas=3\nksql.internal.topic.min.insync.replicas=2\n\
+             weir.checkpoint.trim=false\n",
         )
         .unwrap();
         let mut config = super::ServerConfig::default();
@@ -622,6 +630,7 @@ mod tests {
         assert_eq!(log.delete_retention, super::Duration::ZERO);
         assert_eq!(config.internal_topics.replicas, 3);
         assert_eq!(config.internal_topics.min_insync_replicas, Some(2));
+        assert!(!config.internal_topics.trim_checkpoints);
         assert!(config.properties.is_empty(), "{:?}", config.properties);
         std::fs::write(&path, "# comment\nksql.internal.topic.replicas=0\n").unwrap();
         let err = super::ServerConfig::default()

@@ -20,6 +20,13 @@ pub struct Faulty {
     panic_reading: Mutex<Option<String>>,
     pub failed: AtomicBool,
     slow_reading: Mutex<Option<(String, Duration)>>,
+    /// Says it is a log servers share (as Kafka does), so the engine divides work and
+    /// trims checkpoints as it would there.
+    pub shared: AtomicBool,
+    /// Shared: records deleted before an offset, exactly (as Kafka's DeleteRecords, not
+    /// a whole segment at a time), kept in `<dir>/deleted-before.json` across reopens.
+    deleted_before: Mutex<std::collections::BTreeMap<String, u64>>,
+    dir: std::path::PathBuf,
 }
 
 impl Faulty {
@@ -31,6 +38,14 @@ impl Faulty {
             panic_reading: Mutex::new(None),
             failed: AtomicBool::new(false),
             slow_reading: Mutex::new(None),
+            shared: AtomicBool::new(false),
+            deleted_before: Mutex::new(
+                std::fs::read(dir.join("deleted-before.json"))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_default(),
+            ),
+            dir: dir.to_path_buf(),
         }
     }
 
@@ -80,7 +95,10 @@ impl Log for Faulty {
         self.inner.append(topic, partition, records)
     }
     fn atomic_appends(&self) -> bool {
-        self.inner.atomic_appends()
+        self.inner.atomic_appends() && !self.shared.load(Ordering::SeqCst)
+    }
+    fn shared(&self) -> bool {
+        self.shared.load(Ordering::SeqCst)
     }
     fn read(
         &self,
@@ -100,10 +118,12 @@ impl Log for Faulty {
         if let Some(pause) = pause {
             std::thread::sleep(pause);
         }
+        let from = from.max(self.first(topic, partition));
         self.inner.read(topic, partition, from, max)
     }
     fn offsets(&self, topic: &str, partition: u32) -> Result<(u64, u64)> {
-        self.inner.offsets(topic, partition)
+        let (start, end) = self.inner.offsets(topic, partition)?;
+        Ok((start.max(self.first(topic, partition)).min(end), end))
     }
     fn wait_for(
         &self,
@@ -124,7 +144,31 @@ impl Log for Faulty {
         self.inner.max_record_bytes()
     }
     fn delete_before(&self, topic: &str, partition: u32, offset: u64) -> Result<u64> {
-        self.inner.delete_before(topic, partition, offset)
+        if !self.shared.load(Ordering::SeqCst) {
+            return self.inner.delete_before(topic, partition, offset);
+        }
+        let mut d = self.deleted_before.lock().unwrap();
+        let at = d.entry(format!("{topic}/{partition}")).or_insert(0);
+        *at = (*at).max(offset);
+        std::fs::write(
+            self.dir.join("deleted-before.json"),
+            serde_json::to_vec(&*d).unwrap(),
+        )
+        .unwrap();
+        drop(d);
+        Ok(self.offsets(topic, partition)?.0)
+    }
+}
+
+impl Faulty {
+    /// Shared: the first offset not deleted.
+    fn first(&self, topic: &str, partition: u32) -> u64 {
+        self.deleted_before
+            .lock()
+            .unwrap()
+            .get(&format!("{topic}/{partition}"))
+            .copied()
+            .unwrap_or(0)
     }
 }
 
