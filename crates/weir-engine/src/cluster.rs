@@ -46,6 +46,10 @@ pub fn members_topic(id: &str) -> String {
     }
 }
 
+/// How often the first live member compacts the members topic (when trimming is on:
+/// `InternalTopics::trim_checkpoints`).
+pub const COMPACT_EVERY: Duration = Duration::from_secs(600);
+
 /// A unit of a query's work held by a member: a partition of a stateless query's source,
 /// or `0` for a query that runs whole.
 pub type Unit = u32;
@@ -162,10 +166,20 @@ impl Cluster {
             .name("weir-cluster".into())
             .spawn(move || {
                 let every = beat.session / 5;
+                let mut compacted = std::time::Instant::now();
                 while !beat.stop.load(Ordering::SeqCst) {
                     let began = std::time::Instant::now();
                     if let Err(e) = beat.beat() {
                         eprintln!("weir: cluster heartbeat failed (retrying): {e}");
+                    }
+                    if internal.trim_checkpoints
+                        && compacted.elapsed() >= COMPACT_EVERY
+                        && beat.is_first()
+                    {
+                        compacted = std::time::Instant::now();
+                        if let Err(e) = beat.compact() {
+                            eprintln!("weir: compacting {}: {e}", beat.topic);
+                        }
                     }
                     let took = began.elapsed();
                     if took > beat.session / 3 {
@@ -201,10 +215,16 @@ impl Cluster {
         self.inner.live(&s)
     }
 
+    /// Compacts the members topic now (see `Inner::compact`; what the first live member
+    /// does every [`COMPACT_EVERY`] when trimming is on); returns its first offset after.
+    pub fn compact(&self) -> Result<u64> {
+        self.inner.compact()
+    }
+
     /// Whether this member is the first of the live ones (the one that does what one
     /// member does for all: trimming the checkpoints).
     pub fn is_first(&self) -> bool {
-        self.live().first() == Some(&self.inner.member)
+        self.inner.is_first()
     }
 
     /// The units of query `query` this member should hold: all of `units` dealt out in
@@ -329,6 +349,25 @@ impl Inner {
         self.sync()
     }
 
+    /// Keeps the members topic to a size that follows the service, not its uptime (a
+    /// heartbeat every `session / 5` per member): reads it to its end, appends a snapshot
+    /// of what it says (every claim with its epoch, the members seen lately), then deletes
+    /// what the snapshot reflects. A reader starting after that reads the records
+    /// appended meanwhile and then the snapshot, which never undoes them
+    /// ([`apply_snapshot`]). Returns the topic's first offset afterwards.
+    fn compact(&self) -> Result<u64> {
+        self.sync()?;
+        let (upto, snapshot) = {
+            let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let keep = 10 * self.session.as_millis() as i64;
+            (s.cursor, snapshot_of(&s, keep))
+        };
+        let record = self.record(serde_json::json!({"member": self.member, "snapshot": snapshot}));
+        self.log.append(&self.topic, 0, &[record])?;
+        self.log.sync_topic(&self.topic)?;
+        Ok(self.log.delete_before(&self.topic, 0, upto)?)
+    }
+
     /// A heartbeat, then everything appended since the last read; and the command
     /// topic's end.
     fn beat(&self) -> Result<()> {
@@ -340,6 +379,11 @@ impl Inner {
         let end = self.log.offsets(&self.command_topic, 0)?.1;
         self.commands_end.store(end, Ordering::SeqCst);
         Ok(())
+    }
+
+    fn is_first(&self) -> bool {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.live(&s).first() == Some(&self.member)
     }
 
     fn live(&self, s: &State) -> Vec<String> {
@@ -398,7 +442,9 @@ fn apply(s: &mut State, v: &serde_json::Value, timestamp: i64) {
         return;
     };
     s.log_time = s.log_time.max(timestamp);
-    if v["beat"].as_bool() == Some(true) {
+    if let Some(snapshot) = v.get("snapshot") {
+        apply_snapshot(s, snapshot);
+    } else if v["beat"].as_bool() == Some(true) {
         let at = s.seen.entry(member.to_string()).or_insert(timestamp);
         *at = (*at).max(timestamp);
     } else if v["leave"].as_bool() == Some(true) {
@@ -422,12 +468,91 @@ fn apply(s: &mut State, v: &serde_json::Value, timestamp: i64) {
         v["release"].as_str(),
         v["unit"].as_u64(),
         v["epoch"].as_u64(),
-    ) && let Some(c) = s.claims.get_mut(&(q.to_string(), u as Unit))
-        && c.member == member
-        && c.epoch == e
-    {
-        c.released = true;
+    ) {
+        match s.claims.get_mut(&(q.to_string(), u as Unit)) {
+            Some(c) if c.member == member && c.epoch == e => c.released = true,
+            Some(c) if c.epoch >= e => {}
+            // Its claim not read (deleted behind a snapshot that comes later): released
+            // at that epoch, which the snapshot's claim will not undo.
+            _ => {
+                s.claims.insert(
+                    (q.to_string(), u as Unit),
+                    Claim {
+                        member: member.to_string(),
+                        epoch: e,
+                        released: true,
+                    },
+                );
+            }
+        }
     }
+}
+
+/// A snapshot of the topic's state (see [`Inner::compact`]), merged into what was read:
+/// it never takes a claim back to an older epoch, nor a release or a member's heartbeat
+/// back (the records between what it reflects and where it was appended are newer); of
+/// two claims of one epoch, its own came first.
+fn apply_snapshot(s: &mut State, snapshot: &serde_json::Value) {
+    for c in snapshot["claims"].as_array().into_iter().flatten() {
+        let (Some(q), Some(u), Some(member), Some(e), Some(released)) = (
+            c[0].as_str(),
+            c[1].as_u64(),
+            c[2].as_str(),
+            c[3].as_u64(),
+            c[4].as_bool(),
+        ) else {
+            continue;
+        };
+        let key = (q.to_string(), u as Unit);
+        match s.claims.get_mut(&key) {
+            Some(have) if have.epoch > e => {}
+            // Of two claims of one epoch the first in the topic won: the snapshot's
+            // came before any record read ahead of it.
+            Some(have) if have.epoch == e && have.member == member => {
+                have.released |= released;
+            }
+            _ => {
+                s.claims.insert(
+                    key,
+                    Claim {
+                        member: member.to_string(),
+                        epoch: e,
+                        released,
+                    },
+                );
+            }
+        }
+    }
+    for (member, at) in snapshot["seen"].as_object().into_iter().flatten() {
+        if let Some(at) = at.as_i64() {
+            let seen = s.seen.entry(member.clone()).or_insert(at);
+            *seen = (*seen).max(at);
+        }
+    }
+    for member in snapshot["left"].as_array().into_iter().flatten() {
+        if let Some(m) = member.as_str() {
+            s.left.insert(m.to_string());
+        }
+    }
+}
+
+/// The state as a snapshot record's content: every claim, and the members seen within
+/// `keep_ms` of the topic's clock (older ones can no longer be live).
+fn snapshot_of(s: &State, keep_ms: i64) -> serde_json::Value {
+    let claims: Vec<serde_json::Value> = s
+        .claims
+        .iter()
+        .map(|((q, u), c)| serde_json::json!([q, u, c.member, c.epoch, c.released]))
+        .collect();
+    let recent = |m: &String| s.seen.get(m).is_some_and(|at| s.log_time - at < keep_ms);
+    let seen: serde_json::Map<String, serde_json::Value> = s
+        .seen
+        .iter()
+        .filter(|(m, _)| recent(m))
+        .map(|(m, at)| (m.clone(), serde_json::json!(at)))
+        .collect();
+    let left: Vec<&String> = s.left.iter().filter(|m| recent(m)).collect();
+    serde_json::json!({"claims": claims, "seen": seen, "left": left})
 }
 
 #[cfg(test)]
@@ -440,6 +565,51 @@ mod tests {
             apply(&mut s, r, 1_000 + i as i64);
         }
         s
+    }
+
+    /// A snapshot holds every claim; read after records newer than it (those appended
+    /// between what it reflects and itself), it takes nothing back.
+    #[test]
+    fn a_snapshot_keeps_every_claim_and_never_undoes_newer_records() {
+        let history = [
+            serde_json::json!({"member": "a", "claim": "Q", "unit": 0, "epoch": 1}),
+            serde_json::json!({"member": "b", "claim": "Q", "unit": 1, "epoch": 1}),
+            serde_json::json!({"member": "a", "release": "Q", "unit": 0, "epoch": 1}),
+            serde_json::json!({"member": "c", "claim": "Q", "unit": 0, "epoch": 2}),
+            serde_json::json!({"member": "c", "claim": "Q", "unit": 2, "epoch": 1}),
+            serde_json::json!({"member": "c", "beat": true}),
+        ];
+        let whole = state(&history);
+        let snapshot = snapshot_of(&whole, 60_000);
+        let claims = |s: &State| {
+            let mut c: Vec<_> = s
+                .claims
+                .iter()
+                .map(|((q, u), c)| (q.clone(), *u, c.member.clone(), c.epoch, c.released))
+                .collect();
+            c.sort();
+            c
+        };
+        // Alone, it is the history.
+        let fresh = state(&[serde_json::json!({"member": "c", "snapshot": snapshot})]);
+        assert_eq!(claims(&fresh), claims(&whole));
+        assert!(fresh.seen.contains_key("c"));
+        // After newer records: they stand.
+        let newer = state(&[
+            serde_json::json!({"member": "d", "claim": "Q", "unit": 1, "epoch": 2}),
+            serde_json::json!({"member": "c", "release": "Q", "unit": 0, "epoch": 2}),
+            // A claim of an epoch the snapshot's holder had won already: it lost.
+            serde_json::json!({"member": "e", "claim": "Q", "unit": 2, "epoch": 1}),
+            serde_json::json!({"member": "c", "snapshot": snapshot}),
+        ]);
+        assert_eq!(
+            claims(&newer),
+            [
+                ("Q".to_string(), 0, "c".to_string(), 2, true),
+                ("Q".to_string(), 1, "d".to_string(), 2, false),
+                ("Q".to_string(), 2, "c".to_string(), 1, false)
+            ]
+        );
     }
 
     #[test]

@@ -1516,13 +1516,18 @@ impl Engine {
 
     /// On a log servers share (Kafka): deletes, now, the checkpoints no recovery of the
     /// catalog's queries needs any more (what the first live member does every minute
-    /// by itself); returns the checkpoints' topic's first offset afterwards. Nothing is
+    /// by itself), and compacts the members topic (what it does every ten minutes:
+    /// `cluster::COMPACT_EVERY`); returns the checkpoints' topic's first offset
+    /// afterwards. Nothing is
     /// trimmed while a query has no self-contained checkpoint, or one could not be
     /// started, or with trimming off ([`InternalTopics::trim_checkpoints`]). On the
     /// embedded log, what [`Engine::run_once`] trims as it goes.
     pub fn trim_shared_checkpoints(&self) -> Result<u64> {
         match &self.shared_trim {
             Some(trim) if self.durable && self.broken.is_empty() => {
+                if let Some(c) = &self.cluster {
+                    c.compact()?;
+                }
                 trim.run(self.log.as_ref(), &self.offsets_topic, &self.query_units())
             }
             _ => Ok(self.log.offsets(&self.offsets_topic, 0)?.0),

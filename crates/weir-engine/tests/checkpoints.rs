@@ -147,8 +147,9 @@ fn the_checkpoints_topic_is_trimmed_to_what_recovery_needs() {
 /// On a log servers share (Kafka; here the embedded log saying it is shared), the first
 /// live member trims the checkpoints' topic behind the earliest checkpoint any recovery
 /// of the catalog's queries would start from — what no server could do alone, each
-/// holding only some queries — and a restart from the trimmed topic resumes exactly:
-/// every input's output once, every count exact.
+/// holding only some queries — and the members topic behind a snapshot of its claims;
+/// a restart from the trimmed topics resumes exactly: every input's output once, every
+/// count exact.
 #[test]
 fn checkpoints_on_a_shared_log_are_trimmed_and_recovery_is_still_exact() {
     use std::sync::atomic::Ordering;
@@ -215,6 +216,10 @@ fn checkpoints_on_a_shared_log_are_trimmed_and_recovery_is_still_exact() {
             bytes(&log) / 1000
         );
         assert!(start == 0 && trimmed > 0 && trimmed < end, "{trimmed}");
+        // The members topic too: what its snapshot holds is deleted.
+        let (members_start, members_end) = log.offsets("_weir_svc_members", 0).unwrap();
+        println!("members topic: {members_end} records, trimmed to start at {members_start}");
+        assert!(members_start > 0 && members_start < members_end);
         e.close().unwrap();
     }
     // A restart from the trimmed topic resumes both queries where they stopped.
