@@ -16,109 +16,169 @@ pub(crate) const FULL_EVERY: usize = 64;
 /// deltas (a few bytes each), a large one's are bounded to about twice the state.
 pub(crate) const FULL_AFTER_DELTA_BYTES: usize = 1 << 20;
 
-/// A checkpoint's delta as the operators write it: each entry serialized straight from
-/// their state into one buffer (no JSON tree built and dropped per entry), the record's
-/// text before it included ([`DeltaText::after`]), so the record is written once.
-#[derive(Debug)]
-pub(crate) struct DeltaText {
-    /// The text before the delta, `{"set":[`, then the set entries.
-    set: String,
-    /// Where the set entries start in `set`.
-    set_start: usize,
-    /// The path of the group of entries `set` ends with, still open (see
-    /// [`DeltaText::set_base64`]).
+/// A checkpoint's delta as the operators write it, in binary: each entry serialized
+/// straight from their state into one buffer (no JSON tree built and dropped per entry).
+/// Operations, each a tag byte then its fields (`bytes` = u32 LE length, then the bytes):
+///
+/// ```text
+/// GROUP n:u8 name:bytes{n}          the path the PUTs after it are under
+/// PUT   prefix:bytes key:bytes value:bytes   entry `prefix + base64(key)` = base64(value)
+/// SET   json:bytes                  `[path, value]`, any JSON value
+/// DEL   json:bytes                  a path, removed
+/// ```
+///
+/// [`decode`] reads it back into the form [`apply`] applies (the same a JSON delta
+/// had, so checkpoints written as JSON by earlier versions still restore).
+#[derive(Debug, Default)]
+pub(crate) struct Delta {
+    buf: Vec<u8>,
+    /// The path of the last GROUP, while PUTs follow it.
     open: Option<Vec<&'static str>>,
-    del: String,
 }
 
-impl Default for DeltaText {
-    fn default() -> Self {
-        DeltaText::after(String::new())
-    }
+const GROUP: u8 = 1;
+const PUT: u8 = 2;
+const SET: u8 = 3;
+const DEL: u8 = 4;
+
+fn put_bytes(buf: &mut Vec<u8>, b: &[u8]) {
+    buf.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    buf.extend_from_slice(b);
 }
 
-impl DeltaText {
-    /// A delta written after `text` (in its buffer, whose capacity is reused).
-    pub fn after(mut text: String) -> DeltaText {
-        text.push_str("{\"set\":[");
-        DeltaText {
-            set_start: text.len(),
-            set: text,
+impl Delta {
+    /// A delta written after `bytes` (in their buffer, whose capacity is reused).
+    pub fn after(bytes: Vec<u8>) -> Delta {
+        Delta {
+            buf: bytes,
             open: None,
-            del: String::new(),
-        }
-    }
-
-    fn next_set(&mut self) {
-        self.close_group();
-        if self.set.len() > self.set_start {
-            self.set.push(',');
-        }
-    }
-
-    /// Ends the open group of entries, if any.
-    fn close_group(&mut self) {
-        if self.open.take().is_some() {
-            self.set.push_str("}}");
         }
     }
 
     /// The entry at `path` (an array of keys) is `value`.
     pub fn set(&mut self, path: impl serde::Serialize, value: impl serde::Serialize) {
-        self.next_set();
-        let entry = serde_json::to_string(&(path, value)).expect("state serializes");
-        self.set.push_str(&entry);
+        self.open = None;
+        self.buf.push(SET);
+        let entry = serde_json::to_vec(&(path, value)).expect("state serializes");
+        put_bytes(&mut self.buf, &entry);
     }
 
-    /// The entry at `path` then `prefix + base64(key)` is `base64(value)` (`path` and
-    /// `prefix` need no JSON escaping; base64 never does). Consecutive entries under one
-    /// path (a step's groups) go into one object, `{"in": path, "put": {name: value,
-    /// ...}}`, so the path is written once, not per entry.
-    pub fn set_base64(&mut self, path: &[&'static str], prefix: &str, key: &[u8], value: &[u8]) {
-        use base64::Engine as _;
-        let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
-        if self.open.as_deref() == Some(path) {
-            self.set.push(',');
-        } else {
-            self.next_set();
-            self.set.push_str("{\"in\":[");
-            for (i, p) in path.iter().enumerate() {
-                if i > 0 {
-                    self.set.push(',');
-                }
-                self.set.push('"');
-                self.set.push_str(p);
-                self.set.push('"');
+    /// The entry at `path` then `prefix + base64(key)` is `base64(value)` (as a snapshot
+    /// names and holds it); consecutive entries under one path share one GROUP.
+    pub fn put(&mut self, path: &[&'static str], prefix: &str, key: &[u8], value: &[u8]) {
+        if self.open.as_deref() != Some(path) {
+            self.buf.push(GROUP);
+            self.buf.push(path.len() as u8);
+            for p in path {
+                put_bytes(&mut self.buf, p.as_bytes());
             }
-            self.set.push_str("],\"put\":{");
             self.open = Some(path.to_vec());
         }
-        self.set.push('"');
-        self.set.push_str(prefix);
-        b64.encode_string(key, &mut self.set);
-        self.set.push_str("\":\"");
-        b64.encode_string(value, &mut self.set);
-        self.set.push('"');
+        self.buf.push(PUT);
+        put_bytes(&mut self.buf, prefix.as_bytes());
+        put_bytes(&mut self.buf, key);
+        put_bytes(&mut self.buf, value);
     }
 
     /// The entry at `path` is gone.
     pub fn del(&mut self, path: impl serde::Serialize) {
-        if !self.del.is_empty() {
-            self.del.push(',');
-        }
-        self.del
-            .push_str(&serde_json::to_string(&path).expect("paths serialize"));
+        self.buf.push(DEL);
+        put_bytes(
+            &mut self.buf,
+            &serde_json::to_vec(&path).expect("paths serialize"),
+        );
     }
 
-    /// The text before the delta, then `{"set": [...], "del": [...]}` (the form
-    /// [`apply`] reads).
-    pub fn into_json(mut self) -> String {
-        self.close_group();
-        self.set.push_str("],\"del\":[");
-        self.set.push_str(&self.del);
-        self.set.push_str("]}");
-        self.set
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.buf
     }
+}
+
+/// A binary delta ([`Delta`]) as `{"set": [...], "del": [...]}`, the form [`apply`]
+/// reads; `None` if it is damaged.
+pub(crate) fn decode(mut b: &[u8]) -> Option<Value> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+    fn take<'a>(b: &mut &'a [u8]) -> Option<&'a [u8]> {
+        let (len, rest) = b.split_first_chunk::<4>()?;
+        let len = u32::from_le_bytes(*len) as usize;
+        let (field, rest) = (rest.get(..len)?, rest.get(len..)?);
+        *b = rest;
+        Some(field)
+    }
+    let (mut set, mut del): (Vec<Value>, Vec<Value>) = (Vec::new(), Vec::new());
+    let mut group: Option<(Value, Map<String, Value>)> = None;
+    let close = |group: &mut Option<(Value, Map<String, Value>)>, set: &mut Vec<Value>| {
+        if let Some((path, put)) = group.take() {
+            set.push(serde_json::json!({"in": path, "put": put}));
+        }
+    };
+    while let Some((&op, rest)) = b.split_first() {
+        b = rest;
+        match op {
+            GROUP => {
+                close(&mut group, &mut set);
+                let (&n, rest) = b.split_first()?;
+                b = rest;
+                let mut path = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    path.push(Value::String(
+                        std::str::from_utf8(take(&mut b)?).ok()?.into(),
+                    ));
+                }
+                group = Some((Value::Array(path), Map::new()));
+            }
+            PUT => {
+                let prefix = std::str::from_utf8(take(&mut b)?).ok()?;
+                let (key, value) = (take(&mut b)?, take(&mut b)?);
+                let mut name = String::with_capacity(prefix.len() + key.len() * 4 / 3 + 4);
+                name.push_str(prefix);
+                b64.encode_string(key, &mut name);
+                group
+                    .as_mut()?
+                    .1
+                    .insert(name, Value::String(b64.encode(value)));
+            }
+            SET => {
+                close(&mut group, &mut set);
+                set.push(serde_json::from_slice(take(&mut b)?).ok()?);
+            }
+            DEL => del.push(serde_json::from_slice(take(&mut b)?).ok()?),
+            _ => return None,
+        }
+    }
+    close(&mut group, &mut set);
+    Some(serde_json::json!({"set": set, "del": del}))
+}
+
+/// The first byte of a checkpoint written with a binary delta: the record is this, the
+/// header's length (u32 LE), the header (JSON: the checkpoint's fields, with
+/// `"delta": true`), then the delta ([`Delta`]). Other checkpoints are JSON text.
+pub(crate) const BINARY: u8 = 0xB1;
+
+/// A checkpoint record's value (its parts joined) as JSON, its delta decoded.
+pub fn parse_checkpoint(value: &[u8]) -> Option<Value> {
+    if value.first() != Some(&BINARY) {
+        return serde_json::from_slice(value).ok();
+    }
+    let (header, ops) = split_binary(value)?;
+    let mut v: Value = serde_json::from_slice(header).ok()?;
+    v["delta"] = decode(ops)?;
+    Some(v)
+}
+
+/// A checkpoint record's fields without its state: the header of a binary one, the
+/// whole text of a JSON one.
+pub(crate) fn checkpoint_head(value: &[u8]) -> Option<&[u8]> {
+    if value.first() != Some(&BINARY) {
+        return Some(value);
+    }
+    split_binary(value).map(|(header, _)| header)
+}
+
+fn split_binary(value: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = u32::from_le_bytes(value.get(1..5)?.try_into().ok()?) as usize;
+    Some((value.get(5..5 + len)?, value.get(5 + len..)?))
 }
 
 /// Applies a delta, `{"set": [[path, value] or {"in": path, "put": {name: value, ...}},
@@ -225,14 +285,13 @@ mod tests {
 
     #[test]
     fn entries_under_one_path_are_written_as_one_group_and_applied_as_many() {
-        let mut delta = DeltaText::default();
-        delta.set_base64(&["aggregate", "groups"], "1/2/", b"a", b"x");
-        delta.set_base64(&["aggregate", "groups"], "1/2/", b"b", b"y");
+        let mut delta = Delta::default();
+        delta.put(&["aggregate", "groups"], "1/2/", b"a", b"x");
+        delta.put(&["aggregate", "groups"], "1/2/", b"b", b"y");
         delta.set(("aggregate", "late"), 3);
-        delta.set_base64(&["join", "rows"], "", b"c", b"z");
-        let text = delta.into_json();
-        assert_eq!(text.matches("\"put\"").count(), 2, "{text}");
-        let delta: Value = serde_json::from_str(&text).unwrap();
+        delta.put(&["join", "rows"], "", b"c", b"z");
+        let delta = decode(&delta.into_bytes()).unwrap();
+        assert_eq!(delta.to_string().matches("\"put\"").count(), 2, "{delta}");
         let mut state = json!({"aggregate": {"groups": {"old": "o"}}});
         apply(&mut state, &delta);
         assert_eq!(
@@ -244,16 +303,34 @@ mod tests {
 
     #[test]
     fn an_entry_removed_and_made_again_stays() {
-        let mut delta = DeltaText::default();
-        delta.set_base64(&["aggregate", "groups"], "10/20/", b"key", b"new state");
+        let mut delta = Delta::default();
+        delta.put(&["aggregate", "groups"], "10/20/", b"key", b"new state");
         delta.del(("aggregate", "groups", "10/20/a2V5"));
         delta.del(("aggregate", "groups", "gone"));
-        let delta: Value = serde_json::from_str(&delta.into_json()).unwrap();
+        let delta = decode(&delta.into_bytes()).unwrap();
         let mut state = json!({"aggregate": {"groups": {"10/20/a2V5": "old", "gone": "x"}}});
         apply(&mut state, &delta);
         assert_eq!(
             state,
             json!({"aggregate": {"groups": {"10/20/a2V5": "bmV3IHN0YXRl"}}})
         );
+    }
+
+    /// A binary checkpoint reads back as the JSON one would; a damaged one not at all.
+    #[test]
+    fn a_binary_checkpoint_parses_as_its_json_form() {
+        let mut delta = Delta::default();
+        delta.put(&["aggregate", "groups"], "", b"k", b"v");
+        let header = br#"{"query":"Q","offsets":[3],"delta":true}"#;
+        let mut record = vec![BINARY];
+        record.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        record.extend_from_slice(header);
+        record.extend_from_slice(&delta.into_bytes());
+        let v = parse_checkpoint(&record).unwrap();
+        assert_eq!(v["query"], "Q");
+        assert_eq!(v["delta"]["set"][0]["put"]["aw"], "dg");
+        assert_eq!(checkpoint_head(&record), Some(&header[..]));
+        assert!(parse_checkpoint(&record[..record.len() - 1]).is_none());
+        assert_eq!(parse_checkpoint(br#"{"query":"Q"}"#).unwrap()["query"], "Q");
     }
 }

@@ -331,7 +331,7 @@ impl Node {
 
     /// What changed since the last checkpoint, as [`crate::delta`] entries under `path`
     /// (the node's place in the snapshot); forgets it.
-    fn take_changes(&mut self, path: &[&str], delta: &mut crate::delta::DeltaText) {
+    fn take_changes(&mut self, path: &[&str], delta: &mut crate::delta::Delta) {
         let Node::Join(j) = self else { return };
         let at = |last: &'static str| -> Vec<&str> {
             let mut p = path.to_vec();
@@ -1621,7 +1621,7 @@ impl Joiner {
     /// What changed since the last checkpoint (this or a full [`Joiner::snapshot`]
     /// followed by [`Joiner::clear_changes`]), as [`crate::delta`] entries with paths
     /// under `"join"`: the offsets and sequence, and the state entries set or removed.
-    pub fn take_changes(&mut self, delta: &mut crate::delta::DeltaText) {
+    pub fn take_changes(&mut self, delta: &mut crate::delta::Delta) {
         let offsets: Vec<&Vec<u64>> = self.inputs.iter().map(|i| &i.offsets).collect();
         delta.set(("join", "offsets"), offsets);
         delta.set(("join", "seq"), self.seq);

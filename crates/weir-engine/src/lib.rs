@@ -51,6 +51,7 @@ use weir_sql::ast::{
 };
 
 pub use catalog::{Catalog, KeyWindow, Source};
+pub use delta::parse_checkpoint;
 pub use error::{EngineError, Result};
 pub use functions::Functions;
 pub use plan::{SelectPlan, plan_select};
@@ -394,7 +395,7 @@ pub struct PersistentQuery {
     full_bytes: usize,
     delta_bytes: usize,
     /// The last checkpoint's text buffer, reused by the next.
-    checkpoint_text: String,
+    checkpoint_text: Vec<u8>,
     /// Where its last self-contained checkpoint (a full one, or any of a query without
     /// state) begins in the offsets topic: recovery needs nothing of it from before.
     anchor: Option<u64>,
@@ -869,8 +870,9 @@ impl PersistentQuery {
                 .collect();
             v["epochs"] = serde_json::Value::Object(epochs);
         }
-        // The record's text: `v`, with the delta (when there is one) as its last field,
-        // written in one buffer (the last checkpoint's, reused).
+        // The record: `v` as JSON, or, with a delta, a binary one (`delta::BINARY`): its
+        // fields as a JSON header, then the delta's entries; in one buffer (the last
+        // checkpoint's, reused).
         let mut text = std::mem::take(&mut q.checkpoint_text);
         text.clear();
         // A full snapshot every FULL_EVERY checkpoints, or once the changes written since
@@ -884,13 +886,14 @@ impl PersistentQuery {
             // The operators say which entries of their state changed (the state can be
             // large and mostly unchanged: a table's rows, open windows), so a checkpoint
             // costs what the step changed; every FULL_EVERY-th is a full snapshot.
-            text.push_str(&v.to_string());
-            text.pop();
-            text.push_str(",\"delta\":");
-            let mut changes = delta::DeltaText::after(text);
+            v["delta"] = serde_json::Value::Bool(true);
+            let header = v.to_string();
+            text.push(delta::BINARY);
+            text.extend_from_slice(&(header.len() as u32).to_le_bytes());
+            text.extend_from_slice(header.as_bytes());
+            let mut changes = delta::Delta::after(text);
             q.pipeline.take_changes(&mut changes);
-            text = changes.into_json();
-            text.push('}');
+            text = changes.into_bytes();
             q.since_full += 1;
             q.delta_bytes += text.len();
         } else {
@@ -898,7 +901,7 @@ impl PersistentQuery {
                 v["full"] = q.pipeline.snapshot();
                 q.since_full = 0;
             }
-            text.push_str(&v.to_string());
+            text.extend_from_slice(v.to_string().as_bytes());
             (q.full_bytes, q.delta_bytes) = (text.len(), 0);
         }
         let self_contained = !q.pipeline.has_state() || q.since_full == 0;
@@ -913,7 +916,7 @@ impl PersistentQuery {
             && let Some(bytes) = records[0].value.take()
             && bytes.capacity() <= 16 << 20
         {
-            q.checkpoint_text = String::from_utf8(bytes).unwrap_or_default();
+            q.checkpoint_text = bytes;
         }
         if written.is_err() {
             // What this checkpoint carried is not saved: the next one is a full one.
@@ -2684,7 +2687,7 @@ impl Engine {
             since_full: delta::FULL_EVERY,
             full_bytes: 0,
             delta_bytes: 0,
-            checkpoint_text: String::new(),
+            checkpoint_text: Vec::new(),
             anchor: None,
             commit_every,
             last_checkpoint: Instant::now(),
@@ -2950,9 +2953,9 @@ fn recover<'a>(
         // that failed part-way (a Kafka batch is not atomic).
         let joined = parts.remove(key.as_slice()).and_then(|mut lead| {
             lead.extend_from_slice(value);
-            serde_json::from_slice::<serde_json::Value>(&lead).ok()
+            delta::parse_checkpoint(&lead)
         });
-        let Some(v) = joined.or_else(|| serde_json::from_slice(value).ok()) else {
+        let Some(v) = joined.or_else(|| delta::parse_checkpoint(value)) else {
             continue;
         };
         if let Some(q) = v["query"].as_str() {
@@ -3113,7 +3116,7 @@ pub(crate) const PART_SUFFIX: &[u8] = b"#part";
 /// or, when larger than a record may be (a large state's full snapshot), leading parts
 /// keyed `<id>#part`, then the last part keyed by the id. They are appended together:
 /// recovery joins the parts that precede a checkpoint's last record, in order.
-fn checkpoint_records(id: &str, text: String, max_record_bytes: usize) -> Vec<Record> {
+fn checkpoint_records(id: &str, bytes: Vec<u8>, max_record_bytes: usize) -> Vec<Record> {
     // Room for the key and the record's framing.
     let room = max_record_bytes.saturating_sub(id.len() + 256).max(1024);
     let record = |key: Vec<u8>, value: Vec<u8>| Record {
@@ -3122,10 +3125,9 @@ fn checkpoint_records(id: &str, text: String, max_record_bytes: usize) -> Vec<Re
         timestamp: now_ms(),
         headers: vec![],
     };
-    if text.len() <= room {
-        return vec![record(id.as_bytes().to_vec(), text.into_bytes())];
+    if bytes.len() <= room {
+        return vec![record(id.as_bytes().to_vec(), bytes)];
     }
-    let bytes = text.into_bytes();
     let mut chunks: Vec<&[u8]> = bytes.chunks(room).collect();
     let last = chunks.pop().expect("a checkpoint is never empty");
     let part_key = [id.as_bytes(), PART_SUFFIX].concat();

@@ -16,7 +16,7 @@ use weir_format::Layout;
 use weir_log::{Log, StoredRecord};
 
 use crate::catalog::KeyWindow;
-use crate::delta::DeltaText;
+use crate::delta::Delta;
 use crate::error::{EngineError, Result};
 use crate::plan::SelectPlan;
 use crate::{ChangeBatch, Problem};
@@ -96,7 +96,7 @@ pub(crate) trait Operator: Send + std::fmt::Debug {
     /// Whether to note which entries of the state change (durable queries only).
     fn set_tracking(&mut self, _on: bool) {}
     /// The entries set or removed since the last call.
-    fn take_changes(&mut self, _delta: &mut DeltaText) {}
+    fn take_changes(&mut self, _delta: &mut Delta) {}
     fn clear_changes(&mut self) {}
     /// The whole state.
     fn snapshot(&self) -> Value {
@@ -690,7 +690,7 @@ impl Pipeline {
     }
 
     /// What changed in the state since the last checkpoint.
-    pub fn take_changes(&mut self, delta: &mut DeltaText) {
+    pub fn take_changes(&mut self, delta: &mut Delta) {
         for op in &mut self.operators {
             op.take_changes(delta);
         }

@@ -160,7 +160,7 @@ impl<M: KeyMap<V>, V: Serialize> Tracked<M, V> {
 
     /// Appends, under `path`, `[path + key, value]` to `set` for each changed entry still
     /// there and `path + key` to `del` for each removed one; forgets the changes.
-    pub fn take_changes(&mut self, path: &[&str], delta: &mut crate::delta::DeltaText) {
+    pub fn take_changes(&mut self, path: &[&str], delta: &mut crate::delta::Delta) {
         let changed: Vec<String> = self.changed.drain().collect();
         for k in changed {
             let mut p: Vec<&str> = path.to_vec();
@@ -205,11 +205,11 @@ mod tests {
 
     #[test]
     fn changes_name_what_was_set_and_removed_since_the_last_take() {
-        use crate::delta::DeltaText;
+        use crate::delta::Delta;
         let take = |t: &mut Tracked<BTreeMap<String, i64>, i64>| {
-            let mut d = DeltaText::default();
+            let mut d = Delta::default();
             t.take_changes(&["m"], &mut d);
-            let v: serde_json::Value = serde_json::from_str(&d.into_json()).unwrap();
+            let v = crate::delta::decode(&d.into_bytes()).unwrap();
             let mut set = v["set"].as_array().unwrap().clone();
             let mut del = v["del"].as_array().unwrap().clone();
             set.sort_by_key(|e| e.to_string());

@@ -71,7 +71,9 @@ impl Scan {
                 }
                 None => (r.offset, value),
             };
-            let Ok(head) = serde_json::from_slice::<Head>(&text) else {
+            let Some(head) = crate::delta::checkpoint_head(&text)
+                .and_then(|h| serde_json::from_slice::<Head>(h).ok())
+            else {
                 continue;
             };
             let Some(query) = head.query else { continue };

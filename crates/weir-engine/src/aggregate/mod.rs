@@ -1112,7 +1112,7 @@ impl Aggregator {
     /// followed by [`Aggregator::clear_changes`]), as [`crate::delta`] entries with paths
     /// under `"aggregate"`, laid out as the snapshot lays the state out: the groups
     /// set or removed, a table's rows, and the window clock. Forgets it.
-    pub fn take_changes(&mut self, delta: &mut crate::delta::DeltaText) {
+    pub fn take_changes(&mut self, delta: &mut crate::delta::Delta) {
         self.take_group_changes(delta);
         if let Some(w) = &self.window {
             put_clock(delta, w.stream_time, w.late);
@@ -1120,7 +1120,7 @@ impl Aggregator {
     }
 
     /// As [`Aggregator::take_changes`], without the window clock.
-    fn take_group_changes(&mut self, delta: &mut crate::delta::DeltaText) {
+    fn take_group_changes(&mut self, delta: &mut crate::delta::Delta) {
         let mut entry = Vec::new();
         let mut prefix = String::new();
         for g in self.tracking.take_changed() {
@@ -1134,7 +1134,7 @@ impl Aggregator {
                     let _ = write!(prefix, "{s}/{e}/");
                 }
                 let key = self.groups.key_bytes(slot.key);
-                delta.set_base64(&["aggregate", "groups"], &prefix, key, &entry);
+                delta.put(&["aggregate", "groups"], &prefix, key, &entry);
             }
         }
         for (window, key) in self.tracking.removed.drain(..) {
@@ -1286,7 +1286,7 @@ impl Aggregator {
 }
 
 /// A windowed aggregation's clock in a checkpoint's delta.
-fn put_clock(delta: &mut crate::delta::DeltaText, stream_time: i64, late: u64) {
+fn put_clock(delta: &mut crate::delta::Delta, stream_time: i64, late: u64) {
     delta.set(("aggregate", "stream_time"), stream_time);
     delta.set(("aggregate", "late"), late);
 }

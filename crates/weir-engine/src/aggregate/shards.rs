@@ -21,7 +21,7 @@ use arrow::datatypes::Int64Type;
 use serde_json::{Value, json};
 
 use super::{Aggregator, Changes, Clock};
-use crate::delta::DeltaText;
+use crate::delta::Delta;
 use crate::error::{EngineError, Result};
 use crate::pipeline::Operator;
 use crate::{ChangeBatch, Problem};
@@ -397,7 +397,7 @@ impl Operator for Shards {
             s.set_tracking(on);
         }
     }
-    fn take_changes(&mut self, delta: &mut DeltaText) {
+    fn take_changes(&mut self, delta: &mut Delta) {
         if let [one] = self.shards.as_mut_slice() {
             return one.take_changes(delta);
         }
