@@ -342,14 +342,31 @@ pub fn w3(events: u64, only: Option<&str>, engine: Option<&str>) -> Result<(), S
                     .read_to_end(weir_engine::OFFSETS_TOPIC, 0, 0)
                     .map_err(|e| e.to_string())?;
                 // A join's recovery intents (one per step) are there too.
+                // (A large checkpoint's leading parts, `<query>#part`, are checkpoint too.)
                 let (checkpoints, intents): (Vec<_>, Vec<_>) = stored
                     .iter()
+                    .filter(|r| {
+                        !r.record
+                            .key
+                            .as_deref()
+                            .is_some_and(|k| k.ends_with(b"#part"))
+                    })
                     .filter_map(|r| r.record.value.as_deref())
                     .partition(|v| {
-                        serde_json::from_slice::<serde_json::Value>(v)
-                            .is_ok_and(|v| v.get("intent_for").is_none())
+                        weir_engine::parse_checkpoint(v)
+                            .is_some_and(|v| v.get("intent_for").is_none())
                     });
-                let bytes: usize = checkpoints.iter().map(|v| v.len()).sum();
+                let parts: usize = stored
+                    .iter()
+                    .filter(|r| {
+                        r.record
+                            .key
+                            .as_deref()
+                            .is_some_and(|k| k.ends_with(b"#part"))
+                    })
+                    .map(|r| r.record.value.as_ref().map_or(0, Vec::len))
+                    .sum();
+                let bytes: usize = checkpoints.iter().map(|v| v.len()).sum::<usize>() + parts;
                 let intents = match intents.len() {
                     0 => String::new(),
                     n => format!(" (and {n} join step intents)"),
