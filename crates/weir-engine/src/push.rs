@@ -123,7 +123,7 @@ impl PushQuery {
 
     /// Reads up to `max` records per partition and sends what they produce. Returns the
     /// records consumed, and whether the query goes on. Records that fail to decode or
-    /// evaluate are skipped (the persistent queries over the same records log them).
+    /// evaluate are skipped, each logged to the processing log under this query's id.
     ///
     /// It reads no more than the client's buffer has room for, so a burst (a query from
     /// the earliest offset) never overruns a client that keeps reading; a client whose
@@ -157,11 +157,18 @@ impl PushQuery {
                     types,
                     at,
                 } => {
-                    // Rows that fail are skipped (the persistent queries over the same
-                    // records log them): a push query's pipeline never stops on them.
+                    // Rows that fail are skipped, each with an entry in the processing
+                    // log under this query's id (its client would otherwise see nothing,
+                    // and not know why): a push query's pipeline never stops on them.
                     let started = std::time::Instant::now();
                     let step = pipeline.step(log, partition, Some(max.min(room)), None)?;
                     pipeline.advance(partition, &step, started.elapsed());
+                    if !step.problems.is_empty() {
+                        // (Best effort: a processing log that cannot be written does not
+                        // end the query.)
+                        let _ =
+                            crate::write_processing_log(log, &self.id, &self.topic, &step.problems);
+                    }
                     room = room.saturating_sub(step.consumed as usize);
                     consumed += step.consumed;
                     client_rows(&step.changes, types, at)

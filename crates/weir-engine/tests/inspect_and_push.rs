@@ -251,6 +251,33 @@ fn the_processing_log_is_a_stream_users_can_query() {
     );
 }
 
+/// A push query whose expression fails on a row skips it, and says why in the processing
+/// log under its own id (its client, seeing nothing, can look there); the rows around
+/// it still come.
+#[test]
+fn a_push_querys_failing_rows_are_in_the_processing_log_under_its_id() {
+    let (_d, rt) = runtime();
+    // (No persistent query over the stream: its entries would be there too.)
+    rt.execute_sql("CREATE STREAM CARS (ID INT KEY, SPEED DOUBLE) WITH (kafka_topic='cars', value_format='JSON', partitions=1);")
+        .unwrap();
+    let log = push(
+        &rt,
+        "SELECT QUERY_ID, MESSAGE FROM KSQL_PROCESSING_LOG EMIT CHANGES LIMIT 1;",
+    );
+    let h = push(&rt, "SELECT SPEED FROM CARS EMIT CHANGES;");
+    produce(&rt, "cars", r#"{"SPEED": "seven"}"#);
+    produce(&rt, "cars", r#"{"SPEED": 8}"#);
+    let PushEvent::Row(row) = next(&h) else {
+        panic!()
+    };
+    assert_eq!(row[0], json!(8.0));
+    let PushEvent::Row(entry) = next(&log) else {
+        panic!()
+    };
+    assert_eq!(entry[0].as_str(), Some(h.query_id.as_str()), "{entry:?}");
+    assert!(entry[1].as_str().unwrap().contains("SPEED"), "{entry:?}");
+}
+
 #[test]
 fn explain_of_a_windowed_join_aggregate_names_both_sources_its_window_and_its_sink() {
     let (_dir, rt) = runtime();
