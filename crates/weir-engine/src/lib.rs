@@ -1475,7 +1475,7 @@ impl Engine {
                     trim::SHARED_TRIM_EVERY,
                     self.log.clone(),
                     self.offsets_topic.to_string(),
-                    self.query_units(),
+                    || self.query_units(),
                 );
             }
             return;

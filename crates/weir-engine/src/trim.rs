@@ -127,13 +127,13 @@ pub(crate) struct SharedTrim {
 
 impl SharedTrim {
     /// Starts a trim (on a thread of its own) if none runs and the last was at least
-    /// `every` ago.
+    /// `every` ago; `queries` (the catalog's, with their units) is asked only then.
     pub fn maybe_start(
         &self,
         every: Duration,
         log: Arc<dyn Log>,
         topic: String,
-        queries: Vec<(String, u32)>,
+        queries: impl FnOnce() -> Vec<(String, u32)>,
     ) {
         {
             // (The first a while after the start: recovery has just read the topic.)
@@ -145,6 +145,7 @@ impl SharedTrim {
             *since = Instant::now();
         }
         self.running.store(true, Ordering::SeqCst);
+        let queries = queries();
         let (scan, running) = (self.scan.clone(), self.running.clone());
         let spawned = std::thread::Builder::new()
             .name("weir-trim".into())
