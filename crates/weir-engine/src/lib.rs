@@ -29,6 +29,7 @@ mod pipeline;
 mod plan;
 mod pull;
 pub mod push;
+mod replay;
 mod rowcodec;
 mod rowfns;
 pub mod runtime;
@@ -1144,6 +1145,10 @@ pub struct Engine {
     /// Topics of sources dropped with DELETE TOPIC by the statement running, deleted once
     /// it is recorded.
     dropped_topics: Vec<String>,
+    /// Commands of the command log replayed when it opened, and left out as dead history
+    /// ([`replay`]).
+    replay_applied: usize,
+    replay_skipped: usize,
     /// On a log servers share: the checkpoints' topic's trimmer ([`trim`]), when on.
     shared_trim: Option<trim::SharedTrim>,
 }
@@ -1180,6 +1185,8 @@ impl Engine {
             trimmed_to: std::sync::atomic::AtomicU64::new(0),
             broken: BTreeMap::new(),
             dropped_topics: Vec::new(),
+            replay_applied: 0,
+            replay_skipped: 0,
             shared_trim: None,
         };
         // The processing log is a stream users can query, as ksqlDB's KSQL_PROCESSING_LOG.
@@ -1262,12 +1269,25 @@ impl Engine {
         }
         engine.replaying = true;
         let commands = read_topic_values(engine.log.as_ref(), &engine.command_topic)?;
-        for (offset, value) in commands {
+        // What the catalog is, not every statement ever run ([`replay`]).
+        let plan = replay::plan(&commands);
+        for (i, (offset, value)) in commands.iter().enumerate() {
             engine.command_cursor = offset + 1;
-            let counter = engine.query_counter;
-            if let Err(e) = engine.apply_command(offset, &value) {
-                engine.replay_failed(&value, counter, e);
+            if !plan.keep[i] {
+                engine.replay_skipped += 1;
+                continue;
             }
+            if let Some(before) = plan.counter_before[i] {
+                engine.query_counter = before;
+            }
+            let counter = engine.query_counter;
+            engine.replay_applied += 1;
+            if let Err(e) = engine.apply_command(*offset, value) {
+                engine.replay_failed(value, counter, e);
+            }
+        }
+        if let Some(after) = plan.counter_after {
+            engine.query_counter = engine.query_counter.max(after);
         }
         engine.properties.clear();
         engine.replaying = false;
@@ -1413,7 +1433,13 @@ impl Engine {
         if !self.recorded(stmt) {
             return Ok(());
         }
-        let v = serde_json::json!({"sql": format!("{stmt};"), "properties": self.properties});
+        // With the query counter after it: a replay that leaves out commands before it
+        // still gives its query the same id (see `replay`).
+        let v = serde_json::json!({
+            "sql": format!("{stmt};"),
+            "properties": self.properties,
+            "counter": self.query_counter,
+        });
         let offset = self.log.append(
             &self.command_topic,
             0,
@@ -1507,6 +1533,13 @@ impl Engine {
         {
             eprintln!("weir: trimming {}: {e}", self.offsets_topic);
         }
+    }
+
+    /// The command log's commands replayed when the engine opened, and those left out as
+    /// history whose effects later commands undid (a stream created and dropped, an
+    /// INSERT INTO's query started and terminated).
+    pub fn replay_stats(&self) -> (usize, usize) {
+        (self.replay_applied, self.replay_skipped)
     }
 
     /// Each persistent query with its number of units of work (see `cluster`).
