@@ -343,14 +343,15 @@ pub fn w3(events: u64, only: Option<&str>, engine: Option<&str>) -> Result<(), S
                     .map_err(|e| e.to_string())?;
                 // A join's recovery intents (one per step) are there too.
                 // (A large checkpoint's leading parts, `<query>#part`, are checkpoint too.)
+                let is_part = |r: &&weir_log::StoredRecord| {
+                    r.record
+                        .key
+                        .as_deref()
+                        .is_some_and(|k| k.ends_with(weir_engine::PART_SUFFIX))
+                };
                 let (checkpoints, intents): (Vec<_>, Vec<_>) = stored
                     .iter()
-                    .filter(|r| {
-                        !r.record
-                            .key
-                            .as_deref()
-                            .is_some_and(|k| k.ends_with(b"#part"))
-                    })
+                    .filter(|r| !is_part(r))
                     .filter_map(|r| r.record.value.as_deref())
                     .partition(|v| {
                         weir_engine::parse_checkpoint(v)
@@ -358,12 +359,7 @@ pub fn w3(events: u64, only: Option<&str>, engine: Option<&str>) -> Result<(), S
                     });
                 let parts: usize = stored
                     .iter()
-                    .filter(|r| {
-                        r.record
-                            .key
-                            .as_deref()
-                            .is_some_and(|k| k.ends_with(b"#part"))
-                    })
+                    .filter(is_part)
                     .map(|r| r.record.value.as_ref().map_or(0, Vec::len))
                     .sum();
                 let bytes: usize = checkpoints.iter().map(|v| v.len()).sum::<usize>() + parts;
@@ -1382,7 +1378,7 @@ pub fn restart(events: u64) -> Result<(), String> {
         if r.record
             .key
             .as_deref()
-            .is_some_and(|k| k.ends_with(b"#part"))
+            .is_some_and(|k| k.ends_with(weir_engine::PART_SUFFIX))
         {
             pending += len;
         } else {

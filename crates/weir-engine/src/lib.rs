@@ -1554,10 +1554,10 @@ impl Engine {
     /// catalog's queries needs any more (what the first live member does every minute
     /// by itself), and compacts the members topic (what it does every ten minutes:
     /// `cluster::COMPACT_EVERY`); returns the checkpoints' topic's first offset
-    /// afterwards. Nothing is
-    /// trimmed while a query has no self-contained checkpoint, or one could not be
-    /// started, or with trimming off ([`InternalTopics::trim_checkpoints`]). On the
-    /// embedded log, what [`Engine::run_once`] trims as it goes.
+    /// afterwards. Nothing is trimmed while a query has no self-contained checkpoint, or
+    /// one could not be started, or with trimming off
+    /// ([`InternalTopics::trim_checkpoints`]). On the embedded log, what
+    /// [`Engine::run_once`] trims as it goes.
     pub fn trim_shared_checkpoints(&self) -> Result<u64> {
         match &self.shared_trim {
             Some(trim) if self.durable && self.broken.is_empty() => {
@@ -3143,7 +3143,7 @@ impl InternalTopics {
 }
 
 /// The key suffix of a checkpoint's leading parts (see [`checkpoint_records`]).
-pub(crate) const PART_SUFFIX: &[u8] = b"#part";
+pub const PART_SUFFIX: &[u8] = b"#part";
 
 /// A checkpoint's text as the records it is written in: one, keyed by the query's id;
 /// or, when larger than a record may be (a large state's full snapshot), leading parts
