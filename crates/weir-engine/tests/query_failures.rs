@@ -235,13 +235,6 @@ fn a_statement_that_fails_on_replay_is_an_error_not_a_failed_start() {
         let log = Arc::new(weir_log::EmbeddedLog::open(dir.path(), Default::default()).unwrap());
         (log.clone(), Engine::open_with(log, functions).unwrap())
     };
-    let insert = |e: &mut Engine, from: i32| {
-        let sql: String = (from..from + 5)
-            .map(|v| format!("INSERT INTO nums (v) VALUES ({v});"))
-            .collect();
-        e.execute_sql(&sql).unwrap();
-        e.run_until_idle().unwrap();
-    };
     let ids = {
         let (_, mut e) = open(with_twice());
         e.execute_sql(
@@ -251,7 +244,7 @@ fn a_statement_that_fails_on_replay_is_an_error_not_a_failed_start() {
              CREATE STREAM copied AS SELECT v FROM nums;",
         )
         .unwrap();
-        insert(&mut e, 0);
+        common::insert_nums(&mut e, 0);
         let mut ids: Vec<String> = e.queries().map(|q| q.id).collect();
         ids.sort();
         ids
@@ -278,7 +271,7 @@ fn a_statement_that_fails_on_replay_is_an_error_not_a_failed_start() {
         let copied = states.iter().find(|s| s.0 == "CSAS_COPIED_1").unwrap();
         assert_eq!(copied.1, "RUNNING");
         // The query after it resumed from its checkpoint: nothing written twice.
-        insert(&mut e, 5);
+        common::insert_nums(&mut e, 5);
         assert_eq!(contents(log.as_ref(), "COPIED").concat().len(), 10);
     }
     // With it again: the query resumes where it stopped, nothing written twice.
@@ -323,16 +316,7 @@ fn a_statement_that_cannot_be_recorded_has_no_effect() {
          INSERT INTO spare (v) VALUES (7);",
     )
     .unwrap();
-    let names = |e: &Engine| {
-        let mut n: Vec<String> = e.catalog().sources().map(|s| s.name.clone()).collect();
-        n.sort();
-        n
-    };
-    let ids = |e: &Engine| {
-        let mut ids: Vec<String> = e.queries().map(|q| q.id).collect();
-        ids.sort();
-        ids
-    };
+    let (names, ids) = (common::source_names, common::query_ids);
     let (names_before, ids_before) = (names(&e), ids(&e));
     log.fail_appends("_weir_commands", 0);
     for sql in [

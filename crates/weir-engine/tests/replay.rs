@@ -7,21 +7,9 @@ mod common;
 
 use std::sync::Arc;
 
-use common::contents;
+use common::{contents, insert_nums as insert, query_ids as ids, source_names as names};
 use weir_engine::Engine;
 use weir_log::{EmbeddedLog, EmbeddedLogConfig};
-
-fn ids(e: &Engine) -> Vec<String> {
-    let mut ids: Vec<String> = e.queries().map(|q| q.id).collect();
-    ids.sort();
-    ids
-}
-
-fn names(e: &Engine) -> Vec<String> {
-    let mut n: Vec<String> = e.catalog().sources().map(|s| s.name.clone()).collect();
-    n.sort();
-    n
-}
 
 #[test]
 fn a_restart_leaves_dead_history_out_and_keeps_ids_and_progress() {
@@ -29,13 +17,6 @@ fn a_restart_leaves_dead_history_out_and_keeps_ids_and_progress() {
     let open = || {
         let log = Arc::new(EmbeddedLog::open(dir.path(), EmbeddedLogConfig::default()).unwrap());
         (log.clone(), Engine::open(log).unwrap())
-    };
-    let insert = |e: &mut Engine, from: i32| {
-        let sql: String = (from..from + 5)
-            .map(|v| format!("INSERT INTO nums (v) VALUES ({v});"))
-            .collect();
-        e.execute_sql(&sql).unwrap();
-        e.run_until_idle().unwrap();
     };
     let (before_names, before_ids) = {
         let (_, mut e) = open();

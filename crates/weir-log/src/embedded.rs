@@ -1065,8 +1065,23 @@ fn spawn_housekeeper(
     config: EmbeddedLogConfig,
     every: Duration,
 ) -> Result<()> {
+    spawn_every("weir-log-clean", topics, every, move |all| {
+        if let Err(e) = housekeep(all, &config) {
+            eprintln!("weir: log housekeeping (retention, compaction) failed: {e}");
+        }
+    })
+}
+
+/// Starts a thread named `name` that, every `every`, runs `round` over the log's topics
+/// as they are then; it stops when the log is dropped.
+fn spawn_every(
+    name: &str,
+    topics: std::sync::Weak<RwLock<BTreeMap<String, Arc<TopicState>>>>,
+    every: Duration,
+    round: impl Fn(&[Arc<TopicState>]) + Send + 'static,
+) -> Result<()> {
     std::thread::Builder::new()
-        .name("weir-log-clean".into())
+        .name(name.into())
         .spawn(move || {
             loop {
                 std::thread::sleep(every);
@@ -1080,13 +1095,11 @@ fn spawn_housekeeper(
                     .cloned()
                     .collect();
                 drop(topics);
-                if let Err(e) = housekeep(&all, &config) {
-                    eprintln!("weir: log housekeeping (retention, compaction) failed: {e}");
-                }
+                round(&all);
             }
         })
         .map_err(|e| LogError::Io {
-            path: PathBuf::from("weir-log-clean"),
+            path: PathBuf::from(name),
             source: e,
         })?;
     Ok(())
@@ -1258,35 +1271,15 @@ fn spawn_flusher(
     topics: std::sync::Weak<RwLock<BTreeMap<String, Arc<TopicState>>>>,
     every: Duration,
 ) -> Result<()> {
-    std::thread::Builder::new()
-        .name("weir-log-flush".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(every);
-                let Some(topics) = topics.upgrade() else {
-                    return;
-                };
-                let all: Vec<Arc<TopicState>> = topics
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .values()
-                    .cloned()
-                    .collect();
-                drop(topics);
-                for t in all {
-                    for p in &t.partitions {
-                        // A failed sync stays unsynced: the next round, an explicit flush
-                        // or the appender's safety net tries again.
-                        let _ = p.sync_in_background();
-                    }
-                }
+    spawn_every("weir-log-flush", topics, every, |all| {
+        for t in all {
+            for p in &t.partitions {
+                // A failed sync stays unsynced: the next round, an explicit flush or the
+                // appender's safety net tries again.
+                let _ = p.sync_in_background();
             }
-        })
-        .map_err(|e| LogError::Io {
-            path: PathBuf::from("weir-log-flush"),
-            source: e,
-        })?;
-    Ok(())
+        }
+    })
 }
 
 impl PartitionHandle {

@@ -208,3 +208,26 @@ pub fn pull(engine: &mut Engine, sql: &str) -> Vec<Vec<serde_json::Value>> {
     }
     rows
 }
+
+/// Inserts `from..from + 5` into stream `nums` (`v INT`) and runs the queries through.
+pub fn insert_nums(e: &mut Engine, from: i32) {
+    let sql: String = (from..from + 5)
+        .map(|v| format!("INSERT INTO nums (v) VALUES ({v});"))
+        .collect();
+    e.execute_sql(&sql).unwrap();
+    e.run_until_idle().unwrap();
+}
+
+/// The persistent queries' ids, sorted.
+pub fn query_ids(e: &Engine) -> Vec<String> {
+    let mut ids: Vec<String> = e.queries().map(|q| q.id).collect();
+    ids.sort();
+    ids
+}
+
+/// The catalog's source names, sorted.
+pub fn source_names(e: &Engine) -> Vec<String> {
+    let mut n: Vec<String> = e.catalog().sources().map(|s| s.name.clone()).collect();
+    n.sort();
+    n
+}
