@@ -1854,15 +1854,32 @@ impl Engine {
         }
         // Its effects stand only once it is recorded: a statement the command log did
         // not take (a disk full, a failed fsync) leaves nothing behind that the next start
-        // would not have. TERMINATE is checked, recorded, then done (a query stopped
-        // cannot be started again as it was); the others are done, then recorded, and
+        // would not have. TERMINATE and DROP are checked, recorded, then done (a query
+        // stopped cannot be started again as it was); the others are done, then recorded, and
         // undone should the record fail: the catalog and the query counter as they were,
         // the queries it started stopped before any worker saw them (the engine is ours
         // meanwhile); a topic DELETE TOPIC drops is deleted only once it is recorded.
-        if let Statement::Terminate(target) = stmt {
-            self.terminate_ids(target)?;
-            self.record_command(stmt)?;
-            return self.execute_inner(stmt);
+        match stmt {
+            Statement::Terminate(target) => {
+                self.terminate_ids(target)?;
+                self.record_command(stmt)?;
+                return self.execute_inner(stmt);
+            }
+            // (A DROP may terminate the query that creates its source: checked and
+            // recorded first too.)
+            Statement::DropSource {
+                kind,
+                if_exists,
+                name,
+                delete_topic,
+            } => {
+                self.drop_check(*kind, *if_exists, &name.value, *delete_topic)?;
+                self.record_command(stmt)?;
+                let outcome = self.execute_inner(stmt)?;
+                self.delete_dropped_topics()?;
+                return Ok(outcome);
+            }
+            _ => {}
         }
         let before = (
             self.catalog.clone(),
@@ -2812,18 +2829,20 @@ impl Engine {
         Ok(Outcome::Inserted)
     }
 
-    fn drop_source(
-        &mut self,
+    /// What DROP of source `name` does, checked: `None` when there is nothing to drop
+    /// (IF EXISTS of a missing source), else the query that creates it (a CREATE ... AS
+    /// SELECT's), which the drop terminates first, as ksqlDB does. Refused while other
+    /// queries read or write the source.
+    fn drop_check(
+        &self,
         kind: SourceKind,
         if_exists: bool,
         name: &str,
         delete_topic: bool,
-    ) -> Result<Outcome> {
+    ) -> Result<Option<Option<String>>> {
         let Some(source) = self.catalog.source(name) else {
             if if_exists {
-                return Ok(Outcome::Dropped {
-                    name: name.to_string(),
-                });
+                return Ok(None);
             }
             let kind = if kind == SourceKind::Stream {
                 "Stream"
@@ -2842,9 +2861,16 @@ impl Engine {
                 kind
             )));
         }
+        // The query that creates it goes with it; any other that reads or writes it
+        // (INSERT INTO, a query over it) must be terminated first.
+        let creator = source
+            .written_by
+            .clone()
+            .filter(|id| self.queries.contains_key(id) || self.broken.contains_key(id));
         let readers: Vec<String> = self
             .queries()
             .filter(|q| q.source == name || q.sink == name)
+            .filter(|q| Some(&q.id) != creator.as_ref())
             .map(|q| q.id.clone())
             .collect();
         if !readers.is_empty() {
@@ -2857,6 +2883,24 @@ impl Engine {
             return Err(EngineError::Invalid(format!(
                 "Cannot delete topic for read-only source: {name}"
             )));
+        }
+        Ok(Some(creator))
+    }
+
+    fn drop_source(
+        &mut self,
+        kind: SourceKind,
+        if_exists: bool,
+        name: &str,
+        delete_topic: bool,
+    ) -> Result<Outcome> {
+        let Some(creator) = self.drop_check(kind, if_exists, name, delete_topic)? else {
+            return Ok(Outcome::Dropped {
+                name: name.to_string(),
+            });
+        };
+        if let Some(id) = creator {
+            self.terminate(&QueryTarget::Query(weir_sql::ast::Ident::new(id)))?;
         }
         let source = self.catalog.remove_source(name).expect("checked above");
         if delete_topic {

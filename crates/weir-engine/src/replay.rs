@@ -6,8 +6,9 @@
 //! ids, and with them checkpoints, stay as they were). Left out, as groups whose effects
 //! are wholly undone later in the log:
 //! - an `INSERT INTO ... SELECT` and the `TERMINATE` of its query;
-//! - a source's lifetime: its `CREATE` (or `CREATE ... AS SELECT` and the `TERMINATE` of
-//!   that query) and its `DROP`, when no other command left in between names it.
+//! - a source's lifetime: its `CREATE` (or `CREATE ... AS SELECT`, and the `TERMINATE` of
+//!   that query if any: a DROP terminates it otherwise) and its `DROP`, when no other
+//!   command left in between names it.
 //!
 //! Conservative by construction: only commands that carry a counter are left out; "names
 //! it" is any identifier in the statement's text equal to the source's name; `OR
@@ -141,9 +142,6 @@ pub(crate) fn plan(commands: &[(u64, Vec<u8>)]) -> Plan {
             let own_terminate = started[c]
                 .as_ref()
                 .and_then(|id| (c + 1..d).find(|&t| keep[t] && terminates(&parsed[t], id)));
-            if started[c].is_some() && own_terminate.is_none() {
-                continue;
-            }
             let named_between = (c + 1..d)
                 .filter(|&k| keep[k] && Some(k) != own_terminate)
                 .any(|k| parsed[k].names.contains(&name) || parsed[k].stmt.is_none());

@@ -253,6 +253,44 @@ fn terminate_and_drop() {
     assert!(e.execute_sql("DROP STREAM IF EXISTS s;").is_ok());
 }
 
+/// DROP of a source made by CREATE ... AS SELECT terminates the query that makes it, as
+/// ksqlDB does; it is refused while another query reads it or an INSERT INTO writes it.
+#[test]
+fn dropping_a_derived_source_terminates_the_query_that_makes_it() {
+    let (_d, mut e) = engine();
+    e.execute_sql(
+        "CREATE STREAM s (v INT) WITH (kafka_topic='s', value_format='JSON');
+         CREATE STREAM d AS SELECT v FROM s;
+         CREATE STREAM r AS SELECT v FROM s;
+         CREATE STREAM fed AS SELECT v FROM s;
+         INSERT INTO fed SELECT v FROM s;
+         CREATE STREAM over_r AS SELECT v FROM r;",
+    )
+    .unwrap();
+    let ids = |e: &Engine| {
+        let mut ids: Vec<String> = e.queries().map(|q| q.id).collect();
+        ids.sort();
+        ids
+    };
+    // Read by a query, or written by an INSERT INTO: refused, naming it.
+    for (sql, blocker) in [
+        ("DROP STREAM r;", "CSAS_OVER_R_4"),
+        ("DROP STREAM fed;", "INSERTQUERY_FED_3"),
+    ] {
+        match e.execute_sql(sql).unwrap_err() {
+            EngineError::Invalid(m) => assert!(m.contains(blocker), "{sql}: {m}"),
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+    assert_eq!(ids(&e).len(), 5);
+    // Only its own query: terminated, then dropped.
+    e.execute_sql("DROP STREAM d DELETE TOPIC;").unwrap();
+    assert!(!ids(&e).contains(&"CSAS_D_0".to_string()), "{:?}", ids(&e));
+    assert!(e.catalog().source("D").is_none());
+    assert!(e.log().topic("D").unwrap().is_none());
+    assert_eq!(ids(&e).len(), 4);
+}
+
 #[test]
 fn explode_makes_a_row_per_element_and_pads_shorter_lists() {
     let (_d, mut e) = engine();
