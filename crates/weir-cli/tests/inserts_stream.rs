@@ -6,6 +6,20 @@ use weir_log::Log;
 
 /// Sends `body` as one `/inserts-stream` request; the acknowledgement lines.
 fn insert(addr: std::net::SocketAddr, body: Vec<u8>) -> Vec<serde_json::Value> {
+    send(addr, body, None)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Sends `body` as one `/inserts-stream` request (with `accept`, when given); the
+/// response's content type and body.
+fn send(addr: std::net::SocketAddr, body: Vec<u8>, accept: Option<&str>) -> String {
+    send_with(addr, body, accept).1
+}
+
+fn send_with(addr: std::net::SocketAddr, body: Vec<u8>, accept: Option<&str>) -> (String, String) {
+    let accept = accept.map(str::to_string);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -16,9 +30,11 @@ fn insert(addr: std::net::SocketAddr, body: Vec<u8>) -> Vec<serde_json::Value> {
         let (client, connection) = h2::client::handshake(tcp).await.unwrap();
         tokio::spawn(connection);
         let mut client = client.ready().await.unwrap();
-        let request = http::Request::post(format!("http://{addr}/inserts-stream"))
-            .body(())
-            .unwrap();
+        let mut request = http::Request::post(format!("http://{addr}/inserts-stream"));
+        if let Some(accept) = &accept {
+            request = request.header("accept", accept.as_str());
+        }
+        let request = request.body(()).unwrap();
         let (response, mut send) = client.send_request(request, false).unwrap();
         let sender = tokio::spawn(async move {
             let data = bytes::Bytes::from(body);
@@ -41,6 +57,12 @@ fn insert(addr: std::net::SocketAddr, body: Vec<u8>) -> Vec<serde_json::Value> {
         });
         let response = response.await.unwrap();
         assert_eq!(response.status(), 200);
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
         let mut stream = response.into_body();
         let mut text = Vec::new();
         while let Some(chunk) = stream.data().await {
@@ -49,11 +71,7 @@ fn insert(addr: std::net::SocketAddr, body: Vec<u8>) -> Vec<serde_json::Value> {
             text.extend_from_slice(&chunk);
         }
         sender.await.unwrap();
-        String::from_utf8(text)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        (content_type, String::from_utf8(text).unwrap())
     })
 }
 
@@ -102,4 +120,46 @@ fn a_row_too_long_is_refused_alone() {
         .map(|r| String::from_utf8(r.record.value.unwrap()).unwrap())
         .collect();
     assert_eq!(values, [r#"{"V":"first"}"#, r#"{"V":"last"}"#]);
+}
+
+/// With `Accept: application/json` the acknowledgements are one JSON array (as ksqlDB
+/// answers); with ksqlDB's delimited type, or none, one per line.
+#[test]
+fn acknowledgements_follow_the_accept_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = weir_server::Server::start(weir_server::ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_path_buf(),
+        ..Default::default()
+    })
+    .unwrap();
+    let created = ureq::post(format!("http://{}/ksql", server.addr()))
+        .send_json(serde_json::json!({"ksql": "CREATE STREAM S (V INT) WITH (KAFKA_TOPIC='s', VALUE_FORMAT='JSON', PARTITIONS=1);"}))
+        .unwrap();
+    assert_eq!(created.status(), 200);
+    let rows =
+        || b"{\"target\": \"S\"}\n{\"V\": 1}\n{\"V\": \"not a number\"}\n{\"V\": 3}\n".to_vec();
+    let (content_type, text) = send_with(server.addr(), rows(), Some("application/json"));
+    assert_eq!(content_type, "application/json");
+    let acks: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    let statuses: Vec<(&str, u64)> = acks
+        .iter()
+        .map(|a| (a["status"].as_str().unwrap(), a["seq"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(statuses, [("ok", 0), ("error", 1), ("ok", 2)], "{text}");
+    // No rows: an empty array.
+    let (_, empty) = send_with(
+        server.addr(),
+        b"{\"target\": \"S\"}\n".to_vec(),
+        Some("application/json"),
+    );
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&empty).unwrap(),
+        serde_json::json!([])
+    );
+    for accept in [Some("application/vnd.ksqlapi.delimited.v1"), None] {
+        let (content_type, text) = send_with(server.addr(), rows(), accept);
+        assert_eq!(content_type, "application/vnd.ksqlapi.delimited.v1");
+        assert_eq!(text.lines().count(), 3, "{text}");
+    }
 }

@@ -8,7 +8,9 @@
 //! [`weir_engine::Engine::insert_rows`]: rows whose values have their columns' types go
 //! into one Arrow batch and one append per partition; the others take the statement path
 //! (`INSERT INTO ... VALUES`), with its checks, coercions and messages. Acknowledgements
-//! go out in order once their rows are appended.
+//! go out in order once their rows are appended. With `Accept: application/json` (and
+//! not ksqlDB's delimited type) the acknowledgements come as one JSON array instead,
+//! `[{"status":"ok","seq":0},...]`, still each as its row is stored.
 
 use std::sync::Arc;
 
@@ -33,6 +35,8 @@ pub(crate) async fn inserts_stream(
             "This endpoint is only available when using HTTP2",
         ));
     }
+    let json = crate::streaming::accepts(request.headers(), "application/json")
+        && !crate::streaming::accepts(request.headers(), crate::streaming::DELIMITED);
     let mut body = request.into_body().into_data_stream();
     let mut buf: Vec<u8> = Vec::new();
     // The first line names the target.
@@ -158,15 +162,40 @@ pub(crate) async fn inserts_stream(
         }
         tracing::info!(target = %name, rows = seq, "inserts stream closed");
     });
-    let acks = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    if !json {
+        let acks = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+        });
+        return streaming_response(crate::streaming::DELIMITED, Body::from_stream(acks));
+    }
+    // One JSON array: `[` before the first ack, `,` before each other, `]` at the end.
+    let acks = futures_util::stream::unfold((rx, 0u64, false), |(mut rx, sent, done)| async move {
+        if done {
+            return None;
+        }
+        let piece = match rx.recv().await {
+            // (A chunk holds one or more acks, a line each.)
+            Some(lines) => {
+                let mut piece = Vec::with_capacity(lines.len() + 1);
+                let mut sent = sent;
+                for ack in lines.split(|&b| b == b'\n').filter(|a| !a.is_empty()) {
+                    piece.push(if sent == 0 { b'[' } else { b',' });
+                    piece.extend_from_slice(ack);
+                    sent += 1;
+                }
+                return Some((
+                    Ok::<_, std::convert::Infallible>(Bytes::from(piece)),
+                    (rx, sent, false),
+                ));
+            }
+            None if sent == 0 => Bytes::from_static(b"[]"),
+            None => Bytes::from_static(b"]"),
+        };
+        Some((Ok(piece), (rx, sent, true)))
     });
-    streaming_response(
-        "application/vnd.ksqlapi.delimited.v1",
-        Body::from_stream(acks),
-    )
+    streaming_response("application/json", Body::from_stream(acks))
 }
 
 /// The most rows inserted together.

@@ -29,7 +29,7 @@ use crate::rest::{blocking, error_response, parse_body, properties, streaming_re
 /// probe: a write to a vanished client fails and ends its query).
 const OLD_API_PROBE: Duration = Duration::from_secs(1);
 
-const DELIMITED: &str = "application/vnd.ksqlapi.delimited.v1";
+pub(crate) const DELIMITED: &str = "application/vnd.ksqlapi.delimited.v1";
 
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Framing {
@@ -56,7 +56,7 @@ struct Started {
     slot: PushSlot,
 }
 
-fn accepts(headers: &HeaderMap, media: &str) -> bool {
+pub(crate) fn accepts(headers: &HeaderMap, media: &str) -> bool {
     headers
         .get_all(header::ACCEPT)
         .iter()
