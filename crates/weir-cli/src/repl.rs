@@ -227,6 +227,22 @@ pub fn run(options: ReplOptions) -> Result<(), String> {
     };
     session.refresh_names();
 
+    // Statements piped in (`echo 'SHOW STREAMS;' | weir cli`): run in turn, as typed, and
+    // the exit status says whether all of them succeeded.
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .map_err(|e| format!("reading standard input: {e}"))?;
+        session.run_text(&text);
+        if let Some(server) = embedded {
+            server.shutdown()?;
+        }
+        return match ERRORS.load(Ordering::SeqCst) {
+            0 => Ok(()),
+            n => Err(format!("{n} statement(s) failed")),
+        };
+    }
+
     let mut editor = line_editor(names)?;
     let prompt = WeirPrompt;
     loop {
@@ -300,7 +316,11 @@ fn line_editor(names: Arc<Mutex<Vec<String>>>) -> Result<Reedline, String> {
         .with_edit_mode(Box::new(Emacs::new(keys))))
 }
 
+/// Errors reported so far (piped input exits non-zero after one).
+static ERRORS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 fn error_line(message: &str) {
+    ERRORS.fetch_add(1, Ordering::SeqCst);
     let one_line = message.split_whitespace().collect::<Vec<_>>().join(" ");
     eprintln!("{}", Color::Red.paint(one_line));
 }
