@@ -75,8 +75,8 @@ fn send_with(addr: std::net::SocketAddr, body: Vec<u8>, accept: Option<&str>) ->
     })
 }
 
-#[test]
-fn a_row_too_long_is_refused_alone() {
+/// A server on a fresh data directory with stream `S (V ty)`.
+fn server_with_stream(ty: &str) -> (tempfile::TempDir, weir_server::Server) {
     let dir = tempfile::tempdir().unwrap();
     let server = weir_server::Server::start(weir_server::ServerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -85,9 +85,15 @@ fn a_row_too_long_is_refused_alone() {
     })
     .unwrap();
     let created = ureq::post(format!("http://{}/ksql", server.addr()))
-        .send_json(serde_json::json!({"ksql": "CREATE STREAM S (V STRING) WITH (KAFKA_TOPIC='s', VALUE_FORMAT='JSON', PARTITIONS=1);"}))
+        .send_json(serde_json::json!({"ksql": format!("CREATE STREAM S (V {ty}) WITH (KAFKA_TOPIC='s', VALUE_FORMAT='JSON', PARTITIONS=1);")}))
         .unwrap();
     assert_eq!(created.status(), 200);
+    (dir, server)
+}
+
+#[test]
+fn a_row_too_long_is_refused_alone() {
+    let (dir, server) = server_with_stream("STRING");
     let mut body = b"{\"target\": \"S\"}\n{\"V\": \"first\"}\n{\"V\": \"".to_vec();
     body.extend(std::iter::repeat_n(b'x', 9 << 20));
     body.extend_from_slice(b"\"}\n{\"V\": \"last\"}\n");
@@ -126,17 +132,7 @@ fn a_row_too_long_is_refused_alone() {
 /// answers); with ksqlDB's delimited type, or none, one per line.
 #[test]
 fn acknowledgements_follow_the_accept_header() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = weir_server::Server::start(weir_server::ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().to_path_buf(),
-        ..Default::default()
-    })
-    .unwrap();
-    let created = ureq::post(format!("http://{}/ksql", server.addr()))
-        .send_json(serde_json::json!({"ksql": "CREATE STREAM S (V INT) WITH (KAFKA_TOPIC='s', VALUE_FORMAT='JSON', PARTITIONS=1);"}))
-        .unwrap();
-    assert_eq!(created.status(), 200);
+    let (_dir, server) = server_with_stream("INT");
     let rows =
         || b"{\"target\": \"S\"}\n{\"V\": 1}\n{\"V\": \"not a number\"}\n{\"V\": 3}\n".to_vec();
     let (content_type, text) = send_with(server.addr(), rows(), Some("application/json"));
