@@ -18,8 +18,14 @@ pub fn run(file: Option<&Path>, allow_cli_commands: bool, canonical: bool) -> Ex
     let results = parse_script(&script, ParseOptions { allow_cli_commands });
     let mut out = std::io::stdout().lock();
     let mut failed = 0;
+    // Variables a script DEFINEs are substituted into the statements after them.
+    let mut vars = weir_sql::Variables::new();
     for stmt in &results {
-        let line = match &stmt.result {
+        let result = stmt.resolve(&vars);
+        if let Ok(s) = &result {
+            vars.apply(s);
+        }
+        let line = match &result {
             Ok(s) if canonical => format!("OK {}: {s};", s.kind()),
             Ok(s) => format!("OK {}", s.kind()),
             Err(e) => {

@@ -250,6 +250,14 @@ pub fn entity(e: &Value) -> String {
                 &rows,
             )
         }
+        "variables" => {
+            let rows: Vec<Vec<String>> = list("variables")
+                .iter()
+                .map(|v| vec![s(&v["name"]), s(&v["value"])])
+                .collect();
+            table(&["Variable Name", "Value"], &rows)
+        }
+        "warning_entity" => format!("{}\n", s(&e["message"])),
         "kafka_topics" => {
             let rows: Vec<Vec<String>> = list("topics")
                 .iter()

@@ -165,6 +165,9 @@ Tab completes, Ctrl-C clears the line, Ctrl-D or 'exit' quits.";
 struct Session {
     client: Client,
     props: BTreeMap<String, String>,
+    /// DEFINEd variables, substituted here before a statement is sent (as ksqlDB's CLI
+    /// keeps them: on the client).
+    vars: weir_sql::Variables,
     interrupted: Arc<AtomicBool>,
     names: Arc<Mutex<Vec<String>>>,
 }
@@ -222,6 +225,7 @@ pub fn run(options: ReplOptions) -> Result<(), String> {
     let mut session = Session {
         client,
         props: BTreeMap::new(),
+        vars: weir_sql::Variables::new(),
         interrupted,
         names: names.clone(),
     };
@@ -334,8 +338,11 @@ impl Session {
                 allow_cli_commands: true,
             },
         ) {
-            match parsed.result {
-                Ok(stmt) => self.run_statement(&stmt, &format!("{};", parsed.text.trim())),
+            match parsed.resolve(&self.vars) {
+                Ok(stmt) => self.run_statement(
+                    &stmt,
+                    &format!("{};", parsed.resolved_text(&self.vars).trim()),
+                ),
                 Err(e) => error_line(&format!("Syntax error: {e}")),
             }
         }
@@ -361,6 +368,25 @@ impl Session {
                 None => error_line(&format!("Property '{name}' was not set")),
             },
             Statement::RunScript { path } => self.run_script(Path::new(path)),
+            Statement::DefineVariable { .. } | Statement::UndefineVariable { .. } => {
+                if let Some(weir_sql::Applied::NotDefined(warning)) = self.vars.apply(stmt) {
+                    eprintln!("{}", Color::Yellow.paint(warning));
+                }
+            }
+            Statement::List {
+                what: weir_sql::ast::ListKind::Variables,
+                ..
+            } => {
+                let list: Vec<serde_json::Value> = self
+                    .vars
+                    .iter()
+                    .map(|(name, value)| serde_json::json!({"name": name, "value": value}))
+                    .collect();
+                print!(
+                    "{}",
+                    render::entity(&serde_json::json!({"@type": "variables", "variables": list}))
+                );
+            }
             _ => match self.client.ksql(text, &self.props) {
                 Ok(entities) => {
                     // INSERT VALUES answers no entity, as ksqlDB's does.

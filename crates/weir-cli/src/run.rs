@@ -69,13 +69,20 @@ pub fn run(
     if let Some(file) = queries_file {
         let script = std::fs::read_to_string(file)
             .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let mut vars = weir_sql::Variables::new();
         for stmt in parse_script(&script, ParseOptions::default()) {
-            let line = match stmt.result.map_err(|e| e.to_string()).and_then(|s| {
-                engine
-                    .execute(&s)
-                    .map(|_| s.kind())
-                    .map_err(|e| e.to_string())
-            }) {
+            let line = match stmt
+                .resolve(&vars)
+                .map_err(|e| e.to_string())
+                .and_then(|s| {
+                    if vars.apply(&s).is_some() {
+                        return Ok(s.kind());
+                    }
+                    engine
+                        .execute(&s)
+                        .map(|_| s.kind())
+                        .map_err(|e| e.to_string())
+                }) {
                 Ok(kind) => format!("OK {kind}"),
                 Err(e) => format!("ERROR {}: {e}", stmt.text),
             };

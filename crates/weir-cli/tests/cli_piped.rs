@@ -47,3 +47,36 @@ fn piped_statements_run_and_a_failure_sets_the_exit_status() {
     assert!(out.contains("PIPED_S"), "{out}");
     assert!(err.contains("1 statement(s) failed"), "{err}");
 }
+
+/// DEFINE, `${NAME}`, SHOW VARIABLES and UNDEFINE in the CLI, as ksqlDB's CLI keeps them.
+#[test]
+fn variables_are_defined_listed_substituted_and_undefined() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out, err) = piped(
+        &dir.path().join("data"),
+        "DEFINE stream_name = 'VAR_S';\nDEFINE topic = 'var_topic';\nSHOW VARIABLES;\n\
+         CREATE STREAM ${stream_name} (v INT) WITH (kafka_topic='${topic}', value_format='JSON', partitions=1);\n\
+         SHOW STREAMS;\nUNDEFINE topic;\nSHOW VARIABLES;\n",
+    );
+    assert!(ok, "{out}\n{err}");
+    // Listed with their values.
+    assert!(out.contains("Variable Name"), "{out}");
+    assert!(out.contains("STREAM_NAME"), "{out}");
+    assert!(out.contains("var_topic"), "{out}");
+    // Substituted into the statement: the stream has the name and topic.
+    let line = out
+        .lines()
+        .find(|l| l.contains("VAR_S") && !l.contains("STREAM_NAME"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains("var_topic"), "{line}");
+    // After UNDEFINE the last listing holds STREAM_NAME only.
+    let last = out.rsplit("Variable Name").next().unwrap();
+    assert!(
+        last.contains("STREAM_NAME") && !last.contains("var_topic"),
+        "{last}"
+    );
+    // An undefined variable is named in the error and fails the run.
+    let (ok, _, err) = piped(&dir.path().join("data"), "DESCRIBE ${nosuch};\n");
+    assert!(!ok);
+    assert!(err.contains("Variable 'NOSUCH' is not defined"), "{err}");
+}

@@ -105,6 +105,17 @@ pub(crate) fn properties(v: &Value) -> (BTreeMap<String, String>, Vec<Value>) {
     (props, warnings)
 }
 
+/// A request's `sessionVariables` object (`{"topic": "cars", "n": 3}`): values as text.
+pub(crate) fn session_variables(v: &Value) -> weir_sql::Variables {
+    weir_sql::Variables::from_pairs(v.as_object().into_iter().flatten().map(|(k, v)| {
+        let v = match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        (k.as_str(), v)
+    }))
+}
+
 /// The warning for a request property Weir does not read (logged, and returned for the
 /// entities' `warnings`); `None` for a known one.
 pub(crate) fn property_warning(key: &str) -> Option<Value> {
@@ -190,15 +201,46 @@ async fn ksql(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     };
     // Unknown keys are warned about in every entity's `warnings` from where they were set.
     let (mut props, mut warnings) = properties(&request["streamsProperties"]);
+    let mut vars = session_variables(&request["sessionVariables"]);
     let result = blocking(&state, move |state| {
         let mut done: Vec<Value> = Vec::new();
         for parsed in parse_script(&sql, ParseOptions::default()) {
-            let text = format!("{};", parsed.text.trim());
-            let stmt = match parsed.result {
+            // Statements run with the variables as they stand when each one's turn comes.
+            let text = format!("{};", parsed.resolved_text(&vars).trim());
+            let stmt = match parsed.resolve(&vars) {
                 Ok(s) => s,
                 Err(e) => return Err(statement_error(&e.to_string(), &text, done)),
             };
+            match vars.apply(&stmt) {
+                Some(weir_sql::Applied::NotDefined(message)) => {
+                    done.push(json!({
+                        "@type": "warning_entity",
+                        "statementText": text,
+                        "message": message,
+                        "warnings": [],
+                    }));
+                    continue;
+                }
+                Some(_) => continue,
+                None => {}
+            }
             match &stmt {
+                Statement::List {
+                    what: weir_sql::ast::ListKind::Variables,
+                    ..
+                } => {
+                    let list: Vec<Value> = vars
+                        .iter()
+                        .map(|(name, value)| json!({"name": name, "value": value}))
+                        .collect();
+                    done.push(json!({
+                        "@type": "variables",
+                        "statementText": text,
+                        "variables": list,
+                        "warnings": warnings.clone(),
+                    }));
+                    continue;
+                }
                 Statement::Query(_) | Statement::Print(_) => {
                     let mut e = statement_error(QUERY_ENDPOINT_MESSAGE, &text, done);
                     e["error_code"] = json!(code::QUERY_ENDPOINT);

@@ -23,7 +23,9 @@ use weir_sql::ast::Statement;
 
 use crate::AppState;
 use crate::entities::{code, generic_error, statement_error};
-use crate::rest::{blocking, error_response, parse_body, properties, streaming_response};
+use crate::rest::{
+    blocking, error_response, parse_body, properties, session_variables, streaming_response,
+};
 
 /// How often the old API writes a bare newline while no row comes (ksqlDB's disconnect
 /// probe: a write to a vanished client fails and ends its query).
@@ -107,7 +109,8 @@ async fn start_and_stream(
     let sql = request[fields.0].as_str().unwrap_or("").to_string();
     // Unknown keys are logged; a push query's answer has no place for warnings.
     let (props, _) = properties(&request[fields.1]);
-    let started = match start(&state, sql, props).await {
+    let vars = session_variables(&request["sessionVariables"]);
+    let started = match start(&state, sql, props, &vars).await {
         Ok(s) => s,
         Err(r) => return r,
     };
@@ -123,12 +126,23 @@ async fn start_and_stream(
     streaming_response(content_type, Body::from_stream(body_stream(rows, framing)))
 }
 
+/// The one statement of a query request, with the request's variables substituted.
+fn one_statement(sql: &str, vars: &weir_sql::Variables) -> weir_sql::Result<Statement> {
+    let mut parsed = weir_sql::parse_script(sql, weir_sql::ParseOptions::default());
+    match parsed.len() {
+        1 => parsed.remove(0).resolve(vars),
+        // Zero or several: the same error as parsing it alone.
+        _ => weir_sql::parse_statement(sql),
+    }
+}
+
 async fn start(
     state: &Arc<AppState>,
     sql: String,
     props: std::collections::BTreeMap<String, String>,
+    vars: &weir_sql::Variables,
 ) -> Result<Started, Response> {
-    let stmt = weir_sql::parse_statement(&sql)
+    let stmt = one_statement(&sql, vars)
         .map_err(|e| error_response(statement_error(&e.to_string(), &sql, vec![])))?;
     let is_print = match &stmt {
         Statement::Query(_) => false,

@@ -405,3 +405,75 @@ fn a_restarted_server_has_its_streams_and_queries_and_their_output() {
     assert_eq!(rows, [r#"[2,"cart"]"#, r#"[3,"cart"]"#]);
     server.shutdown().unwrap();
 }
+
+/// Variables as ksqlDB has them: `sessionVariables` on `/ksql` and `/query-stream`,
+/// DEFINE/UNDEFINE for the rest of a request, SHOW VARIABLES, and the error that names
+/// one not defined.
+#[test]
+fn variables_from_the_request_and_from_define_are_substituted() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[]);
+    // From the request, and DEFINEd within it; DEFINE and UNDEFINE answer no entity.
+    let (status, body) = post(
+        &server,
+        "/ksql",
+        &json!({
+            "ksql": "DEFINE name = 'VARVIEWS'; \
+                     CREATE STREAM ${name} (id BIGINT KEY, page STRING) \
+                       WITH (kafka_topic='${topic}', value_format='JSON', partitions=${parts}); \
+                     INSERT INTO ${name} (id, page) VALUES (1, '${page}'); \
+                     UNDEFINE topic; SHOW VARIABLES;",
+            "sessionVariables": {"topic": "var_topic", "parts": 1, "page": "home"}
+        }),
+    );
+    assert_eq!(status, 200, "{body}");
+    let entities = body.as_array().unwrap();
+    assert_eq!(entities.len(), 2, "{body}");
+    assert_eq!(entities[0]["commandStatus"]["message"], "Stream created");
+    assert!(
+        entities[0]["statementText"]
+            .as_str()
+            .unwrap()
+            .contains("kafka_topic='var_topic'"),
+        "{body}"
+    );
+    assert_eq!(entities[1]["@type"], "variables");
+    assert_eq!(
+        entities[1]["variables"],
+        json!([
+            {"name": "NAME", "value": "VARVIEWS"},
+            {"name": "PAGE", "value": "home"},
+            {"name": "PARTS", "value": "1"},
+        ])
+    );
+    let described = ksql(&server, "DESCRIBE varviews;");
+    assert_eq!(described[0]["sourceDescription"]["topic"], "var_topic");
+    // Request-scoped: the next request has none of them.
+    let (status, body) = post(&server, "/ksql", &json!({"ksql": "DESCRIBE ${name};"}));
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("Variable 'NAME' is not defined"),
+        "{body}"
+    );
+    // /query-stream substitutes its own sessionVariables.
+    let (status, body) = post(
+        &server,
+        "/query-stream",
+        &json!({
+            "sql": "SELECT page FROM ${source} WHERE page = '${page}' EMIT CHANGES LIMIT 1;",
+            "properties": {"auto.offset.reset": "earliest"},
+            "sessionVariables": {"source": "varviews", "page": "home"}
+        }),
+    );
+    assert_eq!(status, 200, "{body}");
+    let text = body.as_str().unwrap().to_string();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[1], json!(["home"]), "{text}");
+    server.shutdown().unwrap();
+}

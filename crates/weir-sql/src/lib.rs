@@ -17,6 +17,7 @@ mod dialect;
 mod error;
 mod lexer;
 mod parser;
+mod variables;
 
 pub use ast::Statement;
 pub use dialect::{KsqlDialect, function_call};
@@ -24,6 +25,7 @@ pub use error::{ParseError, Position, Result};
 pub use parser::parse_window_size;
 /// The sqlparser this crate builds on, for callers that work with its expressions.
 pub use sqlparser;
+pub use variables::{Applied, Variables};
 
 use lexer::{split_statements, tokenize};
 
@@ -43,6 +45,51 @@ pub struct ParsedStatement {
     /// The statement's text as written, without the `;`.
     pub text: String,
     pub result: Result<Statement>,
+    options: ParseOptions,
+}
+
+impl ParsedStatement {
+    /// The statement with `vars` substituted into it: its text again, parsed after
+    /// substitution when it refers to any variable, else the parse already made.
+    /// Positions in an error count from the start of the script as written.
+    pub fn resolve(&self, vars: &Variables) -> Result<Statement> {
+        if !self.text.contains("${") || self.result.is_err() && !is_variable_error(&self.result) {
+            return self.result.clone();
+        }
+        let substituted = vars.substitute(&self.text);
+        let mut parsed = parse_script(&substituted, self.options);
+        let shift = |p: Position| {
+            if p.line == 1 {
+                Position::new(self.start.line, p.column + self.start.column - 1)
+            } else {
+                Position::new(p.line + self.start.line - 1, p.column)
+            }
+        };
+        match parsed.len() {
+            1 => parsed.remove(0).result.map_err(|mut e| {
+                e.position = shift(e.position);
+                e
+            }),
+            _ => Err(ParseError::new(
+                self.start,
+                format!(
+                    "After variable substitution the statement reads: {substituted}: expected one statement"
+                ),
+            )),
+        }
+    }
+
+    /// The text with `vars` substituted, as the statement runs (what a persistent query
+    /// records as its statement).
+    pub fn resolved_text(&self, vars: &Variables) -> String {
+        vars.substitute(&self.text).into_owned()
+    }
+}
+
+fn is_variable_error(r: &Result<Statement>) -> bool {
+    r.as_ref()
+        .err()
+        .is_some_and(|e| e.message.starts_with("Variable '"))
 }
 
 /// Parses a script of `;`-separated statements for the server, stopping at the first
@@ -73,51 +120,65 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
 /// Parses every statement of a script independently, so one bad statement does not hide
 /// the others (what `weir check` reports). A script that cannot even be tokenized (an
 /// unterminated string, say) yields the statements before the bad spot, then one error.
+///
+/// A statement that refers to a variable outside quotes (`${NAME}`) is reported as
+/// naming an undefined variable here; [`ParsedStatement::resolve`] parses it again with
+/// the variables defined by then.
 pub fn parse_script(sql: &str, options: ParseOptions) -> Vec<ParsedStatement> {
     let text = ScriptText::new(sql);
-    let (tokens, lex_error) = match tokenize(sql) {
+    // Variable references become placeholders of the same width, so the script splits
+    // into statements at the right places and every position stays true.
+    let (masked, references) = variables::mask(sql);
+    let (tokens, lex_error) = match tokenize(&masked) {
         Ok(t) => (t, None),
         Err(e) => {
             // Statements that end before the bad token are still worth reporting.
-            let cut = text.offset(e.position);
-            (tokenize(&sql[..cut]).unwrap_or_default(), Some(e))
+            let cut = ScriptText::new(&masked).offset(e.position);
+            (tokenize(&masked[..cut]).unwrap_or_default(), Some(e))
+        }
+    };
+    let undefined = |start: Position, end: Position| {
+        references
+            .iter()
+            .find(|r| r.position >= start && r.position < end)
+            .map(|r| {
+                ParseError::new(
+                    r.position,
+                    format!("Variable '{}' is not defined", r.name.to_uppercase()),
+                )
+            })
+    };
+    let parse = |st: lexer::StatementTokens| {
+        let (start, end) = (st.start, st.end);
+        let result = match undefined(start, end) {
+            Some(e) => Err(e),
+            None => {
+                parser::parse_statement_tokens(st).and_then(|s| check_context(s, start, options))
+            }
+        };
+        ParsedStatement {
+            start,
+            text: text.slice(start, end),
+            result,
+            options,
         }
     };
     let (complete, trailing) = split_statements(tokens);
-    let mut out: Vec<ParsedStatement> = complete
-        .into_iter()
-        .map(|st| {
-            let (start, end) = (st.start, st.end);
-            let result =
-                parser::parse_statement_tokens(st).and_then(|s| check_context(s, start, options));
-            ParsedStatement {
-                start,
-                text: text.slice(start, end),
-                result,
-            }
-        })
-        .collect();
+    let mut out: Vec<ParsedStatement> = complete.into_iter().map(parse).collect();
     match (trailing, lex_error) {
         (Some(st), Some(e)) => out.push(ParsedStatement {
             start: st.start,
             text: text.slice(st.start, e.position),
             result: Err(e),
+            options,
         }),
         (None, Some(e)) => out.push(ParsedStatement {
             start: e.position,
             text: String::new(),
             result: Err(e),
+            options,
         }),
-        (Some(st), None) => {
-            let (start, end) = (st.start, st.end);
-            let result =
-                parser::parse_statement_tokens(st).and_then(|s| check_context(s, start, options));
-            out.push(ParsedStatement {
-                start,
-                text: text.slice(start, end),
-                result,
-            });
-        }
+        (Some(st), None) => out.push(parse(st)),
         (None, None) => {}
     }
     out

@@ -348,3 +348,37 @@ fn script_reports_each_statement_with_its_text() {
     assert_eq!(results[2].text, "DESCRIBE S");
     assert!(results[2].result.is_ok());
 }
+
+/// A script that defines variables and uses them runs as ksqlDB's would: each statement
+/// substituted with the variables defined before it, an undefined one named in the error.
+#[test]
+fn variables_are_substituted_statement_by_statement() {
+    let script = "DEFINE topic = 'cars'; DEFINE Name = 'CARSTREAM';\n\
+                  CREATE STREAM ${name} (id INT) WITH (kafka_topic='${TOPIC}', value_format='json', partitions=${n});\n\
+                  UNDEFINE name;\n\
+                  SELECT * FROM ${name} EMIT CHANGES;";
+    let parsed = weir_sql::parse_script(script, weir_sql::ParseOptions::default());
+    assert_eq!(parsed.len(), 5);
+    let mut vars = weir_sql::Variables::new();
+    vars.define("n", "3");
+    for p in &parsed[..2] {
+        let stmt = p.resolve(&vars).unwrap();
+        assert!(vars.apply(&stmt).is_some());
+    }
+    assert_eq!(vars.get("NAME"), Some("CARSTREAM"));
+    let create = parsed[2].resolve(&vars).unwrap().to_string();
+    assert!(
+        create.starts_with("CREATE STREAM CARSTREAM (ID INTEGER) WITH (KAFKA_TOPIC='cars'"),
+        "{create}"
+    );
+    assert!(create.contains("PARTITIONS=3"), "{create}");
+    assert_eq!(
+        vars.apply(&parsed[3].resolve(&vars).unwrap()),
+        Some(weir_sql::Applied::Undefined)
+    );
+    let err = parsed[4].resolve(&vars).unwrap_err();
+    assert_eq!(err.message, "Variable 'NAME' is not defined");
+    assert_eq!(err.position, weir_sql::Position::new(4, 15));
+    // Without resolving, a reference is an undefined variable, never a name.
+    assert!(parsed[2].result.is_err());
+}
