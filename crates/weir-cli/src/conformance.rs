@@ -391,6 +391,30 @@ pub fn json_eq(a: &Value, b: &Value) -> bool {
     }
 }
 
+/// An expected record value against the one read, as ksqlDB's runner compares them: it
+/// reads the expected value through the sink's schema, so each column read back takes
+/// the expected object's field of exactly its name, else the one field whose name
+/// differs only in case (its cases write `{"val": ...}` for a column named `VAL`), else
+/// null; expected fields that name no column are not read. Values compare as
+/// [`json_eq`]; nested values exactly.
+pub fn record_value_eq(expected: &Value, actual: &Value) -> bool {
+    let (Value::Object(x), Value::Object(y)) = (expected, actual) else {
+        return json_eq(expected, actual);
+    };
+    y.iter().all(|(column, w)| {
+        let field = x.get(column).or_else(|| {
+            let mut same = x
+                .iter()
+                .filter(|(name, _)| !y.contains_key(*name) && name.eq_ignore_ascii_case(column));
+            match (same.next(), same.next()) {
+                (Some((_, v)), None) => Some(v),
+                _ => None,
+            }
+        });
+        json_eq(field.unwrap_or(&Value::Null), w)
+    })
+}
+
 fn compare(topic: &str, expected: &[&Value], actual: &[Actual]) -> Result<(), String> {
     let show = |a: &Actual| {
         let window = a
@@ -409,7 +433,7 @@ fn compare(topic: &str, expected: &[&Value], actual: &[Actual]) -> Result<(), St
         };
         let ts_ok = e["timestamp"].as_i64().is_none_or(|t| t == a.timestamp);
         if !json_eq(&e["key"], &a.key)
-            || !json_eq(&e["value"], &a.value)
+            || !record_value_eq(&e["value"], &a.value)
             || !ts_ok
             || !window_ok(&e["window"], a.window)
         {
@@ -490,4 +514,33 @@ pub fn print_table(results: &[CaseResult]) {
         "TOTAL",
         100.0 * passed as f64 / total.max(1) as f64
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn record_values_match_columns_ignoring_case_only_where_ksqldb_does() {
+        // A column named VAL read back for an expected `val`: ksqlDB's runner matches it.
+        assert!(record_value_eq(&json!({"val": 1}), &json!({"VAL": 1.0})));
+        // Names that exist exactly compare exactly; values still have to be equal.
+        assert!(!record_value_eq(&json!({"val": 1}), &json!({"VAL": 2})));
+        assert!(!record_value_eq(
+            &json!({"Value": 1, "VALUE": 2}),
+            &json!({"Value": 2, "VALUE": 1})
+        ));
+        // Nested objects (maps) keep their keys' case.
+        assert!(!record_value_eq(
+            &json!({"M": {"a": 1}}),
+            &json!({"M": {"A": 1}})
+        ));
+        // Two columns that differ only in case: no guessing.
+        assert!(!record_value_eq(&json!({"v": 1, "x": 2}), &json!({"V": 1, "v": 2})));
+        // A column the expected value leaves out is expected null; a field that names
+        // no column is not read.
+        assert!(record_value_eq(&json!({"A": 1, "Z": null}), &json!({"A": 1, "B": null})));
+        assert!(!record_value_eq(&json!({"A": 1}), &json!({"A": 1, "B": 2})));
+    }
 }
