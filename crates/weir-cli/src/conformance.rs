@@ -537,10 +537,16 @@ mod tests {
             &json!({"M": {"A": 1}})
         ));
         // Two columns that differ only in case: no guessing.
-        assert!(!record_value_eq(&json!({"v": 1, "x": 2}), &json!({"V": 1, "v": 2})));
+        assert!(!record_value_eq(
+            &json!({"v": 1, "x": 2}),
+            &json!({"V": 1, "v": 2})
+        ));
         // A column the expected value leaves out is expected null; a field that names
         // no column is not read.
-        assert!(record_value_eq(&json!({"A": 1, "Z": null}), &json!({"A": 1, "B": null})));
+        assert!(record_value_eq(
+            &json!({"A": 1, "Z": null}),
+            &json!({"A": 1, "B": null})
+        ));
         assert!(!record_value_eq(&json!({"A": 1}), &json!({"A": 1, "B": 2})));
     }
 }

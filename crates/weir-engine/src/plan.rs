@@ -52,6 +52,7 @@ impl<'a> ExprCompiler<'a> {
         let e = &rewrite_time_literals(e.clone())?;
         check_ksql_rules(e)?;
         self.check_comparisons(e)?;
+        self.check_greatest_least(e)?;
         let e = &self.rewrite_string_plus(e.clone());
         self.compile_unchecked(e)
     }
@@ -100,10 +101,15 @@ impl<'a> ExprCompiler<'a> {
             ControlFlow::<()>::Continue(())
         });
         for (left, op, right) in comparisons {
-            let (lt, rt) = (
-                self.compile_unchecked(&left)?.data_type,
-                self.compile_unchecked(&right)?.data_type,
-            );
+            // A side that does not compile alone (a lambda's parameter) is checked when
+            // the whole expression compiles.
+            let (Ok(l), Ok(r)) = (
+                self.compile_unchecked(&left),
+                self.compile_unchecked(&right),
+            ) else {
+                continue;
+            };
+            let (lt, rt) = (l.data_type, r.data_type);
             let numeric = |t: &DataType| t.is_numeric();
             let string = |t: &DataType| {
                 matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
@@ -135,6 +141,91 @@ impl<'a> ExprCompiler<'a> {
                     name(&rt),
                     comparison_name(&op).unwrap_or_default()
                 )));
+            }
+        }
+        Ok(())
+    }
+
+    /// ksqlDB resolves GREATEST and LEAST among overloads of one type each (INTEGER,
+    /// BIGINT, DOUBLE, DECIMAL, STRING, BYTES, DATE, TIME, TIMESTAMP), with NULL matching
+    /// any: arguments of one type pick theirs; numbers of several types pick the one
+    /// overload all of them widen to, and are ambiguous where several would do (INTEGER
+    /// with BIGINT could be BIGINT, DECIMAL or DOUBLE); anything else is refused.
+    /// (An integer literal is an INTEGER, as ksqlDB types it.)
+    fn check_greatest_least(&self, e: &Expr) -> Result<()> {
+        let mut calls = Vec::new();
+        let _ = weir_sql::sqlparser::ast::visit_expressions(e, |x: &Expr| {
+            if let Expr::Function(f) = x {
+                let name = f.name.to_string().to_ascii_lowercase();
+                if (name == "greatest" || name == "least")
+                    && let FunctionArguments::List(list) = &f.args
+                {
+                    let args: Vec<Expr> = list
+                        .args
+                        .iter()
+                        .filter_map(|a| match a {
+                            FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    calls.push((name, args));
+                }
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        for (name, args) in calls {
+            let mut types = Vec::new();
+            for a in &args {
+                let is_int_literal = matches!(a, Expr::Value(v) if matches!(&v.value, Value::Number(n, _) if n.parse::<i32>().is_ok()));
+                types.push(if is_int_literal {
+                    DataType::Int32
+                } else {
+                    match self.compile_unchecked(a) {
+                        Ok(c) => c.data_type,
+                        // (Inside a lambda: checked when the whole compiles.)
+                        Err(_) => return Ok(()),
+                    }
+                });
+            }
+            let shown = || {
+                types
+                    .iter()
+                    .map(|t| {
+                        sql_type_of(t)
+                            .map(|t| t.to_string())
+                            .unwrap_or_else(|_| t.to_string())
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let given: Vec<&DataType> = types.iter().filter(|t| **t != DataType::Null).collect();
+            let family = |t: &DataType| match t {
+                DataType::Int8 | DataType::Int16 | DataType::Int32 => 0,
+                DataType::Int64 => 1,
+                DataType::Decimal128(..) | DataType::Decimal256(..) => 2,
+                DataType::Float32 | DataType::Float64 => 3,
+                _ => 4,
+            };
+            let numeric: Vec<u8> = given.iter().map(|t| family(t)).collect();
+            if args.is_empty()
+                || (!given.is_empty() && numeric.contains(&4) && numeric.iter().any(|f| *f < 4))
+            {
+                return Err(EngineError::Invalid(format!(
+                    "Function '{name}' does not accept parameters ({}).",
+                    shown()
+                )));
+            }
+            if numeric.iter().all(|f| *f < 4) && numeric.windows(2).any(|w| w[0] != w[1]) {
+                // The overloads every argument widens to: BIGINT takes INTEGER, DECIMAL
+                // takes both, DOUBLE takes every number.
+                let widest = numeric.iter().copied().max().unwrap_or(0);
+                let candidates = (widest.max(1)..=3).count();
+                if candidates > 1 {
+                    return Err(EngineError::Invalid(format!(
+                        "Function '{name}' cannot be resolved due to ambiguous method parameters ({}).",
+                        shown()
+                    )));
+                }
             }
         }
         Ok(())
@@ -377,6 +468,32 @@ fn rewrite_time_literals(mut e: Expr) -> Result<Expr> {
 /// ksqlDB's `a->b` is DataFusion's `get_field(a, 'b')`; constructors are rewritten too.
 fn rewrite_for_datafusion(mut e: Expr) -> Expr {
     let _ = visit_expressions_mut(&mut e, |e: &mut Expr| {
+        // DataFusion names a lambda's parameters in lower case whatever its identifier
+        // rules (and looks up references as written): parameters and the references to
+        // them in lower case.
+        if let Expr::Lambda(l) = e {
+            let mut names = Vec::new();
+            match &mut l.params {
+                sql::OneOrManyWithParens::One(p) => names.push(&mut p.name),
+                sql::OneOrManyWithParens::Many(ps) => {
+                    names.extend(ps.iter_mut().map(|p| &mut p.name))
+                }
+            }
+            let params: Vec<String> = names.iter().map(|n| n.value.clone()).collect();
+            for n in names {
+                n.value = n.value.to_lowercase();
+                n.quote_style = None;
+            }
+            let _ = visit_expressions_mut(&mut *l.body, |x: &mut Expr| {
+                if let Expr::Identifier(id) = x
+                    && params.contains(&id.value)
+                {
+                    id.value = id.value.to_lowercase();
+                    id.quote_style = None;
+                }
+                ControlFlow::<()>::Continue(())
+            });
+        }
         if let Expr::Function(f) = e
             && let Some(rewritten) = rewrite_constructor(f)
         {
@@ -601,7 +718,7 @@ fn plan(
                 };
                 let (compiled, explode) = match exploded_argument(expr) {
                     Some(list) => {
-                        let mut c = compiler.compile(list)?;
+                        let mut c = compiler.compile(&list)?;
                         c.data_type = match &c.data_type {
                             DataType::List(f) | DataType::LargeList(f) => f.data_type().clone(),
                             other => {
@@ -820,18 +937,25 @@ pub fn is_table_function(e: &Expr) -> bool {
     exploded_argument(e).is_some()
 }
 
-fn exploded_argument(e: &Expr) -> Option<&Expr> {
+fn exploded_argument(e: &Expr) -> Option<Expr> {
     let Expr::Function(f) = e else { return None };
-    if !f.name.to_string().eq_ignore_ascii_case("EXPLODE") {
+    let name = f.name.to_string().to_ascii_uppercase();
+    if name != "EXPLODE" && name != "CUBE_EXPLODE" {
         return None;
     }
-    match &f.args {
+    let arg = match &f.args {
         FunctionArguments::List(l) if l.args.len() == 1 => match &l.args[0] {
-            FunctionArg::Unnamed(FunctionArgExpr::Expr(arg)) => Some(arg),
-            _ => None,
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(arg)) => arg.clone(),
+            _ => return None,
         },
-        _ => None,
-    }
+        _ => return None,
+    };
+    // CUBE_EXPLODE(list): one row per combination of the list's elements.
+    Some(if name == "CUBE_EXPLODE" {
+        call("ksql_cube", vec![arg])
+    } else {
+        arg
+    })
 }
 
 pub(crate) fn column_name(e: &Expr) -> Option<String> {

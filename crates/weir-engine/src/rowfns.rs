@@ -1118,6 +1118,57 @@ pub fn all() -> Vec<Arc<ScalarUDF>> {
                     None,
                 ))))
             }),
+        // CUBE_EXPLODE(list) is EXPLODE(ksql_cube(list)): every combination of the list
+        // with each element kept or nulled, first element most significant, combinations
+        // that keep a null element left out (they repeat one that nulls it).
+        f("ksql_cube")
+            .sig_fn(&[T::Arr], |a| {
+                DataType::List(Arc::new(Field::new_list_field(a[0].clone(), true)))
+            })
+            .eval(|a, ret| {
+                let ScalarValue::List(list) = &a[0] else {
+                    return Ok(ScalarValue::Null);
+                };
+                let items = list.value(0);
+                let n = items.len();
+                if n > 16 {
+                    return Err(format!("CUBE_EXPLODE of {n} elements: at most 16"));
+                }
+                let mut indices: Vec<Option<u32>> = Vec::new();
+                let mut lengths = Vec::new();
+                for mask in 0u32..(1 << n) {
+                    let keeps = |i: usize| mask & (1 << (n - 1 - i)) != 0;
+                    if (0..n).any(|i| keeps(i) && items.is_null(i)) {
+                        continue;
+                    }
+                    indices.extend((0..n).map(|i| keeps(i).then_some(i as u32)));
+                    lengths.push(n);
+                }
+                let values = arrow::compute::take(
+                    items.as_ref(),
+                    &arrow::array::UInt32Array::from(indices),
+                    None,
+                )
+                .map_err(|e| e.to_string())?;
+                let DataType::List(outer) = ret else {
+                    return Err("ksql_cube returns a list".into());
+                };
+                let DataType::List(inner) = outer.data_type() else {
+                    return Err("ksql_cube returns a list of lists".into());
+                };
+                let combos = ListArray::new(
+                    inner.clone(),
+                    arrow::buffer::OffsetBuffer::from_lengths(lengths.iter().copied()),
+                    values,
+                    None,
+                );
+                Ok(ScalarValue::List(Arc::new(ListArray::new(
+                    outer.clone(),
+                    arrow::buffer::OffsetBuffer::from_lengths([combos.len()]),
+                    Arc::new(combos),
+                    None,
+                ))))
+            }),
         f("as_map")
             .sig_fn(&[T::Arr, T::Arr], |a| {
                 let item = |t: &DataType| match t {
