@@ -170,9 +170,46 @@ impl ScalarUDFImpl for ToJsonString {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let array = args.args[0].to_array(args.number_rows)?;
         let ty = sql_type_of(array.data_type()).unwrap_or(weir_sql::ast::SqlType::String);
-        let out: StringArray = (0..array.len())
-            .map(|row| Some(weir_format::convert::value_at(&array, row, &ty).to_string()))
-            .collect();
+        // Dates, times and timestamps as ksqlDB writes them in JSON text: ISO strings.
+        let temporal = match array.data_type() {
+            DataType::Date32 | DataType::Time32(_) | DataType::Time64(_) => {
+                Some(arrow::compute::cast(&array, &DataType::Utf8)?)
+            }
+            DataType::Timestamp(..) => {
+                let millis = arrow::compute::cast(
+                    &array,
+                    &DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None),
+                )?;
+                let millis = millis.as_primitive::<arrow::datatypes::TimestampMillisecondType>();
+                Some(Arc::new(
+                    millis
+                        .iter()
+                        .map(|m| {
+                            m.and_then(|m| chrono::DateTime::from_timestamp_millis(m))
+                                .map(|t| t.naive_utc().format("%Y-%m-%dT%H:%M:%S%.3f").to_string())
+                        })
+                        .collect::<StringArray>(),
+                ) as ArrayRef)
+            }
+            _ => None,
+        };
+        let out: StringArray = match temporal {
+            Some(text) => {
+                let text = text.as_string::<i32>();
+                (0..text.len())
+                    .map(|row| {
+                        Some(if text.is_null(row) {
+                            "null".to_string()
+                        } else {
+                            serde_json::Value::String(text.value(row).to_string()).to_string()
+                        })
+                    })
+                    .collect()
+            }
+            None => (0..array.len())
+                .map(|row| Some(weir_format::convert::value_at(&array, row, &ty).to_string()))
+                .collect(),
+        };
         Ok(ColumnarValue::Array(Arc::new(out)))
     }
 }

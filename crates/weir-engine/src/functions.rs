@@ -28,6 +28,9 @@ const ALIASES: &[(&str, &str)] = &[
     ("REPLACE", "replace"),
     // DataFusion's ENCODE takes two arguments; ksqlDB's three.
     ("ENCODE", "ksql_encode"),
+    ("LPAD", "ksql_lpad"),
+    ("RPAD", "ksql_rpad"),
+    ("ARRAY_JOIN", "ksql_array_join"),
     // Lambdas over arrays: DataFusion's higher-order functions.
     ("TRANSFORM", "array_transform"),
     ("FILTER", "array_filter"),

@@ -370,6 +370,48 @@ fn needi(v: &ScalarValue) -> std::result::Result<i64, String> {
     i(v).ok_or_else(|| "expected an integer".to_string())
 }
 
+/// LPAD (`left`) or RPAD of a string or bytes.
+fn pad(a: &[ScalarValue], left: bool) -> std::result::Result<ScalarValue, String> {
+    let len = needi(&a[1])?;
+    if len < 0 {
+        return Ok(ScalarValue::Null);
+    }
+    let len = len as usize;
+    fn padded<T: Clone>(input: &[T], len: usize, padding: &[T], left: bool) -> Option<Vec<T>> {
+        if padding.is_empty() {
+            return None;
+        }
+        if input.len() >= len {
+            return Some(input[..len].to_vec());
+        }
+        let fill: Vec<T> = padding
+            .iter()
+            .cycle()
+            .take(len - input.len())
+            .cloned()
+            .collect();
+        Some(if left {
+            [fill.as_slice(), input].concat()
+        } else {
+            [input, fill.as_slice()].concat()
+        })
+    }
+    Ok(match (s(&a[0]), s(&a[2]), bytes(&a[0]), bytes(&a[2])) {
+        (Some(input), Some(padding), _, _) => {
+            let input: Vec<char> = input.chars().collect();
+            let padding: Vec<char> = padding.chars().collect();
+            match padded(&input, len, &padding, left) {
+                Some(chars) => str_val(chars.into_iter().collect::<String>()),
+                None => ScalarValue::Null,
+            }
+        }
+        (_, _, Some(input), Some(padding)) => {
+            ScalarValue::Binary(padded(input, len, padding, left))
+        }
+        _ => ScalarValue::Null,
+    })
+}
+
 fn str_val(x: impl Into<String>) -> ScalarValue {
     ScalarValue::Utf8(Some(x.into()))
 }
@@ -1117,6 +1159,43 @@ pub fn all() -> Vec<Arc<ScalarUDF>> {
                     part,
                     None,
                 ))))
+            }),
+        // LPAD/RPAD as ksqlDB's: NULL for a negative length or empty padding; the input
+        // cut to the length when longer; characters for strings, bytes for BYTES.
+        f("ksql_lpad")
+            .sig(&[T::Str, T::Int, T::Str], D::Utf8)
+            .sig(&[T::Bytes, T::Int, T::Bytes], D::Binary)
+            .eval(|a, _| pad(a, true)),
+        f("ksql_rpad")
+            .sig(&[T::Str, T::Int, T::Str], D::Utf8)
+            .sig(&[T::Bytes, T::Int, T::Bytes], D::Binary)
+            .eval(|a, _| pad(a, false)),
+        // ARRAY_JOIN(list [, delimiter]): elements as ksqlDB writes them ("null" for a
+        // null element), joined by the delimiter (`,` when not given, none when NULL).
+        f("ksql_array_join")
+            .sig(&[T::Arr], D::Utf8)
+            .sig(&[T::Arr, T::Str], D::Utf8)
+            .pass_nulls()
+            .eval(|a, _| {
+                let ScalarValue::List(list) = &a[0] else {
+                    return Ok(ScalarValue::Null);
+                };
+                if list.is_null(0) {
+                    return Ok(ScalarValue::Null);
+                }
+                let delimiter = match a.get(1) {
+                    None => ",",
+                    Some(d) => s(d).unwrap_or(""),
+                };
+                let items = list.value(0);
+                let ty = crate::types::sql_type_of(items.data_type()).map_err(|e| e.to_string())?;
+                let text: Vec<String> = (0..items.len())
+                    .map(|i| match weir_format::convert::value_at(&items, i, &ty) {
+                        Json::String(s) => s,
+                        other => other.to_string(),
+                    })
+                    .collect();
+                Ok(str_val(text.join(delimiter)))
             }),
         // CUBE_EXPLODE(list) is EXPLODE(ksql_cube(list)): every combination of the list
         // with each element kept or nulled, first element most significant, combinations
