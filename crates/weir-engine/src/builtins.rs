@@ -185,7 +185,7 @@ impl ScalarUDFImpl for ToJsonString {
                     millis
                         .iter()
                         .map(|m| {
-                            m.and_then(|m| chrono::DateTime::from_timestamp_millis(m))
+                            m.and_then(chrono::DateTime::from_timestamp_millis)
                                 .map(|t| t.naive_utc().format("%Y-%m-%dT%H:%M:%S%.3f").to_string())
                         })
                         .collect::<StringArray>(),
