@@ -1170,6 +1170,37 @@ pub fn all() -> Vec<Arc<ScalarUDF>> {
             .sig(&[T::Str, T::Int, T::Str], D::Utf8)
             .sig(&[T::Bytes, T::Int, T::Bytes], D::Binary)
             .eval(|a, _| pad(a, false)),
+        // The sum of a list's elements (nulls skipped; NULL for a null or empty list):
+        // what SUM_LIST adds up per row.
+        f("ksql_list_sum")
+            .sig_fn(&[T::Arr], |a| match &a[0] {
+                DataType::List(f) => match f.data_type() {
+                    DataType::Int8 | DataType::Int16 | DataType::Int32 => DataType::Int32,
+                    DataType::Int64 => DataType::Int64,
+                    _ => DataType::Float64,
+                },
+                _ => DataType::Float64,
+            })
+            .eval(|a, ret| {
+                let ScalarValue::List(list) = &a[0] else {
+                    return Ok(ScalarValue::Null);
+                };
+                let items = list.value(0);
+                let mut total: Option<ScalarValue> = None;
+                for i in 0..items.len() {
+                    if items.is_null(i) {
+                        continue;
+                    }
+                    let v = ScalarValue::try_from_array(&items, i)
+                        .and_then(|v| v.cast_to(ret))
+                        .map_err(|e| e.to_string())?;
+                    total = Some(match total {
+                        None => v,
+                        Some(t) => t.add_checked(&v).map_err(|e| e.to_string())?,
+                    });
+                }
+                Ok(total.unwrap_or(ScalarValue::Null))
+            }),
         // ARRAY_JOIN(list [, delimiter]): elements as ksqlDB writes them ("null" for a
         // null element), joined by the delimiter (`,` when not given, none when NULL).
         f("ksql_array_join")

@@ -175,13 +175,16 @@ impl std::fmt::Debug for PluginRef {
 pub(crate) fn is_aggregate_call(e: &Expr, functions: &Functions) -> bool {
     let Expr::Function(f) = e else { return false };
     let name = f.name.to_string();
-    AggKind::from_name(&name).is_some() || functions.plugin_aggregate(&name).is_some()
+    AggKind::from_name(&name).is_some()
+        || name.eq_ignore_ascii_case("SUM_LIST")
+        || functions.plugin_aggregate(&name).is_some()
 }
 
 fn aggregate_call(e: &Expr, functions: &Functions) -> Option<(AggKind, Vec<Expr>, bool)> {
     let Expr::Function(f) = e else { return None };
     let name = f.name.to_string();
-    let kind = AggKind::from_name(&name)
+    let sum_list = name.eq_ignore_ascii_case("SUM_LIST");
+    let kind = AggKind::from_name(if sum_list { "SUM" } else { &name })
         .or_else(|| functions.plugin_aggregate(&name).map(|_| AggKind::Plugin))?;
     let args = match &f.args {
         FunctionArguments::List(list) => &list.args[..],
@@ -196,6 +199,18 @@ fn aggregate_call(e: &Expr, functions: &Functions) -> Option<(AggKind, Vec<Expr>
             FunctionArg::Unnamed(FunctionArgExpr::Wildcard) => star = true,
             _ => return None,
         }
+    }
+    if sum_list {
+        // SUM_LIST(list): the SUM of each row's list summed (nulls skipped).
+        out = out
+            .into_iter()
+            .map(|e| {
+                weir_sql::function_call(
+                    weir_sql::sqlparser::ast::Ident::new("ksql_list_sum"),
+                    vec![FunctionArg::Unnamed(FunctionArgExpr::Expr(e))],
+                )
+            })
+            .collect();
     }
     Some((kind, out, star))
 }
