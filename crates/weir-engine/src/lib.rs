@@ -2231,14 +2231,20 @@ impl Engine {
                 )));
             }
         }
-        if key_columns.is_empty()
-            && prop(&c.properties, "KEY_FORMAT").is_some_and(|f| !f.eq_ignore_ascii_case("NONE"))
-        {
-            return Err(EngineError::Invalid(
-                "Key format specified for stream without key columns.".into(),
-            ));
-        }
-        let key_format = Self::format_spec(&c.properties, "KEY", Some(Format::Kafka))?;
+        // Formats not given: the session's defaults (`ksql.persistence.default.format.*`).
+        let default_format = |side: &str| -> Result<Option<Format>> {
+            let given = prop(&c.properties, &format!("{}_FORMAT", side.to_uppercase()))
+                .or_else(|| prop(&c.properties, "FORMAT"));
+            if given.is_some() {
+                return Ok(None);
+            }
+            let name = format!("ksql.persistence.default.format.{side}");
+            match self.properties.get(&name).map(|v| v.trim()) {
+                Some(v) if !v.is_empty() => Ok(Some(Format::from_name(v)?)),
+                _ => Ok((side == "key").then_some(Format::Kafka)),
+            }
+        };
+        let key_format = Self::format_spec(&c.properties, "KEY", default_format("key")?)?;
         // A keyless stream keeps a key format it was given (`FORMAT='JSON'`), which a
         // re-keyed sink inherits; given none, it has no key format at all.
         let declared =
@@ -2255,7 +2261,7 @@ impl Engine {
             key_columns,
             value_columns,
             key_format,
-            value_format: Self::format_spec(&c.properties, "VALUE", None)?,
+            value_format: Self::format_spec(&c.properties, "VALUE", default_format("value")?)?,
         };
         validate_layout(&layout, &c.properties)?;
         if c.columns.is_empty() {
@@ -2321,6 +2327,14 @@ impl Engine {
         // ksqlDB's refusals, as checks on the query's logical nodes.
         let shape = logical::shape(&c.query, &self.catalog);
         logical::check_result_kind(&shape, c.kind)?;
+        // `PARTITION BY NULL` makes a stream without key columns: no key format to give.
+        if matches!(c.query.partition_by.as_deref(), Some([weir_sql::sqlparser::ast::Expr::Value(v)]) if v.value == weir_sql::sqlparser::ast::Value::Null)
+            && prop(&c.properties, "KEY_FORMAT").is_some_and(|f| !f.eq_ignore_ascii_case("NONE"))
+        {
+            return Err(EngineError::Invalid(
+                "Key format specified for stream without key columns.".into(),
+            ));
+        }
         let from_table = match &joined {
             Some(r) => r.source.kind == SourceKind::Table,
             None => self

@@ -650,7 +650,11 @@ fn plan(
     };
     // PARTITION BY re-keys: `*` puts the old key after the value columns, and the
     // partitioning expressions become the key.
-    let partition_by = query.partition_by.as_deref().unwrap_or_default();
+    // `PARTITION BY NULL` re-keys to no key at all: every column a value.
+    let partition_by = match query.partition_by.as_deref().unwrap_or_default() {
+        [p] if is_null_literal(p) => &[],
+        p => p,
+    };
     let repartition = query.partition_by.is_some();
     let partition_columns: Vec<Option<String>> = partition_by.iter().map(column_name).collect();
     let all_columns: Vec<&Column> = if repartition {

@@ -164,6 +164,16 @@ pub const SETTINGS: &[Setting] = &[
         "threads that run persistent and push queries (default: one per core)",
     ),
     session(
+        "ksql.persistence.default.format.key",
+        "KAFKA",
+        "key format of a stream or table declared without KEY_FORMAT or FORMAT",
+    ),
+    session(
+        "ksql.persistence.default.format.value",
+        "",
+        "value format of a stream or table declared without VALUE_FORMAT or FORMAT (none: it must say)",
+    ),
+    session(
         "auto.offset.reset",
         "latest",
         "where a new query starts reading: earliest or latest",
