@@ -305,6 +305,29 @@ impl Decoder {
         problems: &mut Vec<Problem>,
     ) -> Result<Vec<ChangeBatch>> {
         let mut changes = Vec::new();
+        // A table's record without a key updates no row: skipped (logged), as ksqlDB's
+        // tables skip them.
+        let keyed;
+        let records = if self.is_table
+            && !self.layout.key_columns.is_empty()
+            && records.iter().any(|r| r.record.key.is_none())
+        {
+            for r in records.iter().filter(|r| r.record.key.is_none()) {
+                problems.push(crate::Problem::new(
+                    partition,
+                    r.offset,
+                    "Skipping a table's record with a null key: it updates no row",
+                ));
+            }
+            keyed = records
+                .iter()
+                .filter(|r| r.record.key.is_some())
+                .cloned()
+                .collect::<Vec<_>>();
+            &keyed[..]
+        } else {
+            records
+        };
         for run in records.chunk_by(|a, b| a.record.value.is_none() == b.record.value.is_none()) {
             let tombstones = run[0].record.value.is_none();
             if tombstones && !self.is_table && self.drop_stream_tombstones {

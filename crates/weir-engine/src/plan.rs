@@ -49,11 +49,23 @@ impl<'a> ExprCompiler<'a> {
     }
 
     pub fn compile(&self, e: &Expr) -> Result<Compiled> {
+        self.compile_as(e, false)
+    }
+
+    /// An expression whose rows pass where it is true (WHERE, HAVING): a comparison
+    /// with NULL that is false or NULL passes nothing either way, so the comparisons
+    /// it is made of at its top (and across its ANDs) need no NULL-to-false step.
+    pub fn compile_predicate(&self, e: &Expr) -> Result<Compiled> {
+        self.compile_as(e, true)
+    }
+
+    fn compile_as(&self, e: &Expr, predicate: bool) -> Result<Compiled> {
         let e = &rewrite_time_literals(e.clone())?;
         check_ksql_rules(e)?;
         self.check_comparisons(e)?;
         self.check_greatest_least(e)?;
-        let e = &self.rewrite_string_plus(e.clone());
+        let e = self.rewrite_string_plus(e.clone());
+        let e = &null_comparisons_false(e, predicate);
         self.compile_unchecked(e)
     }
 
@@ -247,6 +259,42 @@ impl<'a> ExprCompiler<'a> {
             .create_physical_expr(logical, &self.schema)?;
         let data_type = expr.data_type(self.schema.as_arrow())?;
         Ok(Compiled { expr, data_type })
+    }
+}
+
+/// ksqlDB's comparisons are false, not NULL, when a side is NULL (`NOT (x = 1)` is
+/// true for a NULL `x`): each comparison becomes `coalesce(comparison, false)`, except
+/// where `predicate` says a NULL would be dropped like a false (the top of a WHERE and
+/// the sides of its ANDs).
+fn null_comparisons_false(e: Expr, predicate: bool) -> Expr {
+    fn wrap_all(mut e: Expr) -> Expr {
+        let _ = visit_expressions_mut(&mut e, |x: &mut Expr| {
+            if let Expr::BinaryOp { op, .. } = x
+                && comparison_name(op).is_some()
+            {
+                let inner = std::mem::replace(x, Expr::value(Value::Null));
+                *x = call("coalesce", vec![inner, Expr::value(Value::Boolean(false))]);
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        e
+    }
+    if !predicate {
+        return wrap_all(e);
+    }
+    match e {
+        Expr::BinaryOp { left, op, right } if op == BinaryOperator::And => Expr::BinaryOp {
+            left: Box::new(null_comparisons_false(*left, true)),
+            op,
+            right: Box::new(null_comparisons_false(*right, true)),
+        },
+        Expr::BinaryOp { left, op, right } if comparison_name(&op).is_some() => Expr::BinaryOp {
+            left: Box::new(wrap_all(*left)),
+            op,
+            right: Box::new(wrap_all(*right)),
+        },
+        Expr::Nested(inner) => Expr::Nested(Box::new(null_comparisons_false(*inner, true))),
+        other => wrap_all(other),
     }
 }
 
@@ -617,7 +665,7 @@ fn plan(
         .where_clause
         .as_ref()
         .map(|w| {
-            let c = compiler.compile(w)?;
+            let c = compiler.compile_predicate(w)?;
             if c.data_type != DataType::Boolean && c.data_type != DataType::Null {
                 return Err(EngineError::Invalid(format!(
                     "Type error in WHERE expression: Should evaluate to boolean but is {} ({})",

@@ -601,7 +601,7 @@ fn plan(
     let key_cols: Vec<Column> = key_cols.into_iter().map(|(_, c)| c).collect();
     let having = having
         .map(|h| {
-            let c = compiler.compile(&h)?;
+            let c = compiler.compile_predicate(&h)?;
             if c.data_type != DataType::Boolean {
                 return Err(EngineError::Invalid(format!(
                     "Type error in HAVING expression: Should evaluate to boolean but is {}",
