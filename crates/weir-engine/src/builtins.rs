@@ -22,7 +22,160 @@ pub fn all() -> Vec<Arc<ScalarUDF>> {
         Arc::new(ScalarUDF::from(Codec::new(CodecKind::ToBytes))),
         Arc::new(ScalarUDF::from(Codec::new(CodecKind::FromBytes))),
         Arc::new(ScalarUDF::from(Codec::new(CodecKind::Encode))),
+        Arc::new(ScalarUDF::from(KsqlCast::new())),
     ]
+}
+
+/// `ksql_cast(x, 'arrow type')`: the CASTs DataFusion does not plan, written so by the
+/// expression compiler: to a MAP type (its keys and values cast in turn), and a MAP,
+/// STRUCT or ARRAY to STRING, written as ksqlDB's JVM writes them (`{k=1, j=2}`,
+/// `Struct{F0=1,f1=3}`, `[1, 2]`).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct KsqlCast {
+    signature: Signature,
+}
+
+impl KsqlCast {
+    fn new() -> Self {
+        Self {
+            signature: Signature::any(2, Volatility::Immutable),
+        }
+    }
+
+    fn target(args: &datafusion::logical_expr::ReturnFieldArgs) -> Result<DataType> {
+        match args.scalar_arguments.get(1).copied().flatten() {
+            Some(datafusion::common::ScalarValue::Utf8(Some(t))) => t
+                .parse::<DataType>()
+                .map_err(|e| datafusion::error::DataFusionError::Plan(e.to_string())),
+            _ => datafusion::common::plan_err!("ksql_cast needs a target type"),
+        }
+    }
+}
+
+/// A value as the JVM's `toString` writes it, for CAST to STRING.
+fn java_text(array: &ArrayRef, row: usize) -> String {
+    if array.is_null(row) {
+        return "null".into();
+    }
+    match array.data_type() {
+        DataType::Map(..) => {
+            let m = array.as_map();
+            let entries = m.value(row);
+            let (k, v) = (entries.column(0), entries.column(1));
+            let parts: Vec<String> = (0..entries.len())
+                .map(|i| format!("{}={}", java_text(k, i), java_text(v, i)))
+                .collect();
+            format!("{{{}}}", parts.join(", "))
+        }
+        DataType::Struct(fields) => {
+            let st = array.as_struct();
+            let parts: Vec<String> = fields
+                .iter()
+                .zip(st.columns())
+                .map(|(f, c)| format!("{}={}", f.name(), java_text(c, row)))
+                .collect();
+            format!("Struct{{{}}}", parts.join(","))
+        }
+        DataType::List(_) => {
+            let items = array.as_list::<i32>().value(row);
+            let parts: Vec<String> = (0..items.len()).map(|i| java_text(&items, i)).collect();
+            format!("[{}]", parts.join(", "))
+        }
+        _ => match arrow::compute::cast(&array.slice(row, 1), &DataType::Utf8) {
+            Ok(text) => text.as_string::<i32>().value(0).to_string(),
+            Err(_) => String::new(),
+        },
+    }
+}
+
+impl ScalarUDFImpl for KsqlCast {
+    fn name(&self) -> &str {
+        "ksql_cast"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> Result<DataType> {
+        datafusion::common::internal_err!("ksql_cast's type comes from its arguments")
+    }
+
+    fn return_field_from_args(
+        &self,
+        args: datafusion::logical_expr::ReturnFieldArgs,
+    ) -> Result<arrow::datatypes::FieldRef> {
+        let target = Self::target(&args)?;
+        let from = args.arg_fields[0].data_type();
+        if matches!(target, DataType::Map(..))
+            && !matches!(from, DataType::Map(..) | DataType::Null)
+        {
+            return datafusion::common::plan_err!(
+                "Cast of {} to {} is not supported",
+                sql_type_of(from)
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|_| from.to_string()),
+                sql_type_of(&target)
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|_| target.to_string())
+            );
+        }
+        Ok(Arc::new(arrow::datatypes::Field::new(
+            self.name(),
+            target,
+            true,
+        )))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let array = args.args[0].to_array(args.number_rows)?;
+        let target = args.return_field.data_type().clone();
+        let nested = matches!(
+            array.data_type(),
+            DataType::Map(..) | DataType::Struct(_) | DataType::List(_)
+        );
+        if matches!(target, DataType::Utf8 | DataType::Utf8View) && nested {
+            let out: StringArray = (0..array.len())
+                .map(|row| (!array.is_null(row)).then(|| java_text(&array, row)))
+                .collect();
+            return Ok(ColumnarValue::Array(arrow::compute::cast(
+                &(Arc::new(out) as ArrayRef),
+                &target,
+            )?));
+        }
+        Ok(ColumnarValue::Array(cast_as_java(&array, &target)?))
+    }
+}
+
+/// `array` cast to `target` as ksqlDB casts: a narrower integer wraps (the JVM's
+/// narrowing), a MAP's keys and values cast in turn; the rest as Arrow casts.
+fn cast_as_java(array: &ArrayRef, target: &DataType) -> Result<ArrayRef> {
+    use arrow::datatypes::{Int32Type, Int64Type};
+    Ok(match (array.data_type(), target) {
+        (DataType::Int64, DataType::Int32) => Arc::new(
+            array
+                .as_primitive::<Int64Type>()
+                .unary::<_, Int32Type>(|v| v as i32),
+        ),
+        (DataType::Map(..), DataType::Map(field, sorted)) => {
+            let m = array.as_map();
+            let DataType::Struct(fields) = field.data_type() else {
+                return exec_err!("a map's entries are a struct");
+            };
+            let keys = cast_as_java(m.keys(), fields[0].data_type())?;
+            let values = cast_as_java(m.values(), fields[1].data_type())?;
+            let entries =
+                arrow::array::StructArray::try_new(fields.clone(), vec![keys, values], None)?;
+            Arc::new(arrow::array::MapArray::try_new(
+                field.clone(),
+                m.offsets().clone(),
+                entries,
+                m.nulls().cloned(),
+                *sorted,
+            )?)
+        }
+        _ => arrow::compute::cast(array, target)?,
+    })
 }
 
 fn float_arg(v: &ColumnarValue, rows: usize) -> Result<Float64Array> {

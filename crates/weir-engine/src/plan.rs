@@ -65,6 +65,7 @@ impl<'a> ExprCompiler<'a> {
         self.check_comparisons(e)?;
         self.check_greatest_least(e)?;
         let e = self.rewrite_string_plus(e.clone());
+        let e = self.rewrite_casts(e);
         let e = &null_comparisons_false(e, predicate);
         self.compile_unchecked(e)
     }
@@ -87,6 +88,36 @@ impl<'a> ExprCompiler<'a> {
                 && is_string(right)
             {
                 *op = BinaryOperator::StringConcat;
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        e
+    }
+
+    /// CASTs DataFusion does not plan become `ksql_cast(x, 'type')`: to a type with a MAP
+    /// in it, and of a MAP, STRUCT or ARRAY to STRING.
+    fn rewrite_casts(&self, mut e: Expr) -> Expr {
+        let _ = visit_expressions_mut(&mut e, |x: &mut Expr| {
+            if let Expr::Cast {
+                expr, data_type, ..
+            } = x
+                && let Some(target) = weir_sql::ast::SqlType::from_data_type(data_type)
+            {
+                let has_map = format!("{target}").contains("MAP<");
+                let to_string = target == weir_sql::ast::SqlType::String
+                    && self.compile_unchecked(expr).is_ok_and(|c| {
+                        matches!(
+                            c.data_type,
+                            DataType::Map(..) | DataType::Struct(_) | DataType::List(_)
+                        )
+                    });
+                if has_map || to_string {
+                    let arrow = weir_format::convert::arrow_type(&target);
+                    *x = call(
+                        "ksql_cast",
+                        vec![(**expr).clone(), string_lit(&arrow.to_string())],
+                    );
+                }
             }
             ControlFlow::<()>::Continue(())
         });
