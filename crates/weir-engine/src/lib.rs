@@ -1948,6 +1948,10 @@ impl Engine {
     }
 
     fn execute_inner(&mut self, stmt: &Statement) -> Result<Outcome> {
+        // `struct->*` in a select list stands for each of the struct's fields.
+        if let Some(expanded) = self.expand_struct_stars(stmt)? {
+            return self.execute_inner(&expanded);
+        }
         match stmt {
             Statement::CreateSource(c) => self.create_source(c),
             Statement::CreateAsSelect(c) => self.create_as_select(c, stmt),
@@ -2041,6 +2045,119 @@ impl Engine {
                 other.kind()
             ))),
         }
+    }
+
+    /// `stmt` with each select item `x->*` (a STRUCT column of a source of its FROM, or a
+    /// field of one) replaced by an item per field, `x->F AS F`; `None` when it has none.
+    fn expand_struct_stars(&self, stmt: &Statement) -> Result<Option<Statement>> {
+        use weir_sql::ast::{SelectItem, SqlType};
+        use weir_sql::sqlparser::ast::{BinaryOperator, Expr as SqlExpr};
+        let query = match stmt {
+            Statement::Query(q) => q,
+            Statement::CreateAsSelect(c) => &c.query,
+            Statement::InsertInto { query, .. } => query,
+            _ => return Ok(None),
+        };
+        let is_star = |e: &SqlExpr| {
+            matches!(e, SqlExpr::BinaryOp { op: BinaryOperator::Arrow, right, .. }
+                if matches!(right.as_ref(), SqlExpr::Wildcard(_)))
+        };
+        if !query
+            .select
+            .iter()
+            .any(|i| matches!(i, SelectItem::Expr { expr, .. } if is_star(expr)))
+        {
+            return Ok(None);
+        }
+        let sources: Vec<(String, Source)> = std::iter::once(&query.from.source)
+            .chain(query.from.joins.iter().map(|j| &j.source))
+            .filter_map(|a| {
+                let s = self.catalog.source(&a.name.value)?.clone();
+                let alias = a.alias.as_ref().unwrap_or(&a.name).value.clone();
+                Some((alias, s))
+            })
+            .collect();
+        // The type of `e`: a column, qualified or not, then fields by `->`.
+        fn type_of(e: &SqlExpr, sources: &[(String, Source)]) -> Option<SqlType> {
+            let column = |q: Option<&str>, name: &str| {
+                sources
+                    .iter()
+                    .filter(|(alias, _)| q.is_none_or(|q| q == alias))
+                    .flat_map(|(_, s)| s.layout.key_columns.iter().chain(&s.layout.value_columns))
+                    .find(|c| c.name == name)
+                    .map(|c| c.ty.clone())
+            };
+            match e {
+                SqlExpr::Identifier(id) => column(None, &id.value),
+                SqlExpr::CompoundIdentifier(parts) if parts.len() == 2 => {
+                    column(Some(&parts[0].value), &parts[1].value)
+                }
+                SqlExpr::BinaryOp {
+                    left,
+                    op: BinaryOperator::Arrow,
+                    right,
+                } => {
+                    let SqlExpr::Identifier(field) = right.as_ref() else {
+                        return None;
+                    };
+                    match type_of(left, sources)? {
+                        SqlType::Struct(fields) => fields
+                            .into_iter()
+                            .find(|f| f.name.value == field.value)
+                            .map(|f| f.ty),
+                        _ => None,
+                    }
+                }
+                SqlExpr::Nested(inner) => type_of(inner, sources),
+                _ => None,
+            }
+        }
+        let mut select = Vec::with_capacity(query.select.len());
+        for item in &query.select {
+            match item {
+                SelectItem::Expr {
+                    expr: star @ SqlExpr::BinaryOp { left, .. },
+                    ..
+                } if is_star(star) => {
+                    let Some(SqlType::Struct(fields)) = type_of(left, &sources) else {
+                        return Err(EngineError::Invalid(format!(
+                            "Expected STRUCT type for {}->*",
+                            left
+                        )));
+                    };
+                    for f in fields {
+                        let name = f.name.clone();
+                        select.push(SelectItem::Expr {
+                            expr: SqlExpr::BinaryOp {
+                                left: left.clone(),
+                                op: BinaryOperator::Arrow,
+                                right: Box::new(SqlExpr::Identifier(name.clone())),
+                            },
+                            alias: Some(name),
+                        });
+                    }
+                }
+                other => select.push(other.clone()),
+            }
+        }
+        let mut q = query.clone();
+        q.select = select;
+        Ok(Some(match stmt {
+            Statement::Query(_) => Statement::Query(q),
+            Statement::CreateAsSelect(c) => {
+                let mut c = c.clone();
+                c.query = q;
+                Statement::CreateAsSelect(c)
+            }
+            Statement::InsertInto {
+                target, properties, ..
+            } => Statement::InsertInto {
+                target: target.clone(),
+                properties: properties.clone(),
+                query: q,
+            },
+            _ => return Ok(None),
+        }))
     }
 
     /// The stream named `name`, or the error a statement naming a missing one gets.
