@@ -61,6 +61,7 @@ impl<'a> ExprCompiler<'a> {
 
     fn compile_as(&self, e: &Expr, predicate: bool) -> Result<Compiled> {
         let e = &rewrite_time_literals(e.clone())?;
+        let e = &self.coerce_in_lists(e.clone())?;
         check_ksql_rules(e)?;
         self.check_comparisons(e)?;
         self.check_greatest_least(e)?;
@@ -92,6 +93,46 @@ impl<'a> ExprCompiler<'a> {
             ControlFlow::<()>::Continue(())
         });
         e
+    }
+
+    /// `x IN (...)` as ksqlDB reads it: each item is read as `x`'s type. A string literal
+    /// for a BOOLEAN is parsed (`'tr'`, `'Y'`), a boolean or number literal for a STRING
+    /// is its text, a string for a number must be one; constructors are read element by
+    /// element, a STRUCT constructor by field name (missing fields NULL; one with a field
+    /// `x` lacks can never be equal, and is left out).
+    fn coerce_in_lists(&self, mut e: Expr) -> Result<Expr> {
+        let mut failure = None;
+        let _ = visit_expressions_mut(&mut e, |x: &mut Expr| {
+            if let Expr::InList {
+                expr,
+                list,
+                negated,
+            } = x
+                && let Ok(lhs) = self.compile_unchecked(expr)
+            {
+                let mut items = Vec::with_capacity(list.len());
+                for item in list.drain(..) {
+                    match coerce_to(item, &lhs.data_type) {
+                        Ok(Some(i)) => items.push(i),
+                        Ok(None) => {}
+                        Err(m) => {
+                            failure = Some(m);
+                            return ControlFlow::Break(());
+                        }
+                    }
+                }
+                if items.is_empty() {
+                    *x = Expr::value(Value::Boolean(*negated));
+                } else {
+                    *list = items;
+                }
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        match failure {
+            Some(m) => Err(EngineError::Invalid(format!("Invalid Predicate: {m}"))),
+            None => Ok(e),
+        }
     }
 
     /// CASTs DataFusion does not plan become `ksql_cast(x, 'type')`: to a type with a MAP
@@ -291,6 +332,149 @@ impl<'a> ExprCompiler<'a> {
         let data_type = expr.data_type(self.schema.as_arrow())?;
         Ok(Compiled { expr, data_type })
     }
+}
+
+/// An IN list's item read as type `ty` (see [`ExprCompiler::coerce_in_lists`]): `None`
+/// when it can never equal a value of that type.
+fn coerce_to(item: Expr, ty: &DataType) -> std::result::Result<Option<Expr>, String> {
+    let type_name = || {
+        sql_type_of(ty)
+            .map(|t| t.to_string())
+            .unwrap_or_else(|_| ty.to_string())
+    };
+    let literal = |e: &Expr| match e {
+        Expr::Value(v) => Some(v.value.clone()),
+        _ => None,
+    };
+    let cast = |e: Expr, t: &DataType| -> Expr {
+        match sql_type_of(t) {
+            Ok(st) => Expr::Cast {
+                kind: sql::CastKind::Cast,
+                expr: Box::new(e),
+                data_type: st.to_data_type(),
+                array: false,
+                format: None,
+            },
+            Err(_) => e,
+        }
+    };
+    Ok(Some(match (ty, literal(&item)) {
+        (DataType::Boolean, Some(Value::SingleQuotedString(s))) => {
+            let l = s.trim().to_ascii_lowercase();
+            let prefix = |word: &str| !l.is_empty() && word.starts_with(&l);
+            let b = if prefix("true") || prefix("yes") {
+                true
+            } else if prefix("false") || prefix("no") {
+                false
+            } else {
+                return Err(format!("invalid input syntax for type BOOLEAN: \"{s}\"."));
+            };
+            Expr::value(Value::Boolean(b))
+        }
+        (DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View, Some(Value::Boolean(b))) => {
+            string_lit(&b.to_string())
+        }
+        (DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View, Some(Value::Number(n, _))) => {
+            string_lit(&n)
+        }
+        (t, Some(Value::SingleQuotedString(s))) if t.is_numeric() => {
+            if s.trim().parse::<f64>().is_err() {
+                return Err(format!(
+                    "invalid input syntax for type {}: \"{s}\".",
+                    type_name()
+                ));
+            }
+            item
+        }
+        (DataType::List(f), None) => match item {
+            Expr::Array(mut a) => {
+                for el in a.elem.iter_mut() {
+                    if let Some(c) = coerce_to(el.clone(), f.data_type())? {
+                        *el = c;
+                    }
+                }
+                Expr::Array(a)
+            }
+            other => other,
+        },
+        (DataType::Map(entries, _), None) => match item {
+            Expr::Function(mut func) if func.name.to_string().eq_ignore_ascii_case("MAP") => {
+                let value_type = match entries.data_type() {
+                    DataType::Struct(fs) if fs.len() == 2 => fs[1].data_type().clone(),
+                    _ => return Ok(Some(Expr::Function(func))),
+                };
+                if let FunctionArguments::List(l) = &mut func.args {
+                    for a in l.args.iter_mut() {
+                        if let FunctionArg::Named {
+                            arg: FunctionArgExpr::Expr(v),
+                            ..
+                        }
+                        | FunctionArg::ExprNamed {
+                            arg: FunctionArgExpr::Expr(v),
+                            ..
+                        } = a
+                            && let Some(c) = coerce_to(v.clone(), &value_type)?
+                        {
+                            *v = c;
+                        }
+                    }
+                }
+                Expr::Function(func)
+            }
+            other => other,
+        },
+        (DataType::Struct(fields), None) => match item {
+            Expr::Function(func) if func.name.to_string().eq_ignore_ascii_case("STRUCT") => {
+                let FunctionArguments::List(l) = &func.args else {
+                    return Ok(Some(Expr::Function(func)));
+                };
+                let mut given = Vec::new();
+                for a in &l.args {
+                    match a {
+                        FunctionArg::Named {
+                            name,
+                            arg: FunctionArgExpr::Expr(v),
+                            ..
+                        } => given.push((name.value.clone(), v.clone())),
+                        _ => return Ok(Some(Expr::Function(func))),
+                    }
+                }
+                if given
+                    .iter()
+                    .any(|(n, _)| !fields.iter().any(|f| f.name() == n))
+                {
+                    return Ok(None);
+                }
+                let mut args = Vec::new();
+                for f in fields.iter() {
+                    let value = match given.iter().find(|(n, _)| n == f.name()) {
+                        Some((_, v)) => coerce_to(v.clone(), f.data_type())?
+                            .unwrap_or_else(|| Expr::value(Value::Null)),
+                        None => Expr::value(Value::Null),
+                    };
+                    // Literals take the field's type; other values must have it.
+                    let value = match value {
+                        v @ Expr::Value(_) => cast(v, f.data_type()),
+                        v => v,
+                    };
+                    args.push(FunctionArg::Named {
+                        name: sql::Ident::with_quote('`', f.name()),
+                        arg: FunctionArgExpr::Expr(value),
+                        operator: sql::FunctionArgOperator::Assignment,
+                    });
+                }
+                let mut func = func.clone();
+                func.args = FunctionArguments::List(sql::FunctionArgumentList {
+                    duplicate_treatment: None,
+                    args,
+                    clauses: vec![],
+                });
+                Expr::Function(func)
+            }
+            other => other,
+        },
+        _ => item,
+    }))
 }
 
 /// ksqlDB's comparisons are false, not NULL, when a side is NULL (`NOT (x = 1)` is
