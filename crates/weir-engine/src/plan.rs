@@ -62,6 +62,7 @@ impl<'a> ExprCompiler<'a> {
     fn compile_as(&self, e: &Expr, predicate: bool) -> Result<Compiled> {
         let e = &rewrite_time_literals(e.clone())?;
         let e = &self.coerce_in_lists(e.clone())?;
+        let e = &self.coerce_constructors(e.clone())?;
         check_ksql_rules(e)?;
         self.check_comparisons(e)?;
         self.check_greatest_least(e)?;
@@ -133,6 +134,137 @@ impl<'a> ExprCompiler<'a> {
             Some(m) => Err(EngineError::Invalid(format!("Invalid Predicate: {m}"))),
             None => Ok(e),
         }
+    }
+
+    /// ARRAY[...] and MAP(k := v, ...) constructors with elements of several types, as
+    /// ksqlDB types them: the elements' type is the one their expressions (not literals)
+    /// share — for STRUCTs, every field any of them has — and literals are read as it
+    /// (`'true'` a BOOLEAN, `10` a STRING key `'10'`, `'x'` for a number an error).
+    fn coerce_constructors(&self, mut e: Expr) -> Result<Expr> {
+        let mut failure = None;
+        let _ = visit_expressions_mut(&mut e, |x: &mut Expr| {
+            let outcome = match x {
+                Expr::Array(a) => self.coerce_elements(a.elem.iter_mut().collect()),
+                Expr::Function(f) if f.name.to_string().eq_ignore_ascii_case("MAP") => {
+                    match &mut f.args {
+                        FunctionArguments::List(l) => {
+                            // `k := v` with a name for a key is the column of that name.
+                            for a in l.args.iter_mut() {
+                                if let FunctionArg::Named {
+                                    name,
+                                    arg,
+                                    operator,
+                                } = a
+                                {
+                                    *a = FunctionArg::ExprNamed {
+                                        name: Expr::Identifier(name.clone()),
+                                        arg: arg.clone(),
+                                        operator: operator.clone(),
+                                    };
+                                }
+                            }
+                            let mut keys = Vec::new();
+                            let mut values = Vec::new();
+                            for a in l.args.iter_mut() {
+                                match a {
+                                    FunctionArg::ExprNamed {
+                                        name,
+                                        arg: FunctionArgExpr::Expr(v),
+                                        ..
+                                    } => {
+                                        keys.push(name);
+                                        values.push(v);
+                                    }
+                                    _ => {}
+                                }
+                            }
+                            if !keys.is_empty() && keys.iter().all(|k| is_null_literal(k)) {
+                                Err("Cannot construct a map with all NULL keys".to_string())
+                            } else {
+                                self.coerce_elements(keys)
+                                    .and_then(|()| self.coerce_elements(values))
+                            }
+                        }
+                        _ => Ok(()),
+                    }
+                }
+                _ => Ok(()),
+            };
+            if let Err(m) = outcome {
+                failure = Some(m);
+                return ControlFlow::Break(());
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        match failure {
+            Some(m) => Err(EngineError::Invalid(m)),
+            None => Ok(e),
+        }
+    }
+
+    /// Reads the elements of one constructor as their common type (see
+    /// [`ExprCompiler::coerce_constructors`]); leaves them be when there is none.
+    fn coerce_elements(&self, items: Vec<&mut Expr>) -> std::result::Result<(), String> {
+        let mut types = Vec::new();
+        for i in &items {
+            let literal = matches!(i, Expr::Value(_));
+            let Ok(c) = self.compile_unchecked(i) else {
+                return Ok(());
+            };
+            types.push((c.data_type, literal));
+        }
+        let given: Vec<&DataType> = types
+            .iter()
+            .filter(|(t, literal)| !*literal && *t != DataType::Null)
+            .map(|(t, _)| t)
+            .collect();
+        let target = if given.is_empty() {
+            // Literals only: a number among strings makes them numbers.
+            let number = items.iter().find_map(|i| match i {
+                Expr::Value(v) => match &v.value {
+                    Value::Number(n, _) if n.parse::<i32>().is_ok() => Some(DataType::Int32),
+                    Value::Number(n, _) if n.parse::<i64>().is_ok() => Some(DataType::Int64),
+                    Value::Number(..) => Some(DataType::Float64),
+                    _ => None,
+                },
+                _ => None,
+            });
+            let strings = items.iter().any(
+                |i| matches!(i, Expr::Value(v) if matches!(v.value, Value::SingleQuotedString(_))),
+            );
+            match (number, strings) {
+                (Some(n), true) => n,
+                _ => return Ok(()),
+            }
+        } else if given.iter().all(|t| matches!(t, DataType::Struct(_))) {
+            let mut fields: Vec<arrow::datatypes::FieldRef> = Vec::new();
+            for t in &given {
+                if let DataType::Struct(fs) = t {
+                    for f in fs {
+                        if !fields.iter().any(|g| g.name() == f.name()) {
+                            fields.push(f.clone());
+                        }
+                    }
+                }
+            }
+            DataType::Struct(fields.into())
+        } else if given.windows(2).all(|w| w[0] == w[1]) {
+            given[0].clone()
+        } else {
+            return Ok(());
+        };
+        let mixed = types
+            .iter()
+            .any(|(t, _)| *t != target && *t != DataType::Null);
+        if !mixed {
+            return Ok(());
+        }
+        for item in items {
+            if let Some(c) = coerce_item(item.clone(), &target, true)? {
+                *item = c;
+            }
+        }
+        Ok(())
     }
 
     /// CASTs DataFusion does not plan become `ksql_cast(x, 'type')`: to a type with a MAP
@@ -337,6 +469,17 @@ impl<'a> ExprCompiler<'a> {
 /// An IN list's item read as type `ty` (see [`ExprCompiler::coerce_in_lists`]): `None`
 /// when it can never equal a value of that type.
 fn coerce_to(item: Expr, ty: &DataType) -> std::result::Result<Option<Expr>, String> {
+    coerce_item(item, ty, false)
+}
+
+/// [`coerce_to`]; with `cast_values`, a constructor's element: STRUCT fields given by
+/// other expressions are cast to the field's type too (an INT field widened to BIGINT),
+/// and a numeric string becomes a number.
+fn coerce_item(
+    item: Expr,
+    ty: &DataType,
+    cast_values: bool,
+) -> std::result::Result<Option<Expr>, String> {
     let type_name = || {
         sql_type_of(ty)
             .map(|t| t.to_string())
@@ -384,12 +527,12 @@ fn coerce_to(item: Expr, ty: &DataType) -> std::result::Result<Option<Expr>, Str
                     type_name()
                 ));
             }
-            item
+            if cast_values { cast(item, t) } else { item }
         }
         (DataType::List(f), None) => match item {
             Expr::Array(mut a) => {
                 for el in a.elem.iter_mut() {
-                    if let Some(c) = coerce_to(el.clone(), f.data_type())? {
+                    if let Some(c) = coerce_item(el.clone(), f.data_type(), cast_values)? {
                         *el = c;
                     }
                 }
@@ -413,7 +556,7 @@ fn coerce_to(item: Expr, ty: &DataType) -> std::result::Result<Option<Expr>, Str
                             arg: FunctionArgExpr::Expr(v),
                             ..
                         } = a
-                            && let Some(c) = coerce_to(v.clone(), &value_type)?
+                            && let Some(c) = coerce_item(v.clone(), &value_type, cast_values)?
                         {
                             *v = c;
                         }
@@ -448,13 +591,14 @@ fn coerce_to(item: Expr, ty: &DataType) -> std::result::Result<Option<Expr>, Str
                 let mut args = Vec::new();
                 for f in fields.iter() {
                     let value = match given.iter().find(|(n, _)| n == f.name()) {
-                        Some((_, v)) => coerce_to(v.clone(), f.data_type())?
+                        Some((_, v)) => coerce_item(v.clone(), f.data_type(), cast_values)?
                             .unwrap_or_else(|| Expr::value(Value::Null)),
                         None => Expr::value(Value::Null),
                     };
                     // Literals take the field's type; other values must have it.
                     let value = match value {
                         v @ Expr::Value(_) => cast(v, f.data_type()),
+                        v if cast_values => cast(v, f.data_type()),
                         v => v,
                     };
                     args.push(FunctionArg::Named {
