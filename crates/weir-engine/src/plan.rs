@@ -166,16 +166,14 @@ impl<'a> ExprCompiler<'a> {
                             let mut keys = Vec::new();
                             let mut values = Vec::new();
                             for a in l.args.iter_mut() {
-                                match a {
-                                    FunctionArg::ExprNamed {
-                                        name,
-                                        arg: FunctionArgExpr::Expr(v),
-                                        ..
-                                    } => {
-                                        keys.push(name);
-                                        values.push(v);
-                                    }
-                                    _ => {}
+                                if let FunctionArg::ExprNamed {
+                                    name,
+                                    arg: FunctionArgExpr::Expr(v),
+                                    ..
+                                } = a
+                                {
+                                    keys.push(name);
+                                    values.push(v);
                                 }
                             }
                             if !keys.is_empty() && keys.iter().all(|k| is_null_literal(k)) {
