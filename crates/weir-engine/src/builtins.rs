@@ -417,24 +417,38 @@ fn parse_json_path(path: &str) -> Option<Vec<PathStep>> {
 }
 
 fn extract(json: &str, steps: &[PathStep]) -> Option<String> {
-    let mut v: serde_json::Value = serde_json::from_str(json).ok()?;
+    use serde_json::value::RawValue;
+    // The text's first JSON value (what follows it is ignored, as ksqlDB's parser does),
+    // walked without re-writing numbers: `1.23450` comes out as written.
+    let mut raw: &RawValue = serde_json::Deserializer::from_str(json)
+        .into_iter::<&RawValue>()
+        .next()?
+        .ok()?;
     for step in steps {
-        v = match (step, v) {
-            (PathStep::Field(name), serde_json::Value::Object(mut m)) => m.remove(name)?,
+        raw = match step {
+            PathStep::Field(name) => {
+                let mut m: std::collections::HashMap<String, &RawValue> =
+                    serde_json::from_str(raw.get()).ok()?;
+                m.remove(name)?
+            }
             // ksqlDB's JSONPath has no negative indexes: `[-1]` finds nothing.
-            (PathStep::Index(i), serde_json::Value::Array(mut a)) => {
-                if *i < 0 || *i as usize >= a.len() {
+            PathStep::Index(i) => {
+                let a: Vec<&RawValue> = serde_json::from_str(raw.get()).ok()?;
+                if *i < 0 {
                     return None;
                 }
-                a.swap_remove(*i as usize)
+                *a.get(*i as usize)?
             }
-            _ => return None,
         };
     }
-    match v {
-        serde_json::Value::Null => None,
-        serde_json::Value::String(s) => Some(s),
-        other => Some(other.to_string()),
+    let text = raw.get().trim();
+    match text.as_bytes().first()? {
+        b'"' => serde_json::from_str::<String>(text).ok(),
+        b'n' => None,
+        b'{' | b'[' => serde_json::from_str::<serde_json::Value>(text)
+            .ok()
+            .map(|v| v.to_string()),
+        _ => Some(text.to_string()),
     }
 }
 
