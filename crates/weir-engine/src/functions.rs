@@ -114,6 +114,11 @@ impl Default for Functions {
                 .register_udf(udf)
                 .expect("registering a scalar function cannot fail");
         }
+        for f in crate::lambda::all() {
+            state
+                .register_higher_order_function(f)
+                .expect("registering a higher-order function cannot fail");
+        }
         Self {
             options: state.config_options().as_ref().clone(),
             state,

@@ -22,6 +22,7 @@ pub mod insert;
 mod inspect;
 mod javatime;
 mod join;
+mod lambda;
 pub mod logical;
 pub mod meta;
 mod names;
