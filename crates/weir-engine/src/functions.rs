@@ -31,9 +31,6 @@ const ALIASES: &[(&str, &str)] = &[
     ("LPAD", "ksql_lpad"),
     ("RPAD", "ksql_rpad"),
     ("ARRAY_JOIN", "ksql_array_join"),
-    // Lambdas over arrays: DataFusion's higher-order functions.
-    ("TRANSFORM", "array_transform"),
-    ("FILTER", "array_filter"),
 ];
 
 #[derive(Clone)]

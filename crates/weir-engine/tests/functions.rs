@@ -83,3 +83,25 @@ fn string_url_regex_and_json_functions() {
                "PL": "<corporate floor>"})
     );
 }
+
+/// Lambdas over arrays and maps: TRANSFORM, FILTER and REDUCE, with a column of the row
+/// read inside the lambda, a NULL collection, and a NULL initial state.
+#[test]
+fn lambdas_transform_filter_and_reduce_arrays_and_maps() {
+    let out = select_one(
+        "M MAP<STRING, INT>, A ARRAY<INT>, OFF INT, NOTHING ARRAY<INT>, S BIGINT",
+        json!({"M": {"a": 1, "bb": 2, "ccc": 3}, "A": [1, 2, 3], "OFF": 10, "NOTHING": null, "S": null}),
+        "TRANSFORM(M, (k, v) => UCASE(k), (k, v) => v + OFF) AS TM,
+         FILTER(M, (k, v) => LEN(k) > 1 AND v < 3) AS FM,
+         TRANSFORM(A, x => x * OFF) AS TA, FILTER(A, x => x > 1) AS FA,
+         REDUCE(A, 0, (s, x) => s + x) AS RA, REDUCE(M, 0, (s, k, v) => s + v * LEN(k)) AS RM,
+         REDUCE(NOTHING, 5, (s, x) => s + x) AS RN, REDUCE(A, S, (s, x) => s + x) AS RS,
+         TRANSFORM(NOTHING, x => x + 1) AS TN",
+    );
+    assert_eq!(
+        out,
+        json!({"TM": {"A": 11, "BB": 12, "CCC": 13}, "FM": {"bb": 2},
+               "TA": [10, 20, 30], "FA": [2, 3], "RA": 6, "RM": 14, "RN": 5, "RS": null,
+               "TN": null})
+    );
+}
