@@ -1160,6 +1160,174 @@ pub fn all() -> Vec<Arc<ScalarUDF>> {
                     None,
                 ))))
             }),
+        // ---- ksqlDB's array and map functions where DataFusion's differ ----
+        // ARRAY_LENGTH: the number of elements (not of nested elements).
+        f("ksql_array_length")
+            .sig(&[T::Arr], D::Int32)
+            .eval(|a, _| {
+                let ScalarValue::List(list) = &a[0] else {
+                    return Ok(ScalarValue::Null);
+                };
+                Ok(ScalarValue::Int32(Some(list.value_length(0))))
+            }),
+        // ARRAY_SORT(list [, 'ASC' | 'DESC']): NULLs last either way.
+        f("ksql_array_sort")
+            .sig_fn(&[T::Arr], |a| a[0].clone())
+            .sig_fn(&[T::Arr, T::Str], |a| a[0].clone())
+            .eval(|a, _| {
+                let ScalarValue::List(list) = &a[0] else {
+                    return Ok(ScalarValue::Null);
+                };
+                let descending = match a.get(1).and_then(s) {
+                    None => false,
+                    Some(d) if d.eq_ignore_ascii_case("ASC") => false,
+                    Some(d) if d.eq_ignore_ascii_case("DESC") => true,
+                    Some(_) => return Ok(ScalarValue::Null),
+                };
+                let items = list.value(0);
+                let sorted = arrow::compute::sort(
+                    items.as_ref(),
+                    Some(arrow::compute::SortOptions {
+                        descending,
+                        nulls_first: false,
+                    }),
+                )
+                .map_err(|e| e.to_string())?;
+                Ok(one_list(&a[0], sorted))
+            }),
+        // ARRAY_REMOVE(list, x): every element equal to `x` removed (NULLs for NULL).
+        f("ksql_array_remove")
+            .sig_fn(&[T::Arr, T::Any], |a| a[0].clone())
+            .pass_nulls()
+            .eval(|a, _| {
+                let ScalarValue::List(list) = &a[0] else {
+                    return Ok(ScalarValue::Null);
+                };
+                if list.is_null(0) {
+                    return Ok(ScalarValue::Null);
+                }
+                let items = list.value(0);
+                let mut keep = Vec::with_capacity(items.len());
+                for i in 0..items.len() {
+                    let v = ScalarValue::try_from_array(&items, i).map_err(|e| e.to_string())?;
+                    let same = if v.is_null() || a[1].is_null() {
+                        v.is_null() && a[1].is_null()
+                    } else {
+                        v.cast_to(&a[1].data_type()).is_ok_and(|v| v == a[1])
+                    };
+                    if !same {
+                        keep.push(i as u32);
+                    }
+                }
+                let kept = arrow::compute::take(
+                    items.as_ref(),
+                    &arrow::array::UInt32Array::from(keep),
+                    None,
+                )
+                .map_err(|e| e.to_string())?;
+                Ok(one_list(&a[0], kept))
+            }),
+        // GENERATE_SERIES(start, end [, step]): counts down when start > end.
+        f("ksql_generate_series")
+            .sig(
+                &[T::Int, T::Int],
+                D::List(Arc::new(Field::new_list_field(D::Int32, true))),
+            )
+            .sig(
+                &[T::Int, T::Int, T::Int],
+                D::List(Arc::new(Field::new_list_field(D::Int32, true))),
+            )
+            .sig(
+                &[T::Big, T::Big],
+                D::List(Arc::new(Field::new_list_field(D::Int64, true))),
+            )
+            .sig(
+                &[T::Big, T::Big, T::Int],
+                D::List(Arc::new(Field::new_list_field(D::Int64, true))),
+            )
+            .eval(|a, ret| {
+                let (start, end) = (needi(&a[0])?, needi(&a[1])?);
+                let step = match a.get(2) {
+                    Some(s) => needi(s)?,
+                    None if start <= end => 1,
+                    None => -1,
+                };
+                if step == 0 || (end - start).signum() * step.signum() < 0 {
+                    return Err("GENERATE_SERIES: the step must go from start to end".into());
+                }
+                let count = (end - start) / step + 1;
+                if count > 10_000_000 {
+                    return Err(format!("GENERATE_SERIES of {count} values: too many"));
+                }
+                let values: Vec<i64> = (0..count).map(|i| start + i * step).collect();
+                let elem = match ret {
+                    DataType::List(f) => f.data_type().clone(),
+                    _ => DataType::Int64,
+                };
+                let array: ArrayRef = Arc::new(arrow::array::Int64Array::from(values));
+                let array = arrow::compute::cast(&array, &elem).map_err(|e| e.to_string())?;
+                Ok(ScalarValue::List(Arc::new(ListArray::new(
+                    Arc::new(Field::new_list_field(elem, true)),
+                    arrow::buffer::OffsetBuffer::from_lengths([array.len()]),
+                    array,
+                    None,
+                ))))
+            }),
+        // ENTRIES(map, sorted): the entries as STRUCT<K, V>s, by key when `sorted`.
+        f("ksql_entries")
+            .sig_fn(&[T::Map, T::Any], |a| {
+                let (k, v) = match &a[0] {
+                    DataType::Map(entries, _) => match entries.data_type() {
+                        DataType::Struct(fs) if fs.len() == 2 => {
+                            (fs[0].data_type().clone(), fs[1].data_type().clone())
+                        }
+                        _ => (DataType::Utf8, DataType::Null),
+                    },
+                    _ => (DataType::Utf8, DataType::Null),
+                };
+                let entry = DataType::Struct(
+                    vec![Field::new("K", k, true), Field::new("V", v, true)].into(),
+                );
+                DataType::List(Arc::new(Field::new_list_field(entry, true)))
+            })
+            .eval(|a, ret| {
+                let ScalarValue::Map(map) = &a[0] else {
+                    return Ok(ScalarValue::Null);
+                };
+                let sorted = matches!(a[1], ScalarValue::Boolean(Some(true)));
+                let entries = map.value(0);
+                let (keys, values) = (entries.column(0).clone(), entries.column(1).clone());
+                let order: Vec<u32> = if sorted {
+                    arrow::compute::sort_to_indices(keys.as_ref(), None, None)
+                        .map_err(|e| e.to_string())?
+                        .values()
+                        .to_vec()
+                } else {
+                    (0..keys.len() as u32).collect()
+                };
+                let order = arrow::array::UInt32Array::from(order);
+                let take = |c: &ArrayRef| {
+                    arrow::compute::take(c.as_ref(), &order, None).map_err(|e| e.to_string())
+                };
+                let DataType::List(item) = ret else {
+                    return Err("ENTRIES returns a list".into());
+                };
+                let DataType::Struct(fields) = item.data_type() else {
+                    return Err("ENTRIES returns structs".into());
+                };
+                let structs = arrow::array::StructArray::try_new(
+                    fields.clone(),
+                    vec![take(&keys)?, take(&values)?],
+                    None,
+                )
+                .map_err(|e| e.to_string())?;
+                Ok(ScalarValue::List(Arc::new(ListArray::new(
+                    item.clone(),
+                    arrow::buffer::OffsetBuffer::from_lengths([structs.len()]),
+                    Arc::new(structs),
+                    None,
+                ))))
+            }),
         // LPAD/RPAD as ksqlDB's: NULL for a negative length or empty padding; the input
         // cut to the length when longer; characters for strings, bytes for BYTES.
         f("ksql_lpad")
@@ -1355,6 +1523,16 @@ fn upsert(
             vals.push(v);
         }
     }
+}
+
+/// A one-row list of `values`, typed as the list `like`.
+fn one_list(like: &ScalarValue, values: ArrayRef) -> ScalarValue {
+    ScalarValue::List(Arc::new(ListArray::new(
+        list_field(like),
+        arrow::buffer::OffsetBuffer::from_lengths([values.len()]),
+        values,
+        None,
+    )))
 }
 
 fn list_field(v: &ScalarValue) -> Arc<Field> {
