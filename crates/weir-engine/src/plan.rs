@@ -68,6 +68,7 @@ impl<'a> ExprCompiler<'a> {
         self.check_greatest_least(e)?;
         let e = self.rewrite_string_plus(e.clone());
         let e = self.rewrite_casts(e);
+        let e = int_literals(e);
         let e = &null_comparisons_false(e, predicate);
         self.compile_unchecked(e)
     }
@@ -617,6 +618,27 @@ fn coerce_item(
         },
         _ => item,
     }))
+}
+
+/// ksqlDB types an integer literal that fits 32 bits as INTEGER (`1 AS I` is an INTEGER
+/// column, `x + 1` keeps `x`'s INTEGER); DataFusion would make it BIGINT.
+fn int_literals(mut e: Expr) -> Expr {
+    let _ = visit_expressions_mut(&mut e, |x: &mut Expr| {
+        if let Expr::Value(v) = x
+            && let Value::Number(n, _) = &v.value
+            && n.parse::<i32>().is_ok()
+        {
+            *x = Expr::Cast {
+                kind: sql::CastKind::Cast,
+                expr: Box::new(x.clone()),
+                data_type: sql::DataType::Integer(None),
+                array: false,
+                format: None,
+            };
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    e
 }
 
 /// ksqlDB's comparisons are false, not NULL, when a side is NULL (`NOT (x = 1)` is
