@@ -18,6 +18,9 @@ pub mod cluster;
 mod delta;
 mod error;
 pub mod functions;
+/// The session property that prefixes the default topic names of CREATE ... AS SELECT.
+pub const OUTPUT_TOPIC_PREFIX: &str = "ksql.output.topic.name.prefix";
+
 pub mod insert;
 mod inspect;
 mod javatime;
@@ -2534,7 +2537,15 @@ impl Engine {
         let layout = plan.output_layout(&template);
         validate_layout(&layout, &c.properties)?;
         timestamp_column(&layout, &c.properties)?;
-        let topic = prop(&c.properties, "KAFKA_TOPIC").unwrap_or_else(|| name.clone());
+        // Not named: the sink's name, after `ksql.output.topic.name.prefix` when set.
+        let topic = prop(&c.properties, "KAFKA_TOPIC").unwrap_or_else(|| {
+            let prefix = self
+                .properties
+                .get(OUTPUT_TOPIC_PREFIX)
+                .map(String::as_str)
+                .unwrap_or_default();
+            format!("{prefix}{name}")
+        });
         if is_internal_topic(&topic) {
             return Err(reserved(&topic));
         }

@@ -927,6 +927,26 @@ fn rewrite_for_datafusion(mut e: Expr) -> Expr {
             *e = rewritten;
             return ControlFlow::<()>::Continue(());
         }
+        // LIKE with an escape character other than `\`: the pattern rewritten to `\`.
+        if let Expr::Like {
+            pattern,
+            escape_char: escape @ Some(_),
+            ..
+        }
+        | Expr::ILike {
+            pattern,
+            escape_char: escape @ Some(_),
+            ..
+        } = e
+            && let Some(Value::SingleQuotedString(c)) = escape.as_ref().map(|v| v.value.clone())
+            && c != "\\"
+        {
+            *pattern = Box::new(call(
+                "ksql_like_escape",
+                vec![(**pattern).clone(), string_lit(&c)],
+            ));
+            *escape = None;
+        }
         // ksqlDB's `+` with a string operand concatenates.
         if let Expr::BinaryOp { left, op, right } = e
             && *op == BinaryOperator::Plus

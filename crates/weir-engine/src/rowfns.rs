@@ -1160,6 +1160,28 @@ pub fn all() -> Vec<Arc<ScalarUDF>> {
                     None,
                 ))))
             }),
+        // A LIKE pattern with escape character `e` rewritten for `\\` as the escape.
+        f("ksql_like_escape")
+            .sig(&[T::Str, T::Str], D::Utf8)
+            .eval(|a, _| {
+                let (pattern, escape) = (need(&a[0])?, need(&a[1])?);
+                let escape = escape.chars().next();
+                let mut out = String::with_capacity(pattern.len() + 4);
+                let mut chars = pattern.chars();
+                while let Some(c) = chars.next() {
+                    if Some(c) == escape {
+                        if let Some(next) = chars.next() {
+                            out.push('\\');
+                            out.push(next);
+                        }
+                    } else if c == '\\' {
+                        out.push_str("\\\\");
+                    } else {
+                        out.push(c);
+                    }
+                }
+                Ok(str_val(out))
+            }),
         // ---- ksqlDB's array and map functions where DataFusion's differ ----
         // ARRAY_LENGTH: the number of elements (not of nested elements).
         f("ksql_array_length")

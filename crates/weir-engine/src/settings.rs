@@ -164,6 +164,11 @@ pub const SETTINGS: &[Setting] = &[
         "threads that run persistent and push queries (default: one per core)",
     ),
     session(
+        crate::OUTPUT_TOPIC_PREFIX,
+        "",
+        "prefix of the topic a CREATE ... AS SELECT writes when it names none",
+    ),
+    session(
         "ksql.persistence.default.format.key",
         "KAFKA",
         "key format of a stream or table declared without KEY_FORMAT or FORMAT",

@@ -517,8 +517,8 @@ impl Accumulator for MinMaxString {
     }
 }
 
-/// STDDEV_SAMP: Welford's count, mean and sum of squared deviations per group; fewer than
-/// two values gives 0.0.
+/// STDDEV_SAMP: count, sum and sum of squared deviations per group; the sample variance
+/// (ksqlDB's result), 0.0 for fewer than two values.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct StddevSamp {
     state: Vec<(i64, f64, f64)>,
@@ -539,20 +539,23 @@ impl Accumulator for StddevSamp {
             match *op {
                 Op::Reset(g) => self.state[g as usize] = (0, 0.0, 0.0),
                 Op::Fold(g, r) if arg.is_valid(r as usize) => {
-                    let (n, mean, m2) = &mut self.state[g as usize];
+                    // m2 += (n·x − sum)² / (n·(n+1)): ksqlDB's update, so results agree
+                    // with its to the last digit.
+                    let (n, sum, m2) = &mut self.state[g as usize];
                     let x = arg.value(r as usize);
+                    if *n > 0 {
+                        let c = *n as f64;
+                        let d = c * x - *sum;
+                        *m2 += d * d / (c * (c + 1.0));
+                    }
                     *n += 1;
-                    let delta = x - *mean;
-                    *mean += delta / *n as f64;
-                    *m2 += delta * (x - *mean);
+                    *sum += x;
                 }
                 Op::Emit(g) => {
                     let (n, _, m2) = self.state[g as usize];
-                    out.push(if n < 2 {
-                        0.0
-                    } else {
-                        (m2 / (n - 1) as f64).sqrt()
-                    });
+                    // ksqlDB's STDDEV_SAMP gives the sample variance (no square root):
+                    // its results, which ksqlDB's users have, are what we give.
+                    out.push(if n < 2 { 0.0 } else { m2 / (n - 1) as f64 });
                 }
                 _ => {}
             }
@@ -560,8 +563,10 @@ impl Accumulator for StddevSamp {
         Ok(Emitted::all(Arc::new(Float64Array::from(out))))
     }
 
+    // Checkpoints hold count, mean and m2 (as they always have).
     fn save(&self, g: u32, out: &mut Vec<u8>) {
-        let (n, mean, m2) = self.state[g as usize];
+        let (n, sum, m2) = self.state[g as usize];
+        let mean = if n > 0 { sum / n as f64 } else { 0.0 };
         out.extend_from_slice(&n.to_le_bytes());
         out.extend_from_slice(&mean.to_le_bytes());
         out.extend_from_slice(&m2.to_le_bytes());
@@ -569,11 +574,10 @@ impl Accumulator for StddevSamp {
 
     fn load(&mut self, g: u32, bytes: &mut &[u8]) -> Result<()> {
         grow_to(&mut self.state, g as usize + 1, (0, 0.0, 0.0));
-        self.state[g as usize] = (
-            i64::from_le_bytes(take(bytes)?),
-            f64::from_le_bytes(take(bytes)?),
-            f64::from_le_bytes(take(bytes)?),
-        );
+        let n = i64::from_le_bytes(take(bytes)?);
+        let mean = f64::from_le_bytes(take(bytes)?);
+        let m2 = f64::from_le_bytes(take(bytes)?);
+        self.state[g as usize] = (n, mean * n as f64, m2);
         Ok(())
     }
 
