@@ -941,10 +941,10 @@ fn rewrite_for_datafusion(mut e: Expr) -> Expr {
             && let Some(Value::SingleQuotedString(c)) = escape.as_ref().map(|v| v.value.clone())
             && c != "\\"
         {
-            *pattern = Box::new(call(
+            **pattern = call(
                 "ksql_like_escape",
                 vec![(**pattern).clone(), string_lit(&c)],
-            ));
+            );
             *escape = None;
         }
         // ksqlDB's `+` with a string operand concatenates.
