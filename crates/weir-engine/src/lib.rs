@@ -18,6 +18,10 @@ pub mod cluster;
 mod delta;
 mod error;
 pub mod functions;
+/// The session property that says whether a single value column is wrapped in an
+/// object (JSON) by default.
+pub const WRAP_SINGLE_VALUES_PROPERTY: &str = "ksql.persistence.wrap.single.values";
+
 /// The session property that prefixes the default topic names of CREATE ... AS SELECT.
 pub const OUTPUT_TOPIC_PREFIX: &str = "ksql.output.topic.name.prefix";
 
@@ -2175,6 +2179,20 @@ impl Engine {
             })
     }
 
+    /// A single value column not said to be wrapped or not (`WRAP_SINGLE_VALUE`) follows
+    /// the session's `ksql.persistence.wrap.single.values` (default true: wrapped).
+    fn default_wrapping(&self, layout: &mut Layout, props: &Properties) {
+        if layout.value_columns.len() == 1
+            && props.get("WRAP_SINGLE_VALUE").is_none()
+            && self
+                .properties
+                .get(WRAP_SINGLE_VALUES_PROPERTY)
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("false"))
+        {
+            layout.value_format.wrap_single = false;
+        }
+    }
+
     fn format_spec(props: &Properties, side: &str, default: Option<Format>) -> Result<FormatSpec> {
         let name = prop(props, &format!("{side}_FORMAT")).or_else(|| prop(props, "FORMAT"));
         let format = match (name, default) {
@@ -2378,12 +2396,13 @@ impl Engine {
         } else {
             key_format
         };
-        let layout = Layout {
+        let mut layout = Layout {
             key_columns,
             value_columns,
             key_format,
             value_format: Self::format_spec(&c.properties, "VALUE", default_format("value")?)?,
         };
+        self.default_wrapping(&mut layout, &c.properties);
         validate_layout(&layout, &c.properties)?;
         if c.columns.is_empty() {
             return Err(EngineError::Invalid(
@@ -2534,7 +2553,8 @@ impl Engine {
             key_format,
             value_format,
         };
-        let layout = plan.output_layout(&template);
+        let mut layout = plan.output_layout(&template);
+        self.default_wrapping(&mut layout, &c.properties);
         validate_layout(&layout, &c.properties)?;
         timestamp_column(&layout, &c.properties)?;
         // Not named: the sink's name, after `ksql.output.topic.name.prefix` when set.

@@ -164,6 +164,11 @@ pub const SETTINGS: &[Setting] = &[
         "threads that run persistent and push queries (default: one per core)",
     ),
     session(
+        crate::WRAP_SINGLE_VALUES_PROPERTY,
+        "true",
+        "false: a stream or table of one value column reads and writes the bare value unless WRAP_SINGLE_VALUE says otherwise",
+    ),
+    session(
         crate::OUTPUT_TOPIC_PREFIX,
         "",
         "prefix of the topic a CREATE ... AS SELECT writes when it names none",
