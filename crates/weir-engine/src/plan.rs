@@ -1117,7 +1117,10 @@ fn plan(
     };
     let is_key_column = |name: &str| !repartition && key_names.contains(&name);
     let mut projections: Vec<Projection> = Vec::new();
-    let mut generated = 0;
+    let mut namer = ColumnNamer::new(
+        source.layout.columns().map(|c| c.name.as_str()),
+        &query.select,
+    );
     for item in &query.select {
         match item {
             SelectItem::Wildcard | SelectItem::QualifiedWildcard(_) => {
@@ -1145,22 +1148,13 @@ fn plan(
                 alias: item_alias,
             } => {
                 let column = column_name(expr);
-                let name = match (item_alias, &column, expr) {
-                    (Some(a), _, _) => a.value.clone(),
-                    (None, Some(c), _) => c.clone(),
-                    (
-                        None,
-                        None,
-                        Expr::BinaryOp {
-                            op: BinaryOperator::Arrow,
-                            right,
-                            ..
-                        },
-                    ) => match right.as_ref() {
-                        Expr::Identifier(f) => f.value.clone(),
-                        _ => next_generated(&mut generated),
-                    },
-                    _ => next_generated(&mut generated),
+                let name = match (item_alias, &column) {
+                    (Some(a), _) => a.value.clone(),
+                    (None, Some(c)) => {
+                        namer.given(c);
+                        c.clone()
+                    }
+                    (None, None) => item_name(expr, &mut namer),
                 };
                 let is_key = if repartition {
                     partition_by.iter().any(|p| same_expr(p, expr))
@@ -1264,9 +1258,7 @@ fn plan(
                 .iter()
                 .any(|item| matches!(item, SelectItem::Expr { expr, .. } if same_expr(p, expr)));
             if !selected {
-                let name = col
-                    .clone()
-                    .unwrap_or_else(|| next_generated(&mut generated));
+                let name = col.clone().unwrap_or_else(|| namer.generated());
                 keys.push(Projection {
                     name,
                     compiled: compiler.compile(p)?,
@@ -1425,10 +1417,72 @@ pub(crate) fn same_expr(a: &Expr, b: &Expr) -> bool {
     }
 }
 
-fn next_generated(n: &mut usize) -> String {
-    let name = format!("KSQL_COL_{n}");
-    *n += 1;
-    name
+/// Names for select items written without an alias, as ksqlDB gives them: `KSQL_COL_n`
+/// for an expression, the field's name for `x->f`; neither takes a name a column of the
+/// source or another item has (`KSQL_COL_n` skips to the next free `n`, `f` becomes
+/// `f_1`, `f_2`, ...).
+pub(crate) struct ColumnNamer {
+    taken: std::collections::HashSet<String>,
+    generated: usize,
+}
+
+impl ColumnNamer {
+    pub(crate) fn new<'a>(
+        source_columns: impl IntoIterator<Item = &'a str>,
+        select: &[SelectItem],
+    ) -> Self {
+        let mut taken: std::collections::HashSet<String> =
+            source_columns.into_iter().map(str::to_string).collect();
+        for item in select {
+            if let SelectItem::Expr { alias: Some(a), .. } = item {
+                taken.insert(a.value.clone());
+            }
+        }
+        Self {
+            taken,
+            generated: 0,
+        }
+    }
+
+    pub(crate) fn generated(&mut self) -> String {
+        loop {
+            let name = format!("KSQL_COL_{}", self.generated);
+            self.generated += 1;
+            if self.taken.insert(name.clone()) {
+                return name;
+            }
+        }
+    }
+
+    pub(crate) fn field(&mut self, field: &str) -> String {
+        if self.taken.insert(field.to_string()) {
+            return field.to_string();
+        }
+        (1..)
+            .map(|i| format!("{field}_{i}"))
+            .find(|n| self.taken.insert(n.clone()))
+            .expect("some suffix is free")
+    }
+
+    /// A name the query gives (a column, an alias): taken from now on.
+    pub(crate) fn given(&mut self, name: &str) {
+        self.taken.insert(name.to_string());
+    }
+}
+
+/// The name of a select item without an alias (see [`ColumnNamer`]).
+pub(crate) fn item_name(expr: &Expr, namer: &mut ColumnNamer) -> String {
+    match expr {
+        Expr::BinaryOp {
+            op: BinaryOperator::Arrow,
+            right,
+            ..
+        } => match right.as_ref() {
+            Expr::Identifier(f) => namer.field(&f.value),
+            _ => namer.generated(),
+        },
+        _ => namer.generated(),
+    }
 }
 
 impl SelectPlan {

@@ -315,7 +315,10 @@ fn plan(
         e
     };
     let mut items = Vec::new();
-    let mut generated = 0;
+    let mut namer = crate::plan::ColumnNamer::new(
+        source.layout.columns().map(|c| c.name.as_str()),
+        &query.select,
+    );
     for item in &query.select {
         let SelectItem::Expr { expr, alias } = item else {
             return Err(EngineError::Invalid(
@@ -325,11 +328,11 @@ fn plan(
         let key = group_by.iter().position(|g| same_expr(g, expr));
         let name = match (alias, column_name(expr)) {
             (Some(a), _) => a.value.clone(),
-            (None, Some(c)) => c,
-            _ => {
-                generated += 1;
-                format!("KSQL_COL_{}", generated - 1)
+            (None, Some(c)) => {
+                namer.given(&c);
+                c
             }
+            _ => crate::plan::item_name(expr, &mut namer),
         };
         items.push((name, rewrite(expr), key));
     }
