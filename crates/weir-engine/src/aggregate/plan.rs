@@ -319,10 +319,28 @@ fn plan(
         source.layout.columns().map(|c| c.name.as_str()),
         &query.select,
     );
+    // `*` stands for the source's columns where every one of them is grouped by.
+    let all_grouped = source.layout.columns().all(|c| {
+        group_by
+            .iter()
+            .any(|g| column_name(g).is_some_and(|n| n == c.name))
+    });
+    let mut select = Vec::with_capacity(query.select.len());
     for item in &query.select {
+        match item {
+            SelectItem::Wildcard if all_grouped => {
+                select.extend(source.layout.columns().map(|c| SelectItem::Expr {
+                    expr: Expr::Identifier(sql::Ident::with_quote('`', &c.name)),
+                    alias: None,
+                }))
+            }
+            other => select.push(other.clone()),
+        }
+    }
+    for item in &select {
         let SelectItem::Expr { expr, alias } = item else {
             return Err(EngineError::Invalid(
-                "SELECT * is not supported with GROUP BY: name the columns".into(),
+                "SELECT * is not supported with GROUP BY unless every column is grouped by: name the columns".into(),
             ));
         };
         let key = group_by.iter().position(|g| same_expr(g, expr));
