@@ -1478,12 +1478,17 @@ pub fn plan_join(
                     .or_else(|| select_name(expr).map(sql::Ident::new));
                 let mut e = expr.clone();
                 rewrite_columns(&mut e, &inputs)?;
-                // Under GROUP BY or PARTITION BY the key is theirs.
+                // Under GROUP BY or PARTITION BY the key is theirs. The first item that
+                // names a join column is the key; another (the other side's) is a value.
+                let key_taken = select
+                    .iter()
+                    .any(|i| matches!(i, SelectItem::Expr { expr, .. } if key_names.len() == 1 && *expr == quoted(&key_names[0])));
                 if let Some(c) = column_name(&e)
                     && key_columns.contains(&c)
                     && key_names.len() == 1
                     && query.group_by.is_none()
                     && query.partition_by.is_none()
+                    && (!key_taken || c == key_names[0])
                 {
                     e = quoted(&key_names[0]);
                 }
