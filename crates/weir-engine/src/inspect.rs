@@ -95,10 +95,21 @@ impl Engine {
                         .collect(),
                 )
             }
+            // The session's properties, and the defaults of those it did not set.
             ListKind::Properties => Listing::Properties(
                 self.properties
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
+                    .chain(
+                        crate::settings::SETTINGS
+                            .iter()
+                            .filter(|s| {
+                                s.scope == crate::settings::Scope::Session
+                                    && !s.default.is_empty()
+                                    && !self.properties.contains_key(s.key)
+                            })
+                            .map(|s| (s.key.to_string(), s.default.to_string())),
+                    )
                     .collect(),
             ),
             ListKind::Functions => Listing::Functions(self.function_list()),
@@ -120,23 +131,31 @@ impl Engine {
         }))
     }
 
+    /// Whether a built-in function resolves here (is one the engine can run).
+    pub(crate) fn runs(&self, b: &crate::ksql_functions::Builtin) -> bool {
+        use crate::ksql_functions::Kind;
+        use datafusion::sql::planner::ContextProvider;
+        match b.kind {
+            Kind::Aggregate | Kind::Table => true,
+            Kind::Scalar => {
+                b.name == "AS_VALUE"
+                    || self.functions.scalar(b.name).is_some()
+                    || self.functions.get_higher_order_meta(b.name).is_some()
+            }
+        }
+    }
+
+    /// ksqlDB's functions this engine runs, and the plugins' (SHOW FUNCTIONS).
     fn function_list(&self) -> Vec<FunctionSummary> {
-        let state = self.functions.state();
-        let mut out: Vec<FunctionSummary> = state
-            .scalar_functions()
-            .keys()
-            .filter(|n| !n.starts_with("ksql_"))
-            .filter(|n| self.functions.plugin(n).is_none())
-            .map(|n| FunctionSummary {
-                name: n.to_ascii_uppercase(),
-                kind: "SCALAR".into(),
-                category: "BUILT-IN".into(),
+        let mut out: Vec<FunctionSummary> = crate::ksql_functions::BUILTINS
+            .iter()
+            .filter(|b| self.runs(b))
+            .filter(|b| self.functions.plugin(b.name).is_none())
+            .map(|b| FunctionSummary {
+                name: b.name.to_string(),
+                kind: b.kind.as_str().into(),
+                category: b.category.into(),
             })
-            .chain(self.functions.alias_names().map(|n| FunctionSummary {
-                name: n.to_string(),
-                kind: "SCALAR".into(),
-                category: "BUILT-IN".into(),
-            }))
             .chain(self.functions.plugins().map(|p| FunctionSummary {
                 name: p.name.clone(),
                 kind: p.kind.clone(),
@@ -169,20 +188,19 @@ impl Engine {
                 ),
             }));
         }
-        let Some(udf) = self.functions.scalar(name) else {
+        let Some(b) = crate::ksql_functions::find(name).filter(|b| self.runs(b)) else {
             return Err(EngineError::Invalid(format!(
                 "Can't find any functions with the name '{}'",
                 name.to_ascii_uppercase()
             )));
         };
-        let doc = udf.documentation();
         Ok(Outcome::FunctionDescribed(FunctionDescription {
-            name: name.to_ascii_uppercase(),
-            kind: "SCALAR".into(),
-            description: doc.map(|d| d.description.clone()).unwrap_or_default(),
-            syntax: doc.map(|d| d.syntax_example.clone()).unwrap_or_default(),
+            name: b.name.to_string(),
+            kind: b.kind.as_str().into(),
+            description: b.description.into(),
+            syntax: String::new(),
             signatures: vec![],
-            author: "Weir".into(),
+            author: "Confluent".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             path: "internal".into(),
         }))
@@ -253,6 +271,20 @@ impl Engine {
             .map(|s| self.describe_source(s, extended))
             .collect::<Result<_>>()?;
         Ok(Outcome::Described(out))
+    }
+
+    /// SHOW QUERIES EXTENDED: each persistent query as EXPLAIN describes it.
+    pub(crate) fn explain_queries(&self) -> Result<Outcome> {
+        let ids: Vec<String> = self.queries().map(|q| q.id.clone()).collect();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Outcome::Explained(d) = self.explain(&ExplainTarget::QueryId(
+                weir_sql::ast::Ident::with_quote('`', id),
+            ))? {
+                out.push(d);
+            }
+        }
+        Ok(Outcome::QueriesExplained(out))
     }
 
     pub(crate) fn explain(&self, target: &ExplainTarget) -> Result<Outcome> {

@@ -29,6 +29,7 @@ pub mod insert;
 mod inspect;
 mod javatime;
 mod join;
+pub mod ksql_functions;
 mod lambda;
 pub mod logical;
 pub mod meta;
@@ -275,6 +276,18 @@ pub enum Outcome {
     Terminated {
         query_ids: Vec<String>,
     },
+    /// An ASSERT held: `what` (`topic`, `schema`, `stream`, `table`) `name` exists, or
+    /// (`exists` false) does not.
+    Asserted {
+        what: &'static str,
+        name: String,
+        exists: bool,
+    },
+    /// PAUSE (`paused`) or RESUME of these queries.
+    Paused {
+        query_ids: Vec<String>,
+        paused: bool,
+    },
     PropertySet {
         name: String,
         value: Option<String>,
@@ -291,6 +304,8 @@ pub enum Outcome {
     Described(Vec<meta::SourceDescription>),
     FunctionDescribed(meta::FunctionDescription),
     Explained(meta::QueryDescription),
+    /// SHOW QUERIES EXTENDED: every persistent query explained.
+    QueriesExplained(Vec<meta::QueryDescription>),
     /// A push query or PRINT: rows arrive on the handle until it ends or is dropped.
     Push(push::PushHandle),
 }
@@ -388,6 +403,8 @@ pub struct PersistentQuery {
     retry: Option<Retry>,
     /// Terminated: a worker that still holds it leaves it alone.
     terminated: bool,
+    /// PAUSEd: it reads nothing until RESUMEd (its offsets and state stay as they are).
+    paused: bool,
     /// What others read of it (see [`QueryView`]).
     view: Arc<Mutex<QueryView>>,
     /// Where it checkpoints (and a join records its steps).
@@ -455,6 +472,8 @@ pub struct QueryView {
     pub late: u64,
     /// Why it is in ERROR.
     pub error: Option<meta::QueryError>,
+    /// PAUSEd.
+    pub paused: bool,
     /// The next offset it reads, per source partition.
     pub offsets: Vec<u64>,
     /// Where its last self-contained checkpoint begins in the offsets topic (see
@@ -463,10 +482,13 @@ pub struct QueryView {
 }
 
 impl QueryView {
-    /// RUNNING, or ERROR (failed and waiting to be retried, or stopped by a function error).
+    /// RUNNING, PAUSED, or ERROR (failed and waiting to be retried, or stopped by a
+    /// function error).
     pub fn state(&self) -> &'static str {
         if self.error.is_some() {
             "ERROR"
+        } else if self.paused {
+            "PAUSED"
         } else {
             "RUNNING"
         }
@@ -970,6 +992,7 @@ impl PersistentQuery {
         v.stats = self.stats;
         v.late = self.pipeline.late_records();
         v.error.clone_from(&self.error);
+        v.paused = self.paused;
         v.offsets.clear();
         v.offsets.extend_from_slice(self.pipeline.offsets());
         v.anchor = self.anchor;
@@ -986,7 +1009,7 @@ impl PersistentQuery {
 
     /// Runs now: not while it waits to be reloaded.
     fn runnable(&self) -> bool {
-        self.retry.is_none_or(|r| r.reloaded) && !self.handoff
+        self.retry.is_none_or(|r| r.reloaded) && !self.handoff && !self.paused
     }
 
     /// Whether it runs whole on one server (it has state: a GROUP BY, a join), rather
@@ -1368,6 +1391,7 @@ impl Engine {
             sources: vec![],
             window_type: None,
             execution_plan: String::new(),
+            paused: false,
             stats: Default::default(),
             late: 0,
             error: Some(meta::QueryError {
@@ -1640,7 +1664,7 @@ impl Engine {
     /// restored from its last checkpoint.
     fn reload(&mut self, id: &str) -> Result<()> {
         let shared = self.queries[id].query.clone();
-        let (statement, properties, stats, retry, owned) = {
+        let (statement, properties, stats, retry, owned, paused) = {
             let q = lock(&shared);
             let owned = q.owned.clone();
             (
@@ -1649,6 +1673,7 @@ impl Engine {
                 q.stats,
                 q.retry,
                 owned,
+                q.paused,
             )
         };
         let stmt = weir_sql::parse_statement(&statement)?;
@@ -1662,6 +1687,7 @@ impl Engine {
         }
         recover(self.log.as_ref(), &self.offsets_topic, [&mut fresh])?;
         fresh.stats = stats;
+        fresh.paused = paused;
         fresh.retry = retry.map(|r| Retry {
             reloaded: true,
             ..r
@@ -1938,6 +1964,8 @@ impl Engine {
                     | Statement::InsertInto { .. }
                     | Statement::DropSource { .. }
                     | Statement::Terminate(_)
+                    | Statement::Pause(_)
+                    | Statement::Resume(_)
                     | Statement::CreateType { .. }
                     | Statement::DropType { .. }
             )
@@ -2011,6 +2039,9 @@ impl Engine {
                 delete_topic,
             } => self.drop_source(*kind, *if_exists, &name.value, *delete_topic),
             Statement::Terminate(t) => self.terminate(t),
+            Statement::Assert(a) => self.assert(a),
+            Statement::Pause(t) => self.pause(t, true),
+            Statement::Resume(t) => self.pause(t, false),
             Statement::SetProperty { name, value } => {
                 self.properties.insert(name.clone(), value.clone());
                 Ok(Outcome::PropertySet {
@@ -2042,6 +2073,22 @@ impl Engine {
                     name: name.value.clone(),
                 })
             }
+            // EXTENDED: STREAMS and TABLES described, QUERIES explained.
+            Statement::List {
+                what: what @ (weir_sql::ast::ListKind::Streams | weir_sql::ast::ListKind::Tables),
+                extended: true,
+            } => self.describe(
+                &if *what == weir_sql::ast::ListKind::Streams {
+                    weir_sql::ast::DescribeTarget::Streams
+                } else {
+                    weir_sql::ast::DescribeTarget::Tables
+                },
+                true,
+            ),
+            Statement::List {
+                what: weir_sql::ast::ListKind::Queries,
+                extended: true,
+            } => self.explain_queries(),
             Statement::List { what, .. } => self.list(*what),
             Statement::Describe { target, extended } => self.describe(target, *extended),
             Statement::DescribeFunction { name } => self.describe_function(&name.value),
@@ -2869,6 +2916,7 @@ impl Engine {
             stats: meta::QueryStats::default(),
             late: 0,
             error: None,
+            paused: false,
             offsets: pipeline.offsets().to_vec(),
             anchor: None,
         };
@@ -2882,6 +2930,7 @@ impl Engine {
             properties: self.properties.clone(),
             retry: None,
             terminated: false,
+            paused: false,
             sink: sink.name.clone(),
             plan,
             source_topic: source.topic.clone(),
@@ -3098,6 +3147,122 @@ impl Engine {
             }
         };
         Ok(ids)
+    }
+
+    /// One check of an ASSERT: what it says holds now, or the error that says what does
+    /// not. (A server checks again until the statement's TIMEOUT, without the engine.)
+    fn assert(&self, a: &weir_sql::ast::Assert) -> Result<Outcome> {
+        use weir_sql::ast::AssertWhat;
+        let want = !a.not_exists;
+        match &a.what {
+            AssertWhat::Topic { name, properties } => {
+                // The topic of that name, else the one whose name differs only in case
+                // (an unquoted name is upper-cased).
+                let topic = match self.log.topic(&name.value)? {
+                    Some(t) => Some(t),
+                    None => {
+                        let found = self
+                            .log
+                            .list_topics()?
+                            .into_iter()
+                            .find(|t| t.name.eq_ignore_ascii_case(&name.value));
+                        match found {
+                            Some(t) => self.log.topic(&t.name)?,
+                            None => None,
+                        }
+                    }
+                };
+                match (&topic, want) {
+                    (Some(_), false) => {
+                        return Err(EngineError::Invalid(format!("Topic {} exists", name.value)));
+                    }
+                    (None, true) => {
+                        return Err(EngineError::Invalid(format!(
+                            "Topic {} does not exist",
+                            name.value
+                        )));
+                    }
+                    _ => {}
+                }
+                if let Some(t) = &topic {
+                    for (key, actual) in [
+                        ("PARTITIONS", t.config.partitions as u64),
+                        ("REPLICAS", t.config.replicas as u64),
+                    ] {
+                        if let Some(v) = properties.get(key) {
+                            let expected = v.as_text();
+                            if expected.trim().parse::<u64>().ok() != Some(actual) {
+                                return Err(EngineError::Invalid(format!(
+                                    "Mismatched configuration for topic {}: For config {}, expected {} got {}",
+                                    t.name,
+                                    key.to_ascii_lowercase(),
+                                    expected,
+                                    actual
+                                )));
+                            }
+                        }
+                    }
+                }
+                Ok(Outcome::Asserted {
+                    what: "topic",
+                    name: topic.map(|t| t.name).unwrap_or_else(|| name.value.clone()),
+                    exists: want,
+                })
+            }
+            AssertWhat::Schema { subject, .. } => Err(EngineError::Invalid(format!(
+                "Cannot check that the schema{} exists: no schema registry is configured (ksql.schema.registry.url)",
+                subject
+                    .as_ref()
+                    .map(|s| format!(" of subject {}", s.value))
+                    .unwrap_or_default()
+            ))),
+            AssertWhat::Source { kind, name } => {
+                let found = self.catalog.source(&name.value).filter(|s| s.kind == *kind);
+                let noun = match kind {
+                    SourceKind::Stream => "stream",
+                    SourceKind::Table => "table",
+                };
+                match (found.is_some(), want) {
+                    (true, false) => Err(EngineError::Invalid(format!(
+                        "{} {} exists",
+                        capitalized_noun(noun),
+                        name.value
+                    ))),
+                    (false, true) => Err(EngineError::Invalid(format!(
+                        "{} {} does not exist",
+                        capitalized_noun(noun),
+                        name.value
+                    ))),
+                    _ => Ok(Outcome::Asserted {
+                        what: noun,
+                        name: name.value.clone(),
+                        exists: want,
+                    }),
+                }
+            }
+        }
+    }
+
+    /// PAUSE (`paused`) or RESUME persistent queries: a paused query reads nothing, its
+    /// offsets and state kept, until resumed (a restart keeps it paused: the statement is
+    /// in the command log).
+    fn pause(&mut self, target: &QueryTarget, paused: bool) -> Result<Outcome> {
+        let ids: Vec<String> = self
+            .terminate_ids(target)?
+            .into_iter()
+            .filter(|id| self.queries.contains_key(id))
+            .collect();
+        for id in &ids {
+            if let Some(entry) = self.queries.get(id) {
+                let mut q = lock(&entry.query);
+                q.paused = paused;
+                q.view.lock().unwrap_or_else(|e| e.into_inner()).paused = paused;
+            }
+        }
+        Ok(Outcome::Paused {
+            query_ids: ids,
+            paused,
+        })
     }
 
     fn terminate(&mut self, target: &QueryTarget) -> Result<Outcome> {
@@ -3944,4 +4109,11 @@ pub(crate) fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+fn capitalized_noun(noun: &str) -> String {
+    let mut c = noun.chars();
+    c.next()
+        .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+        .unwrap_or_default()
 }

@@ -164,6 +164,16 @@ pub const SETTINGS: &[Setting] = &[
         "threads that run persistent and push queries (default: one per core)",
     ),
     session(
+        "ksql.assert.topic.default.timeout.ms",
+        "1000",
+        "how long ASSERT TOPIC (and ASSERT STREAM/TABLE) waits without a TIMEOUT (ms)",
+    ),
+    session(
+        "ksql.assert.schema.default.timeout.ms",
+        "1000",
+        "how long ASSERT SCHEMA waits without a TIMEOUT (ms)",
+    ),
+    session(
         crate::WRAP_SINGLE_VALUES_PROPERTY,
         "true",
         "false: a stream or table of one value column reads and writes the bare value unless WRAP_SINGLE_VALUE says otherwise",

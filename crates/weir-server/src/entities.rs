@@ -55,6 +55,10 @@ pub fn command_id(stmt: &Statement) -> Option<String> {
         }
         Statement::Terminate(QueryTarget::All) => "terminate/ALL/execute".to_string(),
         Statement::Terminate(QueryTarget::Query(id)) => format!("terminate/{}/execute", id.value),
+        Statement::Pause(QueryTarget::All) => "pause/ALL/execute".to_string(),
+        Statement::Pause(QueryTarget::Query(id)) => format!("pause/{}/execute", id.value),
+        Statement::Resume(QueryTarget::All) => "resume/ALL/execute".to_string(),
+        Statement::Resume(QueryTarget::Query(id)) => format!("resume/{}/execute", id.value),
         Statement::CreateType { name, .. } => format!("type/`{}`/create", name.value),
         Statement::DropType { name, .. } => format!("type/`{}`/drop", name.value),
         _ => return None,
@@ -118,6 +122,26 @@ pub fn entity(
             None,
         ),
         Outcome::Terminated { .. } => status("Query terminated.".into(), None),
+        Outcome::Asserted { what, name, exists } => {
+            let v = match what {
+                "topic" => json!({"@type": "assert_topic", "topicName": name, "exists": exists}),
+                "schema" => {
+                    json!({"@type": "assert_schema", "subject": name, "id": null, "exists": exists})
+                }
+                _ => {
+                    json!({"@type": "assert_source", "sourceName": name, "sourceType": what.to_uppercase(), "exists": exists})
+                }
+            };
+            Some((with_text(v), None))
+        }
+        Outcome::Paused { paused, .. } => status(
+            if paused {
+                "Query paused.".into()
+            } else {
+                "Query resumed.".into()
+            },
+            None,
+        ),
         Outcome::TypeRegistered { name } => status(format!("Registered custom type {name}"), None),
         Outcome::TypeDropped { name } => status(format!("Dropped type '{name}'"), None),
         Outcome::Inserted | Outcome::PropertySet { .. } => None,
@@ -140,6 +164,13 @@ pub fn entity(
             with_text(
                 json!({"@type": "queryDescription", "queryDescription": query_description(q)}),
             ),
+            None,
+        )),
+        Outcome::QueriesExplained(qs) => Some((
+            with_text(json!({
+                "@type": "query_descriptions",
+                "queryDescriptions": qs.into_iter().map(query_description).collect::<Vec<_>>(),
+            })),
             None,
         )),
         // Push queries go to /query and /query-stream, never here.

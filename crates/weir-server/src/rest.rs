@@ -27,6 +27,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/query-stream", post(crate::streaming::query_stream))
         .route("/inserts-stream", post(crate::inserts::inserts_stream))
         .route("/close-query", post(close_query))
+        .route("/ws/query", get(crate::streaming::ws_query))
+        .route("/ksql/terminate", post(terminate_cluster))
         .route("/info", get(info))
         .route("/healthcheck", get(healthcheck))
         .route("/status", get(statuses))
@@ -103,6 +105,27 @@ pub(crate) fn properties(v: &Value) -> (BTreeMap<String, String>, Vec<Value>) {
         .unwrap_or_default();
     let warnings = props.keys().filter_map(|k| property_warning(k)).collect();
     (props, warnings)
+}
+
+/// How long an ASSERT waits for what it asserts: its TIMEOUT, else the request's or the
+/// default `ksql.assert.topic.default.timeout.ms` / `ksql.assert.schema.default.timeout.ms`
+/// (1 second).
+fn assert_timeout(
+    a: &weir_sql::ast::Assert,
+    props: &BTreeMap<String, String>,
+) -> std::time::Duration {
+    if let Some(t) = &a.timeout {
+        return std::time::Duration::from_millis(t.as_millis());
+    }
+    let key = match a.what {
+        weir_sql::ast::AssertWhat::Schema { .. } => "ksql.assert.schema.default.timeout.ms",
+        _ => "ksql.assert.topic.default.timeout.ms",
+    };
+    let ms = props
+        .get(key)
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(1000);
+    std::time::Duration::from_millis(ms)
 }
 
 /// A request's `sessionVariables` object (`{"topic": "cars", "n": 3}`): values as text.
@@ -257,6 +280,19 @@ async fn ksql(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
                 }
                 _ => {}
             }
+            // An ASSERT is checked again until its timeout, the engine free meanwhile.
+            if let Statement::Assert(a) = &stmt {
+                let deadline = std::time::Instant::now() + assert_timeout(a, &props);
+                loop {
+                    let checked = state.runtime.engine().execute_with(&stmt, &props);
+                    match checked {
+                        Err(_) if std::time::Instant::now() < deadline => {
+                            std::thread::sleep(std::time::Duration::from_millis(100));
+                        }
+                        _ => break,
+                    }
+                }
+            }
             let mut engine = state.runtime.engine();
             let dropped_topic = match &stmt {
                 Statement::DropSource { name, .. } => engine
@@ -312,6 +348,89 @@ async fn ksql(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
     match result {
         Ok(Ok(entities)) => json_response(StatusCode::OK, &Value::Array(entities)),
         Ok(Err(error)) => error_response(error),
+        Err(r) => r,
+    }
+}
+
+/// `POST /ksql/terminate {"deleteTopicList": ["FOO", "bar.*"]}`: TERMINATE CLUSTER, as
+/// ksqlDB's: every persistent query terminated, every stream and table dropped (each
+/// through the command log, as if typed), and the topics of the dropped sources whose
+/// names match a pattern of the list (a regex over the whole name, any case) deleted.
+async fn terminate_cluster(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let request = if body.is_empty() {
+        json!({})
+    } else {
+        match parse_body(&body) {
+            Ok(v) => v,
+            Err(r) => return r,
+        }
+    };
+    let mut patterns = Vec::new();
+    for p in request["deleteTopicList"].as_array().into_iter().flatten() {
+        let Some(p) = p.as_str() else { continue };
+        match regex::Regex::new(&format!("(?i)^(?:{p})$")) {
+            Ok(r) => patterns.push(r),
+            Err(e) => {
+                return error_response(generic_error(
+                    code::BAD_REQUEST,
+                    &format!("Invalid pattern in deleteTopicList: {p}: {e}"),
+                ));
+            }
+        }
+    }
+    let result = blocking(&state, move |state| -> Result<(), String> {
+        let mut engine = state.runtime.engine();
+        engine
+            .execute(&Statement::Terminate(weir_sql::ast::QueryTarget::All))
+            .map_err(|e| e.to_string())?;
+        // Sinks before the sources they read: drop what nothing else reads, until none is left.
+        loop {
+            let sources: Vec<(String, weir_sql::ast::SourceKind, String)> = engine
+                .catalog()
+                .sources()
+                .map(|s| (s.name.clone(), s.kind, s.topic.clone()))
+                .collect();
+            if sources.is_empty() {
+                break;
+            }
+            let mut dropped_any = false;
+            let mut last = String::new();
+            for (name, kind, topic) in sources {
+                let delete_topic = patterns.iter().any(|p| p.is_match(&topic));
+                let stmt = Statement::DropSource {
+                    kind,
+                    if_exists: true,
+                    name: weir_sql::ast::Ident::with_quote('`', name),
+                    delete_topic,
+                };
+                match engine.execute(&stmt) {
+                    Ok(_) => dropped_any = true,
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            if !dropped_any {
+                return Err(last);
+            }
+        }
+        Ok(())
+    })
+    .await;
+    match result {
+        Ok(Ok(())) => {
+            tracing::warn!("TERMINATE CLUSTER: every query terminated and every source dropped");
+            json_response(
+                StatusCode::OK,
+                &json!([{
+                    "@type": "currentStatus",
+                    "statementText": "TERMINATE CLUSTER;",
+                    "commandId": "cluster/TERMINATE/terminate",
+                    "commandStatus": {"status": "SUCCESS", "message": "Cluster terminated.", "queryId": null},
+                    "commandSequenceNumber": state.sequence.fetch_add(1, Ordering::SeqCst) + 1,
+                    "warnings": [],
+                }]),
+            )
+        }
+        Ok(Err(message)) => error_response(generic_error(code::SERVER_ERROR, &message)),
         Err(r) => r,
     }
 }

@@ -328,3 +328,87 @@ fn body_stream(
         }
     })
 }
+
+/// `GET /ws/query?request=<KsqlRequest JSON>`: the legacy websocket push-query stream
+/// (old UIs): a message with the header (`{"header": {"queryId", "schema"}}`), one per
+/// row (`{"row": {"columns": [...]}}`), and a last one saying why it ended
+/// (`{"finalMessage": ...}` or `{"errorMessage": ...}`), then the socket closes. The
+/// client closing it ends the query.
+pub(crate) async fn ws_query(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Query(params): axum::extract::Query<std::collections::HashMap<String, String>>,
+    ws: axum::extract::ws::WebSocketUpgrade,
+) -> Response {
+    use axum::response::IntoResponse;
+    let request = params.get("request").cloned().unwrap_or_default();
+    let body = Bytes::from(request);
+    let request = match parse_body(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let sql = request["ksql"].as_str().unwrap_or("").to_string();
+    let (props, _) = properties(&request["streamsProperties"]);
+    let vars = session_variables(&request["sessionVariables"]);
+    let started = match start(&state, sql, props, &vars).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    tracing::info!(query_id = %started.handle.query_id, "websocket push query started");
+    let stopping = state.stopping.clone();
+    ws.on_upgrade(move |socket| ws_rows(socket, Rows { started, stopping }))
+        .into_response()
+}
+
+async fn ws_rows(mut socket: axum::extract::ws::WebSocket, mut rows: Rows) {
+    use axum::extract::ws::Message;
+    let handle = &rows.started.handle;
+    let schema: Vec<String> = handle
+        .columns
+        .iter()
+        .map(|(n, t)| format!("`{n}` {t}"))
+        .collect();
+    let head = json!({"header": {"queryId": handle.query_id, "schema": schema.join(", ")}});
+    if socket
+        .send(Message::Text(head.to_string().into()))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        let message = tokio::select! {
+            step = rows.next(Duration::from_secs(3600)) => step,
+            incoming = socket.recv() => match incoming {
+                // The client went away or closed: the query ends with the socket.
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                Some(Ok(_)) => continue,
+            },
+        };
+        let (text, done) = match message {
+            Step::Event(PushEvent::Row(row)) => (json!({"row": {"columns": row}}), false),
+            Step::Event(PushEvent::End(None)) => (json!({"finalMessage": "Limit Reached"}), true),
+            Step::Event(PushEvent::End(Some(m))) => (
+                json!({"errorMessage": generic_error(code::SERVER_ERROR, &m)}),
+                true,
+            ),
+            Step::Closed => (json!({"finalMessage": "Query Completed"}), true),
+            Step::Stopping => (
+                json!({"errorMessage": generic_error(code::SERVER_SHUTTING_DOWN, "The server is shutting down")}),
+                true,
+            ),
+            Step::Idle => continue,
+        };
+        if socket
+            .send(Message::Text(text.to_string().into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        if done {
+            let _ = socket.send(Message::Close(None)).await;
+            break;
+        }
+    }
+    tracing::info!(query_id = %rows.started.handle.query_id, "websocket push query finished");
+}

@@ -53,6 +53,21 @@ pub fn post(server: &Server, path: &str, body: &Value) -> (u16, Value) {
     )
 }
 
+/// POSTs JSON to a server by its address (from another thread).
+pub fn post_to(addr: std::net::SocketAddr, path: &str, body: &Value) -> (u16, Value) {
+    let response = agent()
+        .post(format!("http://{addr}{path}"))
+        .header("Content-Type", "application/vnd.ksql.v1+json")
+        .send(body.to_string())
+        .expect("request");
+    let status = response.status().as_u16();
+    let text = response.into_body().read_to_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
 pub fn get(server: &Server, path: &str) -> (u16, Value) {
     let response = agent().get(url(server, path)).call().expect("request");
     let status = response.status().as_u16();

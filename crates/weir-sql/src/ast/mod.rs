@@ -74,6 +74,10 @@ pub enum Statement {
     UndefineVariable { name: Ident },
     /// `RUN SCRIPT 'file.sql'` (a REPL command: the server refuses it, as ksqlDB's does)
     RunScript { path: String },
+    /// `ASSERT [NOT EXISTS] TOPIC name [WITH (...)] [TIMEOUT n unit]`, `ASSERT [NOT
+    /// EXISTS] SCHEMA [SUBJECT name] [ID n] [TIMEOUT n unit]`, and `ASSERT [NOT EXISTS]
+    /// STREAM | TABLE name [TIMEOUT n unit]`.
+    Assert(Assert),
     /// `CREATE TYPE [IF NOT EXISTS] name AS type`
     CreateType {
         if_not_exists: bool,
@@ -258,6 +262,18 @@ impl Statement {
             Statement::DefineVariable { .. } => "DEFINE",
             Statement::UndefineVariable { .. } => "UNDEFINE",
             Statement::RunScript { .. } => "RUN SCRIPT",
+            Statement::Assert(a) => match &a.what {
+                AssertWhat::Topic { .. } => "ASSERT TOPIC",
+                AssertWhat::Schema { .. } => "ASSERT SCHEMA",
+                AssertWhat::Source {
+                    kind: SourceKind::Stream,
+                    ..
+                } => "ASSERT STREAM",
+                AssertWhat::Source {
+                    kind: SourceKind::Table,
+                    ..
+                } => "ASSERT TABLE",
+            },
             Statement::CreateType { .. } => "CREATE TYPE",
             Statement::DropType { .. } => "DROP TYPE",
         }
@@ -298,6 +314,28 @@ impl fmt::Display for SourceKind {
             SourceKind::Table => "TABLE",
         })
     }
+}
+
+/// An ASSERT statement: what must (or, with NOT EXISTS, must not) exist, waited for up
+/// to the timeout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assert {
+    pub not_exists: bool,
+    pub what: AssertWhat,
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum AssertWhat {
+    /// A topic, with the partitions and replicas WITH names.
+    Topic { name: Ident, properties: Properties },
+    /// A schema-registry subject or schema id.
+    Schema {
+        subject: Option<Ident>,
+        id: Option<u64>,
+    },
+    /// A stream or table of the catalog.
+    Source { kind: SourceKind, name: Ident },
 }
 
 impl fmt::Display for Literal {
@@ -492,6 +530,40 @@ impl fmt::Display for Statement {
             }
             Statement::UndefineVariable { name } => write!(f, "UNDEFINE {}", fmt_ident(name)),
             Statement::RunScript { path } => write!(f, "RUN SCRIPT {}", fmt_string(path)),
+            Statement::Assert(a) => {
+                f.write_str("ASSERT ")?;
+                if a.not_exists {
+                    f.write_str("NOT EXISTS ")?;
+                }
+                match &a.what {
+                    AssertWhat::Topic { name, properties } => {
+                        write!(f, "TOPIC {}", fmt_ident(name))?;
+                        if !properties.is_empty() {
+                            write!(f, " {properties}")?;
+                        }
+                    }
+                    AssertWhat::Schema { subject, id } => {
+                        f.write_str("SCHEMA")?;
+                        if let Some(s) = subject {
+                            write!(f, " SUBJECT {}", fmt_ident(s))?;
+                        }
+                        if let Some(id) = id {
+                            write!(f, " ID {id}")?;
+                        }
+                    }
+                    AssertWhat::Source { kind, name } => {
+                        let k = match kind {
+                            SourceKind::Stream => "STREAM",
+                            SourceKind::Table => "TABLE",
+                        };
+                        write!(f, "{k} {}", fmt_ident(name))?;
+                    }
+                }
+                if let Some(t) = &a.timeout {
+                    write!(f, " TIMEOUT {t}")?;
+                }
+                Ok(())
+            }
             Statement::CreateType {
                 if_not_exists,
                 name,

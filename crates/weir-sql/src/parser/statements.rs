@@ -12,7 +12,7 @@ use crate::ast::{
 };
 use crate::error::{ParseError, Position, Result};
 
-const STATEMENT_WORDS: &str = "CREATE, DEFINE, DESCRIBE, DROP, EXPLAIN, INSERT, LIST, PAUSE, PRINT, RESUME, RUN SCRIPT, SELECT, SET, SHOW, TERMINATE, UNDEFINE or UNSET";
+const STATEMENT_WORDS: &str = "ASSERT, CREATE, DEFINE, DESCRIBE, DROP, EXPLAIN, INSERT, LIST, PAUSE, PRINT, RESUME, RUN SCRIPT, SELECT, SET, SHOW, TERMINATE, UNDEFINE or UNSET";
 
 impl StatementParser<'_> {
     pub(super) fn statement(&mut self) -> Result<Statement> {
@@ -41,6 +41,7 @@ impl StatementParser<'_> {
                 Ok(Statement::Resume(self.query_target()?))
             }
             "PRINT" => self.print(),
+            "ASSERT" => self.assert(),
             "SET" => {
                 self.p.next_token();
                 let name = self.string()?;
@@ -210,6 +211,57 @@ impl StatementParser<'_> {
         }
         self.expect_token(&Token::RParen)?;
         Ok(columns)
+    }
+
+    /// `ASSERT [NOT EXISTS] TOPIC | SCHEMA | STREAM | TABLE ... [TIMEOUT n unit]`.
+    fn assert(&mut self) -> Result<Statement> {
+        self.expect_kw("ASSERT")?;
+        let not_exists = self.eat_kws(&["NOT", "EXISTS"]);
+        // A name: an identifier, or a string in single quotes (kept as written).
+        let name = |p: &mut Self| -> Result<crate::ast::Ident> {
+            match p.peek().token.clone() {
+                Token::SingleQuotedString(s) => {
+                    p.p.next_token();
+                    Ok(crate::ast::Ident::with_quote('`', s))
+                }
+                _ => p.ident(),
+            }
+        };
+        let what = if self.eat_kw("TOPIC") {
+            let name = name(self)?;
+            let properties = if self.eat_kw("WITH") {
+                self.properties()?
+            } else {
+                Properties::default()
+            };
+            crate::ast::AssertWhat::Topic { name, properties }
+        } else if self.eat_kw("SCHEMA") {
+            let subject = self.optional_clause(&["SUBJECT"], |p| name(p))?;
+            let id = self.optional_clause(&["ID"], Self::uint)?;
+            if subject.is_none() && id.is_none() {
+                return Err(self.expected("SUBJECT or ID"));
+            }
+            crate::ast::AssertWhat::Schema { subject, id }
+        } else if self.eat_kw("STREAM") {
+            crate::ast::AssertWhat::Source {
+                kind: SourceKind::Stream,
+                name: self.ident()?,
+            }
+        } else if self.eat_kw("TABLE") {
+            crate::ast::AssertWhat::Source {
+                kind: SourceKind::Table,
+                name: self.ident()?,
+            }
+        } else {
+            return Err(self.expected("TOPIC, SCHEMA, STREAM or TABLE"));
+        };
+        let timeout = self.optional_clause(&["TIMEOUT"], Self::duration)?;
+        self.expect_end()?;
+        Ok(Statement::Assert(crate::ast::Assert {
+            not_exists,
+            what,
+            timeout,
+        }))
     }
 
     /// `(NAME = literal, ...)`, checked where ksqlDB checks at parse time.
