@@ -106,9 +106,24 @@ enum Command {
     },
     /// The interactive SQL shell.
     Cli {
+        /// The server's URL (as ksqlDB's CLI takes it: `weir cli http://host:8088`).
+        #[arg(value_name = "SERVER")]
+        server_url: Option<String>,
         /// The server's URL.
         #[arg(long, default_value = "http://localhost:8088")]
         server: String,
+        /// Run the statements of this file, then exit (non-zero if any failed).
+        #[arg(long, short = 'f', value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// Run these statements, then exit (non-zero if any failed).
+        #[arg(long, short = 'e', value_name = "STATEMENTS")]
+        execute: Option<String>,
+        /// Define a variable before the first statement: NAME=VALUE (repeatable).
+        #[arg(long, value_name = "NAME=VALUE", value_parser = parse_define)]
+        define: Vec<(String, String)>,
+        /// How entities and rows are printed: TABULAR (default) or JSON.
+        #[arg(long, value_name = "FORMAT", default_value = "TABULAR", value_parser = parse_output, action = clap::ArgAction::Set)]
+        output: bool,
         /// Start a server inside the shell instead of connecting to one.
         #[arg(long)]
         embedded: bool,
@@ -370,6 +385,10 @@ fn main() -> ExitCode {
             plugin_dir: None,
             user: None,
             password: None,
+            file: None,
+            execute: None,
+            defines: Vec::new(),
+            json: false,
         }));
     };
     match command {
@@ -524,20 +543,42 @@ fn main() -> ExitCode {
             }
         },
         Command::Cli {
+            server_url,
             server,
+            file,
+            execute,
+            define,
+            output,
             embedded,
             data_dir,
             plugin_dir,
             user,
             password,
-        } => repl_exit(repl::run(repl::ReplOptions {
-            server: Some(server),
-            embedded,
-            data_dir,
-            plugin_dir,
-            user,
-            password,
-        })),
+        } => {
+            // `-u` without `-p`: asked for, as ksqlDB's CLI does.
+            let password = match (&user, password) {
+                (Some(_), None) => match rpassword::prompt_password("Enter password: ") {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        eprintln!("weir cli: cannot read the password: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+                (_, p) => p,
+            };
+            repl_exit(repl::run(repl::ReplOptions {
+                server: Some(server_url.unwrap_or(server)),
+                embedded,
+                data_dir,
+                plugin_dir,
+                user,
+                password,
+                file,
+                execute,
+                defines: define,
+                json: output,
+            }))
+        }
         Command::Check {
             file,
             cli,
@@ -797,4 +838,23 @@ fn run_conformance(
         }
     }
     ExitCode::SUCCESS
+}
+
+/// `--define NAME=VALUE`.
+fn parse_define(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_string(), value.to_string()))
+        }
+        _ => Err(format!("expected NAME=VALUE, got '{s}'")),
+    }
+}
+
+/// `--output JSON | TABULAR`: true for JSON.
+fn parse_output(s: &str) -> Result<bool, String> {
+    match s.to_ascii_uppercase().as_str() {
+        "JSON" => Ok(true),
+        "TABULAR" => Ok(false),
+        _ => Err(format!("expected JSON or TABULAR, got '{s}'")),
+    }
 }

@@ -258,6 +258,30 @@ pub fn entity(e: &Value) -> String {
             table(&["Variable Name", "Value"], &rows)
         }
         "warning_entity" => format!("{}\n", s(&e["message"])),
+        "assert_topic" | "assert_schema" | "assert_source" => {
+            let name = [&e["topicName"], &e["subject"], &e["sourceName"]]
+                .into_iter()
+                .find(|v| v.is_string())
+                .map(s)
+                .unwrap_or_default();
+            let what = match e["@type"].as_str() {
+                Some("assert_topic") => "Topic".to_string(),
+                Some("assert_schema") => "Schema".to_string(),
+                _ => {
+                    let t = s(&e["sourceType"]).to_ascii_lowercase();
+                    let mut c = t.chars();
+                    c.next()
+                        .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                        .unwrap_or_default()
+                }
+            };
+            let verb = if e["exists"] == true {
+                "exists"
+            } else {
+                "does not exist"
+            };
+            table(&["Message"], &[vec![format!("{what} {name} {verb}")]])
+        }
         "kafka_topics" => {
             let rows: Vec<Vec<String>> = list("topics")
                 .iter()
@@ -368,6 +392,13 @@ pub fn entity(e: &Value) -> String {
             ));
             out
         }
+        "query_descriptions" => list("queryDescriptions")
+            .iter()
+            .map(|q| {
+                entity(&serde_json::json!({"@type": "queryDescription", "queryDescription": q}))
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
         _ => serde_json::to_string_pretty(e).unwrap_or_default(),
     }
 }

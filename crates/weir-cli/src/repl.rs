@@ -39,6 +39,31 @@ pub struct ReplOptions {
     pub plugin_dir: Option<PathBuf>,
     pub user: Option<String>,
     pub password: Option<String>,
+    /// `-f FILE`: run the file's statements and exit.
+    pub file: Option<PathBuf>,
+    /// `-e STATEMENTS`: run these and exit.
+    pub execute: Option<String>,
+    /// `--define NAME=VALUE`: variables defined before the first statement.
+    pub defines: Vec<(String, String)>,
+    /// `--output JSON`: entities and rows as JSON rather than tables.
+    pub json: bool,
+}
+
+/// Where the shell's output goes besides the terminal: the file SPOOL names.
+static SPOOL: Mutex<Option<(PathBuf, std::fs::File)>> = Mutex::new(None);
+
+/// Writes to standard output, and to the spool file when one is open.
+fn out(text: &str) {
+    print!("{text}");
+    let mut spool = SPOOL.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, f)) = spool.as_mut() {
+        let _ = std::io::Write::write_all(f, text.as_bytes());
+    }
+}
+
+macro_rules! say {
+    () => { out("\n") };
+    ($($arg:tt)*) => { out(&format!("{}\n", format!($($arg)*))) };
 }
 
 const KEYWORDS: &[&str] = &[
@@ -151,15 +176,33 @@ const KEYWORDS: &[&str] = &[
 
 const HELP: &str = "\
 Statements end with ';' and may span lines.
-  SHOW STREAMS; SHOW TOPICS; SHOW QUERIES; SHOW FUNCTIONS; SHOW PROPERTIES;
-  DESCRIBE <stream> [EXTENDED];  DESCRIBE FUNCTION <name>;  EXPLAIN <query id>;
-  CREATE STREAM ... WITH (KAFKA_TOPIC='t', VALUE_FORMAT='JSON', PARTITIONS=1);
-  INSERT INTO <stream> (cols) VALUES (...);
-  SELECT ... FROM <stream> EMIT CHANGES [LIMIT n];   (Ctrl-C stops it)
+Catalog:
+  SHOW STREAMS | TABLES | TOPICS | QUERIES | FUNCTIONS | PROPERTIES | VARIABLES [EXTENDED];
+  DESCRIBE <stream or table> [EXTENDED];  DESCRIBE FUNCTION <name>;  EXPLAIN <query id>;
+Streams and tables:
+  CREATE STREAM s (id INT KEY, v DOUBLE) WITH (KAFKA_TOPIC='t', VALUE_FORMAT='JSON', PARTITIONS=1);
+  CREATE TABLE t (id INT PRIMARY KEY, name STRING) WITH (KAFKA_TOPIC='t2', VALUE_FORMAT='JSON');
+  CREATE STREAM fast AS SELECT * FROM s WHERE v > 50;      (a persistent query)
+  CREATE TABLE counts AS SELECT id, COUNT(*) FROM s
+    WINDOW TUMBLING (SIZE 1 MINUTE) GROUP BY id;            (windows: TUMBLING, HOPPING, SESSION)
+  INSERT INTO s (id, v) VALUES (1, 2.5);
+  DROP STREAM s [DELETE TOPIC];   DROP TABLE t;
+Queries:
+  SELECT ... FROM s EMIT CHANGES [LIMIT n];   push query (Ctrl-C stops it)
+  SELECT * FROM counts WHERE id = 1;          pull query: a table's current rows
   PRINT <topic> [FROM BEGINNING] [LIMIT n];
+  TERMINATE <query id> | ALL;   PAUSE <query id>;   RESUME <query id>;
+  ASSERT [NOT EXISTS] TOPIC t [TIMEOUT 5 SECONDS];
+Session:
   SET 'auto.offset.reset'='earliest';  UNSET 'auto.offset.reset';
+  DEFINE name = 'value';  (use as ${name})  UNDEFINE name;
   RUN SCRIPT '/path/to/file.sql';
+Shell commands (no ';' needed):
+  OUTPUT [JSON | TABULAR]   SPOOL <file> | OFF   HISTORY   SERVER [url]   VERSION   help   exit
 Tab completes, Ctrl-C clears the line, Ctrl-D or 'exit' quits.";
+
+/// The shell's own commands (not statements): complete without a `;`.
+const SHELL_COMMANDS: &[&str] = &["version", "server", "output", "spool", "history"];
 
 /// The shell's state between statements.
 struct Session {
@@ -170,6 +213,13 @@ struct Session {
     vars: weir_sql::Variables,
     interrupted: Arc<AtomicBool>,
     names: Arc<Mutex<Vec<String>>>,
+    /// OUTPUT JSON: entities and rows printed as JSON.
+    json: bool,
+    /// What was typed this session (HISTORY; the history file holds earlier sessions').
+    typed: Vec<String>,
+    /// The server's URL (SERVER shows and changes it).
+    base: String,
+    user: Option<(String, String)>,
 }
 
 pub fn run(options: ReplOptions) -> Result<(), String> {
@@ -202,7 +252,8 @@ pub fn run(options: ReplOptions) -> Result<(), String> {
         ),
         other => other.to_string(),
     })?;
-    println!(
+
+    let banner = format!(
         "Weir {} — ksqlDB {}-compatible server at {}{}",
         env!("CARGO_PKG_VERSION"),
         info["KsqlServerInfo"]["version"].as_str().unwrap_or("?"),
@@ -213,7 +264,6 @@ pub fn run(options: ReplOptions) -> Result<(), String> {
             String::new()
         }
     );
-    println!("Type 'help' for help, Ctrl-D to exit.\n");
 
     let interrupted = Arc::new(AtomicBool::new(false));
     {
@@ -222,14 +272,42 @@ pub fn run(options: ReplOptions) -> Result<(), String> {
         let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
     }
     let names = Arc::new(Mutex::new(Vec::new()));
+    let mut vars = weir_sql::Variables::new();
+    for (name, value) in &options.defines {
+        vars.define(name, value);
+    }
     let mut session = Session {
         client,
         props: BTreeMap::new(),
-        vars: weir_sql::Variables::new(),
+        vars,
         interrupted,
         names: names.clone(),
+        json: options.json,
+        typed: Vec::new(),
+        base: base.clone(),
+        user: options.user.clone().zip(options.password.clone()),
     };
     session.refresh_names();
+
+    // `-e STATEMENTS` or `-f FILE`: run them, and exit with whether all succeeded.
+    let batch = match (&options.execute, &options.file) {
+        (Some(text), _) => Some(text.clone()),
+        (None, Some(file)) => Some(
+            std::fs::read_to_string(file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))?,
+        ),
+        (None, None) => None,
+    };
+    if let Some(text) = batch {
+        session.run_text(&text);
+        if let Some(server) = embedded {
+            server.shutdown()?;
+        }
+        return match ERRORS.load(Ordering::SeqCst) {
+            0 => Ok(()),
+            n => Err(format!("{n} statement(s) failed")),
+        };
+    }
 
     // Statements piped in (`echo 'SHOW STREAMS;' | weir cli`): run in turn, as typed, and
     // the exit status says whether all of them succeeded.
@@ -247,11 +325,17 @@ pub fn run(options: ReplOptions) -> Result<(), String> {
         };
     }
 
+    // The banner, on a terminal only (scripts and pipes get their statements' output).
+    say!("{banner}");
+    say!("Type 'help' for help, Ctrl-D to exit.\n");
     let mut editor = line_editor(names)?;
     let prompt = WeirPrompt;
     loop {
         match editor.read_line(&prompt) {
             Ok(Signal::Success(buffer)) => {
+                if !buffer.trim().is_empty() {
+                    session.typed.push(buffer.trim().to_string());
+                }
                 let command = buffer
                     .trim()
                     .trim_end_matches(';')
@@ -260,7 +344,8 @@ pub fn run(options: ReplOptions) -> Result<(), String> {
                 match command.as_str() {
                     "" => {}
                     "exit" | "quit" => break,
-                    "help" => println!("{HELP}"),
+                    "help" => say!("{HELP}"),
+                    _ if session.command(&command, &buffer) => {}
                     _ => session.run_text(&buffer),
                 }
             }
@@ -330,6 +415,109 @@ fn error_line(message: &str) {
 }
 
 impl Session {
+    /// Prints an entity: a table, or JSON under OUTPUT JSON.
+    fn show(&self, entity: &serde_json::Value) {
+        if self.json {
+            out(&format!(
+                "{}\n",
+                serde_json::to_string_pretty(entity).unwrap_or_default()
+            ));
+        } else {
+            out(&render::entity(entity));
+        }
+    }
+
+    /// The shell's own commands (`command` lower-cased, without its `;`): SPOOL, HISTORY,
+    /// SERVER, VERSION, OUTPUT. False for anything else (a statement).
+    fn command(&mut self, command: &str, typed: &str) -> bool {
+        let words: Vec<&str> = command.split_whitespace().collect();
+        let original: Vec<&str> = typed
+            .trim()
+            .trim_end_matches(';')
+            .split_whitespace()
+            .collect();
+        match words.as_slice() {
+            ["version"] => {
+                let server = self
+                    .client
+                    .info()
+                    .ok()
+                    .and_then(|i| i["KsqlServerInfo"]["version"].as_str().map(str::to_string))
+                    .unwrap_or_else(|| "?".into());
+                say!(
+                    "CLI v{}, Server v{server} located at {}",
+                    env!("CARGO_PKG_VERSION"),
+                    self.base
+                );
+            }
+            ["server"] => say!("{}", self.base),
+            ["server", _] => {
+                let url = original[1].to_string();
+                let client = Client::new(
+                    &url,
+                    self.user.as_ref().map(|(u, p)| (u.as_str(), p.as_str())),
+                );
+                match client.info() {
+                    Ok(_) => {
+                        self.client = client;
+                        self.base = url;
+                        say!("Server now: {}", self.base);
+                        self.refresh_names();
+                    }
+                    Err(e) => error_line(&format!("Cannot connect to {url}: {e}")),
+                }
+            }
+            ["output"] => say!("{}", if self.json { "JSON" } else { "TABULAR" }),
+            ["output", mode] => match *mode {
+                "json" => self.json = true,
+                "tabular" => self.json = false,
+                other => error_line(&format!("Unknown output format '{other}': JSON or TABULAR")),
+            },
+            ["spool"] => {
+                let spool = SPOOL.lock().unwrap_or_else(|e| e.into_inner());
+                match spool.as_ref() {
+                    Some((path, _)) => say!("Spooling to {}", path.display()),
+                    None => say!("Not spooling"),
+                }
+            }
+            ["spool", "off"] => {
+                let closed = SPOOL.lock().unwrap_or_else(|e| e.into_inner()).take();
+                match closed {
+                    Some((path, _)) => say!("Stopped spooling to {}", path.display()),
+                    None => say!("Not spooling"),
+                }
+            }
+            ["spool", _] => {
+                let path = PathBuf::from(original[1].trim_matches('\''));
+                match std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                {
+                    Ok(f) => {
+                        say!("Spooling to {}", path.display());
+                        *SPOOL.lock().unwrap_or_else(|e| e.into_inner()) = Some((path, f));
+                    }
+                    Err(e) => error_line(&format!("Cannot spool to {}: {e}", path.display())),
+                }
+            }
+            ["history"] => {
+                // Earlier sessions' (the history file), then this one's.
+                let earlier = std::fs::read_to_string(history_path()).unwrap_or_default();
+                let lines: Vec<String> = earlier
+                    .lines()
+                    .map(str::to_string)
+                    .chain(self.typed.iter().cloned())
+                    .collect();
+                for (i, line) in lines.iter().enumerate() {
+                    say!("{:>5}  {line}", i + 1);
+                }
+            }
+            _ => return false,
+        }
+        true
+    }
+
     /// Runs every statement of `text` in turn; a failing one is reported and the rest run.
     fn run_text(&mut self, text: &str) {
         for parsed in parse_script(
@@ -356,14 +544,14 @@ impl Session {
                     eprintln!("{}", Color::Yellow.paint(format!("Warning: {warning}")));
                 }
                 let old = self.props.insert(name.clone(), value.clone());
-                println!(
+                say!(
                     "Successfully changed local property '{name}'{} to '{value}'.",
                     old.map(|o| format!(" from '{o}'")).unwrap_or_default()
                 );
             }
             Statement::UnsetProperty { name } => match self.props.remove(name) {
                 Some(old) => {
-                    println!("Successfully unset local property '{name}' (value was '{old}').")
+                    say!("Successfully unset local property '{name}' (value was '{old}').")
                 }
                 None => error_line(&format!("Property '{name}' was not set")),
             },
@@ -382,16 +570,13 @@ impl Session {
                     .iter()
                     .map(|(name, value)| serde_json::json!({"name": name, "value": value}))
                     .collect();
-                print!(
-                    "{}",
-                    render::entity(&serde_json::json!({"@type": "variables", "variables": list}))
-                );
+                self.show(&serde_json::json!({"@type": "variables", "variables": list}));
             }
             _ => match self.client.ksql(text, &self.props) {
                 Ok(entities) => {
                     // INSERT VALUES answers no entity, as ksqlDB's does.
                     for e in &entities {
-                        print!("{}", render::entity(e));
+                        self.show(e);
                         // Its warnings (a refused plugin file, say), less the ones about
                         // this shell's properties, said once when they were SET.
                         let said: Vec<String> = self
@@ -429,13 +614,20 @@ impl Session {
             Err(e) => return error_line(&e.to_string()),
         };
         let is_print = text.trim_start().to_ascii_uppercase().starts_with("PRINT");
+        let json = self.json;
         let query_id = stream.query_id.clone();
         let widths = render::push_widths(&stream.columns);
-        if !is_print {
+        if json && !is_print {
+            let names: Vec<&String> = stream.columns.iter().map(|(n, _)| n).collect();
+            say!(
+                "{}",
+                serde_json::json!({"queryId": query_id, "columnNames": names})
+            );
+        } else if !is_print {
             let names: Vec<String> = stream.columns.iter().map(|(n, _)| n.clone()).collect();
-            println!("{}", render::push_rule(&widths));
-            println!("{}", render::push_line(&names, &widths));
-            println!("{}", render::push_rule(&widths));
+            say!("{}", render::push_rule(&widths));
+            say!("{}", render::push_line(&names, &widths));
+            say!("{}", render::push_rule(&widths));
         }
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -449,10 +641,14 @@ impl Session {
         loop {
             match rx.recv_timeout(Duration::from_millis(50)) {
                 Ok(Ok(PushLine::Row(row))) => {
-                    let cells: Vec<String> = row.iter().map(render::cell).collect();
-                    println!("{}", render::push_line(&cells, &widths));
+                    if json {
+                        say!("{}", serde_json::Value::Array(row));
+                    } else {
+                        let cells: Vec<String> = row.iter().map(render::cell).collect();
+                        say!("{}", render::push_line(&cells, &widths));
+                    }
                 }
-                Ok(Ok(PushLine::Text(t))) => println!("{t}"),
+                Ok(Ok(PushLine::Text(t))) => say!("{t}"),
                 Ok(Ok(PushLine::Error(m))) => error_line(&m),
                 Ok(Err(e)) => {
                     if closing.is_none() {
@@ -467,7 +663,7 @@ impl Session {
                             error_line(&format!("Could not close query {query_id}: {e}"));
                         }
                         closing = Some(Instant::now());
-                        println!();
+                        say!();
                     }
                     // The server ends the stream once the query is closed; don't wait long.
                     if closing.is_some_and(|t| t.elapsed() > Duration::from_secs(3)) {
@@ -476,11 +672,11 @@ impl Session {
                 }
             }
         }
-        if !is_print {
-            println!("{}", render::push_rule(&widths));
+        if !is_print && !json {
+            say!("{}", render::push_rule(&widths));
         }
         if closing.is_some() {
-            println!("Query terminated");
+            say!("Query terminated");
         }
     }
 
@@ -595,8 +791,11 @@ struct StatementValidator;
 impl Validator for StatementValidator {
     fn validate(&self, line: &str) -> ValidationResult {
         let word = line.trim().to_ascii_lowercase();
+        // The shell's own commands need no ';'.
+        let first = word.split_whitespace().next().unwrap_or_default();
         if word.is_empty()
             || ["exit", "quit", "help"].contains(&word.as_str())
+            || SHELL_COMMANDS.contains(&first)
             || ends_statement(line)
         {
             ValidationResult::Complete

@@ -19,7 +19,19 @@ fn send(addr: std::net::SocketAddr, body: Vec<u8>, accept: Option<&str>) -> Stri
 }
 
 fn send_with(addr: std::net::SocketAddr, body: Vec<u8>, accept: Option<&str>) -> (String, String) {
+    h2_post(addr, "/inserts-stream", body, accept)
+}
+
+/// POSTs `body` to `path` over HTTP/2 (prior knowledge, as ksqlDB's clients do); the
+/// response's content type and body.
+fn h2_post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    body: Vec<u8>,
+    accept: Option<&str>,
+) -> (String, String) {
     let accept = accept.map(str::to_string);
+    let path = path.to_string();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -30,7 +42,7 @@ fn send_with(addr: std::net::SocketAddr, body: Vec<u8>, accept: Option<&str>) ->
         let (client, connection) = h2::client::handshake(tcp).await.unwrap();
         tokio::spawn(connection);
         let mut client = client.ready().await.unwrap();
-        let mut request = http::Request::post(format!("http://{addr}/inserts-stream"));
+        let mut request = http::Request::post(format!("http://{addr}{path}"));
         if let Some(accept) = &accept {
             request = request.header("accept", accept.as_str());
         }
@@ -158,4 +170,51 @@ fn acknowledgements_follow_the_accept_header() {
         assert_eq!(content_type, "application/vnd.ksqlapi.delimited.v1");
         assert_eq!(text.lines().count(), 3, "{text}");
     }
+}
+
+/// `/query-stream` over HTTP/2 under both of ksqlDB's media types: one JSON array for
+/// `application/json`, a header line then a line per row for the delimited type (and
+/// with no Accept at all).
+#[test]
+fn query_stream_over_http2_answers_both_accept_types() {
+    let (_dir, server) = server_with_stream("INT");
+    insert(
+        server.addr(),
+        b"{\"target\":\"S\"}\n{\"V\":1}\n{\"V\":2}\n".to_vec(),
+    );
+    let request = serde_json::json!({
+        "sql": "SELECT V FROM S EMIT CHANGES LIMIT 2;",
+        "properties": {"auto.offset.reset": "earliest"},
+    })
+    .to_string()
+    .into_bytes();
+    let (content_type, body) = h2_post(
+        server.addr(),
+        "/query-stream",
+        request.clone(),
+        Some("application/json"),
+    );
+    assert!(
+        content_type.starts_with("application/json"),
+        "{content_type}"
+    );
+    let array: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(array[0]["columnNames"], serde_json::json!(["V"]));
+    assert_eq!(array[1], serde_json::json!([1]));
+    assert_eq!(array[2], serde_json::json!([2]));
+    assert_eq!(array.as_array().unwrap().len(), 3);
+    for accept in [Some("application/vnd.ksqlapi.delimited.v1"), None] {
+        let (content_type, body) = h2_post(server.addr(), "/query-stream", request.clone(), accept);
+        assert!(
+            content_type.starts_with("application/vnd.ksqlapi.delimited.v1"),
+            "{content_type}"
+        );
+        let lines: Vec<serde_json::Value> = body
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 3, "{body}");
+        assert_eq!(lines[1], serde_json::json!([1]));
+    }
+    server.shutdown().unwrap();
 }

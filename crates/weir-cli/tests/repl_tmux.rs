@@ -136,3 +136,58 @@ fn a_person_creates_a_stream_inserts_rows_watches_them_and_cancels_with_ctrl_c()
     tmux.wait_for("Exiting Weir.", 1);
     server.shutdown().unwrap();
 }
+
+/// The shell's own commands and habits a ksqlDB user has: the password asked for when
+/// `-u` comes without `-p`, OUTPUT, SPOOL, HISTORY, VERSION, SERVER, and help.
+#[test]
+fn a_person_logs_in_and_uses_the_shells_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, "alice:secret\n").unwrap();
+    let server = weir_server::Server::start(weir_server::ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().join("data"),
+        users_file: Some(users),
+        ..Default::default()
+    })
+    .unwrap();
+    let spool = dir.path().join("spool.txt");
+    let command = format!(
+        "env -u WEIR_PASSWORD WEIR_HISTORY_FILE={} {} cli http://{} -u alice",
+        dir.path().join("history").display(),
+        env!("CARGO_BIN_EXE_weir"),
+        server.addr()
+    );
+    let tmux = Tmux::start("weir-test-cmds", &command, 150, 50);
+    tmux.wait_for("Enter password:", 1);
+    tmux.line("secret");
+    tmux.wait_for("Type 'help'", 1);
+
+    tmux.line("VERSION");
+    tmux.wait_for("CLI v", 1);
+    tmux.line("SERVER");
+    tmux.wait_for(&format!("http://{}", server.addr()), 2);
+    tmux.line(&format!("SPOOL {}", spool.display()));
+    tmux.wait_for("Spooling to", 1);
+    tmux.statement(
+        "CREATE STREAM cmds (v INT) WITH (kafka_topic='cmds', value_format='JSON', partitions=1);",
+    );
+    tmux.wait_for("Stream created", 1);
+    tmux.line("OUTPUT JSON");
+    tmux.statement("SHOW STREAMS;");
+    tmux.wait_for("\"@type\": \"streams\"", 1);
+    tmux.line("OUTPUT TABULAR");
+    tmux.line("SPOOL OFF");
+    tmux.wait_for("Stopped spooling", 1);
+    tmux.line("HISTORY");
+    // Numbered lines: `    n  SPOOL OFF` (the typed line reads `> SPOOL OFF`).
+    tmux.wait_for("  SPOOL OFF", 1);
+    tmux.line("help");
+    tmux.wait_for("PAUSE <query id>", 1);
+    tmux.line("exit");
+    let spooled = std::fs::read_to_string(&spool).unwrap();
+    assert!(spooled.contains("Stream created"), "{spooled}");
+    assert!(spooled.contains("\"@type\": \"streams\""), "{spooled}");
+    assert!(!spooled.contains("Stopped spooling"), "{spooled}");
+    server.shutdown().unwrap();
+}
