@@ -42,3 +42,36 @@ fn ksql_python_ng_creates_lists_inserts_queries_and_closes() {
     eprintln!("{stdout}");
     server.shutdown().unwrap();
 }
+
+/// A second ksqlDB client from PyPI, `ksqldb` (requests + httpx over HTTP/2), unchanged:
+/// statements, inserts, push and pull queries, variables and errors.
+#[test]
+fn the_ksqldb_client_runs_statements_inserts_queries_variables_and_errors() {
+    let python = python();
+    assert!(
+        python.exists(),
+        "{} not found: run `scripts/test.sh --setup` (it installs ksqldb from PyPI)",
+        python.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::start(dir.path(), &[]);
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/clients/ksqldb_client.py");
+    let output = Command::new(&python)
+        .arg(&script)
+        .arg(format!("http://{}", server.addr()))
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the client failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("statements, inserts, push, pull, variables and errors all as expected"),
+        "{stdout}"
+    );
+    eprintln!("{stdout}");
+    server.shutdown().unwrap();
+}
