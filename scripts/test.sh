@@ -39,6 +39,15 @@ fi
 step "pruning build artifacts older than two days from $CARGO_TARGET_DIR/debug"
 find "$CARGO_TARGET_DIR/debug/deps" -maxdepth 1 -type f -perm -u+x ! -name '*.so' -mtime +2 -delete 2>/dev/null || true
 find "$CARGO_TARGET_DIR/debug/incremental" -mindepth 1 -maxdepth 1 -mtime +2 -exec rm -rf {} + 2>/dev/null || true
+# Short of space (every clone that builds here links its own test binaries, ~0.4 GB
+# each): all test binaries and incremental caches go; they are linked again as needed.
+mkdir -p "$CARGO_TARGET_DIR"
+free_kb=$(df -Pk "$CARGO_TARGET_DIR" | awk 'NR == 2 { print $4 }')
+if [ "${free_kb:-0}" -lt 20000000 ]; then
+  step "under 20 GB free: removing test binaries and incremental caches from $CARGO_TARGET_DIR/debug"
+  find "$CARGO_TARGET_DIR/debug/deps" -maxdepth 1 -type f -perm -u+x ! -name '*.*' -delete 2>/dev/null || true
+  rm -rf "$CARGO_TARGET_DIR/debug/incremental"
+fi
 step "checking formatting"
 cargo fmt --all -- --check
 step "clippy"
