@@ -281,7 +281,7 @@ fn errors_name_line_column_and_what_was_expected() {
     let e = error("SELCT * FROM S");
     assert!(
         e.to_string()
-            .starts_with("line 1:1: Syntax error at or near 'SELCT': expected CREATE,"),
+            .starts_with("line 1:1: Syntax error at or near 'SELCT': expected ASSERT, CREATE,"),
         "{e}"
     );
     let e = error("SELECT * FROM S WHERE");
@@ -381,4 +381,20 @@ fn variables_are_substituted_statement_by_statement() {
     assert_eq!(err.position, weir_sql::Position::new(4, 15));
     // Without resolving, a reference is an undefined variable, never a name.
     assert!(parsed[2].result.is_err());
+}
+
+#[test]
+fn assert_statements_parse_and_print_back() {
+    verified(
+        "assert not exists topic 'my.topic' with (partitions=3) timeout 5 seconds",
+        "ASSERT NOT EXISTS TOPIC `my.topic` WITH (PARTITIONS=3) TIMEOUT 5 SECONDS",
+    );
+    canonical("ASSERT TOPIC READINGS");
+    canonical("ASSERT SCHEMA SUBJECT `readings-value` ID 3 TIMEOUT 100 MILLISECONDS");
+    canonical("ASSERT NOT EXISTS STREAM S");
+    canonical("ASSERT TABLE T TIMEOUT 1 MINUTES");
+    let e = error("ASSERT SCHEMA TIMEOUT 1 SECONDS");
+    assert!(e.message.contains("SUBJECT or ID"), "{e}");
+    let e = error("ASSERT QUERY Q");
+    assert!(e.message.contains("TOPIC, SCHEMA, STREAM or TABLE"), "{e}");
 }
