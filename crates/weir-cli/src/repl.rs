@@ -184,32 +184,23 @@ pub fn run(options: ReplOptions) -> Result<(), String> {
     };
     session.refresh_names();
 
-    // `-e STATEMENTS` or `-f FILE`: run them, and exit with whether all succeeded.
+    // `-e STATEMENTS`, `-f FILE`, or statements piped in (`echo 'SHOW STREAMS;' | weir
+    // cli`): run in turn, as typed, and the exit status says whether all succeeded.
     let batch = match (&options.execute, &options.file) {
         (Some(text), _) => Some(text.clone()),
         (None, Some(file)) => Some(
             std::fs::read_to_string(file)
                 .map_err(|e| format!("cannot read {}: {e}", file.display()))?,
         ),
+        (None, None) if !std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .map_err(|e| format!("reading standard input: {e}"))?;
+            Some(text)
+        }
         (None, None) => None,
     };
     if let Some(text) = batch {
-        session.run_text(&text);
-        if let Some(server) = embedded {
-            server.shutdown()?;
-        }
-        return match ERRORS.load(Ordering::SeqCst) {
-            0 => Ok(()),
-            n => Err(format!("{n} statement(s) failed")),
-        };
-    }
-
-    // Statements piped in (`echo 'SHOW STREAMS;' | weir cli`): run in turn, as typed, and
-    // the exit status says whether all of them succeeded.
-    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
-            .map_err(|e| format!("reading standard input: {e}"))?;
         session.run_text(&text);
         if let Some(server) = embedded {
             server.shutdown()?;

@@ -1145,20 +1145,10 @@ pub fn all() -> Vec<Arc<ScalarUDF>> {
                 let from = i(&a[1]).unwrap_or(1).max(1);
                 let to = i(&a[2]).unwrap_or(len).min(len);
                 if from > to {
-                    return Ok(ScalarValue::List(Arc::new(ListArray::new(
-                        list_field(&a[0]),
-                        arrow::buffer::OffsetBuffer::from_lengths([0]),
-                        items.slice(0, 0),
-                        None,
-                    ))));
+                    return Ok(one_list(&a[0], items.slice(0, 0)));
                 }
                 let part = items.slice((from - 1) as usize, (to - from + 1) as usize);
-                Ok(ScalarValue::List(Arc::new(ListArray::new(
-                    list_field(&a[0]),
-                    arrow::buffer::OffsetBuffer::from_lengths([part.len()]),
-                    part,
-                    None,
-                ))))
+                Ok(one_list(&a[0], part))
             }),
         // A LIKE pattern with escape character `e` rewritten for `\\` as the escape.
         f("ksql_like_escape")
@@ -1288,12 +1278,10 @@ pub fn all() -> Vec<Arc<ScalarUDF>> {
                 };
                 let array: ArrayRef = Arc::new(arrow::array::Int64Array::from(values));
                 let array = arrow::compute::cast(&array, &elem).map_err(|e| e.to_string())?;
-                Ok(ScalarValue::List(Arc::new(ListArray::new(
+                Ok(single_list(
                     Arc::new(Field::new_list_field(elem, true)),
-                    arrow::buffer::OffsetBuffer::from_lengths([array.len()]),
                     array,
-                    None,
-                ))))
+                ))
             }),
         // ENTRIES(map, sorted): the entries as STRUCT<K, V>s, by key when `sorted`.
         f("ksql_entries")
@@ -1343,12 +1331,7 @@ pub fn all() -> Vec<Arc<ScalarUDF>> {
                     None,
                 )
                 .map_err(|e| e.to_string())?;
-                Ok(ScalarValue::List(Arc::new(ListArray::new(
-                    item.clone(),
-                    arrow::buffer::OffsetBuffer::from_lengths([structs.len()]),
-                    Arc::new(structs),
-                    None,
-                ))))
+                Ok(single_list(item.clone(), Arc::new(structs)))
             }),
         // LPAD/RPAD as ksqlDB's: NULL for a negative length or empty padding; the input
         // cut to the length when longer; characters for strings, bytes for BYTES.
@@ -1462,12 +1445,7 @@ pub fn all() -> Vec<Arc<ScalarUDF>> {
                     values,
                     None,
                 );
-                Ok(ScalarValue::List(Arc::new(ListArray::new(
-                    outer.clone(),
-                    arrow::buffer::OffsetBuffer::from_lengths([combos.len()]),
-                    Arc::new(combos),
-                    None,
-                ))))
+                Ok(single_list(outer.clone(), Arc::new(combos)))
             }),
         f("as_map")
             .sig_fn(&[T::Arr, T::Arr], |a| {
@@ -1549,8 +1527,13 @@ fn upsert(
 
 /// A one-row list of `values`, typed as the list `like`.
 fn one_list(like: &ScalarValue, values: ArrayRef) -> ScalarValue {
+    single_list(list_field(like), values)
+}
+
+/// A one-row list of `values`, whose item field is `item`.
+fn single_list(item: Arc<Field>, values: ArrayRef) -> ScalarValue {
     ScalarValue::List(Arc::new(ListArray::new(
-        list_field(like),
+        item,
         arrow::buffer::OffsetBuffer::from_lengths([values.len()]),
         values,
         None,

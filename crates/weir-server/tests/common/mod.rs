@@ -40,17 +40,7 @@ pub fn url(server: &Server, path: &str) -> String {
 
 /// POSTs JSON; the status and the body parsed as JSON (or as a string when it is not).
 pub fn post(server: &Server, path: &str, body: &Value) -> (u16, Value) {
-    let response = agent()
-        .post(url(server, path))
-        .header("Content-Type", "application/vnd.ksql.v1+json")
-        .send(body.to_string())
-        .expect("request");
-    let status = response.status().as_u16();
-    let text = response.into_body().read_to_string().unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    post_to(server.addr(), path, body)
 }
 
 /// POSTs JSON to a server by its address (from another thread).
