@@ -20,7 +20,7 @@ source scripts/setup.sh
 # clients) and the tansu broker.
 need_build_packages
 need_ort
-need_apt mosquitto-clients tmux python3-pip python3-venv
+need_apt mosquitto-clients tmux python3-pip python3-venv stunnel4 openssl
 need_python_clients
 need_tansu
 

@@ -160,6 +160,10 @@ enum Command {
         /// Keep topics on the Kafka cluster at HOST:PORT instead of the embedded log.
         #[arg(long)]
         kafka_bootstrap: Option<String>,
+        /// A Kafka client property for a secured cluster, KEY=VALUE (`security.protocol`,
+        /// `ssl.*`, `sasl.*` or any other librdkafka key); repeat for more.
+        #[arg(long = "kafka-property", value_name = "KEY=VALUE")]
+        kafka_properties: Vec<String>,
         /// Statements to run first (CREATE STREAM, CREATE STREAM AS SELECT, ...).
         #[arg(long)]
         queries_file: Option<PathBuf>,
@@ -588,28 +592,31 @@ fn main() -> ExitCode {
             data_dir,
             queries_file,
             kafka_bootstrap,
+            kafka_properties,
             exit_when_idle,
             plugin_dir,
             progress_every,
             service_id,
             session_timeout_ms,
             no_checkpoint_trim,
-        } => match run::run(
-            (
-                &service_id,
-                std::time::Duration::from_millis(session_timeout_ms),
-                weir_engine::InternalTopics {
-                    trim_checkpoints: !no_checkpoint_trim,
-                    ..Default::default()
-                },
-            ),
-            &data_dir,
-            queries_file.as_deref(),
-            exit_when_idle,
-            kafka_bootstrap.as_deref(),
-            plugin_dir.as_deref(),
-            std::time::Duration::from_millis(progress_every),
-        ) {
+        } => match kafka_client(&kafka_properties).and_then(|client| {
+            run::run(
+                (
+                    &service_id,
+                    std::time::Duration::from_millis(session_timeout_ms),
+                    weir_engine::InternalTopics {
+                        trim_checkpoints: !no_checkpoint_trim,
+                        ..Default::default()
+                    },
+                ),
+                &data_dir,
+                queries_file.as_deref(),
+                exit_when_idle,
+                kafka_bootstrap.as_deref().map(|b| (b, &client)),
+                plugin_dir.as_deref(),
+                std::time::Duration::from_millis(progress_every),
+            )
+        }) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("weir run: {e}");
@@ -857,4 +864,18 @@ fn parse_output(s: &str) -> Result<bool, String> {
         "TABULAR" => Ok(false),
         _ => Err(format!("expected JSON or TABULAR, got '{s}'")),
     }
+}
+
+/// `--kafka-property KEY=VALUE`s as Kafka client properties, each judged by librdkafka.
+fn kafka_client(properties: &[String]) -> Result<weir_kafka::ClientProperties, String> {
+    let mut client = weir_kafka::ClientProperties::new();
+    for p in properties {
+        let (key, value) = p
+            .split_once('=')
+            .ok_or_else(|| format!("--kafka-property {p}: expected KEY=VALUE"))?;
+        client
+            .set(key.trim(), value.trim())
+            .map_err(|e| format!("--kafka-property {e}"))?;
+    }
+    Ok(client)
 }

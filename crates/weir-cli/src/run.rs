@@ -21,7 +21,7 @@ pub fn run(
     data_dir: &Path,
     queries_file: Option<&Path>,
     exit_when_idle: bool,
-    kafka: Option<&str>,
+    kafka: Option<(&str, &weir_kafka::ClientProperties)>,
     plugin_dir: Option<&Path>,
     progress_every: Duration,
 ) -> Result<(), String> {
@@ -34,8 +34,8 @@ pub fn run(
             ),
             data_dir.display().to_string(),
         ),
-        Some(b) => (
-            Arc::new(weir_kafka::KafkaLog::connect(b).map_err(|e| e.to_string())?),
+        Some((b, client)) => (
+            Arc::new(weir_kafka::KafkaLog::connect_with(b, client).map_err(|e| e.to_string())?),
             format!("Kafka at {b}"),
         ),
     };

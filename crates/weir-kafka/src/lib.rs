@@ -14,6 +14,10 @@
 //! records whose output it already wrote (by their source header), which covers the
 //! common case, and nothing is ever lost.
 
+mod client;
+
+pub use client::{ClientProperties, Offered, builtin_features};
+
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -37,6 +41,41 @@ fn backend(e: impl std::fmt::Display) -> LogError {
     LogError::Backend(format!("Kafka: {e}"))
 }
 
+/// A client context that keeps the last error librdkafka reported (a refused TLS
+/// handshake, a failed login): why a cluster cannot be reached, in its words.
+#[derive(Default)]
+struct Diagnosed {
+    last: Mutex<Option<String>>,
+}
+
+impl Diagnosed {
+    fn last_error(&self) -> Option<String> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl rdkafka::client::ClientContext for Diagnosed {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let why = if reason.is_empty() {
+            error.to_string()
+        } else {
+            reason.to_string()
+        };
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Diagnosed {}
+
+/// A client's configuration: the cluster, Weir's client id, then the user's properties.
+fn config(bootstrap: &str, client: &ClientProperties) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap)
+        .set("client.id", "weir");
+    client.apply(&mut c);
+    c
+}
+
 /// A partition being read: its consumer and the offset its next message has.
 struct Reader {
     consumer: BaseConsumer,
@@ -45,10 +84,12 @@ struct Reader {
 
 pub struct KafkaLog {
     bootstrap: String,
+    /// The user's client properties (TLS, SASL, ...), on every client made here.
+    client: ClientProperties,
     producer: FutureProducer,
     admin: AdminClient<DefaultClientContext>,
     /// For metadata and watermarks.
-    meta: BaseConsumer,
+    meta: BaseConsumer<Diagnosed>,
     readers: Mutex<HashMap<(String, u32), Reader>>,
     /// Per consumer group named in [`Log::commit_group_offsets`], a consumer that commits
     /// its offsets (never subscribed: it only commits).
@@ -59,6 +100,7 @@ impl std::fmt::Debug for KafkaLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KafkaLog")
             .field("bootstrap", &self.bootstrap)
+            .field("client", &self.client)
             .finish_non_exhaustive()
     }
 }
@@ -67,10 +109,14 @@ impl KafkaLog {
     /// Connects to the cluster at `bootstrap` (`host:port[,host:port]`) and checks that it
     /// answers.
     pub fn connect(bootstrap: &str) -> Result<Self> {
+        Self::connect_with(bootstrap, &ClientProperties::new())
+    }
+
+    /// Connects with client properties (TLS, SASL, ...) given to every client, and checks
+    /// that the cluster answers: a refused handshake or login is the error.
+    pub fn connect_with(bootstrap: &str, client: &ClientProperties) -> Result<Self> {
         let base = |extra: &[(&str, &str)]| {
-            let mut c = ClientConfig::new();
-            c.set("bootstrap.servers", bootstrap)
-                .set("client.id", "weir");
+            let mut c = config(bootstrap, client);
             for (k, v) in extra {
                 c.set(*k, *v);
             }
@@ -85,13 +131,23 @@ impl KafkaLog {
         .create()
         .map_err(backend)?;
         let admin = base(&[]).create().map_err(backend)?;
-        let meta: BaseConsumer = base(&[("group.id", "weir"), ("enable.auto.commit", "false")])
-            .create()
-            .map_err(backend)?;
-        meta.fetch_metadata(None, REQUEST_TIMEOUT)
-            .map_err(|e| backend(format!("cannot reach the cluster at {bootstrap}: {e}")))?;
+        let meta: BaseConsumer<Diagnosed> =
+            base(&[("group.id", "weir"), ("enable.auto.commit", "false")])
+                .create_with_context(Diagnosed::default())
+                .map_err(backend)?;
+        if let Err(e) = meta.fetch_metadata(None, REQUEST_TIMEOUT) {
+            // The reason (a refused handshake or login) waits in the client's queue as an
+            // error event: served by a poll.
+            let _ = meta.poll(Duration::from_millis(100));
+            let why = meta.context().last_error();
+            return Err(backend(format!(
+                "cannot reach the cluster at {bootstrap}: {}",
+                why.unwrap_or_else(|| e.to_string())
+            )));
+        }
         Ok(Self {
             bootstrap: bootstrap.to_string(),
+            client: client.clone(),
             producer,
             admin,
             meta,
@@ -191,9 +247,7 @@ impl KafkaLog {
     }
 
     fn reader(&self, topic: &str, partition: u32, from: u64) -> Result<Reader> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .set("client.id", "weir")
+        let consumer: BaseConsumer = config(&self.bootstrap, &self.client)
             .set("group.id", "weir")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "true")
@@ -552,9 +606,7 @@ impl Log for KafkaLog {
     fn commit_group_offsets(&self, group: &str, topic: &str, offsets: &[(u32, u64)]) -> Result<()> {
         let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
         if !groups.contains_key(group) {
-            let consumer: BaseConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &self.bootstrap)
-                .set("client.id", "weir")
+            let consumer: BaseConsumer = config(&self.bootstrap, &self.client)
                 .set("group.id", group)
                 .set("enable.auto.commit", "false")
                 .create()

@@ -72,6 +72,9 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Keep topics on this Kafka cluster instead of the embedded log.
     pub kafka_bootstrap: Option<String>,
+    /// Kafka client properties from the configuration (TLS, SASL, ...), given to every
+    /// client the Kafka log makes.
+    pub kafka_client: weir_kafka::ClientProperties,
     /// Require HTTP basic authentication by these users.
     pub users_file: Option<PathBuf>,
     /// Load user functions from the `.so` files here, and watch it while running.
@@ -112,6 +115,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8088)),
             data_dir: PathBuf::from("weir-data"),
             kafka_bootstrap: None,
+            kafka_client: Default::default(),
             users_file: None,
             plugin_dir: None,
             max_push_queries: DEFAULT_MAX_PUSH_QUERIES,
@@ -136,7 +140,9 @@ impl ServerConfig {
     /// `weir.max.push.queries`, the MQTT listener's `weir.mqtt.listen`,
     /// `weir.mqtt.topic.map` (or the proxy's `topic.regex.list`),
     /// `weir.mqtt.message.max.bytes` (or `mqtt.message.max.bytes`) and
-    /// `weir.mqtt.max.connections`; every other key becomes a session property.
+    /// `weir.mqtt.max.connections`; Kafka client properties (`security.protocol`, `ssl.*`,
+    /// `sasl.*` and every other librdkafka key, plain or under `ksql.streams.`) go to the
+    /// Kafka log's clients; every other key becomes a session property.
     pub fn apply_properties_file(&mut self, path: &Path) -> Result<(), String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
@@ -224,12 +230,25 @@ impl ServerConfig {
                 "weir.mqtt.max.connections" => {
                     self.mqtt_max_connections = value.parse().map_err(|e| bad(format!("{e}")))?
                 }
-                _ => {
-                    if let Some(warning) = weir_engine::settings::unknown_key_warning(key) {
-                        tracing::warn!("{}:{}: {warning}", path.display(), n + 1);
-                    }
+                _ if weir_engine::settings::is_known(key) => {
                     self.properties.insert(key.to_string(), value.to_string());
                 }
+                _ => match self
+                    .kafka_client
+                    .offer(key, value)
+                    .map_err(|e| format!("{}:{}: {e}", path.display(), n + 1))?
+                {
+                    weir_kafka::Offered::Taken(_) => {}
+                    weir_kafka::Offered::Ignored(warning) => {
+                        tracing::warn!("{}:{}: {warning}", path.display(), n + 1);
+                    }
+                    weir_kafka::Offered::NotClient => {
+                        if let Some(warning) = weir_engine::settings::unknown_key_warning(key) {
+                            tracing::warn!("{}:{}: {warning}", path.display(), n + 1);
+                        }
+                        self.properties.insert(key.to_string(), value.to_string());
+                    }
+                },
             }
         }
         Ok(())
@@ -296,7 +315,7 @@ impl Server {
             ),
             Some(b) => (
                 Arc::new(
-                    weir_kafka::KafkaLog::connect(b)
+                    weir_kafka::KafkaLog::connect_with(b, &config.kafka_client)
                         .map_err(|e| format!("connecting to Kafka at {b}: {e}"))?,
                 ),
                 format!("kafka:{b}"),
