@@ -210,7 +210,7 @@ pub fn run_case_with(case: &Value, parallelism: usize) -> Result<(), String> {
                 key,
                 value,
                 timestamp,
-                headers: vec![],
+                headers: input_headers(&input["headers"])?,
             },
         )
         .map_err(|e| e.to_string())?;
@@ -514,6 +514,31 @@ pub fn print_table(results: &[CaseResult]) {
         "TOTAL",
         100.0 * passed as f64 / total.max(1) as f64
     );
+}
+
+/// An input's `headers`: `[{"KEY": name, "VALUE": base64 bytes or null}, ...]`.
+fn input_headers(headers: &Value) -> Result<Vec<weir_log::Header>, String> {
+    use base64::Engine as _;
+    let Some(list) = headers.as_array() else {
+        return Ok(Vec::new());
+    };
+    list.iter()
+        .map(|h| {
+            let name = h["KEY"].as_str().ok_or("a header without a KEY")?;
+            let value = match &h["VALUE"] {
+                Value::Null => None,
+                v => Some(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(v.as_str().ok_or("a header VALUE that is not base64 text")?)
+                        .map_err(|e| format!("header {name}: {e}"))?,
+                ),
+            };
+            Ok(weir_log::Header {
+                name: name.to_string().into(),
+                value,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

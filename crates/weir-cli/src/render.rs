@@ -120,7 +120,12 @@ fn fields_table(fields: &Value) -> String {
         .map(|fs| {
             fs.iter()
                 .map(|f| {
-                    let key = if f["type"] == "KEY" { " (key)" } else { "" };
+                    let key = match (f["type"].as_str(), f["headerKey"].as_str()) {
+                        (Some("KEY"), _) => " (key)".to_string(),
+                        (Some("HEADER"), Some(k)) => format!(" (header('{k}'))"),
+                        (Some("HEADER"), None) => " (headers)".to_string(),
+                        _ => String::new(),
+                    };
                     vec![s(&f["name"]), format!("{}{key}", type_name(&f["schema"]))]
                 })
                 .collect()

@@ -1,6 +1,7 @@
 //! Runs ksqlDB's public query-validation suite (`../shared/conformance/ksql-qtt`) through
 //! the same harness as `weir conformance`, and fails when fewer cases pass than the
-//! committed baseline (`tests/conformance/baseline.json`) or when a case that passed
+//! committed baseline (`tests/conformance/baseline.json`; the schema-registry formats
+//! and headers cases against `baseline-formats.json`) or when a case that passed
 //! there fails now (named, so a regression shows by name). Raise the baseline as Weir
 //! gets better — `WEIR_UPDATE_BASELINE=1 cargo test -p weir-cli --test conformance_baseline`
 //! rewrites it, printing what it gains and loses, and refuses to drop a passing case
@@ -26,8 +27,23 @@ fn workspace() -> PathBuf {
 
 #[test]
 fn public_suite_does_not_fall_below_the_baseline() {
-    let cases = load_cases(&workspace().join("../shared/conformance/ksql-qtt/cases.jsonl"))
-        .expect("the conformance suite lives in ../shared beside the clone");
+    suite_does_not_fall_below_its_baseline("cases.jsonl", "baseline.json");
+}
+
+/// The schema-registry formats and headers cases (`cases-formats.jsonl`), against their
+/// own baseline (`tests/conformance/baseline-formats.json`), ratcheted the same way.
+#[test]
+fn formats_suite_does_not_fall_below_its_baseline() {
+    suite_does_not_fall_below_its_baseline("cases-formats.jsonl", "baseline-formats.json");
+}
+
+fn suite_does_not_fall_below_its_baseline(cases: &str, baseline: &str) {
+    let cases = load_cases(
+        &workspace()
+            .join("../shared/conformance/ksql-qtt")
+            .join(cases),
+    )
+    .expect("the conformance suite lives in ../shared beside the clone");
     let selection = Selection {
         timeout: Duration::from_secs(60),
         ..Default::default()
@@ -40,7 +56,7 @@ fn public_suite_does_not_fall_below_the_baseline() {
         .map(|r| format!("{}: {}", r.file, r.name))
         .collect();
 
-    let path = workspace().join("tests/conformance/baseline.json");
+    let path = workspace().join("tests/conformance").join(baseline);
     if std::env::var_os("WEIR_UPDATE_BASELINE").is_some() {
         update_baseline(&path, &passing);
     }
@@ -55,7 +71,7 @@ fn public_suite_does_not_fall_below_the_baseline() {
         .filter(|name| !passing.contains(*name))
         .collect();
     println!(
-        "conformance: {} of {} public cases pass (baseline {floor})",
+        "conformance: {} of {} cases pass (baseline {floor})",
         passing.len(),
         results.len()
     );

@@ -119,9 +119,15 @@ impl Engine {
     }
 }
 
-/// A source's key then value columns: what an inserted row holds.
+/// A source's key then value columns: what an inserted row holds (never its header
+/// columns, which are read from records, not written).
 pub(crate) fn row_columns(source: &crate::Source) -> Vec<&Column> {
-    source.layout.columns().collect()
+    let layout = &source.layout;
+    layout
+        .key_columns
+        .iter()
+        .chain(&layout.value_columns)
+        .collect()
 }
 
 /// The Arrow schema of inserted rows with these columns.

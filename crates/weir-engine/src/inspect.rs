@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use weir_format::{Column, PSEUDO_COLUMNS};
+use weir_format::{Column, HeaderColumn, PSEUDO_COLUMNS};
 use weir_sql::ast::{DescribeTarget, ExplainTarget, ListKind, Print, Query, Statement};
 
 use crate::catalog::Source;
@@ -29,16 +29,22 @@ fn source_info(s: &Source) -> SourceInfo {
     }
 }
 
-fn fields(keys: &[Column], values: &[Column]) -> Vec<FieldInfo> {
-    let field = |c: &Column, key: bool| FieldInfo {
+fn fields(keys: &[Column], values: &[Column], headers: &[HeaderColumn]) -> Vec<FieldInfo> {
+    let field = |c: &Column, kind: Option<&str>, header_key: Option<&String>| FieldInfo {
         name: c.name.clone(),
         ty: c.ty.to_string(),
-        key: key.then(|| "KEY".to_string()),
+        key: kind.map(str::to_string),
+        header_key: header_key.cloned(),
         schema: schema_info(&c.ty),
     };
     keys.iter()
-        .map(|c| field(c, true))
-        .chain(values.iter().map(|c| field(c, false)))
+        .map(|c| field(c, Some("KEY"), None))
+        .chain(values.iter().map(|c| field(c, None, None)))
+        .chain(
+            headers
+                .iter()
+                .map(|h| field(&h.column, Some("HEADER"), h.key.as_ref())),
+        )
         .collect()
 }
 
@@ -238,7 +244,7 @@ impl Engine {
             .collect();
         Ok(SourceDescription {
             source: source_info(s),
-            fields: fields(&s.layout.key_columns, &values),
+            fields: fields(&s.layout.key_columns, &values, &s.layout.header_columns),
             statement: s.statement.clone(),
             timestamp: s.timestamp_column.clone().unwrap_or_default(),
             read_queries: reads,
@@ -299,7 +305,11 @@ impl Engine {
                 Ok(Outcome::Explained(QueryDescription {
                     id: q.id.clone(),
                     statement_text: q.statement.clone(),
-                    fields: fields(&q.sink_layout.key_columns, &q.sink_layout.value_columns),
+                    fields: fields(
+                        &q.sink_layout.key_columns,
+                        &q.sink_layout.value_columns,
+                        &[],
+                    ),
                     sources: q.sources.clone(),
                     sinks: vec![q.sink.clone()],
                     window_type: q.window_type.map(String::from),
@@ -372,7 +382,11 @@ impl Engine {
                     ),
                     sink: sink.as_ref(),
                 });
-                let fields = fields(&plan.output_layout_columns.0, &plan.output_layout_columns.1);
+                let fields = fields(
+                    &plan.output_layout_columns.0,
+                    &plan.output_layout_columns.1,
+                    &[],
+                );
                 let pipeline = Pipeline::assemble(
                     &source,
                     join,

@@ -1086,10 +1086,8 @@ pub fn plan_join(
             ));
         }
         let start = inputs.last().map_or(0, |i| i.start + i.width);
-        let width = 3
-            + source.layout.key_columns.len()
-            + source.layout.value_columns.len()
-            + if source.window.is_some() { 2 } else { 0 };
+        let width =
+            3 + source.layout.columns().count() + if source.window.is_some() { 2 } else { 0 };
         let schema = match source.window {
             None => source.layout.schema(),
             Some(_) => crate::with_window_bounds(&source.layout.schema()),
@@ -1402,6 +1400,7 @@ pub fn plan_join(
             value_columns: values,
             key_format: first.layout.key_format.clone(),
             value_format: first.layout.value_format.clone(),
+            header_columns: Vec::new(),
         },
         timestamp_column: None,
         timestamp_format: None,

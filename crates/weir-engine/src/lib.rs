@@ -1387,6 +1387,7 @@ impl Engine {
                 value_columns: vec![],
                 key_format: FormatSpec::new(Format::None),
                 value_format: FormatSpec::new(Format::None),
+                header_columns: Vec::new(),
             },
             sources: vec![],
             window_type: None,
@@ -2399,17 +2400,35 @@ impl Engine {
         })?;
         let mut key_columns = Vec::new();
         let mut value_columns = Vec::new();
+        let mut header_columns = Vec::new();
         for col in &c.columns {
             let column = Column::new(&col.name.value, self.catalog.resolve(&col.ty)?);
-            match col.constraint {
+            match &col.constraint {
                 ColumnConstraint::Key | ColumnConstraint::PrimaryKey => key_columns.push(column),
                 ColumnConstraint::None => value_columns.push(column),
                 ColumnConstraint::Headers | ColumnConstraint::Header(_) => {
-                    return Err(EngineError::Unsupported("HEADER columns".into()));
+                    let key = match &col.constraint {
+                        ColumnConstraint::Header(k) => Some(k.clone()),
+                        _ => None,
+                    };
+                    let header = weir_format::HeaderColumn { column, key };
+                    header
+                        .validate()
+                        .map_err(|e| EngineError::Invalid(e.to_string()))?;
+                    header_columns.push(header);
                 }
             }
         }
-        for col in key_columns.iter().chain(&value_columns) {
+        if header_columns.iter().filter(|h| h.key.is_none()).count() > 1 {
+            return Err(EngineError::Invalid(
+                "Schema already contains a HEADERS column.".into(),
+            ));
+        }
+        for col in key_columns
+            .iter()
+            .chain(&value_columns)
+            .chain(header_columns.iter().map(|h| &h.column))
+        {
             if is_reserved_column(&col.name) {
                 return Err(EngineError::Invalid(format!(
                     "'{}' is a reserved column name. You cannot use it as a name for a column.",
@@ -2448,6 +2467,7 @@ impl Engine {
             value_columns,
             key_format,
             value_format: Self::format_spec(&c.properties, "VALUE", default_format("value")?)?,
+            header_columns,
         };
         self.default_wrapping(&mut layout, &c.properties);
         validate_layout(&layout, &c.properties)?;
@@ -2599,6 +2619,7 @@ impl Engine {
             value_columns: vec![],
             key_format,
             value_format,
+            header_columns: Vec::new(),
         };
         let mut layout = plan.output_layout(&template);
         self.default_wrapping(&mut layout, &c.properties);
@@ -2973,6 +2994,18 @@ impl Engine {
         } else {
             columns.iter().map(|c| c.value.clone()).collect()
         };
+        let headers: Vec<&str> = layout
+            .header_columns
+            .iter()
+            .map(|h| h.column.name.as_str())
+            .filter(|h| names.iter().any(|n| n == h))
+            .collect();
+        if !headers.is_empty() {
+            return Err(EngineError::Invalid(format!(
+                "Cannot insert into HEADER columns: {}",
+                headers.join(", ")
+            )));
+        }
         if names.len() != values.len() {
             return Err(EngineError::Invalid(format!(
                 "Expected a value for each column. Expected Columns: [{}]. Got [{}]",

@@ -108,9 +108,12 @@ pub struct FieldInfo {
     /// The ksqlDB type, e.g. `ARRAY<INTEGER>`.
     #[serde(rename = "type")]
     pub ty: String,
-    /// `KEY` for key columns, absent otherwise.
+    /// `KEY` for key columns, `HEADER` for header columns, absent otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// A `HEADER('name')` column's header name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header_key: Option<String>,
     /// The type as ksqlDB's REST API describes it: `{"type", "fields", "memberSchema"}`,
     /// with `parameters` for DECIMAL.
     #[serde(skip)]

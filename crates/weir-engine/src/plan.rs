@@ -1636,6 +1636,7 @@ impl SelectPlan {
             value_columns: self.output_layout_columns.1.clone(),
             key_format: template.key_format.clone(),
             value_format: template.value_format.clone(),
+            header_columns: Vec::new(),
         }
     }
 }

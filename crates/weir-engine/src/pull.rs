@@ -393,6 +393,7 @@ fn key_lookup(
         value_columns: vec![],
         key_format: source.layout.key_format.clone(),
         value_format: source.layout.value_format.clone(),
+        header_columns: Vec::new(),
     };
     let schema = Arc::new(arrow::datatypes::Schema::new(vec![
         arrow::datatypes::Field::new(&key.name, value.data_type().clone(), true),

@@ -790,3 +790,74 @@ fn servers_with_another_service_id_keep_their_own_catalog() {
         .collect();
     assert_eq!(speeds, [r#"{"SPEED":20}"#, r#"{"SPEED":30}"#]);
 }
+
+/// Header columns, as ksqlDB's: `HEADERS` holds every header of the record (Weir's own
+/// `weir.*` headers left out), `HEADER('name')` the last header of that name; they are
+/// read, never written, and DESCRIBE shows them.
+#[test]
+fn header_columns_read_the_records_headers() {
+    let (_d, mut e) = engine();
+    e.execute_sql(
+        "CREATE STREAM S (K STRING KEY, H ARRAY<STRUCT<key STRING, value BYTES>> HEADERS, A BYTES HEADER('a'), V INT) WITH (kafka_topic='s', value_format='JSON', partitions=1);
+         CREATE STREAM OUT AS SELECT K, V, H, A, LEN(A) AS N FROM S WHERE V > 0;",
+    )
+    .unwrap();
+    let header = |name: &'static str, value: Option<&[u8]>| weir_log::Header {
+        name: name.into(),
+        value: value.map(<[u8]>::to_vec),
+    };
+    let mut record = Record::new(Some(b"k1".as_slice()), Some(br#"{"V": 1}"#.as_slice()), 5);
+    record.headers = vec![
+        header("a", Some(b"!")),
+        header("weir.src", Some(b"internal")),
+        header("b", None),
+        header("a", Some(b"##")),
+    ];
+    e.log().produce("s", record).unwrap();
+    produce(&e, "s", Some("k2"), r#"{"V": 2}"#, 6);
+    e.run_until_idle().unwrap();
+    let rows: Vec<Value> = read_all(&e, "OUT")
+        .into_iter()
+        .map(|(_, v, _)| serde_json::from_str(&v.unwrap()).unwrap())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            json!({"V": 1, "N": 2, "A": "IyM=",
+                   "H": [{"KEY": "a", "VALUE": "IQ=="}, {"KEY": "b", "VALUE": null},
+                         {"KEY": "a", "VALUE": "IyM="}]}),
+            json!({"V": 2, "N": null, "A": null, "H": []}),
+        ]
+    );
+
+    let Outcome::Described(d) = e.execute_sql("DESCRIBE S;").unwrap().remove(0) else {
+        panic!("not a description")
+    };
+    let fields: Vec<_> = d[0]
+        .fields
+        .iter()
+        .map(|f| (f.name.as_str(), f.key.as_deref(), f.header_key.as_deref()))
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            ("K", Some("KEY"), None),
+            ("V", None, None),
+            ("H", Some("HEADER"), None),
+            ("A", Some("HEADER"), Some("a")),
+        ]
+    );
+    let refused = e
+        .execute_sql("INSERT INTO S (K, A, V) VALUES ('k3', TO_BYTES('x', 'utf8'), 3);")
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("Cannot insert into HEADER columns: A"),
+        "{refused}"
+    );
+    let wrong = e
+        .execute_sql("CREATE STREAM W (K STRING KEY, A STRING HEADER('a')) WITH (kafka_topic='w', value_format='JSON', partitions=1);")
+        .unwrap_err();
+    assert!(wrong.to_string().contains("expected BYTES"), "{wrong}");
+}

@@ -266,6 +266,7 @@ pub(crate) fn decode(
     if vf.format != Format::Json
         || (layout.value_columns.len() == 1 && !vf.wrap_single)
         || layout.value_columns.is_empty()
+        || !layout.header_columns.is_empty()
     {
         return None;
     }
@@ -381,6 +382,7 @@ mod tests {
             ],
             key_format: FormatSpec::new(Format::Kafka),
             value_format: FormatSpec::new(Format::Json),
+            header_columns: Vec::new(),
         }
     }
 

@@ -88,6 +88,86 @@ pub struct Layout {
     pub value_columns: Vec<Column>,
     pub key_format: FormatSpec,
     pub value_format: FormatSpec,
+    /// Columns read from the record's headers (`HEADERS`, `HEADER('name')`), after the
+    /// value columns; never written.
+    pub header_columns: Vec<HeaderColumn>,
+}
+
+/// A column read from a record's headers, as ksqlDB's `HEADERS` (every header, as
+/// `ARRAY<STRUCT<KEY STRING, VALUE BYTES>>`) and `HEADER('name')` (the last header of that
+/// name, `BYTES`) columns. Weir's own headers (`weir.*`) are not the user's: left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderColumn {
+    pub column: Column,
+    /// `None`: every header; `Some(name)`: the last header named so.
+    pub key: Option<String>,
+}
+
+impl HeaderColumn {
+    /// The column's value for one record's headers, as the general decoder reads values
+    /// (BYTES as base64 text).
+    fn value(&self, headers: &[weir_log::Header]) -> Value {
+        use base64::Engine as _;
+        let b64 = |v: &Option<Vec<u8>>| {
+            v.as_ref().map_or(Value::Null, |v| {
+                Value::String(base64::engine::general_purpose::STANDARD.encode(v))
+            })
+        };
+        let user = headers.iter().filter(|h| !h.name.starts_with("weir."));
+        match &self.key {
+            Some(key) => user
+                .rev()
+                .find(|h| h.name == key.as_str())
+                .map_or(Value::Null, |h| b64(&h.value)),
+            None => {
+                // The struct's field names as the column declares them.
+                let (k, v) = match &self.column.ty {
+                    SqlType::Array(item) => match item.as_ref() {
+                        SqlType::Struct(fields) if fields.len() == 2 => {
+                            (fields[0].name.value.clone(), fields[1].name.value.clone())
+                        }
+                        _ => ("KEY".into(), "VALUE".into()),
+                    },
+                    _ => ("KEY".into(), "VALUE".into()),
+                };
+                Value::Array(
+                    user.map(|h| {
+                        let mut o = serde_json::Map::new();
+                        o.insert(k.clone(), Value::String(h.name.to_string()));
+                        o.insert(v.clone(), b64(&h.value));
+                        Value::Object(o)
+                    })
+                    .collect(),
+                )
+            }
+        }
+    }
+
+    /// Checks the column's type: `HEADERS` is `ARRAY<STRUCT<KEY STRING, VALUE BYTES>>`,
+    /// `HEADER('name')` is `BYTES`, as ksqlDB requires.
+    pub fn validate(&self) -> Result<(), FormatError> {
+        let ok = match &self.key {
+            Some(_) => self.column.ty == SqlType::Bytes,
+            None => matches!(&self.column.ty, SqlType::Array(item) if matches!(item.as_ref(),
+                SqlType::Struct(f) if f.len() == 2
+                    && f[0].name.value.eq_ignore_ascii_case("KEY") && f[0].ty == SqlType::String
+                    && f[1].name.value.eq_ignore_ascii_case("VALUE") && f[1].ty == SqlType::Bytes)),
+        };
+        if ok {
+            return Ok(());
+        }
+        Err(FormatError::Encode(match &self.key {
+            Some(_) => format!(
+                "Invalid type for HEADER('{}') column: expected BYTES, got {}",
+                self.key.as_deref().unwrap_or_default(),
+                self.column.ty
+            ),
+            None => format!(
+                "Invalid type for HEADERS column: expected ARRAY<STRUCT<`KEY` STRING, `VALUE` BYTES>>, got {}",
+                self.column.ty
+            ),
+        }))
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -184,9 +264,12 @@ impl Layout {
         Ok(())
     }
 
-    /// Its columns: the key columns, then the value columns.
+    /// Its columns: the key columns, the value columns, then the header columns.
     pub fn columns(&self) -> impl Iterator<Item = &Column> {
-        self.key_columns.iter().chain(&self.value_columns)
+        self.key_columns
+            .iter()
+            .chain(&self.value_columns)
+            .chain(self.header_columns.iter().map(|h| &h.column))
     }
 
     /// The Arrow schema of decoded batches: pseudo-columns, key columns, value columns.
@@ -277,6 +360,12 @@ impl Layout {
                     row.push(Value::from(r.offset));
                     row.extend(k);
                     row.extend(v);
+                    // Made as JSON would hold them (BYTES as base64), so coerced alike:
+                    // it cannot fail on what `value` makes.
+                    row.extend(self.header_columns.iter().map(|h| {
+                        crate::convert::coerce(h.value(&r.record.headers), &h.column.ty)
+                            .unwrap_or(Value::Null)
+                    }));
                     rows.push(row);
                     origins.push((r.partition, r.offset));
                 }

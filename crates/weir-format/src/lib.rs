@@ -16,7 +16,8 @@ mod kafka;
 mod layout;
 
 pub use layout::{
-    Column, DecodeError, Decoded, Format, FormatError, FormatSpec, Layout, PSEUDO_COLUMNS,
+    Column, DecodeError, Decoded, Format, FormatError, FormatSpec, HeaderColumn, Layout,
+    PSEUDO_COLUMNS,
 };
 
 pub use convert::arrow_type;

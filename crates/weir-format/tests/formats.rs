@@ -33,6 +33,7 @@ fn layout(
         value_columns: value,
         key_format: key_spec,
         value_format,
+        header_columns: Vec::new(),
     }
 }
 

@@ -206,6 +206,9 @@ fn field(f: FieldInfo) -> Value {
     if let Some(k) = f.key {
         v["type"] = json!(k);
     }
+    if let Some(k) = f.header_key {
+        v["headerKey"] = json!(k);
+    }
     v
 }
 
