@@ -1134,13 +1134,9 @@ pub fn all() -> Vec<Arc<ScalarUDF>> {
             .sig_fn(&[T::Arr, T::Int, T::Int], |a| a[0].clone())
             .pass_nulls()
             .eval(|a, _| {
-                let ScalarValue::List(list) = &a[0] else {
+                let Some(items) = list_items(&a[0]) else {
                     return Ok(ScalarValue::Null);
                 };
-                if list.is_null(0) {
-                    return Ok(ScalarValue::Null);
-                }
-                let items = list.value(0);
                 let len = items.len() as i64;
                 let from = i(&a[1]).unwrap_or(1).max(1);
                 let to = i(&a[2]).unwrap_or(len).min(len);
@@ -1212,13 +1208,9 @@ pub fn all() -> Vec<Arc<ScalarUDF>> {
             .sig_fn(&[T::Arr, T::Any], |a| a[0].clone())
             .pass_nulls()
             .eval(|a, _| {
-                let ScalarValue::List(list) = &a[0] else {
+                let Some(items) = list_items(&a[0]) else {
                     return Ok(ScalarValue::Null);
                 };
-                if list.is_null(0) {
-                    return Ok(ScalarValue::Null);
-                }
-                let items = list.value(0);
                 let mut keep = Vec::with_capacity(items.len());
                 for i in 0..items.len() {
                     let v = ScalarValue::try_from_array(&items, i).map_err(|e| e.to_string())?;
@@ -1381,17 +1373,13 @@ pub fn all() -> Vec<Arc<ScalarUDF>> {
             .sig(&[T::Arr, T::Str], D::Utf8)
             .pass_nulls()
             .eval(|a, _| {
-                let ScalarValue::List(list) = &a[0] else {
+                let Some(items) = list_items(&a[0]) else {
                     return Ok(ScalarValue::Null);
                 };
-                if list.is_null(0) {
-                    return Ok(ScalarValue::Null);
-                }
                 let delimiter = match a.get(1) {
                     None => ",",
                     Some(d) => s(d).unwrap_or(""),
                 };
-                let items = list.value(0);
                 let ty = crate::types::sql_type_of(items.data_type()).map_err(|e| e.to_string())?;
                 let text: Vec<String> = (0..items.len())
                     .map(|i| match weir_format::convert::value_at(&items, i, &ty) {
@@ -1522,6 +1510,14 @@ fn upsert(
             keys.push(k);
             vals.push(v);
         }
+    }
+}
+
+/// The items of a one-row list that is not NULL; `None` for NULL or another value.
+fn list_items(v: &ScalarValue) -> Option<ArrayRef> {
+    match v {
+        ScalarValue::List(list) if !list.is_null(0) => Some(list.value(0)),
+        _ => None,
     }
 }
 
