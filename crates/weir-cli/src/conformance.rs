@@ -343,6 +343,9 @@ struct Actual {
     timestamp: i64,
     /// A windowed key's window: start and end.
     window: Option<(i64, i64)>,
+    /// The user's headers (not Weir's own), as the cases write them:
+    /// `[{"KEY": name, "VALUE": base64}]`.
+    headers: Value,
 }
 
 fn read_topic(engine: &Engine, log: &dyn Log, topic: &str) -> Result<Vec<Actual>, String> {
@@ -361,11 +364,25 @@ fn read_topic(engine: &Engine, log: &dyn Log, topic: &str) -> Result<Vec<Actual>
                 },
                 (_, k) => (k, None),
             };
+            let headers = r
+                .record
+                .headers
+                .iter()
+                .filter(|h| !h.is_weir())
+                .map(|h| {
+                    use base64::Engine as _;
+                    let value = h.value.as_ref().map(|v| {
+                        Value::String(base64::engine::general_purpose::STANDARD.encode(v))
+                    });
+                    serde_json::json!({"KEY": h.name, "VALUE": value})
+                })
+                .collect();
             out.push(Actual {
                 key: deserialize(key, kf, kt.as_ref()),
                 value: deserialize(r.record.value, vf, vt.as_ref()),
                 timestamp: r.record.timestamp,
                 window,
+                headers: Value::Array(headers),
             });
         }
     }
@@ -421,7 +438,10 @@ fn compare(topic: &str, expected: &[&Value], actual: &[Actual]) -> Result<(), St
             .window
             .map(|(s, e)| format!(" window={s}..{e}"))
             .unwrap_or_default();
-        format!("key={} value={} ts={}{window}", a.key, a.value, a.timestamp)
+        format!(
+            "key={} value={} ts={}{window} headers={}",
+            a.key, a.value, a.timestamp, a.headers
+        )
     };
     for (i, e) in expected.iter().enumerate() {
         let Some(a) = actual.get(i) else {
@@ -432,13 +452,16 @@ fn compare(topic: &str, expected: &[&Value], actual: &[Actual]) -> Result<(), St
             ));
         };
         let ts_ok = e["timestamp"].as_i64().is_none_or(|t| t == a.timestamp);
+        // Headers compared where the case gives them.
+        let headers_ok = e["headers"].is_null() || e["headers"] == a.headers;
         if !json_eq(&e["key"], &a.key)
             || !record_value_eq(&e["value"], &a.value)
             || !ts_ok
             || !window_ok(&e["window"], a.window)
+            || !headers_ok
         {
             return Err(format!(
-                "topic {topic}, record {i}: expected key={} value={} ts={}{}, got {}",
+                "topic {topic}, record {i}: expected key={} value={} ts={}{}{}, got {}",
                 e["key"],
                 e["value"],
                 e["timestamp"],
@@ -446,6 +469,11 @@ fn compare(topic: &str, expected: &[&Value], actual: &[Actual]) -> Result<(), St
                     String::new()
                 } else {
                     format!(" window={}", e["window"])
+                },
+                if e["headers"].is_null() {
+                    String::new()
+                } else {
+                    format!(" headers={}", e["headers"])
                 },
                 show(a)
             ));

@@ -844,6 +844,7 @@ impl PersistentQuery {
                 tombstones: change.tombstones,
                 durable,
                 source_partition: partition,
+                headers: &step.headers,
             };
             let spec = q.sink_spec(log, durable);
             bytes += match encoded.next() {
@@ -3664,12 +3665,15 @@ pub(crate) fn write_intent(log: &dyn Log, at: Intents, ends: &[Vec<u64>]) -> Res
 }
 
 /// How a batch of output is written.
-struct Sink {
+struct Sink<'a> {
     /// The batch came from tombstones: write tombstones.
     tombstones: bool,
     /// Tag records with their source, and skip what recovery found already written.
     durable: bool,
     source_partition: u32,
+    /// The user's headers of the source records, by offset: each output record carries
+    /// those of the record that made it.
+    headers: &'a BTreeMap<u64, Vec<Header>>,
 }
 
 /// Where and how a query writes its output: what encoding a batch for its sink needs,
@@ -3741,6 +3745,7 @@ fn encode_step(
                 tombstones: c.tombstones,
                 durable,
                 source_partition: partition,
+                headers: &step.headers,
             };
             encode_output(spec, &c.batch, &sink)
         })
@@ -3858,15 +3863,15 @@ fn encode_output(q: &SinkSpec, out: &RecordBatch, sink: &Sink) -> Result<Encoded
             (Vec::with_capacity(rows / sinks + rows / (4 * sinks) + 1), 0)
         });
         *max = (*max).max(offset);
+        let mut headers = sink.headers.get(&offset).cloned().unwrap_or_default();
+        if tag_each {
+            headers.push(source_tag(q, sink.source_partition, offset));
+        }
         records.push(Record {
             key,
             value,
             timestamp,
-            headers: if tag_each {
-                vec![source_tag(q, sink.source_partition, offset)]
-            } else {
-                Vec::new()
-            },
+            headers,
         });
     }
     Ok(by_partition)

@@ -41,6 +41,10 @@ pub(crate) struct Step {
     pub encoded: Vec<crate::Encoded>,
     /// Records that could not be processed: for the processing log.
     pub problems: Vec<Problem>,
+    /// The user's headers (not Weir's own) of the records read that had any, by offset:
+    /// the outputs a record makes carry them, as Kafka Streams carries a record's headers
+    /// to what it forwards (topic inputs; a join's outputs carry none yet).
+    pub headers: std::collections::BTreeMap<u64, Vec<weir_log::Header>>,
 }
 
 /// A stage over batches of changes (rows or deletes). Stateful stages also say what of
@@ -421,6 +425,12 @@ impl TopicInput {
         step.next = Some(last.offset + 1);
         step.consumed = records.len() as u64;
         step.bytes = payload_bytes(&records);
+        for r in &records {
+            if r.record.headers.iter().any(|h| !h.is_weir()) {
+                let user = r.record.headers.iter().filter(|h| !h.is_weir());
+                step.headers.insert(r.offset, user.cloned().collect());
+            }
+        }
         let changes = self
             .decoder
             .decode(&records, partition, &mut step.problems)?;

@@ -793,7 +793,8 @@ fn servers_with_another_service_id_keep_their_own_catalog() {
 
 /// Header columns, as ksqlDB's: `HEADERS` holds every header of the record (Weir's own
 /// `weir.*` headers left out), `HEADER('name')` the last header of that name; they are
-/// read, never written, and DESCRIBE shows them.
+/// read, never written, and DESCRIBE shows them. A query's output records carry their
+/// input's headers.
 #[test]
 fn header_columns_read_the_records_headers() {
     let (_d, mut e) = engine();
@@ -827,6 +828,32 @@ fn header_columns_read_the_records_headers() {
                    "H": [{"KEY": "a", "VALUE": "IQ=="}, {"KEY": "b", "VALUE": null},
                          {"KEY": "a", "VALUE": "IyM="}]}),
             json!({"V": 2, "N": null, "A": null, "H": []}),
+        ]
+    );
+    // Each output record carries the headers of the record that made it (the user's only).
+    let carried: Vec<Vec<(String, Option<Vec<u8>>)>> = e
+        .log()
+        .read("OUT", 0, 0, 10)
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            r.record
+                .headers
+                .into_iter()
+                .filter(|h| !h.is_weir())
+                .map(|h| (h.name.to_string(), h.value))
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        carried,
+        [
+            vec![
+                ("a".to_string(), Some(b"!".to_vec())),
+                ("b".to_string(), None),
+                ("a".to_string(), Some(b"##".to_vec())),
+            ],
+            vec![],
         ]
     );
 

@@ -113,7 +113,7 @@ impl HeaderColumn {
                 Value::String(base64::engine::general_purpose::STANDARD.encode(v))
             })
         };
-        let user = headers.iter().filter(|h| !h.name.starts_with("weir."));
+        let user = headers.iter().filter(|h| !h.is_weir());
         match &self.key {
             Some(key) => user
                 .rev()

@@ -9,6 +9,14 @@ pub struct Header {
     pub value: Option<Vec<u8>>,
 }
 
+impl Header {
+    /// Whether Weir wrote it for itself (`weir.src`, `weir.query`, ...) rather than the
+    /// user: never shown in header columns nor carried to a query's outputs.
+    pub fn is_weir(&self) -> bool {
+        self.name.starts_with("weir.")
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Record {
     pub key: Option<Vec<u8>>,
