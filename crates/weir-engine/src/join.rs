@@ -896,7 +896,16 @@ pub struct Joiner {
     pub replay: std::collections::VecDeque<Vec<Vec<u64>>>,
     /// Whether the state records its changes (for checkpoints; see `tracked.rs`).
     tracking: bool,
+    /// During a step: the user's headers of the records read that had any, by (source,
+    /// partition, offset), and those of the relation rows made so far, by their offset
+    /// (the sequence number): each joined row carries the headers of the record that
+    /// made it, as Kafka Streams forwards them.
+    headers_in: HeaderMap<(usize, u32, u64)>,
+    headers_out: HeaderMap<u64>,
 }
+
+/// Headers by where their record is.
+type HeaderMap<K> = std::collections::BTreeMap<K, Vec<weir_log::Header>>;
 
 /// What a join query is planned into.
 pub struct JoinPlan {
@@ -1540,6 +1549,8 @@ pub fn plan_join(
             seq: 0,
             replay: Default::default(),
             tracking: false,
+            headers_in: Default::default(),
+            headers_out: Default::default(),
         },
         query: q,
     })
@@ -1558,7 +1569,8 @@ impl Joiner {
     }
 
     /// The relation's batch for events (all rows or all deletes).
-    fn relation_batch(&mut self, events: Vec<Event>) -> Result<RecordBatch> {
+    fn relation_batch(&mut self, source: usize, events: Vec<Event>) -> Result<RecordBatch> {
+        self.carry_headers(events.iter().map(|e| (source, e.origin.0, e.origin.1)));
         let rows: Vec<&Wide> = events.iter().map(|e| &e.row).collect();
         let wide = self.codec.batch(&rows)?;
         let null_key = self.key_codec.null_row();
@@ -1567,6 +1579,20 @@ impl Joiner {
             .decode(events.iter().map(|e| e.key.as_deref().unwrap_or(null_key)))?;
         let times = arrow::array::Int64Array::from_iter_values(events.iter().map(|e| e.ts));
         self.relation_of(&wide, Arc::new(times), keys)
+    }
+
+    /// Notes the headers of the relation rows about to be made (the next sequence
+    /// numbers, in order), from the records (source, partition, offset) that made them.
+    fn carry_headers(&mut self, made_by: impl Iterator<Item = (usize, u32, u64)>) {
+        if self.headers_in.is_empty() {
+            return;
+        }
+        for (i, at) in made_by.enumerate() {
+            if let Some(h) = self.headers_in.get(&at) {
+                self.headers_out
+                    .insert((self.seq + 1) as u64 + i as u64, h.clone());
+            }
+        }
     }
 
     /// The relation's batch of joined rows: their wide batch, event times and key columns;
@@ -1711,6 +1737,9 @@ pub struct JoinStep {
     pub problems: Vec<crate::Problem>,
     /// The relation's rows, in runs of rows (false) and of deletes (true).
     pub changes: Vec<crate::ChangeBatch>,
+    /// The headers each relation row carries (that of the record that made it), by the
+    /// row's offset; rows without any are absent.
+    pub headers: std::collections::BTreeMap<u64, Vec<weir_log::Header>>,
 }
 
 impl Joiner {
@@ -1771,6 +1800,9 @@ impl Joiner {
     /// them through the joins.
     pub fn process(&mut self, taken: Taken) -> Result<JoinStep> {
         let taken = taken.records;
+        // Left over only by a step that failed.
+        self.headers_in.clear();
+        self.headers_out.clear();
         let mut consumed = 0u64;
         let mut bytes = 0u64;
         let mut problems: Vec<crate::Problem> = Vec::new();
@@ -1785,6 +1817,18 @@ impl Joiner {
                 input.offsets[p] = last.offset + 1;
                 consumed += records.len() as u64;
                 bytes += crate::pipeline::payload_bytes(&records);
+                for r in &records {
+                    let user: Vec<_> = r
+                        .record
+                        .headers
+                        .iter()
+                        .filter(|h| !h.is_weir())
+                        .cloned()
+                        .collect();
+                    if !user.is_empty() {
+                        self.headers_in.insert((j, partition, r.offset), user);
+                    }
+                }
                 for change in input.decoder.decode(&records, partition, &mut problems)? {
                     decoded.push((j, partition, change));
                 }
@@ -1797,11 +1841,13 @@ impl Joiner {
             }
             None => self.join_rows(decoded, &mut problems)?,
         };
+        self.headers_in.clear();
         Ok(JoinStep {
             consumed,
             bytes,
             problems,
             changes,
+            headers: std::mem::take(&mut self.headers_out),
         })
     }
 
@@ -1909,6 +1955,14 @@ impl Joiner {
             }
         }))?;
         let times = arrow::compute::take(batch.column(0).as_ref(), &rows, None)?;
+        let partitions = batch
+            .column(1)
+            .as_primitive::<arrow::datatypes::Int32Type>();
+        let offsets = batch.column(2).as_primitive::<Int64Type>();
+        self.carry_headers(rows.values().iter().map(|n| {
+            let n = *n as usize;
+            (s, partitions.value(n) as u32, offsets.value(n) as u64)
+        }));
         let batch = self.relation_of(&wide, times, key_columns)?;
         Ok(vec![crate::ChangeBatch {
             tombstones: false,
@@ -1968,7 +2022,7 @@ impl Joiner {
                     let tombstones = run[0].delete;
                     out_changes.push(crate::ChangeBatch {
                         tombstones,
-                        batch: self.relation_batch(std::mem::take(&mut run))?,
+                        batch: self.relation_batch(source, std::mem::take(&mut run))?,
                     });
                 }
                 run.push(e);
@@ -1977,7 +2031,7 @@ impl Joiner {
                 let tombstones = first.delete;
                 out_changes.push(crate::ChangeBatch {
                     tombstones,
-                    batch: self.relation_batch(run)?,
+                    batch: self.relation_batch(source, run)?,
                 });
             }
         }

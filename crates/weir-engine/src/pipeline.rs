@@ -43,7 +43,7 @@ pub(crate) struct Step {
     pub problems: Vec<Problem>,
     /// The user's headers (not Weir's own) of the records read that had any, by offset:
     /// the outputs a record makes carry them, as Kafka Streams carries a record's headers
-    /// to what it forwards (topic inputs; a join's outputs carry none yet).
+    /// to what it forwards. For a join, by the joined rows' offsets (sequence numbers).
     pub headers: std::collections::BTreeMap<u64, Vec<weir_log::Header>>,
 }
 
@@ -528,6 +528,7 @@ impl Pipeline {
                 step.consumed = j.consumed;
                 step.bytes = j.bytes;
                 step.problems = j.problems;
+                step.headers = j.headers;
                 j.changes
             }
             Input::Snapshot(batches) => {

@@ -888,3 +888,53 @@ fn header_columns_read_the_records_headers() {
         .unwrap_err();
     assert!(wrong.to_string().contains("expected BYTES"), "{wrong}");
 }
+
+/// A join's output records carry the headers of the record that made them: the stream's
+/// record in a stream-table join (the batch lookup path), whichever side arrived last in
+/// a stream-stream join.
+#[test]
+fn join_outputs_carry_the_headers_of_the_record_that_made_them() {
+    let (_d, mut e) = engine();
+    e.execute_sql(
+        "CREATE TABLE T (ID INT PRIMARY KEY, NAME STRING) WITH (kafka_topic='t', value_format='JSON', partitions=1);
+         CREATE STREAM S (ID INT KEY, V INT) WITH (kafka_topic='s', value_format='JSON', partitions=1);
+         CREATE STREAM R (ID INT KEY, W INT) WITH (kafka_topic='r', value_format='JSON', partitions=1);
+         CREATE STREAM ST AS SELECT S.ID, V, NAME FROM S JOIN T ON S.ID = T.ID;
+         CREATE STREAM SS AS SELECT S.ID, V, W FROM S JOIN R WITHIN 10 SECONDS ON S.ID = R.ID;",
+    )
+    .unwrap();
+    let send = |e: &Engine, topic: &str, value: &str, ts: i64, header: Option<&'static str>| {
+        let mut record = Record::new(Some(&1i32.to_be_bytes()), Some(value.as_bytes()), ts);
+        record.headers = header
+            .map(|h| weir_log::Header {
+                name: h.into(),
+                value: Some(b"x".to_vec()),
+            })
+            .into_iter()
+            .collect();
+        e.log().produce(topic, record).unwrap();
+    };
+    send(&e, "t", r#"{"NAME": "one"}"#, 1, Some("from-table"));
+    // The table first, alone: the stream's step is then a batch lookup.
+    e.run_until_idle().unwrap();
+    send(&e, "s", r#"{"V": 10}"#, 2, Some("from-s"));
+    send(&e, "r", r#"{"W": 20}"#, 3, Some("from-r"));
+    e.run_until_idle().unwrap();
+    let names = |topic: &str| -> Vec<Vec<String>> {
+        e.log()
+            .read(topic, 0, 0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|r| {
+                r.record
+                    .headers
+                    .iter()
+                    .filter(|h| !h.is_weir())
+                    .map(|h| h.name.to_string())
+                    .collect()
+            })
+            .collect()
+    };
+    assert_eq!(names("ST"), [vec!["from-s".to_string()]]);
+    assert_eq!(names("SS"), [vec!["from-r".to_string()]]);
+}
