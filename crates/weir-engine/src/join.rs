@@ -1818,13 +1818,7 @@ impl Joiner {
                 consumed += records.len() as u64;
                 bytes += crate::pipeline::payload_bytes(&records);
                 for r in &records {
-                    let user: Vec<_> = r
-                        .record
-                        .headers
-                        .iter()
-                        .filter(|h| !h.is_weir())
-                        .cloned()
-                        .collect();
+                    let user = r.record.user_headers();
                     if !user.is_empty() {
                         self.headers_in.insert((j, partition, r.offset), user);
                     }

@@ -426,9 +426,9 @@ impl TopicInput {
         step.consumed = records.len() as u64;
         step.bytes = payload_bytes(&records);
         for r in &records {
-            if r.record.headers.iter().any(|h| !h.is_weir()) {
-                let user = r.record.headers.iter().filter(|h| !h.is_weir());
-                step.headers.insert(r.offset, user.cloned().collect());
+            let user = r.record.user_headers();
+            if !user.is_empty() {
+                step.headers.insert(r.offset, user);
             }
         }
         let changes = self

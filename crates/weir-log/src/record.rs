@@ -28,6 +28,15 @@ pub struct Record {
 }
 
 impl Record {
+    /// Its headers that are the user's (not Weir's own), copied.
+    pub fn user_headers(&self) -> Vec<Header> {
+        self.headers
+            .iter()
+            .filter(|h| !h.is_weir())
+            .cloned()
+            .collect()
+    }
+
     pub fn new(key: Option<&[u8]>, value: Option<&[u8]>, timestamp: i64) -> Self {
         Self {
             key: key.map(<[u8]>::to_vec),
