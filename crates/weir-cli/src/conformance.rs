@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use weir_engine::{Engine, Source};
 use weir_format::Format;
+use weir_format::registry::{SchemaRegistry, SchemaType};
 use weir_log::{EmbeddedLog, EmbeddedLogConfig, FsyncPolicy, Log, Record, TopicConfig};
 use weir_sql::ast::SqlType;
 
@@ -172,6 +173,92 @@ pub fn run_case_with(case: &Value, parallelism: usize) -> Result<(), String> {
             topic_formats.insert(name.to_string(), f.to_string());
         }
     }
+    // As ksqlDB's runner: the topics of the sources the statements declare with columns
+    // get their schemas first (as a CREATE registers them), then the case's own topics.
+    let mut scratch: Option<(tempfile::TempDir, Engine)> = None;
+    for sql in case["statements"].as_array().into_iter().flatten() {
+        let sql = sql.as_str().unwrap_or_default();
+        let Ok(weir_sql::ast::Statement::CreateSource(c)) = weir_sql::parse_statement(sql) else {
+            continue;
+        };
+        let schema_format = |side: &str| {
+            c.properties
+                .0
+                .iter()
+                .filter(|(k, _)| {
+                    k.eq_ignore_ascii_case(&format!("{side}_FORMAT"))
+                        || k.eq_ignore_ascii_case("FORMAT")
+                })
+                .any(|(_, v)| Format::from_name(&v.as_text()).is_ok_and(|f| f.uses_registry()))
+        };
+        let topic = c
+            .properties
+            .get("KAFKA_TOPIC")
+            .map(|t| t.as_text())
+            .unwrap_or_default();
+        let given = case["topics"].as_array().into_iter().flatten().any(|t| {
+            t["name"] == topic.as_str()
+                && (!t["keySchema"].is_null() || !t["valueSchema"].is_null())
+        });
+        if given || c.columns.is_empty() || !(schema_format("KEY") || schema_format("VALUE")) {
+            continue;
+        }
+        let registry = engine.schema_registry().map_err(|e| e.to_string())?;
+        let (_, scratch) = match &mut scratch {
+            Some(e) => e,
+            None => {
+                let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+                let log = Arc::new(
+                    EmbeddedLog::open(dir.path(), EmbeddedLogConfig::default())
+                        .map_err(|e| e.to_string())?,
+                );
+                let mut e = Engine::new(log);
+                e.set_schema_registry(registry);
+                scratch.insert((dir, e))
+            }
+        };
+        let _ = scratch.execute_sql(sql);
+    }
+    drop(scratch);
+    // Schemas the case registers, each topic's key schema then its value schema.
+    for t in case["topics"].as_array().into_iter().flatten() {
+        let Some(name) = t["name"].as_str() else {
+            continue;
+        };
+        for side in ["key", "value"] {
+            let schema = &t[format!("{side}Schema")];
+            if schema.is_null() {
+                continue;
+            }
+            let format = t[format!("{side}Format")]
+                .as_str()
+                .or(t["format"].as_str())
+                .unwrap_or_default();
+            let (schema_type, text) = match (format.to_ascii_uppercase().as_str(), schema) {
+                (_, Value::String(text)) if text.trim_start().starts_with("syntax") => {
+                    (SchemaType::Protobuf, text.clone())
+                }
+                ("PROTOBUF" | "PROTOBUF_NOSR", Value::String(text)) => {
+                    (SchemaType::Protobuf, text.clone())
+                }
+                ("JSON" | "JSON_SR", v) => (SchemaType::Json, v.to_string()),
+                (_, v) => (SchemaType::Avro, v.to_string()),
+            };
+            let registry = engine.schema_registry().map_err(|e| e.to_string())?;
+            let subject = format!("{name}-{side}");
+            let registered = match t[format!("{side}SchemaId")].as_u64() {
+                Some(id) => registry.register_with_id(&subject, schema_type, &text, id as u32),
+                None => registry.register(&subject, schema_type, &text),
+            };
+            if let Err(e) = registered {
+                return if case["expected_error"].is_null() {
+                    Err(format!("registering the {side} schema of {name}: {e}"))
+                } else {
+                    Ok(())
+                };
+            }
+        }
+    }
     let expected_error = !case["expected_error"].is_null();
     for sql in case["statements"].as_array().into_iter().flatten() {
         let sql = sql.as_str().unwrap_or_default();
@@ -185,10 +272,50 @@ pub fn run_case_with(case: &Value, parallelism: usize) -> Result<(), String> {
     }
     for input in case["inputs"].as_array().into_iter().flatten() {
         let topic = input["topic"].as_str().ok_or("input without a topic")?;
+        let (key_format, _, value_format, _) =
+            serialization(source_on(&engine, topic), topic_formats.get(topic));
+        let registry = if key_format.has_schema() || value_format.has_schema() {
+            Some(engine.schema_registry().map_err(|e| e.to_string())?)
+        } else {
+            None
+        };
         let source = source_on(&engine, topic);
         let (key_format, key_type, value_format, value_type) =
             serialization(source, topic_formats.get(topic));
-        let mut key = serialize(&input["key"], key_format, key_type.as_ref())?;
+        let with_schema = |side: &str, v: &Value| -> Result<Option<Option<Vec<u8>>>, String> {
+            let Some(registry) = &registry else {
+                return Ok(None);
+            };
+            let spec = source.map(|s| {
+                if side == "key" {
+                    &s.layout.key_format
+                } else {
+                    &s.layout.value_format
+                }
+            });
+            let format = match side {
+                "key" => key_format,
+                _ => value_format,
+            };
+            if !format.has_schema() {
+                return Ok(None);
+            }
+            if v.is_null() {
+                return Ok(Some(None));
+            }
+            serialize_with_schema(
+                registry.as_ref(),
+                &format!("{topic}-{side}"),
+                spec,
+                format,
+                v,
+            )
+            .map(|b| Some(Some(b)))
+        };
+        let mut key = match with_schema("key", &input["key"])? {
+            Some(k) => k,
+            None => serialize(&input["key"], key_format, key_type.as_ref())?,
+        };
         // A windowed source's key carries its window after the key's bytes.
         if let (Some(w), Some(window)) = (source.and_then(|s| s.window), input.get("window")) {
             let bound = |name: &str| window[name].as_i64().unwrap_or(0);
@@ -198,7 +325,10 @@ pub fn run_case_with(case: &Value, parallelism: usize) -> Result<(), String> {
                 bound("end"),
             );
         }
-        let value = serialize(&input["value"], value_format, value_type.as_ref())?;
+        let value = match with_schema("value", &input["value"])? {
+            Some(v) => v,
+            None => serialize(&input["value"], value_format, value_type.as_ref())?,
+        };
         let timestamp = input["timestamp"].as_i64().unwrap_or(0);
         if log.topic(topic).map_err(|e| e.to_string())?.is_none() {
             log.create_topic(topic, TopicConfig::default())
@@ -242,7 +372,7 @@ pub fn run_case_with(case: &Value, parallelism: usize) -> Result<(), String> {
             .push(o);
     }
     for (topic, expected) in expected_by_topic {
-        let actual = read_topic(&engine, log.as_ref(), topic)?;
+        let actual = read_topic(&mut engine, log.as_ref(), topic)?;
         compare(topic, &expected, &actual).map_err(|e| {
             // Say why records are missing: the first processing-log entry, if any.
             let logged = log
@@ -301,6 +431,12 @@ fn serialize(v: &Value, format: Format, ty: Option<&SqlType>) -> Result<Option<V
     Ok(Some(match format {
         Format::Json => serde_json::to_vec(v).map_err(|e| e.to_string())?,
         Format::None => return Ok(None),
+        Format::Avro | Format::Protobuf | Format::ProtobufNoSr | Format::JsonSr => {
+            return Err(format!(
+                "no schema to write a {} record with",
+                format.name()
+            ));
+        }
         Format::Delimited => match v {
             Value::String(s) => s.clone().into_bytes(),
             other => other.to_string().into_bytes(),
@@ -321,9 +457,57 @@ fn serialize(v: &Value, format: Format, ty: Option<&SqlType>) -> Result<Option<V
     }))
 }
 
+/// A record of a schema format, written as the case's runner writes it: with the schema
+/// registered for the topic's subject, else the one the source on it writes.
+fn serialize_with_schema(
+    registry: &dyn SchemaRegistry,
+    subject: &str,
+    spec: Option<&weir_format::FormatSpec>,
+    format: Format,
+    v: &Value,
+) -> Result<Vec<u8>, String> {
+    let (schema, id) = match registry.latest(subject).map_err(|e| e.to_string())? {
+        Some(latest) => (latest.schema.clone(), latest.schema.id),
+        None => match spec.and_then(|s| s.schema.as_ref()) {
+            Some(b) => (b.write.clone(), b.write_id()?),
+            None => return Err(format!("no schema for {subject}")),
+        },
+    };
+    let bytes = weir_format::sr::encode_with(&schema, id, v)?;
+    Ok(match format {
+        // No framing: the body alone.
+        Format::ProtobufNoSr => bytes[5..].to_vec(),
+        _ => bytes,
+    })
+}
+
+fn deserialize_with_schema(
+    registry: &dyn SchemaRegistry,
+    spec: Option<&weir_format::FormatSpec>,
+    format: Format,
+    bytes: &[u8],
+) -> Result<Value, String> {
+    match format {
+        Format::ProtobufNoSr => {
+            let b = spec
+                .and_then(|s| s.schema.as_ref())
+                .ok_or("no schema for PROTOBUF_NOSR")?;
+            weir_format::sr::decode_with(&b.write, bytes)
+        }
+        _ => {
+            let (id, body) = weir_format::sr::unframe(bytes)?;
+            let schema = registry.by_id(id).map_err(|e| e.to_string())?;
+            weir_format::sr::decode_with(&schema, body)
+        }
+    }
+}
+
 fn deserialize(bytes: Option<Vec<u8>>, format: Format, ty: Option<&SqlType>) -> Value {
     let Some(b) = bytes else { return Value::Null };
     match format {
+        Format::Avro | Format::Protobuf | Format::ProtobufNoSr | Format::JsonSr => {
+            Value::String(String::from_utf8_lossy(&b).into())
+        }
         Format::Json => serde_json::from_slice(&b)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&b).into())),
         Format::Delimited => Value::String(String::from_utf8_lossy(&b).into()),
@@ -348,9 +532,15 @@ struct Actual {
     headers: Value,
 }
 
-fn read_topic(engine: &Engine, log: &dyn Log, topic: &str) -> Result<Vec<Actual>, String> {
+fn read_topic(engine: &mut Engine, log: &dyn Log, topic: &str) -> Result<Vec<Actual>, String> {
     let Some(info) = log.topic(topic).map_err(|e| e.to_string())? else {
         return Ok(Vec::new());
+    };
+    let (kf, _, vf, _) = serialization(source_on(engine, topic), None);
+    let registry = if kf.has_schema() || vf.has_schema() {
+        Some(engine.schema_registry().map_err(|e| e.to_string())?)
+    } else {
+        None
     };
     let source = source_on(engine, topic);
     let (kf, kt, vf, vt) = serialization(source, None);
@@ -377,9 +567,26 @@ fn read_topic(engine: &Engine, log: &dyn Log, topic: &str) -> Result<Vec<Actual>
                     serde_json::json!({"KEY": h.name, "VALUE": value})
                 })
                 .collect();
+            let side =
+                |bytes: Option<Vec<u8>>, format: Format, ty: Option<&SqlType>, key: bool| match (
+                    &registry, bytes,
+                ) {
+                    (Some(registry), Some(b)) if format.has_schema() => {
+                        let spec = source.map(|s| {
+                            if key {
+                                &s.layout.key_format
+                            } else {
+                                &s.layout.value_format
+                            }
+                        });
+                        deserialize_with_schema(registry.as_ref(), spec, format, &b)
+                            .unwrap_or_else(|e| Value::String(format!("undecodable: {e}")))
+                    }
+                    (_, b) => deserialize(b, format, ty),
+                };
             out.push(Actual {
-                key: deserialize(key, kf, kt.as_ref()),
-                value: deserialize(r.record.value, vf, vt.as_ref()),
+                key: side(key, kf, kt.as_ref(), true),
+                value: side(r.record.value, vf, vt.as_ref(), false),
                 timestamp: r.record.timestamp,
                 window,
                 headers: Value::Array(headers),

@@ -1189,7 +1189,20 @@ pub fn plan_join(
         } else {
             lt
         };
-        if lt != rt && !(integer(&lt) && integer(&rt)) {
+        // Tables are not repartitioned: keys of schema-registry formats, written with
+        // their type's schema, join only when the types are the same.
+        let tables_with_schema_keys = inputs[..=right_index]
+            .iter()
+            .all(|i| i.source.kind == weir_sql::ast::SourceKind::Table)
+            && inputs[..=right_index]
+                .iter()
+                .any(|i| i.source.layout.key_format.format.has_schema());
+        let lt = if tables_with_schema_keys {
+            crate::types::sql_type_of(&left_key.data_type)?
+        } else {
+            lt
+        };
+        if lt != rt && (tables_with_schema_keys || !(integer(&lt) && integer(&rt))) {
             return invalid(format!(
                 "Invalid join condition: types don't match. Got {}{{{lt}}} = {}{{{rt}}}.",
                 fmt_expr(&left_expr),

@@ -53,6 +53,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Int64Type, Schema};
+use weir_format::registry::{LocalRegistry, RemoteRegistry, SchemaRegistry};
 use weir_format::{Column, Format, FormatSpec, Layout};
 use weir_log::{Header, Log, Record, StoredRecord, TopicConfig, partition_for_key};
 use weir_sql::ast::{
@@ -248,7 +249,8 @@ fn validate_layout(layout: &Layout, props: &Properties) -> Result<()> {
         (&layout.key_format, &layout.key_columns),
         (&layout.value_format, &layout.value_columns),
     ] {
-        if spec.format == Format::Json && cols.iter().any(|c| json_map_with_non_string_keys(&c.ty))
+        if matches!(spec.format, Format::Json | Format::JsonSr)
+            && cols.iter().any(|c| json_map_with_non_string_keys(&c.ty))
         {
             return Err(EngineError::Invalid(
                 "JSON only supports MAP types with STRING keys".into(),
@@ -1183,6 +1185,21 @@ pub struct Engine {
     replay_skipped: usize,
     /// On a log servers share: the checkpoints' topic's trimmer ([`trim`]), when on.
     shared_trim: Option<trim::SharedTrim>,
+    /// Where the schema formats' schemas are (opened at first need: Weir's own in the
+    /// log, or `ksql.schema.registry.url`'s).
+    schema_registry: Option<Arc<dyn SchemaRegistry>>,
+}
+
+/// The property naming an external schema registry (ksqlDB's).
+pub const SCHEMA_REGISTRY_URL: &str = "ksql.schema.registry.url";
+
+/// The topic Weir's own schema registry is kept in, for a service id.
+pub fn schemas_topic(service_id: &str) -> String {
+    if service_id == DEFAULT_SERVICE_ID {
+        "_weir_schemas".into()
+    } else {
+        format!("_weir_{service_id}_schemas")
+    }
 }
 
 /// The segment size of the checkpoints' topic on the embedded log: it is trimmed a
@@ -1220,6 +1237,7 @@ impl Engine {
             replay_applied: 0,
             replay_skipped: 0,
             shared_trim: None,
+            schema_registry: None,
         };
         // The processing log is a stream users can query, as ksqlDB's KSQL_PROCESSING_LOG.
         // Should the log refuse the topic now, entries still create it when they come.
@@ -1825,7 +1843,32 @@ impl Engine {
     }
 
     pub fn set_property(&mut self, name: &str, value: &str) {
+        if name == SCHEMA_REGISTRY_URL {
+            self.schema_registry = None;
+        }
         self.properties.insert(name.to_string(), value.to_string());
+    }
+
+    /// Uses `registry` for the schema formats (a server shares its own with its REST API).
+    pub fn set_schema_registry(&mut self, registry: Arc<dyn SchemaRegistry>) {
+        self.schema_registry = Some(registry);
+    }
+
+    /// The schema registry: as set, else `ksql.schema.registry.url`'s, else Weir's own,
+    /// kept in the log's `_weir_schemas` topic (opened at first need).
+    pub fn schema_registry(&mut self) -> Result<Arc<dyn SchemaRegistry>> {
+        if let Some(r) = &self.schema_registry {
+            return Ok(r.clone());
+        }
+        let r: Arc<dyn SchemaRegistry> = match self.properties.get(SCHEMA_REGISTRY_URL) {
+            Some(url) if !url.trim().is_empty() => Arc::new(RemoteRegistry::new(url.trim())),
+            _ => Arc::new(
+                LocalRegistry::open(self.log.clone(), &schemas_topic(&self.service_id))
+                    .map_err(|e| EngineError::Invalid(e.to_string()))?,
+            ),
+        };
+        self.schema_registry = Some(r.clone());
+        Ok(r)
     }
 
     /// Parses and runs every statement of `sql`, stopping at the first failure.
@@ -2242,6 +2285,150 @@ impl Engine {
         }
     }
 
+    /// Binds the schema formats' sides of a layout to their schemas: a source declared
+    /// without columns on a side takes them from the registry (the schema `*_SCHEMA_ID`
+    /// names, else its subject's latest: ksqlDB's schema inference) and writes with that
+    /// schema; otherwise a side writes the schema made from its columns, registered under
+    /// `<topic>-key` / `<topic>-value` (a sink's now, a source's at its first write). A sink
+    /// given `*_SCHEMA_ID` writes that schema, whose fields must be its columns in order.
+    /// Returns whether columns were inferred.
+    fn bind_schemas(
+        &mut self,
+        layout: &mut Layout,
+        topic: &str,
+        props: &Properties,
+        sink: bool,
+    ) -> Result<bool> {
+        use weir_format::registry::{RegisteredSchema, normalize};
+        use weir_format::sr;
+        let invalid = |e: String| EngineError::Invalid(e);
+        let mut inferred = false;
+        for side in ["KEY", "VALUE"] {
+            let (spec, cols) = if side == "KEY" {
+                (&mut layout.key_format, &mut layout.key_columns)
+            } else {
+                (&mut layout.value_format, &mut layout.value_columns)
+            };
+            let id = prop(props, &format!("{side}_SCHEMA_ID"));
+            let full_name = prop(props, &format!("{side}_SCHEMA_FULL_NAME"))
+                .or_else(|| prop(props, &format!("{side}_AVRO_SCHEMA_FULL_NAME")));
+            if full_name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+                return Err(invalid(
+                    "fullSchemaName cannot be empty. Format configuration: {fullSchemaName=}"
+                        .into(),
+                ));
+            }
+            let Some(schema_type) = sr::schema_type(spec.format) else {
+                if id.is_some() {
+                    return Err(invalid(format!(
+                        "{side}_FORMAT should support schema inference when {side}_SCHEMA_ID is provided. Current format is {}.",
+                        spec.format.name()
+                    )));
+                }
+                if full_name.is_some() {
+                    return Err(invalid(format!(
+                        "{} does not support the following configs: [fullSchemaName]",
+                        spec.format.name()
+                    )));
+                }
+                continue;
+            };
+            let id = id
+                .map(|v| {
+                    v.trim().parse::<u32>().map_err(|_| {
+                        invalid(format!(
+                            "Invalid {side}_SCHEMA_ID: {v} (a whole number is expected)"
+                        ))
+                    })
+                })
+                .transpose()?;
+            if id.is_some() && !sink && !cols.is_empty() {
+                return Err(invalid(format!(
+                    "Table elements and {side}_SCHEMA_ID cannot both exist for create statement."
+                )));
+            }
+            let registry = self.schema_registry()?;
+            let subject = format!("{topic}-{}", side.to_ascii_lowercase());
+            let registry_error = |e: weir_format::registry::RegistryError| invalid(e.to_string());
+            let given = match id {
+                Some(id) => Some(registry.by_id(id).map_err(registry_error)?),
+                None => None,
+            };
+            if let Some(g) = &given
+                && g.schema_type != schema_type
+            {
+                return Err(invalid(format!(
+                    "{side}_SCHEMA_ID {} is a {} schema, but the {side}_FORMAT is {}.",
+                    g.id,
+                    g.schema_type.name(),
+                    spec.format.name()
+                )));
+            }
+            let write = if !sink && cols.is_empty() && spec.format.uses_registry() {
+                let schema = match given {
+                    Some(g) => g,
+                    None => match registry.latest(&subject).map_err(registry_error)? {
+                        Some(v) => v.schema,
+                        // No key schema: a stream without key columns.
+                        None if side == "KEY" => continue,
+                        None => {
+                            return Err(invalid(format!(
+                                "Schema for message values on topic '{topic}' does not exist in the Schema Registry.\nSubject: {subject}"
+                            )));
+                        }
+                    },
+                };
+                let wrap = props
+                    .get("WRAP_SINGLE_VALUE")
+                    .map(|w| !w.as_text().eq_ignore_ascii_case("false"));
+                let (columns, wrapped) =
+                    sr::infer_columns(&schema, side == "KEY", wrap).map_err(invalid)?;
+                *cols = columns;
+                spec.wrap_single = wrapped && cols.len() == 1;
+                inferred = true;
+                schema
+            } else if let Some(g) = given {
+                let (theirs, _) = sr::columns_of(&g, "ROWVAL").map_err(invalid)?;
+                let fits = cols.iter().enumerate().all(|(i, c)| {
+                    theirs
+                        .get(i)
+                        .is_some_and(|t| t.name.eq_ignore_ascii_case(&c.name) && t.ty == c.ty)
+                });
+                if !fits {
+                    let list = |cs: &[Column]| {
+                        cs.iter()
+                            .map(|c| format!("`{}` {}", c.name, c.ty))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    return Err(invalid(format!(
+                        "The following {} columns are changed, missing or reordered: [{}]. Schema from schema registry is [{}]",
+                        side.to_ascii_lowercase(),
+                        list(cols),
+                        list(&theirs)
+                    )));
+                }
+                g
+            } else {
+                let text =
+                    sr::schema_for(spec.format, cols, spec.wrap_single, full_name.as_deref())
+                        .map_err(invalid)?;
+                let text = normalize(schema_type, &text).map_err(registry_error)?;
+                Arc::new(RegisteredSchema::new(0, schema_type, text))
+            };
+            // A sink's schema is registered now; a source's too where its subject has
+            // none yet (as ksqlDB registers it), else at its first write.
+            let register = spec.format.uses_registry()
+                && (sink || registry.latest(&subject).map_err(registry_error)?.is_none());
+            let binding = sr::SchemaBinding::new(registry, subject, write);
+            if register {
+                binding.write_id().map_err(invalid)?;
+            }
+            spec.schema = Some(binding);
+        }
+        Ok(inferred)
+    }
+
     fn format_spec(props: &Properties, side: &str, default: Option<Format>) -> Result<FormatSpec> {
         let name = prop(props, &format!("{side}_FORMAT")).or_else(|| prop(props, "FORMAT"));
         let format = match (name, default) {
@@ -2471,8 +2658,14 @@ impl Engine {
             header_columns,
         };
         self.default_wrapping(&mut layout, &c.properties);
+        let inferred = self.bind_schemas(&mut layout, &topic, &c.properties, false)?;
+        if inferred && table && layout.key_columns.is_empty() {
+            return Err(EngineError::Invalid(
+                "Tables require a PRIMARY KEY. Please define the PRIMARY KEY.".into(),
+            ));
+        }
         validate_layout(&layout, &c.properties)?;
-        if c.columns.is_empty() {
+        if c.columns.is_empty() && !inferred {
             return Err(EngineError::Invalid(
                 "The statement does not define any columns.".into(),
             ));
@@ -2638,6 +2831,9 @@ impl Engine {
         if is_internal_topic(&topic) {
             return Err(reserved(&topic));
         }
+        layout.key_format.schema = None;
+        layout.value_format.schema = None;
+        self.bind_schemas(&mut layout, &topic, &c.properties, true)?;
         let source_partitions = self.log.topic(&source.topic)?.map(|t| t.config.partitions);
         let windowed = match &aggregate {
             Some(a) => a.key_window().is_some(),

@@ -11,6 +11,12 @@ pub(crate) fn decode(
     wrap_single: bool,
 ) -> Result<Vec<Value>, String> {
     let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("Invalid JSON: {e}"))?;
+    columns(v, cols, wrap_single)
+}
+
+/// A decoded value's columns: its fields by name (regardless of case), or the value itself
+/// for one unwrapped column.
+pub(crate) fn columns(v: Value, cols: &[Column], wrap_single: bool) -> Result<Vec<Value>, String> {
     if cols.len() == 1 && !wrap_single {
         return Ok(vec![v]);
     }

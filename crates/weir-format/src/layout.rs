@@ -22,6 +22,15 @@ pub enum Format {
     Kafka,
     /// No data on this side (`KEY_FORMAT='NONE'`): no columns may come from it.
     None,
+    /// Avro in Confluent's wire format: magic byte 0, the writer schema's registry id,
+    /// then the Avro binary body.
+    Avro,
+    /// Protobuf in Confluent's wire format (magic byte, schema id, message indexes).
+    Protobuf,
+    /// Protobuf without the registry framing: the schema is the columns'.
+    ProtobufNoSr,
+    /// JSON text after Confluent's framing, its JSON schema in the registry.
+    JsonSr,
 }
 
 impl Format {
@@ -32,6 +41,10 @@ impl Format {
             "DELIMITED" => Ok(Format::Delimited),
             "KAFKA" => Ok(Format::Kafka),
             "NONE" => Ok(Format::None),
+            "AVRO" => Ok(Format::Avro),
+            "PROTOBUF" => Ok(Format::Protobuf),
+            "PROTOBUF_NOSR" => Ok(Format::ProtobufNoSr),
+            "JSON_SR" => Ok(Format::JsonSr),
             other => Err(FormatError::UnknownFormat(other.to_string())),
         }
     }
@@ -42,7 +55,21 @@ impl Format {
             Format::Delimited => "DELIMITED",
             Format::Kafka => "KAFKA",
             Format::None => "NONE",
+            Format::Avro => "AVRO",
+            Format::Protobuf => "PROTOBUF",
+            Format::ProtobufNoSr => "PROTOBUF_NOSR",
+            Format::JsonSr => "JSON_SR",
         }
+    }
+
+    /// Whether records carry a schema id to look up in a schema registry.
+    pub fn uses_registry(&self) -> bool {
+        matches!(self, Format::Avro | Format::Protobuf | Format::JsonSr)
+    }
+
+    /// Whether the format has a schema (registered or made from the columns).
+    pub fn has_schema(&self) -> bool {
+        self.uses_registry() || *self == Format::ProtobufNoSr
     }
 }
 
@@ -55,6 +82,9 @@ pub struct FormatSpec {
     /// Whether a single column is written wrapped in an object (JSON) — ksqlDB's
     /// `WRAP_SINGLE_VALUE`. Keys are never wrapped.
     pub wrap_single: bool,
+    /// Schema formats: the schema this side is written with and where writers' schemas
+    /// are looked up (bound by the engine when the source or sink is made).
+    pub schema: Option<crate::sr::SchemaBinding>,
 }
 
 impl FormatSpec {
@@ -63,6 +93,7 @@ impl FormatSpec {
             format,
             delimiter: ',',
             wrap_single: true,
+            schema: None,
         }
     }
 }
@@ -172,7 +203,9 @@ impl HeaderColumn {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FormatError {
-    #[error("Unknown format: {0}. Supported formats: JSON, DELIMITED, KAFKA, NONE")]
+    #[error(
+        "Unknown format: {0}. Supported formats: JSON, DELIMITED, KAFKA, NONE, AVRO, PROTOBUF, PROTOBUF_NOSR, JSON_SR"
+    )]
     UnknownFormat(String),
     #[error("The {format} format does not support type {ty} (column {column})")]
     UnsupportedType {
@@ -301,6 +334,10 @@ impl Layout {
             Format::Delimited => crate::delimited::decode(bytes, cols, spec.delimiter)?,
             Format::Kafka => vec![crate::kafka::decode(bytes, &cols[0].ty)?],
             Format::None => return Ok(Vec::new()),
+            Format::Avro | Format::Protobuf | Format::ProtobufNoSr | Format::JsonSr => {
+                let value = crate::sr::decode(spec, bytes)?;
+                crate::json::columns(value, cols, spec.wrap_single)?
+            }
         };
         raw.into_iter()
             .zip(cols)
@@ -406,7 +443,9 @@ impl Layout {
             // A null key: one null key column, or all-null DELIMITED key fields. (A JSON key
             // of several columns stays an object of nulls.)
             _ if is_key
-                && (cols.len() == 1 || spec.format == Format::Delimited)
+                && (cols.len() == 1
+                    || spec.format == Format::Delimited
+                    || spec.format.has_schema())
                 && values.iter().all(Value::is_null) =>
             {
                 Ok(None)
@@ -419,6 +458,16 @@ impl Layout {
             ))),
             Format::Kafka => {
                 crate::kafka::encode(&values[0], &cols[0].ty).map_err(FormatError::Encode)
+            }
+            Format::Avro | Format::Protobuf | Format::ProtobufNoSr | Format::JsonSr => {
+                let v = if cols.len() == 1 && !spec.wrap_single {
+                    values.into_iter().next().unwrap_or(Value::Null)
+                } else {
+                    Value::Object(cols.iter().map(|c| c.name.clone()).zip(values).collect())
+                };
+                crate::sr::encode(spec, &v)
+                    .map(Some)
+                    .map_err(FormatError::Encode)
             }
         }
     }

@@ -8,12 +8,15 @@
 //! Every format goes through one intermediate, a JSON value per column, so type
 //! conversion to and from Arrow lives in one place ([`convert`]).
 
+pub mod avro;
 pub mod convert;
 mod delimited;
 mod fastjson;
 mod json;
 mod kafka;
 mod layout;
+pub mod registry;
+pub mod sr;
 
 pub use layout::{
     Column, DecodeError, Decoded, Format, FormatError, FormatSpec, HeaderColumn, Layout,

@@ -369,6 +369,8 @@ fn layouts_refuse_columns_their_format_cannot_hold() {
         .validate()
         .is_err()
     );
-    assert!(Format::from_name("avro").is_err());
+    assert!(Format::from_name("xml").is_err());
+    assert_eq!(Format::from_name("AvRo"), Ok(Format::Avro));
+    assert_eq!(Format::from_name("protobuf_nosr"), Ok(Format::ProtobufNoSr));
     assert_eq!(Format::from_name("json"), Ok(Format::Json));
 }
