@@ -223,6 +223,17 @@ fn validate_layout(layout: &Layout, props: &Properties) -> Result<()> {
     layout.validate()?;
     if let Some(wrap) = props.get("WRAP_SINGLE_VALUE") {
         let on = !wrap.as_text().eq_ignore_ascii_case("false");
+        if !on
+            && matches!(
+                layout.value_format.format,
+                Format::Protobuf | Format::ProtobufNoSr
+            )
+        {
+            return Err(EngineError::Invalid(format!(
+                "Format '{}' does not support 'WRAP_SINGLE_VALUE' set to 'false'.",
+                layout.value_format.format.name()
+            )));
+        }
         if on
             && matches!(
                 layout.value_format.format,
@@ -2364,6 +2375,26 @@ impl Engine {
                     spec.format.name()
                 )));
             }
+            // A sink whose subject already holds a schema of its columns writes with it
+            // (its field names as registered), as ksqlDB does.
+            let given = match given {
+                None if sink && spec.format.uses_registry() => {
+                    match registry.latest(&subject).map_err(registry_error)? {
+                        Some(v) if v.schema.schema_type == schema_type => {
+                            let theirs = sr::columns_of(&v.schema, "ROWVAL", full_name.as_deref())
+                                .map(|(c, _)| c)
+                                .unwrap_or_default();
+                            let same = theirs.len() == cols.len()
+                                && theirs.iter().zip(cols.iter()).all(|(t, c)| {
+                                    t.name.eq_ignore_ascii_case(&c.name) && t.ty == c.ty
+                                });
+                            same.then_some(v.schema)
+                        }
+                        _ => None,
+                    }
+                }
+                g => g,
+            };
             let write = if !sink && cols.is_empty() && spec.format.uses_registry() {
                 let schema = match given {
                     Some(g) => g,
@@ -2382,13 +2413,15 @@ impl Engine {
                     .get("WRAP_SINGLE_VALUE")
                     .map(|w| !w.as_text().eq_ignore_ascii_case("false"));
                 let (columns, wrapped) =
-                    sr::infer_columns(&schema, side == "KEY", wrap).map_err(invalid)?;
+                    sr::infer_columns(&schema, side == "KEY", wrap, full_name.as_deref())
+                        .map_err(invalid)?;
                 *cols = columns;
                 spec.wrap_single = wrapped && cols.len() == 1;
                 inferred = true;
                 schema
             } else if let Some(g) = given {
-                let (theirs, _) = sr::columns_of(&g, "ROWVAL").map_err(invalid)?;
+                let (theirs, _) =
+                    sr::columns_of(&g, "ROWVAL", full_name.as_deref()).map_err(invalid)?;
                 let fits = cols.iter().enumerate().all(|(i, c)| {
                     theirs
                         .get(i)
@@ -2410,9 +2443,30 @@ impl Engine {
                 }
                 g
             } else {
-                let text =
-                    sr::schema_for(spec.format, cols, spec.wrap_single, full_name.as_deref())
-                        .map_err(invalid)?;
+                let nullable = match prop(
+                    props,
+                    &format!("{side}_PROTOBUF_NULLABLE_REPRESENTATION"),
+                )
+                .map(|v| v.trim().to_ascii_uppercase())
+                .as_deref()
+                {
+                    None => weir_format::protobuf::Nullable::Defaults,
+                    Some("OPTIONAL") => weir_format::protobuf::Nullable::Optional,
+                    Some("WRAPPER") => weir_format::protobuf::Nullable::Wrapper,
+                    Some(other) => {
+                        return Err(invalid(format!(
+                            "Invalid {side}_PROTOBUF_NULLABLE_REPRESENTATION: {other} (OPTIONAL or WRAPPER)"
+                        )));
+                    }
+                };
+                let text = sr::schema_for(
+                    spec.format,
+                    cols,
+                    spec.wrap_single,
+                    full_name.as_deref(),
+                    nullable,
+                )
+                .map_err(invalid)?;
                 let text = normalize(schema_type, &text).map_err(registry_error)?;
                 Arc::new(RegisteredSchema::new(0, schema_type, text))
             };
@@ -2420,7 +2474,22 @@ impl Engine {
             // none yet (as ksqlDB registers it), else at its first write.
             let register = spec.format.uses_registry()
                 && (sink || registry.latest(&subject).map_err(registry_error)?.is_none());
-            let binding = sr::SchemaBinding::new(registry, subject, write);
+            let mut binding = sr::SchemaBinding::new(registry, subject, write);
+            if schema_type == weir_format::registry::SchemaType::Protobuf {
+                // The message written: the one named, which must be there.
+                if let Some(name) = &full_name {
+                    binding.write.protobuf().and_then(|p| p.message(Some(name))).map_err(
+                        |_| {
+                            invalid(format!(
+                                "Schema for message {}s on topic '{topic}' does not exist in the Schema Registry.\nSubject: {}\nThe message {name} is not in its schema.",
+                                side.to_ascii_lowercase(),
+                                binding.subject
+                            ))
+                        },
+                    )?;
+                    binding.message = Some(name.clone());
+                }
+            }
             if register {
                 binding.write_id().map_err(invalid)?;
             }
@@ -2454,7 +2523,8 @@ impl Engine {
             };
         }
         if side == "KEY" {
-            spec.wrap_single = false;
+            // Keys are written bare, but for PROTOBUF's, always a message.
+            spec.wrap_single = matches!(format, Format::Protobuf | Format::ProtobufNoSr);
         } else if let Some(w) = props.get("WRAP_SINGLE_VALUE") {
             spec.wrap_single =
                 !matches!(w, Literal::Boolean(false)) && !w.as_text().eq_ignore_ascii_case("false");

@@ -340,7 +340,7 @@ fn avro_kind(s: &Schema) -> String {
     }
 }
 
-fn float(f: f64) -> Value {
+pub(crate) fn float(f: f64) -> Value {
     match Number::from_f64(f) {
         Some(n) => Value::Number(n),
         None if f.is_nan() => Value::String("NaN".into()),
@@ -410,20 +410,21 @@ pub fn unscaled(v: &Value, scale: u32) -> Option<i128> {
 
 fn take<'a>(buf: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
     if buf.len() < n {
-        return Err("Avro datum ends early".into());
+        return Err("record ends early".into());
     }
     let (head, rest) = buf.split_at(n);
     *buf = rest;
     Ok(head)
 }
 
-fn read_long(buf: &mut &[u8]) -> Result<i64, String> {
+/// A zig-zag varint (Avro's int and long; Confluent's Protobuf message indexes).
+pub(crate) fn read_long(buf: &mut &[u8]) -> Result<i64, String> {
     let mut n: u64 = 0;
     let mut shift = 0;
     loop {
         let b = take(buf, 1)?[0];
         if shift >= 64 {
-            return Err("Avro varint too long".into());
+            return Err("varint too long".into());
         }
         n |= ((b & 0x7f) as u64) << shift;
         if b & 0x80 == 0 {
@@ -434,7 +435,7 @@ fn read_long(buf: &mut &[u8]) -> Result<i64, String> {
     Ok((n >> 1) as i64 ^ -((n & 1) as i64))
 }
 
-fn write_long(v: i64, out: &mut Vec<u8>) {
+pub(crate) fn write_long(v: i64, out: &mut Vec<u8>) {
     let mut n = ((v << 1) ^ (v >> 63)) as u64;
     while n >= 0x80 {
         out.push((n as u8) | 0x80);
@@ -484,8 +485,8 @@ fn twos_complement(b: &[u8]) -> Result<i128, String> {
     Ok(i128::from_be_bytes(full))
 }
 
-/// Whether a column name can be an Avro field name.
-fn valid_name(name: &str) -> bool {
+/// Whether a column name can be an Avro (or Protobuf) field name.
+pub(crate) fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars
         .next()

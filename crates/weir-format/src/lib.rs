@@ -15,6 +15,7 @@ mod fastjson;
 mod json;
 mod kafka;
 mod layout;
+pub mod protobuf;
 pub mod registry;
 pub mod sr;
 

@@ -75,13 +75,40 @@ impl RegistryError {
     }
 }
 
+/// A schema's reference to another (a Protobuf `import`, an Avro named type): the name it
+/// is imported by, and the subject version holding it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaReference {
+    pub name: String,
+    pub subject: String,
+    pub version: u32,
+}
+
+impl SchemaReference {
+    pub fn to_json(&self) -> Value {
+        json!({"name": self.name, "subject": self.subject, "version": self.version})
+    }
+
+    pub fn from_json(v: &Value) -> Option<SchemaReference> {
+        Some(SchemaReference {
+            name: v["name"].as_str()?.to_string(),
+            subject: v["subject"].as_str()?.to_string(),
+            version: v["version"].as_u64()? as u32,
+        })
+    }
+}
+
 /// One schema as registered: its id, kind and text, parsed once when first used.
 #[derive(Debug)]
 pub struct RegisteredSchema {
     pub id: u32,
     pub schema_type: SchemaType,
     pub text: String,
+    pub references: Vec<SchemaReference>,
+    /// The referenced schemas' texts by import name, transitively (for compiling it).
+    pub deps: Vec<(String, String)>,
     avro: OnceLock<Result<Arc<crate::avro::AvroSchema>, String>>,
+    protobuf: OnceLock<Result<Arc<crate::protobuf::ProtoSchema>, String>>,
 }
 
 impl RegisteredSchema {
@@ -90,8 +117,31 @@ impl RegisteredSchema {
             id,
             schema_type,
             text,
+            references: Vec::new(),
+            deps: Vec::new(),
             avro: OnceLock::new(),
+            protobuf: OnceLock::new(),
         }
+    }
+
+    /// With the schemas it references.
+    pub fn with_references(
+        mut self,
+        references: Vec<SchemaReference>,
+        deps: Vec<(String, String)>,
+    ) -> Self {
+        self.references = references;
+        self.deps = deps;
+        self
+    }
+
+    /// The Protobuf schema, compiled (once).
+    pub fn protobuf(&self) -> Result<Arc<crate::protobuf::ProtoSchema>, String> {
+        self.protobuf
+            .get_or_init(|| {
+                crate::protobuf::ProtoSchema::parse(&self.text, &self.deps).map(Arc::new)
+            })
+            .clone()
     }
 
     /// The Avro schema, parsed (once).
@@ -115,26 +165,39 @@ pub trait SchemaRegistry: Send + Sync + std::fmt::Debug {
     fn by_id(&self, id: u32) -> Result<Arc<RegisteredSchema>, RegistryError>;
     /// `version`: a number, or `None` for the latest.
     fn version(&self, subject: &str, version: Option<u32>) -> Result<Version, RegistryError>;
-    /// Registers `text` under `subject` (a new version unless the subject already has it)
-    /// and returns its id; the same schema under any subject has the same id.
+    /// Registers `text`, referencing `references`, under `subject` (a new version unless
+    /// the subject already has it) and returns its id; the same schema under any subject
+    /// has the same id. `id`: the id it must have (Confluent's IMPORT mode, used to copy
+    /// schemas between registries), refused if that id holds another schema.
+    fn register_schema(
+        &self,
+        subject: &str,
+        schema_type: SchemaType,
+        text: &str,
+        references: &[SchemaReference],
+        id: Option<u32>,
+    ) -> Result<u32, RegistryError>;
+    fn subjects(&self) -> Result<Vec<String>, RegistryError>;
+    fn versions(&self, subject: &str) -> Result<Vec<u32>, RegistryError>;
+
     fn register(
         &self,
         subject: &str,
         schema_type: SchemaType,
         text: &str,
-    ) -> Result<u32, RegistryError>;
-    fn subjects(&self) -> Result<Vec<String>, RegistryError>;
-    fn versions(&self, subject: &str) -> Result<Vec<u32>, RegistryError>;
+    ) -> Result<u32, RegistryError> {
+        self.register_schema(subject, schema_type, text, &[], None)
+    }
 
-    /// Registers `text` under `subject` with the id `id` (Confluent's IMPORT mode, used to
-    /// copy schemas between registries): refused if the id holds another schema.
     fn register_with_id(
         &self,
         subject: &str,
         schema_type: SchemaType,
         text: &str,
         id: u32,
-    ) -> Result<u32, RegistryError>;
+    ) -> Result<u32, RegistryError> {
+        self.register_schema(subject, schema_type, text, &[], Some(id))
+    }
 
     /// The latest version of `subject`, `None` where it has none.
     fn latest(&self, subject: &str) -> Result<Option<Version>, RegistryError> {
@@ -151,6 +214,15 @@ pub trait SchemaRegistry: Send + Sync + std::fmt::Debug {
 /// A schema's text as compared for identity: Avro and JSON schemas as compact JSON,
 /// Protobuf as written (trimmed).
 pub fn normalize(schema_type: SchemaType, text: &str) -> Result<String, RegistryError> {
+    normalize_with(schema_type, text, &[])
+}
+
+/// As [`normalize`], for a schema importing `deps`.
+pub fn normalize_with(
+    schema_type: SchemaType,
+    text: &str,
+    deps: &[(String, String)],
+) -> Result<String, RegistryError> {
     match schema_type {
         SchemaType::Avro => {
             let v: Value = serde_json::from_str(text)
@@ -166,7 +238,11 @@ pub fn normalize(schema_type: SchemaType, text: &str) -> Result<String, Registry
                 .map_err(|e| RegistryError::Invalid(format!("not JSON: {e}")))?;
             Ok(v.to_string())
         }
-        SchemaType::Protobuf => Ok(text.trim().to_string()),
+        SchemaType::Protobuf => {
+            let text = text.trim().to_string();
+            crate::protobuf::ProtoSchema::parse(&text, deps).map_err(RegistryError::Invalid)?;
+            Ok(text)
+        }
     }
 }
 
@@ -397,7 +473,9 @@ impl LocalRegistry {
                 &mut state,
                 format!("subject:{subject}:{v}"),
                 json!({"kind": "delete", "subject": subject, "version": v, "id": schema.id,
-                       "schemaType": schema.schema_type.name(), "schema": schema.text}),
+                       "schemaType": schema.schema_type.name(), "schema": schema.text,
+                       "references": schema.references.iter().map(SchemaReference::to_json)
+                           .collect::<Vec<_>>()}),
             )?;
         }
         Ok(doomed)
@@ -441,6 +519,55 @@ impl LocalRegistry {
     }
 }
 
+fn references_of(change: &Value) -> Vec<SchemaReference> {
+    change["references"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(SchemaReference::from_json)
+        .collect()
+}
+
+/// The texts a schema's references stand for, by import name, with theirs in turn.
+fn resolve_deps(
+    state: &State,
+    references: &[SchemaReference],
+) -> Result<Vec<(String, String)>, RegistryError> {
+    let mut out = Vec::new();
+    for r in references {
+        let id = state
+            .subjects
+            .get(&r.subject)
+            .and_then(|v| v.get(&r.version))
+            .ok_or_else(|| {
+                RegistryError::Invalid(format!(
+                    "reference {} to version {} of subject '{}' not found",
+                    r.name, r.version, r.subject
+                ))
+            })?;
+        let schema = &state.schemas[id];
+        out.extend(schema.deps.iter().cloned());
+        out.push((r.name.clone(), schema.text.clone()));
+    }
+    Ok(out)
+}
+
+/// Records a schema a change names (with its references), readable by id from then on.
+fn known_schema(state: &mut State, change: &Value, id: u32, schema_type: SchemaType, text: &str) {
+    if !state.schemas.contains_key(&id) {
+        let references = references_of(change);
+        let deps = resolve_deps(state, &references).unwrap_or_default();
+        state.schemas.insert(
+            id,
+            Arc::new(
+                RegisteredSchema::new(id, schema_type, text.to_string())
+                    .with_references(references, deps),
+            ),
+        );
+    }
+    state.ids.insert((schema_type, text.to_string()), id);
+}
+
 fn apply(state: &mut State, change: &Value) {
     let subject = change["subject"].as_str().unwrap_or_default().to_string();
     match change["kind"].as_str() {
@@ -456,10 +583,7 @@ fn apply(state: &mut State, change: &Value) {
                 return;
             };
             let (id, version) = (id as u32, version as u32);
-            state.schemas.entry(id).or_insert_with(|| {
-                Arc::new(RegisteredSchema::new(id, schema_type, text.to_string()))
-            });
-            state.ids.insert((schema_type, text.to_string()), id);
+            known_schema(state, change, id, schema_type, text);
             state
                 .subjects
                 .entry(subject.clone())
@@ -474,11 +598,7 @@ fn apply(state: &mut State, change: &Value) {
                 change["schema"].as_str(),
                 SchemaType::from_name(change["schemaType"].as_str()),
             ) {
-                let id = id as u32;
-                state.schemas.entry(id).or_insert_with(|| {
-                    Arc::new(RegisteredSchema::new(id, schema_type, text.to_string()))
-                });
-                state.ids.insert((schema_type, text.to_string()), id);
+                known_schema(state, change, id as u32, schema_type, text);
             }
             if let Some(v) = change["version"].as_u64() {
                 let last = state.last_version.entry(subject.clone()).or_default();
@@ -538,23 +658,15 @@ impl SchemaRegistry for LocalRegistry {
         })
     }
 
-    fn register(
+    fn register_schema(
         &self,
         subject: &str,
         schema_type: SchemaType,
         text: &str,
+        references: &[SchemaReference],
+        id: Option<u32>,
     ) -> Result<u32, RegistryError> {
-        self.register_as(subject, schema_type, text, None)
-    }
-
-    fn register_with_id(
-        &self,
-        subject: &str,
-        schema_type: SchemaType,
-        text: &str,
-        id: u32,
-    ) -> Result<u32, RegistryError> {
-        self.register_as(subject, schema_type, text, Some(id))
+        self.register_as(subject, schema_type, text, references, id)
     }
 
     fn subjects(&self) -> Result<Vec<String>, RegistryError> {
@@ -581,11 +693,13 @@ impl LocalRegistry {
         subject: &str,
         schema_type: SchemaType,
         text: &str,
+        references: &[SchemaReference],
         given: Option<u32>,
     ) -> Result<u32, RegistryError> {
-        let norm = normalize(schema_type, text)?;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         self.refresh_locked(&mut state)?;
+        let deps = resolve_deps(&state, references)?;
+        let norm = normalize_with(schema_type, text, &deps)?;
         let known = state.ids.get(&(schema_type, norm.clone())).copied();
         let versions = state.subjects.get(subject).cloned().unwrap_or_default();
         if let Some(id) = given.or(known)
@@ -596,7 +710,8 @@ impl LocalRegistry {
         }
         if let Some((_, last)) = versions.iter().next_back() {
             let level = subject_level(&state, subject);
-            let new = RegisteredSchema::new(0, schema_type, norm.clone());
+            let new = RegisteredSchema::new(0, schema_type, norm.clone())
+                .with_references(references.to_vec(), deps.clone());
             compatible(level, &state.schemas[last], &new)
                 .map_err(|e| RegistryError::Incompatible(subject.to_string(), e))?;
         }
@@ -617,7 +732,9 @@ impl LocalRegistry {
             &mut state,
             format!("subject:{subject}:{version}"),
             json!({"kind": "schema", "subject": subject, "version": version, "id": id,
-                   "schemaType": schema_type.name(), "schema": norm}),
+                   "schemaType": schema_type.name(), "schema": norm,
+                   "references": references.iter().map(SchemaReference::to_json)
+                       .collect::<Vec<_>>()}),
         )?;
         Ok(id)
     }
@@ -708,11 +825,15 @@ impl RemoteRegistry {
         subject: &str,
         schema_type: SchemaType,
         text: &str,
+        references: &[SchemaReference],
         id: Option<u32>,
     ) -> Result<Value, RegistryError> {
         let mut body = json!({"schema": text});
         if schema_type != SchemaType::Avro {
             body["schemaType"] = json!(schema_type.name());
+        }
+        if !references.is_empty() {
+            body["references"] = references.iter().map(SchemaReference::to_json).collect();
         }
         if let Some(id) = id {
             body["id"] = json!(id);
@@ -720,16 +841,28 @@ impl RemoteRegistry {
         self.call("POST", &format!("/subjects/{subject}/versions"), Some(body))
     }
 
-    fn schema_of(id: u32, body: &Value) -> Result<Arc<RegisteredSchema>, RegistryError> {
+    /// A schema from an answer, with the schemas it references fetched (transitively).
+    fn schema_of(&self, id: u32, body: &Value) -> Result<Arc<RegisteredSchema>, RegistryError> {
         let schema_type = SchemaType::from_name(body["schemaType"].as_str())?;
         let text = body["schema"]
             .as_str()
             .ok_or_else(|| RegistryError::Invalid("no schema in the answer".into()))?;
-        Ok(Arc::new(RegisteredSchema::new(
-            id,
-            schema_type,
-            text.to_string(),
-        )))
+        let references: Vec<SchemaReference> = body["references"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(SchemaReference::from_json)
+            .collect();
+        let mut deps = Vec::new();
+        for r in &references {
+            let v = self.version(&r.subject, Some(r.version))?;
+            deps.extend(v.schema.deps.iter().cloned());
+            deps.push((r.name.clone(), v.schema.text.clone()));
+        }
+        Ok(Arc::new(
+            RegisteredSchema::new(id, schema_type, text.to_string())
+                .with_references(references, deps),
+        ))
     }
 }
 
@@ -749,7 +882,7 @@ impl SchemaRegistry for RemoteRegistry {
                 RegistryError::SchemaNotFound(_) => RegistryError::SchemaNotFound(id),
                 e => e,
             })?;
-        let schema = Self::schema_of(id, &body)?;
+        let schema = self.schema_of(id, &body)?;
         self.by_id
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -772,26 +905,30 @@ impl SchemaRegistry for RemoteRegistry {
         Ok(Version {
             subject: subject.to_string(),
             version: body["version"].as_u64().unwrap_or_default() as u32,
-            schema: Self::schema_of(id, &body)?,
+            schema: self.schema_of(id, &body)?,
         })
     }
 
-    fn register(
+    fn register_schema(
         &self,
         subject: &str,
         schema_type: SchemaType,
         text: &str,
+        references: &[SchemaReference],
+        id: Option<u32>,
     ) -> Result<u32, RegistryError> {
         let key = (subject.to_string(), schema_type, text.to_string());
-        if let Some(id) = self
-            .registered
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
+        if id.is_none()
+            && references.is_empty()
+            && let Some(id) = self
+                .registered
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
         {
             return Ok(*id);
         }
-        let answer = self.post_schema(subject, schema_type, text, None)?;
+        let answer = self.post_schema(subject, schema_type, text, references, id)?;
         let id = answer["id"]
             .as_u64()
             .ok_or_else(|| RegistryError::Unavailable("no id in the answer".into()))?
@@ -801,17 +938,6 @@ impl SchemaRegistry for RemoteRegistry {
             .unwrap_or_else(|p| p.into_inner())
             .insert(key, id);
         Ok(id)
-    }
-
-    fn register_with_id(
-        &self,
-        subject: &str,
-        schema_type: SchemaType,
-        text: &str,
-        id: u32,
-    ) -> Result<u32, RegistryError> {
-        let answer = self.post_schema(subject, schema_type, text, Some(id))?;
-        Ok(answer["id"].as_u64().unwrap_or(id as u64) as u32)
     }
 
     fn subjects(&self) -> Result<Vec<String>, RegistryError> {

@@ -19,6 +19,8 @@ pub struct SchemaBinding {
     pub write: Arc<RegisteredSchema>,
     /// The id once registered (sources register theirs at their first write).
     registered: Arc<OnceLock<u32>>,
+    /// PROTOBUF: the message written (`*_SCHEMA_FULL_NAME`), else the schema's first.
+    pub message: Option<String>,
 }
 
 impl PartialEq for SchemaBinding {
@@ -45,6 +47,7 @@ impl SchemaBinding {
             subject,
             write,
             registered,
+            message: None,
         }
     }
 
@@ -78,12 +81,13 @@ pub fn schema_for(
     cols: &[Column],
     wrap: bool,
     full_name: Option<&str>,
+    nullable: crate::protobuf::Nullable,
 ) -> Result<String, String> {
     match format {
         Format::Avro => crate::avro::schema_for(cols, wrap, full_name).map(|v| v.to_string()),
         Format::JsonSr => Ok(json_schema_for(cols, wrap).to_string()),
         Format::Protobuf | Format::ProtobufNoSr => {
-            Err(format!("The {} format is not supported yet", format.name()))
+            crate::protobuf::schema_for(cols, full_name, nullable)
         }
         _ => Err(format!("The {} format has no schema", format.name())),
     }
@@ -94,6 +98,7 @@ pub fn schema_for(
 pub fn columns_of(
     schema: &RegisteredSchema,
     default_name: &str,
+    message: Option<&str>,
 ) -> Result<(Vec<Column>, bool), String> {
     match schema.schema_type {
         SchemaType::Avro => crate::avro::columns_of(schema.avro()?.as_ref(), default_name),
@@ -113,7 +118,10 @@ pub fn columns_of(
                 )),
             }
         }
-        SchemaType::Protobuf => Err("PROTOBUF schemas are not supported yet".into()),
+        SchemaType::Protobuf => {
+            let p = schema.protobuf()?;
+            Ok((p.columns(&p.message(message)?)?, true))
+        }
     }
 }
 
@@ -125,13 +133,20 @@ pub fn infer_columns(
     schema: &RegisteredSchema,
     key: bool,
     wrap: Option<bool>,
+    message: Option<&str>,
 ) -> Result<(Vec<Column>, bool), String> {
     let name = if key { "ROWKEY" } else { "ROWVAL" };
-    let (cols, wrapped) = columns_of(schema, name)?;
-    let cols: Vec<Column> = cols
-        .into_iter()
-        .map(|c| Column::new(c.name.to_uppercase(), upper(c.ty)))
-        .collect();
+    let (cols, wrapped) = columns_of(schema, name, message)?;
+    // A PROTOBUF key is always a message: its fields are the key columns.
+    let key = key && schema.schema_type != SchemaType::Protobuf;
+    // ksqlDB upper-cases the names it reads from Avro and JSON schemas, not Protobuf's.
+    let cols: Vec<Column> = if schema.schema_type == SchemaType::Protobuf {
+        cols
+    } else {
+        cols.into_iter()
+            .map(|c| Column::new(c.name.to_uppercase(), upper(c.ty)))
+            .collect()
+    };
     if wrapped && (wrap == Some(false) || (key && cols.len() == 1)) {
         let fields = cols
             .into_iter()
@@ -191,13 +206,17 @@ fn binding(spec: &FormatSpec) -> Result<&SchemaBinding, String> {
 /// Decodes a record of a schema format as one JSON value (an object for a record/message).
 pub(crate) fn decode(spec: &FormatSpec, bytes: &[u8]) -> Result<Value, String> {
     match spec.format {
-        Format::Avro => {
+        Format::Avro | Format::Protobuf => {
             let (id, body) = unframe(bytes)?;
             let writer = binding(spec)?
                 .registry
                 .by_id(id)
                 .map_err(|e| e.to_string())?;
             decode_with(&writer, body)
+        }
+        Format::ProtobufNoSr => {
+            let b = binding(spec)?;
+            decode_body(&b.write, b.message.as_deref(), bytes)
         }
         Format::JsonSr => {
             // ksqlDB reads JSON_SR with or without the framing.
@@ -207,7 +226,7 @@ pub(crate) fn decode(spec: &FormatSpec, bytes: &[u8]) -> Result<Value, String> {
             };
             serde_json::from_slice(body).map_err(|e| format!("Invalid JSON: {e}"))
         }
-        other => Err(format!("The {} format is not supported yet", other.name())),
+        other => Err(format!("The {} format has no schema", other.name())),
     }
 }
 
@@ -216,26 +235,64 @@ pub fn decode_with(schema: &RegisteredSchema, body: &[u8]) -> Result<Value, Stri
     match schema.schema_type {
         SchemaType::Avro => schema.avro()?.decode(body),
         SchemaType::Json => serde_json::from_slice(body).map_err(|e| format!("Invalid JSON: {e}")),
-        SchemaType::Protobuf => Err("PROTOBUF is not supported yet".into()),
+        SchemaType::Protobuf => schema.protobuf()?.decode_framed(body),
     }
+}
+
+/// Decodes a PROTOBUF_NOSR record: the message alone, no framing.
+pub fn decode_body(
+    schema: &RegisteredSchema,
+    message: Option<&str>,
+    bytes: &[u8],
+) -> Result<Value, String> {
+    let p = schema.protobuf()?;
+    p.decode(&p.message(message)?, bytes)
+}
+
+/// Encodes a PROTOBUF_NOSR record: the message alone, no framing.
+pub fn encode_body(
+    schema: &RegisteredSchema,
+    message: Option<&str>,
+    v: &Value,
+) -> Result<Vec<u8>, String> {
+    let p = schema.protobuf()?;
+    let mut out = Vec::with_capacity(64);
+    p.encode(&p.message(message)?, v, false, &mut out)?;
+    Ok(out)
 }
 
 /// Encodes a value (an object of the columns, or one bare value) with the side's schema.
 pub(crate) fn encode(spec: &FormatSpec, v: &Value) -> Result<Vec<u8>, String> {
     let b = binding(spec)?;
+    if spec.format == Format::ProtobufNoSr {
+        return encode_body(&b.write, b.message.as_deref(), v);
+    }
     let id = b.write_id()?;
-    encode_with(&b.write, id, v)
+    encode_framed(&b.write, id, b.message.as_deref(), v)
 }
 
-/// Encodes a value with a schema, framed with `id`.
+/// Encodes a value with a schema, framed with `id` (PROTOBUF: as its first message).
 pub fn encode_with(schema: &RegisteredSchema, id: u32, v: &Value) -> Result<Vec<u8>, String> {
+    encode_framed(schema, id, None, v)
+}
+
+/// As [`encode_with`], as the message named (PROTOBUF).
+pub fn encode_framed(
+    schema: &RegisteredSchema,
+    id: u32,
+    message: Option<&str>,
+    v: &Value,
+) -> Result<Vec<u8>, String> {
     let mut out = frame(id);
     match schema.schema_type {
         SchemaType::Avro => schema.avro()?.encode(v, &mut out)?,
         SchemaType::Json => {
             serde_json::to_writer(&mut out, v).map_err(|e| e.to_string())?;
         }
-        SchemaType::Protobuf => return Err("PROTOBUF is not supported yet".into()),
+        SchemaType::Protobuf => {
+            let p = schema.protobuf()?;
+            p.encode(&p.message(message)?, v, true, &mut out)?;
+        }
     }
     Ok(out)
 }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use serde_json::{Value, json};
+use weir_format::protobuf::Nullable;
 use weir_format::registry::{
     LocalRegistry, RegisteredSchema, RegistryError, SchemaRegistry, SchemaType,
 };
@@ -87,7 +88,7 @@ fn cols() -> Vec<Column> {
 
 fn layout_with(format: Format, registry: Arc<dyn SchemaRegistry>) -> Layout {
     let cols = cols();
-    let text = sr::schema_for(format, &cols, true, None).unwrap();
+    let text = sr::schema_for(format, &cols, true, None, Nullable::Defaults).unwrap();
     let schema_type = sr::schema_type(format).unwrap();
     let write = Arc::new(RegisteredSchema::new(0, schema_type, text));
     let mut spec = FormatSpec::new(format);
@@ -228,7 +229,8 @@ fn json_sr_is_framed_json_with_a_connect_schema() {
     assert!(decoded.errors.is_empty(), "{:?}", decoded.errors);
     assert_eq!(decoded.batch.num_rows(), 1);
     // Its schema infers the same columns back.
-    let (inferred, wrapped) = sr::infer_columns(&registry.by_id(id).unwrap(), false, None).unwrap();
+    let (inferred, wrapped) =
+        sr::infer_columns(&registry.by_id(id).unwrap(), false, None, None).unwrap();
     assert!(wrapped);
     assert_eq!(inferred, cols());
 }
@@ -240,23 +242,23 @@ fn columns_are_inferred_as_ksqldb_infers_them() {
     let s = avro(
         r#"{"type":"record","name":"r","fields":[{"name":"c1","type":{"type":"record","name":"n","fields":[{"name":"f1","type":"int"}]}},{"name":"when","type":["null",{"type":"long","logicalType":"timestamp-millis"}]}]}"#,
     );
-    let (cols, wrapped) = sr::infer_columns(&s, false, None).unwrap();
+    let (cols, wrapped) = sr::infer_columns(&s, false, None, None).unwrap();
     assert!(wrapped);
     assert_eq!(cols[0].name, "C1");
     assert_eq!(cols[0].ty.to_string(), "STRUCT<F1 INTEGER>");
     assert_eq!(cols[1], Column::new("WHEN", SqlType::Timestamp));
     // Not wrapped: one ROWVAL column of the record's type.
-    let (cols, wrapped) = sr::infer_columns(&s, false, Some(false)).unwrap();
+    let (cols, wrapped) = sr::infer_columns(&s, false, Some(false), None).unwrap();
     assert!(!wrapped);
     assert_eq!(cols.len(), 1);
     assert_eq!(cols[0].name, "ROWVAL");
     // A primitive key: ROWKEY; a key record of several fields: one column each.
-    let (cols, _) = sr::infer_columns(&avro(r#""long""#), true, None).unwrap();
+    let (cols, _) = sr::infer_columns(&avro(r#""long""#), true, None, None).unwrap();
     assert_eq!(cols, vec![Column::new("ROWKEY", SqlType::Bigint)]);
     let k = avro(
         r#"{"type":"record","name":"k","fields":[{"name":"K","type":"int"},{"name":"K2","type":"int"}]}"#,
     );
-    let (cols, wrapped) = sr::infer_columns(&k, true, None).unwrap();
+    let (cols, wrapped) = sr::infer_columns(&k, true, None, None).unwrap();
     assert!(wrapped);
     assert_eq!(
         cols.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
@@ -268,10 +270,145 @@ fn columns_are_inferred_as_ksqldb_infers_them() {
             Format::Avro,
             &[Column::new("a-b", SqlType::Int)],
             true,
-            None
+            None,
+            Nullable::Defaults
         )
         .is_err()
     );
     let map = SqlType::Map(Box::new(SqlType::Int), Box::new(SqlType::Int));
-    assert!(sr::schema_for(Format::Avro, &[Column::new("M", map)], true, None).is_err());
+    assert!(
+        sr::schema_for(
+            Format::Avro,
+            &[Column::new("M", map)],
+            true,
+            None,
+            Nullable::Defaults
+        )
+        .is_err()
+    );
+}
+
+fn proto_cols() -> Vec<Column> {
+    let mut c = cols();
+    c.push(Column::new("AT", SqlType::Timestamp));
+    c.push(Column::new("WHEN", SqlType::Time));
+    c.push(Column::new(
+        "INNER",
+        SqlType::Struct(vec![weir_sql::ast::StructFieldType {
+            name: weir_sql::ast::Ident::new("F0"),
+            ty: SqlType::Int,
+        }]),
+    ));
+    c
+}
+
+fn proto_row() -> Value {
+    json!({"ID": 7, "NAME": "widget", "PRICE": -12.5, "TAGS": ["a", "b"],
+           "ATTRS": {"x": 1}, "DAY": 19000, "BLOB": "AAEC/w==", "AT": 1700000000123i64,
+           "WHEN": 45296789, "INNER": {"F0": 3}})
+}
+
+#[test]
+fn protobuf_records_round_trip_with_the_well_known_types() {
+    let (_dir, registry) = registry();
+    let text = sr::schema_for(
+        Format::Protobuf,
+        &proto_cols(),
+        true,
+        None,
+        Nullable::Defaults,
+    )
+    .unwrap();
+    // As ksqlDB writes it: ConnectDefault1, nested structs as nested messages, Google's
+    // and Confluent's types for dates, times and decimals.
+    assert!(text.contains("message ConnectDefault1"), "{text}");
+    assert!(text.contains("confluent.type.Decimal PRICE"), "{text}");
+    assert!(text.contains("google.protobuf.Timestamp AT"), "{text}");
+    assert!(text.contains("message ConnectDefault2"), "{text}");
+    let id = registry
+        .register("p-value", SchemaType::Protobuf, &text)
+        .unwrap();
+    let schema = registry.by_id(id).unwrap();
+    let bytes = sr::encode_with(&schema, id, &proto_row()).unwrap();
+    assert_eq!(bytes[5], 0, "the first message's indexes: one 0 byte");
+    let back = sr::decode_with(&schema, &bytes[5..]).unwrap();
+    assert_eq!(
+        back,
+        json!({"ID": 7, "NAME": "widget", "PRICE": -12.50, "TAGS": ["a", "b"],
+        "ATTRS": {"x": 1}, "DAY": 19000, "BLOB": "AAEC/w==", "AT": 1700000000123i64,
+        "WHEN": 45296789, "INNER": {"F0": 3}})
+    );
+    // The columns come back from the schema as they were declared.
+    let (inferred, _) = sr::infer_columns(&schema, false, None, None).unwrap();
+    assert_eq!(inferred, proto_cols());
+    // Nulls: proto3 defaults unless the schema makes fields optional or wrapped.
+    let nulls = json!({"ID": null, "NAME": null, "INNER": null});
+    let back =
+        sr::decode_with(&schema, &sr::encode_with(&schema, id, &nulls).unwrap()[5..]).unwrap();
+    assert_eq!(
+        (&back["ID"], &back["NAME"], &back["INNER"]),
+        (&json!(0), &json!(""), &Value::Null)
+    );
+    for nullable in [Nullable::Optional, Nullable::Wrapper] {
+        let cols = vec![
+            Column::new("I", SqlType::Int),
+            Column::new("S", SqlType::String),
+        ];
+        let text = sr::schema_for(Format::Protobuf, &cols, true, None, nullable).unwrap();
+        let s = RegisteredSchema::new(1, SchemaType::Protobuf, text.clone());
+        let v = json!({"I": null, "S": "x"});
+        let back = sr::decode_with(&s, &sr::encode_with(&s, 1, &v).unwrap()[5..]).unwrap();
+        assert_eq!(back, v, "{nullable:?}: {text}");
+    }
+}
+
+#[test]
+fn protobuf_names_a_message_by_its_indexes_and_compiles_references() {
+    let (_dir, registry) = registry();
+    let two = r#"syntax = "proto3"; message A { int32 a = 1; } message B { string b = 1; }"#;
+    let id = registry
+        .register("two-value", SchemaType::Protobuf, two)
+        .unwrap();
+    let schema = registry.by_id(id).unwrap();
+    let bytes = sr::encode_framed(&schema, id, Some("B"), &json!({"b": "hi"})).unwrap();
+    // Message indexes [1]: count 1, index 1, zig-zag encoded.
+    assert_eq!(&bytes[5..7], &[2, 2]);
+    assert_eq!(
+        sr::decode_with(&schema, &bytes[5..]).unwrap(),
+        json!({"b": "hi"})
+    );
+    // A schema importing another registered one.
+    registry
+        .register(
+            "event.proto",
+            SchemaType::Protobuf,
+            r#"syntax = "proto3"; message Event { int64 ts = 1; }"#,
+        )
+        .unwrap();
+    let main = r#"syntax = "proto3"; import "event.proto"; message Log { Event event = 1; }"#;
+    assert!(
+        registry
+            .register("log-value", SchemaType::Protobuf, main)
+            .is_err(),
+        "import unresolved"
+    );
+    let reference = weir_format::registry::SchemaReference {
+        name: "event.proto".into(),
+        subject: "event.proto".into(),
+        version: 1,
+    };
+    let id = registry
+        .register_schema("log-value", SchemaType::Protobuf, main, &[reference], None)
+        .unwrap();
+    let schema = registry.by_id(id).unwrap();
+    let v = json!({"event": {"ts": 5}});
+    assert_eq!(
+        sr::decode_with(&schema, &sr::encode_with(&schema, id, &v).unwrap()[5..]).unwrap(),
+        v
+    );
+    // Not a schema: refused with the compiler's reason.
+    let bad = registry
+        .register("bad-value", SchemaType::Protobuf, "message {")
+        .unwrap_err();
+    assert!(bad.to_string().contains("Invalid PROTOBUF schema"), "{bad}");
 }
