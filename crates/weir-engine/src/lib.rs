@@ -1298,7 +1298,22 @@ impl Engine {
         session: Duration,
         internal: InternalTopics,
     ) -> Result<Self> {
+        Self::open_member_with(log, functions, service_id, session, internal, None)
+    }
+
+    /// As [`Engine::open_member`], with the schema registry the schema formats use (an
+    /// external one, or Weir's own that a server also serves) set before the command log
+    /// replays: the sources it recreates bind to it.
+    pub fn open_member_with(
+        log: Arc<dyn Log>,
+        functions: Functions,
+        service_id: &str,
+        session: Duration,
+        internal: InternalTopics,
+        registry: Option<Arc<dyn SchemaRegistry>>,
+    ) -> Result<Self> {
         let mut engine = Self::new(log);
+        engine.schema_registry = registry;
         engine.functions = functions;
         engine.durable = true;
         let (commands, offsets) = internal_topics(service_id);

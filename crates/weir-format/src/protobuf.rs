@@ -62,14 +62,14 @@ message TimeOfDay { int32 hours = 1; int32 minutes = 2; int32 seconds = 3; int32
 ];
 
 struct Resolver {
-    files: HashMap<String, String>,
+    files: HashMap<String, File>,
     google: GoogleFileResolver,
 }
 
 impl FileResolver for Resolver {
     fn open_file(&self, name: &str) -> Result<File, protox::Error> {
-        if let Some(text) = self.files.get(name) {
-            return File::from_source(name, text);
+        if let Some(file) = self.files.get(name) {
+            return Ok(file.clone());
         }
         if let Some((_, text)) = BUILTIN.iter().find(|(n, _)| *n == name) {
             return File::from_source(name, text);
@@ -89,8 +89,12 @@ pub struct ProtoSchema {
 impl ProtoSchema {
     /// Compiles `text`; `deps` are the files it imports by name (schema references).
     pub fn parse(text: &str, deps: &[(String, String)]) -> Result<ProtoSchema, String> {
-        let mut files: HashMap<String, String> = deps.iter().cloned().collect();
-        files.insert(MAIN.into(), with_meta_import(text));
+        let invalid = |e: String| format!("Invalid PROTOBUF schema: {e}");
+        let mut files = HashMap::new();
+        for (name, dep) in deps {
+            files.insert(name.clone(), source_file(name, dep).map_err(invalid)?);
+        }
+        files.insert(MAIN.into(), source_file(MAIN, text).map_err(invalid)?);
         let mut compiler = protox::Compiler::with_file_resolver(Resolver {
             files,
             google: GoogleFileResolver::new(),
@@ -98,7 +102,7 @@ impl ProtoSchema {
         compiler.include_imports(true);
         compiler
             .open_file(MAIN)
-            .map_err(|e| format!("Invalid PROTOBUF schema: {e}"))?;
+            .map_err(|e| invalid(e.to_string()))?;
         let pool = compiler.descriptor_pool();
         let file = pool
             .get_file_by_name(MAIN)
@@ -205,6 +209,30 @@ impl ProtoSchema {
         m.fields()
             .map(|f| Ok(Column::new(f.name(), field_type(&f, 0)?)))
             .collect()
+    }
+}
+
+/// A schema as a file to compile: `.proto` text, or a serialized `FileDescriptorProto` in
+/// base64 (what Confluent's Protobuf serializers register).
+fn source_file(name: &str, text: &str) -> Result<File, String> {
+    let t = text.trim();
+    if !t.is_empty()
+        && !t.contains(char::is_whitespace)
+        && let Ok(bytes) = BASE64.decode(t)
+        && let Ok(mut proto) = prost_reflect::prost_types::FileDescriptorProto::decode(&bytes[..])
+    {
+        proto.name = Some(name.to_string());
+        return Ok(File::from_file_descriptor_proto(proto));
+    }
+    File::from_source(name, &with_meta_import(text)).map_err(|e| e.to_string())
+}
+
+impl ProtoSchema {
+    /// The schema as a serialized `FileDescriptorProto` in base64 (the registry API's
+    /// `format=serialized`).
+    pub fn serialized(&self) -> Option<String> {
+        let file = self.pool.get_file_by_name(MAIN)?;
+        Some(BASE64.encode(file.file_descriptor_proto().encode_to_vec()))
     }
 }
 

@@ -139,7 +139,8 @@ pub fn infer_columns(
     let (cols, wrapped) = columns_of(schema, name, message)?;
     // A PROTOBUF key is always a message: its fields are the key columns.
     let key = key && schema.schema_type != SchemaType::Protobuf;
-    // ksqlDB upper-cases the names it reads from Avro and JSON schemas, not Protobuf's.
+    // ksqlDB upper-cases the names it reads from Avro and JSON schemas (unquoted names in
+    // queries find them), not Protobuf's, whose fields keep their case.
     let cols: Vec<Column> = if schema.schema_type == SchemaType::Protobuf {
         cols
     } else {

@@ -18,6 +18,7 @@ pub mod entities;
 mod inserts;
 mod metrics;
 mod plugins;
+mod registry;
 mod rest;
 mod streaming;
 
@@ -31,6 +32,7 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 use weir_engine::{Engine, Runtime};
+use weir_format::registry::{LocalRegistry, RemoteRegistry, SchemaRegistry};
 use weir_log::{EmbeddedLog, EmbeddedLogConfig, Log};
 
 pub use auth::Users;
@@ -278,6 +280,9 @@ pub(crate) struct AppState {
     /// The MQTT listener's counters, when it runs.
     pub mqtt: Option<Arc<weir_mqtt::MqttStats>>,
     pub requests: metrics::Requests,
+    /// Weir's own schema registry, served over Confluent's REST API (`None` when
+    /// `ksql.schema.registry.url` names an external one).
+    pub schemas: Option<Arc<LocalRegistry>>,
 }
 
 /// A running server. Dropping it does not stop it; call [`Server::shutdown`].
@@ -335,12 +340,31 @@ impl Server {
             Some(at) => Some(start_mqtt(&config, at, log.clone(), users.clone())?),
             None => None,
         };
-        let mut engine = Engine::open_member(
+        // The schema formats' registry: an external one when named, else Weir's own (kept in
+        // the log), which this server also serves over Confluent's REST API.
+        let (registry, schemas): (Arc<dyn SchemaRegistry>, Option<Arc<LocalRegistry>>) =
+            match config.properties.get(weir_engine::SCHEMA_REGISTRY_URL) {
+                Some(url) if !url.trim().is_empty() => {
+                    (Arc::new(RemoteRegistry::new(url.trim())), None)
+                }
+                _ => {
+                    let local = Arc::new(
+                        LocalRegistry::open(
+                            log.clone(),
+                            &weir_engine::schemas_topic(&config.service_id),
+                        )
+                        .map_err(|e| format!("opening the schema registry: {e}"))?,
+                    );
+                    (local.clone(), Some(local))
+                }
+            };
+        let mut engine = Engine::open_member_with(
             log,
             functions,
             &config.service_id,
             config.session_timeout,
             config.internal_topics,
+            Some(registry),
         )
         .map_err(|e| format!("recovering the command log: {e}"))?;
         for (k, v) in &config.properties {
@@ -366,6 +390,7 @@ impl Server {
             service_id: config.service_id.clone(),
             mqtt: mqtt.as_ref().map(|(m, _, _)| m.stats().clone()),
             requests: metrics::Requests::default(),
+            schemas,
         });
         tracing::info!(
             %addr,

@@ -37,6 +37,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/chc/live", get(live))
         .route("/chc/ready", get(|| async { StatusCode::OK }))
+        // Confluent's Schema Registry API, from Weir's own registry.
+        .merge(crate::registry::routes())
         .fallback(|| async { (StatusCode::NOT_FOUND, "Not Found") })
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
