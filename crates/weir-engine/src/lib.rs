@@ -4256,9 +4256,17 @@ pub(crate) fn decode_run(
                 batch: RecordBatch::try_new(schema.clone(), columns)
                     .map_err(|e| EngineError::Execution(e.to_string()))?,
                 errors: decoded.errors,
+                unavailable: decoded.unavailable,
             }
         }
     };
+    // The registry did not answer: the batch fails (read again from the last checkpoint
+    // when the query is retried), nothing goes to the processing log as bad.
+    if let Some(why) = decoded.unavailable {
+        return Err(EngineError::Execution(format!(
+            "{why} (the records are read again when it answers)"
+        )));
+    }
     problems.extend(
         decoded
             .errors

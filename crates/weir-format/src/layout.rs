@@ -241,6 +241,10 @@ pub struct DecodeError {
 pub struct Decoded {
     pub batch: RecordBatch,
     pub errors: Vec<DecodeError>,
+    /// Set when a record could not be read because the schema registry did not answer:
+    /// no fault of the record, so the caller reads the batch again later instead of
+    /// logging it as bad.
+    pub unavailable: Option<String>,
 }
 
 impl Layout {
@@ -352,6 +356,7 @@ impl Layout {
             return Decoded {
                 batch,
                 errors: Vec::new(),
+                unavailable: None,
             };
         }
         self.decode_records(schema, records, false)
@@ -428,7 +433,15 @@ impl Layout {
             });
         }
         errors.sort_by_key(|e| (e.partition, e.offset));
-        Decoded { batch, errors }
+        let unavailable = errors
+            .iter()
+            .find(|e| e.message.contains(crate::registry::UNAVAILABLE))
+            .map(|e| e.message.clone());
+        Decoded {
+            batch,
+            errors,
+            unavailable,
+        }
     }
 
     fn encode_side(

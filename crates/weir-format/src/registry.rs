@@ -61,6 +61,10 @@ pub enum RegistryError {
     Unavailable(String),
 }
 
+/// How [`RegistryError::Unavailable`] reads: a record that failed with it is not bad, the
+/// registry did not answer.
+pub const UNAVAILABLE: &str = "Schema registry unavailable";
+
 impl RegistryError {
     /// Confluent's error code for the REST API.
     pub fn code(&self) -> (u16, u32) {
