@@ -282,6 +282,10 @@ enum Workload {
         /// Run on the Kafka cluster at HOST:PORT instead of the embedded log.
         #[arg(long)]
         kafka: Option<String>,
+        /// The events' value format: json, or avro (Confluent's framing, the schema in
+        /// Weir's registry).
+        #[arg(long, default_value = "json")]
+        format: String,
     },
     /// W2: demo-format car messages through the demo's anomaly queries with the ONNX
     /// plugin, with parse, inference, serial and row-at-a-time figures from the same run.
@@ -658,8 +662,13 @@ fn main() -> ExitCode {
             }
         },
         Command::Bench {
-            workload: Workload::W1 { events, kafka },
-        } => match bench::w1(events, kafka.as_deref()) {
+            workload:
+                Workload::W1 {
+                    events,
+                    kafka,
+                    format,
+                },
+        } => match bench::w1(events, kafka.as_deref(), &format) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("weir bench: {e}");

@@ -21,8 +21,8 @@ use weir_sql::ast::SqlType;
 
 use crate::layout::{Format, Layout};
 
-/// A scalar as it appeared in the JSON.
-enum Scalar<'a> {
+/// A scalar as it appeared in the JSON (or an Avro datum: [`crate::fastavro`]).
+pub(crate) enum Scalar<'a> {
     Null,
     Bool(bool),
     I64(i64),
@@ -115,7 +115,7 @@ impl<'de> DeserializeSeed<'de> for KeySeed {
 
 /// A column's builder; `push` takes a scalar as the general path would convert it, or
 /// says no.
-enum Builder {
+pub(crate) enum Builder {
     Bool(BooleanBuilder),
     Int(Int32Builder),
     Bigint(Int64Builder),
@@ -124,7 +124,7 @@ enum Builder {
 }
 
 impl Builder {
-    fn new(dt: &DataType, ty: &SqlType, n: usize) -> Option<Builder> {
+    pub(crate) fn new(dt: &DataType, ty: &SqlType, n: usize) -> Option<Builder> {
         Some(match (dt, ty) {
             (DataType::Boolean, SqlType::Boolean) => {
                 Builder::Bool(BooleanBuilder::with_capacity(n))
@@ -142,7 +142,7 @@ impl Builder {
     }
 
     /// Appends `v`; false when the general path must decide.
-    fn push(&mut self, v: Option<&Scalar>) -> bool {
+    pub(crate) fn push(&mut self, v: Option<&Scalar>) -> bool {
         // A fractional number in an integer column is truncated, as the general path does.
         let integer = |s: &Scalar| match s {
             Scalar::I64(i) => Some(*i),
@@ -174,7 +174,7 @@ impl Builder {
         true
     }
 
-    fn finish(self) -> ArrayRef {
+    pub(crate) fn finish(self) -> ArrayRef {
         match self {
             Builder::Bool(mut b) => Arc::new(b.finish()),
             Builder::Int(mut b) => Arc::new(b.finish()),
@@ -262,9 +262,58 @@ pub(crate) fn decode(
     schema: &SchemaRef,
     records: &[StoredRecord],
 ) -> Option<RecordBatch> {
+    if layout.value_format.format != Format::Json {
+        return None;
+    }
+    let names: Vec<String> = layout
+        .value_columns
+        .iter()
+        .map(|c| c.name.clone())
+        .collect();
+    let mut fields_of = Fields {
+        names: &names,
+        exact: (0..names.len()).map(|_| None).collect(),
+        loose: (0..names.len()).map(|_| None).collect(),
+        duplicate: false,
+    };
+    flat_batch(layout, schema, records, |bytes, values| {
+        // Emptied by the last record's `take`s, or by its failure (which ends the loop).
+        debug_assert!(
+            fields_of
+                .exact
+                .iter()
+                .chain(&fields_of.loose)
+                .all(Option::is_none)
+        );
+        fields_of.duplicate = false;
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let object = de.deserialize_any(&mut fields_of).ok()?;
+        if !object || fields_of.duplicate || de.end().is_err() {
+            return None;
+        }
+        for (c, b) in values.iter_mut().enumerate() {
+            // Both taken: the next record starts from empty slots.
+            let (exact, loose) = (fields_of.exact[c].take(), fields_of.loose[c].take());
+            let v = exact.or(loose);
+            if !b.push(v.as_ref()) {
+                return None;
+            }
+        }
+        Some(())
+    })
+}
+
+/// The batch of a layout of flat value columns (wrapped) and no key or a KAFKA STRING key,
+/// each record's value bytes put into the value columns' builders by `value`; `None` where
+/// the layout is not such, or `value` declines a record.
+pub(crate) fn flat_batch<'r>(
+    layout: &Layout,
+    schema: &SchemaRef,
+    records: &'r [StoredRecord],
+    mut value: impl FnMut(&'r [u8], &mut [Builder]) -> Option<()>,
+) -> Option<RecordBatch> {
     let vf = &layout.value_format;
-    if vf.format != Format::Json
-        || (layout.value_columns.len() == 1 && !vf.wrap_single)
+    if (layout.value_columns.len() == 1 && !vf.wrap_single)
         || layout.value_columns.is_empty()
         || !layout.header_columns.is_empty()
     {
@@ -302,41 +351,8 @@ pub(crate) fn decode(
         .zip(&fields[3 + keys..])
         .map(|(c, f)| Builder::new(f.data_type(), &c.ty, n))
         .collect::<Option<_>>()?;
-    let names: Vec<String> = layout
-        .value_columns
-        .iter()
-        .map(|c| c.name.clone())
-        .collect();
-    let mut fields_of = Fields {
-        names: &names,
-        exact: (0..names.len()).map(|_| None).collect(),
-        loose: (0..names.len()).map(|_| None).collect(),
-        duplicate: false,
-    };
     for r in records {
-        let bytes = r.record.value.as_deref()?;
-        // Emptied by the last record's `take`s, or by its failure (which ends the loop).
-        debug_assert!(
-            fields_of
-                .exact
-                .iter()
-                .chain(&fields_of.loose)
-                .all(Option::is_none)
-        );
-        fields_of.duplicate = false;
-        let mut de = serde_json::Deserializer::from_slice(bytes);
-        let object = de.deserialize_any(&mut fields_of).ok()?;
-        if !object || fields_of.duplicate || de.end().is_err() {
-            return None;
-        }
-        for (c, b) in values.iter_mut().enumerate() {
-            // Both taken: the next record starts from empty slots.
-            let (exact, loose) = (fields_of.exact[c].take(), fields_of.loose[c].take());
-            let v = exact.or(loose);
-            if !b.push(v.as_ref()) {
-                return None;
-            }
-        }
+        value(r.record.value.as_deref()?, &mut values)?;
         if let Some(k) = key.as_mut() {
             match r.record.key.as_deref() {
                 None => k.append_null(),

@@ -352,7 +352,9 @@ impl Layout {
     /// Decodes records into a batch with [`Layout::schema`]. Tombstones (records without a
     /// value) are left out; [`Layout::decode_tombstones`] reads them.
     pub fn decode(&self, schema: &SchemaRef, records: &[StoredRecord]) -> Decoded {
-        if let Some(batch) = crate::fastjson::decode(self, schema, records) {
+        if let Some(batch) = crate::fastjson::decode(self, schema, records)
+            .or_else(|| crate::fastavro::decode(self, schema, records))
+        {
             return Decoded {
                 batch,
                 errors: Vec::new(),
@@ -512,6 +514,14 @@ impl Layout {
                 .iter()
                 .zip(&self.value_columns)
                 .all(|(a, c)| crate::json::writes_flat(a.data_type(), &c.ty));
+        // AVRO records of flat columns in the sink's own schema likewise.
+        let flat_avro = match (&self.value_format.schema, self.value_format.format) {
+            (Some(b), Format::Avro) if !flat_json => {
+                crate::fastavro::FlatWriter::new(b, &self.value_columns, &vals)
+                    .map_err(FormatError::Encode)?
+            }
+            _ => None,
+        };
         let names: Vec<Vec<u8>> = self
             .value_columns
             .iter()
@@ -536,6 +546,8 @@ impl Layout {
             };
             let value = if flat_json {
                 Some(crate::json::encode_flat_row(&names, &vals, row))
+            } else if let Some(w) = &flat_avro {
+                Some(w.row(&vals, row))
             } else {
                 let v: Vec<Value> = vals
                     .iter()
