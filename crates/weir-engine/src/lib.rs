@@ -1869,7 +1869,10 @@ impl Engine {
     }
 
     pub fn set_property(&mut self, name: &str, value: &str) {
-        if name == SCHEMA_REGISTRY_URL {
+        // Another registry named: opened at next need.
+        if name == SCHEMA_REGISTRY_URL
+            && self.properties.get(name).map(String::as_str) != Some(value)
+        {
             self.schema_registry = None;
         }
         self.properties.insert(name.to_string(), value.to_string());
@@ -3466,7 +3469,7 @@ impl Engine {
 
     /// One check of an ASSERT: what it says holds now, or the error that says what does
     /// not. (A server checks again until the statement's TIMEOUT, without the engine.)
-    fn assert(&self, a: &weir_sql::ast::Assert) -> Result<Outcome> {
+    fn assert(&mut self, a: &weir_sql::ast::Assert) -> Result<Outcome> {
         use weir_sql::ast::AssertWhat;
         let want = !a.not_exists;
         match &a.what {
@@ -3524,13 +3527,55 @@ impl Engine {
                     exists: want,
                 })
             }
-            AssertWhat::Schema { subject, .. } => Err(EngineError::Invalid(format!(
-                "Cannot check that the schema{} exists: no schema registry is configured (ksql.schema.registry.url)",
-                subject
-                    .as_ref()
-                    .map(|s| format!(" of subject {}", s.value))
-                    .unwrap_or_default()
-            ))),
+            AssertWhat::Schema { subject, id } => {
+                let registry = self.schema_registry()?;
+                let unavailable =
+                    |e: weir_format::registry::RegistryError| EngineError::Invalid(e.to_string());
+                let subject = subject.as_ref().map(|s| s.value.clone());
+                let id = id.map(|i| i as u32);
+                // The subject has versions (one of them the id, when given); or the id is a
+                // schema.
+                let found = match (&subject, id) {
+                    (Some(s), id) => match registry.versions(s) {
+                        Ok(versions) => match id {
+                            None => !versions.is_empty(),
+                            Some(id) => versions.iter().any(|v| {
+                                registry
+                                    .version(s, Some(*v))
+                                    .is_ok_and(|v| v.schema.id == id)
+                            }),
+                        },
+                        Err(weir_format::registry::RegistryError::SubjectNotFound(_)) => false,
+                        Err(e) => return Err(unavailable(e)),
+                    },
+                    (None, Some(id)) => match registry.by_id(id) {
+                        Ok(_) => true,
+                        Err(weir_format::registry::RegistryError::SchemaNotFound(_)) => false,
+                        Err(e) => return Err(unavailable(e)),
+                    },
+                    (None, None) => {
+                        return Err(EngineError::Invalid(
+                            "ASSERT SCHEMA needs a SUBJECT or an ID".into(),
+                        ));
+                    }
+                };
+                let mut what = String::from("Schema with");
+                if let Some(s) = &subject {
+                    what.push_str(&format!(" subject name {s}"));
+                }
+                if let Some(i) = id {
+                    what.push_str(&format!(" id {i}"));
+                }
+                match (found, want) {
+                    (true, false) => Err(EngineError::Invalid(format!("{what} exists"))),
+                    (false, true) => Err(EngineError::Invalid(format!("{what} does not exist"))),
+                    _ => Ok(Outcome::Asserted {
+                        what: "schema",
+                        name: subject.unwrap_or_else(|| id.unwrap_or_default().to_string()),
+                        exists: want,
+                    }),
+                }
+            }
             AssertWhat::Source { kind, name } => {
                 let found = self.catalog.source(&name.value).filter(|s| s.kind == *kind);
                 let noun = match kind {

@@ -168,6 +168,11 @@ pub const SETTINGS: &[Setting] = &[
         "1000",
         "how long ASSERT TOPIC (and ASSERT STREAM/TABLE) waits without a TIMEOUT (ms)",
     ),
+    server(
+        crate::SCHEMA_REGISTRY_URL,
+        "",
+        "an external schema registry for AVRO, PROTOBUF and JSON_SR (default: Weir's own, served at /subjects, /schemas)",
+    ),
     session(
         "ksql.assert.schema.default.timeout.ms",
         "1000",

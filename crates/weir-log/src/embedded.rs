@@ -167,23 +167,35 @@ fn lock_directory(root: &Path) -> Result<File> {
         .truncate(false)
         .open(&path)
         .at(&path)?;
-    match file.try_lock() {
-        Ok(()) => {
-            file.set_len(0).at(&path)?;
-            file.write_all(format!("{}\n", std::process::id()).as_bytes())
-                .at(&path)?;
-            Ok(file)
+    // Held by this very process: a log of it being dropped, or its lock briefly shared with
+    // a child being started by another thread (between fork and exec, when the descriptor
+    // closes): that passes, so wait a little before saying it is locked.
+    let mut waited = std::time::Duration::ZERO;
+    loop {
+        match file.try_lock() {
+            Ok(()) => {
+                file.set_len(0).at(&path)?;
+                file.write_all(format!("{}\n", std::process::id()).as_bytes())
+                    .at(&path)?;
+                return Ok(file);
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                let holder: Option<u32> = fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|t| t.trim().parse().ok());
+                if holder == Some(std::process::id()) && waited < std::time::Duration::from_secs(2)
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    waited += std::time::Duration::from_millis(20);
+                    continue;
+                }
+                return Err(LogError::Locked {
+                    path: root.to_path_buf(),
+                    holder,
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(e).at(&path),
         }
-        Err(fs::TryLockError::WouldBlock) => {
-            let holder = fs::read_to_string(&path)
-                .ok()
-                .and_then(|t| t.trim().parse().ok());
-            Err(LogError::Locked {
-                path: root.to_path_buf(),
-                holder,
-            })
-        }
-        Err(fs::TryLockError::Error(e)) => Err(e).at(&path),
     }
 }
 

@@ -364,12 +364,14 @@ impl Server {
             &config.service_id,
             config.session_timeout,
             config.internal_topics,
-            Some(registry),
+            Some(registry.clone()),
         )
         .map_err(|e| format!("recovering the command log: {e}"))?;
         for (k, v) in &config.properties {
             engine.set_property(k, v);
         }
+        // The one the replay bound sources to (setting the property does not replace it).
+        engine.set_schema_registry(registry);
         let recovered = engine.queries().count();
         let listener = std::net::TcpListener::bind(config.listen)
             .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;

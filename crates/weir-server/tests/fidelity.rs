@@ -138,17 +138,26 @@ fn assert_waits_for_what_it_names_and_says_what_is_wrong() {
     assert_eq!(body["message"], "Stream SRC exists");
     let (_, body) = ksql_error(&server, "ASSERT TABLE src TIMEOUT 1 MILLISECONDS;");
     assert_eq!(body["message"], "Table SRC does not exist");
+    // Schemas, in Weir's own registry: a JSON stream has none, an AVRO one registers its.
     let (_, body) = ksql_error(
         &server,
         "ASSERT SCHEMA SUBJECT 'src-value' TIMEOUT 1 MILLISECONDS;",
     );
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("no schema registry"),
-        "{body}"
+    assert_eq!(
+        body["message"],
+        "Schema with subject name src-value does not exist"
     );
+    ksql(
+        &server,
+        "CREATE STREAM avro_src (id INT KEY, v INT) WITH (kafka_topic='avro_src', value_format='AVRO', partitions=1);",
+    );
+    ksql(
+        &server,
+        "ASSERT SCHEMA SUBJECT 'avro_src-value' TIMEOUT 1 MILLISECONDS;",
+    );
+    ksql(&server, "ASSERT SCHEMA SUBJECT 'avro_src-value' ID 1;");
+    let (_, body) = ksql_error(&server, "ASSERT NOT EXISTS SCHEMA ID 1;");
+    assert_eq!(body["message"], "Schema with id 1 exists");
     // A topic that appears while it waits: the ASSERT succeeds then.
     let addr = server.addr();
     let creator = std::thread::spawn(move || {

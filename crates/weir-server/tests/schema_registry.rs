@@ -180,3 +180,55 @@ fn the_registry_api_answers_as_confluents_and_keeps_its_schemas() {
     assert_eq!(got.len(), 2, "{got:?}");
     server.shutdown().unwrap();
 }
+
+#[test]
+fn a_server_uses_an_external_registry_named_by_ksql_schema_registry_url() {
+    // Another server's registry stands in for an external one (the same REST API).
+    let registry_dir = tempfile::tempdir().unwrap();
+    let registry = start(registry_dir.path(), &[]);
+    let url = format!("http://{}", registry.addr());
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), &[("ksql.schema.registry.url", url.as_str())]);
+    // Its own registry API is off: it says which one it uses.
+    let (status, body) = get(&server, "/subjects");
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("ksql.schema.registry.url"),
+        "{body}"
+    );
+    ksql(
+        &server,
+        "CREATE STREAM cars (id STRING KEY, speed DOUBLE) \
+         WITH (kafka_topic='cars', value_format='AVRO', partitions=1);",
+    );
+    ksql(&server, "INSERT INTO cars (id, speed) VALUES ('a', 12.5);");
+    // The schema went to the external registry.
+    let latest = get(&registry, "/subjects/cars-value/versions/latest").1;
+    assert!(
+        latest["schema"].as_str().unwrap().contains("SPEED"),
+        "{latest}"
+    );
+    let got = rows(&server, "SELECT * FROM cars EMIT CHANGES LIMIT 1;");
+    assert!(got[0].to_string().contains("12.5"), "{got:?}");
+    // The registry goes away: a statement that needs it says so, and changes nothing.
+    registry.shutdown().unwrap();
+    let (status, body) = post(
+        &server,
+        "/ksql",
+        &json!({"ksql": "CREATE STREAM more WITH (kafka_topic='more', value_format='AVRO', partitions=1);"}),
+    );
+    assert_ne!(status, 200, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("Schema registry unavailable"),
+        "{body}"
+    );
+    let listed = ksql(&server, "SHOW STREAMS;");
+    assert!(!listed[0].to_string().contains("MORE"), "{listed:?}");
+    server.shutdown().unwrap();
+}
