@@ -122,6 +122,14 @@ impl RowStates {
             AggKind::CountDistinct if valid && !values.iter().any(|v| v.as_ref() == row) => {
                 values.push(row.into())
             }
+            // MIN / MAX of the types without an accumulator of their own (DECIMAL, DATE,
+            // TIME, TIMESTAMP, BYTES): rows compare as their values do.
+            AggKind::Max if valid && values.first().is_none_or(|v| row > v.as_ref()) => {
+                *values = vec![row.into()];
+            }
+            AggKind::Min if valid && values.first().is_none_or(|v| row < v.as_ref()) => {
+                *values = vec![row.into()];
+            }
             // Largest first; equal values in arrival order.
             AggKind::TopK | AggKind::TopKDistinct if valid => {
                 if self.kind == AggKind::TopKDistinct && values.iter().any(|v| v.as_ref() == row) {
@@ -204,7 +212,7 @@ impl RowStates {
     fn collects(&self) -> bool {
         match self.kind {
             AggKind::LatestByOffset | AggKind::EarliestByOffset => self.params.n.is_some(),
-            AggKind::Attr => false,
+            AggKind::Attr | AggKind::Min | AggKind::Max => false,
             _ => true,
         }
     }

@@ -50,6 +50,23 @@ pub(crate) struct Params {
     pub ignore_nulls: bool,
 }
 
+/// The types MIN, MAX and TOPK order, as ksqlDB's do: numbers, strings, decimals, dates,
+/// times, timestamps and bytes.
+fn ordered(t: &SqlType) -> bool {
+    matches!(
+        t,
+        SqlType::Int
+            | SqlType::Bigint
+            | SqlType::Double
+            | SqlType::String
+            | SqlType::Decimal { .. }
+            | SqlType::Date
+            | SqlType::Time
+            | SqlType::Timestamp
+            | SqlType::Bytes
+    )
+}
+
 impl AggKind {
     fn from_name(name: &str) -> Option<AggKind> {
         Some(match name.to_ascii_uppercase().as_str() {
@@ -89,10 +106,7 @@ impl AggKind {
             (AggKind::Sum, Some(t @ (SqlType::Int | SqlType::Bigint | SqlType::Double))) => {
                 t.clone()
             }
-            (
-                AggKind::Min | AggKind::Max,
-                Some(t @ (SqlType::Int | SqlType::Bigint | SqlType::Double | SqlType::String)),
-            ) => t.clone(),
+            (AggKind::Min | AggKind::Max, Some(t)) if ordered(t) => t.clone(),
             (AggKind::CollectList | AggKind::CollectSet, Some(t)) => {
                 SqlType::Array(Box::new(t.clone()))
             }
@@ -104,10 +118,9 @@ impl AggKind {
             (AggKind::LatestByOffset | AggKind::EarliestByOffset | AggKind::Attr, Some(t)) => {
                 t.clone()
             }
-            (
-                AggKind::TopK | AggKind::TopKDistinct,
-                Some(t @ (SqlType::Int | SqlType::Bigint | SqlType::Double | SqlType::String)),
-            ) => SqlType::Array(Box::new(t.clone())),
+            (AggKind::TopK | AggKind::TopKDistinct, Some(t)) if ordered(t) => {
+                SqlType::Array(Box::new(t.clone()))
+            }
             (AggKind::Histogram, Some(SqlType::String)) => {
                 SqlType::Map(Box::new(SqlType::String), Box::new(SqlType::Bigint))
             }
