@@ -467,9 +467,14 @@ fn holds_decimal(ty: &SqlType) -> bool {
 fn decimals_as_numbers(expected: &Value, columns: &[String]) -> Value {
     fn number(v: &Value) -> Value {
         match v {
+            // Java's BigDecimal reads "00.10" too, which JSON does not.
             Value::String(s) => serde_json::from_str::<serde_json::Number>(s.trim())
-                .map(Value::Number)
-                .unwrap_or_else(|_| v.clone()),
+                .ok()
+                .or_else(|| {
+                    let f = s.trim().parse::<f64>().ok()?;
+                    serde_json::Number::from_f64(f)
+                })
+                .map_or_else(|| v.clone(), Value::Number),
             Value::Array(items) => Value::Array(items.iter().map(number).collect()),
             other => other.clone(),
         }
