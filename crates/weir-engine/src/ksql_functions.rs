@@ -493,6 +493,10 @@ pub const BUILTINS: &[Builtin] = &[
         "STDDEV_SAMP",
         "The sample variance of the group's values, as ksqlDB computes it.",
     ),
+    a(
+        "STDDEV_SAMPLE",
+        "The sample standard deviation of the group's values.",
+    ),
     a("SUM", "The sum of the group's values."),
     a(
         "SUM_LIST",

@@ -2907,6 +2907,15 @@ impl Engine {
         self.default_wrapping(&mut layout, &c.properties);
         validate_layout(&layout, &c.properties)?;
         timestamp_column(&layout, &c.properties)?;
+        if layout.value_format.format == Format::Delimited
+            && aggregate
+                .as_ref()
+                .is_some_and(|a| a.has_structured_intermediate())
+        {
+            return Err(EngineError::Invalid(
+                "One of the functions used in the statement has an intermediate type that the value format can not handle. Please remove the function or change the format.".into(),
+            ));
+        }
         // Not named: the sink's name, after `ksql.output.topic.name.prefix` when set.
         let topic = prop(&c.properties, "KAFKA_TOPIC").unwrap_or_else(|| {
             let prefix = self

@@ -518,10 +518,22 @@ impl Accumulator for MinMaxString {
 }
 
 /// STDDEV_SAMP: count, sum and sum of squared deviations per group; the sample variance
-/// (ksqlDB's result), 0.0 for fewer than two values.
+/// (ksqlDB's result), 0.0 for fewer than two values. STDDEV_SAMPLE (`root`): its square
+/// root, the sample standard deviation.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct StddevSamp {
     state: Vec<(i64, f64, f64)>,
+    root: bool,
+}
+
+impl StddevSamp {
+    /// STDDEV_SAMPLE's: the square root of the variance.
+    pub fn root() -> StddevSamp {
+        StddevSamp {
+            root: true,
+            ..Default::default()
+        }
+    }
 }
 
 impl Accumulator for StddevSamp {
@@ -555,7 +567,8 @@ impl Accumulator for StddevSamp {
                     let (n, _, m2) = self.state[g as usize];
                     // ksqlDB's STDDEV_SAMP gives the sample variance (no square root):
                     // its results, which ksqlDB's users have, are what we give.
-                    out.push(if n < 2 { 0.0 } else { m2 / (n - 1) as f64 });
+                    let variance = if n < 2 { 0.0 } else { m2 / (n - 1) as f64 };
+                    out.push(if self.root { variance.sqrt() } else { variance });
                 }
                 _ => {}
             }

@@ -346,6 +346,12 @@ fn unb64(text: &str) -> Option<Vec<u8>> {
 }
 
 impl Aggregator {
+    /// Whether a call keeps a structured intermediate ksqlDB's DELIMITED sinks cannot
+    /// hold (STDDEV_SAMPLE's), refused there as ksqlDB refuses it.
+    pub(crate) fn has_structured_intermediate(&self) -> bool {
+        self.calls.iter().any(|c| c.kind == AggKind::StddevSample)
+    }
+
     fn new(p: Parts) -> Result<Aggregator> {
         let pre_type = |i: usize| p.pre.projections[i].compiled.data_type.clone();
         let mut arg_columns: Vec<usize> = p.calls.iter().flat_map(Call::columns).collect();
@@ -435,6 +441,7 @@ impl Aggregator {
                         Box::new(MinMaxString::new(max))
                     }
                     (AggKind::StddevSamp, ..) => Box::new(StddevSamp::default()),
+                    (AggKind::StddevSample, ..) => Box::new(StddevSamp::root()),
                     (AggKind::Correlation, ..) => Box::new(Correlation::default()),
                     (AggKind::TopK, _, None) if !c.extra.is_empty() => {
                         let types: Vec<DataType> = c

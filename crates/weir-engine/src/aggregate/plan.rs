@@ -35,6 +35,8 @@ pub(crate) enum AggKind {
     TopKDistinct,
     Histogram,
     StddevSamp,
+    /// ksqlDB's STDDEV_SAMPLE: the sample standard deviation (STDDEV_SAMP's root).
+    StddevSample,
     Correlation,
     /// The value when every value of the group is the same (nulls included), else null.
     Attr,
@@ -84,6 +86,7 @@ impl AggKind {
             "TOPKDISTINCT" => AggKind::TopKDistinct,
             "HISTOGRAM" => AggKind::Histogram,
             "STDDEV_SAMP" => AggKind::StddevSamp,
+            "STDDEV_SAMPLE" => AggKind::StddevSample,
             "CORRELATION" => AggKind::Correlation,
             "ATTR" => AggKind::Attr,
             _ => return None,
@@ -125,7 +128,7 @@ impl AggKind {
                 SqlType::Map(Box::new(SqlType::String), Box::new(SqlType::Bigint))
             }
             (
-                AggKind::StddevSamp | AggKind::Correlation,
+                AggKind::StddevSamp | AggKind::StddevSample | AggKind::Correlation,
                 Some(SqlType::Int | SqlType::Bigint | SqlType::Double),
             ) => SqlType::Double,
             (_, t) => return Err(unsupported(t)),
