@@ -551,6 +551,21 @@ pub fn all() -> Vec<Arc<ScalarUDF>> {
     let time = D::Time32(TimeUnit::Millisecond);
     vec![
         // ---- strings ----
+        // ksqlDB's INITCAP: each word (after whitespace) capitalized, the rest lower case
+        // (DataFusion's also starts a word after punctuation).
+        f("initcap").sig(&[T::Str], D::Utf8).eval(|a, _| {
+            let mut out = String::new();
+            let mut start = true;
+            for c in need(&a[0])?.chars() {
+                if start {
+                    out.extend(c.to_uppercase());
+                } else {
+                    out.extend(c.to_lowercase());
+                }
+                start = c.is_whitespace();
+            }
+            Ok(str_val(out))
+        }),
         f("elt")
             .variadic(&[T::Int], T::Str, D::Utf8)
             .pass_nulls()
@@ -766,7 +781,18 @@ pub fn all() -> Vec<Arc<ScalarUDF>> {
                 .unwrap_or(ScalarValue::Null))
         }),
         f("url_extract_path").sig(&[T::Str], D::Utf8).eval(|a, _| {
-            let u = parse_url(need(&a[0])?)?;
+            let text = need(&a[0])?;
+            let u = parse_url(text)?;
+            // A URL with no path after its authority has an empty one (as Java's URI
+            // reads it), not the `/` the parser puts there.
+            let after = text.split_once("://").map_or("", |(_, rest)| rest);
+            let bare = !after.is_empty()
+                && after
+                    .find(['/', '?', '#'])
+                    .is_none_or(|i| !after[i..].starts_with('/'));
+            if bare && u.path() == "/" {
+                return Ok(str_val(""));
+            }
             Ok(str_val(
                 url_decode(u.path()).unwrap_or_else(|_| u.path().into()),
             ))
