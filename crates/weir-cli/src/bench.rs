@@ -51,26 +51,11 @@ fn load_events(log: &dyn Log, events: u64) -> Result<(), String> {
 }
 
 /// Re-encodes an event's JSON value in another format.
-type Reencode<'a> = &'a dyn Fn(&[u8]) -> Result<Vec<u8>, String>;
+type Reencode<'a> = &'a dyn Fn(Vec<u8>) -> Result<Vec<u8>, String>;
 
 /// As [`load_events`], each value re-encoded by `encode` (the same event in another format).
 fn load_events_as(log: &dyn Log, events: u64, encode: Reencode) -> Result<(), String> {
-    let mut batch = Vec::with_capacity(1000);
-    for i in 0..events {
-        let (k, v) = event(i);
-        batch.push(Record {
-            key: Some(k),
-            value: Some(encode(&v)?),
-            timestamp: 1_700_000_000_000 + i as i64,
-            headers: vec![],
-        });
-        if batch.len() == 1000 || i + 1 == events {
-            log.append("sensors", 0, &batch)
-                .map_err(|e| e.to_string())?;
-            batch.clear();
-        }
-    }
-    Ok(())
+    load_events_encoded(log, events, 1, encode)
 }
 
 /// As [`load_events`], each event in the partition of its key (as a producer puts it, and
@@ -101,12 +86,22 @@ fn load_events_by_key(log: &dyn Log, events: u64, partitions: u32) -> Result<(),
 
 /// As [`load_events`], the batches spread over `partitions` partitions in turn.
 fn load_events_into(log: &dyn Log, events: u64, partitions: u32) -> Result<(), String> {
+    load_events_encoded(log, events, partitions, &Ok)
+}
+
+/// As [`load_events_into`], each value re-encoded by `encode`.
+fn load_events_encoded(
+    log: &dyn Log,
+    events: u64,
+    partitions: u32,
+    encode: Reencode,
+) -> Result<(), String> {
     let mut batch = Vec::with_capacity(1000);
     for i in 0..events {
         let (k, v) = event(i);
         batch.push(Record {
             key: Some(k),
-            value: Some(v),
+            value: Some(encode(v)?),
             timestamp: 1_700_000_000_000 + i as i64,
             headers: vec![],
         });
@@ -171,7 +166,7 @@ pub fn w1(events: u64, kafka: Option<&str>, format: &str) -> Result<(), String> 
             let write = binding.write.clone();
             load_events_as(log.as_ref(), events, &|json| {
                 let v: serde_json::Value =
-                    serde_json::from_slice(json).map_err(|e| e.to_string())?;
+                    serde_json::from_slice(&json).map_err(|e| e.to_string())?;
                 weir_format::sr::encode_with(&write, id, &v)
             })?;
         }
