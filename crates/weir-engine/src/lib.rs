@@ -223,25 +223,15 @@ fn validate_layout(layout: &Layout, props: &Properties) -> Result<()> {
     layout.validate()?;
     if let Some(wrap) = props.get("WRAP_SINGLE_VALUE") {
         let on = !wrap.as_text().eq_ignore_ascii_case("false");
-        if !on
-            && matches!(
-                layout.value_format.format,
-                Format::Protobuf | Format::ProtobufNoSr
-            )
-        {
+        // DELIMITED and KAFKA values are never wrapped; PROTOBUF's always are.
+        let only = match layout.value_format.format {
+            Format::Delimited | Format::Kafka => Some(false),
+            Format::Protobuf | Format::ProtobufNoSr => Some(true),
+            _ => None,
+        };
+        if only.is_some_and(|only| only != on) {
             return Err(EngineError::Invalid(format!(
-                "Format '{}' does not support 'WRAP_SINGLE_VALUE' set to 'false'.",
-                layout.value_format.format.name()
-            )));
-        }
-        if on
-            && matches!(
-                layout.value_format.format,
-                Format::Delimited | Format::Kafka
-            )
-        {
-            return Err(EngineError::Invalid(format!(
-                "Format '{}' does not support 'WRAP_SINGLE_VALUE' set to 'true'.",
+                "Format '{}' does not support 'WRAP_SINGLE_VALUE' set to '{on}'.",
                 layout.value_format.format.name()
             )));
         }
