@@ -60,16 +60,17 @@ PY
 # ksql-python-ng and ksqldb (requests + httpx over HTTP/2; ksql-python-ng passes `cert=`
 # to httpx.get, which httpx 0.28 removed: pin 0.27), and confluent-kafka (its own librdkafka), the external Kafka producer of the seed demo's test, with its Schema
 # Registry client and Avro, Protobuf and JSON Schema serializers (fastavro, protobuf,
-# jsonschema) for the schema-registry test.
+# jsonschema) for the schema-registry test; Playwright for the console's browser test (its
+# driver only: the browser is Debian's chromium).
 need_python_clients() {
   local venv=.weir/venv
-  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import ksql, ksqldb, httpx, confluent_kafka, fastavro, jsonschema, google.protobuf, confluent_kafka.schema_registry.protobuf; assert httpx.__version__ == "0.27.2"' 2>/dev/null; then
+  if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c 'import ksql, ksqldb, httpx, confluent_kafka, fastavro, jsonschema, google.protobuf, confluent_kafka.schema_registry.protobuf, playwright; assert httpx.__version__ == "0.27.2"' 2>/dev/null; then
     step "Python test clients present in $venv"
     return
   fi
   step "installing ksql-python-ng, ksqldb and confluent-kafka from PyPI into $venv"
   python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "ksql-python-ng==0.29.0.1" "ksqldb==1.0.1" "httpx[http2]==0.27.2" "confluent-kafka[avro,json,protobuf,schemaregistry]==2.13.0" "fastavro==1.13.1" "jsonschema==4.26.0" "protobuf==7.36.2"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "ksql-python-ng==0.29.0.1" "ksqldb==1.0.1" "httpx[http2]==0.27.2" "confluent-kafka[avro,json,protobuf,schemaregistry]==2.13.0" "fastavro==1.13.1" "jsonschema==4.26.0" "protobuf==7.36.2" "playwright==1.56.0"
 }
 
 # tansu, the Kafka-API broker the integration tests run against.

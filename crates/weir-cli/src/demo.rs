@@ -34,6 +34,10 @@ pub struct DemoOptions {
     /// Where `eventid,kind` of every message goes (default: `labels.csv` in the data
     /// folder when one is given, else `weir-demo-labels.csv` here).
     pub labels: Option<PathBuf>,
+    /// Where the REST API and the web console listen (port 0: any free port).
+    pub listen: std::net::SocketAddr,
+    /// Keep serving (the console stays up) after the summary, until Ctrl-C.
+    pub stay: bool,
 }
 
 /// What the demo measured.
@@ -56,6 +60,22 @@ pub fn model_threshold() -> Result<f64, String> {
     v["threshold"]
         .as_f64()
         .ok_or_else(|| "the model's MODEL.json has no threshold".to_string())
+}
+
+/// The console opened on the demo's scores: a push query over every scored event, its
+/// ANOMALY_VAL charted against the threshold.
+pub fn console_url(addr: &str, threshold: f64) -> String {
+    let q = "SELECT EVENTID, ANOMALY_VAL FROM ANOMALYDETECTION EMIT CHANGES;";
+    let encoded: String = q
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    format!(
+        "http://{addr}/?q={encoded}&column=ANOMALY_VAL&threshold={threshold}&earliest=1&tab=charts"
+    )
 }
 
 /// The ONNX Runtime library's file name the plugin is built for.
@@ -125,8 +145,13 @@ pub fn demo(o: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary, String>
     std::fs::create_dir_all(&plugins).map_err(|e| e.to_string())?;
     std::fs::copy(&plugin, plugins.join("libanomaly.so"))
         .map_err(|e| format!("copying {}: {e}", plugin.display()))?;
-    let server = weir_server::Server::start(weir_server::ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
+    let start = if o.stay {
+        weir_server::Server::start_with_signals
+    } else {
+        weir_server::Server::start
+    };
+    let server = start(weir_server::ServerConfig {
+        listen: o.listen,
         data_dir: data_dir.clone(),
         plugin_dir: Some(plugins),
         mqtt_listen: Some(o.mqtt_listen),
@@ -154,6 +179,18 @@ pub fn demo(o: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary, String>
             "Weir connected-car demo: REST on http://{}, MQTT on {mqtt}, data in {}",
             server.addr(),
             data_dir.display()
+        ),
+    );
+    say(
+        out,
+        format!(
+            "console: {}{}",
+            console_url(&server.addr().to_string(), threshold),
+            if o.stay {
+                ""
+            } else {
+                "  (add --stay to keep it up after the run)"
+            }
         ),
     );
     let statements = [
@@ -322,7 +359,18 @@ pub fn demo(o: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary, String>
             labels_file.display()
         ),
     );
-    server.shutdown()?;
+    if o.stay {
+        say(
+            out,
+            format!(
+                "the server and its console stay up at http://{}/ (Ctrl-C stops)",
+                server.addr()
+            ),
+        );
+        server.wait()?;
+    } else {
+        server.shutdown()?;
+    }
     Ok(DemoSummary {
         published: o.count,
         scored,

@@ -89,6 +89,12 @@ enum Command {
         /// Flag scores above this [default: the built-in model's threshold].
         #[arg(long)]
         threshold: Option<f64>,
+        /// Where the REST API and the web console listen (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        /// Keep the server (and its console) up after the run, until Ctrl-C.
+        #[arg(long)]
+        stay: bool,
         /// Write `eventid,kind` of every message here [default: labels.csv in --data-dir,
         /// else weir-demo-labels.csv in the current folder].
         #[arg(long)]
@@ -458,6 +464,8 @@ fn main() -> ExitCode {
             ort_library,
             threshold,
             labels,
+            listen,
+            stay,
         } => {
             let options = weir_cli::demo::DemoOptions {
                 count,
@@ -470,6 +478,8 @@ fn main() -> ExitCode {
                 ort_library,
                 threshold,
                 labels,
+                listen,
+                stay,
             };
             match weir_cli::demo::demo(&options, &mut std::io::stdout()) {
                 Ok(_) => ExitCode::SUCCESS,

@@ -97,6 +97,17 @@ fn weir_demo_publishes_over_mqtt_and_flags_the_injected_faults_live() {
         text.contains("summary: 600 messages published, 600 scored"),
         "{text}"
     );
+    // The console's address, opened on the scores' chart (docs/console.md).
+    let console = text
+        .lines()
+        .find_map(|l| l.strip_prefix("console: "))
+        .unwrap_or_else(|| panic!("no console line: {text}"));
+    assert!(
+        console.starts_with("http://127.0.0.1:")
+            && console.contains("?q=SELECT%20EVENTID%2C%20ANOMALY_VAL%20FROM%20ANOMALYDETECTION")
+            && console.contains("&column=ANOMALY_VAL&threshold="),
+        "{console}"
+    );
     assert!(
         text.contains("  ANOMALY  event"),
         "flagged events are shown: {text}"

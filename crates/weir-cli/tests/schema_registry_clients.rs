@@ -8,26 +8,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
-use common::{broker, free_port};
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(path)
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{Killed, broker, free_port, repo, wait_listening};
 
 #[test]
 fn confluent_serializers_round_trip_through_weir_streams() {
@@ -46,14 +29,7 @@ fn confluent_serializers_round_trip_through_weir_streams() {
             .spawn()
             .expect("weir server starts"),
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "weir server did not start listening"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_listening(port, "weir server");
     let out = Command::new(repo(".weir/venv/bin/python"))
         .args(["-W", "ignore"])
         .arg(repo("tests/clients/schema_registry_client.py"))

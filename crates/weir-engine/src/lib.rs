@@ -470,6 +470,10 @@ pub struct QueryView {
     pub window_type: Option<&'static str>,
     /// EXPLAIN's text.
     pub execution_plan: String,
+    /// Its operators, as EXPLAIN shows each, and the rows into and out of each since it
+    /// started.
+    pub stages: Vec<String>,
+    pub stage_rows: Vec<(u64, u64)>,
     pub stats: meta::QueryStats,
     /// Records a windowed aggregation dropped as late.
     pub late: u64,
@@ -708,7 +712,7 @@ impl PersistentQuery {
             .filter(|p| self.owns(*p))
             .collect();
         let n = threads.min(all.len());
-        let mut results = {
+        let mut results: Vec<(u32, Result<pipeline::Step>, Duration)> = {
             let spec = &self.sink_spec(log, durable);
             let stages = &stages;
             at_once(all.len(), n, |i| {
@@ -724,6 +728,11 @@ impl PersistentQuery {
                 (p, step, began.elapsed())
             })
         };
+        for (_, step, _) in &results {
+            if let Ok(step) = step {
+                self.pipeline.count_stage_rows(step);
+            }
+        }
         if stateless {
             // Encoded already, on the partitions' threads.
             return Some(results);
@@ -994,6 +1003,7 @@ impl PersistentQuery {
     fn publish(&self) {
         let mut v = self.view.lock().unwrap_or_else(|e| e.into_inner());
         v.stats = self.stats;
+        v.stage_rows.clone_from(&self.pipeline.stage_rows);
         v.late = self.pipeline.late_records();
         v.error.clone_from(&self.error);
         v.paused = self.paused;
@@ -1427,6 +1437,8 @@ impl Engine {
             sources: vec![],
             window_type: None,
             execution_plan: String::new(),
+            stages: Vec::new(),
+            stage_rows: Vec::new(),
             paused: false,
             stats: Default::default(),
             late: 0,
@@ -3218,6 +3230,8 @@ impl Engine {
             sources: pipeline.sources(),
             window_type: pipeline.window_type(),
             execution_plan: pipeline.explain(&logical, Some(&sink.topic)),
+            stages: pipeline.stage_names(),
+            stage_rows: pipeline.stage_rows.clone(),
             stats: meta::QueryStats::default(),
             late: 0,
             error: None,

@@ -45,6 +45,14 @@ pub(crate) struct Step {
     /// the outputs a record makes carry them, as Kafka Streams carries a record's headers
     /// to what it forwards. For a join, by the joined rows' offsets (sequence numbers).
     pub headers: std::collections::BTreeMap<u64, Vec<weir_log::Header>>,
+    /// Rows into and out of each stage run where the partitions' steps ran at once
+    /// ([`shared_step`]), for [`Pipeline::stage_rows`].
+    pub stage_rows: Vec<(u64, u64)>,
+}
+
+/// The rows (and deletes) in some batches of changes.
+fn rows(changes: &[ChangeBatch]) -> u64 {
+    changes.iter().map(|c| c.batch.num_rows() as u64).sum()
 }
 
 /// A stage over batches of changes (rows or deletes). Stateful stages also say what of
@@ -455,6 +463,9 @@ pub(crate) enum Input {
 pub(crate) struct Pipeline {
     pub input: Input,
     pub operators: Vec<Box<dyn Operator>>,
+    /// Per operator, the rows that went in and came out since the pipeline was built
+    /// (the console's pipeline view).
+    pub stage_rows: Vec<(u64, u64)>,
 }
 
 /// What a query's stateless stage does with rows that fail: stop the query
@@ -489,9 +500,11 @@ impl Pipeline {
                 offsets,
             ))),
         };
+        let operators = operators(plan, aggregate, on_error);
         Pipeline {
             input,
-            operators: operators(plan, aggregate, on_error),
+            stage_rows: vec![(0, 0); operators.len()],
+            operators,
         }
     }
 
@@ -580,6 +593,20 @@ impl Pipeline {
         moved
     }
 
+    /// Adds the rows a step counted in its stages from `first` on ([`Step::stage_rows`]).
+    pub fn count_stage_rows(&mut self, step: &Step) {
+        self.stage_rows.resize(self.operators.len(), (0, 0));
+        for (total, (i, o)) in self.stage_rows.iter_mut().zip(&step.stage_rows) {
+            total.0 += i;
+            total.1 += o;
+        }
+    }
+
+    /// Each operator as EXPLAIN shows it.
+    pub fn stage_names(&self) -> Vec<String> {
+        self.operators.iter().map(|o| o.explain()).collect()
+    }
+
     /// Runs batches of changes through every operator, stage by stage.
     pub fn run(
         &mut self,
@@ -590,6 +617,18 @@ impl Pipeline {
         self.run_from(0, changes, partition, problems)
     }
 
+    /// The operators from `first` on, each with its row counts.
+    fn stages_from(
+        &mut self,
+        first: usize,
+    ) -> impl Iterator<Item = (&mut Box<dyn Operator>, &mut (u64, u64))> {
+        self.stage_rows.resize(self.operators.len(), (0, 0));
+        self.operators
+            .iter_mut()
+            .zip(self.stage_rows.iter_mut())
+            .skip(first)
+    }
+
     /// As [`Pipeline::run`], from stage `first` on (those before it ran elsewhere).
     pub fn run_from(
         &mut self,
@@ -598,11 +637,13 @@ impl Pipeline {
         partition: u32,
         problems: &mut Vec<Problem>,
     ) -> Result<Vec<ChangeBatch>> {
-        for op in self.operators.iter_mut().skip(first) {
+        for (op, counts) in self.stages_from(first) {
+            counts.0 += rows(&changes);
             let mut out = Vec::with_capacity(changes.len());
             for c in changes {
                 op.process(c, partition, &mut out, problems)?;
             }
+            counts.1 += rows(&out);
             changes = out;
         }
         Ok(changes)
@@ -618,7 +659,8 @@ impl Pipeline {
         mut inputs: Vec<(u32, Vec<ChangeBatch>)>,
         problems: &mut [&mut Vec<Problem>],
     ) -> Result<Vec<Vec<ChangeBatch>>> {
-        for op in self.operators.iter_mut().skip(first) {
+        for (op, counts) in self.stages_from(first) {
+            counts.0 += inputs.iter().map(|(_, c)| rows(c)).sum::<u64>();
             let partitions: Vec<u32> = inputs.iter().map(|(p, _)| *p).collect();
             inputs = op
                 .process_many(inputs)?
@@ -630,6 +672,7 @@ impl Pipeline {
                     (p, changes)
                 })
                 .collect();
+            counts.1 += inputs.iter().map(|(_, c)| rows(c)).sum::<u64>();
         }
         Ok(inputs.into_iter().map(|(_, changes)| changes).collect())
     }
@@ -846,10 +889,12 @@ pub(crate) fn shared_step(
 ) -> Result<Step> {
     let (mut step, mut changes) = input.take(log, partition, None)?;
     for stage in stages {
+        let went_in = rows(&changes);
         let mut out = Vec::with_capacity(changes.len());
         for c in changes {
             stage.process_shared(c, partition, &mut out, &mut step.problems)?;
         }
+        step.stage_rows.push((went_in, rows(&out)));
         changes = out;
     }
     step.changes = changes;

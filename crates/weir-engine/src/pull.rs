@@ -317,6 +317,7 @@ fn pull_chunk(
             tombstones: false,
             batch,
         }]),
+        stage_rows: Vec::new(),
         operators: operators(
             plan,
             None,

@@ -14,6 +14,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod auth;
+mod console;
 pub mod entities;
 mod inserts;
 mod metrics;

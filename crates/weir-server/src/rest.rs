@@ -10,7 +10,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 use weir_sql::ast::Statement;
@@ -21,7 +21,6 @@ use crate::entities::{self, code, generic_error, statement_error};
 
 pub(crate) fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/", get(|| async { Redirect::temporary("/info") }))
         .route("/ksql", post(ksql))
         .route("/query", post(crate::streaming::query))
         .route("/query-stream", post(crate::streaming::query_stream))
@@ -39,6 +38,8 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/chc/ready", get(|| async { StatusCode::OK }))
         // Confluent's Schema Registry API, from Weir's own registry.
         .merge(crate::registry::routes())
+        // The web console (docs/console.md).
+        .merge(crate::console::routes())
         .fallback(|| async { (StatusCode::NOT_FOUND, "Not Found") })
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
