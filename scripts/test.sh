@@ -17,11 +17,12 @@ source scripts/setup.sh
 
 # What the build needs (as scripts/demo.sh), then the test tooling: real clients and peers
 # the integration tests drive (mosquitto_pub, tmux for the shell, Python ksqlDB and Kafka
-# clients), the tansu broker, and Debian's Chromium for the console's browser test (driven
+# clients), Mosquitto (the broker the MQTT bridge test subscribes to; curl and openssl for
+# the TLS test), the tansu broker, and Debian's Chromium for the console's browser test (driven
 # by Playwright from PyPI, pointed at /usr/bin/chromium: no browser download).
 need_build_packages
 need_ort
-need_apt mosquitto-clients tmux python3-pip python3-venv stunnel4 openssl chromium
+need_apt mosquitto-clients mosquitto curl tmux python3-pip python3-venv stunnel4 openssl chromium
 need_python_clients
 need_tansu
 

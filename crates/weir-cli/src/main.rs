@@ -38,10 +38,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the ksqlDB-compatible REST API (HTTP/1.1 and cleartext HTTP/2 on one port).
+    /// Serve the ksqlDB-compatible REST API (HTTP/1.1 and HTTP/2 on one port; TLS with
+    /// an https:// address) and the web console.
     Server {
-        #[arg(long, value_name = "ADDRESS:PORT", help = settings::flag_help("listeners"), value_parser = weir_server::listen_address)]
-        listen: Option<std::net::SocketAddr>,
+        #[arg(long, value_name = "ADDRESS:PORT", help = settings::flag_help("listeners"), value_parser = |s: &str| weir_server::listen_address(s).map(|_| s.to_string()))]
+        listen: Option<String>,
         #[arg(long, help = settings::flag_help("weir.data.dir"))]
         data_dir: Option<PathBuf>,
         #[arg(long, value_name = "HOST:PORT", help = settings::flag_help("bootstrap.servers"))]
@@ -54,6 +55,23 @@ enum Command {
         mqtt_listen: Option<std::net::SocketAddr>,
         #[arg(long, value_name = "MAP", help = settings::flag_help("weir.mqtt.topic.map"))]
         mqtt_topic_map: Option<String>,
+        #[arg(long, value_name = "ADDRESS:PORT", help = settings::flag_help("weir.mqtt.tls.listen"), value_parser = weir_server::listen_address)]
+        mqtt_tls_listen: Option<std::net::SocketAddr>,
+        #[arg(long, value_name = "PEM", help = settings::flag_help("weir.tls.certificate.file"))]
+        tls_cert: Option<PathBuf>,
+        #[arg(long, value_name = "PEM", help = settings::flag_help("weir.tls.key.file"))]
+        tls_key: Option<PathBuf>,
+        #[arg(long, value_name = "PEM", help = settings::flag_help("weir.tls.client.ca.file"))]
+        tls_client_ca: Option<PathBuf>,
+        /// Subscribe to an existing MQTT broker (mqtt://HOST:PORT, or mqtts://HOST:PORT for
+        /// TLS) and store what it sends through the topic map, acknowledged once stored
+        /// (the bridge `cli`; more bridges and their settings: weir.mqtt.bridge.<name>.* in
+        /// the config file, docs/mqtt.md)
+        #[arg(long, value_name = "URL", requires = "mqtt_bridge_topics")]
+        mqtt_bridge: Option<String>,
+        /// The MQTT topic filters --mqtt-bridge subscribes to, comma-separated (`car/#`)
+        #[arg(long, value_name = "FILTERS", requires = "mqtt_bridge")]
+        mqtt_bridge_topics: Option<String>,
         /// A ksqlDB-style properties file (`key=value`); flags override it. Unknown keys
         /// are warned about, naming the nearest known one.
         #[arg(long)]
@@ -414,6 +432,12 @@ fn main() -> ExitCode {
             plugin_dir,
             mqtt_listen,
             mqtt_topic_map,
+            mqtt_tls_listen,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+            mqtt_bridge,
+            mqtt_bridge_topics,
             config,
         } => {
             init_logging();
@@ -425,7 +449,25 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             if let Some(l) = listen {
-                cfg.listen = l;
+                cfg.listen = weir_server::listen_address(&l).expect("checked by clap");
+                cfg.rest_tls = weir_server::listen_is_https(&l);
+            }
+            if mqtt_tls_listen.is_some() {
+                cfg.mqtt_tls_listen = mqtt_tls_listen;
+            }
+            if let Some(p) = tls_cert {
+                cfg.tls_files().certificate = p;
+            }
+            if let Some(p) = tls_key {
+                cfg.tls_files().key = p;
+            }
+            if tls_client_ca.is_some() {
+                cfg.tls_files().client_ca = tls_client_ca;
+            }
+            if let (Some(url), Some(topics)) = (mqtt_bridge, mqtt_bridge_topics) {
+                let bridge = cfg.mqtt_bridges.entry("cli".into()).or_default();
+                bridge.insert("url".into(), url);
+                bridge.insert("topics".into(), topics);
             }
             if let Some(d) = data_dir {
                 cfg.data_dir = d;

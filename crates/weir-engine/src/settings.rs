@@ -85,6 +85,26 @@ pub const SETTINGS: &[Setting] = &[
         "",
         "accept MQTT publishes on ADDRESS:PORT (off when empty)",
     ),
+    server(
+        "weir.mqtt.tls.listen",
+        "",
+        "accept MQTT publishes over TLS on ADDRESS:PORT (beside or instead of weir.mqtt.listen; needs weir.tls.certificate.file and weir.tls.key.file)",
+    ),
+    server(
+        "weir.tls.certificate.file",
+        "",
+        "PEM file of the server's TLS certificate and chain, for an https:// REST listener and the MQTT TLS listener",
+    ),
+    server(
+        "weir.tls.key.file",
+        "",
+        "PEM file of the TLS certificate's private key",
+    ),
+    server(
+        "weir.tls.client.ca.file",
+        "",
+        "PEM file of the CAs that sign client certificates: when set, TLS clients must present one (mutual TLS)",
+    ),
     server("mqtt.listeners", "", "same as weir.mqtt.listen"),
     server("listeners.mqtt", "", "same as weir.mqtt.listen"),
     server(

@@ -7,7 +7,9 @@
 //! Points: `crash_before_checkpoint` (engine: a step's output written, its checkpoint
 //! not), `mid_output` (engine: between two sink partitions' appends of one step),
 //! `torn_append` (embedded log: half of an append's bytes written) and `worker_exit`
-//! (runtime: a query worker's thread ends, once; the runtime starts another). Points a
+//! (runtime: a query worker's thread ends, once; the runtime starts another),
+//! `mqtt_before_store` (MQTT listener and bridges: a round of received messages about to
+//! be appended). Points a
 //! process survives (once each, [`reached_once`]): `write_error` (embedded log: half of
 //! an append's bytes written, then the write fails as on a full disk) and `fsync_error`
 //! (embedded log: a segment's fsync fails).

@@ -48,6 +48,10 @@ fn run(log: Arc<dyn Log>, rx: flume::Receiver<Message>) {
                 Err(_) => break,
             }
         }
+        // Crash tests: killed with messages received and not stored.
+        if weir_log::failpoint::reached("mqtt_before_store") {
+            weir_log::failpoint::fire("mqtt_before_store");
+        }
         let results = store(log.as_ref(), &mut partitions, &round);
         for (m, r) in round.into_iter().zip(results) {
             if let Some(done) = m.done {

@@ -28,6 +28,7 @@
 //!
 //! Packets are decoded by `rumqttc`'s codecs through [`codec::decode`].
 
+pub mod bridge;
 pub mod codec;
 pub mod ingest;
 mod topics;
@@ -41,7 +42,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use weir_log::Log;
 
@@ -193,9 +193,13 @@ impl Mqtt {
 
     /// Accepts connections until `stopping` turns true; then open connections are closed
     /// (MQTT 5 clients are told the server is shutting down).
+    /// Accepts connections on `listener` until `stopping`; over TLS when `tls` is given
+    /// (the handshake on the connection's own task, within the CONNECT timeout; a
+    /// failed one is logged with its reason and closes only that connection).
     pub async fn serve(
         self: Arc<Self>,
         listener: tokio::net::TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
         mut stopping: watch::Receiver<bool>,
     ) {
         loop {
@@ -224,11 +228,29 @@ impl Mqtt {
             let _ = stream.set_nodelay(true);
             let mqtt = self.clone();
             let stopping = stopping.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
                 mqtt.stats.connections_open.fetch_add(1, Ordering::Relaxed);
                 let id = mqtt.connection_ids.fetch_add(1, Ordering::Relaxed);
                 let mut conn = Connection::new(&mqtt, id, peer);
-                match conn.run(stream, stopping).await {
+                let served = match tls {
+                    None => {
+                        let (rd, wr) = stream.into_split();
+                        conn.run(rd, wr, stopping).await
+                    }
+                    Some(tls) => {
+                        let timeout = mqtt.config.connect_timeout;
+                        match tokio::time::timeout(timeout, tls.accept(stream)).await {
+                            Ok(Ok(stream)) => {
+                                let (rd, wr) = tokio::io::split(stream);
+                                conn.run(rd, wr, stopping).await
+                            }
+                            Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
+                            Err(_) => Err(format!("no TLS handshake within {timeout:?}")),
+                        }
+                    }
+                };
+                match served {
                     Ok(()) => {
                         tracing::debug!(%peer, client = %conn.client_id, "MQTT connection closed")
                     }
@@ -387,12 +409,16 @@ impl<'a> Connection<'a> {
     }
 
     /// Serves the connection; `Err` with the reason when it is closed for bad input.
-    async fn run(
+    async fn run<R, W>(
         &mut self,
-        stream: TcpStream,
+        mut rd: R,
+        wr: W,
         mut stopping: watch::Receiver<bool>,
-    ) -> Result<(), String> {
-        let (mut rd, wr) = stream.into_split();
+    ) -> Result<(), String>
+    where
+        R: tokio::io::AsyncRead + Unpin,
+        W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let mut buf = BytesMut::with_capacity(4096);
         let connect_timeout = self.mqtt.config.connect_timeout;
         let first = tokio::time::timeout(connect_timeout, self.read(&mut rd, &mut buf)).await;
@@ -510,9 +536,9 @@ impl<'a> Connection<'a> {
     }
 
     /// Reads the next packet; `None` at end of stream.
-    async fn read(
+    async fn read<R: tokio::io::AsyncRead + Unpin>(
         &self,
-        rd: &mut tokio::net::tcp::OwnedReadHalf,
+        rd: &mut R,
         buf: &mut BytesMut,
     ) -> Result<Option<Incoming>, DecodeError> {
         loop {
@@ -758,8 +784,8 @@ async fn read_within<T>(
 }
 
 /// Sends queued packets in order, each acknowledgement once its message is stored.
-async fn write_loop(
-    mut wr: tokio::net::tcp::OwnedWriteHalf,
+async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
+    mut wr: W,
     mut rx: mpsc::Receiver<Queued>,
     version: Version,
 ) -> Result<(), String> {

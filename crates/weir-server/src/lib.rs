@@ -22,6 +22,7 @@ mod plugins;
 mod registry;
 mod rest;
 mod streaming;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -69,9 +70,30 @@ pub fn listen_address(value: &str) -> Result<std::net::SocketAddr, String> {
         })
 }
 
+/// Whether a `listeners` value's first address is `https://`.
+pub fn listen_is_https(value: &str) -> bool {
+    value
+        .split(',')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+        .starts_with("https://")
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// The REST API over TLS (`listeners=https://...`), with [`ServerConfig::tls`].
+    pub rest_tls: bool,
+    /// `weir.tls.*`: the certificate, key and (for mutual TLS) client CA of the https
+    /// REST listener and the MQTT TLS listener.
+    pub tls: Option<tls::TlsFiles>,
+    /// `weir.mqtt.tls.listen`: MQTT over TLS here (beside or instead of `mqtt_listen`).
+    pub mqtt_tls_listen: Option<SocketAddr>,
+    /// `weir.mqtt.bridge.<name>.<key>`: brokers to subscribe to, by name, their settings
+    /// by key (see [`bridge_config`]).
+    pub mqtt_bridges: BTreeMap<String, BTreeMap<String, String>>,
     pub data_dir: PathBuf,
     /// Keep topics on this Kafka cluster instead of the embedded log.
     pub kafka_bootstrap: Option<String>,
@@ -116,6 +138,10 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8088)),
+            rest_tls: false,
+            tls: None,
+            mqtt_tls_listen: None,
+            mqtt_bridges: BTreeMap::new(),
             data_dir: PathBuf::from("weir-data"),
             kafka_bootstrap: None,
             kafka_client: Default::default(),
@@ -146,6 +172,23 @@ impl ServerConfig {
     /// `weir.mqtt.max.connections`; Kafka client properties (`security.protocol`, `ssl.*`,
     /// `sasl.*` and every other librdkafka key, plain or under `ksql.streams.`) go to the
     /// Kafka log's clients; every other key becomes a session property.
+    /// The TLS files, set or not yet.
+    pub fn tls_files(&mut self) -> &mut tls::TlsFiles {
+        self.tls.get_or_insert_with(Default::default)
+    }
+
+    /// The TLS acceptor the settings ask for (`None`: no TLS listener), or why not.
+    fn tls_acceptor(&self, alpn: &[&[u8]]) -> Result<Option<tokio_rustls::TlsAcceptor>, String> {
+        let wanted = self.rest_tls || self.mqtt_tls_listen.is_some();
+        match &self.tls {
+            _ if !wanted => Ok(None),
+            Some(files) if !files.certificate.as_os_str().is_empty() && !files.key.as_os_str().is_empty() => {
+                tls::acceptor(files, alpn).map(Some)
+            }
+            _ => Err("a TLS listener (https:// or weir.mqtt.tls.listen) needs weir.tls.certificate.file and weir.tls.key.file (--tls-cert, --tls-key)".into()),
+        }
+    }
+
     pub fn apply_properties_file(&mut self, path: &Path) -> Result<(), String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
@@ -160,7 +203,34 @@ impl ServerConfig {
             let (key, value) = (line[..split].trim(), line[split + 1..].trim());
             let bad = |e: String| format!("{}:{}: {key}: {e}", path.display(), n + 1);
             match key {
-                "listeners" | "listen" => self.listen = listen_address(value).map_err(bad)?,
+                "listeners" | "listen" => {
+                    self.listen = listen_address(value).map_err(bad)?;
+                    self.rest_tls = listen_is_https(value);
+                }
+                "weir.tls.certificate.file" => self.tls_files().certificate = PathBuf::from(value),
+                "weir.tls.key.file" => self.tls_files().key = PathBuf::from(value),
+                "weir.tls.client.ca.file" => {
+                    self.tls_files().client_ca = Some(PathBuf::from(value))
+                }
+                "weir.mqtt.tls.listen" => {
+                    self.mqtt_tls_listen = Some(listen_address(value).map_err(bad)?)
+                }
+                _ if key.starts_with(BRIDGE_PREFIX) => {
+                    let rest = &key[BRIDGE_PREFIX.len()..];
+                    let (name, setting) = rest
+                        .split_once('.')
+                        .filter(|(n, s)| !n.is_empty() && BRIDGE_KEYS.contains(s))
+                        .ok_or_else(|| {
+                            bad(format!(
+                                "expected weir.mqtt.bridge.<name>.<setting>, the setting one of {}",
+                                BRIDGE_KEYS.join(", ")
+                            ))
+                        })?;
+                    self.mqtt_bridges
+                        .entry(name.to_string())
+                        .or_default()
+                        .insert(setting.to_string(), value.to_string());
+                }
                 "weir.data.dir" => self.data_dir = PathBuf::from(value),
                 "bootstrap.servers" | "ksql.streams.bootstrap.servers" => {
                     self.kafka_bootstrap = Some(value.to_string())
@@ -258,6 +328,120 @@ impl ServerConfig {
     }
 }
 
+const BRIDGE_PREFIX: &str = "weir.mqtt.bridge.";
+
+/// The settings of a bridge (`weir.mqtt.bridge.<name>.<setting>`).
+pub const BRIDGE_KEYS: &[&str] = &[
+    "url",
+    "topics",
+    "qos",
+    "client.id",
+    "clean.session",
+    "username",
+    "password",
+    "tls.ca.file",
+    "tls.certificate.file",
+    "tls.key.file",
+];
+
+/// A bridge's configuration from its settings: `url` (`mqtt://HOST:PORT`, or
+/// `mqtts://HOST:PORT` for TLS), `topics` (comma-separated filters), `qos` (default 1),
+/// `client.id` (default `weir-<service id>-<name>`), `clean.session` (default false: the
+/// broker keeps what Weir has not acknowledged), `username`/`password`, and for TLS
+/// `tls.ca.file` (default: the system's CAs), `tls.certificate.file` and `tls.key.file`
+/// (a client certificate).
+pub fn bridge_config(
+    name: &str,
+    settings: &BTreeMap<String, String>,
+    service_id: &str,
+) -> Result<weir_mqtt::bridge::BridgeConfig, String> {
+    let bad = |e: &str| format!("MQTT bridge {name}: {e}");
+    let url = settings
+        .get("url")
+        .ok_or_else(|| bad("no url (mqtt://HOST:PORT or mqtts://HOST:PORT)"))?;
+    let (scheme, at) = url.split_once("://").unwrap_or(("mqtt", url));
+    let tls = match scheme {
+        "mqtt" | "tcp" => false,
+        "mqtts" | "ssl" | "tls" => true,
+        other => {
+            return Err(bad(&format!(
+                "unknown scheme '{other}' (mqtt:// or mqtts://)"
+            )));
+        }
+    };
+    let at = at.trim_end_matches('/');
+    let (host, port) = match at.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| bad(&format!("bad port in {url}")))?,
+        ),
+        None => (at, if tls { 8883 } else { 1883 }),
+    };
+    let filters: Vec<String> = settings
+        .get("topics")
+        .map(|t| {
+            t.split(',')
+                .map(|f| f.trim().to_string())
+                .filter(|f| !f.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    if filters.is_empty() {
+        return Err(bad("no topics (comma-separated MQTT topic filters)"));
+    }
+    let qos = match settings.get("qos").map(String::as_str) {
+        None => 1,
+        Some("0") => 0,
+        Some("1") => 1,
+        Some("2") => 2,
+        Some(other) => return Err(bad(&format!("qos is 0, 1 or 2, not {other}"))),
+    };
+    let clean_session = match settings.get("clean.session").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => return Err(bad(&format!("clean.session is true or false, not {other}"))),
+    };
+    let path = |k: &str| settings.get(k).map(PathBuf::from);
+    let tls = match tls {
+        false => None,
+        true => {
+            let identity = match (path("tls.certificate.file"), path("tls.key.file")) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (None, None) => None,
+                _ => return Err(bad("tls.certificate.file and tls.key.file go together")),
+            };
+            Some(
+                tls::client_config(
+                    path("tls.ca.file").as_deref(),
+                    identity.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+                )
+                .map_err(|e| bad(&e))?,
+            )
+        }
+    };
+    Ok(weir_mqtt::bridge::BridgeConfig {
+        name: name.to_string(),
+        host: host.to_string(),
+        port,
+        tls,
+        filters,
+        qos,
+        client_id: settings
+            .get("client.id")
+            .cloned()
+            .unwrap_or_else(|| format!("weir-{}-{name}", service_id.trim_end_matches('_'))),
+        clean_session,
+        credentials: settings.get("username").map(|u| {
+            (
+                u.clone(),
+                settings.get("password").cloned().unwrap_or_default(),
+            )
+        }),
+        keep_alive: Duration::from_secs(30),
+    })
+}
+
 /// A setting in milliseconds.
 fn millis(value: &str) -> Result<u64, String> {
     value
@@ -280,6 +464,8 @@ pub(crate) struct AppState {
     pub service_id: String,
     /// The MQTT listener's counters, when it runs.
     pub mqtt: Option<Arc<weir_mqtt::MqttStats>>,
+    /// The MQTT bridges' counters, by name.
+    pub bridges: Vec<(String, Arc<weir_mqtt::bridge::BridgeStats>)>,
     pub requests: metrics::Requests,
     /// Weir's own schema registry, served over Confluent's REST API (`None` when
     /// `ksql.schema.registry.url` names an external one).
@@ -290,6 +476,7 @@ pub(crate) struct AppState {
 pub struct Server {
     addr: SocketAddr,
     mqtt_addr: Option<SocketAddr>,
+    mqtt_tls_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<Result<(), String>>>,
 }
@@ -337,9 +524,42 @@ impl Server {
             }
             None => (plugin_functions(), None),
         };
-        let mqtt = match config.mqtt_listen {
-            Some(at) => Some(start_mqtt(&config, at, log.clone(), users.clone())?),
+        // TLS: the REST API offers HTTP/2 and HTTP/1.1 by ALPN; MQTT has no ALPN of its own.
+        let rest_tls = match config.rest_tls {
+            true => config.tls_acceptor(&[b"h2", b"http/1.1"])?,
+            false => None,
+        };
+        let mqtt_tls = match config.mqtt_tls_listen {
+            Some(_) => config.tls_acceptor(&[])?,
             None => None,
+        };
+        let bridges = config
+            .mqtt_bridges
+            .iter()
+            .map(|(name, settings)| bridge_config(name, settings, &config.service_id))
+            .collect::<Result<Vec<_>, _>>()?;
+        let bridge_map = match bridges.is_empty() {
+            true => None,
+            false => {
+                let map = weir_mqtt::TopicMap::parse(&config.mqtt_topic_map)?;
+                if map.is_empty() {
+                    return Err("an MQTT bridge needs weir.mqtt.topic.map (--mqtt-topic-map): where its topics go".into());
+                }
+                Some(map)
+            }
+        };
+        let bridges: Vec<_> = bridges
+            .into_iter()
+            .map(|b| (b, Arc::new(weir_mqtt::bridge::BridgeStats::default())))
+            .collect();
+        let bridging = bridge_map.map(|map| Bridging {
+            map,
+            log: log.clone(),
+            bridges: bridges.clone(),
+        });
+        let mqtt = match config.mqtt_listen.is_some() || config.mqtt_tls_listen.is_some() {
+            true => Some(start_mqtt(&config, mqtt_tls, log.clone(), users.clone())?),
+            false => None,
         };
         // The schema formats' registry: an external one when named, else Weir's own (kept in
         // the log), which this server also serves over Confluent's REST API.
@@ -391,7 +611,11 @@ impl Server {
             stopping: stopping_rx,
             cluster_id,
             service_id: config.service_id.clone(),
-            mqtt: mqtt.as_ref().map(|(m, _, _)| m.stats().clone()),
+            mqtt: mqtt.as_ref().map(|m| m.mqtt.stats().clone()),
+            bridges: bridges
+                .iter()
+                .map(|(b, s)| (b.name.clone(), s.clone()))
+                .collect(),
             requests: metrics::Requests::default(),
             schemas,
         });
@@ -409,14 +633,31 @@ impl Server {
                 .spawn(move || plugins::watch(watch, state))
                 .map_err(|e| e.to_string())?;
         }
-        let mqtt_addr = mqtt.as_ref().map(|(_, _, a)| *a);
+        let mqtt_addr = mqtt
+            .as_ref()
+            .and_then(|m| m.plain.as_ref().map(|(_, a)| *a));
+        let mqtt_tls_addr = mqtt
+            .as_ref()
+            .and_then(|m| m.tls.as_ref().map(|(_, a, _)| *a));
         let thread = std::thread::Builder::new()
             .name("weir-server".into())
-            .spawn(move || serve(listener, mqtt, state, stop_rx, stopping_tx, signals))
+            .spawn(move || {
+                serve(
+                    listener,
+                    rest_tls,
+                    mqtt,
+                    bridging,
+                    state,
+                    stop_rx,
+                    stopping_tx,
+                    signals,
+                )
+            })
             .map_err(|e| e.to_string())?;
         Ok(Server {
             addr,
             mqtt_addr,
+            mqtt_tls_addr,
             stop: Some(stop_tx),
             thread: Some(thread),
         })
@@ -430,6 +671,11 @@ impl Server {
     /// Where the MQTT listener listens, when it runs.
     pub fn mqtt_addr(&self) -> Option<SocketAddr> {
         self.mqtt_addr
+    }
+
+    /// Where the MQTT listener takes TLS connections, when it does.
+    pub fn mqtt_tls_addr(&self) -> Option<SocketAddr> {
+        self.mqtt_tls_addr
     }
 
     /// Blocks until the server stops (a signal, for `start_with_signals`).
@@ -511,11 +757,24 @@ pub fn functions_with_plugins(
     (functions, lines)
 }
 
-type MqttListener = (Arc<weir_mqtt::Mqtt>, std::net::TcpListener, SocketAddr);
+/// The MQTT listener and its ports: plain, and over TLS.
+struct MqttListener {
+    mqtt: Arc<weir_mqtt::Mqtt>,
+    plain: Option<(std::net::TcpListener, SocketAddr)>,
+    tls: Option<(std::net::TcpListener, SocketAddr, tokio_rustls::TlsAcceptor)>,
+}
+
+fn bind(at: SocketAddr, what: &str) -> Result<(std::net::TcpListener, SocketAddr), String> {
+    let listener = std::net::TcpListener::bind(at)
+        .map_err(|e| format!("cannot listen for {what} on {at}: {e}"))?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    Ok((listener, addr))
+}
 
 fn start_mqtt(
     config: &ServerConfig,
-    at: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     log: Arc<dyn Log>,
     users: Option<Users>,
 ) -> Result<MqttListener, String> {
@@ -539,17 +798,40 @@ fn start_mqtt(
         },
         log,
     );
-    let listener = std::net::TcpListener::bind(at)
-        .map_err(|e| format!("cannot listen for MQTT on {at}: {e}"))?;
-    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(%addr, map = %config.mqtt_topic_map, auth = config.users_file.is_some(), "MQTT listener ready");
-    Ok((mqtt, listener, addr))
+    let plain = config.mqtt_listen.map(|at| bind(at, "MQTT")).transpose()?;
+    let tls = match (config.mqtt_tls_listen, tls) {
+        (Some(at), Some(acceptor)) => {
+            let (l, addr) = bind(at, "MQTT over TLS")?;
+            Some((l, addr, acceptor))
+        }
+        _ => None,
+    };
+    let client_certs = config.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+    if let Some((_, addr)) = &plain {
+        tracing::info!(%addr, map = %config.mqtt_topic_map, auth = config.users_file.is_some(), "MQTT listener ready");
+    }
+    if let Some((_, addr, _)) = &tls {
+        tracing::info!(%addr, map = %config.mqtt_topic_map, auth = config.users_file.is_some(), client_certs, "MQTT TLS listener ready");
+    }
+    Ok(MqttListener { mqtt, plain, tls })
 }
 
+/// The MQTT bridges to run, and where what they receive goes.
+struct Bridging {
+    map: weir_mqtt::TopicMap,
+    log: Arc<dyn Log>,
+    bridges: Vec<(
+        weir_mqtt::bridge::BridgeConfig,
+        Arc<weir_mqtt::bridge::BridgeStats>,
+    )>,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn serve(
     listener: std::net::TcpListener,
+    rest_tls: Option<tokio_rustls::TlsAcceptor>,
     mqtt: Option<MqttListener>,
+    bridging: Option<Bridging>,
     state: Arc<AppState>,
     stop: oneshot::Receiver<()>,
     stopping: watch::Sender<bool>,
@@ -564,15 +846,32 @@ fn serve(
     let served = rt.block_on(async {
         // No Nagle delay: acknowledgements and pushed rows are small writes a client
         // waits for (with the client's delayed ACKs, each could wait 40 ms).
-        let listener = axum::serve::ListenerExt::tap_io(
-            tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?,
-            |tcp: &mut tokio::net::TcpStream| {
-                let _ = tcp.set_nodelay(true);
-            },
-        );
-        if let Some((mqtt, l, _)) = mqtt {
-            let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
-            tokio::spawn(mqtt.serve(l, state.stopping.clone()));
+        let tcp = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+        if let Some(m) = mqtt {
+            if let Some((l, _)) = m.plain {
+                let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
+                tokio::spawn(m.mqtt.clone().serve(l, None, state.stopping.clone()));
+            }
+            if let Some((l, _, acceptor)) = m.tls {
+                let l = tokio::net::TcpListener::from_std(l).map_err(|e| e.to_string())?;
+                tokio::spawn(
+                    m.mqtt
+                        .clone()
+                        .serve(l, Some(acceptor), state.stopping.clone()),
+                );
+            }
+        }
+        if let Some(b) = bridging {
+            let ingest = weir_mqtt::ingest::start(b.log);
+            for (config, stats) in b.bridges {
+                tokio::spawn(weir_mqtt::bridge::run(
+                    config,
+                    b.map.clone(),
+                    ingest.clone(),
+                    stats,
+                    state.stopping.clone(),
+                ));
+            }
         }
         let app = rest::router(state.clone());
         let shutdown = async move {
@@ -580,10 +879,25 @@ fn serve(
             tracing::info!("weir server stopping");
             let _ = stopping.send(true);
         };
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(|e| e.to_string())
+        match rest_tls {
+            None => {
+                let listener =
+                    axum::serve::ListenerExt::tap_io(tcp, |tcp: &mut tokio::net::TcpStream| {
+                        let _ = tcp.set_nodelay(true);
+                    });
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            Some(acceptor) => {
+                let listener = tls::TlsListener::new(tcp, acceptor).map_err(|e| e.to_string())?;
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        }
     });
     // Connections still open after a grace period are dropped with the runtime.
     rt.shutdown_timeout(Duration::from_secs(5));

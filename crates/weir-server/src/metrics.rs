@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Mutex;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use weir_engine::meta::{LATENCY_BUCKETS_MS, QueryMetrics};
 
@@ -59,6 +59,7 @@ pub fn render(
     push_queries_open: usize,
     requests: &Requests,
     mqtt: Option<&weir_mqtt::MqttStats>,
+    bridges: &[(String, Arc<weir_mqtt::bridge::BridgeStats>)],
 ) -> String {
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, String)>| {
@@ -233,6 +234,50 @@ pub fn render(
             "Resent MQTT publishes (DUP) of messages already stored: acknowledged again, not stored twice.",
             one(&m.resent_duplicates),
         );
+    }
+    if !bridges.is_empty() {
+        let each = |f: fn(&weir_mqtt::bridge::BridgeStats) -> &std::sync::atomic::AtomicU64| {
+            bridges
+                .iter()
+                .map(|(name, s)| {
+                    (
+                        format!("{{bridge=\"{name}\"}}"),
+                        f(s).load(Ordering::Relaxed).to_string(),
+                    )
+                })
+                .collect()
+        };
+        type Counter = fn(&weir_mqtt::bridge::BridgeStats) -> &std::sync::atomic::AtomicU64;
+        let counters: [(&str, &str, Counter); 5] = [
+            (
+                "weir_mqtt_bridge_received_total",
+                "Messages an MQTT bridge received from its broker.",
+                |s| &s.received,
+            ),
+            (
+                "weir_mqtt_bridge_stored_total",
+                "Messages an MQTT bridge stored in the log (then acknowledged to the broker; QoS 1 and 2).",
+                |s| &s.stored,
+            ),
+            (
+                "weir_mqtt_bridge_unmapped_total",
+                "Messages an MQTT bridge dropped: the topic map routes their topic nowhere.",
+                |s| &s.unmapped,
+            ),
+            (
+                "weir_mqtt_bridge_connections_total",
+                "Connections an MQTT bridge made to its broker.",
+                |s| &s.connections,
+            ),
+            (
+                "weir_mqtt_bridge_connection_errors_total",
+                "Failed connection attempts and dropped connections of an MQTT bridge.",
+                |s| &s.connection_errors,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            family(name, "counter", help, each(counter));
+        }
     }
     out
 }

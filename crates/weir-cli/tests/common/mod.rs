@@ -141,6 +141,97 @@ pub fn tansu() -> String {
     panic!("tansu is not installed: run scripts/test.sh --setup");
 }
 
+pub fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `name`.pem / `name`.key signed by CA `ca` (self-signed when `ca` is None), for
+/// 127.0.0.1 and localhost.
+pub fn certificate(dir: &std::path::Path, name: &str, ca: Option<&str>, client: bool) {
+    let key = format!("{name}.key");
+    let pem = format!("{name}.pem");
+    openssl(
+        dir,
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            &key,
+        ],
+    );
+    let subject = format!("/CN={name}");
+    match ca {
+        None => openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-new",
+                "-key",
+                &key,
+                "-days",
+                "2",
+                "-subj",
+                &subject,
+                "-out",
+                &pem,
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        ),
+        Some(ca) => {
+            let csr = format!("{name}.csr");
+            openssl(
+                dir,
+                &["req", "-new", "-key", &key, "-subj", &subject, "-out", &csr],
+            );
+            let ext = format!("{name}.ext");
+            let usage = if client { "clientAuth" } else { "serverAuth" };
+            std::fs::write(
+                dir.join(&ext),
+                format!(
+                    "basicConstraints=CA:FALSE\nextendedKeyUsage={usage}\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                ),
+            )
+            .unwrap();
+            openssl(
+                dir,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &csr,
+                    "-CA",
+                    &format!("{ca}.pem"),
+                    "-CAkey",
+                    &format!("{ca}.key"),
+                    "-CAcreateserial",
+                    "-days",
+                    "2",
+                    "-extfile",
+                    &ext,
+                    "-out",
+                    &pem,
+                ],
+            );
+        }
+    }
+}
+
 /// A path in the repository.
 pub fn repo(path: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

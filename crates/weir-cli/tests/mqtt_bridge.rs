@@ -1,0 +1,230 @@
+//! Bridging from an existing broker: Debian's Mosquitto, started by the test, and
+//! mosquitto_pub publishing into it at QoS 0, 1 and 2; `weir server --mqtt-bridge`
+//! subscribes there and stores what comes into a Weir stream. Then Weir is killed with
+//! SIGKILL mid-stream and started again: no QoS 1/2 message the broker handed over is lost
+//! (the persistent session keeps what Weir had not acknowledged); duplicates are counted
+//! and printed.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Killed, free_port, wait_listening};
+
+fn mosquitto(dir: &Path) -> (Killed, u16) {
+    let port = free_port();
+    let conf = dir.join("mosquitto.conf");
+    // Enough room for what a persistent session keeps while Weir is down.
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+             max_queued_messages 100000\nmax_inflight_messages 100\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("mosquitto.log")).unwrap())
+        .spawn()
+        .expect("mosquitto (Debian's package; scripts/test.sh --setup installs it)");
+    wait_listening(port, "mosquitto");
+    (Killed(child), port)
+}
+
+fn weir_server(dir: &Path, rest: u16, broker: u16, log_name: &str) -> Child {
+    weir_server_with(dir, rest, broker, log_name, None)
+}
+
+/// With `failpoint` (weir_log::failpoint) armed.
+fn weir_server_with(
+    dir: &Path,
+    rest: u16,
+    broker: u16,
+    log_name: &str,
+    failpoint: Option<&str>,
+) -> Child {
+    let bin = std::env::var_os("WEIR_BIN").unwrap_or(env!("CARGO_BIN_EXE_weir").into());
+    let mut cmd = Command::new(bin);
+    if let Some(f) = failpoint {
+        cmd.env("WEIR_FAILPOINT", f);
+    }
+    let child = cmd
+        .args(["server", "--listen", &format!("127.0.0.1:{rest}")])
+        .args(["--data-dir", "data"])
+        .args(["--mqtt-bridge", &format!("mqtt://127.0.0.1:{broker}")])
+        .args(["--mqtt-bridge-topics", "fleet/#,depot/#"])
+        .args(["--mqtt-topic-map", "readings:fleet/.*"])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(log_name)).unwrap())
+        .spawn()
+        .expect("weir server starts");
+    wait_listening(rest, "weir server");
+    child
+}
+
+fn get(url: &str) -> String {
+    ureq::get(url)
+        .call()
+        .map(|r| r.into_body().read_to_string().unwrap_or_default())
+        .unwrap_or_default()
+}
+
+fn metric(rest: u16, name: &str) -> u64 {
+    get(&format!("http://127.0.0.1:{rest}/metrics"))
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Publishes `lines` (one message each) at `qos` to `topic` through mosquitto_pub.
+fn publish(broker: u16, topic: &str, qos: u8, lines: &[String]) {
+    let mut child = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &broker.to_string(), "-t", topic])
+        .args(["-q", &qos.to_string(), "-l"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub");
+    let mut stdin = child.stdin.take().unwrap();
+    for l in lines {
+        writeln!(stdin, "{l}").unwrap();
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "mosquitto_pub: {out:?}");
+}
+
+/// The stream's values so far, each with how many times it is stored.
+fn stored(rest: u16) -> BTreeMap<String, usize> {
+    let body = serde_json::json!({"ksql": "SELECT * FROM readings;", "streamsProperties": {}});
+    let text = ureq::post(&format!("http://127.0.0.1:{rest}/query"))
+        .send_json(body)
+        .map(|r| r.into_body().read_to_string().unwrap_or_default())
+        .unwrap_or_default();
+    let mut counts = BTreeMap::new();
+    if let Ok(serde_json::Value::Array(rows)) = serde_json::from_str::<serde_json::Value>(&text) {
+        for r in rows {
+            if let Some(v) = r["row"]["columns"][0].as_str() {
+                *counts.entry(v.to_string()).or_insert(0) += 1;
+            }
+        }
+    }
+    counts
+}
+
+fn create_stream(rest: u16) {
+    let sql = "CREATE STREAM readings (reading VARCHAR) WITH (KAFKA_TOPIC='readings', VALUE_FORMAT='KAFKA', PARTITIONS=1);";
+    let r = ureq::post(&format!("http://127.0.0.1:{rest}/ksql"))
+        .send_json(serde_json::json!({"ksql": sql, "streamsProperties": {}}));
+    assert!(r.is_ok(), "{r:?}");
+}
+
+#[test]
+fn a_bridge_stores_what_mosquitto_delivers_and_loses_nothing_to_kill_9() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (_broker, broker) = mosquitto(dir);
+    let rest = free_port();
+    let mut weir = Killed(weir_server(dir, rest, broker, "weir-1.log"));
+    create_stream(rest);
+    wait_for("the bridge to connect", Duration::from_secs(30), || {
+        metric(rest, "weir_mqtt_bridge_connections_total") >= 1
+    });
+
+    // QoS 0, 1 and 2 publishers into Mosquitto reach the stream.
+    let mut sent = Vec::new();
+    for qos in 0..3u8 {
+        let lines: Vec<String> = (0..200).map(|i| format!("q{qos}-{i}")).collect();
+        publish(broker, &format!("fleet/car{qos}/temp"), qos, &lines);
+        sent.extend(lines);
+    }
+    wait_for("600 bridged messages", Duration::from_secs(60), || {
+        stored(rest).len() >= 600
+    });
+    let first = stored(rest);
+    for m in &sent {
+        assert!(first.contains_key(m), "{m} missing");
+    }
+    // A subscribed topic the map does not route is dropped (logged and counted).
+    publish(broker, "depot/gate", 1, &["stray".to_string()]);
+    wait_for("the stray message counted", Duration::from_secs(30), || {
+        metric(rest, "weir_mqtt_bridge_unmapped_total") == 1
+    });
+    println!(
+        "bridge: 600 messages at QoS 0/1/2 from Mosquitto stored, {} duplicates",
+        first.values().filter(|n| **n > 1).count()
+    );
+
+    // Mid-stream SIGKILL, at a known place: the append of received messages stops
+    // (failpoint `mqtt_before_store`, paused) while the broker keeps sending; Weir is
+    // killed there. The broker keeps (and resends) what was not acknowledged.
+    let _ = weir.0.kill();
+    let _ = weir.0.wait();
+    let mut weir = Killed(weir_server_with(
+        dir,
+        rest,
+        broker,
+        "weir-2.log",
+        Some("mqtt_before_store:3:pause"),
+    ));
+    let burst: Vec<String> = (0..22_000).map(|i| format!("k-{i}")).collect();
+    let (a, b) = burst.split_at(20_000);
+    let publisher = {
+        let a = a.to_vec();
+        std::thread::spawn(move || publish(broker, "fleet/car9/temp", 1, &a))
+    };
+    wait_for("the failpoint", Duration::from_secs(60), || {
+        std::fs::read_to_string(dir.join("weir-2.log"))
+            .unwrap_or_default()
+            .contains("WEIR_FAILPOINT mqtt_before_store reached")
+    });
+    let received = metric(rest, "weir_mqtt_bridge_received_total");
+    let before = metric(rest, "weir_mqtt_bridge_stored_total");
+    let _ = weir.0.kill();
+    let _ = weir.0.wait();
+    publisher.join().unwrap();
+    // Published while Weir is down: queued by Mosquitto for the persistent session.
+    publish(broker, "fleet/car9/temp", 2, b);
+    let _weir = Killed(weir_server(dir, rest, broker, "weir-3.log"));
+    wait_for(
+        "every message of the burst",
+        Duration::from_secs(120),
+        || {
+            let s = stored(rest);
+            burst.iter().all(|m| s.contains_key(m))
+        },
+    );
+    let after = stored(rest);
+    let lost = burst.iter().filter(|m| !after.contains_key(*m)).count();
+    let duplicates: usize = burst.iter().map(|m| after[m].saturating_sub(1)).sum();
+    println!(
+        "bridge: killed with -9 mid-stream ({received} of 20,000 received, {before} stored and acknowledged), 2,000 more sent while it was down; 22,000 at QoS 1/2: lost {lost}, duplicates {duplicates}"
+    );
+    assert_eq!(lost, 0);
+    assert!(
+        before < received,
+        "not killed mid-stream: {before} stored of {received} received"
+    );
+    let log = std::fs::read_to_string(dir.join("weir-1.log")).unwrap_or_default();
+    assert!(
+        log.contains("no topic map entry for this topic"),
+        "the stray message is logged: {log}"
+    );
+}
