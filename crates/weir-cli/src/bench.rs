@@ -4,7 +4,7 @@
 //! asserts nothing (speed goals are read from its output, not enforced by tests).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use weir_engine::Engine;
 use weir_log::{EmbeddedLog, EmbeddedLogConfig, FsyncPolicy, Log, Record, TopicConfig};
@@ -689,33 +689,25 @@ pub fn inserts(rows: u64) -> Result<(), String> {
 /// demo-sized car messages at QoS 1 with up to `inflight` unacknowledged, into a server on
 /// the embedded log (every acknowledgement waits for an fsync). Prints messages/s and the
 /// publish-to-PUBACK latency percentiles, and checks the log holds them all.
-pub fn mqtt(publishers: usize, messages: usize, inflight: usize) -> Result<(), String> {
+/// `publishers` MQTT 3.1.1 clients at once, each publishing `messages` copies of
+/// `payload` at QoS 1 to `addr`, up to `inflight` unacknowledged; each message's time
+/// from publish to PUBACK.
+fn publish_qos1(
+    addr: std::net::SocketAddr,
+    publishers: usize,
+    messages: usize,
+    inflight: usize,
+    payload: &[u8],
+) -> Result<Vec<Duration>, String> {
     use rumqttc::mqttbytes::v4;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let server = weir_server::Server::start(weir_server::ServerConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.path().to_path_buf(),
-        mqtt_listen: Some("127.0.0.1:0".parse().unwrap()),
-        mqtt_topic_map: "temperature:.*temperature".into(),
-        ..Default::default()
-    })?;
-    let addr = server.mqtt_addr().expect("the MQTT listener runs");
-    // The demo's message size: an event id and 210 readings.
-    let payload: Vec<u8> = {
-        let readings: Vec<String> = (0..210)
-            .map(|i| format!("{:.2}", 5.0 + (i as f64 / 9.0).sin()))
-            .collect();
-        format!("99999,{}", readings.join("# ")).into_bytes()
-    };
+    let payload = payload.to_vec();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let started = Instant::now();
-    let results = rt.block_on(async {
+    rt.block_on(async {
         let mut tasks = Vec::new();
         for id in 0..publishers {
             let payload = payload.clone();
@@ -772,7 +764,30 @@ pub fn mqtt(publishers: usize, messages: usize, inflight: usize) -> Result<(), S
             all.extend(t.await.map_err(|e| e.to_string())??);
         }
         Ok::<_, String>(all)
+    })
+}
+
+/// The demo's message size: an event id and 210 readings.
+fn demo_payload() -> Vec<u8> {
+    let readings: Vec<String> = (0..210)
+        .map(|i| format!("{:.2}", 5.0 + (i as f64 / 9.0).sin()))
+        .collect();
+    format!("99999,{}", readings.join("# ")).into_bytes()
+}
+
+pub fn mqtt(publishers: usize, messages: usize, inflight: usize) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let server = weir_server::Server::start(weir_server::ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_path_buf(),
+        mqtt_listen: Some("127.0.0.1:0".parse().unwrap()),
+        mqtt_topic_map: "temperature:.*temperature".into(),
+        ..Default::default()
     })?;
+    let addr = server.mqtt_addr().expect("the MQTT listener runs");
+    let payload = demo_payload();
+    let started = Instant::now();
+    let results = publish_qos1(addr, publishers, messages, inflight, &payload)?;
     let secs = started.elapsed().as_secs_f64();
     let mut latencies = results;
     latencies.sort();
@@ -807,6 +822,89 @@ pub fn mqtt(publishers: usize, messages: usize, inflight: usize) -> Result<(), S
         return Err(format!(
             "only {stored} of {total} acknowledged messages are stored"
         ));
+    }
+    Ok(())
+}
+
+/// The same publishers into an MQTT broker (Mosquitto, say) at `broker`, and Weir
+/// bridging from it: how fast the bridged messages are stored in Weir's log.
+pub fn mqtt_bridged(
+    broker: &str,
+    publishers: usize,
+    messages: usize,
+    inflight: usize,
+) -> Result<(), String> {
+    let addr: std::net::SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(broker)
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| format!("--bridge {broker}: not a HOST:PORT"))?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut config = weir_server::ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.path().to_path_buf(),
+        mqtt_topic_map: "temperature:.*temperature".into(),
+        ..Default::default()
+    };
+    config.mqtt_bridges.insert(
+        "bench".into(),
+        std::collections::BTreeMap::from([
+            ("url".to_string(), format!("mqtt://{broker}")),
+            ("topics".to_string(), "car/+/engine/temperature".to_string()),
+            ("qos".to_string(), "1".to_string()),
+            ("clean.session".to_string(), "true".to_string()),
+        ]),
+    );
+    let server = weir_server::Server::start(config)?;
+    let metrics = format!("http://{}/metrics", server.addr());
+    let stored = || -> u64 {
+        ureq::get(&metrics)
+            .call()
+            .ok()
+            .and_then(|r| r.into_body().read_to_string().ok())
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("weir_mqtt_bridge_stored_total{bridge=\"bench\"} "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let connected = || {
+        ureq::get(&metrics)
+            .call()
+            .ok()
+            .and_then(|r| r.into_body().read_to_string().ok())
+            .unwrap_or_default()
+            .contains("weir_mqtt_bridge_connections_total{bridge=\"bench\"} 1")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !connected() {
+        if Instant::now() > deadline {
+            return Err(format!("the bridge did not connect to {broker}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300)); // subscribed
+    let payload = demo_payload();
+    let total = (publishers * messages) as u64;
+    let started = Instant::now();
+    publish_qos1(addr, publishers, messages, inflight, &payload)?;
+    let published = started.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while stored() < total && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let got = stored();
+    server.shutdown()?;
+    println!(
+        "MQTT QoS 1 through the broker at {broker}, bridged into the embedded log (stored, then acknowledged to the broker): {publishers} publishers x {messages} messages"
+    );
+    println!(
+        "  published to the broker in {published:.2} s; {got} stored by Weir in {secs:.2} s: {:.0} messages/s ({:.1} MB/s)",
+        got as f64 / secs,
+        (got as usize * payload.len()) as f64 / secs / 1e6
+    );
+    if got < total {
+        return Err(format!("only {got} of {total} messages were bridged"));
     }
     Ok(())
 }

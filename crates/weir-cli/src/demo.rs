@@ -38,7 +38,13 @@ pub struct DemoOptions {
     pub listen: std::net::SocketAddr,
     /// Keep serving (the console stays up) after the summary, until Ctrl-C.
     pub stay: bool,
+    /// An existing MQTT broker (HOST:PORT): the cars publish there, Weir bridges from it
+    /// (no listener of its own), and the flagged events go back to it on `car/alerts`.
+    pub bridge: Option<String>,
 }
+
+/// The MQTT topic the demo's flagged events go back to with `--bridge`.
+pub const ALERTS_TOPIC: &str = "car/alerts";
 
 /// What the demo measured.
 #[derive(Debug)]
@@ -150,7 +156,7 @@ pub fn demo(o: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary, String>
     } else {
         weir_server::Server::start
     };
-    let server = start(weir_server::ServerConfig {
+    let mut config = weir_server::ServerConfig {
         listen: o.listen,
         data_dir: data_dir.clone(),
         plugin_dir: Some(plugins),
@@ -161,8 +167,40 @@ pub fn demo(o: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary, String>
             ort.display().to_string(),
         )]),
         ..Default::default()
-    })?;
-    let mqtt = server.mqtt_addr().expect("the MQTT listener runs");
+    };
+    if let Some(broker) = &o.bridge {
+        // The cars publish to the broker; Weir subscribes there and answers on car/alerts.
+        config.mqtt_listen = None;
+        let url = format!("mqtt://{broker}");
+        config.mqtt_bridges.insert(
+            "demo".into(),
+            BTreeMap::from([
+                ("url".to_string(), url.clone()),
+                ("topics".to_string(), "car/+/temperature".to_string()),
+                ("qos".to_string(), "2".to_string()),
+            ]),
+        );
+        config.mqtt_sinks.insert(
+            "alerts".into(),
+            BTreeMap::from([
+                ("url".to_string(), url),
+                (
+                    "stream".to_string(),
+                    "ANOMALYDETECTIONWITHFILTER".to_string(),
+                ),
+                ("topic".to_string(), ALERTS_TOPIC.to_string()),
+                ("qos".to_string(), "1".to_string()),
+            ]),
+        );
+    }
+    let server = start(config)?;
+    let mqtt: std::net::SocketAddr = match &o.bridge {
+        None => server.mqtt_addr().expect("the MQTT listener runs"),
+        Some(broker) => std::net::ToSocketAddrs::to_socket_addrs(broker.as_str())
+            .ok()
+            .and_then(|mut a| a.next())
+            .ok_or_else(|| format!("--bridge {broker}: not a HOST:PORT"))?,
+    };
     let client = Client::new(&format!("http://{}", server.addr()), None);
     let run = |sql: &str| {
         client
@@ -176,8 +214,13 @@ pub fn demo(o: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary, String>
     say(
         out,
         format!(
-            "Weir connected-car demo: REST on http://{}, MQTT on {mqtt}, data in {}",
+            "Weir connected-car demo: REST on http://{}, MQTT on {mqtt}{}, data in {}",
             server.addr(),
+            if o.bridge.is_some() {
+                format!(" (an existing broker, bridged; flagged events go back to {ALERTS_TOPIC})")
+            } else {
+                String::new()
+            },
             data_dir.display()
         ),
     );
@@ -306,6 +349,28 @@ pub fn demo(o: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary, String>
     std::thread::sleep(Duration::from_millis(300));
     draw(out, o.count, true);
     let _ = writeln!(out);
+    // With a broker: the alerts published back before the server stops.
+    if o.bridge.is_some() {
+        let published = || -> u64 {
+            ureq::get(&metrics_url)
+                .call()
+                .ok()
+                .and_then(|r| r.into_body().read_to_string().ok())
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix("weir_mqtt_sink_published_total{sink=\"alerts\"} "))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while published() < flagged.lock().unwrap().len() as u64 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        say(
+            out,
+            format!("{} alerts published to {ALERTS_TOPIC}", published()),
+        );
+    }
     let scored = scored_count();
     let _ = client.close_query(&push_id);
     let _ = reader.join();

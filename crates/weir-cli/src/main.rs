@@ -113,6 +113,10 @@ enum Command {
         /// Keep the server (and its console) up after the run, until Ctrl-C.
         #[arg(long)]
         stay: bool,
+        /// Run against an existing MQTT broker at HOST:PORT (Mosquitto, say): the cars
+        /// publish there, Weir bridges from it, flagged events go back to car/alerts.
+        #[arg(long, value_name = "HOST:PORT")]
+        bridge: Option<String>,
         /// Write `eventid,kind` of every message here [default: labels.csv in --data-dir,
         /// else weir-demo-labels.csv in the current folder].
         #[arg(long)]
@@ -403,6 +407,10 @@ enum Workload {
         /// Unacknowledged messages each publisher may have out.
         #[arg(long, default_value_t = 10)]
         inflight: usize,
+        /// Also through an MQTT broker at HOST:PORT (Mosquitto, say) that Weir bridges
+        /// from, after the listener's run.
+        #[arg(long, value_name = "HOST:PORT")]
+        bridge: Option<String>,
     },
 }
 
@@ -508,6 +516,7 @@ fn main() -> ExitCode {
             labels,
             listen,
             stay,
+            bridge,
         } => {
             let options = weir_cli::demo::DemoOptions {
                 count,
@@ -522,6 +531,7 @@ fn main() -> ExitCode {
                 labels,
                 listen,
                 stay,
+                bridge,
             };
             match weir_cli::demo::demo(&options, &mut std::io::stdout()) {
                 Ok(_) => ExitCode::SUCCESS,
@@ -747,8 +757,12 @@ fn main() -> ExitCode {
                     publishers,
                     messages,
                     inflight,
+                    bridge,
                 },
-        } => match bench::mqtt(publishers, messages, inflight) {
+        } => match bench::mqtt(publishers, messages, inflight).and_then(|()| match &bridge {
+            Some(b) => bench::mqtt_bridged(b, publishers, messages, inflight),
+            None => Ok(()),
+        }) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("weir bench: {e}");

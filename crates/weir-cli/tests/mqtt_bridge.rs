@@ -13,30 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Killed, free_port, wait_listening};
-
-fn mosquitto(dir: &Path) -> (Killed, u16) {
-    let port = free_port();
-    let conf = dir.join("mosquitto.conf");
-    // Enough room for what a persistent session keeps while Weir is down.
-    std::fs::write(
-        &conf,
-        format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
-             max_queued_messages 100000\nmax_inflight_messages 100\n"
-        ),
-    )
-    .unwrap();
-    let child = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("mosquitto.log")).unwrap())
-        .spawn()
-        .expect("mosquitto (Debian's package; scripts/test.sh --setup installs it)");
-    wait_listening(port, "mosquitto");
-    (Killed(child), port)
-}
+use common::{Killed, free_port, mosquitto};
 
 fn weir_server(dir: &Path, rest: u16, broker: u16, log_name: &str) -> Child {
     weir_server_with(dir, rest, broker, log_name, None)
@@ -50,24 +27,22 @@ fn weir_server_with(
     log_name: &str,
     failpoint: Option<&str>,
 ) -> Child {
-    let bin = std::env::var_os("WEIR_BIN").unwrap_or(env!("CARGO_BIN_EXE_weir").into());
-    let mut cmd = Command::new(bin);
-    if let Some(f) = failpoint {
-        cmd.env("WEIR_FAILPOINT", f);
-    }
-    let child = cmd
-        .args(["server", "--listen", &format!("127.0.0.1:{rest}")])
-        .args(["--data-dir", "data"])
-        .args(["--mqtt-bridge", &format!("mqtt://127.0.0.1:{broker}")])
-        .args(["--mqtt-bridge-topics", "fleet/#,depot/#"])
-        .args(["--mqtt-topic-map", "readings:fleet/.*"])
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join(log_name)).unwrap())
-        .spawn()
-        .expect("weir server starts");
-    wait_listening(rest, "weir server");
-    child
+    let bridge = format!("mqtt://127.0.0.1:{broker}");
+    let args = [
+        "--data-dir",
+        "data",
+        "--mqtt-bridge",
+        &bridge,
+        "--mqtt-bridge-topics",
+        "fleet/#,depot/#",
+        "--mqtt-topic-map",
+        "readings:fleet/.*",
+    ];
+    let env: Vec<(&str, &str)> = failpoint
+        .map(|f| ("WEIR_FAILPOINT", f))
+        .into_iter()
+        .collect();
+    common::weir_server(dir, rest, &args, log_name, &env)
 }
 
 fn get(url: &str) -> String {

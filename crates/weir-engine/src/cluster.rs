@@ -420,12 +420,7 @@ impl Inner {
             let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
             s.cursor = last.offset + 1;
             for r in batch {
-                let Some(v) = r
-                    .record
-                    .value
-                    .as_deref()
-                    .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
-                else {
+                let Some(v) = r.record.json_value() else {
                     continue;
                 };
                 apply(&mut s, &v, r.record.timestamp);

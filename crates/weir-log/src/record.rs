@@ -37,6 +37,11 @@ impl Record {
             .collect()
     }
 
+    /// Its value read as JSON (`None`: a tombstone or not JSON).
+    pub fn json_value(&self) -> Option<serde_json::Value> {
+        serde_json::from_slice(self.value.as_deref()?).ok()
+    }
+
     pub fn new(key: Option<&[u8]>, value: Option<&[u8]>, timestamp: i64) -> Self {
         Self {
             key: key.map(<[u8]>::to_vec),

@@ -18,6 +18,7 @@ mod console;
 pub mod entities;
 mod inserts;
 mod metrics;
+mod mqtt_sink;
 mod plugins;
 mod registry;
 mod rest;
@@ -94,6 +95,9 @@ pub struct ServerConfig {
     /// `weir.mqtt.bridge.<name>.<key>`: brokers to subscribe to, by name, their settings
     /// by key (see [`bridge_config`]).
     pub mqtt_bridges: BTreeMap<String, BTreeMap<String, String>>,
+    /// `weir.mqtt.sink.<name>.<key>`: streams published to brokers, by name (see
+    /// [`mqtt_sink::sink_config`]).
+    pub mqtt_sinks: BTreeMap<String, BTreeMap<String, String>>,
     pub data_dir: PathBuf,
     /// Keep topics on this Kafka cluster instead of the embedded log.
     pub kafka_bootstrap: Option<String>,
@@ -142,6 +146,7 @@ impl Default for ServerConfig {
             tls: None,
             mqtt_tls_listen: None,
             mqtt_bridges: BTreeMap::new(),
+            mqtt_sinks: BTreeMap::new(),
             data_dir: PathBuf::from("weir-data"),
             kafka_bootstrap: None,
             kafka_client: Default::default(),
@@ -214,6 +219,22 @@ impl ServerConfig {
                 }
                 "weir.mqtt.tls.listen" => {
                     self.mqtt_tls_listen = Some(listen_address(value).map_err(bad)?)
+                }
+                _ if key.starts_with(SINK_PREFIX) => {
+                    let rest = &key[SINK_PREFIX.len()..];
+                    let (name, setting) = rest
+                        .split_once('.')
+                        .filter(|(n, s)| !n.is_empty() && mqtt_sink::SINK_KEYS.contains(s))
+                        .ok_or_else(|| {
+                            bad(format!(
+                                "expected weir.mqtt.sink.<name>.<setting>, the setting one of {}",
+                                mqtt_sink::SINK_KEYS.join(", ")
+                            ))
+                        })?;
+                    self.mqtt_sinks
+                        .entry(name.to_string())
+                        .or_default()
+                        .insert(setting.to_string(), value.to_string());
                 }
                 _ if key.starts_with(BRIDGE_PREFIX) => {
                     let rest = &key[BRIDGE_PREFIX.len()..];
@@ -329,6 +350,7 @@ impl ServerConfig {
 }
 
 const BRIDGE_PREFIX: &str = "weir.mqtt.bridge.";
+const SINK_PREFIX: &str = "weir.mqtt.sink.";
 
 /// The settings of a bridge (`weir.mqtt.bridge.<name>.<setting>`).
 pub const BRIDGE_KEYS: &[&str] = &[
@@ -355,7 +377,23 @@ pub fn bridge_config(
     settings: &BTreeMap<String, String>,
     service_id: &str,
 ) -> Result<weir_mqtt::bridge::BridgeConfig, String> {
-    let bad = |e: &str| format!("MQTT bridge {name}: {e}");
+    let config = broker_config("MQTT bridge", name, settings, service_id)?;
+    if config.filters.is_empty() {
+        return Err(format!(
+            "MQTT bridge {name}: no topics (comma-separated MQTT topic filters)"
+        ));
+    }
+    Ok(config)
+}
+
+/// A connection to a broker from `settings` (a bridge's or a sink's: `what`).
+pub fn broker_config(
+    what: &str,
+    name: &str,
+    settings: &BTreeMap<String, String>,
+    service_id: &str,
+) -> Result<weir_mqtt::bridge::BridgeConfig, String> {
+    let bad = |e: &str| format!("{what} {name}: {e}");
     let url = settings
         .get("url")
         .ok_or_else(|| bad("no url (mqtt://HOST:PORT or mqtts://HOST:PORT)"))?;
@@ -387,9 +425,6 @@ pub fn bridge_config(
                 .collect()
         })
         .unwrap_or_default();
-    if filters.is_empty() {
-        return Err(bad("no topics (comma-separated MQTT topic filters)"));
-    }
     let qos = match settings.get("qos").map(String::as_str) {
         None => 1,
         Some("0") => 0,
@@ -466,6 +501,8 @@ pub(crate) struct AppState {
     pub mqtt: Option<Arc<weir_mqtt::MqttStats>>,
     /// The MQTT bridges' counters, by name.
     pub bridges: Vec<(String, Arc<weir_mqtt::bridge::BridgeStats>)>,
+    /// The MQTT sinks' counters, by name.
+    pub sinks: Vec<(String, Arc<mqtt_sink::SinkStats>)>,
     pub requests: metrics::Requests,
     /// Weir's own schema registry, served over Confluent's REST API (`None` when
     /// `ksql.schema.registry.url` names an external one).
@@ -552,6 +589,14 @@ impl Server {
             .into_iter()
             .map(|b| (b, Arc::new(weir_mqtt::bridge::BridgeStats::default())))
             .collect();
+        let sinks: Vec<(mqtt_sink::SinkConfig, Arc<mqtt_sink::SinkStats>)> = config
+            .mqtt_sinks
+            .iter()
+            .map(|(name, settings)| {
+                mqtt_sink::sink_config(name, settings, &config.service_id)
+                    .map(|s| (s, Arc::default()))
+            })
+            .collect::<Result<_, _>>()?;
         let bridging = bridge_map.map(|map| Bridging {
             map,
             log: log.clone(),
@@ -616,6 +661,10 @@ impl Server {
                 .iter()
                 .map(|(b, s)| (b.name.clone(), s.clone()))
                 .collect(),
+            sinks: sinks
+                .iter()
+                .map(|(c, s)| (c.name.clone(), s.clone()))
+                .collect(),
             requests: metrics::Requests::default(),
             schemas,
         });
@@ -647,6 +696,7 @@ impl Server {
                     rest_tls,
                     mqtt,
                     bridging,
+                    sinks,
                     state,
                     stop_rx,
                     stopping_tx,
@@ -832,6 +882,7 @@ fn serve(
     rest_tls: Option<tokio_rustls::TlsAcceptor>,
     mqtt: Option<MqttListener>,
     bridging: Option<Bridging>,
+    sinks: Vec<(mqtt_sink::SinkConfig, Arc<mqtt_sink::SinkStats>)>,
     state: Arc<AppState>,
     stop: oneshot::Receiver<()>,
     stopping: watch::Sender<bool>,
@@ -872,6 +923,14 @@ fn serve(
                     state.stopping.clone(),
                 ));
             }
+        }
+        for (config, stats) in sinks {
+            tokio::spawn(mqtt_sink::run(
+                config,
+                state.clone(),
+                stats,
+                state.stopping.clone(),
+            ));
         }
         let app = rest::router(state.clone());
         let shutdown = async move {

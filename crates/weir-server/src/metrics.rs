@@ -60,6 +60,7 @@ pub fn render(
     requests: &Requests,
     mqtt: Option<&weir_mqtt::MqttStats>,
     bridges: &[(String, Arc<weir_mqtt::bridge::BridgeStats>)],
+    sinks: &[(String, Arc<crate::mqtt_sink::SinkStats>)],
 ) -> String {
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str, samples: Vec<(String, String)>| {
@@ -278,6 +279,31 @@ pub fn render(
         for (name, help, counter) in counters {
             family(name, "counter", help, each(counter));
         }
+    }
+    if !sinks.is_empty() {
+        let each = |f: fn(&crate::mqtt_sink::SinkStats) -> &std::sync::atomic::AtomicU64| {
+            sinks
+                .iter()
+                .map(|(name, s)| {
+                    (
+                        format!("{{sink=\"{name}\"}}"),
+                        f(s).load(Ordering::Relaxed).to_string(),
+                    )
+                })
+                .collect()
+        };
+        family(
+            "weir_mqtt_sink_published_total",
+            "counter",
+            "Records an MQTT sink published and the broker acknowledged (QoS 1/2) or that were sent (QoS 0).",
+            each(|s| &s.published),
+        );
+        family(
+            "weir_mqtt_sink_skipped_total",
+            "counter",
+            "Records an MQTT sink skipped: a column its topic names is missing or null.",
+            each(|s| &s.skipped),
+        );
     }
     out
 }

@@ -167,7 +167,14 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         let queries = engine.query_metrics();
         let push = engine.push_query_count();
         drop(engine);
-        crate::metrics::render(&queries, push, &s.requests, s.mqtt.as_deref(), &s.bridges)
+        crate::metrics::render(
+            &queries,
+            push,
+            &s.requests,
+            s.mqtt.as_deref(),
+            &s.bridges,
+            &s.sinks,
+        )
     })
     .await
     .unwrap_or_default();

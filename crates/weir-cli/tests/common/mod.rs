@@ -249,6 +249,53 @@ impl Drop for Killed {
     }
 }
 
+/// Debian's Mosquitto on a free port of 127.0.0.1, anonymous, in memory, with room for
+/// what a persistent session keeps while its client is away; its log in `dir`.
+pub fn mosquitto(dir: &std::path::Path) -> (Killed, u16) {
+    let port = free_port();
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+             max_queued_messages 100000\nmax_inflight_messages 100\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("mosquitto.log")).unwrap())
+        .spawn()
+        .expect("mosquitto (Debian's package; scripts/test.sh --setup installs it)");
+    wait_listening(port, "mosquitto");
+    (Killed(child), port)
+}
+
+/// `weir server` listening on 127.0.0.1:`rest` with `args`, in `dir`, its log in
+/// `dir/log_name`, with `env` set; started once it listens.
+pub fn weir_server(
+    dir: &std::path::Path,
+    rest: u16,
+    args: &[&str],
+    log_name: &str,
+    env: &[(&str, &str)],
+) -> Child {
+    let bin = std::env::var_os("WEIR_BIN").unwrap_or(env!("CARGO_BIN_EXE_weir").into());
+    let child = Command::new(bin)
+        .args(["server", "--listen", &format!("127.0.0.1:{rest}")])
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join(log_name)).unwrap())
+        .spawn()
+        .expect("weir server starts");
+    wait_listening(rest, "weir server");
+    child
+}
+
 /// Waits (up to a minute) until something listens on `port`.
 pub fn wait_listening(port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
