@@ -324,3 +324,134 @@ fn tls_on_the_rest_api_and_the_mqtt_listener() {
     }
     println!("tls: bad TLS files stop the server with the file and the reason");
 }
+
+/// Bridges over TLS: Debian's Mosquitto serving MQTT over TLS with the test CA's
+/// certificate; one Weir bridge trusting that CA stores what mosquitto_pub publishes
+/// there, another trusting a different CA is refused with the certificate error logged
+/// and counted.
+#[test]
+fn a_bridge_to_a_broker_over_tls_trusts_only_its_ca() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    certificate(dir, "ca", None, false);
+    certificate(dir, "server", Some("ca"), false);
+    certificate(dir, "rogue", None, false);
+    let broker = free_port();
+    std::fs::write(
+        dir.join("mosquitto.conf"),
+        format!(
+            // Mosquitto started as root drops to its own user before reading the files:
+            // `user root` keeps it able to read the test's private folder.
+            "user root\nlistener {broker} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+             cafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let _mosquitto = Killed(
+        Command::new("mosquitto")
+            .arg("-c")
+            .arg(dir.join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("mosquitto.log")).unwrap())
+            .spawn()
+            .expect("mosquitto"),
+    );
+    wait_listening(broker, "mosquitto over TLS");
+    let bridge = |name: &str, ca: &str| {
+        format!(
+            "weir.mqtt.bridge.{name}.url=mqtts://127.0.0.1:{broker}\n\
+             weir.mqtt.bridge.{name}.topics=fleet/#\n\
+             weir.mqtt.bridge.{name}.tls.ca.file={}\n",
+            dir.join(ca).display()
+        )
+    };
+    std::fs::write(
+        dir.join("weir.properties"),
+        format!(
+            "weir.mqtt.topic.map=readings:fleet/.*\n{}{}",
+            bridge("trusting", "ca.pem"),
+            bridge("doubting", "rogue.pem")
+        ),
+    )
+    .unwrap();
+    let rest = free_port();
+    let _weir = Killed(common::weir_server(
+        dir,
+        rest,
+        &["--data-dir", "data", "--config", "weir.properties"],
+        "weir.log",
+        &[],
+    ));
+    let url = format!("http://127.0.0.1:{rest}");
+    let body = serde_json::json!({"ksql": "CREATE STREAM readings (reading VARCHAR) WITH (KAFKA_TOPIC='readings', VALUE_FORMAT='KAFKA', PARTITIONS=1);", "streamsProperties": {}}).to_string();
+    let made = curl(dir, &["-X", "POST", "-d", &body, &format!("{url}/ksql")]);
+    assert!(made.status.success(), "{made:?}");
+    let metric = |name: &str| -> u64 {
+        let out = curl(dir, &[&format!("{url}/metrics")]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while metric("weir_mqtt_bridge_connections_total{bridge=\"trusting\"}") == 0
+        || metric("weir_mqtt_bridge_connection_errors_total{bridge=\"doubting\"}") == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bridges not connected/refused in time"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let sent = run(Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.to_string(),
+            "--cafile",
+            "ca.pem",
+        ])
+        .args(["-t", "fleet/car1/temp", "-q", "1", "-m", "bridged-over-tls"])
+        .current_dir(dir));
+    assert!(sent.status.success(), "{sent:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while metric("weir_mqtt_bridge_stored_total{bridge=\"trusting\"}") < 1 {
+        assert!(std::time::Instant::now() < deadline, "not bridged in time");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let pull = serde_json::json!({"sql": "SELECT * FROM readings;", "properties": {}}).to_string();
+    let rows = curl(
+        dir,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Accept: application/vnd.ksqlapi.delimited.v1",
+            "-d",
+            &pull,
+            &format!("{url}/query-stream"),
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&rows.stdout).contains("bridged-over-tls"),
+        "{rows:?}"
+    );
+    assert_eq!(
+        metric("weir_mqtt_bridge_connections_total{bridge=\"doubting\"}"),
+        0
+    );
+    let log = std::fs::read_to_string(dir.join("weir.log")).unwrap();
+    let refused = log
+        .lines()
+        .find(|l| l.contains("bridge=doubting") && l.contains("connection failed"))
+        .unwrap_or_else(|| panic!("no refusal logged:\n{log}"));
+    assert!(
+        refused.to_ascii_lowercase().contains("certificate") || refused.contains("UnknownIssuer"),
+        "{refused}"
+    );
+    println!("tls: a bridge over TLS stored a message; one trusting another CA: {refused}");
+}
