@@ -177,6 +177,16 @@ fn a_streams_records_go_back_over_mqtt_to_topics_made_from_their_columns() {
         repeated < alerts.len(),
         "everything was sent again: {after:?}"
     );
+    // The positions are kept in a compacted topic (one record per sink partition survives
+    // compaction): it does not grow with the alerts sent.
+    drop(_weir);
+    use weir_log::Log;
+    let log = weir_log::EmbeddedLog::open(&dir.join("data"), Default::default()).unwrap();
+    let positions = log
+        .topic("_weir_mqtt_sinks")
+        .unwrap()
+        .expect("the positions topic");
+    assert!(positions.config.compact, "{:?}", positions.config);
 }
 
 /// `weir demo --bridge`: the cars publish to Mosquitto, Weir bridges from it, and the

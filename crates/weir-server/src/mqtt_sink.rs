@@ -23,7 +23,9 @@ use weir_log::{Log, Record, TopicConfig};
 
 use crate::AppState;
 
-/// Where each sink's progress is kept: `{"sink", "partition", "next"}` records.
+/// Where each sink's progress is kept: `{"sink", "partition", "next"}` records, keyed by
+/// `<sink>:<partition>` in a compacted topic, so it holds about one record per sink
+/// partition however long the sinks run.
 pub const POSITIONS_TOPIC: &str = "_weir_mqtt_sinks";
 
 /// The most records one batch publishes before waiting for their acknowledgements.
@@ -214,14 +216,21 @@ fn record_position(log: &dyn Log, name: &str, partition: u32, next: u64) -> Resu
         .map_err(|e| e.to_string())?
         .is_none()
     {
-        let _ = log.create_topic(POSITIONS_TOPIC, TopicConfig::default());
+        let _ = log.create_topic(
+            POSITIONS_TOPIC,
+            TopicConfig {
+                compact: true,
+                keep_forever: true,
+                ..TopicConfig::default()
+            },
+        );
     }
     let value = serde_json::json!({"sink": name, "partition": partition, "next": next});
     log.append(
         POSITIONS_TOPIC,
         0,
         &[Record::new(
-            Some(name.as_bytes()),
+            Some(format!("{name}:{partition}").as_bytes()),
             Some(value.to_string().as_bytes()),
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
