@@ -181,7 +181,7 @@ fn a_streams_records_go_back_over_mqtt_to_topics_made_from_their_columns() {
     // compaction): it does not grow with the alerts sent.
     drop(_weir);
     use weir_log::Log;
-    let log = weir_log::EmbeddedLog::open(&dir.join("data"), Default::default()).unwrap();
+    let log = weir_log::EmbeddedLog::open(dir.join("data"), Default::default()).unwrap();
     let positions = log
         .topic("_weir_mqtt_sinks")
         .unwrap()

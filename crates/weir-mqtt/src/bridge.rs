@@ -60,6 +60,8 @@ pub struct BridgeStats {
     pub unmapped: AtomicU64,
     /// Connections made (the first one included).
     pub connections: AtomicU64,
+    /// Resends (DUP) of messages already stored: acknowledged again, not stored twice.
+    pub resent_duplicates: AtomicU64,
     /// Connection attempts that failed or connections that dropped.
     pub connection_errors: AtomicU64,
 }
@@ -77,10 +79,30 @@ fn qos(level: u8) -> QoS {
 pub async fn run(
     config: BridgeConfig,
     topics: TopicMap,
+    log: Arc<dyn weir_log::Log>,
     ingest: flume::Sender<Message>,
     stats: Arc<BridgeStats>,
     mut stopping: watch::Receiver<bool>,
 ) {
+    // What it stored lately, by packet id, from its records' `mqtt.client`/`mqtt.packet`
+    // headers (rebuilt from the topics' tails after a restart): a resend of one of these
+    // (DUP, same packet id, same topic and payload) is acknowledged, not stored again.
+    let recent = {
+        let log = log.clone();
+        let (topics, client) = (topics.clone(), config.client_id.clone());
+        tokio::task::spawn_blocking(move || {
+            crate::recover_sessions(log.as_ref(), &topics, u16::MAX as usize)
+                .remove(&client)
+                .map(|s| s.recent)
+                .unwrap_or_default()
+        })
+        .await
+        .unwrap_or_default()
+    };
+    {
+        let mut r = recent.lock().unwrap_or_else(|e| e.into_inner());
+        r.max = u16::MAX as usize;
+    }
     let mut options = MqttOptions::new(&config.client_id, &config.host, config.port);
     options
         .set_keep_alive(config.keep_alive)
@@ -97,15 +119,27 @@ pub async fn run(
     }
     let (client, mut events) = AsyncClient::new(options, 1024);
     // Acknowledgements go out in the order the messages came, each once it is stored.
-    let (to_ack, mut pending) =
-        mpsc::unbounded_channel::<(Publish, tokio::sync::oneshot::Receiver<Result<(), String>>)>();
+    // (`None`: a resend of a message stored already, acknowledged at its turn.)
+    type Stored = Option<tokio::sync::oneshot::Receiver<Result<(), String>>>;
+    let (to_ack, mut pending) = mpsc::unbounded_channel::<(Publish, Stored)>();
     let acker = {
         let (client, stats, name) = (client.clone(), stats.clone(), config.name.clone());
+        let recent = recent.clone();
         tokio::spawn(async move {
             while let Some((publish, stored)) = pending.recv().await {
+                let Some(stored) = stored else {
+                    if client.ack(&publish).await.is_err() {
+                        return;
+                    }
+                    continue;
+                };
                 match tokio::time::timeout(crate::ingest::STORE_TIMEOUT, stored).await {
                     Ok(Ok(Ok(()))) => {
                         stats.stored.fetch_add(1, Ordering::Relaxed);
+                        recent.lock().unwrap_or_else(|e| e.into_inner()).remember(
+                            publish.pkid,
+                            crate::message_hash(publish.topic.as_bytes(), &publish.payload),
+                        );
                         if client.ack(&publish).await.is_err() {
                             return;
                         }
@@ -153,13 +187,24 @@ pub async fn run(
                     let _ = client.ack(&p).await;
                     continue;
                 };
+                let resent = p.dup
+                    && recent
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .holds(p.pkid, crate::message_hash(p.topic.as_bytes(), &p.payload));
+                if resent {
+                    stats.resent_duplicates.fetch_add(1, Ordering::Relaxed);
+                    let _ = to_ack.send((p, None));
+                    continue;
+                }
                 let (done, stored) = tokio::sync::oneshot::channel();
                 let message = Message {
                     topic: target.to_string(),
                     key: p.topic.as_bytes().to_vec(),
                     value: p.payload.to_vec(),
                     timestamp: crate::now_ms(),
-                    origin: None,
+                    // Its packet id in the record: a restarted bridge knows it stored it.
+                    origin: (p.qos != QoS::AtMostOnce).then(|| (config.client_id.clone(), p.pkid)),
                     done: Some(done),
                 };
                 if ingest.send_async(message).await.is_err() {
@@ -168,7 +213,7 @@ pub async fn run(
                 if p.qos == QoS::AtMostOnce {
                     continue;
                 }
-                let _ = to_ack.send((p, stored));
+                let _ = to_ack.send((p, Some(stored)));
             }
             Ok(_) => {}
             Err(e) => {

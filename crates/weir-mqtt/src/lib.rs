@@ -123,10 +123,22 @@ struct Session {
 /// The packet ids of the latest messages a session stored, with a hash of each one's
 /// topic and payload: a publish marked DUP that matches is a resend of a stored message.
 /// Bounded: a client's resends cover what it had in flight, far fewer than this.
-#[derive(Default)]
 struct Recent {
     hashes: HashMap<u16, u64>,
     order: VecDeque<u16>,
+    /// How many it remembers ([`RECENT_MAX`] for a device's session; a bridge, whose
+    /// broker may have thousands in flight, every packet id).
+    max: usize,
+}
+
+impl Default for Recent {
+    fn default() -> Self {
+        Self {
+            hashes: HashMap::new(),
+            order: VecDeque::new(),
+            max: RECENT_MAX,
+        }
+    }
 }
 
 /// How many stored messages a session remembers, and how many records per partition a
@@ -139,7 +151,7 @@ impl Recent {
     fn remember(&mut self, pkid: u16, hash: u64) {
         if self.hashes.insert(pkid, hash).is_none() {
             self.order.push_back(pkid);
-            if self.order.len() > RECENT_MAX
+            if self.order.len() > self.max
                 && let Some(old) = self.order.pop_front()
             {
                 self.hashes.remove(&old);
@@ -170,7 +182,7 @@ impl Mqtt {
     /// topics are rebuilt from their headers, so their clients' resends after a crash
     /// are recognized.
     pub fn new(config: MqttConfig, log: Arc<dyn Log>) -> Arc<Self> {
-        let sessions = recover_sessions(log.as_ref(), &config.topics);
+        let sessions = recover_sessions(log.as_ref(), &config.topics, RECENT_MAX);
         if !sessions.is_empty() {
             tracing::info!(
                 sessions = sessions.len(),
@@ -270,7 +282,8 @@ impl Mqtt {
 /// The persistent sessions named in the last records of the topics `map` writes to.
 /// Unreadable topics are skipped (logged): resends then store a message again rather
 /// than the listener not starting.
-fn recover_sessions(log: &dyn Log, map: &TopicMap) -> HashMap<String, Session> {
+/// Each remembers up to `max` messages.
+fn recover_sessions(log: &dyn Log, map: &TopicMap, max: usize) -> HashMap<String, Session> {
     let mut recent: HashMap<String, Recent> = HashMap::new();
     let targets: HashSet<&str> = map.targets().collect();
     for topic in targets {
@@ -325,7 +338,10 @@ fn recover_sessions(log: &dyn Log, map: &TopicMap) -> HashMap<String, Session> {
                 );
                 recent
                     .entry(client.to_string())
-                    .or_default()
+                    .or_insert_with(|| Recent {
+                        max,
+                        ..Recent::default()
+                    })
                     .remember(pkid, hash);
             }
         }

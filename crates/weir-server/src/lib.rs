@@ -913,11 +913,12 @@ fn serve(
             }
         }
         if let Some(b) = bridging {
-            let ingest = weir_mqtt::ingest::start(b.log);
+            let ingest = weir_mqtt::ingest::start(b.log.clone());
             for (config, stats) in b.bridges {
                 tokio::spawn(weir_mqtt::bridge::run(
                     config,
                     b.map.clone(),
+                    b.log.clone(),
                     ingest.clone(),
                     stats,
                     state.stopping.clone(),

@@ -249,7 +249,7 @@ pub fn render(
                 .collect()
         };
         type Counter = fn(&weir_mqtt::bridge::BridgeStats) -> &std::sync::atomic::AtomicU64;
-        let counters: [(&str, &str, Counter); 5] = [
+        let counters: [(&str, &str, Counter); 6] = [
             (
                 "weir_mqtt_bridge_received_total",
                 "Messages an MQTT bridge received from its broker.",
@@ -274,6 +274,11 @@ pub fn render(
                 "weir_mqtt_bridge_connection_errors_total",
                 "Failed connection attempts and dropped connections of an MQTT bridge.",
                 |s| &s.connection_errors,
+            ),
+            (
+                "weir_mqtt_bridge_resent_duplicates_total",
+                "Resends (DUP) of messages an MQTT bridge had stored: acknowledged again, not stored twice.",
+                |s| &s.resent_duplicates,
             ),
         ];
         for (name, help, counter) in counters {
