@@ -198,25 +198,71 @@ pub fn parse_numbers(text: &str, separator: char, what: &str) -> Result<Vec<f64>
     Ok(out)
 }
 
-/// [`parse_numbers`]' fast path, in one pass over the bytes: every field a
-/// [`plain_decimal`] between ASCII spaces. `None` as soon as one is not; the general path
-/// then parses the text again (and names what is wrong).
+/// [`parse_numbers`]' fast path, in one pass over the bytes: every field
+/// `[+-]digits[.digits]` between ASCII whitespace, whose digits form an integer of at most
+/// 2^53 with at most 22 of them after the point, read as it is scanned and computed as
+/// Clinger's fast path does (the integer and the power of ten are exact doubles, so one
+/// division rounds correctly, to what `str::parse` gives). `None` as soon as a field is
+/// anything else (exponents, `inf`, long mantissas); the general path then parses the
+/// text again (and names what is wrong).
 fn plain_decimals(bytes: &[u8], separator: u8) -> Option<Vec<f64>> {
-    let mut out = Vec::with_capacity(bytes.iter().filter(|c| **c == separator).count() + 1);
+    const POW10: [f64; 23] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+        1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+    ];
+    // At least two bytes a field (a digit and a separator): room for all, no count pass.
+    let mut out = Vec::with_capacity(bytes.len() / 2 + 1);
+    let n = bytes.len();
     let mut i = 0;
     loop {
-        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+        while i < n && bytes[i].is_ascii_whitespace() {
             i += 1;
         }
-        let start = i;
-        while i < bytes.len() && matches!(bytes[i], b'0'..=b'9' | b'.' | b'-' | b'+') {
+        let negative = match bytes.get(i) {
+            Some(b'-') => {
+                i += 1;
+                true
+            }
+            Some(b'+') => {
+                i += 1;
+                false
+            }
+            _ => false,
+        };
+        // Wrapping: a mantissa of more than 19 digits is refused below anyway.
+        let (mut mantissa, mut digits) = (0u64, 0usize);
+        while i < n {
+            let d = bytes[i].wrapping_sub(b'0');
+            if d > 9 {
+                break;
+            }
+            mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(d));
+            digits += 1;
             i += 1;
         }
-        let v = plain_decimal(&bytes[start..i])?;
-        while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+        let mut after_point = 0;
+        if i < n && bytes[i] == b'.' {
+            i += 1;
+            let start = i;
+            while i < n {
+                let d = bytes[i].wrapping_sub(b'0');
+                if d > 9 {
+                    break;
+                }
+                mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(d));
+                i += 1;
+            }
+            after_point = i - start;
+            digits += after_point;
+        }
+        if digits == 0 || digits > 19 || mantissa > 1 << 53 || after_point >= POW10.len() {
+            return None;
+        }
+        let v = mantissa as f64 / POW10[after_point];
+        out.push(if negative { -v } else { v });
+        while i < n && bytes[i].is_ascii_whitespace() {
             i += 1;
         }
-        out.push(v);
         match bytes.get(i) {
             None => return Some(out),
             Some(c) if *c == separator => i += 1,
@@ -225,42 +271,12 @@ fn plain_decimals(bytes: &[u8], separator: u8) -> Option<Vec<f64>> {
     }
 }
 
-/// `[+-]digits[.digits]` whose digits form an integer of at most 2^53 with at most 22 of
-/// them after the point: the value, computed as Clinger's fast path does (the integer and
-/// the power of ten are exact doubles, so one division rounds correctly, to what
-/// `str::parse` gives). `None` for anything else (exponents, `inf`, long mantissas), which
-/// the general parser takes.
+/// One field as [`plain_decimals`] reads it (the general path's first try).
 fn plain_decimal(bytes: &[u8]) -> Option<f64> {
-    const POW10: [f64; 23] = [
-        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
-        1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
-    ];
-    let (negative, digits) = match bytes.first()? {
-        b'-' => (true, &bytes[1..]),
-        b'+' => (false, &bytes[1..]),
-        _ => (false, bytes),
-    };
-    let (mut mantissa, mut count, mut after_point, mut point) = (0u64, 0usize, 0usize, false);
-    for &c in digits {
-        match c {
-            b'0'..=b'9' => {
-                // 19 digits cannot overflow a u64; more go to the general parser.
-                count += 1;
-                if count > 19 {
-                    return None;
-                }
-                mantissa = mantissa * 10 + u64::from(c - b'0');
-                after_point += usize::from(point);
-            }
-            b'.' if !point => point = true,
-            _ => return None,
-        }
+    match plain_decimals(bytes, b'\n')?.as_slice() {
+        [v] => Some(*v),
+        _ => None,
     }
-    if count == 0 || mantissa > 1 << 53 || after_point >= POW10.len() {
-        return None;
-    }
-    let v = mantissa as f64 / POW10[after_point];
-    Some(if negative { -v } else { v })
 }
 
 static CONFIG: OnceLock<RwLock<HashMap<String, String>>> = OnceLock::new();
