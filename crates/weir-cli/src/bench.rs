@@ -856,24 +856,13 @@ pub fn mqtt_bridged(
     );
     let server = weir_server::Server::start(config)?;
     let metrics = format!("http://{}/metrics", server.addr());
-    let stored = || -> u64 {
-        ureq::get(&metrics)
-            .call()
-            .ok()
-            .and_then(|r| r.into_body().read_to_string().ok())
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("weir_mqtt_bridge_stored_total{bridge=\"bench\"} "))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
+    let stored =
+        || crate::client::metric(&metrics, "weir_mqtt_bridge_stored_total{bridge=\"bench\"}");
     let connected = || {
-        ureq::get(&metrics)
-            .call()
-            .ok()
-            .and_then(|r| r.into_body().read_to_string().ok())
-            .unwrap_or_default()
-            .contains("weir_mqtt_bridge_connections_total{bridge=\"bench\"} 1")
+        crate::client::metric(
+            &metrics,
+            "weir_mqtt_bridge_connections_total{bridge=\"bench\"}",
+        ) >= 1
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     while !connected() {

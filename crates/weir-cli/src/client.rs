@@ -70,6 +70,20 @@ impl Iterator for PushStream {
     }
 }
 
+/// The value of the Prometheus sample `sample` (its name with its labels, as `/metrics`
+/// writes it: `weir_query_records_out_total{query="CSAS_X_0"}`) at `metrics_url`; 0 when
+/// the server does not answer or has no such sample.
+pub fn metric(metrics_url: &str, sample: &str) -> u64 {
+    ureq::get(metrics_url)
+        .call()
+        .ok()
+        .and_then(|r| r.into_body().read_to_string().ok())
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
 impl Client {
     pub fn new(base: &str, user: Option<(&str, &str)>) -> Self {
         let agent: ureq::Agent = ureq::Agent::config_builder()

@@ -295,18 +295,8 @@ pub fn demo(o: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary, String>
     let payloads: Vec<String> = messages.iter().map(|m| m.text.clone()).collect();
     let started = Instant::now();
     let metrics_url = format!("http://{}/metrics", server.addr());
-    let scored_count = || -> u64 {
-        let text = ureq::get(&metrics_url)
-            .call()
-            .ok()
-            .and_then(|r| r.into_body().read_to_string().ok())
-            .unwrap_or_default();
-        let prefix = format!("weir_query_records_out_total{{query=\"{scoring_query}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
+    let scored_sample = format!("weir_query_records_out_total{{query=\"{scoring_query}\"}}");
+    let scored_count = || crate::client::metric(&metrics_url, &scored_sample);
     let mut last_draw = Instant::now() - Duration::from_secs(1);
     let mut draw = |out: &mut dyn Write, published: usize, force: bool| {
         let lines: Vec<String> = std::mem::take(&mut *screen.lock().unwrap());
@@ -351,16 +341,11 @@ pub fn demo(o: &DemoOptions, out: &mut dyn Write) -> Result<DemoSummary, String>
     let _ = writeln!(out);
     // With a broker: the alerts published back before the server stops.
     if o.bridge.is_some() {
-        let published = || -> u64 {
-            ureq::get(&metrics_url)
-                .call()
-                .ok()
-                .and_then(|r| r.into_body().read_to_string().ok())
-                .unwrap_or_default()
-                .lines()
-                .find_map(|l| l.strip_prefix("weir_mqtt_sink_published_total{sink=\"alerts\"} "))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
+        let published = || {
+            crate::client::metric(
+                &metrics_url,
+                "weir_mqtt_sink_published_total{sink=\"alerts\"}",
+            )
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while published() < flagged.lock().unwrap().len() as u64 && Instant::now() < deadline {
