@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use weir_engine::meta::{LATENCY_BUCKETS_MS, QueryMetrics};
@@ -52,6 +52,22 @@ fn endpoint(path: &str) -> &'static str {
     } else {
         "other"
     }
+}
+
+/// One counter of each named instance (a bridge, a sink), labelled `{label="name"}`.
+fn by_name<S>(
+    label: &str,
+    all: &[(String, Arc<S>)],
+    counter: fn(&S) -> &AtomicU64,
+) -> Vec<(String, String)> {
+    all.iter()
+        .map(|(name, s)| {
+            (
+                format!("{{{label}=\"{name}\"}}"),
+                counter(s).load(Ordering::Relaxed).to_string(),
+            )
+        })
+        .collect()
 }
 
 pub fn render(
@@ -236,79 +252,66 @@ pub fn render(
             one(&m.resent_duplicates),
         );
     }
+    type BridgeCounter = fn(&weir_mqtt::bridge::BridgeStats) -> &AtomicU64;
+    let bridge_counters: [(&str, &str, BridgeCounter); 6] = [
+        (
+            "weir_mqtt_bridge_received_total",
+            "Messages an MQTT bridge received from its broker.",
+            |s| &s.received,
+        ),
+        (
+            "weir_mqtt_bridge_stored_total",
+            "Messages an MQTT bridge stored in the log (then acknowledged to the broker; QoS 1 and 2).",
+            |s| &s.stored,
+        ),
+        (
+            "weir_mqtt_bridge_unmapped_total",
+            "Messages an MQTT bridge dropped: the topic map routes their topic nowhere.",
+            |s| &s.unmapped,
+        ),
+        (
+            "weir_mqtt_bridge_connections_total",
+            "Connections an MQTT bridge made to its broker.",
+            |s| &s.connections,
+        ),
+        (
+            "weir_mqtt_bridge_connection_errors_total",
+            "Failed connection attempts and dropped connections of an MQTT bridge.",
+            |s| &s.connection_errors,
+        ),
+        (
+            "weir_mqtt_bridge_resent_duplicates_total",
+            "Resends (DUP) of messages an MQTT bridge had stored: acknowledged again, not stored twice.",
+            |s| &s.resent_duplicates,
+        ),
+    ];
     if !bridges.is_empty() {
-        let each = |f: fn(&weir_mqtt::bridge::BridgeStats) -> &std::sync::atomic::AtomicU64| {
-            bridges
-                .iter()
-                .map(|(name, s)| {
-                    (
-                        format!("{{bridge=\"{name}\"}}"),
-                        f(s).load(Ordering::Relaxed).to_string(),
-                    )
-                })
-                .collect()
-        };
-        type Counter = fn(&weir_mqtt::bridge::BridgeStats) -> &std::sync::atomic::AtomicU64;
-        let counters: [(&str, &str, Counter); 6] = [
-            (
-                "weir_mqtt_bridge_received_total",
-                "Messages an MQTT bridge received from its broker.",
-                |s| &s.received,
-            ),
-            (
-                "weir_mqtt_bridge_stored_total",
-                "Messages an MQTT bridge stored in the log (then acknowledged to the broker; QoS 1 and 2).",
-                |s| &s.stored,
-            ),
-            (
-                "weir_mqtt_bridge_unmapped_total",
-                "Messages an MQTT bridge dropped: the topic map routes their topic nowhere.",
-                |s| &s.unmapped,
-            ),
-            (
-                "weir_mqtt_bridge_connections_total",
-                "Connections an MQTT bridge made to its broker.",
-                |s| &s.connections,
-            ),
-            (
-                "weir_mqtt_bridge_connection_errors_total",
-                "Failed connection attempts and dropped connections of an MQTT bridge.",
-                |s| &s.connection_errors,
-            ),
-            (
-                "weir_mqtt_bridge_resent_duplicates_total",
-                "Resends (DUP) of messages an MQTT bridge had stored: acknowledged again, not stored twice.",
-                |s| &s.resent_duplicates,
-            ),
-        ];
-        for (name, help, counter) in counters {
-            family(name, "counter", help, each(counter));
+        for (name, help, counter) in bridge_counters {
+            family(name, "counter", help, by_name("bridge", bridges, counter));
         }
     }
-    if !sinks.is_empty() {
-        let each = |f: fn(&crate::mqtt_sink::SinkStats) -> &std::sync::atomic::AtomicU64| {
-            sinks
-                .iter()
-                .map(|(name, s)| {
-                    (
-                        format!("{{sink=\"{name}\"}}"),
-                        f(s).load(Ordering::Relaxed).to_string(),
-                    )
-                })
-                .collect()
-        };
-        family(
+    type SinkCounter = fn(&crate::mqtt_sink::SinkStats) -> &AtomicU64;
+    let sink_counters: [(&str, &str, SinkCounter); 3] = [
+        (
             "weir_mqtt_sink_published_total",
-            "counter",
             "Records an MQTT sink published and the broker acknowledged (QoS 1/2) or that were sent (QoS 0).",
-            each(|s| &s.published),
-        );
-        family(
+            |s| &s.published,
+        ),
+        (
             "weir_mqtt_sink_skipped_total",
-            "counter",
             "Records an MQTT sink skipped: a column its topic names is missing or null.",
-            each(|s| &s.skipped),
-        );
+            |s| &s.skipped,
+        ),
+        (
+            "weir_mqtt_sink_connection_errors_total",
+            "Failed connection attempts and dropped connections of an MQTT sink.",
+            |s| &s.connection_errors,
+        ),
+    ];
+    if !sinks.is_empty() {
+        for (name, help, counter) in sink_counters {
+            family(name, "counter", help, by_name("sink", sinks, counter));
+        }
     }
     out
 }
