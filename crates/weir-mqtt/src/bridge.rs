@@ -49,6 +49,26 @@ pub struct BridgeConfig {
     pub keep_alive: Duration,
 }
 
+impl BridgeConfig {
+    /// The client options for its broker: client id, address, keep-alive, session,
+    /// credentials and TLS.
+    pub fn options(&self) -> MqttOptions {
+        let mut options = MqttOptions::new(&self.client_id, &self.host, self.port);
+        options
+            .set_keep_alive(self.keep_alive)
+            .set_clean_session(self.clean_session);
+        if let Some((user, password)) = &self.credentials {
+            options.set_credentials(user, password);
+        }
+        if let Some(tls) = &self.tls {
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                tls.clone(),
+            )));
+        }
+        options
+    }
+}
+
 /// A bridge's counters.
 #[derive(Debug, Default)]
 pub struct BridgeStats {
@@ -103,20 +123,10 @@ pub async fn run(
         let mut r = recent.lock().unwrap_or_else(|e| e.into_inner());
         r.max = u16::MAX as usize;
     }
-    let mut options = MqttOptions::new(&config.client_id, &config.host, config.port);
+    let mut options = config.options();
     options
-        .set_keep_alive(config.keep_alive)
-        .set_clean_session(config.clean_session)
         .set_manual_acks(true)
         .set_max_packet_size(1 << 20, 1 << 20);
-    if let Some((user, password)) = &config.credentials {
-        options.set_credentials(user, password);
-    }
-    if let Some(tls) = &config.tls {
-        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            tls.clone(),
-        )));
-    }
     let (client, mut events) = AsyncClient::new(options, 1024);
     // Acknowledgements go out in the order the messages came, each once it is stored.
     // (`None`: a resend of a message stored already, acknowledged at its turn.)

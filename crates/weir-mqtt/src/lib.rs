@@ -784,7 +784,8 @@ impl<'a> Connection<'a> {
 }
 
 /// Resolves once the server is stopping (or gone).
-async fn stopped(stopping: &mut watch::Receiver<bool>) {
+/// Resolves once `stopping` turns true (or its sender is gone).
+pub async fn stopped(stopping: &mut watch::Receiver<bool>) {
     let _ = stopping.wait_for(|s| *s).await;
 }
 

@@ -15,9 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use rumqttc::{
-    AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration, Transport,
-};
+use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
 use tokio::sync::{mpsc, watch};
 use weir_log::{Log, Record, TopicConfig};
 
@@ -248,20 +246,9 @@ pub async fn run(
     stats: Arc<SinkStats>,
     mut stopping: watch::Receiver<bool>,
 ) {
-    let b = &config.broker;
-    let mut options = MqttOptions::new(&b.client_id, &b.host, b.port);
-    options
-        .set_keep_alive(b.keep_alive)
-        .set_clean_session(true)
-        .set_inflight(100);
-    if let Some((user, password)) = &b.credentials {
-        options.set_credentials(user, password);
-    }
-    if let Some(tls) = &b.tls {
-        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            tls.clone(),
-        )));
-    }
+    // A clean session: what was not acknowledged is published again from the position.
+    let mut options = config.broker.options();
+    options.set_clean_session(true).set_inflight(100);
     let (client, mut events) = AsyncClient::new(options, 1024);
     // Acknowledgements (and connection losses) from the event loop.
     let (acks_tx, mut acks) = mpsc::unbounded_channel::<Result<(), ()>>();
@@ -273,7 +260,7 @@ pub async fn run(
             loop {
                 let event = tokio::select! {
                     e = events.poll() => e,
-                    _ = weir_mqtt_stopped(&mut stopping) => return,
+                    _ = weir_mqtt::stopped(&mut stopping) => return,
                 };
                 match event {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -317,7 +304,7 @@ pub async fn run(
         let Some(source) = source else {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                _ = weir_mqtt_stopped(&mut stopping) => break,
+                _ = weir_mqtt::stopped(&mut stopping) => break,
             }
         };
         let positions = match &mut at {
@@ -400,20 +387,12 @@ pub async fn run(
         if idle {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                _ = weir_mqtt_stopped(&mut stopping) => break,
+                _ = weir_mqtt::stopped(&mut stopping) => break,
             }
         }
     }
     let _ = client.disconnect().await;
     poller.abort();
-}
-
-async fn weir_mqtt_stopped(stopping: &mut watch::Receiver<bool>) {
-    while !*stopping.borrow() {
-        if stopping.changed().await.is_err() {
-            return;
-        }
-    }
 }
 
 #[cfg(test)]
