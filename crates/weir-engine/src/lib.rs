@@ -79,6 +79,9 @@ const MAX_BATCH_RECORDS: usize = 65_536;
 /// How long one step of one partition should take at most: batches shrink when steps
 /// take longer, so a worker gets back to its other queries and the push queries soon.
 const STEP_TARGET: Duration = Duration::from_millis(20);
+/// A query without state over several busy partitions steps them for about this many
+/// [`STEP_TARGET`]s at a time (see `stateless_rounds`).
+const SHARED_STEP_ROUNDS: u32 = 4;
 
 /// The topic that holds the processing log: records that could not be processed, with why.
 pub const PROCESSING_LOG_TOPIC: &str = "weir_processing_log";
@@ -643,32 +646,51 @@ impl PersistentQuery {
     fn step(&mut self, log: &dyn Log, durable: bool, parallelism: usize) -> Result<u64> {
         let partitions = self.pipeline.partitions();
         let started = Instant::now();
-        // Stateless over several busy partitions: their steps computed at once, then
-        // written in partition order, as if one after the other.
-        let mut computed = match self.error {
+        // Over several busy partitions: their steps computed at once (see
+        // [`Self::shared_steps`]), then counted (and, with state, written) in order.
+        let computed = match self.error {
             None if parallelism > 1 => self.shared_steps(log, durable, parallelism),
-            None => None,
-            Some(_) => None,
-        }
-        .map(Vec::into_iter);
+            _ => None,
+        };
         let mut consumed = 0;
-        for partition in 0..partitions {
-            if self.error.is_some() {
-                break;
-            }
-            if !self.owns(partition) {
-                continue;
-            }
-            let n = match computed.as_mut() {
+        // The first error of a step computed at once with others: returned once the
+        // others' steps whose output is written already are counted and moved past.
+        let mut failed = None;
+        let mut failed_partitions = std::collections::BTreeSet::new();
+        let mut steps = computed.map(Vec::into_iter);
+        let owned: Vec<u32> = (0..partitions).filter(|p| self.owns(*p)).collect();
+        let mut serial = owned.into_iter();
+        loop {
+            let n = match steps.as_mut() {
                 Some(steps) => match steps.next() {
+                    None => break,
+                    // After a failure (or a stop), only the steps written already, of
+                    // partitions that did not fail.
+                    Some((p, step, _))
+                        if failed_partitions.contains(&p)
+                            || ((failed.is_some() || self.error.is_some())
+                                && !matches!(&step, Ok(s) if s.written.is_some())) =>
+                    {
+                        0
+                    }
                     // Paced by its own computing time plus its writing.
                     Some((p, step, took)) => {
                         let began = Instant::now().checked_sub(took).unwrap_or(started);
-                        self.commit_step(log, durable, p, step, began)?
+                        match self.commit_step(log, durable, p, step, began) {
+                            Ok(n) => n,
+                            Err(e) => {
+                                failed.get_or_insert(e);
+                                failed_partitions.insert(p);
+                                0
+                            }
+                        }
                     }
+                },
+                None if self.error.is_some() => break,
+                None => match serial.next() {
+                    Some(partition) => self.step_partition(log, durable, partition)?,
                     None => break,
                 },
-                None => self.step_partition(log, durable, partition)?,
             };
             if n > 0 && durable {
                 // Tests of recovery: a step's output is written, its checkpoint not
@@ -681,6 +703,9 @@ impl PersistentQuery {
             }
             consumed += n;
         }
+        if let Some(e) = failed {
+            return Err(e);
+        }
         // Caught up (or stopped): what it did is checkpointed now.
         if consumed == 0 && self.unsaved && self.may_checkpoint() {
             self.checkpoint(log)?;
@@ -690,12 +715,13 @@ impl PersistentQuery {
 
     /// The steps of its partitions, computed at once on up to `threads` threads, when the
     /// pipeline reads several partitions of which two or more were busy at their last
-    /// step; `None` otherwise. Each thread reads, decodes and runs the stateless stages
-    /// of its partitions and encodes their output. A pipeline with state (a GROUP BY)
-    /// runs it in between, partition after partition in order, its state split into
-    /// shards that fold at once (`aggregate/shards.rs`); a step that fails there ends the
-    /// list (the partitions after it are read again next time). A panic in a thread goes
-    /// on in the caller.
+    /// step; `None` otherwise. The threads read, decode and run the stateless stages of
+    /// the partitions, several batches each while time lasts ([`shared_rounds`]); a
+    /// query without state writes its output there too. A pipeline with state (a GROUP
+    /// BY) runs it after them, step after step in order, its state split into shards that
+    /// fold at once (`aggregate/shards.rs`), and their output is encoded at once again
+    /// (written in order by the caller); a step that fails ends the list (those after it
+    /// are read again next time). A panic in a thread goes on in the caller.
     #[allow(clippy::type_complexity)]
     fn shared_steps(
         &mut self,
@@ -712,33 +738,20 @@ impl PersistentQuery {
             .filter(|p| self.owns(*p))
             .collect();
         let n = threads.min(all.len());
-        let mut results: Vec<(u32, Result<pipeline::Step>, Duration)> = {
-            let spec = &self.sink_spec(log, durable);
-            let stages = &stages;
-            at_once(all.len(), n, |i| {
-                let p = all[i];
-                let began = Instant::now();
-                let step = pipeline::shared_step(input, stages, log, p).and_then(|step| {
-                    if stateless {
-                        encode_step(spec, step, p, durable)
-                    } else {
-                        Ok(step)
-                    }
-                });
-                (p, step, began.elapsed())
-            })
-        };
+        // Without state, each partition's output is written on its thread.
+        let spec = &self.sink_spec(log, durable);
+        let write = stateless.then_some((spec, durable));
+        let mut results = shared_rounds(input, &stages, log, write, &all, n);
         for (_, step, _) in &results {
             if let Ok(step) = step {
                 self.pipeline.count_stage_rows(step);
             }
         }
         if stateless {
-            // Encoded already, on the partitions' threads.
             return Some(results);
         }
-        // The stages with state, over the partitions' steps up to the first that failed
-        // (those after it are read again next time), as if one after the other.
+        // The stages with state, over the steps up to the first that failed (those after
+        // it are read again next time), as if one after the other.
         if let Some(failed) = results.iter().position(|(_, step, _)| step.is_err()) {
             results.truncate(failed + 1);
         }
@@ -844,27 +857,19 @@ impl PersistentQuery {
             q.pipeline.advance(partition, &step, started.elapsed());
             return Ok(0);
         }
-        let mut encoded = std::mem::take(&mut step.encoded).into_iter();
-        let mut bytes = 0;
-        for change in &step.changes {
-            q.stats.produced += change.batch.num_rows() as u64;
-            let now = now_ms();
-            for t in change.batch.column(0).as_primitive::<Int64Type>().values() {
-                q.stats.latency.observe((now - t).max(0) as f64);
-            }
-            let sink = Sink {
-                tombstones: change.tombstones,
+        let written = match step.written.take() {
+            Some(written) => written,
+            None => write_step(
+                log,
+                &q.sink_spec(log, durable),
+                &mut step,
+                partition,
                 durable,
-                source_partition: partition,
-                headers: &step.headers,
-            };
-            let spec = q.sink_spec(log, durable);
-            bytes += match encoded.next() {
-                Some(e) => append_output(log, &spec, e, &sink)?,
-                None => write_output(log, &spec, &change.batch, sink)?,
-            };
-        }
-        q.stats.bytes_produced += bytes;
+            )?,
+        };
+        q.stats.produced += written.produced;
+        q.stats.latency.merge(&written.latency);
+        q.stats.bytes_produced += written.bytes;
         if !step.problems.is_empty() {
             q.stats.errors += step.problems.len() as u64;
             write_processing_log(log, &q.id, &q.source_topic, &step.problems)?;
@@ -4070,6 +4075,37 @@ fn write_output(log: &dyn Log, q: &SinkSpec, out: &RecordBatch, sink: Sink) -> R
 }
 
 /// A step's output encoded for the sink, change by change (see [`pipeline::Step::encoded`]).
+/// Writes a step's output to the sink (encoding what is not encoded yet): what the
+/// query counts of it.
+fn write_step(
+    log: &dyn Log,
+    spec: &SinkSpec,
+    step: &mut pipeline::Step,
+    partition: u32,
+    durable: bool,
+) -> Result<pipeline::Written> {
+    let mut written = pipeline::Written::default();
+    let mut encoded = std::mem::take(&mut step.encoded).into_iter();
+    for change in &step.changes {
+        written.produced += change.batch.num_rows() as u64;
+        let now = now_ms();
+        for t in change.batch.column(0).as_primitive::<Int64Type>().values() {
+            written.latency.observe((now - t).max(0) as f64);
+        }
+        let sink = Sink {
+            tombstones: change.tombstones,
+            durable,
+            source_partition: partition,
+            headers: &step.headers,
+        };
+        written.bytes += match encoded.next() {
+            Some(e) => append_output(log, spec, e, &sink)?,
+            None => write_output(log, spec, &change.batch, sink)?,
+        };
+    }
+    Ok(written)
+}
+
 fn encode_step(
     spec: &SinkSpec,
     mut step: pipeline::Step,
@@ -4090,6 +4126,73 @@ fn encode_step(
         })
         .collect::<Result<_>>()?;
     Ok(step)
+}
+
+/// The steps of the stateless stages of a query (the first that run before any with
+/// state: all of them for a query without state) over the partitions `all`, on up to
+/// `threads` threads at once (the caller's one of them), for about
+/// [`SHARED_STEP_ROUNDS`] × [`STEP_TARGET`]: each thread takes the next partition
+/// waiting, reads and computes a batch of it — and, given `write`, writes its output to
+/// the sink (records of different source partitions have no order between them, so each
+/// thread writes its own) — and puts it back to wait again while it had a full batch and
+/// the time lasts. The threads end within a batch of each other, so little time goes to
+/// waiting for the slowest. The steps in order of partition, each partition's in the
+/// order read; a partition whose step failed reads no more in this call.
+fn shared_rounds(
+    input: &pipeline::TopicInput,
+    stages: &[&dyn pipeline::SharedStage],
+    log: &dyn Log,
+    write: Option<(&SinkSpec, bool)>,
+    all: &[u32],
+    threads: usize,
+) -> Vec<(u32, Result<pipeline::Step>, Duration)> {
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    let started = Instant::now();
+    let budget = STEP_TARGET * SHARED_STEP_ROUNDS;
+    // Partitions waiting: each with where it reads from (`None`: where its input stands)
+    // and how many of its batches this step read before.
+    let waiting: Mutex<std::collections::VecDeque<(u32, Option<u64>, usize)>> =
+        Mutex::new(all.iter().map(|p| (*p, None, 0)).collect());
+    let done = Mutex::new(Vec::new());
+    let work = || {
+        // (The queue's lock is let go before the batch is worked on.)
+        let next = || lock(&waiting).pop_front();
+        while let Some((p, from, round)) = next() {
+            let began = Instant::now();
+            let step = pipeline::shared_step(input, stages, log, p, from).and_then(|mut step| {
+                if let Some((spec, durable)) = write
+                    && step.consumed > 0
+                {
+                    step.written = Some(write_step(log, spec, &mut step, p, durable)?);
+                }
+                Ok(step)
+            });
+            if let Ok(s) = &step
+                && let (Some(next), Some(requested)) = (s.next, s.requested)
+                && s.consumed as usize >= requested
+                && started.elapsed() < budget
+            {
+                lock(&waiting).push_back((p, Some(next), round + 1));
+            }
+            lock(&done).push((p, round, step, began.elapsed()));
+        }
+    };
+    let work = &work;
+    std::thread::scope(|s| {
+        let helpers: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
+        work();
+        for h in helpers {
+            h.join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        }
+    });
+    let mut done = done.into_inner().unwrap_or_else(|e| e.into_inner());
+    done.sort_by_key(|(p, round, _, _)| (*p, *round));
+    done.into_iter()
+        .map(|(p, _, step, took)| (p, step, took))
+        .collect()
 }
 
 /// `work(i)` for every i in 0..count, on up to `threads` threads at once (the caller's

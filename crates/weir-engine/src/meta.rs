@@ -89,6 +89,15 @@ impl LatencyHistogram {
         self.sum_ms += ms;
         self.count += 1;
     }
+
+    /// Adds `other`'s observations to these.
+    pub fn merge(&mut self, other: &LatencyHistogram) {
+        for (c, o) in self.counts.iter_mut().zip(other.counts) {
+            *c += o;
+        }
+        self.sum_ms += other.sum_ms;
+        self.count += other.count;
+    }
 }
 
 /// A persistent query's figures for `/metrics`.

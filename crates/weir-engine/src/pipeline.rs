@@ -39,6 +39,9 @@ pub(crate) struct Step {
     /// The changes already encoded for the sink, one per change (when computed where the
     /// partitions of a step run at once); empty otherwise.
     pub encoded: Vec<crate::Encoded>,
+    /// Its output already written to the sink (a stateless query's partitions write
+    /// their own, each on its thread): what the query counts of it. `None` until then.
+    pub written: Option<Written>,
     /// Records that could not be processed: for the processing log.
     pub problems: Vec<Problem>,
     /// The user's headers (not Weir's own) of the records read that had any, by offset:
@@ -48,6 +51,17 @@ pub(crate) struct Step {
     /// Rows into and out of each stage run where the partitions' steps ran at once
     /// ([`shared_step`]), for [`Pipeline::stage_rows`].
     pub stage_rows: Vec<(u64, u64)>,
+}
+
+/// What writing a step's output to the sink came to, for the query's figures.
+#[derive(Debug, Default)]
+pub(crate) struct Written {
+    /// Output records (rows and deletes).
+    pub produced: u64,
+    /// Bytes of the keys and values written.
+    pub bytes: u64,
+    /// Each output's latency from its event time to its write.
+    pub latency: crate::meta::LatencyHistogram,
 }
 
 /// The rows (and deletes) in some batches of changes.
@@ -422,11 +436,22 @@ impl TopicInput {
         partition: u32,
         limit: Option<usize>,
     ) -> Result<(Step, Vec<ChangeBatch>)> {
+        self.take_from(log, partition, self.offsets[partition as usize], limit)
+    }
+
+    /// As [`Self::take`], from offset `from` of the partition.
+    fn take_from(
+        &self,
+        log: &dyn Log,
+        partition: u32,
+        from: u64,
+        limit: Option<usize>,
+    ) -> Result<(Step, Vec<ChangeBatch>)> {
         let mut step = Step::default();
         let p = partition as usize;
         step.requested = limit.is_none().then_some(self.batch_records[p]);
         let max = limit.unwrap_or(self.batch_records[p]);
-        let records = log.read(&self.topic, partition, self.offsets[p], max)?;
+        let records = log.read(&self.topic, partition, from, max)?;
         let Some(last) = records.last() else {
             return Ok((step, Vec::new()));
         };
@@ -880,14 +905,17 @@ pub(crate) fn operators(
 }
 
 /// As [`Pipeline::step`] with the adaptive batch size, over what [`Pipeline::shared`]
-/// gives: several partitions' steps run at once, each on its own thread.
+/// gives: several partitions' steps run at once, each on its own thread. It reads from
+/// `from`, or where the partition's input stands.
 pub(crate) fn shared_step(
     input: &TopicInput,
     stages: &[&dyn SharedStage],
     log: &dyn Log,
     partition: u32,
+    from: Option<u64>,
 ) -> Result<Step> {
-    let (mut step, mut changes) = input.take(log, partition, None)?;
+    let from = from.unwrap_or(input.offsets[partition as usize]);
+    let (mut step, mut changes) = input.take_from(log, partition, from, None)?;
     for stage in stages {
         let went_in = rows(&changes);
         let mut out = Vec::with_capacity(changes.len());
