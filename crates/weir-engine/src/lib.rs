@@ -4155,8 +4155,8 @@ fn shared_rounds(
     // and how many of its batches this step read before.
     let waiting: Mutex<std::collections::VecDeque<(u32, Option<u64>, usize)>> =
         Mutex::new(all.iter().map(|p| (*p, None, 0)).collect());
-    let done = Mutex::new(Vec::new());
     let work = || {
+        let mut done = Vec::new();
         // (The queue's lock is let go before the batch is worked on.)
         let next = || lock(&waiting).pop_front();
         while let Some((p, from, round)) = next() {
@@ -4176,19 +4176,11 @@ fn shared_rounds(
             {
                 lock(&waiting).push_back((p, Some(next), round + 1));
             }
-            lock(&done).push((p, round, step, began.elapsed()));
+            done.push((p, round, step, began.elapsed()));
         }
+        done
     };
-    let work = &work;
-    std::thread::scope(|s| {
-        let helpers: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
-        work();
-        for h in helpers {
-            h.join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        }
-    });
-    let mut done = done.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut done = on_threads(threads, work);
     done.sort_by_key(|(p, round, _, _)| (*p, *round));
     done.into_iter()
         .map(|(p, _, step, took)| (p, step, took))
@@ -4210,20 +4202,26 @@ fn at_once<T: Send>(count: usize, threads: usize, work: impl Fn(usize) -> T + Sy
             done.push((i, work(i)));
         }
     };
-    let take = &take;
-    let mut all = std::thread::scope(|s| {
-        let handles: Vec<_> = (1..threads.min(count)).map(|_| s.spawn(take)).collect();
-        let mut out = take();
-        for h in handles {
+    let mut all = on_threads(threads.min(count), take);
+    all.sort_by_key(|(i, _)| *i);
+    all.into_iter().map(|(_, t)| t).collect()
+}
+
+/// `work` on `threads` threads at once (the caller's one of them), what each returns
+/// together. A panic in one goes on in the caller.
+fn on_threads<T: Send>(threads: usize, work: impl Fn() -> Vec<T> + Sync) -> Vec<T> {
+    let work = &work;
+    std::thread::scope(|s| {
+        let helpers: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
+        let mut out = work();
+        for h in helpers {
             out.extend(
                 h.join()
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
             );
         }
         out
-    });
-    all.sort_by_key(|(i, _)| *i);
-    all.into_iter().map(|(_, t)| t).collect()
+    })
 }
 
 /// Encodes a batch of output for the sink (nothing written yet).
