@@ -244,6 +244,10 @@ enum Command {
         /// Threads a query's step may use (a GROUP BY's state in as many shards).
         #[arg(long, default_value_t = 1)]
         parallelism: usize,
+        /// Decode every batch the fast JSON and Avro paths take with the general path too,
+        /// and fail (exit 1) on any difference, printing it.
+        #[arg(long)]
+        check_fast_paths: bool,
     },
 }
 
@@ -833,14 +837,37 @@ fn main() -> ExitCode {
             report,
             timeout,
             parallelism,
-        } => run_conformance(
-            &cases,
-            tags,
-            exclude_tags,
-            report.as_deref(),
-            timeout,
-            parallelism,
-        ),
+            check_fast_paths,
+        } => {
+            if check_fast_paths {
+                weir_format::differential::enable();
+            }
+            let code = run_conformance(
+                &cases,
+                tags,
+                exclude_tags,
+                report.as_deref(),
+                timeout,
+                parallelism,
+            );
+            if !check_fast_paths {
+                return code;
+            }
+            let mismatches = weir_format::differential::take_mismatches();
+            println!(
+                "fast paths: {} records checked against the general path, {} batches differ",
+                weir_format::differential::compared(),
+                mismatches.len()
+            );
+            for m in &mismatches {
+                println!("  {m}");
+            }
+            if mismatches.is_empty() {
+                code
+            } else {
+                ExitCode::FAILURE
+            }
+        }
     }
 }
 

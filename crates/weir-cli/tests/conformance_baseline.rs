@@ -48,8 +48,20 @@ fn suite_does_not_fall_below_its_baseline(cases: &str, baseline: &str) {
         timeout: Duration::from_secs(60),
         ..Default::default()
     };
+    // Every batch the fast decoding paths take is decoded by the general path too (issue
+    // 23's differential check over every input record of the suite).
+    weir_format::differential::enable();
     let results = run_cases(&cases, &selection);
     print_table(&results);
+    let mismatches = weir_format::differential::take_mismatches();
+    let compared = weir_format::differential::compared();
+    println!("fast paths: {compared} records checked against the general path");
+    assert!(
+        mismatches.is_empty(),
+        "the fast decoding paths differ from the general one:\n{}",
+        mismatches.join("\n")
+    );
+    assert!(compared > 0, "no batch went through a fast path");
     let passing: BTreeSet<String> = results
         .iter()
         .filter(|r| r.passed)

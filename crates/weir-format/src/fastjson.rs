@@ -15,7 +15,7 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
 use weir_log::StoredRecord;
 use weir_sql::ast::SqlType;
 
@@ -68,13 +68,60 @@ impl<'de> Visitor<'de> for ScalarVisitor {
     fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
         Ok(Scalar::Str(v.into()))
     }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-        while a.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Scalar::Nested)
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, a: A) -> Result<Self::Value, A::Error> {
+        Skip.visit_seq(a).map(|()| Scalar::Nested)
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
-        while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(Scalar::Nested)
+    fn visit_map<A: MapAccess<'de>>(self, a: A) -> Result<Self::Value, A::Error> {
+        Skip.visit_map(a).map(|()| Scalar::Nested)
+    }
+}
+
+/// Skips a value (an undeclared field's, a nested one's) but reads it as the general path
+/// does, so that what the general path rejects fails here too: numbers parsed (one out of
+/// range, `1e309`, is an error), strings' escapes decoded (a lone surrogate is one).
+/// serde's `IgnoredAny` checks neither.
+struct Skip;
+
+impl<'de> DeserializeSeed<'de> for Skip {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(Skip)
+    }
+}
+
+impl<'de> Visitor<'de> for Skip {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<(), A::Error> {
+        while a.next_element_seed(Skip)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<(), A::Error> {
+        while a.next_key_seed(Skip)?.is_some() {
+            a.next_value_seed(Skip)?;
+        }
+        Ok(())
     }
 }
 
@@ -223,9 +270,7 @@ impl<'de> Visitor<'de> for &mut Fields<'_, 'de> {
                         self.duplicate = true;
                     }
                 }
-                (None, None) => {
-                    a.next_value::<IgnoredAny>()?;
-                }
+                (None, None) => a.next_value_seed(Skip)?,
             }
         }
         Ok(true)

@@ -355,6 +355,7 @@ impl Layout {
         if let Some(batch) = crate::fastjson::decode(self, schema, records)
             .or_else(|| crate::fastavro::decode(self, schema, records))
         {
+            crate::differential::check(self, schema, records, &batch);
             return Decoded {
                 batch,
                 errors: Vec::new(),

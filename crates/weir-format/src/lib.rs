@@ -11,6 +11,7 @@
 pub mod avro;
 pub mod convert;
 mod delimited;
+pub mod differential;
 mod fastavro;
 mod fastjson;
 mod json;
