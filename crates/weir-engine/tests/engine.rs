@@ -22,6 +22,13 @@ fn open_durable(dir: &std::path::Path) -> Engine {
     Engine::open(Arc::new(log)).unwrap()
 }
 
+/// As [`open_durable`], with a query's step on `threads` threads.
+fn open_parallel(dir: &std::path::Path, threads: usize) -> Engine {
+    let mut e = open_durable(dir);
+    e.set_parallelism(threads);
+    e
+}
+
 fn produce(engine: &Engine, topic: &str, key: Option<&str>, value: &str, ts: i64) {
     engine
         .log()
@@ -603,12 +610,7 @@ fn inserted_rows_keep_their_order_and_encode_as_insert_values_does() {
 #[test]
 fn a_stateless_query_over_partitions_at_once_loses_and_reorders_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let open = |dir: &std::path::Path| {
-        let mut e = open_durable(dir);
-        e.set_parallelism(3);
-        e
-    };
-    let mut engine = open(dir.path());
+    let mut engine = open_parallel(dir.path(), 3);
     engine
         .execute_sql(
             "CREATE STREAM readings (car VARCHAR KEY, speed INT) WITH (kafka_topic='readings', value_format='JSON', partitions=4);
@@ -641,7 +643,7 @@ fn a_stateless_query_over_partitions_at_once_loses_and_reorders_nothing() {
         engine.run_until_idle().unwrap();
         if round == 0 {
             drop(engine);
-            engine = open(dir.path());
+            engine = open_parallel(dir.path(), 3);
         }
     }
     let mut got: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
@@ -667,12 +669,7 @@ fn a_stateless_query_over_partitions_at_once_loses_and_reorders_nothing() {
 #[test]
 fn a_group_by_over_a_backlog_in_partitions_counts_every_record_once_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let open = |dir: &std::path::Path| {
-        let mut e = open_durable(dir);
-        e.set_parallelism(3);
-        e
-    };
-    let mut engine = open(dir.path());
+    let mut engine = open_parallel(dir.path(), 3);
     engine
         .execute_sql(
             "CREATE STREAM readings (car VARCHAR KEY, zone VARCHAR, speed INT) WITH (kafka_topic='readings', value_format='JSON', partitions=4);
@@ -694,7 +691,7 @@ fn a_group_by_over_a_backlog_in_partitions_counts_every_record_once_in_order() {
         engine.run_until_idle().unwrap();
         if round == 0 {
             drop(engine);
-            engine = open(dir.path());
+            engine = open_parallel(dir.path(), 3);
         }
     }
     let mut counts: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
@@ -726,12 +723,7 @@ fn a_group_by_over_a_backlog_in_partitions_counts_every_record_once_in_order() {
 fn aggregations_in_shards_give_what_one_thread_gives() {
     let run = |parallelism: [usize; 2]| {
         let dir = tempfile::tempdir().unwrap();
-        let open = |dir: &std::path::Path, n: usize| {
-            let mut e = open_durable(dir);
-            e.set_parallelism(n);
-            e
-        };
-        let mut engine = open(dir.path(), parallelism[0]);
+        let mut engine = open_parallel(dir.path(), parallelism[0]);
         engine
             .execute_sql(
                 "CREATE STREAM readings (car VARCHAR KEY, zone VARCHAR, speed INT) WITH (kafka_topic='readings', value_format='JSON', partitions=4);
@@ -760,7 +752,7 @@ fn aggregations_in_shards_give_what_one_thread_gives() {
             engine.run_until_idle().unwrap();
             if round == 0 {
                 drop(engine);
-                engine = open(dir.path(), parallelism[1]);
+                engine = open_parallel(dir.path(), parallelism[1]);
             }
         }
         // Each topic's records as stored (windowed keys are bytes), partition by partition.
