@@ -79,8 +79,8 @@ const MAX_BATCH_RECORDS: usize = 65_536;
 /// How long one step of one partition should take at most: batches shrink when steps
 /// take longer, so a worker gets back to its other queries and the push queries soon.
 const STEP_TARGET: Duration = Duration::from_millis(20);
-/// A query without state over several busy partitions steps them for about this many
-/// [`STEP_TARGET`]s at a time (see `stateless_rounds`).
+/// A query over several busy partitions reads (and, without state, writes) them for about
+/// this many [`STEP_TARGET`]s a step (see `shared_rounds`).
 const SHARED_STEP_ROUNDS: u32 = 4;
 
 /// The topic that holds the processing log: records that could not be processed, with why.
