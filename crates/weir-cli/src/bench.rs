@@ -4,6 +4,7 @@
 //! asserts nothing (speed goals are read from its output, not enforced by tests).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use weir_engine::Engine;
@@ -1343,40 +1344,93 @@ pub fn cluster(bootstrap: &str, events: u64, servers: &[usize]) -> Result<(), St
         }
         Ok(())
     };
-    let sink_total = |topic: &str| -> u64 {
-        (0..4)
-            .map(|p| match log.offsets(topic, p) {
-                Ok((_, end)) => end,
-                Err(e) => {
-                    eprintln!("weir bench: {topic}-{p}: {e}");
-                    0
+    // The records in a topic, counted by reading them all (tansu's memory storage
+    // reports the first offset of a partition's last batch as its end, and answers reads
+    // from inside a batch late): until `expected` are read or reads find nothing for a
+    // while.
+    let count_all = |topic: &str, expected: u64| -> (u64, Option<String>) {
+        let (mut at, mut read, mut error) = ([0u64; 4], 0u64, None);
+        let mut quiet = Instant::now();
+        while read < expected && quiet.elapsed() < Duration::from_secs(15) {
+            let before = read;
+            for (p, next) in at.iter_mut().enumerate() {
+                match log.read(topic, p as u32, *next, 65_536) {
+                    Ok(batch) => {
+                        read += batch.len() as u64;
+                        *next = batch.last().map_or(*next, |r| r.offset + 1);
+                    }
+                    Err(e) => error = Some(format!("{topic}-{p}: {e}")),
                 }
-            })
-            .sum()
+            }
+            if read > before {
+                quiet = Instant::now();
+            }
+        }
+        (read, error)
     };
 
-    // The broker's ceiling: the four partitions read at once, nothing else.
+    // The broker's ceilings: the four partitions read at once, nothing else; then read
+    // and each batch appended to a copy as it is read (a server's traffic without its
+    // work: no server, however many, goes faster than that on this broker).
     let first = format!("bench_{tag}_ceiling");
     load(&first)?;
-    let started = Instant::now();
-    let read: u64 = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..4u32)
-            .map(|p| {
-                let (log, first) = (&log, &first);
-                s.spawn(move || {
-                    let end = log.offsets(first, p).map(|o| o.1).unwrap_or(0);
-                    log.read_to_end(first, p, 0)
-                        .map_or(0, |r| r.len() as u64)
-                        .min(end)
+    let copy = format!("{first}_copy");
+    log.create_topic(
+        &copy,
+        TopicConfig {
+            partitions: 4,
+            ..Default::default()
+        },
+    )
+    .map_err(err)?;
+    for to in [None, Some(&copy)] {
+        let started = Instant::now();
+        let read: u64 = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4u32)
+                .map(|p| {
+                    let (log, first) = (&log, &first);
+                    s.spawn(move || {
+                        let (mut next, mut read) = (0u64, 0u64);
+                        let deadline = Instant::now() + Duration::from_secs(120);
+                        // Until the loaded events are read (their count per partition is
+                        // not known here: until a read finds nothing twice).
+                        let mut empty = 0;
+                        while empty < 2 && Instant::now() < deadline {
+                            match log.read(first, p, next, 65_536) {
+                                Ok(batch) if !batch.is_empty() => {
+                                    empty = 0;
+                                    read += batch.len() as u64;
+                                    next = batch.last().map_or(next, |r| r.offset + 1);
+                                    if let Some(to) = to {
+                                        let records: Vec<Record> =
+                                            batch.into_iter().map(|r| r.record).collect();
+                                        if log.append(to, p, &records).is_err() {
+                                            break;
+                                        }
+                                    }
+                                }
+                                Ok(_) => empty += 1,
+                                Err(_) => break,
+                            }
+                        }
+                        read
+                    })
                 })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
-    });
-    println!(
-        "  broker read ceiling (4 readers)  {}",
-        rate(read, started.elapsed().as_secs_f64())
-    );
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+        });
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "  broker {} ceiling (4 at once)  {}{}",
+            if to.is_some() { "read+write" } else { "read" },
+            rate(read, secs),
+            if read < events {
+                format!("  (read {read} of {events})")
+            } else {
+                String::new()
+            }
+        );
+    }
 
     let mut one = None;
     for (i, &count) in servers.iter().enumerate() {
@@ -1394,52 +1448,106 @@ pub fn cluster(bootstrap: &str, events: u64, servers: &[usize]) -> Result<(), St
             ),
         )
         .map_err(|e| e.to_string())?;
-        let spawn = |with_queries: bool| {
+        // Each server's progress: the records its steps consumed and wrote (a line per
+        // step, `consumed N total T`), read from its standard output.
+        let totals: Vec<Arc<AtomicU64>> = (0..count).map(|_| Arc::default()).collect();
+        let spawn = |with_queries: bool, total: Arc<AtomicU64>| {
             let mut cmd = Command::new(&exe);
             // (tansu 0.6 on SQLite has no DeleteRecords: no checkpoint trimming.)
             cmd.args(["run", "--kafka-bootstrap", bootstrap, "--service-id", &run])
-                .args(["--progress-every", "60000", "--no-checkpoint-trim"])
-                .stdout(Stdio::null())
+                .args(["--no-checkpoint-trim", "--progress-every", "0"])
+                .stdout(Stdio::piped())
                 .stderr(Stdio::null());
+            // WEIR_BENCH_LOGS=DIR: each server's output kept there.
+            let mut keep = None;
+            if let Some(logs) = std::env::var_os("WEIR_BENCH_LOGS") {
+                let at = std::path::Path::new(&logs).join(format!(
+                    "{run}-{}.log",
+                    if with_queries { "q" } else { "other" }
+                ));
+                let file = std::fs::File::create(&at).map_err(|e| e.to_string())?;
+                cmd.stderr(file.try_clone().map_err(|e| e.to_string())?);
+                keep = Some(file);
+            }
             if with_queries {
                 cmd.arg("--queries-file").arg(&queries);
             }
-            cmd.spawn().map_err(|e| e.to_string())
+            let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+            let out = child.stdout.take().ok_or("no standard output")?;
+            std::thread::spawn(move || {
+                use std::io::{BufRead, Write};
+                for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                    if let Some(file) = &mut keep {
+                        let _ = writeln!(file, "{line}");
+                    }
+                    let at = line.split_whitespace().collect::<Vec<_>>();
+                    if let ["consumed", _, "total", t, ..] = at[..]
+                        && let Ok(t) = t.parse()
+                    {
+                        total.store(t, Ordering::SeqCst);
+                    }
+                }
+            });
+            Ok::<_, String>(child)
         };
         // The others first, so that the query is divided as it starts.
         let mut procs = Vec::new();
-        for _ in 1..count {
-            procs.push(spawn(false)?);
+        for total in &totals[1..] {
+            procs.push(spawn(false, total.clone())?);
         }
         // Their first heartbeats stored (every 2 s with the default 10 s session).
         std::thread::sleep(Duration::from_secs(3));
         let started = Instant::now();
-        procs.push(spawn(true)?);
+        procs.push(spawn(true, totals[0].clone())?);
         let deadline = started + Duration::from_secs(600);
-        // Polled gently: each look asks the broker for four partitions' ends.
-        while sink_total(&sink) < events && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(250));
+        let (mut done, mut first_output, mut last) = (0u64, None, 0u64);
+        let trace = std::env::var_os("WEIR_BENCH_TRACE").is_some();
+        while done < events && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+            done = totals.iter().map(|t| t.load(Ordering::SeqCst)).sum();
+            if done > 0 {
+                first_output.get_or_insert(started.elapsed().as_secs_f64());
+            }
+            if trace && done != last {
+                last = done;
+                eprintln!("{:.2} {done}", started.elapsed().as_secs_f64());
+            }
         }
         let secs = started.elapsed().as_secs_f64();
         for mut p in procs {
             let _ = p.kill();
             let _ = p.wait();
         }
-        let done = sink_total(&sink);
+        // What the servers said they wrote, checked in the sink.
+        let (written, error) = count_all(&sink, events);
+        let done = done.min(written);
+        // Also the rate once outputs flow (the servers started, the query planned and
+        // its partitions claimed): from the first output read to the last.
+        let first = first_output.unwrap_or(secs);
+        let flowing = done.min(events) as f64 / (secs - first).max(1e-9);
         let speedup = match one {
             None => {
-                one = Some(secs);
+                one = Some((secs, flowing));
                 String::new()
             }
-            Some(base) => format!("  ({:.2}x the first)", base / secs),
+            Some((base, base_flowing)) => format!(
+                "  ({:.2}x the first; once flowing {:.2}x)",
+                base / secs,
+                flowing / base_flowing
+            ),
         };
         println!(
             "  {count} server(s)                      {}{speedup}{}",
             rate(done.min(events), secs),
             if done < events {
-                format!("  INCOMPLETE: {done} of {events}")
+                format!(
+                    "  INCOMPLETE: {done} of {events}{}",
+                    error.map_or(String::new(), |e| format!(" (last read error: {e})"))
+                )
             } else {
-                String::new()
+                format!(
+                    "; first output after {first:.2} s, then {flowing:.0} events/s; {written} in the sink"
+                )
             }
         );
     }

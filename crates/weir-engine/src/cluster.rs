@@ -46,6 +46,10 @@ pub fn members_topic(id: &str) -> String {
     }
 }
 
+/// How often a member looks at the command log's end between heartbeats (one ListOffsets
+/// request): how soon a statement another server accepted is applied here.
+const COMMANDS_EVERY: Duration = Duration::from_millis(250);
+
 /// How often the first live member compacts the members topic (when trimming is on:
 /// `InternalTopics::trim_checkpoints`).
 pub const COMPACT_EVERY: Duration = Duration::from_secs(600);
@@ -189,10 +193,20 @@ impl Cluster {
                             beat.session.as_millis()
                         );
                     }
+                    // Between heartbeats, the command log's end every COMMANDS_EVERY: a
+                    // statement another server accepted (a query started) reaches this one
+                    // within that, not within a heartbeat's interval.
                     let until = std::time::Instant::now() + every;
+                    let mut looked = std::time::Instant::now();
                     while !beat.stop.load(Ordering::SeqCst) && std::time::Instant::now() < until
                     {
                         std::thread::sleep(Duration::from_millis(20));
+                        if looked.elapsed() >= COMMANDS_EVERY {
+                            looked = std::time::Instant::now();
+                            if let Err(e) = beat.look_at_commands() {
+                                eprintln!("weir: reading the command log's end: {e}");
+                            }
+                        }
                     }
                 }
             })
@@ -376,7 +390,19 @@ impl Inner {
         self.log.append(&self.topic, 0, &[record])?;
         *self.stored.lock().unwrap_or_else(|e| e.into_inner()) = before;
         self.sync()?;
+        self.look_at_commands()
+    }
+
+    /// The command topic's end, for the engine to follow (`Engine::follow_commands`).
+    /// When it moved, the members topic is read first: the member that appended a
+    /// command joined before it did, so the engine divides a query the command starts
+    /// over members that include it (not over a view a heartbeat's interval old, which
+    /// would take partitions the new member claims too).
+    fn look_at_commands(&self) -> Result<()> {
         let end = self.log.offsets(&self.command_topic, 0)?.1;
+        if end > self.commands_end.load(Ordering::SeqCst) {
+            self.sync()?;
+        }
         self.commands_end.store(end, Ordering::SeqCst);
         Ok(())
     }

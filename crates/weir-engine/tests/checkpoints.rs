@@ -243,3 +243,96 @@ fn checkpoints_on_a_shared_log_are_trimmed_and_recovery_is_still_exact() {
     assert_eq!(counts.len(), 5_000);
     assert!(counts.values().all(|n| *n == 34), "counts wrong");
 }
+
+/// Two servers sharing a service id: A is running when B joins and starts a query over 4
+/// partitions. A applies B's statement within a moment (not at its next heartbeat, a
+/// fifth of the session later) and divides the query with B, whom it has not yet seen
+/// beat: it takes its 2 partitions, not all 4 (taking all would race B's claims, hand
+/// partitions back and forth and reprocess what was handed). Then B takes the other 2:
+/// every input's output once.
+#[test]
+fn a_server_divides_a_query_another_started_with_it_at_once() {
+    use std::sync::atomic::Ordering;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(common::Faulty::open(dir.path()));
+    log.shared.store(true, Ordering::SeqCst);
+    // A 60 s session: heartbeats every 12 s, so A does not read B's before the end.
+    let member = || {
+        Engine::open_member(
+            log.clone(),
+            Default::default(),
+            "svc",
+            Duration::from_secs(60),
+            Default::default(),
+        )
+        .unwrap()
+    };
+    log.create_topic(
+        "events",
+        TopicConfig {
+            partitions: 4,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for p in 0..4u32 {
+        let records: Vec<Record> = (0..100u32)
+            .map(|i| {
+                let v = format!(r#"{{"ID":{}}}"#, p * 1000 + i);
+                Record::new(None, Some(v.as_bytes()), 0)
+            })
+            .collect();
+        log.append("events", p, &records).unwrap();
+    }
+    let began = Instant::now();
+    let mut a = member();
+    let mut b = member();
+    b.execute_sql(
+        "SET 'auto.offset.reset'='earliest';\n\
+         CREATE STREAM EVENTS (ID INT) WITH (KAFKA_TOPIC='events', VALUE_FORMAT='JSON');\n\
+         CREATE STREAM OUT WITH (PARTITIONS=4) AS SELECT ID FROM EVENTS;",
+    )
+    .unwrap();
+    let out = |log: &common::Faulty| -> Vec<u64> {
+        let mut ids: Vec<u64> = (0..4)
+            .flat_map(|p| log.read_to_end("OUT", p, 0).unwrap())
+            .map(|r| {
+                let v: Value = serde_json::from_slice(&r.record.value.unwrap()).unwrap();
+                v["ID"].as_u64().unwrap()
+            })
+            .collect();
+        ids.sort();
+        ids
+    };
+    // A alone, until it has taken and finished its share (or 5 s).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while out(&log).len() < 200 && Instant::now() < deadline {
+        a.run_once().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for _ in 0..5 {
+        a.run_once().unwrap();
+    }
+    assert!(
+        began.elapsed() < Duration::from_secs(11),
+        "took past A's next heartbeat: the test proves nothing"
+    );
+    let by_a = out(&log);
+    let partitions: std::collections::BTreeSet<u64> = by_a.iter().map(|id| id / 1000).collect();
+    assert_eq!(
+        (by_a.len(), partitions.len()),
+        (200, 2),
+        "A wrote the outputs of partitions {partitions:?}"
+    );
+    // B takes the rest.
+    b.run_until_idle().unwrap();
+    a.run_until_idle().unwrap();
+    let all = out(&log);
+    let expected: Vec<u64> = (0..4u64)
+        .flat_map(|p| (0..100).map(move |i| p * 1000 + i))
+        .collect();
+    assert_eq!(all, expected, "every input's output once");
+    assert_eq!(errors(&a), Vec::<String>::new());
+    assert_eq!(errors(&b), Vec::<String>::new());
+}

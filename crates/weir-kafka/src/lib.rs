@@ -122,10 +122,19 @@ impl KafkaLog {
             }
             c
         };
+        // An append waits for its records' delivery (a step's outputs are stored before
+        // its checkpoint), so lingering only delays it: a step's records are queued at
+        // once and fill their batches; 1 ms, not librdkafka's 5, for the last one. A
+        // `linger.ms` among the user's properties wins.
+        let linger = client
+            .iter()
+            .find(|(k, _)| *k == "linger.ms")
+            .map_or("1", |(_, v)| v)
+            .to_string();
         let producer: FutureProducer = base(&[
             ("acks", "all"),
             ("enable.idempotence", "true"),
-            ("linger.ms", "5"),
+            ("linger.ms", &linger),
             ("message.timeout.ms", "30000"),
         ])
         .create()
@@ -573,6 +582,12 @@ impl Log for KafkaLog {
         }
         let (low, high) = asked.map_err(|e| match e {
             KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition) => {
+                LogError::UnknownTopic(topic.to_string())
+            }
+            // librdkafka says "unknown partition" of a topic it has no metadata for.
+            KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownPartition)
+                if matches!(self.topic(topic), Ok(None)) =>
+            {
                 LogError::UnknownTopic(topic.to_string())
             }
             e => backend(e),

@@ -146,6 +146,37 @@ fn topics_appends_and_reads_on_a_broker() {
     log.delete_topic("cars").unwrap();
 }
 
+/// A server asks about a topic before another server creates it (a sink, a command log):
+/// once created, the first one sees it, its ends and its records, without a restart.
+#[test]
+fn a_topic_another_client_creates_later_is_seen() {
+    let b = broker();
+    let asker = KafkaLog::connect(&b.bootstrap).unwrap();
+    let creator = KafkaLog::connect(&b.bootstrap).unwrap();
+    let before = asker.offsets("later", 2);
+    assert!(
+        matches!(before, Err(LogError::UnknownTopic(_))),
+        "{before:?}"
+    );
+    assert!(asker.topic("later").unwrap().is_none());
+    creator
+        .create_topic(
+            "later",
+            TopicConfig {
+                partitions: 4,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let records: Vec<Record> = (0..5)
+        .map(|i| Record::new(None, Some(format!("v{i}").as_bytes()), 1_000 + i))
+        .collect();
+    creator.append("later", 2, &records).unwrap();
+    assert_eq!(asker.offsets("later", 2).unwrap(), (0, 5));
+    assert_eq!(asker.topic("later").unwrap().unwrap().config.partitions, 4);
+    assert_eq!(read_all(&asker, "later", 2, 5).len(), 5);
+}
+
 const QUERIES: &str = "
 CREATE STREAM SENSORS (CAR STRING KEY, SPEED DOUBLE) WITH (kafka_topic='sensors', value_format='JSON', partitions=2);
 SET 'auto.offset.reset' = 'earliest';
