@@ -1299,7 +1299,12 @@ pub fn workers(
 /// projection (no filter: one output per event) over `events` events in a 4-partition
 /// topic, loaded beforehand; the rate is events over the time from the statement to the
 /// last output in the sink. The broker's read ceiling (4 readers at once) is printed first.
-pub fn cluster(bootstrap: &str, events: u64, servers: &[usize]) -> Result<(), String> {
+pub fn cluster(
+    bootstrap: &str,
+    events: u64,
+    servers: &[usize],
+    workers: usize,
+) -> Result<(), String> {
     use std::process::{Command, Stdio};
     use std::time::Duration;
     let err = |e: weir_log::LogError| e.to_string();
@@ -1456,6 +1461,7 @@ pub fn cluster(bootstrap: &str, events: u64, servers: &[usize]) -> Result<(), St
             // (tansu 0.6 on SQLite has no DeleteRecords: no checkpoint trimming.)
             cmd.args(["run", "--kafka-bootstrap", bootstrap, "--service-id", &run])
                 .args(["--no-checkpoint-trim", "--progress-every", "0"])
+                .args(["--workers", &workers.to_string()])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null());
             // WEIR_BENCH_LOGS=DIR: each server's output kept there.

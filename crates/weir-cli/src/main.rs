@@ -217,6 +217,10 @@ enum Command {
         /// false), for brokers without DeleteRecords such as tansu 0.6 on SQLite.
         #[arg(long)]
         no_checkpoint_trim: bool,
+        /// Threads that run a query's partitions at once (`weir.workers`; default: one
+        /// per core).
+        #[arg(long)]
+        workers: Option<usize>,
     },
     /// Run a benchmark workload and print its figures (build with --release).
     Bench {
@@ -396,6 +400,9 @@ enum Workload {
         /// Server counts to run, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "1,2")]
         servers: Vec<usize>,
+        /// Each server's `--workers` (default: one per core).
+        #[arg(long)]
+        workers: Option<usize>,
     },
     /// Latency from an append to a push query's client on an idle engine.
     Push {
@@ -669,6 +676,7 @@ fn main() -> ExitCode {
             service_id,
             session_timeout_ms,
             no_checkpoint_trim,
+            workers,
         } => match kafka_client(&kafka_properties).and_then(|client| {
             run::run(
                 (
@@ -684,7 +692,10 @@ fn main() -> ExitCode {
                 exit_when_idle,
                 kafka_bootstrap.as_deref().map(|b| (b, &client)),
                 plugin_dir.as_deref(),
-                std::time::Duration::from_millis(progress_every),
+                (
+                    std::time::Duration::from_millis(progress_every),
+                    workers.unwrap_or_else(weir_engine::runtime::default_workers),
+                ),
             )
         }) {
             Ok(()) => ExitCode::SUCCESS,
@@ -813,8 +824,14 @@ fn main() -> ExitCode {
                     kafka_bootstrap,
                     events,
                     servers,
+                    workers,
                 },
-        } => match bench::cluster(&kafka_bootstrap, events, &servers) {
+        } => match bench::cluster(
+            &kafka_bootstrap,
+            events,
+            &servers,
+            workers.unwrap_or_else(weir_engine::runtime::default_workers),
+        ) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("weir bench: {e}");

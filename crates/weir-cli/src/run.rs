@@ -23,7 +23,8 @@ pub fn run(
     exit_when_idle: bool,
     kafka: Option<(&str, &weir_kafka::ClientProperties)>,
     plugin_dir: Option<&Path>,
-    progress_every: Duration,
+    // How often a progress line is printed; threads that run a query's partitions.
+    (progress_every, workers): (Duration, usize),
 ) -> Result<(), String> {
     weir_engine::check_service_id(service_id).map_err(|e| format!("--service-id: {e}"))?;
     let (log, place): (Arc<dyn Log>, String) = match kafka {
@@ -57,8 +58,8 @@ pub fn run(
     };
     let mut engine = Engine::open_member(log.clone(), functions, service_id, session, internal)
         .map_err(|e| format!("recovering {place}: {e}"))?;
-    // A stateless query's partitions are stepped at once, a core each.
-    engine.set_parallelism(weir_engine::runtime::default_workers());
+    // A query's partitions are stepped at once, on `workers` threads.
+    engine.set_parallelism(workers.max(1));
     say(
         &mut out,
         format!(
