@@ -1524,11 +1524,11 @@ pub fn cluster(
             let _ = p.kill();
             let _ = p.wait();
         }
-        // What the servers said they wrote, checked in the sink.
+        // What the servers said they wrote, checked in the sink: a record per event.
         let (written, error) = count_all(&sink, events);
         let done = done.min(written);
         // Also the rate once outputs flow (the servers started, the query planned and
-        // its partitions claimed): from the first output read to the last.
+        // its partitions claimed): from the first step a server reported to the last.
         let first = first_output.unwrap_or(secs);
         let flowing = done.min(events) as f64 / (secs - first).max(1e-9);
         let speedup = match one {

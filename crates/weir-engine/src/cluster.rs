@@ -203,7 +203,7 @@ impl Cluster {
                         std::thread::sleep(Duration::from_millis(20));
                         if looked.elapsed() >= COMMANDS_EVERY {
                             looked = std::time::Instant::now();
-                            if let Err(e) = beat.look_at_commands() {
+                            if let Err(e) = beat.look_at_commands(false) {
                                 eprintln!("weir: reading the command log's end: {e}");
                             }
                         }
@@ -390,17 +390,17 @@ impl Inner {
         self.log.append(&self.topic, 0, &[record])?;
         *self.stored.lock().unwrap_or_else(|e| e.into_inner()) = before;
         self.sync()?;
-        self.look_at_commands()
+        self.look_at_commands(true)
     }
 
     /// The command topic's end, for the engine to follow (`Engine::follow_commands`).
     /// When it moved, the members topic is read first: the member that appended a
     /// command joined before it did, so the engine divides a query the command starts
     /// over members that include it (not over a view a heartbeat's interval old, which
-    /// would take partitions the new member claims too).
-    fn look_at_commands(&self) -> Result<()> {
+    /// would take partitions the new member claims too). `synced`: it was just read.
+    fn look_at_commands(&self, synced: bool) -> Result<()> {
         let end = self.log.offsets(&self.command_topic, 0)?.1;
-        if end > self.commands_end.load(Ordering::SeqCst) {
+        if !synced && end > self.commands_end.load(Ordering::SeqCst) {
             self.sync()?;
         }
         self.commands_end.store(end, Ordering::SeqCst);
