@@ -902,7 +902,21 @@ pub struct Joiner {
     /// made it, as Kafka Streams forwards them.
     headers_in: HeaderMap<(usize, u32, u64)>,
     headers_out: HeaderMap<u64>,
+    /// Threads a step may use to read and decode its sources' partitions, and to look up
+    /// a stream's rows in a table, at once (`Engine::set_parallelism`; 1: one after the
+    /// other). The output is the same whatever the number.
+    pub threads: usize,
+    /// Records a step reads per source partition: doubles while steps read full batches
+    /// in well under [`crate::STEP_TARGET`], halves when one takes longer
+    /// ([`Joiner::paced`]).
+    batch: usize,
+    /// Whether the last step read a full batch from some partition.
+    filled: bool,
 }
+
+/// Rows a part of a stream-table lookup holds at least, when a step looks up on several
+/// threads.
+const LOOKUP_PART: usize = 4096;
 
 /// Headers by where their record is.
 type HeaderMap<K> = std::collections::BTreeMap<K, Vec<weir_log::Header>>;
@@ -1564,6 +1578,9 @@ pub fn plan_join(
             tracking: false,
             headers_in: Default::default(),
             headers_out: Default::default(),
+            threads: 1,
+            batch: crate::BATCH_RECORDS,
+            filled: false,
         },
         query: q,
     })
@@ -1725,10 +1742,11 @@ impl Joiner {
     }
 }
 
-/// The records a join's step read, per source and partition, and the offsets each
+/// What a join's step read, decoded, per source and partition, and the offsets each
 /// partition will have reached once they are processed.
 pub struct Taken {
-    records: Vec<Vec<Vec<weir_log::StoredRecord>>>,
+    /// The (source, partition)s that read records, in order.
+    parts: Vec<ReadPart>,
     pub ends: Vec<Vec<u64>>,
     /// Read again as a recovery intent says: that intent is still in the log (no
     /// checkpoint comes while a join replays), so none is written for it.
@@ -1737,8 +1755,28 @@ pub struct Taken {
 
 impl Taken {
     pub fn is_empty(&self) -> bool {
-        self.records.iter().flatten().all(|r| r.is_empty())
+        self.parts.is_empty()
     }
+}
+
+/// Whether some partition read `batch` records.
+fn parts_filled(read: &[Result<Option<ReadPart>>], batch: usize) -> bool {
+    read.iter()
+        .any(|r| matches!(r, Ok(Some(part)) if part.records as usize >= batch))
+}
+
+/// One source partition's records of a step, decoded.
+struct ReadPart {
+    source: usize,
+    partition: u32,
+    /// The offset after its last record.
+    end: u64,
+    records: u64,
+    bytes: u64,
+    changes: Vec<crate::ChangeBatch>,
+    problems: Vec<crate::Problem>,
+    /// The user headers of the records that had any, by offset.
+    headers: Vec<(u64, Vec<weir_log::Header>)>,
 }
 
 /// What one step of a join read and made.
@@ -1756,7 +1794,9 @@ pub struct JoinStep {
 }
 
 impl Joiner {
-    /// Reads a step's records: a batch from every partition of every source. A step
+    /// Reads and decodes a step's records: a batch from every partition of every source
+    /// (several at once on up to `threads` threads; decoding has no effect beyond the
+    /// step, so it may come before the intent is written). A step
     /// interrupted before its checkpoint is replayed over exactly the same records after
     /// a restart (the durable driver records [`Taken::ends`] as an intent before the
     /// step is processed; recovery sets `replay` from the intents since the checkpoint),
@@ -1764,55 +1804,93 @@ impl Joiner {
     /// already written.
     pub fn read(&mut self, log: &dyn weir_log::Log) -> Result<Taken> {
         let replay = self.replay.pop_front();
-        let mut taken: Vec<Vec<Vec<weir_log::StoredRecord>>> = Vec::new();
-        for (j, input) in self.inputs.iter().enumerate() {
-            let mut per_partition = Vec::new();
-            for (p, from) in input.offsets.iter().enumerate() {
-                let records = match replay.as_ref().and_then(|r| r.get(j)?.get(p).copied()) {
-                    Some(end) => {
-                        let mut all = Vec::new();
-                        let mut next = *from;
-                        while next < end {
-                            let got = log.read(
-                                &input.source.topic,
-                                p as u32,
-                                next,
-                                (end - next) as usize,
-                            )?;
-                            let Some(last) = got.last() else { break };
-                            next = last.offset + 1;
-                            all.extend(got);
-                        }
-                        all
-                    }
-                    None => log.read(&input.source.topic, p as u32, *from, crate::BATCH_RECORDS)?,
-                };
-                per_partition.push(records);
-            }
-            taken.push(per_partition);
-        }
-        let ends = taken
+        // Every (source, partition) read and decoded at once on up to `threads` threads.
+        let pairs: Vec<(usize, usize)> = self
+            .inputs
             .iter()
-            .zip(&self.inputs)
-            .map(|(parts, input)| {
-                parts
-                    .iter()
-                    .zip(&input.offsets)
-                    .map(|(r, from)| r.last().map_or(*from, |l| l.offset + 1))
-                    .collect()
-            })
+            .enumerate()
+            .flat_map(|(j, input)| (0..input.offsets.len()).map(move |p| (j, p)))
             .collect();
+        let (inputs, batch) = (&self.inputs, self.batch);
+        let replay_ref = replay.as_ref();
+        let read_one = |k: usize| -> Result<Option<ReadPart>> {
+            let (j, p) = pairs[k];
+            let input = &inputs[j];
+            let from = input.offsets[p];
+            let records = match replay_ref.and_then(|r| r.get(j)?.get(p).copied()) {
+                Some(end) => {
+                    let mut all = Vec::new();
+                    let mut next = from;
+                    while next < end {
+                        let got =
+                            log.read(&input.source.topic, p as u32, next, (end - next) as usize)?;
+                        let Some(last) = got.last() else { break };
+                        next = last.offset + 1;
+                        all.extend(got);
+                    }
+                    all
+                }
+                None => log.read(&input.source.topic, p as u32, from, batch)?,
+            };
+            let Some(last) = records.last() else {
+                return Ok(None);
+            };
+            let mut problems = Vec::new();
+            let headers = records
+                .iter()
+                .filter_map(|r| {
+                    let user = r.record.user_headers();
+                    (!user.is_empty()).then_some((r.offset, user))
+                })
+                .collect();
+            Ok(Some(ReadPart {
+                source: j,
+                partition: p as u32,
+                end: last.offset + 1,
+                records: records.len() as u64,
+                bytes: crate::pipeline::payload_bytes(&records),
+                changes: input.decoder.decode(&records, p as u32, &mut problems)?,
+                problems,
+                headers,
+            }))
+        };
+        let read: Vec<Result<Option<ReadPart>>> = if self.threads > 1 {
+            crate::at_once(pairs.len(), self.threads, read_one)
+        } else {
+            (0..pairs.len()).map(read_one).collect()
+        };
+        self.filled = replay.is_none() && parts_filled(&read, batch);
+        let mut ends: Vec<Vec<u64>> = self.inputs.iter().map(|i| i.offsets.clone()).collect();
+        let mut parts = Vec::new();
+        for part in read {
+            if let Some(part) = part? {
+                ends[part.source][part.partition as usize] = part.end;
+                parts.push(part);
+            }
+        }
         Ok(Taken {
-            records: taken,
+            parts,
             ends,
             replayed: replay.is_some(),
         })
     }
 
+    /// Sizes the next step's batches after how long this one took (`took`, its output
+    /// written): twice as large while steps read full batches in under half of
+    /// [`crate::STEP_TARGET`] (up to [`crate::MAX_BATCH_RECORDS`]), half as large after
+    /// one that took longer (down to [`crate::BATCH_RECORDS`]), so that a worker gets back
+    /// to its other queries soon.
+    pub fn paced(&mut self, took: std::time::Duration) {
+        if took > crate::STEP_TARGET {
+            self.batch = (self.batch / 2).max(crate::BATCH_RECORDS);
+        } else if self.filled && took < crate::STEP_TARGET / 2 {
+            self.batch = (self.batch * 2).min(crate::MAX_BATCH_RECORDS);
+        }
+    }
+
     /// Orders a step's records by timestamp (each source's own order kept) and pushes
     /// them through the joins.
     pub fn process(&mut self, taken: Taken) -> Result<JoinStep> {
-        let taken = taken.records;
         // Left over only by a step that failed.
         self.headers_in.clear();
         self.headers_out.clear();
@@ -1821,24 +1899,17 @@ impl Joiner {
         let mut problems: Vec<crate::Problem> = Vec::new();
         // (source, partition, decoded batch), in the order read.
         let mut decoded: Vec<(usize, u32, crate::ChangeBatch)> = Vec::new();
-        for ((j, input), taken) in self.inputs.iter_mut().enumerate().zip(taken) {
-            for (p, records) in taken.into_iter().enumerate() {
-                let partition = p as u32;
-                let Some(last) = records.last() else {
-                    continue;
-                };
-                input.offsets[p] = last.offset + 1;
-                consumed += records.len() as u64;
-                bytes += crate::pipeline::payload_bytes(&records);
-                for r in &records {
-                    let user = r.record.user_headers();
-                    if !user.is_empty() {
-                        self.headers_in.insert((j, partition, r.offset), user);
-                    }
-                }
-                for change in input.decoder.decode(&records, partition, &mut problems)? {
-                    decoded.push((j, partition, change));
-                }
+        for part in taken.parts {
+            let (j, partition) = (part.source, part.partition);
+            self.inputs[j].offsets[partition as usize] = part.end;
+            consumed += part.records;
+            bytes += part.bytes;
+            for (offset, user) in part.headers {
+                self.headers_in.insert((j, partition, offset), user);
+            }
+            problems.extend(part.problems);
+            for change in part.changes {
+                decoded.push((j, partition, change));
             }
         }
         let changes = match self.lookup_source(&decoded) {
@@ -1887,6 +1958,7 @@ impl Joiner {
     /// each row's key looked up in the table's rows, the stream's columns taken for the
     /// rows that join and the table's decoded from the rows they matched.
     fn lookup(&mut self, s: usize, batches: Vec<RecordBatch>) -> Result<Vec<crate::ChangeBatch>> {
+        use arrow::array::UInt32Array;
         use arrow::datatypes::Int64Type;
         let schema = batches[0].schema();
         let batch = match batches.len() {
@@ -1894,87 +1966,130 @@ impl Joiner {
             _ => arrow::compute::concat_batches(&schema, &batches)?,
         };
         let times = batch.column(0).as_primitive::<Int64Type>();
-        let batch = if times.values().windows(2).all(|w| w[0] <= w[1]) {
-            batch
-        } else {
-            let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
-            order.sort_by_key(|r| times.value(*r as usize));
-            arrow::compute::take_record_batch(&batch, &arrow::array::UInt32Array::from(order))?
-        };
+        // The rows in event time order (stable): `None` when they are in order already.
+        let order: Option<Vec<u32>> =
+            (!times.values().windows(2).all(|w| w[0] <= w[1])).then(|| {
+                let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
+                order.sort_by_key(|r| times.value(*r as usize));
+                order
+            });
         let Node::Join(j) = &mut self.root else {
             unreachable!("lookup_source checked the shape")
         };
+        if let Some(latest) = arrow::compute::max(times) {
+            j.state.stream_time = j.state.stream_time.max(latest);
+        }
+        let j = &*j;
         let t = j.right_source;
-        let start = self.codec.sources[s].0;
-        let keys = batch
-            .column(j.left_column.expect("checked") - start)
-            .clone();
-        let key_rows = j.key_codec.encode(std::slice::from_ref(&keys))?;
-        let nulls = keys.logical_nulls();
-        let times = batch.column(0).as_primitive::<Int64Type>();
-        // Per joined row: its stream row, the table's part it matched (none: nulls).
-        let mut rows: Vec<u32> = Vec::with_capacity(batch.num_rows());
-        let mut matched: Vec<Option<Part>> = Vec::with_capacity(batch.num_rows());
-        let mut text = String::new();
-        for n in 0..batch.num_rows() {
-            j.state.stream_time = j.state.stream_time.max(times.value(n));
-            let found = if nulls.as_ref().is_none_or(|b| b.is_valid(n)) {
-                text.clear();
-                hex_into(&mut text, key_rows.row(n).as_ref());
-                j.state.table_row(&text).map(|e| e.row.0[t].clone())
-            } else {
-                None
-            };
-            if found.is_some() || j.kind == JoinKind::Left {
-                rows.push(n as u32);
-                matched.push(found.flatten());
-            }
-        }
-        if rows.is_empty() {
-            return Ok(Vec::new());
-        }
-        let rows = arrow::array::UInt32Array::from(rows);
-        let null_row = self.codec.sources[t].1.null_row();
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.codec.schema.fields().len());
-        for (source, (_, codec)) in self.codec.sources.iter().enumerate() {
-            if source == s {
-                for c in batch.columns() {
-                    columns.push(arrow::compute::take(c.as_ref(), &rows, None)?);
+        let keys = batch.column(j.left_column.expect("checked") - self.codec.sources[s].0);
+        // The rows looked up in parts of the time order, at once on up to `threads`
+        // threads; the parts in order.
+        let total = batch.num_rows();
+        let parts = if self.threads > 1 && total >= 2 * LOOKUP_PART {
+            self.threads
+        } else {
+            1
+        };
+        let (codec, key_codec) = (&self.codec, &self.key_codec);
+        // One part: its rows that join (indices into `batch`), and their wide batch,
+        // key columns and times.
+        type Looked = (UInt32Array, RecordBatch, Vec<ArrayRef>, ArrayRef);
+        let look_up = |part: usize| -> Result<Option<Looked>> {
+            let range = (total * part / parts)..(total * (part + 1) / parts);
+            // The part's rows (indices into `batch`) and their keys.
+            let (part_rows, keys) = match &order {
+                Some(order) => {
+                    let rows = UInt32Array::from(order[range].to_vec());
+                    let keys = arrow::compute::take(keys.as_ref(), &rows, None)?;
+                    (rows, keys)
                 }
-            } else {
-                columns.extend(
-                    codec.decode(matched.iter().map(|p| p.as_deref().unwrap_or(null_row)))?,
-                );
+                None => (
+                    UInt32Array::from_iter_values(range.start as u32..range.end as u32),
+                    keys.slice(range.start, range.len()),
+                ),
+            };
+            let key_rows = j.key_codec.encode(std::slice::from_ref(&keys))?;
+            let nulls = keys.logical_nulls();
+            // Per joined row: its place in the part, the table's part it matched (none:
+            // nulls).
+            let mut joined: Vec<u32> = Vec::with_capacity(part_rows.len());
+            let mut matched: Vec<Option<Part>> = Vec::with_capacity(part_rows.len());
+            let mut text = String::new();
+            for n in 0..part_rows.len() {
+                let found = if nulls.as_ref().is_none_or(|b| b.is_valid(n)) {
+                    text.clear();
+                    hex_into(&mut text, key_rows.row(n).as_ref());
+                    j.state.table_row(&text).map(|e| e.row.0[t].clone())
+                } else {
+                    None
+                };
+                if found.is_some() || j.kind == JoinKind::Left {
+                    joined.push(n as u32);
+                    matched.push(found.flatten());
+                }
             }
-        }
-        let wide = RecordBatch::try_new_with_options(
-            self.codec.schema.clone(),
-            columns,
-            &arrow::array::RecordBatchOptions::new().with_row_count(Some(rows.len())),
-        )?;
-        let null_key = self.key_codec.null_row();
-        let key_columns = self.key_codec.decode(rows.values().iter().map(|n| {
-            let n = *n as usize;
-            if nulls.as_ref().is_none_or(|b| b.is_valid(n)) {
-                key_rows.row(n).data()
-            } else {
-                null_key
+            if joined.is_empty() {
+                return Ok(None);
             }
-        }))?;
-        let times = arrow::compute::take(batch.column(0).as_ref(), &rows, None)?;
+            let rows =
+                UInt32Array::from_iter_values(joined.iter().map(|n| part_rows.value(*n as usize)));
+            let null_row = codec.sources[t].1.null_row();
+            let mut columns: Vec<ArrayRef> = Vec::with_capacity(codec.schema.fields().len());
+            for (source, (_, part_codec)) in codec.sources.iter().enumerate() {
+                if source == s {
+                    for c in batch.columns() {
+                        columns.push(arrow::compute::take(c.as_ref(), &rows, None)?);
+                    }
+                } else {
+                    columns.extend(
+                        part_codec
+                            .decode(matched.iter().map(|p| p.as_deref().unwrap_or(null_row)))?,
+                    );
+                }
+            }
+            let wide = RecordBatch::try_new_with_options(
+                codec.schema.clone(),
+                columns,
+                &arrow::array::RecordBatchOptions::new().with_row_count(Some(rows.len())),
+            )?;
+            let null_key = key_codec.null_row();
+            let key_columns = key_codec.decode(joined.iter().map(|n| {
+                let n = *n as usize;
+                if nulls.as_ref().is_none_or(|b| b.is_valid(n)) {
+                    key_rows.row(n).data()
+                } else {
+                    null_key
+                }
+            }))?;
+            let times = arrow::compute::take(batch.column(0).as_ref(), &rows, None)?;
+            Ok(Some((rows, wide, key_columns, times)))
+        };
+        let done: Vec<Result<Option<Looked>>> = if parts > 1 {
+            crate::at_once(parts, parts, look_up)
+        } else {
+            vec![look_up(0)]
+        };
+        // In order: each part's rows take the next sequence numbers (and the headers of
+        // the records that made them).
         let partitions = batch
             .column(1)
             .as_primitive::<arrow::datatypes::Int32Type>();
         let offsets = batch.column(2).as_primitive::<Int64Type>();
-        self.carry_headers(rows.values().iter().map(|n| {
-            let n = *n as usize;
-            (s, partitions.value(n) as u32, offsets.value(n) as u64)
-        }));
-        let batch = self.relation_of(&wide, times, key_columns)?;
-        Ok(vec![crate::ChangeBatch {
-            tombstones: false,
-            batch,
-        }])
+        let mut out = Vec::with_capacity(done.len());
+        for part in done {
+            let Some((rows, wide, key_columns, times)) = part? else {
+                continue;
+            };
+            self.carry_headers(rows.values().iter().map(|n| {
+                let n = *n as usize;
+                (s, partitions.value(n) as u32, offsets.value(n) as u64)
+            }));
+            out.push(crate::ChangeBatch {
+                tombstones: false,
+                batch: self.relation_of(&wide, times, key_columns)?,
+            });
+        }
+        Ok(out)
     }
 
     /// Joins a step's decoded rows record by record through the join tree, in event

@@ -794,7 +794,7 @@ impl PersistentQuery {
             let taken = slots[i].lock().unwrap_or_else(|e| e.into_inner()).take();
             let (p, step, took) = taken.expect("each step is encoded once");
             let began = Instant::now();
-            let step = step.and_then(|step| encode_step(spec, step, p, durable));
+            let step = step.and_then(|step| encode_step(spec, step, p, durable, 1));
             (p, step, took + began.elapsed())
         });
         Some(encoded)
@@ -810,7 +810,14 @@ impl PersistentQuery {
             query: &id,
             topic: &topic,
         });
-        let step = self.pipeline.step(log, partition, None, intents);
+        let mut step = self.pipeline.step(log, partition, None, intents);
+        // A join's step comes in parts (see `Joiner::lookup`): their output encoded at
+        // once on the join's threads, then written in order.
+        let threads = self.pipeline.join().map_or(1, |j| j.threads);
+        if threads > 1 && step.as_ref().is_ok_and(|s| s.changes.len() > 1) {
+            let spec = &self.sink_spec(log, durable);
+            step = step.and_then(|s| encode_step(spec, s, partition, durable, threads));
+        }
         self.commit_step(log, durable, partition, step, started)
     }
 
@@ -4074,7 +4081,6 @@ fn write_output(log: &dyn Log, q: &SinkSpec, out: &RecordBatch, sink: Sink) -> R
     append_output(log, q, encoded, &sink)
 }
 
-/// A step's output encoded for the sink, change by change (see [`pipeline::Step::encoded`]).
 /// Writes a step's output to the sink (encoding what is not encoded yet): what the
 /// query counts of it.
 fn write_step(
@@ -4106,25 +4112,31 @@ fn write_step(
     Ok(written)
 }
 
+/// A step's output encoded for the sink, change by change (see [`pipeline::Step::encoded`]),
+/// on up to `threads` threads at once.
 fn encode_step(
     spec: &SinkSpec,
     mut step: pipeline::Step,
     partition: u32,
     durable: bool,
+    threads: usize,
 ) -> Result<pipeline::Step> {
-    step.encoded = step
-        .changes
-        .iter()
-        .map(|c| {
-            let sink = Sink {
-                tombstones: c.tombstones,
-                durable,
-                source_partition: partition,
-                headers: &step.headers,
-            };
-            encode_output(spec, &c.batch, &sink)
-        })
-        .collect::<Result<_>>()?;
+    let (changes, headers) = (&step.changes, &step.headers);
+    let encode = |i: usize| {
+        let sink = Sink {
+            tombstones: changes[i].tombstones,
+            durable,
+            source_partition: partition,
+            headers,
+        };
+        encode_output(spec, &changes[i].batch, &sink)
+    };
+    let encoded: Vec<Result<_>> = if threads > 1 && changes.len() > 1 {
+        at_once(changes.len(), threads, encode)
+    } else {
+        (0..changes.len()).map(encode).collect()
+    };
+    step.encoded = encoded.into_iter().collect::<Result<_>>()?;
     Ok(step)
 }
 

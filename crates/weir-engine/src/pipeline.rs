@@ -608,8 +608,14 @@ impl Pipeline {
     /// over a topic, whose rows come in offset order (not over joins). Whether state
     /// moved: the next checkpoint should then be a full one.
     pub fn set_shards(&mut self, n: usize) -> bool {
-        if !matches!(self.input, Input::Topic(_)) {
-            return false;
+        match &mut self.input {
+            Input::Topic(_) => {}
+            // A join reads, decodes and looks up on `n` threads; its state stays whole.
+            Input::Join(joiner) => {
+                joiner.threads = n.max(1);
+                return false;
+            }
+            Input::Snapshot(_) => return false,
         }
         let mut moved = false;
         for op in &mut self.operators {
@@ -706,8 +712,10 @@ impl Pipeline {
     /// An adaptive read that filled its batch doubles the next (up to the cap), one that
     /// got less than a quarter halves it.
     pub fn advance(&mut self, partition: u32, step: &Step, took: std::time::Duration) {
-        let Input::Topic(t) = &mut self.input else {
-            return;
+        let t = match &mut self.input {
+            Input::Topic(t) => t,
+            Input::Join(joiner) => return joiner.paced(took),
+            Input::Snapshot(_) => return,
         };
         let p = partition as usize;
         t.busy[p] = step.consumed > 0;

@@ -797,6 +797,140 @@ fn aggregations_in_shards_give_what_one_thread_gives() {
     }
 }
 
+/// Stream-table joins whose steps read, decode and look up on several threads give, key
+/// by key, the very records one thread gives: inner and left joins over four partitions,
+/// backlogs large enough for a step to look up in parts, table rows changed between
+/// them, keys with no table row, null keys, bad records, records with headers, and a
+/// restart onto another number of threads.
+#[test]
+fn joins_on_threads_give_what_one_thread_gives() {
+    let run = |parallelism: [usize; 2]| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut engine = open_parallel(dir.path(), parallelism[0]);
+        engine
+            .execute_sql(
+                "CREATE STREAM readings (car VARCHAR KEY, speed INT) WITH (kafka_topic='readings', value_format='JSON', partitions=4);
+                 CREATE TABLE cars (car VARCHAR PRIMARY KEY, model VARCHAR) WITH (kafka_topic='cars', value_format='JSON', partitions=4);
+                 SET 'auto.offset.reset'='earliest';
+                 CREATE STREAM enriched AS SELECT r.car AS car, c.model, r.speed * 2 AS double FROM readings r JOIN cars c ON r.car = c.car;
+                 CREATE STREAM everyone AS SELECT r.car AS car, c.model, r.speed FROM readings r LEFT JOIN cars c ON r.car = c.car WHERE r.speed % 5 <> 3;",
+            )
+            .unwrap();
+        let mut at = 0i64;
+        for round in 0..3i64 {
+            // Models for most cars, changed every round (car-0 .. car-60; car-61 .. car-70
+            // never have one).
+            for c in 0..61 {
+                let value = format!(r#"{{"MODEL":"m{c}-{round}"}}"#);
+                produce(&engine, "cars", Some(&format!("car-{c}")), &value, at);
+            }
+            engine.run_until_idle().unwrap();
+            for i in 0..24_000i64 {
+                at += 1;
+                let car = format!("car-{}", (i * 7 + round) % 71);
+                match i % 997 {
+                    0 => produce(&engine, "readings", Some(&car), "not json", at),
+                    1 => produce(&engine, "readings", None, r#"{"SPEED": 1}"#, at),
+                    2 => {
+                        let mut record = Record::new(
+                            Some(car.as_bytes()),
+                            Some(br#"{"SPEED": 7}"#.as_slice()),
+                            at,
+                        );
+                        record.headers = vec![weir_log::Header {
+                            name: "trip".into(),
+                            value: Some(i.to_string().into_bytes()),
+                        }];
+                        engine.log().produce("readings", record).unwrap();
+                    }
+                    _ => {
+                        let value = format!(r#"{{"SPEED": {}}}"#, (i + round) % 90);
+                        produce(&engine, "readings", Some(&car), &value, at);
+                    }
+                }
+            }
+            engine.run_until_idle().unwrap();
+            if round == 0 {
+                drop(engine);
+                engine = open_parallel(dir.path(), parallelism[1]);
+            }
+        }
+        // Each sink's records by key, in the order written; and how many problems logged.
+        let log = engine.log();
+        let text = |b: Option<Vec<u8>>| b.map(|b| String::from_utf8_lossy(&b).into_owned());
+        let by_key = |t: &str| {
+            let partitions = log.topic(t).unwrap().unwrap().config.partitions;
+            let mut keys: std::collections::BTreeMap<Option<String>, Vec<_>> = Default::default();
+            for p in 0..partitions {
+                for r in log.read(t, p, 0, 1_000_000).unwrap() {
+                    let headers: Vec<_> = r
+                        .record
+                        .user_headers()
+                        .into_iter()
+                        .map(|h| (h.name, text(h.value)))
+                        .collect();
+                    keys.entry(text(r.record.key)).or_default().push((
+                        p,
+                        text(r.record.value),
+                        r.record.timestamp,
+                        headers,
+                    ));
+                }
+            }
+            keys
+        };
+        let problems = (0..log
+            .topic(weir_engine::PROCESSING_LOG_TOPIC)
+            .unwrap()
+            .unwrap()
+            .config
+            .partitions)
+            .map(|p| {
+                log.read(weir_engine::PROCESSING_LOG_TOPIC, p, 0, 1_000_000)
+                    .unwrap()
+                    .len()
+            })
+            .sum::<usize>();
+        (by_key("ENRICHED"), by_key("EVERYONE"), problems)
+    };
+    let one = run([1, 1]);
+    let threads = run([2, 3]);
+    for (topic, a, b) in [
+        ("ENRICHED", &one.0, &threads.0),
+        ("EVERYONE", &one.1, &threads.1),
+    ] {
+        let records: usize = a.values().map(Vec::len).sum();
+        assert!(records > 50_000, "{topic}: {records} records");
+        let with_headers = a.values().flatten().filter(|r| !r.3.is_empty()).count();
+        assert!(
+            with_headers > 20,
+            "{topic}: {with_headers} records with headers"
+        );
+        assert_eq!(
+            a.keys().collect::<Vec<_>>(),
+            b.keys().collect::<Vec<_>>(),
+            "{topic}: the same keys"
+        );
+        for (key, records) in a {
+            let other = &b[key];
+            if let Some(i) =
+                (0..records.len().max(other.len())).find(|i| records.get(*i) != other.get(*i))
+            {
+                panic!(
+                    "{topic}: key {key:?}, record {i}: {:?} then {:?}",
+                    records.get(i),
+                    other.get(i)
+                );
+            }
+        }
+    }
+    // Left joins keep cars without a model; inner ones do not.
+    assert!(one.1.contains_key(&Some("car-65".to_string())));
+    assert!(!one.0.contains_key(&Some("car-65".to_string())));
+    assert_eq!(one.2, threads.2, "as many problems logged");
+    assert!(one.2 >= 100, "{} problems logged", one.2);
+}
+
 /// Servers with different `ksql.service.id`s on one log are different clusters: each has
 /// its own command log and checkpoints, and sees only its own streams and queries.
 #[test]
