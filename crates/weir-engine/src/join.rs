@@ -1958,64 +1958,58 @@ impl Joiner {
     /// each row's key looked up in the table's rows, the stream's columns taken for the
     /// rows that join and the table's decoded from the rows they matched.
     fn lookup(&mut self, s: usize, batches: Vec<RecordBatch>) -> Result<Vec<crate::ChangeBatch>> {
-        use arrow::array::UInt32Array;
-        use arrow::datatypes::Int64Type;
-        let schema = batches[0].schema();
-        let batch = match batches.len() {
-            1 => batches.into_iter().next().expect("one batch"),
-            _ => arrow::compute::concat_batches(&schema, &batches)?,
-        };
-        let times = batch.column(0).as_primitive::<Int64Type>();
-        // The rows in event time order (stable): `None` when they are in order already.
-        let order: Option<Vec<u32>> =
-            (!times.values().windows(2).all(|w| w[0] <= w[1])).then(|| {
-                let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
-                order.sort_by_key(|r| times.value(*r as usize));
-                order
-            });
+        use arrow::datatypes::{Int32Type, Int64Type};
+        let times: Vec<&arrow::array::Int64Array> = batches
+            .iter()
+            .map(|b| b.column(0).as_primitive::<Int64Type>())
+            .collect();
+        let time = |(b, r): (usize, usize)| times[b].value(r);
+        // Every row as (batch, row), in event time order (stable): the batches are not
+        // put together, each part takes its rows from them.
+        let mut order: Vec<(usize, usize)> = batches
+            .iter()
+            .enumerate()
+            .flat_map(|(b, batch)| (0..batch.num_rows()).map(move |r| (b, r)))
+            .collect();
+        if !order.windows(2).all(|w| time(w[0]) <= time(w[1])) {
+            order.sort_by_key(|at| time(*at));
+        }
         let Node::Join(j) = &mut self.root else {
             unreachable!("lookup_source checked the shape")
         };
-        if let Some(latest) = arrow::compute::max(times) {
+        if let Some(latest) = times.iter().filter_map(|t| arrow::compute::max(*t)).max() {
             j.state.stream_time = j.state.stream_time.max(latest);
         }
         let j = &*j;
         let t = j.right_source;
-        let keys = batch.column(j.left_column.expect("checked") - self.codec.sources[s].0);
+        // A column of the stream's batches, to take rows from.
+        let column = |c: usize| -> Vec<&dyn arrow::array::Array> {
+            batches.iter().map(|b| b.column(c).as_ref()).collect()
+        };
+        let key_column = j.left_column.expect("checked") - self.codec.sources[s].0;
         // The rows looked up in parts of the time order, at once on up to `threads`
         // threads; the parts in order.
-        let total = batch.num_rows();
+        let total = order.len();
         let parts = if self.threads > 1 && total >= 2 * LOOKUP_PART {
             self.threads
         } else {
             1
         };
         let (codec, key_codec) = (&self.codec, &self.key_codec);
-        // One part: its rows that join (indices into `batch`), and their wide batch,
-        // key columns and times.
-        type Looked = (UInt32Array, RecordBatch, Vec<ArrayRef>, ArrayRef);
+        // One part: its rows that join (as (batch, row)), and their wide batch, key
+        // columns and times.
+        type Looked = (Vec<(usize, usize)>, RecordBatch, Vec<ArrayRef>, ArrayRef);
         let look_up = |part: usize| -> Result<Option<Looked>> {
-            let range = (total * part / parts)..(total * (part + 1) / parts);
-            // The part's rows (indices into `batch`) and their keys.
-            let (part_rows, keys) = match &order {
-                Some(order) => {
-                    let rows = UInt32Array::from(order[range].to_vec());
-                    let keys = arrow::compute::take(keys.as_ref(), &rows, None)?;
-                    (rows, keys)
-                }
-                None => (
-                    UInt32Array::from_iter_values(range.start as u32..range.end as u32),
-                    keys.slice(range.start, range.len()),
-                ),
-            };
+            let at = &order[(total * part / parts)..(total * (part + 1) / parts)];
+            let keys = arrow::compute::interleave(&column(key_column), at)?;
             let key_rows = j.key_codec.encode(std::slice::from_ref(&keys))?;
             let nulls = keys.logical_nulls();
             // Per joined row: its place in the part, the table's part it matched (none:
             // nulls).
-            let mut joined: Vec<u32> = Vec::with_capacity(part_rows.len());
-            let mut matched: Vec<Option<Part>> = Vec::with_capacity(part_rows.len());
+            let mut joined: Vec<u32> = Vec::with_capacity(at.len());
+            let mut matched: Vec<Option<Part>> = Vec::with_capacity(at.len());
             let mut text = String::new();
-            for n in 0..part_rows.len() {
+            for n in 0..at.len() {
                 let found = if nulls.as_ref().is_none_or(|b| b.is_valid(n)) {
                     text.clear();
                     hex_into(&mut text, key_rows.row(n).as_ref());
@@ -2031,14 +2025,13 @@ impl Joiner {
             if joined.is_empty() {
                 return Ok(None);
             }
-            let rows =
-                UInt32Array::from_iter_values(joined.iter().map(|n| part_rows.value(*n as usize)));
+            let rows: Vec<(usize, usize)> = joined.iter().map(|n| at[*n as usize]).collect();
             let null_row = codec.sources[t].1.null_row();
             let mut columns: Vec<ArrayRef> = Vec::with_capacity(codec.schema.fields().len());
             for (source, (_, part_codec)) in codec.sources.iter().enumerate() {
                 if source == s {
-                    for c in batch.columns() {
-                        columns.push(arrow::compute::take(c.as_ref(), &rows, None)?);
+                    for c in 0..batches[0].num_columns() {
+                        columns.push(arrow::compute::interleave(&column(c), &rows)?);
                     }
                 } else {
                     columns.extend(
@@ -2061,7 +2054,7 @@ impl Joiner {
                     null_key
                 }
             }))?;
-            let times = arrow::compute::take(batch.column(0).as_ref(), &rows, None)?;
+            let times = arrow::compute::interleave(&column(0), &rows)?;
             Ok(Some((rows, wide, key_columns, times)))
         };
         let done: Vec<Result<Option<Looked>>> = if parts > 1 {
@@ -2071,18 +2064,25 @@ impl Joiner {
         };
         // In order: each part's rows take the next sequence numbers (and the headers of
         // the records that made them).
-        let partitions = batch
-            .column(1)
-            .as_primitive::<arrow::datatypes::Int32Type>();
-        let offsets = batch.column(2).as_primitive::<Int64Type>();
+        let partitions: Vec<_> = batches
+            .iter()
+            .map(|b| b.column(1).as_primitive::<Int32Type>())
+            .collect();
+        let offsets: Vec<_> = batches
+            .iter()
+            .map(|b| b.column(2).as_primitive::<Int64Type>())
+            .collect();
         let mut out = Vec::with_capacity(done.len());
         for part in done {
             let Some((rows, wide, key_columns, times)) = part? else {
                 continue;
             };
-            self.carry_headers(rows.values().iter().map(|n| {
-                let n = *n as usize;
-                (s, partitions.value(n) as u32, offsets.value(n) as u64)
+            self.carry_headers(rows.iter().map(|(b, r)| {
+                (
+                    s,
+                    partitions[*b].value(*r) as u32,
+                    offsets[*b].value(*r) as u64,
+                )
             }));
             out.push(crate::ChangeBatch {
                 tombstones: false,
