@@ -69,3 +69,96 @@ pub(crate) fn check(
         .unwrap_or_else(|e| e.into_inner())
         .push(why);
 }
+
+/// Layouts of flat JSON value columns of each scalar type the fast path takes (`B`
+/// BOOLEAN, `I` INT, `L` BIGINT, `D` DOUBLE, `S` STRING), with a KAFKA string key column
+/// and without: what the seeded differential test and the fuzz target decode with.
+pub fn flat_json_layouts() -> Vec<Layout> {
+    use crate::{Column, Format, FormatSpec};
+    use weir_sql::ast::SqlType;
+    [true, false]
+        .into_iter()
+        .map(|key| Layout {
+            key_columns: if key {
+                vec![Column::new("K", SqlType::String)]
+            } else {
+                vec![]
+            },
+            value_columns: vec![
+                Column::new("B", SqlType::Boolean),
+                Column::new("I", SqlType::Int),
+                Column::new("L", SqlType::Bigint),
+                Column::new("D", SqlType::Double),
+                Column::new("S", SqlType::String),
+            ],
+            key_format: FormatSpec::new(Format::Kafka),
+            value_format: FormatSpec::new(Format::Json),
+            header_columns: Vec::new(),
+        })
+        .collect()
+}
+
+/// Decodes `values` as one batch (partition 2, offsets from `first`, keys `k0`, `k1`,
+/// ...) through `layout`'s entry point (fast path first) and through its general path
+/// alone: `Err` says how they differ, in their Arrow batches or their bad records.
+pub fn compare(layout: &Layout, values: &[&[u8]], first: u64) -> Result<(), String> {
+    let records: Vec<StoredRecord> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| StoredRecord {
+            partition: 2,
+            offset: first + i as u64,
+            record: weir_log::Record::new(
+                Some(format!("k{i}").as_bytes()),
+                Some(v),
+                1000 + i as i64,
+            ),
+        })
+        .collect();
+    let schema = layout.schema();
+    let (entry, general) = (
+        layout.decode(&schema, &records),
+        layout.decode_general(&schema, &records),
+    );
+    if entry.batch != general.batch {
+        return Err(format!(
+            "batches differ: entry point {:?}; general path {:?}",
+            entry.batch, general.batch
+        ));
+    }
+    if entry.errors != general.errors {
+        return Err(format!(
+            "bad records differ: entry point {:?}; general path {:?}",
+            entry.errors, general.errors
+        ));
+    }
+    Ok(())
+}
+
+/// The fuzz target's body (`crates/weir-format/fuzz`, `json_differential`): `data` cut at
+/// 0xFE bytes (never in UTF-8 text) into records, each decoded alone and all together in
+/// one batch with each of [`flat_json_layouts`], checked as [`compare`] does (and the fast
+/// path's own check enabled); panics at the first difference.
+pub fn fuzz_json(data: &[u8]) {
+    enable();
+    let values: Vec<&[u8]> = data.split(|b| *b == 0xFE).collect();
+    for layout in flat_json_layouts() {
+        let check = |batch: &[&[u8]], first: u64| {
+            if let Err(why) = compare(&layout, batch, first) {
+                panic!(
+                    "records {:?}: {why}",
+                    batch
+                        .iter()
+                        .map(|v| String::from_utf8_lossy(v))
+                        .collect::<Vec<_>>()
+                );
+            }
+        };
+        for (i, v) in values.iter().enumerate() {
+            check(std::slice::from_ref(v), i as u64);
+        }
+        check(&values, 0);
+    }
+    let mismatches = take_mismatches();
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}

@@ -8,9 +8,7 @@
 //! same Arrow batch and the same bad records. `WEIR_FUZZ_SEED` and `WEIR_FUZZ_RECORDS`
 //! pick another seed and count (the defaults run in CI).
 
-use weir_format::{Column, Format, FormatSpec, Layout};
-use weir_log::{Record, StoredRecord};
-use weir_sql::ast::SqlType;
+use weir_format::differential;
 
 /// xorshift64*: a fixed sequence per seed, no dependency.
 struct Rng(u64);
@@ -190,44 +188,6 @@ fn record(rng: &mut Rng) -> Vec<u8> {
     bytes
 }
 
-fn layouts() -> Vec<Layout> {
-    let flat = || {
-        vec![
-            Column::new("B", SqlType::Boolean),
-            Column::new("I", SqlType::Int),
-            Column::new("L", SqlType::Bigint),
-            Column::new("D", SqlType::Double),
-            Column::new("S", SqlType::String),
-        ]
-    };
-    [true, false]
-        .into_iter()
-        .map(|key| Layout {
-            key_columns: if key {
-                vec![Column::new("K", SqlType::String)]
-            } else {
-                vec![]
-            },
-            value_columns: flat(),
-            key_format: FormatSpec::new(Format::Kafka),
-            value_format: FormatSpec::new(Format::Json),
-            header_columns: Vec::new(),
-        })
-        .collect()
-}
-
-fn stored(values: &[Vec<u8>], first: u64) -> Vec<StoredRecord> {
-    values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| StoredRecord {
-            partition: 2,
-            offset: first + i as u64,
-            record: Record::new(Some(format!("k{i}").as_bytes()), Some(v), 1000 + i as i64),
-        })
-        .collect()
-}
-
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -242,23 +202,19 @@ fn fuzzed_records_decode_through_the_fast_path_exactly_as_through_the_general_on
     let mut rng = Rng(seed.max(1));
     let records: Vec<Vec<u8>> = (0..count).map(|_| record(&mut rng)).collect();
     // Every batch a fast path takes is decoded by the general path too (checked below).
-    weir_format::differential::enable();
+    differential::enable();
     let mut checked = 0;
-    for layout in layouts() {
-        let schema = layout.schema();
-        let mut compare = |batch: &[StoredRecord], what: &dyn Fn() -> String| {
-            let (entry, general) = (
-                layout.decode(&schema, batch),
-                layout.decode_general(&schema, batch),
-            );
-            assert_eq!(entry.batch, general.batch, "seed {seed}: {}", what());
-            assert_eq!(entry.errors, general.errors, "seed {seed}: {}", what());
+    for layout in differential::flat_json_layouts() {
+        let mut compare = |batch: &[Vec<u8>], first: usize, what: &dyn Fn() -> String| {
+            let values: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
+            if let Err(why) = differential::compare(&layout, &values, first as u64) {
+                panic!("seed {seed}: {}: {why}", what());
+            }
             checked += batch.len();
         };
         // Alone: the fast path takes each record it can.
         for (i, r) in records.iter().enumerate() {
-            let batch = stored(std::slice::from_ref(r), i as u64);
-            compare(&batch, &|| {
+            compare(std::slice::from_ref(r), i, &|| {
                 format!("record {i}: {}", String::from_utf8_lossy(r))
             });
         }
@@ -266,12 +222,13 @@ fn fuzzed_records_decode_through_the_fast_path_exactly_as_through_the_general_on
         let mut at = 0;
         while at < records.len() {
             let n = (1 + rng.below(64)).min(records.len() - at);
-            let batch = stored(&records[at..at + n], at as u64);
-            compare(&batch, &|| format!("records {at}..{}", at + n));
+            compare(&records[at..at + n], at, &|| {
+                format!("records {at}..{}", at + n)
+            });
             at += n;
         }
     }
-    let mismatches = weir_format::differential::take_mismatches();
+    let mismatches = differential::take_mismatches();
     assert!(
         mismatches.is_empty(),
         "seed {seed}: {}",
@@ -279,10 +236,24 @@ fn fuzzed_records_decode_through_the_fast_path_exactly_as_through_the_general_on
     );
     // The fast path took a good share: the comparison above is not of the general path
     // with itself.
-    let fast = weir_format::differential::compared();
+    let fast = differential::compared();
     println!("seed {seed}: {checked} decodes compared, {fast} records through the fast path");
     assert!(
         fast as usize > checked / 10,
         "only {fast} of {checked} through the fast path"
     );
+}
+
+/// The fuzz target's body (`crates/weir-format/fuzz`) over the seeded records, 64 to an
+/// input: what `cargo fuzz run json_differential` runs, on stable.
+#[test]
+fn the_fuzz_target_takes_the_seeded_records() {
+    let seed = env("WEIR_FUZZ_SEED", 0x5EED_2026);
+    let count = env("WEIR_FUZZ_RECORDS", 20_000) as usize / 4;
+    let mut rng = Rng(seed.max(1));
+    let records: Vec<Vec<u8>> = (0..count).map(|_| record(&mut rng)).collect();
+    for chunk in records.chunks(64) {
+        let input = chunk.join(&0xFEu8);
+        differential::fuzz_json(&input);
+    }
 }
