@@ -1,7 +1,8 @@
 //! The common case decoded straight into Arrow: a JSON object value of flat columns
 //! (BOOLEAN, INT, BIGINT, DOUBLE, STRING) and no key or a KAFKA STRING key. Each record's
-//! object is walked once with serde_json's streaming deserializer; fields the query does
-//! not declare are skipped unparsed, no `Value` or map is built.
+//! object is read once, by the scanner in `scan.rs` or, where it declines, with
+//! serde_json's streaming deserializer; fields the query does not declare are read as
+//! the general path reads them but not kept, no `Value` or map is built.
 //!
 //! It only takes what it can decode exactly as the general path would; anything else (a
 //! value of another JSON type than its column's, duplicate fields, a record that is not an
@@ -20,6 +21,8 @@ use weir_log::StoredRecord;
 use weir_sql::ast::SqlType;
 
 use crate::layout::{Format, Layout};
+
+mod scan;
 
 /// A scalar as it appeared in the JSON (or an Avro datum: [`crate::fastavro`]).
 pub(crate) enum Scalar<'a> {
@@ -241,6 +244,49 @@ struct Fields<'a, 'de> {
     duplicate: bool,
 }
 
+impl<'de> Fields<'_, 'de> {
+    /// The column a field named `key` goes to, and whether by its exact name.
+    fn slot(&self, key: &str) -> Option<(usize, bool)> {
+        self.slot_bytes(key.as_bytes())
+    }
+
+    /// As [`Fields::slot`], for a name's UTF-8 bytes.
+    fn slot_bytes(&self, key: &[u8]) -> Option<(usize, bool)> {
+        match self.names.iter().position(|n| n.as_bytes() == key) {
+            Some(c) => Some((c, true)),
+            None => self
+                .names
+                .iter()
+                .position(|n| n.as_bytes().eq_ignore_ascii_case(key))
+                .map(|c| (c, false)),
+        }
+    }
+
+    /// Keeps a field's value in its column's slot: an exact name wins over a
+    /// case-insensitive one, the first case-insensitive match over later ones; a second
+    /// value under one name marks the record a duplicate.
+    fn put(&mut self, (c, exact): (usize, bool), v: Scalar<'de>) {
+        if exact {
+            if self.exact[c].replace(v).is_some() {
+                self.duplicate = true;
+            }
+        } else if self.loose[c].is_none() {
+            self.loose[c] = Some(v);
+        } else {
+            self.duplicate = true;
+        }
+    }
+
+    /// Empties the slots (after a record the scanner gave up on half way).
+    fn clear(&mut self) {
+        self.exact
+            .iter_mut()
+            .chain(&mut self.loose)
+            .for_each(|s| *s = None);
+        self.duplicate = false;
+    }
+}
+
 impl<'de> Visitor<'de> for &mut Fields<'_, 'de> {
     type Value = bool;
 
@@ -250,27 +296,12 @@ impl<'de> Visitor<'de> for &mut Fields<'_, 'de> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<bool, A::Error> {
         while let Some(key) = a.next_key_seed(KeySeed)? {
-            let exact = self.names.iter().position(|n| *n == key);
-            let loose = exact
-                .is_none()
-                .then(|| self.names.iter().position(|n| n.eq_ignore_ascii_case(&key)))
-                .flatten();
-            match (exact, loose) {
-                (Some(c), _) => {
+            match self.slot(&key) {
+                Some(at) => {
                     let v = a.next_value_seed(ScalarVisitor)?;
-                    if self.exact[c].replace(v).is_some() {
-                        self.duplicate = true;
-                    }
+                    self.put(at, v);
                 }
-                (None, Some(c)) => {
-                    let v = a.next_value_seed(ScalarVisitor)?;
-                    if self.loose[c].is_none() {
-                        self.loose[c] = Some(v);
-                    } else {
-                        self.duplicate = true;
-                    }
-                }
-                (None, None) => a.next_value_seed(Skip)?,
+                None => a.next_value_seed(Skip)?,
             }
         }
         Ok(true)
@@ -331,9 +362,15 @@ pub(crate) fn decode(
                 .all(Option::is_none)
         );
         fields_of.duplicate = false;
-        let mut de = serde_json::Deserializer::from_slice(bytes);
-        let object = de.deserialize_any(&mut fields_of).ok()?;
-        if !object || fields_of.duplicate || de.end().is_err() {
+        // The scanner first; what it declines goes through serde_json's deserializer.
+        if !scan::object(bytes, &mut fields_of) {
+            fields_of.clear();
+            let mut de = serde_json::Deserializer::from_slice(bytes);
+            let object = de.deserialize_any(&mut fields_of).ok()?;
+            if !object || fields_of.duplicate || de.end().is_err() {
+                return None;
+            }
+        } else if fields_of.duplicate {
             return None;
         }
         for (c, b) in values.iter_mut().enumerate() {

@@ -1,0 +1,326 @@
+//! A hand-written scanner for the common record: one JSON object of scalar values
+//! (strings without escapes, `true`, `false`, `null`, numbers) and nothing after it but
+//! whitespace. It reads each value straight into the record's column slots, with no
+//! per-value calls through serde. Anything else — an escape, a control character or bad
+//! UTF-8 in a string, a nested value, a number the general path might read another way
+//! (`-0`, an integer of more than 18 digits, one out of range), bad JSON — it declines,
+//! and serde_json's deserializer reads the record instead (see the module above): so
+//! what it accepts, it reads exactly as serde_json does.
+
+use std::borrow::Cow;
+
+use super::{Fields, Scalar};
+
+/// Reads `bytes` into `fields`' slots; false when it declines (the slots may then hold
+/// part of the record: the caller clears them).
+pub(super) fn object<'de>(bytes: &'de [u8], fields: &mut Fields<'_, 'de>) -> bool {
+    let mut s = Scanner { bytes, at: 0 };
+    s.object(fields).is_some()
+}
+
+/// 10^0 ..= 10^22: every one exact in an f64.
+const POWERS: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+struct Scanner<'de> {
+    bytes: &'de [u8],
+    at: usize,
+}
+
+impl<'de> Scanner<'de> {
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.at).copied()
+    }
+
+    fn space(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.peek() {
+            self.at += 1;
+        }
+    }
+
+    fn eat(&mut self, b: u8) -> Option<()> {
+        (self.peek()? == b).then(|| self.at += 1)
+    }
+
+    fn object(&mut self, fields: &mut Fields<'_, 'de>) -> Option<()> {
+        self.space();
+        self.eat(b'{')?;
+        self.space();
+        if self.eat(b'}').is_none() {
+            // Fields mostly come in the columns' order: the column after the last one
+            // matched is tried first (names are unique, so an exact match there is the
+            // one `slot_bytes` would find).
+            let mut next = 0;
+            loop {
+                // A name's bytes match the columns' names as its text would; one not
+                // ASCII is checked for UTF-8 first.
+                let (key, ascii) = self.string_bytes()?;
+                if !ascii {
+                    std::str::from_utf8(key).ok()?;
+                }
+                self.space();
+                self.eat(b':')?;
+                self.space();
+                let value = self.value()?;
+                let at = match fields.names.get(next) {
+                    Some(n) if n.as_bytes() == key => Some((next, true)),
+                    _ => fields.slot_bytes(key),
+                };
+                if let Some(at) = at {
+                    next = at.0 + 1;
+                    fields.put(at, value);
+                }
+                self.space();
+                match self.peek()? {
+                    b',' => {
+                        self.at += 1;
+                        self.space();
+                    }
+                    b'}' => {
+                        self.at += 1;
+                        break;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        self.space();
+        (self.at == self.bytes.len()).then_some(())
+    }
+
+    /// A string without escapes or control characters, valid UTF-8.
+    fn string(&mut self) -> Option<&'de str> {
+        std::str::from_utf8(self.string_bytes()?.0).ok()
+    }
+
+    /// A string's bytes (no escapes or control characters; not checked for UTF-8), and
+    /// whether they are all ASCII.
+    fn string_bytes(&mut self) -> Option<(&'de [u8], bool)> {
+        self.eat(b'"')?;
+        let start = self.at;
+        let rest = &self.bytes[start..];
+        let mut ascii = true;
+        for (len, b) in rest.iter().enumerate() {
+            match *b {
+                b'"' => {
+                    self.at = start + len + 1;
+                    return Some((&rest[..len], ascii));
+                }
+                b'\\' | 0..0x20 => return None,
+                0x80.. => ascii = false,
+                _ => {}
+            }
+        }
+        None
+    }
+
+    fn word(&mut self, word: &[u8]) -> Option<()> {
+        self.bytes[self.at..]
+            .starts_with(word)
+            .then(|| self.at += word.len())
+    }
+
+    fn value(&mut self) -> Option<Scalar<'de>> {
+        Some(match self.peek()? {
+            b'"' => Scalar::Str(Cow::Borrowed(self.string()?)),
+            b't' => {
+                self.word(b"true")?;
+                Scalar::Bool(true)
+            }
+            b'f' => {
+                self.word(b"false")?;
+                Scalar::Bool(false)
+            }
+            b'n' => {
+                self.word(b"null")?;
+                Scalar::Null
+            }
+            b'-' | b'0'..=b'9' => self.number()?,
+            _ => return None,
+        })
+    }
+
+    /// Digits from here: how many, and their value while it fits (`None` past 19).
+    fn digits(&mut self) -> (usize, Option<u64>) {
+        let start = self.at;
+        let mut value = Some(0u64);
+        while let Some(d @ b'0'..=b'9') = self.peek() {
+            value = value
+                .and_then(|v| v.checked_mul(10))
+                .and_then(|v| v.checked_add(u64::from(d - b'0')));
+            self.at += 1;
+        }
+        (self.at - start, value)
+    }
+
+    /// A number in JSON's grammar, followed by what may follow a value.
+    fn number(&mut self) -> Option<Scalar<'de>> {
+        let start = self.at;
+        let negative = self.eat(b'-').is_some();
+        // The significant digits as an integer (`mantissa`), and how many of them came
+        // after the point.
+        let (int_digits, mut mantissa) = match self.peek()? {
+            b'0' => {
+                self.at += 1;
+                (1, Some(0))
+            }
+            b'1'..=b'9' => self.digits(),
+            _ => return None,
+        };
+        let mut integer = true;
+        let mut fraction = 0usize;
+        if self.eat(b'.').is_some() {
+            integer = false;
+            let from = self.at;
+            let (n, _) = self.digits();
+            if n == 0 {
+                return None;
+            }
+            fraction = n;
+            mantissa = mantissa.and_then(|m| {
+                self.bytes[from..self.at].iter().try_fold(m, |v, d| {
+                    v.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+                })
+            });
+        }
+        let mut exponent = 0i64;
+        if let Some(b'e' | b'E') = self.peek() {
+            integer = false;
+            self.at += 1;
+            let minus = match self.peek() {
+                Some(b'-') => {
+                    self.at += 1;
+                    true
+                }
+                Some(b'+') => {
+                    self.at += 1;
+                    false
+                }
+                _ => false,
+            };
+            let (n, value) = self.digits();
+            if n == 0 {
+                return None;
+            }
+            exponent = value
+                .and_then(|v| i64::try_from(v).ok())
+                .map_or(i64::MAX / 2, |v| if minus { -v } else { v });
+        }
+        if !matches!(
+            self.peek(),
+            None | Some(b' ' | b'\n' | b'\r' | b'\t' | b',' | b'}')
+        ) {
+            return None;
+        }
+        if integer {
+            // `-0` is a negative zero to serde_json; long integers may be u64 or f64.
+            if int_digits > 18 || (negative && mantissa == Some(0)) {
+                return None;
+            }
+            let m = i64::try_from(mantissa?).ok()?;
+            return Some(Scalar::I64(if negative { -m } else { m }));
+        }
+        // Clinger's fast path: an integer below 2^53 times or divided by an exact power
+        // of ten is one correctly rounded operation, as serde_json (with
+        // `float_roundtrip`) rounds. Anything else goes to the standard parser, also
+        // correctly rounded; out of range (which serde_json refuses) is declined.
+        let scale = exponent.saturating_sub(fraction as i64);
+        let exact = mantissa.filter(|m| *m <= 1 << 53).and_then(|m| {
+            let m = m as f64;
+            match scale {
+                0..=22 => Some(m * POWERS[scale as usize]),
+                -22..0 => Some(m / POWERS[(-scale) as usize]),
+                _ => None,
+            }
+        });
+        let v = match exact {
+            Some(v) => {
+                if negative {
+                    -v
+                } else {
+                    v
+                }
+            }
+            None => std::str::from_utf8(&self.bytes[start..self.at])
+                .ok()?
+                .parse()
+                .ok()?,
+        };
+        v.is_finite().then_some(Scalar::F64(v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Fields, Scalar};
+
+    /// What the scanner makes of `{"D": <text>}`: `None` when it declines.
+    fn scanned(text: &str) -> Option<f64> {
+        let names = vec!["D".to_string()];
+        let mut fields = Fields {
+            names: &names,
+            exact: vec![None],
+            loose: vec![None],
+            duplicate: false,
+        };
+        let record = format!(r#"{{"D": {text}}}"#);
+        if !super::object(record.as_bytes(), &mut fields) {
+            return None;
+        }
+        match fields.exact[0].take() {
+            Some(Scalar::F64(v)) => Some(v),
+            Some(Scalar::I64(v)) => Some(v as f64),
+            _ => panic!("{text}: not a number"),
+        }
+    }
+
+    /// Seeded decimal texts of every shape (digits before and after the point, exponents,
+    /// signs, leading zeros, many digits): each the scanner reads is the very f64
+    /// serde_json reads, sign of zero included; what serde_json refuses, it declines.
+    #[test]
+    fn numbers_read_as_serde_json_reads_them() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let mut read = 0;
+        for _ in 0..200_000 {
+            let mut text = String::new();
+            if next(3) == 0 {
+                text.push('-');
+            }
+            let long = if next(4) == 0 { 25 } else { 9 };
+            for _ in 0..1 + next(long) {
+                text.push(char::from(b'0' + next(10) as u8));
+            }
+            if next(3) > 0 {
+                text.push('.');
+                let long = if next(4) == 0 { 25 } else { 9 };
+                for _ in 0..next(long) {
+                    text.push(char::from(b'0' + next(10) as u8));
+                }
+            }
+            if next(4) == 0 {
+                text.push(['e', 'E'][next(2) as usize]);
+                text.push_str(["", "+", "-"][next(3) as usize]);
+                for _ in 0..next(4) {
+                    text.push(char::from(b'0' + next(10) as u8));
+                }
+            }
+            let serde: Option<f64> = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v.as_f64());
+            if let Some(v) = scanned(&text) {
+                let want = serde.unwrap_or_else(|| panic!("{text}: serde_json refuses it"));
+                assert_eq!(v.to_bits(), want.to_bits(), "{text}: {v} vs {want}");
+                read += 1;
+            }
+        }
+        assert!(read > 100_000, "only {read} read");
+    }
+}
