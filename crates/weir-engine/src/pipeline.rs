@@ -605,8 +605,9 @@ impl Pipeline {
     }
 
     /// Deals a stateful stage's state out over `n` threads (see `aggregate/shards.rs`):
-    /// over a topic, whose rows come in offset order (not over joins). Whether state
-    /// moved: the next checkpoint should then be a full one.
+    /// over a topic, whose rows come in offset order (not over joins: a join steps on `n`
+    /// threads with its state whole, see `Joiner::threads`). Whether state moved: the
+    /// next checkpoint should then be a full one.
     pub fn set_shards(&mut self, n: usize) -> bool {
         match &mut self.input {
             Input::Topic(_) => {}
@@ -708,7 +709,8 @@ impl Pipeline {
         Ok(inputs.into_iter().map(|(_, changes)| changes).collect())
     }
 
-    /// Moves a topic input past what `step` read, which took `took` from read to written.
+    /// Moves a topic input past what `step` read, which took `took` from read to written
+    /// (a join sizes its next batch after `took`: `Joiner::paced`).
     /// An adaptive read that filled its batch doubles the next (up to the cap), one that
     /// got less than a quarter halves it.
     pub fn advance(&mut self, partition: u32, step: &Step, took: std::time::Duration) {
