@@ -142,10 +142,10 @@ impl<'de> Scanner<'de> {
         })
     }
 
-    /// Digits from here: how many, and their value while it fits (`None` past 19).
-    fn digits(&mut self) -> (usize, Option<u64>) {
+    /// Digits from here: how many, and `value` followed by them while it fits in a u64
+    /// (`None` past that).
+    fn digits(&mut self, mut value: Option<u64>) -> (usize, Option<u64>) {
         let start = self.at;
-        let mut value = Some(0u64);
         while let Some(d @ b'0'..=b'9') = self.peek() {
             value = value
                 .and_then(|v| v.checked_mul(10))
@@ -166,24 +166,18 @@ impl<'de> Scanner<'de> {
                 self.at += 1;
                 (1, Some(0))
             }
-            b'1'..=b'9' => self.digits(),
+            b'1'..=b'9' => self.digits(Some(0)),
             _ => return None,
         };
         let mut integer = true;
         let mut fraction = 0usize;
         if self.eat(b'.').is_some() {
             integer = false;
-            let from = self.at;
-            let (n, _) = self.digits();
+            let (n, value) = self.digits(mantissa);
             if n == 0 {
                 return None;
             }
-            fraction = n;
-            mantissa = mantissa.and_then(|m| {
-                self.bytes[from..self.at].iter().try_fold(m, |v, d| {
-                    v.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-                })
-            });
+            (fraction, mantissa) = (n, value);
         }
         let mut exponent = 0i64;
         if let Some(b'e' | b'E') = self.peek() {
@@ -200,7 +194,7 @@ impl<'de> Scanner<'de> {
                 }
                 _ => false,
             };
-            let (n, value) = self.digits();
+            let (n, value) = self.digits(Some(0));
             if n == 0 {
                 return None;
             }
