@@ -460,28 +460,12 @@ pub(crate) fn flat_batch<'r>(
 #[cfg(test)]
 mod tests {
     use weir_log::{Record, StoredRecord};
-    use weir_sql::ast::SqlType;
 
-    use crate::layout::{Column, Format, FormatSpec, Layout};
+    use crate::layout::Layout;
 
+    /// Flat columns of each scalar type, with a string key or without.
     fn layout(key: bool) -> Layout {
-        Layout {
-            key_columns: if key {
-                vec![Column::new("K", SqlType::String)]
-            } else {
-                vec![]
-            },
-            value_columns: vec![
-                Column::new("B", SqlType::Boolean),
-                Column::new("I", SqlType::Int),
-                Column::new("L", SqlType::Bigint),
-                Column::new("D", SqlType::Double),
-                Column::new("S", SqlType::String),
-            ],
-            key_format: FormatSpec::new(Format::Kafka),
-            value_format: FormatSpec::new(Format::Json),
-            header_columns: Vec::new(),
-        }
+        crate::differential::flat_json_layouts().swap_remove(if key { 0 } else { 1 })
     }
 
     fn records(values: &[&str]) -> Vec<StoredRecord> {
