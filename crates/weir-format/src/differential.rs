@@ -98,23 +98,33 @@ pub fn flat_json_layouts() -> Vec<Layout> {
         .collect()
 }
 
+/// `values` as records of `partition` from offset `first` on, keyed `k0`, `k1`, ..., at
+/// times 1000, 1001, ...: what the fast paths' tests decode.
+pub(crate) fn stored<V: AsRef<[u8]>>(
+    values: &[V],
+    partition: u32,
+    first: u64,
+) -> Vec<StoredRecord> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| StoredRecord {
+            partition,
+            offset: first + i as u64,
+            record: weir_log::Record::new(
+                Some(format!("k{i}").as_bytes()),
+                Some(v.as_ref()),
+                1000 + i as i64,
+            ),
+        })
+        .collect()
+}
+
 /// Decodes `values` as one batch (partition 2, offsets from `first`, keys `k0`, `k1`,
 /// ...) through `layout`'s entry point (fast path first) and through its general path
 /// alone: `Err` says how they differ, in their Arrow batches or their bad records.
 pub fn compare(layout: &Layout, values: &[&[u8]], first: u64) -> Result<(), String> {
-    let records: Vec<StoredRecord> = values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| StoredRecord {
-            partition: 2,
-            offset: first + i as u64,
-            record: weir_log::Record::new(
-                Some(format!("k{i}").as_bytes()),
-                Some(v),
-                1000 + i as i64,
-            ),
-        })
-        .collect();
+    let records = stored(values, 2, first);
     let schema = layout.schema();
     let (entry, general) = (
         layout.decode(&schema, &records),

@@ -285,19 +285,11 @@ mod tests {
             .register(&subject, SchemaType::Avro, writer)
             .unwrap();
         let schema = registry.by_id(id).unwrap();
-        values
+        let encoded: Vec<Vec<u8>> = values
             .iter()
-            .enumerate()
-            .map(|(i, v)| StoredRecord {
-                partition: 1,
-                offset: 10 + i as u64,
-                record: Record::new(
-                    Some(format!("k{i}").as_bytes()),
-                    Some(&crate::sr::encode_with(&schema, id, v).unwrap()),
-                    1000 + i as i64,
-                ),
-            })
-            .collect()
+            .map(|v| crate::sr::encode_with(&schema, id, v).unwrap())
+            .collect();
+        crate::differential::stored(&encoded, 1, 10)
     }
 
     /// Whatever it takes, it decodes exactly as the general path; the rest it leaves.

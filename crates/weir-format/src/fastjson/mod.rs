@@ -459,7 +459,7 @@ pub(crate) fn flat_batch<'r>(
 
 #[cfg(test)]
 mod tests {
-    use weir_log::{Record, StoredRecord};
+    use weir_log::StoredRecord;
 
     use crate::layout::Layout;
 
@@ -469,19 +469,7 @@ mod tests {
     }
 
     fn records(values: &[&str]) -> Vec<StoredRecord> {
-        values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| StoredRecord {
-                partition: 1,
-                offset: 10 + i as u64,
-                record: Record::new(
-                    Some(format!("k{i}").as_bytes()),
-                    Some(v.as_bytes()),
-                    1000 + i as i64,
-                ),
-            })
-            .collect()
+        crate::differential::stored(values, 1, 10)
     }
 
     /// Whatever it takes, it decodes exactly as the general path; the rest it leaves.
