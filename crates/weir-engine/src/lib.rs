@@ -18,6 +18,7 @@ pub mod cluster;
 mod delta;
 mod error;
 pub mod functions;
+mod helpers;
 /// The session property that says whether a single value column is wrapped in an
 /// object (JSON) by default.
 pub const WRAP_SINGLE_VALUES_PROPERTY: &str = "ksql.persistence.wrap.single.values";
@@ -817,6 +818,12 @@ impl PersistentQuery {
         if threads > 1 && step.as_ref().is_ok_and(|s| s.changes.len() > 1) {
             let spec = &self.sink_spec(log, durable);
             step = step.and_then(|s| encode_step(spec, s, partition, durable, threads));
+            step = step.and_then(|mut s| {
+                s.written = Some(append_step_at_once(
+                    log, spec, &mut s, partition, durable, threads,
+                )?);
+                Ok(s)
+            });
         }
         self.commit_step(log, durable, partition, step, started)
     }
@@ -4112,6 +4119,80 @@ fn write_step(
     Ok(written)
 }
 
+/// Writes a step's output encoded in parts ([`encode_step`]: a join's) on up to `threads`
+/// threads at once: each sink partition's records of every part together, in order, as one
+/// append (the partitions of the sink have no order between them), tagged as
+/// [`append_output`] tags an append (on a log whose appends are whole or absent, the tag on
+/// its last record covers all of it).
+fn append_step_at_once(
+    log: &dyn Log,
+    spec: &SinkSpec,
+    step: &mut pipeline::Step,
+    partition: u32,
+    durable: bool,
+    threads: usize,
+) -> Result<pipeline::Written> {
+    let mut written = pipeline::Written::default();
+    let now = now_ms();
+    for change in &step.changes {
+        written.produced += change.batch.num_rows() as u64;
+        for t in change.batch.column(0).as_primitive::<Int64Type>().values() {
+            written.latency.observe((now - t).max(0) as f64);
+        }
+    }
+    // Each sink partition's records of every part, in order, with the highest source
+    // offset among them; handed to the thread that appends them (and drops them after:
+    // freeing a step's records costs as much as appending them).
+    let mut by_partition: BTreeMap<u32, (Vec<Vec<Record>>, u64)> = BTreeMap::new();
+    for encoded in std::mem::take(&mut step.encoded) {
+        for (p, (records, max)) in encoded {
+            let (parts, most) = by_partition.entry(p).or_default();
+            parts.push(records);
+            *most = (*most).max(max);
+        }
+    }
+    // (sink partition, its records part by part, the highest source offset among them)
+    type Appends = (u32, Vec<Vec<Record>>, u64);
+    let appends: Vec<Mutex<Option<Appends>>> = by_partition
+        .into_iter()
+        .map(|(p, (parts, max))| Mutex::new(Some((p, parts, max))))
+        .collect();
+    let append = |i: usize| -> Result<u64> {
+        let taken = appends[i].lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some((p, parts, max)) = taken else {
+            return Ok(0);
+        };
+        let mut records = parts.into_iter().reduce(|mut all, part| {
+            all.extend(part);
+            all
+        });
+        let Some(records) = records.as_mut().filter(|r| !r.is_empty()) else {
+            return Ok(0);
+        };
+        if durable
+            && !spec.tag_each
+            && let Some(last) = records.last_mut()
+        {
+            last.headers.push(source_tag(spec, partition, max));
+        }
+        if i > 0 {
+            // Crash tests: some of the step's partitions written, not all.
+            weir_log::failpoint::hit("mid_output");
+        }
+        log.append(spec.topic, p, records)?;
+        Ok(records
+            .iter()
+            .map(|r| {
+                (r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len)) as u64
+            })
+            .sum())
+    };
+    for bytes in at_once(appends.len(), threads, append) {
+        written.bytes += bytes?;
+    }
+    Ok(written)
+}
+
 /// A step's output encoded for the sink, change by change (see [`pipeline::Step::encoded`]),
 /// on up to `threads` threads at once.
 fn encode_step(
@@ -4192,7 +4273,7 @@ fn shared_rounds(
         }
         done
     };
-    let mut done = on_threads(threads, work);
+    let mut done = helpers::on_threads(threads, work);
     done.sort_by_key(|(p, round, _, _)| (*p, *round));
     done.into_iter()
         .map(|(p, _, step, took)| (p, step, took))
@@ -4214,26 +4295,9 @@ fn at_once<T: Send>(count: usize, threads: usize, work: impl Fn(usize) -> T + Sy
             done.push((i, work(i)));
         }
     };
-    let mut all = on_threads(threads.min(count), take);
+    let mut all = helpers::on_threads(threads.min(count), take);
     all.sort_by_key(|(i, _)| *i);
     all.into_iter().map(|(_, t)| t).collect()
-}
-
-/// `work` on `threads` threads at once (the caller's one of them), what each returns
-/// together. A panic in one goes on in the caller.
-fn on_threads<T: Send>(threads: usize, work: impl Fn() -> Vec<T> + Sync) -> Vec<T> {
-    let work = &work;
-    std::thread::scope(|s| {
-        let helpers: Vec<_> = (1..threads).map(|_| s.spawn(work)).collect();
-        let mut out = work();
-        for h in helpers {
-            out.extend(
-                h.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-            );
-        }
-        out
-    })
 }
 
 /// Encodes a batch of output for the sink (nothing written yet).

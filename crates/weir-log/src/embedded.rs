@@ -126,11 +126,14 @@ struct Partition {
 /// The largest frame buffer kept between appends.
 const KEEP_FRAME_BYTES: usize = 16 << 20;
 
-/// The last append's frame buffer, kept for the next (up to [`KEEP_FRAME_BYTES`]):
-/// batches are framed in place, without a fresh allocation (and fresh pages) each. One
-/// for the process: an append that finds it taken (another appending at once) makes its
-/// own.
-static FRAME: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+/// How many frame buffers are kept between appends: one per append that may run at once
+/// (a query's threads append to several partitions together).
+const KEEP_FRAMES: usize = 8;
+
+/// Frame buffers of appends done, kept for the next (each up to [`KEEP_FRAME_BYTES`]):
+/// batches are framed in place, without a fresh allocation (and fresh pages) each. An
+/// append takes one (the largest), or makes its own when all are taken.
+static FRAMES: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
 struct Segment {
     base: u64,
@@ -461,7 +464,7 @@ impl Partition {
         }
         // The frame: its header (payload length, CRC) filled in once the payload is
         // written after it.
-        let mut frame = std::mem::take(&mut *lock(&FRAME));
+        let mut frame = lock(&FRAMES).pop().unwrap_or_default();
         frame.clear();
         let max_ts = encode_frame(&mut frame, base, records, config.max_record_bytes)?;
 
@@ -515,9 +518,14 @@ impl Partition {
         self.unsynced = true;
         self.appends += 1;
         if frame.capacity() <= KEEP_FRAME_BYTES {
-            let mut kept = lock(&FRAME);
-            if kept.capacity() < frame.capacity() {
-                *kept = frame;
+            let mut kept = lock(&FRAMES);
+            if kept.len() < KEEP_FRAMES {
+                // Kept in order of size: the next append takes the largest.
+                let at = kept.partition_point(|f| f.capacity() <= frame.capacity());
+                kept.insert(at, frame);
+            } else if kept[0].capacity() < frame.capacity() {
+                kept[0] = frame;
+                kept.sort_by_key(Vec::capacity);
             }
         }
         match config.fsync {

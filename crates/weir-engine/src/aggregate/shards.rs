@@ -173,19 +173,12 @@ impl Shards {
             };
         let jobs = self.shards.iter_mut().zip(pieces);
         let folded: Vec<Vec<Option<(Changes, Failed)>>> = if rows_in_all >= PARALLEL_ROWS {
-            let fold_pieces = &fold_pieces;
-            std::thread::scope(|scope| {
-                let mut jobs = jobs;
-                let first = jobs.next();
-                let handles: Vec<_> = jobs
-                    .map(|job| scope.spawn(move || fold_pieces(job)))
-                    .collect();
-                let mut out = vec![first.map(fold_pieces).unwrap_or_default()];
-                out.extend(handles.into_iter().map(|h| {
-                    h.join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                }));
-                out
+            // Each shard's job, taken by the thread that folds it.
+            let jobs: Vec<std::sync::Mutex<Option<_>>> =
+                jobs.map(|job| std::sync::Mutex::new(Some(job))).collect();
+            crate::at_once(jobs.len(), jobs.len(), |i| {
+                let job = jobs[i].lock().unwrap_or_else(|e| e.into_inner()).take();
+                job.map(fold_pieces).unwrap_or_default()
             })
         } else {
             jobs.map(fold_pieces).collect()
