@@ -2047,13 +2047,15 @@ impl Joiner {
             // Per joined row: its place in the part, the table's part it matched (none:
             // nulls).
             let mut joined: Vec<u32> = Vec::with_capacity(at.len());
-            let mut matched: Vec<Option<Part>> = Vec::with_capacity(at.len());
+            // (Borrowed from the table's state, which is only read here: no reference
+            // count is touched, which the threads would contend for.)
+            let mut matched: Vec<Option<&[u8]>> = Vec::with_capacity(at.len());
             let mut text = String::new();
             for n in 0..at.len() {
                 let found = if nulls.as_ref().is_none_or(|b| b.is_valid(n)) {
                     text.clear();
                     hex_into(&mut text, key_rows.row(n).as_ref());
-                    j.state.table_row(&text).map(|e| e.row.0[t].clone())
+                    j.state.table_row(&text).map(|e| e.row.0[t].as_deref())
                 } else {
                     None
                 };
@@ -2074,10 +2076,8 @@ impl Joiner {
                         columns.push(arrow::compute::interleave(&column(c), &rows)?);
                     }
                 } else {
-                    columns.extend(
-                        part_codec
-                            .decode(matched.iter().map(|p| p.as_deref().unwrap_or(null_row)))?,
-                    );
+                    columns
+                        .extend(part_codec.decode(matched.iter().map(|p| p.unwrap_or(null_row)))?);
                 }
             }
             let wide = RecordBatch::try_new_with_options(

@@ -4120,10 +4120,9 @@ fn write_step(
 }
 
 /// Writes a step's output encoded in parts ([`encode_step`]: a join's) on up to `threads`
-/// threads at once: each sink partition's records of every part together, in order, as one
-/// append (the partitions of the sink have no order between them), tagged as
-/// [`append_output`] tags an append (on a log whose appends are whole or absent, the tag on
-/// its last record covers all of it).
+/// threads at once, one sink partition each (the partitions of the sink have no order
+/// between them): a partition's records of each part as one append, the parts in order,
+/// tagged as [`append_output`] tags an append.
 fn append_step_at_once(
     log: &dyn Log,
     spec: &SinkSpec,
@@ -4140,52 +4139,51 @@ fn append_step_at_once(
             written.latency.observe((now - t).max(0) as f64);
         }
     }
-    // Each sink partition's records of every part, in order, with the highest source
-    // offset among them; handed to the thread that appends them (and drops them after:
-    // freeing a step's records costs as much as appending them).
-    let mut by_partition: BTreeMap<u32, (Vec<Vec<Record>>, u64)> = BTreeMap::new();
+    // Each sink partition's records, part by part in order, each part with the highest
+    // source offset among its records; handed to the thread that appends them (and
+    // drops them after: freeing a step's records costs about as much as appending them).
+    type Parts = Vec<(Vec<Record>, u64)>;
+    let mut by_partition: BTreeMap<u32, Parts> = BTreeMap::new();
     for encoded in std::mem::take(&mut step.encoded) {
-        for (p, (records, max)) in encoded {
-            let (parts, most) = by_partition.entry(p).or_default();
-            parts.push(records);
-            *most = (*most).max(max);
+        for (p, part) in encoded {
+            by_partition.entry(p).or_default().push(part);
         }
     }
-    // (sink partition, its records part by part, the highest source offset among them)
-    type Appends = (u32, Vec<Vec<Record>>, u64);
-    let appends: Vec<Mutex<Option<Appends>>> = by_partition
+    let appends: Vec<Mutex<Option<(u32, Parts)>>> = by_partition
         .into_iter()
-        .map(|(p, (parts, max))| Mutex::new(Some((p, parts, max))))
+        .map(|(p, parts)| Mutex::new(Some((p, parts))))
         .collect();
     let append = |i: usize| -> Result<u64> {
         let taken = appends[i].lock().unwrap_or_else(|e| e.into_inner()).take();
-        let Some((p, parts, max)) = taken else {
+        let Some((p, parts)) = taken else {
             return Ok(0);
         };
-        let mut records = parts.into_iter().reduce(|mut all, part| {
-            all.extend(part);
-            all
-        });
-        let Some(records) = records.as_mut().filter(|r| !r.is_empty()) else {
-            return Ok(0);
-        };
-        if durable
-            && !spec.tag_each
-            && let Some(last) = records.last_mut()
-        {
-            last.headers.push(source_tag(spec, partition, max));
-        }
         if i > 0 {
             // Crash tests: some of the step's partitions written, not all.
             weir_log::failpoint::hit("mid_output");
         }
-        log.append(spec.topic, p, records)?;
-        Ok(records
-            .iter()
-            .map(|r| {
-                (r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len)) as u64
-            })
-            .sum())
+        let mut bytes = 0;
+        // Each part as one append, tagged as `append_output` tags it.
+        for (mut records, max) in parts {
+            if records.is_empty() {
+                continue;
+            }
+            if durable
+                && !spec.tag_each
+                && let Some(last) = records.last_mut()
+            {
+                last.headers.push(source_tag(spec, partition, max));
+            }
+            log.append(spec.topic, p, &records)?;
+            bytes += records
+                .iter()
+                .map(|r| {
+                    (r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len))
+                        as u64
+                })
+                .sum::<u64>();
+        }
+        Ok(bytes)
     };
     for bytes in at_once(appends.len(), threads, append) {
         written.bytes += bytes?;
