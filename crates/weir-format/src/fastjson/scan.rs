@@ -24,6 +24,17 @@ const POWERS: [f64; 23] = [
     1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
 ];
 
+/// 10^0 ..= 10^19 as integers.
+const TENS: [u64; 20] = {
+    let mut t = [1u64; 20];
+    let mut i = 1;
+    while i < 20 {
+        t[i] = t[i - 1] * 10;
+        i += 1;
+    }
+    t
+};
+
 struct Scanner<'de> {
     bytes: &'de [u8],
     at: usize,
@@ -143,16 +154,29 @@ impl<'de> Scanner<'de> {
     }
 
     /// Digits from here: how many, and `value` followed by them while it fits in a u64
-    /// (`None` past that).
-    fn digits(&mut self, mut value: Option<u64>) -> (usize, Option<u64>) {
+    /// (`None` past that, and for a run of more than 19 digits, which the caller reads
+    /// the general way).
+    fn digits(&mut self, value: Option<u64>) -> (usize, Option<u64>) {
         let start = self.at;
-        while let Some(d @ b'0'..=b'9') = self.peek() {
-            value = value
-                .and_then(|v| v.checked_mul(10))
-                .and_then(|v| v.checked_add(u64::from(d - b'0')));
+        // The run's own value, exact while it has at most 19 digits (< 10^19 < 2^64).
+        let mut run = 0u64;
+        while let Some(&b) = self.bytes.get(self.at) {
+            let d = b.wrapping_sub(b'0');
+            if d > 9 {
+                break;
+            }
+            run = run.wrapping_mul(10).wrapping_add(u64::from(d));
             self.at += 1;
         }
-        (self.at - start, value)
+        let n = self.at - start;
+        let value = if n > 19 {
+            None
+        } else {
+            value
+                .and_then(|v| v.checked_mul(TENS[n]))
+                .and_then(|v| v.checked_add(run))
+        };
+        (n, value)
     }
 
     /// A number in JSON's grammar, followed by what may follow a value.
