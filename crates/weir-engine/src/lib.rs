@@ -4100,11 +4100,7 @@ fn write_step(
     let mut written = pipeline::Written::default();
     let mut encoded = std::mem::take(&mut step.encoded).into_iter();
     for change in &step.changes {
-        written.produced += change.batch.num_rows() as u64;
-        let now = now_ms();
-        for t in change.batch.column(0).as_primitive::<Int64Type>().values() {
-            written.latency.observe((now - t).max(0) as f64);
-        }
+        count_written(&mut written, change);
         let sink = Sink {
             tombstones: change.tombstones,
             durable,
@@ -4132,56 +4128,41 @@ fn append_step_at_once(
     threads: usize,
 ) -> Result<pipeline::Written> {
     let mut written = pipeline::Written::default();
-    let now = now_ms();
     for change in &step.changes {
-        written.produced += change.batch.num_rows() as u64;
-        for t in change.batch.column(0).as_primitive::<Int64Type>().values() {
-            written.latency.observe((now - t).max(0) as f64);
-        }
+        count_written(&mut written, change);
     }
-    // Each sink partition's records, part by part in order, each part with the highest
-    // source offset among its records; handed to the thread that appends them (and
-    // drops them after: freeing a step's records costs about as much as appending them).
-    type Parts = Vec<(Vec<Record>, u64)>;
-    let mut by_partition: BTreeMap<u32, Parts> = BTreeMap::new();
+    // Each sink partition's output, part by part in order; handed to the thread that
+    // appends it (and drops it after: freeing a step's records costs about as much as
+    // appending them).
+    let mut by_partition: BTreeMap<u32, Vec<Encoded>> = BTreeMap::new();
     for encoded in std::mem::take(&mut step.encoded) {
         for (p, part) in encoded {
-            by_partition.entry(p).or_default().push(part);
+            by_partition
+                .entry(p)
+                .or_default()
+                .push(Encoded::from([(p, part)]));
         }
     }
-    let appends: Vec<Mutex<Option<(u32, Parts)>>> = by_partition
-        .into_iter()
-        .map(|(p, parts)| Mutex::new(Some((p, parts))))
+    let appends: Vec<Mutex<Option<Vec<Encoded>>>> = by_partition
+        .into_values()
+        .map(|parts| Mutex::new(Some(parts)))
         .collect();
+    let sink = Sink {
+        // (What an append needs of it: whether durable, and the source partition.)
+        tombstones: false,
+        durable,
+        source_partition: partition,
+        headers: &step.headers,
+    };
     let append = |i: usize| -> Result<u64> {
         let taken = appends[i].lock().unwrap_or_else(|e| e.into_inner()).take();
-        let Some((p, parts)) = taken else {
-            return Ok(0);
-        };
         if i > 0 {
             // Crash tests: some of the step's partitions written, not all.
             weir_log::failpoint::hit("mid_output");
         }
         let mut bytes = 0;
-        // Each part as one append, tagged as `append_output` tags it.
-        for (mut records, max) in parts {
-            if records.is_empty() {
-                continue;
-            }
-            if durable
-                && !spec.tag_each
-                && let Some(last) = records.last_mut()
-            {
-                last.headers.push(source_tag(spec, partition, max));
-            }
-            log.append(spec.topic, p, &records)?;
-            bytes += records
-                .iter()
-                .map(|r| {
-                    (r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len))
-                        as u64
-                })
-                .sum::<u64>();
+        for part in taken.into_iter().flatten() {
+            bytes += append_output(log, spec, part, &sink)?;
         }
         Ok(bytes)
     };
@@ -4189,6 +4170,16 @@ fn append_step_at_once(
         written.bytes += bytes?;
     }
     Ok(written)
+}
+
+/// Counts a change about to be written: its rows, and each one's latency from its event
+/// time to now.
+fn count_written(written: &mut pipeline::Written, change: &ChangeBatch) {
+    written.produced += change.batch.num_rows() as u64;
+    let now = now_ms();
+    for t in change.batch.column(0).as_primitive::<Int64Type>().values() {
+        written.latency.observe((now - t).max(0) as f64);
+    }
 }
 
 /// A step's output encoded for the sink, change by change (see [`pipeline::Step::encoded`]),
