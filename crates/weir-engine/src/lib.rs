@@ -4143,10 +4143,6 @@ fn append_step_at_once(
                 .push(Encoded::from([(p, part)]));
         }
     }
-    let appends: Vec<Mutex<Option<Vec<Encoded>>>> = by_partition
-        .into_values()
-        .map(|parts| Mutex::new(Some(parts)))
-        .collect();
     let sink = Sink {
         // (What an append needs of it: whether durable, and the source partition.)
         tombstones: false,
@@ -4154,19 +4150,19 @@ fn append_step_at_once(
         source_partition: partition,
         headers: &step.headers,
     };
-    let append = |i: usize| -> Result<u64> {
-        let taken = appends[i].lock().unwrap_or_else(|e| e.into_inner()).take();
+    let append = |i: usize, parts: Vec<Encoded>| -> Result<u64> {
         if i > 0 {
             // Crash tests: some of the step's partitions written, not all.
             weir_log::failpoint::hit("mid_output");
         }
         let mut bytes = 0;
-        for part in taken.into_iter().flatten() {
+        for part in parts {
             bytes += append_output(log, spec, part, &sink)?;
         }
         Ok(bytes)
     };
-    for bytes in at_once(appends.len(), threads, append) {
+    let appends: Vec<Vec<Encoded>> = by_partition.into_values().collect();
+    for bytes in each_at_once(appends, threads, append) {
         written.bytes += bytes?;
     }
     Ok(written)
@@ -4287,6 +4283,20 @@ fn at_once<T: Send>(count: usize, threads: usize, work: impl Fn(usize) -> T + Sy
     let mut all = helpers::on_threads(threads.min(count), take);
     all.sort_by_key(|(i, _)| *i);
     all.into_iter().map(|(_, t)| t).collect()
+}
+
+/// `work` on each of `items` (owned: a thread takes the item it works on), on up to
+/// `threads` threads at once as [`at_once`]; the results in the items' order.
+fn each_at_once<T: Send, R: Send>(
+    items: Vec<T>,
+    threads: usize,
+    work: impl Fn(usize, T) -> R + Sync,
+) -> Vec<R> {
+    let items: Vec<Mutex<Option<T>>> = items.into_iter().map(|t| Mutex::new(Some(t))).collect();
+    at_once(items.len(), threads, |i| {
+        let item = items[i].lock().unwrap_or_else(|e| e.into_inner()).take();
+        work(i, item.expect("each item is taken once"))
+    })
 }
 
 /// Encodes a batch of output for the sink (nothing written yet).

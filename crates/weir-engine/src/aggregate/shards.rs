@@ -174,12 +174,9 @@ impl Shards {
         let jobs = self.shards.iter_mut().zip(pieces);
         let folded: Vec<Vec<Option<(Changes, Failed)>>> = if rows_in_all >= PARALLEL_ROWS {
             // Each shard's job, taken by the thread that folds it.
-            let jobs: Vec<std::sync::Mutex<Option<_>>> =
-                jobs.map(|job| std::sync::Mutex::new(Some(job))).collect();
-            crate::at_once(jobs.len(), jobs.len(), |i| {
-                let job = jobs[i].lock().unwrap_or_else(|e| e.into_inner()).take();
-                job.map(fold_pieces).unwrap_or_default()
-            })
+            let jobs: Vec<_> = jobs.collect();
+            let threads = jobs.len();
+            crate::each_at_once(jobs, threads, |_, job| fold_pieces(job))
         } else {
             jobs.map(fold_pieces).collect()
         };
