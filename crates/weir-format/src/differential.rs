@@ -98,6 +98,25 @@ pub fn flat_json_layouts() -> Vec<Layout> {
         .collect()
 }
 
+/// The layouts the fast path is checked with: [`flat_json_layouts`], and the same with
+/// ARRAY columns as well (`A` ARRAY<DOUBLE>, `N` ARRAY<BIGINT>, `T` ARRAY<STRING>; a
+/// layout with an ARRAY column goes the general path's other way, through arrow-json,
+/// for all its columns).
+pub fn json_layouts() -> Vec<Layout> {
+    use crate::Column;
+    use weir_sql::ast::SqlType;
+    let flat = flat_json_layouts();
+    let arrays = flat.clone().into_iter().map(|mut layout| {
+        layout.value_columns.extend([
+            Column::new("A", SqlType::Array(Box::new(SqlType::Double))),
+            Column::new("N", SqlType::Array(Box::new(SqlType::Bigint))),
+            Column::new("T", SqlType::Array(Box::new(SqlType::String))),
+        ]);
+        layout
+    });
+    flat.into_iter().chain(arrays).collect()
+}
+
 /// `values` as records of `partition` from offset `first` on, keyed `k0`, `k1`, ..., at
 /// times 1000, 1001, ...: what the fast paths' tests decode.
 pub(crate) fn stored<V: AsRef<[u8]>>(
@@ -147,12 +166,12 @@ pub fn compare(layout: &Layout, values: &[&[u8]], first: u64) -> Result<(), Stri
 
 /// The fuzz target's body (`crates/weir-format/fuzz`, `json_differential`): `data` cut at
 /// 0xFE bytes (never in UTF-8 text) into records, each decoded alone and all together in
-/// one batch with each of [`flat_json_layouts`], checked as [`compare`] does (and the fast
+/// one batch with each of [`json_layouts`], checked as [`compare`] does (and the fast
 /// path's own check enabled); panics at the first difference.
 pub fn fuzz_json(data: &[u8]) {
     enable();
     let values: Vec<&[u8]> = data.split(|b| *b == 0xFE).collect();
-    for layout in flat_json_layouts() {
+    for layout in json_layouts() {
         let check = |batch: &[&[u8]], first: u64| {
             if let Err(why) = compare(&layout, batch, first) {
                 panic!(

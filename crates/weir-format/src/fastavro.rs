@@ -20,6 +20,7 @@ use weir_log::StoredRecord;
 use crate::avro::AvroSchema;
 use crate::fastjson::{Scalar, flat_batch};
 use crate::layout::{Format, Layout};
+use weir_sql::ast::SqlType;
 
 /// How a writer's record maps onto the columns: per field in order, its column (if any).
 struct Plan {
@@ -184,7 +185,13 @@ pub(crate) fn decode(
     schema: &SchemaRef,
     records: &[StoredRecord],
 ) -> Option<RecordBatch> {
-    if layout.value_format.format != Format::Avro {
+    // Flat columns only (Avro arrays are left to the general path).
+    if layout.value_format.format != Format::Avro
+        || layout
+            .value_columns
+            .iter()
+            .any(|c| matches!(c.ty, SqlType::Array(_)))
+    {
         return None;
     }
     let registry = &layout.value_format.schema.as_ref()?.registry;

@@ -1,5 +1,9 @@
 //! The common case decoded straight into Arrow: a JSON object value of flat columns
-//! (BOOLEAN, INT, BIGINT, DOUBLE, STRING) and no key or a KAFKA STRING key. Each record's
+//! (BOOLEAN, INT, BIGINT, DOUBLE, STRING) or ARRAYs of them, and no key or a KAFKA
+//! STRING key. (An array's items — and, beside an ARRAY column, every column's value,
+//! since the general path then reads them all through arrow-json — are taken only as
+//! their own JSON type or null: what the general path might read another way, a number
+//! in a string or a fraction in an integer, it decides.) Each record's
 //! object is read once, by the scanner in `scan.rs` or, where it declines, with
 //! serde_json's streaming deserializer; fields the query does not declare are read as
 //! the general path reads them but not kept, no `Value` or map is built.
@@ -32,9 +36,16 @@ pub(crate) enum Scalar<'a> {
     U64(u64),
     F64(f64),
     Str(std::borrow::Cow<'a, str>),
-    /// An object or array: not for a flat column.
+    /// An array of scalars (JSON only), for an ARRAY column of a flat type: where its
+    /// items lie in the record's item list ([`Fields::items`]), from and how many. (Not a
+    /// boxed list: a type that holds itself has drop glue the compiler calls out of line,
+    /// and every slot a record empties went through it — W1's decode ran 25% slower.)
+    Items(u32, u32),
+    /// An object, or an array with an object in it: not for these columns.
     Nested,
 }
+
+const _: () = assert!(std::mem::size_of::<Scalar>() == 24);
 
 struct ScalarVisitor;
 
@@ -135,6 +146,71 @@ impl<'de> DeserializeSeed<'de> for ScalarVisitor {
     }
 }
 
+/// A field's value: a scalar, or an array whose items (scalars; an array or object among
+/// them reads as [`Scalar::Nested`]) go to the record's item list.
+struct ValueSeed<'x, 'de>(&'x mut Vec<Scalar<'de>>);
+
+impl<'de> Visitor<'de> for ValueSeed<'_, 'de> {
+    type Value = Scalar<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        ScalarVisitor.visit_unit()
+    }
+    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        ScalarVisitor.visit_none()
+    }
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        ScalarVisitor.visit_bool(v)
+    }
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        ScalarVisitor.visit_i64(v)
+    }
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        ScalarVisitor.visit_u64(v)
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        ScalarVisitor.visit_f64(v)
+    }
+    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        ScalarVisitor.visit_borrowed_str(v)
+    }
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        ScalarVisitor.visit_str(v)
+    }
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+        ScalarVisitor.visit_string(v)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+        let start = self.0.len();
+        while let Some(item) = a.next_element_seed(ScalarVisitor)? {
+            self.0.push(item);
+        }
+        Ok(items_at(start, self.0.len()))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, a: A) -> Result<Self::Value, A::Error> {
+        ScalarVisitor.visit_map(a)
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for ValueSeed<'_, 'de> {
+    type Value = Scalar<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+/// The array of a record's items `start..end` (past `u32`'s range: one the general path
+/// must read, as an object would be).
+fn items_at<'de>(start: usize, end: usize) -> Scalar<'de> {
+    match (u32::try_from(start), u32::try_from(end - start)) {
+        (Ok(s), Ok(n)) => Scalar::Items(s, n),
+        _ => Scalar::Nested,
+    }
+}
+
 /// A field name, borrowed from the record's bytes unless it has escapes (serde's own
 /// `Cow<str>` always copies).
 struct KeySeed;
@@ -171,6 +247,14 @@ pub(crate) enum Builder {
     Bigint(Int64Builder),
     Double(Float64Builder),
     Str(StringBuilder),
+    /// An ARRAY of one of the flat types (JSON only): its items' builder, where each
+    /// row's items end, and which rows are null.
+    List {
+        item: arrow::datatypes::FieldRef,
+        items: Box<Builder>,
+        ends: Vec<i32>,
+        nulls: arrow::array::builder::NullBufferBuilder,
+    },
 }
 
 impl Builder {
@@ -187,8 +271,88 @@ impl Builder {
             (DataType::Utf8, SqlType::String) => {
                 Builder::Str(StringBuilder::with_capacity(n, n * 8))
             }
+            (DataType::List(item), SqlType::Array(t)) => {
+                let items = Builder::new(item.data_type(), t, n * 4)?;
+                if matches!(items, Builder::List { .. }) {
+                    return None;
+                }
+                let mut ends = Vec::with_capacity(n + 1);
+                ends.push(0);
+                Builder::List {
+                    item: item.clone(),
+                    items: Box::new(items),
+                    ends,
+                    nulls: arrow::array::builder::NullBufferBuilder::new(n),
+                }
+            }
             _ => return None,
         })
+    }
+
+    /// Appends an array's item: only a value of the item's own JSON type (or null), which
+    /// the general path (arrow-json) reads the same way; false for anything else, which
+    /// it may read otherwise (numbers in strings, a fraction in an integer).
+    fn push_item(&mut self, v: &Scalar) -> bool {
+        match (self, v) {
+            (Builder::Bool(b), Scalar::Null) => b.append_null(),
+            (Builder::Int(b), Scalar::Null) => b.append_null(),
+            (Builder::Bigint(b), Scalar::Null) => b.append_null(),
+            (Builder::Double(b), Scalar::Null) => b.append_null(),
+            (Builder::Str(b), Scalar::Null) => b.append_null(),
+            (Builder::Bool(b), Scalar::Bool(x)) => b.append_value(*x),
+            (Builder::Int(b), Scalar::I64(i)) => match i32::try_from(*i) {
+                Ok(i) => b.append_value(i),
+                Err(_) => return false,
+            },
+            (Builder::Bigint(b), Scalar::I64(i)) => b.append_value(*i),
+            (Builder::Double(b), Scalar::F64(f)) => b.append_value(*f),
+            (Builder::Double(b), Scalar::I64(i)) => b.append_value(*i as f64),
+            (Builder::Double(b), Scalar::U64(u)) => b.append_value(*u as f64),
+            (Builder::Str(b), Scalar::Str(s)) => b.append_value(s),
+            _ => return false,
+        }
+        true
+    }
+
+    /// Appends `v` beside an ARRAY column, where the general path reads every column
+    /// through arrow-json: an array of `items` (the record's item list) to an ARRAY
+    /// column, and to the others a value only of its column's own JSON type; false when
+    /// the general path must decide.
+    fn push_strict(&mut self, v: Option<&Scalar>, items: &[Scalar]) -> bool {
+        let Builder::List {
+            items: into,
+            ends,
+            nulls,
+            ..
+        } = self
+        else {
+            return match v {
+                Some(v) => self.push_item(v),
+                None => self.push(None),
+            };
+        };
+        let end = *ends.last().expect("starts with 0");
+        match v {
+            None | Some(Scalar::Null) => nulls.append_null(),
+            Some(Scalar::Items(from, n)) => {
+                let (from, n) = (*from as usize, *n as usize);
+                if !items[from..from + n]
+                    .iter()
+                    .all(|item| into.push_item(item))
+                {
+                    return false;
+                }
+                let Some(next) = i32::try_from(n).ok().and_then(|n| end.checked_add(n)) else {
+                    return false;
+                };
+                ends.push(next);
+                nulls.append_non_null();
+                return true;
+            }
+            Some(_) => return false,
+        }
+        ends.push(end);
+        true
     }
 
     /// Appends `v`; false when the general path must decide.
@@ -231,6 +395,17 @@ impl Builder {
             Builder::Bigint(mut b) => Arc::new(b.finish()),
             Builder::Double(mut b) => Arc::new(b.finish()),
             Builder::Str(mut b) => Arc::new(b.finish()),
+            Builder::List {
+                item,
+                items,
+                ends,
+                mut nulls,
+            } => Arc::new(arrow::array::ListArray::new(
+                item,
+                arrow::buffer::OffsetBuffer::new(ends.into()),
+                items.finish(),
+                nulls.finish(),
+            )),
         }
     }
 }
@@ -241,6 +416,8 @@ struct Fields<'a, 'de> {
     names: &'a [String],
     exact: Vec<Option<Scalar<'de>>>,
     loose: Vec<Option<Scalar<'de>>>,
+    /// The items of the record's arrays, each array's in a run ([`Scalar::Items`]).
+    items: Vec<Scalar<'de>>,
     duplicate: bool,
 }
 
@@ -283,6 +460,7 @@ impl<'de> Fields<'_, 'de> {
             .iter_mut()
             .chain(&mut self.loose)
             .for_each(|s| *s = None);
+        self.items.clear();
         self.duplicate = false;
     }
 }
@@ -298,7 +476,7 @@ impl<'de> Visitor<'de> for &mut Fields<'_, 'de> {
         while let Some(key) = a.next_key_seed(KeySeed)? {
             match self.slot(&key) {
                 Some(at) => {
-                    let v = a.next_value_seed(ScalarVisitor)?;
+                    let v = a.next_value_seed(ValueSeed(&mut self.items))?;
                     self.put(at, v);
                 }
                 None => a.next_value_seed(Skip)?,
@@ -346,10 +524,15 @@ pub(crate) fn decode(
         .iter()
         .map(|c| c.name.clone())
         .collect();
+    let strict = layout
+        .value_columns
+        .iter()
+        .any(|c| matches!(c.ty, SqlType::Array(_)));
     let mut fields_of = Fields {
         names: &names,
         exact: (0..names.len()).map(|_| None).collect(),
         loose: (0..names.len()).map(|_| None).collect(),
+        items: Vec::new(),
         duplicate: false,
     };
     flat_batch(layout, schema, records, |bytes, values| {
@@ -362,6 +545,7 @@ pub(crate) fn decode(
                 .all(Option::is_none)
         );
         fields_of.duplicate = false;
+        fields_of.items.clear();
         // The scanner first; what it declines goes through serde_json's deserializer.
         if !scan::object(bytes, &mut fields_of) {
             fields_of.clear();
@@ -374,10 +558,20 @@ pub(crate) fn decode(
             return None;
         }
         for (c, b) in values.iter_mut().enumerate() {
-            // Both taken: the next record starts from empty slots.
-            let (exact, loose) = (fields_of.exact[c].take(), fields_of.loose[c].take());
-            let v = exact.or(loose);
-            if !b.push(v.as_ref()) {
+            // Read where it lies (moving a scalar out of its slot costs more than the
+            // push), then both slots emptied: the next record starts from empty ones.
+            let v = match &fields_of.exact[c] {
+                Some(v) => Some(v),
+                None => fields_of.loose[c].as_ref(),
+            };
+            let pushed = if strict {
+                b.push_strict(v, &fields_of.items)
+            } else {
+                b.push(v)
+            };
+            fields_of.exact[c] = None;
+            fields_of.loose[c] = None;
+            if !pushed {
                 return None;
             }
         }
@@ -513,6 +707,51 @@ mod tests {
                 let (a, b) = (l.decode(&schema, &batch), l.decode_general(&schema, &batch));
                 assert_eq!(a.batch, b.batch);
                 assert_eq!(a.errors, b.errors);
+            }
+        }
+    }
+
+    /// ARRAY columns of flat types: arrays of their items' own JSON type (or null items,
+    /// or a null or missing array) are taken, as the general path decodes them; items
+    /// the general path might read another way, or nested ones, it leaves.
+    #[test]
+    fn arrays_of_flat_items_are_taken_as_the_general_path_reads_them() {
+        let taken = [
+            r#"{"A": [1.5, -2, null, 1e300], "N": [9007199254740993, -1], "T": ["x", null, ""]}"#,
+            r#"{"a": [], "N": null, "t": ["é"], "D": 0.1}"#,
+            r#"{"B": true, "EXTRA": [[1], {"x": 2}]}"#,
+            r#"{"A":[ 0.30000000000000004 ,5e-324],"T":[ "a" , "b" ]}"#,
+            r#"{"A": [18446744073709551615, 9223372036854775807]}"#,
+        ];
+        let declined = [
+            r#"{"N": [1.5]}"#,   // a fraction in an integer
+            r#"{"N": ["12"]}"#,  // a number in a string
+            r#"{"T": [12]}"#,    // a number for a string
+            r#"{"A": [[1.5]]}"#, // nested
+            r#"{"A": [{}]}"#,
+            r#"{"A": 1.5}"#,  // not an array
+            r#"{"S": [1]}"#,  // an array for a string
+            r#"{"A": [1,]}"#, // bad JSON
+        ];
+        let layouts: Vec<Layout> = crate::differential::json_layouts()
+            .into_iter()
+            .filter(|l| l.value_columns.len() > 5)
+            .collect();
+        assert_eq!(layouts.len(), 2);
+        for l in layouts {
+            let schema = l.schema();
+            let all = records(&taken);
+            let fast = super::decode(&l, &schema, &all).expect("taken");
+            let general = l.decode_general(&schema, &all);
+            assert!(general.errors.is_empty(), "{:?}", general.errors);
+            assert_eq!(fast, general.batch);
+            for d in declined {
+                let mut batch = records(&taken);
+                batch.extend(records(&[d]));
+                assert!(super::decode(&l, &schema, &batch).is_none(), "{d}");
+                let (a, b) = (l.decode(&schema, &batch), l.decode_general(&schema, &batch));
+                assert_eq!(a.batch, b.batch, "{d}");
+                assert_eq!(a.errors, b.errors, "{d}");
             }
         }
     }

@@ -1,6 +1,6 @@
 //! A hand-written scanner for the common record: one JSON object of scalar values
-//! (strings without escapes, `true`, `false`, `null`, numbers) and nothing after it but
-//! whitespace. It reads each value straight into the record's column slots, with no
+//! (strings without escapes, `true`, `false`, `null`, numbers) or arrays of them, and
+//! nothing after it but whitespace. It reads each value straight into the record's column slots, with no
 //! per-value calls through serde. Anything else — an escape, a control character or bad
 //! UTF-8 in a string, a nested value, a number the general path might read another way
 //! (`-0`, an integer of more than 18 digits, one out of range), bad JSON — it declines,
@@ -13,6 +13,8 @@ use super::{Fields, Scalar};
 
 /// Reads `bytes` into `fields`' slots; false when it declines (the slots may then hold
 /// part of the record: the caller clears them).
+// Out of line, as a function of its own: inlined into the decoding loop it ran slower.
+#[inline(never)]
 pub(super) fn object<'de>(bytes: &'de [u8], fields: &mut Fields<'_, 'de>) -> bool {
     let mut s = Scanner { bytes, at: 0 };
     s.object(fields).is_some()
@@ -74,7 +76,7 @@ impl<'de> Scanner<'de> {
                 self.space();
                 self.eat(b':')?;
                 self.space();
-                let value = self.value()?;
+                let value = self.value(Some(&mut fields.items))?;
                 let at = match fields.names.get(next) {
                     Some(n) if n.as_bytes() == key => Some((next, true)),
                     _ => fields.slot_bytes(key),
@@ -102,12 +104,14 @@ impl<'de> Scanner<'de> {
     }
 
     /// A string without escapes or control characters, valid UTF-8.
+    #[inline(always)]
     fn string(&mut self) -> Option<&'de str> {
         std::str::from_utf8(self.string_bytes()?.0).ok()
     }
 
     /// A string's bytes (no escapes or control characters; not checked for UTF-8), and
     /// whether they are all ASCII.
+    #[inline(always)]
     fn string_bytes(&mut self) -> Option<(&'de [u8], bool)> {
         self.eat(b'"')?;
         let start = self.at;
@@ -133,7 +137,10 @@ impl<'de> Scanner<'de> {
             .then(|| self.at += word.len())
     }
 
-    fn value(&mut self) -> Option<Scalar<'de>> {
+    /// A field's value: a scalar, or (where `items` is given) an array of them, its items
+    /// put in `items`.
+    #[inline(always)]
+    fn value(&mut self, items: Option<&mut Vec<Scalar<'de>>>) -> Option<Scalar<'de>> {
         Some(match self.peek()? {
             b'"' => Scalar::Str(Cow::Borrowed(self.string()?)),
             b't' => {
@@ -149,13 +156,55 @@ impl<'de> Scanner<'de> {
                 Scalar::Null
             }
             b'-' | b'0'..=b'9' => self.number()?,
+            b'[' => {
+                // Out of line, the scanner passed by value: were its address taken,
+                // the object loop would keep its place in memory, not in a register.
+                let (list, at) = Scanner::list(self.bytes, self.at, items?)?;
+                self.at = at;
+                list
+            }
             _ => return None,
         })
+    }
+
+    /// An array of scalars, its items put in `items` (an array or object in it is
+    /// declined).
+    // Kept out of line: the scalars' path, inlined into `object`, stays one loop.
+    #[inline(never)]
+    fn list(
+        bytes: &'de [u8],
+        at: usize,
+        items: &mut Vec<Scalar<'de>>,
+    ) -> Option<(Scalar<'de>, usize)> {
+        let mut s = Scanner { bytes, at };
+        s.eat(b'[')?;
+        s.space();
+        let start = items.len();
+        if s.eat(b']').is_some() {
+            return Some((super::items_at(start, start), s.at));
+        }
+        loop {
+            // (An array or object in it is declined.)
+            items.push(s.value(None)?);
+            s.space();
+            match s.peek()? {
+                b',' => {
+                    s.at += 1;
+                    s.space();
+                }
+                b']' => {
+                    s.at += 1;
+                    return Some((super::items_at(start, items.len()), s.at));
+                }
+                _ => return None,
+            }
+        }
     }
 
     /// Digits from here: how many, and `value` followed by them while it fits in a u64
     /// (`None` past that, and for a run of more than 19 digits, which the caller reads
     /// the general way).
+    #[inline(always)]
     fn digits(&mut self, value: Option<u64>) -> (usize, Option<u64>) {
         let start = self.at;
         // The run's own value, exact while it has at most 19 digits (< 10^19 < 2^64).
@@ -180,6 +229,7 @@ impl<'de> Scanner<'de> {
     }
 
     /// A number in JSON's grammar, followed by what may follow a value.
+    #[inline(always)]
     fn number(&mut self) -> Option<Scalar<'de>> {
         let start = self.at;
         let negative = self.eat(b'-').is_some();
@@ -228,7 +278,7 @@ impl<'de> Scanner<'de> {
         }
         if !matches!(
             self.peek(),
-            None | Some(b' ' | b'\n' | b'\r' | b'\t' | b',' | b'}')
+            None | Some(b' ' | b'\n' | b'\r' | b'\t' | b',' | b'}' | b']')
         ) {
             return None;
         }
@@ -281,6 +331,7 @@ mod tests {
             names: &names,
             exact: vec![None],
             loose: vec![None],
+            items: Vec::new(),
             duplicate: false,
         };
         let record = format!(r#"{{"D": {text}}}"#);
