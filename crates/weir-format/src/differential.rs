@@ -98,23 +98,50 @@ pub fn flat_json_layouts() -> Vec<Layout> {
         .collect()
 }
 
-/// The layouts the fast path is checked with: [`flat_json_layouts`], and the same with
-/// ARRAY columns as well (`A` ARRAY<DOUBLE>, `N` ARRAY<BIGINT>, `T` ARRAY<STRING>; a
-/// layout with an ARRAY column goes the general path's other way, through arrow-json,
-/// for all its columns).
+/// The layouts the fast path is checked with: [`flat_json_layouts`]; the same with ARRAY
+/// columns as well (`A` ARRAY<DOUBLE>, `N` ARRAY<BIGINT>, `T` ARRAY<STRING>); and with
+/// a STRUCT, a MAP and an ARRAY (`R` STRUCT<X DOUBLE, Yy STRING, Z BIGINT>, `M`
+/// MAP<STRING, DOUBLE>, `A`). A layout with any of these goes the general path's other
+/// way, through arrow-json, for all its columns.
 pub fn json_layouts() -> Vec<Layout> {
     use crate::Column;
-    use weir_sql::ast::SqlType;
+    use weir_sql::ast::{Ident, SqlType, StructFieldType};
     let flat = flat_json_layouts();
+    let array = |t: SqlType| SqlType::Array(Box::new(t));
     let arrays = flat.clone().into_iter().map(|mut layout| {
         layout.value_columns.extend([
-            Column::new("A", SqlType::Array(Box::new(SqlType::Double))),
-            Column::new("N", SqlType::Array(Box::new(SqlType::Bigint))),
-            Column::new("T", SqlType::Array(Box::new(SqlType::String))),
+            Column::new("A", array(SqlType::Double)),
+            Column::new("N", array(SqlType::Bigint)),
+            Column::new("T", array(SqlType::String)),
         ]);
         layout
     });
-    flat.into_iter().chain(arrays).collect()
+    let field = |name: &str, ty: SqlType| StructFieldType {
+        name: Ident::new(name),
+        ty,
+    };
+    let nested = flat.clone().into_iter().map(|mut layout| {
+        layout.value_columns.extend([
+            Column::new(
+                "R",
+                SqlType::Struct(vec![
+                    field("X", SqlType::Double),
+                    field("Yy", SqlType::String),
+                    field("Z", SqlType::Bigint),
+                ]),
+            ),
+            Column::new(
+                "M",
+                SqlType::Map(Box::new(SqlType::String), Box::new(SqlType::Double)),
+            ),
+            Column::new("A", array(SqlType::Double)),
+        ]);
+        layout
+    });
+    let mut all = flat;
+    all.extend(arrays);
+    all.extend(nested);
+    all
 }
 
 /// `values` as records of `partition` from offset `first` on, keyed `k0`, `k1`, ..., at

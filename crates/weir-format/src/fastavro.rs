@@ -185,12 +185,14 @@ pub(crate) fn decode(
     schema: &SchemaRef,
     records: &[StoredRecord],
 ) -> Option<RecordBatch> {
-    // Flat columns only (Avro arrays are left to the general path).
+    // Flat columns only (Avro arrays, records and maps are left to the general path).
     if layout.value_format.format != Format::Avro
-        || layout
-            .value_columns
-            .iter()
-            .any(|c| matches!(c.ty, SqlType::Array(_)))
+        || layout.value_columns.iter().any(|c| {
+            matches!(
+                c.ty,
+                SqlType::Array(_) | SqlType::Struct(_) | SqlType::Map(..)
+            )
+        })
     {
         return None;
     }

@@ -30,8 +30,11 @@ impl Rng {
 
 const NAMES: &[&str] = &[
     "B", "b", "I", "i", "L", "l", "D", "d", "S", "s", "X", "EXTRA", "S2", "", "\\u0044", "\\u0053",
-    "I ", "\\u0000", "A", "a", "N", "T", "t",
+    "I ", "\\u0000", "A", "a", "N", "T", "t", "R", "r", "M", "m",
 ];
+
+/// Names inside a STRUCT or MAP value: its fields' in every case, others, escaped ones.
+const INNER: &[&str] = &["X", "x", "Yy", "YY", "yy", "Z", "W", "", "\\u0058", "X "];
 
 const NUMBERS: &[&str] = &[
     "0",
@@ -160,6 +163,33 @@ fn fitting(rng: &mut Rng, name: &str) -> String {
             }
             text.push_str(space(rng));
             text.push(']');
+            text
+        }
+        "R" | "M" => {
+            // An object of 0 to 4 fields (now and then another value).
+            if rng.below(8) == 0 {
+                return pick(
+                    rng,
+                    &["null", "{}", r#"{"X": {}}"#, r#"{"Z": [1]}"#, "[]", "1"],
+                );
+            }
+            let mut text = String::from("{");
+            for i in 0..rng.below(5) {
+                if i > 0 {
+                    text.push(',');
+                }
+                text.push_str(space(rng));
+                let field = rng.pick(INNER);
+                let item = match (field.to_ascii_uppercase().as_str(), rng.below(6)) {
+                    (_, 0) => "null".to_string(),
+                    (_, 1) => value(rng),
+                    ("YY", _) => pick(rng, STRINGS),
+                    _ => pick(rng, NUMBERS),
+                };
+                text.push_str(&format!("\"{field}\":{}{item}", space(rng)));
+            }
+            text.push_str(space(rng));
+            text.push('}');
             text
         }
         _ => value(rng),

@@ -1,9 +1,11 @@
 //! The common case decoded straight into Arrow: a JSON object value of flat columns
-//! (BOOLEAN, INT, BIGINT, DOUBLE, STRING) or ARRAYs of them, and no key or a KAFKA
-//! STRING key. (An array's items — and, beside an ARRAY column, every column's value,
-//! since the general path then reads them all through arrow-json — are taken only as
-//! their own JSON type or null: what the general path might read another way, a number
-//! in a string or a fraction in an integer, it decides.) Each record's
+//! (BOOLEAN, INT, BIGINT, DOUBLE, STRING), ARRAYs of them, STRUCTs of them and MAPs from
+//! STRING to them, and no key or a KAFKA STRING key. (Items, fields and map values —
+//! and, beside a nested column, every column's value, since the general path then reads
+//! them all through arrow-json — are taken only as their own JSON type or null: what the
+//! general path might read another way, a number in a string or a fraction in an
+//! integer, it decides; so are objects with a name twice, in any case for a STRUCT, and
+//! nesting two deep.) Each record's
 //! object is read once, by the scanner in `scan.rs` or, where it declines, with
 //! serde_json's streaming deserializer; fields the query does not declare are read as
 //! the general path reads them but not kept, no `Value` or map is built.
@@ -41,9 +43,15 @@ pub(crate) enum Scalar<'a> {
     /// boxed list: a type that holds itself has drop glue the compiler calls out of line,
     /// and every slot a record empties went through it — W1's decode ran 25% slower.)
     Items(u32, u32),
-    /// An object, or an array with an object in it: not for these columns.
+    /// An object of scalars (JSON only), for a STRUCT or MAP column of flat types: where
+    /// its fields lie in the record's item list, from and how many.
+    Object(u32, u32),
+    /// An object or array with an object or array in it: not for these columns.
     Nested,
 }
+
+/// An array's item (its name empty) or an object's field, in a record's item list.
+type Item<'de> = (std::borrow::Cow<'de, str>, Scalar<'de>);
 
 const _: () = assert!(std::mem::size_of::<Scalar>() == 24);
 
@@ -146,9 +154,9 @@ impl<'de> DeserializeSeed<'de> for ScalarVisitor {
     }
 }
 
-/// A field's value: a scalar, or an array whose items (scalars; an array or object among
-/// them reads as [`Scalar::Nested`]) go to the record's item list.
-struct ValueSeed<'x, 'de>(&'x mut Vec<Scalar<'de>>);
+/// A field's value: a scalar, or an array or object whose items or fields (scalars; an
+/// array or object among them reads as [`Scalar::Nested`]) go to the record's item list.
+struct ValueSeed<'x, 'de>(&'x mut Vec<Item<'de>>);
 
 impl<'de> Visitor<'de> for ValueSeed<'_, 'de> {
     type Value = Scalar<'de>;
@@ -186,12 +194,17 @@ impl<'de> Visitor<'de> for ValueSeed<'_, 'de> {
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
         let start = self.0.len();
         while let Some(item) = a.next_element_seed(ScalarVisitor)? {
-            self.0.push(item);
+            self.0.push((std::borrow::Cow::Borrowed(""), item));
         }
-        Ok(items_at(start, self.0.len()))
+        Ok(items_at(start, self.0.len(), false))
     }
-    fn visit_map<A: MapAccess<'de>>(self, a: A) -> Result<Self::Value, A::Error> {
-        ScalarVisitor.visit_map(a)
+    fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+        let start = self.0.len();
+        while let Some(name) = a.next_key_seed(KeySeed)? {
+            let v = a.next_value_seed(ScalarVisitor)?;
+            self.0.push((name, v));
+        }
+        Ok(items_at(start, self.0.len(), true))
     }
 }
 
@@ -202,13 +215,31 @@ impl<'de> DeserializeSeed<'de> for ValueSeed<'_, 'de> {
     }
 }
 
-/// The array of a record's items `start..end` (past `u32`'s range: one the general path
-/// must read, as an object would be).
-fn items_at<'de>(start: usize, end: usize) -> Scalar<'de> {
+/// The array (or object) of a record's items `start..end` (past `u32`'s range: one the
+/// general path must read).
+fn items_at<'de>(start: usize, end: usize, object: bool) -> Scalar<'de> {
     match (u32::try_from(start), u32::try_from(end - start)) {
+        (Ok(s), Ok(n)) if object => Scalar::Object(s, n),
         (Ok(s), Ok(n)) => Scalar::Items(s, n),
         _ => Scalar::Nested,
     }
+}
+
+/// Whether an object's fields (at most 32) have distinct names (in any case, with
+/// `any_case`): one with a name twice, or a long one, the general path reads. (serde_json
+/// keeps a repeated name's last value at its first place; and a struct's field is found
+/// in any case in an order its earlier fields' removals have shuffled.)
+fn distinct_names(fields: &[Item], any_case: bool) -> bool {
+    fields.len() <= 32
+        && fields.iter().enumerate().all(|(i, (name, _))| {
+            fields[..i].iter().all(|(other, _)| {
+                if any_case {
+                    !other.eq_ignore_ascii_case(name)
+                } else {
+                    other != name
+                }
+            })
+        })
 }
 
 /// A field name, borrowed from the record's bytes unless it has escapes (serde's own
@@ -255,6 +286,22 @@ pub(crate) enum Builder {
         ends: Vec<i32>,
         nulls: arrow::array::builder::NullBufferBuilder,
     },
+    /// A STRUCT of flat types (JSON only, field names distinct in any case): its fields'
+    /// names and builders, and which rows are null.
+    Struct {
+        fields: arrow::datatypes::Fields,
+        children: Vec<Builder>,
+        nulls: arrow::array::builder::NullBufferBuilder,
+    },
+    /// A MAP from STRING to a flat type (JSON only): its keys' and values' builders,
+    /// where each row's entries end, and which rows are null.
+    Map {
+        entries: arrow::datatypes::FieldRef,
+        keys: StringBuilder,
+        values: Box<Builder>,
+        ends: Vec<i32>,
+        nulls: arrow::array::builder::NullBufferBuilder,
+    },
 }
 
 impl Builder {
@@ -272,10 +319,7 @@ impl Builder {
                 Builder::Str(StringBuilder::with_capacity(n, n * 8))
             }
             (DataType::List(item), SqlType::Array(t)) => {
-                let items = Builder::new(item.data_type(), t, n * 4)?;
-                if matches!(items, Builder::List { .. }) {
-                    return None;
-                }
+                let items = Builder::new(item.data_type(), t, n * 4)?.flat()?;
                 let mut ends = Vec::with_capacity(n + 1);
                 ends.push(0);
                 Builder::List {
@@ -285,8 +329,54 @@ impl Builder {
                     nulls: arrow::array::builder::NullBufferBuilder::new(n),
                 }
             }
+            (DataType::Struct(fields), SqlType::Struct(declared)) => {
+                let distinct = fields.iter().enumerate().all(|(i, f)| {
+                    fields[..i]
+                        .iter()
+                        .all(|g| !g.name().eq_ignore_ascii_case(f.name()))
+                });
+                if !distinct || fields.len() != declared.len() {
+                    return None;
+                }
+                let children = fields
+                    .iter()
+                    .zip(declared)
+                    .map(|(f, d)| Builder::new(f.data_type(), &d.ty, n)?.flat())
+                    .collect::<Option<Vec<_>>>()?;
+                Builder::Struct {
+                    fields: fields.clone(),
+                    children,
+                    nulls: arrow::array::builder::NullBufferBuilder::new(n),
+                }
+            }
+            (DataType::Map(entries, false), SqlType::Map(k, v)) if **k == SqlType::String => {
+                let DataType::Struct(kv) = entries.data_type() else {
+                    return None;
+                };
+                if kv.len() != 2 || kv[0].data_type() != &DataType::Utf8 {
+                    return None;
+                }
+                let values = Builder::new(kv[1].data_type(), v, n * 4)?.flat()?;
+                let mut ends = Vec::with_capacity(n + 1);
+                ends.push(0);
+                Builder::Map {
+                    entries: entries.clone(),
+                    keys: StringBuilder::with_capacity(n * 4, n * 32),
+                    values: Box::new(values),
+                    ends,
+                    nulls: arrow::array::builder::NullBufferBuilder::new(n),
+                }
+            }
             _ => return None,
         })
+    }
+
+    /// This builder, if of a flat type (what an array, struct or map here may hold).
+    fn flat(self) -> Option<Builder> {
+        match self {
+            Builder::List { .. } | Builder::Struct { .. } | Builder::Map { .. } => None,
+            b => Some(b),
+        }
     }
 
     /// Appends an array's item: only a value of the item's own JSON type (or null), which
@@ -314,45 +404,128 @@ impl Builder {
         true
     }
 
-    /// Appends `v` beside an ARRAY column, where the general path reads every column
-    /// through arrow-json: an array of `items` (the record's item list) to an ARRAY
-    /// column, and to the others a value only of its column's own JSON type; false when
-    /// the general path must decide.
-    fn push_strict(&mut self, v: Option<&Scalar>, items: &[Scalar]) -> bool {
-        let Builder::List {
-            items: into,
-            ends,
-            nulls,
-            ..
-        } = self
-        else {
-            return match v {
-                Some(v) => self.push_item(v),
-                None => self.push(None),
-            };
-        };
-        let end = *ends.last().expect("starts with 0");
-        match v {
-            None | Some(Scalar::Null) => nulls.append_null(),
-            Some(Scalar::Items(from, n)) => {
-                let (from, n) = (*from as usize, *n as usize);
-                if !items[from..from + n]
-                    .iter()
-                    .all(|item| into.push_item(item))
-                {
-                    return false;
-                }
-                let Some(next) = i32::try_from(n).ok().and_then(|n| end.checked_add(n)) else {
-                    return false;
+    /// Appends `v` beside an ARRAY, STRUCT or MAP column, where the general path reads
+    /// every column through arrow-json: an array (of `items`, the record's item list) to
+    /// an ARRAY column, an object to a STRUCT or MAP column, and to the others a value
+    /// only of its column's own JSON type; false when the general path must decide.
+    fn push_strict(&mut self, v: Option<&Scalar>, items: &[Item]) -> bool {
+        let run = |from: &u32, n: &u32| &items[*from as usize..(*from + *n) as usize];
+        match (self, v) {
+            (
+                Builder::List {
+                    items: into,
+                    ends,
+                    nulls,
+                    ..
+                },
+                v,
+            ) => {
+                let end = *ends.last().expect("starts with 0");
+                let next = match v {
+                    None | Some(Scalar::Null) => {
+                        nulls.append_null();
+                        end
+                    }
+                    Some(Scalar::Items(from, n)) => {
+                        let list = run(from, n);
+                        if !list.iter().all(|(_, item)| into.push_item(item)) {
+                            return false;
+                        }
+                        let Some(next) = i32::try_from(list.len())
+                            .ok()
+                            .and_then(|n| end.checked_add(n))
+                        else {
+                            return false;
+                        };
+                        nulls.append_non_null();
+                        next
+                    }
+                    Some(_) => return false,
                 };
                 ends.push(next);
-                nulls.append_non_null();
-                return true;
+                true
             }
-            Some(_) => return false,
+            (
+                Builder::Struct {
+                    fields,
+                    children,
+                    nulls,
+                },
+                v,
+            ) => {
+                match v {
+                    None | Some(Scalar::Null) => {
+                        nulls.append_null();
+                        // (Each child's null: never false.)
+                        children.iter_mut().all(|c| c.push_item(&Scalar::Null))
+                    }
+                    Some(Scalar::Object(from, n)) => {
+                        let object = run(from, n);
+                        if !distinct_names(object, true) {
+                            return false;
+                        }
+                        // Each field by its exact name, else in any case (the object's
+                        // names and the fields' are distinct in any case: at most one
+                        // matches, and no field of the object is taken twice).
+                        for (f, c) in fields.iter().zip(children.iter_mut()) {
+                            let name = f.name().as_str();
+                            let found = object.iter().find(|(k, _)| k == name).or_else(|| {
+                                object.iter().find(|(k, _)| k.eq_ignore_ascii_case(name))
+                            });
+                            if !c.push_item(found.map_or(&Scalar::Null, |(_, v)| v)) {
+                                return false;
+                            }
+                        }
+                        nulls.append_non_null();
+                        true
+                    }
+                    Some(_) => false,
+                }
+            }
+            (
+                Builder::Map {
+                    keys,
+                    values,
+                    ends,
+                    nulls,
+                    ..
+                },
+                v,
+            ) => {
+                let end = *ends.last().expect("starts with 0");
+                let next = match v {
+                    None | Some(Scalar::Null) => {
+                        nulls.append_null();
+                        end
+                    }
+                    Some(Scalar::Object(from, n)) => {
+                        let object = run(from, n);
+                        if !distinct_names(object, false) {
+                            return false;
+                        }
+                        for (k, v) in object {
+                            if !values.push_item(v) {
+                                return false;
+                            }
+                            keys.append_value(k);
+                        }
+                        let Some(next) = i32::try_from(object.len())
+                            .ok()
+                            .and_then(|n| end.checked_add(n))
+                        else {
+                            return false;
+                        };
+                        nulls.append_non_null();
+                        next
+                    }
+                    Some(_) => return false,
+                };
+                ends.push(next);
+                true
+            }
+            (b, Some(v)) => b.push_item(v),
+            (b, None) => b.push(None),
         }
-        ends.push(end);
-        true
     }
 
     /// Appends `v`; false when the general path must decide.
@@ -406,6 +579,38 @@ impl Builder {
                 items.finish(),
                 nulls.finish(),
             )),
+            Builder::Struct {
+                fields,
+                children,
+                mut nulls,
+            } => Arc::new(arrow::array::StructArray::new(
+                fields,
+                children.into_iter().map(Builder::finish).collect(),
+                nulls.finish(),
+            )),
+            Builder::Map {
+                entries,
+                mut keys,
+                values,
+                ends,
+                mut nulls,
+            } => {
+                let DataType::Struct(kv) = entries.data_type() else {
+                    unreachable!("made with a struct of key and value")
+                };
+                let pairs = arrow::array::StructArray::new(
+                    kv.clone(),
+                    vec![Arc::new(keys.finish()), values.finish()],
+                    None,
+                );
+                Arc::new(arrow::array::MapArray::new(
+                    entries,
+                    arrow::buffer::OffsetBuffer::new(ends.into()),
+                    pairs,
+                    nulls.finish(),
+                    false,
+                ))
+            }
         }
     }
 }
@@ -416,8 +621,9 @@ struct Fields<'a, 'de> {
     names: &'a [String],
     exact: Vec<Option<Scalar<'de>>>,
     loose: Vec<Option<Scalar<'de>>>,
-    /// The items of the record's arrays, each array's in a run ([`Scalar::Items`]).
-    items: Vec<Scalar<'de>>,
+    /// The items of the record's arrays and fields of its objects, each array's or
+    /// object's in a run ([`Scalar::Items`], [`Scalar::Object`]).
+    items: Vec<Item<'de>>,
     duplicate: bool,
 }
 
@@ -442,6 +648,7 @@ impl<'de> Fields<'_, 'de> {
     /// Keeps a field's value in its column's slot: an exact name wins over a
     /// case-insensitive one, the first case-insensitive match over later ones; a second
     /// value under one name marks the record a duplicate.
+    #[inline(always)]
     fn put(&mut self, (c, exact): (usize, bool), v: Scalar<'de>) {
         if exact {
             if self.exact[c].replace(v).is_some() {
@@ -524,10 +731,12 @@ pub(crate) fn decode(
         .iter()
         .map(|c| c.name.clone())
         .collect();
-    let strict = layout
-        .value_columns
-        .iter()
-        .any(|c| matches!(c.ty, SqlType::Array(_)));
+    let strict = layout.value_columns.iter().any(|c| {
+        matches!(
+            c.ty,
+            SqlType::Array(_) | SqlType::Struct(_) | SqlType::Map(..)
+        )
+    });
     let mut fields_of = Fields {
         names: &names,
         exact: (0..names.len()).map(|_| None).collect(),
@@ -735,7 +944,57 @@ mod tests {
         ];
         let layouts: Vec<Layout> = crate::differential::json_layouts()
             .into_iter()
-            .filter(|l| l.value_columns.len() > 5)
+            .filter(|l| l.value_columns.iter().any(|c| c.name == "N"))
+            .collect();
+        assert_eq!(layouts.len(), 2);
+        for l in layouts {
+            let schema = l.schema();
+            let all = records(&taken);
+            let fast = super::decode(&l, &schema, &all).expect("taken");
+            let general = l.decode_general(&schema, &all);
+            assert!(general.errors.is_empty(), "{:?}", general.errors);
+            assert_eq!(fast, general.batch);
+            for d in declined {
+                let mut batch = records(&taken);
+                batch.extend(records(&[d]));
+                assert!(super::decode(&l, &schema, &batch).is_none(), "{d}");
+                let (a, b) = (l.decode(&schema, &batch), l.decode_general(&schema, &batch));
+                assert_eq!(a.batch, b.batch, "{d}");
+                assert_eq!(a.errors, b.errors, "{d}");
+            }
+        }
+    }
+
+    /// STRUCT and MAP columns of flat types: objects of their fields' own JSON types (or
+    /// null fields, or a null or missing object) are taken, as the general path decodes
+    /// them — a struct's fields by exact name, else the first in any case; a map's entries
+    /// in the object's order; what the general path might read another way it leaves.
+    #[test]
+    fn structs_and_maps_of_flat_fields_are_taken_as_the_general_path_reads_them() {
+        let taken = [
+            r#"{"R": {"X": 1.5, "Yy": "a", "Z": 7}, "M": {"b": 2, "a": -1.5e3, "c": null}}"#,
+            r#"{"r": {"x": 2, "YY": "b", "W": [1, {}]}, "m": {"a": 1, "A": 2}}"#,
+            r#"{"R": {"Yy": "exact"}, "M": null, "A": [1]}"#,
+            r#"{"R": {}, "M": {"": 0, "X ": 1}}"#,
+            r#"{"R": null}"#,
+            r#"{"B": true, "EXTRA": {"x": {"y": 1}}}"#,
+        ];
+        let declined = [
+            r#"{"R": {"X": "1.5"}}"#,       // a number in a string
+            r#"{"R": {"Z": 1.5}}"#,         // a fraction in an integer
+            r#"{"R": {"X": 1, "X": 2}}"#,   // a name twice
+            r#"{"R": {"yy": 1, "YY": 2}}"#, // a name twice in any case
+            r#"{"R": {"X": {"n": 1}}}"#,    // nested
+            r#"{"R": [1]}"#,                // not an object
+            r#"{"M": {"a": 1, "a": 2}}"#,   // a key twice
+            r#"{"M": {"a": "1"}}"#,         // a number in a string
+            r#"{"M": {"a": [1]}}"#,         // nested
+            r#"{"M": "x"}"#,                // not an object
+            r#"{"R": {"X": 1,}}"#,          // bad JSON
+        ];
+        let layouts: Vec<Layout> = crate::differential::json_layouts()
+            .into_iter()
+            .filter(|l| l.value_columns.iter().any(|c| c.name == "R"))
             .collect();
         assert_eq!(layouts.len(), 2);
         for l in layouts {

@@ -9,7 +9,7 @@
 
 use std::borrow::Cow;
 
-use super::{Fields, Scalar};
+use super::{Fields, Item, Scalar};
 
 /// Reads `bytes` into `fields`' slots; false when it declines (the slots may then hold
 /// part of the record: the caller clears them).
@@ -137,10 +137,10 @@ impl<'de> Scanner<'de> {
             .then(|| self.at += word.len())
     }
 
-    /// A field's value: a scalar, or (where `items` is given) an array of them, its items
-    /// put in `items`.
+    /// A field's value: a scalar, or (where `items` is given) an array or object of them,
+    /// its items or fields put in `items`.
     #[inline(always)]
-    fn value(&mut self, items: Option<&mut Vec<Scalar<'de>>>) -> Option<Scalar<'de>> {
+    fn value(&mut self, items: Option<&mut Vec<Item<'de>>>) -> Option<Scalar<'de>> {
         Some(match self.peek()? {
             b'"' => Scalar::Str(Cow::Borrowed(self.string()?)),
             b't' => {
@@ -163,6 +163,11 @@ impl<'de> Scanner<'de> {
                 self.at = at;
                 list
             }
+            b'{' => {
+                let (object, at) = Scanner::fields(self.bytes, self.at, items?)?;
+                self.at = at;
+                object
+            }
             _ => return None,
         })
     }
@@ -174,18 +179,18 @@ impl<'de> Scanner<'de> {
     fn list(
         bytes: &'de [u8],
         at: usize,
-        items: &mut Vec<Scalar<'de>>,
+        items: &mut Vec<Item<'de>>,
     ) -> Option<(Scalar<'de>, usize)> {
         let mut s = Scanner { bytes, at };
         s.eat(b'[')?;
         s.space();
         let start = items.len();
         if s.eat(b']').is_some() {
-            return Some((super::items_at(start, start), s.at));
+            return Some((super::items_at(start, start, false), s.at));
         }
         loop {
             // (An array or object in it is declined.)
-            items.push(s.value(None)?);
+            items.push((Cow::Borrowed(""), s.value(None)?));
             s.space();
             match s.peek()? {
                 b',' => {
@@ -194,7 +199,43 @@ impl<'de> Scanner<'de> {
                 }
                 b']' => {
                     s.at += 1;
-                    return Some((super::items_at(start, items.len()), s.at));
+                    return Some((super::items_at(start, items.len(), false), s.at));
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// An object of scalars, its fields put in `items` (an array or object in it, or a
+    /// name with an escape, is declined).
+    #[inline(never)]
+    fn fields(
+        bytes: &'de [u8],
+        at: usize,
+        items: &mut Vec<Item<'de>>,
+    ) -> Option<(Scalar<'de>, usize)> {
+        let mut s = Scanner { bytes, at };
+        s.eat(b'{')?;
+        s.space();
+        let start = items.len();
+        if s.eat(b'}').is_some() {
+            return Some((super::items_at(start, start, true), s.at));
+        }
+        loop {
+            let name = s.string()?;
+            s.space();
+            s.eat(b':')?;
+            s.space();
+            items.push((Cow::Borrowed(name), s.value(None)?));
+            s.space();
+            match s.peek()? {
+                b',' => {
+                    s.at += 1;
+                    s.space();
+                }
+                b'}' => {
+                    s.at += 1;
+                    return Some((super::items_at(start, items.len(), true), s.at));
                 }
                 _ => return None,
             }
