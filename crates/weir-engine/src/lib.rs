@@ -689,7 +689,7 @@ impl PersistentQuery {
                 },
                 None if self.error.is_some() => break,
                 None => match serial.next() {
-                    Some(partition) => self.step_partition(log, durable, partition)?,
+                    Some(partition) => self.step_partition(log, durable, partition, parallelism)?,
                     None => break,
                 },
             };
@@ -802,8 +802,27 @@ impl PersistentQuery {
     }
 
     /// One step of one partition through the query's pipeline, into its sink topic.
-    fn step_partition(&mut self, log: &dyn Log, durable: bool, partition: u32) -> Result<u64> {
+    fn step_partition(
+        &mut self,
+        log: &dyn Log,
+        durable: bool,
+        partition: u32,
+        parallelism: usize,
+    ) -> Result<u64> {
         let started = Instant::now();
+        // With threads to spare, the next batch is read and decoded while this one goes
+        // through the operators and is written (a topic input; not a join, which steps
+        // on its own threads).
+        if parallelism > 1 && self.pipeline.join().is_none() {
+            let (spec, pipeline) = self.sink_spec_and_pipeline(log, durable);
+            let stepped = pipeline.step_reading_ahead(log, partition, |step| {
+                step.written = Some(write_step(log, &spec, step, partition, durable)?);
+                Ok(())
+            });
+            if let Some(step) = stepped {
+                return self.commit_step(log, durable, partition, step, started);
+            }
+        }
         // Everything is computed before anything is written: a query that stops on an
         // error writes nothing of the step it stops at, and resumes from its start.
         let (id, topic) = (self.id.clone(), self.offsets_topic.clone());
@@ -4062,6 +4081,39 @@ impl PersistentQuery {
             already_written: &self.already_written,
             tag_each: durable && !log.atomic_appends(),
         }
+    }
+
+    /// As [`Self::sink_spec`], with the pipeline borrowed beside it (a step reading ahead
+    /// writes its output while the pipeline's input reads the next batch).
+    fn sink_spec_and_pipeline(
+        &mut self,
+        log: &dyn Log,
+        durable: bool,
+    ) -> (SinkSpec<'_>, &mut pipeline::Pipeline) {
+        let PersistentQuery {
+            id,
+            plan,
+            sink_layout,
+            sink_timestamp,
+            sink_window,
+            sink_partitions,
+            sink_topic,
+            already_written,
+            pipeline,
+            ..
+        } = self;
+        let spec = SinkSpec {
+            id,
+            plan,
+            layout: sink_layout,
+            timestamp: sink_timestamp,
+            window: *sink_window,
+            partitions: *sink_partitions,
+            topic: sink_topic,
+            already_written,
+            tag_each: durable && !log.atomic_appends(),
+        };
+        (spec, pipeline)
     }
 }
 

@@ -407,6 +407,11 @@ pub(crate) struct TopicInput {
     /// [`crate::STEP_TARGET`] (a worker shared with other queries and push queries gets
     /// back to them soon), raised again when steps are quick.
     batch_cap: Vec<usize>,
+    /// A batch read and decoded ahead, on another thread while the last step's batch went
+    /// through the operators ([`Pipeline::step_reading_ahead`]): its partition, the
+    /// offset it was read from, and what was read. Taken by the next step of that
+    /// partition if the input is still at that offset; dropped otherwise.
+    ahead: Option<(u32, u64, (Step, Vec<ChangeBatch>))>,
 }
 
 impl TopicInput {
@@ -424,6 +429,7 @@ impl TopicInput {
             batch_cap: vec![crate::MAX_BATCH_RECORDS; offsets.len()],
             busy: vec![true; offsets.len()],
             offsets,
+            ahead: None,
         }
     }
 
@@ -587,6 +593,89 @@ impl Pipeline {
         Ok(step)
     }
 
+    /// As [`Pipeline::step`] (a topic input; `None` for another), with `finish` (writing
+    /// the output) after the operators, while another thread reads and decodes the
+    /// partition's next batch, for the next step: on a query that has a partition busy
+    /// alone, a step costs the longer of the two, not both. The batch read ahead is kept
+    /// with the input ([`TopicInput::ahead`]) and used only by a step of the same partition
+    /// from the offset it was read from (after this step is committed with
+    /// [`Pipeline::advance`]); a step that fails leaves the input where it was, and the
+    /// batch read ahead is then not used.
+    pub fn step_reading_ahead(
+        &mut self,
+        log: &dyn Log,
+        partition: u32,
+        finish: impl Fn(&mut Step) -> Result<()> + Sync,
+    ) -> Option<Result<Step>> {
+        let Pipeline {
+            input: Input::Topic(t),
+            operators,
+            stage_rows,
+            ..
+        } = self
+        else {
+            return None;
+        };
+        let from = t.offsets[partition as usize];
+        let taken = match t.ahead.take() {
+            Some((p, at, taken)) if p == partition && at == from => Ok(taken),
+            _ => t.take(log, partition, None),
+        };
+        let (step, changes) = match taken {
+            Ok(taken) => taken,
+            Err(e) => return Some(Err(e)),
+        };
+        let Some(next) = step.next.filter(|_| step.consumed > 0) else {
+            return Some(Ok(step));
+        };
+        enum Job<'a> {
+            Run(
+                Box<(Step, Vec<ChangeBatch>)>,
+                &'a mut [Box<dyn Operator>],
+                &'a mut Vec<(u64, u64)>,
+            ),
+            Read,
+        }
+        enum Done {
+            Ran(Result<Step>),
+            Read(Result<(Step, Vec<ChangeBatch>)>),
+        }
+        let input: &TopicInput = t;
+        let jobs = vec![
+            Job::Run(Box::new((step, changes)), operators, stage_rows),
+            Job::Read,
+        ];
+        let mut done = crate::each_at_once(jobs, 2, |_, job| match job {
+            Job::Run(taken, operators, stage_rows) => Done::Ran({
+                let (mut step, changes) = *taken;
+                run_stages(
+                    operators,
+                    stage_rows,
+                    0,
+                    changes,
+                    partition,
+                    &mut step.problems,
+                )
+                .and_then(|changes| {
+                    step.changes = changes;
+                    finish(&mut step)?;
+                    Ok(step)
+                })
+            }),
+            Job::Read => Done::Read(input.take_from(log, partition, next, None)),
+        })
+        .into_iter();
+        let (Some(Done::Ran(ran)), Some(Done::Read(read))) = (done.next(), done.next()) else {
+            unreachable!("the jobs' results come in their order")
+        };
+        if let Ok(read) = read
+            && read.0.consumed > 0
+        {
+            t.ahead = Some((partition, next, read));
+        }
+        Some(ran)
+    }
+
     /// What stepping its partitions at once needs ([`shared_step`]): a topic input of
     /// several partitions, two or more of which read records at their last step, and
     /// the stages without state that come first (all of them, or those before the first
@@ -665,20 +754,18 @@ impl Pipeline {
     pub fn run_from(
         &mut self,
         first: usize,
-        mut changes: Vec<ChangeBatch>,
+        changes: Vec<ChangeBatch>,
         partition: u32,
         problems: &mut Vec<Problem>,
     ) -> Result<Vec<ChangeBatch>> {
-        for (op, counts) in self.stages_from(first) {
-            counts.0 += rows(&changes);
-            let mut out = Vec::with_capacity(changes.len());
-            for c in changes {
-                op.process(c, partition, &mut out, problems)?;
-            }
-            counts.1 += rows(&out);
-            changes = out;
-        }
-        Ok(changes)
+        run_stages(
+            &mut self.operators,
+            &mut self.stage_rows,
+            first,
+            changes,
+            partition,
+            problems,
+        )
     }
 
     /// As [`Pipeline::run_from`] over several partitions' steps at once (in partition
@@ -937,4 +1024,27 @@ pub(crate) fn shared_step(
     }
     step.changes = changes;
     Ok(step)
+}
+
+/// The `operators` from `first` on over `changes`, each counting its rows in and out in
+/// `stage_rows` ([`Pipeline::run_from`]).
+fn run_stages(
+    operators: &mut [Box<dyn Operator>],
+    stage_rows: &mut Vec<(u64, u64)>,
+    first: usize,
+    mut changes: Vec<ChangeBatch>,
+    partition: u32,
+    problems: &mut Vec<Problem>,
+) -> Result<Vec<ChangeBatch>> {
+    stage_rows.resize(operators.len(), (0, 0));
+    for (op, counts) in operators.iter_mut().zip(stage_rows.iter_mut()).skip(first) {
+        counts.0 += rows(&changes);
+        let mut out = Vec::with_capacity(changes.len());
+        for c in changes {
+            op.process(c, partition, &mut out, problems)?;
+        }
+        counts.1 += rows(&out);
+        changes = out;
+    }
+    Ok(changes)
 }

@@ -931,6 +931,77 @@ fn joins_on_threads_give_what_one_thread_gives() {
     assert!(one.2 >= 100, "{} problems logged", one.2);
 }
 
+/// A query over one busy partition reads its next batch on a second thread while the
+/// batch before goes through the operators and is written; it gives the very records, in
+/// the very order, one thread gives: a projection with a filter and a GROUP BY over
+/// batches that arrive while steps run, bad records, and restarts onto the other number
+/// of threads (what was read ahead is not kept over a restart).
+#[test]
+fn reading_ahead_gives_what_one_thread_gives() {
+    let run = |threads: [usize; 2]| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut engine = open_parallel(dir.path(), threads[0]);
+        engine
+            .execute_sql(
+                "CREATE STREAM readings (car VARCHAR KEY, zone VARCHAR, speed INT) WITH (kafka_topic='readings', value_format='JSON', partitions=1);
+                 SET 'auto.offset.reset'='earliest';
+                 CREATE STREAM fast AS SELECT car, zone, speed * 2 AS twice FROM readings WHERE speed > 20;
+                 CREATE TABLE zones AS SELECT zone, COUNT(*) AS n, SUM(speed) AS total FROM readings GROUP BY zone;",
+            )
+            .unwrap();
+        for round in 0..4i64 {
+            for i in 0..9_000i64 {
+                let car = format!("car-{}", i % 31);
+                if i % 307 == 0 {
+                    produce(&engine, "readings", Some(&car), "not json", i);
+                    continue;
+                }
+                let value = format!(
+                    r#"{{"ZONE":"zone-{}","SPEED":{}}}"#,
+                    i % 13,
+                    (i * 7 + round) % 60
+                );
+                produce(&engine, "readings", Some(&car), &value, round * 10_000 + i);
+                // Steps now and then while records arrive: a batch read ahead may hold
+                // fewer records than the partition will have.
+                if i % 2_500 == 0 {
+                    engine.run_once().unwrap();
+                }
+            }
+            engine.run_until_idle().unwrap();
+            if round % 2 == 1 {
+                drop(engine);
+                engine = open_parallel(dir.path(), threads[1]);
+            }
+        }
+        ["FAST", "ZONES", weir_engine::PROCESSING_LOG_TOPIC].map(|t| read_all(&engine, t))
+    };
+    let one = run([1, 1]);
+    let ahead = run([2, 2]);
+    let mixed = run([2, 1]);
+    for (topic, ((a, b), c)) in ["FAST", "ZONES", "processing log"]
+        .iter()
+        .zip(one.iter().zip(&ahead).zip(&mixed))
+    {
+        assert_eq!(a.len(), b.len(), "{topic}: as many records reading ahead");
+        assert_eq!(a.len(), c.len(), "{topic}: as many records over a restart");
+        if *topic == "processing log" {
+            // (Its entries say when they were written.)
+            assert!(a.len() >= 4 * 29, "{topic}: {} records", a.len());
+            continue;
+        }
+        assert!(a.len() > 10_000, "{topic}: {} records", a.len());
+        for other in [b, c] {
+            if let Some(i) = (0..a.len()).find(|i| a[*i] != other[*i]) {
+                panic!(
+                    "{topic}: record {i} differs: {:?} then {:?}",
+                    a[i], other[i]
+                );
+            }
+        }
+    }
+}
+
 /// Servers with different `ksql.service.id`s on one log are different clusters: each has
 /// its own command log and checkpoints, and sees only its own streams and queries.
 #[test]
