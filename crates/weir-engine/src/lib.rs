@@ -786,14 +786,7 @@ impl PersistentQuery {
         };
         // Their output encoded at once again.
         let spec = &self.sink_spec(log, durable);
-        let slots: Vec<std::sync::Mutex<Option<(u32, Result<pipeline::Step>, Duration)>>> =
-            stateful
-                .into_iter()
-                .map(|s| std::sync::Mutex::new(Some(s)))
-                .collect();
-        let encoded = at_once(slots.len(), threads, |i| {
-            let taken = slots[i].lock().unwrap_or_else(|e| e.into_inner()).take();
-            let (p, step, took) = taken.expect("each step is encoded once");
+        let encoded = each_at_once(stateful, threads, |_, (p, step, took)| {
             let began = Instant::now();
             let step = step.and_then(|step| encode_step(spec, step, p, durable, 1));
             (p, step, took + began.elapsed())
