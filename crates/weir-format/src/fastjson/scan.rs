@@ -1,8 +1,9 @@
 //! A hand-written scanner for the common record: one JSON object of scalar values
-//! (strings without escapes, `true`, `false`, `null`, numbers) or arrays of them, and
-//! nothing after it but whitespace. It reads each value straight into the record's column slots, with no
+//! (strings without escapes, `true`, `false`, `null`, numbers) or arrays and objects of
+//! them (their items and fields put in the record's item list), and nothing after it but
+//! whitespace. It reads each value straight into the record's column slots, with no
 //! per-value calls through serde. Anything else — an escape, a control character or bad
-//! UTF-8 in a string, a nested value, a number the general path might read another way
+//! UTF-8 in a string, nesting two deep, a number the general path might read another way
 //! (`-0`, an integer of more than 18 digits, one out of range), bad JSON — it declines,
 //! and serde_json's deserializer reads the record instead (see the module above): so
 //! what it accepts, it reads exactly as serde_json does.
