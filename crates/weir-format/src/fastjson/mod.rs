@@ -920,6 +920,34 @@ mod tests {
         }
     }
 
+    /// With each layout of `json_layouts` that has a column `column` (with a key and
+    /// without): the `taken` records are decoded by the fast path as by the general one;
+    /// each of the `declined` in a batch after them makes the fast path give the batch
+    /// back, and the entry point then decodes it as the general path does.
+    fn taken_and_declined(column: &str, taken: &[&str], declined: &[&str]) {
+        let layouts: Vec<Layout> = crate::differential::json_layouts()
+            .into_iter()
+            .filter(|l| l.value_columns.iter().any(|c| c.name == column))
+            .collect();
+        assert_eq!(layouts.len(), 2);
+        for l in layouts {
+            let schema = l.schema();
+            let all = records(taken);
+            let fast = super::decode(&l, &schema, &all).expect("taken");
+            let general = l.decode_general(&schema, &all);
+            assert!(general.errors.is_empty(), "{:?}", general.errors);
+            assert_eq!(fast, general.batch);
+            for d in declined {
+                let mut batch = records(taken);
+                batch.extend(records(&[*d]));
+                assert!(super::decode(&l, &schema, &batch).is_none(), "{d}");
+                let (a, b) = (l.decode(&schema, &batch), l.decode_general(&schema, &batch));
+                assert_eq!(a.batch, b.batch, "{d}");
+                assert_eq!(a.errors, b.errors, "{d}");
+            }
+        }
+    }
+
     /// ARRAY columns of flat types: arrays of their items' own JSON type (or null items,
     /// or a null or missing array) are taken, as the general path decodes them; items
     /// the general path might read another way, or nested ones, it leaves.
@@ -942,27 +970,7 @@ mod tests {
             r#"{"S": [1]}"#,  // an array for a string
             r#"{"A": [1,]}"#, // bad JSON
         ];
-        let layouts: Vec<Layout> = crate::differential::json_layouts()
-            .into_iter()
-            .filter(|l| l.value_columns.iter().any(|c| c.name == "N"))
-            .collect();
-        assert_eq!(layouts.len(), 2);
-        for l in layouts {
-            let schema = l.schema();
-            let all = records(&taken);
-            let fast = super::decode(&l, &schema, &all).expect("taken");
-            let general = l.decode_general(&schema, &all);
-            assert!(general.errors.is_empty(), "{:?}", general.errors);
-            assert_eq!(fast, general.batch);
-            for d in declined {
-                let mut batch = records(&taken);
-                batch.extend(records(&[d]));
-                assert!(super::decode(&l, &schema, &batch).is_none(), "{d}");
-                let (a, b) = (l.decode(&schema, &batch), l.decode_general(&schema, &batch));
-                assert_eq!(a.batch, b.batch, "{d}");
-                assert_eq!(a.errors, b.errors, "{d}");
-            }
-        }
+        taken_and_declined("N", &taken, &declined);
     }
 
     /// STRUCT and MAP columns of flat types: objects of their fields' own JSON types (or
@@ -992,26 +1000,6 @@ mod tests {
             r#"{"M": "x"}"#,                // not an object
             r#"{"R": {"X": 1,}}"#,          // bad JSON
         ];
-        let layouts: Vec<Layout> = crate::differential::json_layouts()
-            .into_iter()
-            .filter(|l| l.value_columns.iter().any(|c| c.name == "R"))
-            .collect();
-        assert_eq!(layouts.len(), 2);
-        for l in layouts {
-            let schema = l.schema();
-            let all = records(&taken);
-            let fast = super::decode(&l, &schema, &all).expect("taken");
-            let general = l.decode_general(&schema, &all);
-            assert!(general.errors.is_empty(), "{:?}", general.errors);
-            assert_eq!(fast, general.batch);
-            for d in declined {
-                let mut batch = records(&taken);
-                batch.extend(records(&[d]));
-                assert!(super::decode(&l, &schema, &batch).is_none(), "{d}");
-                let (a, b) = (l.decode(&schema, &batch), l.decode_general(&schema, &batch));
-                assert_eq!(a.batch, b.batch, "{d}");
-                assert_eq!(a.errors, b.errors, "{d}");
-            }
-        }
+        taken_and_declined("R", &taken, &declined);
     }
 }
