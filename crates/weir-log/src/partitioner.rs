@@ -33,9 +33,13 @@ pub fn murmur2(data: &[u8]) -> i32 {
     h as i32
 }
 
-/// `toPositive(murmur2(key)) % partitions`, as Kafka's `DefaultPartitioner`.
+/// `toPositive(murmur2(key)) % partitions`, as Kafka's `DefaultPartitioner` (for one
+/// partition, or none, 0 without hashing: every output row of a one-partition sink asks).
 pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
-    ((murmur2(key) & 0x7fff_ffff) as u32) % partitions.max(1)
+    if partitions <= 1 {
+        return 0;
+    }
+    ((murmur2(key) & 0x7fff_ffff) as u32) % partitions
 }
 
 #[cfg(test)]
