@@ -464,7 +464,7 @@ impl TopicInput {
         step.next = Some(last.offset + 1);
         step.consumed = records.len() as u64;
         step.bytes = payload_bytes(&records);
-        for r in &records {
+        for r in records.iter().filter(|r| !r.record.headers.is_empty()) {
             let user = r.record.user_headers();
             if !user.is_empty() {
                 step.headers.insert(r.offset, user);

@@ -9,7 +9,6 @@
 //! record, a record that does not decode, a registry that does not answer) gives the whole
 //! batch back to the general path, which also reports the bad records.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use apache_avro::Schema;
@@ -202,15 +201,17 @@ pub(crate) fn decode(
         .iter()
         .map(|c| c.name.clone())
         .collect();
-    let mut plans: HashMap<u32, Plan> = HashMap::new();
+    // Per schema id (a topic has one or a few: looked for in turn, not hashed).
+    let mut plans: Vec<(u32, Plan)> = Vec::new();
     let mut slots: Vec<Option<Scalar>> = Vec::new();
     flat_batch(layout, schema, records, |bytes, values| {
         let (id, mut body) = crate::sr::unframe(bytes).ok()?;
-        let plan = match plans.entry(id) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
+        let plan = match plans.iter().position(|(known, _)| *known == id) {
+            Some(i) => &plans[i].1,
+            None => {
                 let writer = registry.by_id(id).ok()?.avro().ok()?;
-                e.insert(Plan::new(writer, &names)?)
+                plans.push((id, Plan::new(writer, &names)?));
+                &plans[plans.len() - 1].1
             }
         };
         let Schema::Record(r) = &plan.schema.root else {

@@ -654,20 +654,26 @@ impl Partition {
                 if base + count <= from {
                     continue;
                 }
+                let bad = || LogError::Corrupt {
+                    path: seg.path.clone(),
+                    reason: "bad record".into(),
+                };
                 let mut cursor = &payload[BATCH_HEADER..];
-                for i in 0..count {
-                    let record = decode_record(&mut cursor).ok_or_else(|| LogError::Corrupt {
-                        path: seg.path.clone(),
-                        reason: "bad record".into(),
-                    })?;
-                    let offset = base + i;
-                    if offset >= from && out.len() < max {
-                        out.push(StoredRecord {
-                            partition,
-                            offset,
-                            record,
-                        });
+                for offset in base..base + count {
+                    if out.len() >= max {
+                        break;
                     }
+                    // Records before `from` are stepped over, not copied out.
+                    if offset < from {
+                        skip_record(&mut cursor).ok_or_else(bad)?;
+                        continue;
+                    }
+                    let record = decode_record(&mut cursor).ok_or_else(bad)?;
+                    out.push(StoredRecord {
+                        partition,
+                        offset,
+                        record,
+                    });
                 }
             }
             if out.len() >= max {
@@ -856,6 +862,27 @@ fn take_bytes(cur: &mut &[u8]) -> Option<Option<Vec<u8>>> {
         return Some(None);
     }
     Some(Some(take(cur, len as usize)?.to_vec()))
+}
+
+/// Steps over a record as [`decode_record`] reads it, copying nothing.
+fn skip_record(cur: &mut &[u8]) -> Option<()> {
+    let skip_bytes = |cur: &mut &[u8]| -> Option<()> {
+        let len = i32::from_le_bytes(take(cur, 4)?.try_into().ok()?);
+        if len > 0 {
+            take(cur, len as usize)?;
+        }
+        Some(())
+    };
+    take(cur, 8)?;
+    skip_bytes(cur)?;
+    skip_bytes(cur)?;
+    let n = u32::from_le_bytes(take(cur, 4)?.try_into().ok()?);
+    for _ in 0..n {
+        let name_len = u32::from_le_bytes(take(cur, 4)?.try_into().ok()?) as usize;
+        take(cur, name_len)?;
+        skip_bytes(cur)?;
+    }
+    Some(())
 }
 
 fn decode_record(cur: &mut &[u8]) -> Option<Record> {

@@ -119,6 +119,27 @@ fn batches_keep_nulls_headers_and_timestamps() {
         .collect();
     assert_eq!(&back[..3], &batch[..]);
     assert_eq!(back[3], batch[0]);
+    // A read from inside a batch steps over the records before it there (headers, nulls
+    // and all) and stops at `max` inside a batch.
+    let reversed: Vec<Record> = batch.iter().rev().cloned().collect();
+    assert_eq!(log.append("t", 0, &reversed).unwrap(), 4);
+    let read = |from, max| -> Vec<(u64, Record)> {
+        log.read("t", 0, from, max)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.offset, r.record))
+            .collect()
+    };
+    assert_eq!(read(5, 1), [(5, batch[1].clone())]);
+    assert_eq!(read(6, 5), [(6, batch[0].clone())]);
+    assert_eq!(
+        read(2, 3),
+        [
+            (2, batch[2].clone()),
+            (3, batch[0].clone()),
+            (4, batch[2].clone())
+        ]
+    );
 }
 
 #[test]
