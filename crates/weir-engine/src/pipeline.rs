@@ -453,11 +453,38 @@ impl TopicInput {
         from: u64,
         limit: Option<usize>,
     ) -> Result<(Step, Vec<ChangeBatch>)> {
-        let mut step = Step::default();
         let p = partition as usize;
-        step.requested = limit.is_none().then_some(self.batch_records[p]);
         let max = limit.unwrap_or(self.batch_records[p]);
         let records = log.read(&self.topic, partition, from, max)?;
+        let mut taken = self.decode(partition, records)?;
+        taken.0.requested = limit.is_none().then_some(self.batch_records[p]);
+        Ok(taken)
+    }
+
+    /// The records from offset `from` to before `until`, as [`Self::take_from`]; and
+    /// whether the log held records that far when read (else a later read may find some
+    /// before `until` that this one did not).
+    fn take_range(
+        &self,
+        log: &dyn Log,
+        partition: u32,
+        from: u64,
+        until: u64,
+    ) -> Result<((Step, Vec<ChangeBatch>), bool)> {
+        let max = until.saturating_sub(from) as usize;
+        let mut records = log.read(&self.topic, partition, from, max)?;
+        let reached = records.last().is_some_and(|r| r.offset + 1 >= until);
+        records.truncate(records.partition_point(|r| r.offset < until));
+        Ok((self.decode(partition, records)?, reached))
+    }
+
+    /// The step so far of records read from the partition, and their decoded changes.
+    fn decode(
+        &self,
+        partition: u32,
+        records: Vec<StoredRecord>,
+    ) -> Result<(Step, Vec<ChangeBatch>)> {
+        let mut step = Step::default();
         let Some(last) = records.last() else {
             return Ok((step, Vec::new()));
         };
@@ -476,6 +503,11 @@ impl TopicInput {
         Ok((step, changes))
     }
 }
+
+/// How many parts reading ahead reads the next batch in ([`Pipeline::step_reading_ahead`]),
+/// and the fewest records a part has (a smaller batch is read whole).
+const AHEAD_PARTS: u64 = 4;
+const AHEAD_PART_MIN: u64 = 256;
 
 /// Where a pipeline's rows come from.
 #[derive(Debug)]
@@ -634,17 +666,27 @@ impl Pipeline {
                 &'a mut [Box<dyn Operator>],
                 &'a mut Vec<(u64, u64)>,
             ),
-            Read,
+            Read(u64, u64),
         }
         enum Done {
             Ran(Result<Step>),
-            Read(Result<(Step, Vec<ChangeBatch>)>),
+            Read(Result<((Step, Vec<ChangeBatch>), bool)>),
         }
         let input: &TopicInput = t;
-        let jobs = vec![
-            Job::Run(Box::new((step, changes)), operators, stage_rows),
-            Job::Read,
-        ];
+        // The next batch in parts, each a job: the helper reads and decodes them in turn,
+        // and the thread that ran the operators takes those left when it is done (reading
+        // and decoding is the longer half where decoding is cheap, as AVRO's).
+        let size = t.batch_records[partition as usize] as u64;
+        let parts = if size >= 4 * AHEAD_PART_MIN {
+            AHEAD_PARTS
+        } else {
+            1
+        };
+        let mut jobs = vec![Job::Run(Box::new((step, changes)), operators, stage_rows)];
+        for i in 0..parts {
+            let bound = |i: u64| next + size * i / parts;
+            jobs.push(Job::Read(bound(i), bound(i + 1)));
+        }
         let mut done = crate::each_at_once(jobs, 2, |_, job| match job {
             Job::Run(taken, operators, stage_rows) => Done::Ran({
                 let (mut step, changes) = *taken;
@@ -662,15 +704,34 @@ impl Pipeline {
                     Ok(step)
                 })
             }),
-            Job::Read => Done::Read(input.take_from(log, partition, next, None)),
+            Job::Read(from, until) => Done::Read(input.take_range(log, partition, from, until)),
         })
         .into_iter();
-        let (Some(Done::Ran(ran)), Some(Done::Read(read))) = (done.next(), done.next()) else {
+        let Some(Done::Ran(ran)) = done.next() else {
             unreachable!("the jobs' results come in their order")
         };
-        if let Ok(read) = read
+        // The parts joined, up to the first that failed or found the log ending before
+        // its end (the parts after it may have missed records appended meanwhile).
+        let mut read: Option<(Step, Vec<ChangeBatch>)> = None;
+        for part in done {
+            let Done::Read(Ok(((step, changes), reached))) = part else {
+                break;
+            };
+            let whole = read.get_or_insert_with(Default::default);
+            whole.0.consumed += step.consumed;
+            whole.0.bytes += step.bytes;
+            whole.0.next = step.next.or(whole.0.next);
+            whole.0.problems.extend(step.problems);
+            whole.0.headers.extend(step.headers);
+            whole.1.extend(changes);
+            if !reached {
+                break;
+            }
+        }
+        if let Some(mut read) = read
             && read.0.consumed > 0
         {
+            read.0.requested = Some(size as usize);
             t.ahead = Some((partition, next, read));
         }
         Some(ran)
