@@ -506,8 +506,8 @@ impl TopicInput {
 
 /// How many parts reading ahead reads the next batch in ([`Pipeline::step_reading_ahead`]),
 /// and the fewest records a part has (a smaller batch is read whole).
-const AHEAD_PARTS: u64 = 4;
-const AHEAD_PART_MIN: u64 = 256;
+const AHEAD_PARTS: u64 = 8;
+const AHEAD_PART_MIN: u64 = 128;
 
 /// Where a pipeline's rows come from.
 #[derive(Debug)]
@@ -677,7 +677,7 @@ impl Pipeline {
         // and the thread that ran the operators takes those left when it is done (reading
         // and decoding is the longer half where decoding is cheap, as AVRO's).
         let size = t.batch_records[partition as usize] as u64;
-        let parts = if size >= 4 * AHEAD_PART_MIN {
+        let parts = if size >= AHEAD_PARTS * AHEAD_PART_MIN {
             AHEAD_PARTS
         } else {
             1
