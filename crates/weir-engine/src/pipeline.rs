@@ -455,8 +455,10 @@ impl TopicInput {
     ) -> Result<(Step, Vec<ChangeBatch>)> {
         let p = partition as usize;
         let max = limit.unwrap_or(self.batch_records[p]);
-        let records = log.read(&self.topic, partition, from, max)?;
-        let mut taken = self.decode(partition, records)?;
+        let mut taken = with_records(|records| {
+            log.read_into(&self.topic, partition, from, max, records)?;
+            self.decode(partition, records)
+        })?;
         taken.0.requested = limit.is_none().then_some(self.batch_records[p]);
         Ok(taken)
     }
@@ -472,25 +474,23 @@ impl TopicInput {
         until: u64,
     ) -> Result<((Step, Vec<ChangeBatch>), bool)> {
         let max = until.saturating_sub(from) as usize;
-        let mut records = log.read(&self.topic, partition, from, max)?;
-        let reached = records.last().is_some_and(|r| r.offset + 1 >= until);
-        records.truncate(records.partition_point(|r| r.offset < until));
-        Ok((self.decode(partition, records)?, reached))
+        with_records(|records| {
+            log.read_into(&self.topic, partition, from, max, records)?;
+            let reached = records.last().is_some_and(|r| r.offset + 1 >= until);
+            let before = records.partition_point(|r| r.offset < until);
+            Ok((self.decode(partition, &records[..before])?, reached))
+        })
     }
 
     /// The step so far of records read from the partition, and their decoded changes.
-    fn decode(
-        &self,
-        partition: u32,
-        records: Vec<StoredRecord>,
-    ) -> Result<(Step, Vec<ChangeBatch>)> {
+    fn decode(&self, partition: u32, records: &[StoredRecord]) -> Result<(Step, Vec<ChangeBatch>)> {
         let mut step = Step::default();
         let Some(last) = records.last() else {
             return Ok((step, Vec::new()));
         };
         step.next = Some(last.offset + 1);
         step.consumed = records.len() as u64;
-        step.bytes = payload_bytes(&records);
+        step.bytes = payload_bytes(records);
         for r in records.iter().filter(|r| !r.record.headers.is_empty()) {
             let user = r.record.user_headers();
             if !user.is_empty() {
@@ -499,9 +499,40 @@ impl TopicInput {
         }
         let changes = self
             .decoder
-            .decode(&records, partition, &mut step.problems)?;
+            .decode(records, partition, &mut step.problems)?;
         Ok((step, changes))
     }
+}
+
+thread_local! {
+    /// The records this thread read last, kept so that its next read writes over their
+    /// buffers instead of allocating (and later freeing) one or two per record.
+    static READ: std::cell::RefCell<Vec<StoredRecord>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The most bytes of record buffers a thread keeps between reads ([`with_records`]).
+const KEPT_READ_BYTES: usize = 8 << 20;
+
+/// Runs `f` with the thread's kept records to read into; lets them go after if they
+/// hold more than [`KEPT_READ_BYTES`].
+fn with_records<T>(f: impl FnOnce(&mut Vec<StoredRecord>) -> T) -> T {
+    READ.with(|kept| {
+        let Ok(mut records) = kept.try_borrow_mut() else {
+            return f(&mut Vec::new());
+        };
+        let out = f(&mut records);
+        let held: usize = records
+            .iter()
+            .map(|r| {
+                r.record.key.as_ref().map_or(0, Vec::capacity)
+                    + r.record.value.as_ref().map_or(0, Vec::capacity)
+            })
+            .sum();
+        if held > KEPT_READ_BYTES {
+            *records = Vec::new();
+        }
+        out
+    })
 }
 
 /// How many parts reading ahead reads the next batch in ([`Pipeline::step_reading_ahead`]),

@@ -627,13 +627,42 @@ impl Partition {
         Ok(self.start_offset())
     }
 
-    fn read(&self, from: u64, max: usize, partition: u32) -> Result<Vec<StoredRecord>> {
+    /// Up to `max` records from `from` into `out` (replacing what it held: its records'
+    /// buffers are written over, so a reader that keeps `out` allocates per record only
+    /// while its records grow).
+    fn read_into(
+        &self,
+        from: u64,
+        max: usize,
+        partition: u32,
+        out: &mut Vec<StoredRecord>,
+    ) -> Result<()> {
+        let mut n = 0;
+        let read = self.fill(from, max, partition, out, &mut n);
+        out.truncate(n);
+        read
+    }
+
+    /// [`Self::read_into`]'s reading: the records are `out[..*n]`.
+    fn fill(
+        &self,
+        from: u64,
+        max: usize,
+        partition: u32,
+        out: &mut Vec<StoredRecord>,
+        n: &mut usize,
+    ) -> Result<()> {
         let from = from.max(self.start_offset());
         if from >= self.next_offset || max == 0 {
-            return Ok(Vec::new());
+            return Ok(());
         }
         // As many as will be read (the records there are, up to `max`), within reason.
-        let mut out = Vec::with_capacity(max.min((self.next_offset - from) as usize).min(1 << 16));
+        out.reserve(
+            max.min((self.next_offset - from) as usize)
+                .min(1 << 16)
+                .saturating_sub(out.len()),
+        );
+        let mut payload = Vec::new();
         let first = self
             .segments
             .range(..=from)
@@ -646,9 +675,8 @@ impl Partition {
                 i => seg.index[i - 1].1,
             };
             let mut pos = start_pos;
-            while pos < seg.size && out.len() < max {
-                let (payload, next) = read_frame(&seg.file, &seg.path, pos, seg.size)?;
-                pos = next;
+            while pos < seg.size && *n < max {
+                pos = read_frame(&seg.file, &seg.path, pos, seg.size, &mut payload)?;
                 let base = u64::from_le_bytes(payload[0..8].try_into().unwrap());
                 let count = u32::from_le_bytes(payload[8..12].try_into().unwrap()) as u64;
                 if base + count <= from {
@@ -660,7 +688,7 @@ impl Partition {
                 };
                 let mut cursor = &payload[BATCH_HEADER..];
                 for offset in base..base + count {
-                    if out.len() >= max {
+                    if *n >= max {
                         break;
                     }
                     // Records before `from` are stepped over, not copied out.
@@ -668,19 +696,25 @@ impl Partition {
                         skip_record(&mut cursor).ok_or_else(bad)?;
                         continue;
                     }
-                    let record = decode_record(&mut cursor).ok_or_else(bad)?;
-                    out.push(StoredRecord {
-                        partition,
-                        offset,
-                        record,
-                    });
+                    if *n == out.len() {
+                        out.push(StoredRecord {
+                            partition,
+                            offset,
+                            record: Record::default(),
+                        });
+                    }
+                    let slot = &mut out[*n];
+                    slot.partition = partition;
+                    slot.offset = offset;
+                    decode_record_into(&mut cursor, &mut slot.record).ok_or_else(bad)?;
+                    *n += 1;
                 }
             }
-            if out.len() >= max {
+            if *n >= max {
                 break;
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -704,9 +738,10 @@ impl Segment {
         let mut index = Vec::new();
         let mut last_indexed_pos: Option<u64> = None;
         let mut max_timestamp = i64::MIN;
+        let mut payload = Vec::new();
         while pos < len {
-            match read_frame(&file, &path, pos, len) {
-                Ok((payload, after)) => {
+            match read_frame(&file, &path, pos, len, &mut payload) {
+                Ok(after) => {
                     let batch_base = u64::from_le_bytes(payload[0..8].try_into().unwrap());
                     let count = u32::from_le_bytes(payload[8..12].try_into().unwrap()) as u64;
                     // (Offsets rise; a compacted segment has gaps where records were.)
@@ -764,8 +799,8 @@ impl Segment {
     }
 }
 
-/// Reads the frame at `pos`, checking its CRC; returns the payload and the next position.
-fn read_frame(file: &File, path: &Path, pos: u64, end: u64) -> Result<(Vec<u8>, u64)> {
+/// Reads the frame at `pos` into `payload`, checking its CRC; returns the next position.
+fn read_frame(file: &File, path: &Path, pos: u64, end: u64, payload: &mut Vec<u8>) -> Result<u64> {
     let corrupt = |reason: &str| LogError::Corrupt {
         path: path.to_path_buf(),
         reason: format!("{reason} at byte {pos}"),
@@ -780,13 +815,14 @@ fn read_frame(file: &File, path: &Path, pos: u64, end: u64) -> Result<(Vec<u8>, 
     if len < BATCH_HEADER as u64 || pos + FRAME_HEADER as u64 + len > end {
         return Err(corrupt("truncated frame"));
     }
-    let mut payload = vec![0u8; len as usize];
-    file.read_exact_at(&mut payload, pos + FRAME_HEADER as u64)
+    // The buffer is reused: only what it grows by is zeroed.
+    payload.resize(len as usize, 0);
+    file.read_exact_at(payload, pos + FRAME_HEADER as u64)
         .at(path)?;
-    if crc32fast::hash(&payload) != crc {
+    if crc32fast::hash(payload) != crc {
         return Err(corrupt("checksum mismatch"));
     }
-    Ok((payload, pos + FRAME_HEADER as u64 + len))
+    Ok(pos + FRAME_HEADER as u64 + len)
 }
 
 /// Appends to `frame` the frame of one batch: `records` at offsets from `base`. Returns
@@ -856,12 +892,23 @@ fn take<'a>(cur: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
     Some(head)
 }
 
-fn take_bytes(cur: &mut &[u8]) -> Option<Option<Vec<u8>>> {
+/// Reads a length-prefixed byte string (a negative length: null) into `slot`, writing
+/// over the buffer it holds.
+fn take_bytes_into(cur: &mut &[u8], slot: &mut Option<Vec<u8>>) -> Option<()> {
     let len = i32::from_le_bytes(take(cur, 4)?.try_into().ok()?);
     if len < 0 {
-        return Some(None);
+        *slot = None;
+        return Some(());
     }
-    Some(Some(take(cur, len as usize)?.to_vec()))
+    let bytes = take(cur, len as usize)?;
+    match slot {
+        Some(buf) => {
+            buf.clear();
+            buf.extend_from_slice(bytes);
+        }
+        None => *slot = Some(bytes.to_vec()),
+    }
+    Some(())
 }
 
 /// Steps over a record as [`decode_record`] reads it, copying nothing.
@@ -886,25 +933,30 @@ fn skip_record(cur: &mut &[u8]) -> Option<()> {
 }
 
 fn decode_record(cur: &mut &[u8]) -> Option<Record> {
-    let timestamp = i64::from_le_bytes(take(cur, 8)?.try_into().ok()?);
-    let key = take_bytes(cur)?;
-    let value = take_bytes(cur)?;
+    let mut record = Record::default();
+    decode_record_into(cur, &mut record)?;
+    Some(record)
+}
+
+/// Reads a record as [`decode_record`] does, into `record`, writing over its buffers.
+fn decode_record_into(cur: &mut &[u8], record: &mut Record) -> Option<()> {
+    record.timestamp = i64::from_le_bytes(take(cur, 8)?.try_into().ok()?);
+    take_bytes_into(cur, &mut record.key)?;
+    take_bytes_into(cur, &mut record.value)?;
     let n = u32::from_le_bytes(take(cur, 4)?.try_into().ok()?);
-    let mut headers = Vec::with_capacity(n.min(64) as usize);
+    record.headers.clear();
+    record.headers.reserve(n.min(64) as usize);
     for _ in 0..n {
         let name_len = u32::from_le_bytes(take(cur, 4)?.try_into().ok()?) as usize;
         let name = String::from_utf8(take(cur, name_len)?.to_vec()).ok()?;
-        headers.push(Header {
+        let mut value = None;
+        take_bytes_into(cur, &mut value)?;
+        record.headers.push(Header {
             name: name.into(),
-            value: take_bytes(cur)?,
+            value,
         });
     }
-    Some(Record {
-        key,
-        value,
-        timestamp,
-        headers,
-    })
+    Some(())
 }
 
 /// `fsync` of a segment's data (failpoint `fsync_error`: fails once, as a disk would).
@@ -1003,9 +1055,22 @@ impl Log for EmbeddedLog {
         from: u64,
         max: usize,
     ) -> Result<Vec<StoredRecord>> {
+        let mut out = Vec::new();
+        self.read_into(topic, partition, from, max, &mut out)?;
+        Ok(out)
+    }
+
+    fn read_into(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        max: usize,
+        out: &mut Vec<StoredRecord>,
+    ) -> Result<()> {
         let state = self.state(topic)?;
         let handle = self.partition(&state, partition)?;
-        lock(&handle.inner).read(from, max, partition)
+        lock(&handle.inner).read_into(from, max, partition, out)
     }
 
     fn offsets(&self, topic: &str, partition: u32) -> Result<(u64, u64)> {
@@ -1164,10 +1229,9 @@ struct SegmentView {
 impl SegmentView {
     /// Each record with its offset, in order.
     fn records(&self, mut each: impl FnMut(u64, Record)) -> Result<()> {
-        let mut pos = 0;
+        let (mut pos, mut payload) = (0, Vec::new());
         while pos < self.size {
-            let (payload, next) = read_frame(&self.file, &self.path, pos, self.size)?;
-            pos = next;
+            pos = read_frame(&self.file, &self.path, pos, self.size, &mut payload)?;
             let base = u64::from_le_bytes(payload[0..8].try_into().unwrap());
             let count = u32::from_le_bytes(payload[8..12].try_into().unwrap()) as u64;
             let mut cursor = &payload[BATCH_HEADER..];

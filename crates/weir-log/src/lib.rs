@@ -100,6 +100,21 @@ pub trait Log: Send + Sync {
     fn read(&self, topic: &str, partition: u32, from: u64, max: usize)
     -> Result<Vec<StoredRecord>>;
 
+    /// As [`Log::read`], into `out` (what it held is replaced). A log may write over the
+    /// buffers of the records `out` held, so a reader that keeps `out` from one read to
+    /// the next saves allocating them.
+    fn read_into(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        max: usize,
+        out: &mut Vec<StoredRecord>,
+    ) -> Result<()> {
+        *out = self.read(topic, partition, from, max)?;
+        Ok(())
+    }
+
     /// The oldest retained offset and the offset the next append will get.
     fn offsets(&self, topic: &str, partition: u32) -> Result<(u64, u64)>;
 
