@@ -1861,11 +1861,35 @@ impl Joiner {
             .collect();
         let (inputs, batch) = (&self.inputs, self.batch);
         let replay_ref = replay.as_ref();
+        let decode_part =
+            |j: usize, p: usize, records: &[weir_log::StoredRecord]| -> Result<Option<ReadPart>> {
+                let Some(last) = records.last() else {
+                    return Ok(None);
+                };
+                let mut problems = Vec::new();
+                let headers = records
+                    .iter()
+                    .filter_map(|r| {
+                        let user = r.record.user_headers();
+                        (!user.is_empty()).then_some((r.offset, user))
+                    })
+                    .collect();
+                Ok(Some(ReadPart {
+                    source: j,
+                    partition: p as u32,
+                    end: last.offset + 1,
+                    records: records.len() as u64,
+                    bytes: crate::pipeline::payload_bytes(records),
+                    changes: inputs[j].decoder.decode(records, p as u32, &mut problems)?,
+                    problems,
+                    headers,
+                }))
+            };
         let read_one = |k: usize| -> Result<Option<ReadPart>> {
             let (j, p) = pairs[k];
             let input = &inputs[j];
             let from = input.offsets[p];
-            let records = match replay_ref.and_then(|r| r.get(j)?.get(p).copied()) {
+            match replay_ref.and_then(|r| r.get(j)?.get(p).copied()) {
                 Some(end) => {
                     let mut all = Vec::new();
                     let mut next = from;
@@ -1876,31 +1900,13 @@ impl Joiner {
                         next = last.offset + 1;
                         all.extend(got);
                     }
-                    all
+                    decode_part(j, p, &all)
                 }
-                None => log.read(&input.source.topic, p as u32, from, batch)?,
-            };
-            let Some(last) = records.last() else {
-                return Ok(None);
-            };
-            let mut problems = Vec::new();
-            let headers = records
-                .iter()
-                .filter_map(|r| {
-                    let user = r.record.user_headers();
-                    (!user.is_empty()).then_some((r.offset, user))
-                })
-                .collect();
-            Ok(Some(ReadPart {
-                source: j,
-                partition: p as u32,
-                end: last.offset + 1,
-                records: records.len() as u64,
-                bytes: crate::pipeline::payload_bytes(&records),
-                changes: input.decoder.decode(&records, p as u32, &mut problems)?,
-                problems,
-                headers,
-            }))
+                None => crate::pipeline::with_records(|records| {
+                    log.read_into(&input.source.topic, p as u32, from, batch, records)?;
+                    decode_part(j, p, records)
+                }),
+            }
         };
         let read: Vec<Result<Option<ReadPart>>> = if self.threads > 1 {
             crate::at_once(pairs.len(), self.threads, read_one)

@@ -515,7 +515,7 @@ const KEPT_READ_BYTES: usize = 8 << 20;
 
 /// Runs `f` with the thread's kept records to read into; lets them go after if they
 /// hold more than [`KEPT_READ_BYTES`].
-fn with_records<T>(f: impl FnOnce(&mut Vec<StoredRecord>) -> T) -> T {
+pub(crate) fn with_records<T>(f: impl FnOnce(&mut Vec<StoredRecord>) -> T) -> T {
     READ.with(|kept| {
         let Ok(mut records) = kept.try_borrow_mut() else {
             return f(&mut Vec::new());
