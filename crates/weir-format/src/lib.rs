@@ -9,6 +9,7 @@
 //! conversion to and from Arrow lives in one place ([`convert`]).
 
 pub mod avro;
+pub mod compat;
 pub mod convert;
 mod delimited;
 pub mod differential;

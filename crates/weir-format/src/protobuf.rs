@@ -114,6 +114,11 @@ impl ProtoSchema {
         Ok(ProtoSchema { pool, messages })
     }
 
+    /// Every message and type it knows (its own and those it imports).
+    pub(crate) fn pool(&self) -> &DescriptorPool {
+        &self.pool
+    }
+
     /// The message written: the one named (full name, or simple name), else the first.
     pub fn message(&self, name: Option<&str>) -> Result<MessageDescriptor, String> {
         match name {

@@ -283,8 +283,9 @@ impl Compatibility {
     }
 }
 
-/// Whether `new` may follow `old` under `level`. Avro schemas are checked by Avro's
-/// resolution rules; other kinds must be of the same type (their evolution is not checked).
+/// Whether `new` may follow `old` under `level`: BACKWARD, whether `new` reads what
+/// `old` wrote; FORWARD, the other way; FULL, both. Avro schemas by Avro's resolution
+/// rules; Protobuf and JSON schemas as `compat.rs` says.
 pub fn compatible(
     level: Compatibility,
     old: &RegisteredSchema,
@@ -297,17 +298,24 @@ pub fn compatible(
             old.schema_type.name()
         ));
     }
-    if new.schema_type != SchemaType::Avro || level == Compatibility::None {
+    if level == Compatibility::None {
         return Ok(());
     }
-    let (o, n) = (old.avro()?, new.avro()?);
-    use apache_avro::schema_compatibility::SchemaCompatibility as C;
-    let backward = || {
-        C::can_read(&o.root, &n.root).map_err(|e| format!("new schema cannot read old data: {e}"))
+    let json = |s: &RegisteredSchema| {
+        serde_json::from_str::<serde_json::Value>(&s.text).map_err(|e| format!("not JSON: {e}"))
     };
-    let forward = || {
-        C::can_read(&n.root, &o.root).map_err(|e| format!("old schema cannot read new data: {e}"))
+    let reads = |writer: &RegisteredSchema, reader: &RegisteredSchema| match new.schema_type {
+        SchemaType::Avro => {
+            use apache_avro::schema_compatibility::SchemaCompatibility as C;
+            C::can_read(&writer.avro()?.root, &reader.avro()?.root).map_err(|e| e.to_string())
+        }
+        SchemaType::Protobuf => {
+            crate::compat::protobuf_reads(&*writer.protobuf()?, &*reader.protobuf()?)
+        }
+        SchemaType::Json => crate::compat::json_reads(&json(writer)?, &json(reader)?),
     };
+    let backward = || reads(old, new).map_err(|e| format!("new schema cannot read old data: {e}"));
+    let forward = || reads(new, old).map_err(|e| format!("old schema cannot read new data: {e}"));
     match level {
         Compatibility::None => Ok(()),
         Compatibility::Backward => backward(),

@@ -23,6 +23,50 @@ const V2: &str = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"in
 const BREAKS: &str = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"int"},{"name":"c","type":"string"}]}"#;
 
 #[test]
+fn protobuf_and_json_schemas_are_checked_for_compatibility() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = LocalRegistry::open(log(dir.path()), "_weir_schemas").unwrap();
+    // Protobuf and JSON schemas are checked as Avro ones are (BACKWARD): a field's type
+    // changed (int32 to string) or a property made required is refused; a field added
+    // (and int32 widened to int64) is not.
+    let proto = |fields: &str| format!("syntax = \"proto3\"; message R {{ {fields} }}");
+    r.register("p-value", SchemaType::Protobuf, &proto("int32 a = 1;"))
+        .unwrap();
+    let refused = r
+        .register("p-value", SchemaType::Protobuf, &proto("string a = 1;"))
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains(
+            "new schema cannot read old data: field R.a (number 1) changed type from int32 to string"
+        ),
+        "{refused}"
+    );
+    r.register(
+        "p-value",
+        SchemaType::Protobuf,
+        &proto("int64 a = 1; string b = 2;"),
+    )
+    .unwrap();
+    let object = |required: &str| {
+        format!(
+            r#"{{"type":"object","properties":{{"a":{{"type":"integer"}},"b":{{"type":"string"}}}},"required":[{required}]}}"#
+        )
+    };
+    r.register("j-value", SchemaType::Json, &object(r#""a""#))
+        .unwrap();
+    let refused = r
+        .register("j-value", SchemaType::Json, &object(r#""a","b""#))
+        .unwrap_err();
+    assert!(
+        matches!(refused, RegistryError::Incompatible(..)),
+        "{refused}"
+    );
+    r.register("j-value", SchemaType::Json, &object(""))
+        .unwrap();
+    assert_eq!(r.versions("j-value").unwrap(), vec![1, 2]);
+}
+
+#[test]
 fn registry_gives_ids_and_versions_and_keeps_them_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     {
