@@ -250,36 +250,63 @@ pub fn normalize_with(
     }
 }
 
-/// Compatibility levels, as Confluent names them.
+/// Compatibility levels, as Confluent names them: a `_TRANSITIVE` level checks a new
+/// version against every earlier one, the others against the latest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compatibility {
     None,
     Backward,
     Forward,
     Full,
+    BackwardTransitive,
+    ForwardTransitive,
+    FullTransitive,
 }
 
 impl Compatibility {
+    const ALL: [(Compatibility, &'static str); 7] = [
+        (Compatibility::None, "NONE"),
+        (Compatibility::Backward, "BACKWARD"),
+        (Compatibility::Forward, "FORWARD"),
+        (Compatibility::Full, "FULL"),
+        (Compatibility::BackwardTransitive, "BACKWARD_TRANSITIVE"),
+        (Compatibility::ForwardTransitive, "FORWARD_TRANSITIVE"),
+        (Compatibility::FullTransitive, "FULL_TRANSITIVE"),
+    ];
+
     pub fn name(self) -> &'static str {
-        match self {
-            Compatibility::None => "NONE",
-            Compatibility::Backward => "BACKWARD",
-            Compatibility::Forward => "FORWARD",
-            Compatibility::Full => "FULL",
-        }
+        Self::ALL
+            .iter()
+            .find(|(level, _)| *level == self)
+            .map_or("NONE", |(_, name)| name)
     }
 
-    /// Confluent's levels; the `_TRANSITIVE` ones are checked against the latest version.
     pub fn from_name(name: &str) -> Option<Compatibility> {
-        Some(
-            match name.to_ascii_uppercase().trim_end_matches("_TRANSITIVE") {
-                "NONE" => Compatibility::None,
-                "BACKWARD" => Compatibility::Backward,
-                "FORWARD" => Compatibility::Forward,
-                "FULL" => Compatibility::Full,
-                _ => return None,
-            },
+        let name = name.to_ascii_uppercase();
+        Self::ALL
+            .iter()
+            .find(|(_, n)| *n == name)
+            .map(|(level, _)| *level)
+    }
+
+    /// Whether every earlier version is checked, not only the latest.
+    pub fn transitive(self) -> bool {
+        matches!(
+            self,
+            Compatibility::BackwardTransitive
+                | Compatibility::ForwardTransitive
+                | Compatibility::FullTransitive
         )
+    }
+
+    /// The check made against each version: NONE, BACKWARD, FORWARD or FULL.
+    fn direction(self) -> Compatibility {
+        match self {
+            Compatibility::BackwardTransitive => Compatibility::Backward,
+            Compatibility::ForwardTransitive => Compatibility::Forward,
+            Compatibility::FullTransitive => Compatibility::Full,
+            level => level,
+        }
     }
 }
 
@@ -298,6 +325,7 @@ pub fn compatible(
             old.schema_type.name()
         ));
     }
+    let level = level.direction();
     if level == Compatibility::None {
         return Ok(());
     }
@@ -317,10 +345,9 @@ pub fn compatible(
     let backward = || reads(old, new).map_err(|e| format!("new schema cannot read old data: {e}"));
     let forward = || reads(new, old).map_err(|e| format!("old schema cannot read new data: {e}"));
     match level {
-        Compatibility::None => Ok(()),
         Compatibility::Backward => backward(),
         Compatibility::Forward => forward(),
-        Compatibility::Full => backward().and_then(|_| forward()),
+        _ => backward().and_then(|_| forward()),
     }
 }
 
@@ -720,12 +747,19 @@ impl LocalRegistry {
         {
             return Ok(id);
         }
-        if let Some((_, last)) = versions.iter().next_back() {
-            let level = subject_level(&state, subject);
-            let new = RegisteredSchema::new(0, schema_type, norm.clone())
-                .with_references(references.to_vec(), deps.clone());
-            compatible(level, &state.schemas[last], &new)
-                .map_err(|e| RegistryError::Incompatible(subject.to_string(), e))?;
+        let level = subject_level(&state, subject);
+        // The latest version first, then (transitive levels) the earlier ones.
+        let checked = if level.transitive() {
+            versions.len()
+        } else {
+            1
+        };
+        let new = RegisteredSchema::new(0, schema_type, norm.clone())
+            .with_references(references.to_vec(), deps.clone());
+        for (version, id) in versions.iter().rev().take(checked) {
+            compatible(level, &state.schemas[id], &new).map_err(|e| {
+                RegistryError::Incompatible(subject.to_string(), format!("version {version}: {e}"))
+            })?;
         }
         let id = match (given, known) {
             (Some(g), _) => {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use weir_format::protobuf::Nullable;
 use weir_format::registry::{
-    LocalRegistry, RegisteredSchema, RegistryError, SchemaRegistry, SchemaType,
+    Compatibility, LocalRegistry, RegisteredSchema, RegistryError, SchemaRegistry, SchemaType,
 };
 use weir_format::sr::{self, SchemaBinding};
 use weir_format::{Column, Format, FormatSpec, Layout};
@@ -64,6 +64,39 @@ fn protobuf_and_json_schemas_are_checked_for_compatibility() {
     r.register("j-value", SchemaType::Json, &object(""))
         .unwrap();
     assert_eq!(r.versions("j-value").unwrap(), vec![1, 2]);
+}
+
+#[test]
+fn a_transitive_level_checks_every_earlier_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = LocalRegistry::open(log(dir.path()), "_weir_schemas").unwrap();
+    let record = |fields: &str| format!(r#"{{"type":"record","name":"R","fields":[{fields}]}}"#);
+    let a = r#"{"name":"a","type":"int"}"#;
+    let b_default = r#"{"name":"b","type":"string","default":"x"}"#;
+    let b = r#"{"name":"b","type":"string"}"#;
+    // v3 reads v2's data (it has b) but not v1's (no b, and v3 gives it no default).
+    let (v1, v2, v3) = (record(a), record(&format!("{a},{b_default}")), record(b));
+    for (subject, level, v3_ok) in [
+        ("plain-value", Compatibility::Backward, true),
+        ("all-value", Compatibility::BackwardTransitive, false),
+    ] {
+        r.set_compatibility(Some(subject), level).unwrap();
+        r.register(subject, SchemaType::Avro, &v1).unwrap();
+        r.register(subject, SchemaType::Avro, &v2).unwrap();
+        let third = r.register(subject, SchemaType::Avro, &v3);
+        assert_eq!(third.is_ok(), v3_ok, "{subject}: {third:?}");
+        if let Err(e) = third {
+            assert!(
+                e.to_string()
+                    .contains("version 1: new schema cannot read old data"),
+                "{e}"
+            );
+        }
+    }
+    assert_eq!(
+        Compatibility::from_name("backward_transitive").map(Compatibility::name),
+        Some("BACKWARD_TRANSITIVE")
+    );
 }
 
 #[test]
