@@ -264,29 +264,32 @@ pub enum Compatibility {
 }
 
 impl Compatibility {
-    const ALL: [(Compatibility, &'static str); 7] = [
-        (Compatibility::None, "NONE"),
-        (Compatibility::Backward, "BACKWARD"),
-        (Compatibility::Forward, "FORWARD"),
-        (Compatibility::Full, "FULL"),
-        (Compatibility::BackwardTransitive, "BACKWARD_TRANSITIVE"),
-        (Compatibility::ForwardTransitive, "FORWARD_TRANSITIVE"),
-        (Compatibility::FullTransitive, "FULL_TRANSITIVE"),
+    const ALL: [Compatibility; 7] = [
+        Compatibility::None,
+        Compatibility::Backward,
+        Compatibility::Forward,
+        Compatibility::Full,
+        Compatibility::BackwardTransitive,
+        Compatibility::ForwardTransitive,
+        Compatibility::FullTransitive,
     ];
 
     pub fn name(self) -> &'static str {
-        Self::ALL
-            .iter()
-            .find(|(level, _)| *level == self)
-            .map_or("NONE", |(_, name)| name)
+        match self {
+            Compatibility::None => "NONE",
+            Compatibility::Backward => "BACKWARD",
+            Compatibility::Forward => "FORWARD",
+            Compatibility::Full => "FULL",
+            Compatibility::BackwardTransitive => "BACKWARD_TRANSITIVE",
+            Compatibility::ForwardTransitive => "FORWARD_TRANSITIVE",
+            Compatibility::FullTransitive => "FULL_TRANSITIVE",
+        }
     }
 
     pub fn from_name(name: &str) -> Option<Compatibility> {
-        let name = name.to_ascii_uppercase();
         Self::ALL
-            .iter()
-            .find(|(_, n)| *n == name)
-            .map(|(level, _)| *level)
+            .into_iter()
+            .find(|level| level.name().eq_ignore_ascii_case(name))
     }
 
     /// Whether every earlier version is checked, not only the latest.
