@@ -1867,13 +1867,7 @@ impl Joiner {
                     return Ok(None);
                 };
                 let mut problems = Vec::new();
-                let headers = records
-                    .iter()
-                    .filter_map(|r| {
-                        let user = r.record.user_headers();
-                        (!user.is_empty()).then_some((r.offset, user))
-                    })
-                    .collect();
+                let headers = crate::pipeline::user_headers(records).collect();
                 Ok(Some(ReadPart {
                     source: j,
                     partition: p as u32,

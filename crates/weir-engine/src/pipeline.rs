@@ -491,17 +491,23 @@ impl TopicInput {
         step.next = Some(last.offset + 1);
         step.consumed = records.len() as u64;
         step.bytes = payload_bytes(records);
-        for r in records.iter().filter(|r| !r.record.headers.is_empty()) {
-            let user = r.record.user_headers();
-            if !user.is_empty() {
-                step.headers.insert(r.offset, user);
-            }
-        }
+        step.headers.extend(user_headers(records));
         let changes = self
             .decoder
             .decode(records, partition, &mut step.problems)?;
         Ok((step, changes))
     }
+}
+
+/// The user's headers of the records that have any, by offset.
+pub(crate) fn user_headers(
+    records: &[StoredRecord],
+) -> impl Iterator<Item = (u64, Vec<weir_log::Header>)> + '_ {
+    records
+        .iter()
+        .filter(|r| !r.record.headers.is_empty())
+        .map(|r| (r.offset, r.record.user_headers()))
+        .filter(|(_, user)| !user.is_empty())
 }
 
 thread_local! {
