@@ -509,25 +509,18 @@ impl Layout {
             .collect::<Result<Vec<_>, _>>()?;
         // JSON objects of flat columns are written straight from the arrays, with the same
         // bytes the general path writes, without a JSON value per row.
-        let flat_json = self.value_format.format == Format::Json
-            && (self.value_columns.len() > 1 || self.value_format.wrap_single)
-            && vals
-                .iter()
-                .zip(&self.value_columns)
-                .all(|(a, c)| crate::json::writes_flat(a.data_type(), &c.ty));
+        let flat_json = (self.value_format.format == Format::Json
+            && (self.value_columns.len() > 1 || self.value_format.wrap_single))
+            .then(|| crate::json::FlatWriter::new(&self.value_columns, &vals))
+            .flatten();
         // AVRO records of flat columns in the sink's own schema likewise.
         let flat_avro = match (&self.value_format.schema, self.value_format.format) {
-            (Some(b), Format::Avro) if !flat_json => {
+            (Some(b), Format::Avro) if flat_json.is_none() => {
                 crate::fastavro::FlatWriter::new(b, &self.value_columns, &vals)
                     .map_err(FormatError::Encode)?
             }
             _ => None,
         };
-        let names: Vec<Vec<u8>> = self
-            .value_columns
-            .iter()
-            .map(|c| serde_json::to_vec(&c.name).expect("strings serialize"))
-            .collect();
         // One KAFKA key column of a flat type: its bytes straight from the array.
         let mut fast_keys = match (self.key_format.format, keys.as_slice()) {
             (Format::Kafka, [a]) => kafka_keys(a, &self.key_columns[0].ty),
@@ -545,8 +538,8 @@ impl Layout {
                     .map(|(a, c)| value_at(a, row, &c.ty))
                     .collect(),
             };
-            let value = if flat_json {
-                Some(crate::json::encode_flat_row(&names, &vals, row))
+            let value = if let Some(w) = &flat_json {
+                Some(w.row(row))
             } else if let Some(w) = &flat_avro {
                 Some(w.row(&vals, row))
             } else {
