@@ -140,7 +140,9 @@ impl<'a> FlatWriter<'a> {
                 FlatColumn::Bool(a) => {
                     out.extend_from_slice(if a.value(row) { b"true" } else { b"false" })
                 }
-                FlatColumn::Int(v) => out.extend_from_slice(itoa::Buffer::new().format(v[row]).as_bytes()),
+                FlatColumn::Int(v) => {
+                    out.extend_from_slice(itoa::Buffer::new().format(v[row]).as_bytes())
+                }
                 FlatColumn::Bigint(v) => {
                     out.extend_from_slice(itoa::Buffer::new().format(v[row]).as_bytes())
                 }
@@ -267,7 +269,9 @@ mod flat_tests {
         };
         let rows = 20_000;
         let (mut b, mut i, mut l, mut d, mut s) = (vec![], vec![], vec![], vec![], vec![]);
-        let pieces = ["a", "é", "\"", "\\", "\u{1}", "\u{1f}", " ", "\u{7f}", "€", "\t", "/"];
+        let pieces = [
+            "a", "é", "\"", "\\", "\u{1}", "\u{1f}", " ", "\u{7f}", "€", "\t", "/",
+        ];
         for _ in 0..rows {
             let null = next() % 7 == 0;
             b.push((!null).then(|| next() % 2 == 0));
@@ -285,7 +289,8 @@ mod flat_tests {
                 0 => f64::from_bits(next()),
                 1 => (next() % 100_000) as f64 / 100.0,
                 2 => -((next() % 1_000) as f64) * 1.609,
-                3 => [0.0, -0.0, f64::MIN_POSITIVE, f64::MAX, 5e-324, 1e16, 1e-7][next() as usize % 7],
+                3 => [0.0, -0.0, f64::MIN_POSITIVE, f64::MAX, 5e-324, 1e16, 1e-7]
+                    [next() as usize % 7],
                 _ => (next() as f64) * 10f64.powi((next() % 80) as i32 - 40),
             }));
             s.push((!null).then(|| {

@@ -619,12 +619,62 @@ impl Builder {
 /// one, and the first case-insensitive match over later ones (as the general path).
 struct Fields<'a, 'de> {
     names: &'a [String],
+    /// Each name as the scanner can match it in one load ([`NamePattern`]), where it can.
+    patterns: Vec<Option<NamePattern>>,
     exact: Vec<Option<Scalar<'de>>>,
     loose: Vec<Option<Scalar<'de>>>,
     /// The items of the record's arrays and fields of its objects, each array's or
     /// object's in a run ([`Scalar::Items`], [`Scalar::Object`]).
     items: Vec<Item<'de>>,
     duplicate: bool,
+}
+
+/// A column name of at most 15 bytes, none of them a quote, a backslash or a control
+/// character, followed by its closing quote, as the 16 bytes after a field name's opening
+/// quote would hold it (`bits`, little-endian), and the `mask` of those bytes: where the
+/// record's bytes match, the field's name is exactly this name.
+#[derive(Clone, Copy)]
+struct NamePattern {
+    bits: u128,
+    mask: u128,
+    /// The name's length and its closing quote.
+    len: usize,
+}
+
+impl NamePattern {
+    fn new(name: &str) -> Option<NamePattern> {
+        let b = name.as_bytes();
+        if b.len() > 15 || b.iter().any(|&c| c == b'"' || c == b'\\' || c < 0x20) {
+            return None;
+        }
+        let mut bytes = [0u8; 16];
+        bytes[..b.len()].copy_from_slice(b);
+        bytes[b.len()] = b'"';
+        let len = b.len() + 1;
+        let mask = if len == 16 {
+            u128::MAX
+        } else {
+            (1u128 << (8 * len)) - 1
+        };
+        Some(NamePattern {
+            bits: u128::from_le_bytes(bytes),
+            mask,
+            len,
+        })
+    }
+
+    /// Whether `bytes` (past a name's opening quote) start with this name and its quote.
+    #[inline(always)]
+    fn matches(&self, bytes: &[u8]) -> bool {
+        match bytes.first_chunk::<16>() {
+            Some(w) => u128::from_le_bytes(*w) & self.mask == self.bits,
+            None => false,
+        }
+    }
+}
+
+fn name_patterns(names: &[String]) -> Vec<Option<NamePattern>> {
+    names.iter().map(|n| NamePattern::new(n)).collect()
 }
 
 impl<'de> Fields<'_, 'de> {
@@ -739,6 +789,7 @@ pub(crate) fn decode(
     });
     let mut fields_of = Fields {
         names: &names,
+        patterns: name_patterns(&names),
         exact: (0..names.len()).map(|_| None).collect(),
         loose: (0..names.len()).map(|_| None).collect(),
         items: Vec::new(),

@@ -68,20 +68,31 @@ impl<'de> Scanner<'de> {
             // one `slot_bytes` would find).
             let mut next = 0;
             loop {
-                // A name's bytes match the columns' names as its text would; one not
-                // ASCII is checked for UTF-8 first.
-                let (key, ascii) = self.string_bytes()?;
-                if !ascii {
-                    std::str::from_utf8(key).ok()?;
-                }
+                // The expected column's name matched in one load where it can be;
+                // else a name's bytes match the columns' names as its text would (one
+                // not ASCII is checked for UTF-8 first).
+                let at = match fields.patterns.get(next).copied().flatten() {
+                    Some(p)
+                        if self.peek() == Some(b'"') && p.matches(&self.bytes[self.at + 1..]) =>
+                    {
+                        self.at += 1 + p.len;
+                        Some((next, true))
+                    }
+                    _ => {
+                        let (key, ascii) = self.string_bytes()?;
+                        if !ascii {
+                            std::str::from_utf8(key).ok()?;
+                        }
+                        match fields.names.get(next) {
+                            Some(n) if n.as_bytes() == key => Some((next, true)),
+                            _ => fields.slot_bytes(key),
+                        }
+                    }
+                };
                 self.space();
                 self.eat(b':')?;
                 self.space();
                 let value = self.value(Some(&mut fields.items))?;
-                let at = match fields.names.get(next) {
-                    Some(n) if n.as_bytes() == key => Some((next, true)),
-                    _ => fields.slot_bytes(key),
-                };
                 if let Some(at) = at {
                     next = at.0 + 1;
                     fields.put(at, value);
@@ -370,6 +381,7 @@ mod tests {
     fn scanned(text: &str) -> Option<f64> {
         let names = vec!["D".to_string()];
         let mut fields = Fields {
+            patterns: super::super::name_patterns(&names),
             names: &names,
             exact: vec![None],
             loose: vec![None],
@@ -385,6 +397,69 @@ mod tests {
             Some(Scalar::I64(v)) => Some(v as f64),
             _ => panic!("{text}: not a number"),
         }
+    }
+
+    /// Each slot of `fields` as text (`-` where empty).
+    fn slots(fields: &Fields) -> String {
+        let show = |s: &Option<Scalar>| match s {
+            None => "-".to_string(),
+            Some(Scalar::I64(v)) => v.to_string(),
+            Some(Scalar::U64(v)) => v.to_string(),
+            Some(Scalar::F64(v)) => format!("{v:?}"),
+            Some(Scalar::Str(v)) => format!("{v:?}"),
+            Some(_) => "other".to_string(),
+        };
+        let exact: Vec<String> = fields.exact.iter().map(show).collect();
+        let loose: Vec<String> = fields.loose.iter().map(show).collect();
+        format!("{exact:?} {loose:?} duplicate={}", fields.duplicate)
+    }
+
+    /// Field names next to the columns' (longer, shorter, in another case, not ASCII,
+    /// near the record's end, where a one-load match could be fooled) land in the slots
+    /// serde_json's reading puts them in.
+    #[test]
+    fn names_land_where_serde_json_puts_them() {
+        use serde::Deserializer;
+        let names: Vec<String> = ["SPEED", "SPEED_X", "\u{c9}T\u{c9}", "A_NAME_OF_15_BY", "A"]
+            .map(String::from)
+            .to_vec();
+        let records = [
+            r#"{"SPEED":1,"SPEED_X":2,"ÉTÉ":3,"A_NAME_OF_15_BY":4,"A":5}"#,
+            r#"{"SPEED_X":1,"SPEED":2}"#,
+            r#"{"SPEEDY":1,"SPEED":2,"SPEED_XY":3}"#,
+            r#"{"SPEE":1,"speed":2,"SPEED_":3}"#,
+            r#"{"SPEED":1}"#,
+            r#"{"A":1}"#,
+            r#"{"AB":1,"A":2}"#,
+            r#"{"A_NAME_OF_15_BYTES":1,"A_NAME_OF_15_BY":2}"#,
+            r#"{"A_NAME_OF_15_B":1,"a_name_of_15_by":2}"#,
+            r#"{"SPEED":1,"SPEED":2}"#,
+            r#"{"ÉTÉS":1,"ÉtÉ":2,"ÉTÉ":3}"#,
+            r#"{"SPEED" :1, "SPEED_X"  :  2}"#,
+        ];
+        let fresh = || Fields {
+            patterns: super::super::name_patterns(&names),
+            names: &names,
+            exact: vec![None, None, None, None, None],
+            loose: vec![None, None, None, None, None],
+            items: Vec::new(),
+            duplicate: false,
+        };
+        for record in records {
+            let mut scanned = fresh();
+            assert!(super::object(record.as_bytes(), &mut scanned), "{record}");
+            let mut read = fresh();
+            let mut de = serde_json::Deserializer::from_slice(record.as_bytes());
+            assert!(de.deserialize_any(&mut read).unwrap(), "{record}");
+            assert_eq!(slots(&scanned), slots(&read), "{record}");
+        }
+        // The one-load match is made where it can be: not for a name of 16 bytes or more.
+        assert!(
+            super::super::name_patterns(&names)
+                .iter()
+                .all(Option::is_some)
+        );
+        assert!(super::super::NamePattern::new("SIXTEEN_BYTES_AB").is_none());
     }
 
     /// Seeded decimal texts of every shape (digits before and after the point, exponents,
