@@ -17,10 +17,8 @@
 
 use std::sync::Arc;
 
-use arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
-};
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::array::{ArrayRef, ArrowPrimitiveType, BooleanBuilder, PrimitiveArray, StringBuilder};
+use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
 use weir_log::StoredRecord;
@@ -270,13 +268,45 @@ impl<'de> DeserializeSeed<'de> for KeySeed {
     }
 }
 
+/// A column of a primitive type built in a plain vector and a null buffer: Arrow's own
+/// builder's append was a call per value here, not inlined into the decoding loop.
+pub(crate) struct Prim<T: ArrowPrimitiveType> {
+    values: Vec<T::Native>,
+    nulls: arrow::array::builder::NullBufferBuilder,
+}
+
+impl<T: ArrowPrimitiveType> Prim<T> {
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        Prim {
+            values: Vec::with_capacity(n),
+            nulls: arrow::array::builder::NullBufferBuilder::new(n),
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn append_value(&mut self, v: T::Native) {
+        self.values.push(v);
+        self.nulls.append_non_null();
+    }
+
+    #[inline(always)]
+    pub(crate) fn append_null(&mut self) {
+        self.values.push(T::Native::default());
+        self.nulls.append_null();
+    }
+
+    pub(crate) fn finish(&mut self) -> PrimitiveArray<T> {
+        PrimitiveArray::new(std::mem::take(&mut self.values).into(), self.nulls.finish())
+    }
+}
+
 /// A column's builder; `push` takes a scalar as the general path would convert it, or
 /// says no.
 pub(crate) enum Builder {
     Bool(BooleanBuilder),
-    Int(Int32Builder),
-    Bigint(Int64Builder),
-    Double(Float64Builder),
+    Int(Prim<Int32Type>),
+    Bigint(Prim<Int64Type>),
+    Double(Prim<Float64Type>),
     Str(StringBuilder),
     /// An ARRAY of one of the flat types (JSON only): its items' builder, where each
     /// row's items end, and which rows are null.
@@ -310,11 +340,9 @@ impl Builder {
             (DataType::Boolean, SqlType::Boolean) => {
                 Builder::Bool(BooleanBuilder::with_capacity(n))
             }
-            (DataType::Int32, SqlType::Int) => Builder::Int(Int32Builder::with_capacity(n)),
-            (DataType::Int64, SqlType::Bigint) => Builder::Bigint(Int64Builder::with_capacity(n)),
-            (DataType::Float64, SqlType::Double) => {
-                Builder::Double(Float64Builder::with_capacity(n))
-            }
+            (DataType::Int32, SqlType::Int) => Builder::Int(Prim::with_capacity(n)),
+            (DataType::Int64, SqlType::Bigint) => Builder::Bigint(Prim::with_capacity(n)),
+            (DataType::Float64, SqlType::Double) => Builder::Double(Prim::with_capacity(n)),
             (DataType::Utf8, SqlType::String) => {
                 Builder::Str(StringBuilder::with_capacity(n, n * 8))
             }
@@ -870,9 +898,9 @@ pub(crate) fn flat_batch<'r>(
         return None;
     }
     let n = records.len();
-    let mut rowtime = Int64Builder::with_capacity(n);
-    let mut partition = Int32Builder::with_capacity(n);
-    let mut offset = Int64Builder::with_capacity(n);
+    let mut rowtime = Prim::<Int64Type>::with_capacity(n);
+    let mut partition = Prim::<Int32Type>::with_capacity(n);
+    let mut offset = Prim::<Int64Type>::with_capacity(n);
     let mut key = if string_key {
         if fields[3].data_type() != &DataType::Utf8 {
             return None;
