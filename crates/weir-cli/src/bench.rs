@@ -283,6 +283,23 @@ const W3_WINDOW: &str = "CREATE TABLE PER_CAR AS SELECT CAR_ID, COUNT(*) AS N, A
 const W3_CARS: &str = "CREATE TABLE CARS (CAR_ID STRING PRIMARY KEY, MODEL STRING, YEAR INT) WITH (KAFKA_TOPIC='cars', VALUE_FORMAT='JSON');";
 const W3_JOIN: &str = "CREATE STREAM ENRICHED AS SELECT S.CAR_ID AS CAR_ID, C.MODEL, C.YEAR, S.SPEED FROM SENSORS S JOIN CARS C ON S.CAR_ID = C.CAR_ID;";
 
+/// The process's CPU time so far, user and system, in seconds (Linux: `/proc/self/stat`,
+/// in clock ticks of 10 ms; zeros elsewhere).
+fn cpu_secs() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let field = |i: usize| {
+        rest.split_whitespace()
+            .nth(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 100.0
+    };
+    // utime and stime are the 14th and 15th fields: the 12th and 13th after the name.
+    (field(11), field(12))
+}
+
 /// Resets the process's peak RSS (Linux: `5` to clear_refs), so each phase reports its own.
 fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
@@ -1190,10 +1207,8 @@ pub fn workers(
     partitions: u32,
     counts: &[usize],
     query: &str,
+    repeat: usize,
 ) -> Result<(), String> {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::time::Duration;
-    let err = |e: weir_engine::EngineError| e.to_string();
     let (name, sql, made) = match query {
         "w1" => ("W1", W1_QUERY, "STREAM FAST AS"),
         "w3" => ("W3 windowed aggregation", W3_WINDOW, "TABLE PER_CAR AS"),
@@ -1204,8 +1219,69 @@ pub fn workers(
         "workers: {queries} {name} queries over {events} events each in {partitions} partition(s), durable engine, embedded log ({} cores)",
         weir_engine::runtime::default_workers()
     );
-    let mut first = None;
-    for &count in counts {
+    // Each count's speedups over the rounds.
+    let mut speedups: Vec<Vec<f64>> = vec![Vec::new(); counts.len()];
+    for round in 0..repeat.max(1) {
+        if repeat > 1 {
+            println!(" round {}", round + 1);
+        }
+        let mut first = None;
+        for (c, &count) in counts.iter().enumerate() {
+            let run = WorkersRun {
+                events,
+                queries,
+                partitions,
+                sql,
+                made,
+                join: query == "w3-join",
+            };
+            let speedup = run.run(count, &mut first)?;
+            speedups[c].push(speedup);
+        }
+    }
+    if repeat > 1 {
+        for (speedups, count) in speedups.iter().zip(counts) {
+            let lo = speedups.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = speedups.iter().copied().fold(0.0, f64::max);
+            let mut sorted = speedups.clone();
+            sorted.sort_by(f64::total_cmp);
+            println!(
+                "  {count} worker(s): speedup {lo:.2}x .. {hi:.2}x over {} rounds, median {:.2}x",
+                speedups.len(),
+                sorted[sorted.len() / 2]
+            );
+        }
+    }
+    Ok(())
+}
+
+/// What one run of [`workers`] runs: `queries` copies of `sql` (its `made` clause
+/// renamed per copy) over `events` events in `partitions` partitions.
+struct WorkersRun<'a> {
+    events: u64,
+    queries: usize,
+    partitions: u32,
+    sql: &'a str,
+    made: &'a str,
+    /// The stream-table join: the cars table loaded too, events by key.
+    join: bool,
+}
+
+impl WorkersRun<'_> {
+    /// One run with `count` workers; its speedup over `first` (set by the round's
+    /// first run).
+    fn run(&self, count: usize, first: &mut Option<f64>) -> Result<f64, String> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::time::Duration;
+        let err = |e: weir_engine::EngineError| e.to_string();
+        let WorkersRun {
+            events,
+            queries,
+            partitions,
+            sql,
+            made,
+            join,
+        } = *self;
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let log: Arc<dyn Log> = Arc::new(
             EmbeddedLog::open(
@@ -1219,7 +1295,6 @@ pub fn workers(
         );
         // The join's car table is partitioned as the events are (a join needs them
         // alike), and the events go to their key's partition.
-        let join = query == "w3-join";
         let topics: &[&str] = if join {
             &["sensors", "cars"]
         } else {
@@ -1261,6 +1336,7 @@ pub fn workers(
                 .map_err(err)?;
         }
         let started = Instant::now();
+        let cpu_before = cpu_secs();
         let runtime = weir_engine::Runtime::start_with(engine, count);
         let handle = match runtime
             .execute_sql("SELECT ID, N FROM IDLE EMIT CHANGES;")
@@ -1318,6 +1394,7 @@ pub fn workers(
                 return Err("the queries did not finish in 10 minutes".into());
             }
         };
+        let cpu_after = cpu_secs();
         busy.store(false, Ordering::SeqCst);
         let pushed = pusher.join().map_err(|_| "the push thread panicked")?;
         runtime.shutdown().map_err(err)?;
@@ -1334,16 +1411,18 @@ pub fn workers(
         };
         let mut pushed = pushed;
         println!(
-            "  {count} worker(s): {}  = {speedup:.2}x;  SHOW QUERIES p50 {:.1} ms p99 {:.1} ms;  idle-stream push row p50 {:.1} ms p99 {:.1} ms ({} rows)",
+            "  {count} worker(s): {}  = {speedup:.2}x;  CPU {:.2} s user + {:.2} s system;  SHOW QUERIES p50 {:.1} ms p99 {:.1} ms;  idle-stream push row p50 {:.1} ms p99 {:.1} ms ({} rows)",
             rate(total, secs),
+            cpu_after.0 - cpu_before.0,
+            cpu_after.1 - cpu_before.1,
             pct(&mut statement, 0.5),
             pct(&mut statement, 0.99),
             pct(&mut pushed, 0.5),
             pct(&mut pushed, 0.99),
             pushed.len()
         );
+        Ok(speedup)
     }
-    Ok(())
 }
 
 /// Servers sharing work on one Kafka cluster: for each count in `servers`, that many

@@ -387,6 +387,11 @@ enum Workload {
         /// COUNT/AVG per car) or `w3-join` (W3's stream-table join to 10,000 cars).
         #[arg(long, default_value = "w1")]
         query: String,
+        /// Rounds of the worker counts, one after another (each round's speedups against
+        /// its own first count; the spread printed at the end): this machine's figures
+        /// move between runs of one binary.
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
     },
     /// Servers sharing a service id on one Kafka cluster (e.g. tansu): W1's projection
     /// over a 4-partition topic run by 1, 2, ... `weir run` processes, records/s each, with
@@ -810,8 +815,9 @@ fn main() -> ExitCode {
                     partitions,
                     workers,
                     query,
+                    repeat,
                 },
-        } => match bench::workers(events, queries, partitions, &workers, &query) {
+        } => match bench::workers(events, queries, partitions, &workers, &query, repeat) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("weir bench: {e}");
