@@ -1240,14 +1240,13 @@ pub fn workers(
         }
     }
     if repeat > 1 {
-        for (speedups, count) in speedups.iter().zip(counts) {
-            let lo = speedups.iter().copied().fold(f64::INFINITY, f64::min);
-            let hi = speedups.iter().copied().fold(0.0, f64::max);
-            let mut sorted = speedups.clone();
+        for (mut sorted, count) in speedups.into_iter().zip(counts) {
             sorted.sort_by(f64::total_cmp);
             println!(
-                "  {count} worker(s): speedup {lo:.2}x .. {hi:.2}x over {} rounds, median {:.2}x",
-                speedups.len(),
+                "  {count} worker(s): speedup {:.2}x .. {:.2}x over {} rounds, median {:.2}x",
+                sorted[0],
+                sorted[sorted.len() - 1],
+                sorted.len(),
                 sorted[sorted.len() / 2]
             );
         }
