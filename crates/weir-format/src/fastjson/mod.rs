@@ -295,8 +295,8 @@ impl<T: ArrowPrimitiveType> Prim<T> {
         self.nulls.append_null();
     }
 
-    pub(crate) fn finish(&mut self) -> PrimitiveArray<T> {
-        PrimitiveArray::new(std::mem::take(&mut self.values).into(), self.nulls.finish())
+    pub(crate) fn finish(mut self) -> PrimitiveArray<T> {
+        PrimitiveArray::new(self.values.into(), self.nulls.finish())
     }
 }
 
@@ -592,9 +592,9 @@ impl Builder {
     pub(crate) fn finish(self) -> ArrayRef {
         match self {
             Builder::Bool(mut b) => Arc::new(b.finish()),
-            Builder::Int(mut b) => Arc::new(b.finish()),
-            Builder::Bigint(mut b) => Arc::new(b.finish()),
-            Builder::Double(mut b) => Arc::new(b.finish()),
+            Builder::Int(b) => Arc::new(b.finish()),
+            Builder::Bigint(b) => Arc::new(b.finish()),
+            Builder::Double(b) => Arc::new(b.finish()),
             Builder::Str(mut b) => Arc::new(b.finish()),
             Builder::List {
                 item,
