@@ -627,6 +627,15 @@ impl Work {
     }
 }
 
+/// The shards a GROUP BY's state folds in on `threads` threads: half of them (at least
+/// one), for while the state folds, the partitions' next steps are read and decoded on
+/// the others (see `PersistentQuery::shared_steps`). On two cores one shard: measured,
+/// the fold of one shard beside the reading beats two shards' split and merge
+/// (docs/performance.md, "Reading ahead while the state folds").
+fn shards_for(threads: usize) -> usize {
+    (threads / 2).max(1)
+}
+
 /// A failed query's next attempt.
 #[derive(Debug, Clone, Copy)]
 struct Retry {
@@ -653,6 +662,13 @@ impl PersistentQuery {
             None if parallelism > 1 => self.shared_steps(log, durable, parallelism),
             _ => None,
         };
+        if computed.is_none() {
+            // Steps read ahead are for steps computed at once.
+            self.pipeline.take_ahead();
+        }
+        // Steps computed at once with state: the state holds them all, so a checkpoint
+        // waits until every one is written and moved past.
+        let whole = computed.is_some() && !self.pipeline.stateless();
         let mut consumed = 0;
         // The first error of a step computed at once with others: returned once the
         // others' steps whose output is written already are counted and moved past.
@@ -698,14 +714,27 @@ impl PersistentQuery {
                 // (`WEIR_FAILPOINT=crash_before_checkpoint:N`, see [`weir_log::failpoint`]).
                 weir_log::failpoint::hit("crash_before_checkpoint");
                 self.unsaved = true;
-                if self.last_checkpoint.elapsed() >= self.commit_every && self.may_checkpoint() {
+                if !whole
+                    && self.last_checkpoint.elapsed() >= self.commit_every
+                    && self.may_checkpoint()
+                {
                     self.checkpoint(log)?;
                 }
             }
             consumed += n;
         }
         if let Some(e) = failed {
+            self.pipeline.take_ahead();
             return Err(e);
+        }
+        if self.error.is_some() {
+            self.pipeline.take_ahead();
+        } else if whole
+            && self.unsaved
+            && self.last_checkpoint.elapsed() >= self.commit_every
+            && self.may_checkpoint()
+        {
+            self.checkpoint(log)?;
         }
         // Caught up (or stopped): what it did is checkpointed now.
         if consumed == 0 && self.unsaved && self.may_checkpoint() {
@@ -720,9 +749,13 @@ impl PersistentQuery {
     /// the partitions, several batches each while time lasts ([`shared_rounds`]); a
     /// query without state writes its output there too. A pipeline with state (a GROUP
     /// BY) runs it after them, step after step in order, its state split into shards that
-    /// fold at once (`aggregate/shards.rs`), and their output is encoded at once again
-    /// (written in order by the caller); a step that fails ends the list (those after it
-    /// are read again next time). A panic in a thread goes on in the caller.
+    /// fold at once (`aggregate/shards.rs`), encodes their output at once again and
+    /// writes it in order — while other threads read the partitions' next steps (up to
+    /// the stages with state) for the next call, which takes them where its partitions
+    /// are still where they were read from, so the stages with state, the encoding and
+    /// the writing cost no time of their own while records wait. A step that fails ends
+    /// the list (those after it are read again next time, and nothing read ahead is
+    /// kept). A panic in a thread goes on in the caller.
     #[allow(clippy::type_complexity)]
     fn shared_steps(
         &mut self,
@@ -730,19 +763,45 @@ impl PersistentQuery {
         durable: bool,
         threads: usize,
     ) -> Option<Vec<(u32, Result<pipeline::Step>, Duration)>> {
+        // Every partition (asking the log which have records waiting would cost a round
+        // trip per partition on Kafka; an idle one's step reads nothing).
+        let owned: Vec<u32> = (0..self.pipeline.partitions())
+            .filter(|p| self.owns(*p))
+            .collect();
+        let mut ahead: BTreeMap<u32, pipeline::AheadSteps> = self
+            .pipeline
+            .take_ahead()
+            .into_iter()
+            .map(|a| (a.partition, a))
+            .collect();
         let (input, stages) = self.pipeline.shared()?;
         let stateless = stages.len() == self.pipeline.operators.len();
         let first_stateful = stages.len();
-        // Every partition (asking the log which have records waiting would cost a round
-        // trip per partition on Kafka; an idle one's step reads nothing).
-        let all: Vec<u32> = (0..input.offsets.len() as u32)
-            .filter(|p| self.owns(*p))
-            .collect();
-        let n = threads.min(all.len());
+        let n = threads.min(owned.len());
+        // The steps read ahead for partitions still where they were read from; the
+        // others read now (and those whose steps read ahead ran dry, from after them).
+        let mut results = Vec::new();
+        let mut to_read = Vec::new();
+        for &p in &owned {
+            match ahead.remove(&p) {
+                Some(a) if a.from == input.offsets[p as usize] => {
+                    let next = a.steps.last().and_then(|(s, _)| s.next);
+                    if !a.full {
+                        to_read.push((p, next));
+                    }
+                    results.extend(a.steps.into_iter().map(|(s, took)| (p, Ok(s), took)));
+                }
+                _ => to_read.push((p, None)),
+            }
+        }
         // Without state, each partition's output is written on its thread.
         let spec = &self.sink_spec(log, durable);
         let write = stateless.then_some((spec, durable));
-        let mut results = shared_rounds(input, &stages, log, write, &all, n);
+        if !to_read.is_empty() {
+            results.extend(shared_rounds(input, &stages, log, write, &to_read, n));
+            // In order of partition, each partition's in the order read.
+            results.sort_by_key(|(p, _, _)| *p);
+        }
         for (_, step, _) in &results {
             if let Ok(step) = step {
                 self.pipeline.count_stage_rows(step);
@@ -753,45 +812,93 @@ impl PersistentQuery {
         }
         // The stages with state, over the steps up to the first that failed (those after
         // it are read again next time), as if one after the other.
-        if let Some(failed) = results.iter().position(|(_, step, _)| step.is_err()) {
-            results.truncate(failed + 1);
-        }
-        let began = Instant::now();
-        let mut ok: Vec<(u32, &mut pipeline::Step)> = results
-            .iter_mut()
-            .filter_map(|(p, step, _)| step.as_mut().ok().map(|s| (*p, s)))
-            .collect();
-        let inputs: Vec<(u32, Vec<ChangeBatch>)> = ok
-            .iter_mut()
-            .map(|(p, step)| (*p, std::mem::take(&mut step.changes)))
-            .collect();
-        let mut problems: Vec<&mut Vec<Problem>> =
-            ok.iter_mut().map(|(_, step)| &mut step.problems).collect();
-        let ran = self
-            .pipeline
-            .run_many_from(first_stateful, inputs, &mut problems);
-        let stateful = match ran {
-            Ok(changes) => {
-                for ((_, step), changes) in ok.into_iter().zip(changes) {
-                    step.changes = changes;
-                }
-                let share = began.elapsed() / results.len().max(1) as u32;
-                results
-                    .into_iter()
-                    .map(|(p, step, took)| (p, step, took + share))
-                    .collect::<Vec<_>>()
+        let read_ahead = match results.iter().position(|(_, step, _)| step.is_err()) {
+            Some(failed) => {
+                results.truncate(failed + 1);
+                None
             }
-            // State may hold some of the steps: the query fails, and is reloaded.
-            Err(e) => return Some(vec![(results[0].0, Err(e), began.elapsed())]),
+            // Each partition's next steps, from after its last step here.
+            None => Some(
+                owned
+                    .iter()
+                    .map(|&p| {
+                        let last = results.iter().rev().find(|(q, _, _)| *q == p);
+                        let next = last.and_then(|(_, s, _)| s.as_ref().ok()?.next);
+                        (p, next)
+                    })
+                    .collect::<Vec<_>>(),
+            ),
         };
-        // Their output encoded at once again.
-        let spec = &self.sink_spec(log, durable);
-        let encoded = each_at_once(stateful, threads, |_, (p, step, took)| {
-            let began = Instant::now();
-            let step = step.and_then(|step| encode_step(spec, step, p, durable, 1));
-            (p, step, took + began.elapsed())
-        });
-        Some(encoded)
+        let (spec, pipeline) = self.sink_spec_and_pipeline(log, durable);
+        let (input, stages, mut stateful) = pipeline.split_at_state(first_stateful)?;
+        enum Job<'a, 'b> {
+            Run(
+                Vec<(u32, Result<pipeline::Step>, Duration)>,
+                &'a mut pipeline::Stateful<'b>,
+            ),
+            Read(&'a [(u32, Option<u64>)]),
+        }
+        enum Done {
+            Ran(Vec<(u32, Result<pipeline::Step>, Duration)>),
+            Read(Vec<(u32, Result<pipeline::Step>, Duration)>),
+        }
+        let mut jobs = vec![Job::Run(results, &mut stateful)];
+        if let Some(reads) = &read_ahead {
+            jobs.push(Job::Read(reads));
+        }
+        let spec = &spec;
+        let mut done = each_at_once(jobs, 2, |_, job| match job {
+            Job::Run(results, stateful) => {
+                Done::Ran(run_stateful(stateful, results, spec, log, durable, threads))
+            }
+            Job::Read(reads) => Done::Read(shared_rounds(input, &stages, log, None, reads, n)),
+        })
+        .into_iter();
+        let Some(Done::Ran(ran)) = done.next() else {
+            unreachable!("the jobs' results come in their order")
+        };
+        let read = match done.next() {
+            Some(Done::Read(read)) => read,
+            _ => Vec::new(),
+        };
+        // What was read ahead is kept for the next step where this one's steps all went
+        // through (each partition's steps up to the first that failed, if any; those
+        // that read nothing are read again then).
+        let ok = ran.iter().all(|(_, step, _)| step.is_ok());
+        if ok && let Some(reads) = &read_ahead {
+            let mut kept: Vec<pipeline::AheadSteps> = Vec::new();
+            for (p, step, took) in read {
+                let Ok(step) = step else {
+                    kept.retain(|a| a.partition != p);
+                    continue;
+                };
+                if step.consumed == 0 || kept.last().is_some_and(|a| a.partition == p && !a.full) {
+                    continue;
+                }
+                let full = step.requested.is_some_and(|r| step.consumed as usize >= r);
+                match kept.last_mut() {
+                    Some(a) if a.partition == p => {
+                        a.full = full;
+                        a.steps.push((step, took));
+                    }
+                    _ => {
+                        let from = reads
+                            .iter()
+                            .find(|(q, _)| *q == p)
+                            .and_then(|(_, from)| *from)
+                            .unwrap_or(input.offsets[p as usize]);
+                        kept.push(pipeline::AheadSteps {
+                            partition: p,
+                            from,
+                            steps: vec![(step, took)],
+                            full,
+                        });
+                    }
+                }
+            }
+            pipeline.keep_ahead(kept);
+        }
+        Some(ran)
     }
 
     /// One step of one partition through the query's pipeline, into its sink topic.
@@ -1888,13 +1995,13 @@ impl Engine {
     }
 
     /// Lets a query's step compute up to `threads` partitions at once, and a GROUP BY's
-    /// state fold in up to `threads` shards at once (1, the default: one after the
-    /// other). The runtime sets it to its number of workers.
+    /// state fold in up to half as many shards at once ([`shards_for`]; 1, the default:
+    /// one after the other). The runtime sets it to its number of workers.
     pub fn set_parallelism(&mut self, threads: usize) {
         self.parallelism = threads.max(1);
         for e in self.queries.values() {
             let mut q = lock(&e.query);
-            if q.pipeline.set_shards(self.parallelism) {
+            if q.pipeline.set_shards(shards_for(self.parallelism)) {
                 // Its state was dealt out again: the next checkpoint saves it whole.
                 q.since_full = delta::FULL_EVERY;
             }
@@ -3237,7 +3344,7 @@ impl Engine {
                 warnings: self.functions.warning_source,
             },
         );
-        pipeline.set_shards(self.parallelism);
+        pipeline.set_shards(shards_for(self.parallelism));
         pipeline.set_tracking(self.durable);
         let commit_every = self
             .properties
@@ -4251,6 +4358,70 @@ fn encode_step(
     Ok(step)
 }
 
+/// The stages with state over several partitions' steps (read and through the stages
+/// before them), as if one after the other ([`pipeline::Stateful::run_many`]); their
+/// output encoded on up to `threads` threads at once, then written in order, up to the
+/// first step whose write fails (that step carries the error; those after it are not
+/// written). An error of the stages with state is the list's one step: state may hold
+/// some of the steps, so the query fails and is reloaded.
+#[allow(clippy::type_complexity)]
+fn run_stateful(
+    stateful: &mut pipeline::Stateful<'_>,
+    mut results: Vec<(u32, Result<pipeline::Step>, Duration)>,
+    spec: &SinkSpec,
+    log: &dyn Log,
+    durable: bool,
+    threads: usize,
+) -> Vec<(u32, Result<pipeline::Step>, Duration)> {
+    let began = Instant::now();
+    let mut ok: Vec<(u32, &mut pipeline::Step)> = results
+        .iter_mut()
+        .filter_map(|(p, step, _)| step.as_mut().ok().map(|s| (*p, s)))
+        .collect();
+    let inputs: Vec<(u32, Vec<ChangeBatch>)> = ok
+        .iter_mut()
+        .map(|(p, step)| (*p, std::mem::take(&mut step.changes)))
+        .collect();
+    let mut problems: Vec<&mut Vec<Problem>> =
+        ok.iter_mut().map(|(_, step)| &mut step.problems).collect();
+    match stateful.run_many(inputs, &mut problems) {
+        Ok(changes) => {
+            for ((_, step), changes) in ok.into_iter().zip(changes) {
+                step.changes = changes;
+            }
+        }
+        Err(e) => return vec![(results[0].0, Err(e), began.elapsed())],
+    }
+    let share = began.elapsed() / results.len().max(1) as u32;
+    // Their output encoded at once again, then written in order.
+    let encoded = each_at_once(results, threads, |_, (p, step, took)| {
+        let began = Instant::now();
+        let step = step.and_then(|step| encode_step(spec, step, p, durable, 1));
+        (p, step, took + share + began.elapsed())
+    });
+    let mut failed = false;
+    encoded
+        .into_iter()
+        .map(|(p, step, took)| {
+            let began = Instant::now();
+            let step = match step {
+                Ok(mut s) if !failed && s.consumed > 0 => {
+                    match write_step(log, spec, &mut s, p, durable) {
+                        Ok(written) => {
+                            s.written = Some(written);
+                            Ok(s)
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                step => step,
+            };
+            failed |= step.is_err();
+            (p, step, took + began.elapsed())
+        })
+        .collect()
+}
+
 /// The steps of the stateless stages of a query (the first that run before any with
 /// state: all of them for a query without state) over the partitions `all`, on up to
 /// `threads` threads at once (the caller's one of them), for about
@@ -4266,7 +4437,7 @@ fn shared_rounds(
     stages: &[&dyn pipeline::SharedStage],
     log: &dyn Log,
     write: Option<(&SinkSpec, bool)>,
-    all: &[u32],
+    all: &[(u32, Option<u64>)],
     threads: usize,
 ) -> Vec<(u32, Result<pipeline::Step>, Duration)> {
     fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -4277,7 +4448,7 @@ fn shared_rounds(
     // Partitions waiting: each with where it reads from (`None`: where its input stands)
     // and how many of its batches this step read before.
     let waiting: Mutex<std::collections::VecDeque<(u32, Option<u64>, usize)>> =
-        Mutex::new(all.iter().map(|p| (*p, None, 0)).collect());
+        Mutex::new(all.iter().map(|(p, from)| (*p, *from, 0)).collect());
     let work = || {
         let mut done = Vec::new();
         // (The queue's lock is let go before the batch is worked on.)

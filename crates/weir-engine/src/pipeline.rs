@@ -412,6 +412,61 @@ pub(crate) struct TopicInput {
     /// offset it was read from, and what was read. Taken by the next step of that
     /// partition if the input is still at that offset; dropped otherwise.
     ahead: Option<(u32, u64, (Step, Vec<ChangeBatch>))>,
+    /// Steps of several partitions read ahead while the step before them went through the
+    /// stages with state ([`Pipeline::split_at_state`]): taken by the next step of the
+    /// partitions (each used only if its partition is still where it was read from).
+    ahead_steps: Vec<AheadSteps>,
+}
+
+/// A partition's steps read ahead: read, decoded and through the stages without state,
+/// while the step before went through the stages with state (see `shared_steps` in
+/// lib.rs).
+#[derive(Debug)]
+pub(crate) struct AheadSteps {
+    pub partition: u32,
+    /// The offset its first step read from: the steps are used only by a step of the
+    /// partition that starts there.
+    pub from: u64,
+    /// The steps in the order read, each with the time it took.
+    pub steps: Vec<(Step, std::time::Duration)>,
+    /// Whether its last batch was full (records may be waiting behind it): else the step
+    /// that uses them also reads what came since.
+    pub full: bool,
+}
+
+/// The stages with state of a pipeline (from the first with state on), borrowed apart
+/// from its input and the stages before them ([`Pipeline::split_at_state`]).
+pub(crate) struct Stateful<'a> {
+    operators: &'a mut [Box<dyn Operator>],
+    stage_rows: &'a mut [(u64, u64)],
+}
+
+impl Stateful<'_> {
+    /// Several partitions' steps at once (in partition order, as if one after the
+    /// other), each stage taking them all together ([`Operator::process_many`]): per
+    /// partition, its changes; problems added to its list.
+    pub fn run_many(
+        &mut self,
+        mut inputs: Vec<(u32, Vec<ChangeBatch>)>,
+        problems: &mut [&mut Vec<Problem>],
+    ) -> Result<Vec<Vec<ChangeBatch>>> {
+        for (op, counts) in self.operators.iter_mut().zip(self.stage_rows.iter_mut()) {
+            counts.0 += inputs.iter().map(|(_, c)| rows(c)).sum::<u64>();
+            let partitions: Vec<u32> = inputs.iter().map(|(p, _)| *p).collect();
+            inputs = op
+                .process_many(inputs)?
+                .into_iter()
+                .zip(partitions)
+                .zip(problems.iter_mut())
+                .map(|(((changes, mut bad), p), problems)| {
+                    problems.append(&mut bad);
+                    (p, changes)
+                })
+                .collect();
+            counts.1 += inputs.iter().map(|(_, c)| rows(c)).sum::<u64>();
+        }
+        Ok(inputs.into_iter().map(|(_, changes)| changes).collect())
+    }
 }
 
 impl TopicInput {
@@ -430,6 +485,7 @@ impl TopicInput {
             busy: vec![true; offsets.len()],
             offsets,
             ahead: None,
+            ahead_steps: Vec::new(),
         }
     }
 
@@ -836,18 +892,6 @@ impl Pipeline {
         self.run_from(0, changes, partition, problems)
     }
 
-    /// The operators from `first` on, each with its row counts.
-    fn stages_from(
-        &mut self,
-        first: usize,
-    ) -> impl Iterator<Item = (&mut Box<dyn Operator>, &mut (u64, u64))> {
-        self.stage_rows.resize(self.operators.len(), (0, 0));
-        self.operators
-            .iter_mut()
-            .zip(self.stage_rows.iter_mut())
-            .skip(first)
-    }
-
     /// As [`Pipeline::run`], from stage `first` on (those before it ran elsewhere).
     pub fn run_from(
         &mut self,
@@ -866,32 +910,56 @@ impl Pipeline {
         )
     }
 
-    /// As [`Pipeline::run_from`] over several partitions' steps at once (in partition
-    /// order, as if one after the other), each stage taking them all together
-    /// ([`Operator::process_many`]): per partition, its changes; problems added to its
-    /// list.
-    pub fn run_many_from(
+    /// A topic input's pipeline split at `first`, its first stage with state: the input
+    /// and the stages without state before it (to read and compute the next steps of its
+    /// partitions, [`crate::shared_rounds`]) beside the stages with state (to run the
+    /// last steps meanwhile). `None` for another input, or where a stage before `first`
+    /// has state.
+    pub fn split_at_state(
         &mut self,
         first: usize,
-        mut inputs: Vec<(u32, Vec<ChangeBatch>)>,
-        problems: &mut [&mut Vec<Problem>],
-    ) -> Result<Vec<Vec<ChangeBatch>>> {
-        for (op, counts) in self.stages_from(first) {
-            counts.0 += inputs.iter().map(|(_, c)| rows(c)).sum::<u64>();
-            let partitions: Vec<u32> = inputs.iter().map(|(p, _)| *p).collect();
-            inputs = op
-                .process_many(inputs)?
-                .into_iter()
-                .zip(partitions)
-                .zip(problems.iter_mut())
-                .map(|(((changes, mut bad), p), problems)| {
-                    problems.append(&mut bad);
-                    (p, changes)
-                })
-                .collect();
-            counts.1 += inputs.iter().map(|(_, c)| rows(c)).sum::<u64>();
+    ) -> Option<(&TopicInput, Vec<&dyn SharedStage>, Stateful<'_>)> {
+        let Pipeline {
+            input: Input::Topic(t),
+            operators,
+            stage_rows,
+        } = self
+        else {
+            return None;
+        };
+        stage_rows.resize(operators.len(), (0, 0));
+        let first = first.min(operators.len());
+        let (before, after) = operators.split_at_mut(first);
+        let stages: Vec<&dyn SharedStage> = before.iter().map_while(|o| o.shared()).collect();
+        if stages.len() != first {
+            return None;
         }
-        Ok(inputs.into_iter().map(|(_, changes)| changes).collect())
+        let stateful = Stateful {
+            operators: after,
+            stage_rows: &mut stage_rows[first..],
+        };
+        Some((t, stages, stateful))
+    }
+
+    /// Whether no stage has state.
+    pub fn stateless(&self) -> bool {
+        self.operators.iter().all(|o| o.shared().is_some())
+    }
+
+    /// The steps read ahead for the next step ([`TopicInput::ahead_steps`]), taken (none
+    /// is left behind).
+    pub fn take_ahead(&mut self) -> Vec<AheadSteps> {
+        match &mut self.input {
+            Input::Topic(t) => std::mem::take(&mut t.ahead_steps),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Keeps steps read ahead for the next step to take.
+    pub fn keep_ahead(&mut self, ahead: Vec<AheadSteps>) {
+        if let Input::Topic(t) = &mut self.input {
+            t.ahead_steps = ahead;
+        }
     }
 
     /// Moves a topic input past what `step` read, which took `took` from read to written

@@ -779,7 +779,8 @@ fn aggregations_in_shards_give_what_one_thread_gives() {
         })
     };
     let one = run([1, 1]);
-    let shards = run([3, 2]);
+    // Three shards, then two (half the threads).
+    let shards = run([6, 4]);
     let topics = ["HOPPING", "SESSIONS", "BUSY", "processing log"];
     assert_same_outputs("in shards", &topics, &one, &shards, (1001, 101));
 }
