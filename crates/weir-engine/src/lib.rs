@@ -632,7 +632,7 @@ impl Work {
 /// the others (see `PersistentQuery::shared_steps`). On two cores one shard: measured,
 /// the fold of one shard beside the reading beats two shards' split and merge
 /// (docs/performance.md, "Reading ahead while the state folds").
-fn shards_for(threads: usize) -> usize {
+pub(crate) fn shards_for(threads: usize) -> usize {
     (threads / 2).max(1)
 }
 
@@ -2001,7 +2001,7 @@ impl Engine {
         self.parallelism = threads.max(1);
         for e in self.queries.values() {
             let mut q = lock(&e.query);
-            if q.pipeline.set_shards(shards_for(self.parallelism)) {
+            if q.pipeline.set_threads(self.parallelism) {
                 // Its state was dealt out again: the next checkpoint saves it whole.
                 q.since_full = delta::FULL_EVERY;
             }
@@ -3344,7 +3344,7 @@ impl Engine {
                 warnings: self.functions.warning_source,
             },
         );
-        pipeline.set_shards(shards_for(self.parallelism));
+        pipeline.set_threads(self.parallelism);
         pipeline.set_tracking(self.durable);
         let commit_every = self
             .properties

@@ -107,7 +107,7 @@ pub(crate) trait Operator: Send + std::fmt::Debug {
     }
 
     /// Splits a stateful stage's work over `n` threads where it can (its state dealt
-    /// out into shards); whether its state moved (see [`Pipeline::set_shards`]).
+    /// out into shards); whether its state moved (see [`Pipeline::set_threads`]).
     fn set_shards(&mut self, _n: usize) -> bool {
         false
     }
@@ -847,20 +847,21 @@ impl Pipeline {
         (!stages.is_empty()).then_some((t, stages))
     }
 
-    /// Deals a stateful stage's state out over `n` threads (see `aggregate/shards.rs`):
-    /// over a topic, whose rows come in offset order (not over joins: a join steps on `n`
-    /// threads with its state whole, see `Joiner::threads`). Whether state moved: the
-    /// next checkpoint should then be a full one.
-    pub fn set_shards(&mut self, n: usize) -> bool {
+    /// Lets the pipeline use `threads` threads: a join reads, decodes and looks up on
+    /// them with its state whole (see `Joiner::threads`); over a topic, whose rows come
+    /// in offset order, a stateful stage's state is dealt out into half as many shards
+    /// ([`crate::shards_for`], see `aggregate/shards.rs`). Whether state moved: the next
+    /// checkpoint should then be a full one.
+    pub fn set_threads(&mut self, threads: usize) -> bool {
         match &mut self.input {
             Input::Topic(_) => {}
-            // A join reads, decodes and looks up on `n` threads; its state stays whole.
             Input::Join(joiner) => {
-                joiner.threads = n.max(1);
+                joiner.threads = threads.max(1);
                 return false;
             }
             Input::Snapshot(_) => return false,
         }
+        let n = crate::shards_for(threads);
         let mut moved = false;
         for op in &mut self.operators {
             moved |= op.set_shards(n);
