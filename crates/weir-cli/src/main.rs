@@ -245,7 +245,7 @@ enum Command {
         /// Seconds one case may take.
         #[arg(long, default_value_t = 30)]
         timeout: u64,
-        /// Threads a query's step may use (a GROUP BY's state in as many shards).
+        /// Threads a query's step may use (a GROUP BY's state in half as many shards, at least one).
         #[arg(long, default_value_t = 1)]
         parallelism: usize,
         /// Decode every batch the fast JSON and Avro paths take with the general path too,
