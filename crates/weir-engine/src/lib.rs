@@ -817,13 +817,17 @@ impl PersistentQuery {
                 results.truncate(failed + 1);
                 None
             }
-            // Each partition's next steps, from after its last step here.
+            // Each partition's next steps, from after the last record its steps here
+            // read (where its input stands if they read none).
             None => Some(
                 owned
                     .iter()
                     .map(|&p| {
-                        let last = results.iter().rev().find(|(q, _, _)| *q == p);
-                        let next = last.and_then(|(_, s, _)| s.as_ref().ok()?.next);
+                        let next = results
+                            .iter()
+                            .rev()
+                            .filter(|(q, _, _)| *q == p)
+                            .find_map(|(_, s, _)| s.as_ref().ok()?.next);
                         (p, next)
                     })
                     .collect::<Vec<_>>(),
