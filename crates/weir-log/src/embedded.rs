@@ -114,8 +114,9 @@ struct Partition {
     /// Why the partition takes no more appends (a failed fsync, or a failed write that
     /// could not be cut back): see [`LogError::Failed`].
     failed: Option<String>,
-    /// What is known to be on disk: the active segment (its base) up to this size (see
-    /// [`EmbeddedLog::power_cut`]).
+    /// What is known to be on disk: the segment (its base) up to this size, and every
+    /// segment before it; those rolled after it are not yet (see
+    /// [`EmbeddedLog::power_cut`], [`Partition::roll`]).
     durable: (u64, u64),
     /// The active segment's base at the last compaction that left no closed segment
     /// waiting for [`EmbeddedLogConfig::min_compaction_lag`]: until a segment closes
@@ -423,10 +424,11 @@ impl Partition {
             .expect("a partition always has a segment")
     }
 
+    /// Starts a segment at offset `base`. The one before it is synced with the
+    /// partition's next sync (the flusher's runs outside the lock: a roll does not hold
+    /// the partition's appends and reads while a segment's last writes go to disk); until
+    /// then [`Partition::durable`] stays in it.
     fn roll(&mut self, base: u64) -> Result<()> {
-        if let Some(old) = self.segments.values_mut().next_back() {
-            old.file.sync_data().at(&old.path)?;
-        }
         let path = self.dir.join(format!("{base:020}.seg"));
         let file = OpenOptions::new()
             .read(true)
@@ -435,7 +437,6 @@ impl Partition {
             .open(&path)
             .at(&path)?;
         sync_dir(&self.dir)?;
-        self.durable = (base, 0);
         self.segments.insert(
             base,
             Segment {
@@ -544,14 +545,21 @@ impl Partition {
     fn sync(&mut self) -> Result<()> {
         self.check_failed()?;
         if self.unsynced {
-            let seg = self.active();
-            let synced = sync_data(&seg.file);
-            let now_durable = (seg.base, seg.size);
-            if let Err(e) = synced {
-                let path = seg.path.clone();
-                return Err(self.fail(&path, e));
+            // The segments rolled since the last sync, then the active one.
+            let pending: Vec<u64> = self
+                .segments
+                .range(self.durable.0..)
+                .map(|(b, _)| *b)
+                .collect();
+            for b in pending {
+                let seg = &self.segments[&b];
+                if let Err(e) = sync_data(&seg.file) {
+                    let path = seg.path.clone();
+                    return Err(self.fail(&path, e));
+                }
             }
-            self.durable = now_durable;
+            let seg = self.active();
+            self.durable = (seg.base, seg.size);
             self.unsynced = false;
         }
         self.last_sync = Instant::now();
@@ -1265,10 +1273,16 @@ impl PartitionHandle {
     /// deleted. The partition is locked only to look and to swap: appends and reads go
     /// on meanwhile. Returns the bytes reclaimed.
     fn compact(&self, config: &EmbeddedLogConfig) -> Result<u64> {
-        let (views, active_base) = {
+        // Segments rolled since the last sync are synced first (outside the lock, as the
+        // flusher syncs): only synced segments are rewritten.
+        self.sync_in_background()?;
+        let (views, active_base, synced_before) = {
             let mut p = lock(&self.inner);
             p.check_failed()?;
             let active_base = p.active().base;
+            // Segments rolled since (not yet synced) wait for the next pass: a rewrite
+            // would race a sync's view of them (see `Partition::durable`).
+            let synced_before = p.durable.0;
             if p.segments.len() < 2 || p.compacted_at == Some(active_base) {
                 return Ok(0);
             }
@@ -1284,7 +1298,7 @@ impl PartitionHandle {
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            (views, active_base)
+            (views, active_base, synced_before)
         };
         // Where each key was last written.
         let mut latest: std::collections::HashMap<Vec<u8>, u64> = Default::default();
@@ -1299,7 +1313,7 @@ impl PartitionHandle {
         let mut waiting = false;
         for v in views.iter().filter(|v| v.base < active_base) {
             let age = v.age();
-            if age < config.min_compaction_lag {
+            if age < config.min_compaction_lag || v.base >= synced_before {
                 waiting = true;
                 continue;
             }
@@ -1395,7 +1409,7 @@ fn spawn_flusher(
 
 impl PartitionHandle {
     fn sync_in_background(&self) -> Result<()> {
-        let (file, path, appends, upto) = {
+        let (files, appends, upto) = {
             let mut p = lock(&self.inner);
             p.check_failed()?;
             if !p.unsynced {
@@ -1403,21 +1417,24 @@ impl PartitionHandle {
                 return Ok(());
             }
             let appends = p.appends;
+            // The segments rolled since the last sync, then the active one.
+            let files = p
+                .segments
+                .range(p.durable.0..)
+                .map(|(_, seg)| Ok((seg.file.try_clone().at(&seg.path)?, seg.path.clone())))
+                .collect::<Result<Vec<_>>>()?;
             let seg = p.active();
-            (
-                seg.file.try_clone().at(&seg.path)?,
-                seg.path.clone(),
-                appends,
-                (seg.base, seg.size),
-            )
+            (files, appends, (seg.base, seg.size))
         };
-        if let Err(e) = sync_data(&file) {
-            return Err(lock(&self.inner).fail(&path, e));
+        for (file, path) in files {
+            if let Err(e) = sync_data(&file) {
+                return Err(lock(&self.inner).fail(&path, e));
+            }
         }
         let mut p = lock(&self.inner);
         p.last_sync = Instant::now();
-        // (A segment rolled meanwhile was synced by the roll.)
-        if p.durable.0 == upto.0 && p.durable.1 < upto.1 {
+        // (A sync meanwhile may have got further.)
+        if p.durable < upto {
             p.durable = upto;
         }
         if p.appends == appends {
