@@ -704,15 +704,7 @@ fn a_group_by_over_a_backlog_in_partitions_counts_every_record_once_in_order() {
         last.insert(key, (n, total));
     }
     assert_eq!(last, want);
-    for (zone, seen) in counts {
-        if let Some(i) = (0..seen.len()).find(|i| seen[*i] != *i as i64 + 1) {
-            panic!(
-                "{zone}: change {i} has COUNT {} (then {:?})",
-                seen[i],
-                &seen[i..(i + 5).min(seen.len())]
-            );
-        }
-    }
+    common::assert_counts_go_one_by_one(counts);
 }
 
 /// GROUP BYs whose state is split into shards folding at once, over partitions stepped

@@ -411,13 +411,5 @@ fn a_group_by_reading_ahead_whose_sink_fails_mid_backlog_counts_every_record_onc
         last.insert(key.to_string(), (n, total));
     }
     assert_eq!(last, want);
-    for (car, seen) in counts {
-        if let Some(i) = (0..seen.len()).find(|i| seen[*i] != *i as i64 + 1) {
-            panic!(
-                "{car}: change {i} has COUNT {} (then {:?})",
-                seen[i],
-                &seen[i..(i + 5).min(seen.len())]
-            );
-        }
-    }
+    common::assert_counts_go_one_by_one(counts);
 }

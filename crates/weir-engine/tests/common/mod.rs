@@ -231,3 +231,17 @@ pub fn source_names(e: &Engine) -> Vec<String> {
     n.sort();
     n
 }
+
+/// Each group's COUNTs as its changes came out of the sink: they must go 1, 2, 3, ...
+/// (nothing skipped, nothing repeated); panics naming the first group that does not.
+pub fn assert_counts_go_one_by_one(counts: std::collections::BTreeMap<String, Vec<i64>>) {
+    for (group, seen) in counts {
+        if let Some(i) = (0..seen.len()).find(|i| seen[*i] != *i as i64 + 1) {
+            panic!(
+                "{group}: change {i} has COUNT {} (then {:?})",
+                seen[i],
+                &seen[i..(i + 5).min(seen.len())]
+            );
+        }
+    }
+}
