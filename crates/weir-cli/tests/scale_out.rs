@@ -2,8 +2,11 @@
 //! `cluster`): on the tansu broker, `weir run` A starts a query over a 4-partition topic,
 //! B joins and takes a share, A is killed with -9 mid-stream and B takes its partitions,
 //! then C joins and takes a share. Every input record's output must be in the sink (none
-//! lost); duplicates are counted and printed. A COUNT(*) GROUP BY over the same events runs
-//! whole on one server at a time, its state moving with it: every count must be exact.
+//! lost); duplicates are counted and printed. Beside it, an aggregation over the same
+//! events: a COUNT(*) GROUP BY V runs whole on one server at a time, its state moving with
+//! it; a COUNT(*) GROUP BY the events' key divides by partition as the stateless query
+//! does, each partition's groups moving with the partition. Every count must be exact.
+//! (One aggregation per run: the broker, tansu on SQLite, is what limits these runs.)
 
 mod common;
 
@@ -17,6 +20,9 @@ use weir_kafka::KafkaLog;
 use weir_log::{Log, Record, TopicConfig, partition_for_key};
 
 const SESSION_MS: &str = "6000";
+const BEFORE: u64 = 2_000;
+const STREAMED: u64 = 8_000;
+const TOTAL: u64 = 9_000;
 
 struct Proc(Child);
 
@@ -122,8 +128,30 @@ fn wait_for(what: &str, dir: &std::path::Path, timeout: Duration, mut done: impl
     }
 }
 
+/// The aggregation that runs beside the stateless query.
+#[derive(Clone, Copy, PartialEq)]
+enum Aggregation {
+    /// GROUP BY a value column: whole on one server.
+    Whole,
+    /// GROUP BY the key: divided by partition.
+    ByKey,
+}
+
+/// One scenario at a time (each starts its own broker and three servers).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn servers_share_a_query_and_take_over_a_killed_ones_partitions() {
+    share_and_take_over(Aggregation::Whole);
+}
+
+#[test]
+fn servers_share_a_group_by_of_the_key_partition_by_partition() {
+    share_and_take_over(Aggregation::ByKey);
+}
+
+fn share_and_take_over(aggregation: Aggregation) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let broker = common::broker();
     let bootstrap = format!("127.0.0.1:{}", broker.port);
@@ -137,19 +165,33 @@ fn servers_share_a_query_and_take_over_a_killed_ones_partitions() {
         },
     )
     .unwrap();
-    const BEFORE: u64 = 2_000;
-    const STREAMED: u64 = 8_000;
-    const TOTAL: u64 = 9_000;
     produce(log.as_ref(), 0, BEFORE);
     let queries = dir.path().join("q.sql");
+    let aggregate = match aggregation {
+        Aggregation::Whole => {
+            "CREATE TABLE PER_V WITH (KAFKA_TOPIC='PER_V', PARTITIONS=4) AS SELECT V, COUNT(*) AS N FROM EVENTS GROUP BY V;\n"
+        }
+        Aggregation::ByKey => {
+            "CREATE STREAM KEYED (K STRING KEY, ID BIGINT, V INT) WITH (KAFKA_TOPIC='events', VALUE_FORMAT='JSON');\n\
+             CREATE TABLE PER_K WITH (KAFKA_TOPIC='PER_K', PARTITIONS=4) AS SELECT K, COUNT(*) AS N FROM KEYED GROUP BY K;\n"
+        }
+    };
     std::fs::write(
         &queries,
-        "SET 'auto.offset.reset' = 'earliest';\n\
-         CREATE STREAM EVENTS (ID BIGINT, V INT) WITH (KAFKA_TOPIC='events', VALUE_FORMAT='JSON');\n\
-         CREATE STREAM OUT WITH (KAFKA_TOPIC='OUT', PARTITIONS=4) AS SELECT ID, V * 2 AS V2 FROM EVENTS;\n\
-         CREATE TABLE PER_V WITH (KAFKA_TOPIC='PER_V', PARTITIONS=4) AS SELECT V, COUNT(*) AS N FROM EVENTS GROUP BY V;\n",
+        format!(
+            "SET 'auto.offset.reset' = 'earliest';\n\
+             CREATE STREAM EVENTS (ID BIGINT, V INT) WITH (KAFKA_TOPIC='events', VALUE_FORMAT='JSON');\n\
+             CREATE STREAM OUT WITH (KAFKA_TOPIC='OUT', PARTITIONS=4) AS SELECT ID, V * 2 AS V2 FROM EVENTS;\n\
+             {aggregate}"
+        ),
     )
     .unwrap();
+    // The queries taken partition by partition.
+    let divided = if aggregation == Aggregation::ByKey {
+        2
+    } else {
+        1
+    };
     let (a_out, b_out, c_out) = (
         dir.path().join("a.log"),
         dir.path().join("b.log"),
@@ -160,7 +202,12 @@ fn servers_share_a_query_and_take_over_a_killed_ones_partitions() {
         "A to start the query",
         dir.path(),
         Duration::from_secs(60),
-        || output_of(&a_out).contains("took partition(s) [0, 1, 2, 3]"),
+        || {
+            output_of(&a_out)
+                .matches("took partition(s) [0, 1, 2, 3]")
+                .count()
+                >= divided
+        },
     );
     // B joins (with no statements of its own: it follows the command log) and takes half.
     let _b = server(&bootstrap, None, &b_out);
@@ -194,7 +241,7 @@ fn servers_share_a_query_and_take_over_a_killed_ones_partitions() {
         "B to take the killed server's partitions",
         dir.path(),
         Duration::from_secs(60),
-        || b_took() >= 2,
+        || b_took() >= 2 * divided,
     );
     // C joins and takes a share from B.
     let _c = server(&bootstrap, None, &c_out);
@@ -229,32 +276,73 @@ fn servers_share_a_query_and_take_over_a_killed_ones_partitions() {
         output_of(&b_out),
         output_of(&c_out)
     );
+    match aggregation {
+        Aggregation::Whole => check_whole(log.as_ref(), [&a_out, &b_out, &c_out]),
+        Aggregation::ByKey => check_by_key(log.as_ref(), [&a_out, &b_out, &c_out]),
+    }
+    // The last server to join holds part of the work: it consumed records.
+    assert!(
+        output_of(&c_out).contains("consumed "),
+        "C consumed nothing: {}",
+        output_of(&c_out)
+    );
+}
+
+/// Servers' outputs: A, B, C.
+type Outs<'a> = [&'a std::path::Path; 3];
+
+/// The last count written per key of a table's topic.
+fn last_counts(log: &dyn Log, topic: &str) -> HashMap<Vec<u8>, u64> {
+    let mut counts = HashMap::new();
+    for p in 0..4 {
+        for r in log.read_to_end(topic, p, 0).unwrap_or_default() {
+            let v: serde_json::Value =
+                serde_json::from_slice(r.record.value.as_deref().unwrap_or_default()).unwrap();
+            counts.insert(r.record.key.unwrap_or_default(), v["N"].as_u64().unwrap());
+        }
+    }
+    counts
+}
+
+/// The keys whose count is not what `expected` says, sorted.
+fn wrong_counts(
+    counts: &HashMap<Vec<u8>, u64>,
+    expected: impl Fn(&[u8]) -> u64,
+) -> Vec<(String, u64)> {
+    let mut wrong: Vec<(String, u64)> = counts
+        .iter()
+        .filter(|(k, n)| **n != expected(k))
+        .map(|(k, n)| (String::from_utf8_lossy(k).into_owned(), *n))
+        .collect();
+    wrong.sort();
+    wrong
+}
+
+fn assert_none_wrong(wrong: &[(String, u64)], outs: Outs<'_>) {
+    assert!(
+        wrong.is_empty(),
+        "wrong counts: {wrong:?}\nA: {}\nB: {}\nC: {}",
+        output_of(outs[0]),
+        output_of(outs[1]),
+        output_of(outs[2])
+    );
+}
+
+fn check_whole(log: &dyn Log, outs: Outs<'_>) {
     // The aggregation ran whole on one server at a time (moved with its state when its
     // server was killed or handed it over): every count is exact, none counted twice.
-    let mut counts: HashMap<Vec<u8>, u64> = HashMap::new();
+    let mut counts = HashMap::new();
     // (The aggregation may have just moved, under a loaded machine: its new holder
     // reloads and catches up.)
     let deadline = Instant::now() + Duration::from_secs(180);
     while Instant::now() < deadline {
-        counts.clear();
-        for p in 0..4 {
-            for r in log.read_to_end("PER_V", p, 0).unwrap_or_default() {
-                let v: serde_json::Value =
-                    serde_json::from_slice(r.record.value.as_deref().unwrap_or_default()).unwrap();
-                counts.insert(r.record.key.unwrap_or_default(), v["N"].as_u64().unwrap());
-            }
-        }
+        counts = last_counts(log, "PER_V");
         if counts.len() == 1000 && counts.values().all(|n| *n >= TOTAL / 1000) {
             break;
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    let mut wrong: Vec<(String, u64)> = counts
-        .iter()
-        .filter(|(_, n)| **n != TOTAL / 1000)
-        .map(|(k, n)| (String::from_utf8_lossy(k).into_owned(), *n))
-        .collect();
-    wrong.sort();
+    let wrong = wrong_counts(&counts, |_| TOTAL / 1000);
     println!(
         "scale-out: COUNT(*) GROUP BY V over the same events: {} keys, {} with a wrong count",
         counts.len(),
@@ -262,24 +350,48 @@ fn servers_share_a_query_and_take_over_a_killed_ones_partitions() {
     );
     // It moved at least once: A took it first, alone, and kept it until killed or gave it
     // to B when B joined.
-    let moves: usize = [&a_out, &b_out, &c_out]
+    let moves: usize = outs
         .iter()
         .map(|f| output_of(f).matches("took the whole query").count())
         .sum();
     println!("scale-out: the aggregation was taken {moves} times");
     assert!(moves >= 2, "the aggregation never moved");
     assert_eq!(counts.len(), 1000);
-    assert!(
-        wrong.is_empty(),
-        "wrong counts: {wrong:?}\nA: {}\nB: {}\nC: {}",
-        output_of(&a_out),
-        output_of(&b_out),
-        output_of(&c_out)
+    assert_none_wrong(&wrong, outs);
+}
+
+/// The GROUP BY of the key: divided (the last server to join took partitions of it), and
+/// every key's count exact.
+fn check_by_key(log: &dyn Log, outs: Outs<'_>) {
+    // Events with ID % 97 == k: TOTAL / 97, one more for the first TOTAL % 97 keys.
+    let expected = |k: &[u8]| -> u64 {
+        let k: u64 = String::from_utf8_lossy(k).parse().unwrap();
+        TOTAL / 97 + u64::from(k < TOTAL % 97)
+    };
+    let mut counts = HashMap::new();
+    // (A partition may have just moved: its new holder reloads and catches up.)
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while Instant::now() < deadline {
+        counts = last_counts(log, "PER_K");
+        if counts.len() == 97 && counts.iter().all(|(k, n)| *n >= expected(k)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let wrong = wrong_counts(&counts, expected);
+    println!(
+        "scale-out: COUNT(*) GROUP BY the key, divided by partition: {} keys, {} with a wrong count",
+        counts.len(),
+        wrong.len()
     );
-    // The last server to join holds part of the work: it consumed records.
+    let c_took = output_of(outs[2])
+        .lines()
+        .any(|l| l.contains("PER_K") && l.contains("took partition(s)"));
     assert!(
-        output_of(&c_out).contains("consumed "),
-        "C consumed nothing: {}",
-        output_of(&c_out)
+        c_took,
+        "C took no partition of the GROUP BY of the key: {}",
+        output_of(outs[2])
     );
+    assert_eq!(counts.len(), 97);
+    assert_none_wrong(&wrong, outs);
 }

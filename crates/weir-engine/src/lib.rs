@@ -444,6 +444,10 @@ pub struct PersistentQuery {
     owned: Option<BTreeMap<cluster::Unit, u64>>,
     /// It claimed units it must be restored for before it runs again (a reload).
     handoff: bool,
+    /// On servers sharing work: this server's name, which its checkpoints carry (each
+    /// server's checkpoints of a query are a chain of their own: a full state, then what
+    /// changed).
+    member: Option<String>,
 }
 
 /// A persistent query as the engine and its workers share it.
@@ -1056,6 +1060,9 @@ impl PersistentQuery {
                 .collect();
             v["epochs"] = serde_json::Value::Object(epochs);
         }
+        if let Some(member) = &q.member {
+            v["member"] = serde_json::json!(member);
+        }
         // The record: `v` as JSON, or, with a delta, a binary one (`delta::BINARY`): its
         // fields as a JSON header, then the delta's entries; in one buffer (the last
         // checkpoint's, reused).
@@ -1168,10 +1175,11 @@ impl PersistentQuery {
         self.retry.is_none_or(|r| r.reloaded) && !self.handoff && !self.paused
     }
 
-    /// Whether it runs whole on one server (it has state: a GROUP BY, a join), rather
-    /// than partition by partition; and so its units of work ([`cluster::Unit`]).
+    /// Whether it runs whole on one server (it has state that does not divide by source
+    /// partition: a join, a GROUP BY of anything but the stream's key), rather than
+    /// partition by partition; and so its units of work ([`cluster::Unit`]).
     fn units(&self) -> (u32, bool) {
-        let whole = self.pipeline.has_state();
+        let whole = self.pipeline.has_state() && !self.pipeline.by_partition;
         (if whole { 1 } else { self.pipeline.partitions() }, whole)
     }
 
@@ -1227,6 +1235,12 @@ impl PersistentQuery {
                 owned.remove(u);
             }
             c.release(&id, &give)?;
+            // Its state divides by partition: reloaded with only the partitions it keeps
+            // (the groups of those it gave go, and with them anything they would still
+            // emit, as windows closing).
+            if !whole && self.pipeline.has_state() {
+                self.handoff = true;
+            }
             eprintln!(
                 "weir: query {id}: handed over {} to another server",
                 describe_units(whole, give.keys())
@@ -3349,6 +3363,9 @@ impl Engine {
             },
         );
         pipeline.set_threads(self.parallelism);
+        if self.cluster.is_some() {
+            pipeline.divide_state_by_partition();
+        }
         pipeline.set_tracking(self.durable);
         let commit_every = self
             .properties
@@ -3417,6 +3434,7 @@ impl Engine {
             unsaved: false,
             owned: self.cluster.as_ref().map(|_| BTreeMap::new()),
             handoff: false,
+            member: self.cluster.as_ref().map(|c| c.member().to_string()),
         })
     }
 
@@ -3848,36 +3866,18 @@ fn recover<'a>(
     let mut last: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     // A join's steps that started after its query's last checkpoint: what each read.
     let mut intents: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
-    // Each query's operator state: its last full snapshot with the changes after it.
-    let mut states: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    // Each query's operator state, per server that wrote it (its own chain on servers
+    // sharing work): its last full snapshot with the changes after it.
+    let mut states: BTreeMap<(String, String), serde_json::Value> = BTreeMap::new();
+    // Where each query's last checkpoint is among the records.
+    let mut last_index: BTreeMap<String, usize> = BTreeMap::new();
     // Servers sharing work (`cluster`): per query and unit, the highest epoch checkpointed
     // and what the last checkpoint at it says of the unit. A checkpoint at a lower epoch
     // than one before it was written by a server that had lost the unit: never used.
     let mut epochs: BTreeMap<String, BTreeMap<cluster::Unit, u64>> = BTreeMap::new();
     let mut units: BTreeMap<String, BTreeMap<cluster::Unit, UnitCheckpoint>> = BTreeMap::new();
-    // The leading parts of a checkpoint written in several records, per query.
-    let mut parts: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     let records = read_topic_records(log, offsets_topic)?;
-    for r in &records {
-        let (Some(key), Some(value)) = (&r.record.key, &r.record.value) else {
-            continue;
-        };
-        if let Some(id) = key.strip_suffix(PART_SUFFIX) {
-            parts
-                .entry(id.to_vec())
-                .or_default()
-                .extend_from_slice(value);
-            continue;
-        }
-        // Joined to the parts before it; alone should those be left over from a write
-        // that failed part-way (a Kafka batch is not atomic).
-        let joined = parts.remove(key.as_slice()).and_then(|mut lead| {
-            lead.extend_from_slice(value);
-            delta::parse_checkpoint(&lead)
-        });
-        let Some(v) = joined.or_else(|| delta::parse_checkpoint(value)) else {
-            continue;
-        };
+    for (i, v) in parsed_checkpoints(&records) {
         if let Some(q) = v["query"].as_str() {
             if !queries.contains_key(q) {
                 continue;
@@ -3902,14 +3902,16 @@ fn recover<'a>(
                 units
                     .entry(q.to_string())
                     .or_default()
-                    .insert(*u, UnitCheckpoint::of(&v, *u));
+                    .insert(*u, UnitCheckpoint::of(&v, *u, i));
             }
             intents.remove(q);
+            let chain = (q.to_string(), checkpoint_member(&v));
             if let Some(full) = v.get("full") {
-                states.insert(q.to_string(), full.clone());
-            } else if let (Some(d), Some(s)) = (v.get("delta"), states.get_mut(q)) {
+                states.insert(chain, full.clone());
+            } else if let (Some(d), Some(s)) = (v.get("delta"), states.get_mut(&chain)) {
                 delta::apply(s, d);
             }
+            last_index.insert(q.to_string(), i);
             last.insert(q.to_string(), v);
         } else if let Some(q) = v["intent_for"].as_str() {
             intents
@@ -3926,6 +3928,23 @@ fn recover<'a>(
                 .collect();
         }
     }
+    // Sharing work with a state divided by partition: per query, the checkpoint each
+    // partition it holds is taken from, and (below) the states those checkpoints carry.
+    let mut divided: BTreeMap<String, BTreeMap<u32, usize>> = BTreeMap::new();
+    for q in queries.values() {
+        if let (Some(owned), Some(i)) = (&q.owned, last_index.get(&q.id))
+            && !q.units().1
+            && q.pipeline.has_state()
+        {
+            let chosen = units.get(&q.id);
+            let at = owned
+                .keys()
+                .map(|p| (*p, chosen.and_then(|u| u.get(p)).map_or(*i, |c| c.index)))
+                .collect();
+            divided.insert(q.id.clone(), at);
+        }
+    }
+    let mut divided_states = states_at(&records, &divided);
     for q in queries.into_values() {
         let Some(cp) = last.get(&q.id) else { continue };
         // Sharing work and partition by partition: each partition it holds from its own
@@ -3934,13 +3953,24 @@ fn recover<'a>(
             && !q.units().1
         {
             let units = units.remove(&q.id).unwrap_or_default();
+            if let Some(at) = divided.get(&q.id) {
+                // Each partition's groups from the state of the checkpoint it is taken
+                // from (one that carries none leaves that partition's empty).
+                let parts: Vec<(&serde_json::Value, u32)> = at
+                    .iter()
+                    .filter_map(|(p, i)| Some((divided_states.get(&(q.id.clone(), *i))?, *p)))
+                    .collect();
+                let unread = q.pipeline.restore_units(&parts);
+                say_unread(&q.id, unread);
+                q.since_full = delta::FULL_EVERY;
+                divided_states.retain(|(id, _), _| *id != q.id);
+            }
             let mut offsets = q.pipeline.offsets().to_vec();
             let mut scan_from: Vec<u64> = Vec::new();
             for p in owned.keys() {
-                let unit = units
-                    .get(p)
-                    .cloned()
-                    .unwrap_or_else(|| UnitCheckpoint::of(cp, *p));
+                let unit = units.get(p).cloned().unwrap_or_else(|| {
+                    UnitCheckpoint::of(cp, *p, last_index.get(&q.id).copied().unwrap_or(0))
+                });
                 if let (Some(slot), Some(o)) = (offsets.get_mut(*p as usize), unit.offset) {
                     *slot = o;
                 }
@@ -3966,16 +3996,9 @@ fn recover<'a>(
             continue;
         }
         q.pipeline.set_offsets(as_offsets(&cp["offsets"]));
-        if let Some(state) = states.remove(&q.id) {
+        if let Some(state) = states.remove(&(q.id.clone(), checkpoint_member(cp))) {
             let unread = q.pipeline.restore(&state);
-            // Written by another version of Weir, or damaged: say so rather than
-            // go on as if the state were whole.
-            if unread > 0 {
-                eprintln!(
-                    "weir: query {}: {unread} entries of its checkpointed state could not be read (another version's format?); they start empty",
-                    q.id
-                );
-            }
+            say_unread(&q.id, unread);
             // The next checkpoint is a full one: a fresh anchor for the next recovery.
             q.since_full = delta::FULL_EVERY;
         }
@@ -4070,11 +4093,91 @@ struct UnitCheckpoint {
     offset: Option<u64>,
     sink_ends: Vec<u64>,
     ahead: Vec<[u64; 3]>,
+    /// Where the checkpoint is among the topic's (parsed) records.
+    index: usize,
+}
+
+/// Entries of a query's checkpointed state that could not be read (written by another
+/// version of Weir, or damaged): said, rather than going on as if the state were whole.
+fn say_unread(query: &str, unread: usize) {
+    if unread > 0 {
+        eprintln!(
+            "weir: query {query}: {unread} entries of its checkpointed state could not be read (another version's format?); they start empty"
+        );
+    }
+}
+
+/// The server that wrote a checkpoint (none alone): its checkpoints' states are a chain
+/// of their own.
+fn checkpoint_member(cp: &serde_json::Value) -> String {
+    cp["member"].as_str().unwrap_or_default().to_string()
+}
+
+/// The checkpoints among the records of the offsets topic, each with where it is among
+/// them: one written in parts ([`checkpoint_records`]) joined to its leading parts (or
+/// alone, should those be left over from a write that failed part-way: a Kafka batch
+/// is not atomic); records that are not one skipped.
+fn parsed_checkpoints(
+    records: &[StoredRecord],
+) -> impl Iterator<Item = (usize, serde_json::Value)> {
+    // The leading parts of a checkpoint written in several records, per query.
+    let mut parts: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    records.iter().enumerate().filter_map(move |(i, r)| {
+        let (Some(key), Some(value)) = (&r.record.key, &r.record.value) else {
+            return None;
+        };
+        if let Some(id) = key.strip_suffix(PART_SUFFIX) {
+            parts
+                .entry(id.to_vec())
+                .or_default()
+                .extend_from_slice(value);
+            return None;
+        }
+        let joined = parts.remove(key.as_slice()).and_then(|mut lead| {
+            lead.extend_from_slice(value);
+            delta::parse_checkpoint(&lead)
+        });
+        Some((i, joined.or_else(|| delta::parse_checkpoint(value))?))
+    })
+}
+
+/// Per query of `wanted` and checkpoint it names (by index), the operator state as of
+/// that checkpoint: the chain of the server that wrote it (its full snapshot before it
+/// and its changes up to it, every checkpoint of that server counted, even one
+/// recovery does not take the offsets of).
+fn states_at(
+    records: &[StoredRecord],
+    wanted: &BTreeMap<String, BTreeMap<u32, usize>>,
+) -> BTreeMap<(String, usize), serde_json::Value> {
+    let mut out = BTreeMap::new();
+    let Some(end) = wanted.values().flat_map(|at| at.values()).max() else {
+        return out;
+    };
+    let mut chains: BTreeMap<(String, String), serde_json::Value> = BTreeMap::new();
+    for (i, v) in parsed_checkpoints(&records[..=*end]) {
+        let Some(at) = v["query"].as_str().and_then(|q| Some((q, wanted.get(q)?))) else {
+            continue;
+        };
+        let (q, at) = at;
+        let chain = (q.to_string(), checkpoint_member(&v));
+        if let Some(full) = v.get("full") {
+            chains.insert(chain.clone(), full.clone());
+        } else if let (Some(d), Some(s)) = (v.get("delta"), chains.get_mut(&chain)) {
+            delta::apply(s, d);
+        }
+        if at.values().any(|x| *x == i)
+            && let Some(s) = chains.get(&chain)
+        {
+            out.insert((q.to_string(), i), s.clone());
+        }
+    }
+    out
 }
 
 impl UnitCheckpoint {
-    fn of(cp: &serde_json::Value, partition: u32) -> Self {
+    fn of(cp: &serde_json::Value, partition: u32, index: usize) -> Self {
         Self {
+            index,
             offset: cp["offsets"][partition as usize].as_u64(),
             sink_ends: as_offsets(&cp["sink_ends"]),
             ahead: cp["ahead"]

@@ -132,6 +132,16 @@ pub(crate) trait Operator: Send + std::fmt::Debug {
     fn restore(&mut self, _state: &Value) -> usize {
         0
     }
+    /// Servers sharing work: notes from now on which source partition each entry of its
+    /// state belongs to, so that the state divides by partition; whether it can.
+    fn divide_by_partition(&mut self) -> bool {
+        false
+    }
+    /// Takes back, of each `(state, partition)`, that partition's entries, as one state;
+    /// the number of entries it could not read.
+    fn restore_units(&mut self, _parts: &[(&Value, u32)]) -> usize {
+        0
+    }
     /// Records dropped for arriving after their window closed.
     fn late_records(&self) -> u64 {
         0
@@ -622,6 +632,9 @@ pub(crate) struct Pipeline {
     /// Per operator, the rows that went in and came out since the pipeline was built
     /// (the console's pipeline view).
     pub stage_rows: Vec<(u64, u64)>,
+    /// Servers sharing work: its state divides by source partition
+    /// ([`Pipeline::divide_state_by_partition`]).
+    pub by_partition: bool,
 }
 
 /// What a query's stateless stage does with rows that fail: stop the query
@@ -661,6 +674,7 @@ impl Pipeline {
             input,
             stage_rows: vec![(0, 0); operators.len()],
             operators,
+            by_partition: false,
         }
     }
 
@@ -924,6 +938,7 @@ impl Pipeline {
             input: Input::Topic(t),
             operators,
             stage_rows,
+            ..
         } = self
         else {
             return None;
@@ -1079,6 +1094,35 @@ impl Pipeline {
             j.clear_changes();
         }
         full
+    }
+
+    /// Servers sharing work: has its state divide by source partition, where it can (a
+    /// GROUP BY of the source's key columns; not a join); whether it does. A query whose
+    /// state divides is shared partition by partition, as one without state is.
+    pub fn divide_state_by_partition(&mut self) -> bool {
+        let joins = self.join().is_some();
+        let stateful: Vec<&mut Box<dyn Operator>> = self
+            .operators
+            .iter_mut()
+            .filter(|o| o.state_name().is_some())
+            .collect();
+        self.by_partition =
+            !joins && !stateful.is_empty() && stateful.into_iter().all(|o| o.divide_by_partition());
+        self.by_partition
+    }
+
+    /// Takes back, of each `(state, partition)` (whole states, as [`Pipeline::snapshot`]
+    /// gives them), that partition's part, as one state; the number of entries that
+    /// could not be read.
+    pub fn restore_units(&mut self, parts: &[(&Value, u32)]) -> usize {
+        let mut unread = 0;
+        for op in &mut self.operators {
+            if let Some(name) = op.state_name() {
+                let mine: Vec<(&Value, u32)> = parts.iter().map(|(s, u)| (&s[name], *u)).collect();
+                unread += op.restore_units(&mine);
+            }
+        }
+        unread
     }
 
     /// Takes back a snapshot; the number of entries that could not be read.

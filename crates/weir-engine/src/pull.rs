@@ -318,6 +318,7 @@ fn pull_chunk(
             batch,
         }]),
         stage_rows: Vec::new(),
+        by_partition: false,
         operators: operators(
             plan,
             None,

@@ -244,30 +244,10 @@ fn checkpoints_on_a_shared_log_are_trimmed_and_recovery_is_still_exact() {
     assert!(counts.values().all(|n| *n == 34), "counts wrong");
 }
 
-/// Two servers sharing a service id: A is running when B joins and starts a query over 4
-/// partitions. A applies B's statement within a moment (not at its next heartbeat, a
-/// fifth of the session later) and divides the query with B, whom it has not yet seen
-/// beat: it takes its 2 partitions, not all 4 (taking all would race B's claims, hand
-/// partitions back and forth and reprocess what was handed). Then B takes the other 2:
-/// every input's output once.
-#[test]
-fn a_server_divides_a_query_another_started_with_it_at_once() {
-    use std::sync::atomic::Ordering;
-    use std::time::{Duration, Instant};
-    let dir = tempfile::tempdir().unwrap();
-    let log = Arc::new(common::Faulty::open(dir.path()));
-    log.shared.store(true, Ordering::SeqCst);
-    // A 60 s session: heartbeats every 12 s, so A does not read B's before the end.
-    let member = || {
-        Engine::open_member(
-            log.clone(),
-            Default::default(),
-            "svc",
-            Duration::from_secs(60),
-            Default::default(),
-        )
-        .unwrap()
-    };
+/// A log servers share (as Kafka is) with a topic `events` of 4 partitions.
+fn shared_log_with_events(dir: &std::path::Path) -> Arc<common::Faulty> {
+    let log = Arc::new(common::Faulty::open(dir));
+    log.shared.store(true, std::sync::atomic::Ordering::SeqCst);
     log.create_topic(
         "events",
         TopicConfig {
@@ -276,6 +256,34 @@ fn a_server_divides_a_query_another_started_with_it_at_once() {
         },
     )
     .unwrap();
+    log
+}
+
+/// A server of service `svc` on `log`.
+fn member_of(log: &Arc<common::Faulty>, session: std::time::Duration) -> Engine {
+    Engine::open_member(
+        log.clone(),
+        Default::default(),
+        "svc",
+        session,
+        Default::default(),
+    )
+    .unwrap()
+}
+
+/// Two servers sharing a service id: A is running when B joins and starts a query over 4
+/// partitions. A applies B's statement within a moment (not at its next heartbeat, a
+/// fifth of the session later) and divides the query with B, whom it has not yet seen
+/// beat: it takes its 2 partitions, not all 4 (taking all would race B's claims, hand
+/// partitions back and forth and reprocess what was handed). Then B takes the other 2:
+/// every input's output once.
+#[test]
+fn a_server_divides_a_query_another_started_with_it_at_once() {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let log = shared_log_with_events(dir.path());
+    // A 60 s session: heartbeats every 12 s, so A does not read B's before the end.
+    let member = || member_of(&log, Duration::from_secs(60));
     for p in 0..4u32 {
         let records: Vec<Record> = (0..100u32)
             .map(|i| {
@@ -335,4 +343,122 @@ fn a_server_divides_a_query_another_started_with_it_at_once() {
     assert_eq!(all, expected, "every input's output once");
     assert_eq!(errors(&a), Vec::<String>::new());
     assert_eq!(errors(&b), Vec::<String>::new());
+}
+
+/// Servers A and B share a GROUP BY of a stream's key over 4 partitions: its state
+/// divides by partition, not whole to one server. A takes 2 partitions (only those
+/// partitions' cars come out of it), B the other 2; both go on through a second round.
+/// Then A, mid-way through a third round (outputs written past its last checkpoint),
+/// stops without a checkpoint; B takes A's partitions with their groups from A's last
+/// checkpoint. Every car's COUNT goes 1, 2, 3, … in the sink (nothing counted twice,
+/// nothing restarted) and ends at the car's number of records, its SUM likewise.
+#[test]
+fn a_group_by_of_the_key_divides_by_partition_and_each_partitions_groups_move_with_it() {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let log = shared_log_with_events(dir.path());
+    let member = || member_of(&log, Duration::from_secs(3));
+    // Car c's records go to partition c % 4 (as a keyed producer puts them); each
+    // round appends `per_car` records of every car, V = 1, 2, 3, ... within the round.
+    const CARS: u32 = 40;
+    let append = |per_car: u32| {
+        for p in 0..4u32 {
+            let records: Vec<Record> = (0..per_car)
+                .flat_map(|i| {
+                    (0..CARS).filter(move |c| c % 4 == p).map(move |c| {
+                        let key = format!("car{c}");
+                        let v = format!(r#"{{"V":{}}}"#, i + 1);
+                        Record::new(Some(key.as_bytes()), Some(v.as_bytes()), 0)
+                    })
+                })
+                .collect();
+            log.append("events", p, &records).unwrap();
+        }
+    };
+    // Per car, its (COUNT, SUM) changes as they came out of the sink.
+    let out = |log: &common::Faulty| -> BTreeMap<String, Vec<(i64, i64)>> {
+        let mut seen: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
+        for p in 0..4 {
+            for r in log.read_to_end("COUNTS", p, 0).unwrap() {
+                let car = String::from_utf8(r.record.key.unwrap()).unwrap();
+                let v: Value = serde_json::from_slice(&r.record.value.unwrap()).unwrap();
+                seen.entry(car)
+                    .or_default()
+                    .push((v["N"].as_i64().unwrap(), v["S"].as_i64().unwrap()));
+            }
+        }
+        seen
+    };
+    let partitions_of = |cars: &BTreeMap<String, Vec<(i64, i64)>>| -> BTreeSet<u32> {
+        cars.keys()
+            .map(|c| c.trim_start_matches("car").parse::<u32>().unwrap() % 4)
+            .collect()
+    };
+    append(50);
+    let mut a = member();
+    let mut b = member();
+    b.execute_sql(
+        "SET 'auto.offset.reset'='earliest';\n\
+         SET 'weir.checkpoint.interval.ms'='3600000';\n\
+         CREATE STREAM EVENTS (CAR STRING KEY, V INT) WITH (KAFKA_TOPIC='events', VALUE_FORMAT='JSON');\n\
+         CREATE TABLE COUNTS WITH (PARTITIONS=4) AS SELECT CAR, COUNT(*) AS N, SUM(V) AS S FROM EVENTS GROUP BY CAR;",
+    )
+    .unwrap();
+    // A alone first: it takes its share, 2 partitions, and folds only their cars.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while out(&log).len() < CARS as usize / 2 && Instant::now() < deadline {
+        a.run_once().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    a.run_until_idle().unwrap();
+    let by_a = out(&log);
+    assert_eq!(
+        (by_a.len(), partitions_of(&by_a).len()),
+        (CARS as usize / 2, 2),
+        "A folded the cars of partitions {:?}",
+        partitions_of(&by_a)
+    );
+    // B takes the other two.
+    b.run_until_idle().unwrap();
+    assert_eq!(out(&log).len(), CARS as usize);
+    // A second round on both.
+    append(50);
+    a.run_until_idle().unwrap();
+    b.run_until_idle().unwrap();
+    // A third, of which A does part (a step per partition: more than a step reads),
+    // then stops with its outputs past its last checkpoint.
+    append(2_000);
+    b.run_until_idle().unwrap();
+    let before = out(&log).values().map(Vec::len).sum::<usize>();
+    a.run_once().unwrap();
+    let after = out(&log).values().map(Vec::len).sum::<usize>();
+    assert!(after > before, "A wrote nothing of the third round");
+    drop(a);
+    // B takes A's partitions, with their groups, and finishes.
+    let total = (50 + 50 + 2_000) as usize;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        b.run_until_idle().unwrap();
+        if out(&log).values().all(|s| s.len() >= total) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(errors(&b), Vec::<String>::new());
+    let seen = out(&log);
+    common::assert_counts_go_one_by_one(
+        seen.iter()
+            .map(|(car, s)| (car.clone(), s.iter().map(|(n, _)| *n).collect()))
+            .collect(),
+    );
+    let sum = |per_car: i64| per_car * (per_car + 1) / 2;
+    for (car, s) in &seen {
+        assert_eq!(
+            s.last().copied(),
+            Some((total as i64, sum(50) * 2 + sum(2_000))),
+            "{car}'s last COUNT and SUM"
+        );
+    }
+    assert_eq!(seen.len(), CARS as usize);
 }

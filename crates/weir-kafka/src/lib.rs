@@ -82,6 +82,10 @@ struct Reader {
     next: u64,
 }
 
+/// How many readers a partition keeps: one per query reading it, up to this many (a
+/// query whose reader went makes a new one: a new client, its connection and a fetch).
+const READERS_PER_PARTITION: usize = 8;
+
 pub struct KafkaLog {
     bootstrap: String,
     /// The user's client properties (TLS, SASL, ...), on every client made here.
@@ -90,7 +94,9 @@ pub struct KafkaLog {
     admin: AdminClient<DefaultClientContext>,
     /// For metadata and watermarks.
     meta: BaseConsumer<Diagnosed>,
-    readers: Mutex<HashMap<(String, u32), Reader>>,
+    /// Per partition, the readers kept for the next read, each where its last read
+    /// ended (several: queries over one topic each read it where they are).
+    readers: Mutex<HashMap<(String, u32), Vec<Reader>>>,
     /// Per consumer group named in [`Log::commit_group_offsets`], a consumer that commits
     /// its offsets (never subscribed: it only commits).
     groups: Mutex<HashMap<String, BaseConsumer>>,
@@ -176,15 +182,18 @@ impl KafkaLog {
         waiting: bool,
     ) -> Result<Vec<StoredRecord>> {
         let key = (topic.to_string(), partition);
-        // Taken out while it reads, so reads of other partitions go on meanwhile.
-        let cached = self
-            .readers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
+        // Taken out while it reads, so reads of other partitions go on meanwhile: the one
+        // whose last read ended at `from` (the same query's reader), else a new one.
+        let cached = {
+            let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+            readers.get_mut(&key).and_then(|kept| {
+                let at = kept.iter().position(|r| r.next == from)?;
+                Some(kept.remove(at))
+            })
+        };
         let reader = match cached {
-            Some(r) if r.next == from => r,
-            _ => self.reader(topic, partition, from)?,
+            Some(r) => r,
+            None => self.reader(topic, partition, from)?,
         };
         // An empty read must mean "nothing there", not "not fetched yet" (a new consumer
         // first connects; a fetch may take longer than FETCH_WAIT): when the partition's end
@@ -242,16 +251,16 @@ impl KafkaLog {
             }
         }
         let next = out.last().map(|r| r.offset + 1).unwrap_or(from);
-        self.readers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                key,
-                Reader {
-                    consumer: reader.consumer,
-                    next,
-                },
-            );
+        let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        let kept = readers.entry(key).or_default();
+        kept.push(Reader {
+            consumer: reader.consumer,
+            next,
+        });
+        // The least recently used go first.
+        if kept.len() > READERS_PER_PARTITION {
+            kept.remove(0);
+        }
         Ok(out)
     }
 

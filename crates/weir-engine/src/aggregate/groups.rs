@@ -100,6 +100,11 @@ impl Groups {
         k
     }
 
+    /// Whether a group has these key bytes.
+    pub fn knows(&self, bytes: &[u8]) -> bool {
+        self.key_ids.contains_key(bytes)
+    }
+
     pub fn key_bytes(&self, key: u32) -> &[u8] {
         &self.keys[key as usize].bytes
     }

@@ -202,6 +202,10 @@ pub struct Aggregator {
     /// `weir.aggregate.coalesce`: a batch gives each group's last change only, not one
     /// per input record (fewer records out, same final state).
     pub coalesce: bool,
+    /// Grouped by exactly the key columns of the stream it reads: each group's rows come
+    /// from one source partition (the producer's), so on servers sharing work its state
+    /// divides by source partition ([`super::Shards::restore_units`]).
+    pub(crate) by_source_key: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -404,6 +408,7 @@ impl Aggregator {
             table,
             window: p.window,
             coalesce: false,
+            by_source_key: false,
         };
         a.fresh = a.new_accumulators()?;
         a.accumulators = a.fresh.clone();
@@ -565,6 +570,11 @@ impl Aggregator {
             .map(|i| pre.column(2 + i).clone())
             .collect();
         self.groups.encode(&columns)
+    }
+
+    /// Whether a group of it has this grouping key (row-format bytes).
+    pub(crate) fn knows_key(&self, key: &[u8]) -> bool {
+        self.groups.knows(key)
     }
 
     /// The key bytes of a checkpoint entry's name ([`entry_name`]).

@@ -671,7 +671,20 @@ fn plan(
         ));
     }
     let results = middle_types.split_off(keys.len());
-    Aggregator::new(Parts {
+    // Grouped by the stream's key columns, each once, and by nothing else.
+    let key_names = &source.layout.key_columns;
+    let by_source_key = !from_table
+        && source.window.is_none()
+        && !key_names.is_empty()
+        && group_by.len() == key_names.len()
+        && key_names.iter().all(|k| {
+            group_by
+                .iter()
+                .filter(|g| column_name(g).is_some_and(|n| n.eq_ignore_ascii_case(&k.name)))
+                .count()
+                == 1
+        });
+    let mut aggregator = Aggregator::new(Parts {
         pre,
         keys,
         calls,
@@ -694,5 +707,7 @@ fn plan(
             )
         }),
         window,
-    })
+    })?;
+    aggregator.by_source_key = by_source_key;
+    Ok(aggregator)
 }

@@ -13,14 +13,21 @@
 //! Checkpoints hold one state (the shards' groups together, one clock): they are the
 //! same whatever the number of shards, and a restore deals the groups out by key again.
 //! Aggregations over a table, and EMIT FINAL, stay whole ([`Aggregator::shardable`]).
+//!
+//! On servers sharing work, a GROUP BY of a stream's key columns divides by source
+//! partition ([`Shards::divide_by_partition`]): the state notes each grouping key's
+//! partition (`units` in checkpoints), so that a server taking a partition takes that
+//! partition's groups from the checkpoint of the server that held it
+//! ([`Shards::restore_units`]).
 
+use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 
 use arrow::array::{Array, AsArray, RecordBatch, UInt32Array};
 use arrow::datatypes::Int64Type;
 use serde_json::{Value, json};
 
-use super::{Aggregator, Changes, Clock};
+use super::{Aggregator, Changes, Clock, b64, unb64};
 use crate::delta::Delta;
 use crate::error::{EngineError, Result};
 use crate::pipeline::Operator;
@@ -37,6 +44,16 @@ pub(crate) struct Shards {
     /// The aggregator as planned, with no state: what new shards are made from.
     fresh: Aggregator,
     tracking: bool,
+    /// Divided by source partition (servers sharing work): each grouping key's partition.
+    units: Option<Units>,
+}
+
+/// Per grouping key (row-format bytes), the source partition its rows come from; and
+/// the keys whose partition was set since the last checkpoint.
+#[derive(Debug, Default)]
+struct Units {
+    of: HashMap<Box<[u8]>, u32>,
+    changed: HashSet<Box<[u8]>>,
 }
 
 /// The shard of `n` that a grouping key (its row-format bytes) belongs to.
@@ -63,7 +80,85 @@ impl Shards {
             fresh: aggregator.clone(),
             shards: vec![aggregator],
             tracking: false,
+            units: None,
         }
+    }
+
+    /// Notes from now on the partition of each grouping key, so that the state divides
+    /// by source partition; whether it can (grouped by the source's key, so each key's
+    /// rows come from one partition).
+    pub fn divide_by_partition(&mut self) -> bool {
+        if self.fresh.by_source_key {
+            self.units.get_or_insert_default();
+        }
+        self.units.is_some()
+    }
+
+    /// Notes the partition of every grouping key of `inputs`.
+    fn note_units(&mut self, inputs: &[(u32, Vec<ChangeBatch>)]) {
+        let Some(units) = self.units.as_mut() else {
+            return;
+        };
+        for (partition, batches) in inputs {
+            for c in batches.iter().filter(|c| !c.tombstones) {
+                // Keys that cannot be encoded fail the fold, which reports them.
+                let Ok(keys) = self.shards[0].key_rows(&c.batch) else {
+                    continue;
+                };
+                for key in keys.iter() {
+                    let key = key.as_ref();
+                    if units.of.get(key) != Some(partition) {
+                        units.of.insert(key.into(), *partition);
+                        if self.tracking {
+                            units.changed.insert(key.into());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes back, from each of `parts` (a state, and the partition wanted of it: that
+    /// partition's groups, as the state's `units` says), those groups as one state: the
+    /// newest window clock of them, the largest late count.
+    pub fn restore_units(&mut self, parts: &[(&Value, u32)]) -> usize {
+        let mut unread = 0;
+        let (mut groups, mut units) = (serde_json::Map::new(), serde_json::Map::new());
+        let (mut stream_time, mut late) = (None::<i64>, None::<u64>);
+        for (state, unit) in parts {
+            let of: HashMap<&str, u64> = state["units"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, p)| Some((k.as_str(), p.as_u64()?)))
+                .collect();
+            for (name, entry) in state["groups"].as_object().into_iter().flatten() {
+                match self.fresh.entry_key(name) {
+                    Some(key) => {
+                        if of.get(b64(&key).as_str()) == Some(&u64::from(*unit)) {
+                            groups.insert(name.clone(), entry.clone());
+                        }
+                    }
+                    None => unread += 1,
+                }
+            }
+            for (k, p) in &of {
+                if *p == u64::from(*unit) {
+                    units.insert(k.to_string(), json!(p));
+                }
+            }
+            if let Some(t) = state["stream_time"].as_i64() {
+                stream_time = Some(stream_time.map_or(t, |m| m.max(t)));
+                let l = state["late"].as_u64().unwrap_or(0);
+                late = Some(late.map_or(l, |m| m.max(l)));
+            }
+        }
+        let mut merged = json!({ "groups": groups, "units": units });
+        if let Some(t) = stream_time {
+            merged["stream_time"] = json!(t);
+            merged["late"] = json!(late.unwrap_or(0));
+        }
+        unread + self.restore(&merged)
     }
 
     /// Splits the state into `n` shards (one where the aggregation cannot be split);
@@ -198,8 +293,30 @@ impl Shards {
         Ok(out)
     }
 
-    /// Every shard's state as one: the groups together, one clock.
+    /// Every shard's state as one: the groups together, one clock (and, divided by
+    /// partition, each key's partition).
     fn snapshot(&self) -> Value {
+        let mut out = self.groups_snapshot();
+        if let Some(units) = &self.units {
+            let of: serde_json::Map<String, Value> = units
+                .of
+                .iter()
+                .filter(|(k, _)| self.knows_key(k))
+                .map(|(k, p)| (b64(k), json!(p)))
+                .collect();
+            out["units"] = Value::Object(of);
+        }
+        out
+    }
+
+    /// Whether a group of any shard has this grouping key.
+    fn knows_key(&self, key: &[u8]) -> bool {
+        let n = self.shards.len();
+        let shard = if n == 1 { 0 } else { shard_of(key, n) };
+        self.shards[shard].knows_key(key)
+    }
+
+    fn groups_snapshot(&self) -> Value {
         if let [one] = self.shards.as_slice() {
             return one.snapshot();
         }
@@ -226,6 +343,15 @@ impl Shards {
     /// Takes back a state, each group into the shard its key belongs to; how many entries
     /// could not be read.
     fn restore(&mut self, state: &Value) -> usize {
+        if let Some(units) = self.units.as_mut() {
+            units.changed.clear();
+            units.of = state["units"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, p)| Some((unb64(k)?.into(), u32::try_from(p.as_u64()?).ok()?)))
+                .collect();
+        }
         let n = self.shards.len();
         if n == 1 {
             return self.shards[0].restore(state);
@@ -346,6 +472,7 @@ impl Operator for Shards {
         &mut self,
         inputs: Vec<(u32, Vec<ChangeBatch>)>,
     ) -> Result<Vec<(Vec<ChangeBatch>, Vec<Problem>)>> {
+        self.note_units(&inputs);
         let batches: Vec<(&RecordBatch, bool)> = inputs
             .iter()
             .flat_map(|(_, batches)| batches.iter().map(|c| (&c.batch, c.tombstones)))
@@ -388,6 +515,13 @@ impl Operator for Shards {
         }
     }
     fn take_changes(&mut self, delta: &mut Delta) {
+        if let Some(units) = self.units.as_mut() {
+            for key in units.changed.drain() {
+                if let Some(p) = units.of.get(&key) {
+                    delta.set(("aggregate", "units", b64(&key)), p);
+                }
+            }
+        }
         if let [one] = self.shards.as_mut_slice() {
             return one.take_changes(delta);
         }
@@ -399,6 +533,13 @@ impl Operator for Shards {
         }
     }
     fn clear_changes(&mut self) {
+        // A full snapshot was just taken: keys no group has any more (windows gone past
+        // their retention) are forgotten, as the snapshot left them out.
+        if let Some(mut units) = self.units.take() {
+            units.changed.clear();
+            units.of.retain(|k, _| self.knows_key(k));
+            self.units = Some(units);
+        }
         for s in &mut self.shards {
             s.clear_changes();
         }
@@ -408,6 +549,12 @@ impl Operator for Shards {
     }
     fn restore(&mut self, state: &Value) -> usize {
         Shards::restore(self, state)
+    }
+    fn divide_by_partition(&mut self) -> bool {
+        Shards::divide_by_partition(self)
+    }
+    fn restore_units(&mut self, parts: &[(&Value, u32)]) -> usize {
+        Shards::restore_units(self, parts)
     }
     fn late_records(&self) -> u64 {
         self.shards.iter().map(Aggregator::late_records).sum()
