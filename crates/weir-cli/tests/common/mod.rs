@@ -305,12 +305,23 @@ pub fn wait_listening(port: u16, what: &str) {
     }
 }
 
+/// A port nothing listens on now, and not handed to another test of this binary before:
+/// tests run at once, and a port one was given (and whose server is not yet listening)
+/// could otherwise come back to another.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 pub fn broker() -> Broker {
