@@ -1425,16 +1425,30 @@ impl WorkersRun<'_> {
 }
 
 /// Servers sharing work on one Kafka cluster: for each count in `servers`, that many
-/// `weir run` processes of one service id (fresh topics and id per run) run W1's
-/// projection (no filter: one output per event) over `events` events in a 4-partition
-/// topic, loaded beforehand; the rate is events over the time from the statement to the
-/// last output in the sink. The broker's read ceiling (4 readers at once) is printed first.
+/// `weir run` processes of one service id (fresh topics and id per run) run `query` —
+/// W1's projection (no filter), or `count-by-car`, a COUNT and AVG GROUP BY the events'
+/// key (its state divided by partition): one output per event either way — over
+/// `events` events in a 4-partition topic, loaded beforehand; the rate is events over
+/// the time from the statement to the last output in the sink. The broker's read
+/// ceiling (4 readers at once) is printed first.
 pub fn cluster(
     bootstrap: &str,
     events: u64,
     servers: &[usize],
     workers: usize,
+    query: &str,
 ) -> Result<(), String> {
+    let (what, select) = match query {
+        "w1" => (
+            "W1's projection",
+            "CREATE STREAM OUT WITH (KAFKA_TOPIC='{sink}', PARTITIONS=4) AS SELECT CAR_ID, SPEED * 1.609 AS KMH, ENGINE_TEMP FROM SENSORS;",
+        ),
+        "count-by-car" => (
+            "COUNT(*) and AVG(SPEED) GROUP BY the key",
+            "CREATE TABLE OUT WITH (KAFKA_TOPIC='{sink}', PARTITIONS=4) AS SELECT CAR_ID, COUNT(*) AS N, AVG(SPEED) AS AVG_SPEED FROM SENSORS GROUP BY CAR_ID;",
+        ),
+        other => return Err(format!("unknown query {other:?}: w1 or count-by-car")),
+    };
     use std::process::{Command, Stdio};
     use std::time::Duration;
     let err = |e: weir_log::LogError| e.to_string();
@@ -1445,7 +1459,7 @@ pub fn cluster(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
     println!(
-        "cluster: W1's projection over {events} events in 4 partitions on Kafka at {bootstrap}, by 1 or more `weir run` servers sharing a service id ({} cores here)",
+        "cluster: {what} over {events} events in 4 partitions on Kafka at {bootstrap}, by 1 or more `weir run` servers sharing a service id ({} cores here)",
         weir_engine::runtime::default_workers()
     );
     let load = |topic: &str| -> Result<(), String> {
@@ -1579,7 +1593,8 @@ pub fn cluster(
             format!(
                 "SET 'auto.offset.reset' = 'earliest';\n\
                  CREATE STREAM SENSORS (CAR_ID STRING KEY, TS BIGINT, SPEED DOUBLE, RPM INT, ENGINE_TEMP DOUBLE, LAT DOUBLE, LON DOUBLE) WITH (KAFKA_TOPIC='{source}', VALUE_FORMAT='JSON');\n\
-                 CREATE STREAM OUT WITH (KAFKA_TOPIC='{sink}', PARTITIONS=4) AS SELECT CAR_ID, SPEED * 1.609 AS KMH, ENGINE_TEMP FROM SENSORS;\n"
+                 {}\n",
+                select.replace("{sink}", &sink)
             ),
         )
         .map_err(|e| e.to_string())?;

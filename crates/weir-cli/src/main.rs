@@ -408,6 +408,10 @@ enum Workload {
         /// Each server's `--workers` (default: one per core).
         #[arg(long)]
         workers: Option<usize>,
+        /// The query: `w1` (W1's projection) or `count-by-car` (COUNT and AVG GROUP BY
+        /// the key: state divided by partition between the servers).
+        #[arg(long, default_value = "w1")]
+        query: String,
     },
     /// Latency from an append to a push query's client on an idle engine.
     Push {
@@ -831,12 +835,14 @@ fn main() -> ExitCode {
                     events,
                     servers,
                     workers,
+                    query,
                 },
         } => match bench::cluster(
             &kafka_bootstrap,
             events,
             &servers,
             workers.unwrap_or_else(weir_engine::runtime::default_workers),
+            &query,
         ) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
