@@ -1299,6 +1299,11 @@ fn describe_units<'a>(whole: bool, units: impl Iterator<Item = &'a cluster::Unit
     }
 }
 
+/// On servers sharing work: a query's state divides by partition where it can (a GROUP
+/// BY of the stream's key). Set on the commands of queries started since it exists;
+/// `'false'` keeps a query's state whole on one server.
+pub const DIVIDE_STATE_PROPERTY: &str = "weir.cluster.divide.state";
+
 /// The property that makes a function error stop a persistent query.
 pub const FAIL_ON_FUNCTION_ERROR: &str = "weir.fail.on.function.error";
 /// How long a failed query waits before its first retry (ms; ksqlDB's name and default).
@@ -2155,10 +2160,28 @@ impl Engine {
                 .cloned()
                 .collect::<std::collections::BTreeSet<_>>(),
         );
-        match self
+        // Servers sharing work: a query started now divides its state by partition where
+        // it can, and its command says so, so every server (and a later replay) plans it
+        // the same; one recorded without it (by an earlier version) keeps its state whole,
+        // as its checkpoints hold it.
+        let saved = (self.cluster.is_some()
+            && matches!(
+                stmt,
+                Statement::CreateAsSelect(_) | Statement::InsertInto { .. }
+            )
+            && !self.properties.contains_key(DIVIDE_STATE_PROPERTY))
+        .then(|| self.properties.clone());
+        if saved.is_some() {
+            self.properties
+                .insert(DIVIDE_STATE_PROPERTY.into(), "true".into());
+        }
+        let done = self
             .execute_inner(stmt)
-            .and_then(|outcome| self.record_command(stmt).map(|()| outcome))
-        {
+            .and_then(|outcome| self.record_command(stmt).map(|()| outcome));
+        if let Some(properties) = saved {
+            self.properties = properties;
+        }
+        match done {
             Ok(outcome) => {
                 self.delete_dropped_topics()?;
                 Ok(outcome)
@@ -3363,7 +3386,12 @@ impl Engine {
             },
         );
         pipeline.set_threads(self.parallelism);
-        if self.cluster.is_some() {
+        if self.cluster.is_some()
+            && self
+                .properties
+                .get(DIVIDE_STATE_PROPERTY)
+                .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        {
             pipeline.divide_state_by_partition();
         }
         pipeline.set_tracking(self.durable);

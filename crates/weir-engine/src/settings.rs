@@ -249,6 +249,11 @@ pub const SETTINGS: &[Setting] = &[
         "same as commit.interval.ms",
     ),
     session(
+        crate::DIVIDE_STATE_PROPERTY,
+        "true",
+        "on servers sharing a service id: a GROUP BY of a stream's key columns started afterwards divides its state by partition between the servers (false: whole on one server)",
+    ),
+    session(
         crate::FAIL_ON_FUNCTION_ERROR,
         "false",
         "true: a function error stops the persistent query (ERROR) instead of writing NULL",
