@@ -462,3 +462,43 @@ fn a_group_by_of_the_key_divides_by_partition_and_each_partitions_groups_move_wi
     }
     assert_eq!(seen.len(), CARS as usize);
 }
+
+/// `SET 'weir.cluster.divide.state'='false'` keeps a GROUP BY of the key whole: the
+/// server that holds it folds every partition's cars, the other none.
+#[test]
+fn a_group_by_of_the_key_stays_whole_when_the_session_says_so() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let log = shared_log_with_events(dir.path());
+    for p in 0..4u32 {
+        let records: Vec<Record> = (0..40u32)
+            .filter(|c| c % 4 == p)
+            .map(|c| {
+                let key = format!("car{c}");
+                Record::new(Some(key.as_bytes()), Some(br#"{"V":1}"#.as_slice()), 0)
+            })
+            .collect();
+        log.append("events", p, &records).unwrap();
+    }
+    let mut a = member_of(&log, Duration::from_secs(3));
+    let mut b = member_of(&log, Duration::from_secs(3));
+    b.execute_sql(
+        "SET 'auto.offset.reset'='earliest';\n\
+         SET 'weir.cluster.divide.state'='false';\n\
+         CREATE STREAM EVENTS (CAR STRING KEY, V INT) WITH (KAFKA_TOPIC='events', VALUE_FORMAT='JSON');\n\
+         CREATE TABLE COUNTS WITH (PARTITIONS=4) AS SELECT CAR, COUNT(*) AS N FROM EVENTS GROUP BY CAR;",
+    )
+    .unwrap();
+    let cars = |log: &common::Faulty| -> usize {
+        (0..4)
+            .map(|p| log.read_to_end("COUNTS", p, 0).unwrap().len())
+            .sum()
+    };
+    // Both have seen each other (a heartbeat of a 3 s session is 0.6 s).
+    std::thread::sleep(Duration::from_millis(1500));
+    a.run_until_idle().unwrap();
+    let by_a = cars(&log);
+    assert!(by_a == 0 || by_a == 40, "A folded {by_a} of the 40 cars");
+    b.run_until_idle().unwrap();
+    assert_eq!(cars(&log), 40);
+}
