@@ -76,15 +76,19 @@ fn config(bootstrap: &str, client: &ClientProperties) -> ClientConfig {
     c
 }
 
-/// A partition being read: its consumer and the offset its next message has.
+/// A partition being read: its consumer, the offset its next message has, and when it
+/// last read.
 struct Reader {
     consumer: BaseConsumer,
     next: u64,
+    used: Instant,
 }
 
 /// How many readers a partition keeps: one per query reading it, up to this many (a
 /// query whose reader went makes a new one: a new client, its connection and a fetch).
 const READERS_PER_PARTITION: usize = 8;
+/// How long a kept reader may go unused before the next read of its partition drops it.
+const READER_IDLE: Duration = Duration::from_secs(30);
 
 pub struct KafkaLog {
     bootstrap: String,
@@ -253,11 +257,16 @@ impl KafkaLog {
         let next = out.last().map(|r| r.offset + 1).unwrap_or(from);
         let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
         let kept = readers.entry(key).or_default();
+        // Readers left where no read came back for a while go (a scan that ended, a
+        // query that went back to its checkpoint: nothing asks for their place again, and
+        // each fetches ahead in the background); then the least recently used, past
+        // the most a partition keeps.
+        kept.retain(|r| r.used.elapsed() < READER_IDLE);
         kept.push(Reader {
             consumer: reader.consumer,
             next,
+            used: Instant::now(),
         });
-        // The least recently used go first.
         if kept.len() > READERS_PER_PARTITION {
             kept.remove(0);
         }
@@ -283,6 +292,7 @@ impl KafkaLog {
         Ok(Reader {
             consumer,
             next: from,
+            used: Instant::now(),
         })
     }
 }
