@@ -502,3 +502,109 @@ fn a_group_by_of_the_key_stays_whole_when_the_session_says_so() {
     b.run_until_idle().unwrap();
     assert_eq!(cars(&log), 40);
 }
+
+/// A windowed GROUP BY of the key with EMIT FINAL, divided between two servers, one of
+/// which stops mid-backlog: once a record far later closes them, every car's every
+/// window is written once, with its count. (The grace is long: a query's window clock
+/// is the newest record of the partitions it reads, so a backlog read partition after
+/// partition would otherwise make the later partitions' records late.)
+#[test]
+fn a_divided_windowed_group_by_emits_each_final_window_once() {
+    use std::collections::BTreeMap;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let log = shared_log_with_events(dir.path());
+    const CARS: u32 = 40;
+    // (A record timestamp of 0 would be taken for none.)
+    const BASE: i64 = 1_700_000_000_000;
+    // Per car, `per_window` records in each 10 s window of `windows`, then (closing the
+    // last of them) one at `close_at` ms.
+    let append = |windows: std::ops::Range<i64>, per_window: i64, close_at: Option<i64>| {
+        for p in 0..4u32 {
+            let mut records = Vec::new();
+            for w in windows.clone() {
+                for i in 0..per_window {
+                    for c in (0..CARS).filter(|c| c % 4 == p) {
+                        let key = format!("car{c}");
+                        records.push(Record::new(
+                            Some(key.as_bytes()),
+                            Some(br#"{"V":1}"#.as_slice()),
+                            BASE + w * 10_000 + i,
+                        ));
+                    }
+                }
+            }
+            if let Some(t) = close_at {
+                for c in (0..CARS).filter(|c| c % 4 == p) {
+                    let key = format!("car{c}");
+                    records.push(Record::new(
+                        Some(key.as_bytes()),
+                        Some(br#"{"V":1}"#.as_slice()),
+                        BASE + t,
+                    ));
+                }
+            }
+            log.append("events", p, &records).unwrap();
+        }
+    };
+    // Per (car, window start), the counts written.
+    let out = |log: &common::Faulty| -> BTreeMap<(String, i64), Vec<i64>> {
+        let mut seen: BTreeMap<(String, i64), Vec<i64>> = BTreeMap::new();
+        for p in 0..4 {
+            for r in log.read_to_end("PER_WINDOW", p, 0).unwrap() {
+                let key = r.record.key.unwrap();
+                let (car, start) = key.split_at(key.len() - 8);
+                let start = i64::from_be_bytes(start.try_into().unwrap());
+                let v: Value = serde_json::from_slice(&r.record.value.unwrap()).unwrap();
+                seen.entry((String::from_utf8(car.to_vec()).unwrap(), start))
+                    .or_default()
+                    .push(v["N"].as_i64().unwrap());
+            }
+        }
+        seen
+    };
+    append(0..3, 50, None);
+    let mut a = member_of(&log, Duration::from_secs(3));
+    let mut b = member_of(&log, Duration::from_secs(3));
+    b.execute_sql(
+        "SET 'auto.offset.reset'='earliest';\n\
+         SET 'weir.checkpoint.interval.ms'='3600000';\n\
+         CREATE STREAM EVENTS (CAR STRING KEY, V INT) WITH (KAFKA_TOPIC='events', VALUE_FORMAT='JSON');\n\
+         CREATE TABLE PER_WINDOW WITH (PARTITIONS=4) AS SELECT CAR, COUNT(*) AS N FROM EVENTS \
+         WINDOW TUMBLING (SIZE 10 SECONDS, GRACE PERIOD 1 HOUR) GROUP BY CAR EMIT FINAL;",
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    a.run_until_idle().unwrap();
+    b.run_until_idle().unwrap();
+    // Nothing closed yet.
+    assert_eq!(out(&log).len(), 0);
+    append(3..6, 2_000, None);
+    b.run_until_idle().unwrap();
+    a.run_once().unwrap();
+    drop(a);
+    // B takes A's partitions (at its next heartbeat) and reads every one to its end;
+    // then a record two hours on closes every window.
+    let per_partition = (CARS as u64 / 4) * (3 * 50 + 3 * 2_000);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline
+        && !b
+            .queries()
+            .all(|q| q.offsets.iter().all(|o| *o == per_partition))
+    {
+        b.run_until_idle().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    append(0..0, 0, Some(7_200_000));
+    while Instant::now() < deadline && out(&log).len() < 6 * CARS as usize {
+        b.run_until_idle().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(errors(&b), Vec::<String>::new());
+    let seen = out(&log);
+    assert_eq!(seen.len(), 6 * CARS as usize, "every car's six windows");
+    for ((car, start), counts) in &seen {
+        let expected = if *start < BASE + 30_000 { 50 } else { 2_000 };
+        assert_eq!(counts, &vec![expected], "{car}'s window at {start}");
+    }
+}
