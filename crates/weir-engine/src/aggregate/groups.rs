@@ -18,6 +18,8 @@ type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// The window part of an unwindowed group's identity.
 const NO_WINDOW: (i64, i64) = (i64::MIN, i64::MIN);
+/// A key whose source partition is not known (or not noted).
+pub(crate) const NO_PARTITION: u32 = u32::MAX;
 
 /// One group slot.
 #[derive(Debug, Clone)]
@@ -38,6 +40,9 @@ pub(crate) struct Slot {
 #[derive(Debug, Clone)]
 struct Key {
     bytes: Box<[u8]>,
+    /// The source partition its rows come from (servers sharing a GROUP BY of the key;
+    /// [`NO_PARTITION`] until known).
+    partition: u32,
     /// Its live groups: (window start, end, group id), sorted by window, found by a binary
     /// search (one when unwindowed; the open windows of a time window; the sessions).
     groups: smallvec::SmallVec<[(i64, i64, u32); 2]>,
@@ -83,6 +88,7 @@ impl Groups {
         }
         let key = Key {
             bytes: bytes.into(),
+            partition: NO_PARTITION,
             groups: Default::default(),
         };
         let k = match self.free_keys.pop() {
@@ -100,9 +106,18 @@ impl Groups {
         k
     }
 
-    /// Whether a group has these key bytes.
-    pub fn knows(&self, bytes: &[u8]) -> bool {
-        self.key_ids.contains_key(bytes)
+    /// The key id of these key bytes, if a group has them.
+    pub fn key_id(&self, bytes: &[u8]) -> Option<u32> {
+        self.key_ids.get(bytes).copied()
+    }
+
+    /// The source partition key `key`'s rows come from ([`NO_PARTITION`] if not known).
+    pub fn partition(&self, key: u32) -> u32 {
+        self.keys[key as usize].partition
+    }
+
+    pub fn set_partition(&mut self, key: u32, partition: u32) {
+        self.keys[key as usize].partition = partition;
     }
 
     pub fn key_bytes(&self, key: u32) -> &[u8] {

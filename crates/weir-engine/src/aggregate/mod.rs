@@ -206,6 +206,11 @@ pub struct Aggregator {
     /// from one source partition (the producer's), so on servers sharing work its state
     /// divides by source partition ([`super::Shards::restore_units`]).
     pub(crate) by_source_key: bool,
+    /// Its state divides by source partition (servers sharing work): each grouping key
+    /// notes the partition its rows come from, and checkpoints carry it (`units`).
+    pub(crate) units: bool,
+    /// Dividing by partition: the source partition of the batch being folded.
+    pub(crate) partition: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -409,6 +414,8 @@ impl Aggregator {
             window: p.window,
             coalesce: false,
             by_source_key: false,
+            units: false,
+            partition: None,
         };
         a.fresh = a.new_accumulators()?;
         a.accumulators = a.fresh.clone();
@@ -572,11 +579,6 @@ impl Aggregator {
         self.groups.encode(&columns)
     }
 
-    /// Whether a group of it has this grouping key (row-format bytes).
-    pub(crate) fn knows_key(&self, key: &[u8]) -> bool {
-        self.groups.knows(key)
-    }
-
     /// The key bytes of a checkpoint entry's name ([`entry_name`]).
     pub(crate) fn entry_key(&self, name: &str) -> Option<Vec<u8>> {
         let key = match self.window {
@@ -676,13 +678,19 @@ impl Aggregator {
             tracking,
             table,
             window,
+            partition,
+            units,
             ..
         } = self;
+        let partition = partition.filter(|_| *units);
         for row in 0..n {
             let time = rowtimes.value(row);
             let offset = offsets.value(row);
             let key = (!key_nulls.iter().any(|nulls| nulls.is_null(row)))
                 .then(|| groups.intern(key_rows.row(row).as_ref()));
+            if let (Some(p), Some(k)) = (partition, key) {
+                groups.set_partition(k, p);
+            }
             // Over a table: take the row's earlier values out of the group they were in.
             let mut retracted = None;
             if let Some(t) = table.as_mut() {
@@ -1152,6 +1160,11 @@ impl Aggregator {
                 }
                 let key = self.groups.key_bytes(slot.key);
                 delta.put(&["aggregate", "groups"], &prefix, key, &entry);
+                // (A changed group's key may have changed partition: said with it.)
+                let p = self.groups.partition(slot.key);
+                if self.units && p != groups::NO_PARTITION {
+                    delta.set(("aggregate", "units", b64(key)), p);
+                }
             }
         }
         for (window, key) in self.tracking.removed.drain(..) {
@@ -1196,6 +1209,9 @@ impl Aggregator {
             })
             .collect();
         let mut out = json!({ "groups": groups });
+        if self.units {
+            out["units"] = Value::Object(self.units_of(self.groups.live()));
+        }
         if let Some(t) = &self.table {
             let rows: serde_json::Map<String, Value> = t
                 .rows
@@ -1210,6 +1226,20 @@ impl Aggregator {
         if let Some(w) = &self.window {
             out["stream_time"] = json!(w.stream_time);
             out["late"] = json!(w.late);
+        }
+        out
+    }
+
+    /// Dividing by partition: the partition of the key of each group of `ids` that has
+    /// one, by key (base64).
+    fn units_of(&self, ids: impl Iterator<Item = u32>) -> serde_json::Map<String, Value> {
+        let mut out = serde_json::Map::new();
+        for g in ids {
+            let k = self.groups.slots[g as usize].key;
+            let p = self.groups.partition(k);
+            if p != groups::NO_PARTITION {
+                out.insert(b64(self.groups.key_bytes(k)), json!(p));
+            }
         }
         out
     }
@@ -1254,6 +1284,16 @@ impl Aggregator {
                 t.rows.insert(source.into(), (g, args.into()));
             }
             self.table = Some(t);
+        }
+        // Dividing by partition: each key's partition (none for a key no group has).
+        if self.units {
+            for (k, p) in snapshot["units"].as_object().into_iter().flatten() {
+                let key = unb64(k).and_then(|b| self.groups.key_id(&b));
+                if let (Some(key), Some(p)) = (key, p.as_u64().and_then(|p| u32::try_from(p).ok()))
+                {
+                    self.groups.set_partition(key, p);
+                }
+            }
         }
         self.groups.end_batch();
         unread

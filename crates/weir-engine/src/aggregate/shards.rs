@@ -15,19 +15,19 @@
 //! Aggregations over a table, and EMIT FINAL, stay whole ([`Aggregator::shardable`]).
 //!
 //! On servers sharing work, a GROUP BY of a stream's key columns divides by source
-//! partition ([`Shards::divide_by_partition`]): the state notes each grouping key's
-//! partition (`units` in checkpoints), so that a server taking a partition takes that
-//! partition's groups from the checkpoint of the server that held it
-//! ([`Shards::restore_units`]).
+//! partition ([`Shards::divide_by_partition`]): each shard's batches are folded with their
+//! partition, which every grouping key notes as it is interned (`units` in checkpoints),
+//! so that a server taking a partition takes that partition's groups from the checkpoint
+//! of the server that held it ([`Shards::restore_units`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 
 use arrow::array::{Array, AsArray, RecordBatch, UInt32Array};
 use arrow::datatypes::Int64Type;
 use serde_json::{Value, json};
 
-use super::{Aggregator, Changes, Clock, b64, unb64};
+use super::{Aggregator, Changes, Clock, b64};
 use crate::delta::Delta;
 use crate::error::{EngineError, Result};
 use crate::pipeline::Operator;
@@ -44,16 +44,6 @@ pub(crate) struct Shards {
     /// The aggregator as planned, with no state: what new shards are made from.
     fresh: Aggregator,
     tracking: bool,
-    /// Divided by source partition (servers sharing work): each grouping key's partition.
-    units: Option<Units>,
-}
-
-/// Per grouping key (row-format bytes), the source partition its rows come from; and
-/// the keys whose partition was set since the last checkpoint.
-#[derive(Debug, Default)]
-struct Units {
-    of: HashMap<Box<[u8]>, u32>,
-    changed: HashSet<Box<[u8]>>,
 }
 
 /// The shard of `n` that a grouping key (its row-format bytes) belongs to.
@@ -70,6 +60,8 @@ type Failed = Vec<(u64, String)>;
 struct Piece {
     part: Option<RecordBatch>,
     tombstones: bool,
+    /// The source partition of the batch.
+    partition: u32,
     times: Vec<i64>,
     end: i64,
 }
@@ -80,7 +72,6 @@ impl Shards {
             fresh: aggregator.clone(),
             shards: vec![aggregator],
             tracking: false,
-            units: None,
         }
     }
 
@@ -89,33 +80,12 @@ impl Shards {
     /// rows come from one partition).
     pub fn divide_by_partition(&mut self) -> bool {
         if self.fresh.by_source_key {
-            self.units.get_or_insert_default();
-        }
-        self.units.is_some()
-    }
-
-    /// Notes the partition of every grouping key of `inputs`.
-    fn note_units(&mut self, inputs: &[(u32, Vec<ChangeBatch>)]) {
-        let Some(units) = self.units.as_mut() else {
-            return;
-        };
-        for (partition, batches) in inputs {
-            for c in batches.iter().filter(|c| !c.tombstones) {
-                // Keys that cannot be encoded fail the fold, which reports them.
-                let Ok(keys) = self.shards[0].key_rows(&c.batch) else {
-                    continue;
-                };
-                for key in keys.iter() {
-                    let key = key.as_ref();
-                    if units.of.get(key) != Some(partition) {
-                        units.of.insert(key.into(), *partition);
-                        if self.tracking {
-                            units.changed.insert(key.into());
-                        }
-                    }
-                }
+            self.fresh.units = true;
+            for s in &mut self.shards {
+                s.units = true;
             }
         }
+        self.fresh.units
     }
 
     /// Takes back, from each of `parts` (a state, and the partition wanted of it: that
@@ -181,13 +151,16 @@ impl Shards {
     /// Batches of the stateless step's output (with whether each holds tombstones)
     /// through the shards, in order, as if folded one after the other: per batch, its
     /// changes in order and the rows that failed.
-    fn fold(&mut self, batches: &[(&RecordBatch, bool)]) -> Result<Vec<(Changes, Failed)>> {
+    fn fold(&mut self, batches: &[(&RecordBatch, bool, u32)]) -> Result<Vec<(Changes, Failed)>> {
         let n = self.shards.len();
         if n == 1 {
             let one = &mut self.shards[0];
             return Ok(batches
                 .iter()
-                .map(|(b, t)| one.fold_changes(b, *t))
+                .map(|(b, t, p)| {
+                    one.partition = Some(*p);
+                    one.fold_changes(b, *t)
+                })
                 .collect());
         }
         let windowed = self.fresh.stream_time().is_some();
@@ -202,7 +175,7 @@ impl Shards {
         let mut pieces: Vec<Vec<Piece>> =
             (0..n).map(|_| Vec::with_capacity(batches.len())).collect();
         let mut rows_in_all = 0;
-        for &(batch, tombstones) in batches {
+        for &(batch, tombstones, partition) in batches {
             let rows = batch.num_rows();
             rows_in_all += rows;
             // Each row's shard, by its key. A batch whose keys cannot be encoded goes
@@ -242,6 +215,7 @@ impl Shards {
                 shard.push(Piece {
                     part,
                     tombstones,
+                    partition,
                     times,
                     end: clock,
                 });
@@ -257,6 +231,7 @@ impl Shards {
                                 times: &piece.times,
                                 end: piece.end,
                             });
+                            shard.partition = Some(piece.partition);
                             Some(shard.fold_changes_at(&part, piece.tombstones, clock))
                         }
                         None => {
@@ -296,36 +271,19 @@ impl Shards {
     /// Every shard's state as one: the groups together, one clock (and, divided by
     /// partition, each key's partition).
     fn snapshot(&self) -> Value {
-        let mut out = self.groups_snapshot();
-        if let Some(units) = &self.units {
-            let of: serde_json::Map<String, Value> = units
-                .of
-                .iter()
-                .filter(|(k, _)| self.knows_key(k))
-                .map(|(k, p)| (b64(k), json!(p)))
-                .collect();
-            out["units"] = Value::Object(of);
-        }
-        out
-    }
-
-    /// Whether a group of any shard has this grouping key.
-    fn knows_key(&self, key: &[u8]) -> bool {
-        let n = self.shards.len();
-        let shard = if n == 1 { 0 } else { shard_of(key, n) };
-        self.shards[shard].knows_key(key)
-    }
-
-    fn groups_snapshot(&self) -> Value {
         if let [one] = self.shards.as_slice() {
             return one.snapshot();
         }
         let mut groups = serde_json::Map::new();
+        let mut units = serde_json::Map::new();
         let (mut stream_time, mut late) = (None::<i64>, 0u64);
         for s in &self.shards {
             let mut state = s.snapshot();
             if let Some(g) = state["groups"].as_object_mut() {
                 groups.append(g);
+            }
+            if let Some(u) = state["units"].as_object_mut() {
+                units.append(u);
             }
             if let Some(t) = state["stream_time"].as_i64() {
                 stream_time = Some(stream_time.map_or(t, |m| m.max(t)));
@@ -333,6 +291,9 @@ impl Shards {
             late += state["late"].as_u64().unwrap_or(0);
         }
         let mut out = json!({ "groups": groups });
+        if self.fresh.units {
+            out["units"] = Value::Object(units);
+        }
         if let Some(t) = stream_time {
             out["stream_time"] = json!(t);
             out["late"] = json!(late);
@@ -343,15 +304,6 @@ impl Shards {
     /// Takes back a state, each group into the shard its key belongs to; how many entries
     /// could not be read.
     fn restore(&mut self, state: &Value) -> usize {
-        if let Some(units) = self.units.as_mut() {
-            units.changed.clear();
-            units.of = state["units"]
-                .as_object()
-                .into_iter()
-                .flatten()
-                .filter_map(|(k, p)| Some((unb64(k)?.into(), u32::try_from(p.as_u64()?).ok()?)))
-                .collect();
-        }
         let n = self.shards.len();
         if n == 1 {
             return self.shards[0].restore(state);
@@ -368,6 +320,10 @@ impl Shards {
         }
         for (s, (shard, groups)) in self.shards.iter_mut().zip(dealt).enumerate() {
             let mut part = json!({ "groups": groups });
+            // Each key's partition: every shard looks up those of its keys.
+            if !state["units"].is_null() {
+                part["units"] = state["units"].clone();
+            }
             if !state["stream_time"].is_null() {
                 part["stream_time"] = state["stream_time"].clone();
                 // The count of late records, once.
@@ -472,10 +428,9 @@ impl Operator for Shards {
         &mut self,
         inputs: Vec<(u32, Vec<ChangeBatch>)>,
     ) -> Result<Vec<(Vec<ChangeBatch>, Vec<Problem>)>> {
-        self.note_units(&inputs);
-        let batches: Vec<(&RecordBatch, bool)> = inputs
+        let batches: Vec<(&RecordBatch, bool, u32)> = inputs
             .iter()
-            .flat_map(|(_, batches)| batches.iter().map(|c| (&c.batch, c.tombstones)))
+            .flat_map(|(p, batches)| batches.iter().map(|c| (&c.batch, c.tombstones, *p)))
             .collect();
         let mut folded = self.fold(&batches)?.into_iter();
         let mut out = Vec::with_capacity(inputs.len());
@@ -515,13 +470,6 @@ impl Operator for Shards {
         }
     }
     fn take_changes(&mut self, delta: &mut Delta) {
-        if let Some(units) = self.units.as_mut() {
-            for key in units.changed.drain() {
-                if let Some(p) = units.of.get(&key) {
-                    delta.set(("aggregate", "units", b64(&key)), p);
-                }
-            }
-        }
         if let [one] = self.shards.as_mut_slice() {
             return one.take_changes(delta);
         }
@@ -533,13 +481,6 @@ impl Operator for Shards {
         }
     }
     fn clear_changes(&mut self) {
-        // A full snapshot was just taken: keys no group has any more (windows gone past
-        // their retention) are forgotten, as the snapshot left them out.
-        if let Some(mut units) = self.units.take() {
-            units.changed.clear();
-            units.of.retain(|k, _| self.knows_key(k));
-            self.units = Some(units);
-        }
         for s in &mut self.shards {
             s.clear_changes();
         }
