@@ -608,3 +608,129 @@ fn a_divided_windowed_group_by_emits_each_final_window_once() {
         assert_eq!(counts, &vec![expected], "{car}'s window at {start}");
     }
 }
+
+/// A GROUP BY of a value column, on servers sharing work, written as ksqlDB would plan
+/// it: a stream re-keyed by the column (`PARTITION BY`, stateless), then a GROUP BY of
+/// that stream's key. Both divide by partition between two servers: a region's records
+/// all reach one partition of the re-keyed stream, so each server folds only the
+/// regions of its partitions. One server stops mid-backlog with outputs past its last
+/// checkpoint; the other takes its partitions of both queries, and every region's counts
+/// go up one by one to its total: nothing lost, nothing folded twice.
+#[test]
+fn a_group_by_of_a_column_over_a_stream_rekeyed_by_it_divides_between_servers() {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let log = shared_log_with_events(dir.path());
+    const CARS: u32 = 40;
+    const REGIONS: u32 = 12;
+    // Car c's records go to partition c % 4; its i-th record of a round is in region
+    // (7c + i) % 12 with V = i + 1, so every region has records of every partition.
+    let region = |c: u32, i: u32| (7 * c + i) % REGIONS;
+    let mut expected: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    let mut append = |per_car: u32| {
+        for p in 0..4u32 {
+            let mut records = Vec::new();
+            for i in 0..per_car {
+                for c in (0..CARS).filter(|c| c % 4 == p) {
+                    let r = format!("r{}", region(c, i));
+                    let e = expected.entry(r.clone()).or_default();
+                    *e = (e.0 + 1, e.1 + i as i64 + 1);
+                    let v = format!(r#"{{"REGION":"{r}","V":{}}}"#, i + 1);
+                    let key = format!("car{c}");
+                    records.push(Record::new(Some(key.as_bytes()), Some(v.as_bytes()), 0));
+                }
+            }
+            log.append("events", p, &records).unwrap();
+        }
+    };
+    // Per region, its (COUNT, SUM) changes as they came out of the sink.
+    let out = |log: &common::Faulty| -> BTreeMap<String, Vec<(i64, i64)>> {
+        let mut seen: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
+        for p in 0..4 {
+            for r in log.read_to_end("PER_REGION", p, 0).unwrap() {
+                let region = String::from_utf8(r.record.key.unwrap()).unwrap();
+                let v: Value = serde_json::from_slice(&r.record.value.unwrap()).unwrap();
+                seen.entry(region)
+                    .or_default()
+                    .push((v["N"].as_i64().unwrap(), v["S"].as_i64().unwrap()));
+            }
+        }
+        seen
+    };
+    append(30);
+    let mut a = member_of(&log, Duration::from_secs(3));
+    let mut b = member_of(&log, Duration::from_secs(3));
+    b.execute_sql(
+        "SET 'auto.offset.reset'='earliest';\n\
+         SET 'weir.checkpoint.interval.ms'='3600000';\n\
+         CREATE STREAM EVENTS (CAR STRING KEY, REGION STRING, V INT) WITH (KAFKA_TOPIC='events', VALUE_FORMAT='JSON');\n\
+         CREATE STREAM BY_REGION WITH (PARTITIONS=4) AS SELECT * FROM EVENTS PARTITION BY REGION;\n\
+         CREATE TABLE PER_REGION WITH (PARTITIONS=4) AS SELECT REGION, COUNT(*) AS N, SUM(V) AS S FROM BY_REGION GROUP BY REGION;",
+    )
+    .unwrap();
+    // A alone first: it re-keys the records of its two source partitions and folds the
+    // regions of its two partitions of BY_REGION, so some regions and not all.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while out(&log).is_empty() && Instant::now() < deadline {
+        a.run_once().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    a.run_until_idle().unwrap();
+    let by_a = out(&log).len();
+    assert!(
+        by_a > 0 && by_a < REGIONS as usize,
+        "A alone folded {by_a} of the {REGIONS} regions (whole: all or none)"
+    );
+    // Both on, then a second round of which A does part, and A stops.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while out(&log).len() < REGIONS as usize && Instant::now() < deadline {
+        b.run_until_idle().unwrap();
+        a.run_until_idle().unwrap();
+    }
+    append(1_000);
+    b.run_until_idle().unwrap();
+    let before = out(&log).values().map(Vec::len).sum::<usize>();
+    a.run_once().unwrap();
+    a.run_once().unwrap();
+    let after = out(&log).values().map(Vec::len).sum::<usize>();
+    assert!(after > before, "A wrote nothing of the second round");
+    drop(a);
+    // B takes A's partitions of both queries, with their offsets and groups.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        b.run_until_idle().unwrap();
+        let seen = out(&log);
+        if expected
+            .iter()
+            .all(|(r, want)| seen.get(r).and_then(|s| s.last()) == Some(want))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(errors(&b), Vec::<String>::new());
+    let seen = out(&log);
+    common::assert_counts_go_one_by_one(
+        seen.iter()
+            .map(|(r, s)| (r.clone(), s.iter().map(|(n, _)| *n).collect()))
+            .collect(),
+    );
+    let last: BTreeMap<String, (i64, i64)> = seen
+        .iter()
+        .map(|(r, s)| (r.clone(), *s.last().unwrap()))
+        .collect();
+    assert_eq!(last, expected, "each region's last COUNT and SUM");
+    // The premise: each region's records are in one partition of the re-keyed stream.
+    let mut partitions_of: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
+    for p in 0..4 {
+        for r in log.read_to_end("BY_REGION", p, 0).unwrap() {
+            let region = String::from_utf8(r.record.key.unwrap()).unwrap();
+            partitions_of.entry(region).or_default().insert(p);
+        }
+    }
+    assert!(
+        partitions_of.values().all(|p| p.len() == 1),
+        "regions over BY_REGION's partitions: {partitions_of:?}"
+    );
+}
