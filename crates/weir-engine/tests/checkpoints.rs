@@ -271,6 +271,24 @@ fn member_of(log: &Arc<common::Faulty>, session: std::time::Duration) -> Engine 
     .unwrap()
 }
 
+/// Per key of sink `topic` (4 partitions), its (N, S) changes as they came out.
+fn changes_of_n_and_s(
+    log: &common::Faulty,
+    topic: &str,
+) -> std::collections::BTreeMap<String, Vec<(i64, i64)>> {
+    let mut seen: std::collections::BTreeMap<String, Vec<(i64, i64)>> = Default::default();
+    for p in 0..4 {
+        for r in log.read_to_end(topic, p, 0).unwrap() {
+            let key = String::from_utf8(r.record.key.unwrap()).unwrap();
+            let v: Value = serde_json::from_slice(&r.record.value.unwrap()).unwrap();
+            seen.entry(key)
+                .or_default()
+                .push((v["N"].as_i64().unwrap(), v["S"].as_i64().unwrap()));
+        }
+    }
+    seen
+}
+
 /// Two servers sharing a service id: A is running when B joins and starts a query over 4
 /// partitions. A applies B's statement within a moment (not at its next heartbeat, a
 /// fifth of the session later) and divides the query with B, whom it has not yet seen
@@ -377,19 +395,7 @@ fn a_group_by_of_the_key_divides_by_partition_and_each_partitions_groups_move_wi
         }
     };
     // Per car, its (COUNT, SUM) changes as they came out of the sink.
-    let out = |log: &common::Faulty| -> BTreeMap<String, Vec<(i64, i64)>> {
-        let mut seen: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
-        for p in 0..4 {
-            for r in log.read_to_end("COUNTS", p, 0).unwrap() {
-                let car = String::from_utf8(r.record.key.unwrap()).unwrap();
-                let v: Value = serde_json::from_slice(&r.record.value.unwrap()).unwrap();
-                seen.entry(car)
-                    .or_default()
-                    .push((v["N"].as_i64().unwrap(), v["S"].as_i64().unwrap()));
-            }
-        }
-        seen
-    };
+    let out = |log: &common::Faulty| changes_of_n_and_s(log, "COUNTS");
     let partitions_of = |cars: &BTreeMap<String, Vec<(i64, i64)>>| -> BTreeSet<u32> {
         cars.keys()
             .map(|c| c.trim_start_matches("car").parse::<u32>().unwrap() % 4)
@@ -645,19 +651,7 @@ fn a_group_by_of_a_column_over_a_stream_rekeyed_by_it_divides_between_servers() 
         }
     };
     // Per region, its (COUNT, SUM) changes as they came out of the sink.
-    let out = |log: &common::Faulty| -> BTreeMap<String, Vec<(i64, i64)>> {
-        let mut seen: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
-        for p in 0..4 {
-            for r in log.read_to_end("PER_REGION", p, 0).unwrap() {
-                let region = String::from_utf8(r.record.key.unwrap()).unwrap();
-                let v: Value = serde_json::from_slice(&r.record.value.unwrap()).unwrap();
-                seen.entry(region)
-                    .or_default()
-                    .push((v["N"].as_i64().unwrap(), v["S"].as_i64().unwrap()));
-            }
-        }
-        seen
-    };
+    let out = |log: &common::Faulty| changes_of_n_and_s(log, "PER_REGION");
     append(30);
     let mut a = member_of(&log, Duration::from_secs(3));
     let mut b = member_of(&log, Duration::from_secs(3));
