@@ -289,6 +289,15 @@ fn changes_of_n_and_s(
     seen
 }
 
+/// Each key's N (a COUNT) went up one by one from 1 ([`changes_of_n_and_s`]'s changes).
+fn assert_each_n_goes_one_by_one(seen: &std::collections::BTreeMap<String, Vec<(i64, i64)>>) {
+    common::assert_counts_go_one_by_one(
+        seen.iter()
+            .map(|(k, s)| (k.clone(), s.iter().map(|(n, _)| *n).collect()))
+            .collect(),
+    );
+}
+
 /// Two servers sharing a service id: A is running when B joins and starts a query over 4
 /// partitions. A applies B's statement within a moment (not at its next heartbeat, a
 /// fifth of the session later) and divides the query with B, whom it has not yet seen
@@ -453,11 +462,7 @@ fn a_group_by_of_the_key_divides_by_partition_and_each_partitions_groups_move_wi
     }
     assert_eq!(errors(&b), Vec::<String>::new());
     let seen = out(&log);
-    common::assert_counts_go_one_by_one(
-        seen.iter()
-            .map(|(car, s)| (car.clone(), s.iter().map(|(n, _)| *n).collect()))
-            .collect(),
-    );
+    assert_each_n_goes_one_by_one(&seen);
     let sum = |per_car: i64| per_car * (per_car + 1) / 2;
     for (car, s) in &seen {
         assert_eq!(
@@ -705,11 +710,7 @@ fn a_group_by_of_a_column_over_a_stream_rekeyed_by_it_divides_between_servers() 
     }
     assert_eq!(errors(&b), Vec::<String>::new());
     let seen = out(&log);
-    common::assert_counts_go_one_by_one(
-        seen.iter()
-            .map(|(r, s)| (r.clone(), s.iter().map(|(n, _)| *n).collect()))
-            .collect(),
-    );
+    assert_each_n_goes_one_by_one(&seen);
     let last: BTreeMap<String, (i64, i64)> = seen
         .iter()
         .map(|(r, s)| (r.clone(), *s.last().unwrap()))
