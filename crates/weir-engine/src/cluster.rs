@@ -217,12 +217,12 @@ impl Cluster {
         }))
     }
 
-    /// The command topic's end, as last seen.
     /// This server's name among the members.
     pub fn member(&self) -> &str {
         &self.inner.member
     }
 
+    /// The command topic's end, as last seen.
     pub(crate) fn commands_end(&self) -> u64 {
         self.inner.commands_end.load(Ordering::SeqCst)
     }
